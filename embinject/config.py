@@ -1,0 +1,235 @@
+"""Typed training configuration: YAML in, validated dataclasses out.
+
+Every problem is raised as `ConfigError` with the dotted key and what was expected, so the
+command-line entry points can print one line and exit 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key or file."""
+
+
+def choice(*options: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": options})
+
+
+def number(default: Any, *, min: float | None = None, max: float | None = None, positive: bool = False) -> Any:
+    return field(default=default, metadata={"min": min, "max": max, "positive": positive})
+
+
+METHODS = ("baseline", "prompt", "injection", "prefix", "lora")
+INITS = ("normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text", "interpolate")
+EMBED_SOURCES = ("window", "context", "previous")
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:python-docs"
+    text_field: str = "text"
+    seq_len: int = number(64, min=4)
+    train_samples: int = number(1024, positive=True)
+    val_samples: int = number(256, positive=True)
+    val_fraction: float = number(0.1, min=0.0, max=0.9)  # used only when the source has no validation split
+    hub_config: Optional[str] = None  # hub datasets: configuration name (e.g. "sample-10BT")
+
+
+@dataclass
+class AdapterConfig:
+    prefix_len: int = number(8, min=0)
+    inject_tokens: int = number(1, min=1)
+    mlp_width: int = number(512, min=0)  # injection MLP; prefix reparameterisation (0 = none)
+    embedding_model: str = "bundled:all-minilm-l6-v2"
+    embed_source: str = choice(*EMBED_SOURCES, default="context")
+    context_tokens: int = number(16, min=1)
+    init: str = choice(*INITS, default="vocab")
+    init_text: str = "Continue the text:"
+    init_radius: float = number(0.5, min=0.0)  # exclusion prior: minimum distance to any vocabulary vector
+    fourier_features: int = number(128, min=2)  # fourier encoder: sin/cos pairs per token
+    layers: Optional[int] = number(None, min=1)  # prefix: only the last N layers (None = all)
+    rank: int = number(8, min=1)
+    lora_alpha: float = number(16.0, positive=True)
+    lora_dropout: float = number(0.0, min=0.0, max=0.9)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TrainConfig:
+    lr: float = number(1e-3, positive=True)
+    weight_decay: float = number(0.0, min=0.0)
+    batch_size: int = number(8, positive=True)
+    eval_batch_size: int = number(32, positive=True)
+    max_epochs: int = number(5, positive=True)
+    max_steps: Optional[int] = number(None, positive=True)
+    eval_every: Optional[int] = number(None, positive=True)  # steps; None = once per epoch
+    patience: int = number(3, min=0)  # evaluations without improvement before stopping (0 = never)
+    seed: int = 0
+    device: str = choice("auto", "cpu", "cuda", default="auto")
+    dtype: str = choice("float32", "bfloat16", default="float32")
+    threads: Optional[int] = number(None, positive=True)  # torch CPU threads (None = leave as is)
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: str = "bundled:smollm2-135m"
+    method: str = choice(*METHODS, default="injection")
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Cross-field checks that a single field's type cannot express."""
+        a, d = self.adapter, self.data
+        if self.method == "prompt" and a.prefix_len < 1:
+            raise ConfigError("adapter.prefix_len: the prompt method needs at least 1 prefix vector")
+        if self.method == "prefix" and a.prefix_len < 1:
+            raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
+        if self.method == "injection" and a.mlp_width < 1:
+            raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
+        if a.embed_source == "context" and a.context_tokens >= d.seq_len:
+            raise ConfigError(
+                f"adapter.context_tokens: must be smaller than data.seq_len ({d.seq_len}) so some tokens are scored, "
+                f"got {a.context_tokens}"
+            )
+        return self
+
+
+SECTIONS = {"data": DataConfig, "adapter": AdapterConfig, "train": TrainConfig}
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        value = int(value)
+    elif tp is float:
+        if isinstance(value, str):
+            try:  # YAML reads "1e-3" (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: expected one of {', '.join(meta['choices'])}; got {value!r}")
+    if meta.get("positive") and value <= 0:
+        raise ConfigError(f"{key}: expected a value > 0, got {value!r}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{key}: expected a value >= {meta['min']}, got {value!r}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{key}: expected a value <= {meta['max']}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+    return ConfigError(f"{key}: unknown key{hint}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise _unknown_key(prefix + str(key), list(fields))
+        if key in SECTIONS and cls is Config:
+            kwargs[key] = _build(SECTIONS[key], value or {}, f"{key}.")
+        else:
+            kwargs[key] = _check_value(prefix + key, value, hints[key], dict(fields[key].metadata))
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict) -> Config:
+    return _build(Config, raw or {}, "").validate()
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected dotted.key=value")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), extra_sections: tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or defaults when path is None), apply --set overrides, validate.
+
+    `extra_sections` are top-level keys that belong to another layer (e.g. `search`, `tune`)
+    and are ignored here.
+    """
+    raw = read_yaml(path) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    raw = {k: v for k, v in raw.items() if k not in extra_sections}
+    return config_from_dict(raw)

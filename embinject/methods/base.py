@@ -1,0 +1,120 @@
+"""The interface every adaptation method implements, and the scoring they share.
+
+A method is an `nn.Module` holding only the adapter's own parameters; the frozen LM is kept as a
+plain attribute so it never enters the adapter's state dict. `nll(batch)` returns the summed
+negative log-likelihood and the number of scored tokens, so perplexity is token-weighted and every
+method is scored on exactly the same tokens.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import Config
+from .priors import init_vectors
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "embinject.json"
+
+
+def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
+               past_key_values=None, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over labelled window positions 1..T-1, and how many were scored.
+
+    The LM head runs only on scored positions: most of a batch's logits (49k-wide) would be
+    thrown away otherwise, and they dominate memory. Positions inside the prefix and the first
+    window token (no in-window context for the baseline) are never scored, for every method alike.
+    """
+    hidden = lm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                              past_key_values=past_key_values, use_cache=False).last_hidden_state
+    T = labels.shape[1]
+    h = hidden[:, n_prefix : n_prefix + T - 1]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logits = lm.get_output_embeddings()(h[mask])
+    nll = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    return nll, int(mask.sum())
+
+
+class AdapterMethod(nn.Module):
+    """Subclasses set `name`, build their parameters in __init__, and override `prefix_embeds`
+    (input-level prefix) and/or `past_key_values` (per-layer prefix)."""
+
+    name = ""
+    needs_encoder = False
+
+    def __init__(self, cfg: Config, lm: nn.Module, encoder_dim: int | None = None, tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder_dim = encoder_dim
+        object.__setattr__(self, "lm", lm)  # not a submodule: the frozen LM is not adapter state
+        object.__setattr__(self, "tokenizer", tokenizer)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # adapter init is seeded
+
+    def init_prefix(self, n: int) -> nn.Parameter:
+        """`n` input-level vectors drawn from the configured prior over the vocabulary."""
+        a = self.cfg.adapter
+        table = self.lm.get_input_embeddings().weight
+        vectors = init_vectors(a.init, n, table, self.generator, tokenizer=self.tokenizer,
+                               text=a.init_text, radius=a.init_radius)
+        return nn.Parameter(vectors.to(table.device))
+
+    @property
+    def model_dim(self) -> int:
+        return self.lm.get_input_embeddings().weight.shape[1]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def prefix_embeds(self, batch: dict) -> torch.Tensor | None:
+        return None
+
+    def past_key_values(self, batch: dict):
+        return None
+
+    def nll(self, batch: dict) -> tuple[torch.Tensor, int]:
+        ids = batch["input_ids"]
+        embeds = self.lm.get_input_embeddings()(ids)
+        prefix = self.prefix_embeds(batch)
+        n_prefix = 0
+        if prefix is not None:
+            n_prefix = prefix.shape[1]
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        past = self.past_key_values(batch)
+        mask = None
+        if past is not None:
+            mask = torch.ones(ids.shape[0], past.get_seq_length() + embeds.shape[1], dtype=torch.long, device=ids.device)
+        return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask)
+
+    # ---- persistence: safetensors + JSON, never pickles
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.adapter_state(), str(directory / ADAPTER_WEIGHTS))
+        meta = {"method": self.name, "encoder_dim": self.encoder_dim, "config": self.cfg.to_dict(), **(extra or {})}
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        self.save_peft_format(directory)
+        return directory
+
+    def save_peft_format(self, directory: Path) -> None:
+        """Also write the adapter in PEFT's layout where PEFT has the method (optional)."""
+
+    def load(self, directory: str | Path) -> "AdapterMethod":
+        state = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
+        device = next(iter(self.lm.parameters())).device
+        self.load_adapter_state({k: v.to(device) for k, v in state.items()})
+        return self
+
+    def release(self) -> None:
+        """Undo any change made to the shared LM object (only LoRA makes one)."""

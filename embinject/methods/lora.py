@@ -1,0 +1,60 @@
+"""LoRA through the PEFT library: low-rank updates on chosen target modules, zero-initialised so
+the model is unchanged before training. PEFT injects its layers into the LM object in place;
+`release()` takes them out again so the same frozen LM can serve another method."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import AdapterMethod
+
+
+class LoRA(AdapterMethod):
+    name = "lora"
+
+    def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None, adapter_name: str = "default"):
+        from peft import LoraConfig, get_peft_model
+
+        super().__init__(cfg, lm, encoder_dim, tokenizer)
+        a = cfg.adapter
+        self.adapter_name = adapter_name
+        self.lora_config = LoraConfig(r=a.rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                                      target_modules=list(a.target_modules), bias="none", task_type="CAUSAL_LM")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            try:
+                peft_model = get_peft_model(lm, self.lora_config, adapter_name=adapter_name)
+            except ValueError as exc:
+                from ..config import ConfigError
+
+                raise ConfigError(f"adapter.target_modules: {str(exc).splitlines()[0]}") from None
+        object.__setattr__(self, "peft_model", peft_model)
+
+    def trainable_parameters(self):
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+    def adapter_state(self):
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.peft_model, adapter_name=self.adapter_name)
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_adapter_state(self, state):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.peft_model, state, adapter_name=self.adapter_name)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise ValueError(f"LoRA weights do not match the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+    def save_peft_format(self, directory: Path) -> None:
+        self.peft_model.save_pretrained(str(directory / "peft"), selected_adapters=[self.adapter_name])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.peft_model.train(mode)  # LoRA dropout follows the adapter's mode; base stays frozen
+        return self
+
+    def release(self) -> None:
+        self.peft_model.unload()  # removes the LoRA layers, restoring the original modules

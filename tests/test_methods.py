@@ -1,0 +1,249 @@
+"""Each method on the tiny random Llama: frozen base, zero states, scoring, persistence."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embinject.config import load_config
+from embinject.evaluate import perplexity
+from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
+from embinject.models import load_frozen_lm
+from embinject.train import prepare, train
+
+METHODS = ["baseline", "prompt", "injection", "prefix", "lora"]
+
+
+def cfg_for(overrides, method, *extra):
+    return load_config(None, [*overrides, f"method={method}", *extra])
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_base_model_frozen_and_unchanged(tiny_overrides, method):
+    cfg = cfg_for(tiny_overrides, method)
+    prep = prepare(cfg)
+    before = snapshot(prep.lm.model)
+    result, trained = train(cfg, prepared=prep)
+    try:
+        base_params = [(n, p) for n, p in prep.lm.model.named_parameters() if "lora_" not in n]
+        assert all(not p.requires_grad for _, p in base_params)
+        grads = [p for p in trained.trainable_parameters()]
+        assert result["trainable_params"] == sum(p.numel() for p in grads)
+        if method != "baseline":
+            assert result["trainable_params"] > 0 and all(p.requires_grad for p in grads)
+            # trainable_params counts exactly the tensors that receive gradients
+            batch = {k: v[:4] for k, v in prep.train.items()}
+            nll, _ = trained.nll(batch)
+            nll.backward()
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in grads)
+    finally:
+        trained.release()
+    after = snapshot(prep.lm.model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def manual_perplexity(model, ids, labels):
+    """exp(mean NLL) of next-token predictions, straight from the model's logits."""
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logp = F.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return math.exp(-(logp[mask]).mean().item()), int(mask.sum())
+
+
+@pytest.mark.parametrize("source", ["window", "context", "previous"])
+def test_baseline_perplexity_matches_direct_computation(tiny_overrides, source):
+    cfg = cfg_for(tiny_overrides, "baseline", f"adapter.embed_source={source}")
+    result, _ = train(cfg)
+    prep = prepare(cfg)
+    expected, n = manual_perplexity(prep.lm.model, prep.val["input_ids"], prep.val["labels"])
+    assert result["baseline_perplexity"] == pytest.approx(expected, rel=1e-5)
+    T = cfg.data.seq_len
+    scored = T - cfg.adapter.context_tokens if source == "context" else T - 1
+    assert n == scored * len(prep.val["input_ids"])
+    assert result["scored_tokens_per_window"] == scored
+
+
+def test_context_mode_scores_exactly_the_tokens_after_the_context(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=context", "adapter.context_tokens=8")
+    prep = prepare(cfg)
+    labels = prep.val["labels"]
+    assert (labels[:, :8] == -100).all() and (labels[:, 8:] == prep.val["input_ids"][:, 8:]).all()
+    method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+    batch = {k: v[:4] for k, v in prep.val.items()}
+    _, count = method.nll(batch)
+    assert count == 4 * (cfg.data.seq_len - 8)
+    # the encoder saw only the context: changing a scored token leaves the embedding unchanged
+    from embinject.encoders import FourierEncoder
+
+    enc = FourierEncoder(len(prep.lm.tokenizer), cfg.adapter.fourier_features)
+    ids = batch["input_ids"].clone()
+    ids[:, 20] = (ids[:, 20] + 1) % len(prep.lm.tokenizer)
+    assert torch.allclose(enc.encode(ids[:, :8]), batch["sentence_embedding"], atol=1e-6)
+
+
+def test_previous_mode_uses_preceding_text_of_the_same_document(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=previous")
+    from embinject.data import build_windows
+    from embinject.models import tokenizer_fingerprint
+
+    prep = prepare(cfg)
+    train_w, _ = build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))
+    assert train_w.has_previous.any() and not train_w.has_previous.all()
+    # every window with a predecessor: its previous window is the text right before it
+    docs = prep.lm.tokenizer.batch_decode(train_w.previous[train_w.has_previous][:3])
+    assert all(len(d) > 0 for d in docs)
+    assert len(prep.val["input_ids"]) <= int(train_w.has_previous.sum())
+
+
+def test_lora_starts_identical_and_disabling_restores_base(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "lora", "adapter.target_modules=[q_proj,v_proj,o_proj]")
+    lm = load_frozen_lm(cfg.model)
+    ids = torch.randint(0, 500, (2, 16))
+    with torch.no_grad():
+        base = lm.model(input_ids=ids).logits
+    method = build_method(cfg, lm.model)
+    with torch.no_grad():
+        assert torch.equal(lm.model(input_ids=ids).logits, base)
+        for p in method.trainable_parameters():  # move away from the zero state
+            p.add_(torch.randn_like(p) * 0.1)
+        changed = lm.model(input_ids=ids).logits
+        assert (changed - base).abs().max() > 1e-4
+        with method.peft_model.disable_adapter():
+            assert torch.equal(lm.model(input_ids=ids).logits, base)
+    method.release()
+    with torch.no_grad():
+        assert torch.equal(lm.model(input_ids=ids).logits, base)
+
+
+def test_prefix_masked_out_matches_base(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "prefix")
+    lm = load_frozen_lm(cfg.model)
+    method = build_method(cfg, lm.model, tokenizer=lm.tokenizer)
+    ids = torch.randint(0, 500, (2, 16))
+    with torch.no_grad():
+        base = lm.model(input_ids=ids).logits
+        past = method.past_key_values({"input_ids": ids})
+        P = past.get_seq_length()
+        mask = torch.cat([torch.zeros(2, P, dtype=torch.long), torch.ones(2, 16, dtype=torch.long)], dim=1)
+        masked = lm.model(input_ids=ids, past_key_values=past, attention_mask=mask).logits
+        assert (masked - base).abs().max() < 1e-4
+        past = method.past_key_values({"input_ids": ids})
+        unmasked = lm.model(input_ids=ids, past_key_values=past).logits
+        assert (unmasked - base).abs().max() > 1e-4
+
+
+def test_prefix_mixing_interpolates(tiny_overrides):
+    cfg_a = cfg_for(tiny_overrides, "prefix", "adapter.mlp_width=0", "train.seed=1")
+    cfg_b = cfg_for(tiny_overrides, "prefix", "adapter.mlp_width=0", "train.seed=2")
+    lm = load_frozen_lm(cfg_a.model)
+    a, b = build_method(cfg_a, lm.model, tokenizer=lm.tokenizer), build_method(cfg_b, lm.model, tokenizer=lm.tokenizer)
+    assert torch.allclose(mix_prefixes(a, b, 1.0).prefix_kv(), a.prefix_kv())
+    assert torch.allclose(mix_prefixes(a, b, 0.0).prefix_kv(), b.prefix_kv())
+    half = mix_prefixes(a, b, 0.5).prefix_kv()
+    assert torch.allclose(half, (a.prefix_kv() + b.prefix_kv()) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prompt", "injection"])
+def test_training_lowers_validation_perplexity(tiny_overrides, method):
+    cfg = cfg_for(tiny_overrides, method, "train.lr=0.05", "train.max_steps=16", "train.eval_every=8")
+    result, trained = train(cfg)
+    assert result["val_perplexity"] < result["baseline_perplexity"] * 0.98
+    assert len(result["history"]) == 2
+
+
+@pytest.mark.parametrize("method", ["prompt", "injection", "prefix", "lora"])
+def test_save_load_reproduces_perplexity(tiny_overrides, tmp_path, method):
+    cfg = cfg_for(tiny_overrides, method, "train.lr=0.01")
+    prep = prepare(cfg)
+    result, trained = train(cfg, prepared=prep)
+    try:
+        trained.save(tmp_path / "adapter")
+        assert (tmp_path / "adapter" / "adapter.safetensors").is_file()
+        direct = perplexity(trained, prep.val, 32)
+        assert direct == pytest.approx(result["val_perplexity"], rel=1e-5)
+    finally:
+        trained.release()
+    fresh = load_frozen_lm(cfg.model)
+    loaded = load_method(tmp_path / "adapter", fresh.model, fresh.tokenizer)
+    try:
+        assert perplexity(loaded, prep.val, 32) == pytest.approx(result["val_perplexity"], rel=1e-5)
+    finally:
+        loaded.release()
+
+
+def test_peft_can_load_saved_prompt_and_lora(tiny_overrides, tmp_path):
+    from peft import PeftModel
+
+    for method in ("prompt", "lora"):
+        cfg = cfg_for(tiny_overrides, method, "train.max_steps=2")
+        result, trained = train(cfg)
+        trained.save(tmp_path / method)
+        trained.release()
+        peft_model = PeftModel.from_pretrained(load_frozen_lm(cfg.model).model, str(tmp_path / method / "peft"))
+        trainable = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n or "prompt" in n)
+        assert trainable == result["trainable_params"]
+
+
+def test_reference_parameter_counts(tmp_path):
+    """The seed experiment's shapes: injection (encoder 768, width 512, 1 injected + 2 learnable
+    vectors, model dim 960) = 888,128 parameters; static prefix of 3 tokens = 2,880."""
+    from .conftest import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m960", hidden=960, layers=1, vocab=300)
+    lm = load_frozen_lm(str(path))
+    inj = load_config(None, [f"model={path}", "method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=1",
+                             "adapter.mlp_width=512"])
+    m = build_method(inj, lm.model, encoder_dim=768, tokenizer=lm.tokenizer)
+    assert sum(p.numel() for p in m.trainable_parameters()) == 888_128
+    prompt = load_config(None, [f"model={path}", "method=prompt", "adapter.prefix_len=3"])
+    assert sum(p.numel() for p in build_method(prompt, lm.model).trainable_parameters()) == 2_880
+
+
+@pytest.mark.parametrize("init", ["normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text"])
+def test_prompt_priors(tiny_overrides, init):
+    cfg = cfg_for(tiny_overrides, "prompt", f"adapter.init={init}", "adapter.init_radius=0.01")
+    lm = load_frozen_lm(cfg.model)
+    a = build_method(cfg, lm.model, tokenizer=lm.tokenizer).prompt
+    b = build_method(cfg, lm.model, tokenizer=lm.tokenizer).prompt
+    assert a.shape == (4, lm.dim) and torch.equal(a, b)  # seeded
+    table = lm.model.get_input_embeddings().weight
+    if init == "vocab":
+        assert all((table == row).all(dim=1).any() for row in a)
+    if init == "exclusion":
+        assert torch.cdist(a.detach(), table).min() >= 0.01
+
+
+def test_same_seed_same_numbers(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "injection")
+    r1, _ = train(cfg)
+    r2, _ = train(cfg)
+    assert [h["val_perplexity"] for h in r1["history"]] == [h["val_perplexity"] for h in r2["history"]]
+
+
+def test_resume_from_checkpoint_continues_identically(tiny_overrides, tmp_path):
+    cfg = cfg_for(tiny_overrides, "injection", "train.max_steps=9", "train.eval_every=3", "train.patience=0")
+    full, _ = train(cfg)
+    saved = []
+
+    def report(metrics, write_checkpoint):
+        if metrics["step"] == 3:
+            write_checkpoint(tmp_path / "ckpt")
+            saved.append(metrics)
+            raise KeyboardInterrupt  # the process dies right after its first checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, report=report)
+    resumed, _ = train(cfg, resume_from=tmp_path / "ckpt")
+    assert [h["step"] for h in resumed["history"]] == [3, 6, 9]
+    assert [h["val_perplexity"] for h in resumed["history"]] == pytest.approx([h["val_perplexity"] for h in full["history"]], rel=1e-6)
+
+
+def test_registry_has_every_method():
+    assert set(REGISTRY) == set(METHODS)
