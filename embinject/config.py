@@ -107,6 +107,44 @@ class Config:
         return self
 
 
+@dataclass
+class SchedulerSettings:
+    type: str = choice("asha", "none", default="asha")
+    max_t: Optional[int] = number(None, positive=True)  # optimizer steps; default: train.max_steps
+    grace_period: int = number(10, positive=True)  # optimizer steps before the first cut
+    reduction_factor: float = number(2.0, min=1.01)
+
+
+@dataclass
+class ResourceSettings:
+    cpus: float = number(1.0, positive=True)
+    gpus: float = number(0.0, min=0.0)  # fractional: several small trials share one GPU
+
+
+@dataclass
+class TuneSettings:
+    name: str = "search"
+    num_samples: int = number(8, positive=True)
+    max_concurrent_trials: int = number(2, positive=True)
+    metric: str = choice("val_perplexity", "train_loss", default="val_perplexity")
+    mode: str = choice("min", "max", default="min")
+    time_budget_s: Optional[float] = number(None, positive=True)
+    search_alg: str = choice("optuna", "random", default="optuna")
+    seed: int = 0
+    points_to_evaluate: list[dict] = field(default_factory=list)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    storage_path: str = "runs/tune"
+    reuse_actors: bool = False
+
+
+@dataclass
+class MlflowSettings:
+    tracking_uri: Optional[str] = None  # default: sqlite:///<storage_path>/mlflow.db
+    experiment: str = "embinject"
+    register_as: Optional[str] = None  # registered model name for the best adapter
+
+
 SECTIONS = {"data": DataConfig, "adapter": AdapterConfig, "train": TrainConfig}
 
 
@@ -118,6 +156,10 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
             return None
         tp = next(a for a in args if a is not type(None))
         origin = typing.get_origin(tp)
+    if origin is list and args == (dict,):
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{key}: expected a list of mappings, got {value!r}")
+        return list(value)
     if origin is list:
         if isinstance(value, str):
             value = [value]
@@ -155,8 +197,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
     return value
 
 
-def _unknown_key(key: str, known: list[str]) -> ConfigError:
-    name = key.rsplit(".", 1)[-1]
+def _unknown_key(key: str, known: list[str], name: str | None = None) -> ConfigError:
+    name = name or key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
     return ConfigError(f"{key}: unknown key{hint}")
@@ -171,8 +213,8 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             raise _unknown_key(prefix + str(key), list(fields))
-        if key in SECTIONS and cls is Config:
-            kwargs[key] = _build(SECTIONS[key], value or {}, f"{key}.")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _check_value(prefix + key, value, hints[key], dict(fields[key].metadata))
     return cls(**kwargs)
@@ -180,6 +222,36 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
 
 def config_from_dict(raw: dict) -> Config:
     return _build(Config, raw or {}, "").validate()
+
+
+def settings_from_dict(cls: type, raw: dict | None, section: str) -> Any:
+    """Build a settings section (e.g. `tune`, `mlflow`) with key-naming errors."""
+    return _build(cls, raw or {}, f"{section}.")
+
+
+def lookup_field(key: str) -> tuple[Any, dict]:
+    """(type, metadata) of a dotted training-config key, or ConfigError naming it."""
+    cls, parts = Config, key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise _unknown_key(key, list(fields), name=part)
+        tp = typing.get_type_hints(cls)[part]
+        if dataclasses.is_dataclass(tp):
+            if i == len(parts) - 1:
+                raise ConfigError(f"{key}: is a section, not a value")
+            cls = tp
+        elif i == len(parts) - 1:
+            return tp, dict(fields[part].metadata)
+        else:
+            raise ConfigError(f"{key}: '{part}' is a value, not a section")
+    raise ConfigError(f"{key}: empty key")
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Validate one value for a dotted training-config key."""
+    tp, meta = lookup_field(key)
+    return _check_value(key, value, tp, meta)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

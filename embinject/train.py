@@ -213,13 +213,18 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     best_state = None
     if resume_from is not None:
         loop = load_checkpoint(resume_from, method, opt, device)
-        best_file = Path(resume_from) / "best_adapter.safetensors"
+        best_file = Path(resume_from) / "best_adapter" / "adapter.safetensors"
         best_state = load_file(str(best_file)) if best_file.is_file() else None
 
     def write_checkpoint(directory: Path) -> None:
+        """Resumable state, plus the best adapter so far in a form `load_method` reads
+        (best_adapter/: adapter.safetensors + embinject.json)."""
         save_checkpoint(directory, method, opt, loop)
         if best_state is not None:
-            save_file(best_state, str(Path(directory) / "best_adapter.safetensors"))
+            best_dir = Path(directory) / "best_adapter"
+            best_dir.mkdir(exist_ok=True)
+            save_file(best_state, str(best_dir / "adapter.safetensors"))
+            method.write_meta(best_dir, {"val_perplexity": loop["best_ppl"], "step": loop["best_step"]})
 
     progress = None
     if cfg.train.progress and sys.stderr.isatty():
@@ -264,8 +269,9 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     loop["stopped_early"] = True
                 if report is not None:
                     tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
+                    final = loop["stopped_early"] or last  # no further evaluation will follow
                     report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
-                            "baseline_perplexity": base_ppl}, write_checkpoint)
+                            "baseline_perplexity": base_ppl, "final": final}, write_checkpoint)
                 if loop["stopped_early"] or last:
                     done = True
                     break

@@ -102,10 +102,14 @@ class AdapterMethod(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.adapter_state(), str(directory / ADAPTER_WEIGHTS))
-        meta = {"method": self.name, "encoder_dim": self.encoder_dim, "config": self.cfg.to_dict(), **(extra or {})}
-        (directory / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        self.write_meta(directory, extra)
         self.save_peft_format(directory)
         return directory
+
+    def write_meta(self, directory: Path, extra: dict | None = None) -> None:
+        """The JSON that `load_method` needs to rebuild this adapter around a frozen LM."""
+        meta = {"method": self.name, "encoder_dim": self.encoder_dim, "config": self.cfg.to_dict(), **(extra or {})}
+        (Path(directory) / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
 
     def save_peft_format(self, directory: Path) -> None:
         """Also write the adapter in PEFT's layout where PEFT has the method (optional)."""

@@ -1,0 +1,56 @@
+"""Figures of a search, drawn from the logged results (never from typed-in numbers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, baseline: float | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, (steps, ppl) in curves.items():
+        ax.plot(steps, ppl, marker="o", markersize=3, linewidth=1.2, label=label)
+    if baseline:
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label="frozen baseline")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Validation perplexity of every trial")
+    if len(curves) <= 16:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direction: str = "minimize") -> list[Path]:
+    """Optuna's optimization-history and parallel-coordinate plots, from a study rebuilt from the
+    trials' params and best values (the search's own study lives inside Ray's searcher)."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction)
+    dists = {p.key: p.optuna_distribution() for p in params if p.kind != "fixed"}
+    for values, score in rows:
+        present = {k: v for k, v in values.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=present, distributions={k: dists[k] for k in present}, value=score))
+    out = []
+    if not study.trials:
+        return out
+    for name, fn in (("optimization_history.png", ovm.plot_optimization_history),
+                     ("parallel_coordinate.png", ovm.plot_parallel_coordinate)):
+        try:
+            ax = fn(study)
+        except (ValueError, RuntimeError):
+            continue  # e.g. parallel coordinates need at least one searched parameter
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.set_size_inches(9, 5)
+        fig.tight_layout()
+        fig.savefig(directory / name, dpi=110)
+        plt.close(fig)
+        out.append(directory / name)
+    return out

@@ -1,0 +1,220 @@
+"""Search files: the base training config + `search:` space + `tune:` and `mlflow:` settings.
+
+A `search:` entry maps a dotted training-config key to a fixed value or one distribution:
+
+    train.lr:                {loguniform: [1.0e-4, 1.0e-2]}
+    adapter.prefix_len:      {randint: [1, 8]}          # inclusive bounds
+    adapter.mlp_width:       {choice: [64, 128, 256], when: {method: injection}}
+
+`when` makes a parameter conditional on values sampled before it (or fixed in the base config);
+the space runs through Optuna's define-by-run interface, so only valid combinations are sampled.
+Everything is validated here, before Ray starts.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, parse_override,
+                     read_yaml, set_dotted, settings_from_dict)
+
+DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2, "qrandint": 3}
+TOP_LEVEL = {"search", "tune", "mlflow"}
+
+
+@dataclass
+class Param:
+    key: str
+    kind: str  # fixed | choice | uniform | loguniform | randint | qrandint
+    args: list
+    when: dict[str, list] = field(default_factory=dict)
+
+    def active(self, chosen: dict, base: dict) -> bool:
+        return all(_lookup(chosen, base, k) in allowed for k, allowed in self.when.items())
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, self.args)
+        if self.kind in ("uniform", "loguniform"):
+            return trial.suggest_float(self.key, self.args[0], self.args[1], log=self.kind == "loguniform")
+        if self.kind == "randint":
+            return trial.suggest_int(self.key, self.args[0], self.args[1])
+        return trial.suggest_int(self.key, self.args[0], self.args[1], step=self.args[2])
+
+    def optuna_distribution(self):
+        import optuna.distributions as d
+
+        if self.kind == "choice":
+            return d.CategoricalDistribution(self.args)
+        if self.kind in ("uniform", "loguniform"):
+            return d.FloatDistribution(self.args[0], self.args[1], log=self.kind == "loguniform")
+        step = self.args[2] if self.kind == "qrandint" else 1
+        return d.IntDistribution(self.args[0], self.args[1], step=step)
+
+
+def _lookup(chosen: dict, base: dict, key: str) -> Any:
+    if key in chosen:
+        return chosen[key]
+    node: Any = base
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _parse_param(key: str, spec: Any) -> Param:
+    """check_value validates the key's existence and each candidate value's type and range."""
+    where = f"search.{key}"
+    try:
+        if not isinstance(spec, dict):
+            return Param(key, "fixed", [check_value(key, spec)])
+        spec = dict(spec)
+        when_raw = spec.pop("when", {})
+        kinds = [k for k in spec if k in DISTRIBUTIONS]
+        unknown = [k for k in spec if k not in DISTRIBUTIONS]
+        if unknown or len(kinds) != 1:
+            raise ConfigError(f"{where}: expected one of {', '.join(DISTRIBUTIONS)} (plus optional 'when'), got {', '.join(map(str, spec)) or 'nothing'}")
+        kind = kinds[0]
+        args = spec[kind]
+        if not isinstance(args, list) or (DISTRIBUTIONS[kind] and len(args) != DISTRIBUTIONS[kind]) or not args:
+            n = DISTRIBUTIONS[kind]
+            raise ConfigError(f"{where}.{kind}: expected a list of {n or 'one or more'} values, got {args!r}")
+        if kind == "choice":
+            args = [check_value(key, v) for v in args]
+        else:
+            args = [float(a) if isinstance(a, str) else a for a in args]
+            if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+                raise ConfigError(f"{where}.{kind}: expected numbers, got {args!r}")
+            low, high = args[0], args[1]
+            if kind in ("randint", "qrandint"):
+                if not all(float(a).is_integer() for a in args):
+                    raise ConfigError(f"{where}.{kind}: expected integer bounds, got {args!r}")
+                args = [int(a) for a in args]
+                low, high = args[0], args[1]
+                if low > high:
+                    raise ConfigError(f"{where}.{kind}: low ({low}) must not exceed high ({high})")
+                if kind == "qrandint" and (args[2] <= 0 or (high - low) % args[2]):
+                    raise ConfigError(f"{where}.qrandint: step {args[2]} must be > 0 and divide high - low ({high - low})")
+            elif low >= high:
+                raise ConfigError(f"{where}.{kind}: low ({low}) must be smaller than high ({high})")
+            if kind == "loguniform" and low <= 0:
+                raise ConfigError(f"{where}.loguniform: low must be > 0, got {low}")
+            check_value(key, low)
+            check_value(key, high)
+        if not isinstance(when_raw, dict):
+            raise ConfigError(f"{where}.when: expected a mapping of key: value(s), got {when_raw!r}")
+        when = {}
+        for wkey, allowed in when_raw.items():
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            try:
+                when[wkey] = [check_value(wkey, v) for v in allowed]
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.when.{exc}") from None
+            if wkey == key:
+                raise ConfigError(f"{where}.when: a parameter cannot depend on itself")
+        return Param(key, kind, args, when)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("search.") else f"search.{msg}") from None
+
+
+def parse_space(raw: Any) -> list[Param]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"search: expected a mapping of dotted config keys to distributions, got {raw!r}")
+    params: list[Param] = []
+    for key, spec in raw.items():
+        params.append(_parse_param(str(key), spec))
+    return params
+
+
+class DefineByRun:
+    """The Optuna define-by-run function: conditional parameters are only suggested when active.
+    A class (not a closure) so Ray can pickle it with the searcher's state for --resume."""
+
+    def __init__(self, params: list[Param], base: dict):
+        self.params, self.base = params, base
+
+    def __call__(self, trial) -> dict:
+        chosen: dict = {}
+        fixed: dict = {}
+        for p in self.params:
+            if not p.active(chosen, self.base):
+                continue
+            if p.kind == "fixed":
+                fixed[p.key] = chosen[p.key] = p.args[0]
+            else:
+                chosen[p.key] = p.suggest(trial)
+        return fixed
+
+
+def apply_params(base: dict, params: dict) -> dict:
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(raw, key, value)
+    return raw
+
+
+def trial_config(base: dict, params: dict) -> Config:
+    return config_from_dict(apply_params(base, params))
+
+
+@dataclass
+class SearchFile:
+    path: Path
+    base: dict  # raw training config (validated as `config`)
+    config: Config
+    params: list[Param]
+    tune: TuneSettings
+    mlflow: MlflowSettings
+    text: str
+
+    def describe(self) -> list[str]:
+        lines = []
+        for p in self.params:
+            cond = "" if not p.when else "  when " + ", ".join(f"{k} in {v}" for k, v in p.when.items())
+            lines.append(f"  {p.key}: {p.kind} {p.args if p.kind != 'fixed' else p.args[0]}{cond}")
+        return lines
+
+
+def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
+    raw = read_yaml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    base = {k: v for k, v in raw.items() if k not in TOP_LEVEL}
+    config = config_from_dict(base)
+    params = parse_space(raw.get("search"))
+    tune = settings_from_dict(TuneSettings, raw.get("tune"), "tune")
+    mlflow = settings_from_dict(MlflowSettings, raw.get("mlflow"), "mlflow")
+    sched = tune.scheduler
+    if sched.type == "asha":
+        if sched.max_t is None and config.train.max_steps is None:
+            raise ConfigError("tune.scheduler.max_t: ASHA needs a step budget; set it or train.max_steps")
+        sched.max_t = sched.max_t or config.train.max_steps
+        base.setdefault("train", {})["max_steps"] = config.train.max_steps = min(config.train.max_steps or sched.max_t, sched.max_t)
+        if sched.grace_period > sched.max_t:
+            raise ConfigError(f"tune.scheduler.grace_period: {sched.grace_period} exceeds max_t ({sched.max_t})")
+    keys = {p.key for p in params}
+    for i, point in enumerate(tune.points_to_evaluate):
+        for key, value in point.items():
+            if key not in keys:
+                raise ConfigError(f"tune.points_to_evaluate[{i}].{key}: not a key of the search space")
+            try:
+                check_value(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"tune.points_to_evaluate[{i}].{exc}") from None
+    # Every fixed choice must make a valid training config on its own (catches e.g. context_tokens >= seq_len).
+    for p in params:
+        candidates = p.args if p.kind in ("fixed", "choice") else p.args[:2]
+        for value in candidates:
+            try:
+                trial_config(base, {p.key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search.{p.key}: value {value!r} makes an invalid config ({exc})") from None
+    if not math.isfinite(tune.resources.cpus) or (tune.resources.gpus > 1 and not float(tune.resources.gpus).is_integer()):
+        raise ConfigError(f"tune.resources.gpus: fractions are for sharing one GPU; above 1 use whole GPUs, got {tune.resources.gpus}")
+    return SearchFile(Path(path), base, config, params, tune, mlflow, Path(path).read_text())

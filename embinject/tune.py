@@ -1,0 +1,396 @@
+"""Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
+
+The trainable is `embinject.train.train` unchanged; Optuna (TPE or random, define-by-run for
+conditional parameters) proposes configs, ASHA stops weak trials on optimizer steps (a counter the
+trainable reports itself, so it stays monotonic across a resume), and the driver alone logs to MLflow.
+This is the only module that imports Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import ConfigError
+from .space import DefineByRun, SearchFile, apply_params, load_search_file, trial_config
+from .tracking import SearchTracker, default_tracking_uri
+
+STATE_FILE = "embinject_search.json"  # MLflow run ids + search settings, beside Ray's experiment state
+
+
+# ---------------------------------------------------------------- the trainable (runs in trial processes)
+
+def trainable(config: dict, base: dict | None = None) -> None:
+    import ray
+    from ray import tune
+
+    from .train import train
+
+    cfg = trial_config(base, config)
+    cfg.train.progress = False
+    if cfg.train.threads is None:  # match torch's threads to the CPUs Ray gave this trial
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+        cfg.train.threads = max(1, int(cpus))
+    node_id = ray.get_runtime_context().get_node_id()
+    work = Path(tempfile.mkdtemp(prefix="embinject-trial-"))
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = Path(checkpoint.to_directory(str(work / "resume")))
+
+    def report(metrics: dict, write_checkpoint) -> None:
+        out = Path(tempfile.mkdtemp(dir=work))
+        write_checkpoint(out)
+        tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(out)))
+        shutil.rmtree(out, ignore_errors=True)
+
+    method = None
+    try:
+        _, method = train(cfg, report=report, resume_from=resume_from)
+    finally:
+        if method is not None:
+            method.release()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- driver side
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _mlflow_callback(tracking_uri: str, experiment: str, state_file: Path, artifact_root: Path):
+    """A Ray Tune callback (driver side) forwarding trial events to `SearchTracker`. It holds only
+    plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
+    from ray.tune import Callback
+
+    class MlflowCallback(Callback):
+        def __init__(self):
+            self.settings = (tracking_uri, experiment, str(state_file), str(artifact_root))
+            self._tracker = None
+
+        @property
+        def tracker(self) -> SearchTracker:
+            if self._tracker is None:
+                uri, name, state, root = self.settings
+                self._tracker = SearchTracker(uri, name, Path(state), Path(root))
+            return self._tracker
+
+        def __getstate__(self):
+            return {"settings": self.settings, "_tracker": None}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.tracker.trial_started(trial.trial_id, trial.trial_id, dict(trial.config))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.tracker.trial_result(trial.trial_id, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            finished = bool(last.get("final"))
+            self.tracker.trial_finished(trial.trial_id, "FINISHED", {
+                "stopped_early": not finished, "stopped_by": "" if finished else "scheduler", "steps": last.get("step", 0)})
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.tracker.trial_finished(trial.trial_id, "FAILED", {"error_file": str(trial.error_file or "")})
+
+    return MlflowCallback()
+
+
+def _check_local_resources(search: SearchFile, address: str | None) -> None:
+    r = search.tune.resources
+    if address:
+        return  # checked against the cluster after connecting
+    cpus = os.cpu_count() or 1
+    if r.cpus > cpus:
+        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but this machine has {cpus}")
+    if r.gpus > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
+                              "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)")
+        if r.gpus > torch.cuda.device_count():
+            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has {torch.cuda.device_count()}")
+
+
+def _check_cluster_resources(search: SearchFile) -> None:
+    import ray
+
+    total = ray.cluster_resources()
+    r = search.tune.resources
+    if r.cpus > total.get("CPU", 0):
+        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but the cluster has {total.get('CPU', 0):g}")
+    if r.gpus > total.get("GPU", 0):
+        raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but the cluster has {total.get('GPU', 0):g}")
+
+
+def warm_caches(search: SearchFile) -> None:
+    """Shared work once, in the driver: model conversion, tokenised windows, the baseline
+    perplexity and each encoder's sentence embeddings land in the disk cache trials read."""
+    from . import train as train_mod
+
+    encoders = {None}
+    for p in search.params:
+        if p.key == "adapter.embedding_model" and p.kind in ("choice", "fixed"):
+            encoders = set(p.args)
+    methods = {search.config.method}
+    for p in search.params:
+        if p.key == "method" and p.kind in ("choice", "fixed"):
+            methods = set(p.args)
+    overrides: list[dict] = [{"method": "baseline"}]
+    if "injection" in methods:
+        overrides += [{"method": "injection", **({"adapter.embedding_model": e} if e else {})} for e in encoders]
+    for extra in overrides:
+        cfg = trial_config(search.base, {**extra, "train.device": "cpu"})
+        prep = train_mod.prepare(cfg)
+        train_mod.baseline_perplexity(prep, cfg)
+    train_mod._LM_CACHE.clear()
+
+
+def _searcher(search: SearchFile):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = search.tune
+    sampler = (optuna.samplers.TPESampler(seed=t.seed) if t.search_alg == "optuna"
+               else optuna.samplers.RandomSampler(seed=t.seed))
+    alg = OptunaSearch(DefineByRun(search.params, search.base), metric=t.metric, mode=t.mode,
+                       points_to_evaluate=[dict(p) for p in t.points_to_evaluate] or None, sampler=sampler)
+    return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
+
+
+def _scheduler(search: SearchFile):
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = search.tune.scheduler
+    if s.type == "none":
+        return None
+    return ASHAScheduler(time_attr="step", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _experiment_dir(search: SearchFile, resume: bool) -> Path:
+    """Each run gets `<name>-<timestamp>`; --resume continues the newest one of that name."""
+    root = Path(search.tune.storage_path).expanduser().resolve()
+    if resume:
+        found = sorted(p for p in root.glob(f"{search.tune.name}-*") if (p / STATE_FILE).is_file())
+        if not found:
+            raise ConfigError(f"--resume: no earlier search named '{search.tune.name}' under {root}")
+        return found[-1]
+    return root / f"{search.tune.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict | None]:
+    """One row per trial from what Ray Tune persisted (it survives a resume)."""
+    searched = [p.key for p in search.params if p.kind != "fixed"]
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        metrics = result.metrics or {}
+        history = [] if df is None or "val_perplexity" not in df else df[["step", "val_perplexity"]].dropna().values.tolist()
+        row = {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-1]}
+        row.update({k: result.config.get(k) for k in searched})
+        ppls = [h[1] for h in history]
+        row.update({
+            "final_val_perplexity": ppls[-1] if ppls else None,
+            "best_val_perplexity": min(ppls) if ppls else None,
+            "baseline_perplexity": metrics.get("baseline_perplexity"),
+            "steps": int(metrics.get("step", 0) or 0),
+            "evaluations": len(history),
+            "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None,
+            "status": "error" if result.error is not None else "ok",
+            "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
+            "node_id": metrics.get("node_id", ""),
+        })
+        row["_history"] = history
+        row["_checkpoint"] = result.checkpoint
+        row["_config"] = result.config
+        rows.append(row)
+    scored = [r for r in rows if r["best_val_perplexity"] is not None]
+    pick = min if search.tune.mode == "min" else max
+    best = pick(scored, key=lambda r: r["best_val_perplexity"]) if scored else None
+    fields = [k for k in rows[0] if not k.startswith("_")] if rows else []
+    with (exp_dir / "summary.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, best
+
+
+def _champion(best: dict, exp_dir: Path) -> Path | None:
+    if best is None or best["_checkpoint"] is None:
+        return None
+    target = exp_dir / "champion"
+    with best["_checkpoint"].as_directory() as ckpt:
+        source = Path(ckpt) / "best_adapter"
+        if not source.is_dir():
+            return None
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return target
+
+
+def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live trial table, with our columns
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    import logging
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray
+    from ray import tune
+
+    _check_local_resources(search, address)
+    exp_dir = _experiment_dir(search, resume)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (exp_dir / "search.yaml").write_text(search.text)
+    tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(exp_dir.parent)
+    artifact_root = exp_dir.parent / "mlartifacts"
+    tracker = SearchTracker(tracking_uri, search.mlflow.experiment, exp_dir / STATE_FILE, artifact_root)
+
+    t0 = time.time()
+    warm_caches(search)
+    warm_seconds = time.time() - t0
+
+    env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                      "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
+             runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    try:
+        if address:
+            _check_cluster_resources(search)
+        parent = tracker.start(exp_dir.name, {"search": {p.key: (p.kind, p.args, p.when) for p in search.params},
+                                              "tune": dataclasses.asdict(search.tune),
+                                              "base": search.base}, exp_dir / "search.yaml",
+                               {"search_file": str(search.path), "experiment_dir": str(exp_dir)})
+        r = search.tune.resources
+        base = dict(search.base)
+        if r.gpus == 0:
+            base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
+        fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+        searched = [p.key for p in search.params if p.kind != "fixed"]
+        reporter = tune.CLIReporter(
+            parameter_columns={k: _short(k) for k in searched},
+            metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
+                            "tokens_per_second": "tok/s"},
+            max_report_frequency=15, sort_by_metric=True)
+        run_config = tune.RunConfig(
+            name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
+            callbacks=[_mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir / STATE_FILE, artifact_root)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0), progress_reporter=reporter)
+        if resume and tune.Tuner.can_restore(str(exp_dir)):
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
+        else:
+            t = search.tune
+            tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.mode, search_alg=_searcher(search), scheduler=_scheduler(search),
+                num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+        grid = tuner.fit()
+        rows, best = summarize(grid, search, exp_dir)
+        outcome = _finish(search, tracker, rows, best, exp_dir, warm_seconds, time.time() - t0)
+        outcome["parent_run_id"] = parent
+        return outcome
+    finally:
+        ray.shutdown()
+
+
+def _finish(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: dict | None, exp_dir: Path,
+            warm_seconds: float, total_seconds: float) -> dict:
+    from .plots import optuna_plots, perplexity_curves
+
+    baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
+    curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
+    artifacts = [exp_dir / "summary.csv"]
+    if curves:
+        artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
+        scored = [(r["_config"], r["best_val_perplexity"]) for r in rows if r["best_val_perplexity"] is not None]
+        artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
+    champion = _champion(best, exp_dir)
+    metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
+               "trials_failed": sum(r["status"] == "error" for r in rows), "warm_cache_seconds": warm_seconds,
+               "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
+    if best is not None:
+        metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
+    version = tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None)
+    return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
+            "champion": str(champion) if champion else None, "registered_version": version,
+            "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows), **metrics}
+
+
+def _print_dry_run(search: SearchFile, address: str | None) -> None:
+    t = search.tune
+    print(f"search file: {search.path}")
+    print(f"base: model={search.config.model} method={search.config.method} data={search.config.data.path} "
+          f"seq_len={search.config.data.seq_len} max_steps={search.config.train.max_steps}")
+    print("space:")
+    print("\n".join(search.describe()) or "  (no searched parameters)")
+    sched = "none" if t.scheduler.type == "none" else (
+        f"ASHA on optimizer steps (max_t={t.scheduler.max_t}, grace_period={t.scheduler.grace_period}, "
+        f"reduction_factor={t.scheduler.reduction_factor:g})")
+    print(f"search: {t.search_alg} (seed {t.seed}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
+    budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
+    print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
+          f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
+    print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU; cluster: {address or 'local'}")
+    print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
+          f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m embinject.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("search_file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any key of the search file, e.g. --set tune.num_samples=4")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
+    parser.add_argument("--resume", action="store_true", help="continue the newest interrupted search of this name")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; do not start Ray")
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="-v shows trial logs")
+    args = parser.parse_args(argv)
+    try:
+        search = load_search_file(args.search_file, args.overrides)
+        _check_local_resources(search, args.address)
+        if args.dry_run:
+            _print_dry_run(search, args.address)
+            return 0
+        outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = outcome["best"]
+    print()
+    if best is None:
+        print(f"no trial reported a result; see {outcome['experiment_dir']}")
+        return 1
+    params = {k: v for k, v in best.items() if k in {p.key for p in search.params}}
+    print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
+          f"(frozen baseline {best['baseline_perplexity']:.3f}) after {best['steps']} steps")
+    print(f"  params: {json.dumps(params)}")
+    print(f"best adapter: {outcome['champion']}" + (f" (registered as {search.mlflow.register_as} "
+                                                     f"version {outcome['registered_version']}, alias champion)" if outcome["registered_version"] else ""))
+    print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed); "
+          f"summary: {outcome['experiment_dir']}/summary.csv")
+    print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}; "
+          f"open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+
+from embinject.config import ConfigError, DataConfig
+from embinject.data import build_windows, load_documents, select_windows
+from embinject.encoders import FourierEncoder, cached_embeddings
+from embinject.models import load_frozen_lm, tokenizer_fingerprint
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return load_frozen_lm(tiny_model).tokenizer
+
+
+def test_builtin_python_docs_split_is_deterministic_and_disjoint():
+    train, val = load_documents(DataConfig(path="builtin:python-docs"))
+    assert len(train) > 50 and len(val) > 5 and not set(train) & set(val)
+    assert load_documents(DataConfig(path="builtin:python-docs")) == (train, val)
+
+
+def test_shared_folder_uses_its_own_validation_split(shared_data):
+    train, val = load_documents(DataConfig(path=str(shared_data / "fineweb_edu_sample")))
+    assert (len(train), len(val)) == (135, 15)
+
+
+def test_sst2_never_reads_the_test_split(shared_data):
+    train, val = load_documents(DataConfig(path=str(shared_data / "sst2")))
+    assert (len(train), len(val)) == (6920, 872)
+
+
+def test_single_files_txt_jsonl_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"body": f"document number {i} " * 20} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    for name in ("d.jsonl", "d.parquet"):
+        train, val = load_documents(DataConfig(path=str(tmp_path / name), text_field="body"))
+        assert len(train) + len(val) == 20 and len(val) == 2
+    with pytest.raises(ConfigError, match="data.text_field: 'text' not found"):
+        load_documents(DataConfig(path=str(tmp_path / "d.jsonl")))
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"part{i}.txt").write_text(f"text file {i} " * 50)
+    train, val = load_documents(DataConfig(path=str(folder), val_fraction=0.25))
+    assert (len(train), len(val)) == (3, 1)
+
+
+def test_windows_are_cached_and_previous_is_the_preceding_window(tok):
+    cfg = DataConfig(seq_len=16)
+    key = tokenizer_fingerprint(tok)
+    train, val = build_windows(cfg, tok, key)
+    again, _ = build_windows(cfg, tok, key)
+    assert torch.equal(train.tokens, again.tokens)
+    # reconstruct: a window's `previous` must appear immediately before it in some document
+    docs, _ = load_documents(cfg)
+    ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    i = int(train.has_previous.nonzero()[0])
+    seq = train.previous[i].tolist() + train.tokens[i].tolist()
+    assert any(any(d[j : j + 32] == seq for j in range(0, len(d) - 31, 16)) for d in ids)
+    chosen = select_windows(train, 10, "previous", "train")
+    assert len(chosen) == 10 and chosen.has_previous.all()
+
+
+def test_fourier_encoder_is_deterministic_and_sized():
+    enc = FourierEncoder(vocab_size=1000, n_features=8)
+    ids = torch.randint(0, 1000, (5, 12))
+    a, b = enc.encode(ids), enc.encode(ids)
+    assert a.shape == (5, 16) and torch.equal(a, b)
+    assert not torch.allclose(enc.encode(ids[:, :6]), a)
+
+
+def test_embedding_cache_encodes_once():
+    calls = []
+
+    class Counting(FourierEncoder):
+        def encode(self, ids):
+            calls.append(1)
+            return super().encode(ids)
+
+    ids = torch.randint(0, 1000, (4, 8))
+    first = cached_embeddings("count-test", ids, lambda: Counting(1000, 4))
+    second = cached_embeddings("count-test", ids, lambda: Counting(1000, 4))
+    assert len(calls) == 1 and torch.equal(first, second)
+
+
+def test_bundled_sentence_encoder_dimension_read_from_model(tok):
+    from embinject.encoders import load_encoder
+
+    enc = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny")
+    emb = enc.encode(torch.randint(0, 500, (3, 10)))
+    assert enc.dim == 384 and emb.shape == (3, 384)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-4)  # the bundled pipeline normalises
+
+
+def test_unreachable_hub_dataset_is_a_clear_error(tok, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="data.path: cannot open hub dataset 'someone/not-a-dataset'"):
+        build_windows(DataConfig(path="someone/not-a-dataset"), tok, "k")

@@ -1,0 +1,57 @@
+"""The real path: bundled SmolLM2-135M (GGUF -> cached safetensors), bundled all-MiniLM-L6-v2,
+real shared data. Budgets are small (2 CPU cores) but nothing here is mocked."""
+import json
+
+import pytest
+import torch
+
+from embinject.config import load_config
+from embinject.models import load_frozen_lm
+from embinject.train import main, train
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def wiki(shared_data):
+    return str(shared_data / "wikipedia_en_sample")
+
+
+def test_bundled_model_loads_frozen_from_safetensors_cache():
+    lm = load_frozen_lm("bundled:smollm2-135m")
+    assert lm.dim == 576 and lm.model.config.num_hidden_layers == 30
+    assert all(not p.requires_grad for p in lm.model.parameters())
+    assert any(p.name.endswith(".safetensors") for p in __import__("pathlib").Path(lm.path).iterdir())
+
+
+@pytest.mark.parametrize("method", ["baseline", "prompt", "injection", "prefix", "lora"])
+def test_cli_trains_each_method_on_bundled_model_and_shared_data(tmp_path, wiki, method):
+    out = tmp_path / method
+    code = main(["--set", f"method={method}", "--set", f"data.path={wiki}", "--set", "data.seq_len=32",
+                 "--set", "data.train_samples=16", "--set", "data.val_samples=8", "--set", "train.batch_size=4",
+                 "--set", "train.max_steps=2", "--set", "train.progress=false", "--set", "adapter.prefix_len=2",
+                 "--set", "adapter.mlp_width=64", "--output-dir", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    for key in ("method", "model", "embedding_model", "embed_source", "trainable_params", "total_params",
+                "baseline_perplexity", "val_perplexity", "best_epoch", "epochs_run", "train_seconds",
+                "tokens_per_second", "history"):
+        assert key in result
+    assert result["method"] == method and result["embed_source"] == "context"
+    assert 1 < result["baseline_perplexity"] < 1000
+    assert (out / "adapter" / "embinject.json").is_file()
+    if method != "baseline":
+        assert len(result["history"]) >= 1 and result["trainable_params"] > 0
+    if method == "injection":
+        assert result["embedding_model"] == "bundled:all-minilm-l6-v2"
+
+
+@pytest.mark.parametrize("method", ["prompt", "injection"])
+def test_a_few_steps_lower_real_validation_perplexity(wiki, method):
+    cfg = load_config(None, [f"method={method}", f"data.path={wiki}", "data.seq_len=32", "data.train_samples=96",
+                             "data.val_samples=24", "train.batch_size=8", "train.max_steps=12", "train.eval_every=6",
+                             "train.lr=3e-3", "train.progress=false", "adapter.prefix_len=4", "adapter.mlp_width=128",
+                             "adapter.context_tokens=8"])
+    result, trained = train(cfg)
+    assert result["val_perplexity"] < result["baseline_perplexity"]
+    trained.release()
