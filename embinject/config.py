@@ -248,6 +248,16 @@ def lookup_field(key: str) -> tuple[Any, dict]:
     raise ConfigError(f"{key}: empty key")
 
 
+def is_section(key: str) -> bool:
+    cls = Config
+    for part in key.split("."):
+        tp = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return False
+        cls = tp
+    return True
+
+
 def check_value(key: str, value: Any) -> Any:
     """Validate one value for a dotted training-config key."""
     tp, meta = lookup_field(key)

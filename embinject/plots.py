@@ -1,6 +1,7 @@
 """Figures of a search, drawn from the logged results (never from typed-in numbers)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +37,7 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
     study = optuna.create_study(direction=direction)
     dists = {p.key: p.optuna_distribution() for p in params if p.kind != "fixed"}
     for values, score in rows:
-        present = {k: v for k, v in values.items() if k in dists}
+        present = {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items() if k in dists}
         study.add_trial(optuna.trial.create_trial(params=present, distributions={k: dists[k] for k in present}, value=score))
     out = []
     if not study.trials:

@@ -13,12 +13,13 @@ Everything is validated here, before Ray starts.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, parse_override,
+from .config import (Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, parse_override,
                      read_yaml, set_dotted, settings_from_dict)
 
 DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2, "qrandint": 3}
@@ -37,7 +38,10 @@ class Param:
 
     def suggest(self, trial) -> Any:
         if self.kind == "choice":
-            return trial.suggest_categorical(self.key, self.args)
+            # Optuna's categories must be scalars: list values (e.g. target_modules) go in as JSON.
+            encoded = [json.dumps(v) if isinstance(v, list) else v for v in self.args]
+            picked = trial.suggest_categorical(self.key, encoded)
+            return self.args[encoded.index(picked)]
         if self.kind in ("uniform", "loguniform"):
             return trial.suggest_float(self.key, self.args[0], self.args[1], log=self.kind == "loguniform")
         if self.kind == "randint":
@@ -48,7 +52,7 @@ class Param:
         import optuna.distributions as d
 
         if self.kind == "choice":
-            return d.CategoricalDistribution(self.args)
+            return d.CategoricalDistribution([json.dumps(v) if isinstance(v, list) else v for v in self.args])
         if self.kind in ("uniform", "loguniform"):
             return d.FloatDistribution(self.args[0], self.args[1], log=self.kind == "loguniform")
         step = self.args[2] if self.kind == "qrandint" else 1
@@ -126,8 +130,16 @@ def parse_space(raw: Any) -> list[Param]:
     if not isinstance(raw, dict):
         raise ConfigError(f"search: expected a mapping of dotted config keys to distributions, got {raw!r}")
     params: list[Param] = []
-    for key, spec in raw.items():
-        params.append(_parse_param(str(key), spec))
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, spec in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(spec, dict) and is_section(dotted):
+                walk(spec, f"{dotted}.")  # nested form: `adapter: {mlp_width: {choice: ...}}`
+            else:
+                params.append(_parse_param(dotted, spec))
+
+    walk(raw, "")
     return params
 
 
@@ -148,6 +160,8 @@ class DefineByRun:
                 fixed[p.key] = chosen[p.key] = p.args[0]
             else:
                 chosen[p.key] = p.suggest(trial)
+                if isinstance(chosen[p.key], list):
+                    fixed[p.key] = chosen[p.key]  # the returned dict overrides Optuna's JSON string
         return fixed
 
 

@@ -164,7 +164,8 @@ def _searcher(search: SearchFile):
     sampler = (optuna.samplers.TPESampler(seed=t.seed) if t.search_alg == "optuna"
                else optuna.samplers.RandomSampler(seed=t.seed))
     alg = OptunaSearch(DefineByRun(search.params, search.base), metric=t.metric, mode=t.mode,
-                       points_to_evaluate=[dict(p) for p in t.points_to_evaluate] or None, sampler=sampler)
+                       points_to_evaluate=[{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.items()}
+                                           for p in t.points_to_evaluate] or None, sampler=sampler)
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
 
 

@@ -1,0 +1,232 @@
+"""The search system end to end on the tiny model and real shared data: a real local Ray
+cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowClient."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embinject.space import DefineByRun, load_search_file, parse_space
+
+from .conftest import ROOT
+
+
+def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overrides) -> Path:
+    spec = {
+        "model": tiny_model, "method": "injection",
+        "data": {"path": data, "seq_len": 32, "train_samples": 96, "val_samples": 24},
+        "adapter": {"embedding_model": "fourier", "fourier_features": 16, "context_tokens": 8, "prefix_len": 2},
+        "train": {"batch_size": 8, "max_steps": 12, "eval_every": 3, "patience": 0},
+        "search": {
+            "method": {"choice": ["prompt", "injection"]},
+            "train.lr": {"loguniform": [1.0e-4, 5.0e-2]},
+            "adapter.prefix_len": {"randint": [1, 4]},
+            "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}},
+        },
+        "tune": {"name": "t", "num_samples": 6, "max_concurrent_trials": 2, "seed": 0,
+                 "points_to_evaluate": [{"method": "injection", "train.lr": 0.01, "adapter.prefix_len": 2, "adapter.mlp_width": 32}],
+                 "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+                 "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(storage)},
+        "mlflow": {"experiment": "test-search", "register_as": "test-adapter"},
+    }
+    for key, value in overrides.items():
+        node = spec
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_tune(*args, timeout=600, **popen):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "embinject.tune", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, **popen)
+
+
+def read_mlflow(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("embinject.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("embinject.kind") == "trial"]
+    return client, parents, children
+
+
+def test_conditional_space_samples_only_valid_combinations():
+    import optuna
+
+    params = parse_space({"method": {"choice": ["prompt", "injection"]},
+                          "adapter.mlp_width": {"choice": [8, 16], "when": {"method": "injection"}},
+                          "adapter.embedding_model": {"choice": ["fourier", "lm-mean"], "when": {"method": ["injection"]}},
+                          "train.lr": {"loguniform": [1e-4, 1e-2]}})
+    fn = DefineByRun(params, {})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        fn(trial)
+        p = trial.params
+        injection = p["method"] == "injection"
+        assert ("adapter.mlp_width" in p) == injection and ("adapter.embedding_model" in p) == injection
+        seen.add(p["method"])
+        study.tell(trial, 1.0)
+    assert seen == {"prompt", "injection"}
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"search.adapter.mlp_widht": {"choice": [1, 2]}}, "search.adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)"),
+    ({"search.train.lr": {"loguniform": [1.0e-2, 1.0e-4]}}, "search.train.lr.loguniform: low (0.01) must be smaller than high (0.0001)"),
+    ({"search.adapter.prefix_len": {"randint": [5, 2]}}, "search.adapter.prefix_len.randint: low (5) must not exceed high (2)"),
+    ({"search.train.lr": {"normal": [0, 1]}}, "search.train.lr: expected one of choice, uniform, loguniform, randint, qrandint"),
+    ({"tune.resources": {"cpus": 64, "gpus": 0}}, "tune.resources.cpus: a trial asks for 64 CPUs but this machine has"),
+    ({"tune.resources": {"cpus": 1, "gpus": 1}}, "tune.resources.gpus: a trial asks for 1 GPU but no GPU is visible"),
+    ({"tune.num_samlpes": 3}, "tune.num_samlpes: unknown key (did you mean 'num_samples'?)"),
+    ({"tune.scheduler": {"type": "asha", "grace_period": 50}}, "tune.scheduler.grace_period: 50 exceeds max_t (12)"),
+    ({"search.adapter.context_tokens": {"choice": [8, 32]}}, "search.adapter.context_tokens: value 32 makes an invalid config"),
+])
+def test_bad_search_file_fails_before_ray_starts(tmp_path, tiny_model, patch, expected):
+    if "gpus" in str(patch) and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **patch)
+    start = time.time()
+    proc = run_tune(str(path), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written, Ray never started
+    assert time.time() - start < 60
+
+
+def test_dry_run_prints_the_plan(tmp_path, tiny_model):
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
+    proc = run_tune(str(path), "--dry-run", "--set", "tune.num_samples=3", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in proc.stdout
+    assert "budget: 3 trials, at most 36 optimizer steps" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny_model, shared_data):
+    from mlflow.artifacts import download_artifacts
+
+    from embinject.evaluate import perplexity
+    from embinject.methods import load_method
+    from embinject.models import load_frozen_lm
+    from embinject.train import prepare
+
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, str(shared_data / "wikitext2_valid_detok"), storage)
+    proc = run_tune(str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    exp_dir = next(storage.glob("t-*"))
+    summary = (exp_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 6
+    for png in ("val_perplexity_curves.png", "optimization_history.png", "parallel_coordinate.png"):
+        assert (exp_dir / png).stat().st_size > 5000
+
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    client, parents, children = read_mlflow(uri, "test-search")
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    for c in children:
+        assert "train.lr" in c.data.params and "method" in c.data.params
+        assert ("adapter.mlp_width" in c.data.params) == (c.data.params["method"] == "injection")
+        history = client.get_metric_history(c.info.run_id, "val_perplexity")
+        assert len(history) >= 1 and c.info.status == "FINISHED"
+        assert sorted(h.step for h in history) == [h.step for h in sorted(history, key=lambda h: h.timestamp)]
+    stopped = [c for c in children if c.data.tags.get("stopped_early") == "True"]
+    assert len(stopped) >= 1  # ASHA cut at least one trial
+    assert all(int(c.data.tags["steps"]) < 12 for c in stopped)
+    assert parent.data.metrics["trials"] == 6
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"search", "results", "champion_adapter"} <= artifacts
+
+    best = parent.data.metrics["best_val_perplexity"]
+    assert best == pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
+    mv = client.get_model_version_by_alias("test-adapter", "champion")
+    local = download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "champion"))
+    meta = json.loads((Path(local) / "embinject.json").read_text())
+    lm = load_frozen_lm(tiny_model)
+    from embinject.config import config_from_dict
+
+    cfg = config_from_dict(meta["config"])
+    method = load_method(local, lm.model, lm.tokenizer)
+    assert perplexity(method, prepare(cfg).val, 32) == pytest.approx(best, rel=1e-5)
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+
+
+def kill_session(sid: int, timeout: float = 30) -> None:
+    """SIGKILL every process of a session (Ray's agents outlive their raylet otherwise and hold
+    their ports), then wait until they are gone."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == sid:
+                        pids.append(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage,
+                        **{"train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 4,
+                           "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finished_before: dict[str, int] = {}
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            trials = sorted(storage.glob("t-*/trial_*"))
+            done = {t.name: len(r) for t in trials if (r := _results(t)) and r[-1].get("final")}
+            running = [t for t in trials if t.name not in done and len(_results(t)) >= 2]
+            if done and running:
+                finished_before = done
+                break
+        assert finished_before, "the search ended before it could be interrupted"
+    finally:
+        kill_session(proc.pid)  # the driver and every Ray process it started, at once
+        proc.wait()
+    result = run_tune(str(path), "--resume")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp_dir = next(storage.glob("t-*"))
+    trials = sorted(exp_dir.glob("trial_*"))
+    assert len(trials) == 4
+    for t in trials:
+        rows = _results(t)
+        steps = [r["step"] for r in rows]
+        assert steps == sorted(set(steps)), f"{t.name} repeated steps {steps}: it restarted instead of resuming"
+        assert rows[-1]["final"] and rows[-1]["step"] == 150
+        if t.name in finished_before:
+            assert len(rows) == finished_before[t.name]  # a finished trial is not run again
+    _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert len(parents) == 1 and len(children) == 4
