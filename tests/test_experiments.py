@@ -1,0 +1,16 @@
+"""Each experiment's command in a tiny configuration, so they keep working."""
+from experiments.embedding_injection import run as embedding_injection
+
+
+def test_embedding_injection_experiment_tiny(tmp_path, tiny_model, shared_data):
+    out = tmp_path / "exp"
+    code = embedding_injection.main([
+        "--data", str(shared_data / "wikitext2_valid_detok"), "--out", str(out), "--sources", "context", "previous",
+        "--set", f"model={tiny_model}", "--set", "data.seq_len=32", "--set", "data.train_samples=32",
+        "--set", "data.val_samples=16", "--set", "train.max_steps=2", "--set", "train.eval_every=1",
+        "--set", "adapter.context_tokens=8", "--set", "adapter.mlp_width=16"])
+    assert code == 0
+    text = (out / "RESULTS.md").read_text()
+    assert "## embed_source: context" in text and "## embed_source: previous" in text
+    assert text.count("| Control: injection, shuffled embeddings |") == 2
+    assert "How much of the gain survives without the leak" in text
