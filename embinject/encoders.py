@@ -75,7 +75,8 @@ class SentenceTransformerEncoder:
             raise ConfigError(f"adapter.embedding_model: cannot load '{spec}' ({str(exc).splitlines()[0]})") from None
         self.model.eval()
         self.tokenizer = tokenizer
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = dim_fn()
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:

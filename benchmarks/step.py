@@ -1,0 +1,161 @@
+"""Training-step throughput: embinject's trainers against the stock PEFT equivalents.
+
+    python -m benchmarks.step [--reps 5] [--batch 8] [--seq 64] [--prefix 8]
+
+Same frozen model object, same batch, same adapter size; steps of the two sides are interleaved
+(A B A B ...) and the median is reported, because this machine is noisy. Achieved GFLOP/s counts the
+frozen model's forward plus activation-gradient matmul FLOPs (4 x params x tokens, LM head only on
+the positions each side actually projects) and is compared with a large fp32 matmul measured in the
+same run at the same thread count. Writes benchmarks/results/step.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from embinject.config import load_config
+from embinject.data import build_windows, select_windows
+from embinject.methods import build_method
+from embinject.models import load_frozen_lm, tokenizer_fingerprint
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def matmul_params(lm) -> tuple[int, int]:
+    """(linear params inside the decoder layers, LM head params)."""
+    head = lm.get_output_embeddings().weight.numel()
+    body = sum(m.weight.numel() for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
+    return body, head
+
+
+def step_fn_ours(method, batch):
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-3)
+
+    def step():
+        nll, n = method.nll(batch)
+        loss = nll / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def step_fn_peft(peft_model, batch):
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    ids, labels = batch["input_ids"], batch["labels"]
+
+    def step():
+        loss = peft_model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def interleave(fns: dict, reps: int) -> dict[str, list[float]]:
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up (allocator, first-call overheads)
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="bundled:smollm2-135m")
+    p.add_argument("--data", default="builtin:python-docs")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--prefix", type=int, default=8)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--methods", nargs="+", default=["prompt", "injection", "prefix", "lora"])
+    args = p.parse_args(argv)
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lm = load_frozen_lm(args.model)
+    cfg_data = load_config(None, [f"data.path={args.data}", f"data.seq_len={args.seq}"]).data
+    train_w, _ = build_windows(cfg_data, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
+    ids = select_windows(train_w, args.batch, "window", "train").tokens
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    B, T, P = args.batch, args.seq, args.prefix
+    body, head = matmul_params(lm.model)
+    peak = matmul_peak_gflops()
+    threads = torch.get_num_threads()
+    rows = []
+    for name in args.methods:
+        over = [f"model={args.model}", f"method={name}", f"adapter.prefix_len={P if name != 'injection' else P - 1}",
+                "adapter.inject_tokens=1", "adapter.mlp_width=0" if name == "prefix" else "adapter.mlp_width=512",
+                "adapter.embedding_model=fourier", "adapter.rank=8"]
+        cfg = load_config(None, over)
+        b = dict(batch)
+        if name == "injection":
+            b["sentence_embedding"] = torch.randn(B, 2 * cfg.adapter.fourier_features)
+        ours = build_method(cfg, lm.model, encoder_dim=2 * cfg.adapter.fourier_features, tokenizer=lm.tokenizer)
+        fns = {"embinject": step_fn_ours(ours, b)}
+        peft_model = None
+        if name == "prompt":
+            peft_model = get_peft_model(lm.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
+        elif name == "prefix":
+            peft_model = get_peft_model(lm.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
+        elif name == "lora":
+            peft_model = ours.peft_model  # the same LoRA layers: only the loss path differs
+        if peft_model is not None:
+            fns["peft"] = step_fn_peft(peft_model, batch)
+        try:
+            times = interleave(fns, args.reps)
+        except Exception as exc:  # a stock path that breaks is a result worth recording, not a crash
+            times = interleave({"embinject": fns["embinject"]}, args.reps)
+            rows.append({"method": name, "side": "peft", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+        for side, ts in times.items():
+            med = statistics.median(ts)
+            prefix_tokens = 0 if name in ("lora", "prefix") else P
+            body_tokens = B * (T + prefix_tokens)
+            head_tokens = B * (T - 1) if side == "embinject" else B * (T + prefix_tokens)
+            flops = 4 * (body * body_tokens + head * head_tokens)
+            rows.append({"method": name, "side": side, "median_s": med, "all_s": ts,
+                         "tokens_per_s": B * T / med, "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak})
+        ours.release()
+    for name in args.methods:
+        pair = {r["side"]: r for r in rows if r["method"] == name and "median_s" in r}
+        if "peft" in pair:
+            pair["embinject"]["speedup_vs_peft"] = pair["peft"]["median_s"] / pair["embinject"]["median_s"]
+    OUT.mkdir(exist_ok=True)
+    out = {"benchmark": "step", "model": args.model, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps,
+           "threads": threads, "matmul_peak_gflops": peak, "machine": platform.platform(), "torch": torch.__version__,
+           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    (OUT / "step.json").write_text(json.dumps(out, indent=1))
+    for r in rows:
+        if "median_s" in r:
+            extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT" if "speedup_vs_peft" in r else ""
+            print(f"{r['method']:10s} {r['side']:10s} {r['median_s']:.2f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+                  f"{r['gflops']:.0f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {peak:.0f}){extra}")
+        else:
+            print(f"{r['method']:10s} {r['side']:10s} failed: {r['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
