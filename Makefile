@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test tune train clean
+.PHONY: install test tune train bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ tune: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m embinject.train configs/quickstart_train.yaml --output-dir runs/quickstart-train
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.step --bf16
+	$(PY) -m benchmarks.report
+
+experiments: $(STAMP)
+	$(PY) -m experiments.embedding_injection.run --data ../shared/data/wikipedia_en_sample
 
 clean:
 	rm -rf runs .pytest_cache

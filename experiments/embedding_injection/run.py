@@ -139,6 +139,30 @@ def render(results: dict, args, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in next(iter(results.values()))]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(results)
+    for i, (source, rows) in enumerate(results.items()):
+        base = rows[0]["baseline_perplexity"]
+        ax.bar([j + i * width for j in range(len(rows))], [100 * (r["val_perplexity"] / base - 1) for r in rows],
+               width, label=f"embed_source: {source}")
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(labels))])
+    ax.set_xticklabels([l.replace("Control: ", "ctrl: ").replace(" (", "\n(") for l in labels], fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("val perplexity vs frozen baseline (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="a shared data folder, e.g. ../shared/data/wikipedia_en_sample")
@@ -158,7 +182,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "RESULTS.md").write_text(render(results, args, time.time() - t0))
+    plot(results, out / "perplexity_change.png")
+    (out / "RESULTS.md").write_text(render(results, args, time.time() - t0) + "\n![change vs baseline](perplexity_change.png)\n")
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
 

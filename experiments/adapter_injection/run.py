@@ -1,0 +1,140 @@
+"""The adapter-injection principle (seed 001), measured on LoRA through PEFT:
+
+    python -m experiments.adapter_injection.run --data ../shared/data/wikipedia_en_sample
+
+1. At injection the output equals the base model's (B is zero-initialised): max |difference|.
+2. Named adapters: two adapters live side by side, each selectable by name.
+3. Two adapters active at once: the output moves by the sum of both low-rank updates.
+4. Disabling the adapters restores the base output exactly.
+5. Parameters added per adapted layer equal r x (d_in + d_out).
+6. LoRA's validation perplexity on the data and budget of the embedding-injection experiment.
+Writes RESULTS.md and results.json beside this file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from embinject.config import ConfigError, load_config
+from embinject.models import load_frozen_lm
+from embinject.train import prepare, train
+
+HERE = Path(__file__).resolve().parent
+EXP1 = HERE.parent / "embedding_injection"
+
+
+def lora_facts(model_spec: str, rank: int, targets: list[str]) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lm = load_frozen_lm(model_spec)
+    ids = torch.randint(0, len(lm.tokenizer), (2, 24))
+    with torch.no_grad():
+        base = lm.model(input_ids=ids).logits
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM")
+    model = get_peft_model(lm.model, cfg, adapter_name="first")
+    model.add_adapter("second", cfg)
+    facts = {}
+    with torch.no_grad():
+        model.set_adapter("first")
+        facts["max_abs_diff_at_injection"] = float((model(input_ids=ids).logits - base).abs().max())
+        # give each adapter a different non-zero update, as training would
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.02)
+        model.set_adapter("first")
+        out_a = model(input_ids=ids).logits
+        model.set_adapter("second")
+        out_b = model(input_ids=ids).logits
+        facts["adapter_names"] = sorted(model.peft_config)
+        facts["a_and_b_differ_max_abs"] = float((out_a - out_b).abs().max())
+        model.base_model.set_adapter(["first", "second"])
+        out_ab = model(input_ids=ids).logits
+        facts["both_active_differs_from_each"] = float(min((out_ab - out_a).abs().max(), (out_ab - out_b).abs().max()))
+        # with both active, a layer's update is the sum of the two low-rank updates
+        layer = next(m for n, m in model.named_modules() if n.endswith(targets[0]) and hasattr(m, "lora_A"))
+        x = torch.randn(3, layer.in_features)
+        expected = layer.base_layer(x) + sum(layer.lora_B[k](layer.lora_A[k](x)) * layer.scaling[k] for k in ("first", "second"))
+        facts["two_active_sum_max_abs_error"] = float((layer(x) - expected).abs().max())
+        with model.disable_adapter():
+            facts["max_abs_diff_disabled"] = float((model(input_ids=ids).logits - base).abs().max())
+    per_layer = []
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "first" in module.lora_A:
+            added = module.lora_A["first"].weight.numel() + module.lora_B["first"].weight.numel()
+            per_layer.append({"module": name.replace("base_model.model.", ""), "d_in": module.in_features,
+                              "d_out": module.out_features, "added": added,
+                              "r_x_(d_in+d_out)": rank * (module.in_features + module.out_features)})
+    facts["per_layer"] = per_layer
+    facts["all_layers_match_formula"] = all(p["added"] == p["r_x_(d_in+d_out)"] for p in per_layer)
+    model.unload()
+    return facts
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--config", default=str(EXP1 / "config.yaml"), help="same budget as the embedding-injection experiment")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--out", default=str(HERE))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        cfg = load_config(args.config, [f"data.path={args.data}", "method=lora", f"adapter.rank={args.rank}",
+                                        "adapter.target_modules=[q_proj,v_proj]", "adapter.embed_source=context",
+                                        "train.progress=false", *args.overrides])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    facts = lora_facts(cfg.model, args.rank, cfg.adapter.target_modules)
+    result, method = train(cfg, prepared=prepare(cfg))
+    method.release()
+    results = {"facts": facts, "lora": result}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    lines = ["# Adapter injection, measured on LoRA (seed 001)", "",
+             f"Generated by `python -m experiments.adapter_injection.run {' '.join(sys.argv[1:])}` in {(time.time() - t0) / 60:.1f} min "
+             f"on {platform.machine()} with {torch.get_num_threads()} threads. Model `{cfg.model}`, rank {args.rank}, targets "
+             f"{', '.join(cfg.adapter.target_modules)}.", "",
+             "| claim | measured |", "|---|---|",
+             f"| output identical to the base model at injection | max abs difference {facts['max_abs_diff_at_injection']:.3g} |",
+             f"| named adapters | {', '.join(facts['adapter_names'])}; their outputs differ by up to {facts['a_and_b_differ_max_abs']:.3g} |",
+             f"| two adapters active at once | output differs from either alone by at least {facts['both_active_differs_from_each']:.3g}; "
+             f"a layer's output equals base + both updates to {facts['two_active_sum_max_abs_error']:.3g} |",
+             f"| disabling restores the base exactly | max abs difference {facts['max_abs_diff_disabled']:.3g} |",
+             f"| parameters per layer = r x (d_in + d_out) | {'holds for all' if facts['all_layers_match_formula'] else 'FAILS for some of'} "
+             f"{len(facts['per_layer'])} adapted layers |", "",
+             "| layer (first of each kind) | d_in | d_out | added | r x (d_in + d_out) |", "|---|---|---|---|---|"]
+    seen = set()
+    for row in facts["per_layer"]:
+        kind = row["module"].rsplit(".", 1)[-1]
+        if kind not in seen:
+            seen.add(kind)
+            lines.append(f"| {row['module']} | {row['d_in']} | {row['d_out']} | {row['added']:,} | {row['r_x_(d_in+d_out)']:,} |")
+    lines += ["", "## LoRA on the embedding-injection experiment's data and budget", "",
+              "| method | val perplexity | vs baseline | trainable params | train time (s) |", "|---|---|---|---|---|",
+              f"| LoRA r={args.rank} | {result['val_perplexity']:.2f} | {100 * (result['val_perplexity'] / result['baseline_perplexity'] - 1):+.1f}% | "
+              f"{result['trainable_params']:,} | {result['train_seconds']:.0f} |"]
+    exp1 = EXP1 / "results.json"
+    if exp1.is_file() and str(Path(args.out).resolve()) == str(HERE):
+        for r in json.loads(exp1.read_text()).get("context", []):
+            if r["label"] in ("Static prefix (3 tokens)", "Injection (MiniLM)"):
+                lines.append(f"| {r['label']} (from embedding_injection/results.json) | {r['val_perplexity']:.2f} | "
+                             f"{100 * (r['val_perplexity'] / r['baseline_perplexity'] - 1):+.1f}% | {r['trainable_params']:,} | {r['train_seconds']:.0f} |")
+    lines += ["", f"All rows use `embed_source: context` ({cfg.adapter.context_tokens} context tokens, not scored), "
+              f"{cfg.data.train_samples} training windows of {cfg.data.seq_len} tokens, at most {cfg.train.max_steps} steps, lr {cfg.train.lr:g}.", ""]
+    (out / "RESULTS.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
