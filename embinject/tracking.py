@@ -12,7 +12,8 @@ import math
 import time
 from pathlib import Path
 
-METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "baseline_perplexity")
+METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "baseline_perplexity",
+           "train_seconds", "eval_seconds", "startup_seconds", "trainable_started_at")
 
 
 def default_tracking_uri(storage_dir: Path) -> str:

@@ -178,6 +178,7 @@ def _peak_memory_mb(device: str) -> float:
 def train(cfg: Config, report: Report | None = None, resume_from: Path | None = None,
           prepared: Prepared | None = None) -> tuple[dict, AdapterMethod]:
     """Train one adapter; returns (result dict, trained method holding the best weights)."""
+    entered = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     prep = prepared or prepare(cfg)
@@ -208,8 +209,8 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     max_steps = min(cfg.train.max_steps or 10**12, steps_per_epoch * cfg.train.max_epochs)
     eval_every = cfg.train.eval_every or steps_per_epoch
-    loop = {"step": 0, "best_ppl": math.inf, "best_step": 0, "bad_evals": 0, "history": [],
-            "train_seconds": 0.0, "train_tokens": 0, "loss_sum": 0.0, "loss_steps": 0, "stopped_early": False}
+    loop = {"step": 0, "best_ppl": math.inf, "best_step": 0, "bad_evals": 0, "history": [], "train_seconds": 0.0,
+            "eval_seconds": 0.0, "train_tokens": 0, "loss_sum": 0.0, "loss_steps": 0, "stopped_early": False}
     best_state = None
     if resume_from is not None:
         loop = load_checkpoint(resume_from, method, opt, device)
@@ -232,6 +233,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
 
         progress = tqdm(total=max_steps, initial=loop["step"], desc=cfg.method, unit="step", leave=False)
     method.train()
+    startup_seconds = time.perf_counter() - entered  # everything before the first step of this process
     done = loop["stopped_early"] or loop["step"] >= max_steps
     while not done:
         epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
@@ -255,7 +257,9 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                 progress.set_postfix(loss=f"{loss.item():.3f}")
             last = loop["step"] >= max_steps
             if loop["step"] % eval_every == 0 or last:
+                t_eval = time.perf_counter()
                 ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
+                loop["eval_seconds"] += time.perf_counter() - t_eval
                 entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
                          "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
                 loop["history"].append(entry)
@@ -271,7 +275,8 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
                     final = loop["stopped_early"] or last  # no further evaluation will follow
                     report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
-                            "baseline_perplexity": base_ppl, "final": final}, write_checkpoint)
+                            "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
+                            "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
                 if loop["stopped_early"] or last:
                     done = True
                     break
@@ -283,7 +288,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         val_perplexity=loop["best_ppl"], improvement_percent=100.0 * (1 - loop["best_ppl"] / base_ppl),
         best_step=loop["best_step"], best_epoch=math.ceil(loop["best_step"] / steps_per_epoch),
         epochs_run=loop["step"] / steps_per_epoch, steps=loop["step"], stopped_early=loop["stopped_early"],
-        train_seconds=loop["train_seconds"], tokens_per_second=loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
+        train_seconds=loop["train_seconds"], eval_seconds=loop["eval_seconds"], tokens_per_second=loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
         history=loop["history"], peak_memory_mb=_peak_memory_mb(device),
     )
     return result, method

@@ -33,6 +33,7 @@ def trainable(config: dict, base: dict | None = None) -> None:
 
     from .train import train
 
+    started_at = time.time()  # wall clock, comparable with the driver's record of the trial's start
     cfg = trial_config(base, config)
     cfg.train.progress = False
     if cfg.train.threads is None:  # match torch's threads to the CPUs Ray gave this trial
@@ -48,7 +49,7 @@ def trainable(config: dict, base: dict | None = None) -> None:
     def report(metrics: dict, write_checkpoint) -> None:
         out = Path(tempfile.mkdtemp(dir=work))
         write_checkpoint(out)
-        tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(str(out)))
+        tune.report({**metrics, "node_id": node_id, "trainable_started_at": started_at}, checkpoint=tune.Checkpoint.from_directory(str(out)))
         shutil.rmtree(out, ignore_errors=True)
 
     method = None
