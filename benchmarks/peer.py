@@ -1,0 +1,122 @@
+"""The same small search through transformers' `Trainer.hyperparameter_search(backend="ray")` with a
+PEFT prompt-tuning model, and through `python -m embinject.tune`.
+
+    python -m benchmarks.peer [--trials 4] [--steps 20]
+
+Both search prompt tuning over the learning rate (log-uniform 1e-4..1e-2) and the prompt length
+(1..8) with the same number of trials, each trial the same number of steps of batch 8 on the same
+token windows of the bundled SmolLM2-135M, 1 CPU per trial, 2 trials at a time, one evaluation at
+the end on the same validation windows (so last = best for both). Neither uses early stopping.
+Reported: end-to-end wall clock of each search (Ray start, model loading, everything) and the best
+validation perplexity each found. Writes benchmarks/results/peer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+MODEL = "bundled:smollm2-135m"
+
+
+def windows(seq: int, n_train: int, n_val: int):
+    from embinject.config import load_config
+    from embinject.data import build_windows, select_windows
+    from embinject.models import load_frozen_lm, tokenizer_fingerprint
+
+    lm = load_frozen_lm(MODEL)
+    cfg = load_config(None, [f"data.seq_len={seq}"]).data
+    train_w, val_w = build_windows(cfg, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
+    return (select_windows(train_w, n_train, "window", "train").tokens,
+            select_windows(val_w, n_val, "window", "validation").tokens, lm.path)
+
+
+class Windows(torch.utils.data.Dataset):
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+
+
+def run_hf(args, train_t, val_t, model_path: str) -> dict:
+    from peft import PromptTuningConfig, get_peft_model
+    from ray import tune
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    def model_init(trial):
+        n = int(trial["prefix_len"]) if trial else 8
+        base = AutoModelForCausalLM.from_pretrained(model_path)
+        return get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
+
+    out = tempfile.mkdtemp(prefix="hf-peer-")
+    targs = TrainingArguments(output_dir=out, max_steps=args.steps, per_device_train_batch_size=8,
+                              per_device_eval_batch_size=32, eval_strategy="steps", eval_steps=args.steps,
+                              save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                              logging_strategy="no", seed=0, dataloader_num_workers=0)
+    trainer = Trainer(model_init=model_init, args=targs, train_dataset=Windows(train_t), eval_dataset=Windows(val_t))
+    t0 = time.time()
+    best = trainer.hyperparameter_search(
+        hp_space=lambda _: {"learning_rate": tune.loguniform(1e-4, 1e-2), "prefix_len": tune.randint(1, 9)},
+        backend="ray", n_trials=args.trials, direction="minimize", resources_per_trial={"cpu": 1}, max_concurrent_trials=2,
+        storage_path=tempfile.mkdtemp(prefix="hf-peer-ray-"))
+    wall = time.time() - t0
+    import ray
+
+    ray.shutdown()
+    return {"wall_s": wall, "best_val_perplexity": math.exp(best.objective), "best_params": best.hyperparameters}
+
+
+def run_embinject(args, seq: int) -> dict:
+    from embinject.space import load_search_file
+    from embinject.tune import run_search
+
+    storage = tempfile.mkdtemp(prefix="embinject-peer-")
+    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
+        "method=prompt", "adapter.embed_source=window", f"data.seq_len={seq}",
+        f"data.train_samples={args.train}", f"data.val_samples={args.val}", "train.batch_size=8", "train.eval_batch_size=32",
+        f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", "train.patience=0",
+        "search={train.lr: {loguniform: [1.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}}",
+        f"tune.num_samples={args.trials}", "tune.max_concurrent_trials=2", "tune.scheduler.type=none",
+        "tune.points_to_evaluate=[]", "tune.time_budget_s=null", f"tune.storage_path={storage}", "mlflow.register_as=null"])
+    t0 = time.time()
+    outcome = run_search(search, verbose=0)
+    return {"wall_s": time.time() - t0, "best_val_perplexity": outcome["best"]["best_val_perplexity"],
+            "best_params": {k: outcome["best"][k] for k in ("train.lr", "adapter.prefix_len")}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--train", type=int, default=256)
+    p.add_argument("--val", type=int, default=64)
+    args = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train_t, val_t, model_path = windows(args.seq, args.train, args.val)
+    ours = run_embinject(args, args.seq)
+    hf = run_hf(args, train_t, val_t, model_path)
+    result = {"benchmark": "peer", "trials": args.trials, "steps": args.steps, "seq_len": args.seq, "batch": 8,
+              "train_windows": args.train, "val_windows": args.val, "embinject": ours, "hf_trainer_ray_peft": hf,
+              "speedup": hf["wall_s"] / ours["wall_s"], "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "peer.json").write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
