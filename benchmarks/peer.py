@@ -6,7 +6,8 @@ PEFT prompt-tuning model, and through `python -m embinject.tune`.
 Both search prompt tuning over the learning rate (log-uniform 1e-4..1e-2) and the prompt length
 (1..8) with the same number of trials, each trial the same number of steps of batch 8 on the same
 token windows of the bundled SmolLM2-135M, 1 CPU per trial, 2 trials at a time, one evaluation at
-the end on the same validation windows (so last = best for both). Neither uses early stopping.
+the end on the same validation windows (so last = best for both), scoring the same tokens (window
+positions 1..T-1), constant learning rate on both sides. Neither uses early stopping.
 Reported: end-to-end wall clock of each search (Ray start, model loading, everything) and the best
 validation perplexity each found. Writes benchmarks/results/peer.json.
 """
@@ -48,7 +49,9 @@ class Windows(torch.utils.data.Dataset):
         return len(self.tokens)
 
     def __getitem__(self, i):
-        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+        labels = self.tokens[i].clone()
+        labels[0] = -100  # score positions 1..T-1, exactly the tokens embinject scores
+        return {"input_ids": self.tokens[i], "labels": labels}
 
 
 def run_hf(args, train_t, val_t, model_path: str) -> dict:
@@ -65,7 +68,8 @@ def run_hf(args, train_t, val_t, model_path: str) -> dict:
     targs = TrainingArguments(output_dir=out, max_steps=args.steps, per_device_train_batch_size=8,
                               per_device_eval_batch_size=32, eval_strategy="steps", eval_steps=args.steps,
                               save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                              logging_strategy="no", seed=0, dataloader_num_workers=0)
+                              logging_strategy="no", seed=0, dataloader_num_workers=0,
+                              lr_scheduler_type="constant")  # embinject's AdamW runs at a constant rate too
     trainer = Trainer(model_init=model_init, args=targs, train_dataset=Windows(train_t), eval_dataset=Windows(val_t))
     t0 = time.time()
     best = trainer.hyperparameter_search(

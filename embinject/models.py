@@ -94,48 +94,6 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def share_weights_from_file(model: torch.nn.Module, directory: Path) -> int:
-    """Point the frozen weights at a read-only memory map of the checkpoint's safetensors file.
-
-    Every trial process on a node then reads the same page-cache pages instead of holding its own
-    copy of the model (two concurrent trials cost little more memory than one). Only done for
-    single-file fp32 checkpoints whose tensors match the model's exactly; returns the number of
-    tensors now shared (0 when the checkpoint is not of that form).
-    """
-    import json
-    import struct
-
-    import numpy as np
-
-    file = directory / "model.safetensors"
-    if not file.is_file():
-        return 0
-    with file.open("rb") as fh:
-        header_len = struct.unpack("<Q", fh.read(8))[0]
-        header = json.loads(fh.read(header_len))
-    mm = np.memmap(file, dtype=np.uint8, mode="r")
-    params = dict(model.named_parameters())
-    shared = 0
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the buffer is read-only by design: frozen weights
-        for name, info in header.items():
-            p = params.get(name)
-            dtype = _SAFETENSORS_DTYPES.get(info.get("dtype", "")) if isinstance(info, dict) else None
-            if p is None or dtype != p.dtype or list(p.shape) != info["shape"]:
-                continue
-            start, end = info["data_offsets"]
-            offset = 8 + header_len + start
-            t = torch.frombuffer(mm, dtype=dtype, count=(end - start) // dtype.itemsize, offset=offset).view(p.shape)
-            p.data = t
-            shared += 1
-    return shared
-
-
 @dataclass
 class FrozenLM:
     model: torch.nn.Module
@@ -148,7 +106,7 @@ class FrozenLM:
         return self.model.get_input_embeddings().weight.shape[1]
 
 
-def load_frozen_lm(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32, share_weights: bool = True) -> FrozenLM:
+def load_frozen_lm(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> FrozenLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -162,8 +120,6 @@ def load_frozen_lm(spec: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    if share_weights and device == "cpu" and dtype == torch.float32:
-        share_weights_from_file(model, Path(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return FrozenLM(model=model, tokenizer=tokenizer, name=spec, path=path)

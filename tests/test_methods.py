@@ -248,22 +248,3 @@ def test_resume_from_checkpoint_continues_identically(tiny_overrides, tmp_path):
 def test_registry_has_every_method():
     assert set(REGISTRY) == set(METHODS)
 
-
-def test_frozen_weights_are_shared_from_the_checkpoint_file(tiny_model):
-    """Weights come from a read-only memory map of model.safetensors (shared by all trials on a
-    node) and give exactly the outputs of a normal load."""
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM
-
-    from embinject.models import share_weights_from_file
-
-    lm = load_frozen_lm(tiny_model)
-    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
-    ids = torch.randint(0, 500, (2, 12))
-    with torch.no_grad():
-        assert torch.equal(lm.model(input_ids=ids).logits, plain(input_ids=ids).logits)
-    emb = lm.model.get_input_embeddings().weight
-    assert lm.model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()  # tied weights stay tied
-    n_tensors = len(dict(plain.named_parameters()))
-    assert share_weights_from_file(plain, Path(tiny_model)) == n_tensors
