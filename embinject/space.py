@@ -186,6 +186,11 @@ class SearchFile:
     mlflow: MlflowSettings
     text: str
 
+    @property
+    def searched(self) -> list[str]:
+        """Keys that take sampled values (not fixed ones)."""
+        return [p.key for p in self.params if p.kind != "fixed"]
+
     def describe(self) -> list[str]:
         lines = []
         for p in self.params:

@@ -192,7 +192,7 @@ def _experiment_dir(search: SearchFile, resume: bool) -> Path:
 
 def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict | None]:
     """One row per trial from what Ray Tune persisted (it survives a resume)."""
-    searched = [p.key for p in search.params if p.kind != "fixed"]
+    searched = search.searched
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -286,7 +286,7 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         if r.gpus == 0:
             base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
         fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
-        searched = [p.key for p in search.params if p.kind != "fixed"]
+        searched = search.searched
         reporter = tune.CLIReporter(
             parameter_columns={k: _short(k) for k in searched},
             metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
