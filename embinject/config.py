@@ -130,6 +130,7 @@ class TuneSettings:
     mode: str = choice("min", "max", default="min")
     time_budget_s: Optional[float] = number(None, positive=True)
     search_alg: str = choice("optuna", "random", default="optuna")
+    startup_trials: int = number(10, positive=True)  # TPE samples at random until this many trials exist
     seed: int = 0
     points_to_evaluate: list[dict] = field(default_factory=list)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)

@@ -162,7 +162,7 @@ def _searcher(search: SearchFile):
     from ray.tune.search.optuna import OptunaSearch
 
     t = search.tune
-    sampler = (optuna.samplers.TPESampler(seed=t.seed) if t.search_alg == "optuna"
+    sampler = (optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials) if t.search_alg == "optuna"
                else optuna.samplers.RandomSampler(seed=t.seed))
     alg = OptunaSearch(DefineByRun(search.params, search.base), metric=t.metric, mode=t.mode,
                        points_to_evaluate=[{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.items()}
