@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +47,6 @@ class Prepared:
     encoder_dim: int | None
     device: str
     prepare_seconds: float = 0.0
-    extras: dict = field(default_factory=dict)
 
 
 _LM_CACHE: dict[tuple, FrozenLM] = {}
@@ -122,12 +121,12 @@ def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
     file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
     if file.is_file():
         return json.loads(file.read_text())["perplexity"]
-    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg, prep.device))
+    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg))
     file.write_text(json.dumps({"perplexity": ppl}))
     return ppl
 
 
-def autocast_dtype(cfg: Config, device: str) -> torch.dtype | None:
+def autocast_dtype(cfg: Config) -> torch.dtype | None:
     return torch.bfloat16 if cfg.train.dtype == "bfloat16" else None
 
 
@@ -184,7 +183,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     prep = prepared or prepare(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    device, amp = prep.device, autocast_dtype(cfg, prep.device)
+    device, amp = prep.device, autocast_dtype(cfg)
     base_ppl = baseline_perplexity(prep, cfg)
     method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     params = method.trainable_parameters()

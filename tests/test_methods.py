@@ -248,3 +248,9 @@ def test_resume_from_checkpoint_continues_identically(tiny_overrides, tmp_path):
 def test_registry_has_every_method():
     assert set(REGISTRY) == set(METHODS)
 
+
+
+def test_bfloat16_autocast_trains(tiny_overrides):
+    cfg = cfg_for(tiny_overrides, "injection", "train.dtype=bfloat16", "train.max_steps=3")
+    result, _ = train(cfg)
+    assert math.isfinite(result["val_perplexity"]) and result["steps"] == 3
