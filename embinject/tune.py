@@ -287,8 +287,11 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
             base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
         fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
         searched = search.searched
+        # Ray's best-trial line looks every column up in the trial's config, so conditional
+        # parameters (absent from some trials) stay out of the live table; MLflow has them all.
+        unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
         reporter = tune.CLIReporter(
-            parameter_columns={k: _short(k) for k in searched},
+            parameter_columns={k: _short(k) for k in unconditional},
             metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
                             "tokens_per_second": "tok/s"},
             max_report_frequency=15, sort_by_metric=True)
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print(f"no trial reported a result; see {outcome['experiment_dir']}")
         return 1
-    params = {k: v for k, v in best.items() if k in {p.key for p in search.params}}
+    params = {k: v for k, v in best.items() if k in {p.key for p in search.params} and v is not None}
     print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
           f"(frozen baseline {best['baseline_perplexity']:.3f}) after {best['steps']} steps")
     print(f"  params: {json.dumps(params)}")
