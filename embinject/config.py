@@ -146,9 +146,6 @@ class MlflowSettings:
     register_as: Optional[str] = None  # registered model name for the best adapter
 
 
-SECTIONS = {"data": DataConfig, "adapter": AdapterConfig, "train": TrainConfig}
-
-
 def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -1,7 +1,6 @@
 """Figures of a search, drawn from the logged results (never from typed-in numbers)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -33,11 +32,13 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
     import optuna
     from optuna.visualization import matplotlib as ovm
 
+    from .space import optuna_value
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction)
     dists = {p.key: p.optuna_distribution() for p in params if p.kind != "fixed"}
     for values, score in rows:
-        present = {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items() if k in dists}
+        present = {k: optuna_value(v) for k, v in values.items() if k in dists}
         study.add_trial(optuna.trial.create_trial(params=present, distributions={k: dists[k] for k in present}, value=score))
     out = []
     if not study.trials:

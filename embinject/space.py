@@ -38,8 +38,7 @@ class Param:
 
     def suggest(self, trial) -> Any:
         if self.kind == "choice":
-            # Optuna's categories must be scalars: list values (e.g. target_modules) go in as JSON.
-            encoded = [json.dumps(v) if isinstance(v, list) else v for v in self.args]
+            encoded = [optuna_value(v) for v in self.args]
             picked = trial.suggest_categorical(self.key, encoded)
             return self.args[encoded.index(picked)]
         if self.kind in ("uniform", "loguniform"):
@@ -52,11 +51,16 @@ class Param:
         import optuna.distributions as d
 
         if self.kind == "choice":
-            return d.CategoricalDistribution([json.dumps(v) if isinstance(v, list) else v for v in self.args])
+            return d.CategoricalDistribution([optuna_value(v) for v in self.args])
         if self.kind in ("uniform", "loguniform"):
             return d.FloatDistribution(self.args[0], self.args[1], log=self.kind == "loguniform")
         step = self.args[2] if self.kind == "qrandint" else 1
         return d.IntDistribution(self.args[0], self.args[1], step=step)
+
+
+def optuna_value(value: Any) -> Any:
+    """Optuna's categories must be scalars: list values (e.g. target_modules) go in as JSON."""
+    return json.dumps(value) if isinstance(value, list) else value
 
 
 def _lookup(chosen: dict, base: dict, key: str) -> Any:
@@ -91,12 +95,12 @@ def _parse_param(key: str, spec: Any) -> Param:
             args = [float(a) if isinstance(a, str) else a for a in args]
             if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
                 raise ConfigError(f"{where}.{kind}: expected numbers, got {args!r}")
-            low, high = args[0], args[1]
             if kind in ("randint", "qrandint"):
                 if not all(float(a).is_integer() for a in args):
                     raise ConfigError(f"{where}.{kind}: expected integer bounds, got {args!r}")
                 args = [int(a) for a in args]
-                low, high = args[0], args[1]
+            low, high = args[0], args[1]
+            if kind in ("randint", "qrandint"):
                 if low > high:
                     raise ConfigError(f"{where}.{kind}: low ({low}) must not exceed high ({high})")
                 if kind == "qrandint" and (args[2] <= 0 or (high - low) % args[2]):
@@ -185,6 +189,11 @@ class SearchFile:
     tune: TuneSettings
     mlflow: MlflowSettings
     text: str
+
+    def choices(self, key: str, default: set) -> set:
+        """The values a fixed or choice parameter can take, or `default` when `key` is not one."""
+        found = [set(p.args) for p in self.params if p.key == key and p.kind in ("choice", "fixed")]
+        return found[-1] if found else default
 
     @property
     def searched(self) -> list[str]:

@@ -270,13 +270,13 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     loop["bad_evals"] += 1
                 if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
                     loop["stopped_early"] = True
+                final = loop["stopped_early"] or last  # no further evaluation will follow
                 if report is not None:
                     tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-                    final = loop["stopped_early"] or last  # no further evaluation will follow
                     report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
                             "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
                             "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
-                if loop["stopped_early"] or last:
+                if final:
                     done = True
                     break
     if progress:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
-from .space import DefineByRun, SearchFile, apply_params, load_search_file, trial_config
+from .space import DefineByRun, SearchFile, apply_params, optuna_value, load_search_file, trial_config
 from .tracking import SearchTracker, default_tracking_uri
 
 STATE_FILE = "embinject_search.json"  # MLflow run ids + search settings, beside Ray's experiment state
@@ -138,14 +138,8 @@ def warm_caches(search: SearchFile) -> None:
     perplexity and each encoder's sentence embeddings land in the disk cache trials read."""
     from . import train as train_mod
 
-    encoders = {None}
-    for p in search.params:
-        if p.key == "adapter.embedding_model" and p.kind in ("choice", "fixed"):
-            encoders = set(p.args)
-    methods = {search.config.method}
-    for p in search.params:
-        if p.key == "method" and p.kind in ("choice", "fixed"):
-            methods = set(p.args)
+    encoders = search.choices("adapter.embedding_model", {None})
+    methods = search.choices("method", {search.config.method})
     overrides: list[dict] = [{"method": "baseline"}]
     if "injection" in methods:
         overrides += [{"method": "injection", **({"adapter.embedding_model": e} if e else {})} for e in encoders]
@@ -165,7 +159,7 @@ def _searcher(search: SearchFile):
     sampler = (optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials) if t.search_alg == "optuna"
                else optuna.samplers.RandomSampler(seed=t.seed))
     alg = OptunaSearch(DefineByRun(search.params, search.base), metric=t.metric, mode=t.mode,
-                       points_to_evaluate=[{k: json.dumps(v) if isinstance(v, list) else v for k, v in p.items()}
+                       points_to_evaluate=[{k: optuna_value(v) for k, v in p.items()}
                                            for p in t.points_to_evaluate] or None, sampler=sampler)
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
 
