@@ -41,6 +41,11 @@ class DataConfig:
     val_samples: int = number(256, positive=True)
     val_fraction: float = number(0.1, min=0.0, max=0.9)  # used only when the source has no validation split
     hub_config: Optional[str] = None  # hub datasets: configuration name (e.g. "sample-10BT")
+    # Prompt/target examples instead of text windows: each row becomes one sequence, prompt then
+    # target, "{field}" placeholders filled from the row; only target tokens (and EOS) are scored.
+    target_template: Optional[str] = None
+    prompt_template: str = ""
+    where: Optional[str] = None  # keep only rows whose field equals a value, "field=value"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class AdapterConfig:
     init: str = choice(*INITS, default="vocab")
     init_text: str = "Continue the text:"
     init_radius: float = number(0.5, min=0.0)  # exclusion prior: minimum distance to any vocabulary vector
+    init_text_b: str = ""  # interpolate prior: the second cluster's text (the first is init_text)
     fourier_features: int = number(128, min=2)  # fourier encoder: sin/cos pairs per token
     layers: Optional[int] = number(None, min=1)  # prefix: only the last N layers (None = all)
     rank: int = number(8, min=1)
@@ -99,7 +105,16 @@ class Config:
             raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
         if self.method == "injection" and a.mlp_width < 1:
             raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
-        if a.embed_source == "context" and a.context_tokens >= d.seq_len:
+        if d.where is not None and "=" not in d.where:
+            raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
+        if d.target_template is not None and self.method == "injection":
+            raise ConfigError("data.target_template: prompt/target examples are not supported by the injection method yet; "
+                              "use text windows (leave data.target_template unset)")
+        if d.target_template is None and d.prompt_template:
+            raise ConfigError("data.prompt_template: only used together with data.target_template")
+        if a.init == "interpolate" and not (a.init_text and a.init_text_b):
+            raise ConfigError("adapter.init_text_b: the interpolate prior needs two texts, adapter.init_text and adapter.init_text_b")
+        if d.target_template is None and a.embed_source == "context" and a.context_tokens >= d.seq_len:
             raise ConfigError(
                 f"adapter.context_tokens: must be smaller than data.seq_len ({d.seq_len}) so some tokens are scored, "
                 f"got {a.context_tokens}"

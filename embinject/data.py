@@ -29,25 +29,28 @@ class Windows:
     tokens: torch.Tensor  # [N, seq_len] int64
     previous: torch.Tensor  # [N, seq_len] int64 (zeros where there is no preceding text)
     has_previous: torch.Tensor  # [N] bool
+    scored: torch.Tensor | None = None  # [N, seq_len] bool: prompt/target examples score only the target
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def select(self, index: torch.Tensor) -> "Windows":
-        return Windows(self.tokens[index], self.previous[index], self.has_previous[index])
+        scored = None if self.scored is None else self.scored[index]
+        return Windows(self.tokens[index], self.previous[index], self.has_previous[index], scored)
 
 
-# ---------------------------------------------------------------- sources -> documents
+# ---------------------------------------------------------------- sources -> rows -> items
+# An item is a document (str) for text windows, or a (prompt, target) pair for examples.
 
-def _builtin_python_docs() -> list[str]:
+def _builtin_python_docs() -> list[dict]:
     from pydoc_data.topics import topics
 
-    return [topics[k] for k in sorted(topics)]
+    return [{"text": topics[k]} for k in sorted(topics)]
 
 
-def _read_file(path: Path, text_field: str) -> list[str]:
+def _read_rows(path: Path) -> list[dict]:
     if path.suffix in (".jsonl", ".json"):
-        docs = []
+        rows = []
         with path.open(encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
@@ -56,22 +59,41 @@ def _read_file(path: Path, text_field: str) -> list[str]:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     raise ConfigError(f"data.path: {path} line {n} is not valid JSON") from None
-                if text_field not in row:
-                    raise ConfigError(
-                        f"data.text_field: '{text_field}' not found in {path} line {n} (fields: {', '.join(row)})"
-                    )
-                docs.append(str(row[text_field]))
-        return docs
+                if not isinstance(row, dict):
+                    raise ConfigError(f"data.path: {path} line {n} is not a JSON object")
+                rows.append(row)
+        return rows
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        if text_field not in table.column_names:
-            raise ConfigError(
-                f"data.text_field: '{text_field}' not found in {path} (columns: {', '.join(table.column_names)})"
-            )
-        return [str(t) for t in table.column(text_field).to_pylist()]
-    return [path.read_text(encoding="utf-8")]  # .txt: one document per file
+        return pq.read_table(path).to_pylist()
+    return [{"text": path.read_text(encoding="utf-8")}]  # .txt: one document per file
+
+
+def _fill(template: str, row: dict, key: str, source: str) -> str:
+    try:
+        return template.format_map(row)
+    except KeyError as exc:
+        raise ConfigError(f"{key}: field {exc} not found in {source} (fields: {', '.join(row)})") from None
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"{key}: not a valid template ({exc}); use {{field}} placeholders") from None
+
+
+def rows_to_items(rows: list[dict], cfg: DataConfig, source: str) -> list:
+    """Filter rows by `data.where`, then take the text field or fill the prompt/target templates."""
+    if cfg.where is not None:
+        field, value = cfg.where.split("=", 1)
+        missing = next((r for r in rows if field not in r), None)
+        if missing is not None:
+            raise ConfigError(f"data.where: field '{field}' not found in {source} (fields: {', '.join(missing)})")
+        rows = [r for r in rows if str(r[field]) == value]
+    if cfg.target_template is not None:
+        return [(_fill(cfg.prompt_template, r, "data.prompt_template", source),
+                 _fill(cfg.target_template, r, "data.target_template", source)) for r in rows]
+    missing = next((r for r in rows if cfg.text_field not in r), None)
+    if missing is not None:
+        raise ConfigError(f"data.text_field: '{cfg.text_field}' not found in {source} (fields: {', '.join(missing)})")
+    return [str(r[cfg.text_field]) for r in rows]
 
 
 def _local_files(folder: Path) -> dict[str, list[Path]]:
@@ -86,36 +108,36 @@ def _local_files(folder: Path) -> dict[str, list[Path]]:
     return splits
 
 
-def _split_docs(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+def _split_docs(docs: list, val_fraction: float) -> tuple[list, list]:
     """Deterministic document-level split (every k-th document to validation)."""
     if len(docs) < 2:
-        raise ConfigError("data.path: need at least 2 documents to split into train and validation")
+        raise ConfigError("data.path: need at least 2 documents (rows) to split into train and validation")
     k = max(2, round(1 / val_fraction)) if val_fraction > 0 else len(docs)
     val = [d for i, d in enumerate(docs) if i % k == k - 1]
     train = [d for i, d in enumerate(docs) if i % k != k - 1]
     return train, val
 
 
-def load_documents(cfg: DataConfig) -> tuple[list[str], list[str]]:
-    """(train documents, validation documents) for local and builtin sources."""
+def load_documents(cfg: DataConfig) -> tuple[list, list]:
+    """(train items, validation items) for local and builtin sources."""
     if cfg.path == "builtin:python-docs":
-        return _split_docs(_builtin_python_docs(), cfg.val_fraction)
+        return _split_docs(rows_to_items(_builtin_python_docs(), cfg, cfg.path), cfg.val_fraction)
     if cfg.path.startswith("builtin:"):
         raise ConfigError(f"data.path: unknown builtin data set '{cfg.path}' (known: builtin:python-docs)")
     path = Path(cfg.path).expanduser()
+    read = lambda files: [d for f in files for d in rows_to_items(_read_rows(f), cfg, str(f))]  # noqa: E731
     if path.is_file():
         if path.suffix not in TEXT_SUFFIXES:
             raise ConfigError(f"data.path: {path} is not a {'/'.join(TEXT_SUFFIXES)} file")
-        return _split_docs(_read_file(path, cfg.text_field), cfg.val_fraction)
+        return _split_docs(read([path]), cfg.val_fraction)
     if path.is_dir():
         splits = _local_files(path)
         if splits["train"] and splits["validation"]:
-            read = lambda files: [d for f in files for d in _read_file(f, cfg.text_field)]  # noqa: E731
             return read(splits["train"]), read(splits["validation"])
         files = splits["train"] + splits["validation"] + splits["other"]
         if not files:
             raise ConfigError(f"data.path: {path} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        return _split_docs([d for f in files for d in _read_file(f, cfg.text_field)], cfg.val_fraction)
+        return _split_docs(read(files), cfg.val_fraction)
     raise ConfigError(f"data.path: {cfg.path} does not exist")
 
 
@@ -137,11 +159,41 @@ def _windows_from_ids(doc_ids: list[list[int]], seq_len: int) -> Windows:
 
 
 def tokenize_documents(docs: list[str], tokenizer, seq_len: int) -> Windows:
+    """Fixed-length windows cut from each document (a tail shorter than seq_len is dropped)."""
     docs = [d for d in docs if d and d.strip()]
     ids = tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
     windows = _windows_from_ids(ids, seq_len)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED))
     return windows.select(order)
+
+
+def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, seq_len: int) -> Windows:
+    """One right-padded sequence per example: [BOS] prompt target [EOS]. Only target and EOS are
+    scored; a prompt that does not fit loses its oldest tokens, a target its last ones. Right
+    padding keeps every real token's causal context (and position) unchanged."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n = len(pairs)
+    tokens = torch.full((n, seq_len), pad, dtype=torch.long)
+    scored = torch.zeros(n, seq_len, dtype=torch.bool)
+    if n:
+        prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+        targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+        for i, (p_ids, t_ids) in enumerate(zip(prompts, targets)):
+            t_ids = (t_ids + [tokenizer.eos_token_id])[: seq_len - 1]
+            p_ids = ([start] + p_ids)[-(seq_len - len(t_ids)):]
+            row = p_ids + t_ids
+            tokens[i, : len(row)] = torch.tensor(row)
+            scored[i, len(p_ids) : len(row)] = True
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED))
+    none = torch.zeros(n, seq_len, dtype=torch.long)
+    return Windows(tokens, none, torch.zeros(n, dtype=torch.bool), scored).select(order)
+
+
+def tokenize_items(items: list, tokenizer, cfg: DataConfig) -> Windows:
+    if cfg.target_template is not None:
+        return tokenize_examples(items, tokenizer, cfg.seq_len)
+    return tokenize_documents(items, tokenizer, cfg.seq_len)
 
 
 def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[Windows, Windows]:
@@ -159,17 +211,18 @@ def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[
         val_stream = None
 
     def collect(rows, need: int) -> tuple[Windows, object]:
-        docs, count = [], 0
+        items, count = [], 0
         it = iter(rows)
         for row in it:
-            if cfg.text_field not in row:
-                raise ConfigError(f"data.text_field: '{cfg.text_field}' not in hub dataset '{cfg.path}' (fields: {', '.join(row)})")
-            ids = tokenizer(row[cfg.text_field], add_special_tokens=False)["input_ids"]
-            docs.append(ids)
-            count += len(ids) // cfg.seq_len
+            new = rows_to_items([row], cfg, f"hub dataset '{cfg.path}'")
+            items += new
+            if cfg.target_template is not None:
+                count += len(new)
+            else:
+                count += sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in new) // cfg.seq_len
             if count >= need * 2:  # headroom for `previous` filtering
                 break
-        return _windows_from_ids(docs, cfg.seq_len), it
+        return tokenize_items(items, tokenizer, cfg), it
 
     train, rest = collect(stream, n_train)
     val, _ = collect(val_stream if val_stream is not None else rest, n_val)
@@ -192,26 +245,29 @@ def _source_fingerprint(cfg: DataConfig) -> str:
 def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windows, Windows]:
     """All windows of the source (cached on disk, keyed by tokenizer, source, field and seq_len)."""
     hub = _is_hub(cfg.path)
-    parts = [tokenizer_key, _source_fingerprint(cfg), cfg.text_field, str(cfg.seq_len), str(cfg.val_fraction)]
+    parts = [tokenizer_key, _source_fingerprint(cfg), cfg.text_field, str(cfg.seq_len), str(cfg.val_fraction),
+             repr((cfg.target_template, cfg.prompt_template, cfg.where))]
     if hub:
         parts += [str(cfg.hub_config), str(cfg.train_samples), str(cfg.val_samples)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
     file = cache_dir("data") / f"{key}.safetensors"
     if file.is_file():
         t = load_file(str(file))
-        return (Windows(t["train.tokens"], t["train.previous"], t["train.has_previous"]),
-                Windows(t["val.tokens"], t["val.previous"], t["val.has_previous"]))
+        return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
+                     for n in ("train", "val"))
     if hub:
         train, val = _hub_windows(cfg, tokenizer, cfg.train_samples, cfg.val_samples)
     else:
         set_offline()
         train_docs, val_docs = load_documents(cfg)
-        train = tokenize_documents(train_docs, tokenizer, cfg.seq_len)
-        val = tokenize_documents(val_docs, tokenizer, cfg.seq_len)
+        train = tokenize_items(train_docs, tokenizer, cfg)
+        val = tokenize_items(val_docs, tokenizer, cfg)
     tensors = {}
     for name, w in (("train", train), ("val", val)):
         tensors.update({f"{name}.tokens": w.tokens.contiguous(), f"{name}.previous": w.previous.contiguous(),
                         f"{name}.has_previous": w.has_previous.contiguous()})
+        if w.scored is not None:
+            tensors[f"{name}.scored"] = w.scored.contiguous()
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     save_file(tensors, str(tmp))
     tmp.replace(file)  # atomic: concurrent trials never read a half-written cache
@@ -220,7 +276,7 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
 
 def select_windows(windows: Windows, n: int, embed_source: str, split: str) -> Windows:
     """The first `n` windows; with `previous`, only windows that have preceding text, for every method alike."""
-    if embed_source == "previous":
+    if embed_source == "previous" and windows.scored is None:
         windows = windows.select(windows.has_previous.nonzero().flatten())
     if len(windows) == 0:
         hint = " with preceding text in the same document (embed_source: previous)" if embed_source == "previous" else ""

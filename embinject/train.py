@@ -79,9 +79,12 @@ def encoder_ids(w: Windows, cfg: Config) -> torch.Tensor:
 
 
 def scored_labels(w: Windows, cfg: Config) -> torch.Tensor:
-    """Labels for the LM; with `context`, the first context_tokens tokens are input only."""
+    """Labels for the LM: examples score only their targets; windows with `context` keep the first
+    context_tokens tokens as input only."""
     labels = w.tokens.clone()
-    if cfg.adapter.embed_source == "context":
+    if w.scored is not None:
+        labels[~w.scored] = -100
+    elif cfg.adapter.embed_source == "context":
         labels[:, : cfg.adapter.context_tokens] = -100
     return labels
 

@@ -22,6 +22,10 @@ def test_defaults_are_valid():
     ({"data": {"seq_len": 16}, "adapter": {"context_tokens": 16}}, "adapter.context_tokens: must be smaller than data.seq_len"),
     ({"adapter": {"embed_source": "future"}}, "adapter.embed_source: expected one of window, context, previous"),
     ({"train": {"progress": "yes"}}, "train.progress: expected true or false"),
+    ({"data": {"where": "label"}}, "data.where: expected field=value"),
+    ({"data": {"target_template": "{answer}"}}, "data.target_template: prompt/target examples are not supported by the injection"),
+    ({"method": "prompt", "data": {"prompt_template": "Q:"}}, "data.prompt_template: only used together with data.target_template"),
+    ({"adapter": {"init": "interpolate"}}, "adapter.init_text_b: the interpolate prior needs two texts"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:

@@ -102,3 +102,38 @@ def test_unreachable_hub_dataset_is_a_clear_error(tok, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="data.path: cannot open hub dataset 'someone/not-a-dataset'"):
         build_windows(DataConfig(path="someone/not-a-dataset"), tok, "k")
+
+
+def test_prompt_target_examples_score_only_the_target(tmp_path, tok):
+    rows = [{"question": f"What is {i} plus one?", "answer": str(i + 1), "kind": "even" if i % 2 == 0 else "odd"}
+            for i in range(12)]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = DataConfig(path=str(tmp_path / "qa.jsonl"), seq_len=24, val_fraction=0.25,
+                     prompt_template="Q: {question}\nA:", target_template=" {answer}", where="kind=even")
+    train, val = build_windows(cfg, tok, tokenizer_fingerprint(tok))
+    assert len(train) + len(val) == 6 and train.scored is not None
+    for w in (train, val):
+        for tokens, scored in zip(w.tokens, w.scored):
+            target = tok.decode(tokens[scored].tolist(), skip_special_tokens=True)
+            prompt = tok.decode(tokens[~scored].tolist(), skip_special_tokens=True)
+            n = int(target) - 1
+            assert n % 2 == 0 and prompt.startswith(f"Q: What is {n} plus one?")
+            assert tokens[scored][-1] == tok.eos_token_id and not scored[0]
+    again, _ = build_windows(cfg, tok, tokenizer_fingerprint(tok))  # from the disk cache
+    assert torch.equal(again.scored, train.scored)
+
+
+def test_long_example_prompt_is_cut_from_the_left(tok):
+    from embinject.data import tokenize_examples
+
+    w = tokenize_examples([("word " * 100 + "END", " yes")], tok, seq_len=12)
+    assert int(w.scored[0].sum()) == len(tok(" yes", add_special_tokens=False)["input_ids"]) + 1
+    assert tok.decode(w.tokens[0][~w.scored[0]].tolist()).endswith("END")
+
+
+def test_example_templates_name_missing_fields(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"q": "a", "a": "b"}\n{"q": "c", "a": "d"}\n')
+    with pytest.raises(ConfigError, match=r"data.target_template: field 'answer' not found .*fields: q, a"):
+        load_documents(DataConfig(path=str(tmp_path / "d.jsonl"), target_template="{answer}"))
+    with pytest.raises(ConfigError, match="data.where: field 'label' not found"):
+        load_documents(DataConfig(path=str(tmp_path / "d.jsonl"), where="label=x"))

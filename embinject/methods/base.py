@@ -61,7 +61,7 @@ class AdapterMethod(nn.Module):
         a = self.cfg.adapter
         table = self.lm.get_input_embeddings().weight
         vectors = init_vectors(a.init, n, table, self.generator, tokenizer=self.tokenizer,
-                               text=a.init_text, radius=a.init_radius)
+                               text=a.init_text, radius=a.init_radius, text_b=a.init_text_b)
         return nn.Parameter(vectors.to(table.device))
 
     @property

@@ -3,7 +3,9 @@
 `normal` ignores the vocabulary but matches its scale; `vocab` copies random real token
 embeddings; `gaussian` / `gaussian-diag` sample a Gaussian fitted to the embedding table (full or
 diagonal covariance); `exclusion` rejects Gaussian samples closer than `radius` to any token;
-`text` uses the embeddings of an init text (repeated to length).
+`text` uses the embeddings of an init text (repeated to length); `interpolate` places the vectors
+on a path between two task clusters (the mean token embeddings of two texts), with Gaussian noise
+of the texts' own per-dimension spread.
 """
 from __future__ import annotations
 
@@ -23,8 +25,15 @@ def _fitted_gaussian(table: torch.Tensor, n: int, g: torch.Generator, diagonal: 
     return (mean.double() + z @ chol.T).float()
 
 
+def _text_embeddings(tokenizer, text: str, table: torch.Tensor, key: str) -> torch.Tensor:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None and text else []
+    if not ids:
+        raise ConfigError(f"{key}: the init text has no tokens")
+    return table[torch.tensor(ids)]
+
+
 def init_vectors(kind: str, n: int, table: torch.Tensor, g: torch.Generator, *, tokenizer=None,
-                 text: str = "", radius: float = 0.5) -> torch.Tensor:
+                 text: str = "", radius: float = 0.5, text_b: str = "") -> torch.Tensor:
     """`n` vectors of the table's width; deterministic for a given generator state."""
     table = table.detach().float().cpu()
     if n == 0:
@@ -45,9 +54,12 @@ def init_vectors(kind: str, n: int, table: torch.Tensor, g: torch.Generator, *, 
                 return torch.stack(kept[:n])
         raise ConfigError(f"adapter.init_radius: no Gaussian sample lies {radius} away from every token embedding; use a smaller radius")
     if kind == "text":
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
-        if not ids:
-            raise ConfigError("adapter.init_text: the init text has no tokens")
-        ids = (ids * (n // len(ids) + 1))[:n]
-        return table[torch.tensor(ids)].clone()
+        emb = _text_embeddings(tokenizer, text, table, "adapter.init_text")
+        return emb[torch.arange(n) % emb.shape[0]].clone()
+    if kind == "interpolate":
+        a = _text_embeddings(tokenizer, text, table, "adapter.init_text")
+        b = _text_embeddings(tokenizer, text_b, table, "adapter.init_text_b")
+        t = torch.linspace(0, 1, n).unsqueeze(1) if n > 1 else torch.full((1, 1), 0.5)
+        centre = (1 - t) * a.mean(0) + t * b.mean(0)
+        return centre + torch.randn(n, table.shape[1], generator=g) * torch.cat([a, b]).std(0)
     raise ConfigError(f"adapter.init: unknown prior '{kind}'")
