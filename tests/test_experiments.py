@@ -46,3 +46,51 @@ def test_fourier_embeddings_experiment_tiny(tmp_path, tiny_model, shared_data):
     assert code == 0
     text = (out / "RESULTS.md").read_text()
     assert text.count("| Injection (") == 3 and "| Static prefix (3 tokens) |" in text
+
+
+def test_sentiment_prefix_experiment_tiny(tmp_path, tiny_model, shared_data):
+    import json
+
+    from experiments.sentiment_prefix import run as sentiment_prefix
+
+    out = tmp_path / "sentiment"
+    code = sentiment_prefix.main([
+        "--data", str(shared_data / "sst2"), "--out", str(out), "--samples", "4", "--max-new-tokens", "6",
+        "--references", "20", "--classifier-rows", "300",
+        "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
+        "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.6 < results["judge"]["val_accuracy"] <= 1.0  # a real classifier, even on 300 reviews
+    assert len(results["rows"]) == 6 and all(0 <= r["accuracy"] <= 1 for r in results["rows"])
+    assert [len(v) for v in results["mixing"].values()] == [5, 5]
+    text = (out / "RESULTS.md").read_text()
+    assert "## Prefix mixing" in text and (out / "mixing.png").is_file()
+    assert sentiment_prefix.main(["--data", str(tmp_path), "--out", str(out)]) == 2
+
+
+def test_prompt_priors_experiment_tiny(tmp_path, tiny_model, shared_data):
+    import json
+
+    from experiments.prompt_priors import run as prompt_priors
+
+    out = tmp_path / "priors"
+    code = prompt_priors.main([
+        "--data", str(shared_data), "--out", str(out), "--seeds", "2", "--priors", "vocab", "exclusion", "interpolate",
+        "--plot-texts", "20", "--plot-vocab", "100", "--max-new-tokens", "3",
+        "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
+        "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.init_radius=0.01"])
+    assert code == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 2 * 3 * 2 and all(0 <= r["f1"] <= 1 and r["moved"] > 0 for r in runs)
+    text = (out / "RESULTS.md").read_text()
+    assert "## The seed's claim, tested" in text and "One-way ANOVA across priors" in text
+    assert (out / "pca.png").is_file() and (out / "tsne.png").is_file()
+
+
+def test_answer_normalisation_keeps_signs():
+    from experiments.prompt_priors.run import normalise, token_f1
+
+    assert normalise(" -42.\nCalculate") == "-42" and normalise("The Down syndrome") == "down syndrome"
+    assert token_f1("down syndrome", "Down Syndrome.") == 1.0 and token_f1("42", "-42") == 0.0
+    assert abs(token_f1("inductive reasoning works", "inductive reasoning") - 0.8) < 1e-9

@@ -23,6 +23,7 @@ import torch
 
 from embinject.config import ConfigError, load_config
 from embinject.train import prepare, train
+from experiments.common import log_result
 
 HERE = Path(__file__).resolve().parent
 SEED_TABLE = {"Baseline": 17.71, "Static prefix (3 tokens)": 16.83, "Injection (MiniLM)": 14.38}  # seed 000, SmolLM2-360M, FineWeb-Edu
@@ -76,17 +77,8 @@ def run(args) -> dict:
 
 
 def log_mlflow(uri: str, source: str, label: str, result: dict) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("experiment-embedding-injection")
-    with mlflow.start_run(run_name=f"{source} | {label}"):
-        mlflow.log_params({"embed_source": source, "row": label, "method": result["method"],
-                           "embedding_model": result["embedding_model"], "trainable_params": result["trainable_params"]})
-        for h in result["history"]:
-            mlflow.log_metric("val_perplexity", h["val_perplexity"], step=h["step"])
-        mlflow.log_metrics({"best_val_perplexity": result["val_perplexity"], "baseline_perplexity": result["baseline_perplexity"],
-                            "train_seconds": result["train_seconds"]})
+    log_result(uri, "experiment-embedding-injection", f"{source} | {label}",
+               {"embed_source": source, "row": label, "embedding_model": result["embedding_model"]}, result)
 
 
 def fmt(x: float, digits: int = 2) -> str:

@@ -1,0 +1,336 @@
+"""Embedding priors for prompt tuning (seed 004): do priors move the trained prompts, and do they
+change the final quality?
+
+    python -m experiments.prompt_priors.run --data ../shared/data
+
+Soft prompts initialised from five priors (normal, vocab, fitted Gaussian, Gaussian exclusion,
+interpolation between the two tasks' clusters) are trained on a QA task (sciq_qa, answer after
+context and question) and an arithmetic task (basic_arithmetic), over several seeds. Reported per
+prior: exact match and token F1 of greedy answers, answer perplexity, and where the prompt vectors
+sit (distance to the nearest token embedding, distance moved in training). One-way ANOVA across
+priors tests the seed study's claim; PCA and t-SNE plots place the trained prompts among the
+vocabulary embeddings and the tasks' mean activations. Writes RESULTS.md, results.json, pca.png and
+tsne.png beside this file, and logs every run to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import string
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from embinject.config import Config, ConfigError, DataConfig, config_from_dict, parse_override, read_yaml, set_dotted
+from embinject.data import load_documents
+from embinject.generate import generate
+from embinject.methods import build_method
+from embinject.methods.baseline import Baseline
+from embinject.train import prepare, shared_lm, train
+from experiments.common import default_tracking_uri, log_result, machine
+
+HERE = Path(__file__).resolve().parent
+PRIORS = ("normal", "vocab", "gaussian", "exclusion", "interpolate")
+TASKS = {
+    "sciq_qa": {"path": "sciq_qa", "prompt_template": "Context: {context}\nQuestion: {question}\nAnswer:",
+                "target_template": " {answer}", "seq_len": 64},
+    # The shared validation split holds only the hardest problems; validate on every 10th training row instead.
+    "basic_arithmetic": {"path": "basic_arithmetic/train.jsonl", "prompt_template": "{question}",
+                         "target_template": " {answer}", "seq_len": 24, "val_fraction": 0.1},
+}
+GENERAL_CORPUS = "wikipedia_en_sample"  # the "general text" cluster in the plots
+CLUSTER_TEXT_ROWS = 40  # prompts per task that define its cluster for the interpolate prior
+
+
+def make_config(args, task: str, prior: str, seed: int, method: str = "prompt") -> Config:
+    raw = read_yaml(args.config)
+    for key, value in {**TASKS[task], "path": str(Path(args.data) / TASKS[task]["path"])}.items():
+        set_dotted(raw, f"data.{key}", value)
+    set_dotted(raw, "method", method)
+    set_dotted(raw, "adapter.init", prior)
+    set_dotted(raw, "adapter.init_text", args.cluster_text["sciq_qa"])
+    set_dotted(raw, "adapter.init_text_b", args.cluster_text["basic_arithmetic"])
+    set_dotted(raw, "train.seed", seed)
+    for item in args.overrides:
+        set_dotted(raw, *parse_override(item))
+    return config_from_dict(raw)
+
+
+def task_prompts(args, task: str, split: int, n: int) -> list[str]:
+    """The filled prompt templates of a task's first n rows (split 0 = train, 1 = validation)."""
+    spec = TASKS[task]
+    cfg = DataConfig(path=str(Path(args.data) / spec["path"]), prompt_template=spec["prompt_template"],
+                     target_template=spec["target_template"], val_fraction=spec.get("val_fraction", 0.1))
+    return [p for p, _ in load_documents(cfg)[split][:n]]
+
+
+# ---------------------------------------------------------------- answer quality
+
+def normalise(text: str) -> str:
+    text = text.strip().split("\n")[0].lower()
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    text = "".join(c for c in text if c not in set(string.punctuation) - {"-", "."}).rstrip(".")
+    return " ".join(text.split())
+
+
+def token_f1(pred: str, ref: str) -> float:
+    p, r = normalise(pred).split(), normalise(ref).split()
+    common = sum(min(p.count(t), r.count(t)) for t in set(p))
+    if not p or not r or common == 0:
+        return float(p == r)
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_scores(method, prep, tokenizer, max_new_tokens: int) -> tuple[float, float, list[dict]]:
+    """Exact match and token F1 of greedy answers to the validation prompts."""
+    ids, labels = prep.val["input_ids"], prep.val["labels"]
+    prompts, refs = [], []
+    eos = tokenizer.eos_token_id
+    for row, lab in zip(ids, labels):
+        scored = (lab != -100).nonzero().flatten()
+        prompts.append(row[: int(scored[0])].tolist())
+        refs.append(tokenizer.decode([t for t in row[scored].tolist() if t != eos], skip_special_tokens=True))
+    outs = generate(method, prompts, max_new_tokens, eos_id=eos, device=prep.device)
+    preds = [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+    em = sum(normalise(p) == normalise(r) for p, r in zip(preds, refs)) / len(refs)
+    f1 = sum(token_f1(p, r) for p, r in zip(preds, refs)) / len(refs)
+    return em, f1, [{"reference": r, "prediction": p} for r, p in zip(refs[:3], preds[:3])]
+
+
+# ---------------------------------------------------------------- geometry
+
+def nearest_token_distance(vectors: torch.Tensor, table: torch.Tensor) -> float:
+    return float(torch.cdist(vectors.float(), table.float()).min(dim=1).values.mean())
+
+
+@torch.no_grad()
+def mean_activations(lm, tokenizer, texts: list[str], max_tokens: int = 64) -> torch.Tensor:
+    """Each text's mean input embedding: the layer the soft prompt lives in."""
+    table = lm.get_input_embeddings().weight
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    return torch.stack([table[torch.tensor(r)].float().mean(0) for r in rows if r])
+
+
+def run(args) -> dict:
+    t_start = time.time()
+    args.cluster_text = {t: "\n".join(task_prompts(args, t, 0, CLUSTER_TEXT_ROWS)) for t in TASKS}
+    runs, baselines, vectors = [], {}, {}
+    for task in TASKS:
+        cfg = make_config(args, task, "vocab", 0, method="baseline")
+        prep = prepare(cfg)
+        base_result, _ = train(cfg, prepared=prep)
+        em, f1, examples = answer_scores(Baseline(cfg, prep.lm.model), prep, prep.lm.tokenizer, args.max_new_tokens)
+        baselines[task] = {"exact_match": em, "f1": f1, "val_perplexity": base_result["val_perplexity"], "examples": examples}
+        print(f"[{task}] frozen model: EM {em:.3f}, F1 {f1:.3f}, ppl {base_result['val_perplexity']:.2f}", flush=True)
+        table = prep.lm.model.get_input_embeddings().weight.detach()
+        for prior in args.priors:
+            for seed in range(args.seeds):
+                cfg = make_config(args, task, prior, seed)
+                prep = prepare(cfg)
+                init = build_method(cfg, prep.lm.model, tokenizer=prep.lm.tokenizer).prompt.detach().clone()
+                result, method = train(cfg, prepared=prep)
+                trained = method.prompt.detach().clone()
+                em, f1, examples = answer_scores(method, prep, prep.lm.tokenizer, args.max_new_tokens)
+                row = {"task": task, "prior": prior, "seed": seed, "exact_match": em, "f1": f1,
+                       "val_perplexity": result["val_perplexity"], "baseline_perplexity": result["baseline_perplexity"],
+                       "init_nearest_token": nearest_token_distance(init, table),
+                       "trained_nearest_token": nearest_token_distance(trained, table),
+                       "moved": float((trained - init).norm(dim=1).mean()), "trained_norm": float(trained.norm(dim=1).mean()),
+                       "train_seconds": result["train_seconds"], "steps": result["steps"], "examples": examples}
+                runs.append(row)
+                vectors[(task, prior, seed)] = (init, trained)
+                log_result(args.mlflow, "experiment-prompt-priors", f"{task} | {prior} | seed {seed}",
+                           {"task": task, "prior": prior, "seed": seed}, result,
+                           {k: row[k] for k in ("exact_match", "f1", "init_nearest_token", "trained_nearest_token", "moved")})
+                print(f"[{task}] {prior} seed {seed}: EM {em:.3f}, F1 {f1:.3f}, ppl {result['val_perplexity']:.2f}, "
+                      f"nearest token {row['init_nearest_token']:.2f} -> {row['trained_nearest_token']:.2f}, "
+                      f"moved {row['moved']:.2f}", flush=True)
+    cfg = make_config(args, "sciq_qa", "vocab", 0)
+    lm = shared_lm(cfg.model, "cpu")
+    clusters = {task: mean_activations(lm.model, lm.tokenizer, task_prompts(args, task, 1, args.plot_texts)) for task in TASKS}
+    general = Path(args.data) / GENERAL_CORPUS
+    if general.is_dir():
+        docs = load_documents(DataConfig(path=str(general)))[1][: args.plot_texts]
+        clusters["general text (wikipedia)"] = mean_activations(lm.model, lm.tokenizer, docs)
+    g = torch.Generator().manual_seed(0)
+    table = lm.model.get_input_embeddings().weight.detach().float()
+    vocab = table[torch.randperm(table.shape[0], generator=g)[: args.plot_vocab]]
+    plot_geometry(vocab, clusters, vectors, HERE if args.out is None else Path(args.out))
+    return {"runs": runs, "baselines": baselines, "config": make_config(args, "sciq_qa", "vocab", 0).to_dict(),
+            "tasks": TASKS, "priors": list(args.priors), "seeds": args.seeds, "seconds": time.time() - t_start,
+            "machine": machine(), "command": " ".join(sys.argv[1:]),
+            "cluster_distances": {a: {b: float((clusters[a].mean(0) - clusters[b].mean(0)).norm()) for b in clusters} for a in clusters}}
+
+
+def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path) -> None:
+    """PCA (fitted on vocabulary + task activations) and t-SNE (all points), one panel per task,
+    trained prompts of seed 0 coloured by prior, their initial values as crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    tasks = sorted({t for t, _, _ in vectors})
+    priors = sorted({p for _, p, _ in vectors}, key=PRIORS.index)
+    prompt_sets = [(t, p, *vectors[(t, p, 0)]) for t in tasks for p in priors if (t, p, 0) in vectors]
+    background = [vocab.numpy()] + [c.numpy() for c in clusters.values()]
+    points = np.concatenate(background + [np.concatenate([i.numpy(), v.numpy()]) for _, _, i, v in prompt_sets])
+    pca = PCA(n_components=2, random_state=0).fit(np.concatenate(background))
+    reduced50 = PCA(n_components=min(50, points.shape[0] - 1, points.shape[1]), random_state=0).fit_transform(points)
+    perplexity = float(min(30, max(2, (points.shape[0] - 1) // 3)))
+    embeddings = {"pca": pca.transform(points),
+                  "tsne": TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(reduced50)}
+    colours = plt.get_cmap("tab10")
+    for name, xy in embeddings.items():
+        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 5), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            start = 0
+            for label, block in zip(["vocabulary"] + list(clusters), background):
+                seg = xy[start : start + len(block)]
+                start += len(block)
+                if label == "vocabulary":
+                    ax.scatter(seg[:, 0], seg[:, 1], s=2, c="lightgrey", label=label)
+                else:
+                    ax.scatter(seg[:, 0], seg[:, 1], s=6, alpha=0.5, label=f"{label} mean activations")
+            for k, (t, prior, init, trained) in enumerate(prompt_sets):
+                n = len(init)
+                if t == task:
+                    c = colours(5 + priors.index(prior) % 5)
+                    ax.scatter(xy[start : start + n, 0], xy[start : start + n, 1], marker="x", s=18, color=c, alpha=0.6)
+                    ax.scatter(xy[start + n : start + 2 * n, 0], xy[start + n : start + 2 * n, 1], marker="o", s=30,
+                               color=c, edgecolors="black", linewidths=0.5, label=f"prompt: {prior}")
+                start += 2 * n
+            ax.set_title(f"{name.upper()}: {task} prompts (o trained, x initial), seed 0", fontsize=9)
+            ax.legend(fontsize=6, markerscale=1.5, loc="best")
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------- report
+
+def anova_p(groups: list[list[float]]) -> float | None:
+    from scipy.stats import f_oneway
+
+    if all(len(set(g)) <= 1 for g in groups) and len({g[0] for g in groups}) == 1:
+        return None  # every value identical: nothing to test
+    p = f_oneway(*groups).pvalue
+    return None if p != p else float(p)
+
+
+def fmt_p(p: float | None) -> str:
+    return "n/a (all equal)" if p is None else f"{p:.3g}"
+
+
+def render(results: dict) -> str:
+    c = results["config"]
+    runs = results["runs"]
+    lines = ["# Embedding priors for prompt tuning (seed 004)", "",
+             f"Generated by `python -m experiments.prompt_priors.run {results['command']}` in {results['seconds'] / 60:.1f} min on "
+             f"{results['machine']}. Model `{c['model']}`, soft prompt of {c['adapter']['prefix_len']} vectors, "
+             f"{c['train']['max_steps']} steps of batch {c['train']['batch_size']} at lr {c['train']['lr']:g}, "
+             f"{c['data']['train_samples']} training / {c['data']['val_samples']} validation examples per task, "
+             f"{results['seeds']} seeds per prior. Only answer tokens (and EOS) are trained and scored; answers are greedy, "
+             "exact match and token F1 after lower-casing and stripping articles and punctuation (minus signs kept).", "",
+             "Tasks: `sciq_qa` (prompt `Context: ... Question: ... Answer:`, context cut from the left to fit "
+             f"{results['tasks']['sciq_qa']['seq_len']} tokens, shared validation split) and `basic_arithmetic` (`Calculate a op b =`; "
+             "validation = every 10th row of the shared training file, because the shared validation split holds only the hardest "
+             "problems).", "",
+             "Priors: `normal` (isotropic, the table's scale), `vocab` (random token embeddings), `gaussian` (Gaussian fitted to the "
+             f"embedding table), `exclusion` (fitted Gaussian, rejected within {c['adapter']['init_radius']:g} of any token), "
+             "`interpolate` (the vectors spaced along the path from the QA prompts' mean embedding to the arithmetic prompts', "
+             "with the texts' own spread).", ""]
+    for task, base in results["baselines"].items():
+        rows = [r for r in runs if r["task"] == task]
+        lines += [f"## {task}", "",
+                  f"Frozen model without a prompt: EM {100 * base['exact_match']:.1f}%, F1 {100 * base['f1']:.1f}, answer perplexity "
+                  f"{base['val_perplexity']:.2f}.", "",
+                  "| prior | EM % (mean ± sd) | F1 (mean ± sd) | answer perplexity | nearest token, initial | nearest token, trained | moved in training | train s / run |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{scale * statistics.mean(values):.{digits}f} ± {scale * sd:.{digits}f}"
+
+        groups = {}
+        for prior in results["priors"]:
+            g = [r for r in rows if r["prior"] == prior]
+            groups[prior] = g
+            lines.append(f"| {prior} | {ms([r['exact_match'] for r in g], 100)} | {ms([r['f1'] for r in g], 100)} | "
+                         f"{ms([r['val_perplexity'] for r in g], 1, 2)} | {ms([r['init_nearest_token'] for r in g], 1, 2)} | "
+                         f"{ms([r['trained_nearest_token'] for r in g], 1, 2)} | {ms([r['moved'] for r in g], 1, 2)} | "
+                         f"{statistics.mean(r['train_seconds'] for r in g):.0f} |")
+        tests = {m: anova_p([[r[m] for r in g] for g in groups.values()])
+                 for m in ("exact_match", "f1", "val_perplexity", "trained_nearest_token")}
+        ppl_means = [statistics.mean(r["val_perplexity"] for r in g) for g in groups.values()]
+        lines += ["", f"One-way ANOVA across priors ({results['seeds']} seeds each): EM p = {fmt_p(tests['exact_match'])}, "
+                  f"F1 p = {fmt_p(tests['f1'])}, answer perplexity p = {fmt_p(tests['val_perplexity'])}; position (nearest-token "
+                  f"distance after training) p = {fmt_p(tests['trained_nearest_token'])}. Perplexity spread between prior means: "
+                  f"{min(ppl_means):.2f} to {max(ppl_means):.2f}.", ""]
+        results.setdefault("tests", {})[task] = tests
+    lines += ["## The seed's claim, tested", ""]
+    for task, tests in results.get("tests", {}).items():
+        quality = [tests[m] for m in ("f1", "val_perplexity") if tests[m] is not None]
+        moves = tests["trained_nearest_token"]
+        q = ("quality differs between priors (p < 0.05 on F1 or perplexity)" if any(p < 0.05 for p in quality)
+             else "no significant quality difference between priors (p >= 0.05 on F1 and perplexity)")
+        pos = ("priors leave the prompts in significantly different places (p < 0.05)" if moves is not None and moves < 0.05
+               else "trained positions do not differ significantly between priors")
+        lines.append(f"- `{task}`: {pos}; {q}.")
+    lines += ["", "The seed (LLaMA-3.2-1B, 20-token soft prompts and deep prompts on the last 3 layers, SQuAD / DeepMind MATH, long "
+              "training) reports that priors change where prompts end up but not final quality, and that arithmetic activations form a "
+              "cluster apart from natural-language tasks. Here the model is 135M, training is a few dozen steps on 2 CPU cores, so "
+              "prompts move little from their initial values and the comparison is of short-budget quality; with so few steps an "
+              "initialisation effect on quality is more likely to show than after convergence. Deep prompts on the last layers are not "
+              "reproduced: embinject's deep prefix covers all layers (`adapter.layers` must equal the layer count).", "",
+              "Distances between the clusters' centres (mean input embedding per text): " +
+              "; ".join(f"{a} to {b}: {d:.2f}" for a, row in results["cluster_distances"].items() for b, d in row.items() if a < b) + ".", "",
+              "![PCA](pca.png)", "", "![t-SNE](tsne.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the shared data root holding sciq_qa/ and basic_arithmetic/")
+    p.add_argument("--config", default=str(HERE / "config.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="where RESULTS.md and the plots go (default: beside this file)")
+    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=10)
+    p.add_argument("--plot-texts", type=int, default=200, help="texts per cluster in the plots")
+    p.add_argument("--plot-vocab", type=int, default=1500, help="vocabulary embeddings in the plots")
+    p.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md from <out>/results.json")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else HERE
+    out.mkdir(parents=True, exist_ok=True)
+    args.mlflow = args.mlflow or default_tracking_uri(out)
+    missing = [t for t, spec in TASKS.items() if not (Path(args.data) / spec["path"]).exists()]
+    if missing:
+        print(f"error: --data: {args.data} lacks {', '.join(missing)} (expected the shared data root)", file=sys.stderr)
+        return 2
+    if args.render_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        try:
+            results = run(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "RESULTS.md").write_text(render(results))
+    print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
