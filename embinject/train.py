@@ -171,6 +171,26 @@ def load_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Opt
 
 # ---------------------------------------------------------------- the loop
 
+class checkpointed_lm:
+    """Gradient checkpointing of the frozen LM for the training loop only (transformers applies it in
+    train mode, which changes nothing else for a frozen LM without dropout); eval mode is restored
+    afterwards, so generation and other methods see the usual model."""
+
+    def __init__(self, model, enabled: bool):
+        self.model, self.enabled = model, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.train()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.model.gradient_checkpointing_disable()
+            self.model.eval()
+
+
 def _peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -236,52 +256,53 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         progress = tqdm(total=max_steps, initial=loop["step"], desc=cfg.method, unit="step", leave=False)
     method.train()
     startup_seconds = time.perf_counter() - entered  # everything before the first step of this process
-    done = loop["stopped_early"] or loop["step"] >= max_steps
-    while not done:
-        epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
-        for batch in batches(prep.train, cfg.train.batch_size, order, start=in_epoch):
-            t0 = time.perf_counter()
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
-                nll, count = method.nll(batch)
-            loss = nll / max(count, 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loop["train_seconds"] += time.perf_counter() - t0
-            loop["train_tokens"] += batch["input_ids"].numel()
-            loop["loss_sum"] += loss.item()
-            loop["loss_steps"] += 1
-            loop["step"] += 1
-            if progress:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-            last = loop["step"] >= max_steps
-            if loop["step"] % eval_every == 0 or last:
-                t_eval = time.perf_counter()
-                ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
-                loop["eval_seconds"] += time.perf_counter() - t_eval
-                entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
-                         "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
-                loop["history"].append(entry)
-                loop["loss_sum"], loop["loss_steps"] = 0.0, 0
-                if ppl < loop["best_ppl"]:
-                    loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
-                    best_state = method.adapter_state()
-                else:
-                    loop["bad_evals"] += 1
-                if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
-                    loop["stopped_early"] = True
-                final = loop["stopped_early"] or last  # no further evaluation will follow
-                if report is not None:
-                    tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-                    report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
-                            "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
-                            "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
-                if final:
-                    done = True
-                    break
+    with checkpointed_lm(prep.lm.model, cfg.train.gradient_checkpointing):
+        done = loop["stopped_early"] or loop["step"] >= max_steps
+        while not done:
+            epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
+            for batch in batches(prep.train, cfg.train.batch_size, order, start=in_epoch):
+                t0 = time.perf_counter()
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
+                    nll, count = method.nll(batch)
+                loss = nll / max(count, 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loop["train_seconds"] += time.perf_counter() - t0
+                loop["train_tokens"] += batch["input_ids"].numel()
+                loop["loss_sum"] += loss.item()
+                loop["loss_steps"] += 1
+                loop["step"] += 1
+                if progress:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss.item():.3f}")
+                last = loop["step"] >= max_steps
+                if loop["step"] % eval_every == 0 or last:
+                    t_eval = time.perf_counter()
+                    ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
+                    loop["eval_seconds"] += time.perf_counter() - t_eval
+                    entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
+                             "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
+                    loop["history"].append(entry)
+                    loop["loss_sum"], loop["loss_steps"] = 0.0, 0
+                    if ppl < loop["best_ppl"]:
+                        loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
+                        best_state = method.adapter_state()
+                    else:
+                        loop["bad_evals"] += 1
+                    if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
+                        loop["stopped_early"] = True
+                    final = loop["stopped_early"] or last  # no further evaluation will follow
+                    if report is not None:
+                        tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
+                        report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
+                                "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
+                                "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
+                    if final:
+                        done = True
+                        break
     if progress:
         progress.close()
     if best_state is not None:

@@ -296,3 +296,17 @@ def test_generation_matches_full_recomputation(tiny_overrides, method):
         assert sampled[0] == sampled[1]  # seeded sampling is reproducible
     finally:
         m.release()
+
+
+@pytest.mark.parametrize("method", ["prompt", "injection", "lora"])
+def test_gradient_checkpointing_gives_the_same_training(tiny_overrides, method):
+    cfg = cfg_for(tiny_overrides, method)
+    plain, m1 = train(cfg)
+    m1.release()
+    ckpt, m2 = train(cfg_for(tiny_overrides, method, "train.gradient_checkpointing=true"))
+    m2.release()
+    a = [h["val_perplexity"] for h in plain["history"]]
+    b = [h["val_perplexity"] for h in ckpt["history"]]
+    assert a == pytest.approx(b, rel=1e-5) and a[0] != a[-1]
+    lm = load_frozen_lm(cfg.model)
+    assert not lm.model.training and not lm.model.is_gradient_checkpointing  # restored for everyone else
