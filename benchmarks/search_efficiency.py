@@ -1,6 +1,6 @@
 """Does TPE + ASHA find a good adapter with fewer training steps than random search?
 
-    python -m benchmarks.search_efficiency [--seeds 0 1 2] [--trials 8] [--steps 20]
+    python -m benchmarks.search_efficiency [--seeds 0 1 2] [--trials 8] [--steps 20] [--startup-trials 3]
 
 On one fixed space (learning rate, prefix length, MLP width, encoder) and a small real task (the
 bundled SmolLM2-135M on CPython's docs), runs (a) random search without early stopping and
@@ -52,7 +52,8 @@ def run(kind: str, seed: int, args) -> dict:
 
     storage = tempfile.mkdtemp(prefix=f"embinject-eff-{kind}-")
     sched = ["tune.scheduler.type=none"] if kind == "random" else [
-        f"tune.scheduler.max_t={args.steps}", f"tune.scheduler.grace_period={args.steps // 4}", "tune.scheduler.reduction_factor=2"]
+        f"tune.scheduler.max_t={args.steps}", f"tune.scheduler.grace_period={args.steps // 4}", "tune.scheduler.reduction_factor=2",
+        f"tune.startup_trials={args.startup_trials}"]
     search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
         SPACE, f"tune.search_alg={'random' if kind == 'random' else 'optuna'}", f"tune.seed={seed}",
         f"tune.num_samples={args.trials}", "tune.points_to_evaluate=[]", "tune.time_budget_s=null",
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--startup-trials", type=int, default=3, help="TPE's random start-up trials (tune.startup_trials)")
     args = p.parse_args(argv)
     runs = [run(kind, seed, args) for seed in args.seeds for kind in ("random", "tpe_asha")]
     per_seed = []
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
                          "tpe_asha_final_best": b["final_best"], "tpe_asha_steps": b["total_steps"],
                          "tpe_asha_steps_to_within_1pct": reached,
                          "fraction_of_random_steps": None if reached is None else reached / a["total_steps"]})
-    result = {"benchmark": "search_efficiency", "trials": args.trials, "steps_per_trial": args.steps, "runs": runs,
+    result = {"benchmark": "search_efficiency", "trials": args.trials, "steps_per_trial": args.steps,
+              "startup_trials": args.startup_trials, "runs": runs,
               "per_seed": per_seed, "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     fractions = [s["fraction_of_random_steps"] for s in per_seed]
     result["median_fraction"] = statistics.median(f if f is not None else float("inf") for f in fractions)
