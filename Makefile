@@ -27,6 +27,11 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step --bf16
+	$(PY) -m benchmarks.trial_overhead
+	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.packing
+	$(PY) -m benchmarks.peer
+	$(PY) -m benchmarks.search_efficiency
 	$(PY) -m benchmarks.report
 
 experiments: $(STAMP)

@@ -310,3 +310,13 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_overrides, method):
     assert a == pytest.approx(b, rel=1e-5) and a[0] != a[-1]
     lm = load_frozen_lm(cfg.model)
     assert not lm.model.training and not lm.model.is_gradient_checkpointing  # restored for everyone else
+
+
+def test_packed_trials_get_their_own_gradients(tiny_model):
+    """benchmarks.packing: K trials' prompts in one batch give each trial its separate gradient."""
+    from benchmarks.packing import make_trials, max_grad_difference
+
+    lm = load_frozen_lm(tiny_model)
+    methods, batches = make_trials(lm, 3, prefix=2, batch=2, seq=16, model=tiny_model)
+    assert max_grad_difference(methods, batches) < 1e-5
+    assert all(float(m.prompt.grad.abs().sum()) > 0 for m in methods)
