@@ -24,6 +24,7 @@ import torch
 from embinject.config import ConfigError, load_config
 from embinject.models import load_frozen_lm
 from embinject.train import prepare, train
+from experiments.common import default_tracking_uri, log_result
 
 HERE = Path(__file__).resolve().parent
 EXP1 = HERE.parent / "embedding_injection"
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--out", default=str(HERE))
+    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,9 @@ def main(argv=None) -> int:
     facts = lora_facts(cfg.model, args.rank, cfg.adapter.target_modules)
     result, method = train(cfg, prepared=prepare(cfg))
     method.release()
+    log_result(args.mlflow or default_tracking_uri(out), "experiment-adapter-injection", f"LoRA r={args.rank}",
+               {"rank": args.rank, "target_modules": cfg.adapter.target_modules}, result,
+               {k: float(v) for k, v in facts.items() if isinstance(v, (int, float))})
     results = {"facts": facts, "lora": result}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     lines = ["# Adapter injection, measured on LoRA (seed 001)", "",

@@ -23,7 +23,7 @@ import torch
 
 from embinject.config import ConfigError, load_config
 from embinject.train import prepare, train
-from experiments.common import log_result
+from experiments.common import default_tracking_uri, log_result
 
 HERE = Path(__file__).resolve().parent
 SEED_TABLE = {"Baseline": 17.71, "Static prefix (3 tokens)": 16.83, "Injection (MiniLM)": 14.38}  # seed 000, SmolLM2-360M, FineWeb-Edu
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    args.mlflow = args.mlflow or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    args.mlflow = args.mlflow or default_tracking_uri(out)
     if args.render_only:
         results = json.loads((out / "results.json").read_text())
     else:

@@ -25,6 +25,7 @@ from embinject.data import build_windows, select_windows
 from embinject.encoders import load_encoder
 from embinject.models import tokenizer_fingerprint
 from embinject.train import encoder_ids, prepare, shared_lm, train
+from experiments.common import default_tracking_uri, log_result
 
 HERE = Path(__file__).resolve().parent
 EXP1 = HERE.parent / "embedding_injection"
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(EXP1 / "config.yaml"), help="same budget as the embedding-injection experiment")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=str(HERE))
+    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--speed-texts", type=int, default=1000, help="texts encoded per timing repetition")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -60,18 +62,22 @@ def main(argv=None) -> int:
     common = [f"data.path={args.data}", "adapter.embed_source=previous", "adapter.prefix_len=2", "adapter.inject_tokens=1",
               "adapter.mlp_width=512", "train.progress=false", *args.overrides]
     t0 = time.time()
+    uri = args.mlflow or default_tracking_uri(out)
     rows = []
     try:
         cfg = load_config(args.config, common + ["method=prompt", "adapter.prefix_len=3"])
         result, m = train(cfg)
         rows.append({"label": "Static prefix (3 tokens)", "encoder": None, "encoder_params": 0, "encoder_dim": None,
                      "seconds_per_1k": 0.0, **result})
+        log_result(uri, "experiment-fourier-embeddings", rows[-1]["label"], {"encoder": None}, result)
         for spec in ENCODERS:
             cfg = load_config(args.config, common + ["method=injection", f"adapter.embedding_model={spec}"])
             speed, enc_params, dim = encoder_speed(cfg, spec, n=args.speed_texts)
             result, m = train(cfg, prepared=prepare(cfg))
             rows.append({"label": f"Injection ({spec})", "encoder": spec, "encoder_params": enc_params, "encoder_dim": dim,
                          "seconds_per_1k": speed, **result})
+            log_result(uri, "experiment-fourier-embeddings", rows[-1]["label"], {"encoder": spec}, result,
+                       {"encoder_seconds_per_1k": speed, "encoder_params": enc_params})
             print(f"{spec}: val ppl {result['val_perplexity']:.3f}, {speed:.3f} s per 1k texts", flush=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
