@@ -246,33 +246,35 @@ def settings_from_dict(cls: type, raw: dict | None, section: str) -> Any:
     return _build(cls, raw or {}, f"{section}.")
 
 
-def lookup_field(key: str) -> tuple[Any, dict]:
-    """(type, metadata) of a dotted training-config key, or ConfigError naming it."""
+def _walk(key: str) -> tuple[Any, dict, bool]:
+    """(type, metadata, is a section) of a dotted training-config key, or ConfigError naming it."""
     cls, parts = Config, key.split(".")
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
             raise _unknown_key(key, list(fields), name=part)
         tp = typing.get_type_hints(cls)[part]
-        if dataclasses.is_dataclass(tp):
-            if i == len(parts) - 1:
-                raise ConfigError(f"{key}: is a section, not a value")
-            cls = tp
-        elif i == len(parts) - 1:
-            return tp, dict(fields[part].metadata)
-        else:
+        if i == len(parts) - 1:
+            return tp, dict(fields[part].metadata), dataclasses.is_dataclass(tp)
+        if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"{key}: '{part}' is a value, not a section")
+        cls = tp
     raise ConfigError(f"{key}: empty key")
 
 
+def lookup_field(key: str) -> tuple[Any, dict]:
+    """(type, metadata) of a dotted training-config key that holds a value."""
+    tp, meta, section = _walk(key)
+    if section:
+        raise ConfigError(f"{key}: is a section, not a value")
+    return tp, meta
+
+
 def is_section(key: str) -> bool:
-    cls = Config
-    for part in key.split("."):
-        tp = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
-        if tp is None or not dataclasses.is_dataclass(tp):
-            return False
-        cls = tp
-    return True
+    try:
+        return _walk(key)[2]
+    except ConfigError:
+        return False
 
 
 def check_value(key: str, value: Any) -> Any:
