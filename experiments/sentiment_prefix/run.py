@@ -192,12 +192,21 @@ def render(results: dict) -> str:
              f"sentiment ({results['references']['positive']} positive / {results['references']['negative']} negative), every "
              "review an alternative reference (ROUGE: best-matching reference per generation). Perplexity is on that sentiment's "
              "validation reviews.", "",
+             "Sentiment accuracy is the share of generations the judge assigns to the prefix's sentiment (± its binomial standard "
+             "error over the generations); the frozen model's row is one set of generations judged against each target.", "",
              "| model | sentiment | sentiment accuracy | mean P(target) | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | val perplexity | trainable params | % of total | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results["rows"], key=lambda r: (r["sentiment"] != "positive", r["kind"] != "baseline", r["kind"])):
-        lines.append(f"| {r['label']} | {r['sentiment']} | {100 * r['accuracy']:.1f}% | {r['mean_p_target']:.3f} | {r['bleu']:.2f} | "
+        se = 100 * (r["accuracy"] * (1 - r["accuracy"]) / results["samples"]) ** 0.5
+        lines.append(f"| {r['label']} | {r['sentiment']} | {100 * r['accuracy']:.1f}% ± {se:.1f} | {r['mean_p_target']:.3f} | {r['bleu']:.2f} | "
                      f"{r['rouge1']:.1f} | {r['rouge2']:.1f} | {r['rougeL']:.1f} | {r['val_perplexity']:.2f} | "
                      f"{r['trainable_params']:,} | {r['trainable_percent']:.4f}% | {r['train_seconds']:.0f} |")
+    by = {(r["kind"], r["sentiment"]): r for r in results["rows"]}
+    gains = [f"{s}: frozen {100 * by[('baseline', s)]['accuracy']:.0f}% -> simplified {100 * by[('simplified', s)]['accuracy']:.0f}%, "
+             f"full {100 * by[('full', s)]['accuracy']:.0f}%" for s in SENTIMENTS if ('baseline', s) in by]
+    lines += ["", "Sentiment accuracy, " + "; ".join(gains) + ". Validation perplexity of the sentiment's reviews, frozen -> simplified "
+              "-> full: " + "; ".join(f"{s} {by[('baseline', s)]['val_perplexity']:.0f} -> {by[('simplified', s)]['val_perplexity']:.0f} -> "
+                                      f"{by[('full', s)]['val_perplexity']:.0f}" for s in SENTIMENTS if ('baseline', s) in by) + "."]
     lines += ["", "## Prefix mixing", "", "Generations from `alpha * positive + (1 - alpha) * negative` (input vectors for the simplified "
               "prefix, keys/values for the full prefix), same sampling seed at every alpha.", "",
               "| alpha | " + " | ".join(f"{METHODS[k][1]}: mean P(positive) / share positive" for k in results["mixing"]) + " |",
@@ -210,7 +219,7 @@ def render(results: dict) -> str:
     lines += ["", "Does the sentiment score move monotonically with alpha? " + "; ".join(verdicts) + ".", "",
               "![prefix mixing](mixing.png)", "", "## Samples", ""]
     for r in results["rows"]:
-        lines.append(f"- {r['label']}, {r['sentiment']}: " + " / ".join(f"\"{t}\"" for t in r["samples"][:2]))
+        lines.append(f"- {r['label']}, {r['sentiment']}: " + " / ".join(f"\"{' '.join(t.split())}\"" for t in r["samples"][:2]))
     lines += ["", "## Compared with the seed", "",
               "The seed study trained GPT-2 small (124M) on 123 custom reviews with batch 2 and lr 5e-5 and reports BLEU/ROUGE only as "
               "charts, without numbers to compare against; its claims are qualitative (sentiment-aligned generations, smooth tone "
