@@ -181,13 +181,16 @@ class checkpointed_lm:
 
     def __enter__(self):
         if self.enabled:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "activation_checkpointing_enable"):  # the newer name; the old one warns
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.train()
         return self
 
     def __exit__(self, *exc):
         if self.enabled:
-            self.model.gradient_checkpointing_disable()
+            (getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable)()
             self.model.eval()
 
 
