@@ -62,6 +62,7 @@ class AdapterConfig:
     init_text_b: str = ""  # interpolate prior: the second cluster's text (the first is init_text)
     fourier_features: int = number(128, min=2)  # fourier encoder: sin/cos pairs per token
     layers: Optional[int] = number(None, min=1)  # prefix: only the last N layers (None = all)
+    deep_layers: int = number(0, min=0)  # prompt: also learn the prompt positions' activations entering the last N layers
     rank: int = number(8, min=1)
     lora_alpha: float = number(16.0, positive=True)
     lora_dropout: float = number(0.0, min=0.0, max=0.9)
@@ -106,6 +107,11 @@ class Config:
             raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
         if self.method == "injection" and a.mlp_width < 1:
             raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
+        if a.deep_layers and self.method != "prompt":
+            raise ConfigError(f"adapter.deep_layers: deep prompts are a variant of the prompt method, not of {self.method}")
+        if a.deep_layers and self.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
+                              "forward would run without the learned activations)")
         if self.method == "prefix" and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
                               "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")

@@ -35,7 +35,8 @@ def _generate_batch(method: AdapterMethod, ids: torch.Tensor, max_new_tokens: in
     past_len = past.get_seq_length() if past is not None else 0
     B = ids.shape[0]
     mask = torch.ones(B, past_len + embeds.shape[1], dtype=torch.long, device=ids.device)
-    out = lm(inputs_embeds=embeds, past_key_values=past, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    with method.activation_hooks():  # only this pass holds the prefix positions; later ones read them from the cache
+        out = lm(inputs_embeds=embeds, past_key_values=past, attention_mask=mask, use_cache=True, logits_to_keep=1)
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     steps = []
     for _ in range(max_new_tokens):

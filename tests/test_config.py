@@ -23,6 +23,7 @@ def test_defaults_are_valid():
     ({"adapter": {"embed_source": "future"}}, "adapter.embed_source: expected one of window, context, previous"),
     ({"train": {"progress": "yes"}}, "train.progress: expected true or false"),
     ({"data": {"where": "label"}}, "data.where: expected field=value"),
+    ({"method": "lora", "adapter": {"deep_layers": 2}}, "adapter.deep_layers: deep prompts are a variant of the prompt method"),
     ({"method": "prefix", "train": {"gradient_checkpointing": True}}, "train.gradient_checkpointing: not available for the prefix"),
     ({"data": {"target_template": "{answer}"}}, "data.target_template: prompt/target examples are not supported by the injection"),
     ({"method": "prompt", "data": {"prompt_template": "Q:"}}, "data.prompt_template: only used together with data.target_template"),

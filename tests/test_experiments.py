@@ -86,6 +86,13 @@ def test_prompt_priors_experiment_tiny(tmp_path, tiny_model, shared_data):
     text = (out / "RESULTS.md").read_text()
     assert "## The seed's claim, tested" in text and "One-way ANOVA across priors" in text
     assert (out / "pca.png").is_file() and (out / "tsne.png").is_file()
+    deep = tmp_path / "deep"
+    assert prompt_priors.main([
+        "--data", str(shared_data), "--out", str(deep), "--seeds", "2", "--priors", "vocab", "normal", "--tasks", "sciq_qa",
+        "--deep-layers", "1", "--plot-texts", "20", "--plot-vocab", "100", "--max-new-tokens", "3",
+        "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
+        "--set", "train.max_steps=2", "--set", "train.eval_every=1"]) == 0
+    assert "# Embedding priors for deep prompt tuning" in (deep / "RESULTS.md").read_text()
 
 
 def test_answer_normalisation_keeps_signs():

@@ -261,13 +261,14 @@ def test_bfloat16_autocast_trains(tiny_overrides):
     assert math.isfinite(result["val_perplexity"]) and result["steps"] == 3
 
 
-@pytest.mark.parametrize("method", ["baseline", "prompt", "prefix", "lora"])
-def test_generation_matches_full_recomputation(tiny_overrides, method):
+@pytest.mark.parametrize("method, extra", [("baseline", ""), ("prompt", ""), ("prompt", "adapter.deep_layers=1"),
+                                           ("prefix", ""), ("lora", "")])
+def test_generation_matches_full_recomputation(tiny_overrides, method, extra):
     """Greedy decoding with the KV cache equals argmax over a full forward of the growing
     sequence through the adapter (the training path), token by token."""
     from embinject.generate import generate
 
-    cfg = cfg_for(tiny_overrides, method, "adapter.prefix_len=3")
+    cfg = cfg_for(tiny_overrides, method, "adapter.prefix_len=3", *([extra] if extra else []))
     lm = load_frozen_lm(cfg.model)
     m = build_method(cfg, lm.model, tokenizer=lm.tokenizer)
     try:
@@ -288,7 +289,7 @@ def test_generation_matches_full_recomputation(tiny_overrides, method):
                     embeds = torch.cat([prefix, embeds], dim=1)
                 past = m.past_key_values({"input_ids": ids})
                 mask = torch.ones(1, (past.get_seq_length() if past is not None else 0) + embeds.shape[1], dtype=torch.long)
-                with torch.no_grad():
+                with torch.no_grad(), m.activation_hooks():
                     logits = lm.model(inputs_embeds=embeds, past_key_values=past, attention_mask=mask).logits
                 assert int(logits[0, -1].argmax()) == tok
                 seq.append(tok)
@@ -320,3 +321,24 @@ def test_packed_trials_get_their_own_gradients(tiny_model):
     methods, batches = make_trials(lm, 3, prefix=2, batch=2, seq=16, model=tiny_model)
     assert max_grad_difference(methods, batches) < 1e-5
     assert all(float(m.prompt.grad.abs().sum()) > 0 for m in methods)
+
+
+def test_deep_prompt_starts_as_its_soft_prompt_and_learns_activations(tiny_overrides):
+    lm = load_frozen_lm(cfg_for(tiny_overrides, "prompt").model)
+    soft = build_method(cfg_for(tiny_overrides, "prompt"), lm.model, tokenizer=lm.tokenizer)
+    deep = build_method(cfg_for(tiny_overrides, "prompt", "adapter.deep_layers=1"), lm.model, tokenizer=lm.tokenizer)
+    assert deep.deep.shape == (1, soft.prompt.shape[0], lm.dim)  # the last of the tiny model's 2 layers
+    ids = torch.randint(5, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids}
+    a, _ = soft.nll(batch)
+    b, _ = deep.nll(batch)
+    assert torch.allclose(a, b, rtol=1e-5)  # the learned activations start as the model's own
+    b.backward()
+    assert deep.deep.grad.abs().sum() > 0 and deep.prompt.grad.abs().sum() > 0
+    with torch.no_grad():
+        deep.deep.add_(1.0)
+        c, _ = deep.nll(batch)
+        d, _ = soft.nll(batch)
+    assert not torch.allclose(b, c) and torch.allclose(a, d)  # the hooks are gone after each pass
+    with pytest.raises(Exception, match="adapter.deep_layers: this model has 2 layers"):
+        build_method(cfg_for(tiny_overrides, "prompt", "adapter.deep_layers=3"), lm.model, tokenizer=lm.tokenizer)

@@ -7,6 +7,7 @@ method is scored on exactly the same tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -77,7 +78,16 @@ class AdapterMethod(nn.Module):
     def past_key_values(self, batch: dict):
         return None
 
+    def activation_hooks(self) -> contextlib.AbstractContextManager:
+        """Active around a forward pass that includes the prefix positions (deep prompts change
+        the LM's activations there); nothing by default."""
+        return contextlib.nullcontext()
+
     def nll(self, batch: dict) -> tuple[torch.Tensor, int]:
+        with self.activation_hooks():
+            return self._nll(batch)
+
+    def _nll(self, batch: dict) -> tuple[torch.Tensor, int]:
         ids = batch["input_ids"]
         embeds = self.lm.get_input_embeddings()(ids)
         prefix = self.prefix_embeds(batch)
