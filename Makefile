@@ -40,6 +40,7 @@ experiments: $(STAMP)
 	$(PY) -m experiments.fourier_embeddings.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.sentiment_prefix.run --data ../shared/data/sst2
 	$(PY) -m experiments.prompt_priors.run --data ../shared/data
+	$(PY) -m experiments.prompt_priors.run --data ../shared/data --deep-layers 3 --tasks sciq_qa --out experiments/prompt_priors/deep
 
 clean:
 	rm -rf runs .pytest_cache
