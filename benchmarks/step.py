@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["prompt", "injection", "prefix", "lora"])
     p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast")
     args = p.parse_args(argv)
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
     torch.manual_seed(0)
     lm = load_frozen_lm(args.model)

@@ -280,7 +280,6 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         if r.gpus == 0:
             base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
         fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
-        searched = search.searched
         # Ray's best-trial line looks every column up in the trial's config, so conditional
         # parameters (absent from some trials) stay out of the live table; MLflow has them all.
         unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]

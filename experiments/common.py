@@ -33,3 +33,22 @@ def log_result(uri: str, experiment: str, run_name: str, params: dict, result: d
 
 def machine() -> str:
     return f"{platform.machine()} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def run_or_reload(args, out, run) -> dict | None:
+    """`run(args)` saved to <out>/results.json, or with --render-only the saved results; None (after
+    printing one line) on a configuration error."""
+    import json
+    import sys
+
+    from embinject.config import ConfigError
+
+    if args.render_only:
+        return json.loads((out / "results.json").read_text())
+    try:
+        results = run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return results

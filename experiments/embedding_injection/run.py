@@ -13,7 +13,6 @@ plot beside this file, and logs every run to MLflow.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import ConfigError, load_config
+from embinject.config import load_config
 from embinject.train import prepare, train
-from experiments.common import default_tracking_uri, log_result
+from experiments.common import default_tracking_uri, log_result, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 SEED_TABLE = {"Baseline": 17.71, "Static prefix (3 tokens)": 16.83, "Injection (MiniLM)": 14.38}  # seed 000, SmolLM2-360M, FineWeb-Edu
@@ -180,15 +179,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.mlflow = args.mlflow or default_tracking_uri(out)
-    if args.render_only:
-        results = json.loads((out / "results.json").read_text())
-    else:
-        try:
-            results = run(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results = run_or_reload(args, out, run)
+    if results is None:
+        return 2
     seconds = sum(r["wall_seconds"] for rows in results.values() for r in rows)
     plot(results, out / "perplexity_change.png")
     (out / "RESULTS.md").write_text(render(results, args, seconds) + "\n![change vs baseline](perplexity_change.png)\n")

@@ -15,7 +15,6 @@ tsne.png beside this file, and logs every run to MLflow.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import string
@@ -25,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import Config, ConfigError, DataConfig, config_from_dict, parse_override, read_yaml, set_dotted
+from embinject.config import Config, DataConfig, config_from_dict, parse_override, read_yaml, set_dotted
 from embinject.data import load_documents
 from embinject.generate import generate
 from embinject.methods import build_method
 from embinject.methods.baseline import Baseline
 from embinject.train import prepare, shared_lm, train
-from experiments.common import default_tracking_uri, log_result, machine
+from experiments.common import default_tracking_uri, log_result, machine, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 PRIORS = ("normal", "vocab", "gaussian", "exclusion", "interpolate")
@@ -338,15 +337,9 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: --data: {args.data} lacks {', '.join(missing)} (expected the shared data root)", file=sys.stderr)
         return 2
-    if args.render_only:
-        results = json.loads((out / "results.json").read_text())
-    else:
-        try:
-            results = run(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results = run_or_reload(args, out, run)
+    if results is None:
+        return 2
     (out / "RESULTS.md").write_text(render(results))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0

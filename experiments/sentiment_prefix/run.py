@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import ConfigError, load_config
+from embinject.config import load_config
 from embinject.generate import generate
 from embinject.methods import mix_prefixes
 from embinject.methods.baseline import Baseline
 from embinject.methods.prompt import Prompt
 from embinject.models import package_file
 from embinject.train import prepare, train
-from experiments.common import default_tracking_uri, log_result, machine
+from experiments.common import default_tracking_uri, log_result, machine, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 SENTIMENTS = ("positive", "negative")
@@ -253,15 +253,9 @@ def main(argv=None) -> int:
     if not (Path(args.data) / "train.jsonl").is_file():
         print(f"error: --data: {args.data} has no train.jsonl (expected the shared sst2 folder)", file=sys.stderr)
         return 2
-    if args.render_only:
-        results = json.loads((out / "results.json").read_text())
-    else:
-        try:
-            results = run(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results = run_or_reload(args, out, run)
+    if results is None:
+        return 2
     plot(results, out / "mixing.png")
     (out / "RESULTS.md").write_text(render(results))
     print(f"wrote {out / 'RESULTS.md'}")
