@@ -3,7 +3,6 @@ real shared data. Budgets are small (2 CPU cores) but nothing here is mocked."""
 import json
 
 import pytest
-import torch
 
 from embinject.config import load_config
 from embinject.models import load_frozen_lm

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embinject.space import DefineByRun, load_search_file, parse_space
+from embinject.space import DefineByRun, parse_space
 
 from .conftest import ROOT
 
