@@ -259,8 +259,20 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         progress = tqdm(total=max_steps, initial=loop["step"], desc=cfg.method, unit="step", leave=False)
     method.train()
     startup_seconds = time.perf_counter() - entered  # everything before the first step of this process
+
+    def send(entry: dict, final: bool) -> None:
+        if report is not None:
+            tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
+            report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
+                    "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
+                    "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
+
+    done = loop["stopped_early"] or loop["step"] >= max_steps
+    if done and resume_from is not None and loop["history"]:
+        # Resumed from a finished run's last checkpoint: the process that wrote it may have died before
+        # its caller recorded the final report, so deliver that report (again).
+        send(loop["history"][-1], final=True)
     with checkpointed_lm(prep.lm.model, cfg.train.gradient_checkpointing):
-        done = loop["stopped_early"] or loop["step"] >= max_steps
         while not done:
             epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
             order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
@@ -298,11 +310,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
                         loop["stopped_early"] = True
                     final = loop["stopped_early"] or last  # no further evaluation will follow
-                    if report is not None:
-                        tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-                        report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
-                                "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
-                                "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
+                    send(entry, final)
                     if final:
                         done = True
                         break

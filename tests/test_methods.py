@@ -342,3 +342,21 @@ def test_deep_prompt_starts_as_its_soft_prompt_and_learns_activations(tiny_overr
     assert not torch.allclose(b, c) and torch.allclose(a, d)  # the hooks are gone after each pass
     with pytest.raises(Exception, match="adapter.deep_layers: this model has 2 layers"):
         build_method(cfg_for(tiny_overrides, "prompt", "adapter.deep_layers=3"), lm.model, tokenizer=lm.tokenizer)
+
+
+def test_resuming_a_finished_run_delivers_its_final_report_again(tiny_overrides, tmp_path):
+    """The process that wrote the last checkpoint may die before its caller records the final
+    report; resuming from that checkpoint reports it again instead of ending silently."""
+    cfg = cfg_for(tiny_overrides, "prompt", "train.max_steps=4", "train.eval_every=2", "train.patience=0")
+    first = []
+
+    def keep(metrics, write_checkpoint):
+        first.append(metrics)
+        if metrics["final"]:
+            write_checkpoint(tmp_path / "last")
+
+    train(cfg, report=keep)
+    again = []
+    result, _ = train(cfg, report=lambda m, w: again.append(m), resume_from=tmp_path / "last")
+    assert len(again) == 1 and again[0]["final"] and again[0]["step"] == 4
+    assert again[0]["val_perplexity"] == first[-1]["val_perplexity"] and result["steps"] == 4
