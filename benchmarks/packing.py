@@ -30,10 +30,10 @@ OUT = Path(__file__).resolve().parent / "results"
 def packed_loss(methods: list, batches: list[dict]) -> torch.Tensor:
     """Sum over trials of each trial's mean NLL, from one pass of all trials' rows."""
     lm = methods[0].lm
-    embeds = torch.cat([torch.cat([m.prefix_embeds(b), lm.get_input_embeddings()(b["input_ids"])], dim=1)
-                        for m, b in zip(methods, batches)])
+    inputs = [m.lm_inputs(b) for m, b in zip(methods, batches)]
+    embeds = torch.cat([e for e, _, _, _ in inputs])
+    n_prefix = inputs[0][1]
     labels = torch.cat([b["labels"] for b in batches])
-    n_prefix = methods[0].prefix_embeds(batches[0]).shape[1]
     hidden = lm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state
     T = labels.shape[1]
     h, targets = hidden[:, n_prefix : n_prefix + T - 1], labels[:, 1:]

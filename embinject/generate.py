@@ -26,15 +26,8 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch
 def _generate_batch(method: AdapterMethod, ids: torch.Tensor, max_new_tokens: int, eos_id: int,
                     temperature: float, top_k: int, generator: torch.Generator | None) -> list[list[int]]:
     lm = method.lm
-    batch = {"input_ids": ids}
-    embeds = lm.get_input_embeddings()(ids)
-    prefix = method.prefix_embeds(batch)
-    if prefix is not None:
-        embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-    past = method.past_key_values(batch)
-    past_len = past.get_seq_length() if past is not None else 0
+    embeds, _, past, mask = method.lm_inputs({"input_ids": ids})  # exactly as in training
     B = ids.shape[0]
-    mask = torch.ones(B, past_len + embeds.shape[1], dtype=torch.long, device=ids.device)
     with method.activation_hooks():  # only this pass holds the prefix positions; later ones read them from the cache
         out = lm(inputs_embeds=embeds, past_key_values=past, attention_mask=mask, use_cache=True, logits_to_keep=1)
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
@@ -46,7 +39,8 @@ def _generate_batch(method: AdapterMethod, ids: torch.Tensor, max_new_tokens: in
         done |= nxt == eos_id
         if bool(done.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+        if mask is not None:  # only a per-layer prefix cache needs one; nothing is ever padded
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         out = lm(input_ids=nxt.unsqueeze(1), past_key_values=out.past_key_values, attention_mask=mask,
                  use_cache=True, logits_to_keep=1)
     rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]

@@ -282,13 +282,7 @@ def test_generation_matches_full_recomputation(tiny_overrides, method, extra):
         for prompt, new in zip(prompts, out):
             seq = list(prompt)
             for tok in new:
-                ids = torch.tensor([seq])
-                embeds = lm.model.get_input_embeddings()(ids)
-                prefix = m.prefix_embeds({"input_ids": ids})
-                if prefix is not None:
-                    embeds = torch.cat([prefix, embeds], dim=1)
-                past = m.past_key_values({"input_ids": ids})
-                mask = torch.ones(1, (past.get_seq_length() if past is not None else 0) + embeds.shape[1], dtype=torch.long)
+                embeds, _, past, mask = m.lm_inputs({"input_ids": torch.tensor([seq])})
                 with torch.no_grad(), m.activation_hooks():
                     logits = lm.model(inputs_embeds=embeds, past_key_values=past, attention_mask=mask).logits
                 assert int(logits[0, -1].argmax()) == tok

@@ -83,11 +83,9 @@ class AdapterMethod(nn.Module):
         the LM's activations there); nothing by default."""
         return contextlib.nullcontext()
 
-    def nll(self, batch: dict) -> tuple[torch.Tensor, int]:
-        with self.activation_hooks():
-            return self._nll(batch)
-
-    def _nll(self, batch: dict) -> tuple[torch.Tensor, int]:
+    def lm_inputs(self, batch: dict) -> tuple[torch.Tensor, int, object, torch.Tensor | None]:
+        """What the frozen LM receives for this batch: the input embeddings with the input-level prefix
+        in front, that prefix's length, the per-layer prefix cache, and the attention mask the cache needs."""
         ids = batch["input_ids"]
         embeds = self.lm.get_input_embeddings()(ids)
         prefix = self.prefix_embeds(batch)
@@ -99,7 +97,12 @@ class AdapterMethod(nn.Module):
         mask = None
         if past is not None:
             mask = torch.ones(ids.shape[0], past.get_seq_length() + embeds.shape[1], dtype=torch.long, device=ids.device)
-        return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask)
+        return embeds, n_prefix, past, mask
+
+    def nll(self, batch: dict) -> tuple[torch.Tensor, int]:
+        embeds, n_prefix, past, mask = self.lm_inputs(batch)
+        with self.activation_hooks():
+            return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask)
 
     # ---- persistence: safetensors + JSON, never pickles
     def adapter_state(self) -> dict[str, torch.Tensor]:
