@@ -211,18 +211,22 @@ def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[
         val_stream = None
 
     def collect(rows, need: int) -> tuple[Windows, object]:
-        items, count = [], 0
+        examples, docs, count = [], [], 0
         it = iter(rows)
         for row in it:
             new = rows_to_items([row], cfg, f"hub dataset '{cfg.path}'")
-            items += new
             if cfg.target_template is not None:
+                examples += new
                 count += len(new)
             else:
-                count += sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in new) // cfg.seq_len
+                for ids in (tokenizer(d, add_special_tokens=False)["input_ids"] for d in new):  # tokenised once
+                    docs.append(ids)
+                    count += len(ids) // cfg.seq_len
             if count >= need * 2:  # headroom for `previous` filtering
                 break
-        return tokenize_items(items, tokenizer, cfg), it
+        if cfg.target_template is not None:
+            return tokenize_examples(examples, tokenizer, cfg.seq_len), it
+        return _windows_from_ids(docs, cfg.seq_len), it
 
     train, rest = collect(stream, n_train)
     val, _ = collect(val_stream if val_stream is not None else rest, n_val)
