@@ -1,10 +1,35 @@
 """What every experiment shares: MLflow logging of a training result, and the machine line."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+
+def experiment_parser(doc: str, here: Path, data_help: str, config: Path | None = None,
+                      render_only: bool = True) -> argparse.ArgumentParser:
+    """The arguments every experiment takes (--data, --config, --set, --out, --mlflow, --render-only);
+    the experiment adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--config", default=str(config or here / "config.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", type=Path, default=here, help="where RESULTS.md, results.json and plots go (default: beside the command)")
+    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    if render_only:
+        p.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md and plots from <out>/results.json")
+    return p
+
+
+def parse_experiment_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse, create the output folder and fill in the default tracking URI."""
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.mlflow = args.mlflow or default_tracking_uri(args.out)
+    return args
 
 
 def default_tracking_uri(out) -> str:

@@ -12,7 +12,6 @@ Writes RESULTS.md and results.json beside this file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -24,7 +23,7 @@ import torch
 from embinject.config import ConfigError, load_config
 from embinject.models import load_frozen_lm
 from embinject.train import prepare, train
-from experiments.common import default_tracking_uri, log_result
+from experiments.common import experiment_parser, log_result, parse_experiment_args
 
 HERE = Path(__file__).resolve().parent
 EXP1 = HERE.parent / "embedding_injection"
@@ -79,16 +78,11 @@ def lora_facts(model_spec: str, rank: int, targets: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--config", default=str(EXP1 / "config.yaml"), help="same budget as the embedding-injection experiment")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = experiment_parser(__doc__, HERE, "a shared data folder, e.g. ../shared/data/wikipedia_en_sample",
+                          config=EXP1 / "config.yaml", render_only=False)  # the embedding-injection budget
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--out", default=str(HERE))
-    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = parse_experiment_args(p, argv)
+    out = args.out
     t0 = time.time()
     try:
         cfg = load_config(args.config, [f"data.path={args.data}", "method=lora", f"adapter.rank={args.rank}",
@@ -100,7 +94,7 @@ def main(argv=None) -> int:
     facts = lora_facts(cfg.model, args.rank, cfg.adapter.target_modules)
     result, method = train(cfg, prepared=prepare(cfg))
     method.release()
-    log_result(args.mlflow or default_tracking_uri(out), "experiment-adapter-injection", f"LoRA r={args.rank}",
+    log_result(args.mlflow, "experiment-adapter-injection", f"LoRA r={args.rank}",
                {"rank": args.rank, "target_modules": cfg.adapter.target_modules}, result,
                {k: float(v) for k, v in facts.items() if isinstance(v, (int, float))})
     results = {"facts": facts, "lora": result}

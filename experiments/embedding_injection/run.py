@@ -12,7 +12,6 @@ plot beside this file, and logs every run to MLflow.
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 
 from embinject.config import config_from_dict, load_config
 from embinject.train import prepare, train
-from experiments.common import default_tracking_uri, log_result, run_or_reload
+from experiments.common import experiment_parser, log_result, parse_experiment_args, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 SEED_TABLE = {"Baseline": 17.71, "Static prefix (3 tokens)": 16.83, "Injection (MiniLM)": 14.38}  # seed 000, SmolLM2-360M, FineWeb-Edu
@@ -169,18 +168,10 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="a shared data folder, e.g. ../shared/data/wikipedia_en_sample")
-    p.add_argument("--config", default=str(HERE / "config.yaml"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = experiment_parser(__doc__, HERE, "a shared data folder, e.g. ../shared/data/wikipedia_en_sample")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
-    p.add_argument("--out", default=str(HERE))
-    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
-    p.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md and the plot from <out>/results.json")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    args.mlflow = args.mlflow or default_tracking_uri(out)
+    args = parse_experiment_args(p, argv)
+    out = args.out
     results = run_or_reload(args, out, run)
     if results is None:
         return 2

@@ -10,7 +10,6 @@ parameters, and encoder time per 1,000 texts. Writes RESULTS.md and results.json
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -25,7 +24,7 @@ from embinject.data import build_windows, select_windows
 from embinject.encoders import load_encoder
 from embinject.models import tokenizer_fingerprint
 from embinject.train import encoder_ids, prepare, shared_lm, train
-from experiments.common import default_tracking_uri, log_result
+from experiments.common import experiment_parser, log_result, parse_experiment_args
 
 HERE = Path(__file__).resolve().parent
 EXP1 = HERE.parent / "embedding_injection"
@@ -49,20 +48,15 @@ def encoder_speed(cfg, spec: str, n: int = 1000, reps: int = 3) -> tuple[float, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--config", default=str(EXP1 / "config.yaml"), help="same budget as the embedding-injection experiment")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=str(HERE))
-    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p = experiment_parser(__doc__, HERE, "a shared data folder, e.g. ../shared/data/wikipedia_en_sample",
+                          config=EXP1 / "config.yaml", render_only=False)  # the embedding-injection budget
     p.add_argument("--speed-texts", type=int, default=1000, help="texts encoded per timing repetition")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = parse_experiment_args(p, argv)
+    out = args.out
     common = [f"data.path={args.data}", "adapter.embed_source=previous", "adapter.prefix_len=2", "adapter.inject_tokens=1",
               "adapter.mlp_width=512", "train.progress=false", *args.overrides]
     t0 = time.time()
-    uri = args.mlflow or default_tracking_uri(out)
+    uri = args.mlflow
     rows = []
     try:
         cfg = load_config(args.config, common + ["method=prompt", "adapter.prefix_len=3"])

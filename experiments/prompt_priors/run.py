@@ -14,7 +14,6 @@ tsne.png beside this file, and logs every run to MLflow.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import string
@@ -30,7 +29,7 @@ from embinject.generate import generate
 from embinject.methods import build_method
 from embinject.methods.baseline import Baseline
 from embinject.train import prepare, shared_lm, train
-from experiments.common import default_tracking_uri, log_result, machine, run_or_reload
+from experiments.common import experiment_parser, log_result, machine, parse_experiment_args, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 PRIORS = ("normal", "vocab", "gaussian", "exclusion", "interpolate")
@@ -161,7 +160,7 @@ def run(args) -> dict:
     g = torch.Generator().manual_seed(0)
     table = lm.model.get_input_embeddings().weight.detach().float()
     vocab = table[torch.randperm(table.shape[0], generator=g)[: args.plot_vocab]]
-    plot_geometry(vocab, clusters, vectors, HERE if args.out is None else Path(args.out))
+    plot_geometry(vocab, clusters, vectors, args.out)
     return {"runs": runs, "baselines": baselines, "config": make_config(args, args.tasks[0], "vocab", 0).to_dict(),
             "tasks": {t: TASKS[t] for t in args.tasks}, "priors": list(args.priors), "seeds": args.seeds, "seconds": time.time() - t_start,
             "machine": machine(), "command": " ".join(sys.argv[1:]),
@@ -315,12 +314,7 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="the shared data root holding sciq_qa/ and basic_arithmetic/")
-    p.add_argument("--config", default=str(HERE / "config.yaml"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=None, help="where RESULTS.md and the plots go (default: beside this file)")
-    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p = experiment_parser(__doc__, HERE, "the shared data root holding sciq_qa/ and basic_arithmetic/")
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -328,11 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--plot-texts", type=int, default=200, help="texts per cluster in the plots")
     p.add_argument("--plot-vocab", type=int, default=1500, help="vocabulary embeddings in the plots")
-    p.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md from <out>/results.json")
-    args = p.parse_args(argv)
-    out = Path(args.out) if args.out else HERE
-    out.mkdir(parents=True, exist_ok=True)
-    args.mlflow = args.mlflow or default_tracking_uri(out)
+    args = parse_experiment_args(p, argv)
+    out = args.out
     missing = [t for t, spec in TASKS.items() if not (Path(args.data) / spec["path"]).exists()]
     if missing:
         print(f"error: --data: {args.data} lacks {', '.join(missing)} (expected the shared data root)", file=sys.stderr)

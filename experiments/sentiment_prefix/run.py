@@ -12,7 +12,6 @@ Writes RESULTS.md, results.json and mixing.png beside this file, and logs each r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ from embinject.methods.baseline import Baseline
 from embinject.methods.prompt import Prompt
 from embinject.models import package_file
 from embinject.train import prepare, train
-from experiments.common import default_tracking_uri, log_result, machine, run_or_reload
+from experiments.common import experiment_parser, log_result, machine, parse_experiment_args, run_or_reload
 
 HERE = Path(__file__).resolve().parent
 SENTIMENTS = ("positive", "negative")
@@ -231,12 +230,7 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="the shared SST-2 folder, e.g. ../shared/data/sst2")
-    p.add_argument("--config", default=str(HERE / "config.yaml"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=str(HERE))
-    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p = experiment_parser(__doc__, HERE, "the shared SST-2 folder, e.g. ../shared/data/sst2")
     p.add_argument("--samples", type=int, default=48, help="generations per row and per mixing alpha")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--references", type=int, default=200, help="validation reviews per sentiment used as references")
@@ -244,12 +238,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr-simplified", type=float, default=3e-2)
     p.add_argument("--lr-full", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--render-only", action="store_true", help="regenerate RESULTS.md and the plot from <out>/results.json")
-    args = p.parse_args(argv)
+    args = parse_experiment_args(p, argv)
     args.lr = {"simplified": args.lr_simplified, "full": args.lr_full}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    args.mlflow = args.mlflow or default_tracking_uri(out)
+    out = args.out
     if not (Path(args.data) / "train.jsonl").is_file():
         print(f"error: --data: {args.data} has no train.jsonl (expected the shared sst2 folder)", file=sys.stderr)
         return 2
