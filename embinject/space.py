@@ -95,12 +95,13 @@ def _parse_param(key: str, spec: Any) -> Param:
             args = [float(a) if isinstance(a, str) else a for a in args]
             if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
                 raise ConfigError(f"{where}.{kind}: expected numbers, got {args!r}")
-            if kind in ("randint", "qrandint"):
+            integer = kind in ("randint", "qrandint")
+            if integer:
                 if not all(float(a).is_integer() for a in args):
                     raise ConfigError(f"{where}.{kind}: expected integer bounds, got {args!r}")
                 args = [int(a) for a in args]
             low, high = args[0], args[1]
-            if kind in ("randint", "qrandint"):
+            if integer:
                 if low > high:
                     raise ConfigError(f"{where}.{kind}: low ({low}) must not exceed high ({high})")
                 if kind == "qrandint" and (args[2] <= 0 or (high - low) % args[2]):
