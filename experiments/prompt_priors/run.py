@@ -60,12 +60,13 @@ def make_config(args, task: str, prior: str, seed: int, method: str = "prompt") 
     return config_from_dict(raw)
 
 
-def task_prompts(args, task: str, split: int, n: int) -> list[str]:
-    """The filled prompt templates of a task's first n rows (split 0 = train, 1 = validation)."""
+def task_prompts(args, task: str) -> tuple[list[str], list[str]]:
+    """The filled prompt templates of a task's training and validation rows."""
     spec = TASKS[task]
     cfg = DataConfig(path=str(Path(args.data) / spec["path"]), prompt_template=spec["prompt_template"],
                      target_template=spec["target_template"], val_fraction=spec.get("val_fraction", 0.1))
-    return [p for p, _ in load_documents(cfg)[split][:n]]
+    train, val = load_documents(cfg)
+    return [p for p, _ in train], [p for p, _ in val]
 
 
 # ---------------------------------------------------------------- answer quality
@@ -118,7 +119,8 @@ def mean_activations(lm, tokenizer, texts: list[str], max_tokens: int = 64) -> t
 
 def run(args) -> dict:
     t_start = time.time()
-    args.cluster_text = {t: "\n".join(task_prompts(args, t, 0, CLUSTER_TEXT_ROWS)) for t in TASKS}
+    prompts = {t: task_prompts(args, t) for t in TASKS}  # read once: cluster texts now, plots at the end
+    args.cluster_text = {t: "\n".join(prompts[t][0][:CLUSTER_TEXT_ROWS]) for t in TASKS}
     runs, baselines, vectors = [], {}, {}
     for task in args.tasks:
         cfg = make_config(args, task, "vocab", 0, method="baseline")
@@ -152,7 +154,7 @@ def run(args) -> dict:
                       f"moved {row['moved']:.2f}", flush=True)
     cfg = make_config(args, "sciq_qa", "vocab", 0)
     lm = shared_lm(cfg.model, "cpu")
-    clusters = {task: mean_activations(lm.model, lm.tokenizer, task_prompts(args, task, 1, args.plot_texts)) for task in TASKS}
+    clusters = {task: mean_activations(lm.model, lm.tokenizer, prompts[task][1][: args.plot_texts]) for task in TASKS}
     general = Path(args.data) / GENERAL_CORPUS
     if general.is_dir():
         docs = load_documents(DataConfig(path=str(general)))[1][: args.plot_texts]
