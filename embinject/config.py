@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,9 @@ class TrainConfig:
     dtype: str = choice("float32", "bfloat16", default="float32")
     threads: Optional[int] = number(None, positive=True)  # torch CPU threads (None = leave as is)
     gradient_checkpointing: bool = False  # recompute the frozen LM's activations in backward: less memory, more time
+    # A run whose validation perplexity exceeds this many times the frozen baseline's has diverged and is
+    # stopped (0: only non-finite values stop it).
+    divergence_factor: float = number(10.0, min=0.0)
     progress: bool = True
 
 
@@ -162,6 +166,7 @@ class TuneSettings:
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     storage_path: str = "runs/tune"
     reuse_actors: bool = False
+    max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
 
 
 @dataclass
@@ -206,6 +211,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -311,12 +318,29 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -339,4 +363,22 @@ def load_config(path: str | Path | None, overrides: list[str] = (), extra_sectio
         key, value = parse_override(item)
         set_dotted(raw, key, value)
     raw = {k: v for k, v in raw.items() if k not in extra_sections}
-    return config_from_dict(raw)
+    return config_from_dict(resolve_paths(raw))
+
+
+PATH_KEYS = ("model", "data.path", "adapter.embedding_model")  # keys whose values may be local paths
+
+
+def resolve_paths(raw: dict) -> dict:
+    """Local paths in a raw config made absolute against the directory the command runs in, once, so
+    that trials (which run in their own directories, perhaps on other nodes) read the same files."""
+    from .fsutil import resolve_local
+
+    for key in PATH_KEYS:
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str):
+            node[last] = resolve_local(node[last])
+    return raw

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ConfigError, DataConfig
+from .fsutil import atomic_save_tensors, discard_corrupt, first_line
 from .models import cache_dir, set_offline
 
 DATA_SHUFFLE_SEED = 1234
@@ -48,26 +48,47 @@ def _builtin_python_docs() -> list[dict]:
     return [{"text": topics[k]} for k in sorted(topics)]
 
 
+def _decode_error(path: Path, exc: UnicodeDecodeError) -> ConfigError:
+    with path.open("rb") as fh:
+        line = fh.read(exc.start).count(b"\n") + 1
+    return ConfigError(f"data.path: {path} line {line} is not UTF-8 text (byte {exc.start}); "
+                       "convert the file to UTF-8 or remove it from the data folder")
+
+
 def _read_rows(path: Path) -> list[dict]:
+    """Rows of one local file; anything unreadable is one ConfigError naming the file (and line or row)."""
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ConfigError(f"data.path: {path} line {n} is not valid JSON") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"data.path: {path} line {n} is not a JSON object")
-                rows.append(row)
+        try:
+            with path.open(encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise ConfigError(f"data.path: {path} line {n} is not valid JSON") from None
+                    if not isinstance(row, dict):
+                        raise ConfigError(f"data.path: {path} line {n} is not a JSON object")
+                    rows.append(row)
+        except UnicodeDecodeError as exc:
+            raise _decode_error(path, exc) from None
         return rows
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    return [{"text": path.read_text(encoding="utf-8")}]  # .txt: one document per file
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"data.path: {path} is not a readable parquet file ({first_line(exc)})") from None
+    try:  # .txt: one document per file
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, exc) from None
+    if "\x00" in text:
+        raise ConfigError(f"data.path: {path} holds binary data (NUL bytes), not text")
+    return [{"text": text}]
 
 
 def _fill(template: str, row: dict, key: str, source: str) -> str:
@@ -256,9 +277,12 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
     file = cache_dir("data") / f"{key}.safetensors"
     if file.is_file():
-        t = load_file(str(file))
-        return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
-                     for n in ("train", "val"))
+        try:
+            t = load_file(str(file))
+            return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
+                         for n in ("train", "val"))
+        except Exception as exc:  # truncated or foreign file: rebuild it
+            discard_corrupt(file, first_line(exc))
     if hub:
         train, val = _hub_windows(cfg, tokenizer, cfg.train_samples, cfg.val_samples)
     else:
@@ -272,9 +296,7 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
                         f"{name}.has_previous": w.has_previous.contiguous()})
         if w.scored is not None:
             tensors[f"{name}.scored"] = w.scored.contiguous()
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    tmp.replace(file)  # atomic: concurrent trials never read a half-written cache
+    atomic_save_tensors(tensors, file)  # concurrent trials never read a half-written cache
     return train, val
 
 

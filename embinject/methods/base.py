@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..fsutil import atomic_save_tensors, atomic_write_text, first_line
 from .priors import init_vectors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -114,7 +115,7 @@ class AdapterMethod(nn.Module):
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.adapter_state(), str(directory / ADAPTER_WEIGHTS))
+        atomic_save_tensors(self.adapter_state(), directory / ADAPTER_WEIGHTS)
         self.write_meta(directory, extra)
         self.save_peft_format(directory)
         return directory
@@ -122,13 +123,33 @@ class AdapterMethod(nn.Module):
     def write_meta(self, directory: Path, extra: dict | None = None) -> None:
         """The JSON that `load_method` needs to rebuild this adapter around a frozen LM."""
         meta = {"method": self.name, "encoder_dim": self.encoder_dim, "config": self.cfg.to_dict(), **(extra or {})}
-        (Path(directory) / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+        atomic_write_text(Path(directory) / ADAPTER_CONFIG, json.dumps(meta, indent=2))
 
     def save_peft_format(self, directory: Path) -> None:
         """Also write the adapter in PEFT's layout where PEFT has the method (optional)."""
 
     def load(self, directory: str | Path) -> "AdapterMethod":
-        state = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
+        """Read the weights, checking them against the shapes this adapter's embinject.json describes;
+        any problem is one ConfigError naming the file."""
+        file = Path(directory) / ADAPTER_WEIGHTS
+        if not file.is_file():
+            raise ConfigError(f"{file}: adapter weights not found")
+        try:
+            state = load_file(str(file))
+        except Exception as exc:  # truncated, random bytes, not safetensors
+            raise ConfigError(f"{file}: not a readable safetensors file ({first_line(exc)})") from None
+        expected = {k: tuple(v.shape) for k, v in self.adapter_state().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != expected:
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            shape = next((f"'{k}' is {list(found[k])}, expected {list(expected[k])}" for k in sorted(expected)
+                          if k in found and found[k] != expected[k]), "")
+            what = (f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{extra[0]}'" if extra else f"tensor {shape}")
+            raise ConfigError(f"{file}: does not match the {self.name} adapter that {ADAPTER_CONFIG} describes ({what})")
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ConfigError(f"{file}: tensor '{bad}' holds NaN or infinite values (a diverged training?)")
         device = next(iter(self.lm.parameters())).device
         self.load_adapter_state({k: v.to(device) for k, v in state.items()})
         return self

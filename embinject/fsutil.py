@@ -1,0 +1,107 @@
+"""Files that are never half-written, paths resolved once, and write checks before any work.
+
+Every file embinject writes for later use (cache entries, checkpoints, results, summaries) goes
+through a temporary file in the same directory and `os.replace`, so a kill mid-write leaves either
+the old file or the new one, never a truncated one that a later run would trust.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .config import ConfigError
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def discard_corrupt(path: Path, reason: str) -> None:
+    """One warning line naming a corrupt cache entry, which is then deleted so it is rebuilt."""
+    warn(f"cache entry {path} is corrupt ({reason}); deleting and rebuilding it")
+    if Path(path).is_dir():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """Raise ConfigError naming `key` unless `path` (a directory, perhaps not there yet) can be created
+    and written. Probes with a temporary file in the nearest existing directory, so permissions, read-only
+    file systems and files in the way are all found, and nothing is left behind."""
+    target = Path(path)
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == target else f"{probe} is a file, not a directory"
+        raise ConfigError(f"{key}: cannot write to {target} ({where}); choose a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".embinject-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot write to {target} ({exc.strerror or exc}); choose a writable directory") from None
+
+
+LOCAL_NAMES = ("fourier", "lm-mean")
+
+
+def resolve_local(value: str) -> str:
+    """A user-given location made absolute against the current directory when it is a local path;
+    builtin/bundled names, encoder names and hub ids (`org/name` that does not exist here) stay as they are."""
+    if not isinstance(value, str) or value.startswith(("builtin:", "bundled:")) or value in LOCAL_NAMES or "://" in value:
+        return value
+    expanded = os.path.expanduser(value)
+    if value.startswith((".", "/", "~")) or os.path.exists(expanded):
+        return os.path.abspath(expanded)
+    return value
+
+
+def resolve_tracking_uri(uri: str | None) -> str | None:
+    """`sqlite:///relative.db`, `file:relative` and plain paths become absolute; servers stay as they are."""
+    if not uri:
+        return uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(uri[len("sqlite:///"):]))
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return Path(os.path.abspath(uri[len("file:"):])).as_uri()
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri
