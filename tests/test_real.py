@@ -73,3 +73,16 @@ def test_real_search_on_bundled_models(tmp_path, shared_data):
     first = [c for c in children if c.data.params.get("adapter.mlp_width") == "512"]
     assert first, "the reference point from points_to_evaluate was not run"
     assert all(c.data.metrics["val_perplexity"] < 10 * c.data.metrics["baseline_perplexity"] for c in children)
+
+
+def test_a_diverging_deep_prefix_stops_at_its_first_evaluation(tmp_path, wiki, capsys):
+    """The reference case: a deep prefix with its MLP at train.lr=0.01 on WikiText-2 used to report
+    perplexity in the hundreds of thousands as an ordinary result."""
+    out = tmp_path / "out"
+    code = main(["--set", "method=prefix", "--set", "train.lr=0.01", "--set", f"data.path={wiki}", "--set", "data.seq_len=64",
+                 "--set", "data.train_samples=32", "--set", "data.val_samples=16", "--set", "train.max_steps=8",
+                 "--set", "train.eval_every=2", "--set", "train.progress=false", "--output-dir", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(err) == 1, err
+    assert "training diverged at step 2: validation perplexity" in err[0] and "lower train.lr (now 0.01)" in err[0]
+    assert not out.exists()

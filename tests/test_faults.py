@@ -1,0 +1,315 @@
+"""Faults injected for real, then MLflow, summary.csv and the result directories read back: a diverging
+run and trial, SIGINT/SIGTERM of the search driver, SIGKILL of a trial worker, a real `mlflow server`
+killed mid-search and started again, truncated caches, corrupt adapter directories."""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from embinject.config import ConfigError, load_config
+from embinject.methods import load_method
+from embinject.train import main as train_main
+from embinject.train import train, write_outputs
+
+from .conftest import ROOT
+from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search
+
+PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def tune_cmd(*args):
+    return [sys.executable, "-m", "embinject.tune", *args]
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the search ended before {what}: exit {proc.returncode}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_rows(storage: Path) -> dict[str, list[dict]]:
+    return {t.name: _results(t) for t in sorted(storage.glob("*/trial_*"))}
+
+
+def registered_versions(client, name: str) -> list:
+    return list(client.search_model_versions(f"name='{name}'"))
+
+
+# ---------------------------------------------------------------- divergence
+
+def test_diverging_training_stops_at_once_and_keeps_the_earlier_adapter(tmp_path, tiny_overrides, capsys):
+    sets = [x for o in tiny_overrides + ["method=prompt", "train.max_steps=30"] for x in ("--set", o)]
+    out = tmp_path / "out"
+    assert train_main(sets + ["--output-dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in (out / "adapter").iterdir() if p.is_file()}
+    capsys.readouterr()
+    # A random tiny LM cannot get 10x worse than itself, so the rule is tightened to make its first evaluation
+    # count as diverged (the bundled model diverges for real in test_real.py).
+    assert train_main(sets + ["--set", "train.divergence_factor=0.5", "--set", "train.lr=0.5", "--output-dir", str(out)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: training diverged at step 3: validation perplexity "), err
+    assert "more than 0.5x the frozen model's" in err[0] and "lower train.lr (now 0.5)" in err[0], err
+    assert {p.name: p.read_bytes() for p in (out / "adapter").iterdir() if p.is_file()} == before  # finite adapter kept
+
+
+def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(tmp_path, tiny_model, shared_data):
+    """Also run from another directory with relative data and storage paths, as a user would."""
+    data = os.path.relpath(shared_data / "wikitext2_valid_detok", tmp_path)
+    path = write_search(tmp_path / "s.yaml", tiny_model, data, Path("runs"), **{
+        "method": "prompt", "search": {"train.divergence_factor": {"choice": [0.5, 10.0]}},
+        "tune.points_to_evaluate": [{"train.divergence_factor": 0.5}, {"train.divergence_factor": 10.0},
+                                    {"train.divergence_factor": 10.0}], "tune.num_samples": 3,
+        "tune.search_alg": "random", "tune.scheduler": {"type": "none"}, "mlflow.tracking_uri": "sqlite:///runs/mlflow.db"})
+    proc = subprocess.run(tune_cmd("s.yaml"), cwd=tmp_path, capture_output=True, text=True, timeout=600, env=PY_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp_dir = next((tmp_path / "runs").glob("t-*"))
+    rows = (exp_dir / "summary.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    statuses = [dict(zip(header, r.split(",")))["status"] for r in rows[1:]]
+    assert sorted(statuses) == ["diverged", "ok", "ok"], rows
+    client, parents, children = read_mlflow(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "test-search")
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["failure_reason"] == "diverged"
+    assert "training diverged at step 3" in failed[0].data.tags["error"] and failed[0].data.params["train.divergence_factor"] == "0.5"
+    assert sum(c.info.status == "FINISHED" for c in children) == 2
+    champion = client.get_model_version_by_alias("test-adapter", "champion")
+    assert champion.run_id == parents[0].info.run_id
+    weights = load_file(str(exp_dir / "champion" / "adapter.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert json.loads((exp_dir / "champion" / "embinject.json").read_text())["config"]["train"]["divergence_factor"] == 10.0
+
+
+# ---------------------------------------------------------------- interrupting the driver
+
+def long_search(tmp_path: Path, tiny_model: str, **extra) -> tuple[Path, Path]:
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 3,
+        "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}, **extra})
+    return path, storage
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, tiny_model, signum):
+    path, storage = long_search(tmp_path, tiny_model)
+    proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for(lambda: any(r and r[-1].get("final") for r in trial_rows(storage).values())
+                 and any(len(r) >= 2 and not r[-1].get("final") for r in trial_rows(storage).values()),
+                 300, "one finished and one running trial", proc)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "resume with: python -m embinject.tune" in err and "--resume" in err
+    client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert parents[0].info.status == "KILLED"
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"} and any(c.info.status == "KILLED" for c in children)
+    assert registered_versions(client, "test-adapter") == []  # nothing registered from a partial search
+    finished_before = {t: len(r) for t, r in trial_rows(storage).items() if r and r[-1].get("final")}
+
+    resumed = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert parents[0].info.status == "FINISHED" and len(children) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert len(registered_versions(client, "test-adapter")) == 1
+    for name, rows in trial_rows(storage).items():
+        steps = [r["step"] for r in _without_redelivery(rows)]
+        assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)
+        if name in finished_before:
+            assert len(_without_redelivery(rows)) == finished_before[name]  # not run again
+
+    again = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout + again.stderr
+    assert len(registered_versions(client, "test-adapter")) == 1
+
+
+# ---------------------------------------------------------------- a trial worker dies
+
+def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, tiny_model):
+    path, storage = long_search(tmp_path, tiny_model, **{"tune.num_samples": 2, "tune.max_failures": 2})
+    proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        victim, rows = wait_for(lambda: next(((t, r) for t, r in trial_rows(storage).items()
+                                              if len(r) >= 3 and not r[-1].get("final")), None), 300, "a running trial", proc)
+        os.kill(rows[-1]["pid"], signal.SIGKILL)  # the trial's worker process, as the OOM killer would
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    all_rows = trial_rows(storage)
+    assert len(all_rows) == 2
+    for name, trial in all_rows.items():
+        steps = [r["step"] for r in _without_redelivery(trial)]
+        assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)  # continued, never restarted from 0
+    assert len({r["pid"] for r in all_rows[victim]}) == 2  # a new worker took over
+    _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    restarted = {c.data.tags["trial_id"]: c.data.tags.get("restarts") for c in children}
+    assert sorted(restarted.values(), key=str) == ["1", None] or sorted(map(str, restarted.values())) == ["1", "None"]
+
+
+# ---------------------------------------------------------------- the tracking server goes away
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(db: Path, port: int) -> subprocess.Popen:
+    mlflow = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", str(db.parent / "art")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import urllib.request
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for(up, 90, "the MLflow server")
+    return proc
+
+
+def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
+    port, db = free_port(), tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    server = start_mlflow_server(db, port)
+    path, storage = long_search(tmp_path, tiny_model, **{"train.max_steps": 60, "mlflow.tracking_uri": f"http://127.0.0.1:{port}"})
+    proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for(lambda: any(len(r) >= 2 for r in trial_rows(storage).values()), 300, "a trial's results", proc)
+        kill_session(server.pid)  # the server goes away mid-search and stays away until the search ends
+        started = time.time()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc.pid)
+        kill_session(server.pid)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    assert "cannot be reached" in err and "are kept in" in err and "--resume" in err, err[-3000:]
+    assert time.time() - started < 240  # it neither died nor stalled
+    assert (storage.glob("t-*").__next__() / "champion" / "adapter.safetensors").is_file()
+
+    server = start_mlflow_server(db, port)  # back, with the same store
+    try:
+        resumed = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0 and "already finished" in resumed.stdout, resumed.stdout + resumed.stderr
+        client, parents, children = read_mlflow(f"http://127.0.0.1:{port}", "test-search")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 3
+        for child in children:
+            assert child.info.status == "FINISHED"
+            trial = next(storage.glob(f"t-*/trial_{child.data.tags['trial_id']}"))
+            history = client.get_metric_history(child.info.run_id, "val_perplexity")
+            assert sorted(h.step for h in history) == sorted({r["step"] for r in _results(trial)})  # every evaluation logged
+        assert len(registered_versions(client, "test-adapter")) == 1
+    finally:
+        kill_session(server.pid)
+
+
+# ---------------------------------------------------------------- corrupt files
+
+def test_truncated_cache_entries_are_named_deleted_and_rebuilt(tmp_path, tiny_overrides, monkeypatch, capfd):
+    monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, tiny_overrides + ["method=injection", "train.max_steps=3"])
+    first, m = train(cfg)
+    entries = [p for sub in ("data", "embeddings", "baseline") for p in (tmp_path / "cache" / sub).iterdir()]
+    assert {p.parent.name for p in entries} == {"data", "embeddings", "baseline"}
+    for p in entries:
+        p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 2)])  # as a kill mid-write would have left it
+    capfd.readouterr()
+    second, _ = train(cfg)
+    err = capfd.readouterr().err
+    for p in entries:
+        assert f"warning: cache entry {p} is corrupt" in err, err
+    assert second["val_perplexity"] == first["val_perplexity"] and second["baseline_perplexity"] == first["baseline_perplexity"]
+    for p in entries:  # rebuilt, whole
+        assert p.is_file() and (p.suffix != ".json" or json.loads(p.read_text()))
+
+
+@pytest.fixture
+def saved_adapters(tmp_path, tiny_overrides):
+    out = {}
+    for method in ("prompt", "injection", "lora"):
+        cfg = load_config(None, tiny_overrides + [f"method={method}", "train.max_steps=2"])
+        result, trained = train(cfg)
+        write_outputs(tmp_path / method, result, trained)
+        trained.release()
+        out[method] = tmp_path / method / "adapter"
+    return out
+
+
+def test_corrupt_adapter_directories_are_named_in_one_line(saved_adapters, tiny_model):
+    from embinject.models import load_frozen_lm
+
+    lm = load_frozen_lm(tiny_model)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+
+    def problem(method: str, damage) -> str:
+        d = saved_adapters[method]
+        weights, meta = d / "adapter.safetensors", d / "embinject.json"
+        saved = weights.read_bytes(), meta.read_text()
+        damage(weights, meta)
+        try:
+            with pytest.raises(ConfigError) as err:
+                load_method(d, lm.model, lm.tokenizer)
+            return str(err.value)
+        finally:
+            weights.write_bytes(saved[0])
+            meta.write_text(saved[1])
+
+    def edit(meta, fn):
+        data = json.loads(meta.read_text())
+        fn(data)
+        meta.write_text(json.dumps(data))
+
+    def nan_weights(w, m):
+        state = load_file(str(w))
+        save_file({k: torch.full_like(v, math.nan) for k, v in state.items()}, str(w))
+
+    cases = [
+        ("prompt", lambda w, m: w.write_bytes(w.read_bytes()[:40]), "adapter.safetensors: not a readable safetensors file"),
+        ("injection", lambda w, m: w.write_bytes(os.urandom(512)), "adapter.safetensors: not a readable safetensors file"),
+        ("prompt", lambda w, m: m.write_text("{not json"), "embinject.json: not valid JSON"),
+        ("prompt", lambda w, m: m.write_text("[1, 2]"), "embinject.json: expected a JSON object"),
+        ("injection", lambda w, m: edit(m, lambda d: d["config"]["adapter"].update(mlp_width=48)), "does not match the injection adapter"),
+        ("prompt", lambda w, m: edit(m, lambda d: d["config"]["adapter"].update(prefix_len=7)), "tensor 'prompt' is [4, 64], expected [7, 64]"),
+        ("lora", lambda w, m: edit(m, lambda d: d["config"]["adapter"].update(rank=3)), "does not match the lora adapter"),
+        ("injection", lambda w, m: edit(m, lambda d: d.pop("encoder_dim")), "an injection adapter needs 'encoder_dim'"),
+        ("prompt", lambda w, m: edit(m, lambda d: d.update(method="lora")), "'method' must be one of"),
+        ("prompt", lambda w, m: edit(m, lambda d: d["config"]["train"].update(lr="fast")), "embinject.json: config.train.lr: expected a number"),
+        ("prompt", nan_weights, "holds NaN or infinite values"),
+        ("prompt", lambda w, m: w.unlink(), "adapter.safetensors: adapter weights not found"),
+    ]
+    for method, damage, expected in cases:
+        message = problem(method, damage)
+        assert expected in message and "\n" not in message, (method, expected, message)
+        assert str(saved_adapters[method]) in message
+    after = lm.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # LoRA taken out again
+    assert load_method(saved_adapters["lora"], lm.model, lm.tokenizer) is not None  # undamaged copies still load
