@@ -86,3 +86,23 @@ def test_a_diverging_deep_prefix_stops_at_its_first_evaluation(tmp_path, wiki, c
     assert code == 1 and len(err) == 1, err
     assert "training diverged at step 2: validation perplexity" in err[0] and "lower train.lr (now 0.01)" in err[0]
     assert not out.exists()
+
+
+def test_a_truncated_converted_model_is_named_and_converted_again(tmp_path, monkeypatch, capfd):
+    import shutil
+
+    from embinject.models import checkpoint_problem, resolve_model_path
+
+    cached = Path(resolve_model_path("bundled:smollm2-135m"))
+    cache = tmp_path / "cache"
+    shutil.copytree(cached, cache / "models" / cached.name)
+    copy = cache / "models" / cached.name
+    weights = next(copy.glob("*.safetensors"))
+    with weights.open("r+b") as fh:  # as a kill mid-copy would have left it
+        fh.truncate(weights.stat().st_size // 3)
+    assert checkpoint_problem(copy)
+    monkeypatch.setenv("EMBINJECT_CACHE", str(cache))
+    capfd.readouterr()
+    assert resolve_model_path("bundled:smollm2-135m") == str(copy)
+    assert f"warning: cache entry {copy} is corrupt ({weights.name}: " in capfd.readouterr().err
+    assert checkpoint_problem(copy) is None and load_frozen_lm("bundled:smollm2-135m").dim == 576
