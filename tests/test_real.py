@@ -1,6 +1,7 @@
 """The real path: bundled SmolLM2-135M (GGUF -> cached safetensors), bundled all-MiniLM-L6-v2,
 real shared data. Budgets are small (2 CPU cores) but nothing here is mocked."""
 import json
+from pathlib import Path
 
 import pytest
 
