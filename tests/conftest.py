@@ -3,6 +3,7 @@ real shared data folder, and an isolated cache directory per test session."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,10 @@ def tiny_overrides(tiny_model):
             "train.batch_size=8", "train.eval_batch_size=32", "train.max_steps=6", "train.eval_every=3",
             "train.progress=false", "adapter.prefix_len=4", "adapter.mlp_width=32", "adapter.embedding_model=fourier",
             "adapter.fourier_features=16", "adapter.context_tokens=8"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

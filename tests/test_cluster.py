@@ -3,23 +3,17 @@
 trials from both nodes."""
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 from .test_tune import kill_session, read_mlflow, run_tune, write_search
 
 pytestmark = pytest.mark.cluster
 RAY = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else shutil.which("ray")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -63,9 +57,7 @@ def test_search_on_a_two_node_cluster(tmp_path, tiny_model, shared_data, two_nod
 
 
 def test_trials_of_a_stopped_node_continue_on_the_head_from_their_checkpoints(tmp_path, tiny_model, two_node_cluster, monkeypatch):
-    import signal
     import sys
-    import time
 
     from .test_faults import PY_ENV, trial_rows, wait_for
     from .test_tune import _without_redelivery

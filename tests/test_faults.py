@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from embinject.methods import load_method
 from embinject.train import main as train_main
 from embinject.train import train, write_outputs
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -70,7 +69,7 @@ def test_diverging_training_stops_at_once_and_keeps_the_earlier_adapter(tmp_path
 def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(tmp_path, tiny_model, shared_data):
     """Also run from another directory with relative data and storage paths, as a user would."""
     data = os.path.relpath(shared_data / "wikitext2_valid_detok", tmp_path)
-    path = write_search(tmp_path / "s.yaml", tiny_model, data, Path("runs"), **{
+    write_search(tmp_path / "s.yaml", tiny_model, data, Path("runs"), **{
         "method": "prompt", "search": {"train.divergence_factor": {"choice": [0.5, 10.0]}},
         "tune.points_to_evaluate": [{"train.divergence_factor": 0.5}, {"train.divergence_factor": 10.0},
                                     {"train.divergence_factor": 10.0}], "tune.num_samples": 3,
@@ -172,11 +171,6 @@ def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, tiny_model
 
 
 # ---------------------------------------------------------------- the tracking server goes away
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_server(db: Path, port: int) -> subprocess.Popen:
