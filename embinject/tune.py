@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -304,6 +305,8 @@ class _GracefulStop:
             raise KeyboardInterrupt
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread (run_search called from a thread)
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours forwards to Ray's SIGUSR1 handler instead
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         self._old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._ignore)
