@@ -232,7 +232,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
         rows = _without_redelivery(_results(t))
         steps = [r["step"] for r in rows]
         assert steps == sorted(set(steps)), f"{t.name} repeated steps {steps}: it restarted instead of resuming"
-        assert rows[-1]["final"] and rows[-1]["step"] == 150, f"{t.name}: {[(r['step'], r['final']) for r in rows]}"
+        errors = "".join(f.read_text()[-1500:] for f in t.glob("error*.txt"))
+        assert rows[-1]["final"] and rows[-1]["step"] == 150, f"{t.name}: {[(r['step'], r['final']) for r in rows]} {errors}"
         if t.name in finished_before:
             assert len(rows) == finished_before[t.name]  # a finished trial is not run again
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
