@@ -275,6 +275,29 @@ def _walk(key: str) -> tuple[Any, dict, bool]:
     raise ConfigError(f"{key}: empty key")
 
 
+def config_keys(cls: type = None, prefix: str = "") -> list[tuple[str, Any, tuple]]:
+    """Every training-config key with its default and allowed values, from the dataclasses themselves
+    (what `embinject train --help` lists)."""
+    cls = cls or Config
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += config_keys(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out.append((f"{prefix}{f.name}", default, tuple(f.metadata.get("choices", ()))))
+    return out
+
+
+def keys_help() -> str:
+    lines = ["config keys (default; set with --set KEY=VALUE or in the YAML file):"]
+    for key, default, choices in config_keys():
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        lines.append(f"  {key} = {shown}" + (f"  [{' | '.join(choices)}]" if choices else ""))
+    return "\n".join(lines)
+
+
 def lookup_field(key: str) -> tuple[Any, dict]:
     """(type, metadata) of a dotted training-config key that holds a value."""
     tp, meta, section = _walk(key)

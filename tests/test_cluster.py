@@ -2,6 +2,7 @@
 (token authentication, as Ray 2.60 requires), a search run with --address, and MLflow showing
 trials from both nodes."""
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -15,10 +16,10 @@ pytestmark = pytest.mark.cluster
 RAY = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").exists() else shutil.which("ray")
 
 
-
 @pytest.fixture
 def two_node_cluster():
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # A token of the cluster's own: a fresh machine has no ~/.ray/auth_token, and a user's must not be touched.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-")
     sessions = []

@@ -166,8 +166,15 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 
 
 def _results(trial_dir: Path) -> list[dict]:
+    """Ray Tune's rows for a trial; a last line still being written (read while the search runs) is left out."""
     f = trial_dir / "result.json"
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+    rows = []
+    for line in f.read_text().splitlines() if f.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def _without_redelivery(rows: list[dict]) -> list[dict]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import ConfigError, config_from_dict
 from .base import ADAPTER_CONFIG, AdapterMethod, scored_nll
 from .baseline import Baseline
@@ -44,6 +46,25 @@ def read_adapter_config(directory: str | Path) -> dict:
     return meta
 
 
+def mix_adapters(a: AdapterMethod, b: AdapterMethod, alpha: float) -> AdapterMethod:
+    """`alpha * a + (1 - alpha) * b` for two adapters of the same method and shape (controlled generation):
+    prefixes mix in key/value space, soft prompts in input space."""
+    if a.name != b.name or a.name not in ("prompt", "prefix"):
+        raise ConfigError(f"--mix: mixing is defined for two prompt or two prefix adapters, got {a.name} and {b.name}")
+    if isinstance(a, Prefix):
+        if a.prefix_kv().shape != b.prefix_kv().shape:
+            raise ConfigError(f"--mix: the prefixes differ in shape ({list(a.prefix_kv().shape)} vs {list(b.prefix_kv().shape)})")
+        return mix_prefixes(a, b, alpha)
+    if a.prompt.shape != b.prompt.shape or (a.deep is None) != (b.deep is None):
+        raise ConfigError(f"--mix: the prompts differ in shape ({list(a.prompt.shape)} vs {list(b.prompt.shape)})")
+    mixed = Prompt(a.cfg, a.lm, a.encoder_dim, a.tokenizer)
+    with torch.no_grad():
+        mixed.prompt.copy_(alpha * a.prompt + (1 - alpha) * b.prompt)
+        if a.deep is not None:
+            mixed.deep.copy_(alpha * a.deep + (1 - alpha) * b.deep)
+    return mixed
+
+
 def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
     """Rebuild a saved adapter around a frozen LM (safetensors + JSON only)."""
     meta = read_adapter_config(directory)
@@ -55,4 +76,5 @@ def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
         raise
 
 
-__all__ = ["AdapterMethod", "REGISTRY", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes"]
+__all__ = ["AdapterMethod", "REGISTRY", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes", "mix_adapters",
+           "ADAPTER_CONFIG"]

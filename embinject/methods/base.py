@@ -126,7 +126,11 @@ class AdapterMethod(nn.Module):
         atomic_write_text(Path(directory) / ADAPTER_CONFIG, json.dumps(meta, indent=2))
 
     def save_peft_format(self, directory: Path) -> None:
-        """Also write the adapter in PEFT's layout where PEFT has the method (optional)."""
+        """Also write the adapter in PEFT's layout (peft/) where PEFT has one for it."""
+        from ..export import peft_unsupported, write_peft
+
+        if peft_unsupported(self) is None:
+            write_peft(self, Path(directory) / "peft", quiet=True)
 
     def load(self, directory: str | Path) -> "AdapterMethod":
         """Read the weights, checking them against the shapes this adapter's embinject.json describes;
@@ -153,6 +157,10 @@ class AdapterMethod(nn.Module):
         device = next(iter(self.lm.parameters())).device
         self.load_adapter_state({k: v.to(device) for k, v in state.items()})
         return self
+
+    def disabled(self) -> contextlib.AbstractContextManager:
+        """Within it, the shared LM is the frozen model alone (only LoRA changes the LM object itself)."""
+        return contextlib.nullcontext()
 
     def release(self) -> None:
         """Undo any change made to the shared LM object (only LoRA makes one)."""

@@ -3,8 +3,6 @@ the model is unchanged before training. PEFT injects its layers into the LM obje
 `release()` takes them out again so the same frozen LM can serve another method."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .base import AdapterMethod
@@ -48,13 +46,13 @@ class LoRA(AdapterMethod):
         if result.unexpected_keys or missing:
             raise ValueError(f"LoRA weights do not match the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
-    def save_peft_format(self, directory: Path) -> None:
-        self.peft_model.save_pretrained(str(directory / "peft"), selected_adapters=[self.adapter_name])
-
     def train(self, mode: bool = True):
         super().train(mode)
         self.peft_model.train(mode)  # LoRA dropout follows the adapter's mode; base stays frozen
         return self
+
+    def disabled(self):
+        return self.peft_model.disable_adapter()
 
     def release(self) -> None:
         self.peft_model.unload()  # removes the LoRA layers, restoring the original modules

@@ -8,11 +8,7 @@ the initial prompt, so training starts from exactly the soft prompt's behaviour.
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import ConfigError
@@ -67,20 +63,3 @@ class Prompt(AdapterMethod):
         finally:
             for h in handles:
                 h.remove()
-
-    def save_peft_format(self, directory: Path) -> None:
-        """PEFT prompt-tuning layout, loadable with `peft.PeftModel.from_pretrained` (soft prompts only:
-        PEFT has no layout for learned activations)."""
-        if self.deep is not None:
-            return
-        c = self.lm.config
-        peft_dir = directory / "peft"
-        peft_dir.mkdir(exist_ok=True)
-        save_file({"prompt_embeddings": self.prompt.detach().cpu().contiguous()}, str(peft_dir / "adapter_model.safetensors"))
-        config = {
-            "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "prompt_tuning_init": "RANDOM",
-            "num_virtual_tokens": self.prompt.shape[0], "token_dim": self.prompt.shape[1],
-            "num_transformer_submodules": 1, "num_attention_heads": c.num_attention_heads,
-            "num_layers": c.num_hidden_layers, "base_model_name_or_path": self.cfg.model, "inference_mode": True,
-        }
-        (peft_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))

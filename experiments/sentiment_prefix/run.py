@@ -17,13 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from embinject.config import load_config
 from embinject.generate import generate
-from embinject.methods import mix_prefixes
+from embinject.methods import mix_adapters
 from embinject.methods.baseline import Baseline
-from embinject.methods.prompt import Prompt
 from embinject.models import package_file
 from embinject.train import prepare, train
 from experiments.common import experiment_parser, log_result, machine, parse_experiment_args, run_or_reload
@@ -87,12 +84,7 @@ def sample(method, tokenizer, n: int, max_new_tokens: int, seed: int) -> list[st
 
 
 def mix(kind: str, pos, neg, alpha: float):
-    if kind == "full":
-        return mix_prefixes(pos, neg, alpha)
-    mixed = Prompt(pos.cfg, pos.lm, tokenizer=pos.tokenizer)
-    with torch.no_grad():
-        mixed.prompt.copy_(alpha * pos.prompt + (1 - alpha) * neg.prompt)
-    return mixed
+    return mix_adapters(pos, neg, alpha)  # deep prefixes in key/value space, simplified (prompt) ones in input space
 
 
 def run(args) -> dict:

@@ -1,0 +1,7 @@
+import os
+import sys
+
+from .cli import main
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""Using a trained adapter outside training: find it (a directory, `runs:/...` or `models:/...`), rebuild
+it around its frozen LM, and generate text or measure perplexity through it.
+
+This is what `embinject generate`, `embinject evaluate`, `embinject export` and the MLflow pyfunc
+model share, so an adapter behaves the same whichever way it is used.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import Config, ConfigError
+from .fsutil import first_line
+from .methods import ADAPTER_CONFIG, AdapterMethod, read_adapter_config
+
+
+def tracking_uri_default() -> str:
+    """MLFLOW_TRACKING_URI if set, else the default search store below the current directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('runs/tune/mlflow.db').resolve()}"
+
+
+def find_adapter_dir(root: Path) -> Path | None:
+    """The shallowest directory below `root` holding an embinject.json (a pyfunc model keeps its
+    adapter under artifacts/)."""
+    if (root / ADAPTER_CONFIG).is_file():
+        return root
+    found = sorted(root.rglob(ADAPTER_CONFIG), key=lambda p: len(p.parts))
+    return found[0].parent if found else None
+
+
+def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--adapter") -> Path:
+    """A local adapter directory for `ref`: a directory (relative to the current one), or an MLflow URI
+    (`runs:/RUN_ID/PATH`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`) downloaded from the tracking store."""
+    if "://" not in ref and not ref.startswith(("runs:/", "models:/")):
+        path = Path(os.path.abspath(os.path.expanduser(ref)))
+        if not path.is_dir():
+            raise ConfigError(f"{key}: {ref} is not a directory (expected an adapter directory, runs:/... or models:/...)")
+        found = find_adapter_dir(path)
+        if found is None:
+            raise ConfigError(f"{key}: {path} holds no {ADAPTER_CONFIG}; pass the adapter/ directory that "
+                              "embinject train or the search's champion/ wrote")
+        return found
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri or tracking_uri_default()
+    target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
+                          "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
+    found = find_adapter_dir(local if local.is_dir() else local.parent)
+    if found is None:
+        raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")
+    return found
+
+
+def text_ids(tokenizer, text: str, cfg: Config) -> list[int]:
+    """Token ids of a prompt as the adapter saw text in training: prompt/target examples start with BOS,
+    text windows are plain slices of tokenised documents."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if cfg.data.target_template is not None or not ids:
+        ids = [start, *ids]
+    return ids
+
+
+class LoadedAdapter:
+    """A saved adapter rebuilt around its frozen LM, with its encoder (injection) loaded on first use."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu", lm=None):
+        from .methods import load_method
+        from .train import resolve_device, shared_lm
+
+        self.directory = Path(directory)
+        self.meta = read_adapter_config(self.directory)
+        self.cfg: Config = self.meta["parsed_config"]
+        self.device = resolve_device(device)
+        self.lm = lm or shared_lm(self.cfg.model, self.device)
+        self.method: AdapterMethod = load_method(self.directory, self.lm.model, self.lm.tokenizer)
+        self._encoder = None
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def close(self) -> None:
+        self.method.release()
+
+    # ---- injection: what the encoder sees
+    def _encoder_for_generation(self):
+        if self._encoder is None:
+            from .encoders import load_encoder
+
+            a = self.cfg.adapter
+            self._encoder = load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
+                                         a.fourier_features, self.device)
+        return self._encoder
+
+    def encoder_text_ids(self, prompt_ids: list[int], context: str | None) -> list[int]:
+        """What the encoder of an injection adapter sees: `context` when given, otherwise what it saw in
+        training for this prompt (the first context_tokens tokens, or the prompt itself)."""
+        a = self.cfg.adapter
+        if context is not None and context != "":
+            return self.tokenizer(context, add_special_tokens=False)["input_ids"] or prompt_ids
+        if a.embed_source == "previous":
+            raise ConfigError("--context: this injection adapter was trained with adapter.embed_source: previous "
+                              "(its encoder reads the text before the prompt); give that text as context")
+        if a.embed_source == "context":
+            return prompt_ids[: a.context_tokens]
+        return prompt_ids
+
+    def sentence_embeddings(self, prompts: list[list[int]], contexts: list[str | None]) -> torch.Tensor:
+        encoder = self._encoder_for_generation()
+        rows = [encoder.encode(torch.tensor([self.encoder_text_ids(p, c)], dtype=torch.long)) for p, c in zip(prompts, contexts)]
+        return torch.cat(rows).float()
+
+    # ---- generation
+    def generate(self, prompts: list[str], contexts: list[str | None] | None = None, *, mix: "LoadedAdapter | None" = None,
+                 alpha: float = 1.0, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                 seed: int | None = None) -> list[str]:
+        """Text continuing each prompt. `mix` blends this adapter with another one of the same shape
+        (alpha * this + (1 - alpha) * mix)."""
+        from .generate import generate
+        from .methods import mix_adapters
+
+        if not 0.0 <= alpha <= 1.0 or (alpha != 1.0 and mix is None):
+            raise ConfigError("--alpha: a number between 0 and 1, used together with --mix" if mix is None
+                              else f"--alpha: expected a number between 0 and 1, got {alpha}")
+        method = self.method if mix is None else mix_adapters(self.method, mix.method, alpha)
+        ids = [text_ids(self.tokenizer, p, self.cfg) for p in prompts]
+        contexts = list(contexts) if contexts is not None else [None] * len(prompts)
+        extra = None
+        if method.needs_encoder:
+            extra = {"sentence_embedding": self.sentence_embeddings(ids, contexts)}
+        eos = self.tokenizer.eos_token_id
+        out = generate(method, ids, max_new_tokens, eos_id=eos, temperature=temperature, top_k=top_k, seed=seed,
+                       device=self.device, extra=extra)
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in out]
+
+    # ---- evaluation
+    def evaluate(self, overrides: list[str] = ()) -> dict:
+        """Perplexity of this adapter (and of the frozen model) on the validation windows of its own data,
+        or of other data given as config overrides (e.g. data.path=...), scored exactly as in training."""
+        from .config import config_from_dict, parse_override, resolve_paths, set_dotted
+        from .evaluate import perplexity
+        from .train import autocast_dtype, baseline_perplexity, prepare
+
+        raw = self.cfg.to_dict()
+        for text in overrides:
+            key, value = parse_override(text)
+            if not key.startswith(("data.", "train.eval_batch_size", "train.dtype", "train.device", "adapter.embed_source",
+                                   "adapter.context_tokens")):
+                raise ConfigError(f"--set {key}: evaluate takes data.*, train.eval_batch_size, train.dtype and train.device "
+                                  "(the adapter's own settings come from its embinject.json)")
+            set_dotted(raw, key, value)
+        cfg = config_from_dict(resolve_paths(raw)).validate()
+        prep = prepare(cfg)
+        with self.method.disabled():  # the frozen model alone (a LoRA adapter lives inside the LM object)
+            base = baseline_perplexity(prep, cfg)
+        ppl = perplexity(self.method, prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg))
+        return {"adapter": str(self.directory), "method": cfg.method, "model": cfg.model, "data": cfg.data.path,
+                "val_windows": len(prep.val["input_ids"]),
+                "scored_tokens": int((prep.val["labels"][:, 1:] != -100).sum()),
+                "val_perplexity": ppl, "baseline_perplexity": base, "improvement_percent": 100.0 * (1 - ppl / base)}
+
+
+def load_adapter(ref: str, tracking_uri: str | None = None, device: str = "cpu", key: str = "--adapter") -> LoadedAdapter:
+    return LoadedAdapter(resolve_adapter(ref, tracking_uri, key), device=device)
+
+
+__all__ = ["LoadedAdapter", "load_adapter", "resolve_adapter", "text_ids", "tracking_uri_default"]

@@ -1,0 +1,206 @@
+"""Using what training and search produce, with the tools people already know: the `embinject` command
+(generate, evaluate, export, report), PEFT exports loaded by PEFT itself, and an adapter as an MLflow
+pyfunc model served over HTTP by `mlflow models serve`. Tiny model, real PEFT/MLflow/torch."""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from embinject.config import load_config
+from embinject.train import train, write_outputs
+
+from .conftest import ROOT, free_port
+
+METHODS = ("prompt", "injection", "prefix", "lora")
+
+
+def run_cli(*args, timeout=300, cwd=ROOT):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "embinject", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    """One trained adapter directory per method (tiny model, built-in data, a few steps)."""
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for method in METHODS:
+        cfg = load_config(None, [f"model={tiny_model}", f"method={method}", "data.seq_len=32", "data.train_samples=64",
+                                 "data.val_samples=32", "train.batch_size=8", "train.max_steps=4", "train.lr=1e-2",
+                                 "train.progress=false", "adapter.prefix_len=3", "adapter.mlp_width=16",
+                                 "adapter.embedding_model=fourier", "adapter.fourier_features=16", "adapter.context_tokens=8",
+                                 "adapter.rank=2"])
+        result, trained = train(cfg)
+        write_outputs(root / method, result, trained)
+        trained.release()
+        out[method] = root / method / "adapter"
+    return out
+
+
+def test_every_subcommand_has_help_and_train_lists_every_config_key():
+    from embinject.cli import COMMANDS
+    from embinject.config import config_keys
+
+    top = run_cli("--help")
+    assert top.returncode == 0 and all(name in top.stdout for name in COMMANDS)
+    for name in COMMANDS:
+        proc = run_cli(name, "--help", timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: embinject {name}"), (name, proc.stderr[-500:])
+    text = run_cli("train", "--help").stdout
+    for key, default, _ in config_keys():
+        assert f"  {key} = " in text, key
+    assert "  train.divergence_factor = 10.0" in text and "  method = injection  [baseline | prompt" in text
+    module = subprocess.run([sys.executable, "-m", "embinject.generate", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert module.returncode == 0 and "--adapter" in module.stdout
+    assert run_cli("fly").returncode == 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_works_for_every_method(adapters, method):
+    proc = run_cli("generate", "--adapter", str(adapters[method]), "--prompt", "The module", "--prompt", "Return",
+                   "--context", "a list of names", "--context", "an integer", "--max-new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert [o["prompt"] for o in out] == ["The module", "Return"] and all(isinstance(o["generated_text"], str) for o in out)
+
+
+def test_generate_samples_reproducibly_and_mixes_prefixes(adapters):
+    from embinject.inference import LoadedAdapter
+
+    a = LoadedAdapter(adapters["prefix"])
+    same = [a.generate(["The module"], temperature=1.0, top_k=20, seed=7, max_new_tokens=6) for _ in range(2)]
+    assert same[0] == same[1]
+    # alpha = 1 is the adapter itself, token for token
+    assert a.generate(["The module"], mix=a, alpha=1.0, max_new_tokens=6) == a.generate(["The module"], max_new_tokens=6)
+    proc = run_cli("generate", "--adapter", str(adapters["prefix"]), "--mix", str(adapters["prompt"]), "--alpha", "0.5",
+                   "--prompt", "x")
+    assert proc.returncode == 2 and "--mix: mixing is defined for two prompt or two prefix adapters" in proc.stderr
+
+
+def test_injection_with_previous_text_needs_a_context(tiny_model, tmp_path):
+    import yaml
+
+    from embinject.config import ConfigError
+    from embinject.inference import LoadedAdapter
+
+    cfg = load_config(None, [f"model={tiny_model}", "method=injection", "data.seq_len=32", "data.train_samples=32",
+                             "data.val_samples=16", "train.max_steps=1", "train.progress=false", "adapter.mlp_width=8",
+                             "adapter.embedding_model=fourier", "adapter.fourier_features=8", "adapter.embed_source=previous"])
+    result, trained = train(cfg)
+    write_outputs(tmp_path / "prev", result, trained)
+    adapter = LoadedAdapter(tmp_path / "prev" / "adapter")
+    with pytest.raises(ConfigError, match="--context: this injection adapter was trained with adapter.embed_source: previous"):
+        adapter.generate(["Return"])
+    with_context = adapter.generate(["Return"], ["The preceding paragraph about lists."], max_new_tokens=3)
+    assert len(with_context) == 1
+    assert yaml.safe_load((tmp_path / "prev" / "adapter" / "embinject.json").read_text())["config"]["adapter"]["embed_source"] == "previous"
+
+
+def test_evaluate_reproduces_training_perplexity_and_scores_other_data(adapters, shared_data, tmp_path):
+    for method in ("prompt", "lora"):
+        result = json.loads((adapters[method].parent / "result.json").read_text())
+        proc = run_cli("evaluate", "--adapter", str(adapters[method]), "--output", str(tmp_path / f"{method}.json"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout)
+        assert out["val_perplexity"] == pytest.approx(result["val_perplexity"], rel=1e-5)
+        assert out["baseline_perplexity"] == pytest.approx(result["baseline_perplexity"], rel=1e-6)  # LoRA switched off
+        assert json.loads((tmp_path / f"{method}.json").read_text()) == out
+    other = run_cli("evaluate", "--adapter", str(adapters["prompt"]), "--set",
+                    f"data.path={shared_data / 'wikitext2_valid_detok'}", "--set", "data.val_samples=8")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert json.loads(other.stdout)["val_windows"] == 8 and "wikitext2" in json.loads(other.stdout)["data"]
+    bad = run_cli("evaluate", "--adapter", str(adapters["prompt"]), "--set", "adapter.prefix_len=9")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --set adapter.prefix_len: evaluate takes data.*")
+
+
+def _peft_nll(peft_model, ids: torch.Tensor, labels: torch.Tensor, n_virtual: int) -> float:
+    """Summed NLL over the positions embinject scores, from PEFT's own forward pass."""
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    logits = logits[:, n_virtual:][:, :-1]  # prompt tuning returns the virtual positions too
+    targets = labels[:, 1:]
+    mask = targets != -100
+    return float(torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum"))
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, tiny_model):
+    from peft import AutoPeftModelForCausalLM
+
+    from embinject.inference import LoadedAdapter
+    from embinject.train import prepare
+
+    out = tmp_path / "peft"
+    proc = run_cli("export", "--adapter", str(adapters[method]), "--format", "peft", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model  # a local model: its own path (no hub id on record)
+    ours = LoadedAdapter(adapters[method])
+    val = prepare(ours.cfg).val
+    ids, labels = val["input_ids"][:8], val["labels"][:8]
+    with torch.no_grad():
+        nll, _ = ours.method.nll({"input_ids": ids, "labels": labels})
+    ours.close()
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    n_virtual = config.get("num_virtual_tokens", 0) if method == "prompt" else 0
+    assert _peft_nll(peft_model, ids, labels, n_virtual) == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters, tmp_path):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    for method in METHODS:
+        target = tmp_path / f"model-{method}"
+        proc = run_cli("export", "--adapter", str(adapters[method]), "--format", "mlflow", "--output-dir", str(target))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (target / "MLmodel").is_file() and not list(target.rglob("*.pkl"))  # models from code: nothing pickled
+        model = mlflow.pyfunc.load_model(str(target))
+        frame = pd.DataFrame({"prompt": ["The module", "Return"], "context": ["lists", "integers"]})
+        out = model.predict(frame, params={"max_new_tokens": 3})
+        assert list(out.columns) == ["generated_text"] and len(out) == 2
+    # prefix mixing through the model's alpha parameter
+    mixed = tmp_path / "model-mix"
+    assert run_cli("export", "--adapter", str(adapters["prefix"]), "--format", "mlflow", "--mix", str(adapters["prefix"]),
+                   "--output-dir", str(mixed)).returncode == 0
+    model = mlflow.pyfunc.load_model(str(mixed))
+    frame = pd.DataFrame({"prompt": ["The module"]})
+    assert (model.predict(frame, params={"alpha": 1.0, "max_new_tokens": 4}).equals(
+        mlflow.pyfunc.load_model(str(tmp_path / "model-prefix")).predict(frame, params={"max_new_tokens": 4})))
+
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # mlflow starts uvicorn from PATH, as in an activated virtual environment
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    mlflow_bin = str(bin_dir / "mlflow")
+    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", str(tmp_path / "model-injection"), "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        body = json.dumps({"dataframe_records": [{"prompt": "The module", "context": "lists"}],
+                           "params": {"max_new_tokens": 3}}).encode()
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                time.sleep(1)
+        assert answer is not None and isinstance(answer["predictions"][0]["generated_text"], str), answer
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: no summary.csv (not a finished embinject search directory)"
