@@ -71,13 +71,12 @@ def runs_table_url(tracking_uri: str, experiment_id: str | None) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def source_tags(command: list[str]) -> dict:
+def source_tags(command: str) -> dict:
     """Where a run came from, in MLflow's own tag names: command, user, git commit (when there is one)."""
     import getpass
-    import shlex
     import subprocess
 
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": shlex.join(command)[:5000]}
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": command[:5000]}
     try:
         tags["mlflow.user"] = getpass.getuser()
     except Exception:  # no user name in containers without a passwd entry

@@ -412,7 +412,7 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
                                      "tune": dataclasses.asdict(search.tune),
                                      "base": search.base}, exp_dir / "search.yaml",
-                      {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(sys.argv)},
+                      {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
                       dataset_record(search.config))
         r = search.tune.resources
         base = dict(search.base)

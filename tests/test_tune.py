@@ -154,8 +154,58 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 
     best = parent.data.metrics["best_val_perplexity"]
     assert best == pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
+
+    # MLflow as its users expect it: readable run names and parameters, constants logged once, source tags,
+    # the training data as a dataset input, the experiment opening in the model-training view
+    exp = client.get_experiment_by_name("test-search")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert f"runs table: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
+    assert parent.data.params["search.train.lr"] == "loguniform [0.0001, 0.05]"
+    assert parent.data.params["search.adapter.mlp_width"] == 'choice [16, 32] when method in ["injection"]'
+    assert not any(v.startswith("(") for v in parent.data.params.values())
+    for run in (parent, *children):
+        assert "embinject.tune" in run.data.tags["mlflow.source.name"] and run.data.tags.get("mlflow.user")
+        assert run.data.tags.get("mlflow.source.git.commit")  # the tests run inside the repository
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["wikitext2_valid_detok"]
+    for c in children:
+        assert c.info.run_name.startswith(c.data.params["method"] + " ") and " lr=" in c.info.run_name
+        assert c.info.run_name.endswith(f"[{c.data.tags['trial_id']}]")
+        assert len(client.get_metric_history(c.info.run_id, "baseline_perplexity")) == 1  # a constant: once
+        assert "trainable_started_at" not in c.data.metrics and c.data.tags.get("trainable_started_at")
+
+    # The champion: a pyfunc model on the winning trial's run, registered with alias `champion` and tags
+    import mlflow.pyfunc
+    import pandas as pd
+
     mv = client.get_model_version_by_alias("test-adapter", "champion")
+    winner = next(c for c in children if c.info.run_id == mv.run_id)
+    assert winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
+    assert mv.tags["trial_id"] == winner.data.tags["trial_id"] and mv.tags["method"] == winner.data.params["method"]
+    assert float(mv.tags["val_perplexity"]) == pytest.approx(best, rel=1e-5) and mv.tags["search"] == exp_dir.name
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        model = mlflow.pyfunc.load_model("models:/test-adapter@champion")
+        out = model.predict(pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
+                            params={"max_new_tokens": 3})
+        assert len(out) == 2 and list(out.columns) == ["generated_text"]
+        gen = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", "models:/test-adapter@champion",
+                              "--prompt", "The history", "--max-new-tokens", "3", "--json"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert gen.returncode == 0, gen.stderr[-2000:]
+        report = subprocess.run([sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir",
+                                 str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0, report.stderr[-2000:]
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    table = [l for l in (tmp_path / "report" / "report.md").read_text().splitlines() if l.startswith("| ")][1:]
+    assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
+    assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000
+    from_dir = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+    assert from_dir.returncode == 0 and f"| 1 | {winner.data.tags['trial_id']} |" in (exp_dir / "report.md").read_text()
+
     local = download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "champion"))
+    local = next(Path(local).rglob("embinject.json")).parent
     meta = json.loads((Path(local) / "embinject.json").read_text())
     lm = load_frozen_lm(tiny_model)
     from embinject.config import config_from_dict
