@@ -157,6 +157,9 @@ class TuneSettings:
     max_concurrent_trials: int = number(2, positive=True)
     metric: str = choice("val_perplexity", "train_loss", default="val_perplexity")
     mode: str = choice("min", "max", default="min")
+    # Multi-objective search: e.g. [{metric: val_perplexity, mode: min}, {metric: trainable_params, mode: min}].
+    # Optuna keeps a Pareto front; ASHA and the champion follow the first objective.
+    objectives: list[dict] = field(default_factory=list)
     time_budget_s: Optional[float] = number(None, positive=True)
     search_alg: str = choice("optuna", "random", default="optuna")
     startup_trials: int = number(10, positive=True)  # TPE samples at random until this many trials exist
@@ -167,6 +170,9 @@ class TuneSettings:
     storage_path: str = "runs/tune"
     reuse_actors: bool = False
     max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
+
+
+OBJECTIVE_METRICS = ("val_perplexity", "train_loss", "trainable_params", "tokens_per_second")
 
 
 @dataclass

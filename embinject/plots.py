@@ -56,3 +56,24 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
         plt.close(fig)
         out.append(directory / name)
     return out
+
+
+def pareto_plot(points: list[tuple[float, float, str]], front: set[str], names: list[str], path: Path) -> Path:
+    """Every trial on the first two objectives, the Pareto front joined and labelled."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    others = [p for p in points if p[2] not in front]
+    on = sorted((p for p in points if p[2] in front), key=lambda p: p[0])
+    if others:
+        ax.scatter([p[0] for p in others], [p[1] for p in others], color="grey", s=18, label="trials")
+    ax.plot([p[0] for p in on], [p[1] for p in on], color="tab:red", marker="o", label="Pareto front")
+    for x, y, label in on:
+        ax.annotate(label.split("_")[-1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    if names[1] == "trainable_params":
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -46,8 +46,10 @@ def from_search_dir(directory: Path) -> dict:
                 points.append((int(r["step"]), float(r["val_perplexity"])))
         if points:
             curves[trial_dir.name.removeprefix("trial_")] = sorted(dict(points).items())
-    params = [k for k in (rows[0] if rows else {}) if k not in FIXED]
-    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params, "curves": curves}
+    params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
+    plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
+    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params, "curves": curves,
+            "plots": plots}
 
 
 def from_mlflow(run_id: str, tracking_uri: str) -> dict:
@@ -76,8 +78,24 @@ def from_mlflow(run_id: str, tracking_uri: str) -> dict:
                      "baseline_perplexity": c.data.metrics.get("baseline_perplexity", ""),
                      "steps": c.data.tags.get("steps", ""), "stopped_early": c.data.tags.get("stopped_early", ""),
                      "status": status, "run_name": c.info.run_name})
+    front = _pareto_from_mlflow(client, run_id)
+    if front is not None:
+        for r in rows:
+            r["pareto"] = str(r["trial_id"] in front)
     return {"title": parent.info.run_name, "source": f"{tracking_uri} run {run_id}", "rows": rows, "params": searched,
-            "curves": curves}
+            "curves": curves, "plots": []}
+
+
+def _pareto_from_mlflow(client, run_id: str) -> set[str] | None:
+    """The trial ids of a multi-objective search's Pareto front, from the parent run's pareto_front.csv."""
+    import tempfile
+
+    if not any(a.path == "results/pareto_front.csv" for a in client.list_artifacts(run_id, "results")):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, "results/pareto_front.csv", tmp)
+        with open(local, newline="", encoding="utf-8") as fh:
+            return {row["trial_id"] for row in csv.DictReader(fh)}
 
 
 def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> tuple[str, list[Path]]:
@@ -90,10 +108,16 @@ def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> 
         curves = {t: ([s for s, _ in pts], [v for _, v in pts]) for t, pts in data["curves"].items()}
         images.append(perplexity_curves(curves, directory / "report_val_perplexity.png", baseline))
     columns = ["rank", "trial_id", *data["params"], "best_val_perplexity", "final_val_perplexity", "steps", "stopped_early",
-               "status"]
+               "status"] + (["pareto"] if any("pareto" in r for r in rows) else [])
+    for plot in data.get("plots", []):
+        if plot.parent != directory:
+            import shutil
 
-    def cell(value) -> str:
-        n = _number(value)
+            shutil.copy2(plot, directory / plot.name)
+        images.append(directory / plot.name)
+
+    def cell(column: str, value) -> str:
+        n = None if column == "trial_id" else _number(value)  # trial ids such as 249825e9 are not numbers
         if n is not None and not isinstance(value, bool) and str(value) not in ("True", "False"):
             return f"{n:.4g}" if not float(n).is_integer() else str(int(n))
         return str(value if value is not None else "").replace("|", "\\|")
@@ -102,7 +126,7 @@ def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> 
              f"(by {metric})" + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for i, r in enumerate(rows, 1):
-        lines.append("| " + " | ".join([str(i)] + [cell(r.get(c, "")) for c in columns[1:]]) + " |")
+        lines.append("| " + " | ".join([str(i)] + [cell(c, r.get(c, "")) for c in columns[1:]]) + " |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n", images
 

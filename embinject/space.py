@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (PATH_KEYS, Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section,
+from .config import (OBJECTIVE_METRICS, PATH_KEYS, Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section,
                      parse_override, read_yaml, resolve_paths, set_dotted, settings_from_dict)
 from .fsutil import resolve_local, resolve_tracking_uri
 
@@ -225,6 +225,28 @@ class SearchFile:
         return lines
 
 
+def _check_objectives(tune) -> None:
+    """`tune.objectives`: at least two {metric, mode} entries, distinct known metrics; the first one becomes
+    `tune.metric`/`tune.mode` (what ASHA stops on and what picks the champion)."""
+    if not tune.objectives:
+        return
+    seen = []
+    for i, item in enumerate(tune.objectives):
+        key = f"tune.objectives[{i}]"
+        if set(item) - {"metric", "mode"} or "metric" not in item:
+            raise ConfigError(f"{key}: expected {{metric: NAME, mode: min|max}}, got {item!r}")
+        if item["metric"] not in OBJECTIVE_METRICS:
+            raise ConfigError(f"{key}.metric: expected one of {', '.join(OBJECTIVE_METRICS)}, got {item['metric']!r}")
+        if item.setdefault("mode", "min") not in ("min", "max"):
+            raise ConfigError(f"{key}.mode: expected min or max, got {item['mode']!r}")
+        if item["metric"] in seen:
+            raise ConfigError(f"{key}.metric: {item['metric']} is already an objective")
+        seen.append(item["metric"])
+    if len(seen) < 2:
+        raise ConfigError("tune.objectives: a multi-objective search needs at least two objectives (for one, use tune.metric)")
+    tune.metric, tune.mode = tune.objectives[0]["metric"], tune.objectives[0]["mode"]
+
+
 def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
     raw = read_yaml(path)
     for item in overrides:
@@ -249,6 +271,7 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
         base.setdefault("train", {})["max_steps"] = config.train.max_steps = min(config.train.max_steps or sched.max_t, sched.max_t)
         if sched.grace_period > sched.max_t:
             raise ConfigError(f"tune.scheduler.grace_period: {sched.grace_period} exceeds max_t ({sched.max_t})")
+    _check_objectives(tune)
     keys = {p.key for p in params}
     for i, point in enumerate(tune.points_to_evaluate):
         for key, value in point.items():

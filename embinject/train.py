@@ -290,6 +290,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
             report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
+                    "trainable_params": trainable,
                     "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
 
     done = loop["stopped_early"] or loop["step"] >= max_steps

@@ -194,7 +194,10 @@ def _searcher(search: SearchFile):
     t = search.tune
     sampler = (optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials) if t.search_alg == "optuna"
                else optuna.samplers.RandomSampler(seed=t.seed))
-    alg = OptunaSearch(DefineByRun(search.params, search.base), metric=t.metric, mode=t.mode,
+    metric, mode = t.metric, t.mode
+    if t.objectives:  # Optuna's multi-objective sampling: TPE (or random) over all objectives at once
+        metric, mode = [o["metric"] for o in t.objectives], [o["mode"] for o in t.objectives]
+    alg = OptunaSearch(DefineByRun(search.params, search.base), metric=metric, mode=mode,
                        points_to_evaluate=[{k: optuna_value(v) for k, v in p.items()}
                                            for p in t.points_to_evaluate] or None, sampler=sampler)
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
@@ -234,6 +237,22 @@ def _experiment_dir(search: SearchFile, resume: bool) -> Path:
     return root / f"{search.tune.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def objective_value(row: dict, metric: str):
+    """A trial's value of an objective: its best validation perplexity, or the metric's last reported value."""
+    return row["best_val_perplexity"] if metric == "val_perplexity" else row.get(metric)
+
+
+def pareto_front(rows: list[dict], objectives: list[dict]) -> list[dict]:
+    """The trials no other trial beats on every objective (at least as good on all, better on one)."""
+    def key(r):  # smaller is better on every axis
+        return [(1 if o["mode"] == "min" else -1) * float(objective_value(r, o["metric"])) for o in objectives]
+
+    usable = [r for r in rows if all(objective_value(r, o["metric"]) is not None for o in objectives)]
+    keys = [key(r) for r in usable]
+    return [r for r, k in zip(usable, keys)
+            if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
+
+
 def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict | None]:
     """One row per trial from what Ray Tune persisted (it survives a resume)."""
     searched = search.searched
@@ -256,12 +275,19 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
             "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
             "node_id": metrics.get("node_id", ""),
         })
+        for o in search.tune.objectives:
+            if o["metric"] != "val_perplexity":
+                row[o["metric"]] = metrics.get(o["metric"])
         row["_history"] = history
         row["_checkpoint"] = result.checkpoint
         row["_config"] = result.config
         rows.append(row)
     # A failed or diverged trial never becomes the champion, whatever it reached before failing.
     scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
+    if search.tune.objectives:
+        front = pareto_front(scored, search.tune.objectives)
+        for r in rows:
+            r["pareto"] = r in front
     pick = min if search.tune.mode == "min" else max
     best = pick(scored, key=lambda r: r["best_val_perplexity"]) if scored else None
     fields = [k for k in rows[0] if not k.startswith("_")] if rows else []
@@ -476,6 +502,21 @@ def _finish(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: 
         artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
         scored = [(r["_config"], r["best_val_perplexity"]) for r in rows if r["best_val_perplexity"] is not None]
         artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
+    objectives = search.tune.objectives
+    front = [r for r in rows if r.get("pareto")]
+    if objectives and front:
+        from .plots import pareto_plot
+
+        names = [o["metric"] for o in objectives[:2]]
+        points = [(objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"]) for r in rows
+                  if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"]
+        artifacts.append(pareto_plot(points, {r["trial_id"] for r in front}, names, exp_dir / "pareto_front.png"))
+        table = io.StringIO()
+        fields = ["trial_id", *[o["metric"] for o in objectives], *search.searched]
+        writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, **{o["metric"]: objective_value(r, o["metric"]) for o in objectives}} for r in front)
+        artifacts.append(atomic_write_text(exp_dir / "pareto_front.csv", table.getvalue()))
     champion = _champion(best, exp_dir)
     model = None
     if champion is not None:
@@ -497,6 +538,8 @@ def _finish(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: 
     return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
             "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
             "registered_version": tracker.state["registered_version"],
+            "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
+                              **{k: r.get(k) for k in search.searched}} for r in front],
             "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
             "kept_records": tracker.pending, **metrics}
 
@@ -575,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  params: {json.dumps(params)}")
     print(f"best adapter: {outcome['champion']}" + (f" (registered as {search.mlflow.register_as} "
                                                      f"version {outcome['registered_version']}, alias champion)" if outcome["registered_version"] else ""))
+    if outcome.get("pareto_front"):
+        names = [o["metric"] for o in search.tune.objectives]
+        goals = ", ".join(f"{o['metric']} {o['mode']}" for o in search.tune.objectives)
+        print(f"Pareto front ({len(outcome['pareto_front'])} trials; {goals}):")
+        for r in sorted(outcome["pareto_front"], key=lambda r: r[names[0]]):
+            print("  " + r["trial_id"] + ": " + ", ".join(f"{n} {r[n]:.6g}" for n in names))
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
           f"{outcome['trials_diverged']} diverged); "
           f"summary: {outcome['experiment_dir']}/summary.csv")

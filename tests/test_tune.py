@@ -295,3 +295,53 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
             assert len(rows) == finished_before[t.name]  # a finished trial is not run again
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     assert len(parents) == 1 and len(children) == 4
+
+
+def test_pareto_front_keeps_exactly_the_undominated_trials():
+    from embinject.tune import pareto_front
+
+    objectives = [{"metric": "val_perplexity", "mode": "min"}, {"metric": "tokens_per_second", "mode": "max"}]
+    rows = [{"trial_id": t, "best_val_perplexity": p, "tokens_per_second": s}
+            for t, p, s in [("a", 10, 100), ("b", 12, 300), ("c", 11, 90), ("d", 10, 100), ("e", 20, 300)]]
+    assert [r["trial_id"] for r in pareto_front(rows, objectives)] == ["a", "b", "d"]  # c: beaten by a; e: by b
+
+
+@pytest.mark.parametrize("objectives, expected", [
+    ([{"metric": "val_perplexity"}], "tune.objectives: a multi-objective search needs at least two objectives"),
+    ([{"metric": "val_perplexity"}, {"metric": "latency"}], "tune.objectives[1].metric: expected one of val_perplexity"),
+    ([{"metric": "val_perplexity"}, {"metric": "trainable_params", "mode": "low"}], "tune.objectives[1].mode: expected min or max"),
+    ([{"metric": "val_perplexity"}, {"metric": "val_perplexity"}], "tune.objectives[1].metric: val_perplexity is already an objective"),
+])
+def test_bad_objectives_are_named(tmp_path, tiny_model, objectives, expected):
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{"tune.objectives": objectives})
+    proc = run_tune(str(path), "--dry-run", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+
+
+def test_multi_objective_search_reports_its_pareto_front(tmp_path, tiny_model):
+    import csv
+
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "tune.num_samples": 4, "tune.points_to_evaluate": [], "train.max_steps": 6,
+        "tune.scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+        "tune.objectives": [{"metric": "val_perplexity", "mode": "min"}, {"metric": "trainable_params", "mode": "min"}]})
+    proc = run_tune(str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp_dir = next(storage.glob("t-*"))
+    with (exp_dir / "summary.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    undominated = {r["trial_id"] for r in ok if not any(
+        float(o["best_val_perplexity"]) <= float(r["best_val_perplexity"]) and int(o["trainable_params"]) <= int(r["trainable_params"])
+        and (o["best_val_perplexity"], o["trainable_params"]) != (r["best_val_perplexity"], r["trainable_params"]) for o in ok)}
+    assert {r["trial_id"] for r in rows if r["pareto"] == "True"} == undominated and undominated
+    with (exp_dir / "pareto_front.csv").open() as fh:
+        assert {r["trial_id"] for r in csv.DictReader(fh)} == undominated
+    assert f"Pareto front ({len(undominated)} trials; val_perplexity min, trainable_params min):" in proc.stdout
+    client, parents, _ = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    results = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
+    assert {"results/pareto_front.csv", "results/pareto_front.png"} <= results
+    report = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0 and "| pareto |" in report.stdout and "![pareto_front](pareto_front.png)" in report.stdout
