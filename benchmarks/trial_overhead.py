@@ -17,6 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
     for r in runs:
         m = r.data.metrics
         wall = (r.info.end_time - r.info.start_time) / 1000
-        before = m["trainable_started_at"] - r.info.start_time / 1000
+        started = datetime.fromisoformat(r.data.tags["trainable_started_at"]).timestamp()  # a tag, logged once
+        before = started - r.info.start_time / 1000
         parts = {"process_start": before, "startup_in_trainable": m["startup_seconds"],
                  "training_steps": m["train_seconds"], "evaluation": m["eval_seconds"]}
         parts["other"] = wall - sum(parts.values())

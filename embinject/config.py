@@ -82,7 +82,8 @@ class TrainConfig:
     patience: int = number(3, min=0)  # evaluations without improvement before stopping (0 = never)
     seed: int = 0
     device: str = choice("auto", "cpu", "cuda", default="auto")
-    dtype: str = choice("float32", "bfloat16", default="float32")
+    # auto: bfloat16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32
+    dtype: str = choice("auto", "float32", "bfloat16", default="auto")
     threads: Optional[int] = number(None, positive=True)  # torch CPU threads (None = leave as is)
     gradient_checkpointing: bool = False  # recompute the frozen LM's activations in backward: less memory, more time
     # A run whose validation perplexity exceeds this many times the frozen baseline's has diverged and is

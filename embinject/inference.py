@@ -151,6 +151,7 @@ class LoadedAdapter:
         or of other data given as config overrides (e.g. data.path=...), scored exactly as in training."""
         from .config import config_from_dict, parse_override, resolve_paths, set_dotted
         from .evaluate import perplexity
+        from .precision import resolve_dtype
         from .train import autocast_dtype, baseline_perplexity, prepare
 
         raw = self.cfg.to_dict()
@@ -165,8 +166,9 @@ class LoadedAdapter:
         prep = prepare(cfg)
         with self.method.disabled():  # the frozen model alone (a LoRA adapter lives inside the LM object)
             base = baseline_perplexity(prep, cfg)
-        ppl = perplexity(self.method, prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg))
+        ppl = perplexity(self.method, prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg, prep.device))
         return {"adapter": str(self.directory), "method": cfg.method, "model": cfg.model, "data": cfg.data.path,
+                "dtype": resolve_dtype(cfg.train.dtype, prep.device),
                 "val_windows": len(prep.val["input_ids"]),
                 "scored_tokens": int((prep.val["labels"][:, 1:] != -100).sum()),
                 "val_perplexity": ppl, "baseline_perplexity": base, "improvement_percent": 100.0 * (1 - ppl / base)}

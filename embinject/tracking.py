@@ -122,6 +122,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _iso(epoch_seconds: float) -> str:
+    """A timestamp tag: ISO 8601 in UTC with milliseconds (readable, and exact enough to time a start-up)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -203,8 +210,8 @@ class SearchTracker:
                      if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
         started = metrics.get("trainable_started_at")
         self._record("trial_result", trial=trial_id, step=int(metrics.get("step", 0)), metrics=values,
-                     constants=constants, node_id=metrics.get("node_id") or "",
-                     started_at=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "")
+                     constants=constants, node_id=metrics.get("node_id") or "", dtype=metrics.get("dtype") or "",
+                     started_at=_iso(started) if started else "")
 
     def trial_restarted(self, trial_id: str) -> None:
         count = self.state["restarts"].get(trial_id, 0) + 1
@@ -327,6 +334,8 @@ class SearchTracker:
                 self.state["constants_logged"].append(r["trial"])
                 if r.get("started_at"):
                     client.set_tag(children[r["trial"]], "trainable_started_at", r["started_at"])
+                if r.get("dtype"):
+                    client.set_tag(children[r["trial"]], "dtype", r["dtype"])  # what train.dtype (auto) became here
             client.log_batch(children[r["trial"]], metrics=metrics)
             if r["node_id"]:
                 client.set_tag(children[r["trial"]], "node_id", r["node_id"])

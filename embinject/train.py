@@ -33,6 +33,7 @@ from .fsutil import atomic_save_tensors, atomic_write_text, check_writable, disc
 from .methods import REGISTRY, AdapterMethod, build_method
 from .methods.baseline import Baseline
 from .models import FrozenLM, cache_dir, cache_root, load_frozen_lm, tokenizer_fingerprint
+from .precision import resolve_dtype
 
 Report = Callable[[dict, Callable[[Path], None]], None]
 
@@ -120,7 +121,7 @@ def prepare(cfg: Config) -> Prepared:
 def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
     """The frozen model's perplexity on exactly the validation tokens the adapter is scored on,
     cached on disk: every trial of a search shares it."""
-    h = hashlib.sha256(f"{prep.lm.path}|{cfg.train.dtype}|{prep.device}".encode())
+    h = hashlib.sha256(f"{prep.lm.path}|{resolve_dtype(cfg.train.dtype, prep.device)}|{prep.device}".encode())
     for k in ("input_ids", "labels"):
         h.update(prep.val[k].numpy().tobytes())
     file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
@@ -132,13 +133,17 @@ def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
             raise ValueError(f"perplexity {ppl}")
         except Exception as exc:  # truncated or edited: rebuild it
             discard_corrupt(file, first_line(exc))
-    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg))
+    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
+                     autocast_dtype(cfg, prep.device))
     atomic_write_text(file, json.dumps({"perplexity": ppl}))
     return ppl
 
 
-def autocast_dtype(cfg: Config) -> torch.dtype | None:
-    return torch.bfloat16 if cfg.train.dtype == "bfloat16" else None
+def autocast_dtype(cfg: Config, device: str) -> torch.dtype | None:
+    """The autocast dtype `train.dtype` means on this device (`auto`: bf16 only where it is fast)."""
+    from .precision import autocast_dtype as resolved
+
+    return resolved(cfg.train.dtype, device)
 
 
 # ---------------------------------------------------------------- checkpoints (no pickles)
@@ -234,7 +239,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     prep = prepared or prepare(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    device, amp = prep.device, autocast_dtype(cfg)
+    device, amp = prep.device, autocast_dtype(cfg, prep.device)
     base_ppl = baseline_perplexity(prep, cfg)
     method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     params = method.trainable_parameters()
@@ -248,6 +253,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         "train_windows": len(prep.train["input_ids"]), "val_windows": len(prep.val["input_ids"]),
         "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
         "baseline_perplexity": base_ppl, "prepare_seconds": prep.prepare_seconds, "config": cfg.to_dict(),
+        "dtype": resolve_dtype(cfg.train.dtype, device),
     }
     if not params:  # baseline: evaluation only
         result.update(val_perplexity=base_ppl, best_epoch=0, epochs_run=0, steps=0, train_seconds=0.0,
@@ -290,7 +296,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
             report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
-                    "trainable_params": trainable,
+                    "trainable_params": trainable, "dtype": result["dtype"],
                     "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
 
     done = loop["stopped_early"] or loop["step"] >= max_steps

@@ -1,5 +1,6 @@
 """Each method on the tiny random Llama: frozen base, zero states, scoring, persistence."""
 import math
+import os
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from embinject.config import load_config
 from embinject.evaluate import perplexity
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.models import load_frozen_lm
-from embinject.train import prepare, train
+from embinject.train import autocast_dtype, prepare, train
 
 METHODS = ["baseline", "prompt", "injection", "prefix", "lora"]
 
@@ -59,7 +60,7 @@ def manual_perplexity(model, ids, labels):
 
 @pytest.mark.parametrize("source", ["window", "context", "previous"])
 def test_baseline_perplexity_matches_direct_computation(tiny_overrides, source):
-    cfg = cfg_for(tiny_overrides, "baseline", f"adapter.embed_source={source}")
+    cfg = cfg_for(tiny_overrides, "baseline", f"adapter.embed_source={source}", "train.dtype=float32")
     result, _ = train(cfg)
     prep = prepare(cfg)
     expected, n = manual_perplexity(prep.lm.model, prep.val["input_ids"], prep.val["labels"])
@@ -166,14 +167,15 @@ def test_save_load_reproduces_perplexity(tiny_overrides, tmp_path, method):
     try:
         trained.save(tmp_path / "adapter")
         assert (tmp_path / "adapter" / "adapter.safetensors").is_file()
-        direct = perplexity(trained, prep.val, 32)
+        direct = perplexity(trained, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu"))  # as training evaluated
         assert direct == pytest.approx(result["val_perplexity"], rel=1e-5)
     finally:
         trained.release()
     fresh = load_frozen_lm(cfg.model)
     loaded = load_method(tmp_path / "adapter", fresh.model, fresh.tokenizer)
     try:
-        assert perplexity(loaded, prep.val, 32) == pytest.approx(result["val_perplexity"], rel=1e-5)
+        assert perplexity(loaded, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(
+            result["val_perplexity"], rel=1e-5)
     finally:
         loaded.release()
 
@@ -354,3 +356,33 @@ def test_resuming_a_finished_run_delivers_its_final_report_again(tiny_overrides,
     result, _ = train(cfg, report=lambda m, w: again.append(m), resume_from=tmp_path / "last")
     assert len(again) == 1 and again[0]["final"] and again[0]["step"] == 4
     assert again[0]["val_perplexity"] == first[-1]["val_perplexity"] and result["steps"] == 4
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_overrides, monkeypatch, fast):
+    from embinject import precision
+
+    monkeypatch.setenv("EMBINJECT_CPU_BF16", fast)  # as on a CPU with (1) or without (0) bf16 instructions
+    precision.cpu_bf16_fast.cache_clear()
+    try:
+        auto, _ = train(cfg_for(tiny_overrides, "prompt"))
+        explicit, _ = train(cfg_for(tiny_overrides, "prompt", f"train.dtype={'bfloat16' if fast == '1' else 'float32'}"))
+    finally:
+        precision.cpu_bf16_fast.cache_clear()
+    assert auto["dtype"] == ("bfloat16" if fast == "1" else "float32") and auto["config"]["train"]["dtype"] == "auto"
+    assert auto["val_perplexity"] == explicit["val_perplexity"] and auto["baseline_perplexity"] == explicit["baseline_perplexity"]
+
+
+def test_cpu_flags_decide_and_the_probe_answers_quickly():
+    import time
+
+    from embinject import precision
+
+    flags = precision.cpu_flags()
+    assert flags is None or isinstance(flags, set)
+    if flags is not None and "EMBINJECT_CPU_BF16" not in os.environ:
+        assert precision.cpu_bf16_fast() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert precision.resolve_dtype("float32", "cpu") == "float32" and precision.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    t0 = time.perf_counter()
+    assert isinstance(precision._probe(), bool)
+    assert time.perf_counter() - t0 < 5

@@ -212,7 +212,9 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 
     cfg = config_from_dict(meta["config"])
     method = load_method(local, lm.model, lm.tokenizer)
-    assert perplexity(method, prepare(cfg).val, 32) == pytest.approx(best, rel=1e-5)
+    from embinject.train import autocast_dtype
+
+    assert perplexity(method, prepare(cfg).val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(best, rel=1e-5)
 
 
 def _results(trial_dir: Path) -> list[dict]:
