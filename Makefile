@@ -27,7 +27,9 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step --bf16
+	$(PY) -m benchmarks.quickstart
 	$(PY) -m benchmarks.trial_overhead
+	$(PY) -m benchmarks.eval_subset
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.packing
 	$(PY) -m benchmarks.peer

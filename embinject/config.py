@@ -79,6 +79,10 @@ class TrainConfig:
     max_epochs: int = number(5, positive=True)
     max_steps: Optional[int] = number(None, positive=True)
     eval_every: Optional[int] = number(None, positive=True)  # steps; None = once per epoch
+    # Intermediate evaluations (what early stopping and ASHA act on) score this many validation windows, a fixed
+    # seeded subset; the final evaluation of the adapter a run keeps always scores them all (None: always all).
+    eval_windows: Optional[int] = number(None, positive=True)
+    eval_audit: bool = False  # also score every intermediate evaluation on all windows (to measure the subset)
     patience: int = number(3, min=0)  # evaluations without improvement before stopping (0 = never)
     seed: int = 0
     device: str = choice("auto", "cpu", "cuda", default="auto")
@@ -169,7 +173,7 @@ class TuneSettings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     storage_path: str = "runs/tune"
-    reuse_actors: bool = False
+    reuse_actors: bool = True  # consecutive trials on a node reuse a worker that already holds the frozen LM
     max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
 
 

@@ -224,6 +224,28 @@ class checkpointed_lm:
             self.model.eval()
 
 
+def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], bool]:
+    """The windows intermediate evaluations score: a fixed subset, the same for every trial and seed (so that
+    trials are compared on the same windows), or all of them."""
+    total = len(val["input_ids"])
+    if not n or n >= total:
+        return val, False
+    index = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return {k: v[index] for k, v in val.items()}, True
+
+
+def score_state(method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp) -> float:
+    """Perplexity of `method` with the adapter weights `state` (None: as it is), leaving it as it was."""
+    if state is None:
+        return perplexity(method, val, batch_size, device, amp)
+    current = method.adapter_state()
+    method.load_adapter_state({k: v.to(device) for k, v in state.items()})
+    try:
+        return perplexity(method, val, batch_size, device, amp)
+    finally:
+        method.load_adapter_state({k: v.to(device) for k, v in current.items()})
+
+
 def _peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -281,7 +303,9 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             best_dir = Path(directory) / "best_adapter"
             best_dir.mkdir(exist_ok=True)
             atomic_save_tensors(best_state, best_dir / "adapter.safetensors")
-            method.write_meta(best_dir, {"val_perplexity": loop["best_ppl"], "step": loop["best_step"]})
+            method.write_meta(best_dir, {"val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "step": loop["best_step"]})
+
+    val_eval, subset = eval_subset(prep.val, cfg.train.eval_windows)
 
     progress = None
     if cfg.train.progress and sys.stderr.isatty():
@@ -294,7 +318,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     def send(entry: dict, final: bool) -> None:
         if report is not None:
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-            report({**entry, "best_val_perplexity": loop["best_ppl"], "tokens_per_second": tps,
+            report({**entry, "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
                     "trainable_params": trainable, "dtype": result["dtype"],
                     "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
@@ -331,11 +355,13 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     last = loop["step"] >= max_steps
                     if loop["step"] % eval_every == 0 or last:
                         t_eval = time.perf_counter()
-                        ppl = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
-                        loop["eval_seconds"] += time.perf_counter() - t_eval
-                        check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
+                        ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
                         entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
                                  "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
+                        if subset and cfg.train.eval_audit:
+                            entry["val_perplexity_full"] = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
+                        loop["eval_seconds"] += time.perf_counter() - t_eval
+                        check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
                         loop["history"].append(entry)
                         loop["loss_sum"], loop["loss_steps"] = 0.0, 0
                         if ppl < loop["best_ppl"]:
@@ -346,6 +372,15 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                         if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
                             loop["stopped_early"] = True
                         final = loop["stopped_early"] or last  # no further evaluation will follow
+                        if final and subset:
+                            # The adapter this run keeps (chosen on the subset) is scored on every window; that is
+                            # the run's result, and the final report's val_perplexity.
+                            t_eval = time.perf_counter()
+                            full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
+                            loop["eval_seconds"] += time.perf_counter() - t_eval
+                            check_divergence(cfg, loop["step"], "validation perplexity", full, base_ppl)
+                            loop["best_ppl_full"] = full
+                            entry.update(val_perplexity_subset=ppl, val_perplexity=full)
                         send(entry, final)
                         if final:
                             done = True
@@ -355,8 +390,9 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             progress.close()
     if best_state is not None:
         method.load_adapter_state({k: v.to(device) for k, v in best_state.items()})
+    kept = loop.get("best_ppl_full", loop["best_ppl"])  # scored on every validation window
     result.update(
-        val_perplexity=loop["best_ppl"], improvement_percent=100.0 * (1 - loop["best_ppl"] / base_ppl),
+        val_perplexity=kept, improvement_percent=100.0 * (1 - kept / base_ppl), eval_windows=len(val_eval["input_ids"]),
         best_step=loop["best_step"], best_epoch=math.ceil(loop["best_step"] / steps_per_epoch),
         epochs_run=loop["step"] / steps_per_epoch, steps=loop["step"], stopped_early=loop["stopped_early"],
         train_seconds=loop["train_seconds"], eval_seconds=loop["eval_seconds"], tokens_per_second=loop["train_tokens"] / max(loop["train_seconds"], 1e-9),

@@ -264,9 +264,12 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
         row = {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-1]}
         row.update({k: result.config.get(k) for k in searched})
         ppls = [h[1] for h in history]
+        # A finished trial reports the perplexity of the adapter it keeps, scored on every validation window;
+        # a trial stopped by the scheduler has only its intermediate evaluations (perhaps on a subset).
+        kept = metrics.get("best_val_perplexity") if metrics.get("final") and not metrics.get("diverged") else None
         row.update({
             "final_val_perplexity": ppls[-1] if ppls else None,
-            "best_val_perplexity": min(ppls) if ppls else None,
+            "best_val_perplexity": kept if kept is not None and math.isfinite(kept) else min(ppls) if ppls else None,
             "baseline_perplexity": metrics.get("baseline_perplexity"),
             "steps": int(metrics.get("step", 0) or 0),
             "evaluations": len(history),

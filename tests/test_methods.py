@@ -386,3 +386,25 @@ def test_cpu_flags_decide_and_the_probe_answers_quickly():
     t0 = time.perf_counter()
     assert isinstance(precision._probe(), bool)
     assert time.perf_counter() - t0 < 5
+
+
+def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_scored_on_all(tiny_overrides):
+    from embinject.train import eval_subset
+
+    reports = []
+    cfg = cfg_for(tiny_overrides, "prompt", "train.eval_windows=8", "train.eval_audit=true", "train.lr=0.05")
+    prep = prepare(cfg)
+    result, trained = train(cfg, report=lambda m, _: reports.append(m), prepared=prep)
+    subset, used = eval_subset(prep.val, 8)
+    assert used and len(subset["input_ids"]) == 8 and result["eval_windows"] == 8
+    assert torch.equal(subset["input_ids"], eval_subset(prepare(cfg_for(tiny_overrides, "prompt", "train.seed=5")).val, 8)[0]["input_ids"])
+    amp = autocast_dtype(cfg, "cpu")
+    full = perplexity(trained, prep.val, 32, autocast_dtype=amp)  # trained holds the kept (best) adapter
+    assert result["val_perplexity"] == pytest.approx(full, rel=1e-6)
+    assert reports[-1]["final"] and reports[-1]["val_perplexity"] == pytest.approx(full, rel=1e-6)
+    assert reports[-1]["best_val_perplexity"] == reports[-1]["val_perplexity"]
+    intermediate = reports[:-1]
+    assert intermediate and all(r["val_perplexity"] != r["val_perplexity_full"] for r in intermediate)  # a real subset
+    assert perplexity(trained, subset, 32, autocast_dtype=amp) == pytest.approx(
+        min(r.get("val_perplexity_subset", r["val_perplexity"]) for r in reports), rel=1e-6)  # chosen on the subset
+    trained.release()

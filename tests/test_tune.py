@@ -347,3 +347,33 @@ def test_multi_objective_search_reports_its_pareto_front(tmp_path, tiny_model):
     report = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert report.returncode == 0 and "| pareto |" in report.stdout and "![pareto_front](pareto_front.png)" in report.stdout
+
+
+def test_a_warm_worker_leaves_nothing_behind_for_its_next_trial(tmp_path, tiny_model):
+    """Consecutive trials reuse a worker that already holds the frozen LM (tune.reuse_actors, the default).
+    A LoRA trial runs first (it changes the shared LM object in place); the prompt trial after it in the
+    same worker must match a fresh process exactly."""
+    from embinject.space import load_search_file, trial_config
+
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "search": {"method": {"choice": ["lora", "prompt"]}, "train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
+        "tune.points_to_evaluate": [{"method": "lora", "train.lr": 0.02}, {"method": "prompt", "train.lr": 0.02}],
+        "tune.num_samples": 2, "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"},
+        "train.max_steps": 6, "mlflow.register_as": None})
+    proc = run_tune(str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = {t: _results(t) for t in sorted(storage.glob("t-*/trial_*"))}
+    assert len(trials) == 2 and len({rows[0]["pid"] for rows in trials.values()}) == 1  # one worker ran both
+    second = max(trials.values(), key=lambda rows: rows[0]["timestamp"])
+    search = load_search_file(str(path))
+    params = {k: v for k, v in json.loads((next(t for t, r in trials.items() if r is second) / "params.json").read_text()).items()}
+    assert params["method"] == "prompt"
+    cfg = trial_config(search.base, {**params, "train.device": "cpu"})
+    cfg.train.threads, cfg.train.progress = 1, False
+    script = ("import json, sys; from embinject.config import config_from_dict; from embinject.train import train; "
+              "r, m = train(config_from_dict(json.loads(sys.argv[1]))); print(json.dumps([h['val_perplexity'] for h in r['history']]))")
+    fresh = subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict())], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout.splitlines()[-1]) == [r["val_perplexity"] for r in second]
