@@ -88,6 +88,10 @@ def memory_section(data: dict) -> list[str]:
 def overhead_section(data: dict) -> list[str]:
     m = data["median"]
     wall = m["wall_s"]
+    share = m["non_step_share"]
+    verdict = "met" if share < 0.10 else f"missed by {100 * (share - 0.10):.1f} points"
+    subset = (f" Intermediate evaluations scored {data['eval_windows']} of the validation windows (`train.eval_windows`)."
+              if data.get("eval_windows") else "")
     lines = ["## trial_overhead: where a trial's time goes", "",
              f"`python -m benchmarks.trial_overhead` on {data['time']}: {len(data['trials'])} trials of the quickstart search, "
              f"{data['steps_per_trial']} steps each, one at a time, no early stopping. Medians over trials; wall time as the "
@@ -100,8 +104,8 @@ def overhead_section(data: dict) -> list[str]:
         lines.append(f"| {label} | {m[key]:.2f} | {100 * m[key] / wall:.1f}% |")
     lines += [f"| **trial wall** | {wall:.2f} | 100% |", "",
               f"- Time from trial start to its first step: {m['time_to_first_step_s']:.2f} s.",
-              f"- Share of trial wall that is not training steps: {100 * m['non_step_share']:.1f}% "
-              f"(target under 10% for a 60-second trial, evaluations included here).",
+              f"- Share of trial wall that is not training steps: {100 * m['non_step_share']:.1f}% (target under 10%, "
+              f"evaluations included: {verdict}).{subset}",
               f"- The whole search took {data['search_wall_s']:.1f} s, of which {data['warm_cache_s'] or 0:.1f} s were the "
               "shared cache warm-up done once in the driver (model conversion check, windows, embeddings, baseline).", ""]
     return lines
@@ -109,38 +113,51 @@ def overhead_section(data: dict) -> list[str]:
 
 def peer_section(data: dict) -> list[str]:
     ours, hf, asha = data["embinject"], data["hf_trainer_ray_peft"], data.get("embinject_asha")
+    ours32, hf_vocab = data.get("embinject_float32"), data.get("hf_trainer_ray_peft_vocab_init")
     speed = data["speedup"]
-    same_or_better = ours["best_val_perplexity"] <= hf["best_val_perplexity"] * 1.0001
+    reps = data.get("repeats", 1)
+
+    def spread(run: dict, key: str, fmt: str) -> str:
+        values = run.get(key)
+        return "" if not values or len(values) < 2 else " (" + ", ".join(format(v, fmt) for v in values) + ")"
+
+    def row(name: str, stopping: str, run: dict) -> str:
+        return (f"| {name} | {stopping} | {run['wall_s']:.1f}{spread(run, 'walls_s', '.1f')} | "
+                f"{run['best_val_perplexity']:.3f}{spread(run, 'best_val_perplexities', '.2f')} | {run['best_params']} |")
+
     lines = ["## peer: the same search through Trainer.hyperparameter_search", "",
              f"`python -m benchmarks.peer` on {data['time']}: prompt tuning over learning rate and prompt length, "
              f"{data['trials']} trials of {data['steps']} steps (batch {data['batch']} x {data['seq_len']} tokens, "
-             f"{data['train_windows']} training / {data['val_windows']} validation windows), 1 CPU per trial, 2 at a time, "
-             "one run each.", "",
+             f"{data['train_windows']} training / {data['val_windows']} validation windows), 1 CPU per trial, 2 at a time; "
+             f"every arm {reps} time(s), interleaved: median wall clock (each repeat in brackets) and the best perplexity of "
+             "the median run (each repeat's in brackets).", "",
              "| search | early stopping | wall clock (s) | best val perplexity | best params |", "|---|---|---|---|---|",
-             f"| `python -m embinject.tune` (Optuna TPE) | none (same work as HF) | {ours['wall_s']:.1f} | {ours['best_val_perplexity']:.3f} | {ours['best_params']} |",
-             f"| `Trainer.hyperparameter_search(backend=\"ray\")` + PEFT (random) | none | {hf['wall_s']:.1f} | {hf['best_val_perplexity']:.3f} | {hf['best_params']} |"]
+             row("`embinject tune` as users run it (`train.dtype: auto`)", "none (same work as HF)", ours),
+             row("`Trainer.hyperparameter_search(backend=\"ray\")` + PEFT, defaults (float32, RANDOM init)", "none", hf)]
+    if ours32:
+        lines.append(row("`embinject tune` at float32 (same precision as HF)", "none", ours32))
+    if hf_vocab:
+        lines.append(row("`Trainer.hyperparameter_search` + PEFT with SAMPLE_VOCAB init (embinject's kind)", "none", hf_vocab))
     if asha:
-        lines.append(f"| `python -m embinject.tune` (Optuna TPE), as users run it | ASHA, evaluations every quarter | {asha['wall_s']:.1f} | "
-                     f"{asha['best_val_perplexity']:.3f} | {asha['best_params']} |")
-    lines += ["", f"- Same work on both sides: x{speed:.2f} the speed of the HF search, best perplexity "
-              f"{'same or better' if same_or_better else 'worse'}."]
+        lines.append(row("`embinject tune` as users run it", "ASHA, evaluations every quarter", asha))
+    met = speed >= 1.5
+    lines += ["", f"- Equal work, each side as users run it by default: x{speed:.2f} the speed of the HF search "
+              f"(target x1.5: {'met' if met else f'missed by {1.5 - speed:.2f}'})."]
+    if ours32:
+        lines.append(f"- Same precision (float32 on both sides): x{data['speedup_same_precision']:.2f}; so the gain at equal work "
+                     "comes from running bf16 autocast where the CPU has bf16 instructions, which embinject does by default "
+                     "and the HF Trainer does only when asked (`bf16=True`).")
+    if hf_vocab:
+        lines.append(f"- With the same kind of prompt initialisation on both sides, HF's best perplexity is "
+                     f"{hf_vocab['best_val_perplexity']:.2f} against embinject's {ours['best_val_perplexity']:.2f} (default init: "
+                     f"{hf['best_val_perplexity']:.2f}): the rest of the gap is the searcher (TPE against random) and the draws.")
     if asha:
         reached = asha.get("seconds_to_hf_best")
         to_best = data.get("speedup_to_hf_best")
-        lines.append(f"- embinject with its default early stopping: whole search x{data['speedup_asha']:.2f} faster; it first reached "
-                     f"the HF search's best perplexity ({hf['best_val_perplexity']:.2f}) after "
-                     + (f"{reached:.1f} s, x{to_best:.2f} sooner than the HF search finished." if reached is not None else "- never."))
-        met = to_best is not None and to_best >= 2
-        lines.append(f"- Target: at least x2 faster to the same or better best perplexity: "
-                     f"{'met' if met else 'not met'} by time-to-HF's-best (x{to_best or 0:.2f}); not met at equal work (x{speed:.2f}).")
-    else:
-        lines.append(f"- Target: at least x2 faster to the same or better best perplexity: measured x{speed:.2f} "
-                     f"({'met' if speed >= 2 and same_or_better else 'not met'}).")
-    lines += ["- At equal work both sides spend their time in the same places (Ray start, one process per trial, the same "
-              "PyTorch steps), so wall clocks match; the gains are early stopping and where the search starts. The perplexity gap "
-              "comes mostly from initialisation: PEFT's default prompt init (`RANDOM`) draws N(0, 1) vectors, far larger than the "
-              "model's token embeddings, while embinject's default prior copies real token embeddings (`adapter.init: vocab`); "
-              "the searches also drew different configurations.", ""]
+        lines.append(f"- With its default early stopping the whole embinject search is x{data['speedup_asha']:.2f} faster; it first "
+                     f"reached the HF search's best perplexity after "
+                     + (f"{reached:.1f} s, x{to_best:.2f} sooner than the HF search finished." if reached is not None else "never."))
+    lines.append("")
     return lines
 
 

@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     med = {k: statistics.median(t[k] for t in trials) for k in trials[0] if k.endswith("_s") or k.endswith("share")}
     result = {"benchmark": "trial_overhead", "trials": trials, "median": med, "search_wall_s": search_wall,
               "warm_cache_s": outcome.get("warm_cache_seconds"), "steps_per_trial": args.steps,
+              "eval_windows": search.config.train.eval_windows, "dtype": search.config.train.dtype,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
     (OUT / "trial_overhead.json").write_text(json.dumps(result, indent=1))

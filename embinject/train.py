@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from .cli import handle_sigterm, interrupt_exit_code, prog
+from .cli import prog, run_command
 from .config import Config, ConfigError, keys_help, load_config
 from .data import Windows, build_windows, select_windows
 from .encoders import cached_embeddings, encoder_key, load_encoder
@@ -428,26 +428,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="runs/train", help="where result.json and adapter/ go")
     args = parser.parse_args(argv)
     output_dir = Path(os.path.abspath(os.path.expanduser(args.output_dir)))
-    handle_sigterm()
-    try:
+
+    def body() -> int:
         cfg = load_config(args.config, args.overrides, extra_sections=("search", "tune", "mlflow"))
         check_writable(output_dir, "--output-dir")  # before any work, not after the training
         check_writable(cache_root(), "EMBINJECT_CACHE")
-        result, method = train(cfg)
+        try:
+            result, method = train(cfg)
+        except Diverged as exc:
+            print(f"error: {exc}; nothing written", file=sys.stderr)
+            return 1
         write_outputs(output_dir, result, method)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Diverged as exc:
-        print(f"error: {exc}; nothing written", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        print("interrupted; nothing written", file=sys.stderr)
-        return interrupt_exit_code(exc)
-    summary = {k: result[k] for k in ("method", "baseline_perplexity", "val_perplexity", "trainable_params", "steps", "train_seconds")}
-    print(json.dumps(summary))
-    print(f"wrote {output_dir / 'result.json'} and {output_dir / 'adapter'}")
-    return 0
+        summary = {k: result[k] for k in ("method", "dtype", "baseline_perplexity", "val_perplexity", "trainable_params",
+                                          "steps", "train_seconds")}
+        print(json.dumps(summary))
+        print(f"wrote {output_dir / 'result.json'} and {output_dir / 'adapter'}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,34 @@ def test_a_truncated_converted_model_is_named_and_converted_again(tmp_path, monk
     assert resolve_model_path("bundled:smollm2-135m") == str(copy)
     assert f"warning: cache entry {copy} is corrupt ({weights.name}: " in capfd.readouterr().err
     assert checkpoint_problem(copy) is None and load_frozen_lm("bundled:smollm2-135m").dim == 576
+
+
+def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces_it(tmp_path, wiki):
+    """SmolLM2 has grouped-query attention (9 query, 3 key/value heads): PEFT's prefix-tuning layout must be
+    reshaped for it. The export names the hub model; here its weights come from the local conversion."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from embinject.export import write_peft
+    from embinject.models import resolve_model_path
+    from embinject.train import prepare
+
+    cfg = load_config(None, ["method=prefix", f"data.path={wiki}", "data.seq_len=32", "data.train_samples=16",
+                             "data.val_samples=8", "train.batch_size=4", "train.max_steps=2", "train.progress=false",
+                             "adapter.prefix_len=3", "adapter.mlp_width=32", "train.dtype=float32"])
+    _, trained = train(cfg)
+    out = write_peft(trained, tmp_path / "peft")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "Q4_1" in (out / "README.md").read_text()
+    val = prepare(cfg).val
+    ids, labels = val["input_ids"][:4], val["labels"][:4]
+    with torch.no_grad():
+        ours, _ = trained.nll({"input_ids": ids, "labels": labels})
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path("bundled:smollm2-135m"))
+        logits = PeftModel.from_pretrained(base, str(out)).eval()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    targets = labels[:, 1:]
+    mask = targets != -100
+    theirs = torch.nn.functional.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="sum")
+    assert float(theirs) == pytest.approx(float(ours), rel=1e-5)

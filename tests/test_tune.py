@@ -174,6 +174,7 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         assert "trainable_started_at" not in c.data.metrics and c.data.tags.get("trainable_started_at")
 
     # The champion: a pyfunc model on the winning trial's run, registered with alias `champion` and tags
+    import mlflow
     import mlflow.pyfunc
     import pandas as pd
 
@@ -182,7 +183,10 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     assert winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
     assert mv.tags["trial_id"] == winner.data.tags["trial_id"] and mv.tags["method"] == winner.data.params["method"]
     assert float(mv.tags["val_perplexity"]) == pytest.approx(best, rel=1e-5) and mv.tags["search"] == exp_dir.name
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # for the embinject subprocesses below
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)  # other tests in this process may have set another store (experiments do)
+    mlflow.set_registry_uri(uri)
     try:
         model = mlflow.pyfunc.load_model("models:/test-adapter@champion")
         out = model.predict(pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
@@ -197,6 +201,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         assert report.returncode == 0, report.stderr[-2000:]
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     table = [l for l in (tmp_path / "report" / "report.md").read_text().splitlines() if l.startswith("| ")][1:]
     assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
     assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000
