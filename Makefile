@@ -28,6 +28,7 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.step --bf16
 	$(PY) -m benchmarks.quickstart
+	$(PY) -m benchmarks.precision
 	$(PY) -m benchmarks.trial_overhead
 	$(PY) -m benchmarks.eval_subset
 	$(PY) -m benchmarks.memory

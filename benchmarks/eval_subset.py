@@ -48,10 +48,12 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=int, default=256, help="validation windows (the default data.val_samples)")
     p.add_argument("--subset", type=int, default=64, help="train.eval_windows to measure")
     p.add_argument("--search", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "wikipedia_en_sample"),
+                   help="a corpus with at least --val validation windows (the built-in docs give 77 at 32 tokens)")
     args = p.parse_args(argv)
     storage = Path(tempfile.mkdtemp(prefix="embinject-evalsubset-"))
     search = load_search_file(args.search, [
-        f"tune.storage_path={storage}", f"tune.num_samples={args.trials}", "tune.scheduler.type=none",
+        f"tune.storage_path={storage}", f"tune.num_samples={args.trials}", "tune.scheduler.type=none", f"data.path={args.data}",
         f"train.max_steps={args.steps}", "train.eval_every=10", "train.patience=0", f"data.val_samples={args.val}",
         f"train.eval_windows={args.subset}", "train.eval_audit=true", "tune.time_budget_s=null", "mlflow.register_as=null"])
     t0 = time.time()
@@ -63,8 +65,9 @@ def main(argv=None) -> int:
     for trial in sorted(exp_dir.glob("trial_*")):
         rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
         for r in rows:
-            if "val_perplexity_full" in r:
-                by_rung.setdefault(int(r["step"]), []).append((r["val_perplexity"], r["val_perplexity_full"]))
+            if "val_perplexity_full" in r:  # the last evaluation's subset value is kept as val_perplexity_subset
+                by_rung.setdefault(int(r["step"]), []).append((r.get("val_perplexity_subset", r["val_perplexity"]),
+                                                               r["val_perplexity_full"]))
     rungs = []
     for step, pairs in sorted(by_rung.items()):
         sub, full = [a for a, _ in pairs], [b for _, b in pairs]
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
     from embinject.methods import build_method
     from embinject.train import autocast_dtype, eval_subset, prepare
 
-    cfg = load_config(args.search, [f"data.val_samples={args.val}", "method=prompt"], extra_sections=("search", "tune", "mlflow"))
+    cfg = load_config(args.search, [f"data.val_samples={args.val}", "method=prompt", f"data.path={args.data}"],
+                      extra_sections=("search", "tune", "mlflow"))
     prep = prepare(cfg)
     method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     amp = autocast_dtype(cfg, prep.device)
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
         for _ in range(2):
             perplexity(method, data, cfg.train.eval_batch_size, prep.device, amp)
         eval_times.append({"windows": len(data["input_ids"]), "which": name, "seconds": (time.perf_counter() - t) / 2})
-    result = {"benchmark": "eval_subset", "trials": args.trials, "steps": args.steps, "val_windows": args.val,
+    result = {"benchmark": "eval_subset", "trials": args.trials, "steps": args.steps, "val_windows": len(prep.val["input_ids"]),
+              "data": args.data,
               "subset": args.subset, "rungs": rungs, "eval_times": eval_times, "search_wall_s": wall,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)

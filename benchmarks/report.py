@@ -230,9 +230,26 @@ def quickstart_section(data: dict) -> list[str]:
     return lines
 
 
+def precision_section(data: dict) -> list[str]:
+    lines = ["## precision: `train.dtype: auto` against float32, one run of each method", "",
+             f"`python -m benchmarks.precision` on {data['time']}: quickstart data and settings on the bundled model, "
+             f"{data['steps']} steps, {data['threads']} thread(s), seed 0; `auto` meant {data['auto_means']} on this machine "
+             f"({data['machine']}).", "",
+             "| method | float32 val perplexity | auto val perplexity | change | float32 step time (s) | auto step time (s) | step speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        f, a = r["float32"], r["auto"]
+        lines.append(f"| {r['method']} | {f['val_perplexity']:.3f} | {a['val_perplexity']:.3f} | {100 * r['ppl_change']:+.2f}% | "
+                     f"{f['train_seconds']:.1f} | {a['train_seconds']:.1f} | x{r['step_speedup']:.2f} |")
+    worst = max(abs(r["ppl_change"]) for r in data["rows"])
+    lines += ["", f"- Largest change in validation perplexity: {100 * worst:.2f}% (target within 1%: "
+              f"{'met' if worst <= 0.01 else 'missed'}).", ""]
+    return lines
+
+
 def eval_subset_section(data: dict) -> list[str]:
     lines = ["## eval_subset: do cheap intermediate evaluations decide as full ones do?", "",
-             f"`python -m benchmarks.eval_subset` on {data['time']}: {data['trials']} quickstart trials, {data['steps']} steps, "
+             f"`python -m benchmarks.eval_subset` on {data['time']}: {data['trials']} quickstart trials on {Path(data.get('data', '')).name or 'the built-in docs'}, {data['steps']} steps, "
              f"no early stopping; each evaluation every 10 steps scored on {data['subset']} of {data['val_windows']} validation "
              f"windows (`train.eval_windows`) and on all of them (`train.eval_audit`).", "",
              "| step | trials | Spearman (subset vs all) | ASHA's kept half identical | same best trial | median relative difference |",
@@ -257,7 +274,8 @@ def main() -> int:
     step = results / "step.json"
     if step.is_file():
         lines += step_section(json.loads(step.read_text()))
-    for name, section in (("quickstart", quickstart_section), ("trial_overhead", overhead_section),
+    for name, section in (("quickstart", quickstart_section), ("precision", precision_section),
+                          ("trial_overhead", overhead_section),
                           ("eval_subset", eval_subset_section), ("memory", memory_section), ("peer", peer_section),
                           ("search_efficiency", efficiency_section), ("packing", packing_section)):
         f = results / f"{name}.json"

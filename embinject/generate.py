@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .methods import AdapterMethod
+from .methods.base import cache_kwargs, output_cache
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -30,7 +31,7 @@ def _generate_batch(method: AdapterMethod, batch: dict[str, torch.Tensor], max_n
     embeds, _, past, mask = method.lm_inputs(batch)  # exactly as in training
     B = ids.shape[0]
     with method.activation_hooks():  # only this pass holds the prefix positions; later ones read them from the cache
-        out = lm(inputs_embeds=embeds, past_key_values=past, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        out = lm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1, **cache_kwargs(lm, past))
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     steps = []
     for _ in range(max_new_tokens):
@@ -42,8 +43,8 @@ def _generate_batch(method: AdapterMethod, batch: dict[str, torch.Tensor], max_n
             break
         if mask is not None:  # only a per-layer prefix cache needs one; nothing is ever padded
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        out = lm(input_ids=nxt.unsqueeze(1), past_key_values=out.past_key_values, attention_mask=mask,
-                 use_cache=True, logits_to_keep=1)
+        out = lm(input_ids=nxt.unsqueeze(1), attention_mask=mask, use_cache=True, logits_to_keep=1,
+                 **cache_kwargs(lm, output_cache(out)))
     rows = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(B)]
     return [row[: row.index(eos_id)] if eos_id in row else row for row in rows]
 

@@ -134,6 +134,8 @@ class LoadedAdapter:
         if not 0.0 <= alpha <= 1.0 or (alpha != 1.0 and mix is None):
             raise ConfigError("--alpha: a number between 0 and 1, used together with --mix" if mix is None
                               else f"--alpha: expected a number between 0 and 1, got {alpha}")
+        if mix is not None and mix.cfg.model != self.cfg.model:
+            raise ConfigError(f"--mix: the adapters were trained on different models ({self.cfg.model} and {mix.cfg.model})")
         method = self.method if mix is None else mix_adapters(self.method, mix.method, alpha)
         ids = [text_ids(self.tokenizer, p, self.cfg) for p in prompts]
         contexts = list(contexts) if contexts is not None else [None] * len(prompts)

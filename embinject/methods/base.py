@@ -8,6 +8,8 @@ method is scored on exactly the same tokens.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 from pathlib import Path
 
@@ -24,6 +26,22 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "embinject.json"
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward_owner: type) -> str:
+    return "cache" if "cache" in inspect.signature(forward_owner.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(module: nn.Module, cache) -> dict:
+    """A KV cache as `module.forward` takes it: `cache=` in newer transformers (`past_key_values=` is deprecated
+    there and goes in 5.40), `past_key_values=` in older ones."""
+    return {_cache_keyword(type(module)): cache}
+
+
+def output_cache(out):
+    """The KV cache a forward pass returned, under either name."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
                past_key_values=None, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Sum of next-token NLL over labelled window positions 1..T-1, and how many were scored.
@@ -32,8 +50,9 @@ def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor,
     thrown away otherwise, and they dominate memory. Positions inside the prefix and the first
     window token (no in-window context for the baseline) are never scored, for every method alike.
     """
-    hidden = lm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                              past_key_values=past_key_values, use_cache=False).last_hidden_state
+    decoder = lm.get_decoder()
+    hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+                     **cache_kwargs(decoder, past_key_values)).last_hidden_state
     T = labels.shape[1]
     h = hidden[:, n_prefix : n_prefix + T - 1]
     targets = labels[:, 1:]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .base import AdapterMethod
+from .base import AdapterMethod, output_cache
 
 
 def _kv_shape(config) -> tuple[int, int, int]:
@@ -48,8 +48,7 @@ class Prefix(AdapterMethod):
     def _activation_init(self, P: int) -> torch.Tensor:
         """Keys/values the frozen LM itself produces for `prefix_len` prior vectors."""
         vectors = self.init_prefix(P).data.unsqueeze(0)
-        out = self.lm(inputs_embeds=vectors, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(self.lm(inputs_embeds=vectors, use_cache=True))
         layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.shape[0])]
         return torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # [L, 2, H, P, hd]
 
