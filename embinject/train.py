@@ -438,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         except Diverged as exc:
             print(f"error: {exc}; nothing written", file=sys.stderr)
             return 1
-        write_outputs(output_dir, result, method)
+        try:
+            write_outputs(output_dir, result, method)
+        finally:
+            method.release()  # a LoRA adapter must not stay in this process's shared LM
         summary = {k: result[k] for k in ("method", "dtype", "baseline_perplexity", "val_perplexity", "trainable_params",
                                           "steps", "train_seconds")}
         print(json.dumps(summary))
