@@ -393,6 +393,7 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     # A tracking server that goes away must not stall the search: fail fast, the journal keeps the records.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving the champion model: no progress bars
     import logging
     import warnings
 
