@@ -25,6 +25,17 @@ def tracking_uri_default() -> str:
     return f"sqlite:///{Path('runs/tune/mlflow.db').resolve()}"
 
 
+def open_store(uri: str, key: str) -> str:
+    """A tracking store to read from: a local SQLite store must already exist (reading must not create an
+    empty one); MLflow's own INFO lines stay quiet."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    return uri
+
+
 def find_adapter_dir(root: Path) -> Path | None:
     """The shallowest directory below `root` holding an embinject.json (a pyfunc model keeps its
     adapter under artifacts/)."""
@@ -49,7 +60,7 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri or tracking_uri_default()
+    uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
     target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))

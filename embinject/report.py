@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from .fsutil import check_writable
-        from .inference import tracking_uri_default
+        from .inference import open_store, tracking_uri_default
 
         local = Path(os.path.abspath(os.path.expanduser(args.search)))
         if local.is_dir():
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         elif "/" in args.search or os.sep in args.search:
             raise ConfigError(f"{args.search}: no such search directory")
         else:
-            data = from_mlflow(args.search, args.tracking_uri or tracking_uri_default())
+            data = from_mlflow(args.search, open_store(args.tracking_uri or tracking_uri_default(), "--tracking-uri"))
             default_out = Path.cwd() / f"report-{args.search}"
         out = Path(os.path.abspath(os.path.expanduser(args.output_dir))) if args.output_dir else default_out
         check_writable(out, "--output-dir")

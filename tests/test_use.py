@@ -204,3 +204,48 @@ def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters
 def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: no summary.csv (not a finished embinject search directory)"
+
+
+@pytest.mark.parametrize("case", ["not-a-dir", "no-meta", "unknown-model", "unknown-alias", "context-count", "max-new-tokens", "mix-peft",
+                                  "output-taken", "injection-peft", "unknown-run", "report-path", "unknown-command"])
+def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    out = tmp_path / "out"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args, expected = {
+        "not-a-dir": (["generate", "--adapter", str(tmp_path / "nope"), "--prompt", "x"], "--adapter: "),
+        "no-meta": (["generate", "--adapter", str(empty), "--prompt", "x"], f"--adapter: {empty} holds no embinject.json"),
+        "unknown-model": (["generate", "--adapter", "models:/nothing@champion", "--prompt", "x", "--tracking-uri", store],
+                          "--tracking-uri: no MLflow store at sqlite:///"),
+        "unknown-alias": (["generate", "--adapter", "models:/nothing@champion", "--prompt", "x", "--tracking-uri", "STORE"],
+                          "--adapter: cannot download models:/nothing@champion from"),
+        "context-count": (["generate", "--adapter", str(adapters["injection"]), "--prompt", "a", "--prompt", "b",
+                           "--context", "c"], "--context: give one per --prompt (2 prompts, 1 contexts)"),
+        "max-new-tokens": (["generate", "--adapter", str(adapters["prompt"]), "--prompt", "a", "--max-new-tokens", "0"],
+                           "--max-new-tokens: expected a positive number, got 0"),
+        "mix-peft": (["export", "--adapter", str(adapters["prefix"]), "--mix", str(adapters["prefix"]), "--output-dir", str(out)],
+                     "--mix: only for --format mlflow"),
+        "output-taken": (["export", "--adapter", str(adapters["prompt"]), "--output-dir", str(taken)],
+                         f"--output-dir: {taken} exists and is not an earlier export"),
+        "injection-peft": (["export", "--adapter", str(adapters["injection"]), "--output-dir", str(out)],
+                           "--format peft: PEFT has no layout for injection adapters"),
+        "unknown-run": (["report", "0123abc", "--tracking-uri", "STORE", "--output-dir", str(out)], "0123abc: no such MLflow run"),
+        "report-path": (["report", str(tmp_path / "no" / "search")], "no such search directory"),
+        "unknown-command": (["fly"], "unknown command 'fly'"),
+    }[case]
+    if "STORE" in args:  # an existing, empty store
+        from mlflow.tracking import MlflowClient
+
+        existing = tmp_path / "existing.db"
+        MlflowClient(f"sqlite:///{existing}").search_experiments()
+        args = [f"sqlite:///{existing}" if a == "STORE" else a for a in args]
+    proc = run_cli(*args)
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("warning:")]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and [p.name for p in taken.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
