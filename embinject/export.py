@@ -8,15 +8,13 @@ the bundled model, the hub model whose Q4_1 quantisation it is), never a machine
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .config import ConfigError
-from .fsutil import warn
+from .fsutil import staged_dir, warn
 from .methods import AdapterMethod
 from .models import hub_model_id
 
@@ -74,9 +72,7 @@ def write_peft(method: AdapterMethod, directory: str | Path, quiet: bool = False
         raise ConfigError(f"--format peft: {reason}")
     directory = Path(directory)
     base = base_model_reference(method.cfg.model, quiet)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-    try:
+    with staged_dir(directory) as staged:
         if method.name == "lora":
             method.peft_model.save_pretrained(str(staged), selected_adapters=[method.adapter_name])
             cfg_file = staged / "adapter_config.json"
@@ -88,11 +84,6 @@ def write_peft(method: AdapterMethod, directory: str | Path, quiet: bool = False
             save_file(tensors, str(staged / "adapter_model.safetensors"))
             (staged / "adapter_config.json").write_text(json.dumps(config, indent=2))
         (staged / "README.md").write_text(_readme(method, base))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staged.rename(directory)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return directory
 
 

@@ -6,7 +6,9 @@ the old file or the new one, never a truncated one that a later run would trust.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +29,22 @@ def _atomic(path: Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path):
+    """A new directory beside `target` to fill; on success it replaces `target` whole, otherwise it is removed,
+    so `target` is never half-written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        yield staged
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

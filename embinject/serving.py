@@ -13,11 +13,10 @@ seed (-1: none), alpha (with a mixing adapter). Output: one `generated_text` per
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
-import tempfile
 from pathlib import Path
 
 from .config import ConfigError
+from .fsutil import staged_dir
 
 PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": -1, "alpha": 1.0}
 # What loading the model needs besides embinject's own code (which travels with the model).
@@ -98,20 +97,13 @@ def save_pyfunc(adapter_dir: str | Path, target: str | Path, mix_dir: str | Path
     import mlflow.pyfunc
 
     adapter_dir, target = Path(adapter_dir), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     artifacts = {"adapter": str(adapter_dir)}
     if mix_dir is not None:
         artifacts["mix_adapter"] = str(mix_dir)
-    try:
+    with staged_dir(target) as staged:
+        staged.rmdir()  # MLflow writes a model only into a directory that does not exist yet
         mlflow.pyfunc.save_model(
-            str(staging / "model"), python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            str(staged), python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts=artifacts, code_paths=[str(Path(__file__).parent)], signature=signature(),
-            input_example=(input_example(adapter_dir), {k: v for k, v in PARAMS.items()}),
-            pip_requirements=_requirements())
-        if target.exists():
-            shutil.rmtree(target)
-        (staging / "model").rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            input_example=(input_example(adapter_dir), dict(PARAMS)), pip_requirements=_requirements())
     return target
