@@ -33,6 +33,24 @@ def perplexity(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_siz
     return math.exp(total / max(count, 1))
 
 
+@torch.no_grad()
+def window_nll(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str = "cpu",
+               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and scored-token count of every window (float64, int64 on the CPU), for statistics that
+    pair methods window by window; `perplexity` is exp(nll.sum() / count.sum()) of the same numbers."""
+    was_training = method.training
+    method.eval()
+    nlls, counts = [], []
+    for batch in batches(inputs, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            nll, n = method.nll(batch, per_window=True)
+        nlls.append(nll.double().cpu())
+        counts.append(n.cpu())
+    method.train(was_training)
+    return torch.cat(nlls), torch.cat(counts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`embinject evaluate --adapter REF [--set data.path=...]`: perplexity as JSON."""
     import argparse

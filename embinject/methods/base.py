@@ -43,8 +43,10 @@ def output_cache(out):
 
 
 def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
-               past_key_values=None, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Sum of next-token NLL over labelled window positions 1..T-1, and how many were scored.
+               past_key_values=None, attention_mask: torch.Tensor | None = None,
+               per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """Sum of next-token NLL over labelled window positions 1..T-1, and how many were scored
+    (with `per_window`, both per row of the batch: what paired statistics over windows need).
 
     The LM head runs only on scored positions: most of a batch's logits (49k-wide) would be
     thrown away otherwise, and they dominate memory. Positions inside the prefix and the first
@@ -58,6 +60,11 @@ def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor,
     targets = labels[:, 1:]
     mask = targets != -100
     logits = lm.get_output_embeddings()(h[mask])
+    if per_window:
+        token_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        rows = mask.nonzero()[:, 0]
+        nll = torch.zeros(labels.shape[0], device=token_nll.device).index_add_(0, rows, token_nll)
+        return nll, mask.sum(1)
     nll = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
     return nll, int(mask.sum())
 
@@ -119,10 +126,11 @@ class AdapterMethod(nn.Module):
             mask = torch.ones(ids.shape[0], past.get_seq_length() + embeds.shape[1], dtype=torch.long, device=ids.device)
         return embeds, n_prefix, past, mask
 
-    def nll(self, batch: dict) -> tuple[torch.Tensor, int]:
+    def nll(self, batch: dict, per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
         embeds, n_prefix, past, mask = self.lm_inputs(batch)
         with self.activation_hooks():
-            return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask)
+            return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask,
+                              per_window=per_window)
 
     # ---- persistence: safetensors + JSON, never pickles
     def adapter_state(self) -> dict[str, torch.Tensor]:

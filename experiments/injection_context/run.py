@@ -1,0 +1,336 @@
+"""How much of unseen preceding text can a few injected vectors carry? The main embedding-injection study.
+
+    python -m experiments.injection_context.run --data ../shared/data/wikipedia_en_sample
+    python -m experiments.injection_context.run --data ../shared/data/fineweb_edu_sample --arms headline
+
+The sentence encoder reads the 64 tokens that precede a window (`embed_source: previous`); the frozen
+LM reads k vectors made from them and is scored on the window. Every arm is scored on exactly the
+same test tokens: the frozen LM alone (baseline), the LM reading the preceding text itself as
+ordinary tokens (the last m of them: the text upper bound and its own compression curve), a static
+prefix of matched length, injection with k = 1, 2, 4, 8 vectors, the shuffled-embedding and
+constant-input controls, and the `fourier` and `lm-mean` encoders.
+
+Splits: every 10th training document is the validation split (early stopping, learning-rate
+search); the corpus's own validation file is the test split, which nothing is selected on. Each
+method's learning rate comes from an `embinject.tune` search (lr_search.yaml); every trained arm runs
+for several seeds, each in its own process (so peak memory is that arm's), and writes one record
+under runs/<corpus>/ - an interrupted study continues where it stopped. RESULTS.md reports means
+with 95% bootstrap intervals (over test windows and seeds) and draws a verdict only where the
+interval excludes zero.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SEEDS = (0, 1, 2)
+TEXT_TOKENS = (1, 2, 4, 8, 16, 32, 64)  # the LM reads the last m tokens of the preceding text
+INJECT = "bundled:all-minilm-l6-v2"
+
+# name: (method, overrides, control, label). Order is priority: an interrupted study has the headline first.
+ARMS: dict[str, tuple[str, dict, str | None, str]] = {
+    "static-4": ("prompt", {"adapter.prefix_len": 4}, None, "Static prefix, 4 vectors"),
+    "inject-4": ("injection", {"adapter.inject_tokens": 4}, None, "Injection, 4 vectors (MiniLM)"),
+    "shuffled-4": ("injection", {"adapter.inject_tokens": 4}, "shuffled", "Control: shuffled embeddings, 4 vectors"),
+    "constant-4": ("injection", {"adapter.inject_tokens": 4}, "constant", "Control: constant input, 4 vectors"),
+    "inject-1": ("injection", {"adapter.inject_tokens": 1}, None, "Injection, 1 vector (MiniLM)"),
+    "inject-2": ("injection", {"adapter.inject_tokens": 2}, None, "Injection, 2 vectors (MiniLM)"),
+    "inject-8": ("injection", {"adapter.inject_tokens": 8}, None, "Injection, 8 vectors (MiniLM)"),
+    "fourier-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "fourier"}, None,
+                  "Injection, 4 vectors (fourier)"),
+    "lm-mean-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "lm-mean"}, None,
+                  "Injection, 4 vectors (lm-mean)"),
+    "shuffled-1": ("injection", {"adapter.inject_tokens": 1}, "shuffled", "Control: shuffled embeddings, 1 vector"),
+    "shuffled-8": ("injection", {"adapter.inject_tokens": 8}, "shuffled", "Control: shuffled embeddings, 8 vectors"),
+    # The seed report's mode: the encoder reads the scored window itself. Same test windows and tokens as above.
+    "window-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, None,
+                 "Injection, 4 vectors, encoder reads the scored window (`window`)"),
+    "window-shuffled-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, "shuffled",
+                          "Control: shuffled embeddings, 4 vectors (`window`)"),
+}
+HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
+WINDOW = ["window-4", "window-shuffled-4"]
+CURVE = ["inject-1", "inject-2", "inject-8"]
+ARM_SETS = {"all": list(ARMS), "headline": HEADLINE}
+REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS]  # evaluation only, no seeds
+
+
+# ---------------------------------------------------------------- data: train / validation / test
+
+def read_docs(file: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def study_data(src: Path) -> tuple[Path, list[str]]:
+    """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
+    documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
+    from embinject.fsutil import atomic_write_text
+    from embinject.models import cache_dir
+
+    train_file, test_file = src / "train.jsonl", src / "validation.jsonl"
+    for f in (train_file, test_file):
+        if not f.is_file():
+            raise SystemExit(f"error: --data: {f} not found (a folder with train.jsonl and validation.jsonl)")
+    docs = read_docs(train_file)
+    key = hashlib.sha256(train_file.read_bytes()).hexdigest()[:16]
+    folder = cache_dir("experiments", f"{src.name}-{key}")
+    lines = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds)  # noqa: E731
+    if not (folder / "validation.jsonl").is_file():
+        atomic_write_text(folder / "train.jsonl", lines([d for i, d in enumerate(docs) if i % 10 != 9]))
+        atomic_write_text(folder / "validation.jsonl", lines([d for i, d in enumerate(docs) if i % 10 == 9]))
+    return folder, read_docs(test_file)
+
+
+def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
+    """Every test window that has preceding text, scored like validation windows, with its preceding tokens
+    and (for injection) the encoder's embedding of them."""
+    from embinject.data import select_windows, tokenize_documents
+    from embinject.encoders import cached_embeddings, encoder_key, load_encoder
+    from embinject.train import encoder_ids, scored_labels
+
+    w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
+    inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
+    if cfg.method == "injection":
+        a, lm = cfg.adapter, prep.lm
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path)
+        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device)  # noqa: E731
+        inputs["sentence_embedding"] = cached_embeddings(key, encoder_ids(w, cfg), make)
+    return inputs
+
+
+def treat(splits: list[dict], how: str | None, seed: int) -> None:
+    """The controls change only what the MLP is fed. `constant`: the training split's mean embedding, the same
+    vector at training, validation and test; `shuffled`: another window's embedding (a fixed permutation per split)."""
+    if how == "constant":
+        mean = splits[0]["sentence_embedding"].mean(0, keepdim=True)
+        for s in splits:
+            s["sentence_embedding"] = mean.expand_as(s["sentence_embedding"]).contiguous()
+    elif how == "shuffled":
+        for i, s in enumerate(splits):
+            emb = s["sentence_embedding"]
+            perm = torch.randperm(len(emb), generator=torch.Generator().manual_seed(1000 * seed + i))
+            s["sentence_embedding"] = emb[perm]
+
+
+# ---------------------------------------------------------------- one process per arm
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+SEARCH_ONLY = ("search.", "tune.", "mlflow.")
+
+
+def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
+    """--set values for a training config; `search` keeps the search file's own sections too."""
+    return [f"data.path={data_dir}", *[o for o in args.overrides if search or not o.startswith(SEARCH_ONLY)]]
+
+
+def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
+    from embinject.config import load_config
+    from embinject.evaluate import window_nll
+    from embinject.train import prepare, train
+
+    method, extra, control, label = ARMS[arm]
+    cfg = load_config(args.config, base_overrides(args, data_dir) + [
+        f"method={method}", f"train.seed={seed}", f"train.lr={lr}", f"train.threads={args.threads}",
+        *[f"{k}={v}" for k, v in extra.items()]])
+    t0 = time.time()
+    prep = prepare(cfg)
+    test = test_inputs(prep, cfg, test_docs)
+    if control:
+        treat([prep.train, prep.val, test], control, seed)
+    result, adapter = train(cfg, prepared=prep)
+    nll, count = window_nll(adapter, test, cfg.train.eval_batch_size, prep.device, None)  # test scored in float32
+    adapter.release()
+    history = result["history"]
+    return {"arm": arm, "label": label, "seed": seed, "lr": lr, "method": method, "control": control,
+            "trainable_params": result["trainable_params"], "val_perplexity": result["val_perplexity"],
+            "baseline_val_perplexity": result["baseline_perplexity"], "steps": result["steps"],
+            "epochs_run": result["epochs_run"], "best_step": result["best_step"], "stopped_early": result["stopped_early"],
+            "improving_at_end": bool(history) and history[-1]["val_perplexity"] <= min(h["val_perplexity"] for h in history),
+            "history": [{"step": h["step"], "val_perplexity": h["val_perplexity"]} for h in history],
+            "train_seconds": result["train_seconds"], "wall_seconds": time.time() - t0, "dtype": result["dtype"],
+            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "config": result["config"],
+            "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
+
+
+def run_reference(args, data_dir: Path, test_docs: list[str]) -> list[dict]:
+    """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens."""
+    from embinject.config import load_config
+    from embinject.evaluate import window_nll
+    from embinject.methods.base import AdapterMethod
+    from embinject.train import prepare
+
+    class ReadText(AdapterMethod):
+        name = "read-text"
+
+        def __init__(self, cfg, lm, m: int):
+            super().__init__(cfg, lm)
+            self.m = m
+
+        def prefix_embeds(self, batch):
+            return None if self.m == 0 else self.lm.get_input_embeddings()(batch["previous_ids"][:, -self.m:])
+
+    cfg = load_config(args.config, base_overrides(args, data_dir) + ["method=baseline", f"train.threads={args.threads}"])
+    torch.set_num_threads(args.threads)
+    prep = prepare(cfg)
+    test = test_inputs(prep, cfg, test_docs)
+    records = []
+    for name, m in [("baseline", 0)] + [(f"text-{m}", m) for m in TEXT_TOKENS]:
+        nll, count = window_nll(ReadText(cfg, prep.lm.model, m), test, cfg.train.eval_batch_size, prep.device, None)
+        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": cfg.to_dict(),
+                        "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]})
+    return records
+
+
+# ---------------------------------------------------------------- learning rates, chosen by embinject.tune
+
+def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
+    """The best learning rate of a small search over the validation split (recorded, so it runs once)."""
+    from embinject.fsutil import atomic_write_text
+
+    record = runs / f"lr_search_{method}.json"
+    if record.is_file():
+        return json.loads(record.read_text())["lr"]
+    import csv
+
+    import yaml
+
+    from embinject.space import load_search_file
+    from embinject.tune import run_search
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    for section, values in yaml.safe_load((HERE / "lr_search.yaml").read_text()).items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) and section in raw else values
+    shape = ARMS["static-4" if method == "prompt" else "inject-4"][1]
+    file = runs / f"lr_search_{method}.yaml"
+    atomic_write_text(file, yaml.safe_dump(raw, sort_keys=False))
+    search = load_search_file(file, base_overrides(args, data_dir, search=True) + [
+        f"method={method}", *[f"{k}={v}" for k, v in shape.items()], f"tune.name=lr-{runs.name}-{method}",
+        f"mlflow.tracking_uri={args.mlflow}", "mlflow.experiment=experiment-injection-context-lr"])
+    outcome = run_search(search, verbose=0)
+    if outcome.get("interrupted") or outcome["best"] is None:
+        raise SystemExit(f"error: the learning-rate search for {method} did not finish; see {outcome['experiment_dir']}")
+    with open(Path(outcome["experiment_dir"]) / "summary.csv") as fh:
+        trials = [{"lr": float(r["train.lr"]), "val_perplexity": float(r["best_val_perplexity"]), "steps": int(r["steps"])}
+                  for r in csv.DictReader(fh) if r["best_val_perplexity"]]
+    lr = float(outcome["best"]["train.lr"])
+    atomic_write_text(record, json.dumps({"method": method, "lr": lr, "trials": trials}, indent=1))
+    return lr
+
+
+# ---------------------------------------------------------------- driver
+
+def record_path(runs: Path, arm: str, seed: int | None) -> Path:
+    return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
+
+
+def child(args) -> int:
+    from embinject.fsutil import atomic_write_text
+
+    data_dir, test_docs = study_data(args.data)
+    runs = args.out / "runs" / args.data.name
+    if args.child == "reference":
+        for r in run_reference(args, data_dir, test_docs):
+            atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
+        return 0
+    r = run_arm(args, args.child, args.seed, data_dir, test_docs, args.lr)
+    atomic_write_text(record_path(runs, args.child, args.seed), json.dumps(r))
+    print(f"[{args.data.name}] {args.child} seed {args.seed}: val ppl {r['val_perplexity']:.3f}, {r['steps']} steps, "
+          f"{r['wall_seconds']:.0f} s", flush=True)
+    return 0
+
+
+def spawn(args, arm: str, seed: int | None = None, lr: float | None = None) -> int:
+    cmd = [sys.executable, "-m", "experiments.injection_context.run", "--data", str(args.data), "--config", args.config,
+           "--out", str(args.out), "--child", arm, "--threads", str(args.threads)]
+    cmd += [] if seed is None else ["--seed", str(seed), "--lr", repr(lr)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(cmd, env=env, cwd=HERE.parent.parent)
+    if done.returncode != 0:
+        print(f"{arm} seed {seed} failed (exit {done.returncode}); the other runs go on", file=sys.stderr, flush=True)
+    return done.returncode
+
+
+def drive(args) -> int:
+    from experiments.common import log_result
+
+    data_dir, _ = study_data(args.data)
+    runs = args.out / "runs" / args.data.name
+    runs.mkdir(parents=True, exist_ok=True)
+    if not record_path(runs, "baseline", None).is_file():
+        spawn(args, "reference")
+    arms = ARM_SETS.get(args.arms[0], args.arms) if len(args.arms) == 1 else args.arms
+    lrs = {m: learning_rate(args, m, data_dir, runs) for m in dict.fromkeys(ARMS[a][0] for a in arms)}
+    # Every seed of the headline arms first, then the `window` comparison, the compression curve, the rest: a study
+    # stopped early has whole comparisons rather than one seed of everything.
+    tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
+    tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
+    todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
+    print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
+
+    def one(job):
+        arm, seed = job
+        if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
+            r = json.loads(record_path(runs, arm, seed).read_text())
+            log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",
+                       {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},
+                       metrics={"val_perplexity": r["val_perplexity"], "steps": r["steps"], "peak_rss_mb": r["peak_rss_mb"]})
+
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(one, todo))
+    return 0
+
+
+def main(argv=None) -> int:
+    from experiments.common import default_tracking_uri
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="a shared corpus folder with train.jsonl and validation.jsonl")
+    p.add_argument("--config", default=str(HERE / "config.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--arms", nargs="+", default=["all"], help=f"arm names or a set: {', '.join(ARM_SETS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--workers", type=int, default=2, help="runs at once, each in its own process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
+    p.add_argument("--render-only", action="store_true", help="write RESULTS.md from the records under <out>/runs")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.data = args.data.resolve() if args.data else None
+    args.out = args.out.resolve()
+    args.mlflow = args.mlflow or default_tracking_uri(args.out)
+    unknown = [a for a in args.arms if a not in ARMS and a not in ARM_SETS]
+    if unknown:
+        p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
+    if args.child:
+        return child(args)
+    if not args.render_only:
+        if args.data is None:
+            p.error("--data is required unless --render-only")
+        drive(args)
+    from experiments.injection_context.report import write_report
+
+    print(f"wrote {write_report(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
