@@ -62,10 +62,14 @@ def test_sentiment_prefix_experiment_tiny(tmp_path, tiny_model, shared_data):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert 0.6 < results["judge"]["val_accuracy"] <= 1.0  # a real classifier, even on 300 reviews
-    assert len(results["rows"]) == 6 and all(0 <= r["accuracy"] <= 1 for r in results["rows"])
+    assert len(results["rows"]) == 10 and all(0 <= r["accuracy"] <= 1 for r in results["rows"])  # 2 x (2 prefixes, frozen, 2 domain)
+    assert {r["kind"] for r in results["rows"]} == {"baseline", "simplified", "full", "simplified-domain", "full-domain"}
     assert [len(v) for v in results["mixing"].values()] == [5, 5]
+    assert all(len(p["p_positive"]) == 4 for v in results["mixing"].values() for p in v)
     text = (out / "RESULTS.md").read_text()
     assert "## Prefix mixing" in text and (out / "mixing.png").is_file()
+    assert "### Sentiment beyond the domain" in text and "Reading: " in text
+    assert "monotonic (" not in text  # never claimed from point estimates alone
     assert sentiment_prefix.main(["--data", str(tmp_path), "--out", str(out)]) == 2
 
 
@@ -84,7 +88,7 @@ def test_prompt_priors_experiment_tiny(tmp_path, tiny_model, shared_data):
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert len(runs) == 2 * 3 * 2 and all(0 <= r["f1"] <= 1 and r["moved"] > 0 for r in runs)
     text = (out / "RESULTS.md").read_text()
-    assert "## The seed's claim, tested" in text and "One-way ANOVA across priors" in text
+    assert "## The seed's claim, tested" in text and "| ANOVA p | Kruskal-Wallis p | ANOVA p, Holm |" in text
     assert (out / "pca.png").is_file() and (out / "tsne.png").is_file()
     deep = tmp_path / "deep"
     assert prompt_priors.main([

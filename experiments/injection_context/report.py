@@ -71,7 +71,18 @@ def analyse(corpus: dict) -> dict:
                  ("inject-2", "inject-1"), ("inject-4", "inject-2")]:
         if a in arms and b in arms:
             pairs[f"{a} - {b}"] = bootstrap(lambda m: m[a] - m[b], {a: arms[a], b: arms[b]})
-    return {"rows": rows, "content": content, "pairs": pairs, "windows": arms["baseline"].nll.shape[1],
+    window = {}
+    if "window-4" in arms and "static-4" in arms:
+        sub = {a: arms[a] for a in ("window-4", "static-4")}
+        window["ppl_change_vs_static"] = bootstrap(lambda m: math.exp(m["window-4"] - m["static-4"]) - 1, sub)
+        window["nats_vs_static"] = bootstrap(lambda m: m["window-4"] - m["static-4"], sub)
+        if "window-shuffled-4" in arms:
+            sub = {a: arms[a] for a in ("window-4", "window-shuffled-4")}
+            window["nats_vs_shuffled"] = bootstrap(lambda m: m["window-4"] - m["window-shuffled-4"], sub)
+        if "inject-4" in arms:
+            sub = {a: arms[a] for a in ("window-4", "inject-4")}
+            window["nats_vs_previous"] = bootstrap(lambda m: m["window-4"] - m["inject-4"], sub)
+    return {"rows": rows, "content": content, "pairs": pairs, "window": window, "windows": arms["baseline"].nll.shape[1],
             "tokens_per_window": float(arms["baseline"].tokens.mean())}
 
 
@@ -180,6 +191,32 @@ def render(corpora: dict, analyses: dict) -> str:
                 lines.append(f"| {k} | {', '.join(c['controls'])} | {ci(c['nats'], 4, sign=True)} | "
                              f"{ci(c['share_of_text_gain'], 1, 100)}% | {verdict} |")
             lines.append("")
+        if a["window"]:
+            w = a["window"]
+            change = w["ppl_change_vs_static"]
+            if change[2] < 0:
+                verdict = ("reproduced in direction: injection that reads the scored window beats the static prefix"
+                           + (" by at least as much as the seed's -14.6%" if change[2] <= -0.146 else
+                              ", but by less than the seed's -14.6%" if change[1] > -0.146 else ""))
+            elif change[1] > 0:
+                verdict = "not reproduced: the static prefix is better"
+            else:
+                verdict = "not reproduced: the interval includes no difference"
+            lines += ["### (c) The seed report's `window` mode", "",
+                      "The seed report measured injection with the encoder reading the scored window itself at -14.6% "
+                      "validation perplexity against a 3-vector static prefix (14.38 against 16.83; SmolLM2-360M, "
+                      "FineWeb-Edu). Here, on the same test windows and tokens as every arm above:", "",
+                      "| Comparison | Estimate [95% CI] |", "|---|---|",
+                      f"| test perplexity, `window` injection (4 vectors) vs static prefix (4 vectors) | "
+                      f"{ci(change, 1, 100, sign=True)}% |",
+                      f"| Δ NLL, the same (nats/token) | {ci(w['nats_vs_static'], 4, sign=True)} |"]
+            if "nats_vs_shuffled" in w:
+                lines.append(f"| Δ NLL, `window` injection - its shuffled control | {ci(w['nats_vs_shuffled'], 4, sign=True)} |")
+            if "nats_vs_previous" in w:
+                lines.append(f"| Δ NLL, `window` injection - `previous` injection | {ci(w['nats_vs_previous'], 4, sign=True)} |")
+            lines += ["", f"Verdict: {verdict}. In `window` mode the encoder's embedding is computed from the very tokens "
+                      "the LM is then scored on, so whatever the vectors carry beyond the shuffled control is partly the "
+                      "answer; a gain there is a leak, not context, and cannot be had when generating.", ""]
         if a["pairs"]:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]

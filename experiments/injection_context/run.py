@@ -272,8 +272,6 @@ def drive(args) -> int:
     data_dir, _ = study_data(args.data)
     runs = args.out / "runs" / args.data.name
     runs.mkdir(parents=True, exist_ok=True)
-    if not record_path(runs, "baseline", None).is_file():
-        spawn(args, "reference")
     arms = ARM_SETS.get(args.arms[0], args.arms) if len(args.arms) == 1 else args.arms
     lrs = {m: learning_rate(args, m, data_dir, runs) for m in dict.fromkeys(ARMS[a][0] for a in arms)}
     # Every seed of the headline arms first, then the `window` comparison, the compression curve, the rest: a study
@@ -281,10 +279,15 @@ def drive(args) -> int:
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
     todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
+    todo.append(("reference", None))  # evaluation only; needed by the report, not by any run
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
         arm, seed = job
+        if arm == "reference":
+            if not record_path(runs, "baseline", None).is_file():
+                spawn(args, "reference")
+            return
         if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
             r = json.loads(record_path(runs, arm, seed).read_text())
             log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",

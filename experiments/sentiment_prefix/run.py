@@ -7,7 +7,9 @@ the "simplified" embedding-level prefix (a soft prompt) and the full deep prefix
 every layer through an MLP reparameterisation). Each generates reviews from BOS alone; a classifier
 trained here (logistic regression on all-MiniLM-L6-v2 embeddings of SST-2 train, validation accuracy
 reported) judges their sentiment; BLEU and ROUGE-1/2/L compare them with held-out validation reviews
-of the same sentiment. Prefix mixing blends the two prefixes, alpha * positive + (1 - alpha) * negative.
+of the same sentiment. A domain-only prefix of each kind, trained on both labels, separates sentiment from
+SST-2's style. Prefix mixing blends the two prefixes, alpha * positive + (1 - alpha) * negative; every
+claim about it rests on a bootstrap interval over the generations.
 Writes RESULTS.md, results.json and mixing.png beside this file, and logs each run to MLflow.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from embinject.config import load_config
 from embinject.generate import generate
@@ -102,7 +106,7 @@ def run(args) -> dict:
         want = sentiment == "positive"
         row = {"label": label, "kind": kind, "sentiment": sentiment,
                "accuracy": sum((x >= 0.5) == want for x in p) / len(p),
-               "mean_p_target": sum(x if want else 1 - x for x in p) / len(p),
+               "mean_p_target": sum(x if want else 1 - x for x in p) / len(p), "p_positive": [round(x, 5) for x in p],
                **text_scores(texts, references[sentiment]), "samples": texts[:5],
                **({k: result[k] for k in ("val_perplexity", "baseline_perplexity", "trainable_params", "trainable_percent",
                                           "train_seconds", "steps", "peak_memory_mb")} if result else {})}
@@ -124,6 +128,15 @@ def run(args) -> dict:
         base_result, _ = train(base_cfg, prepared=prep)
         texts = sample(Baseline(base_cfg, prep.lm.model), prep.lm.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
         rows.append(judge_row("Frozen model (no prefix)", "baseline", sentiment, texts, base_result))
+    # Domain-only prefixes, trained on reviews of both labels: what a prefix gets from SST-2's style alone. A sentiment
+    # prefix's sentiment beyond this one's is what its label taught it.
+    for kind, (method, label) in METHODS.items():
+        cfg = load_config(args.config, common + [f"method={method}", f"train.lr={args.lr[kind]}"])
+        result, trained = train(cfg, prepared=prepare(cfg))
+        texts = sample(trained, trained.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
+        trained.release()
+        for sentiment in SENTIMENTS:
+            rows.append(judge_row(f"{label}, domain only (both labels)", f"{kind}-domain", sentiment, texts, result))
 
     mixing = {}
     for kind in METHODS:
@@ -133,7 +146,8 @@ def run(args) -> dict:
             texts = sample(mix(kind, pos, neg, alpha), pos.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
             p = judge.p_positive(texts)
             mixing[kind].append({"alpha": alpha, "mean_p_positive": sum(p) / len(p),
-                                 "share_positive": sum(x >= 0.5 for x in p) / len(p), "samples": texts[:2]})
+                                 "share_positive": sum(x >= 0.5 for x in p) / len(p), "samples": texts[:2],
+                                 "p_positive": [round(x, 5) for x in p]})
         curve = [m["mean_p_positive"] for m in mixing[kind]]
         log_result(args.mlflow, "experiment-sentiment-prefix", f"mixing | {kind}", {"kind": kind, "alphas": list(ALPHAS)},
                    metrics={f"p_positive_alpha_{a:g}": c for a, c in zip(ALPHAS, curve)})
@@ -145,8 +159,31 @@ def run(args) -> dict:
             "machine": machine(), "command": " ".join(sys.argv[1:])}
 
 
-def monotonic(values: list[float]) -> bool:
-    return all(b >= a for a, b in zip(values, values[1:]))
+def interval(draw, n: int, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap of `draw(index)` over `n` generations resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [draw(rng.integers(0, n, n)) for _ in range(samples)]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def hit_rate(p_positive: list[float], sentiment: str) -> np.ndarray:
+    """1 where the judge assigns a generation to `sentiment`."""
+    p = np.asarray(p_positive)
+    return (p >= 0.5 if sentiment == "positive" else p < 0.5).astype(float)
+
+
+def mixing_steps(points: list[dict]) -> list[dict]:
+    """Each adjacent alpha step and the whole range: change in mean P(positive) with a 95% interval. The same
+    sampling seed serves every alpha, so generations are paired by index and resampled together."""
+    curves = np.array([p["p_positive"] for p in points])
+    pairs = [(i, i + 1) for i in range(len(points) - 1)] + [(0, len(points) - 1)]
+    out = []
+    for a, b in pairs:
+        lo, hi = interval(lambda idx: float(curves[b, idx].mean() - curves[a, idx].mean()), curves.shape[1])
+        out.append({"from": points[a]["alpha"], "to": points[b]["alpha"],
+                    "change": float(curves[b].mean() - curves[a].mean()), "lo": lo, "hi": hi})
+    return out
 
 
 def plot(results: dict, path: Path) -> None:
@@ -183,13 +220,21 @@ def render(results: dict) -> str:
              f"sentiment ({results['references']['positive']} positive / {results['references']['negative']} negative), every "
              "review an alternative reference (ROUGE: best-matching reference per generation). Perplexity is on that sentiment's "
              "validation reviews.", "",
-             "Sentiment accuracy is the share of generations the judge assigns to the prefix's sentiment (± its binomial standard "
-             "error over the generations); the frozen model's row is one set of generations judged against each target.", "",
+             "Sentiment accuracy is the share of generations the judge assigns to the prefix's sentiment, with a 95% bootstrap "
+             "interval over the generations; the frozen model's and each domain-only prefix's row is one set of generations "
+             "judged against each target. A domain-only prefix is trained the same way on reviews of both labels: it learns "
+             "SST-2's style without a sentiment, so it separates what a sentiment prefix gets from its label from what it gets "
+             "from the domain.", "",
              "| model | sentiment | sentiment accuracy | mean P(target) | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | val perplexity | trainable params | % of total | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results["rows"], key=lambda r: (r["sentiment"] != "positive", r["kind"] != "baseline", r["kind"])):
-        se = 100 * (r["accuracy"] * (1 - r["accuracy"]) / results["samples"]) ** 0.5
-        lines.append(f"| {r['label']} | {r['sentiment']} | {100 * r['accuracy']:.1f}% ± {se:.1f} | {r['mean_p_target']:.3f} | {r['bleu']:.2f} | "
+        if "p_positive" in r:
+            hits = hit_rate(r["p_positive"], r["sentiment"])
+            lo, hi = interval(lambda idx: float(hits[idx].mean()), len(hits))
+            acc = f"{100 * r['accuracy']:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+        else:
+            acc = f"{100 * r['accuracy']:.1f}% ± {100 * (r['accuracy'] * (1 - r['accuracy']) / results['samples']) ** 0.5:.1f}"
+        lines.append(f"| {r['label']} | {r['sentiment']} | {acc} | {r['mean_p_target']:.3f} | {r['bleu']:.2f} | "
                      f"{r['rouge1']:.1f} | {r['rouge2']:.1f} | {r['rougeL']:.1f} | {r['val_perplexity']:.2f} | "
                      f"{r['trainable_params']:,} | {r['trainable_percent']:.4f}% | {r['train_seconds']:.0f} |")
     by = {(r["kind"], r["sentiment"]): r for r in results["rows"]}
@@ -198,6 +243,7 @@ def render(results: dict) -> str:
     lines += ["", "Sentiment accuracy, " + "; ".join(gains) + ". Validation perplexity of the sentiment's reviews, frozen -> simplified "
               "-> full: " + "; ".join(f"{s} {by[('baseline', s)]['val_perplexity']:.0f} -> {by[('simplified', s)]['val_perplexity']:.0f} -> "
                                       f"{by[('full', s)]['val_perplexity']:.0f}" for s in SENTIMENTS if ('baseline', s) in by) + "."]
+    lines += sentiment_beyond_domain(results, by)
     lines += ["", "## Prefix mixing", "", "Generations from `alpha * positive + (1 - alpha) * negative` (input vectors for the simplified "
               "prefix, keys/values for the full prefix), same sampling seed at every alpha.", "",
               "| alpha | " + " | ".join(f"{METHODS[k][1]}: mean P(positive) / share positive" for k in results["mixing"]) + " |",
@@ -205,10 +251,7 @@ def render(results: dict) -> str:
     for i, alpha in enumerate(ALPHAS):
         cells = [f"{pts[i]['mean_p_positive']:.3f} / {100 * pts[i]['share_positive']:.0f}%" for pts in results["mixing"].values()]
         lines.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
-    verdicts = [f"{METHODS[k][1]}: {'monotonic' if monotonic([p['mean_p_positive'] for p in pts]) else 'not monotonic'} "
-                f"({pts[0]['mean_p_positive']:.2f} -> {pts[-1]['mean_p_positive']:.2f})" for k, pts in results["mixing"].items()]
-    lines += ["", "Does the sentiment score move monotonically with alpha? " + "; ".join(verdicts) + ".", "",
-              "![prefix mixing](mixing.png)", "", "## Samples", ""]
+    lines += mixing_verdicts(results["mixing"]) + ["", "![prefix mixing](mixing.png)", "", "## Samples", ""]
     for r in results["rows"]:
         lines.append(f"- {r['label']}, {r['sentiment']}: " + " / ".join(f"\"{' '.join(t.split())}\"" for t in r["samples"][:2]))
     lines += ["", "## Compared with the seed", "",
@@ -219,6 +262,57 @@ def render(results: dict) -> str:
               "BLEU/ROUGE against a pool of same-sentiment references measure closeness to the review domain, not correctness; "
               "they are low in absolute terms for open-ended generation and are best read against the frozen-model row.", ""]
     return "\n".join(lines)
+
+
+def sentiment_beyond_domain(results: dict, by: dict) -> list[str]:
+    """Each sentiment prefix's accuracy minus its domain-only prefix's on the same target, with a 95% interval
+    (independent generations, each set resampled on its own)."""
+    lines = []
+    for kind in METHODS:
+        for sentiment in SENTIMENTS:
+            own, domain = by.get((kind, sentiment)), by.get((f"{kind}-domain", sentiment))
+            if not (own and domain and "p_positive" in own and "p_positive" in domain):
+                continue
+            a, b = hit_rate(own["p_positive"], sentiment), hit_rate(domain["p_positive"], sentiment)
+            rng = np.random.default_rng(1)
+            draws = [a[rng.integers(0, len(a), len(a))].mean() - b[rng.integers(0, len(b), len(b))].mean() for _ in range(2000)]
+            lo, hi = np.percentile(draws, [2.5, 97.5])
+            verdict = ("the label adds sentiment beyond the domain" if lo > 0 else "worse than the domain-only prefix" if hi < 0
+                       else "no verdict: the interval includes 0 (at this sample size the label's effect is not separated from the domain's)")
+            lines.append(f"| {METHODS[kind][1]} | {sentiment} | {100 * a.mean():.1f}% | {100 * b.mean():.1f}% | "
+                         f"{100 * (a.mean() - b.mean()):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {verdict} |")
+    if not lines:
+        return []
+    return ["", "### Sentiment beyond the domain", "",
+            "| prefix | target | sentiment prefix accuracy | domain-only prefix, same target | difference, points [95% CI] | verdict |",
+            "|---|---|---|---|---|---|", *lines]
+
+
+def mixing_verdicts(mixing: dict) -> list[str]:
+    """What the mixing curves support: a rise over the whole range, and each step, only where an interval excludes 0."""
+    lines = ["", "Change in mean P(positive), paired by generation (95% bootstrap interval):", "",
+             "| prefix | " + " | ".join(f"{a:g} -> {b:g}" for a, b in zip(ALPHAS, ALPHAS[1:])) + f" | {ALPHAS[0]:g} -> {ALPHAS[-1]:g} |",
+             "|---|" + "---|" * len(ALPHAS)]
+    verdicts = []
+    for kind, points in mixing.items():
+        if not all("p_positive" in p for p in points):
+            continue
+        steps = mixing_steps(points)
+        lines.append(f"| {METHODS[kind][1]} | " + " | ".join(f"{x['change']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]" for x in steps) + " |")
+        whole, resolved = steps[-1], [x for x in steps[:-1] if x["lo"] > 0]
+        if whole["lo"] > 0:
+            rise = f"rises from alpha {ALPHAS[0]:g} to {ALPHAS[-1]:g} (interval excludes 0)"
+        elif whole["hi"] < 0:
+            rise = f"falls from alpha {ALPHAS[0]:g} to {ALPHAS[-1]:g}"
+        else:
+            rise = "no verdict on the whole range (interval includes 0)"
+        shape = ("every step rises (monotonic within the intervals)" if len(resolved) == len(steps) - 1 else
+                 f"{len(resolved)} of {len(steps) - 1} steps rise with an interval excluding 0, so monotonicity is not shown "
+                 f"at {len(points[0]['p_positive'])} generations per alpha")
+        verdicts.append(f"{METHODS[kind][1]}: {rise}; {shape}")
+    if not verdicts:
+        return []
+    return lines + ["", "Reading: " + "; ".join(verdicts) + "."]
 
 
 def main(argv=None) -> int:
