@@ -105,3 +105,47 @@ def test_answer_normalisation_keeps_signs():
     assert normalise(" -42.\nCalculate") == "-42" and normalise("The Down syndrome") == "down syndrome"
     assert token_f1("down syndrome", "Down Syndrome.") == 1.0 and token_f1("42", "-42") == 0.0
     assert abs(token_f1("inductive reasoning works", "inductive reasoning") - 0.8) < 1e-9
+
+
+def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys):
+    """The main study end to end on the tiny model: learning rates from embinject.tune, every arm scored on the same
+    test tokens, RESULTS.md with its three questions, and a second call that finds nothing left to run."""
+    import json
+
+    from experiments.injection_context import run as study
+
+    out = tmp_path / "study"
+    argv = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "0",
+            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "inject-1",
+            "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
+            "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16",
+            "--set", "tune.num_samples=2", "--set", "tune.scheduler.max_t=2", "--set", "tune.scheduler.grace_period=1",
+            "--set", "tune.storage_path=" + str(tmp_path / "tune")]
+    assert study.main(argv) == 0
+    runs = out / "runs" / "fineweb_edu_sample"
+    records = [json.loads(f.read_text()) for f in runs.glob("*.json") if not f.name.startswith("lr_search_")]
+    assert len(records) == 5 + 8  # 5 arms x 1 seed, baseline + 7 text lengths
+    assert len({tuple(r["test_tokens"]) for r in records}) == 1  # every arm scored on exactly the same test tokens
+    assert {json.loads(f.read_text())["method"] for f in runs.glob("lr_search_*.json")} == {"prompt", "injection"}
+    text = (out / "RESULTS.md").read_text()
+    for heading in ("### (a) The compression curve", "### (b) What is specific to the embedding's content",
+                    "### (c) The seed report's `window` mode"):
+        assert heading in text
+    assert (out / "compression.png").is_file()
+    capsys.readouterr()
+    assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
+
+
+def test_paired_bootstrap_and_holm():
+    import numpy as np
+
+    from experiments.stats import PerWindow, bootstrap, excludes_zero, holm
+
+    rng = np.random.default_rng(0)
+    nll, tokens = rng.normal(3.0, 0.5, (3, 200)) * 60, np.full((3, 200), 60)
+    same, better = PerWindow(nll, tokens), PerWindow(nll - 6.0, tokens)  # 0.1 nats/token better on every window
+    p, lo, hi = bootstrap(lambda m: m["b"] - m["a"], {"a": same, "b": better})
+    assert abs(p + 0.1) < 1e-9 and excludes_zero(lo, hi) and hi < 0  # paired: the window noise cancels
+    p, lo, hi = bootstrap(lambda m: m["b"] - m["a"], {"a": same, "b": PerWindow(nll[::-1], tokens)})
+    assert not excludes_zero(lo, hi)  # the same windows from other seeds: no difference
+    assert holm({"x": 0.01, "y": 0.04, "z": None, "w": 0.03}) == {"x": 0.03, "y": 0.06, "z": None, "w": 0.06}

@@ -279,13 +279,14 @@ def drive(args) -> int:
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
     todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
-    todo.append(("reference", None))  # evaluation only; needed by the report, not by any run
+    if not record_path(runs, "baseline", None).is_file():
+        todo.append(("reference", None))  # evaluation only; needed by the report, not by any run
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
         arm, seed = job
         if arm == "reference":
-            if not record_path(runs, "baseline", None).is_file():
+            if not record_path(runs, "baseline", None).is_file():  # another process may have written it meanwhile
                 spawn(args, "reference")
             return
         if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
