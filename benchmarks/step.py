@@ -125,7 +125,9 @@ def main(argv=None) -> int:
         ours = build_method(cfg, lm.model, encoder_dim=2 * cfg.adapter.fourier_features, tokenizer=lm.tokenizer)
         fns = {"embinject": step_fn_ours(ours, b)}
         peft_model = None
-        if name == "prompt":
+        if name in ("prompt", "injection"):
+            # Injection's peer is PEFT prompt tuning with as many prefix vectors (P - 1 static + 1 injected), timed in
+            # the same interleaved loop so the ratio is one run's, not two blocks'.
             peft_model = get_peft_model(lm.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
         elif name == "prefix":
             peft_model = get_peft_model(lm.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
