@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.report
 
 experiments: $(STAMP)
+	$(PY) -m experiments.injection_context.run --data ../shared/data/wikipedia_en_sample
+	$(PY) -m experiments.injection_context.run --data ../shared/data/fineweb_edu_sample --arms headline
 	$(PY) -m experiments.embedding_injection.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.adapter_injection.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.fourier_embeddings.run --data ../shared/data/wikipedia_en_sample
