@@ -133,8 +133,10 @@ def render(corpora: dict, analyses: dict) -> str:
         a = analyses[name]
         rows, arms = a["rows"], corpus["arms"]
         full = f"text-{max(TEXT_TOKENS)}"
+        sizes = {(r["train_windows"], r["val_windows"]) for rs in arms.values() for r in rs if "train_windows" in r}
+        size = "" if not sizes else " Training / validation windows per run: " + ", ".join(f"{t} / {v}" for t, v in sorted(sizes)) + "."
         lines += [f"## {name}", "",
-                  f"{a['windows']} test windows ({a['windows'] * a['tokens_per_window']:,.0f} scored tokens).", ""]
+                  f"{a['windows']} test windows ({a['windows'] * a['tokens_per_window']:,.0f} scored tokens).{size}", ""]
         if corpus["lr"]:
             lines += ["Learning rates, each the best of an `embinject.tune` search (Optuna TPE + ASHA, one epoch, "
                       "validation split, training seed 0):", "",

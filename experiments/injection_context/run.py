@@ -157,6 +157,7 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
     history = result["history"]
     return {"arm": arm, "label": label, "seed": seed, "lr": lr, "method": method, "control": control,
             "trainable_params": result["trainable_params"], "val_perplexity": result["val_perplexity"],
+            "train_windows": len(prep.train["input_ids"]), "val_windows": len(prep.val["input_ids"]),
             "baseline_val_perplexity": result["baseline_perplexity"], "steps": result["steps"],
             "epochs_run": result["epochs_run"], "best_step": result["best_step"], "stopped_early": result["stopped_early"],
             "improving_at_end": bool(history) and history[-1]["val_perplexity"] <= min(h["val_perplexity"] for h in history),
