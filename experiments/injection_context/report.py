@@ -143,7 +143,9 @@ def render(corpora: dict, analyses: dict) -> str:
                       "| method | searched (lr: best validation perplexity) | chosen lr |", "|---|---|---|"]
             for m, s in sorted(corpus["lr"].items()):
                 tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f}" for x in sorted(s["trials"], key=lambda x: x["lr"]))
-                lines.append(f"| {m} | {tried} | {s['lr']:.3g} |")
+                edge = (" (the largest tried: the best may lie higher)" if s["lr"] >= max(x["lr"] for x in s["trials"]) else
+                        " (the smallest tried: the best may lie lower)" if s["lr"] <= min(x["lr"] for x in s["trials"]) else "")
+                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{edge} |")
             lines.append("")
         lines += ["| Arm | LM reads | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen (nats/token) | Share of text gain | "
                   "Val perplexity | Steps (epochs) | Still improving at stop | Peak RSS (MB) | Trainable params |",
