@@ -89,6 +89,22 @@ def test_context_mode_scores_exactly_the_tokens_after_the_context(tiny_overrides
     assert torch.allclose(enc.encode(ids[:, :8]), batch["sentence_embedding"], atol=1e-6)
 
 
+def test_per_window_nll_adds_up_to_the_perplexity(tiny_overrides):
+    """window_nll (what paired statistics over windows use) is the same numbers as perplexity, split by window."""
+    import math
+
+    from embinject.evaluate import perplexity, window_nll
+
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=context", "train.dtype=float32")
+    prep = prepare(cfg)
+    method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+    nll, count = window_nll(method, prep.val, 7)  # a batch size that splits the windows unevenly
+    assert nll.shape == count.shape == (len(prep.val["input_ids"]),)
+    assert (count == cfg.data.seq_len - cfg.adapter.context_tokens).all()
+    assert math.exp(float(nll.sum()) / int(count.sum())) == pytest.approx(perplexity(method, prep.val, 32), rel=1e-5)
+    method.release()
+
+
 def test_previous_mode_uses_preceding_text_of_the_same_document(tiny_overrides):
     cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=previous")
     from embinject.data import build_windows
