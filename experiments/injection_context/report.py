@@ -159,7 +159,7 @@ def render(corpora: dict, analyses: dict) -> str:
                 label, reads = ARMS[arm][3], f"{recs[0]['config']['adapter']['inject_tokens' if ARMS[arm][0] == 'injection' else 'prefix_len']} vectors"
                 val = f"{np.mean([x['val_perplexity'] for x in recs]):.2f}"
                 steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
-                improving = f"{sum(x['improving_at_end'] for x in recs)} of {len(recs)}"
+                improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"  # best subset evaluation was the last
                 params = f"{recs[0]['trainable_params']:,}"
                 seeds = f"{len(recs)}"
             else:
@@ -171,7 +171,9 @@ def render(corpora: dict, analyses: dict) -> str:
             share = "-" if arm in ("baseline", full) else ci(r["share_of_text_gain"], 1, 100) + "%"
             lines.append(f"| {label} | {reads} | {seeds} | {ci(r['perplexity'], 2)} | {delta} | {share} | {val} | {steps} | "
                          f"{improving} | {rss} | {params} |")
-        lines += ["", "Peak RSS is each arm's own process (the largest over its seeds); the evaluation-only rows share one process.", ""]
+        lines += ["", "Val perplexity: the kept adapter on every validation window (mean over seeds). Still improving at stop: runs "
+                  "whose best evaluation (on the fixed validation subset) was their last, so more training might still help. "
+                  "Peak RSS is each arm's own process (the largest over its seeds); the evaluation-only rows share one process.", ""]
         text = {m: rows[f"text-{m}"]["nll"][0] for m in TEXT_TOKENS if f"text-{m}" in rows}
         ks = [k for k in (1, 2, 4, 8) if f"inject-{k}" in rows]
         if ks:
