@@ -136,6 +136,18 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
 
 
+def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from experiments.injection_context import run as study
+
+    out = tmp_path / "study"
+    for argv, expected in ((["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
+                           (["--render-only", "--out", str(out)], "--out: no run records under ")):
+        assert study.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
+        assert not out.exists() or not any(out.iterdir())
+
+
 def test_paired_bootstrap_and_holm():
     import numpy as np
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embinject.config import ConfigError
 from embinject.fsutil import atomic_write_text
 from experiments.stats import PerWindow, bootstrap, excludes_zero
 
@@ -286,7 +287,7 @@ def plot(corpora: dict, analyses: dict, path: Path) -> None:
 def write_report(out: Path) -> Path:
     corpora = load(out)
     if not corpora:
-        raise SystemExit(f"error: no run records under {out / 'runs'}; run the study first")
+        raise ConfigError(f"--out: no run records under {out / 'runs'}; run the study first")
     analyses = {name: analyse(c) for name, c in corpora.items()}
     plot(corpora, analyses, out / "compression.png")
     atomic_write_text(out / "results.json", json.dumps(analyses, indent=1))

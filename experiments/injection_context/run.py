@@ -75,13 +75,14 @@ def read_docs(file: Path) -> list[str]:
 def study_data(src: Path) -> tuple[Path, list[str]]:
     """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
     documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
+    from embinject.config import ConfigError
     from embinject.fsutil import atomic_write_text
     from embinject.models import cache_dir
 
     train_file, test_file = src / "train.jsonl", src / "validation.jsonl"
     for f in (train_file, test_file):
         if not f.is_file():
-            raise SystemExit(f"error: --data: {f} not found (a folder with train.jsonl and validation.jsonl)")
+            raise ConfigError(f"--data: {f} not found (a folder with train.jsonl and validation.jsonl)")
     docs = read_docs(train_file)
     key = hashlib.sha256(train_file.read_bytes()).hexdigest()[:16]
     folder = cache_dir("experiments", f"{src.name}-{key}")
@@ -330,13 +331,19 @@ def main(argv=None) -> int:
         p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
     if args.child:
         return child(args)
-    if not args.render_only:
-        if args.data is None:
-            p.error("--data is required unless --render-only")
-        drive(args)
+    from embinject.config import ConfigError
     from experiments.injection_context.report import write_report
 
-    print(f"wrote {write_report(args.out)}")
+    try:  # bad input: one line, exit 2, nothing written
+        if not args.render_only:
+            if args.data is None:
+                p.error("--data is required unless --render-only")
+            study_data(args.data)
+            drive(args)
+        print(f"wrote {write_report(args.out)}")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
