@@ -1,13 +1,13 @@
 """Multi-trial packing: K prompt-tuning trials trained in one batch over the shared frozen model.
 
-    python -m benchmarks.packing [--k 1 2 4] [--reps 5] [--batch 8] [--seq 64] [--prefix 8]
+    python -m benchmarks.packing [--k 1 2 4] [--reps 5] [--batch 8] [--seq 64] [--prefix 8] [--device cuda --out FILE]
 
 Each trial keeps its own soft prompt, optimizer and batch of `batch` windows; packed, the K batches
 run as one forward/backward of K x batch rows, each row behind its own trial's prompt, and the loss
 is the sum of the trials' mean losses. A prompt only reaches its own rows, so every trial receives
 exactly the gradient it would get alone (checked here before timing). Reports tokens/s of the
 packed step against K sequential steps, interleaved (A B A B ...), median of `reps`.
-Writes benchmarks/results/packing.json.
+Writes benchmarks/results/packing.json, or --out.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def packed_loss(methods: list, batches: list[dict]) -> torch.Tensor:
     mask = targets != -100
     logits = lm.get_output_embeddings()(h[mask])  # the LM head only where tokens are scored, as in training
     nll = torch.nn.functional.cross_entropy(logits.float(), targets[mask], reduction="none")
-    rows = torch.arange(targets.shape[0]).unsqueeze(1).expand_as(mask)[mask]
-    per_row = torch.zeros(targets.shape[0], dtype=nll.dtype).index_add(0, rows, nll)
+    rows = mask.nonzero()[:, 0]
+    per_row = torch.zeros(targets.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
     loss, start = 0.0, 0
     for b in batches:
         n = b["labels"].shape[0]
@@ -65,12 +65,12 @@ def max_grad_difference(methods: list, batches: list[dict]) -> float:
     return worst
 
 
-def make_trials(lm, k: int, prefix: int, batch: int, seq: int, model: str) -> tuple[list, list[dict]]:
+def make_trials(lm, k: int, prefix: int, batch: int, seq: int, model: str, device: str = "cpu") -> tuple[list, list[dict]]:
     methods, batches = [], []
     for i in range(k):
         cfg = load_config(None, [f"model={model}", "method=prompt", f"adapter.prefix_len={prefix}", f"train.seed={i}"])
         methods.append(build_method(cfg, lm.model, tokenizer=lm.tokenizer))
-        ids = torch.randint(0, lm.tokenizer.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(i))
+        ids = torch.randint(0, lm.tokenizer.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(i)).to(device)
         batches.append({"input_ids": ids, "labels": ids})
     return methods, batches
 
@@ -83,11 +83,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--prefix", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=OUT / "packing.json")
     args = p.parse_args(argv)
-    lm = load_frozen_lm(args.model)
+    from .step import synchronize
+
+    lm = load_frozen_lm(args.model, device=args.device)
     rows = []
     for k in args.k:
-        methods, batches = make_trials(lm, k, args.prefix, args.batch, args.seq, args.model)
+        methods, batches = make_trials(lm, k, args.prefix, args.batch, args.seq, args.model, args.device)
         diff = max_grad_difference(methods, batches)
         opts = [torch.optim.AdamW(m.trainable_parameters(), lr=1e-3) for m in methods]
 
@@ -109,8 +113,10 @@ def main(argv=None) -> int:
         times = {"sequential": [], "packed": []}
         for _ in range(args.reps):
             for name, fn in (("sequential", sequential), ("packed", packed)):
+                synchronize(args.device)
                 t0 = time.perf_counter()
                 fn()
+                synchronize(args.device)
                 times[name].append(time.perf_counter() - t0)
         tokens = k * args.batch * args.seq
         seq_s, packed_s = statistics.median(times["sequential"]), statistics.median(times["packed"])
@@ -119,11 +125,12 @@ def main(argv=None) -> int:
                      "speedup": seq_s / packed_s})
         print(f"K={k}: sequential {seq_s:.2f} s, packed {packed_s:.2f} s (x{seq_s / packed_s:.2f}), "
               f"max gradient difference {diff:.2e}", flush=True)
-    OUT.mkdir(exist_ok=True)
     out = {"benchmark": "packing", "model": args.model, "batch": args.batch, "seq": args.seq, "prefix": args.prefix,
-           "reps": args.reps, "threads": torch.get_num_threads(), "device": "cpu", "machine": platform.platform(),
+           "reps": args.reps, "threads": torch.get_num_threads(), "device": args.device,
+           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
-    (OUT / "packing.json").write_text(json.dumps(out, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
     return 0
 
 

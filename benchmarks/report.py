@@ -10,22 +10,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def step_section(data: dict) -> list[str]:
-    lines = ["## step: training-step throughput vs PEFT", "",
-             f"`python -m benchmarks.step{' --bf16' if data.get('bf16') else ''}` on {data['time']}: `{data['model']}`, batch "
-             f"{data['batch']} x {data['seq_len']} tokens, prefix {data['prefix']}, {data['threads']} threads, median of "
-             f"{data['reps']} interleaved steps (after one warm-up each). Machine: {data['machine']}, torch {data['torch']}.",
-             f"Large fp32 matmul in the same run: {data['matmul_peak_gflops']:.0f} GFLOP/s.", "",
-             "| method | side | s/step | tokens/s | GFLOP/s | % of fp32 matmul peak | speed vs PEFT (fp32) |",
+def step_table(data: dict) -> list[str]:
+    lines = ["| method | side | s/step | tokens/s | GFLOP/s | % of fp32 matmul peak | speed vs PEFT (fp32) |",
              "|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['side']} | failed: {r['error']} | | | | |")
             continue
         speed = f"x{r['speedup_vs_peft']:.2f}" if "speedup_vs_peft" in r else ("1.00 (reference)" if r["side"] == "peft" else "no PEFT side in this run")
-        side = "peft (prompt tuning, same prefix length)" if r["method"] == "injection" and r["side"].startswith("peft") else r["side"]
-        lines.append(f"| {r['method']} | {side} | {r['median_s']:.2f} | {r['tokens_per_s']:.0f} | {r['gflops']:.0f} | "
+        side = r["side"].replace("peft", "peft (prompt tuning, same prefix length)") if r["method"] == "injection" else r["side"]
+        digits = 3 if r["median_s"] < 1 else 2
+        lines.append(f"| {r['method']} | {side} | {r['median_s']:.{digits}f} | {r['tokens_per_s']:.0f} | {r['gflops']:.0f} | "
                      f"{100 * r['peak_fraction']:.0f}% | {speed} |")
+    return lines
+
+
+def step_section(data: dict) -> list[str]:
+    lines = ["## step: training-step throughput vs PEFT", "",
+             f"`python -m benchmarks.step{' --bf16' if data.get('bf16') else ''}` on {data['time']}: `{data['model']}`, batch "
+             f"{data['batch']} x {data['seq_len']} tokens, prefix {data['prefix']}, {data['threads']} threads, median of "
+             f"{data['reps']} interleaved steps (after one warm-up each). Machine: {data['machine']}, torch {data['torch']}.",
+             f"Large fp32 matmul in the same run: {data['matmul_peak_gflops']:.0f} GFLOP/s.", ""] + step_table(data)
     rows = {(r["method"], r["side"]): r for r in data["rows"] if "median_s" in r}
     lines += ["", "### Targets", ""]
     for m in ("prompt", "injection"):
@@ -183,10 +188,70 @@ def packing_section(data: dict) -> list[str]:
     verdict = (f"worth up to x{best['speedup']:.2f} (K={best['k']})" if best["speedup"] > 1.05 else
                f"not worth it: at best x{best['speedup']:.2f} (K={best['k']}), because a batch of {data['batch']} x {data['seq']} "
                "tokens already keeps the cores' matmuls busy and larger batches only add memory traffic")
+    gpu = HERE / "results" / "packing_gpu.json"
+    on_gpu = ("see the GPU rows below for what it gives on a GPU" if gpu.is_file() else
+              "on a GPU, where one small trial leaves most of the device idle, it has not been measured")
     lines += ["", f"- Packing is exact (every trial gets the gradient it would get alone; max difference in the table) and, on this "
               f"{data['device'].upper()}, {verdict}. What it saves regardless is the per-trial process and its private memory "
-              "(see memory above). On a GPU, where one small trial leaves most of the device idle, packing is where a large gain is "
-              "expected; it has not been measured here (no GPU was lent to this work), and the search loop does not pack trials.", ""]
+              f"(see memory above); {on_gpu}. The search loop does not pack trials.", ""]
+    return lines
+
+
+def gpu_section(results: Path) -> list[str]:
+    """The rows `benchmarks/gpu_rows.sh` measured on a lent GPU machine (none of the tests needs one)."""
+    files = {n: results / f"{n}.json" for n in ("step_gpu", "step_gpu_large", "packing_gpu", "gpu_share")}
+    data = {n: json.loads(f.read_text()) for n, f in files.items() if f.is_file()}
+    if not data:
+        return []
+    first = next(iter(data.values()))
+    lines = ["## GPU rows", "",
+             f"`bash benchmarks/gpu_rows.sh` on a lent {first['device_name']} ({first['machine']}, torch "
+             f"{data.get('step_gpu', {}).get('torch', first.get('torch', '?'))}). The bundled weights (538 MB) cannot travel to that "
+             "machine, so these rows are timed on `benchmarks.shape_model`: the bundled SmolLM2-135M's architecture and tokenizer "
+             "with random weights. Time per step depends on shapes, not values; the perplexities of such a model mean nothing "
+             "and none is reported. GPU timings synchronise the device before and after each timed step.", ""]
+    for name in ("step_gpu", "step_gpu_large"):
+        d = data.get(name)
+        if d:
+            lines += [f"### step on the GPU: batch {d['batch']} x {d['seq_len']}, prefix {d['prefix']}", "",
+                      f"`python -m benchmarks.step --device cuda --bf16 --batch {d['batch']} --seq {d['seq_len']}`, median of "
+                      f"{d['reps']} interleaved steps; the device's fp32 matmul (8192^3, no TF32) in the same run: "
+                      f"{d['matmul_peak_gflops'] / 1000:.1f} TFLOP/s.", ""] + step_table(d) + [""]
+    small, large = data.get("step_gpu"), data.get("step_gpu_large")
+    if small and large:
+        frac = lambda d: max(r["peak_fraction"] for r in d["rows"] if r.get("side") == "embinject")  # noqa: E731
+        lines += [f"- At the CPU benchmark's shape (batch {small['batch']} x {small['seq_len']}) a step reaches at most "
+                  f"{100 * frac(small):.0f}% of the GPU's fp32 matmul rate: it is bound by kernel launches, not arithmetic, "
+                  f"and bf16 barely helps. At batch {large['batch']} x {large['seq_len']} it reaches {100 * frac(large):.0f}% "
+                  "and bf16 autocast (what `train.dtype: auto` picks on this GPU) is where the gain is.", ""]
+    d = data.get("packing_gpu")
+    if d:
+        lines += [f"### packing on the GPU: batch {d['batch']} x {d['seq']} per trial", "",
+                  f"`python -m benchmarks.packing --device cuda`, median of {d['reps']}.", "",
+                  "| K trials | K separate steps (s) | one packed step (s) | packed speed-up | max gradient difference |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['k']} | {r['sequential_s']:.3f} | {r['packed_s']:.3f} | x{r['speedup']:.2f} | {r['max_grad_diff']:.1e} |"
+                  for r in d["rows"]]
+        best = max(d["rows"], key=lambda r: r["speedup"])
+        lines += ["", f"- Packing small trials into one batch is worth x{best['speedup']:.2f} at K={best['k']} here (a launch-bound "
+                  "step costs about the same for 8 rows as for 64). The gradient differences are float32 rounding of a larger "
+                  "reduction. The search loop does not pack trials yet: this is the largest measured lead for GPU trials per hour.", ""]
+    d = data.get("gpu_share")
+    if d:
+        lines += ["### two trials per GPU (`tune.resources.gpus: 0.5`)", "",
+                  f"`python -m benchmarks.gpu_share`: the same {d['trials']}-trial injection search (fourier encoder, batch "
+                  f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with one "
+                  "trial per GPU and with two; wall time includes Ray's start and the MLflow records.", "",
+                  "| GPUs per trial | wall (s) | trials ok | summed trial time (s) | trials at once, on average |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['gpus_per_trial']:g} | {r['wall_s']:.1f} | {r['trials_ok']}/{r['trials']} | {r['trial_seconds_sum']:.1f} | "
+                  f"{r['mean_trials_at_once']:.2f} |" for r in d["runs"]]
+        same = len({round(r["best_val_perplexity"], 6) for r in d["runs"]}) == 1
+        lines += ["", f"- Fractional GPUs work end to end: Ray ran two trials at once on the one GPU, every trial finished, and "
+                  f"the best trial's validation perplexity is {'identical' if same else 'not identical'} in both runs (sharing a GPU "
+                  f"does not change what a trial computes). Wall time x{d['speedup']:.2f} "
+                  f"in favour of sharing at this size: with {d['trials']} short trials, Ray's start and each trial's start-up are "
+                  "most of the wall time, so this is a check of the CUDA path rather than a throughput figure.", ""]
     return lines
 
 
@@ -288,6 +353,7 @@ def main() -> int:
         f = results / f"{name}.json"
         if f.is_file():
             lines += section(json.loads(f.read_text()))
+    lines += gpu_section(results)
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

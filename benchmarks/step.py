@@ -1,12 +1,13 @@
 """Training-step throughput: embinject's trainers against the stock PEFT equivalents.
 
-    python -m benchmarks.step [--reps 5] [--batch 8] [--seq 64] [--prefix 8]
+    python -m benchmarks.step [--reps 5] [--batch 8] [--seq 64] [--prefix 8] [--bf16] [--device cuda --out FILE]
 
 Same frozen model object, same batch, same adapter size; steps of the two sides are interleaved
 (A B A B ...) and the median is reported, because this machine is noisy. Achieved GFLOP/s counts the
 frozen model's forward plus activation-gradient matmul FLOPs (4 x params x tokens, LM head only on
 the positions each side actually projects) and is compared with a large fp32 matmul measured in the
-same run at the same thread count. Writes benchmarks/results/step.json.
+same run at the same thread count (on a GPU: the device's fp32 matmul, timed after a synchronise). Writes
+benchmarks/results/step.json, or --out.
 """
 from __future__ import annotations
 
@@ -27,13 +28,22 @@ from embinject.models import load_frozen_lm, tokenizer_fingerprint
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device: str) -> None:
+    """CUDA kernels run asynchronously: a timer must wait for them."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: str = "cpu", n: int = 2048, reps: int = 5) -> float:
+    n = 8192 if device.startswith("cuda") else n  # a GPU needs a larger product to reach its peak
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
     times = []
     for _ in range(reps):
+        synchronize(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times) / 1e9
 
@@ -70,22 +80,24 @@ def step_fn_peft(peft_model, batch):
     return step
 
 
-def with_bf16(fn):
-    """The same step under bf16 autocast (CPUs with AVX512-BF16/AMX run it on bf16 kernels)."""
+def with_bf16(fn, device: str = "cpu"):
+    """The same step under bf16 autocast (CPUs with AVX512-BF16/AMX and recent GPUs run it on bf16 kernels)."""
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
             fn()
     return step
 
 
-def interleave(fns: dict, reps: int) -> dict[str, list[float]]:
+def interleave(fns: dict, reps: int, device: str = "cpu") -> dict[str, list[float]]:
     times = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up (allocator, first-call overheads)
     for _ in range(reps):
         for k, fn in fns.items():
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
+            synchronize(device)
             times[k].append(time.perf_counter() - t0)
     return times
 
@@ -100,18 +112,21 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--methods", nargs="+", default=["prompt", "injection", "prefix", "lora"])
     p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=OUT / "step.json")
     args = p.parse_args(argv)
+    dev = args.device
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
     torch.manual_seed(0)
-    lm = load_frozen_lm(args.model)
+    lm = load_frozen_lm(args.model, device=dev)
     cfg_data = load_config(None, [f"data.path={args.data}", f"data.seq_len={args.seq}"]).data
     train_w, _ = build_windows(cfg_data, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
-    ids = select_windows(train_w, args.batch, "window", "train").tokens
+    ids = select_windows(train_w, args.batch, "window", "train").tokens.to(dev)
     batch = {"input_ids": ids, "labels": ids.clone()}
     B, T, P = args.batch, args.seq, args.prefix
     body, head = matmul_params(lm.model)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dev)
     threads = torch.get_num_threads()
     rows = []
     for name in args.methods:
@@ -121,7 +136,7 @@ def main(argv=None) -> int:
         cfg = load_config(None, over)
         b = dict(batch)
         if name == "injection":
-            b["sentence_embedding"] = torch.randn(B, 2 * cfg.adapter.fourier_features)
+            b["sentence_embedding"] = torch.randn(B, 2 * cfg.adapter.fourier_features, device=dev)
         ours = build_method(cfg, lm.model, encoder_dim=2 * cfg.adapter.fourier_features, tokenizer=lm.tokenizer)
         fns = {"embinject": step_fn_ours(ours, b)}
         peft_model = None
@@ -136,11 +151,11 @@ def main(argv=None) -> int:
         if peft_model is not None:
             fns["peft"] = step_fn_peft(peft_model, batch)
         if args.bf16:
-            fns.update({f"{k}+bf16": with_bf16(f) for k, f in list(fns.items())})
+            fns.update({f"{k}+bf16": with_bf16(f, dev) for k, f in list(fns.items())})
         try:
-            times = interleave(fns, args.reps)
+            times = interleave(fns, args.reps, dev)
         except Exception as exc:  # a stock path that breaks is a result worth recording, not a crash
-            times = interleave({"embinject": fns["embinject"]}, args.reps)
+            times = interleave({k: f for k, f in fns.items() if k.startswith("embinject")}, args.reps, dev)
             rows.append({"method": name, "side": "peft", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
         for side, ts in times.items():
             med = statistics.median(ts)
@@ -157,11 +172,12 @@ def main(argv=None) -> int:
             for side, r in sides.items():
                 if side != "peft":
                     r["speedup_vs_peft"] = sides["peft"]["median_s"] / r["median_s"]
-    OUT.mkdir(exist_ok=True)
-    out = {"benchmark": "step", "model": args.model, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps, "bf16": args.bf16,
+    device_name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
+    out = {"benchmark": "step", "model": args.model, "device": dev, "device_name": device_name, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps, "bf16": args.bf16,
            "threads": threads, "matmul_peak_gflops": peak, "machine": platform.platform(), "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
-    (OUT / "step.json").write_text(json.dumps(out, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
     for r in rows:
         if "median_s" in r:
             extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT fp32" if "speedup_vs_peft" in r else ""

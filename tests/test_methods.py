@@ -1,6 +1,7 @@
 """Each method on the tiny random Llama: frozen base, zero states, scoring, persistence."""
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,6 +334,36 @@ def test_packed_trials_get_their_own_gradients(tiny_model):
     methods, batches = make_trials(lm, 3, prefix=2, batch=2, seq=16, model=tiny_model)
     assert max_grad_difference(methods, batches) < 1e-5
     assert all(float(m.prompt.grad.abs().sum()) > 0 for m in methods)
+
+
+def test_shape_model_keeps_the_shape_and_tokenizer_not_the_weights(tiny_model, tmp_path):
+    """benchmarks.shape_model: what the GPU rows are timed on, made from a config and tokenizer alone."""
+    from benchmarks.shape_model import make_shape_model
+
+    shape = load_frozen_lm(str(make_shape_model(Path(tiny_model), tmp_path / "shape", seed=1)))
+    real = load_frozen_lm(tiny_model)
+    assert [p.shape for p in shape.model.parameters()] == [p.shape for p in real.model.parameters()]
+    assert shape.tokenizer.get_vocab() == real.tokenizer.get_vocab()
+    assert not torch.equal(shape.model.get_input_embeddings().weight, real.model.get_input_embeddings().weight)
+
+
+def test_step_benchmark_writes_where_asked_and_gpu_share_needs_cuda(tiny_model, tmp_path, capsys):
+    import json
+
+    from benchmarks import gpu_share, step
+    from benchmarks.report import HERE, gpu_section
+
+    out = tmp_path / "step.json"
+    assert step.main(["--model", tiny_model, "--methods", "prompt", "--reps", "1", "--seq", "32", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and {r["side"] for r in data["rows"]} == {"embinject", "peft"}
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert gpu_share.main(["--model", tiny_model, "--out", str(tmp_path / "g.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "CUDA" in err[0] and not (tmp_path / "g.json").exists()
+    if (HERE / "results" / "step_gpu.json").is_file():  # the committed GPU rows render
+        assert gpu_section(HERE / "results")[0] == "## GPU rows"
 
 
 def test_deep_prompt_starts_as_its_soft_prompt_and_learns_activations(tiny_overrides):

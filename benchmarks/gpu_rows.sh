@@ -1,0 +1,14 @@
+#!/bin/bash
+# The GPU rows of benchmarks/RESULTS.md: run on a machine with one CUDA GPU, then `python -m benchmarks.report`.
+#   bash benchmarks/gpu_rows.sh [MODEL_DIR]
+# MODEL_DIR: the bundled model's converted checkpoint, or any directory with its config.json and tokenizer files;
+# the rows are timed on a random-weight model of that shape (benchmarks.shape_model), so only those files must travel.
+set -e
+source=${1:-$(python3 -c "from embinject.models import resolve_model_path; print(resolve_model_path('bundled:smollm2-135m'))")}
+shape=$(mktemp -d)/shape
+results=$(dirname "$0")/results
+python3 -m benchmarks.shape_model "$source" "$shape"
+python3 -m benchmarks.step --model "$shape" --device cuda --bf16 --reps 20 --out "$results/step_gpu.json"
+python3 -m benchmarks.step --model "$shape" --device cuda --bf16 --reps 10 --batch 64 --seq 256 --out "$results/step_gpu_large.json"
+python3 -m benchmarks.packing --model "$shape" --device cuda --k 1 2 4 8 --reps 20 --out "$results/packing_gpu.json"
+python3 -m benchmarks.gpu_share --model "$shape" --trials 2 --steps 100 --out "$results/gpu_share.json"
