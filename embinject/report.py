@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .fsutil import atomic_write_text
+from .tracking import curve_value
 
 FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
          "stopped_early", "status", "seconds", "node_id")
@@ -42,8 +43,9 @@ def from_search_dir(directory: Path) -> dict:
                 r = json.loads(line)
             except ValueError:
                 continue
-            if _number(r.get("val_perplexity")) is not None and "step" in r:
-                points.append((int(r["step"]), float(r["val_perplexity"])))
+            value = _number(curve_value(r))
+            if value is not None and "step" in r:
+                points.append((int(r["step"]), value))
         if points:
             curves[trial_dir.name.removeprefix("trial_")] = sorted(dict(points).items())
     params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]

@@ -122,6 +122,14 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def curve_value(report: dict):
+    """A report's point on the validation curve. A run's final report gives as `val_perplexity` its kept adapter
+    scored on every window (what the searcher and the summary rank), and that evaluation's score on the subset
+    the earlier points used as `val_perplexity_subset`: the curve takes the latter, so it stays on one set."""
+    subset = report.get("val_perplexity_subset")
+    return subset if subset is not None else report.get("val_perplexity")
+
+
 def _iso(epoch_seconds: float) -> str:
     """A timestamp tag: ISO 8601 in UTC with milliseconds (readable, and exact enough to time a start-up)."""
     from datetime import datetime, timezone
@@ -204,6 +212,7 @@ class SearchTracker:
         self._record("trial_start", trial=trial_id, name=trial_name, params={k: readable(v) for k, v in params.items()})
 
     def trial_result(self, trial_id: str, metrics: dict) -> None:
+        metrics = {**metrics, "val_perplexity": curve_value(metrics)}
         values = {k: float(metrics[k]) for k in METRICS
                   if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
         constants = {k: float(metrics[k]) for k in CONSTANTS

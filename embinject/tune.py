@@ -260,7 +260,12 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
     for result in grid:
         df = result.metrics_dataframe
         metrics = result.metrics or {}
-        history = [] if df is None or "val_perplexity" not in df else df[["step", "val_perplexity"]].dropna().values.tolist()
+        history = []
+        if df is not None and "val_perplexity" in df:
+            curve = df["val_perplexity"]  # on one set of windows throughout: see tracking.curve_value
+            if "val_perplexity_subset" in df:
+                curve = df["val_perplexity_subset"].fillna(curve)
+            history = [[float(s), float(v)] for s, v in zip(df["step"], curve) if v == v]  # v == v drops NaN
         row = {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-1]}
         row.update({k: result.config.get(k) for k in searched})
         ppls = [h[1] for h in history]

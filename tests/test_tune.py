@@ -124,7 +124,9 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     from embinject.train import prepare
 
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, str(shared_data / "wikitext2_valid_detok"), storage)
+    # intermediate evaluations on a subset of 12 of the 24 validation windows; the kept adapter on all 24
+    path = write_search(tmp_path / "s.yaml", tiny_model, str(shared_data / "wikitext2_valid_detok"), storage,
+                        **{"train.eval_windows": 12})
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
@@ -145,6 +147,14 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         history = client.get_metric_history(c.info.run_id, "val_perplexity")
         assert len(history) >= 1 and c.info.status == "FINISHED"
         assert sorted(h.step for h in history) == [h.step for h in sorted(history, key=lambda h: h.timestamp)]
+        # The curve stays on the subset to its last point; the kept adapter's score on every window is
+        # best_val_perplexity, not a last curve point on another set.
+        reports = _results(exp_dir / f"trial_{c.data.tags['trial_id']}")
+        last = max(history, key=lambda h: h.step)
+        assert last.value == pytest.approx(reports[-1].get("val_perplexity_subset", reports[-1]["val_perplexity"]))
+        if reports[-1].get("final"):
+            assert "val_perplexity_subset" in reports[-1]
+            assert c.data.metrics["best_val_perplexity"] == pytest.approx(reports[-1]["val_perplexity"])
     stopped = [c for c in children if c.data.tags.get("stopped_early") == "True"]
     assert len(stopped) >= 1  # ASHA cut at least one trial
     assert all(int(c.data.tags["steps"]) < 12 for c in stopped)
