@@ -256,6 +256,8 @@ def gpu_section(results: Path) -> list[str]:
 
 
 def efficiency_section(data: dict) -> list[str]:
+    if "kinds" in data:
+        return efficiency_by_kind(data)
     lines = ["## search_efficiency: TPE + ASHA against random search", "",
              f"`python -m benchmarks.search_efficiency` on {data['time']}: {data['trials']} trials of up to "
              f"{data['steps_per_trial']} steps per search, one search per seed and strategy; TPE samples at random for its first "
@@ -281,6 +283,32 @@ def efficiency_section(data: dict) -> list[str]:
               f"{data['trials'] - data.get('startup_trials', 10)} model-guided draws to find the winner sooner. Larger searches "
               "(more trials per search, where TPE's model has results to learn from) are where the 30% should be approached; "
               "that was not run here for time.", ""]
+    return lines
+
+
+def efficiency_by_kind(data: dict) -> list[str]:
+    """search_efficiency with several strategies (TPE, multivariate TPE, ASHA reduction factors) against random search."""
+    def label(kind: str) -> str:
+        k = data["kinds"][kind]
+        return f"{'multivariate ' if k['multivariate'] else ''}TPE + ASHA (reduction factor {k['reduction_factor']:g})"
+
+    lines = ["## search_efficiency: search strategies against random search", "",
+             f"`python -m benchmarks.search_efficiency` on {data['time']}: {data['trials']} trials of up to "
+             f"{data['steps_per_trial']} steps per search, one search per seed and strategy; TPE samples at random for its first "
+             f"{data['startup_trials']} trials (`tune.startup_trials`); multivariate TPE is `tune.multivariate: true`.", "",
+             "| seed | strategy | random: final best | random: steps | final best | steps | steps to within 1% of random's best | fraction of random's steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in data["per_seed"]:
+        frac = "never" if s["fraction_of_random_steps"] is None else f"{100 * s['fraction_of_random_steps']:.0f}%"
+        lines.append(f"| {s['seed']} | {label(s['kind'])} | {s['random_final_best']:.3f} | {s['random_steps']} | {s['final_best']:.3f} | "
+                     f"{s['steps']} | {s['steps_to_within_1pct'] or '-'} | {frac} |")
+    lines.append("")
+    for kind, med in data["median_fraction"].items():
+        shown = "never" if med == float("inf") else f"{100 * med:.0f}%"
+        lines.append(f"- {label(kind)}: median {shown} of random search's steps to come within 1% of its best "
+                     f"(target 30%: {'met' if med <= 0.3 else 'not met'}).")
+    best = min(data["median_fraction"], key=data["median_fraction"].get)
+    lines += [f"- Fewest steps: {label(best)}.", ""]
     return lines
 
 

@@ -169,6 +169,9 @@ class TuneSettings:
     time_budget_s: Optional[float] = number(None, positive=True)
     search_alg: str = choice("optuna", "random", default="optuna")
     startup_trials: int = number(10, positive=True)  # TPE samples at random until this many trials exist
+    # TPE models the searched parameters jointly (Optuna's multivariate TPE; group=True splits a conditional space
+    # into the groups of parameters that appear together), instead of one independent model per parameter
+    multivariate: bool = False
     seed: int = 0
     points_to_evaluate: list[dict] = field(default_factory=list)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .config import ConfigError
@@ -186,14 +187,25 @@ def warm_caches(search: SearchFile) -> None:
     train_mod._LM_CACHE.clear()
 
 
+def optuna_sampler(t):
+    """The Optuna sampler `tune.search_alg` (and `tune.multivariate`, `tune.startup_trials`) asks for."""
+    import optuna
+
+    if t.search_alg == "random":
+        return optuna.samplers.RandomSampler(seed=t.seed)
+    with warnings.catch_warnings():  # multivariate and group are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials,
+                                          multivariate=t.multivariate, group=t.multivariate)
+
+
 def _searcher(search: SearchFile):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     t = search.tune
-    sampler = (optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials) if t.search_alg == "optuna"
-               else optuna.samplers.RandomSampler(seed=t.seed))
+    sampler = optuna_sampler(t)
     metric, mode = t.metric, t.mode
     if t.objectives:  # Optuna's multi-objective sampling: TPE (or random) over all objectives at once
         metric, mode = [o["metric"] for o in t.objectives], [o["mode"] for o in t.objectives]

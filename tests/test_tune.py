@@ -82,6 +82,35 @@ def test_conditional_space_samples_only_valid_combinations():
     assert seen == {"prompt", "injection"}
 
 
+@pytest.mark.parametrize("multivariate", [False, True])
+def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_path, multivariate):
+    """tune.multivariate: one joint TPE model per group of parameters that appear together (Optuna's group=True)."""
+    import warnings
+
+    import optuna
+
+    from embinject.space import load_search_file
+    from embinject.tune import optuna_sampler
+
+    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
+        "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
+        "train.lr: {loguniform: [1.0e-4, 1.0e-2]}}", "tune.points_to_evaluate=[]", "tune.startup_trials=4", f"tune.multivariate={str(multivariate).lower()}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no experimental-feature warnings reach the user
+        sampler = optuna_sampler(search.tune)
+        study = optuna.create_study(sampler=sampler)
+        fn = DefineByRun(search.params, {})
+        for i in range(12):
+            trial = study.ask()
+            fn(trial)
+            p = trial.params
+            assert ("adapter.mlp_width" in p) == (p["method"] == "injection")
+            # a made-up objective TPE can learn: small lr, injection with a wide MLP
+            study.tell(trial, p["train.lr"] * 100 + (0 if p.get("adapter.mlp_width") == 512 else 1))
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._multivariate == multivariate
+    assert study.best_value < 1.5
+
+
 @pytest.mark.parametrize("patch, expected", [
     ({"search.adapter.mlp_widht": {"choice": [1, 2]}}, "search.adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)"),
     ({"search.train.lr": {"loguniform": [1.0e-2, 1.0e-4]}}, "search.train.lr.loguniform: low (0.01) must be smaller than high (0.0001)"),
