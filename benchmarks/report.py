@@ -307,8 +307,9 @@ def efficiency_by_kind(data: dict) -> list[str]:
         shown = "never" if med == float("inf") else f"{100 * med:.0f}%"
         lines.append(f"- {label(kind)}: median {shown} of random search's steps to come within 1% of its best "
                      f"(target 30%: {'met' if med <= 0.3 else 'not met'}).")
-    best = min(data["median_fraction"], key=data["median_fraction"].get)
-    lines += [f"- Fewest steps: {label(best)}.", ""]
+    fewest = min(data["median_fraction"].values())
+    best = [label(k) for k, v in data["median_fraction"].items() if v == fewest]
+    lines += [f"- Fewest steps: {best[0]}." if len(best) == 1 else f"- No strategy needs fewer steps than the others: {'; '.join(best)}.", ""]
     return lines
 
 
