@@ -200,7 +200,6 @@ def optuna_sampler(t):
 
 
 def _searcher(search: SearchFile):
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
