@@ -53,6 +53,9 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
                   "Injection, 4 vectors (lm-mean)"),
     "shuffled-1": ("injection", {"adapter.inject_tokens": 1}, "shuffled", "Control: shuffled embeddings, 1 vector"),
     "shuffled-8": ("injection", {"adapter.inject_tokens": 8}, "shuffled", "Control: shuffled embeddings, 8 vectors"),
+    # At 4 vectors the constant input is the stronger control; these check whether that holds at 1 and 8.
+    "constant-1": ("injection", {"adapter.inject_tokens": 1}, "constant", "Control: constant input, 1 vector"),
+    "constant-8": ("injection", {"adapter.inject_tokens": 8}, "constant", "Control: constant input, 8 vectors"),
     # The seed report's mode: the encoder reads the scored window itself. Same test windows and tokens as above.
     "window-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, None,
                  "Injection, 4 vectors, encoder reads the scored window (`window`)"),
