@@ -341,8 +341,7 @@ def main(argv=None) -> int:
         if not args.render_only:
             if args.data is None:
                 p.error("--data is required unless --render-only")
-            study_data(args.data)
-            drive(args)
+            drive(args)  # checks --data before it writes anything
         print(f"wrote {write_report(args.out)}")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
