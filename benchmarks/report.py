@@ -246,7 +246,9 @@ def gpu_section(results: Path) -> list[str]:
     d = data.get("gpu_share")
     if d:
         lines += ["### two trials per GPU (`tune.resources.gpus: 0.5`)", "",
-                  f"`python -m benchmarks.gpu_share`: the same {d['trials']}-trial injection search (fourier encoder, batch "
+                  f"`python -m benchmarks.gpu_share` on a lent {d.get('device_name', 'GPU')} ({d['time']}, torch "
+                  f"{d.get('torch', '?')}; not necessarily the card of the rows above): the same {d['trials']}-trial injection "
+                  "search (fourier encoder, batch "
                   f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with one "
                   "trial per GPU and with two; wall time includes Ray's start and the MLflow records.", "",
                   "| GPUs per trial | wall (s) | trials ok | summed trial time (s) | trials at once, on average |",
@@ -257,8 +259,9 @@ def gpu_section(results: Path) -> list[str]:
         lines += ["", f"- Fractional GPUs work end to end: Ray ran two trials at once on the one GPU, every trial finished, and "
                   f"the best trial's validation perplexity is {'identical' if same else 'not identical'} in both runs (sharing a GPU "
                   f"does not change what a trial computes). Wall time x{d['speedup']:.2f} "
-                  f"in favour of sharing at this size: with {d['trials']} short trials, Ray's start and each trial's start-up are "
-                  "most of the wall time, so this is a check of the CUDA path rather than a throughput figure.", ""]
+                  f"in favour of sharing at this size. On average only {d['runs'][-1]['mean_trials_at_once']:.2f} trials ran at "
+                  "once: with trials this short, Ray's start and each trial's start-up are much of the wall "
+                  "time, so this is a check of the CUDA path and a lower bound, not the throughput of long trials.", ""]
     return lines
 
 
