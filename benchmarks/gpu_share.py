@@ -1,6 +1,6 @@
 """Trials sharing one GPU: the same search with one trial per GPU and with two (`tune.resources.gpus: 0.5`).
 
-    python -m benchmarks.gpu_share --model DIR [--trials 2] [--steps 100] [--out FILE]
+    python -m benchmarks.gpu_share --model DIR [--trials 4] [--steps 200] [--out FILE]
 
 Runs `python -m embinject.tune` twice on a small injection search (fourier encoder, built-in data, no
 early stopping, so both runs train the same trials for the same steps): once with `gpus: 1` (Ray runs
@@ -75,8 +75,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a model directory (or bundled:smollm2-135m)")
-    p.add_argument("--trials", type=int, default=2)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--cpus", type=int, default=2, help="CPUs per trial")

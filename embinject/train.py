@@ -28,7 +28,7 @@ from .cli import prog, run_command
 from .config import Config, ConfigError, keys_help, load_config
 from .data import Windows, build_windows, select_windows
 from .encoders import cached_embeddings, encoder_key, load_encoder
-from .evaluate import batches, perplexity
+from .evaluate import batches, perplexity, window_nll
 from .fsutil import atomic_save_tensors, atomic_write_text, check_writable, discard_corrupt, first_line
 from .methods import REGISTRY, AdapterMethod, build_method
 from .methods.baseline import Baseline
@@ -224,14 +224,23 @@ class checkpointed_lm:
             self.model.eval()
 
 
-def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], bool]:
+def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The windows intermediate evaluations score: a fixed subset, the same for every trial and seed (so that
-    trials are compared on the same windows), or all of them."""
+    trials are compared on the same windows), with its row index; or all of them (index None)."""
     total = len(val["input_ids"])
     if not n or n >= total:
-        return val, False
+        return val, None
     index = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return {k: v[index] for k, v in val.items()}, True
+    return {k: v[index] for k, v in val.items()}, index
+
+
+def subset_and_full(method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str,
+                    amp) -> tuple[float, float]:
+    """(perplexity on the subset `index`, perplexity on every window) from one pass over every window: the
+    subset's windows are among them, so scoring them separately would be paid twice."""
+    nll, count = window_nll(method, val, batch_size, device, amp)
+    ppl = lambda rows: math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))  # noqa: E731
+    return ppl(index), ppl(slice(None))
 
 
 def score_state(method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp) -> float:
@@ -305,7 +314,8 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             atomic_save_tensors(best_state, best_dir / "adapter.safetensors")
             method.write_meta(best_dir, {"val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "step": loop["best_step"]})
 
-    val_eval, subset = eval_subset(prep.val, cfg.train.eval_windows)
+    val_eval, subset_index = eval_subset(prep.val, cfg.train.eval_windows)
+    subset = subset_index is not None
 
     progress = None
     if cfg.train.progress and sys.stderr.isatty():
@@ -355,11 +365,17 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                     last = loop["step"] >= max_steps
                     if loop["step"] % eval_every == 0 or last:
                         t_eval = time.perf_counter()
-                        ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
+                        full_now = None  # this adapter's score on every window, where that pass is needed anyway
+                        if subset and (last or cfg.train.eval_audit):
+                            # the last evaluation's adapter is usually the one kept, whose full-set score is the result
+                            ppl, full_now = subset_and_full(method, prep.val, subset_index, cfg.train.eval_batch_size,
+                                                            device, amp)
+                        else:
+                            ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
                         entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
                                  "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
                         if subset and cfg.train.eval_audit:
-                            entry["val_perplexity_full"] = perplexity(method, prep.val, cfg.train.eval_batch_size, device, amp)
+                            entry["val_perplexity_full"] = full_now
                         loop["eval_seconds"] += time.perf_counter() - t_eval
                         check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
                         loop["history"].append(entry)
@@ -376,7 +392,10 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                             # The adapter this run keeps (chosen on the subset) is scored on every window; that is
                             # the run's result, and the final report's val_perplexity.
                             t_eval = time.perf_counter()
-                            full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
+                            if full_now is not None and loop["best_step"] == loop["step"]:
+                                full = full_now  # the kept adapter is the one just scored on every window
+                            else:
+                                full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
                             loop["eval_seconds"] += time.perf_counter() - t_eval
                             check_divergence(cfg, loop["step"], "validation perplexity", full, base_ppl)
                             loop["best_ppl_full"] = full

@@ -435,6 +435,32 @@ def test_cpu_flags_decide_and_the_probe_answers_quickly():
     assert time.perf_counter() - t0 < 5
 
 
+@pytest.mark.parametrize("lr", ["0.05", "3.0"])  # 0.05: the last adapter is the best; 3.0: it is not
+def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tiny_overrides, monkeypatch, lr):
+    """At the last evaluation one pass over every window gives the subset's score and the full set's; only
+    when an earlier adapter is kept is that one scored again."""
+    import embinject.train as T
+
+    rescored = []
+    real = T.score_state
+    monkeypatch.setattr(T, "score_state", lambda *a, **k: rescored.append(1) or real(*a, **k))
+    reports = []
+    cfg = cfg_for(tiny_overrides, "prompt", "train.eval_windows=8", f"train.lr={lr}", "train.patience=0",
+                  "train.divergence_factor=0")
+    prep = prepare(cfg)
+    result, trained = train(cfg, report=lambda m, _: reports.append(m), prepared=prep)
+    amp = autocast_dtype(cfg, "cpu")
+    subset, _ = T.eval_subset(prep.val, 8)
+    full = perplexity(trained, prep.val, 32, autocast_dtype=amp)  # trained holds the kept adapter
+    assert result["val_perplexity"] == pytest.approx(full, rel=1e-6)
+    assert reports[-1]["val_perplexity"] == pytest.approx(full, rel=1e-6)
+    last_is_best = result["best_step"] == result["steps"]
+    assert last_is_best == (lr == "0.05") and rescored == ([] if last_is_best else [1])
+    if last_is_best:
+        assert reports[-1]["val_perplexity_subset"] == pytest.approx(perplexity(trained, subset, 32, autocast_dtype=amp), rel=1e-6)
+    trained.release()
+
+
 def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_scored_on_all(tiny_overrides):
     from embinject.train import eval_subset
 
@@ -443,7 +469,7 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
     prep = prepare(cfg)
     result, trained = train(cfg, report=lambda m, _: reports.append(m), prepared=prep)
     subset, used = eval_subset(prep.val, 8)
-    assert used and len(subset["input_ids"]) == 8 and result["eval_windows"] == 8
+    assert used is not None and len(subset["input_ids"]) == 8 and result["eval_windows"] == 8
     assert torch.equal(subset["input_ids"], eval_subset(prepare(cfg_for(tiny_overrides, "prompt", "train.seed=5")).val, 8)[0]["input_ids"])
     amp = autocast_dtype(cfg, "cpu")
     full = perplexity(trained, prep.val, 32, autocast_dtype=amp)  # trained holds the kept (best) adapter

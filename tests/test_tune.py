@@ -82,6 +82,16 @@ def test_conditional_space_samples_only_valid_combinations():
     assert seen == {"prompt", "injection"}
 
 
+@pytest.mark.parametrize("name", sorted(f.name for f in (ROOT / "search_spaces").glob("*.yaml")))
+def test_every_shipped_search_file_is_valid_and_its_points_are_trial_configs(name):
+    from embinject.space import load_search_file, trial_config
+
+    search = load_search_file(ROOT / "search_spaces" / name)
+    assert search.searched
+    for point in search.tune.points_to_evaluate:
+        trial_config(search.base, point)  # raises ConfigError on a combination the file cannot run
+
+
 @pytest.mark.parametrize("multivariate", [False, True])
 def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_path, multivariate):
     """tune.multivariate: one joint TPE model per group of parameters that appear together (Optuna's group=True)."""
