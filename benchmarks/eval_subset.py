@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
               "subset": args.subset, "rungs": rungs, "eval_times": eval_times, "search_wall_s": wall,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "eval_subset.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(OUT / "eval_subset.json", json.dumps(result, indent=1))
     print(json.dumps(rungs, indent=1))
     print(json.dumps(eval_times, indent=1))
     return 0

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
               "device_name": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": platform.platform(),
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     print(f"two trials per GPU: x{result['speedup']:.2f} trials per hour against one "
           f"({half['mean_trials_at_once']:.2f} trials at once on average)")
     return 0

@@ -27,6 +27,7 @@ OUT = Path(__file__).resolve().parent / "results"
 WORKER = r"""
 import json, sys, time, torch
 from embinject.config import load_config
+from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
 from embinject.train import checkpointed_lm
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     OUT.mkdir(exist_ok=True)
     out = {"benchmark": "memory", "steps": args.steps, "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
-    (OUT / "memory.json").write_text(json.dumps(out, indent=1))
+    atomic_write_text(OUT / "memory.json", json.dumps(out, indent=1))
     for r in rows:
         print(f"{r['processes']} process(es), checkpointing {r['gradient_checkpointing']}: peak PSS {r['peak_pss_mb']:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"shared {r['shared_at_peak_mb']:.0f} MB"

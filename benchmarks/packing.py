@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from embinject.config import load_config
+from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    atomic_write_text(args.out, json.dumps(out, indent=1))
     return 0
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 MODEL = "bundled:smollm2-135m"
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
               "speedup_to_hf_best": None if ours_asha["seconds_to_hf_best"] is None else hf["wall_s"] / ours_asha["seconds_to_hf_best"],
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "peer.json").write_text(json.dumps(result, indent=1, default=str))
+    atomic_write_text(OUT / "peer.json", json.dumps(result, indent=1, default=str))
     print(json.dumps({k: v for k, v in result.items() if k.startswith("speedup")}, indent=1))
     return 0
 

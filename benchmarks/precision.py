@@ -15,6 +15,8 @@ import platform
 import time
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 METHODS = {"prompt": ["adapter.prefix_len=4", "train.lr=3e-3"],
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "precision", "steps": args.steps, "threads": args.threads, "auto_means": auto, "rows": rows,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "precision.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(OUT / "precision.json", json.dumps(result, indent=1))
     return 0
 
 

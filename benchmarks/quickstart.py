@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 BEFORE = "469fe2689443e37460dd32986f0c33a81d6a1f2d"  # the last commit before the trials-per-hour work (train.dtype auto, evaluation subsets, warm workers)
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
               "best_ppl_change": after["best_val_perplexity"] / before["best_val_perplexity"] - 1,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "quickstart.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(OUT / "quickstart.json", json.dumps(result, indent=1))
     print(f"speedup x{result['speedup']:.2f}; best val perplexity {before['best_val_perplexity']:.3f} -> "
           f"{after['best_val_perplexity']:.3f} ({100 * result['best_ppl_change']:+.2f}%)")
     return 0

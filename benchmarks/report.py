@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -393,7 +395,7 @@ def main() -> int:
         if f.is_file():
             lines += section(json.loads(f.read_text()))
     lines += gpu_section(results)
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    atomic_write_text(HERE / "RESULTS.md", "\n".join(lines))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0
 

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
               "runs": runs, "per_seed": per_seed, "median_fraction": median, "machine": platform.platform(),
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    atomic_write_text(args.out, json.dumps(result, indent=1))
     for s in per_seed:
         print(json.dumps(s))
     return 0

@@ -22,6 +22,7 @@ import torch
 
 from embinject.config import load_config
 from embinject.data import build_windows, select_windows
+from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
            "threads": threads, "matmul_peak_gflops": peak, "machine": platform.platform(), "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    atomic_write_text(args.out, json.dumps(out, indent=1))
     for r in rows:
         if "median_s" in r:
             extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT fp32" if "speedup_vs_peft" in r else ""

@@ -20,6 +20,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from embinject.fsutil import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
               "eval_windows": search.config.train.eval_windows, "dtype": search.config.train.dtype,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
-    (OUT / "trial_overhead.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(OUT / "trial_overhead.json", json.dumps(result, indent=1))
     print(json.dumps(med, indent=1))
     print(f"search wall {search_wall:.1f} s for {len(trials)} trials; shared cache warm-up {outcome.get('warm_cache_seconds', 0):.1f} s")
     return 0

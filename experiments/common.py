@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from embinject.fsutil import atomic_write_text
+
 
 def experiment_parser(doc: str, here: Path, data_help: str, config: Path | None = None,
                       render_only: bool = True) -> argparse.ArgumentParser:
@@ -75,5 +77,5 @@ def run_or_reload(args, out, run) -> dict | None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=str))
     return results

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from embinject.config import config_from_dict, load_config
+from embinject.fsutil import atomic_write_text
 from embinject.train import prepare, train
 from experiments.common import experiment_parser, log_result, parse_experiment_args, run_or_reload
 
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
         return 2
     seconds = sum(r["wall_seconds"] for rows in results.values() for r in rows)
     plot(results, out / "perplexity_change.png")
-    (out / "RESULTS.md").write_text(render(results, args, seconds) + "\n![change vs baseline](perplexity_change.png)\n")
+    atomic_write_text(out / "RESULTS.md", render(results, args, seconds) + "\n![change vs baseline](perplexity_change.png)\n")
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
 

@@ -25,6 +25,7 @@ import torch
 
 from embinject.config import Config, DataConfig, config_from_dict, parse_override, read_yaml, set_dotted
 from embinject.data import load_documents
+from embinject.fsutil import atomic_write_text
 from embinject.generate import generate
 from embinject.methods import build_method
 from embinject.methods.baseline import Baseline
@@ -372,7 +373,7 @@ def main(argv=None) -> int:
     results = run_or_reload(args, out, run)
     if results is None:
         return 2
-    (out / "RESULTS.md").write_text(render(results))
+    atomic_write_text(out / "RESULTS.md", render(results))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from embinject.config import load_config
+from embinject.fsutil import atomic_write_text
 from embinject.generate import generate
 from embinject.methods import mix_adapters
 from embinject.methods.baseline import Baseline
@@ -343,7 +344,7 @@ def main(argv=None) -> int:
     if results is None:
         return 2
     plot(results, out / "mixing.png")
-    (out / "RESULTS.md").write_text(render(results))
+    atomic_write_text(out / "RESULTS.md", render(results))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
 
