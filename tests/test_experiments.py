@@ -116,7 +116,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
 
     out = tmp_path / "study"
     argv = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "0",
-            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "inject-1",
+            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "inject-1", "context-4",
             "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
             "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16",
             "--set", "tune.num_samples=2", "--set", "tune.scheduler.max_t=2", "--set", "tune.scheduler.grace_period=1",
@@ -124,12 +124,16 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert study.main(argv) == 0
     runs = out / "runs" / "fineweb_edu_sample"
     records = [json.loads(f.read_text()) for f in runs.glob("*.json") if not f.name.startswith("lr_search_")]
-    assert len(records) == 5 + 8  # 5 arms x 1 seed, baseline + 7 text lengths
-    assert len({tuple(r["test_tokens"]) for r in records}) == 1  # every arm scored on exactly the same test tokens
+    assert len(records) == 6 + 9  # 6 arms x 1 seed, baseline + 7 text lengths + the `context` arms' baseline
+    context = {"context-4", "baseline-context"}  # scored on the tokens after the window's first 8
+    main_tokens = {tuple(r["test_tokens"]) for r in records if r["arm"] not in context}
+    context_tokens = {tuple(r["test_tokens"]) for r in records if r["arm"] in context}
+    assert len(main_tokens) == 1 and len(context_tokens) == 1  # every arm scored on exactly its table's test tokens
+    assert sum(context_tokens.pop()) < sum(main_tokens.pop())
     assert {json.loads(f.read_text())["method"] for f in runs.glob("lr_search_*.json")} == {"prompt", "injection"}
     text = (out / "RESULTS.md").read_text()
     for heading in ("### (a) The compression curve", "### (b) What is specific to the embedding's content",
-                    "### (c) The seed report's `window` mode"):
+                    "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode"):
         assert heading in text
     assert (out / "compression.png").is_file()
     capsys.readouterr()

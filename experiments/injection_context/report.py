@@ -12,9 +12,10 @@ from embinject.config import ConfigError
 from embinject.fsutil import atomic_write_text
 from experiments.stats import PerWindow, bootstrap, excludes_zero
 
-from .run import ARMS, SEEDS, TEXT_TOKENS
+from .run import ARMS, CONTEXT_ARMS, SEEDS, TEXT_TOKENS
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
+CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
 
 
 def load(out: Path) -> dict[str, dict]:
@@ -49,6 +50,8 @@ def analyse(corpus: dict) -> dict:
     gain = lambda m: m["baseline"] - m[full]  # noqa: E731  nats per token the full preceding text is worth
     rows = {}
     for name, pw in arms.items():
+        if name in CONTEXT_SCORED:
+            continue  # scored on other tokens: their own table, against their own baseline
         sub = {"baseline": arms["baseline"], full: arms[full], name: pw}
         rows[name] = {
             "seeds": pw.seeds,
@@ -89,8 +92,26 @@ def analyse(corpus: dict) -> dict:
         if "inject-4" in arms:
             sub = {a: arms[a] for a in ("window-4", "inject-4")}
             window["nats_vs_previous"] = bootstrap(lambda m: m["window-4"] - m["inject-4"], sub)
-    return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window, "windows": arms["baseline"].nll.shape[1],
+    return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window,
+            "context": analyse_context(arms), "windows": arms["baseline"].nll.shape[1],
             "tokens_per_window": float(arms["baseline"].tokens.mean())}
+
+
+def analyse_context(arms: dict[str, PerWindow]) -> dict:
+    """The `context` arms against the frozen LM scored on the same tokens, and injection against its control."""
+    have = [a for a in CONTEXT_ARMS if a in arms]
+    if "baseline-context" not in arms or not have:
+        return {}
+    base = arms["baseline-context"]
+    out = {"rows": {}, "tokens_per_window": float(base.tokens.mean())}
+    for name in ["baseline-context", *have]:
+        sub = {"baseline-context": base, name: arms[name]}
+        out["rows"][name] = {"seeds": arms[name].seeds, "perplexity": bootstrap(lambda m: math.exp(m[name]), sub),
+                             "vs_baseline": bootstrap(lambda m: m[name] - m["baseline-context"], sub)}
+    if {"context-4", "context-constant-4"} <= set(have):
+        sub = {a: arms[a] for a in ("context-4", "context-constant-4")}
+        out["content_nats"] = bootstrap(lambda m: m["context-4"] - m["context-constant-4"], sub)
+    return out
 
 
 def equivalent_text_tokens(nll: float, text: dict[int, float]) -> str:
@@ -247,6 +268,8 @@ def render(corpora: dict, analyses: dict) -> str:
                       "validation perplexity is not comparable with the other arms': its validation windows include each "
                       "document's first window, which the other arms skip for lack of preceding text. Its test windows "
                       "are the same.)", ""]
+        if a["context"]:
+            lines += context_table(a["context"], arms)
         if a["pairs"]:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]
@@ -255,12 +278,40 @@ def render(corpora: dict, analyses: dict) -> str:
                 verdict = (f"{first_arm} better" if x[2] < 0 else f"{second_arm} better" if x[1] > 0 else "no verdict")
                 lines.append(f"| {pair} | {ci(x, 4, sign=True)} | {verdict if excludes_zero(x[1], x[2]) else 'no verdict (interval includes 0)'} |")
             lines.append("")
-        missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in {r['seed'] for r in arms.get(arm, [])})})"
-                   for arm in ARMS if len(arms.get(arm, [])) < len(SEEDS)]
+        missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in {r['seed'] for r in arms[arm]})})"
+                   for arm in ARMS if 0 < len(arms.get(arm, [])) < len(SEEDS)]
+        absent = [arm for arm in ARMS if arm not in arms]
         if missing:
-            lines += [f"Not run yet on {name}: " + "; ".join(missing) + ". The study continues where it stopped when run again.", ""]
+            lines += [f"Not finished on {name}: " + "; ".join(missing) + ". The study continues where it stopped when run again.", ""]
+        if absent:
+            lines += [f"Arms not run on {name}: {', '.join(absent)} (`--arms` names the arms to run).", ""]
     lines += ["![compression curve](compression.png)", ""]
     return "\n".join(lines)
+
+
+def context_table(c: dict, arms: dict) -> list[str]:
+    lines = ["### (d) Secondary: `context` mode", "",
+             "The quickstart's mode: the encoder reads the window's first 8 tokens, which the LM reads too and is not scored "
+             f"on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens (on average) and compared "
+             "only with each other and with the frozen LM scored on the same tokens. The vectors can add trainable capacity, "
+             "but no text the LM does not already read. Learning rate: the injection search's.", "",
+             "| Arm | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen, same tokens (nats/token) | Val perplexity | Still improving at stop |",
+             "|---|---|---|---|---|---|"]
+    for name, r in c["rows"].items():
+        recs = arms[name]
+        if name == "baseline-context":
+            lines.append(f"| Frozen LM (baseline), scored on the same tokens | - | {ci(r['perplexity'], 2)} | - | - | - |")
+            continue
+        improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"
+        lines.append(f"| {ARMS[name][3]} | {len(recs)} | {ci(r['perplexity'], 2)} | {ci(r['vs_baseline'], 3, sign=True)} | "
+                     f"{np.mean([x['val_perplexity'] for x in recs]):.2f} | {improving} |")
+    lines.append("")
+    if "content_nats" in c:
+        x = c["content_nats"]
+        verdict = ("the embedding's content helps beyond a constant input" if x[2] < 0 else
+                   "the constant input is better" if x[1] > 0 else "no verdict (interval includes 0): no content-specific gain shown")
+        lines += [f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: {verdict}.", ""]
+    return lines
 
 
 def plot(corpora: dict, analyses: dict, path: Path) -> None:

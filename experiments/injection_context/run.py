@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
 TEXT_TOKENS = (1, 2, 4, 8, 16, 32, 64)  # the LM reads the last m tokens of the preceding text
 INJECT = "bundled:all-minilm-l6-v2"
+CONTEXT = {"adapter.embed_source": "context", "adapter.context_tokens": 8}  # the `context` arms' shared settings
 
 # name: (method, overrides, control, label). Order is priority: an interrupted study has the headline first.
 ARMS: dict[str, tuple[str, dict, str | None, str]] = {
@@ -61,12 +62,19 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
                  "Injection, 4 vectors, encoder reads the scored window (`window`)"),
     "window-shuffled-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, "shuffled",
                           "Control: shuffled embeddings, 4 vectors (`window`)"),
+    # The quickstart's mode: the encoder reads the window's first tokens, which the LM reads too and is not scored on.
+    # These arms are scored on the window's last 64 - 8 tokens, so they form their own table with their own baseline.
+    "context-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, None,
+                  "Injection, 4 vectors, encoder reads the window's first 8 tokens (`context`)"),
+    "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
+                           "Control: constant input, 4 vectors (`context`)"),
 }
 HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
 WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
+CONTEXT_ARMS = ["context-4", "context-constant-4"]
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE}
-REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS]  # evaluation only, no seeds
+REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
 
 # ---------------------------------------------------------------- data: train / validation / test
@@ -174,8 +182,9 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
             "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
 
 
-def run_reference(args, data_dir: Path, test_docs: list[str]) -> list[dict]:
-    """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens."""
+def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
+    """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens; and the frozen
+    LM alone scored as the `context` arms are (`baseline-context`). Records named in `skip` are not recomputed."""
     from embinject.config import load_config
     from embinject.evaluate import window_nll
     from embinject.methods.base import AdapterMethod
@@ -195,10 +204,15 @@ def run_reference(args, data_dir: Path, test_docs: list[str]) -> list[dict]:
     torch.set_num_threads(args.threads)
     prep = prepare(cfg)
     test = test_inputs(prep, cfg, test_docs)
+    context_cfg = load_config(args.config, base_overrides(args, data_dir) + [
+        "method=baseline", f"train.threads={args.threads}", *[f"{k}={v}" for k, v in CONTEXT.items()]])
     records = []
-    for name, m in [("baseline", 0)] + [(f"text-{m}", m) for m in TEXT_TOKENS]:
-        nll, count = window_nll(ReadText(cfg, prep.lm.model, m), test, cfg.train.eval_batch_size, prep.device, None)
-        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": cfg.to_dict(),
+    for name, m, c in [("baseline", 0, cfg)] + [(f"text-{m}", m, cfg) for m in TEXT_TOKENS] + [("baseline-context", 0, context_cfg)]:
+        if name in skip:
+            continue
+        inputs = test if c is cfg else test_inputs(prep, c, test_docs)
+        nll, count = window_nll(ReadText(c, prep.lm.model, m), inputs, c.train.eval_batch_size, prep.device, None)
+        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": c.to_dict(),
                         "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]})
     return records
 
@@ -251,7 +265,8 @@ def child(args) -> int:
     data_dir, test_docs = study_data(args.data)
     runs = args.out / "runs" / args.data.name
     if args.child == "reference":
-        for r in run_reference(args, data_dir, test_docs):
+        done = {name for name in REFERENCE if record_path(runs, name, None).is_file()}
+        for r in run_reference(args, data_dir, test_docs, skip=done):
             atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
         return 0
     r = run_arm(args, args.child, args.seed, data_dir, test_docs, args.lr)
@@ -287,15 +302,15 @@ def drive(args) -> int:
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
     todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
-    if not record_path(runs, "baseline", None).is_file():
+    if not all(record_path(runs, name, None).is_file() for name in REFERENCE):
         todo.append(("reference", None))  # evaluation only; needed by the report, not by any run
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
         arm, seed = job
         if arm == "reference":
-            if not record_path(runs, "baseline", None).is_file():  # another process may have written it meanwhile
-                spawn(args, "reference")
+            if not all(record_path(runs, name, None).is_file() for name in REFERENCE):  # another process may have
+                spawn(args, "reference")                                                 # written them meanwhile
             return
         if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
             r = json.loads(record_path(runs, arm, seed).read_text())
