@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import pandas as pd  # the type hint of `predict`: MLflow reads it when the model is logged
+
 from .config import ConfigError
 from .fsutil import staged_dir
 
@@ -63,9 +65,7 @@ class EmbinjectModel(_python_model_base()):
         mix = context.artifacts.get("mix_adapter")
         self.mix = LoadedAdapter(mix, lm=self.adapter.lm) if mix else None
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in frame:
             raise ConfigError("model input: expected a 'prompt' column (and, for injection adapters, optionally 'context')")

@@ -161,6 +161,7 @@ def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters
         target = tmp_path / f"model-{method}"
         proc = run_cli("export", "--adapter", str(adapters[method]), "--format", "mlflow", "--output-dir", str(target))
         assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Add type hints to the `predict` method" not in proc.stderr  # predict's input is typed as a DataFrame
         assert (target / "MLmodel").is_file() and not list(target.rglob("*.pkl"))  # models from code: nothing pickled
         model = mlflow.pyfunc.load_model(str(target))
         frame = pd.DataFrame({"prompt": ["The module", "Return"], "context": ["lists", "integers"]})
