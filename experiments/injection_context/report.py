@@ -12,7 +12,7 @@ from embinject.config import ConfigError
 from embinject.fsutil import atomic_write_text
 from experiments.stats import PerWindow, bootstrap, excludes_zero
 
-from .run import ARMS, CONTEXT_ARMS, SEEDS, TEXT_TOKENS
+from .run import ARMS, CONTEXT_ARMS, CONTEXT_READ, SEEDS, TEXT_TOKENS
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
@@ -291,7 +291,8 @@ def render(corpora: dict, analyses: dict) -> str:
 
 def context_table(c: dict, arms: dict) -> list[str]:
     lines = ["### (d) Secondary: `context` mode", "",
-             "The quickstart's mode: the encoder reads the window's first 8 tokens, which the LM reads too and is not scored "
+             f"The quickstart's mode: the encoder reads the window's first {CONTEXT_READ} tokens, which the LM reads too and "
+             "is not scored "
              f"on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens (on average) and compared "
              "only with each other and with the frozen LM scored on the same tokens. The vectors can add trainable capacity, "
              "but no text the LM does not already read. Learning rate: the injection search's.", "",

@@ -38,6 +38,7 @@ SEEDS = (0, 1, 2)
 TEXT_TOKENS = (1, 2, 4, 8, 16, 32, 64)  # the LM reads the last m tokens of the preceding text
 INJECT = "bundled:all-minilm-l6-v2"
 CONTEXT = {"adapter.embed_source": "context", "adapter.context_tokens": 8}  # the `context` arms' shared settings
+CONTEXT_READ = CONTEXT["adapter.context_tokens"]
 
 # name: (method, overrides, control, label). Order is priority: an interrupted study has the headline first.
 ARMS: dict[str, tuple[str, dict, str | None, str]] = {
@@ -65,14 +66,14 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
     # The quickstart's mode: the encoder reads the window's first tokens, which the LM reads too and is not scored on.
     # These arms are scored on the window's last 64 - 8 tokens, so they form their own table with their own baseline.
     "context-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, None,
-                  "Injection, 4 vectors, encoder reads the window's first 8 tokens (`context`)"),
+                  f"Injection, 4 vectors, encoder reads the window's first {CONTEXT_READ} tokens (`context`)"),
     "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
                            "Control: constant input, 4 vectors (`context`)"),
 }
 HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
 WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
-CONTEXT_ARMS = ["context-4", "context-constant-4"]
+CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
@@ -259,13 +260,17 @@ def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
 
 
+def missing_references(runs: Path) -> list[str]:
+    return [name for name in REFERENCE if not record_path(runs, name, None).is_file()]
+
+
 def child(args) -> int:
     from embinject.fsutil import atomic_write_text
 
     data_dir, test_docs = study_data(args.data)
     runs = args.out / "runs" / args.data.name
     if args.child == "reference":
-        done = {name for name in REFERENCE if record_path(runs, name, None).is_file()}
+        done = set(REFERENCE) - set(missing_references(runs))
         for r in run_reference(args, data_dir, test_docs, skip=done):
             atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
         return 0
@@ -302,15 +307,15 @@ def drive(args) -> int:
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
     todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
-    if not all(record_path(runs, name, None).is_file() for name in REFERENCE):
+    if missing_references(runs):
         todo.insert(0, ("reference", None))  # evaluation only and quick; every table of the report needs it
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
         arm, seed = job
         if arm == "reference":
-            if not all(record_path(runs, name, None).is_file() for name in REFERENCE):  # another process may have
-                spawn(args, "reference")                                                 # written them meanwhile
+            if missing_references(runs):  # another process may have written them meanwhile
+                spawn(args, "reference")
             return
         if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
             r = json.loads(record_path(runs, arm, seed).read_text())
