@@ -1,6 +1,7 @@
 """Figures of a search, drawn from the logged results (never from typed-in numbers)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -46,7 +47,11 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
     for name, fn in (("optimization_history.png", ovm.plot_optimization_history),
                      ("parallel_coordinate.png", ovm.plot_parallel_coordinate)):
         try:
-            ax = fn(study)
+            with warnings.catch_warnings():
+                # matplotlib's "identical low and high ylims" when every trial drew the same value of a
+                # parameter: it widens the axis itself, so the figure is fine and the warning is noise
+                warnings.filterwarnings("ignore", message="Attempting to set identical")
+                ax = fn(study)
         except (ValueError, RuntimeError):
             continue  # e.g. parallel coordinates need at least one searched parameter
         fig = ax.figure if hasattr(ax, "figure") else ax[0].figure

@@ -432,3 +432,16 @@ def test_a_warm_worker_leaves_nothing_behind_for_its_next_trial(tmp_path, tiny_m
                            text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads(fresh.stdout.splitlines()[-1]) == [r["val_perplexity"] for r in second]
+
+
+def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value(tmp_path):
+    import warnings
+
+    from embinject.plots import optuna_plots
+
+    params = parse_space({"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.prefix_len": {"choice": [4, 8]}})
+    rows = [({"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0), ({"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        paths = optuna_plots(params, rows, tmp_path)
+    assert sorted(p.name for p in paths) == ["optimization_history.png", "parallel_coordinate.png"]
