@@ -3,6 +3,8 @@ the model is unchanged before training. PEFT injects its layers into the LM obje
 `release()` takes them out again so the same frozen LM can serve another method."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .base import AdapterMethod
@@ -22,7 +24,11 @@ class LoRA(AdapterMethod):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             try:
-                peft_model = get_peft_model(lm, self.lora_config, adapter_name=adapter_name)
+                with warnings.catch_warnings():
+                    # PEFT still asks transformers 5 for the deprecated `is_gradient_checkpointing`: PEFT's
+                    # business, not the user's, so the FutureWarning is not shown to them
+                    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                    peft_model = get_peft_model(lm, self.lora_config, adapter_name=adapter_name)
             except ValueError as exc:
                 from ..config import ConfigError
 
