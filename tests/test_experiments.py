@@ -130,10 +130,15 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     context_tokens = {tuple(r["test_tokens"]) for r in records if r["arm"] in context}
     assert len(main_tokens) == 1 and len(context_tokens) == 1  # every arm scored on exactly its table's test tokens
     assert sum(context_tokens.pop()) < sum(main_tokens.pop())
-    assert {json.loads(f.read_text())["method"] for f in runs.glob("lr_search_*.json")} == {"prompt", "injection"}
+    searches = [json.loads(f.read_text()) for f in runs.glob("lr_search_*.json")]
+    assert {s["method"] for s in searches} == {"prompt", "injection"}
+    for s in searches:  # two trials each, so the chosen rate is at an edge and one more trial checks beyond it
+        tried = [t["lr"] for t in s["trials"]]
+        beyond = 2 * s["lr"] if s["lr"] == max(tried) else s["lr"] / 2
+        assert [round(t["lr"] / beyond, 9) for t in s["bracket"]] == [1.0]
     text = (out / "RESULTS.md").read_text()
     for heading in ("### (a) The compression curve", "### (b) What is specific to the embedding's content",
-                    "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode"):
+                    "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode", "| bracket check |"):
         assert heading in text
     assert (out / "compression.png").is_file()
     capsys.readouterr()

@@ -18,6 +18,19 @@ CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for 
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
 
 
+
+def bracket_verdict(search: dict) -> str:
+    """What the extra full-epoch trial beyond the edge of the searched rates found."""
+    if not search.get("bracket"):
+        return "not run: the best may lie beyond the rates tried"
+    chosen = min((t for t in search["trials"] if t["lr"] == search["lr"]), key=lambda t: t["val_perplexity"])
+    b = search["bracket"][0]
+    if b["val_perplexity"] >= chosen["val_perplexity"]:
+        return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), worse than the chosen "
+                f"{chosen['val_perplexity']:.2f}: the optimum is bracketed")
+    return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), better than the chosen {chosen['val_perplexity']:.2f}: "
+            f"the arms were trained at {search['lr']:.3g}, not at this method's best rate")
+
 def load(out: Path) -> dict[str, dict]:
     """corpus -> {"arms": {arm: [records]}, "lr": {method: search record}}"""
     corpora = {}
@@ -168,13 +181,17 @@ def render(corpora: dict, analyses: dict) -> str:
                   f"{a['windows']} test windows ({a['windows'] * a['tokens_per_window']:,.0f} scored tokens).{size}", ""]
         if corpus["lr"]:
             lines += ["Learning rates, each the best of an `embinject.tune` search (Optuna TPE + ASHA, one epoch, "
-                      "validation split, training seed 0):", "",
-                      "| method | searched (lr: best validation perplexity) | chosen lr |", "|---|---|---|"]
+                      "validation split, training seed 0). Each trial shows its best validation perplexity and the steps "
+                      "it trained before ASHA stopped it. Where the chosen rate was the largest (smallest) tried, one more "
+                      "full-epoch trial at twice (half) the rate checks whether the optimum was bracketed:", "",
+                      "| method | searched (lr: best validation perplexity, steps) | chosen lr | bracket check |",
+                      "|---|---|---|---|"]
             for m, s in sorted(corpus["lr"].items()):
-                tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f}" for x in sorted(s["trials"], key=lambda x: x["lr"]))
-                edge = (" (the largest tried: the best may lie higher)" if s["lr"] >= max(x["lr"] for x in s["trials"]) else
-                        " (the smallest tried: the best may lie lower)" if s["lr"] <= min(x["lr"] for x in s["trials"]) else "")
-                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{edge} |")
+                tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f} ({x['steps']})"
+                                  for x in sorted(s["trials"], key=lambda x: x["lr"]))
+                edge = (" (the largest tried)" if s["lr"] >= max(x["lr"] for x in s["trials"]) else
+                        " (the smallest tried)" if s["lr"] <= min(x["lr"] for x in s["trials"]) else "")
+                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{edge} | {bracket_verdict(s) if edge else 'not needed'} |")
             lines.append("")
         lines += ["| Arm | LM reads | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen (nats/token) | Share of text gain | "
                   "Val perplexity | Steps (epochs) | Still improving at stop | Peak RSS (MB) | Trainable params |",

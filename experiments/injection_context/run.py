@@ -220,17 +220,11 @@ def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = f
 
 # ---------------------------------------------------------------- learning rates, chosen by embinject.tune
 
-def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
-    """The best learning rate of a small search over the validation split (recorded, so it runs once)."""
-    from embinject.fsutil import atomic_write_text
-
-    record = runs / f"lr_search_{method}.json"
-    if record.is_file():
-        return json.loads(record.read_text())["lr"]
-    import csv
-
+def lr_search(args, method: str, data_dir: Path, runs: Path, name: str, extra: list[str] = ()) -> dict:
+    """Run lr_search.yaml through embinject.tune on the validation split; returns the search's outcome."""
     import yaml
 
+    from embinject.fsutil import atomic_write_text
     from embinject.space import load_search_file
     from embinject.tune import run_search
 
@@ -241,17 +235,51 @@ def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
     file = runs / f"lr_search_{method}.yaml"
     atomic_write_text(file, yaml.safe_dump(raw, sort_keys=False))
     search = load_search_file(file, base_overrides(args, data_dir, search=True) + [
-        f"method={method}", *[f"{k}={v}" for k, v in shape.items()], f"tune.name=lr-{runs.name}-{method}",
-        f"mlflow.tracking_uri={args.mlflow}", "mlflow.experiment=experiment-injection-context-lr"])
+        f"method={method}", *[f"{k}={v}" for k, v in shape.items()], f"tune.name={name}",
+        f"mlflow.tracking_uri={args.mlflow}", "mlflow.experiment=experiment-injection-context-lr", *extra])
     outcome = run_search(search, verbose=0)
     if outcome.get("interrupted") or outcome["best"] is None:
-        raise SystemExit(f"error: the learning-rate search for {method} did not finish; see {outcome['experiment_dir']}")
+        raise SystemExit(f"error: the learning-rate search {name} did not finish; see {outcome['experiment_dir']}")
+    return outcome
+
+
+def searched_trials(outcome: dict) -> list[dict]:
+    import csv
+
     with open(Path(outcome["experiment_dir"]) / "summary.csv") as fh:
-        trials = [{"lr": float(r["train.lr"]), "val_perplexity": float(r["best_val_perplexity"]), "steps": int(r["steps"])}
-                  for r in csv.DictReader(fh) if r["best_val_perplexity"]]
+        return [{"lr": float(r["train.lr"]), "val_perplexity": float(r["best_val_perplexity"]), "steps": int(r["steps"])}
+                for r in csv.DictReader(fh) if r["best_val_perplexity"]]
+
+
+def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
+    """The best learning rate of a small search over the validation split (recorded, so it runs once)."""
+    from embinject.fsutil import atomic_write_text
+
+    record = runs / f"lr_search_{method}.json"
+    if record.is_file():
+        return json.loads(record.read_text())["lr"]
+    outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}")
     lr = float(outcome["best"]["train.lr"])
-    atomic_write_text(record, json.dumps({"method": method, "lr": lr, "trials": trials}, indent=1))
+    atomic_write_text(record, json.dumps({"method": method, "lr": lr, "trials": searched_trials(outcome)}, indent=1))
     return lr
+
+
+def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
+    """When the chosen learning rate is the largest (smallest) the search tried, train one more full-epoch trial at
+    twice (half) that rate, so the record says whether the optimum was bracketed. The chosen rate stays what the
+    arms were trained with; the report shows the check's outcome."""
+    from embinject.fsutil import atomic_write_text
+
+    path = runs / f"lr_search_{method}.json"
+    record = json.loads(path.read_text())
+    tried = [t["lr"] for t in record["trials"]]
+    if "bracket" in record or min(tried) < record["lr"] < max(tried):
+        return
+    lr = record["lr"] * (2 if record["lr"] >= max(tried) else 0.5)
+    outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}-bracket",
+                        ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none"])
+    record["bracket"] = searched_trials(outcome)
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 # ---------------------------------------------------------------- driver
@@ -302,6 +330,8 @@ def drive(args) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     arms = ARM_SETS.get(args.arms[0], args.arms) if len(args.arms) == 1 else args.arms
     lrs = {m: learning_rate(args, m, data_dir, runs) for m in dict.fromkeys(ARMS[a][0] for a in arms)}
+    for m in lrs:
+        bracket(args, m, data_dir, runs)
     # Every seed of the headline arms first, then the `window` comparison, the compression curve, the rest: a study
     # stopped early has whole comparisons rather than one seed of everything.
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
