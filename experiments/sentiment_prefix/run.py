@@ -220,7 +220,8 @@ def render(results: dict) -> str:
              "BLEU (sacreBLEU, corpus level) and ROUGE-1/2/L F1 are computed against held-out SST-2 validation reviews of the same "
              f"sentiment ({results['references']['positive']} positive / {results['references']['negative']} negative), every "
              "review an alternative reference (ROUGE: best-matching reference per generation). Perplexity is on that sentiment's "
-             "validation reviews.", "",
+             "validation reviews; a domain-only prefix's is on the validation reviews of both labels, which it was trained "
+             "for, so its two rows repeat one value.", "",
              *accuracy_note(results), "",
              "| model | sentiment | sentiment accuracy | mean P(target) | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | val perplexity | trainable params | % of total | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -294,6 +295,8 @@ def sentiment_beyond_domain(results: dict, by: dict) -> list[str]:
     if not lines:
         return []
     return ["", "### Sentiment beyond the domain", "",
+            "Each interval resamples the generations of one trained prefix per row (one training seed each): it covers the "
+            "sampling of generations, not what another training seed would give.", "",
             "| prefix | target | sentiment prefix accuracy | domain-only prefix, same target | difference, points [95% CI] | verdict |",
             "|---|---|---|---|---|---|", *lines]
 
