@@ -330,15 +330,19 @@ def render(results: dict) -> str:
         means = {prior: statistics.mean(r["val_perplexity"] for r in runs if r["task"] == task and r["prior"] == prior)
                  for prior in results["priors"]}
         best, worst = min(means, key=means.get), max(means, key=means.get)
+        p_quality = adjusted.get("|".join((task, "val_perplexity", "anova")))
+        separated = p_quality is not None and p_quality < 0.05
         lines.append(f"- `{task}`: {pos}; {q}. Lowest mean answer perplexity: `{best}` ({means[best]:.2f}); highest: "
-                     f"`{worst}` ({means[worst]:.2f}).")
+                     f"`{worst}` ({means[worst]:.2f})" + ("." if separated else
+                                                         " (an order of means only: the tests do not separate the priors)."))
     moved = [r["moved"] for r in runs]
     lines += ["", "The seed (LLaMA-3.2-1B, 20-token soft prompts and deep prompts on the last 3 layers, SQuAD / DeepMind MATH, long "
               "training) reports that priors change where prompts end up but not final quality, and that arithmetic activations form a "
               f"cluster apart from natural-language tasks. Here the model is 135M and training is {c['train']['max_steps']} steps on "
-              f"2 CPU cores at a high learning rate: every prompt vector moved {min(moved):.1f} to {max(moved):.1f} (L2) from its "
-              f"start and ended {min(r['trained_nearest_token'] for r in runs):.1f} to {max(r['trained_nearest_token'] for r in runs):.1f} "
-              "from the nearest token embedding, even those that started on a token (`vocab`). "
+              f"2 CPU cores at a high learning rate: a run's prompt vectors moved {min(moved):.1f} to {max(moved):.1f} (L2, mean over "
+              f"the run's vectors) from their start and ended {min(r['trained_nearest_token'] for r in runs):.1f} to "
+              f"{max(r['trained_nearest_token'] for r in runs):.1f} (the same kind of mean) from the nearest token embedding, even "
+              "those that started on a token (`vocab`). "
               f"With {results['seeds']} seeds in each of {len(results['priors'])} groups the Kruskal-Wallis p cannot fall below "
               f"{fmt_p(smallest_kruskal_p(results['seeds'], len(results['priors'])))} (every group perfectly separated), so after "
               "the correction no rank-based verdict is possible at this size; ANOVA's verdicts rest on its normality assumption, "
@@ -350,7 +354,9 @@ def render(results: dict) -> str:
                "Deep prompts on the last layers: `--deep-layers 3 --tasks sciq_qa --out experiments/prompt_priors/deep` "
                "([deep/RESULTS.md](deep/RESULTS.md))."), "",
               "Distances between the clusters' centres (mean input embedding per text): " +
-              "; ".join(f"{a} to {b}: {d:.2f}" for a, row in results["cluster_distances"].items() for b, d in row.items() if a < b) + ".", "",
+              "; ".join(f"{a} to {b}: {d:.2f}" for a, row in results["cluster_distances"].items() for b, d in row.items() if a < b) +
+              ". These are input embeddings, not the activations the seed clustered, and no test is run on them: they "
+              "describe the plots below and do not check the seed's claim.", "",
               "![PCA](pca.png)", "", "![t-SNE](tsne.png)", ""]
     return "\n".join(lines)
 
