@@ -225,12 +225,16 @@ def render(corpora: dict, analyses: dict) -> str:
         if ks:
             lines += ["### (a) The compression curve", "",
                       "| k | Injection, k vectors: share of text gain | Frozen LM reading the last k tokens: share | "
-                      "Preceding-text tokens the LM must read to match injection |", "|---|---|---|---|"]
+                      "Preceding-text tokens the LM must read to match injection [95% CI] |", "|---|---|---|---|"]
             for k in ks:
                 r = rows[f"inject-{k}"]
+                nll, lo, hi = r["nll"]
                 lines.append(f"| {k} | {ci(r['share_of_text_gain'], 1, 100)}% | {ci(rows[f'text-{k}']['share_of_text_gain'], 1, 100)}% | "
-                             f"{equivalent_text_tokens(r['nll'][0], text)} |")
-            lines.append("")
+                             f"{equivalent_text_tokens(nll, text)} [{equivalent_text_tokens(hi, text)}, "
+                             f"{equivalent_text_tokens(lo, text)}] |")
+            lines += ["", "The token counts interpolate injection's test NLL (and its interval's ends) on the frozen LM's "
+                      "curve of NLL against preceding tokens read (log-linear between the lengths measured); the curve "
+                      "itself is taken at its point estimates.", ""]
         if a["content"]:
             lines += ["### (b) What is specific to the embedding's content", "",
                       "Injection minus the better of its controls (same adapter, same parameter count, no matching information); "
