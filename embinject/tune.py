@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import shlex
@@ -339,6 +340,14 @@ class AlreadyFinished(Exception):
     """--resume of a search that has finished: nothing to do."""
 
 
+class _TokenAuthOnNotice(logging.Filter):
+    """Ray announces on every local start that token authentication is on because a token exists in ~/.ray:
+    the secure default, with nothing for the user to do. Ray's warning that authentication is *off* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _connect(address: str | None, env: dict, verbose: int) -> None:
     """Start or join Ray before any work. A cluster address that does not answer is one ConfigError
     after a bounded wait, not a hang."""
@@ -352,6 +361,9 @@ def _connect(address: str | None, env: dict, verbose: int) -> None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
             raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
                               "`ray start --head` or pass the address `ray start` printed") from None
+    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
+        token_logger.addFilter(_TokenAuthOnNotice())
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
                  runtime_env={"env_vars": env}, ignore_reinit_error=True)

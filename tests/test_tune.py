@@ -169,6 +169,7 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "Token authentication is enabled" not in proc.stderr  # Ray's notice of its secure default is not the user's concern
     exp_dir = next(storage.glob("t-*"))
     summary = (exp_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 6

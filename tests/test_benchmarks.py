@@ -1,0 +1,43 @@
+"""The benchmark bookkeeping that needs no timing: resuming search_efficiency and rendering partial results."""
+import argparse
+import json
+
+from benchmarks import report, search_efficiency
+from embinject.fsutil import atomic_write_text
+
+
+def args_for(tmp_path, seeds=(0, 1)):
+    return argparse.Namespace(seeds=list(seeds), trials=24, steps=20, startup_trials=3, kinds=["tpe_asha", "tpe_mv_asha"],
+                              runs=tmp_path / "runs", out=tmp_path / "search_efficiency.json")
+
+
+def record(kind, seed, curve, args):
+    return {"kind": kind, "seed": seed, "settings": search_efficiency.settings(kind, args), "wall_s": 1.0,
+            "total_steps": curve[-1][0], "final_best": curve[-1][1], "curve": curve}
+
+
+def test_search_efficiency_compares_only_finished_seeds_and_lists_the_rest(tmp_path):
+    args = args_for(tmp_path)
+    runs = [record("random", 0, [(20, 30.0), (40, 25.0), (480, 20.0)], args),
+            record("tpe_asha", 0, [(20, 24.0), (60, 20.1), (200, 19.0)], args),  # within 1% of 20.0 after 60 steps
+            record("tpe_mv_asha", 0, [(20, 30.0), (300, 21.0)], args),  # never within 1%
+            record("random", 1, [(20, 22.0), (480, 21.0)], args)]
+    summary = search_efficiency.summarise(runs, args)
+    by_kind = {s["kind"]: s for s in summary["per_seed"]}
+    assert by_kind["tpe_asha"]["steps_to_within_1pct"] == 60 and by_kind["tpe_asha"]["fraction_of_random_steps"] == 60 / 480
+    assert by_kind["tpe_mv_asha"]["steps_to_within_1pct"] is None
+    assert summary["median_fraction"] == {"tpe_asha": 60 / 480, "tpe_mv_asha": float("inf")}
+    assert summary["missing"] == ["tpe_asha seed 1", "tpe_mv_asha seed 1"]
+    text = "\n".join(report.efficiency_section(summary))
+    assert "median 12% of random search's steps" in text and "over 1 seed " in text
+    assert "Not run yet" in text and "tpe_mv_asha seed 1" in text
+
+
+def test_a_finished_search_is_reused_only_under_the_same_settings(tmp_path):
+    args = args_for(tmp_path)
+    args.runs.mkdir()
+    atomic_write_text(args.runs / "tpe_asha-seed0.json", json.dumps(record("tpe_asha", 0, [(20, 24.0)], args)))
+    assert search_efficiency.finished("tpe_asha", 0, args)["final_best"] == 24.0
+    assert search_efficiency.finished("tpe_asha", 1, args) is None
+    args.steps = 40  # another budget: the kept search no longer answers the question
+    assert search_efficiency.finished("tpe_asha", 0, args) is None
