@@ -8,8 +8,12 @@ bundled SmolLM2-135M on CPython's docs), runs random search without early stoppi
 strategy in KINDS, for each seed, and traces the best validation perplexity against the cumulative
 number of training steps spent (every trial's evaluations, in the order they happened). Reports how
 many steps each strategy needs to come within 1% of random search's final best. Steps, not seconds,
-are the measure, so the result does not depend on what else the machine runs. Writes
-benchmarks/results/search_efficiency.json.
+are the measure, so the result does not depend on what else the machine runs.
+
+Each finished search is kept in benchmarks/results/search_efficiency_runs/ with the settings it ran
+under, and a rerun with the same settings skips it: the whole benchmark takes hours on a CPU and can be
+interrupted and resumed. benchmarks/results/search_efficiency.json is rewritten after every search
+from the searches finished so far; seeds still missing a search are listed there, not compared.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from embinject.fsutil import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
+RUNS = OUT / "search_efficiency_runs"
 SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
          "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}")
 
@@ -54,6 +59,20 @@ def trace(outcome: dict) -> list[tuple[int, float]]:
 KINDS = {"tpe_asha": (False, 2), "tpe_mv_asha": (True, 2), "tpe_mv_asha_rf1.5": (True, 1.5)}
 
 
+def settings(kind: str, args) -> dict:
+    """What a finished search must have run under to be reused."""
+    strategy = {} if kind == "random" else {"multivariate": KINDS[kind][0], "reduction_factor": KINDS[kind][1]}
+    return {"space": SPACE, "trials": args.trials, "steps": args.steps, "startup_trials": args.startup_trials, **strategy}
+
+
+def finished(kind: str, seed: int, args) -> dict | None:
+    path = args.runs / f"{kind}-seed{seed}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("settings") == settings(kind, args) else None
+
+
 def run(kind: str, seed: int, args) -> dict:
     from embinject.space import load_search_file
     from embinject.tune import run_search
@@ -73,8 +92,38 @@ def run(kind: str, seed: int, args) -> dict:
     t0 = time.time()
     outcome = run_search(search, verbose=0)
     curve = trace(outcome)
-    return {"kind": kind, "seed": seed, "wall_s": time.time() - t0, "total_steps": curve[-1][0] if curve else 0,
-            "final_best": curve[-1][1] if curve else None, "curve": curve}
+    record = {"kind": kind, "seed": seed, "settings": settings(kind, args), "wall_s": time.time() - t0,
+              "total_steps": curve[-1][0] if curve else 0, "final_best": curve[-1][1] if curve else None,
+              "curve": curve, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    args.runs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.runs / f"{kind}-seed{seed}.json", json.dumps(record, indent=1))
+    return record
+
+
+def summarise(runs: list[dict], args) -> dict:
+    """Compare each strategy with random search on the seeds where both searches have finished."""
+    by = {(r["kind"], r["seed"]): r for r in runs}
+    per_seed = []
+    for seed in args.seeds:
+        a = by.get(("random", seed))
+        for kind in args.kinds:
+            b = by.get((kind, seed))
+            if a is None or b is None:
+                continue
+            target = 1.01 * a["final_best"]
+            reached = next((steps for steps, best in b["curve"] if best <= target), None)
+            per_seed.append({"seed": seed, "kind": kind, "random_final_best": a["final_best"], "random_steps": a["total_steps"],
+                             "final_best": b["final_best"], "steps": b["total_steps"], "steps_to_within_1pct": reached,
+                             "fraction_of_random_steps": None if reached is None else reached / a["total_steps"]})
+    median = {kind: statistics.median(s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
+                                      for s in per_seed if s["kind"] == kind)
+              for kind in args.kinds if any(s["kind"] == kind for s in per_seed)}
+    missing = [f"{kind} seed {seed}" for seed in args.seeds for kind in ("random", *args.kinds) if (kind, seed) not in by]
+    return {"benchmark": "search_efficiency", "trials": args.trials, "steps_per_trial": args.steps,
+            "startup_trials": args.startup_trials, "seeds": args.seeds,
+            "kinds": {k: {"multivariate": KINDS[k][0], "reduction_factor": KINDS[k][1]} for k in args.kinds},
+            "runs": runs, "per_seed": per_seed, "median_fraction": median, "missing": missing,
+            "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main(argv=None) -> int:
@@ -85,28 +134,18 @@ def main(argv=None) -> int:
     p.add_argument("--startup-trials", type=int, default=3, help="TPE's random start-up trials (tune.startup_trials)")
     p.add_argument("--out", type=Path, default=OUT / "search_efficiency.json")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS), help="strategies to compare with random search")
+    p.add_argument("--runs", type=Path, default=RUNS, help="where finished searches are kept and resumed from")
     args = p.parse_args(argv)
-    runs = [run(kind, seed, args) for seed in args.seeds for kind in ("random", *args.kinds)]
-    per_seed = []
-    for seed in args.seeds:
-        a = next(r for r in runs if r["seed"] == seed and r["kind"] == "random")
-        target = 1.01 * a["final_best"]
-        for kind in args.kinds:
-            b = next(r for r in runs if r["seed"] == seed and r["kind"] == kind)
-            reached = next((steps for steps, best in b["curve"] if best <= target), None)
-            per_seed.append({"seed": seed, "kind": kind, "random_final_best": a["final_best"], "random_steps": a["total_steps"],
-                             "final_best": b["final_best"], "steps": b["total_steps"], "steps_to_within_1pct": reached,
-                             "fraction_of_random_steps": None if reached is None else reached / a["total_steps"]})
-    median = {kind: statistics.median(s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
-                                      for s in per_seed if s["kind"] == kind) for kind in args.kinds}
-    result = {"benchmark": "search_efficiency", "trials": args.trials, "steps_per_trial": args.steps,
-              "startup_trials": args.startup_trials, "kinds": {k: {"multivariate": KINDS[k][0], "reduction_factor": KINDS[k][1]}
-                                                               for k in args.kinds},
-              "runs": runs, "per_seed": per_seed, "median_fraction": median, "machine": platform.platform(),
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=1))
-    for s in per_seed:
+    runs = []
+    for seed in args.seeds:  # seed by seed, so an interrupted benchmark already compares whole seeds
+        for kind in ("random", *args.kinds):
+            record = finished(kind, seed, args)
+            if record is None:
+                record = run(kind, seed, args)
+                print(f"{kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps", flush=True)
+            runs.append(record)
+            atomic_write_text(args.out, json.dumps(summarise(runs, args), indent=1))
+    for s in summarise(runs, args)["per_seed"]:
         print(json.dumps(s))
     return 0
 
