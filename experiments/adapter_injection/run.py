@@ -12,6 +12,7 @@ Writes RESULTS.md and results.json beside this file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -124,13 +125,22 @@ def main(argv=None) -> int:
               f"| LoRA r={args.rank} | {result['val_perplexity']:.2f} | {100 * (result['val_perplexity'] / result['baseline_perplexity'] - 1):+.1f}% | "
               f"{result['trainable_params']:,} | {result['train_seconds']:.0f} |"]
     exp1 = EXP1 / "results.json"
+    copied = []
     if exp1.is_file() and str(Path(args.out).resolve()) == str(HERE):
-        for r in json.loads(exp1.read_text()).get("context", []):
-            if r["label"] in ("Static prefix (3 tokens)", "Injection (MiniLM)"):
-                lines.append(f"| {r['label']} (from embedding_injection/results.json) | {r['val_perplexity']:.2f} | "
-                             f"{100 * (r['val_perplexity'] / r['baseline_perplexity'] - 1):+.1f}% | {r['trainable_params']:,} | {r['train_seconds']:.0f} |")
-    lines += ["", f"All rows use `embed_source: context` ({cfg.adapter.context_tokens} context tokens, not scored), "
-              f"{cfg.data.train_samples} training windows of {cfg.data.seq_len} tokens, at most {cfg.train.max_steps} steps, lr {cfg.train.lr:g}.", ""]
+        copied = [r for r in json.loads(exp1.read_text()).get("context", [])
+                  if r["label"] in ("Static prefix (3 tokens)", "Injection (MiniLM)")]
+        for r in copied:
+            lines.append(f"| {r['label']} (from embedding_injection/results.json) | {r['val_perplexity']:.2f} | "
+                         f"{100 * (r['val_perplexity'] / r['baseline_perplexity'] - 1):+.1f}% | {r['trainable_params']:,} | {r['train_seconds']:.0f} |")
+    setting = lambda c: (Path(c["data"]["path"]).name, c["adapter"]["embed_source"], c["adapter"]["context_tokens"],  # noqa: E731
+                         c["data"]["train_samples"], c["data"]["seq_len"], c["train"]["max_steps"], c["train"]["lr"])
+    ours = setting(dataclasses.asdict(cfg))
+    same = all(setting(r["config"]) == ours for r in copied)
+    lines += ["", f"{'All rows use' if same else 'The LoRA row uses (the copied rows differ in at least one of these)'} "
+              f"`embed_source: {cfg.adapter.embed_source}` ({cfg.adapter.context_tokens} context tokens, not scored), "
+              f"{cfg.data.train_samples} training windows of {cfg.data.seq_len} tokens from `{ours[0]}`, at most "
+              f"{cfg.train.max_steps} steps, lr {cfg.train.lr:g}. Each row is one training run (one seed, no interval): the "
+              "table sets sizes and costs side by side and draws no verdict between methods.", ""]
     atomic_write_text(out / "RESULTS.md", "\n".join(lines))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0

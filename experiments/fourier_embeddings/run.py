@@ -93,7 +93,11 @@ def main(argv=None) -> int:
     lines += ["", "`fourier` has no weights at all (`lm-mean` reuses the frozen LM's own embedding table, so it adds none either);",
               "the seed paper replaces a transformer's embedding table with such features plus an MLP. Here the MLP of the",
               "injection adapter plays that role, and the question is how much of a trained sentence encoder's benefit a",
-              "weight-free encoder keeps, at what encoding cost.", ""]
+              "weight-free encoder keeps, at what encoding cost.", "",
+              "Each row is one training run (one seed) scored on the validation windows, with no interval, so no "
+              "difference between rows carries a verdict. The main study's `fourier-4` and `lm-mean-4` arms (3 seeds, a "
+              "held-out test split, 95% intervals) answer the question with intervals: "
+              "[injection_context/RESULTS.md](../injection_context/RESULTS.md).", ""]
     atomic_write_text(out / "RESULTS.md", "\n".join(lines))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
