@@ -28,8 +28,9 @@ def bracket_verdict(search: dict) -> str:
     if b["val_perplexity"] >= chosen["val_perplexity"]:
         return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), worse than the chosen "
                 f"{chosen['val_perplexity']:.2f}: the optimum is bracketed")
-    return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), better than the chosen {chosen['val_perplexity']:.2f}: "
-            f"the arms were trained at {search['lr']:.3g}, not at this method's best rate")
+    return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), {100 * (1 - b['val_perplexity'] / chosen['val_perplexity']):.1f}% "
+            f"lower than the chosen {chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
+            "not at this method's best rate")
 
 def load(out: Path) -> dict[str, dict]:
     """corpus -> {"arms": {arm: [records]}, "lr": {method: search record}}"""
