@@ -288,6 +288,42 @@ def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
 
 
+IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: dict[str, float]) -> None:
+    """A record is reused only if it was run with the settings this call asks for: records of another budget (say
+    `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
+    import dataclasses
+
+    from embinject.config import ConfigError, load_config
+
+    for arm in arms:
+        method, extra, _, _ = ARMS[arm]
+        wanted = None
+        for seed in args.seeds:
+            path = record_path(runs, arm, seed)
+            if not path.is_file():
+                continue
+            if wanted is None:
+                cfg = load_config(args.config, base_overrides(args, data_dir) + [
+                    f"method={method}", f"train.lr={lrs[method]}", *[f"{k}={v}" for k, v in extra.items()]])
+                wanted = flat(dataclasses.asdict(cfg))
+            had = flat(json.loads(path.read_text())["config"])
+            for key in sorted(set(wanted) | set(had)):
+                if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
+                    raise ConfigError(f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
+                                      "runs with other settings belong in another --out folder (a separate series), or "
+                                      "delete that record to run it again")
+
+
 def missing_references(runs: Path) -> list[str]:
     return [name for name in REFERENCE if not record_path(runs, name, None).is_file()]
 
@@ -332,6 +368,7 @@ def drive(args) -> int:
     lrs = {m: learning_rate(args, m, data_dir, runs) for m in dict.fromkeys(ARMS[a][0] for a in arms)}
     for m in lrs:
         bracket(args, m, data_dir, runs)
+    check_records_match(args, runs, arms, data_dir, lrs)
     # Every seed of the headline arms first, then the `window` comparison, the compression curve, the rest: a study
     # stopped early has whole comparisons rather than one seed of everything.
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
