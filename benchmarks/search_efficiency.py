@@ -1,7 +1,7 @@
 """Does TPE + ASHA find a good adapter with fewer training steps than random search?
 
     python -m benchmarks.search_efficiency [--seeds 0 1 2] [--trials 24] [--steps 20] [--startup-trials 3]
-                                          [--kinds random tpe_asha tpe_mv_asha tpe_mv_asha_rf1.5]
+                                          [--kinds tpe_asha tpe_mv_asha tpe_mv_asha_rf1.5] [--summarise-only]
 
 On one fixed space (learning rate, prefix length, MLP width, encoder) and a small real task (the
 bundled SmolLM2-135M on CPython's docs), runs random search without early stopping and each other
@@ -112,7 +112,9 @@ def summarise(runs: list[dict], args) -> dict:
                 continue
             target = 1.01 * a["final_best"]
             reached = next((steps for steps, best in b["curve"] if best <= target), None)
+            random_reached = next(steps for steps, best in a["curve"] if best <= target)  # when random search drew its best
             per_seed.append({"seed": seed, "kind": kind, "random_final_best": a["final_best"], "random_steps": a["total_steps"],
+                             "random_steps_to_within_1pct": random_reached,
                              "final_best": b["final_best"], "steps": b["total_steps"], "steps_to_within_1pct": reached,
                              "fraction_of_random_steps": None if reached is None else reached / a["total_steps"]})
     median = {kind: statistics.median(s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
@@ -135,11 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT / "search_efficiency.json")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS), help="strategies to compare with random search")
     p.add_argument("--runs", type=Path, default=RUNS, help="where finished searches are kept and resumed from")
+    p.add_argument("--summarise-only", action="store_true", help="rewrite the summary from the kept searches; run none")
     args = p.parse_args(argv)
     runs = []
     for seed in args.seeds:  # seed by seed, so an interrupted benchmark already compares whole seeds
         for kind in ("random", *args.kinds):
             record = finished(kind, seed, args)
+            if record is None and args.summarise_only:
+                continue
             if record is None:
                 record = run(kind, seed, args)
                 print(f"{kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps", flush=True)
