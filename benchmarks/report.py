@@ -308,7 +308,8 @@ def efficiency_section(data: dict) -> list[str]:
                 "benchmark; run `python -m benchmarks.search_efficiency` to measure it again.", ""]
     def label(kind: str) -> str:
         k = data["kinds"][kind]
-        return f"{'multivariate ' if k['multivariate'] else ''}TPE + ASHA (reduction factor {k['reduction_factor']:g})"
+        sampler = "random search" if k.get("sampler") == "random" else f"{'multivariate ' if k['multivariate'] else ''}TPE"
+        return f"{sampler} + ASHA (reduction factor {k['reduction_factor']:g})"
 
     lines = ["## search_efficiency: search strategies against random search", "",
              f"`python -m benchmarks.search_efficiency` on {data['time']}: {data['trials']} trials of up to "

@@ -7,7 +7,7 @@ from embinject.fsutil import atomic_write_text
 
 
 def args_for(tmp_path, seeds=(0, 1)):
-    return argparse.Namespace(seeds=list(seeds), trials=24, steps=20, startup_trials=3, kinds=["tpe_asha", "tpe_mv_asha"],
+    return argparse.Namespace(seeds=list(seeds), trials=24, steps=20, startup_trials=3, kinds=["random_asha", "tpe_asha", "tpe_mv_asha"],
                               runs=tmp_path / "runs", out=tmp_path / "search_efficiency.json")
 
 
@@ -27,10 +27,11 @@ def test_search_efficiency_compares_only_finished_seeds_and_lists_the_rest(tmp_p
     assert by_kind["tpe_asha"]["steps_to_within_1pct"] == 60 and by_kind["tpe_asha"]["fraction_of_random_steps"] == 60 / 480
     assert by_kind["tpe_mv_asha"]["steps_to_within_1pct"] is None
     assert summary["median_fraction"] == {"tpe_asha": 60 / 480, "tpe_mv_asha": float("inf")}
-    assert summary["missing"] == ["tpe_asha seed 1", "tpe_mv_asha seed 1"]
+    assert summary["missing"] == ["random_asha seed 0", "random_asha seed 1", "tpe_asha seed 1", "tpe_mv_asha seed 1"]
     text = "\n".join(report.efficiency_section(summary))
     assert "median 12% of random search's steps" in text and "over 1 seed " in text
     assert "Not run yet" in text and "tpe_mv_asha seed 1" in text
+    assert "| 0 | multivariate TPE + ASHA (reduction factor 2) | 20.000 | 480 (480) |" in text
 
 
 def test_a_finished_search_is_reused_only_under_the_same_settings(tmp_path):
