@@ -168,11 +168,18 @@ class TuneSettings:
     objectives: list[dict] = field(default_factory=list)
     time_budget_s: Optional[float] = number(None, positive=True)
     search_alg: str = choice("optuna", "random", default="optuna")
-    startup_trials: int = number(10, positive=True)  # TPE samples at random until this many trials exist
+    # TPE samples at random until this many trials exist; None: an eighth of num_samples, 3 to 10 (Optuna's own
+    # default of 10 would leave a 10-trial search with no guided trial at all)
+    startup_trials: Optional[int] = number(None, positive=True)
     # TPE models the searched parameters jointly (Optuna's multivariate TPE; group=True splits a conditional space
     # into the groups of parameters that appear together), instead of one independent model per parameter
     multivariate: bool = False
     seed: int = 0
+
+    @property
+    def random_trials_first(self) -> int:
+        """How many trials TPE samples at random before its model guides the draws."""
+        return self.startup_trials or min(10, max(3, self.num_samples // 8))
     points_to_evaluate: list[dict] = field(default_factory=list)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)

@@ -196,7 +196,7 @@ def optuna_sampler(t):
         return optuna.samplers.RandomSampler(seed=t.seed)
     with warnings.catch_warnings():  # multivariate and group are marked experimental in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.startup_trials,
+        return optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.random_trials_first,
                                           multivariate=t.multivariate, group=t.multivariate)
 
 
@@ -586,7 +586,8 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
     sched = "none" if t.scheduler.type == "none" else (
         f"ASHA on optimizer steps (max_t={t.scheduler.max_t}, grace_period={t.scheduler.grace_period}, "
         f"reduction_factor={t.scheduler.reduction_factor:g})")
-    print(f"search: {t.search_alg} (seed {t.seed}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
+    guided = f", TPE-guided after {t.random_trials_first} random trials" if t.search_alg == "optuna" else ""
+    print(f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
     budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
     print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))

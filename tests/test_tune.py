@@ -151,7 +151,16 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert proc.returncode == 0, proc.stderr
     assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in proc.stdout
     assert "budget: 3 trials, at most 36 optimizer steps" in proc.stdout
+    assert "TPE-guided after 3 random trials" in proc.stdout
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])
+def test_tpe_random_start_fits_the_search_size(samples, startup, expected):
+    from embinject.config import TuneSettings
+
+    # Optuna's fixed 10 random trials would leave a 10-trial search with no guided trial at all
+    assert TuneSettings(num_samples=samples, startup_trials=startup).random_trials_first == expected
 
 
 def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny_model, shared_data):
