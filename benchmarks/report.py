@@ -409,7 +409,7 @@ def precision_section(data: dict) -> list[str]:
 def eval_subset_section(data: dict) -> list[str]:
     lines = ["## eval_subset: do cheap intermediate evaluations decide as full ones do?", "",
              f"`python -m benchmarks.eval_subset` on {data['time']}: {data['trials']} quickstart trials on {Path(data.get('data', '')).name or 'the built-in docs'}, {data['steps']} steps, "
-             f"no early stopping; each evaluation every 10 steps scored on {data['subset']} of {data['val_windows']} validation "
+             f"no early stopping; each evaluation (every {data['rungs'][0]['step']} steps) scored on {data['subset']} of {data['val_windows']} validation "
              f"windows (`train.eval_windows`) and on all of them (`train.eval_audit`).", "",
              "| step | trials | Spearman (subset vs all) | ASHA's kept half identical | same best trial | median relative difference |",
              "|---|---|---|---|---|---|"]
