@@ -132,15 +132,24 @@ def main(argv=None) -> int:
         for r in copied:
             lines.append(f"| {r['label']} (from embedding_injection/results.json) | {r['val_perplexity']:.2f} | "
                          f"{100 * (r['val_perplexity'] / r['baseline_perplexity'] - 1):+.1f}% | {r['trainable_params']:,} | {r['train_seconds']:.0f} |")
-    setting = lambda c: (Path(c["data"]["path"]).name, c["adapter"]["embed_source"], c["adapter"]["context_tokens"],  # noqa: E731
-                         c["data"]["train_samples"], c["data"]["seq_len"], c["train"]["max_steps"], c["train"]["lr"])
+    keys = ("data.path", "adapter.embed_source", "adapter.context_tokens", "data.train_samples", "data.seq_len",
+            "train.max_steps", "train.lr", "train.dtype")
+
+    def setting(c: dict) -> dict:
+        values = {k: c[k.split(".")[0]][k.split(".")[1]] for k in keys}
+        return {**values, "data.path": Path(values["data.path"]).name}
+
     ours = setting(dataclasses.asdict(cfg))
-    same = all(setting(r["config"]) == ours for r in copied)
-    lines += ["", f"{'All rows use' if same else 'The LoRA row uses (the copied rows differ in at least one of these)'} "
-              f"`embed_source: {cfg.adapter.embed_source}` ({cfg.adapter.context_tokens} context tokens, not scored), "
-              f"{cfg.data.train_samples} training windows of {cfg.data.seq_len} tokens from `{ours[0]}`, at most "
-              f"{cfg.train.max_steps} steps, lr {cfg.train.lr:g}. Each row is one training run (one seed, no interval): the "
-              "table sets sizes and costs side by side and draws no verdict between methods.", ""]
+    theirs = [setting(r["config"]) for r in copied]
+    differ = [f"`{k}` ({', '.join(sorted({str(t[k]) for t in theirs}))})" for k in keys if any(t[k] != ours[k] for t in theirs)]
+    lines += ["", f"{'The LoRA row uses' if differ else 'All rows use'} `embed_source: {cfg.adapter.embed_source}` "
+              f"({cfg.adapter.context_tokens} context tokens, not scored), {cfg.data.train_samples} training windows of "
+              f"{cfg.data.seq_len} tokens from `{ours['data.path']}`, at most {cfg.train.max_steps} steps, lr {cfg.train.lr:g}, "
+              f"`train.dtype: {cfg.train.dtype}`"
+              + (f"; the copied rows differ in {', '.join(differ)}, so their train times are not comparable with the "
+                 "LoRA row's" if differ else "")
+              + ". Each row is one training run (one seed, no interval): the table sets sizes and costs side by side and "
+              "draws no verdict between methods.", ""]
     atomic_write_text(out / "RESULTS.md", "\n".join(lines))
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
