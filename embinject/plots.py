@@ -51,6 +51,7 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
                 # matplotlib's "identical low and high ylims" when every trial drew the same value of a
                 # parameter: it widens the axis itself, so the figure is fine and the warning is noise
                 warnings.filterwarnings("ignore", message="Attempting to set identical")
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plot API's label
                 ax = fn(study)
         except (ValueError, RuntimeError):
             continue  # e.g. parallel coordinates need at least one searched parameter
