@@ -152,12 +152,16 @@ def main(argv=None) -> int:
             record = finished(kind, seed, args)
             if record is None and args.summarise_only:
                 continue
-            if record is None:
+            fresh = record is None
+            if fresh:
                 record = run(kind, seed, args)
                 print(f"{kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps", flush=True)
             runs.append(record)
-            atomic_write_text(args.out, json.dumps(summarise(runs, args), indent=1))
-    for s in summarise(runs, args)["per_seed"]:
+            if fresh:  # an interrupted benchmark still leaves a summary of everything finished so far
+                atomic_write_text(args.out, json.dumps(summarise(runs, args), indent=1))
+    summary = summarise(runs, args)
+    atomic_write_text(args.out, json.dumps(summary, indent=1))
+    for s in summary["per_seed"]:
         print(json.dumps(s))
     return 0
 

@@ -24,6 +24,7 @@ import torch
 from embinject.config import ConfigError, load_config
 from embinject.fsutil import atomic_write_text
 from embinject.models import load_frozen_lm
+from embinject.tracking import flatten
 from embinject.train import prepare, train
 from experiments.common import experiment_parser, log_result, parse_experiment_args
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
             "train.max_steps", "train.lr", "train.dtype")
 
     def setting(c: dict) -> dict:
-        values = {k: c[k.split(".")[0]][k.split(".")[1]] for k in keys}
+        values = {k: v for k, v in flatten(c).items() if k in keys}
         return {**values, "data.path": Path(values["data.path"]).name}
 
     ours = setting(dataclasses.asdict(cfg))

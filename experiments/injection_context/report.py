@@ -12,7 +12,7 @@ from embinject.config import ConfigError
 from embinject.fsutil import atomic_write_text
 from experiments.stats import PerWindow, bootstrap, excludes_zero
 
-from .run import ARMS, CONTEXT_ARMS, CONTEXT_READ, SEEDS, TEXT_TOKENS
+from .run import ARMS, CONTEXT_ARMS, CONTEXT_READ, SEEDS, TEXT_TOKENS, lr_edge
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
@@ -190,9 +190,9 @@ def render(corpora: dict, analyses: dict) -> str:
             for m, s in sorted(corpus["lr"].items()):
                 tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f} ({x['steps']})"
                                   for x in sorted(s["trials"], key=lambda x: x["lr"]))
-                edge = (" (the largest tried)" if s["lr"] >= max(x["lr"] for x in s["trials"]) else
-                        " (the smallest tried)" if s["lr"] <= min(x["lr"] for x in s["trials"]) else "")
-                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{edge} | {bracket_verdict(s) if edge else 'not needed'} |")
+                edge = lr_edge(s)
+                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{f' (the {edge} tried)' if edge else ''} | "
+                             f"{bracket_verdict(s) if edge else 'not needed'} |")
             lines.append("")
         lines += ["| Arm | LM reads | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen (nats/token) | Share of text gain | "
                   "Val perplexity | Steps (epochs) | Still improving at stop | Peak RSS (MB) | Trainable params |",
@@ -263,11 +263,11 @@ def render(corpora: dict, analyses: dict) -> str:
             w = a["window"]
             change = w["ppl_change_vs_static"]
             if change[2] < 0:
-                verdict = ("reproduced in direction: injection that reads the scored window beats the static prefix"
-                           + (" by at least as much as the seed's -14.6%" if change[2] <= -0.146 else
-                              ", but by less than the seed's -14.6%" if change[1] > -0.146 else "")
+                size = (" by at least as much as the seed's -14.6%" if change[2] <= -0.146 else
+                        ", but by less than the seed's -14.6%" if change[1] > -0.146 else "")
+                verdict = ("reproduced in direction: injection that reads the scored window beats the static prefix" + size
                            + (" (the seed's figure is one run of a larger model on another corpus, so its size is not "
-                              "expected to carry over; the direction is what is tested)" if change[2] <= -0.146 or change[1] > -0.146 else ""))
+                              "expected to carry over; the direction is what is tested)" if size else ""))
             elif change[1] > 0:
                 verdict = "not reproduced: the static prefix is better"
             else:

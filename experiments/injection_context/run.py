@@ -150,15 +150,21 @@ def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
     return [f"data.path={data_dir}", *[o for o in args.overrides if search or not o.startswith(SEARCH_ONLY)]]
 
 
-def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
+def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ()):
+    """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
     from embinject.config import load_config
+
+    method, shape, _, _ = ARMS[arm]
+    return load_config(args.config, base_overrides(args, data_dir) + [
+        f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()], *extra])
+
+
+def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
     from embinject.evaluate import window_nll
     from embinject.train import prepare, train
 
-    method, extra, control, label = ARMS[arm]
-    cfg = load_config(args.config, base_overrides(args, data_dir) + [
-        f"method={method}", f"train.seed={seed}", f"train.lr={lr}", f"train.threads={args.threads}",
-        *[f"{k}={v}" for k, v in extra.items()]])
+    method, _, control, label = ARMS[arm]
+    cfg = arm_config(args, arm, data_dir, lr, [f"train.seed={seed}", f"train.threads={args.threads}"])
     t0 = time.time()
     prep = prepare(cfg)
     test = test_inputs(prep, cfg, test_docs)
@@ -264,6 +270,12 @@ def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
     return lr
 
 
+def lr_edge(search: dict) -> str | None:
+    """"largest" or "smallest" when a search's chosen rate is at that edge of the rates it tried."""
+    tried = [t["lr"] for t in search["trials"]]
+    return "largest" if search["lr"] >= max(tried) else "smallest" if search["lr"] <= min(tried) else None
+
+
 def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
     """When the chosen learning rate is the largest (smallest) the search tried, train one more full-epoch trial at
     twice (half) that rate, so the record says whether the optimum was bracketed. The chosen rate stays what the
@@ -272,10 +284,10 @@ def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
 
     path = runs / f"lr_search_{method}.json"
     record = json.loads(path.read_text())
-    tried = [t["lr"] for t in record["trials"]]
-    if "bracket" in record or min(tried) < record["lr"] < max(tried):
+    edge = lr_edge(record)
+    if "bracket" in record or edge is None:
         return
-    lr = record["lr"] * (2 if record["lr"] >= max(tried) else 0.5)
+    lr = record["lr"] * (2 if edge == "largest" else 0.5)
     outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}-bracket",
                         ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none"])
     record["bracket"] = searched_trials(outcome)
@@ -291,32 +303,23 @@ def record_path(runs: Path, arm: str, seed: int | None) -> Path:
 IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: dict[str, float]) -> None:
     """A record is reused only if it was run with the settings this call asks for: records of another budget (say
     `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
     import dataclasses
 
-    from embinject.config import ConfigError, load_config
+    from embinject.config import ConfigError
+    from embinject.tracking import flatten
 
     for arm in arms:
-        method, extra, _, _ = ARMS[arm]
         wanted = None
         for seed in args.seeds:
             path = record_path(runs, arm, seed)
             if not path.is_file():
                 continue
             if wanted is None:
-                cfg = load_config(args.config, base_overrides(args, data_dir) + [
-                    f"method={method}", f"train.lr={lrs[method]}", *[f"{k}={v}" for k, v in extra.items()]])
-                wanted = flat(dataclasses.asdict(cfg))
-            had = flat(json.loads(path.read_text())["config"])
+                wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[ARMS[arm][0]])))
+            had = flatten(json.loads(path.read_text())["config"])
             for key in sorted(set(wanted) | set(had)):
                 if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
                     raise ConfigError(f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
