@@ -144,9 +144,11 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     capsys.readouterr()
     assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
     # records of another budget are never mixed into the same tables: one line naming the record and the setting
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert study.main(argv + ["--set", "train.max_steps=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "train.max_steps=2" in err and "another --out folder" in err and len(err.splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing written or rewritten
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
