@@ -40,6 +40,10 @@ bench: $(STAMP)
 experiments: $(STAMP)
 	$(PY) -m experiments.injection_context.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.injection_context.run --data ../shared/data/fineweb_edu_sample --arms headline
+	# The same study trained until early stopping (10-epoch cap): about 11 minutes on one H200 with --workers 12 --threads 1, many hours on 2 CPU cores.
+	$(PY) -m experiments.injection_context.run --data ../shared/data/wikipedia_en_sample --out experiments/injection_context/converged \
+		--arms previous --lr-from experiments/injection_context --lr-check --set train.max_epochs=10
+	$(PY) -m experiments.injection_context.run --render-only --out experiments/injection_context
 	$(PY) -m experiments.embedding_injection.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.adapter_injection.run --data ../shared/data/wikipedia_en_sample
 	$(PY) -m experiments.fourier_embeddings.run --data ../shared/data/wikipedia_en_sample

@@ -149,6 +149,20 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "train.max_steps=2" in err and "another --out folder" in err and len(err.splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing written or rewritten
+    # a longer series in <out>/converged: the study's learning rates, a check of them at its budget, and a comparison
+    # table in the study's own RESULTS.md
+    longer = ["--out", str(out / "converged"), "--lr-from", str(out), "--lr-check", "--arms", "inject-4",
+              *[a.replace("train.max_steps=2", "train.max_steps=3") for a in argv[argv.index("--set"):]]]
+    assert study.main(["--data", str(shared_data / "fineweb_edu_sample"), "--seeds", "0", *longer]) == 0
+    series = out / "converged"
+    copied = json.loads((series / "runs" / "fineweb_edu_sample" / "lr_search_injection.json").read_text())
+    assert copied["from"] == "../runs/fineweb_edu_sample/lr_search_injection.json"
+    checks = sorted(json.loads(f.read_text())["lr"] for f in (series / "lr_check" / "fineweb_edu_sample").glob("*.json"))
+    assert [round(c / copied["lr"], 1) for c in checks] == [0.5, 2.0]
+    series_text = (series / "RESULTS.md").read_text()
+    assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
+    assert study.main(["--render-only", "--out", str(out)]) == 0
+    assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -74,7 +75,9 @@ HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
 WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
-ARM_SETS = {"all": list(ARMS), "headline": HEADLINE}
+# Every arm whose encoder reads the preceding text (no `window` or `context` arms): the series trained to convergence.
+PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
+ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
 
@@ -138,6 +141,11 @@ def treat(splits: list[dict], how: str | None, seed: int) -> None:
 
 # ---------------------------------------------------------------- one process per arm
 
+def device_label(device) -> str:
+    """Where a run trained: the GPU's name, or the CPU's architecture."""
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"cpu ({platform.machine()})"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -185,8 +193,9 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
             "history": [{"step": h["step"], "val_perplexity_subset": h.get("val_perplexity_subset", h["val_perplexity"])}
                         for h in history],
             "train_seconds": result["train_seconds"], "wall_seconds": time.time() - t0, "dtype": result["dtype"],
-            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "config": result["config"],
-            "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
+            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "device": device_label(prep.device),
+            **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
+            "config": result["config"], "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
 
 
 def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
@@ -262,6 +271,12 @@ def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
     from embinject.fsutil import atomic_write_text
 
     record = runs / f"lr_search_{method}.json"
+    if not record.is_file() and args.lr_from:  # another series' search, copied so this series' records say where it came from
+        source = args.lr_from / "runs" / runs.name / record.name
+        if not source.is_file():
+            from embinject.config import ConfigError
+            raise ConfigError(f"--lr-from: {source} not found (run that series' learning-rate search first)")
+        atomic_write_text(record, json.dumps({**json.loads(source.read_text()), "from": os.path.relpath(source, args.out)}, indent=1))
     if record.is_file():
         return json.loads(record.read_text())["lr"]
     outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}")
@@ -298,6 +313,19 @@ def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
 
 def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
+
+
+LR_CHECK_ARMS = {"prompt": "static-4", "injection": "inject-4"}
+
+
+def lr_check_path(out: Path, corpus: str, arm: str, lr: float) -> Path:
+    return out / "lr_check" / corpus / f"{arm}__lr{lr:g}.json"
+
+
+def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
+    """--lr-check: each method's 4-vector arm, seed 0, at half and twice its rate (two significant digits), so a
+    series trained longer than its learning-rate search says whether the searched rate still suits that budget."""
+    return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() for f in (0.5, 2)]
 
 
 IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what
@@ -342,16 +370,18 @@ def child(args) -> int:
             atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
         return 0
     r = run_arm(args, args.child, args.seed, data_dir, test_docs, args.lr)
-    atomic_write_text(record_path(runs, args.child, args.seed), json.dumps(r))
+    path = lr_check_path(args.out, args.data.name, args.child, args.lr) if args.lr_check else record_path(runs, args.child, args.seed)
+    atomic_write_text(path, json.dumps(r))
     print(f"[{args.data.name}] {args.child} seed {args.seed}: val ppl {r['val_perplexity']:.3f}, {r['steps']} steps, "
           f"{r['wall_seconds']:.0f} s", flush=True)
     return 0
 
 
-def spawn(args, arm: str, seed: int | None = None, lr: float | None = None) -> int:
+def spawn(args, arm: str, seed: int | None = None, lr: float | None = None, lr_check: bool = False) -> int:
     cmd = [sys.executable, "-m", "experiments.injection_context.run", "--data", str(args.data), "--config", args.config,
            "--out", str(args.out), "--child", arm, "--threads", str(args.threads)]
     cmd += [] if seed is None else ["--seed", str(seed), "--lr", repr(lr)]
+    cmd += ["--lr-check"] if lr_check else []
     for o in args.overrides:
         cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -379,10 +409,15 @@ def drive(args) -> int:
     todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
     if missing_references(runs):
         todo.insert(0, ("reference", None))  # evaluation only and quick; every table of the report needs it
+    if args.lr_check:
+        todo += [("lr-check", job) for job in lr_check_jobs(lrs) if not lr_check_path(args.out, args.data.name, *job).is_file()]
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
         arm, seed = job
+        if arm == "lr-check":
+            spawn(args, seed[0], 0, seed[1], lr_check=True)
+            return
         if arm == "reference":
             if missing_references(runs):  # another process may have written them meanwhile
                 spawn(args, "reference")
@@ -412,12 +447,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--render-only", action="store_true", help="write RESULTS.md from the records under <out>/runs")
+    p.add_argument("--lr-from", type=Path, help="take the learning rates from the searches of the series in this --out "
+                   "(a series trained longer than those searches ran goes with --lr-check)")
+    p.add_argument("--lr-check", action="store_true", help="also train seed 0 of static-4 and inject-4 at half and twice "
+                   "their method's rate (records under <out>/lr_check/)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--lr", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.data = args.data.resolve() if args.data else None
     args.out = args.out.resolve()
+    args.lr_from = args.lr_from.resolve() if args.lr_from else None
     args.mlflow = args.mlflow or default_tracking_uri(args.out)
     unknown = [a for a in args.arms if a not in ARMS and a not in ARM_SETS]
     if unknown:
