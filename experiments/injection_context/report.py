@@ -380,10 +380,15 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
     shared = [a for a in ARMS if a in main_a["rows"] and a in other_a["rows"]]
     if not shared:
         return []
+    trained = lambda c, key, default: ", ".join(sorted({str(r.get(key, default)) for rs in c["arms"].values() for r in rs  # noqa: E731
+                                                         if r.get("arm") in ARMS}))
     lines = [f"### (e) Trained longer: the series in `{path}`", "",
              f"The same arms, seeds and test windows, trained for at most {t_other['max_epochs']} epoch(s) with early "
              f"stopping (patience {t_other['patience']} evaluations) instead of at most {t_main['max_epochs']} "
-             f"(its RESULTS.md has every table; learning rates as that file says). Δ NLL pairs the two series by test window.", "",
+             f"(its RESULTS.md has every table; learning rates as that file says). Trained on {trained(other, 'device', 'cpu')} "
+             f"(`{trained(other, 'dtype', '?')}` autocast) against {trained(main, 'device', 'cpu')} "
+             f"(`{trained(main, 'dtype', '?')}`) here; test scoring is float32 in both. "
+             "Δ NLL pairs the two series by test window.", "",
              "| Arm | Share of text gain, this study | Share, trained longer | Median steps (epochs), trained longer | "
              "Δ test NLL, longer - this study | Verdict |", "|---|---|---|---|---|---|"]
     for arm in shared:
