@@ -42,3 +42,20 @@ def test_a_finished_search_is_reused_only_under_the_same_settings(tmp_path):
     assert search_efficiency.finished("tpe_asha", 1, args) is None
     args.steps = 40  # another budget: the kept search no longer answers the question
     assert search_efficiency.finished("tpe_asha", 0, args) is None
+
+
+def test_precision_target_is_judged_on_each_methods_interval_over_seeds():
+    """A method meets "within 1% of float32" only when its whole interval over seeds lies within 1%; a mean inside
+    1% with seeds far apart is not settled, and one seed cannot be more than its own change."""
+    def row(method, seed, change):
+        f32 = {"val_perplexity": 20.0, "baseline_perplexity": 30.0, "train_seconds": 10.0}
+        auto = {"val_perplexity": 20.0 * (1 + change), "baseline_perplexity": 30.0, "train_seconds": 7.0}
+        return {"method": method, "seed": seed, "float32": f32, "auto": auto, "ppl_change": change, "step_speedup": 1.4}
+
+    data = {"time": "t", "steps": 40, "threads": 1, "auto_means": "bfloat16", "machine": "m", "seeds": [0, 1, 2],
+            "rows": [row("tight", s, c) for s, c in enumerate((0.001, 0.002, 0.0))]
+            + [row("noisy", s, c) for s, c in enumerate((0.05, -0.05, 0.0))]
+            + [row("worse", s, c) for s, c in enumerate((0.030, 0.031, 0.032))]}
+    text = "\n".join(report.precision_section(data))
+    assert "met for tight; missed for worse; not settled for noisy" in text
+    assert "more seeds are needed" in text
