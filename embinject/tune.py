@@ -429,7 +429,12 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # MLflow sets its loggers' level from MLFLOW_LOGGING_LEVEL when first imported (INFO by default: database set-up,
+    # signature checks); a search reports tracking problems itself. Export MLFLOW_LOGGING_LEVEL=INFO to see them.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
     from ray import tune
