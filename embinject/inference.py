@@ -28,9 +28,9 @@ def tracking_uri_default() -> str:
 def open_store(uri: str, key: str) -> str:
     """A tracking store to read from: a local SQLite store must already exist (reading must not create an
     empty one); MLflow's own INFO lines stay quiet."""
-    import logging
+    from .tracking import quiet_mlflow
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_mlflow("WARNING")
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)")
     return uri

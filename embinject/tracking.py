@@ -22,6 +22,18 @@ from pathlib import Path
 from .config import ConfigError
 from .fsutil import atomic_write_text, check_writable, first_line, warn
 
+
+def quiet_mlflow(level: str) -> None:
+    """Keep MLflow's own INFO lines (database set-up, signature checks) out of embinject's output. MLflow sets its
+    loggers' level from MLFLOW_LOGGING_LEVEL on its first import, undoing an earlier setLevel, so set both; a user's
+    own MLFLOW_LOGGING_LEVEL (say INFO, to see them) wins."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
            "eval_seconds")  # a point per evaluation
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial

@@ -31,8 +31,8 @@ from .fsutil import atomic_write_text, check_writable, first_line
 from .models import cache_root
 from .cli import handle_sigterm, interrupt_exit_code, prog
 from .space import DefineByRun, SearchFile, apply_params, optuna_value, load_search_file, trial_config
-from .tracking import (STATE_FILE, SearchTracker, check_tracking_uri, dataset_record, default_tracking_uri, runs_table_url,
-                       source_tags, tracker_for)
+from .tracking import (STATE_FILE, SearchTracker, check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow,
+                       runs_table_url, source_tags, tracker_for)
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
 
@@ -422,19 +422,13 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving the champion model: no progress bars
-    import logging
     import warnings
 
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # MLflow sets its loggers' level from MLFLOW_LOGGING_LEVEL when first imported (INFO by default: database set-up,
-    # signature checks); a search reports tracking problems itself. Export MLFLOW_LOGGING_LEVEL=INFO to see them.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
-    import mlflow  # noqa: F401
-
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    quiet_mlflow("ERROR")  # a search reports tracking problems itself
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
     from ray import tune

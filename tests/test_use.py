@@ -250,3 +250,18 @@ def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path,
     assert "Traceback" not in proc.stderr
     assert not out.exists() and [p.name for p in taken.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
+
+
+@pytest.mark.parametrize("user_level, shown", [(None, False), ("INFO", True)])
+def test_mlflow_info_lines_stay_quiet_unless_the_user_asks(tmp_path, user_level, shown):
+    """MLflow resets its loggers from MLFLOW_LOGGING_LEVEL on first import; quiet_mlflow must hold through that,
+    and a user's own MLFLOW_LOGGING_LEVEL wins."""
+    script = ("import sys; from embinject.tracking import quiet_mlflow; quiet_mlflow('WARNING'); "
+              "from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    if user_level:
+        env["MLFLOW_LOGGING_LEVEL"] = user_level
+    proc = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("INFO mlflow.store.db.utils: Creating initial MLflow database tables" in proc.stderr) == shown
