@@ -165,11 +165,13 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
 
 
-def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):
     from experiments.injection_context import run as study
 
     out = tmp_path / "study"
     for argv, expected in ((["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
+                           (["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--lr-from",
+                             str(tmp_path / "no-series")], f"--lr-from: {tmp_path / 'no-series'}"),
                            (["--render-only", "--out", str(out)], "--out: no run records under ")):
         assert study.main(argv) == 2
         err = capsys.readouterr().err.strip()

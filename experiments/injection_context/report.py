@@ -170,13 +170,23 @@ def series_flags(corpora: dict) -> list[str]:
     return flags
 
 
+def trained_runs(corpus: dict) -> list[dict]:
+    """A corpus's training-run records (not the evaluation-only references)."""
+    return [r for a, rs in corpus["arms"].items() if a in ARMS for r in rs]
+
+
+def values_of(records: list[dict], key: str, default: str) -> str:
+    """The distinct values of one record field, joined: where the runs trained, at which precision."""
+    return ", ".join(sorted({str(r.get(key, default)) for r in records}))
+
+
 def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
-    trained = [r for c in corpora.values() for a, rs in c["arms"].items() if a in ARMS for r in rs]
+    trained = [r for c in corpora.values() for r in trained_runs(c)]
     # The set-up is what a training run used (the evaluation-only records carry no training settings).
     first = trained[0] if trained else next(iter(next(iter(corpora.values()))["arms"].values()))[0]
     cfg, t = first["config"], first["config"]["train"]
     hours = sum(r["wall_seconds"] for r in trained) / 3600
-    devices = ", ".join(sorted({r.get("device", "cpu") for r in trained})) or platform.machine()
+    devices = values_of(trained, "device", "cpu") or platform.machine()
     changed = " ".join(series_flags(corpora) + [f"--set {k}={v}" for k, v in settings_changed(cfg).items()])
     lines = [
         "# How much of unseen preceding text can injected vectors carry?", "",
@@ -375,19 +385,17 @@ def lr_check_table(checks: list[dict], arms: dict) -> list[str]:
 
 def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, other_a: dict) -> list[str]:
     """The same arms trained for the main study's budget and for another series' (say, until early stopping)."""
-    t_main, t_other = (next(r for rs in c["arms"].values() for r in rs if r.get("arm") in ARMS)["config"]["train"]
-                       for c in (main, other))
     shared = [a for a in ARMS if a in main_a["rows"] and a in other_a["rows"]]
     if not shared:
         return []
-    trained = lambda c, key, default: ", ".join(sorted({str(r.get(key, default)) for rs in c["arms"].values() for r in rs  # noqa: E731
-                                                         if r.get("arm") in ARMS}))
+    runs_main, runs_other = trained_runs(main), trained_runs(other)
+    t_main, t_other = runs_main[0]["config"]["train"], runs_other[0]["config"]["train"]
     lines = [f"### (e) Trained longer: the series in `{path}`", "",
              f"The same arms, seeds and test windows, trained for at most {t_other['max_epochs']} epoch(s) with early "
              f"stopping (patience {t_other['patience']} evaluations) instead of at most {t_main['max_epochs']} "
-             f"(its RESULTS.md has every table; learning rates as that file says). Trained on {trained(other, 'device', 'cpu')} "
-             f"(`{trained(other, 'dtype', '?')}` autocast) against {trained(main, 'device', 'cpu')} "
-             f"(`{trained(main, 'dtype', '?')}`) here; test scoring is float32 in both. "
+             f"(its RESULTS.md has every table; learning rates as that file says). Trained on {values_of(runs_other, 'device', 'cpu')} "
+             f"(`{values_of(runs_other, 'dtype', '?')}` autocast) against {values_of(runs_main, 'device', 'cpu')} "
+             f"(`{values_of(runs_main, 'dtype', '?')}`) here; test scoring is float32 in both. "
              "Δ NLL pairs the two series by test window.", "",
              "| Arm | Share of text gain, this study | Share, trained longer | Median steps (epochs), trained longer | "
              "Δ test NLL, longer - this study | Verdict |", "|---|---|---|---|---|---|"]

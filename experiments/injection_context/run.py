@@ -266,16 +266,23 @@ def searched_trials(outcome: dict) -> list[dict]:
                 for r in csv.DictReader(fh) if r["best_val_perplexity"]]
 
 
+def lr_source(args, runs: Path, method: str) -> Path:
+    """--lr-from: the other series' learning-rate search for `method` on this corpus."""
+    from embinject.config import ConfigError
+
+    source = args.lr_from / "runs" / runs.name / f"lr_search_{method}.json"
+    if not source.is_file():
+        raise ConfigError(f"--lr-from: {source} not found (run that series' learning-rate search first)")
+    return source
+
+
 def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
     """The best learning rate of a small search over the validation split (recorded, so it runs once)."""
     from embinject.fsutil import atomic_write_text
 
     record = runs / f"lr_search_{method}.json"
     if not record.is_file() and args.lr_from:  # another series' search, copied so this series' records say where it came from
-        source = args.lr_from / "runs" / runs.name / record.name
-        if not source.is_file():
-            from embinject.config import ConfigError
-            raise ConfigError(f"--lr-from: {source} not found (run that series' learning-rate search first)")
+        source = lr_source(args, runs, method)
         atomic_write_text(record, json.dumps({**json.loads(source.read_text()), "from": os.path.relpath(source, args.out)}, indent=1))
     if record.is_file():
         return json.loads(record.read_text())["lr"]
@@ -396,9 +403,14 @@ def drive(args) -> int:
 
     data_dir, _ = study_data(args.data)
     runs = args.out / "runs" / args.data.name
-    runs.mkdir(parents=True, exist_ok=True)
     arms = ARM_SETS.get(args.arms[0], args.arms) if len(args.arms) == 1 else args.arms
-    lrs = {m: learning_rate(args, m, data_dir, runs) for m in dict.fromkeys(ARMS[a][0] for a in arms)}
+    methods = list(dict.fromkeys(ARMS[a][0] for a in arms))
+    if args.lr_from:  # before anything is written under --out
+        for m in methods:
+            if not (runs / f"lr_search_{m}.json").is_file():
+                lr_source(args, runs, m)
+    runs.mkdir(parents=True, exist_ok=True)
+    lrs = {m: learning_rate(args, m, data_dir, runs) for m in methods}
     for m in lrs:
         bracket(args, m, data_dir, runs)
     check_records_match(args, runs, arms, data_dir, lrs)
@@ -416,7 +428,8 @@ def drive(args) -> int:
     def one(job):
         arm, seed = job
         if arm == "lr-check":
-            spawn(args, seed[0], 0, seed[1], lr_check=True)
+            check_arm, check_lr = seed  # an lr-check job is ("lr-check", (arm, lr)), trained at seed 0
+            spawn(args, check_arm, 0, check_lr, lr_check=True)
             return
         if arm == "reference":
             if missing_references(runs):  # another process may have written them meanwhile
