@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports  # the layers in pyproject.toml: seconds, before the tests
 	$(PY) -m pytest -q -x --durations=15 tests
 
 tune: $(STAMP)

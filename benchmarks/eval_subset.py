@@ -82,8 +82,8 @@ def main(argv=None) -> int:
                       "median_abs_rel_diff": statistics.median(abs(a - b) / b for a, b in pairs)})
 
     # the cost of one evaluation, subset against all windows, on the bundled model
-    from embinject.config import load_config
-    from embinject.evaluate import perplexity
+    from embinject.config_files import load_config
+    from embinject.train.evaluation import perplexity
     from embinject.methods import build_method
     from embinject.train import autocast_dtype, eval_subset, prepare
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import load_config
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm

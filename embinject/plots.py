@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .space import optuna_value  # noqa: E402
+
 
 def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, baseline: float | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -30,10 +32,8 @@ def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Pa
 def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direction: str = "minimize") -> list[Path]:
     """Optuna's optimization-history and parallel-coordinate plots, from a study rebuilt from the
     trials' params and best values (the search's own study lives inside Ray's searcher)."""
-    import optuna
+    import optuna  # a second or so to import: only searches that draw these plots pay for it
     from optuna.visualization import matplotlib as ovm
-
-    from .space import optuna_value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction)

@@ -15,10 +15,15 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import mlflow.pyfunc
 import pandas as pd  # the type hint of `predict`: MLflow reads it when the model is logged
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from .config import ConfigError
+from .adapters import LoadedAdapter
+from .errors import ConfigError
 from .fsutil import staged_dir
+from .methods import read_adapter_config
 
 PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": -1, "alpha": 1.0}
 # What loading the model needs besides embinject's own code (which travels with the model).
@@ -37,9 +42,6 @@ def _requirements() -> list[str]:
 
 
 def signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "context", required=False)]),
         outputs=Schema([ColSpec("string", "generated_text")]),
@@ -49,18 +51,10 @@ def signature():
                             ParamSpec("alpha", "double", PARAMS["alpha"])]))
 
 
-def _python_model_base():
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.PythonModel
-
-
-class EmbinjectModel(_python_model_base()):
+class EmbinjectModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: loads the frozen LM and the adapter once, then generates per request."""
 
     def load_context(self, context):
-        from .inference import LoadedAdapter
-
         self.adapter = LoadedAdapter(context.artifacts["adapter"])
         mix = context.artifacts.get("mix_adapter")
         self.mix = LoadedAdapter(mix, lm=self.adapter.lm) if mix else None
@@ -81,10 +75,6 @@ class EmbinjectModel(_python_model_base()):
 
 
 def input_example(adapter_dir: Path):
-    import pandas as pd
-
-    from .methods import read_adapter_config
-
     cfg = read_adapter_config(adapter_dir)["parsed_config"]
     example = {"prompt": ["The history of the city"]}
     if cfg.method == "injection":
@@ -94,8 +84,6 @@ def input_example(adapter_dir: Path):
 
 def save_pyfunc(adapter_dir: str | Path, target: str | Path, mix_dir: str | Path | None = None) -> Path:
     """Write the adapter as an MLflow pyfunc model directory (made whole beside `target`, then moved in)."""
-    import mlflow.pyfunc
-
     adapter_dir, target = Path(adapter_dir), Path(target)
     artifacts = {"adapter": str(adapter_dir)}
     if mix_dir is not None:

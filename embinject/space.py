@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (OBJECTIVE_METRICS, PATH_KEYS, Config, ConfigError, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section,
-                     parse_override, read_yaml, resolve_paths, set_dotted, settings_from_dict)
+from .config import OBJECTIVE_METRICS, Config, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, settings_from_dict
+from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_paths, set_dotted
+from .errors import ConfigError
 from .fsutil import resolve_local, resolve_tracking_uri
 
 DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2, "qrandint": 3}
@@ -55,7 +56,7 @@ class Param:
         return trial.suggest_int(self.key, self.args[0], self.args[1], step=self.args[2])
 
     def optuna_distribution(self):
-        import optuna.distributions as d
+        import optuna.distributions as d  # lazy: a dry run and train never need Optuna
 
         if self.kind == "choice":
             return d.CategoricalDistribution([optuna_value(v) for v in self.args])

@@ -68,7 +68,7 @@ def run_or_reload(args, out, run) -> dict | None:
     import json
     import sys
 
-    from embinject.config import ConfigError
+    from embinject.errors import ConfigError
 
     if args.render_only:
         return json.loads((out / "results.json").read_text())

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embinject import train as train_cli
-from embinject import tune as tune_cli
+from embinject.train import __main__ as train_cli
+from embinject.tune import __main__ as tune_cli
 
 from .conftest import ROOT, free_port
 

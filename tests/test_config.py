@@ -3,7 +3,9 @@ import sys
 
 import pytest
 
-from embinject.config import ConfigError, config_from_dict, load_config
+from embinject.config import config_from_dict
+from embinject.config_files import load_config
+from embinject.errors import ConfigError
 
 from .conftest import ROOT
 

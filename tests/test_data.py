@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from embinject.config import ConfigError, DataConfig
+from embinject.config import DataConfig
+from embinject.errors import ConfigError
 from embinject.data import build_windows, load_documents, select_windows
 from embinject.encoders import FourierEncoder, cached_embeddings
 from embinject.models import load_frozen_lm, tokenizer_fingerprint

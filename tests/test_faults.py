@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from embinject.config import ConfigError, load_config
+from embinject.config_files import load_config
+from embinject.errors import ConfigError
 from embinject.methods import load_method
-from embinject.train import main as train_main
 from embinject.train import train, write_outputs
+from embinject.train.__main__ import main as train_main
 
 from .conftest import ROOT, free_port
 from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search

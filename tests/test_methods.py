@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embinject.config import load_config
-from embinject.evaluate import perplexity
+from embinject.config_files import load_config
+from embinject.train.evaluation import perplexity
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.models import load_frozen_lm
 from embinject.train import autocast_dtype, prepare, train
@@ -95,7 +95,7 @@ def test_per_window_nll_adds_up_to_the_perplexity(tiny_overrides):
     """window_nll (what paired statistics over windows use) is the same numbers as perplexity, split by window."""
     import math
 
-    from embinject.evaluate import perplexity, window_nll
+    from embinject.train.evaluation import perplexity, window_nll
 
     cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=context", "train.dtype=float32")
     prep = prepare(cfg)
@@ -288,7 +288,7 @@ def test_bfloat16_autocast_trains(tiny_overrides):
 def test_generation_matches_full_recomputation(tiny_overrides, method, extra):
     """Greedy decoding with the KV cache equals argmax over a full forward of the growing
     sequence through the adapter (the training path), token by token."""
-    from embinject.generate import generate
+    from embinject.train.generation import generate
 
     cfg = cfg_for(tiny_overrides, method, "adapter.prefix_len=3", *([extra] if extra else []))
     lm = load_frozen_lm(cfg.model)
@@ -410,7 +410,7 @@ def test_resuming_a_finished_run_delivers_its_final_report_again(tiny_overrides,
 
 @pytest.mark.parametrize("fast", ["0", "1"])
 def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_overrides, monkeypatch, fast):
-    from embinject import precision
+    from embinject.train import precision
 
     monkeypatch.setenv("EMBINJECT_CPU_BF16", fast)  # as on a CPU with (1) or without (0) bf16 instructions
     precision.cpu_bf16_fast.cache_clear()
@@ -426,7 +426,7 @@ def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_override
 def test_cpu_flags_decide_and_the_probe_answers_quickly():
     import time
 
-    from embinject import precision
+    from embinject.train import precision
 
     flags = precision.cpu_flags()
     assert flags is None or isinstance(flags, set)
@@ -442,7 +442,7 @@ def test_cpu_flags_decide_and_the_probe_answers_quickly():
 def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tiny_overrides, monkeypatch, last_is_best):
     """At the last evaluation one pass over every window gives the subset's score and the full set's; only
     when an earlier adapter is kept is that one scored again."""
-    import embinject.train as T
+    import embinject.train.loop as T
 
     rescored = []
     real_score, real_both = T.score_state, T.subset_and_full

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from embinject.config import load_config
+from embinject.config_files import load_config
 from embinject.models import load_frozen_lm
-from embinject.train import main, train
+from embinject.train import train
+from embinject.train.__main__ import main
 
 pytestmark = pytest.mark.real
 
@@ -116,7 +117,7 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from embinject.export import write_peft
+    from embinject.methods.peft_layout import write_peft
     from embinject.models import resolve_model_path
     from embinject.train import prepare
 

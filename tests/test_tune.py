@@ -166,7 +166,7 @@ def test_tpe_random_start_fits_the_search_size(samples, startup, expected):
 def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny_model, shared_data):
     from mlflow.artifacts import download_artifacts
 
-    from embinject.evaluate import perplexity
+    from embinject.train.evaluation import perplexity
     from embinject.methods import load_method
     from embinject.models import load_frozen_lm
     from embinject.train import prepare

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embinject.config import load_config
+from embinject.config_files import load_config
 from embinject.train import train, write_outputs
 
 from .conftest import ROOT, free_port
@@ -72,7 +72,7 @@ def test_generate_works_for_every_method(adapters, method):
 
 
 def test_generate_samples_reproducibly_and_mixes_prefixes(adapters):
-    from embinject.inference import LoadedAdapter
+    from embinject.adapters import LoadedAdapter
 
     a = LoadedAdapter(adapters["prefix"])
     same = [a.generate(["The module"], temperature=1.0, top_k=20, seed=7, max_new_tokens=6) for _ in range(2)]
@@ -87,8 +87,8 @@ def test_generate_samples_reproducibly_and_mixes_prefixes(adapters):
 def test_injection_with_previous_text_needs_a_context(tiny_model, tmp_path):
     import yaml
 
-    from embinject.config import ConfigError
-    from embinject.inference import LoadedAdapter
+    from embinject.errors import ConfigError
+    from embinject.adapters import LoadedAdapter
 
     cfg = load_config(None, [f"model={tiny_model}", "method=injection", "data.seq_len=32", "data.train_samples=32",
                              "data.val_samples=16", "train.max_steps=1", "train.progress=false", "adapter.mlp_width=8",
@@ -134,7 +134,7 @@ def _peft_nll(peft_model, ids: torch.Tensor, labels: torch.Tensor, n_virtual: in
 def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, tiny_model):
     from peft import AutoPeftModelForCausalLM
 
-    from embinject.inference import LoadedAdapter
+    from embinject.adapters import LoadedAdapter
     from embinject.train import prepare
 
     out = tmp_path / "peft"

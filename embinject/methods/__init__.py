@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, config_from_dict
+from ..config import config_from_dict
+from ..errors import ConfigError
 from .base import ADAPTER_CONFIG, AdapterMethod, scored_nll
 from .baseline import Baseline
 from .injection import Injection

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from ..config import Config, ConfigError
-from ..fsutil import atomic_save_tensors, atomic_write_text, first_line
+from ..config import Config
+from ..errors import ConfigError, first_line
+from ..fsutil import atomic_save_tensors, atomic_write_text
+from .peft_layout import peft_unsupported, write_peft
 from .priors import init_vectors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -154,8 +156,6 @@ class AdapterMethod(nn.Module):
 
     def save_peft_format(self, directory: Path) -> None:
         """Also write the adapter in PEFT's layout (peft/) where PEFT has one for it."""
-        from ..export import peft_unsupported, write_peft
-
         if peft_unsupported(self) is None:
             write_peft(self, Path(directory) / "peft", quiet=True)
 

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from ..errors import ConfigError
 from .base import AdapterMethod
 
 
@@ -14,7 +15,7 @@ class LoRA(AdapterMethod):
     name = "lora"
 
     def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None, adapter_name: str = "default"):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # lazy: PEFT takes a second to import, and only LoRA needs it
 
         super().__init__(cfg, lm, encoder_dim, tokenizer)
         a = cfg.adapter
@@ -30,8 +31,6 @@ class LoRA(AdapterMethod):
                     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
                     peft_model = get_peft_model(lm, self.lora_config, adapter_name=adapter_name)
             except ValueError as exc:
-                from ..config import ConfigError
-
                 raise ConfigError(f"adapter.target_modules: {str(exc).splitlines()[0]}") from None
         object.__setattr__(self, "peft_model", peft_model)
 
@@ -39,13 +38,13 @@ class LoRA(AdapterMethod):
         return [p for p in self.peft_model.parameters() if p.requires_grad]
 
     def adapter_state(self):
-        from peft import get_peft_model_state_dict
+        from peft import get_peft_model_state_dict  # lazy, as above
 
         state = get_peft_model_state_dict(self.peft_model, adapter_name=self.adapter_name)
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def load_adapter_state(self, state):
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # lazy, as above
 
         result = set_peft_model_state_dict(self.peft_model, state, adapter_name=self.adapter_name)
         missing = [k for k in result.missing_keys if "lora_" in k]

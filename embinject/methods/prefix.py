@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import AdapterMethod, output_cache
 
 
@@ -61,7 +61,7 @@ class Prefix(AdapterMethod):
         return self.kv + flat.view(-1, L, 2, H, hd).permute(1, 2, 3, 0, 4)
 
     def past_key_values(self, batch: dict):
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
 
         kv = self.prefix_kv()
         B = batch["input_ids"].shape[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def _fitted_gaussian(table: torch.Tensor, n: int, g: torch.Generator, diagonal: bool) -> torch.Tensor:

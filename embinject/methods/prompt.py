@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import AdapterMethod
 
 

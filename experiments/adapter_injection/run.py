@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import ConfigError, load_config
+from embinject.config_files import load_config
+from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.models import load_frozen_lm
 from embinject.tracking import flatten

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import config_from_dict, load_config
+from embinject.config import config_from_dict
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
 from embinject.train import prepare, train
 from experiments.common import experiment_parser, log_result, parse_experiment_args, run_or_reload

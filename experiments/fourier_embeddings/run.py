@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import ConfigError, load_config
+from embinject.config_files import load_config
+from embinject.errors import ConfigError
 from embinject.data import build_windows, select_windows
 from embinject.encoders import load_encoder
 from embinject.fsutil import atomic_write_text

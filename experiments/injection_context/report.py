@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from embinject.config import ConfigError
+from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
+from embinject.config_files import load_config
+from embinject.tracking import flatten
+from experiments.injection_context.arms import ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, HERE, IGNORED_SETTINGS, SEEDS, TEXT_TOKENS, lr_edge
 from experiments.stats import PerWindow, bootstrap
 
-from .run import ARMS, CONTEXT_ARMS, CONTEXT_READ, SEEDS, TEXT_TOKENS, lr_edge
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
 LONGER_SERIES = "converged"  # a series under --out trained until early stopping; the report compares it with this one
@@ -144,11 +146,6 @@ def equivalent_text_tokens(nll: float, text: dict[int, float]) -> str:
 
 def settings_changed(config: dict) -> dict:
     """The shared training and data settings a series' runs used that differ from config.yaml (say, a longer budget)."""
-    from embinject.config import load_config
-    from embinject.tracking import flatten
-
-    from .run import HERE, IGNORED_SETTINGS
-
     default = flatten(load_config(str(HERE / "config.yaml")).to_dict())
     had = flatten(config)
     return {k: had[k] for k in sorted(had) if k.startswith(("train.", "data.")) and k not in IGNORED_SETTINGS
@@ -157,8 +154,6 @@ def settings_changed(config: dict) -> dict:
 
 def series_flags(corpora: dict) -> list[str]:
     """The run.py options, beyond --data, that a series' records show it was run with."""
-    from .run import ARM_SETS
-
     flags, ran = [], {a for c in corpora.values() for a in c["arms"] if a in ARMS}
     sets = [name for name, arms in ARM_SETS.items() if name != "all" and ran == set(arms)]
     flags += [f"--arms {sets[0]}"] if sets else []

@@ -34,52 +34,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-SEEDS = (0, 1, 2)
-TEXT_TOKENS = (1, 2, 4, 8, 16, 32, 64)  # the LM reads the last m tokens of the preceding text
-INJECT = "bundled:all-minilm-l6-v2"
-CONTEXT = {"adapter.embed_source": "context", "adapter.context_tokens": 8}  # the `context` arms' shared settings
-CONTEXT_READ = CONTEXT["adapter.context_tokens"]
-
-# name: (method, overrides, control, label). Order is priority: an interrupted study has the headline first.
-ARMS: dict[str, tuple[str, dict, str | None, str]] = {
-    "static-4": ("prompt", {"adapter.prefix_len": 4}, None, "Static prefix, 4 vectors"),
-    "inject-4": ("injection", {"adapter.inject_tokens": 4}, None, "Injection, 4 vectors (MiniLM)"),
-    "shuffled-4": ("injection", {"adapter.inject_tokens": 4}, "shuffled", "Control: shuffled embeddings, 4 vectors"),
-    "constant-4": ("injection", {"adapter.inject_tokens": 4}, "constant", "Control: constant input, 4 vectors"),
-    "inject-1": ("injection", {"adapter.inject_tokens": 1}, None, "Injection, 1 vector (MiniLM)"),
-    "inject-2": ("injection", {"adapter.inject_tokens": 2}, None, "Injection, 2 vectors (MiniLM)"),
-    "inject-8": ("injection", {"adapter.inject_tokens": 8}, None, "Injection, 8 vectors (MiniLM)"),
-    "fourier-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "fourier"}, None,
-                  "Injection, 4 vectors (fourier)"),
-    "lm-mean-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "lm-mean"}, None,
-                  "Injection, 4 vectors (lm-mean)"),
-    "shuffled-1": ("injection", {"adapter.inject_tokens": 1}, "shuffled", "Control: shuffled embeddings, 1 vector"),
-    "shuffled-8": ("injection", {"adapter.inject_tokens": 8}, "shuffled", "Control: shuffled embeddings, 8 vectors"),
-    # At 4 vectors the constant input is the stronger control; these check whether that holds at 1 and 8.
-    "constant-1": ("injection", {"adapter.inject_tokens": 1}, "constant", "Control: constant input, 1 vector"),
-    "constant-8": ("injection", {"adapter.inject_tokens": 8}, "constant", "Control: constant input, 8 vectors"),
-    # The seed report's mode: the encoder reads the scored window itself. Same test windows and tokens as above.
-    "window-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, None,
-                 "Injection, 4 vectors, encoder reads the scored window (`window`)"),
-    "window-shuffled-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, "shuffled",
-                          "Control: shuffled embeddings, 4 vectors (`window`)"),
-    # The quickstart's mode: the encoder reads the window's first tokens, which the LM reads too and is not scored on.
-    # These arms are scored on the window's last 64 - 8 tokens, so they form their own table with their own baseline.
-    "context-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, None,
-                  f"Injection, 4 vectors, encoder reads the window's first {CONTEXT_READ} tokens (`context`)"),
-    "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
-                           "Control: constant input, 4 vectors (`context`)"),
-}
-HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
-WINDOW = ["window-4", "window-shuffled-4"]
-CURVE = ["inject-1", "inject-2", "inject-8"]
-CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
-# Every arm whose encoder reads the preceding text (no `window` or `context` arms): the series trained to convergence.
-PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
-ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS}
-REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
-
+from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
+                                               TEXT_TOKENS, WINDOW, lr_edge)
+from experiments.injection_context.report import write_report
 
 # ---------------------------------------------------------------- data: train / validation / test
 
@@ -90,7 +47,7 @@ def read_docs(file: Path) -> list[str]:
 def study_data(src: Path) -> tuple[Path, list[str]]:
     """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
     documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
-    from embinject.config import ConfigError
+    from embinject.errors import ConfigError
     from embinject.fsutil import atomic_write_text
     from embinject.models import cache_dir
 
@@ -160,7 +117,7 @@ def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
 
 def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ()):
     """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
-    from embinject.config import load_config
+    from embinject.config_files import load_config
 
     method, shape, _, _ = ARMS[arm]
     return load_config(args.config, base_overrides(args, data_dir) + [
@@ -168,7 +125,7 @@ def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ())
 
 
 def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
-    from embinject.evaluate import window_nll
+    from embinject.train.evaluation import window_nll
     from embinject.train import prepare, train
 
     method, _, control, label = ARMS[arm]
@@ -201,8 +158,8 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
 def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
     """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens; and the frozen
     LM alone scored as the `context` arms are (`baseline-context`). Records named in `skip` are not recomputed."""
-    from embinject.config import load_config
-    from embinject.evaluate import window_nll
+    from embinject.config_files import load_config
+    from embinject.train.evaluation import window_nll
     from embinject.methods.base import AdapterMethod
     from embinject.train import prepare
 
@@ -268,7 +225,7 @@ def searched_trials(outcome: dict) -> list[dict]:
 
 def lr_source(args, runs: Path, method: str) -> Path:
     """--lr-from: the other series' learning-rate search for `method` on this corpus."""
-    from embinject.config import ConfigError
+    from embinject.errors import ConfigError
 
     source = args.lr_from / "runs" / runs.name / f"lr_search_{method}.json"
     if not source.is_file():
@@ -290,12 +247,6 @@ def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
     lr = float(outcome["best"]["train.lr"])
     atomic_write_text(record, json.dumps({"method": method, "lr": lr, "trials": searched_trials(outcome)}, indent=1))
     return lr
-
-
-def lr_edge(search: dict) -> str | None:
-    """"largest" or "smallest" when a search's chosen rate is at that edge of the rates it tried."""
-    tried = [t["lr"] for t in search["trials"]]
-    return "largest" if search["lr"] >= max(tried) else "smallest" if search["lr"] <= min(tried) else None
 
 
 def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
@@ -335,7 +286,6 @@ def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
     return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() for f in (0.5, 2)]
 
 
-IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what
 
 
 def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: dict[str, float]) -> None:
@@ -343,7 +293,7 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
     `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
     import dataclasses
 
-    from embinject.config import ConfigError
+    from embinject.errors import ConfigError
     from embinject.tracking import flatten
 
     for arm in arms:
@@ -477,8 +427,7 @@ def main(argv=None) -> int:
         p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
     if args.child:
         return child(args)
-    from embinject.config import ConfigError
-    from experiments.injection_context.report import write_report
+    from embinject.errors import ConfigError
 
     try:  # bad input: one line, exit 2, nothing written
         if not args.render_only:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from embinject.config import Config, DataConfig, config_from_dict, parse_override, read_yaml, set_dotted
+from embinject.config import Config, DataConfig, config_from_dict
+from embinject.config_files import parse_override, read_yaml, set_dotted
 from embinject.data import load_documents
 from embinject.fsutil import atomic_write_text
-from embinject.generate import generate
+from embinject.train.generation import generate
 from embinject.methods import build_method
 from embinject.methods.baseline import Baseline
 from embinject.train import prepare, shared_lm, train

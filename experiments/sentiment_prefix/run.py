@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embinject.config import load_config
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
-from embinject.generate import generate
+from embinject.train.generation import generate
 from embinject.methods import mix_adapters
 from embinject.methods.baseline import Baseline
 from embinject.models import package_file

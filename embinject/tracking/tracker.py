@@ -1,4 +1,4 @@
-"""MLflow records of a search: one parent run, one nested child run per trial, the champion
+"""The MLflow records of a search: one parent run, one nested child run per trial, the champion
 adapter as an artifact and a registered model version with the alias `champion`.
 
 Only the search driver writes (a single writer), so a SQLite store is never written by many
@@ -8,6 +8,8 @@ counted in a small state file. So a tracking server that goes away mid-search ne
 stalls the search: records wait in the journal and are sent when the server is back (on a later
 record, at the end, or on `--resume`), with their original timestamps. A resumed search continues
 the same runs instead of starting new ones.
+
+MLflow is imported where it is used, never before `quiet_mlflow` (see store.py).
 """
 from __future__ import annotations
 
@@ -15,24 +17,11 @@ import json
 import math
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from .config import ConfigError
-from .fsutil import atomic_write_text, check_writable, first_line, warn
-
-
-def quiet_mlflow(level: str) -> None:
-    """Keep MLflow's own INFO lines (database set-up, signature checks) out of embinject's output. MLflow sets its
-    loggers' level from MLFLOW_LOGGING_LEVEL on its first import, undoing an earlier setLevel, so set both; a user's
-    own MLFLOW_LOGGING_LEVEL (say INFO, to see them) wins."""
-    import logging
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
-    import mlflow  # noqa: F401
-
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+from ..errors import first_line, warn
+from ..fsutil import atomic_write_text
+from .records import iso_time, now_ms, curve_value, flatten, readable
 
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
            "eval_seconds")  # a point per evaluation
@@ -41,116 +30,6 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflo
 STATE_FILE = "embinject_search.json"
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
-
-
-def default_tracking_uri(storage_dir: Path) -> str:
-    return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow.db'}"
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Before any work: a tracking server must answer, a local store must be writable. One ConfigError
-    naming the URI otherwise."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout):
-                return
-        except urllib.error.HTTPError:
-            return  # something answered; MLflow itself will say what is wrong
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigError(f"mlflow.tracking_uri: cannot reach {uri} ({reason}); start the tracking server "
-                              "or set mlflow.tracking_uri to one that runs") from None
-    elif uri.startswith("sqlite:///"):
-        check_writable(Path(uri[len("sqlite:///"):]).parent, "mlflow.tracking_uri")
-    elif uri.startswith("file:"):
-        check_writable(Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]), "mlflow.tracking_uri")
-    elif "://" not in uri:
-        check_writable(Path(uri), "mlflow.tracking_uri")
-
-
-def readable(value) -> str:
-    """A parameter value as people write it: lists and mappings as JSON, not Python reprs."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def runs_table_url(tracking_uri: str, experiment_id: str | None) -> str:
-    """The experiment's runs table in MLflow's model-training view (MLflow 3 opens its GenAI view otherwise);
-    for a local store, as `mlflow ui` serves it on its default address."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def source_tags(command: str) -> dict:
-    """Where a run came from, in MLflow's own tag names: command, user, git commit (when there is one)."""
-    import getpass
-    import subprocess
-
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": command[:5000]}
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # no user name in containers without a passwd entry
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0 and commit.stdout.strip():
-            tags["mlflow.source.git.commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
-
-
-def dataset_record(cfg) -> dict:
-    """The training data as MLflow describes a dataset: a name, a digest that changes with its content and
-    the settings that cut it into windows, and where it came from."""
-    import dataclasses
-    import hashlib
-
-    path = cfg.data.path
-    local = Path(path)
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str).encode())
-    if path.startswith("builtin:"):
-        kind, name = "builtin", path.split(":", 1)[1]
-    elif local.exists():
-        kind, name = "local", local.name
-        for f in sorted(local.rglob("*")) if local.is_dir() else [local]:
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(local) if local.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        kind, name = "hf", path
-    return {"name": name, "digest": h.hexdigest()[:8], "source_type": kind, "source": path}
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def curve_value(report: dict):
-    """A report's point on the validation curve. A run's final report gives as `val_perplexity` its kept adapter
-    scored on every window (what the searcher and the summary rank), and that evaluation's score on the subset
-    the earlier points used as `val_perplexity_subset`: the curve takes the latter, so it stays on one set."""
-    subset = report.get("val_perplexity_subset")
-    return subset if subset is not None else report.get("val_perplexity")
-
-
-def _iso(epoch_seconds: float) -> str:
-    """A timestamp tag: ISO 8601 in UTC with milliseconds (readable, and exact enough to time a start-up)."""
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 _TRACKERS: dict[str, "SearchTracker"] = {}
@@ -201,7 +80,7 @@ class SearchTracker:
 
     def _record(self, op: str, **fields) -> None:
         with self.journal.open("a") as fh:
-            fh.write(json.dumps({"op": op, "t": _now_ms(), **fields}, default=str) + "\n")
+            fh.write(json.dumps({"op": op, "t": now_ms(), **fields}, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         if time.time() >= self._retry_at:
@@ -232,7 +111,7 @@ class SearchTracker:
         started = metrics.get("trainable_started_at")
         self._record("trial_result", trial=trial_id, step=int(metrics.get("step", 0)), metrics=values,
                      constants=constants, node_id=metrics.get("node_id") or "", dtype=metrics.get("dtype") or "",
-                     started_at=_iso(started) if started else "")
+                     started_at=iso_time(started) if started else "")
 
     def trial_restarted(self, trial_id: str) -> None:
         count = self.state["restarts"].get(trial_id, 0) + 1
@@ -299,7 +178,7 @@ class SearchTracker:
 
     def _mlflow(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # see store.py: MLflow only once quiet_mlflow ran
 
             client = MlflowClient(self.tracking_uri)
             exp = client.get_experiment_by_name(self.experiment)
@@ -314,7 +193,7 @@ class SearchTracker:
         return self._client
 
     def _apply(self, r: dict) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # lazy: MLflow only after quiet_mlflow (store.py)
 
         client = self._mlflow()
         op = r["op"]
@@ -390,7 +269,7 @@ class SearchTracker:
     def _register(self, client, name: str, winner_run: str | None, tags: dict) -> str:
         """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,
         the parent run's champion adapter directory)."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy, as above
 
         try:
             client.create_registered_model(name, description="embinject adapters as MLflow pyfunc models: "
@@ -407,7 +286,7 @@ class SearchTracker:
         """The training data as an MLflow dataset input (the runs table's Dataset column)."""
         if not dataset:
             return
-        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy, as above
 
         entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type=dataset["source_type"],
                          source=json.dumps({"uri": dataset["source"]}))

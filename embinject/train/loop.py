@@ -1,188 +1,31 @@
-"""Train one adapter on a frozen LM: `python -m embinject.train CONFIG.yaml [--set k=v ...]`.
-
-`train(cfg, report=...)` is the whole loop, callable from Python; it knows nothing of Ray. After
-every evaluation it calls `report(metrics, write_checkpoint)`, where `write_checkpoint(dir)`
-saves adapter + optimizer + loop state (safetensors + JSON) so a caller can resume from it.
+"""The training loop for one adapter on a frozen LM: `train(cfg, report=...)`, callable from Python; it
+knows nothing of Ray. After every evaluation it calls `report(metrics, write_checkpoint)`, where
+`write_checkpoint(dir)` saves adapter + optimizer + loop state (safetensors + JSON) so a caller can
+resume from it. A non-finite loss or a runaway validation perplexity stops it (`Diverged`), for every method.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import math
-import os
 import random
 import resource
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
-from .cli import prog, run_command
-from .config import Config, ConfigError, keys_help, load_config
-from .data import Windows, build_windows, select_windows
-from .encoders import cached_embeddings, encoder_key, load_encoder
-from .evaluate import batches, perplexity, window_nll
-from .fsutil import atomic_save_tensors, atomic_write_text, check_writable, discard_corrupt, first_line
-from .methods import REGISTRY, AdapterMethod, build_method
-from .methods.baseline import Baseline
-from .models import FrozenLM, cache_dir, cache_root, load_frozen_lm, tokenizer_fingerprint
-from .precision import resolve_dtype
+from ..config import Config
+from ..fsutil import atomic_save_tensors
+from ..methods import AdapterMethod, build_method
+from . import precision
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluation import batches, perplexity, window_nll
+from .shared import Prepared, autocast_dtype, baseline_perplexity, prepare
 
 Report = Callable[[dict, Callable[[Path], None]], None]
 
-
-# ---------------------------------------------------------------- shared preparation
-
-@dataclass
-class Prepared:
-    """Everything a trial needs that does not depend on the adapter: built once, reused."""
-
-    lm: FrozenLM
-    train: dict[str, torch.Tensor]  # input_ids, labels[, sentence_embedding]
-    val: dict[str, torch.Tensor]
-    encoder_dim: int | None
-    device: str
-    prepare_seconds: float = 0.0
-
-
-_LM_CACHE: dict[tuple, FrozenLM] = {}
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no GPU is visible")
-    return name
-
-
-def shared_lm(model: str, device: str) -> FrozenLM:
-    """One frozen LM per process and (model, device); methods never change its weights."""
-    key = (model, device)
-    if key not in _LM_CACHE:
-        _LM_CACHE[key] = load_frozen_lm(model, device=device)
-    return _LM_CACHE[key]
-
-
-def encoder_ids(w: Windows, cfg: Config) -> torch.Tensor:
-    """What the sentence encoder sees, per `adapter.embed_source`."""
-    src = cfg.adapter.embed_source
-    if src == "window":
-        return w.tokens
-    if src == "context":
-        return w.tokens[:, : cfg.adapter.context_tokens]
-    return w.previous
-
-
-def scored_labels(w: Windows, cfg: Config) -> torch.Tensor:
-    """Labels for the LM: examples score only their targets; windows with `context` keep the first
-    context_tokens tokens as input only."""
-    labels = w.tokens.clone()
-    if w.scored is not None:
-        labels[~w.scored] = -100
-    elif cfg.adapter.embed_source == "context":
-        labels[:, : cfg.adapter.context_tokens] = -100
-    return labels
-
-
-def prepare(cfg: Config) -> Prepared:
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    lm = shared_lm(cfg.model, device)
-    train_w, val_w = build_windows(cfg.data, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
-    train_w = select_windows(train_w, cfg.data.train_samples, cfg.adapter.embed_source, "train")
-    val_w = select_windows(val_w, cfg.data.val_samples, cfg.adapter.embed_source, "validation")
-    train = {"input_ids": train_w.tokens, "labels": scored_labels(train_w, cfg)}
-    val = {"input_ids": val_w.tokens, "labels": scored_labels(val_w, cfg)}
-    encoder_dim = None
-    if REGISTRY[cfg.method].needs_encoder:
-        a = cfg.adapter
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path)
-        encoder = []  # loaded at most once, and only on a cache miss
-
-        def make():
-            if not encoder:
-                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device))
-            return encoder[0]
-
-        train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
-        val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
-        encoder_dim = train["sentence_embedding"].shape[1]
-    return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)
-
-
-def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
-    """The frozen model's perplexity on exactly the validation tokens the adapter is scored on,
-    cached on disk: every trial of a search shares it."""
-    h = hashlib.sha256(f"{prep.lm.path}|{resolve_dtype(cfg.train.dtype, prep.device)}|{prep.device}".encode())
-    for k in ("input_ids", "labels"):
-        h.update(prep.val[k].numpy().tobytes())
-    file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
-    if file.is_file():
-        try:
-            ppl = float(json.loads(file.read_text())["perplexity"])
-            if math.isfinite(ppl) and ppl > 0:
-                return ppl
-            raise ValueError(f"perplexity {ppl}")
-        except Exception as exc:  # truncated or edited: rebuild it
-            discard_corrupt(file, first_line(exc))
-    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
-                     autocast_dtype(cfg, prep.device))
-    atomic_write_text(file, json.dumps({"perplexity": ppl}))
-    return ppl
-
-
-def autocast_dtype(cfg: Config, device: str) -> torch.dtype | None:
-    """The autocast dtype `train.dtype` means on this device (`auto`: bf16 only where it is fast)."""
-    from .precision import autocast_dtype as resolved
-
-    return resolved(cfg.train.dtype, device)
-
-
-# ---------------------------------------------------------------- checkpoints (no pickles)
-
-def save_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Optimizer, state: dict) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(method.adapter_state(), directory / "adapter.safetensors")
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, pstate in sd["state"].items():
-        for name, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{name}"] = value
-    if tensors:
-        atomic_save_tensors(tensors, directory / "optimizer.safetensors")
-    atomic_write_text(directory / "trainer_state.json", json.dumps(
-        {"loop": state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}, indent=1))
-
-
-def load_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Optimizer, device: str) -> dict:
-    directory = Path(directory)
-    method.load_adapter_state({k: v.to(device) for k, v in load_file(str(directory / "adapter.safetensors")).items()})
-    meta = json.loads((directory / "trainer_state.json").read_text())
-    state: dict[int, dict] = {}
-    opt_file = directory / "optimizer.safetensors"
-    for key, value in (load_file(str(opt_file)) if opt_file.is_file() else {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
-    for key, value in meta["optimizer_scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta["loop"]
-
-
-# ---------------------------------------------------------------- the loop
 
 class Diverged(RuntimeError):
     """Training went non-finite, or validation perplexity went far above the frozen baseline's."""
@@ -284,7 +127,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         "train_windows": len(prep.train["input_ids"]), "val_windows": len(prep.val["input_ids"]),
         "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
         "baseline_perplexity": base_ppl, "prepare_seconds": prep.prepare_seconds, "config": cfg.to_dict(),
-        "dtype": resolve_dtype(cfg.train.dtype, device),
+        "dtype": precision.resolve_dtype(cfg.train.dtype, device),
     }
     if not params:  # baseline: evaluation only
         result.update(val_perplexity=base_ppl, best_epoch=0, epochs_run=0, steps=0, train_seconds=0.0,
@@ -319,7 +162,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
 
     progress = None
     if cfg.train.progress and sys.stderr.isatty():
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only a terminal shows a progress bar
 
         progress = tqdm(total=max_steps, initial=loop["step"], desc=cfg.method, unit="step", leave=False)
     method.train()
@@ -418,58 +261,3 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         history=loop["history"], peak_memory_mb=_peak_memory_mb(device),
     )
     return result, method
-
-
-def write_outputs(output_dir: Path, result: dict, method: AdapterMethod) -> None:
-    """result.json + adapter/, written beside the target and moved in whole."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}-"))
-    try:
-        method.save(tmp / "adapter", extra={"val_perplexity": result["val_perplexity"]})
-        (tmp / "result.json").write_text(json.dumps(result, indent=2))
-        output_dir.mkdir(exist_ok=True)
-        for name in ("adapter", "result.json"):
-            target = output_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            (tmp / name).replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__.splitlines()[0], epilog=keys_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help="YAML config (defaults are used for missing keys)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
-    parser.add_argument("--output-dir", default="runs/train", help="where result.json and adapter/ go")
-    args = parser.parse_args(argv)
-    output_dir = Path(os.path.abspath(os.path.expanduser(args.output_dir)))
-
-    def body() -> int:
-        cfg = load_config(args.config, args.overrides, extra_sections=("search", "tune", "mlflow"))
-        check_writable(output_dir, "--output-dir")  # before any work, not after the training
-        check_writable(cache_root(), "EMBINJECT_CACHE")
-        try:
-            result, method = train(cfg)
-        except Diverged as exc:
-            print(f"error: {exc}; nothing written", file=sys.stderr)
-            return 1
-        try:
-            write_outputs(output_dir, result, method)
-        finally:
-            method.release()  # a LoRA adapter must not stay in this process's shared LM
-        summary = {k: result[k] for k in ("method", "dtype", "baseline_perplexity", "val_perplexity", "trainable_params",
-                                          "steps", "train_seconds")}
-        print(json.dumps(summary))
-        print(f"wrote {output_dir / 'result.json'} and {output_dir / 'adapter'}")
-        return 0
-
-    return run_command(body)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Using a trained adapter outside training: find it (a directory, `runs:/...` or `models:/...`), rebuild
+"""Using a trained adapter: find it (a directory, `runs:/...` or `models:/...`), rebuild
 it around its frozen LM, and generate text or measure perplexity through it.
 
 This is what `embinject generate`, `embinject evaluate`, `embinject export` and the MLflow pyfunc
@@ -12,28 +12,16 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError
-from .fsutil import first_line
-from .methods import ADAPTER_CONFIG, AdapterMethod, read_adapter_config
-
-
-def tracking_uri_default() -> str:
-    """MLFLOW_TRACKING_URI if set, else the default search store below the current directory."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path('runs/tune/mlflow.db').resolve()}"
-
-
-def open_store(uri: str, key: str) -> str:
-    """A tracking store to read from: a local SQLite store must already exist (reading must not create an
-    empty one); MLflow's own INFO lines stay quiet."""
-    from .tracking import quiet_mlflow
-
-    quiet_mlflow("WARNING")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)")
-    return uri
+from .config import Config, config_from_dict
+from .config_files import parse_override, resolve_paths, set_dotted
+from .encoders import load_encoder
+from .errors import ConfigError, first_line
+from .methods import ADAPTER_CONFIG, AdapterMethod, load_method, mix_adapters, read_adapter_config
+from .tracking import open_store, tracking_uri_default
+from .train import autocast_dtype, baseline_perplexity, prepare, resolve_device, shared_lm
+from .train.evaluation import perplexity
+from .train.generation import generate
+from .train.precision import resolve_dtype
 
 
 def find_adapter_dir(root: Path) -> Path | None:
@@ -57,8 +45,8 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
             raise ConfigError(f"{key}: {path} holds no {ADAPTER_CONFIG}; pass the adapter/ directory that "
                               "embinject train or the search's champion/ wrote")
         return found
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    import mlflow  # only for an MLflow URI, and after open_store quiets it (see embinject.tracking.store)
+    from mlflow.exceptions import MlflowException  # lazy, as mlflow above
 
     uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
     target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
@@ -87,9 +75,6 @@ class LoadedAdapter:
     """A saved adapter rebuilt around its frozen LM, with its encoder (injection) loaded on first use."""
 
     def __init__(self, directory: str | Path, device: str = "cpu", lm=None):
-        from .methods import load_method
-        from .train import resolve_device, shared_lm
-
         self.directory = Path(directory)
         self.meta = read_adapter_config(self.directory)
         self.cfg: Config = self.meta["parsed_config"]
@@ -108,8 +93,6 @@ class LoadedAdapter:
     # ---- injection: what the encoder sees
     def _encoder_for_generation(self):
         if self._encoder is None:
-            from .encoders import load_encoder
-
             a = self.cfg.adapter
             self._encoder = load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
                                          a.fourier_features, self.device)
@@ -139,9 +122,6 @@ class LoadedAdapter:
                  seed: int | None = None) -> list[str]:
         """Text continuing each prompt. `mix` blends this adapter with another one of the same shape
         (alpha * this + (1 - alpha) * mix)."""
-        from .generate import generate
-        from .methods import mix_adapters
-
         if not 0.0 <= alpha <= 1.0 or (alpha != 1.0 and mix is None):
             raise ConfigError("--alpha: a number between 0 and 1, used together with --mix" if mix is None
                               else f"--alpha: expected a number between 0 and 1, got {alpha}")
@@ -162,11 +142,6 @@ class LoadedAdapter:
     def evaluate(self, overrides: list[str] = ()) -> dict:
         """Perplexity of this adapter (and of the frozen model) on the validation windows of its own data,
         or of other data given as config overrides (e.g. data.path=...), scored exactly as in training."""
-        from .config import config_from_dict, parse_override, resolve_paths, set_dotted
-        from .evaluate import perplexity
-        from .precision import resolve_dtype
-        from .train import autocast_dtype, baseline_perplexity, prepare
-
         raw = self.cfg.to_dict()
         for text in overrides:
             key, value = parse_override(text)
@@ -191,4 +166,4 @@ def load_adapter(ref: str, tracking_uri: str | None = None, device: str = "cpu",
     return LoadedAdapter(resolve_adapter(ref, tracking_uri, key), device=device)
 
 
-__all__ = ["LoadedAdapter", "load_adapter", "resolve_adapter", "text_ids", "tracking_uri_default"]
+__all__ = ["LoadedAdapter", "load_adapter", "resolve_adapter", "text_ids"]

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..fsutil import atomic_write_text
+from ..models import cache_dir
+
 FAST_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -51,8 +54,6 @@ def _probe() -> bool:
 
 
 def _probe_cached() -> bool:
-    from .models import cache_dir
-
     key = hashlib.sha256(f"{platform.node()}|{platform.machine()}|{platform.processor()}|{torch.__version__}".encode())
     file = cache_dir("precision") / f"{key.hexdigest()[:16]}.json"
     try:
@@ -60,8 +61,6 @@ def _probe_cached() -> bool:
     except (OSError, ValueError, KeyError):
         pass
     fast = _probe()
-    from .fsutil import atomic_write_text
-
     atomic_write_text(file, json.dumps({"bf16_fast": fast, "how": "matmul probe"}))
     return fast
 

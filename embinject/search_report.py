@@ -1,0 +1,83 @@
+"""A search's report: its trials best-first with their parameters, and the validation curves, as
+Markdown + PNG (what `embinject report` writes).
+
+From a search directory it reads what the search wrote (summary.csv, Ray Tune's per-trial results);
+from a parent run id it reads MLflow, so a search run on another machine can be reported too.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError
+from .plots import perplexity_curves
+from .tracking import curve_value
+
+FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
+         "stopped_early", "status", "seconds", "node_id")
+
+
+def _number(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def from_search_dir(directory: Path) -> dict:
+    summary = directory / "summary.csv"
+    if not summary.is_file():
+        raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
+    with summary.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    curves = {}
+    for trial_dir in directory.glob("trial_*"):
+        points = []
+        result = trial_dir / "result.json"
+        for line in result.read_text().splitlines() if result.is_file() else []:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            value = _number(curve_value(r))
+            if value is not None and "step" in r:
+                points.append((int(r["step"]), value))
+        if points:
+            curves[trial_dir.name.removeprefix("trial_")] = sorted(dict(points).items())
+    params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
+    plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
+    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params, "curves": curves,
+            "plots": plots}
+
+
+def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> tuple[str, list[Path]]:
+    rows = sorted(data["rows"], key=lambda r: (_number(r.get(metric)) is None, _number(r.get(metric)) or 0.0))
+    baseline = next((_number(r.get("baseline_perplexity")) for r in rows if _number(r.get("baseline_perplexity"))), None)
+    images = []
+    if data["curves"]:
+        curves = {t: ([s for s, _ in pts], [v for _, v in pts]) for t, pts in data["curves"].items()}
+        images.append(perplexity_curves(curves, directory / "report_val_perplexity.png", baseline))
+    columns = ["rank", "trial_id", *data["params"], "best_val_perplexity", "final_val_perplexity", "steps", "stopped_early",
+               "status"] + (["pareto"] if any("pareto" in r for r in rows) else [])
+    for plot in data.get("plots", []):
+        if plot.parent != directory:
+            shutil.copy2(plot, directory / plot.name)
+        images.append(directory / plot.name)
+
+    def cell(column: str, value) -> str:
+        n = None if column == "trial_id" else _number(value)  # trial ids such as 249825e9 are not numbers
+        if n is not None and not isinstance(value, bool) and str(value) not in ("True", "False"):
+            return f"{n:.4g}" if not float(n).is_integer() else str(int(n))
+        return str(value if value is not None else "").replace("|", "\\|")
+
+    lines = [f"# Search report: {data['title']}", "", f"Source: {data['source']}. {len(rows)} trials, best first "
+             f"(by {metric})" + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for i, r in enumerate(rows, 1):
+        lines.append("| " + " | ".join([str(i)] + [cell(c, r.get(c, "")) for c in columns[1:]]) + " |")
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(lines) + "\n", images

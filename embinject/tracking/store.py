@@ -1,0 +1,124 @@
+"""Where MLflow records go and how embinject talks to a store: the default SQLite store, a check that a
+server answers or a local store is writable before any work, opening a store to read (never creating
+an empty one), MLflow kept quiet, and reading a finished search back from its runs.
+
+MLflow is imported inside the functions that use it, after `quiet_mlflow`: its first import sets its
+loggers' level from MLFLOW_LOGGING_LEVEL, and a command that never touches MLflow should not pay for it.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..fsutil import check_writable
+
+
+def quiet_mlflow(level: str) -> None:
+    """Keep MLflow's own INFO lines (database set-up, signature checks) out of embinject's output. MLflow sets its
+    loggers' level from MLFLOW_LOGGING_LEVEL on its first import, undoing an earlier setLevel, so set both; a user's
+    own MLFLOW_LOGGING_LEVEL (say INFO, to see them) wins."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
+    import mlflow  # noqa: F401  - the first import, after its log level is set
+
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
+def default_tracking_uri(storage_dir: Path) -> str:
+    return f"sqlite:///{Path(storage_dir).resolve() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Before any work: a tracking server must answer, a local store must be writable. One ConfigError
+    naming the URI otherwise."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return  # something answered; MLflow itself will say what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"mlflow.tracking_uri: cannot reach {uri} ({reason}); start the tracking server "
+                              "or set mlflow.tracking_uri to one that runs") from None
+    elif uri.startswith("sqlite:///"):
+        check_writable(Path(uri[len("sqlite:///"):]).parent, "mlflow.tracking_uri")
+    elif uri.startswith("file:"):
+        check_writable(Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]), "mlflow.tracking_uri")
+    elif "://" not in uri:
+        check_writable(Path(uri), "mlflow.tracking_uri")
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str | None) -> str:
+    """The experiment's runs table in MLflow's model-training view (MLflow 3 opens its GenAI view otherwise);
+    for a local store, as `mlflow ui` serves it on its default address."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def tracking_uri_default() -> str:
+    """MLFLOW_TRACKING_URI if set, else the default search store below the current directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('runs/tune/mlflow.db').resolve()}"
+
+
+def open_store(uri: str, key: str) -> str:
+    """A tracking store to read from: a local SQLite store must already exist (reading must not create an
+    empty one); MLflow's own INFO lines stay quiet."""
+    quiet_mlflow("WARNING")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    return uri
+
+
+def search_from_mlflow(run_id: str, tracking_uri: str) -> dict:
+    """A finished search as `embinject report` shows it, read from its parent run and the trials' child runs."""
+    from mlflow.exceptions import MlflowException  # lazy: MLflow only after quiet_mlflow (open_store)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"{run_id}: no such MLflow run in {tracking_uri} ({str(exc).splitlines()[0][:200]}); pass a search "
+                          "directory or the parent run id `embinject tune` printed, with --tracking-uri") from None
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=5000)
+    searched = sorted({k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")})
+    rows, curves = [], {}
+    for c in children:
+        trial = c.data.tags.get("trial_id", c.info.run_id)
+        history = client.get_metric_history(c.info.run_id, "val_perplexity")
+        points = sorted((h.step, h.value) for h in history)
+        if points:
+            curves[trial] = points
+        status = c.data.tags.get("failure_reason") or ("ok" if c.info.status == "FINISHED" else c.info.status.lower())
+        rows.append({"trial_id": trial, **{k: c.data.params.get(k, "") for k in searched},
+                     "final_val_perplexity": points[-1][1] if points else "",
+                     "best_val_perplexity": c.data.metrics.get("best_val_perplexity", ""),
+                     "baseline_perplexity": c.data.metrics.get("baseline_perplexity", ""),
+                     "steps": c.data.tags.get("steps", ""), "stopped_early": c.data.tags.get("stopped_early", ""),
+                     "status": status, "run_name": c.info.run_name})
+    front = _pareto_from_mlflow(client, run_id)
+    if front is not None:
+        for r in rows:
+            r["pareto"] = str(r["trial_id"] in front)
+    return {"title": parent.info.run_name, "source": f"{tracking_uri} run {run_id}", "rows": rows, "params": searched,
+            "curves": curves, "plots": []}
+
+
+def _pareto_from_mlflow(client, run_id: str) -> set[str] | None:
+    """The trial ids of a multi-objective search's Pareto front, from the parent run's pareto_front.csv."""
+    if not any(a.path == "results/pareto_front.csv" for a in client.list_artifacts(run_id, "results")):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, "results/pareto_front.csv", tmp)
+        with open(local, newline="", encoding="utf-8") as fh:
+            return {row["trial_id"] for row in csv.DictReader(fh)}

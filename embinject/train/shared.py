@@ -1,0 +1,130 @@
+"""What every trial of a search shares, built once per process: the frozen LM, the token windows, the
+encoder's sentence embeddings (from their disk cache) and the frozen model's baseline perplexity."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..config import Config
+from ..data import Windows, build_windows, select_windows
+from ..encoders import cached_embeddings, encoder_key, load_encoder
+from ..errors import ConfigError, first_line
+from ..fsutil import atomic_write_text, discard_corrupt
+from ..methods import REGISTRY
+from ..methods.baseline import Baseline
+from ..models import FrozenLM, cache_dir, load_frozen_lm, tokenizer_fingerprint
+from . import precision
+from .evaluation import perplexity
+
+@dataclass
+class Prepared:
+    """Everything a trial needs that does not depend on the adapter: built once, reused."""
+
+    lm: FrozenLM
+    train: dict[str, torch.Tensor]  # input_ids, labels[, sentence_embedding]
+    val: dict[str, torch.Tensor]
+    encoder_dim: int | None
+    device: str
+    prepare_seconds: float = 0.0
+
+
+_LM_CACHE: dict[tuple, FrozenLM] = {}
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no GPU is visible")
+    return name
+
+
+def shared_lm(model: str, device: str) -> FrozenLM:
+    """One frozen LM per process and (model, device); methods never change its weights."""
+    key = (model, device)
+    if key not in _LM_CACHE:
+        _LM_CACHE[key] = load_frozen_lm(model, device=device)
+    return _LM_CACHE[key]
+
+
+def encoder_ids(w: Windows, cfg: Config) -> torch.Tensor:
+    """What the sentence encoder sees, per `adapter.embed_source`."""
+    src = cfg.adapter.embed_source
+    if src == "window":
+        return w.tokens
+    if src == "context":
+        return w.tokens[:, : cfg.adapter.context_tokens]
+    return w.previous
+
+
+def scored_labels(w: Windows, cfg: Config) -> torch.Tensor:
+    """Labels for the LM: examples score only their targets; windows with `context` keep the first
+    context_tokens tokens as input only."""
+    labels = w.tokens.clone()
+    if w.scored is not None:
+        labels[~w.scored] = -100
+    elif cfg.adapter.embed_source == "context":
+        labels[:, : cfg.adapter.context_tokens] = -100
+    return labels
+
+
+def prepare(cfg: Config) -> Prepared:
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    lm = shared_lm(cfg.model, device)
+    train_w, val_w = build_windows(cfg.data, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
+    train_w = select_windows(train_w, cfg.data.train_samples, cfg.adapter.embed_source, "train")
+    val_w = select_windows(val_w, cfg.data.val_samples, cfg.adapter.embed_source, "validation")
+    train = {"input_ids": train_w.tokens, "labels": scored_labels(train_w, cfg)}
+    val = {"input_ids": val_w.tokens, "labels": scored_labels(val_w, cfg)}
+    encoder_dim = None
+    if REGISTRY[cfg.method].needs_encoder:
+        a = cfg.adapter
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path)
+        encoder = []  # loaded at most once, and only on a cache miss
+
+        def make():
+            if not encoder:
+                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device))
+            return encoder[0]
+
+        train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
+        val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
+        encoder_dim = train["sentence_embedding"].shape[1]
+    return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)
+
+
+def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
+    """The frozen model's perplexity on exactly the validation tokens the adapter is scored on,
+    cached on disk: every trial of a search shares it."""
+    h = hashlib.sha256(f"{prep.lm.path}|{precision.resolve_dtype(cfg.train.dtype, prep.device)}|{prep.device}".encode())
+    for k in ("input_ids", "labels"):
+        h.update(prep.val[k].numpy().tobytes())
+    file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
+    if file.is_file():
+        try:
+            ppl = float(json.loads(file.read_text())["perplexity"])
+            if math.isfinite(ppl) and ppl > 0:
+                return ppl
+            raise ValueError(f"perplexity {ppl}")
+        except Exception as exc:  # truncated or edited: rebuild it
+            discard_corrupt(file, first_line(exc))
+    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
+                     autocast_dtype(cfg, prep.device))
+    atomic_write_text(file, json.dumps({"perplexity": ppl}))
+    return ppl
+
+
+def autocast_dtype(cfg: Config, device: str) -> torch.dtype | None:
+    """The autocast dtype `train.dtype` means on this device (`auto`: bf16 only where it is fast)."""
+    return precision.autocast_dtype(cfg.train.dtype, device)
+
+
+def release_shared_lms() -> None:
+    """Forget this process's frozen LMs (the search driver, once the caches are warm)."""
+    _LM_CACHE.clear()

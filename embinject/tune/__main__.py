@@ -1,0 +1,115 @@
+"""Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
+
+The command only: arguments, the dry run, and the lines a search ends with. The search is
+`embinject.tune.run_search`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, handle_sigterm, interrupt_exit_code, prog
+from ..space import SearchFile, load_search_file
+from .cluster import check_local_resources
+from .driver import AlreadyFinished, run_search
+
+
+def _print_dry_run(search: SearchFile, address: str | None) -> None:
+    t = search.tune
+    print(f"search file: {search.path}")
+    print(f"base: model={search.config.model} method={search.config.method} data={search.config.data.path} "
+          f"seq_len={search.config.data.seq_len} max_steps={search.config.train.max_steps}")
+    print("space:")
+    print("\n".join(search.describe()) or "  (no searched parameters)")
+    sched = "none" if t.scheduler.type == "none" else (
+        f"ASHA on optimizer steps (max_t={t.scheduler.max_t}, grace_period={t.scheduler.grace_period}, "
+        f"reduction_factor={t.scheduler.reduction_factor:g})")
+    guided = f", TPE-guided after {t.random_trials_first} random trials" if t.search_alg == "optuna" else ""
+    print(f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
+    budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
+    print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
+          f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
+    print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU; cluster: {address or 'local'}")
+    print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
+          f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
+
+
+def _print_kept(outcome: dict) -> None:
+    if outcome.get("kept_records"):
+        print(f"MLflow at {outcome['tracking_uri']} could not be reached: {outcome['kept_records']} records are kept in "
+              f"{outcome['experiment_dir']}/mlflow_journal.jsonl and are logged by --resume once it is back", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog("tune"), description=__doc__.splitlines()[0],
+                                     epilog="A search file is a training config (see `embinject train --help` for its keys) "
+                                            "plus search:, tune: and mlflow: sections; see README.md.")
+    parser.add_argument("search_file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any key of the search file, e.g. --set tune.num_samples=4")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
+    parser.add_argument("--resume", action="store_true", help="continue the newest interrupted search of this name")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; do not start Ray")
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="-v shows trial logs")
+    args = parser.parse_args(argv)
+    handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
+    try:
+        search = load_search_file(args.search_file, args.overrides)
+        check_local_resources(search, args.address)
+        if args.dry_run:
+            _print_dry_run(search, args.address)
+            return 0
+        outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AlreadyFinished as exc:
+        print(exc)
+        return 0
+    except KeyboardInterrupt as exc:
+        print("interrupted before the search started; nothing written", file=sys.stderr)
+        return interrupt_exit_code(exc)
+    print()
+    if outcome.get("interrupted"):
+        again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
+        again += [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
+        print(f"search interrupted ({outcome['signal']}): nothing registered; finished trials and the running trials' "
+              f"last checkpoints are kept in {outcome['experiment_dir']}", file=sys.stderr)
+        print(f"resume with: {shlex.join(again)}", file=sys.stderr)
+        return 128 + outcome["interrupted"]
+    _print_kept(outcome)
+    best = outcome["best"]
+    if best is None:
+        print(f"no trial finished without failing ({outcome['trials_failed']} failed, {outcome['trials_diverged']} "
+              f"diverged); see {outcome['experiment_dir']}/summary.csv")
+        return 1
+    params = {k: v for k, v in best.items() if k in {p.key for p in search.params} and v is not None}
+    print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
+          f"(frozen baseline {best['baseline_perplexity']:.3f}) after {best['steps']} steps")
+    print(f"  params: {json.dumps(params)}")
+    print(f"best adapter: {outcome['champion']}" + (f" (registered as {search.mlflow.register_as} "
+                                                     f"version {outcome['registered_version']}, alias champion)" if outcome["registered_version"] else ""))
+    if outcome.get("pareto_front"):
+        names = [o["metric"] for o in search.tune.objectives]
+        goals = ", ".join(f"{o['metric']} {o['mode']}" for o in search.tune.objectives)
+        print(f"Pareto front ({len(outcome['pareto_front'])} trials; {goals}):")
+        for r in sorted(outcome["pareto_front"], key=lambda r: r[names[0]]):
+            print("  " + r["trial_id"] + ": " + ", ".join(f"{n} {r[n]:.6g}" for n in names))
+    print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
+          f"{outcome['trials_diverged']} diverged); "
+          f"summary: {outcome['experiment_dir']}/summary.csv")
+    served = outcome["tracking_uri"].startswith(("http://", "https://"))
+    print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
+          ("" if served else f"; open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}"))
+    print(f"  runs table: {outcome['runs_url']}")
+    if outcome["registered_version"]:
+        print(f"  use it: mlflow.pyfunc.load_model('models:/{search.mlflow.register_as}@champion').predict(...), or "
+              f"embinject generate --adapter models:/{search.mlflow.register_as}@champion --prompt TEXT")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

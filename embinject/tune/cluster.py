@@ -1,0 +1,88 @@
+"""Where a search runs: the resources a trial asks for checked against this machine or the cluster,
+starting or joining Ray (an address that does not answer is one error line, not a hang), and the shared
+caches warmed once in the driver before any trial starts."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import torch
+
+from ..errors import ConfigError, first_line
+from ..space import SearchFile, trial_config
+from ..train import baseline_perplexity, prepare, release_shared_lms
+
+CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
+
+
+def check_local_resources(search: SearchFile, address: str | None) -> None:
+    r = search.tune.resources
+    if address:
+        return  # checked against the cluster after connecting
+    cpus = os.cpu_count() or 1
+    if r.cpus > cpus:
+        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but this machine has {cpus}")
+    if r.gpus > 0:
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
+                              "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)")
+        if r.gpus > torch.cuda.device_count():
+            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has {torch.cuda.device_count()}")
+
+
+def check_cluster_resources(search: SearchFile) -> None:
+    import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+
+    total = ray.cluster_resources()
+    r = search.tune.resources
+    if r.cpus > total.get("CPU", 0):
+        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but the cluster has {total.get('CPU', 0):g}")
+    if r.gpus > total.get("GPU", 0):
+        raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but the cluster has {total.get('GPU', 0):g}")
+
+
+def warm_caches(search: SearchFile) -> None:
+    """Shared work once, in the driver: model conversion, tokenised windows, the baseline
+    perplexity and each encoder's sentence embeddings land in the disk cache trials read."""
+    encoders = search.choices("adapter.embedding_model", {None})
+    methods = search.choices("method", {search.config.method})
+    overrides: list[dict] = [{"method": "baseline"}]
+    if "injection" in methods:
+        overrides += [{"method": "injection", **({"adapter.embedding_model": e} if e else {})} for e in encoders]
+    for extra in overrides:
+        cfg = trial_config(search.base, {**extra, "train.device": "cpu"})
+        prep = prepare(cfg)
+        baseline_perplexity(prep, cfg)
+    release_shared_lms()
+
+
+class _TokenAuthOnNotice(logging.Filter):
+    """Ray announces on every local start that token authentication is on because a token exists in ~/.ray:
+    the secure default, with nothing for the user to do. Ray's warning that authentication is *off* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def connect(address: str | None, env: dict, verbose: int) -> None:
+    """Start or join Ray before any work. A cluster address that does not answer is one ConfigError
+    after a bounded wait, not a hang."""
+    import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+            raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
+                              "`ray start --head` or pass the address `ray start` printed") from None
+    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
+        token_logger.addFilter(_TokenAuthOnNotice())
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
+                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None

@@ -1,0 +1,155 @@
+"""The search driver: `run_search(search)` checks every place it will write, warms the shared caches,
+starts or joins Ray, runs the Tuner with the searcher, scheduler and MLflow callback, and finishes with
+the summary and the champion. It is the one place a search starts; `--resume` continues the newest one."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import ConfigError, prog
+from ..fsutil import atomic_write_text, check_writable
+from ..models import cache_root
+from ..space import SearchFile, apply_params
+from ..tracking import (STATE_FILE, check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
+                        source_tags, tracker_for)
+from .callback import mlflow_callback, short_key
+from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
+from .results import finish_search, summarize
+from .searcher import make_scheduler, make_searcher
+from .signals import GracefulStop
+from .trainable import trainable
+
+
+def experiment_dir(search: SearchFile, resume: bool) -> Path:
+    """Each run gets `<name>-<timestamp>`; --resume continues the newest one of that name."""
+    root = Path(search.tune.storage_path).expanduser().resolve()
+    if resume:
+        found = sorted(p for p in root.glob(f"{search.tune.name}-*") if (p / STATE_FILE).is_file())
+        if not found:
+            raise ConfigError(f"--resume: no earlier search named '{search.tune.name}' under {root}")
+        return found[-1]
+    return root / f"{search.tune.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class AlreadyFinished(Exception):
+    """--resume of a search that has finished: nothing to do."""
+
+
+def check_places(search: SearchFile, tracking_uri: str) -> None:
+    """Every place the search will write, before any work."""
+    if "://" not in search.tune.storage_path:
+        check_writable(Path(search.tune.storage_path), "tune.storage_path")
+    check_writable(cache_root(), "EMBINJECT_CACHE")
+    check_tracking_uri(tracking_uri)
+
+
+def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live trial table, with our columns
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A tracking server that goes away must not stall the search: fail fast, the journal keeps the records.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving the champion model: no progress bars
+    import optuna  # lazy, as Ray below
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_mlflow("ERROR")  # a search reports tracking problems itself
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray import tune
+
+    check_local_resources(search, address)
+    exp_dir = experiment_dir(search, resume)
+    storage = Path(search.tune.storage_path)
+    tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(storage)
+    artifact_root = storage / "mlartifacts"
+    check_places(search, tracking_uri)
+    if resume:
+        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+        if tracker.state.get("finished"):
+            kept = tracker.pending
+            if kept:
+                tracker.sync(force=True)
+            raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
+                                  + (f" ({kept} kept MLflow records sent)" if kept else ""))
+
+    env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                      "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    t0 = time.time()
+    if address:
+        connect(address, env, verbose)  # before the warm-up: an unreachable cluster is found at once
+    else:
+        warm_caches(search)  # before starting a local Ray: bad data is found without starting anything
+    try:
+        if address:
+            check_cluster_resources(search)
+            warm_caches(search)
+        else:
+            connect(None, env, verbose)
+        warm_seconds = time.time() - t0
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(exp_dir / "search.yaml", search.text)
+        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+        tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
+                                     "tune": dataclasses.asdict(search.tune),
+                                     "base": search.base}, exp_dir / "search.yaml",
+                      {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
+                      dataset_record(search.config))
+        r = search.tune.resources
+        base = dict(search.base)
+        if r.gpus == 0:
+            base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
+        fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+        # Ray's best-trial line looks every column up in the trial's config, so conditional
+        # parameters (absent from some trials) stay out of the live table; MLflow has them all.
+        unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
+        # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
+        # columns are as wide as the longest searched value (hub ids included), within reason.
+        longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
+                      + [20])
+        reporter = tune.CLIReporter(
+            parameter_columns={k: short_key(k) for k in unconditional},
+            metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
+                            "tokens_per_second": "tok/s"},
+            max_report_frequency=15, sort_by_metric=True, max_column_length=min(longest, 60))
+        run_config = tune.RunConfig(
+            name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
+            callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
+                                        [p.key for p in search.params if p.kind != "fixed"])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
+        if resume and tune.Tuner.can_restore(str(exp_dir)):
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
+        else:
+            t = search.tune
+            tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.mode, search_alg=make_searcher(search), scheduler=make_scheduler(search),
+                num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+        stop = GracefulStop()
+        try:
+            with stop:
+                grid = tuner.fit()
+        except KeyboardInterrupt:
+            stop.signum = stop.signum or signal.SIGINT
+        if stop.signum is not None:
+            name = signal.Signals(stop.signum).name
+            tracker.interrupted(name)
+            return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
+                    "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
+        rows, best = summarize(grid, search, exp_dir)
+        outcome = finish_search(search, tracker, rows, best, exp_dir, warm_seconds, time.time() - t0)
+        outcome["parent_run_id"] = tracker.parent_id
+        outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
+        return outcome
+    finally:
+        ray.shutdown()

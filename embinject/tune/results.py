@@ -1,0 +1,149 @@
+"""A finished search's results: one row per trial in summary.csv, the best trial (never a failed or
+diverged one), the Pareto front of a multi-objective search, plots, the champion adapter and its MLflow model."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+from pathlib import Path
+
+from ..fsutil import atomic_write_text
+from ..plots import optuna_plots, pareto_plot, perplexity_curves
+from ..serving import save_pyfunc
+from ..space import SearchFile
+from ..tracking import SearchTracker
+
+
+def objective_value(row: dict, metric: str):
+    """A trial's value of an objective: its best validation perplexity, or the metric's last reported value."""
+    return row["best_val_perplexity"] if metric == "val_perplexity" else row.get(metric)
+
+
+def pareto_front(rows: list[dict], objectives: list[dict]) -> list[dict]:
+    """The trials no other trial beats on every objective (at least as good on all, better on one)."""
+    def key(r):  # smaller is better on every axis
+        return [(1 if o["mode"] == "min" else -1) * float(objective_value(r, o["metric"])) for o in objectives]
+
+    usable = [r for r in rows if all(objective_value(r, o["metric"]) is not None for o in objectives)]
+    keys = [key(r) for r in usable]
+    return [r for r, k in zip(usable, keys)
+            if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
+
+
+def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict | None]:
+    """One row per trial from what Ray Tune persisted (it survives a resume)."""
+    searched = search.searched
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        metrics = result.metrics or {}
+        history = []
+        if df is not None and "val_perplexity" in df:
+            curve = df["val_perplexity"]  # on one set of windows throughout: see tracking.curve_value
+            if "val_perplexity_subset" in df:
+                curve = df["val_perplexity_subset"].fillna(curve)
+            history = [[float(s), float(v)] for s, v in zip(df["step"], curve) if v == v]  # v == v drops NaN
+        row = {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-1]}
+        row.update({k: result.config.get(k) for k in searched})
+        ppls = [h[1] for h in history]
+        # A finished trial reports the perplexity of the adapter it keeps, scored on every validation window;
+        # a trial stopped by the scheduler has only its intermediate evaluations (perhaps on a subset).
+        kept = metrics.get("best_val_perplexity") if metrics.get("final") and not metrics.get("diverged") else None
+        row.update({
+            "final_val_perplexity": ppls[-1] if ppls else None,
+            "best_val_perplexity": kept if kept is not None and math.isfinite(kept) else min(ppls) if ppls else None,
+            "baseline_perplexity": metrics.get("baseline_perplexity"),
+            "steps": int(metrics.get("step", 0) or 0),
+            "evaluations": len(history),
+            "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None,
+            "status": "error" if result.error is not None else "diverged" if metrics.get("diverged") else "ok",
+            "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
+            "node_id": metrics.get("node_id", ""),
+        })
+        for o in search.tune.objectives:
+            if o["metric"] != "val_perplexity":
+                row[o["metric"]] = metrics.get(o["metric"])
+        row["_history"] = history
+        row["_checkpoint"] = result.checkpoint
+        row["_config"] = result.config
+        rows.append(row)
+    # A failed or diverged trial never becomes the champion, whatever it reached before failing.
+    scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
+    if search.tune.objectives:
+        front = pareto_front(scored, search.tune.objectives)
+        for r in rows:
+            r["pareto"] = r in front
+    pick = min if search.tune.mode == "min" else max
+    best = pick(scored, key=lambda r: r["best_val_perplexity"]) if scored else None
+    fields = [k for k in rows[0] if not k.startswith("_")] if rows else []
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(exp_dir / "summary.csv", text.getvalue())
+    return rows, best
+
+
+def copy_champion(best: dict, exp_dir: Path) -> Path | None:
+    if best is None or best["_checkpoint"] is None:
+        return None
+    target = exp_dir / "champion"
+    with best["_checkpoint"].as_directory() as ckpt:
+        source = Path(ckpt) / "best_adapter"
+        if not source.is_dir():
+            return None
+        staged = exp_dir / ".champion.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source, staged)
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target
+
+
+def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: dict | None, exp_dir: Path,
+            warm_seconds: float, total_seconds: float) -> dict:
+    baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
+    curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
+    artifacts = [exp_dir / "summary.csv"]
+    if curves:
+        artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
+        scored = [(r["_config"], r["best_val_perplexity"]) for r in rows if r["best_val_perplexity"] is not None]
+        artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
+    objectives = search.tune.objectives
+    front = [r for r in rows if r.get("pareto")]
+    if objectives and front:
+        names = [o["metric"] for o in objectives[:2]]
+        points = [(objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"]) for r in rows
+                  if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"]
+        artifacts.append(pareto_plot(points, {r["trial_id"] for r in front}, names, exp_dir / "pareto_front.png"))
+        table = io.StringIO()
+        fields = ["trial_id", *[o["metric"] for o in objectives], *search.searched]
+        writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, **{o["metric"]: objective_value(r, o["metric"]) for o in objectives}} for r in front)
+        artifacts.append(atomic_write_text(exp_dir / "pareto_front.csv", table.getvalue()))
+    champion = copy_champion(best, exp_dir)
+    model = None
+    if champion is not None:
+        model = save_pyfunc(champion, exp_dir / "champion_model")
+    metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
+               "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows), "warm_cache_seconds": warm_seconds,
+               "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
+    if best is not None:
+        metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
+    version_tags = {}
+    if best is not None:
+        version_tags = {"method": best["_config"].get("method", search.config.method), "trial_id": best["trial_id"],
+                        "val_perplexity": f"{best['best_val_perplexity']:.6g}", "search": exp_dir.name,
+                        "baseline_perplexity": f"{baseline:.6g}" if baseline else ""}
+    tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None, model,
+                   best["trial_id"] if best else None, version_tags)
+    return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
+            "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
+            "registered_version": tracker.state["registered_version"],
+            "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
+                              **{k: r.get(k) for k in search.searched}} for r in front],
+            "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
+            "kept_records": tracker.pending, **metrics}
