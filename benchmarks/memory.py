@@ -22,11 +22,13 @@ from pathlib import Path
 
 import psutil
 
+from embinject.fsutil import atomic_write_text
+
 OUT = Path(__file__).resolve().parent / "results"
 
 WORKER = r"""
 import json, sys, time, torch
-from embinject.config import load_config
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
