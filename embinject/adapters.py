@@ -6,7 +6,10 @@ model share, so an adapter behaves the same whichever way it is used.
 """
 from __future__ import annotations
 
+import math
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,11 +53,22 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
 
     uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
     target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    if not sys.stderr.isatty():  # a log gets no progress bars, redrawn dozens of times per download
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
+        # else a new ./mlflow.db), not in the tracking_uri passed to download_artifacts: both are this store here.
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
     except (MlflowException, OSError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
                           "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     found = find_adapter_dir(local if local.is_dir() else local.parent)
     if found is None:
         raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")
@@ -71,11 +85,25 @@ def text_ids(tokenizer, text: str, cfg: Config) -> list[int]:
     return ids
 
 
+MAX_NEW_TOKENS = 2048  # per request: a served model must not be asked to generate for minutes on end
+
+
+def check_generation_settings(max_new_tokens, temperature, top_k) -> None:
+    """The generation settings a caller (the command line, a request to the served model) may ask for."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ConfigError(f"max_new_tokens: expected a whole number from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature: expected a number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"top_k: expected a whole number >= 0 (0: all tokens), got {top_k!r}")
+
+
 class LoadedAdapter:
     """A saved adapter rebuilt around its frozen LM, with its encoder (injection) loaded on first use."""
 
-    def __init__(self, directory: str | Path, device: str = "cpu", lm=None):
+    def __init__(self, directory: str | Path, device: str = "cpu", lm=None, source: str | None = None):
         self.directory = Path(directory)
+        self.source = source or str(self.directory)  # as the user named it (models:/NAME@champion), for what we print
         self.meta = read_adapter_config(self.directory)
         self.cfg: Config = self.meta["parsed_config"]
         self.device = resolve_device(device)
@@ -127,8 +155,14 @@ class LoadedAdapter:
                               else f"--alpha: expected a number between 0 and 1, got {alpha}")
         if mix is not None and mix.cfg.model != self.cfg.model:
             raise ConfigError(f"--mix: the adapters were trained on different models ({self.cfg.model} and {mix.cfg.model})")
+        check_generation_settings(max_new_tokens, temperature, top_k)
         method = self.method if mix is None else mix_adapters(self.method, mix.method, alpha)
         ids = [text_ids(self.tokenizer, p, self.cfg) for p in prompts]
+        context = getattr(self.lm.model.config, "max_position_embeddings", None)
+        longest = max((len(i) for i in ids), default=0)
+        if context and longest + max_new_tokens > context:
+            raise ConfigError(f"prompt: {longest} tokens plus max_new_tokens {max_new_tokens} exceed the model's context of "
+                              f"{context} tokens; shorten the prompt or ask for fewer new tokens")
         contexts = list(contexts) if contexts is not None else [None] * len(prompts)
         extra = None
         if method.needs_encoder:
@@ -155,7 +189,7 @@ class LoadedAdapter:
         with self.method.disabled():  # the frozen model alone (a LoRA adapter lives inside the LM object)
             base = baseline_perplexity(prep, cfg)
         ppl = perplexity(self.method, prep.val, cfg.train.eval_batch_size, prep.device, autocast_dtype(cfg, prep.device))
-        return {"adapter": str(self.directory), "method": cfg.method, "model": cfg.model, "data": cfg.data.path,
+        return {"adapter": self.source, "method": cfg.method, "model": cfg.model, "data": cfg.data.path,
                 "dtype": resolve_dtype(cfg.train.dtype, prep.device),
                 "val_windows": len(prep.val["input_ids"]),
                 "scored_tokens": int((prep.val["labels"][:, 1:] != -100).sum()),
@@ -163,7 +197,7 @@ class LoadedAdapter:
 
 
 def load_adapter(ref: str, tracking_uri: str | None = None, device: str = "cpu", key: str = "--adapter") -> LoadedAdapter:
-    return LoadedAdapter(resolve_adapter(ref, tracking_uri, key), device=device)
+    return LoadedAdapter(resolve_adapter(ref, tracking_uri, key), device=device, source=ref)
 
 
 __all__ = ["LoadedAdapter", "load_adapter", "resolve_adapter", "text_ids"]

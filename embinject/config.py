@@ -276,9 +276,9 @@ def settings_from_dict(cls: type, raw: dict | None, section: str) -> Any:
     return _build(cls, raw or {}, f"{section}.")
 
 
-def _walk(key: str) -> tuple[Any, dict, bool]:
-    """(type, metadata, is a section) of a dotted training-config key, or ConfigError naming it."""
-    cls, parts = Config, key.split(".")
+def _walk(key: str, cls: type | None = None) -> tuple[Any, dict, bool]:
+    """(type, metadata, is a section) of a dotted training-config key (or of a key of `cls`), or ConfigError naming it."""
+    cls, parts = cls or Config, key.split(".")
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
@@ -290,6 +290,24 @@ def _walk(key: str) -> tuple[Any, dict, bool]:
             raise ConfigError(f"{key}: '{part}' is a value, not a section")
         cls = tp
     raise ConfigError(f"{key}: empty key")
+
+
+def value_type(key: str) -> Any:
+    """The declared type of a dotted key of the training config or of the `tune:` and `mlflow:` settings; None
+    for a section, a `search:` entry or a key nobody declared (named later, where the config is built)."""
+    head, _, rest = key.partition(".")
+    sections = {"tune": TuneSettings, "mlflow": MlflowSettings}
+    try:
+        tp, _, section = _walk(rest, sections[head]) if head in sections and rest else _walk(key)
+    except ConfigError:
+        return None
+    return None if section else tp
+
+
+def is_text(tp: Any) -> bool:
+    """Whether values of this declared type are free text (`str` or `Optional[str]`)."""
+    return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp)
+                         and set(typing.get_args(tp)) <= {str, type(None)})
 
 
 def config_keys(cls: type = None, prefix: str = "") -> list[tuple[str, Any, tuple]]:

@@ -7,20 +7,54 @@ from typing import Any
 
 import yaml
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, is_text, value_type
 from .errors import ConfigError
 from .fsutil import resolve_local
 
-
 def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b=value` -> ("a.b", yaml-parsed value)."""
+    """`a.b=value` -> ("a.b", value). A key whose type is text keeps the value as typed (YAML would end it at
+    ` #` or turn `yes` into true); other values are YAML (numbers, booleans, lists, `search:` distributions)."""
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected dotted.key=value")
     key, value = text.split("=", 1)
+    key = key.strip()
+    return key, override_value(key, value)
+
+
+def override_value(key: str, text: str) -> Any:
+    tp = value_type(key)
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    if tp is not None and is_text(tp) and not quoted:
+        text = text.strip()  # as YAML would
+        return None if text in ("null", "~", "") and tp is not str else text
     try:
-        return key.strip(), yaml.safe_load(value)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
-        return key.strip(), value
+        return text
+    if "#" in text and _unmark(_safe_load(text.replace("#", _MARK))) != value:
+        raise ConfigError(f"--set {key}={text}: ' #' starts a YAML comment here and would drop the rest of the value; "
+                          "quote the value if the # belongs to it")
+    return value
+
+
+_MARK = "\ue000"  # stands in for '#' to see whether YAML read one as the start of a comment
+
+
+def _safe_load(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _unmark(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace(_MARK, "#")
+    if isinstance(value, list):
+        return [_unmark(v) for v in value]
+    if isinstance(value, dict):
+        return {_unmark(k): _unmark(v) for k, v in value.items()}
+    return value
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -7,6 +7,7 @@ the old file or the new one, never a truncated one that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -18,7 +19,11 @@ from safetensors.torch import save_file
 from .errors import ConfigError, warn
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+WRITE_CHECK_BYTES = 1 << 20  # a place that cannot take 1 MiB now cannot take a search's files either
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` whole (or is removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -49,11 +54,11 @@ def staged_dir(target: str | Path):
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
-    return _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 
 
 
@@ -82,10 +87,14 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ConfigError(f"{key}: cannot write to {target} ({where}); choose a directory")
     try:
         fd, tmp = tempfile.mkstemp(dir=probe, prefix=".embinject-write-check-")
-        os.close(fd)
-        os.unlink(tmp)
+        try:
+            os.write(fd, bytes(WRITE_CHECK_BYTES))  # an empty file is created even on a full disk; data is not
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
     except OSError as exc:
-        raise ConfigError(f"{key}: cannot write to {target} ({exc.strerror or exc}); choose a writable directory") from None
+        hint = "free some space there or choose another directory" if exc.errno == errno.ENOSPC else "choose a writable directory"
+        raise ConfigError(f"{key}: cannot write to {target} ({exc.strerror or exc}); {hint}") from None
 
 
 LOCAL_NAMES = ("fourier", "lm-mean")

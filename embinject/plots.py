@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .fsutil import atomic_write  # noqa: E402
 from .space import optuna_value  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Pa
     if len(curves) <= 16:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
     plt.close(fig)
     return path
 
@@ -58,7 +59,7 @@ def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direct
         fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
         fig.set_size_inches(9, 5)
         fig.tight_layout()
-        fig.savefig(directory / name, dpi=110)
+        atomic_write(directory / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
         out.append(directory / name)
     return out
@@ -80,6 +81,6 @@ def pareto_plot(points: list[tuple[float, float, str]], front: set[str], names: 
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
     plt.close(fig)
     return path

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd  # the type hint of `predict`: MLflow reads it when the model is logged
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from .adapters import LoadedAdapter
@@ -60,15 +62,25 @@ class EmbinjectModel(mlflow.pyfunc.PythonModel):
         self.mix = LoadedAdapter(mix, lm=self.adapter.lm) if mix else None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Bad input is an MLflow INVALID_PARAMETER_VALUE error: HTTP 400 from `mlflow models serve`, one line."""
+        try:
+            return self._predict(model_input, params)
+        except ConfigError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input, params: dict | None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in frame:
             raise ConfigError("model input: expected a 'prompt' column (and, for injection adapters, optionally 'context')")
+        missing = [i for i, x in enumerate(frame["prompt"]) if not isinstance(x, str)]
+        if missing:
+            raise ConfigError(f"model input: row {missing[0]} has no prompt text (got {frame['prompt'].iloc[missing[0]]!r})")
         p = {**PARAMS, **(params or {})}
         contexts = None
         if "context" in frame:
             contexts = [None if c is None or (isinstance(c, float) and c != c) else str(c) for c in frame["context"]]
         texts = self.adapter.generate(
-            [str(x) for x in frame["prompt"]], contexts, mix=self.mix, alpha=float(p["alpha"]),
+            list(frame["prompt"]), contexts, mix=self.mix, alpha=float(p["alpha"]),
             max_new_tokens=int(p["max_new_tokens"]), temperature=float(p["temperature"]), top_k=int(p["top_k"]),
             seed=None if int(p["seed"]) < 0 else int(p["seed"]))
         return pd.DataFrame({"generated_text": texts})

@@ -99,6 +99,7 @@ TRAIN_CASES = [
     ("model-missing", ["--set", "model=./no-such-model"], "model: "),
     ("model-truncated", ["--set", "model={d}/truncated-model"], "model: cannot load"),
     ("encoder-missing", ["--set", "adapter.embedding_model=./no-such-encoder"], "adapter.embedding_model: "),
+    ("set-comment", ["--set", "train.lr=3e-4 #3"], "--set train.lr=3e-4 #3: ' #' starts a YAML comment"),
     ("output-under-file", ["--output-dir", "{d}/a_file/out"], "--output-dir: cannot write to"),
     ("output-read-only", ["--output-dir", "{ro}/out"], "--output-dir: cannot write to"),
 ]

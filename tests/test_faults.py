@@ -4,6 +4,7 @@ killed mid-search and started again, truncated caches, corrupt adapter directori
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,12 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"} and any(c.info.status == "KILLED" for c in children)
     assert registered_versions(client, "test-adapter") == []  # nothing registered from a partial search
     finished_before = {t: len(r) for t, r in trial_rows(storage).items() if r and r[-1].get("final")}
+    deleted = {}
+    if signum == signal.SIGTERM:  # the finished trials' checkpoints are deleted: the champion must come from one on disk
+        for trial in finished_before:
+            for ckpt in storage.glob(f"*/{trial}/checkpoint_*"):
+                shutil.rmtree(ckpt)
+            deleted[trial.removeprefix("trial_")] = trial_rows(storage)[trial][-1]["best_val_perplexity"]
 
     resumed = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -134,6 +141,17 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
     assert parents[0].info.status == "FINISHED" and len(children) == 3
     assert all(c.info.status == "FINISHED" for c in children)
     assert len(registered_versions(client, "test-adapter")) == 1
+    exp_dir = next(storage.glob("t-*"))
+    state = json.loads((exp_dir / "embinject_search.state").read_text())  # Ray's restore does not copy it back
+    assert not (exp_dir / "embinject_search.json").exists()
+    assert state["applied"] == len((exp_dir / "mlflow_journal.jsonl").read_text().splitlines())
+    if deleted:
+        version = registered_versions(client, "test-adapter")[0]
+        winner = version.tags["trial_id"]
+        assert winner not in deleted and f"best trial {winner}:" in resumed.stdout
+        assert any(storage.glob(f"*/trial_{winner}/checkpoint_*"))
+        better_gone = [t for t, ppl in deleted.items() if ppl < float(version.tags["val_perplexity"])]
+        assert ("are not on disk; the champion is trial " + winner in resumed.stderr) == bool(better_gone), resumed.stderr
     for name, rows in trial_rows(storage).items():
         steps = [r["step"] for r in _without_redelivery(rows)]
         assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)

@@ -2,6 +2,7 @@
 cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowClient."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -252,10 +253,17 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         out = model.predict(pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
                             params={"max_new_tokens": 3})
         assert len(out) == 2 and list(out.columns) == ["generated_text"]
-        gen = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", "models:/test-adapter@champion",
-                              "--prompt", "The history", "--max-new-tokens", "3", "--json"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+        # The hint the search printed works as printed, from another directory, without MLFLOW_TRACKING_URI, and
+        # leaves no empty ./mlflow.db behind.
+        hint = next(line for line in proc.stdout.splitlines() if "use it: embinject generate" in line)
+        argv = shlex.split(hint.split("use it: ", 1)[1].split(", or ", 1)[0].replace("--prompt TEXT", ""))
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        gen = subprocess.run([sys.executable, "-m", *argv, "--prompt", "The history", "--max-new-tokens", "3", "--json"],
+                             cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                             env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
         assert gen.returncode == 0, gen.stderr[-2000:]
+        assert "--tracking-uri" in argv and not any(elsewhere.iterdir())
         report = subprocess.run([sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir",
                                  str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert report.returncode == 0, report.stderr[-2000:]

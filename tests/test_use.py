@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -196,6 +197,19 @@ def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters
                 assert server.poll() is None, server.stdout.read()[-3000:]
                 time.sleep(1)
         assert answer is not None and isinstance(answer["predictions"][0]["generated_text"], str), answer
+        # Requests outside the documented bounds are HTTP 400 with one line naming the parameter, at once.
+        for record, params, named in [({"prompt": "The module"}, {"max_new_tokens": 100000}, "max_new_tokens"),
+                                      ({"prompt": "The module"}, {"max_new_tokens": -5}, "max_new_tokens"),
+                                      ({"prompt": "The module"}, {"temperature": -1.0}, "temperature"),
+                                      ({"prompt": "The module"}, {"top_k": -3}, "top_k"),
+                                      ({"prompt": None}, {}, "has no prompt text")]:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"dataframe_records": [record], "params": params}).encode())
+            started = time.time()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=60)
+            assert refused.value.code == 400 and named in refused.value.read().decode(), (record, params)
+            assert time.time() - started < 10
     finally:
         if server.poll() is None:
             os.killpg(server.pid, 15)
@@ -208,7 +222,7 @@ def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not-a-dir", "no-meta", "unknown-model", "unknown-alias", "context-count", "max-new-tokens", "mix-peft",
-                                  "output-taken", "injection-peft", "unknown-run", "report-path", "unknown-command"])
+                                  "prompt-too-long", "output-taken", "injection-peft", "unknown-run", "report-path", "unknown-command"])
 def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -228,6 +242,8 @@ def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path,
                            "--context", "c"], "--context: give one per --prompt (2 prompts, 1 contexts)"),
         "max-new-tokens": (["generate", "--adapter", str(adapters["prompt"]), "--prompt", "a", "--max-new-tokens", "0"],
                            "--max-new-tokens: expected a positive number, got 0"),
+        "prompt-too-long": (["generate", "--adapter", str(adapters["prompt"]), "--prompt", "word " * 600],
+                            "exceed the model's context of 512 tokens"),
         "mix-peft": (["export", "--adapter", str(adapters["prefix"]), "--mix", str(adapters["prefix"]), "--output-dir", str(out)],
                      "--mix: only for --format mlflow"),
         "output-taken": (["export", "--adapter", str(adapters["prompt"]), "--output-dir", str(taken)],

@@ -27,7 +27,10 @@ METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "toke
            "eval_seconds")  # a point per evaluation
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
-STATE_FILE = "embinject_search.json"
+# Not *.json: Ray Tune's restore copies every top-level *.json of the search folder into its staging folder and
+# syncs it back, which kept reverting this file to its copy from resume time.
+STATE_FILE = "embinject_search.state"
+LEGACY_STATE_FILE = "embinject_search.json"  # what searches started before that change wrote
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
 
@@ -52,8 +55,11 @@ class SearchTracker:
         self.journal = Path(exp_dir) / JOURNAL_FILE
         self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
                       "registered_version": None, "constants_logged": []}
-        if self.state_file.is_file():
-            self.state.update(json.loads(self.state_file.read_text()))
+        legacy = Path(exp_dir) / LEGACY_STATE_FILE
+        for file in (self.state_file, legacy):
+            if file.is_file():
+                self.state.update(json.loads(file.read_text()))
+                break
         self._client = None
         self._experiment_id = None
         self._retry_at = 0.0
@@ -277,8 +283,14 @@ class SearchTracker:
         except MlflowException:
             pass  # already registered: add a version
         run = winner_run or self.parent_id
-        source = client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
-        mv = client.create_model_version(name, source=source, run_id=run, tags=tags)
+        # A driver killed between creating the version and saving that it did must not register a second one
+        # on --resume: the version of this run, if there is one, is the one.
+        existing = [v for v in client.search_model_versions(f"name='{name}' and run_id='{run}'") if v.run_id == run]
+        if existing:
+            mv = min(existing, key=lambda v: int(v.version))
+        else:
+            source = client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
+            mv = client.create_model_version(name, source=source, run_id=run, tags=tags)
         client.set_registered_model_alias(name, "champion", mv.version)
         return str(mv.version)
 

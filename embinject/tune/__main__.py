@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, handle_sigterm, interrupt_exit_code, prog
 from ..space import SearchFile, load_search_file
+from ..tracking import tracking_uri_default
 from .cluster import check_local_resources
 from .driver import AlreadyFinished, run_search
 
@@ -98,16 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Pareto front ({len(outcome['pareto_front'])} trials; {goals}):")
         for r in sorted(outcome["pareto_front"], key=lambda r: r[names[0]]):
             print("  " + r["trial_id"] + ": " + ", ".join(f"{n} {r[n]:.6g}" for n in names))
+    if outcome.get("budget_note"):
+        print(outcome["budget_note"])
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
-          f"{outcome['trials_diverged']} diverged); "
+          f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
     served = outcome["tracking_uri"].startswith(("http://", "https://"))
     print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
-          ("" if served else f"; open with: mlflow ui --backend-store-uri {outcome['tracking_uri']}"))
+          ("" if served else f"; open with: mlflow ui --backend-store-uri {shlex.quote(outcome['tracking_uri'])}"))
     print(f"  runs table: {outcome['runs_url']}")
     if outcome["registered_version"]:
-        print(f"  use it: mlflow.pyfunc.load_model('models:/{search.mlflow.register_as}@champion').predict(...), or "
-              f"embinject generate --adapter models:/{search.mlflow.register_as}@champion --prompt TEXT")
+        # as printed, from this directory: the store is named unless it is the one the commands default to
+        store = "" if outcome["tracking_uri"] == tracking_uri_default() else f" --tracking-uri {shlex.quote(outcome['tracking_uri'])}"
+        print(f"  use it: embinject generate --adapter models:/{search.mlflow.register_as}@champion{store} --prompt TEXT, "
+              f"or mlflow.pyfunc.load_model('models:/{search.mlflow.register_as}@champion') with that tracking and registry URI")
     return 0
 
 

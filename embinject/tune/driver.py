@@ -12,29 +12,19 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import ConfigError, prog
+from ..errors import prog
 from ..fsutil import atomic_write_text, check_writable
 from ..models import cache_root
 from ..space import SearchFile, apply_params
-from ..tracking import (STATE_FILE, check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
+from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
                         source_tags, tracker_for)
 from .callback import mlflow_callback, short_key
+from .folder import check_same_space, new_search_dir, newest_search_dir, record_space, removed_unless_started, search_lock
 from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
 from .results import finish_search, summarize
 from .searcher import make_scheduler, make_searcher
 from .signals import GracefulStop
 from .trainable import trainable
-
-
-def experiment_dir(search: SearchFile, resume: bool) -> Path:
-    """Each run gets `<name>-<timestamp>`; --resume continues the newest one of that name."""
-    root = Path(search.tune.storage_path).expanduser().resolve()
-    if resume:
-        found = sorted(p for p in root.glob(f"{search.tune.name}-*") if (p / STATE_FILE).is_file())
-        if not found:
-            raise ConfigError(f"--resume: no earlier search named '{search.tune.name}' under {root}")
-        return found[-1]
-    return root / f"{search.tune.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class AlreadyFinished(Exception):
@@ -47,6 +37,20 @@ def check_places(search: SearchFile, tracking_uri: str) -> None:
         check_writable(Path(search.tune.storage_path), "tune.storage_path")
     check_writable(cache_root(), "EMBINJECT_CACHE")
     check_tracking_uri(tracking_uri)
+
+
+def ended_by_the_search(tracker, search: SearchFile, trials: int, seconds: float) -> tuple[frozenset, str | None]:
+    """Trials that Ray stopped mid-training because the search itself ended (`tune.time_budget_s`): they end KILLED
+    in MLflow, `cut` in summary.csv, and one line says so, rather than staying RUNNING or passing as stopped by ASHA."""
+    cut = frozenset(t for t in tracker.started_trials() if t not in tracker.state["ended"])
+    budget = search.tune.time_budget_s
+    reason = "time_budget" if budget and seconds >= budget else "search_end"
+    for trial_id in sorted(cut):
+        tracker.trial_finished(trial_id, "KILLED", {"stopped_by": reason})
+    if reason != "time_budget":
+        return cut, None
+    return cut, (f"tune.time_budget_s ({budget:g} s) ran out: {trials} of {search.tune.num_samples} trials started, "
+                 f"{len(cut)} of them cut mid-training")
 
 
 def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
@@ -63,23 +67,30 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_mlflow("ERROR")  # a search reports tracking problems itself
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
-    from ray import tune
-
     check_local_resources(search, address)
-    exp_dir = experiment_dir(search, resume)
     storage = Path(search.tune.storage_path)
     tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(storage)
     artifact_root = storage / "mlartifacts"
     check_places(search, tracking_uri)
-    if resume:
-        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-        if tracker.state.get("finished"):
-            kept = tracker.pending
-            if kept:
-                tracker.sync(force=True)
-            raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                                  + (f" ({kept} kept MLflow records sent)" if kept else ""))
+    root = storage.expanduser().resolve()
+    exp_dir = newest_search_dir(root, search.tune.name) if resume else new_search_dir(root, search.tune.name)
+    with removed_unless_started(exp_dir, claimed=not resume), search_lock(exp_dir):
+        if resume:
+            check_same_space(exp_dir, search)
+            tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+            if tracker.state.get("finished"):
+                kept = tracker.pending
+                if kept:
+                    tracker.sync(force=True)
+                raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
+                                      + (f" ({kept} kept MLflow records sent)" if kept else ""))
+        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, resume, verbose)
+
+
+def _search_in(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
+               resume: bool, verbose: int) -> dict:
+    import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray import tune
 
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
@@ -95,9 +106,9 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         else:
             connect(None, env, verbose)
         warm_seconds = time.time() - t0
-        exp_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(exp_dir / "search.yaml", search.text)
+            record_space(exp_dir, search)
         tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
         tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
                                      "tune": dataclasses.asdict(search.tune),
@@ -146,8 +157,9 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
             tracker.interrupted(name)
             return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
                     "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
-        rows, best = summarize(grid, search, exp_dir)
-        outcome = finish_search(search, tracker, rows, best, exp_dir, warm_seconds, time.time() - t0)
+        cut, budget_note = ended_by_the_search(tracker, search, len(grid), time.time() - t0)
+        rows, ranked = summarize(grid, search, exp_dir, cut)
+        outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
         outcome["parent_run_id"] = tracker.parent_id
         outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
         return outcome

@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+from ..errors import warn
 from ..fsutil import atomic_write_text
 from ..plots import optuna_plots, pareto_plot, perplexity_curves
 from ..serving import save_pyfunc
@@ -31,8 +32,9 @@ def pareto_front(rows: list[dict], objectives: list[dict]) -> list[dict]:
             if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
 
 
-def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict | None]:
-    """One row per trial from what Ray Tune persisted (it survives a resume)."""
+def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+    """One row per trial from what Ray Tune persisted (it survives a resume), and the trials that may become the
+    champion, best first. `cut`: trials the search's end (its time budget) stopped mid-training."""
     searched = search.searched
     rows = []
     for result in grid:
@@ -56,8 +58,9 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
             "baseline_perplexity": metrics.get("baseline_perplexity"),
             "steps": int(metrics.get("step", 0) or 0),
             "evaluations": len(history),
-            "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None,
-            "status": "error" if result.error is not None else "diverged" if metrics.get("diverged") else "ok",
+            "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None and row["trial_id"] not in cut,
+            "status": ("error" if result.error is not None else "diverged" if metrics.get("diverged")
+                       else "cut" if row["trial_id"] in cut else "ok"),
             "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
             "node_id": metrics.get("node_id", ""),
         })
@@ -68,25 +71,25 @@ def summarize(grid, search: SearchFile, exp_dir: Path) -> tuple[list[dict], dict
         row["_checkpoint"] = result.checkpoint
         row["_config"] = result.config
         rows.append(row)
-    # A failed or diverged trial never becomes the champion, whatever it reached before failing.
+    # A failed, diverged or cut trial never becomes the champion, whatever it reached before it ended.
     scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
     if search.tune.objectives:
         front = pareto_front(scored, search.tune.objectives)
         for r in rows:
             r["pareto"] = r in front
-    pick = min if search.tune.mode == "min" else max
-    best = pick(scored, key=lambda r: r["best_val_perplexity"]) if scored else None
+    ranked = sorted(scored, key=lambda r: r["best_val_perplexity"], reverse=search.tune.mode == "max")
     fields = [k for k in rows[0] if not k.startswith("_")] if rows else []
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(exp_dir / "summary.csv", text.getvalue())
-    return rows, best
+    return rows, ranked
 
 
 def copy_champion(best: dict, exp_dir: Path) -> Path | None:
-    if best is None or best["_checkpoint"] is None:
+    """The trial's kept adapter copied to champion/, or None where its checkpoint is not on disk (any more)."""
+    if best["_checkpoint"] is None or not Path(best["_checkpoint"].path).is_dir():
         return None
     target = exp_dir / "champion"
     with best["_checkpoint"].as_directory() as ckpt:
@@ -102,8 +105,24 @@ def copy_champion(best: dict, exp_dir: Path) -> Path | None:
     return target
 
 
-def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], best: dict | None, exp_dir: Path,
-            warm_seconds: float, total_seconds: float) -> dict:
+def champion_of(ranked: list[dict], exp_dir: Path) -> tuple[Path | None, dict | None]:
+    """The champion adapter and its trial: the best trial whose adapter is on disk. A better trial whose checkpoint
+    folder is gone (deleted by hand, a lost node) is named in one warning, and the next best takes its place."""
+    for trial in ranked:
+        champion = copy_champion(trial, exp_dir)
+        if champion is not None:
+            if trial is not ranked[0]:
+                gone = ", ".join(r["trial_id"] for r in ranked[: ranked.index(trial)])
+                warn(f"the checkpoints of better trials ({gone}) are not on disk; the champion is trial {trial['trial_id']}, "
+                     "the best one whose adapter is")
+            return champion, trial
+    if ranked:
+        warn(f"no finished trial's checkpoint is on disk under {exp_dir}; nothing is registered")
+    return None, ranked[0] if ranked else None
+
+
+def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], ranked: list[dict], exp_dir: Path,
+                  warm_seconds: float, total_seconds: float, budget_note: str | None = None) -> dict:
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
     curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
     artifacts = [exp_dir / "summary.csv"]
@@ -124,12 +143,13 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
         writer.writeheader()
         writer.writerows({**r, **{o["metric"]: objective_value(r, o["metric"]) for o in objectives}} for r in front)
         artifacts.append(atomic_write_text(exp_dir / "pareto_front.csv", table.getvalue()))
-    champion = copy_champion(best, exp_dir)
+    champion, best = champion_of(ranked, exp_dir)
     model = None
     if champion is not None:
         model = save_pyfunc(champion, exp_dir / "champion_model")
     metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
-               "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows), "warm_cache_seconds": warm_seconds,
+               "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows),
+               "trials_cut": sum(r["status"] == "cut" for r in rows), "warm_cache_seconds": warm_seconds,
                "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
@@ -146,4 +166,4 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
             "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
                               **{k: r.get(k) for k in search.searched}} for r in front],
             "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
-            "kept_records": tracker.pending, **metrics}
+            "kept_records": tracker.pending, "budget_note": budget_note, **metrics}

@@ -1,0 +1,109 @@
+"""A search's folder: a name no other search can take (claimed by an atomic mkdir, so two searches started
+in the same second get two folders), a lock held while a search runs in it (a second search or --resume in
+the same folder is refused, not mixed in), and the space it started with (--resume of a changed search
+file is refused instead of continuing the old space under the new name)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..fsutil import atomic_write_text
+from ..space import SearchFile
+from ..tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
+
+LOCK_FILE = ".embinject.lock"
+SPACE_FILE = "search_space.txt"  # JSON inside, but not *.json: Ray's restore copies those back over newer ones
+IDENTITY_TUNE_KEYS = ("metric", "mode", "objectives", "search_alg", "multivariate", "seed", "num_samples", "scheduler")
+
+
+def new_search_dir(root: Path, name: str) -> Path:
+    """`<name>-<timestamp>`, or `<name>-<timestamp>-<n>` when that is taken: mkdir either creates it or fails."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        candidate = root / (f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"tune.storage_path: cannot claim a new folder for '{name}' under {root}")
+
+
+def _order(path: Path, name: str) -> tuple:
+    match = re.fullmatch(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?", path.name)
+    return (match.group(1), int(match.group(2) or 1)) if match else ("", 0)
+
+
+def newest_search_dir(root: Path, name: str) -> Path:
+    """The folder --resume continues: the newest search of that name that got as far as starting."""
+    found = [p for p in root.glob(f"{name}-*") if _order(p, name)[0]
+             and ((p / STATE_FILE).is_file() or (p / LEGACY_STATE_FILE).is_file())]
+    if not found:
+        raise ConfigError(f"--resume: no earlier search named '{name}' under {root}")
+    return max(found, key=lambda p: _order(p, name))
+
+
+@contextlib.contextmanager
+def search_lock(exp_dir: Path):
+    """Held while a search runs in `exp_dir`; the operating system releases it when the process ends, however."""
+    with open(exp_dir / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise ConfigError(f"{exp_dir}: another embinject search (pid {holder}) is running in this folder; wait for it "
+                              "to end (or stop it) before --resume") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+
+
+@contextlib.contextmanager
+def removed_unless_started(exp_dir: Path, claimed: bool):
+    """A folder this search claimed is removed again if the search fails before it starts (bad data found while
+    warming the caches, an unreachable cluster): nothing is left behind that --resume would pick up."""
+    try:
+        yield
+    except BaseException:
+        if claimed and not (exp_dir / STATE_FILE).is_file():
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
+
+
+def space_identity(search: SearchFile) -> dict:
+    """What decides which trials a search runs and how they are judged."""
+    tune = dataclasses.asdict(search.tune)
+    return {"search": {p.key: p.describe() for p in search.params}, "base": search.base,
+            "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS}}
+
+
+def record_space(exp_dir: Path, search: SearchFile) -> None:
+    atomic_write_text(exp_dir / SPACE_FILE, json.dumps(space_identity(search), indent=1, sort_keys=True, default=str))
+
+
+def check_same_space(exp_dir: Path, search: SearchFile) -> None:
+    """--resume continues the space the search started with, or refuses, naming the first key that differs."""
+    file = exp_dir / SPACE_FILE
+    if not file.is_file():
+        return  # started before the space was recorded
+    before = flatten(json.loads(file.read_text()))
+    now = flatten(json.loads(json.dumps(space_identity(search), default=str)))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--resume: {search.path} is not the search {exp_dir.name} started with ({key}: "
+                          f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
+                          f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
+                          "or start a new search without --resume")

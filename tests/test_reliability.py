@@ -1,0 +1,162 @@
+"""Faults of long, shared searches, each tried for real (files, locks, a tmpfs, an MLflow SQLite store, the
+command as a user runs it) and read back as a user sees it: the exit code, the one line, what is left on disk
+and in MLflow."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from embinject.config_files import parse_override
+from embinject.tracking import STATE_FILE, SearchTracker
+from embinject.tune import folder
+from embinject.tune.folder import LOCK_FILE, new_search_dir, record_space, search_lock
+from embinject.space import load_search_file
+
+from .conftest import ROOT
+from .test_tune import write_search
+
+PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+
+def tune(*args, cwd=ROOT, timeout=300):
+    return subprocess.run([sys.executable, "-m", "embinject.tune", *args], cwd=cwd, env=PY_ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_error_line(proc, expected: str) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("text, value", [
+    ("tune.storage_path=runs/a #b", "runs/a #b"),  # YAML would have cut it at ' #'
+    ("adapter.init_text=see #3 below", "see #3 below"),
+    ("adapter.init_text=yes", "yes"),  # text stays text, not true
+    ("adapter.init_text='quoted #1'", "quoted #1"),
+    ("mlflow.register_as=null", None),
+    ("train.patience=5", 5),
+    ("search.adapter.init_text={choice: ['a #1', b]}", {"choice": ["a #1", "b"]}),
+])
+def test_set_values_are_yaml_only_where_the_key_needs_it(text, value):
+    assert parse_override(text)[1] == value
+
+
+def test_two_searches_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder.time, "strftime", lambda fmt: "20261130-120000")  # the same second, for certain
+    first, second, third = (new_search_dir(tmp_path, "s") for _ in range(3))
+    assert [p.name for p in (first, second, third)] == ["s-20261130-120000", "s-20261130-120000-2", "s-20261130-120000-3"]
+    for started in (first, third):
+        (started / STATE_FILE).write_text("{}")
+    assert folder.newest_search_dir(tmp_path, "s") == third  # --resume continues the newest that started
+
+
+def test_resume_of_a_search_another_process_runs_is_refused(tmp_path, tiny_model):
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage)
+    exp_dir = new_search_dir(storage, "t")
+    (exp_dir / STATE_FILE).write_text(json.dumps({"applied": 0}))
+    with search_lock(exp_dir):  # held by this process, as a running search holds it
+        before = sorted(p.name for p in exp_dir.iterdir())
+        proc = tune(str(path), "--resume")
+    one_error_line(proc, f"{exp_dir}: another embinject search (pid {os.getpid()}) is running in this folder")
+    assert sorted(p.name for p in exp_dir.iterdir()) == before and (exp_dir / LOCK_FILE).is_file()
+
+
+def test_resume_with_a_changed_search_file_is_refused(tmp_path, tiny_model):
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage)
+    exp_dir = new_search_dir(storage, "t")
+    (exp_dir / STATE_FILE).write_text(json.dumps({"applied": 0}))
+    record_space(exp_dir, load_search_file(path))  # as the search recorded it when it started
+    spec = yaml.safe_load(path.read_text())
+    spec["search"]["train.lr"] = {"loguniform": [1.0e-3, 1.0e-1]}
+    path.write_text(yaml.safe_dump(spec))
+    proc = tune(str(path), "--resume")
+    one_error_line(proc, f"--resume: {path} is not the search {exp_dir.name} started with (search.train.lr: ")
+    assert "start a new search without --resume" in proc.stderr
+
+
+def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri, exp_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
+    exp_dir.mkdir()
+    (tmp_path / "search.yaml").write_text("tune: {}\n")
+    champion, model = tmp_path / "champion", tmp_path / "model"
+    for d in (champion, model):
+        d.mkdir()
+        (d / "file.txt").write_text("x")
+    tracker = SearchTracker(uri, "reg", exp_dir)
+    tracker.start("search", {"a": 1}, tmp_path / "search.yaml", {})
+    tracker.trial_started("t1", "trial t1", {"train.lr": 0.1})
+    tracker.trial_finished("t1", "FINISHED", {})
+    tracker.finish({"trials": 1}, [], champion, "reg-adapter", model, "t1", {"trial_id": "t1"})
+    client = MlflowClient(uri)
+    assert [str(v.version) for v in client.search_model_versions("name='reg-adapter'")] == ["1"]
+    # The kill: the version exists, but the state file says the search's end was neither applied nor registered.
+    state = json.loads((exp_dir / STATE_FILE).read_text())
+    state.update(applied=state["applied"] - 1, registered_version=None, finished=False)
+    (exp_dir / STATE_FILE).write_text(json.dumps(state))
+    resumed = SearchTracker(uri, "reg", exp_dir)
+    assert resumed.sync(force=True)
+    versions = client.search_model_versions("name='reg-adapter'")
+    assert [str(v.version) for v in versions] == ["1"] and resumed.state["registered_version"] == "1"
+    assert str(client.get_model_version_by_alias("reg-adapter", "champion").version) == "1"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MiB tmpfs, filled: a disk that is full before the search starts."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with open(mount / "filler", "wb") as fh:
+            try:
+                while True:
+                    fh.write(bytes(1 << 16))
+            except OSError:
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path, tiny_model, full_disk):
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", full_disk / "runs")
+    proc = tune(str(path))
+    one_error_line(proc, f"tune.storage_path: cannot write to {full_disk / 'runs'} (No space left on device); free some space")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_killed(tmp_path, tiny_model):
+    from .test_tune import read_mlflow
+
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "train.max_steps": 100000, "train.max_epochs": 100000, "train.eval_every": 5,
+        "search": {"train.max_steps": {"choice": [6, 100000]}}, "tune.num_samples": 2,
+        "tune.points_to_evaluate": [{"train.max_steps": 6}, {"train.max_steps": 100000}],
+        "tune.scheduler": {"type": "none"}, "tune.time_budget_s": 25})
+    proc = tune(str(path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tune.time_budget_s (25 s) ran out: 2 of 2 trials started, 1 of them cut mid-training" in proc.stdout
+    assert "1 cut by the time budget" in proc.stdout
+    exp_dir = next(storage.glob("t-*"))
+    import csv
+
+    rows = {r["trial_id"]: r for r in csv.DictReader((exp_dir / "summary.csv").open())}
+    statuses = sorted((r["train.max_steps"], r["status"], r["stopped_early"]) for r in rows.values())
+    assert statuses == [("100000", "cut", "False"), ("6", "ok", "False")], statuses
+    client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["trials_cut"] == 1
+    by_trial = {c.data.tags["trial_id"]: c for c in children}
+    assert set(by_trial) == set(rows) and "RUNNING" not in {c.info.status for c in children}
+    cut = next(t for t, r in rows.items() if r["status"] == "cut")
+    assert by_trial[cut].info.status == "KILLED" and by_trial[cut].data.tags["stopped_by"] == "time_budget"
+    champion = client.get_model_version_by_alias("test-adapter", "champion")
+    assert champion.tags["trial_id"] != cut
