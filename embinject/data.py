@@ -22,6 +22,7 @@ from .models import cache_dir, set_offline
 
 DATA_SHUFFLE_SEED = 1234
 TEXT_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
+LAZY_READ_BYTES = 64 << 20  # a larger local source is read only as far as the windows asked for need
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev")}
 
 
@@ -56,10 +57,10 @@ def _decode_error(path: Path, exc: UnicodeDecodeError) -> ConfigError:
                        "convert the file to UTF-8 or remove it from the data folder")
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """Rows of one local file; anything unreadable is one ConfigError naming the file (and line or row)."""
+def _iter_rows(path: Path):
+    """Rows of one local file, one at a time (JSON Lines by line, Parquet by batch, a text file whole); anything
+    unreadable is one ConfigError naming the file (and line or row)."""
     if path.suffix in (".jsonl", ".json"):
-        rows = []
         try:
             with path.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, 1):
@@ -71,25 +72,27 @@ def _read_rows(path: Path) -> list[dict]:
                         raise ConfigError(f"data.path: {path} line {n} is not valid JSON") from None
                     if not isinstance(row, dict):
                         raise ConfigError(f"data.path: {path} line {n} is not a JSON object")
-                    rows.append(row)
+                    yield row
         except UnicodeDecodeError as exc:
             raise _decode_error(path, exc) from None
-        return rows
+        return
     if path.suffix == ".parquet":
         import pyarrow as pa  # lazy: only Parquet files need it
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            for batch in pq.ParquetFile(path).iter_batches():
+                yield from batch.to_pylist()
         except (pa.ArrowException, OSError) as exc:
             raise ConfigError(f"data.path: {path} is not a readable parquet file ({first_line(exc)})") from None
+        return
     try:  # .txt: one document per file
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise _decode_error(path, exc) from None
     if "\x00" in text:
         raise ConfigError(f"data.path: {path} holds binary data (NUL bytes), not text")
-    return [{"text": text}]
+    yield {"text": text}
 
 
 def _fill(template: str, row: dict, key: str, source: str) -> str:
@@ -140,27 +143,87 @@ def _split_docs(docs: list, val_fraction: float) -> tuple[list, list]:
     return train, val
 
 
+def _local_sources(cfg: DataConfig) -> tuple[list[Path], list[Path] | None]:
+    """(train files, validation files) of a local source, or (all files, None) where documents are split by index."""
+    path = Path(cfg.path).expanduser()
+    if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES:
+            raise ConfigError(f"data.path: {path} is not a {'/'.join(TEXT_SUFFIXES)} file")
+        return [path], None
+    if path.is_dir():
+        splits = _local_files(path)
+        if splits["train"] and splits["validation"]:
+            return splits["train"], splits["validation"]
+        files = splits["train"] + splits["validation"] + splits["other"]
+        if not files:
+            raise ConfigError(f"data.path: {path} holds no {'/'.join(TEXT_SUFFIXES)} files")
+        return files, None
+    raise ConfigError(f"data.path: {cfg.path} does not exist")
+
+
+def _items(files: list[Path], cfg: DataConfig):
+    for f in files:
+        for row in _iter_rows(f):
+            yield from rows_to_items([row], cfg, str(f))
+
+
 def load_documents(cfg: DataConfig) -> tuple[list, list]:
     """(train items, validation items) for local and builtin sources."""
     if cfg.path == "builtin:python-docs":
         return _split_docs(rows_to_items(_builtin_python_docs(), cfg, cfg.path), cfg.val_fraction)
     if cfg.path.startswith("builtin:"):
         raise ConfigError(f"data.path: unknown builtin data set '{cfg.path}' (known: builtin:python-docs)")
-    path = Path(cfg.path).expanduser()
-    read = lambda files: [d for f in files for d in rows_to_items(_read_rows(f), cfg, str(f))]  # noqa: E731
-    if path.is_file():
-        if path.suffix not in TEXT_SUFFIXES:
-            raise ConfigError(f"data.path: {path} is not a {'/'.join(TEXT_SUFFIXES)} file")
-        return _split_docs(read([path]), cfg.val_fraction)
-    if path.is_dir():
-        splits = _local_files(path)
-        if splits["train"] and splits["validation"]:
-            return read(splits["train"]), read(splits["validation"])
-        files = splits["train"] + splits["validation"] + splits["other"]
-        if not files:
-            raise ConfigError(f"data.path: {path} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        return _split_docs(read(files), cfg.val_fraction)
-    raise ConfigError(f"data.path: {cfg.path} does not exist")
+    train_files, val_files = _local_sources(cfg)
+    if val_files is not None:
+        return list(_items(train_files, cfg)), list(_items(val_files, cfg))
+    return _split_docs(list(_items(train_files, cfg)), cfg.val_fraction)
+
+
+def _large(cfg: DataConfig) -> bool:
+    """A local source too large to read whole for a few hundred windows (a data file of hundreds of megabytes)."""
+    if cfg.path.startswith("builtin:") or _is_hub(cfg.path):
+        return False
+    train_files, val_files = _local_sources(cfg)
+    return sum(f.stat().st_size for f in train_files + (val_files or [])) > LAZY_READ_BYTES
+
+
+def _read_until_enough(cfg: DataConfig, tokenizer) -> tuple[Windows, Windows]:
+    """Windows of a large local source, read document by document only until each split holds twice the windows
+    asked for (data.train_samples, data.val_samples), as a hub dataset is streamed; the split by document index
+    is the one `_split_docs` makes."""
+    train_files, val_files = _local_sources(cfg)
+    examples = cfg.target_template is not None
+    need = {"train": 2 * cfg.train_samples, "validation": 2 * cfg.val_samples}
+    kept: dict[str, list] = {"train": [], "validation": []}
+    counts = {"train": 0, "validation": 0}
+
+    def add(split: str, item) -> None:
+        if examples:
+            kept[split].append(item)
+            counts[split] += 1
+        elif item and item.strip():
+            ids = tokenizer(item, add_special_tokens=False)["input_ids"]  # tokenised once
+            kept[split].append(ids)
+            counts[split] += max(0, len(ids) // cfg.seq_len - 1)  # windows that also have preceding text
+
+    if val_files is None:
+        k = max(2, round(1 / cfg.val_fraction)) if cfg.val_fraction > 0 else 0
+        for i, item in enumerate(_items(train_files, cfg)):
+            split = "validation" if k and i % k == k - 1 else "train"
+            if counts[split] < need[split]:
+                add(split, item)
+            if all(counts[s] >= need[s] for s in need):
+                break
+    else:
+        for split, files in (("train", train_files), ("validation", val_files)):
+            for item in _items(files, cfg):
+                add(split, item)
+                if counts[split] >= need[split]:
+                    break
+    if examples:
+        return tokenize_examples(kept["train"], tokenizer, cfg.seq_len), tokenize_examples(kept["validation"], tokenizer, cfg.seq_len)
+    shuffled = lambda w: w.select(torch.randperm(len(w), generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED)))  # noqa: E731
+    return shuffled(_windows_from_ids(kept["train"], cfg.seq_len)), shuffled(_windows_from_ids(kept["validation"], cfg.seq_len))
 
 
 # ---------------------------------------------------------------- documents -> windows
@@ -270,11 +333,13 @@ def _source_fingerprint(cfg: DataConfig) -> str:
 
 def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windows, Windows]:
     """All windows of the source (cached on disk, keyed by tokenizer, source, field and seq_len)."""
-    hub = _is_hub(cfg.path)
+    hub, large = _is_hub(cfg.path), _large(cfg)
     parts = [tokenizer_key, _source_fingerprint(cfg), cfg.text_field, str(cfg.seq_len), str(cfg.val_fraction),
              repr((cfg.target_template, cfg.prompt_template, cfg.where))]
     if hub:
         parts += [str(cfg.hub_config), str(cfg.train_samples), str(cfg.val_samples)]
+    elif large:  # read only as far as these need
+        parts += ["read until enough", str(cfg.train_samples), str(cfg.val_samples)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
     file = cache_dir("data") / f"{key}.safetensors"
     if file.is_file():
@@ -286,6 +351,8 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
             discard_corrupt(file, first_line(exc))
     if hub:
         train, val = _hub_windows(cfg, tokenizer, cfg.train_samples, cfg.val_samples)
+    elif large:
+        train, val = _read_until_enough(cfg, tokenizer)
     else:
         set_offline()
         train_docs, val_docs = load_documents(cfg)

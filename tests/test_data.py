@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -138,3 +139,34 @@ def test_example_templates_name_missing_fields(tmp_path):
         load_documents(DataConfig(path=str(tmp_path / "d.jsonl"), target_template="{answer}"))
     with pytest.raises(ConfigError, match="data.where: field 'label' not found"):
         load_documents(DataConfig(path=str(tmp_path / "d.jsonl"), where="label=x"))
+
+
+def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows_need(tmp_path, shared_data, tiny_model):
+    """A 70 MB JSON Lines file (more than LAZY_READ_BYTES) with a few windows asked for: read as far as they need,
+    not whole (whole, a 200 MB file took 71 s and 8.4 GB here, and left a 715 MB cache entry)."""
+    import json as json_module
+    import subprocess
+    import sys
+
+    from embinject.data import LAZY_READ_BYTES
+
+    text = (shared_data / "wikipedia_en_sample" / "train.jsonl").read_text()
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as fh:
+        for _ in range(LAZY_READ_BYTES // len(text) + 6):
+            fh.write(text)
+    assert big.stat().st_size > LAZY_READ_BYTES
+    script = ("import json, resource, sys, time; from transformers import AutoTokenizer; from embinject.config import DataConfig; "
+              "from embinject.data import build_windows, select_windows; tok = AutoTokenizer.from_pretrained(sys.argv[2]); "
+              "t0 = time.time(); cfg = DataConfig(path=sys.argv[1], seq_len=32, train_samples=32, val_samples=16); "
+              "train, val = build_windows(cfg, tok, 'k'); train = select_windows(train, 32, 'previous', 'train'); "
+              "val = select_windows(val, 16, 'previous', 'validation'); print(json.dumps({'seconds': time.time() - t0, "
+              "'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'train': len(train), 'val': len(val)}))")
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-c", script, str(big), tiny_model], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EMBINJECT_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json_module.loads(proc.stdout.splitlines()[-1])
+    assert out["train"] == 32 and out["val"] == 16
+    assert out["seconds"] < 20 and out["peak_mb"] < 2000, out
+    assert sum(f.stat().st_size for f in (cache / "data").iterdir()) < 1 << 20

@@ -3,6 +3,7 @@ starts or joins Ray, runs the Tuner with the searcher, scheduler and MLflow call
 the summary and the champion. It is the one place a search starts; `--resume` continues the newest one."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -72,25 +73,26 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(storage)
     artifact_root = storage / "mlartifacts"
     check_places(search, tracking_uri)
-    root = storage.expanduser().resolve()
-    exp_dir = newest_search_dir(root, search.tune.name) if resume else new_search_dir(root, search.tune.name)
-    with removed_unless_started(exp_dir, claimed=not resume), search_lock(exp_dir):
-        if resume:
-            check_same_space(exp_dir, search)
-            tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-            if tracker.state.get("finished"):
-                kept = tracker.pending
-                if kept:
-                    tracker.sync(force=True)
-                raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                                      + (f" ({kept} kept MLflow records sent)" if kept else ""))
-        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, resume, verbose)
+    if not resume:
+        return _search_in(None, search, tracking_uri, artifact_root, address, verbose)
+    exp_dir = newest_search_dir(storage.expanduser().resolve(), search.tune.name)
+    with search_lock(exp_dir):
+        check_same_space(exp_dir, search)
+        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+        if tracker.state.get("finished"):
+            kept = tracker.pending
+            if kept:
+                tracker.sync(force=True)
+            raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
+                                  + (f" ({kept} kept MLflow records sent)" if kept else ""))
+        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose)
 
 
-def _search_in(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
-               resume: bool, verbose: int) -> dict:
+def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
+               verbose: int) -> dict:
+    """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray runs."""
+    resume = exp_dir is not None
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
-    from ray import tune
 
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
@@ -106,62 +108,73 @@ def _search_in(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
         else:
             connect(None, env, verbose)
         warm_seconds = time.time() - t0
-        if not resume:
-            atomic_write_text(exp_dir / "search.yaml", search.text)
-            record_space(exp_dir, search)
-        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-        tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
-                                     "tune": dataclasses.asdict(search.tune),
-                                     "base": search.base}, exp_dir / "search.yaml",
-                      {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
-                      dataset_record(search.config))
-        r = search.tune.resources
-        base = dict(search.base)
-        if r.gpus == 0:
-            base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
-        fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
-        # Ray's best-trial line looks every column up in the trial's config, so conditional
-        # parameters (absent from some trials) stay out of the live table; MLflow has them all.
-        unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
-        # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
-        # columns are as wide as the longest searched value (hub ids included), within reason.
-        longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
-                      + [20])
-        reporter = tune.CLIReporter(
-            parameter_columns={k: short_key(k) for k in unconditional},
-            metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                            "tokens_per_second": "tok/s"},
-            max_report_frequency=15, sort_by_metric=True, max_column_length=min(longest, 60))
-        run_config = tune.RunConfig(
-            name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
-            callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
-                                        [p.key for p in search.params if p.kind != "fixed"])],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
-        if resume and tune.Tuner.can_restore(str(exp_dir)):
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
-        else:
-            t = search.tune
-            tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-                metric=t.metric, mode=t.mode, search_alg=make_searcher(search), scheduler=make_scheduler(search),
-                num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
-                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
-        stop = GracefulStop()
-        try:
-            with stop:
-                grid = tuner.fit()
-        except KeyboardInterrupt:
-            stop.signum = stop.signum or signal.SIGINT
-        if stop.signum is not None:
-            name = signal.Signals(stop.signum).name
-            tracker.interrupted(name)
-            return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
-                    "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
-        cut, budget_note = ended_by_the_search(tracker, search, len(grid), time.time() - t0)
-        rows, ranked = summarize(grid, search, exp_dir, cut)
-        outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
-        outcome["parent_run_id"] = tracker.parent_id
-        outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
-        return outcome
+        with contextlib.ExitStack() as claimed:
+            if not resume:
+                exp_dir = new_search_dir(Path(search.tune.storage_path).expanduser().resolve(), search.tune.name)
+                claimed.enter_context(removed_unless_started(exp_dir))
+                claimed.enter_context(search_lock(exp_dir))
+                atomic_write_text(exp_dir / "search.yaml", search.text)
+                record_space(exp_dir, search)
+            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0)
     finally:
         ray.shutdown()
+
+
+def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,
+               warm_seconds: float, t0: float) -> dict:
+    from ray import tune  # lazy, as in _search_in
+
+    tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
+    tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
+                                 "tune": dataclasses.asdict(search.tune),
+                                 "base": search.base}, exp_dir / "search.yaml",
+                  {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
+                  dataset_record(search.config))
+    r = search.tune.resources
+    base = dict(search.base)
+    if r.gpus == 0:
+        base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
+    fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+    # Ray's best-trial line looks every column up in the trial's config, so conditional
+    # parameters (absent from some trials) stay out of the live table; MLflow has them all.
+    unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
+    # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
+    # columns are as wide as the longest searched value (hub ids included), within reason.
+    longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
+                  + [20])
+    reporter = tune.CLIReporter(
+        parameter_columns={k: short_key(k) for k in unconditional},
+        metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
+                        "tokens_per_second": "tok/s"},
+        max_report_frequency=15, sort_by_metric=True, max_column_length=min(longest, 60))
+    run_config = tune.RunConfig(
+        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
+        callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
+                                    [p.key for p in search.params if p.kind != "fixed"])],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
+    else:
+        t = search.tune
+        tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
+            metric=t.metric, mode=t.mode, search_alg=make_searcher(search), scheduler=make_scheduler(search),
+            num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+    stop = GracefulStop()
+    try:
+        with stop:
+            grid = tuner.fit()
+    except KeyboardInterrupt:
+        stop.signum = stop.signum or signal.SIGINT
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        tracker.interrupted(name)
+        return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
+                "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
+    cut, budget_note = ended_by_the_search(tracker, search, len(grid), time.time() - t0)
+    rows, ranked = summarize(grid, search, exp_dir, cut)
+    outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
+    outcome["parent_run_id"] = tracker.parent_id
+    outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
+    return outcome

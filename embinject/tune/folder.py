@@ -71,13 +71,13 @@ def search_lock(exp_dir: Path):
 
 
 @contextlib.contextmanager
-def removed_unless_started(exp_dir: Path, claimed: bool):
-    """A folder this search claimed is removed again if the search fails before it starts (bad data found while
-    warming the caches, an unreachable cluster): nothing is left behind that --resume would pick up."""
+def removed_unless_started(exp_dir: Path):
+    """A folder this search claimed is removed again if the search fails before it starts (the MLflow store or
+    the disk failing at its first record): nothing is left behind that --resume would pick up."""
     try:
         yield
     except BaseException:
-        if claimed and not (exp_dir / STATE_FILE).is_file():
+        if not (exp_dir / STATE_FILE).is_file():
             shutil.rmtree(exp_dir, ignore_errors=True)
         raise
 
