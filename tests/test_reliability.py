@@ -160,3 +160,57 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     assert by_trial[cut].info.status == "KILLED" and by_trial[cut].data.tags["stopped_by"] == "time_budget"
     champion = client.get_model_version_by_alias("test-adapter", "champion")
     assert champion.tags["trial_id"] != cut
+
+
+def test_a_store_locked_right_after_a_run_was_created_gets_one_run_with_all_its_records(tmp_path, capfd):
+    """Another process takes the SQLite store (BEGIN EXCLUSIVE) just after the parent run was created; once it lets
+    go, that same run gets its params, artifact and dataset. A trial's run created just before a kill (the state
+    file saved before it knew) is found again, not created twice, and gets its params."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    uri, exp_dir = f"sqlite:///{db}", tmp_path / "search"
+    exp_dir.mkdir()
+    (tmp_path / "search.yaml").write_text("tune: {}\n")
+    MlflowClient(uri).search_experiments()  # the store exists, as after earlier searches
+    tracker = SearchTracker(uri, "locked", exp_dir)
+    lock = []
+    real_create = MlflowClient.create_run
+
+    def create_then_lock(self, *args, **kwargs):
+        run = real_create(self, *args, **kwargs)
+        if not lock:
+            lock.append(sqlite3.connect(db, isolation_level=None, timeout=0))
+            lock[0].execute("BEGIN EXCLUSIVE")  # a real lock, held by another connection, at the worst moment
+        return run
+
+    MlflowClient.create_run = create_then_lock
+    try:
+        tracker.start("search", {"train.lr": 0.1}, tmp_path / "search.yaml", {},
+                      {"name": "d", "digest": "abc", "source_type": "local", "source": "d.jsonl"})
+        assert tracker.pending == 1 and tracker.state["parent"]  # the run exists; its params could not be written
+    finally:
+        MlflowClient.create_run = real_create
+        if lock:
+            lock[0].execute("ROLLBACK")
+    assert tracker.sync(force=True)
+    tracker.trial_started("t1", "trial t1", {"train.lr": 0.1})
+    assert tracker.pending == 0
+    # The kill: the trial's run exists, but the saved state knows neither it nor its params.
+    state = json.loads((exp_dir / STATE_FILE).read_text())
+    state.update(applied=state["applied"] - 1, children={}, params_logged=[])
+    (exp_dir / STATE_FILE).write_text(json.dumps(state))
+    assert SearchTracker(uri, "locked", exp_dir).sync(force=True)
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("locked").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("embinject.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("embinject.kind") == "trial"]
+    assert len(parents) == 1 and parents[0].data.params == {"train.lr": "0.1"}
+    assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "search")] == ["search/search.yaml"]
+    assert len(children) == 1 and children[0].data.params == {"train.lr": "0.1"}
+    assert [len(r.inputs.dataset_inputs) for r in parents + children] == [1, 1]
+    err = capfd.readouterr().err
+    assert err.count("cannot be reached") == 1 and "Traceback" not in err and " ERROR " not in err

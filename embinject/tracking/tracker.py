@@ -13,7 +13,9 @@ MLflow is imported where it is used, never before `quiet_mlflow` (see store.py).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -52,6 +54,8 @@ class SearchTracker:
         self.experiment = experiment
         self.artifact_root = artifact_root
         self.state_file = Path(exp_dir) / STATE_FILE
+        # The key of this search's parent run in MLflow: its folder, which no other search shares.
+        self.search_key = hashlib.sha256(str(Path(exp_dir).resolve()).encode()).hexdigest()[:16]
         self.journal = Path(exp_dir) / JOURNAL_FILE
         self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
                       "registered_version": None, "constants_logged": []}
@@ -163,6 +167,9 @@ class SearchTracker:
         if not force and time.time() < self._retry_at:
             return False
         records = self._records()
+        mlflow_logger = logging.getLogger("mlflow")
+        level = mlflow_logger.level
+        mlflow_logger.setLevel(logging.CRITICAL)  # a failure is our one warning line below, not MLflow's traceback
         try:
             while self.state["applied"] < len(records):
                 self._apply(records[self.state["applied"]])
@@ -176,6 +183,8 @@ class SearchTracker:
             self._down = True
             self._client = None
             return False
+        finally:
+            mlflow_logger.setLevel(level)
         if self._down:
             warn(f"MLflow at {self.tracking_uri} is back; the kept records are logged")
         self._down = False
@@ -204,11 +213,15 @@ class SearchTracker:
         client = self._mlflow()
         op = r["op"]
         children = self.state["children"]
+        # Every record may be applied again (a store that locked or went away halfway, a kill before the state was
+        # saved): a run is created only when no run carries its key, and what follows its creation is redone.
         if op == "search_start":
-            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"],
-                                    tags={"embinject.kind": "search", **r["tags"]})
-            self.state["parent"] = run.info.run_id
-            self._save()  # before anything else: a retry must not create a second parent
+            if not self.state["parent"]:
+                found = self._find_run(client, f"tags.`embinject.search` = '{self.search_key}'")
+                run_id = found or client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
+                    "embinject.kind": "search", "embinject.search": self.search_key, **r["tags"]}).info.run_id
+                self.state["parent"] = run_id
+                self._save()
             flat = [Param(k, v) for k, v in r["params"].items()]
             for i in range(0, len(flat), 100):
                 client.log_batch(self.parent_id, params=flat[i : i + 100])
@@ -220,17 +233,24 @@ class SearchTracker:
             client.set_tag(self.parent_id, "resumed_at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["t"] / 1000)))
             client.update_run(self.parent_id, status="RUNNING")
         elif op == "trial_start":
-            if r["trial"] in children:
+            logged = self.state.setdefault("params_logged", [])
+            if r["trial"] in children and r["trial"] in logged:
                 client.update_run(children[r["trial"]], status="RUNNING")  # resumed or restarted trial
                 return
-            parent = client.get_run(self.parent_id)
-            inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))}
-            run = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
-                **inherited, "mlflow.parentRunId": self.parent_id, "trial_id": r["trial"], "embinject.kind": "trial"})
-            children[r["trial"]] = run.info.run_id
+            if r["trial"] not in children:
+                found = self._find_run(client, f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_id = '{r['trial']}'")
+                if found is None:
+                    parent = client.get_run(self.parent_id)
+                    inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))}
+                    found = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
+                        **inherited, "mlflow.parentRunId": self.parent_id, "trial_id": r["trial"],
+                        "embinject.kind": "trial"}).info.run_id
+                children[r["trial"]] = found
+                self._save()
+            client.log_batch(children[r["trial"]], params=[Param(k, v) for k, v in r["params"].items()])
+            self._log_dataset(client, children[r["trial"]], self.state.get("dataset"))
+            logged.append(r["trial"])
             self._save()
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in r["params"].items()])
-            self._log_dataset(client, run.info.run_id, self.state.get("dataset"))
         elif op == "trial_result":
             if r["trial"] not in children:
                 return
@@ -271,6 +291,10 @@ class SearchTracker:
                                                                       r.get("version_tags") or {})
                     self._save()
             client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
+
+    def _find_run(self, client, query: str) -> str | None:
+        runs = client.search_runs([self._experiment_id], query, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def _register(self, client, name: str, winner_run: str | None, tags: dict) -> str:
         """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,

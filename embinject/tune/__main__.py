@@ -105,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
     served = outcome["tracking_uri"].startswith(("http://", "https://"))
-    print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
-          ("" if served else f"; open with: mlflow ui --backend-store-uri {shlex.quote(outcome['tracking_uri'])}"))
-    print(f"  runs table: {outcome['runs_url']}")
+    if outcome["parent_run_id"] is None or outcome["kept_records"]:
+        print(f"mlflow: experiment '{outcome['experiment']}' at {outcome['tracking_uri']} has not received this search's "
+              "records yet (see above); --resume logs them")
+    else:
+        print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
+              ("" if served else f"; open with: mlflow ui --backend-store-uri {shlex.quote(outcome['tracking_uri'])}"))
+        print(f"  runs table: {outcome['runs_url']}")
     if outcome["registered_version"]:
         # as printed, from this directory: the store is named unless it is the one the commands default to
         store = "" if outcome["tracking_uri"] == tracking_uri_default() else f" --tracking-uri {shlex.quote(outcome['tracking_uri'])}"
