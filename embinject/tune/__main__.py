@@ -6,6 +6,7 @@ The command only: arguments, the dry run, and the lines a search ends with. The 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -44,6 +45,24 @@ def _print_kept(outcome: dict) -> None:
               f"{outcome['experiment_dir']}/mlflow_journal.jsonl and are logged by --resume once it is back", file=sys.stderr)
 
 
+def _resume_command(args) -> list[str]:
+    again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
+    return again + [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The `No space left on device` (or quota) error behind `exc`, however deep Ray wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if "No space left on device" in str(exc):
+            return OSError(errno.ENOSPC, "No space left on device")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog("tune"), description=__doc__.splitlines()[0],
                                      epilog="A search file is a training config (see `embinject train --help` for its keys) "
@@ -73,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("interrupted before the search started; nothing written", file=sys.stderr)
         return interrupt_exit_code(exc)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: no space left on the device holding {full.filename or 'tune.storage_path'}; the search "
+              "stopped with its finished trials and checkpoints kept. Free some space, then resume with: "
+              f"{shlex.join(_resume_command(args))}", file=sys.stderr)
+        return 1
     print()
     if outcome.get("interrupted"):
-        again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
-        again += [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
+        again = _resume_command(args)
         print(f"search interrupted ({outcome['signal']}): nothing registered; finished trials and the running trials' "
               f"last checkpoints are kept in {outcome['experiment_dir']}", file=sys.stderr)
         print(f"resume with: {shlex.join(again)}", file=sys.stderr)
