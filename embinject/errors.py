@@ -2,6 +2,7 @@
 (and Ctrl-C or SIGTERM) into one `error:` line and exit code 2 (130/143 for an interrupt)."""
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from typing import Callable
@@ -22,6 +23,19 @@ def first_line(exc: BaseException) -> str:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The `No space left on device` (or quota) error behind `exc`, however deep a library wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if "No space left on device" in str(exc):
+            return OSError(errno.ENOSPC, "No space left on device")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _raise_terminated(signum, frame):

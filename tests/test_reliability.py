@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -107,23 +109,35 @@ def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tm
     assert str(client.get_model_version_by_alias("reg-adapter", "champion").version) == "1"
 
 
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(bytes(1 << 16))
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 4 MiB tmpfs, filled: a disk that is full before the search starts."""
-    mount = tmp_path / "full"
+def small_disk(tmp_path):
+    """A 30 MiB tmpfs: a disk that can fill up."""
+    mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with open(mount / "filler", "wb") as fh:
-            try:
-                while True:
-                    fh.write(bytes(1 << 16))
-            except OSError:
-                pass
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk(small_disk):
+    _fill(small_disk)
+    return small_disk
 
 
 def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path, tiny_model, full_disk):
@@ -214,3 +228,33 @@ def test_a_store_locked_right_after_a_run_was_created_gets_one_run_with_all_its_
     assert [len(r.inputs.dataset_inputs) for r in parents + children] == [1, 1]
     err = capfd.readouterr().err
     assert err.count("cannot be reached") == 1 and "Traceback" not in err and " ERROR " not in err
+
+
+def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(tmp_path, tiny_model, small_disk):
+    from .test_faults import kill_session, registered_versions, trial_rows, wait_for
+    from .test_tune import read_mlflow
+
+    storage = small_disk / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "method": "prompt", "search": {"train.lr": {"loguniform": [1.0e-3, 5.0e-2]}}, "tune.points_to_evaluate": [],
+        "train.max_steps": 300, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 2,
+        "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}})
+    proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=PY_ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for(lambda: any(len(r) >= 2 for r in trial_rows(storage).values()), 300, "a trial's results", proc)
+        filler = _fill(small_disk)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        kill_session(proc.pid)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Current best trial", "Number of trials"))]
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[-1].startswith("error: no space left on the device holding ") and lines[-1].endswith(
+        f"resume with: python -m embinject.tune {path} --resume"), err[-3000:]
+    filler.unlink()  # space freed: --resume finishes the search, registers one version, leaves no run RUNNING
+    resumed = tune(str(path), "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert [p.info.status for p in parents] == ["FINISHED"] and sorted(c.info.status for c in children) == ["FINISHED"] * 2
+    versions = registered_versions(client, "test-adapter")
+    assert len(versions) == 1 and f"best trial {versions[0].tags['trial_id']}:" in resumed.stdout

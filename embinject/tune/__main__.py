@@ -6,13 +6,12 @@ The command only: arguments, the dry run, and the lines a search ends with. The 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, handle_sigterm, interrupt_exit_code, prog
+from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog
 from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
 from .cluster import check_local_resources
@@ -48,19 +47,6 @@ def _print_kept(outcome: dict) -> None:
 def _resume_command(args) -> list[str]:
     again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
     return again + [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
-
-
-def disk_full(exc: BaseException | None) -> OSError | None:
-    """The `No space left on device` (or quota) error behind `exc`, however deep Ray wrapped it."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return exc
-        if "No space left on device" in str(exc):
-            return OSError(errno.ENOSPC, "No space left on device")
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import socket
 
 import torch
 
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, disk_full, first_line
 from ..space import SearchFile, trial_config
 from ..train import baseline_perplexity, prepare, release_shared_lms
 
@@ -57,6 +57,13 @@ def warm_caches(search: SearchFile) -> None:
     release_shared_lms()
 
 
+class _DiskFullTrialTraceback(logging.Filter):
+    """A trial that fails because the disk is full would print Ray's whole traceback; the command says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and disk_full(record.exc_info[1]))
+
+
 class _TokenAuthOnNotice(logging.Filter):
     """Ray announces on every local start that token authentication is on because a token exists in ~/.ray:
     the secure default, with nothing for the user to do. Ray's warning that authentication is *off* still shows."""
@@ -81,6 +88,9 @@ def connect(address: str | None, env: dict, verbose: int) -> None:
     token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
         token_logger.addFilter(_TokenAuthOnNotice())
+    controller_logger = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _DiskFullTrialTraceback) for f in controller_logger.filters):
+        controller_logger.addFilter(_DiskFullTrialTraceback())
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
                  runtime_env={"env_vars": env}, ignore_reinit_error=True)
