@@ -237,7 +237,7 @@ def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(t
     storage = small_disk / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
         "method": "prompt", "search": {"train.lr": {"loguniform": [1.0e-3, 5.0e-2]}}, "tune.points_to_evaluate": [],
-        "train.max_steps": 300, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 2,
+        "train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 2,
         "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}})
     proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=PY_ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
