@@ -10,7 +10,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import ConfigError
 
@@ -180,6 +180,9 @@ class TuneSettings:
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     storage_path: str = "runs/tune"
     reuse_actors: bool = True  # consecutive trials on a node reuse a worker that already holds the frozen LM
+    # Packed trials (README, "Packing"): auto | off | K. K trials share one frozen LM and train in one batch per step;
+    # auto packs on CUDA devices only (on CPUs a packed step was slower), as many as the device's memory holds, at most 8.
+    pack: Union[int, str] = field(default="auto", metadata={"pack": True})
     max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
 
 
@@ -194,6 +197,14 @@ class MlflowSettings:
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    if meta.get("pack"):
+        if value is False:  # YAML reads a bare `off` as false
+            value = "off"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ConfigError(f"{key}: expected auto, off or a number of trials per pack (1 or more), got {value!r}")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union and type(None) in args:

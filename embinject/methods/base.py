@@ -107,6 +107,11 @@ class AdapterMethod(nn.Module):
     def past_key_values(self, batch: dict):
         return None
 
+    def prefix_kv(self) -> torch.Tensor | None:
+        """The per-layer key/value prefix as one tensor [L, 2, H, P, hd], for methods that have one (packed steps
+        pad it beside other trials' prefixes)."""
+        return None
+
     def activation_hooks(self) -> contextlib.AbstractContextManager:
         """Active around a forward pass that includes the prefix positions (deep prompts change
         the LM's activations there); nothing by default."""

@@ -5,6 +5,7 @@ resume from it. A non-finite loss or a runaway validation perplexity stops it (`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -67,6 +68,31 @@ class checkpointed_lm:
             self.model.eval()
 
 
+class SoloSteps:
+    """How the loop takes a step: alone, on its own LM (the default). `embinject.train.packing.PackedSteps` takes it
+    as one member of a pack instead; both set the gradients and return the loss, and the loop steps the optimizer."""
+
+    def building(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def training(self, model, checkpointing: bool) -> contextlib.AbstractContextManager:
+        return checkpointed_lm(model, checkpointing)
+
+    def away(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:
+        with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
+            nll, count = method.nll(batch)
+        loss = nll / max(count, 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.item()
+
+    def pack_size(self) -> int:
+        return 1
+
+
 def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The windows intermediate evaluations score: a fixed subset, the same for every trial and seed (so that
     trials are compared on the same windows), with its row index; or all of them (index None)."""
@@ -105,17 +131,20 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def train(cfg: Config, report: Report | None = None, resume_from: Path | None = None,
-          prepared: Prepared | None = None) -> tuple[dict, AdapterMethod]:
-    """Train one adapter; returns (result dict, trained method holding the best weights)."""
+          prepared: Prepared | None = None, steps: SoloSteps | None = None) -> tuple[dict, AdapterMethod]:
+    """Train one adapter; returns (result dict, trained method holding the best weights). `steps`: how each
+    step is taken (alone by default, or as a member of a pack)."""
     entered = time.perf_counter()
+    steps = steps or SoloSteps()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    prep = prepared or prepare(cfg)
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    device, amp = prep.device, autocast_dtype(cfg, prep.device)
-    base_ppl = baseline_perplexity(prep, cfg)
-    method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+    with steps.building():
+        prep = prepared or prepare(cfg)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        device, amp = prep.device, autocast_dtype(cfg, prep.device)
+        base_ppl = baseline_perplexity(prep, cfg)
+        method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     params = method.trainable_parameters()
     trainable = sum(p.numel() for p in params)
     frozen_total = sum(p.numel() for p in prep.lm.model.parameters() if not p.requires_grad)
@@ -143,9 +172,10 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
             "eval_seconds": 0.0, "train_tokens": 0, "loss_sum": 0.0, "loss_steps": 0, "stopped_early": False}
     best_state = None
     if resume_from is not None:
-        loop = load_checkpoint(resume_from, method, opt, device)
-        best_file = Path(resume_from) / "best_adapter" / "adapter.safetensors"
-        best_state = load_file(str(best_file)) if best_file.is_file() else None
+        with steps.building():
+            loop = load_checkpoint(resume_from, method, opt, device)
+            best_file = Path(resume_from) / "best_adapter" / "adapter.safetensors"
+            best_state = load_file(str(best_file)) if best_file.is_file() else None
 
     def write_checkpoint(directory: Path) -> None:
         """Resumable state, plus the best adapter so far in a form `load_method` reads
@@ -171,7 +201,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     def send(entry: dict, final: bool) -> None:
         if report is not None:
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-            report({**entry, "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
+            report({**entry, "pack_size": steps.pack_size(), "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
                     "trainable_params": trainable, "dtype": result["dtype"],
                     "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
@@ -180,22 +210,18 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
     if done and resume_from is not None and loop["history"]:
         # Resumed from a finished run's last checkpoint: the process that wrote it may have died before
         # its caller recorded the final report, so deliver that report (again).
-        send(loop["history"][-1], final=True)
+        with steps.away():
+            send(loop["history"][-1], final=True)
     try:
-        with checkpointed_lm(prep.lm.model, cfg.train.gradient_checkpointing):
+        with steps.training(prep.lm.model, cfg.train.gradient_checkpointing):
             while not done:
                 epoch, in_epoch = divmod(loop["step"], steps_per_epoch)
                 order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
                 for batch in batches(prep.train, cfg.train.batch_size, order, start=in_epoch):
                     t0 = time.perf_counter()
                     batch = {k: v.to(device) for k, v in batch.items()}
-                    with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
-                        nll, count = method.nll(batch)
-                    loss = nll / max(count, 1)
-                    loss_value = loss.item()
+                    loss_value = steps.step(method, opt, batch, amp, device)  # the gradients are set
                     check_divergence(cfg, loop["step"] + 1, "training loss", loss_value)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
                     opt.step()
                     loop["train_seconds"] += time.perf_counter() - t0
                     loop["train_tokens"] += batch["input_ids"].numel()
@@ -207,43 +233,44 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
                         progress.set_postfix(loss=f"{loss_value:.3f}")
                     last = loop["step"] >= max_steps
                     if loop["step"] % eval_every == 0 or last:
-                        t_eval = time.perf_counter()
-                        full_now = None  # this adapter's score on every window, where that pass is needed anyway
-                        if subset and (last or cfg.train.eval_audit):
-                            # the last evaluation's adapter is usually the one kept, whose full-set score is the result
-                            ppl, full_now = subset_and_full(method, prep.val, subset_index, cfg.train.eval_batch_size,
-                                                            device, amp)
-                        else:
-                            ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
-                        entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
-                                 "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
-                        if subset and cfg.train.eval_audit:
-                            entry["val_perplexity_full"] = full_now
-                        loop["eval_seconds"] += time.perf_counter() - t_eval
-                        check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
-                        loop["history"].append(entry)
-                        loop["loss_sum"], loop["loss_steps"] = 0.0, 0
-                        if ppl < loop["best_ppl"]:
-                            loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
-                            best_state = method.adapter_state()
-                        else:
-                            loop["bad_evals"] += 1
-                        if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
-                            loop["stopped_early"] = True
-                        final = loop["stopped_early"] or last  # no further evaluation will follow
-                        if final and subset:
-                            # The adapter this run keeps (chosen on the subset) is scored on every window; that is
-                            # the run's result, and the final report's val_perplexity.
+                        with steps.away():  # evaluating and reporting: a pack steps on without this trial
                             t_eval = time.perf_counter()
-                            if full_now is not None and loop["best_step"] == loop["step"]:
-                                full = full_now  # the kept adapter is the one just scored on every window
+                            full_now = None  # this adapter's score on every window, where that pass is needed anyway
+                            if subset and (last or cfg.train.eval_audit):
+                                # the last evaluation's adapter is usually the one kept, whose full-set score is the result
+                                ppl, full_now = subset_and_full(method, prep.val, subset_index, cfg.train.eval_batch_size,
+                                                                device, amp)
                             else:
-                                full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
+                                ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
+                            entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
+                                     "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
+                            if subset and cfg.train.eval_audit:
+                                entry["val_perplexity_full"] = full_now
                             loop["eval_seconds"] += time.perf_counter() - t_eval
-                            check_divergence(cfg, loop["step"], "validation perplexity", full, base_ppl)
-                            loop["best_ppl_full"] = full
-                            entry.update(val_perplexity_subset=ppl, val_perplexity=full)
-                        send(entry, final)
+                            check_divergence(cfg, loop["step"], "validation perplexity", ppl, base_ppl)
+                            loop["history"].append(entry)
+                            loop["loss_sum"], loop["loss_steps"] = 0.0, 0
+                            if ppl < loop["best_ppl"]:
+                                loop.update(best_ppl=ppl, best_step=loop["step"], bad_evals=0)
+                                best_state = method.adapter_state()
+                            else:
+                                loop["bad_evals"] += 1
+                            if cfg.train.patience and loop["bad_evals"] >= cfg.train.patience:
+                                loop["stopped_early"] = True
+                            final = loop["stopped_early"] or last  # no further evaluation will follow
+                            if final and subset:
+                                # The adapter this run keeps (chosen on the subset) is scored on every window; that is
+                                # the run's result, and the final report's val_perplexity.
+                                t_eval = time.perf_counter()
+                                if full_now is not None and loop["best_step"] == loop["step"]:
+                                    full = full_now  # the kept adapter is the one just scored on every window
+                                else:
+                                    full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
+                                loop["eval_seconds"] += time.perf_counter() - t_eval
+                                check_divergence(cfg, loop["step"], "validation perplexity", full, base_ppl)
+                                loop["best_ppl_full"] = full
+                                entry.update(val_perplexity_subset=ppl, val_perplexity=full)
+                            send(entry, final)
                         if final:
                             done = True
                             break

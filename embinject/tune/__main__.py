@@ -16,6 +16,7 @@ from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
 from .cluster import check_local_resources
 from .driver import AlreadyFinished, run_search
+from .pack import plan_pack
 
 
 def _print_dry_run(search: SearchFile, address: str | None) -> None:
@@ -33,7 +34,11 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
     budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
     print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
-    print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU; cluster: {address or 'local'}")
+    plan = plan_pack(search)
+    share = "" if plan.size == 1 else f" (a pack of {plan.size} shares them: {plan.cpus_each(t.resources.cpus):g} CPU, " \
+        f"{t.resources.gpus / plan.size:g} GPU each)"
+    print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU{share}; cluster: {address or 'local'}")
+    print(f"packing: {plan.why}")
     print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
           f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
 

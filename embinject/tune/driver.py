@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shlex
 import signal
@@ -13,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import prog
+from ..errors import first_line, prog
 from ..fsutil import atomic_write_text, check_writable
 from ..models import cache_root
 from ..space import SearchFile, apply_params
@@ -24,6 +25,7 @@ from .folder import check_same_space, new_search_dir, newest_search_dir, record_
 from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
 from .results import finish_search, summarize
 from .searcher import make_scheduler, make_searcher
+from .pack import PackPlan, largest_trial, packed_trainable, plan_pack, probe_memory, stop_hosts
 from .signals import GracefulStop
 from .trainable import trainable
 
@@ -52,6 +54,21 @@ def ended_by_the_search(tracker, search: SearchFile, trials: int, seconds: float
         return cut, None
     return cut, (f"tune.time_budget_s ({budget:g} s) ran out: {trials} of {search.tune.num_samples} trials started, "
                  f"{len(cut)} of them cut mid-training")
+
+
+def pack_plan_for(search: SearchFile, exp_dir: Path) -> PackPlan:
+    """`tune.pack` for this search; `auto` on GPUs measures the largest trial's memory first, on one GPU."""
+    import ray  # lazy, as in _search_in
+
+    key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:10]
+    memory = None
+    if search.tune.pack == "auto" and search.tune.resources.gpus > 0 and plan_pack(search).size > 1:
+        base = dict(search.base)
+        try:
+            memory = ray.get(ray.remote(num_gpus=1, max_calls=1)(probe_memory).remote(base, largest_trial(search)))
+        except Exception as exc:  # the cap then stands, and the line says why
+            print(f"packing: the memory probe failed ({first_line(exc)}); packing up to the cap", file=sys.stderr)
+    return plan_pack(search, memory, key)
 
 
 def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
@@ -134,7 +151,12 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     base = dict(search.base)
     if r.gpus == 0:
         base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
-    fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+    plan = pack_plan_for(search, exp_dir)
+    if plan.size > 1:
+        print(f"packing: {plan.why}", flush=True)
+        fn = tune.with_resources(tune.with_parameters(packed_trainable, base=base, plan=plan), plan.resources(r.cpus, r.gpus))
+    else:
+        fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
     # Ray's best-trial line looks every column up in the trial's config, so conditional
     # parameters (absent from some trials) stay out of the live table; MLflow has them all.
     unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
@@ -167,6 +189,8 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
             grid = tuner.fit()
     except KeyboardInterrupt:
         stop.signum = stop.signum or signal.SIGINT
+    finally:
+        stop_hosts(plan)
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         tracker.interrupted(name)

@@ -1,0 +1,258 @@
+"""Packed steps: several trials' adapters trained in one forward/backward of the shared frozen LM.
+
+Each trial's rows sit behind its own prefix. Input prefixes (soft prompt, injection) of different lengths are
+left-padded, key/value prefixes (deep prefix) are padded in the cache, and a 4-D attention mask lets no row attend
+to padding, so every row attends to exactly the keys it would see alone, at the positions it would have alone.
+The loss is the sum of the trials' own mean losses: rows are independent through the frozen LM, so each
+adapter receives the gradient of its own loss, as if it had trained alone (within float rounding).
+
+`StepPack` is the rendezvous: each trial's training loop runs in its own thread and calls `step()`; whichever
+thread finds every present member waiting runs the packed step for all of them. A member that evaluates or
+reports is `away()` and is not waited for; one that `leave()`s is dropped at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..errors import ConfigError
+from ..methods import AdapterMethod
+from ..methods.base import cache_kwargs
+
+
+def unpackable_reason(cfg: Config) -> str | None:
+    """Why a trial with this config trains alone rather than in a pack (None: it packs)."""
+    if cfg.method == "lora":
+        return "LoRA changes the frozen LM's own layers, which every member of a pack shares"
+    if cfg.method == "baseline":
+        return "the baseline trains nothing"
+    if cfg.adapter.deep_layers:
+        return "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
+    return None
+
+
+class Left(Exception):
+    """This member was taken out of its pack (its trial was stopped or lost) while it trained."""
+
+
+def _attention_mask(valid: torch.Tensor, n_cache: int, dtype: torch.dtype, additive: bool) -> torch.Tensor:
+    """[B, 1, S, n_cache + S] mask from key validity [B, n_cache + S]: causal over the concatenated layout, no
+    padded key; a padded query attends to itself only (its output is never used, and a row with no key at all
+    would turn into NaN, which reaches the gradients even though multiplied by zero)."""
+    B, total = valid.shape
+    S = total - n_cache
+    q = torch.arange(S, device=valid.device).view(S, 1) + n_cache
+    k = torch.arange(total, device=valid.device).view(1, total)
+    allowed = (k <= q).unsqueeze(0) & valid.unsqueeze(1)  # [B, S, total]
+    pad_query = ~valid[:, n_cache:]
+    allowed = allowed | (pad_query.unsqueeze(2) & (k == q).unsqueeze(0))
+    allowed = allowed.unsqueeze(1)
+    if not additive:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Tensor, int]]:
+    """Each member's (summed NLL, scored tokens) on its batch, from one pass of all members' rows."""
+    from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
+
+    lm = members[0][0].lm
+    embedding = lm.get_input_embeddings()
+    device, dtype = embedding.weight.device, embedding.weight.dtype
+    impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
+    if "flash" in impl:
+        raise ConfigError(f"tune.pack: packed steps need an attention with custom masks; this model uses {impl}")
+    parts = []
+    for method, batch in members:
+        ids = batch["input_ids"]
+        embeds = embedding(ids)
+        prefix = method.prefix_embeds(batch)
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        parts.append((embeds, n_prefix, method.prefix_kv(), batch["labels"]))
+    S = max(e.shape[1] for e, _, _, _ in parts)
+    n_cache = max((kv.shape[3] for _, _, kv, _ in parts if kv is not None), default=0)
+    B = sum(e.shape[0] for e, _, _, _ in parts)
+    inputs = embeds.new_zeros(B, S, embeds.shape[2])
+    positions = torch.zeros(B, S, dtype=torch.long, device=device)
+    valid = torch.zeros(B, n_cache + S, dtype=torch.bool, device=device)
+    L, H, hd = (lm.config.num_hidden_layers, 0, 0)
+    kv_rows = None
+    if n_cache:
+        shape = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, H, P, hd]
+        L, H, hd = shape[0], shape[2], shape[4]
+        kv_rows = []
+    row = 0
+    for embeds_i, _, kv, _ in parts:
+        b, s = embeds_i.shape[:2]
+        n_kv = 0 if kv is None else kv.shape[3]
+        inputs[row : row + b, S - s :] = embeds_i  # left padding keeps every row's tokens at the end
+        positions[row : row + b, S - s :] = torch.arange(n_kv, n_kv + s, device=device)
+        valid[row : row + b, n_cache + S - s :] = True
+        valid[row : row + b, n_cache - n_kv : n_cache] = True
+        if kv_rows is not None:
+            block = torch.zeros(L, 2, b, H, n_cache, hd, dtype=dtype, device=device)
+            if kv is not None:
+                block = torch.cat([block[..., : n_cache - n_kv, :],
+                                   kv.to(dtype).unsqueeze(2).expand(-1, -1, b, -1, -1, -1)], dim=4)
+            kv_rows.append(block)
+        row += b
+    cache = None
+    if kv_rows is not None:
+        kv_all = torch.cat(kv_rows, dim=2)  # [L, 2, B, H, n_cache, hd]
+        cache = DynamicCache([(kv_all[i, 0], kv_all[i, 1]) for i in range(L)], config=lm.config)
+    mask = _attention_mask(valid, n_cache, torch.float32, additive=impl == "eager")  # sdpa and others: boolean
+    decoder = lm.get_decoder()
+    hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
+                     **cache_kwargs(decoder, cache)).last_hidden_state
+    chosen, targets, counts, row = [], [], [], 0
+    for embeds_i, n_prefix, _, labels in parts:
+        b, s = embeds_i.shape[:2]
+        T = labels.shape[1]
+        start = S - s + n_prefix
+        h = hidden[row : row + b, start : start + T - 1]
+        t = labels[:, 1:]
+        scored = t != -100
+        chosen.append(h[scored])
+        targets.append(t[scored])
+        counts.append(int(scored.sum()))
+        row += b
+    logits = lm.get_output_embeddings()(torch.cat(chosen))  # one LM-head call, on scored positions only
+    token_nll = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
+    return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
+
+
+class _Waiting:
+    def __init__(self, method: AdapterMethod, batch: dict):
+        self.method, self.batch = method, batch
+        self.loss: float | None = None
+        self.error: BaseException | None = None
+
+
+class StepPack:
+    """The rendezvous of the members of one pack (one frozen LM): see the module docstring."""
+
+    def __init__(self, device: str, autocast_dtype: torch.dtype | None, patience_s: float = 1.0):
+        self.device, self.amp = device, autocast_dtype
+        self.patience_s = patience_s  # how long waiting members wait for a present member that has not come back
+        self.cond = threading.Condition()
+        self.state: dict[str, str] = {}  # member -> "present" (between steps), "waiting" or "away"
+        self.waiting: dict[str, _Waiting] = {}
+        self.stepping = False
+        self.steps = 0
+        self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
+        self.last_size = 0
+
+    def join(self, member: str) -> None:
+        with self.cond:
+            self.state[member] = "away"  # preparing; waited for from its first step on
+            self.cond.notify_all()
+
+    def leave(self, member: str) -> None:
+        with self.cond:
+            self.state.pop(member, None)
+            entry = self.waiting.pop(member, None)
+            if entry is not None and entry.loss is None and entry.error is None:
+                entry.error = Left(member)
+            self.cond.notify_all()
+
+    def members(self) -> int:
+        with self.cond:
+            return len(self.state)
+
+    @contextlib.contextmanager
+    def away(self, member: str):
+        """Around what a member does outside training (evaluating, reporting): the others do not wait for it."""
+        with self.cond:
+            if member not in self.state:
+                raise Left(member)
+            self.state[member] = "away"
+            self.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self.cond:
+                if member in self.state:
+                    self.state[member] = "present"
+
+    def step(self, member: str, method: AdapterMethod, batch: dict) -> float:
+        """Submit this member's batch; returns its loss once a packed step has set its gradients."""
+        with self.cond:
+            if member not in self.state:
+                raise Left(member)
+            entry = _Waiting(method, batch)
+            self.waiting[member] = entry
+            self.state[member] = "waiting"
+            self.cond.notify_all()
+            since = time.monotonic()
+            while entry.loss is None and entry.error is None:
+                if not self.stepping and self._ready(since):
+                    self._lead()
+                    continue
+                self.cond.wait(timeout=0.05)
+            if member in self.state:
+                self.state[member] = "present"
+        if entry.error is not None:
+            raise entry.error
+        return entry.loss
+
+    def _ready(self, since: float) -> bool:
+        present = any(s == "present" for s in self.state.values())
+        return bool(self.waiting) and (not present or time.monotonic() - since > self.patience_s)
+
+    def _lead(self) -> None:
+        """Run one packed step for every waiting member (called with the lock held; released while computing)."""
+        group = dict(self.waiting)
+        self.waiting.clear()
+        self.stepping = True
+        self.cond.release()
+        try:
+            try:
+                items = list(group.values())
+                with torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None):
+                    results = packed_nll([(e.method, e.batch) for e in items])
+                losses = [nll / max(n, 1) for nll, n in results]
+                torch.stack(losses).sum().backward()
+                values = [float(v) for v in torch.stack(losses).detach().cpu()]
+                for e, v in zip(items, values):
+                    e.loss = v
+            except BaseException as exc:  # an out-of-memory step fails every member of it, each as its own trial
+                for e in group.values():
+                    e.error = exc
+        finally:
+            self.cond.acquire()
+            self.stepping = False
+            self.steps += 1
+            self.rows_packed += len(group)
+            self.last_size = len(group)
+            self.cond.notify_all()
+
+
+class PackedSteps:
+    """A training loop's steps as one member of a `StepPack` (see `embinject.train.loop.SoloSteps`)."""
+
+    def __init__(self, pack: StepPack, member: str, build_lock: threading.Lock):
+        self.pack, self.member, self.build_lock = pack, member, build_lock
+
+    def building(self):
+        """Model and data preparation, method construction: one member at a time (they seed global RNGs)."""
+        return self.build_lock
+
+    def training(self, model, checkpointing: bool):
+        return contextlib.nullcontext()  # the pack's host set the LM's mode once for all its members
+
+    def away(self):
+        return self.pack.away(self.member)
+
+    def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:
+        opt.zero_grad(set_to_none=True)
+        return self.pack.step(self.member, method, batch)
+
+    def pack_size(self) -> int:
+        return self.pack.last_size

@@ -1,0 +1,316 @@
+"""Packed trials: one host actor per (node, device, model) owns the frozen LM and trains every trial attached to it
+in packed steps (`embinject.train.packing`). Each trial stays a Ray Tune trial: a thin trainable process that Optuna
+sampled and ASHA can stop, which joins the host, relays its reports and checkpoints to Tune, and resumes from its
+own checkpoint when Ray restarts it. A host drops a member whose trainable stopped asking for news (stopped, killed)
+and leaves when it has had no member for a while.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..config import Config, config_from_dict
+from ..errors import first_line
+from ..methods import build_method
+from ..space import SearchFile, trial_config
+from ..train import Diverged, autocast_dtype, precision, prepare, shared_lm, train
+from ..train.loop import SoloSteps
+from ..train.packing import Left, PackedSteps, StepPack, unpackable_reason
+from .trainable import trainable
+
+AUTO_CAP = 8  # the largest pack `tune.pack: auto` makes (benchmarks.packing measured K = 1, 2, 4, 8)
+POLL_S = 2.0  # a trainable asks its host for news at least this often ...
+LOST_AFTER_S = 20.0  # ... and a member whose trainable has not asked for this long is dropped
+IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
+NAMESPACE = "embinject"
+
+
+@dataclasses.dataclass(frozen=True)
+class PackPlan:
+    size: int  # trials per pack; 1: every trial trains alone, in its own process
+    why: str  # one line: how `size` was chosen
+    key: str = ""  # names this search's hosts
+
+    def cpus_each(self, cpus: float) -> float:
+        return cpus / self.size
+
+    def resources(self, cpus: float, gpus: float) -> dict:
+        """What one member asks Ray for: a pack of `size` takes what one trial alone takes."""
+        return {"cpu": self.cpus_each(cpus), "gpu": gpus / self.size}
+
+
+MEMORY_KEYS = ("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "train.batch_size", "data.seq_len")
+
+
+def largest_trial(search: SearchFile) -> dict:
+    """The searched values that need the most activation memory (what the memory probe trains)."""
+    worst = {}
+    for p in search.params:
+        if p.key not in MEMORY_KEYS:
+            continue
+        if p.kind in ("fixed", "choice") and all(isinstance(v, (int, float)) for v in p.args):
+            worst[p.key] = max(p.args)
+        elif p.kind in ("uniform", "loguniform", "randint", "qrandint"):
+            worst[p.key] = p.args[1]
+    return worst
+
+
+def plan_pack(search: SearchFile, memory: dict | None = None, key: str = "") -> PackPlan:
+    """`tune.pack` resolved: off, a number, or auto (pack on CUDA devices only, as many as memory holds, at most 8)."""
+    t = search.tune
+    setting = t.pack
+    methods = search.choices("method", {search.config.method})
+    if setting == "off" or setting == 1:
+        return PackPlan(1, f"tune.pack: {setting}; every trial trains alone", key)
+    packable = [m for m in methods if unpackable_reason(trial_config(search.base, {"method": m})) is None]
+    if not packable:
+        why = unpackable_reason(trial_config(search.base, {"method": sorted(methods)[0]}))
+        return PackPlan(1, f"tune.pack: {setting}, but no trial of this search can pack ({why})", key)
+    limit = f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once" \
+        if t.max_concurrent_trials < (setting if isinstance(setting, int) else AUTO_CAP) else ""
+    if isinstance(setting, int):
+        return PackPlan(setting, f"tune.pack: {setting} trials share each frozen LM{limit}", key)
+    if t.resources.gpus <= 0:
+        return PackPlan(1, "tune.pack auto: trials run on CPUs, where a packed step was slower than separate steps "
+                           "(x0.80, benchmarks.packing); every trial trains alone", key)
+    if memory is None:
+        return PackPlan(AUTO_CAP, f"tune.pack auto: up to {AUTO_CAP} trials share each GPU, fewer if a probe of the "
+                                  f"largest trial at start finds less memory{limit}", key)
+    fits = math.floor(0.8 * (memory["free"] - memory["lm"]) / max(memory["per_trial"], 1))
+    size = max(1, min(AUTO_CAP, fits))
+    return PackPlan(size, f"tune.pack auto: {size} trials share each GPU (the largest trial needs "
+                          f"{memory['per_trial'] / 2**20:.0f} MiB beside the {memory['lm'] / 2**20:.0f} MiB LM, "
+                          f"{memory['free'] / 2**30:.1f} GiB free; at most {AUTO_CAP}){limit}", key)
+
+
+def probe_memory(base: dict, worst: dict) -> dict:
+    """One training step of the largest trial on this process's GPU: the LM's memory and the trial's own."""
+    free, _ = torch.cuda.mem_get_info()
+    cfg = trial_config(base, {**worst, "train.device": "cuda"})
+    prep = prepare(cfg)
+    lm_bytes = torch.cuda.memory_allocated()
+    method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=cfg.train.lr)
+    batch = {k: v[: cfg.train.batch_size].to("cuda") for k, v in prep.train.items()}
+    torch.cuda.reset_peak_memory_stats()
+    SoloSteps().step(method, opt, batch, autocast_dtype(cfg, "cuda"), "cuda")
+    opt.step()
+    return {"free": free, "lm": lm_bytes, "per_trial": torch.cuda.max_memory_allocated() - lm_bytes}
+
+
+def host_name(plan: PackPlan, cfg: Config, node_id: str, gpu: str) -> str:
+    what = f"{cfg.model}|{cfg.train.dtype}|{cfg.train.gradient_checkpointing}"
+    return f"embinject-pack-{plan.key}-{node_id[:12]}-{gpu}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
+
+
+class _Member:
+    def __init__(self, key: str):
+        self.key = key
+        self.events: queue.Queue = queue.Queue()
+        self.acked = threading.Event()
+        self.last_poll = time.monotonic()
+        self.gone = False
+
+
+class PackHost:
+    """The actor (see the module docstring). Its methods run in a thread pool: members' threads train, trainables
+    poll `next_event` (a blocking call with a timeout) and `ack` each report once Tune holds its checkpoint."""
+
+    def __init__(self, model: str, device: str, dtype: str, checkpointing: bool, threads: int):
+        torch.set_num_threads(max(1, threads))
+        self.device = device
+        self.lm = shared_lm(model, device)
+        if checkpointing:  # set once for every member: the members' loops leave the LM's mode alone here
+            self.lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.lm.model.train()
+        self.pack = StepPack(device, precision.autocast_dtype(dtype, device))
+        self.build_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.members: dict[str, _Member] = {}
+        self.joined = 0
+        self.work = Path(tempfile.mkdtemp(prefix="embinject-pack-"))
+        self.idle_since = time.monotonic()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def join(self, trial_id: str, cfg: dict, resume_dir: str | None) -> dict:
+        with self.lock:
+            self.joined += 1
+            key = f"{trial_id}#{self.joined}"  # a restarted trial is a new member; its old one is dropped
+            for old in [m for k, m in self.members.items() if k.split("#")[0] == trial_id]:
+                self._drop(old)
+            member = self.members[key] = _Member(key)
+        self.pack.join(key)
+        threading.Thread(target=self._run, args=(member, config_from_dict(cfg), resume_dir), daemon=True).start()
+        return {"member": key, "pid": os.getpid()}
+
+    def next_event(self, key: str, timeout: float = POLL_S):
+        member = self.members.get(key)
+        if member is None:
+            return ("error", f"this trial is no longer a member of the pack in process {os.getpid()}")
+        member.last_poll = time.monotonic()
+        try:
+            return member.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def ack(self, key: str) -> None:
+        member = self.members.get(key)
+        if member is not None:
+            member.acked.set()
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            member = self.members.get(key)
+            if member is not None:
+                self._drop(member)
+
+    def stats(self) -> dict:
+        p = self.pack
+        return {"members": len(self.members), "steps": p.steps, "mean_pack": p.rows_packed / max(p.steps, 1),
+                "pid": os.getpid(), "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20
+                if self.device.startswith("cuda") else None}
+
+    # ---- inside the host
+    def _drop(self, member: _Member) -> None:
+        member.gone = True
+        self.members.pop(member.key, None)
+        self.pack.leave(member.key)
+        if not self.members:
+            self.idle_since = time.monotonic()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self.lock:
+                for member in [m for m in self.members.values() if now - m.last_poll > LOST_AFTER_S]:
+                    self._drop(member)  # its trainable was stopped or killed
+                if not self.members and now - self.idle_since > IDLE_EXIT_S:
+                    shutil.rmtree(self.work, ignore_errors=True)
+                    os._exit(0)
+
+    def _run(self, member: _Member, cfg: Config, resume_dir: str | None) -> None:
+        cfg.train.threads = None  # the host set them for all its members
+        cfg.train.progress = False
+        steps = PackedSteps(self.pack, member.key, self.build_lock)
+
+        def report(metrics: dict, write_checkpoint) -> None:
+            out = Path(tempfile.mkdtemp(dir=self.work))
+            try:
+                write_checkpoint(out)
+                member.acked.clear()
+                member.events.put(("report", metrics, str(out)))
+                while not member.acked.wait(0.5):
+                    if member.gone:
+                        raise Left(member.key)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+
+        method = None
+        try:
+            _, method = train(cfg, report=report, resume_from=Path(resume_dir) if resume_dir else None, steps=steps)
+            member.events.put(("end",))
+        except Left:
+            pass
+        except Diverged as exc:
+            member.events.put(("diverged", exc.step, exc.value, str(exc)))
+        except BaseException as exc:  # the trial fails alone; Ray restarts it per tune.max_failures
+            member.events.put(("error", f"{first_line(exc)}\n{traceback.format_exc()}"))
+        finally:
+            if method is not None:
+                method.release()
+            with self.lock:
+                if member.key in self.members:
+                    self._drop(member)
+
+
+def attach(plan: PackPlan, cfg: Config):
+    """This trial's host (created on this node and device if it does not exist yet)."""
+    import ray  # already imported in a trial's process: Ray runs it
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    device = "cuda" if gpus else "cpu"
+    options = dict(name=host_name(plan, cfg, node_id, gpus[0] if gpus else "cpu"), namespace=NAMESPACE,
+                   get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=4 * plan.size + 8,
+                   scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+    if gpus:  # the host asks Ray for no GPU (its members hold the shares), so Ray would hide the device from it
+        options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus[0],
+                                               "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return ray.remote(PackHost).options(**options).remote(cfg.model, device, cfg.train.dtype,
+                                                           cfg.train.gradient_checkpointing,
+                                                           max(1, round(cpus * plan.size)))
+
+
+def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:
+    """One trial of a packed search: joins its host and relays what the host's member reports to Ray Tune."""
+    import ray  # already imported in a trial's process: Ray runs it
+    from ray import tune
+
+    cfg = trial_config(base, config)
+    if unpackable_reason(cfg) is not None:
+        return trainable(config, base)  # LoRA, deep prompts: alone, as in a search that does not pack
+    started_at = time.time()
+    work = Path(tempfile.mkdtemp(prefix="embinject-trial-"))
+    host = key = None
+    try:
+        resume_dir = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            resume_dir = checkpoint.to_directory(str(work / "resume"))
+        if cfg.train.device == "auto":
+            cfg.train.device = "cuda" if ray.get_gpu_ids() else "cpu"
+        host = attach(plan, cfg)
+        joined = ray.get(host.join.remote(tune.get_context().get_trial_id(), cfg.to_dict(), resume_dir))
+        key = joined["member"]
+        extra = {"node_id": ray.get_runtime_context().get_node_id(), "trainable_started_at": started_at,
+                 "pid": os.getpid(), "pack_pid": joined["pid"]}
+        while True:
+            event = ray.get(host.next_event.remote(key, POLL_S))
+            if event is None:
+                continue
+            kind = event[0]
+            if kind == "report":
+                _, metrics, directory = event
+                tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
+                host.ack.remote(key)
+            elif kind == "diverged":  # as `trainable` reports it
+                _, step, value, message = event
+                value = value if math.isfinite(value) else float("inf")
+                tune.report({"step": step, "val_perplexity": value, "final": True, "diverged": message, **extra})
+                return
+            elif kind == "end":
+                return
+            else:
+                raise RuntimeError(f"pack member {key} failed: {event[1]}")
+    finally:
+        if host is not None and key is not None:
+            host.leave.remote(key)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_hosts(plan: PackPlan) -> None:
+    """End this search's hosts (they would exit by themselves once idle)."""
+    import ray  # lazy, as everywhere in the search
+
+    if plan.size <= 1 or not ray.is_initialized():
+        return
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(f"embinject-pack-{plan.key}-"):
+            try:
+                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+            except ValueError:
+                pass  # already gone
