@@ -107,7 +107,9 @@ def long_search(tmp_path: Path, tiny_model: str, **extra) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, tiny_model, signum):
-    path, storage = long_search(tmp_path, tiny_model)
+    # SIGINT: a packed search (two trials share each step), which --resume must finish with one champion as well
+    packed = {"tune.pack": 2, "tune.max_concurrent_trials": 2, "tune.resources": {"cpus": 2, "gpus": 0}} if signum == signal.SIGINT else {}
+    path, storage = long_search(tmp_path, tiny_model, **packed)
     proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -165,8 +167,9 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
 
 # ---------------------------------------------------------------- a trial worker dies
 
-def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, tiny_model):
-    path, storage = long_search(tmp_path, tiny_model, **{"tune.num_samples": 2, "tune.max_failures": 2})
+def test_a_killed_pack_member_restarts_from_its_checkpoint_and_rejoins(tmp_path, tiny_model):
+    path, storage = long_search(tmp_path, tiny_model, **{"tune.num_samples": 2, "tune.max_failures": 2, "tune.pack": 2,
+                                                         "tune.max_concurrent_trials": 2, "tune.resources": {"cpus": 2, "gpus": 0}})
     proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -182,7 +185,8 @@ def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, tiny_model
     for name, trial in all_rows.items():
         steps = [r["step"] for r in _without_redelivery(trial)]
         assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)  # continued, never restarted from 0
-    assert len({r["pid"] for r in all_rows[victim]}) == 2  # a new worker took over
+    assert len({r["pid"] for r in all_rows[victim]}) == 2  # a new trial process took over ...
+    assert len({r["pack_pid"] for rows in all_rows.values() for r in rows}) == 1  # ... and rejoined the same pack
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     restarts = {c.data.tags["trial_id"]: c.data.tags.get("restarts") for c in children}

@@ -1,0 +1,111 @@
+"""Packed trials: a packed step gives every member the gradient it would get alone, whatever the mix of methods and
+prefix lengths; members trained in a pack follow their solo curves; and in a real Ray search a packed trial is still a
+Ray Tune trial (same curves as the unpacked search, ASHA stops one member while the others go on)."""
+import threading
+
+import pytest
+import torch
+
+from embinject.config_files import load_config
+from embinject.methods import build_method
+from embinject.models import load_frozen_lm
+from embinject.train import train
+from embinject.train.packing import PackedSteps, StepPack, packed_nll
+
+from .test_tune import _results, _without_redelivery, run_tune, write_search
+
+MIXED = [["method=prompt", "adapter.prefix_len=3"], ["method=prefix", "adapter.prefix_len=5"],
+         ["method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=2", "adapter.mlp_width=16"],
+         ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"], ["method=prompt", "adapter.prefix_len=7"]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_packed_step_gives_every_member_its_solo_gradient(tiny_model, attention):
+    lm = load_frozen_lm(tiny_model)  # its own copy: the attention is switched on it
+    lm.model.config._attn_implementation = attention
+    members = []
+    for i, spec in enumerate(MIXED):
+        method = build_method(load_config(None, [f"model={tiny_model}", f"train.seed={i}"] + spec), lm.model, 12, lm.tokenizer)
+        ids = torch.randint(0, 500, (3, 16), generator=torch.Generator().manual_seed(i))
+        labels = ids.clone()
+        labels[:, :4] = -100
+        members.append((method, {"input_ids": ids, "labels": labels, "sentence_embedding": torch.randn(3, 12)}))
+    packed = packed_nll(members)
+    sum(nll / n for nll, n in packed).backward()
+    for (method, batch), (nll, n) in zip(members, packed):
+        grads = [p.grad.clone() for p in method.trainable_parameters()]
+        method.zero_grad(set_to_none=True)
+        solo_nll, solo_n = method.nll(batch)
+        (solo_nll / solo_n).backward()
+        assert n == solo_n and abs(nll.item() - solo_nll.item()) < 1e-4 * solo_nll.item()
+        for p, g in zip(method.trainable_parameters(), grads):
+            assert float((p.grad - g).abs().max()) <= 1e-5 * float(p.grad.abs().max()), method.name
+
+
+def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model):
+    base = [f"model={tiny_model}", "data.seq_len=32", "data.train_samples=96", "data.val_samples=24", "train.batch_size=8",
+            "train.max_steps=9", "train.eval_every=3", "train.patience=0", "train.progress=false", "train.dtype=float32",
+            "adapter.embedding_model=fourier", "adapter.fourier_features=16", "adapter.context_tokens=8", "adapter.mlp_width=16"]
+    specs = [["method=prompt", "adapter.prefix_len=1", "train.lr=0.003"], ["method=prefix", "adapter.prefix_len=3", "train.lr=0.01"],
+             ["method=injection", "adapter.prefix_len=2", "train.lr=0.005"],
+             ["method=prompt", "adapter.prefix_len=4", "train.lr=0.02", "train.max_steps=3"]]  # leaves the pack early
+    curve = lambda result: [h["val_perplexity"] for h in result["history"]]  # noqa: E731
+    alone = [curve(train(load_config(None, base + s))[0]) for s in specs]
+    pack, lock, packed = StepPack("cpu", None), threading.Lock(), {}
+
+    def member(i: int) -> None:
+        try:
+            packed[i] = curve(train(load_config(None, base + specs[i]), steps=PackedSteps(pack, str(i), lock))[0])
+        finally:
+            pack.leave(str(i))
+
+    for i in range(len(specs)):
+        pack.join(str(i))
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(len(specs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert pack.rows_packed > pack.steps  # members did share steps
+    for i in range(len(specs)):
+        assert len(packed[i]) == len(alone[i])
+        assert max(abs(a - b) / b for a, b in zip(alone[i], packed[i])) < 1e-5, (specs[i], alone[i], packed[i])
+
+
+def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model):
+    points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
+              {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
+              {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
+              {"method": "prompt", "train.lr": 1.0e-6, "adapter.prefix_len": 2}]  # learns nothing: ASHA's to stop
+    space = {"method": {"choice": ["prompt", "prefix", "injection"]}, "train.lr": {"loguniform": [1.0e-6, 5.0e-2]},
+             "adapter.prefix_len": {"randint": [1, 4]}, "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}}}
+    curves = {}
+    for pack in ("off", 4):
+        storage = tmp_path / f"runs-{pack}"
+        scheduler = {"type": "none"} if pack == "off" else {"type": "asha", "grace_period": 3, "reduction_factor": 2}
+        path = write_search(tmp_path / f"{pack}.yaml", tiny_model, "builtin:python-docs", storage, **{
+            "search": space, "train.max_steps": 24, "train.eval_every": 3, "train.dtype": "float32",
+            "tune.num_samples": 4, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": pack,
+            "tune.scheduler": scheduler, "tune.resources": {"cpus": 2, "gpus": 0}, "mlflow.register_as": None})
+        proc = run_tune(str(path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert ("packing: tune.pack: 4 trials share each frozen LM" in proc.stdout) == (pack == 4)
+        rows = {}
+        for trial in storage.glob("t-*/trial_*"):
+            r = _without_redelivery(_results(trial))
+            rows[(r[0]["config"]["method"], r[0]["config"]["train.lr"])] = r
+        curves[pack] = rows
+    packed, alone = curves[4], curves["off"]
+    assert set(packed) == set(alone) and len(packed) == 4
+    for key, rows in packed.items():
+        solo = {r["step"]: r["val_perplexity"] for r in alone[key]}
+        for r in rows:
+            assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (key, r["step"])
+    assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 1  # one host held the LM for all
+    assert max(r["pack_size"] for rows in packed.values() for r in rows) > 1
+    stopped = {k: rows[-1]["step"] for k, rows in packed.items() if rows[-1]["step"] < 24}
+    finished = {k for k, rows in packed.items() if rows[-1]["step"] == 24}
+    assert stopped and finished, {k: rows[-1]["step"] for k, rows in packed.items()}
+    assert ("prompt", 1.0e-6) in stopped
+    # the others went on training in the pack after ASHA took a member out of it
+    assert any(r["step"] > min(stopped.values()) and r["pack_size"] > 1 for k in finished for r in packed[k])
