@@ -25,6 +25,7 @@ import os
 import platform
 import queue
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,10 @@ def trial_cfg(base: list[str], trial: dict):
 
 
 def peak_memory_mb(device: str) -> float:
-    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0
+    """PyTorch's peak allocation on a GPU; on a CPU, the process's peak resident set (the LM included)."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def work(spec: dict) -> dict:

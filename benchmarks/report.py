@@ -10,6 +10,8 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 
+from .report_packing import packed_search_section, packing_section
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -203,30 +205,6 @@ def peer_section(data: dict) -> list[str]:
     return lines
 
 
-def packing_section(data: dict) -> list[str]:
-    lines = ["## packing: several trials in one batch", "",
-             f"`python -m benchmarks.packing` on {data['time']} ({data['device']}, {data['threads']} threads): K prompt-tuning trials, "
-             f"each with its own prompt of {data['prefix']}, optimizer and batch of {data['batch']} x {data['seq']}, trained as one "
-             f"batch of K x {data['batch']} rows over the shared frozen `{data['model']}` against K separate steps; "
-             f"interleaved, median of {data['reps']}.", "",
-             "| K trials | K separate steps (s) | one packed step (s) | packed speed-up | max gradient difference |",
-             "|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['k']} | {r['sequential_s']:.2f} | {r['packed_s']:.2f} | x{r['speedup']:.2f} | {r['max_grad_diff']:.1e} |")
-    packed = [r for r in data["rows"] if r["k"] > 1] or data["rows"]
-    best = max(packed, key=lambda r: r["speedup"])
-    verdict = (f"worth up to x{best['speedup']:.2f} (K={best['k']})" if best["speedup"] > 1.05 else
-               f"not worth it: at best x{best['speedup']:.2f} (K={best['k']}), because a batch of {data['batch']} x {data['seq']} "
-               "tokens already keeps the cores' matmuls busy and larger batches only add memory traffic")
-    gpu = HERE / "results" / "packing_gpu.json"
-    on_gpu = ("see the GPU rows below for what it gives on a GPU" if gpu.is_file() else
-              "on a GPU, where one small trial leaves most of the device idle, it has not been measured")
-    lines += ["", f"- Packing is exact (every trial gets the gradient it would get alone; max difference in the table) and, on this "
-              f"{data['device'].upper()}, {verdict}. What it saves regardless is the per-trial process and its private memory "
-              f"(see memory above); {on_gpu}. The search loop does not pack trials.", ""]
-    return lines
-
-
 def gpu_section(results: Path) -> list[str]:
     """The rows `benchmarks/gpu_rows.sh` measured on a lent GPU machine (none of the tests needs one)."""
     files = {n: results / f"{n}.json" for n in ("step_gpu", "step_gpu_large", "packing_gpu", "gpu_share")}
@@ -275,8 +253,8 @@ def gpu_section(results: Path) -> list[str]:
         lines += ["", f"- Packing small trials into one batch is worth x{best['speedup']:.2f} at K={best['k']} here"
                   + (f" (one packed step of {best['k']} trials takes x{best['packed_s'] / one['sequential_s']:.2f} the time of "
                      "one trial's step)" if one else "")
-                  + ". The gradient differences are float32 rounding of a larger reduction. The search loop does not pack "
-                  "trials yet" + (f"; two trials per GPU, which it does, gave x{share['speedup']:.2f} (below)." if share else "."), ""]
+                  + ". The gradient differences are float32 rounding of a larger reduction. A search packs trials with "
+                  "`tune.pack` (the packed search below)" + (f"; two trials per GPU gave x{share['speedup']:.2f} (below)." if share else "."), ""]
     d = data.get("gpu_share")
     if d:
         lines += ["### two trials per GPU (`tune.resources.gpus: 0.5`)", "",
@@ -459,6 +437,7 @@ def main() -> int:
         if f.is_file():
             lines += section(json.loads(f.read_text()))
     lines += gpu_section(results)
+    lines += packed_search_section(results)
     atomic_write_text(HERE / "RESULTS.md", "\n".join(lines))
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

@@ -86,7 +86,9 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
         path = write_search(tmp_path / f"{pack}.yaml", tiny_model, "builtin:python-docs", storage, **{
             "search": space, "train.max_steps": 24, "train.eval_every": 3, "train.dtype": "float32",
             "tune.num_samples": 4, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": pack,
-            "tune.scheduler": scheduler, "tune.resources": {"cpus": 2, "gpus": 0}, "mlflow.register_as": None})
+            # unpacked: four one-thread trials at once; packed: four members sharing the two CPUs' threads
+            "tune.scheduler": scheduler, "tune.resources": {"cpus": 0.5 if pack == "off" else 2, "gpus": 0},
+            "mlflow.register_as": None})
         proc = run_tune(str(path))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert ("packing: tune.pack: 4 trials share each frozen LM" in proc.stdout) == (pack == 4)

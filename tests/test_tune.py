@@ -153,6 +153,10 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in proc.stdout
     assert "budget: 3 trials, at most 36 optimizer steps" in proc.stdout
     assert "TPE-guided after 3 random trials" in proc.stdout
+    assert "packing: tune.pack auto: trials run on CPUs, where a packed step was slower" in proc.stdout
+    packed = run_tune(str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2", timeout=120)
+    assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in packed.stdout, packed.stdout
+    assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in packed.stdout
     assert not (tmp_path / "runs").exists()
 
 

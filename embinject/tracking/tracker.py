@@ -26,7 +26,7 @@ from ..fsutil import atomic_write_text
 from .records import iso_time, now_ms, curve_value, flatten, readable
 
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
-           "eval_seconds")  # a point per evaluation
+           "eval_seconds", "pack_size")  # a point per evaluation; pack_size: trials in the last packed step (1: alone)
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
 # Not *.json: Ray Tune's restore copies every top-level *.json of the search folder into its staging folder and

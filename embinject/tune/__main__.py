@@ -36,7 +36,7 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
     plan = plan_pack(search)
     share = "" if plan.size == 1 else f" (a pack of {plan.size} shares them: {plan.cpus_each(t.resources.cpus):g} CPU, " \
-        f"{t.resources.gpus / plan.size:g} GPU each)"
+        f"{plan.gpus_each(t.resources.gpus):g} GPU each)"
     print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU{share}; cluster: {address or 'local'}")
     print(f"packing: {plan.why}")
     print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "

@@ -30,8 +30,8 @@ from ..train.packing import Left, PackedSteps, StepPack, unpackable_reason
 from .trainable import trainable
 
 AUTO_CAP = 8  # the largest pack `tune.pack: auto` makes (benchmarks.packing measured K = 1, 2, 4, 8)
-POLL_S = 2.0  # a trainable asks its host for news at least this often ...
-LOST_AFTER_S = 20.0  # ... and a member whose trainable has not asked for this long is dropped
+POLL_S = 2.0  # a trainable's heartbeat reaches its host this often (also while Tune holds it in tune.report) ...
+LOST_AFTER_S = 20.0  # ... and a member whose trainable has sent none for this long is dropped (stopped or killed)
 IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
 NAMESPACE = "embinject"
 
@@ -45,9 +45,12 @@ class PackPlan:
     def cpus_each(self, cpus: float) -> float:
         return cpus / self.size
 
+    def gpus_each(self, gpus: float) -> float:
+        return 0.0 if gpus <= 0 else 1.0 / self.size  # a pack holds a whole GPU: one LM, `size` members
+
     def resources(self, cpus: float, gpus: float) -> dict:
-        """What one member asks Ray for: a pack of `size` takes what one trial alone takes."""
-        return {"cpu": self.cpus_each(cpus), "gpu": gpus / self.size}
+        """What one member asks Ray for: a pack of `size` takes the CPUs one trial alone asks for, and a whole GPU."""
+        return {"cpu": self.cpus_each(cpus), "gpu": self.gpus_each(gpus)}
 
 
 MEMORY_KEYS = ("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "train.batch_size", "data.seq_len")
@@ -153,6 +156,11 @@ class PackHost:
         self.pack.join(key)
         threading.Thread(target=self._run, args=(member, config_from_dict(cfg), resume_dir), daemon=True).start()
         return {"member": key, "pid": os.getpid()}
+
+    def heartbeat(self, key: str) -> None:
+        member = self.members.get(key)
+        if member is not None:
+            member.last_poll = time.monotonic()
 
     def next_event(self, key: str, timeout: float = POLL_S):
         member = self.members.get(key)
@@ -266,6 +274,8 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
     started_at = time.time()
     work = Path(tempfile.mkdtemp(prefix="embinject-trial-"))
     host = key = None
+    alive = threading.Event()
+    alive.set()
     try:
         resume_dir = None
         checkpoint = tune.get_checkpoint()
@@ -276,6 +286,7 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
         host = attach(plan, cfg)
         joined = ray.get(host.join.remote(tune.get_context().get_trial_id(), cfg.to_dict(), resume_dir))
         key = joined["member"]
+        threading.Thread(target=_beat, args=(host, key, alive), daemon=True).start()
         extra = {"node_id": ray.get_runtime_context().get_node_id(), "trainable_started_at": started_at,
                  "pid": os.getpid(), "pack_pid": joined["pid"]}
         while True:
@@ -297,9 +308,18 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
             else:
                 raise RuntimeError(f"pack member {key} failed: {event[1]}")
     finally:
+        alive.clear()
         if host is not None and key is not None:
             host.leave.remote(key)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _beat(host, key: str, alive: threading.Event) -> None:
+    """Tells the host this trial lives, also while `tune.report` waits on a driver that is slow to take results
+    (a tracking server that does not answer, say); a process that dies stops beating and its member is dropped."""
+    while alive.is_set():
+        host.heartbeat.remote(key)
+        time.sleep(POLL_S)
 
 
 def stop_hosts(plan: PackPlan) -> None:
