@@ -100,7 +100,7 @@ def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(tmp_path, ti
 def long_search(tmp_path: Path, tiny_model: str, **extra) -> tuple[Path, Path]:
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 3,
+        "train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 10, "tune.num_samples": 3,
         "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}, **extra})
     return path, storage
 
