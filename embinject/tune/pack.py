@@ -238,9 +238,9 @@ class PackHost:
         finally:
             if method is not None:
                 method.release()
-            with self.lock:
-                if member.key in self.members:
-                    self._drop(member)
+            # Out of the pack at once, but still a member until its trainable has read the last event and left
+            # (or is found lost): dropping it here would answer that read with "no longer a member".
+            self.pack.leave(member.key)
 
 
 def attach(plan: PackPlan, cfg: Config):
