@@ -26,6 +26,7 @@ from .cluster import check_cluster_resources, check_local_resources, connect, wa
 from .results import finish_search, summarize
 from .searcher import make_scheduler, make_searcher
 from .pack import PackPlan, largest_trial, packed_trainable, plan_pack, probe_memory, stop_hosts
+from .progress import trial_table
 from .signals import GracefulStop
 from .trainable import trainable
 
@@ -164,11 +165,9 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     # columns are as wide as the longest searched value (hub ids included), within reason.
     longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
                   + [20])
-    reporter = tune.CLIReporter(
-        parameter_columns={k: short_key(k) for k in unconditional},
-        metric_columns={"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                        "tokens_per_second": "tok/s"},
-        max_report_frequency=15, sort_by_metric=True, max_column_length=min(longest, 60))
+    reporter = trial_table({k: short_key(k) for k in unconditional},
+                           {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
+                            "tokens_per_second": "tok/s"}, min(longest, 60))
     run_config = tune.RunConfig(
         name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
         callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,

@@ -1,0 +1,35 @@
+"""The live trial table. In a terminal it is Ray's, redrawn every 15 s; written to a log (output not a terminal) it
+is printed only when a trial starts or ends (at most every 15 s) and otherwise every 5 minutes, so that a long
+search's log stays readable."""
+from __future__ import annotations
+
+import sys
+import time
+
+REDRAW_S = 15  # a terminal's table, and the least time between two tables in a log
+LOG_QUIET_S = 300  # a log's table when no trial has started or ended meanwhile
+
+
+def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length: int, interactive: bool | None = None):
+    from ray import tune  # lazy: only a search that runs needs Ray
+
+    interactive = sys.stdout.isatty() if interactive is None else interactive
+
+    class TrialTable(tune.CLIReporter):
+        def __init__(self):
+            super().__init__(parameter_columns=parameter_columns, metric_columns=metric_columns,
+                             max_report_frequency=REDRAW_S, sort_by_metric=True, max_column_length=max_column_length)
+            self._statuses: tuple = ()
+            self._printed_at = 0.0
+
+        def should_report(self, trials, done: bool = False) -> bool:
+            if interactive:
+                return super().should_report(trials, done)
+            statuses = tuple(sorted((t.trial_id, t.status) for t in trials))
+            since = time.time() - self._printed_at
+            if done or (statuses != self._statuses and since >= REDRAW_S) or since >= LOG_QUIET_S:
+                self._statuses, self._printed_at = statuses, time.time()
+                return True
+            return False
+
+    return TrialTable()
