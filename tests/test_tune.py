@@ -324,22 +324,6 @@ def _without_redelivery(rows: list[dict]) -> list[dict]:
     return [r for i, r in enumerate(rows) if i == 0 or not same(r, rows[i - 1])]
 
 
-def _reaped_zombie(pid: int) -> bool:
-    """A process that has exited but was not waited for (a Popen child of this test) is gone, not running: reap it
-    if it is ours, and do not wait for it (waiting for a zombie to vanish takes the whole timeout)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    if state != "Z":
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return True
-
-
 def kill_session(sid: int, timeout: float = 30) -> None:
     """SIGKILL every process of a session (Ray's agents outlive their raylet otherwise and hold
     their ports), then wait until they are gone."""
@@ -349,7 +333,7 @@ def kill_session(sid: int, timeout: float = 30) -> None:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if os.getsid(int(entry.name)) == sid and not _reaped_zombie(int(entry.name)):
+                    if os.getsid(int(entry.name)) == sid:
                         pids.append(int(entry.name))
                 except (ProcessLookupError, PermissionError):
                     pass
