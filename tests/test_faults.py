@@ -218,7 +218,7 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
     db.parent.mkdir()
     server = start_mlflow_server(db, port)
     # packed (the three trials share each step): what a packed search sends is kept and sent as well
-    path, storage = long_search(tmp_path, tiny_model, **{"train.max_steps": 40, "mlflow.tracking_uri": f"http://127.0.0.1:{port}",
+    path, storage = long_search(tmp_path, tiny_model, **{"train.max_steps": 60, "mlflow.tracking_uri": f"http://127.0.0.1:{port}",
                                                          "tune.pack": 3, "tune.max_concurrent_trials": 3,
                                                          "tune.resources": {"cpus": 2, "gpus": 0}})
     proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
