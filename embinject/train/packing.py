@@ -82,11 +82,9 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
     inputs = embeds.new_zeros(B, S, embeds.shape[2])
     positions = torch.zeros(B, S, dtype=torch.long, device=device)
     valid = torch.zeros(B, n_cache + S, dtype=torch.bool, device=device)
-    L, H, hd = (lm.config.num_hidden_layers, 0, 0)
     kv_rows = None
     if n_cache:
-        shape = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, H, P, hd]
-        L, H, hd = shape[0], shape[2], shape[4]
+        L, _, H, _, hd = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, H, P, hd]
         kv_rows = []
     row = 0
     for embeds_i, _, kv, _ in parts:

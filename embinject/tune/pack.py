@@ -24,7 +24,7 @@ from ..config import Config, config_from_dict
 from ..errors import first_line
 from ..methods import build_method
 from ..space import SearchFile, trial_config
-from ..train import Diverged, autocast_dtype, precision, prepare, shared_lm, train
+from ..train import Diverged, autocast_dtype, checkpointed_lm, precision, prepare, shared_lm, train
 from ..train.loop import SoloSteps
 from ..train.packing import Left, PackedSteps, StepPack, unpackable_reason
 from .trainable import trainable
@@ -134,9 +134,8 @@ class PackHost:
         torch.set_num_threads(max(1, threads))
         self.device = device
         self.lm = shared_lm(model, device)
-        if checkpointing:  # set once for every member: the members' loops leave the LM's mode alone here
-            self.lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.lm.model.train()
+        # set once for every member (the members' loops leave the LM's mode alone here), as a lone trial's loop sets it
+        checkpointed_lm(self.lm.model, checkpointing).__enter__()
         self.pack = StepPack(device, precision.autocast_dtype(dtype, device))
         self.build_lock = threading.Lock()
         self.lock = threading.Lock()
@@ -182,12 +181,6 @@ class PackHost:
             member = self.members.get(key)
             if member is not None:
                 self._drop(member)
-
-    def stats(self) -> dict:
-        p = self.pack
-        return {"members": len(self.members), "steps": p.steps, "mean_pack": p.rows_packed / max(p.steps, 1),
-                "pid": os.getpid(), "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20
-                if self.device.startswith("cuda") else None}
 
     # ---- inside the host
     def _drop(self, member: _Member) -> None:
