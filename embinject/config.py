@@ -184,6 +184,9 @@ class TuneSettings:
     # auto packs on CUDA devices only (on CPUs a packed step was slower), as many as the device's memory holds, at most 8.
     pack: Union[int, str] = field(default="auto", metadata={"pack": True})
     max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
+    # Earlier searches this one starts from (README, "Warm starts"): search folders, `runs:/PARENT_RUN_ID`,
+    # `experiment:NAME`, or {run: ..., tracking_uri: ...} / {experiment: ..., tracking_uri: ...}.
+    warm_start: list = field(default_factory=list, metadata={"warm_start": True})
 
 
 OBJECTIVE_METRICS = ("val_perplexity", "train_loss", "trainable_params", "tokens_per_second")
@@ -196,6 +199,20 @@ class MlflowSettings:
     register_as: Optional[str] = None  # registered model name for the best adapter
 
 
+def _check_warm_start(key: str, value: Any) -> list:
+    """`tune.warm_start`: one source or a list of them, each a non-empty string or a {run|experiment, tracking_uri} mapping."""
+    items = value if isinstance(value, list) else [] if value is None else [value]
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item.strip():
+            continue
+        if isinstance(item, dict) and len({"run", "experiment"} & set(item)) == 1 \
+                and set(item) <= {"run", "experiment", "tracking_uri"} and all(isinstance(v, str) and v for v in item.values()):
+            continue
+        raise ConfigError(f"{key}[{i}]: expected a search folder, runs:/PARENT_RUN_ID, experiment:NAME or "
+                          f"{{run: ..., tracking_uri: ...}}, got {item!r}")
+    return items
+
+
 def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if meta.get("pack"):
         if value is False:  # YAML reads a bare `off` as false
@@ -205,6 +222,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise ConfigError(f"{key}: expected auto, off or a number of trials per pack (1 or more), got {value!r}")
+    if meta.get("warm_start"):
+        return _check_warm_start(key, value)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union and type(None) in args:

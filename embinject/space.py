@@ -264,6 +264,10 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
     if "://" not in tune.storage_path:
         tune.storage_path = os.path.abspath(os.path.expanduser(tune.storage_path))
     mlflow.tracking_uri = resolve_tracking_uri(mlflow.tracking_uri)
+    # earlier searches' folders and stores, resolved once against the directory the command runs in
+    tune.warm_start = [os.path.abspath(os.path.expanduser(w)) if isinstance(w, str) and not w.startswith(("runs:/", "experiment:"))
+                       else {**w, "tracking_uri": resolve_tracking_uri(w["tracking_uri"])} if isinstance(w, dict) and "tracking_uri" in w
+                       else w for w in tune.warm_start]
     sched = tune.scheduler
     if sched.type == "asha":
         if sched.max_t is None and config.train.max_steps is None:

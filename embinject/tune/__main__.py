@@ -17,6 +17,7 @@ from ..tracking import tracking_uri_default
 from .cluster import check_local_resources
 from .driver import AlreadyFinished, run_search
 from .pack import plan_pack
+from .warm import read_warm_start
 
 
 def _print_dry_run(search: SearchFile, address: str | None) -> None:
@@ -39,6 +40,8 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
         f"{plan.gpus_each(t.resources.gpus):g} GPU each)"
     print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU{share}; cluster: {address or 'local'}")
     print(f"packing: {plan.why}")
+    for line in read_warm_start(search).lines():
+        print(line)
     print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
           f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
 

@@ -29,6 +29,7 @@ from .pack import PackPlan, largest_trial, packed_trainable, plan_pack, probe_me
 from .progress import trial_table
 from .signals import GracefulStop
 from .trainable import trainable
+from .warm import WarmStart, read_warm_start
 
 
 class AlreadyFinished(Exception):
@@ -92,7 +93,10 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     artifact_root = storage / "mlartifacts"
     check_places(search, tracking_uri)
     if not resume:
-        return _search_in(None, search, tracking_uri, artifact_root, address, verbose)
+        warm = read_warm_start(search)  # before any work: a missing folder or run is answered at once
+        for line in warm.lines():
+            print(line, flush=True)
+        return _search_in(None, search, tracking_uri, artifact_root, address, verbose, warm)
     exp_dir = newest_search_dir(storage.expanduser().resolve(), search.tune.name)
     with search_lock(exp_dir):
         check_same_space(exp_dir, search)
@@ -103,11 +107,13 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
                 tracker.sync(force=True)
             raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
                                   + (f" ({kept} kept MLflow records sent)" if kept else ""))
-        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose)
+        if search.tune.warm_start:
+            print("warm start: kept from the search's start (its searcher state is restored)", flush=True)
+        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart())
 
 
 def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
-               verbose: int) -> dict:
+               verbose: int, warm: WarmStart) -> dict:
     """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray runs."""
     resume = exp_dir is not None
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
@@ -133,20 +139,21 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
                 claimed.enter_context(search_lock(exp_dir))
                 atomic_write_text(exp_dir / "search.yaml", search.text)
                 record_space(exp_dir, search)
-            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0)
+            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm)
     finally:
         ray.shutdown()
 
 
 def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,
-               warm_seconds: float, t0: float) -> dict:
+               warm_seconds: float, t0: float, warm: WarmStart) -> dict:
     from ray import tune  # lazy, as in _search_in
 
     tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
     tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
                                  "tune": dataclasses.asdict(search.tune),
                                  "base": search.base}, exp_dir / "search.yaml",
-                  {"search_file": str(search.path), "experiment_dir": str(exp_dir), **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
+                  {"search_file": str(search.path), "experiment_dir": str(exp_dir), **warm.tags(search.tune.warm_start),
+                   **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
                   dataset_record(search.config))
     r = search.tune.resources
     base = dict(search.base)
@@ -179,7 +186,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     else:
         t = search.tune
         tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, search_alg=make_searcher(search), scheduler=make_scheduler(search),
+            metric=t.metric, mode=t.mode, search_alg=make_searcher(search, warm), scheduler=make_scheduler(search),
             num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
     stop = GracefulStop()

@@ -85,8 +85,11 @@ def removed_unless_started(exp_dir: Path):
 def space_identity(search: SearchFile) -> dict:
     """What decides which trials a search runs and how they are judged."""
     tune = dataclasses.asdict(search.tune)
-    return {"search": {p.key: p.describe() for p in search.params}, "base": search.base,
-            "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS}}
+    identity = {"search": {p.key: p.describe() for p in search.params}, "base": search.base,
+                "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS}}
+    if tune["warm_start"]:  # recorded only when set, so searches recorded before warm starts existed still resume
+        identity["tune"]["warm_start"] = tune["warm_start"]
+    return identity
 
 
 def record_space(exp_dir: Path, search: SearchFile) -> None:

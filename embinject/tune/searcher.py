@@ -6,6 +6,7 @@ import math
 import warnings
 
 from ..space import DefineByRun, SearchFile, optuna_value
+from .warm import WarmStart, WarmTrial
 
 
 def optuna_sampler(t):
@@ -20,18 +21,48 @@ def optuna_sampler(t):
                                           multivariate=t.multivariate, group=t.multivariate)
 
 
-def make_searcher(search: SearchFile):
+def make_searcher(search: SearchFile, warm: WarmStart | None = None):
     from ray.tune.search import ConcurrencyLimiter  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
     from ray.tune.search.optuna import OptunaSearch
 
+    class WarmOptunaSearch(OptunaSearch):
+        """OptunaSearch whose study starts with earlier searches' trials: those of the same setup at once, as
+        completed trials; those of another setup once this search's frozen-LM baseline is known, each value rescaled
+        by the ratio of the two baselines. Its state (the study, the prior still waiting) is saved for --resume."""
+
+        def __init__(self, *args, distributions: dict, completed: list[WarmTrial], prior: list[WarmTrial], **kwargs):
+            super().__init__(*args, **kwargs)
+            self._distributions, self._prior = distributions, list(prior)
+            for trial in completed:
+                self._add(trial, trial.value, trial.intermediate)
+
+        def _add(self, trial: WarmTrial, value: float | None, intermediate: dict | None) -> None:
+            import optuna  # lazy, as Ray above
+
+            state = optuna.trial.TrialState.COMPLETE if trial.ok else optuna.trial.TrialState.FAIL
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                state=state, value=value if trial.ok else None, params=trial.params,
+                distributions={k: self._distributions[k] for k in trial.params},
+                intermediate_values=intermediate if trial.ok else None, user_attrs={"warm_start": True}))
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            baseline = result.get("baseline_perplexity")
+            if self._prior and baseline and math.isfinite(baseline):
+                for trial in self._prior:
+                    self._add(trial, trial.value * baseline / trial.baseline, None)
+                self._prior = []
+            super().on_trial_result(trial_id, result)
+
     t = search.tune
+    warm = warm or WarmStart()
     sampler = optuna_sampler(t)
     metric, mode = t.metric, t.mode
     if t.objectives:  # Optuna's multi-objective sampling: TPE (or random) over all objectives at once
         metric, mode = [o["metric"] for o in t.objectives], [o["mode"] for o in t.objectives]
-    alg = OptunaSearch(DefineByRun(search.params, search.base), metric=metric, mode=mode,
-                       points_to_evaluate=[{k: optuna_value(v) for k, v in p.items()}
-                                           for p in t.points_to_evaluate] or None, sampler=sampler)
+    points = [{k: optuna_value(v) for k, v in p.items()} for p in warm.first_points(t.points_to_evaluate)]
+    alg = WarmOptunaSearch(DefineByRun(search.params, search.base), metric=metric, mode=mode, points_to_evaluate=points or None,
+                           sampler=sampler, completed=warm.completed, prior=warm.prior,
+                           distributions={p.key: p.optuna_distribution() for p in search.params if p.kind != "fixed"})
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
 
 

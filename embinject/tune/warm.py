@@ -1,0 +1,265 @@
+"""Warm starts (`tune.warm_start`): a search that starts from earlier ones instead of from nothing.
+
+Each earlier search (a search folder, `runs:/PARENT_RUN_ID`, or an experiment's finished searches) is read
+back as its setup and its finished trials. Where the setup is the same (the training config outside the
+searched keys, the metric and the step budget), its trials go to Optuna as completed trials: TPE starts
+from them and none is trained again. Where it differs (another corpus, model or budget), its best
+configurations are evaluated first, and its trials inform TPE as a prior once this search's frozen-LM
+baseline is known: each value is rescaled by the ratio of the two baselines, which keeps the earlier
+ranking and puts it on this search's scale. Values outside this search's space are dropped, and one line
+says how many.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import config_from_dict
+from ..config_files import set_dotted
+from ..errors import ConfigError
+from ..space import Param, SearchFile, optuna_value
+from ..tracking import STATE_FILE, default_tracking_uri, earlier_searches, flatten, readable
+from .folder import SPACE_FILE
+
+FIRST_BEST = 3  # an earlier search of another setup: its best configurations this search evaluates first
+# Keys of the training config that change where or how fast a trial runs, not what it learns.
+RUNTIME_KEYS = ("train.device", "train.threads", "train.progress", "train.gradient_checkpointing", "train.eval_audit")
+SETUP_TUNE_KEYS = ("tune.metric", "tune.mode", "tune.scheduler.max_t")
+
+
+@dataclass
+class WarmTrial:
+    params: dict  # Optuna's encoding, only the values inside this search's space
+    value: float | None  # what Optuna was told (the last reported metric); None for a failed trial
+    intermediate: dict  # step -> validation value
+    baseline: float | None  # the earlier search's frozen-LM perplexity
+    ok: bool  # finished or stopped by ASHA, not failed
+
+
+@dataclass
+class WarmSource:
+    label: str
+    parent_run_id: str | None
+    differs: list[str]  # setup keys that differ from this search ([] = the same setup)
+    trials: list[WarmTrial]
+    best: list[dict]  # the earlier best configurations, as points_to_evaluate
+    dropped: int  # values outside this search's space
+
+    @property
+    def same(self) -> bool:
+        return not self.differs
+
+
+@dataclass
+class WarmStart:
+    sources: list[WarmSource] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[WarmTrial]:
+        return [t for s in self.sources if s.same for t in s.trials]
+
+    @property
+    def prior(self) -> list[WarmTrial]:
+        return [t for s in self.sources if not s.same for t in s.trials if t.ok and t.baseline and t.value is not None]
+
+    def first_points(self, given: list[dict]) -> list[dict]:
+        """The search's own points_to_evaluate, then each other-setup source's best configurations not already there."""
+        points = [dict(p) for p in given]
+        for s in self.sources:
+            for p in s.best if not s.same else []:
+                if p not in points:
+                    points.append(p)
+        return points
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.sources:
+            n = len(s.trials)
+            if s.same:
+                out.append(f"warm start from {s.label}: the same setup; its {n} trials go to Optuna as completed trials "
+                           "(not trained again)")
+            else:
+                more = f" and {len(s.differs) - 1} more" if len(s.differs) > 1 else ""
+                out.append(f"warm start from {s.label}: another setup ({s.differs[0]}{more} differ); its best {len(s.best)} "
+                           f"configurations go first, its {n} trials inform TPE once this search's baseline is known")
+        dropped = sum(s.dropped for s in self.sources)
+        if dropped:
+            out.append(f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
+                       "or a value outside its new bounds) and were dropped")
+        return out
+
+    def tags(self, given: list) -> dict:
+        """For the parent MLflow run: what the search started from."""
+        if not self.sources:
+            return {}
+        runs = [s.parent_run_id for s in self.sources if s.parent_run_id]
+        return {"embinject.warm_start": json.dumps(given, default=str)[:5000], "embinject.warm_start_runs": ",".join(runs)[:5000]}
+
+
+def _typed(text: str):
+    """A value as MLflow and summary.csv keep it (a string) back as the config value it was."""
+    if text == "None":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+def _setup(base: dict, tune: dict, ignored: set) -> dict:
+    """What decides whether two searches' trials can be compared, as readable strings."""
+    flat = {f"base.{k}": readable(v) for k, v in flatten(dataclasses.asdict(config_from_dict(base))).items()
+            if k not in ignored and k not in RUNTIME_KEYS}
+    flat.update({k: readable(tune.get(k)) for k in SETUP_TUNE_KEYS})
+    return flat
+
+
+def _unflatten(flat: dict, prefix: str) -> dict:
+    out: dict = {}
+    for key, text in flat.items():
+        if key.startswith(prefix):
+            set_dotted(out, key[len(prefix):], _typed(text) if isinstance(text, str) else text)
+    return out
+
+
+def _differences(earlier: dict, search: SearchFile) -> list[str]:
+    ignored = set(search.searched) | set(earlier["searched"])
+    now = _setup(search.base, flatten({"tune": dataclasses.asdict(search.tune)}), ignored)
+    try:
+        before = _setup(_unflatten(earlier["setup"], "base."), {k: earlier["setup"].get(k) for k in SETUP_TUNE_KEYS}, ignored)
+    except ConfigError as exc:  # a search of an older embinject whose config no longer loads
+        return [f"its training config ({str(exc)[:120]})"]
+    return sorted(k.removeprefix("base.") for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+
+
+def _inside(param: Param, text: str):
+    """(config value, Optuna value) of an earlier trial's value for `param`, or None where it lies outside the space."""
+    if param.kind == "choice":
+        return next(((arg, optuna_value(arg)) for arg in param.args if text in (str(arg), readable(arg))), None)
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not param.args[0] <= number <= param.args[1]:
+        return None
+    if param.kind in ("uniform", "loguniform"):
+        return number, number
+    if not number.is_integer() or (param.kind == "qrandint" and (int(number) - param.args[0]) % param.args[2]):
+        return None
+    return int(number), int(number)
+
+
+def _float(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _history(trial_dir: Path) -> list[tuple[int, float]]:
+    """A trial's validation curve from Ray Tune's result.json (a line cut by a kill is left out)."""
+    points = []
+    file = trial_dir / "result.json"
+    for line in file.read_text().splitlines() if file.is_file() else []:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        value = _float(r.get("val_perplexity_subset", r.get("val_perplexity")))
+        if value is not None and "step" in r:
+            points.append((int(r["step"]), value))
+    return points
+
+
+def _from_folder(key: str, path: Path) -> dict:
+    if not path.is_dir():
+        raise ConfigError(f"{key}: no search folder at {path}; pass a finished search's folder (under tune.storage_path), "
+                          "runs:/PARENT_RUN_ID or experiment:NAME")
+    if not (path / "summary.csv").is_file() or not (path / SPACE_FILE).is_file():
+        raise ConfigError(f"{key}: {path} is not a finished embinject search (no summary.csv or {SPACE_FILE}); finish it "
+                          "with --resume, or name another")
+    identity = json.loads((path / SPACE_FILE).read_text())
+    trials = []
+    with (path / "summary.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            history = _history(path / f"trial_{row['trial_id']}")
+            final = _float(row.get("final_val_perplexity"))
+            if not history and final is not None:  # its trial folder is gone: the last point summary.csv kept
+                history = [(int(row.get("steps") or 0), final)]
+            stopped = row["status"] == "ok" and row.get("stopped_early") == "True"
+            trials.append({"trial_id": row["trial_id"], "status": "stopped" if stopped else row["status"],
+                           "params": {k: row[k] for k in identity["search"] if row.get(k) not in (None, "")},
+                           "history": history, "best": _float(row.get("best_val_perplexity")),
+                           "baseline": _float(row.get("baseline_perplexity"))})
+    state = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).is_file() else {}
+    return {"label": path.name, "parent_run_id": state.get("parent"),
+            "setup": {k: readable(v) for k, v in flatten({"base": identity["base"], "tune": identity["tune"]}).items()},
+            "searched": [k for k, v in identity["search"].items() if not str(v).startswith("fixed ")], "trials": trials}
+
+
+def _read(key: str, item, tracking_uri: str) -> list[dict]:
+    if isinstance(item, dict):
+        uri = item.get("tracking_uri") or tracking_uri
+        run = item.get("run")
+        return earlier_searches(key, run.removeprefix("runs:/").split("/")[0] if run else None, item.get("experiment"), uri)
+    if item.startswith("runs:/"):
+        return earlier_searches(key, item.removeprefix("runs:/").split("/")[0], None, tracking_uri)
+    if item.startswith("experiment:"):
+        return earlier_searches(key, None, item.removeprefix("experiment:"), tracking_uri)
+    return [_from_folder(key, Path(item))]
+
+
+def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
+    for k in ("tune.metric", "tune.mode"):
+        then, now = earlier["setup"].get(k), readable(getattr(search.tune, k.split(".")[1]))
+        if then is not None and then != now:
+            raise ConfigError(f"{key}: {earlier['label']} searched with {k}={then}, this search with {now}; warm-start "
+                              "only from searches of the same objective")
+    params = {p.key: p for p in search.params if p.kind != "fixed"}
+    dropped, kept, trials, ranked = 0, 0, [], []
+    for t in earlier["trials"]:
+        if t["status"] == "cut":
+            continue  # ended mid-training by its search's end: no value Optuna was ever told
+        encoded, values = {}, {}
+        for k, text in t["params"].items():
+            inside = _inside(params[k], text) if k in params else None
+            if inside is None:
+                dropped += k in earlier["searched"]
+                continue
+            values[k], encoded[k] = inside
+        kept += bool(encoded)
+        ok = t["status"] in ("ok", "stopped")
+        value = (t["best"] if t["status"] == "ok" else t["history"][-1][1] if t["history"] else None) if ok else None
+        if ok and value is None:
+            continue
+        trials.append(WarmTrial(encoded, value, dict(t["history"]), t["baseline"], ok))
+        if t["status"] == "ok" and values:
+            ranked.append((value, values))
+    if earlier["trials"] and not kept:
+        raise ConfigError(f"{key}: no trial of {earlier['label']} has a value inside this search's space (searched then: "
+                          f"{', '.join(earlier['searched']) or 'nothing'}); nothing to start from")
+    ranked.sort(key=lambda r: r[0], reverse=search.tune.mode == "max")
+    return WarmSource(earlier["label"], earlier.get("parent_run_id"), _differences(earlier, search), trials,
+                      [v for _, v in ranked[:FIRST_BEST]], dropped)
+
+
+def read_warm_start(search: SearchFile) -> WarmStart:
+    """The earlier searches `tune.warm_start` names, read before any work; one ConfigError naming the entry otherwise."""
+    if not search.tune.warm_start:
+        return WarmStart()
+    if search.tune.objectives or search.tune.metric != "val_perplexity":
+        raise ConfigError("tune.warm_start: warm starts are for searches on val_perplexity alone (no tune.objectives), "
+                          f"not tune.metric={search.tune.metric}" + (" with objectives" if search.tune.objectives else ""))
+    uri = search.mlflow.tracking_uri or default_tracking_uri(Path(search.tune.storage_path))
+    return WarmStart([_source(f"tune.warm_start[{i}]", earlier, search)
+                      for i, item in enumerate(search.tune.warm_start) for earlier in _read(f"tune.warm_start[{i}]", item, uri)])
