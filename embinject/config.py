@@ -197,6 +197,8 @@ class MlflowSettings:
     tracking_uri: Optional[str] = None  # default: sqlite:///<storage_path>/mlflow.db
     experiment: str = "embinject"
     register_as: Optional[str] = None  # registered model name for the best adapter
+    # the k best trials' adapters become MLflow logged models on their trial runs (the champion among them)
+    keep_top: int = number(3, positive=True)
 
 
 def _check_warm_start(key: str, value: Any) -> list:

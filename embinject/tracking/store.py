@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,6 +25,8 @@ def quiet_mlflow(level: str) -> None:
     loggers' level from MLFLOW_LOGGING_LEVEL on its first import, undoing an earlier setLevel, so set both; a user's
     own MLFLOW_LOGGING_LEVEL (say INFO, to see them) wins."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
+    if not sys.stderr.isatty():  # a log file gets no "Downloading artifacts" bar redrawn per file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # noqa: F401  - the first import, after its log level is set
 
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())

@@ -148,14 +148,16 @@ class SearchTracker:
         self.sync(force=True)
 
     def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None,
-               champion_model: Path | None = None, champion_trial: str | None = None, version_tags: dict | None = None) -> None:
-        """The search's end: its metrics and artifacts on the parent run; the champion adapter there too, and as
-        an MLflow pyfunc model on the winning trial's run, registered as a version with alias `champion`."""
+               champion_model: Path | None = None, champion_trial: str | None = None, version_tags: dict | None = None,
+               top: list[dict] | None = None) -> None:
+        """The search's end: its metrics and artifacts on the parent run; the champion adapter there too; the best
+        trials' adapters (`top`, the champion first) as MLflow logged models on their trial runs, the champion's
+        registered as a version with alias `champion`."""
         self._record("search_end", status="FINISHED",
                      metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                      artifacts=[str(p) for p in artifacts], champion=str(champion_dir) if champion_dir else None,
                      register_as=register_as, tags={}, model=str(champion_model) if champion_model else None,
-                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()})
+                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()}, top=top or [])
         self.state["finished"] = True
         self._save()
         self.sync(force=True)
@@ -280,23 +282,53 @@ class SearchTracker:
             client.log_batch(self.parent_id, metrics=[Metric(k, v, r["t"], 0) for k, v in r["metrics"].items()])
             for path in r["artifacts"]:
                 client.log_artifact(self.parent_id, path, "results")
+            top = r.get("top") or ([{"trial": r["trial"], "model": r["model"], "rank": 1}] if r.get("model") else [])
+            for entry in top:
+                if entry["trial"] in children:
+                    self._log_model(client, children[entry["trial"]], entry, r["t"])
             if r["champion"]:
                 client.log_artifacts(self.parent_id, r["champion"], "champion_adapter")
                 winner = children.get(r.get("trial") or "")
                 if r.get("model") and winner:
-                    client.log_artifacts(winner, r["model"], "model")
                     client.set_tag(winner, "champion", "true")
                 if r["register_as"] and not self.state["registered_version"]:
                     self.state["registered_version"] = self._register(client, r["register_as"], winner if r.get("model") else None,
-                                                                      r.get("version_tags") or {})
+                                                                      r.get("version_tags") or {},
+                                                                      self.state.get("logged_models", {}).get(r.get("trial") or ""))
                     self._save()
             client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
+
+    def _log_model(self, client, run_id: str, entry: dict, t: int) -> None:
+        """One of the best trials' adapters as an MLflow logged model on its run: loadable as `runs:/RUN/model` and
+        `models:/MODEL_ID`, listed by search_logged_models and in the experiment's Models tab with its validation
+        perplexity. Applied again after a kill, it finds the model it made instead of making a second."""
+        from mlflow.entities import LoggedModelOutput, Metric  # lazy, as above
+
+        models = self.state.setdefault("logged_models", {})
+        model_id = models.get(entry["trial"])
+        if model_id is None:
+            found = client.search_logged_models([self._experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'model'",
+                                                max_results=1)
+            model_id = found[0].model_id if found else client.create_logged_model(
+                self._experiment_id, name="model", source_run_id=run_id, model_type="embinject adapter",
+                tags={"trial_id": entry["trial"], "rank": str(entry["rank"])},
+                params=client.get_run(run_id).data.params).model_id
+            models[entry["trial"]] = model_id
+            self._save()
+        client.log_artifacts(run_id, entry["model"], "model")  # runs:/RUN/model, as before logged models existed
+        client.log_model_artifacts(model_id, entry["model"])
+        client.finalize_logged_model(model_id, "READY")
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, int(entry.get("steps") or 0))])
+        if entry.get("val_perplexity") is not None:
+            client.log_batch(run_id, metrics=[Metric("best_val_perplexity", float(entry["val_perplexity"]), t,
+                                                     int(entry.get("steps") or 0), model_id=model_id)])
+        client.set_tag(run_id, "top_rank", str(entry["rank"]))
 
     def _find_run(self, client, query: str) -> str | None:
         runs = client.search_runs([self._experiment_id], query, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def _register(self, client, name: str, winner_run: str | None, tags: dict) -> str:
+    def _register(self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None) -> str:
         """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,
         the parent run's champion adapter directory)."""
         from mlflow.exceptions import MlflowException  # lazy, as above
@@ -314,7 +346,7 @@ class SearchTracker:
             mv = min(existing, key=lambda v: int(v.version))
         else:
             source = client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
-            mv = client.create_model_version(name, source=source, run_id=run, tags=tags)
+            mv = client.create_model_version(name, source=source, run_id=run, tags=tags, model_id=model_id)
         client.set_registered_model_alias(name, "champion", mv.version)
         return str(mv.version)
 

@@ -121,6 +121,29 @@ def champion_of(ranked: list[dict], exp_dir: Path) -> tuple[Path | None, dict | 
     return None, ranked[0] if ranked else None
 
 
+def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: Path | None, exp_dir: Path, k: int) -> list[dict]:
+    """The k best trials whose adapters are on disk (the champion first), each as an MLflow pyfunc model directory
+    under top_models/, for the tracker to log as a logged model on the trial's run."""
+    kept = [champion_trial] if champion_trial is not None else []
+    for trial in ranked:
+        if len(kept) >= k:
+            break
+        if trial is champion_trial or trial["_checkpoint"] is None or not Path(trial["_checkpoint"].path).is_dir():
+            continue
+        with trial["_checkpoint"].as_directory() as ckpt:
+            if (Path(ckpt) / "best_adapter").is_dir():
+                kept.append(trial)
+    out = []
+    for rank, trial in enumerate(kept, 1):
+        target = champion_model if trial is champion_trial else exp_dir / "top_models" / trial["trial_id"]
+        if not target.is_dir():
+            with trial["_checkpoint"].as_directory() as ckpt:
+                save_pyfunc(Path(ckpt) / "best_adapter", target)
+        out.append({"trial": trial["trial_id"], "model": str(target), "rank": rank, "steps": trial["steps"],
+                    "val_perplexity": trial["best_val_perplexity"]})
+    return out
+
+
 def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], ranked: list[dict], exp_dir: Path,
                   warm_seconds: float, total_seconds: float, budget_note: str | None = None) -> dict:
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
@@ -147,6 +170,7 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
     model = None
     if champion is not None:
         model = save_pyfunc(champion, exp_dir / "champion_model")
+    top = top_models(ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top)
     metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
                "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows),
                "trials_cut": sum(r["status"] == "cut" for r in rows), "warm_cache_seconds": warm_seconds,
@@ -159,9 +183,10 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
                         "val_perplexity": f"{best['best_val_perplexity']:.6g}", "search": exp_dir.name,
                         "baseline_perplexity": f"{baseline:.6g}" if baseline else ""}
     tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None, model,
-                   best["trial_id"] if best else None, version_tags)
+                   best["trial_id"] if best else None, version_tags, top)
     return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
             "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
+            "top_models": [t["trial"] for t in top],
             "registered_version": tracker.state["registered_version"],
             "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
                               **{k: r.get(k) for k in search.searched}} for r in front],
