@@ -149,6 +149,10 @@ TUNE_CASES = [
     ("pack-zero", None, ["--set", "tune.pack=0"], "tune.pack: expected auto, off or a number of trials per pack (1 or more), got 0"),
     ("pack-word", None, ["--set", "tune.pack=always"], "tune.pack: expected auto, off or a number of trials per pack (1 or more), got 'always'"),
     ("pack-fraction", None, ["--set", "tune.pack=2.5"], "tune.pack: expected auto, off or a number of trials per pack"),
+    ("warm-missing-folder", None, ["--set", "tune.warm_start=[{d}/no_search]"], "tune.warm_start[0]: no search folder at"),
+    ("warm-not-a-search", None, ["--set", "tune.warm_start=[{d}]"], "tune.warm_start[0]: {d} is not a finished embinject search"),
+    ("warm-no-store", None, ["--set", "tune.warm_start=[runs:/abc]"], "tune.warm_start[0]: no MLflow store at sqlite:///"),
+    ("warm-entry", None, ["--set", "tune.warm_start=[3]"], "tune.warm_start[0]: expected a search folder, runs:/PARENT_RUN_ID"),
     ("point-key", None, ["--set", "tune.points_to_evaluate=[{{train.lrr: 0.1}}]"], "tune.points_to_evaluate[0].train.lrr"),
     ("storage-under-file", None, ["--set", "tune.storage_path={d}/a_file/runs"], "tune.storage_path: cannot write to"),
     ("storage-read-only", None, ["--set", "tune.storage_path={ro}/runs"], "tune.storage_path: cannot write to"),
@@ -173,6 +177,7 @@ def test_bad_tune_input(case, tmp_path, tiny_model, bad_files, read_only_dir):
         path.write_text(yaml.safe_dump(spec))
     port = free_port()
     extra = [a.format(d=bad_files, ro=read_only_dir, port=port) for a in extra]
+    expected = expected.format(d=bad_files)
     argv = ["nope.yaml"] if case[0] == "search-missing" else [str(path)]
     code, _, err = run_main(tune_cli.main, argv + extra, tmp_path)
     assert_one_error_line(code, err, expected)

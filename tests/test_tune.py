@@ -1,5 +1,6 @@
 """The search system end to end on the tiny model and real shared data: a real local Ray
 cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowClient."""
+import csv
 import json
 import os
 import shlex
@@ -293,6 +294,57 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     from embinject.train import autocast_dtype
 
     assert perplexity(method, prepare(cfg).val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(best, rel=1e-5)
+
+    # The best adapters, plural: the 3 best trials' adapters are logged models on their runs, the champion first
+    ranked = sorted((c for c in children if c.data.tags.get("stopped_early") == "False"),
+                    key=lambda c: c.data.metrics["best_val_perplexity"])
+    models = client.search_logged_models([exp.experiment_id])
+    by_run = {m.source_run_id: m for m in models}
+    assert len(models) == min(3, len(ranked)) and set(by_run) == {c.info.run_id for c in ranked[:3]}
+    assert by_run[winner.info.run_id].tags["rank"] == "1" and all(m.status == "READY" for m in models)
+    runner_up = by_run[ranked[1].info.run_id]
+    assert [m.value for m in runner_up.metrics if m.key == "best_val_perplexity"] == \
+        [pytest.approx(ranked[1].data.metrics["best_val_perplexity"])]
+    gen = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", f"runs:/{ranked[1].info.run_id}/model",
+                          "--tracking-uri", uri, "--prompt", "The history", "--max-new-tokens", "2", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0 and "Downloading artifacts" not in gen.stderr, gen.stderr[-2000:]
+    _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri)
+
+
+def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
+    """A search warm-started from the one above: of the same setup, its 6 trials enter Optuna as completed trials; of
+    another (fewer steps, a narrower space), its best configurations go first and values outside the space are dropped."""
+    from embinject.space import load_search_file
+    from embinject.tune.searcher import make_searcher
+    from embinject.tune.warm import read_warm_start
+
+    same = load_search_file(path, [f"tune.warm_start=[{exp_dir}]"])
+    warm = read_warm_start(same)
+    assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
+    study = make_searcher(same, warm).searcher._ot_study
+    earlier = [t for t in study.trials if t.user_attrs.get("warm_start")]
+    assert len(earlier) == 6 and len(study.trials) == 7  # and the search file's own starting point, waiting
+    assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
+        pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
+
+    proc = run_tune(str(path), "--set", f"tune.warm_start=[runs:/{parent.info.run_id}]", "--set", "tune.num_samples=3",
+                    "--set", "tune.points_to_evaluate=[]", "--set", "train.max_steps=9", "--set", "tune.scheduler.max_t=9",
+                    "--set", "search.adapter.prefix_len={randint: [1, 3]}", "--set", "tune.name=w")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("warm start from"))
+    finished = sorted((c for c in children if c.data.tags.get("stopped_early") == "False"),
+                      key=lambda c: c.data.metrics["best_val_perplexity"])
+    assert f"runs:/{parent.info.run_id}" in line and "another setup (train.max_steps" in line
+    assert f"its best {min(3, len(finished))} configurations go first" in line
+    out_of_space = sum(c.data.params["adapter.prefix_len"] == "4" for c in children)
+    assert (f"warm start: {out_of_space} earlier values are outside" in proc.stdout) == (out_of_space > 0)
+    expected = [(c.data.params["method"], float(c.data.params["train.lr"])) for c in finished[:3]]
+    client, parents, _ = read_mlflow(uri, "test-search")
+    new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
+    assert new_parent.data.tags["embinject.warm_start_runs"] == parent.info.run_id
+    rows = list(csv.DictReader((next((tmp_path / "runs").glob("w-*")) / "summary.csv").open()))
+    assert {(r["method"], float(r["train.lr"])) for r in rows} >= set(expected)
 
 
 def _results(trial_dir: Path) -> list[dict]:

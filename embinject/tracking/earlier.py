@@ -4,6 +4,8 @@ its trials (parameters, status, validation curve, steps and frozen-LM baseline),
 layer turns into Optuna trials."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import ConfigError
 from .store import open_store
 
@@ -38,6 +40,9 @@ def earlier_searches(key: str, run_id: str | None, experiment: str | None, track
     from mlflow.exceptions import MlflowException  # lazy: MLflow only after quiet_mlflow (open_store)
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"{key}: no MLflow store at {tracking_uri}; name the store the earlier search logged to, as "
+                          "{run: RUN_ID, tracking_uri: URI} (or set this search's mlflow.tracking_uri)")
     client = MlflowClient(open_store(tracking_uri, key))
     try:
         if run_id is not None:
