@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.tiny_model import make_tiny_model  # noqa: F401  - tests import it from here too
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -35,31 +37,6 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("EMBINJECT_CACHE", None)
     else:
         os.environ["EMBINJECT_CACHE"] = old
-
-
-def make_tiny_model(directory: Path, hidden: int = 64, layers: int = 2, vocab: int = 512, seed: int = 0) -> Path:
-    """A random Llama-architecture LM with a BPE tokenizer trained on the Python docs."""
-    import torch
-    from pydoc_data.topics import topics
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(topics.values()), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model = LlamaForCausalLM(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Pareto front ({len(outcome['pareto_front'])} trials; {goals}):")
         for r in sorted(outcome["pareto_front"], key=lambda r: r[names[0]]):
             print("  " + r["trial_id"] + ": " + ", ".join(f"{n} {r[n]:.6g}" for n in names))
+    if outcome.get("warm_note"):
+        print(outcome["warm_note"])
     if outcome.get("budget_note"):
         print(outcome["budget_note"])
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "

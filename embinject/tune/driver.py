@@ -206,5 +206,6 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     rows, ranked = summarize(grid, search, exp_dir, cut)
     outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
     outcome["parent_run_id"] = tracker.parent_id
+    outcome["warm_note"] = warm.better_earlier(outcome.get("best_val_perplexity"), search.tune.mode)
     outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
     return outcome

@@ -40,6 +40,7 @@ class WarmTrial:
     intermediate: dict  # step -> validation value
     baseline: float | None  # the earlier search's frozen-LM perplexity
     ok: bool  # finished or stopped by ASHA, not failed
+    finished: bool = False  # trained to its end: its value is its kept adapter's, on every validation window
 
 
 @dataclass
@@ -67,6 +68,17 @@ class WarmStart:
     @property
     def prior(self) -> list[WarmTrial]:
         return [t for s in self.sources if not s.same for t in s.trials if t.ok and t.baseline and t.value is not None]
+
+    def better_earlier(self, best: float | None, mode: str) -> str | None:
+        """A line when a finished trial of a same-setup earlier search beats this search's best (it was not trained
+        again, so it is not this search's champion)."""
+        sign = 1 if mode == "min" else -1
+        earlier = [(sign * t.value, s.label) for s in self.sources if s.same for t in s.trials if t.finished]
+        if not earlier or best is None or min(earlier)[0] >= sign * best:
+            return None
+        value, label = min(earlier)
+        return (f"warm start: {label} keeps a better adapter (val_perplexity {sign * value:.3f}) than this search's best "
+                f"({best:.3f}); it stays with that search, and this search's champion is its own best")
 
     def first_points(self, given: list[dict]) -> list[dict]:
         """The search's own points_to_evaluate, then each other-setup source's best configurations not already there."""
@@ -242,7 +254,7 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
         value = (t["best"] if t["status"] == "ok" else t["history"][-1][1] if t["history"] else None) if ok else None
         if ok and value is None:
             continue
-        trials.append(WarmTrial(encoded, value, dict(t["history"]), t["baseline"], ok))
+        trials.append(WarmTrial(encoded, value, dict(t["history"]), t["baseline"], ok, t["status"] == "ok"))
         if t["status"] == "ok" and values:
             ranked.append((value, values))
     if earlier["trials"] and not kept:
