@@ -564,3 +564,14 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
     assert [terminal.should_report(running) for _ in range(3)] == [True, False, False]
     now[0] += 16
     assert terminal.should_report(running)  # a terminal's table is Ray's, redrawn every 15 s
+
+
+def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(tmp_path):
+    """benchmarks.many_trials at a fifth of its size: every trial in summary.csv and MLflow, the driver's memory at the
+    end within 20% of its memory after the first 20 trials, and a log (output not a terminal) with no per-trial wall."""
+    from benchmarks.many_trials import measure
+
+    r = measure(60, 2, 20, tmp_path)
+    assert r["summary_rows"] == r["mlflow_trial_runs"] == r["mlflow_finished_runs"] == 60
+    assert r["driver_rss_end_over_first"] <= 1.2, r
+    assert r["log_lines"] <= 4 * 60 and r["longest_log_line"] <= 300, r
