@@ -88,7 +88,7 @@ def test_trials_of_a_stopped_node_continue_on_the_head_from_their_checkpoints(tm
         kill_session(sessions[1])  # the whole second node goes away: raylet, workers, everything
         out, err = proc.communicate(timeout=600)
     finally:
-        kill_session(proc.pid)
+        kill_session(proc.pid, child=proc)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     rows = trial_rows(storage)
     assert len(rows) == 3

@@ -122,7 +122,7 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
             proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=180)
     finally:
-        kill_session(proc.pid)
+        kill_session(proc.pid, child=proc)
     assert proc.returncode == 128 + signum, err[-3000:]
     assert "resume with: python -m embinject.tune" in err and "--resume" in err
     client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
@@ -178,7 +178,7 @@ def test_a_killed_pack_member_restarts_from_its_checkpoint_and_rejoins(tmp_path,
         os.kill(rows[-1]["pid"], signal.SIGKILL)  # the trial's worker process, as the OOM killer would
         out, err = proc.communicate(timeout=600)
     finally:
-        kill_session(proc.pid)
+        kill_session(proc.pid, child=proc)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     all_rows = trial_rows(storage)
     assert len(all_rows) == 2
@@ -225,12 +225,12 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
                             text=True, start_new_session=True)
     try:
         wait_for(lambda: any(len(r) >= 2 for r in trial_rows(storage).values()), 300, "a trial's results", proc)
-        kill_session(server.pid)  # the server goes away mid-search and stays away until the search ends
+        kill_session(server.pid, child=server)  # the server goes away mid-search and stays away until the search ends
         started = time.time()
         out, err = proc.communicate(timeout=600)
     finally:
-        kill_session(proc.pid)
-        kill_session(server.pid)
+        kill_session(proc.pid, child=proc)
+        kill_session(server.pid, child=server)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert "cannot be reached" in err and "are kept in" in err and "--resume" in err, err[-3000:]
     assert time.time() - started < 240  # it neither died nor stalled
@@ -249,7 +249,7 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
             assert sorted(h.step for h in history) == sorted({r["step"] for r in _results(trial)})  # every evaluation logged
         assert len(registered_versions(client, "test-adapter")) == 1
     finally:
-        kill_session(server.pid)
+        kill_session(server.pid, child=server)
 
 
 # ---------------------------------------------------------------- corrupt files

@@ -246,7 +246,7 @@ def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(t
         filler = _fill(small_disk)
         _, err = proc.communicate(timeout=300)
     finally:
-        kill_session(proc.pid)
+        kill_session(proc.pid, child=proc)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Current best trial", "Number of trials"))]
     assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
     assert lines[-1].startswith("error: no space left on the device holding ") and lines[-1].endswith(

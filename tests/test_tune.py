@@ -376,11 +376,14 @@ def _without_redelivery(rows: list[dict]) -> list[dict]:
     return [r for i, r in enumerate(rows) if i == 0 or not same(r, rows[i - 1])]
 
 
-def kill_session(sid: int, timeout: float = 30) -> None:
+def kill_session(sid: int, timeout: float = 30, child: subprocess.Popen | None = None) -> None:
     """SIGKILL every process of a session (Ray's agents outlive their raylet otherwise and hold
-    their ports), then wait until they are gone."""
+    their ports), then wait until they are gone. `child`: the session leader, when this process started it
+    (it stays a zombie until this process waits for it; Popen.poll records its exit code as it does)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if child is not None:
+            child.poll()
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -422,7 +425,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
                 break
         assert finished_before, "the search ended before it could be interrupted"
     finally:
-        kill_session(proc.pid)  # the driver and every Ray process it started, at once
+        kill_session(proc.pid, child=proc)  # the driver and every Ray process it started, at once
         proc.wait()
     result = run_tune(str(path), "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

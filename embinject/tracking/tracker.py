@@ -345,7 +345,9 @@ class SearchTracker:
         if existing:
             mv = min(existing, key=lambda v: int(v.version))
         else:
-            source = client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
+            # linked to the champion's logged model where there is one (a server then wants the model's own location)
+            source = client.get_logged_model(model_id).artifact_location if model_id else \
+                client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
             mv = client.create_model_version(name, source=source, run_id=run, tags=tags, model_id=model_id)
         client.set_registered_model_alias(name, "champion", mv.version)
         return str(mv.version)
