@@ -11,6 +11,7 @@ from pathlib import Path
 from embinject.fsutil import atomic_write_text
 
 from .report_packing import packed_search_section, packing_section
+from .report_search import efficiency_section, many_trials_section, warm_start_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -279,45 +280,6 @@ def gpu_section(results: Path) -> list[str]:
     return lines
 
 
-def efficiency_section(data: dict) -> list[str]:
-    """search_efficiency: each strategy (TPE, multivariate TPE, ASHA reduction factors) against random search."""
-    if "missing" not in data:
-        return ["## search_efficiency: search strategies against random search", "",
-                f"benchmarks/results/search_efficiency.json ({data['time']}) was written by an earlier version of the "
-                "benchmark; run `python -m benchmarks.search_efficiency` to measure it again.", ""]
-    def label(kind: str) -> str:
-        k = data["kinds"][kind]
-        sampler = "random search" if k.get("sampler") == "random" else f"{'multivariate ' if k['multivariate'] else ''}TPE"
-        return f"{sampler} + ASHA (reduction factor {k['reduction_factor']:g})"
-
-    lines = ["## search_efficiency: search strategies against random search", "",
-             f"`python -m benchmarks.search_efficiency` on {data['time']}: {data['trials']} trials of up to "
-             f"{data['steps_per_trial']} steps per search, one search per seed and strategy (seeds "
-             f"{', '.join(map(str, data['seeds']))}); TPE samples at random for its first "
-             f"{data['startup_trials']} trials (`tune.startup_trials`); multivariate TPE is `tune.multivariate: true`.", "",
-             "| seed | strategy | random: final best | random: steps (to within 1% of its best) | final best | steps | "
-             "steps to within 1% of random's best | fraction of random's steps |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in data["per_seed"]:
-        frac = "never" if s["fraction_of_random_steps"] is None else f"{100 * s['fraction_of_random_steps']:.0f}%"
-        lines.append(f"| {s['seed']} | {label(s['kind'])} | {s['random_final_best']:.3f} | {s['random_steps']} "
-                     f"({s.get('random_steps_to_within_1pct', '-')}) | {s['final_best']:.3f} | "
-                     f"{s['steps']} | {s['steps_to_within_1pct'] or '-'} | {frac} |")
-    lines.append("")
-    for kind, med in data["median_fraction"].items():
-        seeds = sum(s["kind"] == kind for s in data["per_seed"])
-        shown = "never" if med == float("inf") else f"{100 * med:.0f}%"
-        lines.append(f"- {label(kind)}: median {shown} of random search's steps to come within 1% of its best over "
-                     f"{seeds} seed{'s' * (seeds != 1)} (target 30%: {'met' if med <= 0.3 else 'not met'}).")
-    if data["median_fraction"]:
-        fewest = min(data["median_fraction"].values())
-        best = [label(k) for k, v in data["median_fraction"].items() if v == fewest]
-        lines.append(f"- Fewest steps: {best[0]}." if len(best) == 1 else f"- No strategy needs fewer steps than the others: {'; '.join(best)}.")
-    if data["missing"]:
-        lines.append(f"- Not run yet (rerun the benchmark to finish them; finished searches are kept): {', '.join(data['missing'])}.")
-    return lines + [""]
-
-
 def quickstart_section(data: dict) -> list[str]:
     b, a = data["runs"]
     verdict = "met" if data["speedup"] >= 2 else f"missed: x{data['speedup']:.2f} of the x2.00 asked"
@@ -432,7 +394,8 @@ def main() -> int:
     for name, section in (("quickstart", quickstart_section), ("precision", precision_section),
                           ("trial_overhead", overhead_section),
                           ("eval_subset", eval_subset_section), ("memory", memory_section), ("peer", peer_section),
-                          ("search_efficiency", efficiency_section), ("packing", packing_section)):
+                          ("search_efficiency", efficiency_section), ("warm_start", warm_start_section),
+                          ("many_trials", many_trials_section), ("packing", packing_section)):
         f = results / f"{name}.json"
         if f.is_file():
             lines += section(json.loads(f.read_text()))

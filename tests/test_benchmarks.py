@@ -59,3 +59,25 @@ def test_precision_target_is_judged_on_each_methods_interval_over_seeds():
     text = "\n".join(report.precision_section(data))
     assert "met for tight; missed for worse; not settled for noisy" in text
     assert "more seeds are needed" in text
+
+
+def test_warm_start_compares_each_search_with_random_search_of_its_corpus_and_seed(tmp_path):
+    from benchmarks import warm_start
+
+    args = argparse.Namespace(seeds=[0, 1], trials=24, steps=20, startup_trials=3)
+
+    def rec(corpus, kind, seed, curve):
+        return {"corpus": corpus, "kind": kind, "seed": seed, "total_steps": curve[-1][0], "final_best": curve[-1][1], "curve": curve}
+
+    runs = [rec("wikipedia", "random", 0, [(20, 30.0), (480, 20.0)]), rec("wikipedia", "cold", 0, [(40, 21.0), (120, 20.1)]),
+            rec("wikipedia", "warm", 0, [(20, 20.15), (100, 19.0)]), rec("fineweb", "random", 0, [(480, 25.0)]),
+            rec("fineweb", "cold", 0, [(300, 26.0)])]
+    summary = warm_start.summarise(runs, args)
+    by = {(s["corpus"], s["kind"]): s for s in summary["per_search"]}
+    assert by[("wikipedia", "warm")]["steps_to_within_1pct"] == 20 and by[("wikipedia", "cold")]["steps_to_within_1pct"] == 120
+    assert by[("fineweb", "cold")]["fraction_of_random_steps"] is None  # never within 1% of 25.0
+    assert summary["median_fraction_warm"] == 20 / 480 and summary["median_fraction_cold"] == float("inf")
+    assert summary["paired"] == ["wikipedia seed 0"] and "fineweb-warm-seed0" in summary["missing"]
+    summary["time"] = "now"
+    text = "\n".join(report.warm_start_section(summary))
+    assert "warm 4% over 1 searches" in text and "met" in text and "Not run yet" in text
