@@ -192,3 +192,30 @@ def test_paired_bootstrap_and_holm():
     p, lo, hi = bootstrap(lambda m: m["b"] - m["a"], {"a": same, "b": PerWindow(nll[::-1], tokens)})
     assert not excludes_zero(lo, hi)  # the same windows from other seeds: no difference
     assert holm({"x": 0.01, "y": 0.04, "z": None, "w": 0.03}) == {"x": 0.03, "y": 0.06, "z": None, "w": 0.06}
+
+
+def test_seed_interval_is_student_t_over_seed_means_and_claims_need_five_seeds():
+    import math
+
+    import numpy as np
+    from scipy.stats import t
+
+    from experiments.stats import PerWindow, claim, seed_interval
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 0.5, (1, 50)) * 60
+    shift = np.array([-0.10, -0.12, -0.08, -0.11, -0.09])  # nats/token, one per seed, on every window
+    tokens = np.full((5, 50), 60)
+    a = PerWindow(np.repeat(base, 5, axis=0), tokens)
+    b = PerWindow(np.repeat(base, 5, axis=0) + shift[:, None] * 60, tokens)
+    x = seed_interval(lambda m: m["b"] - m["a"], {"a": a, "b": b})
+    half = t.ppf(0.975, 4) * shift.std(ddof=1) / math.sqrt(5)
+    assert x.seeds == 5 and abs(x[0] - shift.mean()) < 1e-12
+    assert abs(x[1] - (shift.mean() - half)) < 1e-9 and abs(x[2] - (shift.mean() + half)) < 1e-9
+    assert claim(x, "b better", "a better") == "b better"
+    three = seed_interval(lambda m: m["b"] - m["a"], {"a": PerWindow(a.nll[:3], tokens[:3]), "b": PerWindow(b.nll[:3], tokens[:3])})
+    assert three.seeds == 3 and claim(three, "b better", "a better").startswith("suggestive: b better (3 seeds")
+    one = seed_interval(lambda m: m["b"] - m["a"], {"a": PerWindow(a.nll[:1], tokens[:1]), "b": PerWindow(b.nll[:1], tokens[:1])})
+    assert math.isnan(one[1]) and claim(one, "b better", "a better").startswith("no verdict")
+    frozen = seed_interval(lambda m: m["a"], {"a": PerWindow(base, tokens[:1], trained=False)})
+    assert frozen.seeds == 0 and frozen[1] < frozen[0] < frozen[2]  # no training seed: an interval over test windows

@@ -13,7 +13,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, HERE, IGNORED_SETTINGS, SEEDS, TEXT_TOKENS, lr_edge
-from experiments.stats import PerWindow, bootstrap
+from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
@@ -53,12 +53,17 @@ def load(out: Path) -> dict[str, dict]:
 
 
 def per_window(records: list[dict]) -> PerWindow:
-    return PerWindow([r["test_nll"] for r in records], [r["test_tokens"] for r in records])
+    """An arm's records, row s being seed s, so that arms pair by seed."""
+    records = sorted(records, key=lambda r: r.get("seed", 0))
+    return PerWindow([r["test_nll"] for r in records], [r["test_tokens"] for r in records],
+                     trained=records[0].get("arm") in ARMS)
 
 
 def ci(x: tuple[float, float, float], digits: int = 3, scale: float = 1.0, sign: bool = False) -> str:
     p, lo, hi = (v * scale for v in x)
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    if math.isnan(lo):
+        return f"{f.format(p)} [one seed: no interval]"
     return f"{f.format(p)} [{f.format(lo)}, {f.format(hi)}]"
 
 
@@ -73,10 +78,10 @@ def analyse(corpus: dict) -> dict:
         sub = {"baseline": arms["baseline"], full: arms[full], name: pw}
         rows[name] = {
             "seeds": pw.seeds,
-            "nll": bootstrap(lambda m: m[name], sub),
-            "perplexity": bootstrap(lambda m: math.exp(m[name]), sub),
-            "vs_baseline": bootstrap(lambda m: m[name] - m["baseline"], sub),
-            "share_of_text_gain": bootstrap(lambda m: (m["baseline"] - m[name]) / gain(m), sub),
+            "nll": seed_interval(lambda m: m[name], sub),
+            "perplexity": seed_interval(lambda m: math.exp(m[name]), sub),
+            "vs_baseline": seed_interval(lambda m: m[name] - m["baseline"], sub),
+            "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[name]) / gain(m), sub),
         }
     content, control_gaps = {}, {}
     for k, controls in CONTROLS.items():
@@ -86,30 +91,30 @@ def analyse(corpus: dict) -> dict:
             sub = {a: arms[a] for a in ["baseline", full, inj, *have]}
             better = lambda m: min(m[c] for c in have)  # noqa: E731
             content[k] = {"controls": have,
-                          "nats": bootstrap(lambda m: m[inj] - better(m), sub),
-                          "share_of_text_gain": bootstrap(lambda m: (better(m) - m[inj]) / gain(m), sub)}
+                          "nats": seed_interval(lambda m: m[inj] - better(m), sub),
+                          "share_of_text_gain": seed_interval(lambda m: (better(m) - m[inj]) / gain(m), sub)}
         shuffled, constant = f"shuffled-{k}", f"constant-{k}"
         if shuffled in arms and constant in arms:  # how much weaker one control is than the other, where both ran
-            control_gaps[k] = bootstrap(lambda m: m[shuffled] - m[constant], {shuffled: arms[shuffled], constant: arms[constant]})
+            control_gaps[k] = seed_interval(lambda m: m[shuffled] - m[constant], {shuffled: arms[shuffled], constant: arms[constant]})
     pairs = {}
     for a, b in [("inject-4", "static-4"), ("fourier-4", "inject-4"), ("lm-mean-4", "inject-4"), ("inject-8", "inject-4"),
                  ("inject-2", "inject-1"), ("inject-4", "inject-2")]:
         if a in arms and b in arms:
-            pairs[f"{a} - {b}"] = bootstrap(lambda m: m[a] - m[b], {a: arms[a], b: arms[b]})
+            pairs[f"{a} - {b}"] = seed_interval(lambda m: m[a] - m[b], {a: arms[a], b: arms[b]})
     window = {}
     if "window-4" in arms and "static-4" in arms:
         sub = {a: arms[a] for a in ("window-4", "static-4")}
-        window["ppl_change_vs_static"] = bootstrap(lambda m: math.exp(m["window-4"] - m["static-4"]) - 1, sub)
-        window["nats_vs_static"] = bootstrap(lambda m: m["window-4"] - m["static-4"], sub)
+        window["ppl_change_vs_static"] = seed_interval(lambda m: math.exp(m["window-4"] - m["static-4"]) - 1, sub)
+        window["nats_vs_static"] = seed_interval(lambda m: m["window-4"] - m["static-4"], sub)
         if "window-shuffled-4" in arms:
             sub = {a: arms[a] for a in ("window-4", "window-shuffled-4")}
-            window["nats_vs_shuffled"] = bootstrap(lambda m: m["window-4"] - m["window-shuffled-4"], sub)
+            window["nats_vs_shuffled"] = seed_interval(lambda m: m["window-4"] - m["window-shuffled-4"], sub)
         if "constant-4" in arms:  # a constant input is the same control in every mode: the scored tokens are the same
             sub = {a: arms[a] for a in ("window-4", "constant-4")}
-            window["nats_vs_constant"] = bootstrap(lambda m: m["window-4"] - m["constant-4"], sub)
+            window["nats_vs_constant"] = seed_interval(lambda m: m["window-4"] - m["constant-4"], sub)
         if "inject-4" in arms:
             sub = {a: arms[a] for a in ("window-4", "inject-4")}
-            window["nats_vs_previous"] = bootstrap(lambda m: m["window-4"] - m["inject-4"], sub)
+            window["nats_vs_previous"] = seed_interval(lambda m: m["window-4"] - m["inject-4"], sub)
     return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window,
             "context": analyse_context(arms), "windows": arms["baseline"].nll.shape[1],
             "tokens_per_window": float(arms["baseline"].tokens.mean())}
@@ -124,11 +129,11 @@ def analyse_context(arms: dict[str, PerWindow]) -> dict:
     out = {"rows": {}, "tokens_per_window": float(base.tokens.mean())}
     for name in ["baseline-context", *have]:
         sub = {"baseline-context": base, name: arms[name]}
-        out["rows"][name] = {"seeds": arms[name].seeds, "perplexity": bootstrap(lambda m: math.exp(m[name]), sub),
-                             "vs_baseline": bootstrap(lambda m: m[name] - m["baseline-context"], sub)}
+        out["rows"][name] = {"seeds": arms[name].seeds, "perplexity": seed_interval(lambda m: math.exp(m[name]), sub),
+                             "vs_baseline": seed_interval(lambda m: m[name] - m["baseline-context"], sub)}
     if {"context-4", "context-constant-4"} <= set(have):
         sub = {a: arms[a] for a in ("context-4", "context-constant-4")}
-        out["content_nats"] = bootstrap(lambda m: m["context-4"] - m["context-constant-4"], sub)
+        out["content_nats"] = seed_interval(lambda m: m["context-4"] - m["context-constant-4"], sub)
     return out
 
 
@@ -205,9 +210,12 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         f"Injection arms read only the k MLP-made vectors (MLP width {cfg['adapter']['mlp_width']}, no static vectors beside them). "
         "Controls: the same injection adapter fed another window's embedding (shuffled) or one constant vector, the "
         "training split's mean embedding, at training, validation and test alike.", "",
-        "**Statistics.** Means over seeds; 95% intervals are percentile bootstraps (2,000 resamples) that redraw the test "
-        "windows (the same windows for every arm compared: arms are paired by window) and each arm's seeds. A verdict is "
-        "drawn only where the interval of a difference excludes zero. Shares are of the *text gain*: the drop in test NLL "
+        "**Statistics.** 95% intervals are at the seed level: each statistic is computed per training seed (on all test "
+        "windows; arms compared are paired by seed and by window), and the interval is Student's t over those seed values "
+        "(n - 1 degrees of freedom). Rows that involve no training (the frozen LM, reading text) have a percentile "
+        "bootstrap over test windows instead; a trained arm with one seed has no interval. A verdict needs an interval of "
+        f"a difference that excludes zero and at least {MIN_SEEDS} seeds; an interval that excludes zero over fewer seeds "
+        "is marked *suggestive*. Shares are of the *text gain*: the drop in test NLL "
         "(nats per token) from the frozen LM alone to the frozen LM reading all 64 preceding tokens.", ""]
     for name, corpus in corpora.items():
         a = analyses[name]
@@ -285,7 +293,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                       "| k | Controls | Δ NLL, injection - better control (nats/token) | Share of text gain specific to content | Verdict |",
                       "|---|---|---|---|---|"]
             for k, c in a["content"].items():
-                verdict = content_verdict(c).replace("no verdict", "no verdict (interval includes 0)")
+                verdict = content_verdict(c)
                 if c["controls"] == [f"shuffled-{k}"] and "no verdict" not in verdict:
                     verdict += " (provisional: shuffled control only)"
                 lines.append(f"| {k} | {', '.join(c['controls'])} | {ci(c['nats'], 4, sign=True)} | "
@@ -303,16 +311,12 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         if a["window"]:
             w = a["window"]
             change = w["ppl_change_vs_static"]
-            if change[2] < 0:
-                size = (" by at least as much as the seed's -14.6%" if change[2] <= -0.146 else
-                        ", but by less than the seed's -14.6%" if change[1] > -0.146 else "")
-                verdict = ("reproduced in direction: injection that reads the scored window beats the static prefix" + size
-                           + (" (the seed's figure is one run of a larger model on another corpus, so its size is not "
-                              "expected to carry over; the direction is what is tested)" if size else ""))
-            elif change[1] > 0:
-                verdict = "not reproduced: the static prefix is better"
-            else:
-                verdict = "not reproduced: the interval includes no difference"
+            size = (" by at least as much as the seed's -14.6%" if change[2] <= -0.146 else
+                    ", but by less than the seed's -14.6%" if change[1] > -0.146 else "")
+            verdict = claim(change, "reproduced in direction: injection that reads the scored window beats the static prefix" + size
+                            + (" (the seed's figure is one run of a larger model on another corpus, so its size is not "
+                               "expected to carry over; the direction is what is tested)" if size else ""),
+                            "not reproduced: the static prefix is better")
             lines += ["### (c) The seed report's `window` mode", "",
                       "The seed report measured injection with the encoder reading the scored window itself at -14.6% "
                       "validation perplexity against a 3-vector static prefix (14.38 against 16.83; SmolLM2-360M, "
@@ -395,10 +399,9 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
              "| Arm | Share of text gain, this study | Share, trained longer | Median steps (epochs), trained longer | "
              "Δ test NLL, longer - this study | Verdict |", "|---|---|---|---|---|---|"]
     for arm in shared:
-        diff = bootstrap(lambda m: m["longer"] - m["this"], {"this": per_window(main["arms"][arm]),
+        diff = seed_interval(lambda m: m["longer"] - m["this"], {"this": per_window(main["arms"][arm]),
                                                              "longer": per_window(other["arms"][arm])})
-        verdict = ("longer training better" if diff[2] < 0 else "longer training worse" if diff[1] > 0
-                   else "no verdict (interval includes 0)")
+        verdict = claim(diff, "longer training better", "longer training worse")
         recs = other["arms"][arm]
         steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
         lines.append(f"| {ARMS[arm][3]} | {ci(main_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | "
@@ -418,7 +421,7 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
 
 
 def content_verdict(c: dict) -> str:
-    return "content helps" if c["nats"][2] < 0 else "worse than a control" if c["nats"][1] > 0 else "no verdict"
+    return claim(c["nats"], "content helps", "worse than a control")
 
 
 def content_cell(c: dict) -> str:
@@ -427,7 +430,7 @@ def content_cell(c: dict) -> str:
 
 def pair_verdict(pair: str, x: tuple[float, float, float]) -> str:
     first_arm, second_arm = pair.split(" - ")
-    return f"{first_arm} better" if x[2] < 0 else f"{second_arm} better" if x[1] > 0 else "no verdict (interval includes 0)"
+    return claim(x, f"{first_arm} better", f"{second_arm} better")
 
 
 def pair_cell(pair: str, x: tuple[float, float, float]) -> str:
@@ -454,8 +457,7 @@ def context_table(c: dict, arms: dict) -> list[str]:
     lines.append("")
     if "content_nats" in c:
         x = c["content_nats"]
-        verdict = ("the embedding's content helps beyond a constant input" if x[2] < 0 else
-                   "the constant input is better" if x[1] > 0 else "no verdict (interval includes 0): no content-specific gain shown")
+        verdict = claim(x, "the embedding's content helps beyond a constant input", "the constant input is better")
         lines += [f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: {verdict}.", ""]
     return lines
 
