@@ -107,8 +107,6 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
                 tracker.sync(force=True)
             raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
                                   + (f" ({kept} kept MLflow records sent)" if kept else ""))
-        if search.tune.warm_start:
-            print("warm start: kept from the search's start (its searcher state is restored)", flush=True)
         return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart())
 
 
@@ -182,8 +180,14 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
+        if search.tune.warm_start:
+            print("warm start: kept from the search's start (Optuna's study is restored with the searcher)", flush=True)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
+        if resume and search.tune.warm_start:  # stopped before Ray saved any state: start from the earlier searches again
+            warm = read_warm_start(search)
+            for line in warm.lines():
+                print(line, flush=True)
         t = search.tune
         tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, search_alg=make_searcher(search, warm), scheduler=make_scheduler(search),
