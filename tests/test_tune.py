@@ -322,9 +322,14 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     same = load_search_file(path, [f"tune.warm_start=[{exp_dir}]"])
     warm = read_warm_start(same)
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
-    study = make_searcher(same, warm).searcher._ot_study
+    searcher = make_searcher(same, warm)
+    study = searcher.searcher._ot_study
     earlier = [t for t in study.trials if t.user_attrs.get("warm_start")]
     assert len(earlier) == 6 and len(study.trials) == 7  # and the search file's own starting point, waiting
+    searcher.save(str(tmp_path / "searcher.pkl"))  # what --resume restores: the study with the earlier trials in it
+    restored = make_searcher(load_search_file(path))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert sum(bool(t.user_attrs.get("warm_start")) for t in restored.searcher._ot_study.trials) == 6
     assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
         pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
 
