@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +185,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
     first = trained[0] if trained else next(iter(next(iter(corpora.values()))["arms"].values()))[0]
     cfg, t = first["config"], first["config"]["train"]
     hours = sum(r["wall_seconds"] for r in trained) / 3600
-    devices = values_of(trained, "device", "cpu") or platform.machine()
+    devices = values_of(trained, "device", "a device not recorded (the run records of this series predate the field)")
     changed = " ".join(series_flags(corpora) + [f"--set {k}={v}" for k, v in settings_changed(cfg).items()])
     lines = [
         "# How much of unseen preceding text can injected vectors carry?", "",
@@ -274,15 +273,22 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         text = {m: rows[f"text-{m}"]["nll"][0] for m in TEXT_TOKENS if f"text-{m}" in rows}
         ks = [k for k in (1, 2, 4, 8) if f"inject-{k}" in rows]
         if ks:
+            def tokens(arm: str) -> str:  # the preceding-text tokens the LM must read to match `arm`
+                if arm not in rows:
+                    return "-"
+                nll, lo, hi = rows[arm]["nll"]
+                if math.isnan(lo):
+                    return equivalent_text_tokens(nll, text)
+                return f"{equivalent_text_tokens(nll, text)} [{equivalent_text_tokens(hi, text)}, {equivalent_text_tokens(lo, text)}]"
+
             lines += ["### (a) The compression curve", "",
                       "| k | Injection, k vectors: share of text gain | Frozen LM reading the last k tokens: share | "
-                      "Preceding-text tokens the LM must read to match injection [95% CI] |", "|---|---|---|---|"]
+                      "Preceding-text tokens the LM must read to match injection [95% CI] | ... its constant-input control | "
+                      "... its shuffled control |", "|---|---|---|---|---|---|"]
             for k in ks:
                 r = rows[f"inject-{k}"]
-                nll, lo, hi = r["nll"]
                 lines.append(f"| {k} | {ci(r['share_of_text_gain'], 1, 100)}% | {ci(rows[f'text-{k}']['share_of_text_gain'], 1, 100)}% | "
-                             f"{equivalent_text_tokens(nll, text)} [{equivalent_text_tokens(hi, text)}, "
-                             f"{equivalent_text_tokens(lo, text)}] |")
+                             f"{tokens(f'inject-{k}')} | {tokens(f'constant-{k}')} | {tokens(f'shuffled-{k}')} |")
             lines += ["", "The token counts interpolate injection's test NLL (and its interval's ends) on the frozen LM's "
                       "curve of NLL against preceding tokens read (log-linear between the lengths measured); the curve "
                       "itself is taken at its point estimates.", ""]
@@ -392,8 +398,8 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
     lines = [f"### (e) Trained longer: the series in `{path}`", "",
              f"The same arms, seeds and test windows, trained for at most {t_other['max_epochs']} epoch(s) with early "
              f"stopping (patience {t_other['patience']} evaluations) instead of at most {t_main['max_epochs']} "
-             f"(its RESULTS.md has every table; learning rates as that file says). Trained on {values_of(runs_other, 'device', 'cpu')} "
-             f"(`{values_of(runs_other, 'dtype', '?')}` autocast) against {values_of(runs_main, 'device', 'cpu')} "
+             f"(its RESULTS.md has every table; learning rates as that file says). Trained on {values_of(runs_other, 'device', 'a device not recorded')} "
+             f"(`{values_of(runs_other, 'dtype', '?')}` autocast) against {values_of(runs_main, 'device', 'a device not recorded')} "
              f"(`{values_of(runs_main, 'dtype', '?')}`) here; test scoring is float32 in both. "
              "Δ NLL pairs the two series by test window.", "",
              "| Arm | Share of text gain, this study | Share, trained longer | Median steps (epochs), trained longer | "
