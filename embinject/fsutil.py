@@ -103,7 +103,7 @@ LOCAL_NAMES = ("fourier", "lm-mean")
 def resolve_local(value: str) -> str:
     """A user-given location made absolute against the current directory when it is a local path;
     builtin/bundled names, encoder names and hub ids (`org/name` that does not exist here) stay as they are."""
-    if not isinstance(value, str) or value.startswith(("builtin:", "bundled:")) or value in LOCAL_NAMES or "://" in value:
+    if not isinstance(value, str) or value.startswith(("builtin:", "bundled:", "lm-hidden:")) or value in LOCAL_NAMES or "://" in value:
         return value
     expanded = os.path.expanduser(value)
     if value.startswith((".", "/", "~")) or os.path.exists(expanded):

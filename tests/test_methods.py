@@ -486,3 +486,28 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
     assert perplexity(trained, subset, 32, autocast_dtype=amp) == pytest.approx(
         min(r.get("val_perplexity_subset", r["val_perplexity"]) for r in reports), rel=1e-6)  # chosen on the subset
     trained.release()
+
+
+@pytest.mark.parametrize("encoder", ["fourier", "lm-mean", "lm-hidden:1"])
+def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny_overrides, tmp_path, encoder):
+    """`adapter.pooling: chunks`: the encoder's token states mean-pooled over inject_tokens chunks of the preceding
+    text, one vector each; the frozen LM as its own encoder (`lm-hidden:N`); saved, loaded and generating as a user would."""
+    from embinject.adapters import load_adapter
+    from embinject.encoders import chunk_mean, load_encoder
+
+    states = torch.arange(10.0).repeat(3, 1).T  # [10, 3]: positions 0..9
+    assert chunk_mean(states, 3)[:, 0].tolist() == [1.5, 5.0, 8.0]  # chunks of 4, 3, 3 positions
+    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=chunks",
+                  "adapter.inject_tokens=3", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
+    prep = prepare(cfg)
+    assert tuple(prep.train["sentence_embedding"].shape[1:]) == (3, prep.encoder_dim)
+    lm = load_frozen_lm(cfg.model)
+    ids = prep.train["input_ids"][:2, :12]
+    enc = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16)
+    chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, chunks=3).encode(ids)
+    assert torch.allclose(chunked.mean(dim=1), enc.encode(ids), atol=1e-5)  # 3 equal chunks of 4: their mean is the mean
+    result, trained = train(cfg, prepared=prep)
+    trained.save(tmp_path / "adapter")
+    assert trained.mlp[2].out_features == lm.model.config.hidden_size  # one LM vector per chunk
+    loaded = load_adapter(str(tmp_path / "adapter"))
+    assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=3)) == 1

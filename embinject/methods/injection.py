@@ -1,5 +1,7 @@
 """Embedding injection: a frozen sentence encoder's vector, mapped by a 2-layer MLP to
-`inject_tokens` input vectors, prepended together with `prefix_len` learnable vectors.
+`inject_tokens` input vectors, prepended together with `prefix_len` learnable vectors. With
+`adapter.pooling: chunks` the encoder gives `inject_tokens` vectors (its token states mean-pooled over
+contiguous chunks of the text), and the MLP maps each to one input vector.
 
 Layout of the prefix: [learnable prefix_len vectors][inject_tokens MLP outputs][window tokens].
 """
@@ -25,13 +27,14 @@ class Injection(AdapterMethod):
         d = self.model_dim
         with torch.random.fork_rng(devices=[]):  # MLP init follows the seed, not global RNG state
             torch.manual_seed(cfg.train.seed)
-            self.mlp = nn.Sequential(nn.Linear(encoder_dim, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, a.inject_tokens * d))
+            out = d if a.pooling == "chunks" else a.inject_tokens * d  # chunks: one vector out per chunk in
+            self.mlp = nn.Sequential(nn.Linear(encoder_dim, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
         self.mlp.to(lm.get_input_embeddings().weight.device)
 
     def prefix_embeds(self, batch: dict) -> torch.Tensor:
         emb = batch["sentence_embedding"]
         B = emb.shape[0]
-        injected = self.mlp(emb.to(self.mlp[0].weight.dtype)).view(B, self.inject_tokens, -1)
+        injected = self.mlp(emb.to(self.mlp[0].weight.dtype)).reshape(B, self.inject_tokens, -1)  # [B, (k,) D] -> [B, k, d]
         if self.prefix is None:
             return injected
         return torch.cat([self.prefix.unsqueeze(0).expand(B, -1, -1), injected], dim=1)

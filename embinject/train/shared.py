@@ -85,17 +85,18 @@ def prepare(cfg: Config) -> Prepared:
     encoder_dim = None
     if REGISTRY[cfg.method].needs_encoder:
         a = cfg.adapter
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path)
+        chunks = a.inject_tokens if a.pooling == "chunks" else 0
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
         encoder = []  # loaded at most once, and only on a cache miss
 
         def make():
             if not encoder:
-                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device))
+                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, chunks))
             return encoder[0]
 
         train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
         val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
-        encoder_dim = train["sentence_embedding"].shape[1]
+        encoder_dim = train["sentence_embedding"].shape[-1]
     return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)
 
 

@@ -76,8 +76,9 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
     inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
     if cfg.method == "injection":
         a, lm = cfg.adapter, prep.lm
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path)
-        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device)  # noqa: E731
+        chunks = a.inject_tokens if a.pooling == "chunks" else 0
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
+        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device, chunks)  # noqa: E731
         inputs["sentence_embedding"] = cached_embeddings(key, encoder_ids(w, cfg), make)
     return inputs
 
