@@ -318,10 +318,12 @@ class SearchTracker:
         client.log_artifacts(run_id, entry["model"], "model")  # runs:/RUN/model, as before logged models existed
         client.log_model_artifacts(model_id, entry["model"])
         client.finalize_logged_model(model_id, "READY")
-        client.log_outputs(run_id, [LoggedModelOutput(model_id, int(entry.get("steps") or 0))])
-        if entry.get("val_perplexity") is not None:
+        if entry.get("val_perplexity") is not None:  # a metric logged again is the same point, not a second one
             client.log_batch(run_id, metrics=[Metric("best_val_perplexity", float(entry["val_perplexity"]), t,
                                                      int(entry.get("steps") or 0), model_id=model_id)])
+        outputs = client.get_run(run_id).outputs
+        if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else [])):  # a second link is refused
+            client.log_outputs(run_id, [LoggedModelOutput(model_id, int(entry.get("steps") or 0))])
         client.set_tag(run_id, "top_rank", str(entry["rank"]))
 
     def _find_run(self, client, query: str) -> str | None:
