@@ -17,7 +17,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .config_files import parse_override, resolve_paths, set_dotted
-from .encoders import load_encoder
+from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
 from .methods import ADAPTER_CONFIG, AdapterMethod, load_method, mix_adapters, read_adapter_config
 from .tracking import open_store, tracking_uri_default
@@ -123,7 +123,7 @@ class LoadedAdapter:
         if self._encoder is None:
             a = self.cfg.adapter
             self._encoder = load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
-                                         a.fourier_features, self.device, a.inject_tokens if a.pooling == "chunks" else 0)
+                                         a.fourier_features, self.device, pooling_chunks(a))
         return self._encoder
 
     def encoder_text_ids(self, prompt_ids: list[int], context: str | None) -> list[int]:
@@ -142,6 +142,9 @@ class LoadedAdapter:
     def sentence_embeddings(self, prompts: list[list[int]], contexts: list[str | None]) -> torch.Tensor:
         encoder = self._encoder_for_generation()
         rows = [encoder.encode(torch.tensor([self.encoder_text_ids(p, c)], dtype=torch.long)) for p, c in zip(prompts, contexts)]
+        if rows[0].dim() == 3:  # token states (a resampler's): texts of other lengths, padded (presence channel 0)
+            longest = max(r.shape[1] for r in rows)
+            rows = [torch.nn.functional.pad(r, (0, 0, 0, longest - r.shape[1])) for r in rows]
         return torch.cat(rows).float()
 
     # ---- generation

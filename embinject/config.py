@@ -51,9 +51,10 @@ class AdapterConfig:
     mlp_width: int = number(512, min=0)  # injection MLP; prefix reparameterisation (0 = none)
     embedding_model: str = "bundled:all-minilm-l6-v2"
     embed_source: str = choice(*EMBED_SOURCES, default="context")
-    # injection: one pooled vector mapped to inject_tokens vectors (mean), or the encoder's token states
-    # mean-pooled over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks)
-    pooling: str = choice("mean", "chunks", default="mean")
+    # injection: one pooled vector mapped to inject_tokens vectors (mean); the encoder's token states mean-pooled
+    # over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks); or inject_tokens
+    # learned queries cross-attending over the token states (resampler), each mapped to one vector
+    pooling: str = choice("mean", "chunks", "resampler", default="mean")
     context_tokens: int = number(16, min=1)
     init: str = choice(*INITS, default="vocab")
     init_text: str = "Continue the text:"

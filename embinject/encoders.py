@@ -92,6 +92,22 @@ class LMHiddenEncoder:
         return torch.stack([t.mean(dim=0) for t in self.token_states(ids)])
 
 
+class TokenStates:
+    """An encoder's token states per window, padded to the longest text of the call and given a last channel that is
+    1 where a token is and 0 in the padding: [N, T, D + 1], half precision (a resampler reads them)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.dim = encoder, encoder.dim + 1
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        states = self.encoder.token_states(ids)
+        out = torch.zeros(len(states), max(t.shape[0] for t in states), self.dim, dtype=torch.float16)
+        for i, t in enumerate(states):
+            out[i, : t.shape[0], :-1] = t.to(torch.float16)
+            out[i, : t.shape[0], -1] = 1
+        return out
+
+
 class ChunkPooled:
     """An encoder's token states mean-pooled over k chunks of the text: k vectors per window ([N, k, D])."""
 
@@ -155,8 +171,9 @@ def lm_hidden_layer(spec: str) -> int | None:
 
 
 def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "", chunks: int = 0) -> str:
-    """The cache identity of an encoder and its pooling (`chunks` > 0: that many chunk means), known without loading it."""
-    pooled = f"|chunks={chunks}" if chunks else ""
+    """The cache identity of an encoder and its pooling (`chunks` > 0: that many chunk means; -1: the token states),
+    known without loading it."""
+    pooled = "|tokens" if chunks < 0 else f"|chunks={chunks}" if chunks else ""
     if spec == "fourier":
         return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
     if spec == "lm-mean" or lm_hidden_layer(spec) is not None:
@@ -165,7 +182,8 @@ def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "
 
 
 def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu", chunks: int = 0):
-    """The encoder `adapter.embedding_model` names; with `chunks` > 0 its token states pooled over that many chunks."""
+    """The encoder `adapter.embedding_model` names; with `chunks` > 0 its token states pooled over that many chunks,
+    with -1 its token states themselves."""
     layer = lm_hidden_layer(spec)
     if spec == "fourier":
         encoder = FourierEncoder(len(tokenizer), fourier_features)
@@ -175,7 +193,12 @@ def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: in
         encoder = LMHiddenEncoder(lm, layer)
     else:
         encoder = SentenceTransformerEncoder(spec, tokenizer, device=device)
-    return ChunkPooled(encoder, chunks) if chunks else encoder
+    return TokenStates(encoder) if chunks < 0 else ChunkPooled(encoder, chunks) if chunks else encoder
+
+
+def pooling_chunks(adapter) -> int:
+    """What `load_encoder` and `encoder_key` take for an adapter config's `pooling`."""
+    return {"mean": 0, "chunks": adapter.inject_tokens, "resampler": -1}[adapter.pooling]
 
 
 def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor:

@@ -511,3 +511,25 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
     assert trained.mlp[2].out_features == lm.model.config.hidden_size  # one LM vector per chunk
     loaded = load_adapter(str(tmp_path / "adapter"))
     assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=3)) == 1
+
+
+@pytest.mark.parametrize("encoder", ["fourier", "bundled:all-minilm-l6-v2"])
+def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_overrides, tmp_path, encoder):
+    """`adapter.pooling: resampler`: k learned queries cross-attend over the encoder's token states (its own tokens for
+    MiniLM, so texts differ in length and are padded); padding never changes the result; saved, loaded, generating."""
+    from embinject.adapters import load_adapter
+
+    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=resampler",
+                  "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
+    prep = prepare(cfg)
+    states = prep.train["sentence_embedding"]
+    assert states.dim() == 3 and states.dtype == torch.float16 and prep.encoder_dim == states.shape[-1]
+    result, trained = train(cfg, prepared=prep)
+    batch = {"input_ids": prep.val["input_ids"][:2], "sentence_embedding": prep.val["sentence_embedding"][:2].float()}
+    padded = dict(batch, sentence_embedding=F.pad(batch["sentence_embedding"], (0, 0, 0, 5)))  # 5 more padding positions
+    with torch.no_grad():
+        assert torch.allclose(trained.prefix_embeds(batch), trained.prefix_embeds(padded), atol=1e-6)
+    trained.save(tmp_path / "adapter")
+    loaded = load_adapter(str(tmp_path / "adapter"))
+    out = loaded.generate(["The history", "A"], ["of the city and its people over many years", "short"], max_new_tokens=2)
+    assert len(out) == 2

@@ -27,14 +27,37 @@ class Injection(AdapterMethod):
         d = self.model_dim
         with torch.random.fork_rng(devices=[]):  # MLP init follows the seed, not global RNG state
             torch.manual_seed(cfg.train.seed)
-            out = d if a.pooling == "chunks" else a.inject_tokens * d  # chunks: one vector out per chunk in
-            self.mlp = nn.Sequential(nn.Linear(encoder_dim, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
+            self.resampler = Resampler(encoder_dim - 1, a.inject_tokens) if a.pooling == "resampler" else None
+            width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
+            out = a.inject_tokens * d if a.pooling == "mean" else d  # chunks, resampler: one vector out per vector in
+            self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
+        if self.resampler is not None:
+            self.resampler.to(lm.get_input_embeddings().weight.device)
         self.mlp.to(lm.get_input_embeddings().weight.device)
 
     def prefix_embeds(self, batch: dict) -> torch.Tensor:
         emb = batch["sentence_embedding"]
         B = emb.shape[0]
+        if self.resampler is not None:
+            emb = self.resampler(emb.to(self.mlp[0].weight.dtype))
         injected = self.mlp(emb.to(self.mlp[0].weight.dtype)).reshape(B, self.inject_tokens, -1)  # [B, (k,) D] -> [B, k, d]
         if self.prefix is None:
             return injected
         return torch.cat([self.prefix.unsqueeze(0).expand(B, -1, -1), injected], dim=1)
+
+
+class Resampler(nn.Module):
+    """k learned queries attending over an encoder's token states ([B, T, D + 1], the last channel 1 where a token
+    is): a small Perceiver-style resampler, [B, k, D] out."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        heads = next(h for h in (8, 6, 4, 3, 2, 1) if dim % h == 0)
+        self.queries = nn.Parameter(torch.randn(k, dim) * dim ** -0.5)
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        tokens, present = self.norm(states[..., :-1]), states[..., -1] > 0.5
+        queries = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
+        return queries + self.attention(queries, tokens, tokens, key_padding_mask=~present, need_weights=False)[0]

@@ -12,7 +12,7 @@ import torch
 
 from ..config import Config
 from ..data import Windows, build_windows, select_windows
-from ..encoders import cached_embeddings, encoder_key, load_encoder
+from ..encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
 from ..errors import ConfigError, first_line
 from ..fsutil import atomic_write_text, discard_corrupt
 from ..methods import REGISTRY
@@ -85,7 +85,7 @@ def prepare(cfg: Config) -> Prepared:
     encoder_dim = None
     if REGISTRY[cfg.method].needs_encoder:
         a = cfg.adapter
-        chunks = a.inject_tokens if a.pooling == "chunks" else 0
+        chunks = pooling_chunks(a)
         key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
         encoder = []  # loaded at most once, and only on a cache miss
 

@@ -69,14 +69,14 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
     """Every test window that has preceding text, scored like validation windows, with its preceding tokens
     and (for injection) the encoder's embedding of them."""
     from embinject.data import select_windows, tokenize_documents
-    from embinject.encoders import cached_embeddings, encoder_key, load_encoder
+    from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
     from embinject.train import encoder_ids, scored_labels
 
     w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
     inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
     if cfg.method == "injection":
         a, lm = cfg.adapter, prep.lm
-        chunks = a.inject_tokens if a.pooling == "chunks" else 0
+        chunks = pooling_chunks(a)
         key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
         make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device, chunks)  # noqa: E731
         inputs["sentence_embedding"] = cached_embeddings(key, encoder_ids(w, cfg), make)
