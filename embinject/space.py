@@ -151,7 +151,7 @@ def parse_space(raw: Any) -> list[Param]:
         return []
     if not isinstance(raw, dict):
         raise ConfigError(f"search: expected a mapping of dotted config keys to distributions, got {raw!r}")
-    params: list[Param] = []
+    params: dict[str, Param] = {}
 
     def walk(node: dict, prefix: str) -> None:
         for key, spec in node.items():
@@ -159,10 +159,12 @@ def parse_space(raw: Any) -> list[Param]:
             if isinstance(spec, dict) and is_section(dotted):
                 walk(spec, f"{dotted}.")  # nested form: `adapter: {mlp_width: {choice: ...}}`
             else:
-                params.append(_parse_param(dotted, spec))
+                # The same key in dotted and nested form (a `--set search.a.b=...` over a file's `a.b:`): the later
+                # one, the override, wins, in the first one's place; two would ask Optuna for one name twice.
+                params[dotted] = _parse_param(dotted, spec)
 
     walk(raw, "")
-    return params
+    return list(params.values())
 
 
 class DefineByRun:

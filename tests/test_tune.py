@@ -582,3 +582,11 @@ def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(t
     assert r["summary_rows"] == r["mlflow_trial_runs"] == r["mlflow_finished_runs"] == 60
     assert r["driver_rss_end_over_first"] <= 1.2, r
     assert r["log_lines"] <= 4 * 60 and r["longest_log_line"] <= 300, r
+
+
+def test_a_search_key_set_again_in_nested_form_replaces_the_dotted_one():
+    """`--set search.adapter.prefix_len=...` over a file that writes `adapter.prefix_len:` dotted: one parameter, the
+    override (two would ask Optuna for one name under two ranges, and the first range would win)."""
+    params = parse_space({"adapter.prefix_len": {"randint": [1, 4]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
+                          "adapter": {"prefix_len": {"randint": [1, 3]}}})
+    assert [(p.key, p.args) for p in params] == [("adapter.prefix_len", [1, 3]), ("train.lr", [1e-4, 1e-2])]
