@@ -98,14 +98,14 @@ def summarise(runs: list[dict], args) -> dict:
                            "steps_to_within_1pct": reached,
                            "fraction_of_random_steps": None if reached is None else reached / ref["total_steps"]})
 
-    def median(kind: str):
-        values = [s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
-                  for s in per_search if s["kind"] == kind]
-        return statistics.median(values) if values else None
-
-    # pairs where both the cold and the warm search of a corpus and seed finished: the comparison that counts
+    # pairs where both the cold and the warm search of a corpus and seed finished: the medians compare only those
     paired = sorted({(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "warm"}
                     & {(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "cold"})
+
+    def median(kind: str):
+        values = [s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
+                  for s in per_search if s["kind"] == kind and (s["corpus"], s["seed"]) in paired]
+        return statistics.median(values) if values else None
     missing = [f"{c}-{k}-seed{s}" for s in args.seeds for c in CORPORA for k in KINDS if (c, k, s) not in by]
     return {"benchmark": "warm_start", "trials": args.trials, "steps_per_trial": args.steps,
             "startup_trials": args.startup_trials, "seeds": args.seeds, "corpora": CORPORA,
