@@ -375,8 +375,10 @@ def _snapshot_names(trial: Path) -> bool:
 
 def _without_redelivery(rows: list[dict]) -> list[dict]:
     """A trial resumed from its last (final) checkpoint reports that final result again, because the
-    killed driver may never have recorded it; drop such an identical repeat of the previous row."""
-    same = lambda a, b: (a["step"], a["val_perplexity"], a["final"]) == (b["step"], b["val_perplexity"], b["final"])  # noqa: E731
+    killed driver may never have recorded it; drop such a repeat of the previous row. Its evaluation is run again,
+    perhaps with another thread count (a pack host's, then a lone trial's), so its value may differ in rounding."""
+    same = lambda a, b: (a["step"], a["final"]) == (b["step"], b["final"]) and \
+        abs(a["val_perplexity"] - b["val_perplexity"]) <= 1e-4 * b["val_perplexity"]  # noqa: E731
     return [r for i, r in enumerate(rows) if i == 0 or not same(r, rows[i - 1])]
 
 
