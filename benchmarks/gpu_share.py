@@ -24,6 +24,8 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 
+from .shape_model import model_label
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     for r in runs:
         print(json.dumps(r), flush=True)
     whole, half = runs
-    result = {"benchmark": "gpu_share", "model": args.model, "batch": args.batch, "seq": args.seq, "steps": args.steps,
+    result = {"benchmark": "gpu_share", "model": model_label(args.model), "batch": args.batch, "seq": args.seq, "steps": args.steps,
               "trials": args.trials, "cpus_per_trial": args.cpus, "runs": runs, "speedup": whole["wall_s"] / half["wall_s"],
               "device_name": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": platform.platform(),
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}

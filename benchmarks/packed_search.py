@@ -42,6 +42,8 @@ from embinject.train import prepare, shared_lm, train
 from embinject.train.packing import PackedSteps, StepPack
 from embinject.train.precision import autocast_dtype
 
+from .shape_model import model_label
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 SEARCHED = ("train.lr", "adapter.inject_tokens", "adapter.prefix_len", "adapter.mlp_width", "adapter.embedding_model")
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
 
 def write_results(target: Path, args, trials: list[dict], rows: list[dict]) -> None:
     by = {r["arm"]: r for r in rows}
-    out = {"benchmark": "packed_search", "model": args.model, "data": Path(args.data).name, "device": args.device,
+    out = {"benchmark": "packed_search", "model": model_label(args.model), "data": Path(args.data).name, "device": args.device,
            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
            "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "batch": args.batch, "seq_len": 64,
            "pack": args.pack, "cpus": args.cpus, "torch": torch.__version__, "machine": platform.platform(),

@@ -25,6 +25,8 @@ from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
 
+from .shape_model import model_label
+
 OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
                      "speedup": seq_s / packed_s})
         print(f"K={k}: sequential {seq_s:.2f} s, packed {packed_s:.2f} s (x{seq_s / packed_s:.2f}), "
               f"max gradient difference {diff:.2e}", flush=True)
-    out = {"benchmark": "packing", "model": args.model, "batch": args.batch, "seq": args.seq, "prefix": args.prefix,
+    out = {"benchmark": "packing", "model": model_label(args.model), "batch": args.batch, "seq": args.seq, "prefix": args.prefix,
            "reps": args.reps, "threads": torch.get_num_threads(), "device": args.device,
            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}

@@ -14,6 +14,13 @@ import shutil
 from pathlib import Path
 
 
+def model_label(spec: str) -> str:
+    """A model as a results file names it: a local directory (often a temporary shape model) by its folder name,
+    not by this machine's path; bundled names and hub ids as given."""
+    path = Path(spec)
+    return path.name if path.is_absolute() or path.is_dir() else spec
+
+
 def make_shape_model(source: Path, target: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -26,6 +26,8 @@ from embinject.fsutil import atomic_write_text
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 
+from .shape_model import model_label
+
 OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
                 if side != "peft":
                     r["speedup_vs_peft"] = sides["peft"]["median_s"] / r["median_s"]
     device_name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
-    out = {"benchmark": "step", "model": args.model, "device": dev, "device_name": device_name, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps, "bf16": args.bf16,
+    out = {"benchmark": "step", "model": model_label(args.model), "device": dev, "device_name": device_name, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps, "bf16": args.bf16,
            "threads": threads, "matmul_peak_gflops": peak, "machine": platform.platform(), "torch": torch.__version__,
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

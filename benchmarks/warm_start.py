@@ -1,7 +1,7 @@
 """Does a search warm-started from a finished search on another corpus find a good adapter sooner than a cold one?
 
     python -m benchmarks.warm_start [--data ../shared/data] [--seeds 0 1 2] [--trials 24] [--steps 20]
-                                    [--storage /tmp/embinject-warm-start] [--summarise-only]
+                                    [--storage DIR] [--summarise-only]
 
 On the space of benchmarks.search_efficiency (learning rate, prefix length, MLP width, encoder) with the
 bundled SmolLM2-135M, for each corpus (Wikipedia, FineWeb-Edu) and seed: random search without early
@@ -11,7 +11,8 @@ random search's steps a search needs to come within 1% of random search's final 
 so the result does not depend on what else the machine runs.
 
 Finished searches are kept in benchmarks/results/warm_start_runs/ (their curves) and under --storage (their
-folders, which the warm searches start from); a rerun skips what is there, so the hours it takes on a CPU
+folders, which the warm searches start from; default: the cache directory's benchmarks/warm_start; the records
+name them relative to it); a rerun skips what is there, so the hours it takes on a CPU
 can be spread over several runs. benchmarks/results/warm_start.json is rewritten after every search.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
+from embinject.models import cache_root
 
 from .search_efficiency import SPACE, trace
 
@@ -50,7 +52,7 @@ def finished(kind: str, corpus: str, seed: int, args) -> dict | None:
     record = json.loads(path.read_text())
     if record.get("settings") != settings(kind, corpus, args):
         return None
-    if kind == "cold" and not Path(record["experiment_dir"], "summary.csv").is_file():
+    if kind == "cold" and not args.summarise_only and not (args.storage / record["experiment_dir"] / "summary.csv").is_file():
         return None  # a warm search starts from its folder: run it again where that is gone
     return record
 
@@ -70,12 +72,13 @@ def run(kind: str, corpus: str, seed: int, args, source: dict | None = None) -> 
         overrides += [f"tune.scheduler.max_t={args.steps}", f"tune.scheduler.grace_period={args.steps // 4}",
                       "tune.scheduler.reduction_factor=2", f"tune.startup_trials={args.startup_trials}"]
     if kind == "warm":
-        overrides.append(f"tune.warm_start=[{source['experiment_dir']}]")
+        overrides.append(f"tune.warm_start=[{args.storage / source['experiment_dir']}]")
     t0 = time.time()
     outcome = run_search(load_search_file(ROOT / "search_spaces" / "quickstart.yaml", overrides), verbose=0)
     curve = trace(outcome)
     record = {"kind": kind, "corpus": corpus, "seed": seed, "settings": settings(kind, corpus, args),
-              "experiment_dir": outcome["experiment_dir"], "warm_start_from": source["experiment_dir"] if source else None,
+              "experiment_dir": str(Path(outcome["experiment_dir"]).relative_to(args.storage)),
+              "warm_start_from": source["experiment_dir"] if source else None,
               "wall_s": time.time() - t0, "total_steps": curve[-1][0] if curve else 0,
               "final_best": curve[-1][1] if curve else None, "curve": curve, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--startup-trials", type=int, default=3, help="TPE's random start-up trials (tune.startup_trials)")
-    p.add_argument("--storage", type=Path, default=Path("/tmp/embinject-warm-start"), help="where the searches' folders go")
+    p.add_argument("--storage", type=Path, default=cache_root() / "benchmarks" / "warm_start", help="where the searches' folders go")
     p.add_argument("--out", type=Path, default=OUT / "warm_start.json")
     p.add_argument("--runs", type=Path, default=RUNS, help="where finished searches' curves are kept and resumed from")
     p.add_argument("--summarise-only", action="store_true", help="rewrite the summary from the kept searches; run none")

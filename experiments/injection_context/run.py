@@ -111,6 +111,17 @@ def peak_rss_mb() -> float:
 SEARCH_ONLY = ("search.", "tune.", "mlflow.")
 
 
+def recorded_config(config: dict) -> dict:
+    """A run's config as its record keeps it: the prepared data folder named relative to the cache directory, not by
+    this machine's absolute path (data.path is not compared between records: IGNORED_SETTINGS)."""
+    from embinject.models import cache_root
+
+    path = Path(config["data"]["path"])
+    if path.is_relative_to(cache_root()):
+        config = {**config, "data": {**config["data"], "path": path.relative_to(cache_root()).as_posix()}}
+    return config
+
+
 def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
     """--set values for a training config; `search` keeps the search file's own sections too."""
     return [f"data.path={data_dir}", *[o for o in args.overrides if search or not o.startswith(SEARCH_ONLY)]]
@@ -153,7 +164,7 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
             "train_seconds": result["train_seconds"], "wall_seconds": time.time() - t0, "dtype": result["dtype"],
             "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "device": device_label(prep.device),
             **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
-            "config": result["config"], "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
+            "config": recorded_config(result["config"]), "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
 
 
 def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
@@ -186,7 +197,7 @@ def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = f
             continue
         inputs = test if c is cfg else test_inputs(prep, c, test_docs)
         nll, count = window_nll(ReadText(c, prep.lm.model, m), inputs, c.train.eval_batch_size, prep.device, None)
-        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": c.to_dict(),
+        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": recorded_config(c.to_dict()),
                         "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]})
     return records
 
