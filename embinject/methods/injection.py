@@ -1,7 +1,8 @@
 """Embedding injection: a frozen sentence encoder's vector, mapped by a 2-layer MLP to
 `inject_tokens` input vectors, prepended together with `prefix_len` learnable vectors. With
 `adapter.pooling: chunks` the encoder gives `inject_tokens` vectors (its token states mean-pooled over
-contiguous chunks of the text), and the MLP maps each to one input vector.
+contiguous chunks of the text), with `resampler` `inject_tokens` learned queries read its token states;
+either way the MLP maps each of those vectors to one input vector.
 
 Layout of the prefix: [learnable prefix_len vectors][inject_tokens MLP outputs][window tokens].
 """
@@ -31,9 +32,7 @@ class Injection(AdapterMethod):
             width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
             out = a.inject_tokens * d if a.pooling == "mean" else d  # chunks, resampler: one vector out per vector in
             self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
-        if self.resampler is not None:
-            self.resampler.to(lm.get_input_embeddings().weight.device)
-        self.mlp.to(lm.get_input_embeddings().weight.device)
+        self.to(lm.get_input_embeddings().weight.device)  # the MLP (and resampler) beside the frozen LM
 
     def prefix_embeds(self, batch: dict) -> torch.Tensor:
         emb = batch["sentence_embedding"]

@@ -87,21 +87,26 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
     return rows, ranked
 
 
+def adapter_on_disk(trial: dict) -> Path | None:
+    """The trial's kept adapter (its checkpoint's best_adapter/), or None where that is not on this disk (any more)."""
+    if trial["_checkpoint"] is None:
+        return None
+    source = Path(trial["_checkpoint"].path) / "best_adapter"
+    return source if source.is_dir() else None
+
+
 def copy_champion(best: dict, exp_dir: Path) -> Path | None:
     """The trial's kept adapter copied to champion/, or None where its checkpoint is not on disk (any more)."""
-    if best["_checkpoint"] is None or not Path(best["_checkpoint"].path).is_dir():
+    source = adapter_on_disk(best)
+    if source is None:
         return None
     target = exp_dir / "champion"
-    with best["_checkpoint"].as_directory() as ckpt:
-        source = Path(ckpt) / "best_adapter"
-        if not source.is_dir():
-            return None
-        staged = exp_dir / ".champion.tmp"
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(source, staged)
-        if target.exists():
-            shutil.rmtree(target)
-        staged.rename(target)
+    staged = exp_dir / ".champion.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(source, staged)
+    if target.exists():
+        shutil.rmtree(target)
+    staged.rename(target)
     return target
 
 
@@ -125,20 +130,12 @@ def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: 
     """The k best trials whose adapters are on disk (the champion first), each as an MLflow pyfunc model directory
     under top_models/, for the tracker to log as a logged model on the trial's run."""
     kept = [champion_trial] if champion_trial is not None else []
-    for trial in ranked:
-        if len(kept) >= k:
-            break
-        if trial is champion_trial or trial["_checkpoint"] is None or not Path(trial["_checkpoint"].path).is_dir():
-            continue
-        with trial["_checkpoint"].as_directory() as ckpt:
-            if (Path(ckpt) / "best_adapter").is_dir():
-                kept.append(trial)
+    kept += [t for t in ranked if t is not champion_trial and adapter_on_disk(t) is not None][: max(0, k - len(kept))]
     out = []
     for rank, trial in enumerate(kept, 1):
         target = champion_model if trial is champion_trial else exp_dir / "top_models" / trial["trial_id"]
         if not target.is_dir():
-            with trial["_checkpoint"].as_directory() as ckpt:
-                save_pyfunc(Path(ckpt) / "best_adapter", target)
+            save_pyfunc(adapter_on_disk(trial), target)
         out.append({"trial": trial["trial_id"], "model": str(target), "rank": rank, "steps": trial["steps"],
                     "val_perplexity": trial["best_val_perplexity"]})
     return out

@@ -24,7 +24,7 @@ from ..config import config_from_dict
 from ..config_files import set_dotted
 from ..errors import ConfigError
 from ..space import Param, SearchFile, optuna_value
-from ..tracking import STATE_FILE, default_tracking_uri, earlier_searches, flatten, readable
+from ..tracking import STATE_FILE, curve_value, default_tracking_uri, earlier_searches, flatten, readable
 from .folder import SPACE_FILE
 
 FIRST_BEST = 3  # an earlier search of another setup: its best configurations this search evaluates first
@@ -187,7 +187,7 @@ def _history(trial_dir: Path) -> list[tuple[int, float]]:
             r = json.loads(line)
         except ValueError:
             continue
-        value = _float(r.get("val_perplexity_subset", r.get("val_perplexity")))
+        value = _float(curve_value(r))
         if value is not None and "step" in r:
             points.append((int(r["step"]), value))
     return points
