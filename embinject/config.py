@@ -55,6 +55,9 @@ class AdapterConfig:
     # over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks); or inject_tokens
     # learned queries cross-attending over the token states (resampler), each mapped to one vector
     pooling: str = choice("mean", "chunks", "resampler", default="mean")
+    # injection: the MLP's vectors enter as input vectors in front of the window (input), or each becomes every
+    # layer's key/value prefix position through a linear head (kv: the deep-prefix path, made from the text)
+    inject_into: str = choice("input", "kv", default="input")
     context_tokens: int = number(16, min=1)
     init: str = choice(*INITS, default="vocab")
     init_text: str = "Continue the text:"
@@ -93,6 +96,11 @@ class TrainConfig:
     # A run whose validation perplexity exceeds this many times the frozen baseline's has diverged and is
     # stopped (0: only non-finite values stop it).
     divergence_factor: float = number(10.0, min=0.0)
+    # Distillation: the loss adds this weight times the KL divergence from the frozen LM reading the encoder's text
+    # (the teacher) to the adapted model, on the scored tokens; the teacher's distribution is kept as its
+    # distill_top_k most likely tokens plus the rest as one bucket, computed once and cached on disk (0: NLL only)
+    distill: float = number(0.0, min=0.0)
+    distill_top_k: int = number(64, min=1)
     progress: bool = True
 
 
@@ -121,6 +129,16 @@ class Config:
         if a.deep_layers and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
                               "forward would run without the learned activations)")
+        if self.method == "injection" and a.inject_into == "kv" and self.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
+                              "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
+        if a.inject_into != "input" and self.method != "injection":
+            raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
+        if self.train.distill and self.method == "baseline":
+            raise ConfigError("train.distill: the baseline trains nothing; distillation needs a trained method")
+        if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
+            raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
+                              "adapter.embed_source: previous (with text windows), or train.distill: 0")
         if self.method == "prefix" and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
                               "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")

@@ -30,6 +30,11 @@ def test_defaults_are_valid():
     ({"data": {"target_template": "{answer}"}}, "data.target_template: prompt/target examples are not supported by the injection"),
     ({"method": "prompt", "data": {"prompt_template": "Q:"}}, "data.prompt_template: only used together with data.target_template"),
     ({"adapter": {"init": "interpolate"}}, "adapter.init_text_b: the interpolate prior needs two texts"),
+    ({"method": "prompt", "adapter": {"inject_into": "kv"}}, "adapter.inject_into: a setting of the injection method"),
+    ({"adapter": {"inject_into": "kv"}, "train": {"gradient_checkpointing": True}},
+     "train.gradient_checkpointing: not available with adapter.inject_into: kv"),
+    ({"train": {"distill": 1.0}}, "train.distill: the teacher is the frozen LM reading the text before each window"),
+    ({"method": "baseline", "train": {"distill": 1.0}}, "train.distill: the baseline trains nothing"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:

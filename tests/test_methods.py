@@ -533,3 +533,100 @@ def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_
     loaded = load_adapter(str(tmp_path / "adapter"))
     out = loaded.generate(["The history", "A"], ["of the city and its people over many years", "short"], max_new_tokens=2)
     assert len(out) == 2
+
+
+def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_overrides, tmp_path):
+    """`adapter.inject_into: kv`: each injected vector becomes every layer's key/value at one prefix position. At
+    the start the head is zero, so every window gets the LM's own activations on the prior vectors (a static deep
+    prefix); after training the keys differ by window. Greedy generation with the cache equals full recomputation;
+    saved and loaded, it scores the same."""
+    from embinject.adapters import load_adapter
+    from embinject.train.generation import generate
+
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.inject_into=kv", "adapter.inject_tokens=2", "adapter.prefix_len=0",
+                  "adapter.embed_source=previous", "train.lr=0.01")
+    prep = prepare(cfg)
+    batch = {k: v[:4] for k, v in prep.val.items()}
+    fresh = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+    with torch.no_grad():
+        keys = fresh.past_key_values(batch).layers[0].keys  # [B, H, k, hd]
+    assert keys.shape[2] == 2 and torch.equal(keys[0], keys[3])  # the same prefix for every window at the start
+    assert fresh.prefix_embeds(batch) is None  # nothing enters as an input vector
+    result, trained = train(cfg, prepared=prep)
+    with torch.no_grad():
+        keys = trained.past_key_values(batch).layers[0].keys
+    assert not torch.allclose(keys[0], keys[3])  # the text now shapes the prefix
+    prompts = [[5, 17, 33, 8], [9, 40, 41, 12]]
+    extra = {"sentence_embedding": batch["sentence_embedding"][:2]}
+    out = generate(trained, prompts, max_new_tokens=4, eos_id=-1, extra=extra)
+    for i, (prompt, new) in enumerate(zip(prompts, out)):
+        seq = list(prompt)
+        for tok in new:
+            embeds, _, past, mask = trained.lm_inputs({"input_ids": torch.tensor([seq]),
+                                                       "sentence_embedding": extra["sentence_embedding"][i : i + 1]})
+            with torch.no_grad():
+                assert int(prep.lm.model(inputs_embeds=embeds, past_key_values=past, attention_mask=mask).logits[0, -1].argmax()) == tok
+            seq.append(tok)
+    trained.save(tmp_path / "adapter")
+    loaded = load_adapter(str(tmp_path / "adapter"))
+    scored = perplexity(loaded.method, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu"))  # as training evaluated
+    assert scored == pytest.approx(result["val_perplexity"], rel=1e-5)
+    assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=2)) == 1
+
+
+def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towards_it(tiny_overrides):
+    """`train.distill`: the teacher's top-k is the frozen LM's own distribution with the preceding text read as
+    tokens (kept on disk, read back the same); the coarsened KL equals the full KL when k is the vocabulary and bounds
+    it from below otherwise; a training step's loss is the NLL plus the weighted KL, and training where the KL dominates
+    lowers it."""
+    from embinject.train.distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
+
+    # On the random tiny model the teacher and the student barely differ (a KL of about 1e-4 per token against an NLL
+    # of 6.2), so a weight this large is what lets the KL lead the steps below.
+    cfg = cfg_for(tiny_overrides, "prompt", "train.distill=10000", "train.distill_top_k=8", "adapter.embed_source=previous",
+                  "train.lr=0.01", "train.max_steps=4")
+    prep = prepare(cfg)
+    lm = prep.lm.model
+    assert prep.train[TEACHER_INDEX].shape == (len(prep.train["input_ids"]), cfg.data.seq_len - 1, 8)
+    assert torch.equal(prepare(cfg).train[TEACHER_LOGP], prep.train[TEACHER_LOGP])  # read back from the cache
+    from embinject.data import build_windows, select_windows
+    from embinject.models import tokenizer_fingerprint
+
+    w = select_windows(build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))[0],
+                       cfg.data.train_samples, "previous", "train")
+    with torch.no_grad():
+        full = lm(input_ids=torch.cat([w.previous[:2], w.tokens[:2]], 1)).logits[:, cfg.data.seq_len : 2 * cfg.data.seq_len - 1]
+    logp = full.float().log_softmax(-1)
+    kept = prep.train[TEACHER_LOGP][:2].float()  # the teacher ran under the training's autocast: near-ties may swap
+    assert torch.allclose(logp.gather(-1, prep.train[TEACHER_INDEX][:2].long()), kept, atol=0.05)
+    assert torch.allclose(kept[..., -1], logp.topk(8, dim=-1).values[..., -1], atol=0.05)  # the 8 most likely
+    student = torch.randn(5, full.shape[-1], generator=torch.Generator().manual_seed(0))
+    teacher = full[0, :5].float().log_softmax(-1)
+    exact = F.kl_div(student.log_softmax(-1), teacher, log_target=True, reduction="sum")
+    everything = teacher.topk(teacher.shape[-1], dim=-1)
+    assert math.isclose(float(distill_kl(student, everything.indices, everything.values)), float(exact), rel_tol=1e-3)
+    few = teacher.topk(8, dim=-1)
+    assert float(distill_kl(student, few.indices, few.values)) <= float(exact) + 1e-4
+
+    def kl_to_teacher(method):
+        batch = {k: v[:16] for k, v in prep.train.items()}
+        with torch.no_grad():
+            logits, _, where = method.scored_logits(batch)
+            return float(distill_kl(logits, batch[TEACHER_INDEX][where], batch[TEACHER_LOGP][where]))
+
+    from embinject.train.loop import SoloSteps
+
+    fresh = build_method(cfg, lm, None, prep.lm.tokenizer)
+    batch = {k: v[:16] for k, v in prep.train.items()}
+    with torch.no_grad():
+        nll, count = fresh.nll(batch)
+    before = kl_to_teacher(fresh)
+    opt = torch.optim.AdamW(fresh.trainable_parameters(), lr=0.01)
+    for step in range(6):
+        loss = SoloSteps().step(fresh, opt, batch, None, "cpu")
+        if step == 0:
+            assert loss == pytest.approx(float(nll) / count + 10000 * before / count, rel=1e-4)
+        opt.step()
+    assert kl_to_teacher(fresh) < 0.8 * before
+    result, _ = train(cfg, prepared=prep)
+    assert math.isfinite(result["val_perplexity"]) and result["steps"] == 4

@@ -10,7 +10,7 @@ from embinject.config_files import load_config
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
 from embinject.train import train
-from embinject.train.packing import PackedSteps, StepPack, packed_nll
+from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
 
 from .test_tune import _results, _without_redelivery, run_tune, write_search
 
@@ -110,3 +110,16 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     assert stopped and finished, {k: rows[-1]["step"] for k, rows in packed.items()}  # which one: the order of arrival
     # the others went on training in the pack after ASHA took a member out of it
     assert any(r["step"] > min(stopped.values()) and r["pack_size"] > 1 for k in finished for r in packed[k])
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ({"method": "lora"}, "LoRA changes the frozen LM's own layers"),
+    ({"adapter": {"inject_into": "kv"}}, "a key/value injection makes each window its own per-layer prefix"),
+    ({"method": "prompt", "adapter": {"embed_source": "previous"}, "train": {"distill": 1.0}}, "a packed step scores the NLL alone"),
+    ({"method": "injection"}, None),
+])
+def test_trials_that_cannot_share_a_step_train_alone_and_say_why(raw, reason):
+    from embinject.config import config_from_dict
+
+    found = unpackable_reason(config_from_dict(raw))
+    assert found == reason if reason is None else found.startswith(reason)

@@ -44,11 +44,11 @@ def output_cache(out):
     return out["cache"] if "cache" in out else out.past_key_values
 
 
-def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
-               past_key_values=None, attention_mask: torch.Tensor | None = None,
-               per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
-    """Sum of next-token NLL over labelled window positions 1..T-1, and how many were scored
-    (with `per_window`, both per row of the batch: what paired statistics over windows need).
+def scored_logits(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
+                  past_key_values=None, attention_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LM head's logits at the labelled window positions 1..T-1 ([n, V]), their targets ([n]) and where they
+    are ([B, T-1], True where scored).
 
     The LM head runs only on scored positions: most of a batch's logits (49k-wide) would be
     thrown away otherwise, and they dominate memory. Positions inside the prefix and the first
@@ -61,14 +61,21 @@ def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor,
     h = hidden[:, n_prefix : n_prefix + T - 1]
     targets = labels[:, 1:]
     mask = targets != -100
-    logits = lm.get_output_embeddings()(h[mask])
+    return lm.get_output_embeddings()(h[mask]), targets[mask], mask
+
+
+def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
+               past_key_values=None, attention_mask: torch.Tensor | None = None,
+               per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """Sum of next-token NLL over the scored positions (`scored_logits`), and how many were scored
+    (with `per_window`, both per row of the batch: what paired statistics over windows need)."""
+    logits, targets, mask = scored_logits(lm, inputs_embeds, labels, n_prefix, past_key_values, attention_mask)
     if per_window:
-        token_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
         rows = mask.nonzero()[:, 0]
         nll = torch.zeros(labels.shape[0], device=token_nll.device).index_add_(0, rows, token_nll)
         return nll, mask.sum(1)
-    nll = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
-    return nll, int(mask.sum())
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(mask.sum())
 
 
 class AdapterMethod(nn.Module):
@@ -138,6 +145,12 @@ class AdapterMethod(nn.Module):
         with self.activation_hooks():
             return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask,
                               per_window=per_window)
+
+    def scored_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The adapted model's logits at the batch's scored positions, their targets and where they are."""
+        embeds, n_prefix, past, mask = self.lm_inputs(batch)
+        with self.activation_hooks():
+            return scored_logits(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask)
 
     # ---- persistence: safetensors + JSON, never pickles
     def adapter_state(self) -> dict[str, torch.Tensor]:

@@ -5,6 +5,11 @@ contiguous chunks of the text), with `resampler` `inject_tokens` learned queries
 either way the MLP maps each of those vectors to one input vector.
 
 Layout of the prefix: [learnable prefix_len vectors][inject_tokens MLP outputs][window tokens].
+
+With `adapter.inject_into: kv` the MLP's vectors do not enter as inputs: a linear head turns each into every
+layer's key and value at one prefix position (the deep-prefix path, made from the text). The keys and values
+start as the frozen LM's own activations on `inject_tokens` prior vectors, and the head starts at zero, so
+training starts from a static deep prefix and learns what the text adds to it.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 from torch import nn
 
 from .base import AdapterMethod
+from .prefix import activation_kv, kv_cache, kv_shape
 
 
 class Injection(AdapterMethod):
@@ -32,17 +38,37 @@ class Injection(AdapterMethod):
             width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
             out = a.inject_tokens * d if a.pooling == "mean" else d  # chunks, resampler: one vector out per vector in
             self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
+        self.kv_head = None
+        if a.inject_into == "kv":
+            L, H, hd = self.kv_shape = kv_shape(lm.config)
+            self.kv_base = nn.Parameter(activation_kv(lm, self.init_prefix(a.inject_tokens).data))  # [L, 2, H, k, hd]
+            self.kv_head = nn.Linear(d, L * 2 * H * hd)
+            nn.init.zeros_(self.kv_head.weight)
+            nn.init.zeros_(self.kv_head.bias)
         self.to(lm.get_input_embeddings().weight.device)  # the MLP (and resampler) beside the frozen LM
 
-    def prefix_embeds(self, batch: dict) -> torch.Tensor:
-        emb = batch["sentence_embedding"]
-        B = emb.shape[0]
+    def injected(self, batch: dict) -> torch.Tensor:
+        """The MLP's k vectors for each window, [B, k, d]."""
+        emb = batch["sentence_embedding"].to(self.mlp[0].weight.dtype)
         if self.resampler is not None:
-            emb = self.resampler(emb.to(self.mlp[0].weight.dtype))
-        injected = self.mlp(emb.to(self.mlp[0].weight.dtype)).reshape(B, self.inject_tokens, -1)  # [B, (k,) D] -> [B, k, d]
-        if self.prefix is None:
-            return injected
-        return torch.cat([self.prefix.unsqueeze(0).expand(B, -1, -1), injected], dim=1)
+            emb = self.resampler(emb)
+        return self.mlp(emb).reshape(emb.shape[0], self.inject_tokens, -1)  # [B, (k,) D] -> [B, k, d]
+
+    def prefix_embeds(self, batch: dict) -> torch.Tensor | None:
+        B = batch["input_ids"].shape[0]
+        static = None if self.prefix is None else self.prefix.unsqueeze(0).expand(B, -1, -1)
+        if self.kv_head is not None:
+            return static
+        injected = self.injected(batch)
+        return injected if static is None else torch.cat([static, injected], dim=1)
+
+    def past_key_values(self, batch: dict):
+        if self.kv_head is None:
+            return None
+        L, H, hd = self.kv_shape
+        made = self.kv_head(self.injected(batch))  # [B, k, L*2*H*hd]
+        kv = self.kv_base.unsqueeze(2) + made.view(*made.shape[:2], L, 2, H, hd).permute(2, 3, 0, 4, 1, 5)
+        return kv_cache(kv, self.lm)  # kv: [L, 2, B, H, k, hd]
 
 
 class Resampler(nn.Module):

@@ -14,9 +14,26 @@ from ..errors import ConfigError
 from .base import AdapterMethod, output_cache
 
 
-def _kv_shape(config) -> tuple[int, int, int]:
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dimension) of a model's attention cache."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return config.num_hidden_layers, getattr(config, "num_key_value_heads", config.num_attention_heads), head_dim
+
+
+@torch.no_grad()
+def activation_kv(lm, vectors: torch.Tensor) -> torch.Tensor:
+    """The keys and values the frozen LM itself produces for input vectors [P, d]: [L, 2, H, P, hd]."""
+    cache = output_cache(lm(inputs_embeds=vectors.unsqueeze(0), use_cache=True))
+    return torch.stack([torch.stack([cache.layers[i].keys[0], cache.layers[i].values[0]])
+                        for i in range(lm.config.num_hidden_layers)])
+
+
+def kv_cache(kv: torch.Tensor, lm):
+    """A per-layer prefix [L, 2, B, H, P, hd] as the cache the LM's forward takes, in the LM's dtype."""
+    from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
+
+    dtype = lm.get_input_embeddings().weight.dtype
+    return DynamicCache([(kv[i, 0].to(dtype), kv[i, 1].to(dtype)) for i in range(kv.shape[0])], config=lm.config)
 
 
 class Prefix(AdapterMethod):
@@ -25,7 +42,7 @@ class Prefix(AdapterMethod):
     def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None, kv: torch.Tensor | None = None):
         super().__init__(cfg, lm, encoder_dim, tokenizer)
         a = cfg.adapter
-        L, H, hd = _kv_shape(lm.config)
+        L, H, hd = kv_shape(lm.config)
         if a.layers is not None and a.layers != L:
             raise ConfigError(f"adapter.layers: deep prefixes cover all {L} layers of this model; set it to null or {L}")
         self.shape = (L, H, hd)
@@ -44,13 +61,9 @@ class Prefix(AdapterMethod):
             nn.init.zeros_(self.mlp[2].bias)
             self.mlp.to(self.embedding.device)
 
-    @torch.no_grad()
     def _activation_init(self, P: int) -> torch.Tensor:
         """Keys/values the frozen LM itself produces for `prefix_len` prior vectors."""
-        vectors = self.init_prefix(P).data.unsqueeze(0)
-        cache = output_cache(self.lm(inputs_embeds=vectors, use_cache=True))
-        layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.shape[0])]
-        return torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # [L, 2, H, P, hd]
+        return activation_kv(self.lm, self.init_prefix(P).data)  # [L, 2, H, P, hd]
 
     def prefix_kv(self) -> torch.Tensor:
         """All layers' prefix keys and values, [L, 2, H, P, hd]."""
@@ -61,14 +74,8 @@ class Prefix(AdapterMethod):
         return self.kv + flat.view(-1, L, 2, H, hd).permute(1, 2, 3, 0, 4)
 
     def past_key_values(self, batch: dict):
-        from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
-
         kv = self.prefix_kv()
-        B = batch["input_ids"].shape[0]
-        dtype = self.lm.get_input_embeddings().weight.dtype
-        layers = [(kv[i, 0].unsqueeze(0).expand(B, -1, -1, -1).to(dtype),
-                   kv[i, 1].unsqueeze(0).expand(B, -1, -1, -1).to(dtype)) for i in range(kv.shape[0])]
-        return DynamicCache(layers, config=self.lm.config)
+        return kv_cache(kv.unsqueeze(2).expand(-1, -1, batch["input_ids"].shape[0], -1, -1, -1), self.lm)
 
 
 def mix_prefixes(a: Prefix, b: Prefix, alpha: float) -> Prefix:

@@ -22,6 +22,7 @@ from ..fsutil import atomic_save_tensors
 from ..methods import AdapterMethod, build_method
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
 from .evaluation import batches, perplexity, window_nll
 from .shared import Prepared, autocast_dtype, baseline_perplexity, prepare
 
@@ -82,9 +83,15 @@ class SoloSteps:
         return contextlib.nullcontext()
 
     def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:
+        weight = method.cfg.train.distill
         with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
-            nll, count = method.nll(batch)
-        loss = nll / max(count, 1)
+            if weight:
+                logits, targets, where = method.scored_logits(batch)
+                nll, count = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), int(where.sum())
+                nll = nll + weight * distill_kl(logits, batch[TEACHER_INDEX][where], batch[TEACHER_LOGP][where])
+            else:
+                nll, count = method.nll(batch)
+        loss = nll / max(count, 1)  # with train.distill: the NLL plus the weighted KL, per scored token
         opt.zero_grad(set_to_none=True)
         loss.backward()
         return loss.item()

@@ -33,6 +33,10 @@ def unpackable_reason(cfg: Config) -> str | None:
         return "the baseline trains nothing"
     if cfg.adapter.deep_layers:
         return "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
+    if cfg.method == "injection" and cfg.adapter.inject_into == "kv":
+        return "a key/value injection makes each window its own per-layer prefix (packed steps share one per trial)"
+    if cfg.train.distill:
+        return "a packed step scores the NLL alone (train.distill adds the teacher's term per trial)"
     return None
 
 

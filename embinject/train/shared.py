@@ -19,6 +19,7 @@ from ..methods import REGISTRY
 from ..methods.baseline import Baseline
 from ..models import FrozenLM, cache_dir, load_frozen_lm, tokenizer_fingerprint
 from . import precision
+from .distill import cached_teacher
 from .evaluation import perplexity
 
 @dataclass
@@ -26,7 +27,7 @@ class Prepared:
     """Everything a trial needs that does not depend on the adapter: built once, reused."""
 
     lm: FrozenLM
-    train: dict[str, torch.Tensor]  # input_ids, labels[, sentence_embedding]
+    train: dict[str, torch.Tensor]  # input_ids, labels[, sentence_embedding][, teacher_index, teacher_logp]
     val: dict[str, torch.Tensor]
     encoder_dim: int | None
     device: str
@@ -97,6 +98,9 @@ def prepare(cfg: Config) -> Prepared:
         train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
         val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
         encoder_dim = train["sentence_embedding"].shape[-1]
+    if cfg.train.distill:
+        train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
+                                    autocast_dtype(cfg, device)))
     return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)
 
 
