@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.packed_search --trials 8 --steps 4 --batch 8 --train-samples 256 --val-samples 32 --pack 4 --arms one 0.5 packed
 	$(PY) -m benchmarks.peer
 	$(PY) -m benchmarks.search_efficiency
+	$(PY) -m benchmarks.token_cache
 	$(PY) -m benchmarks.warm_start
 	$(PY) -m benchmarks.many_trials
 	$(PY) -m benchmarks.report

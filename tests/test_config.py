@@ -34,7 +34,6 @@ def test_defaults_are_valid():
     ({"adapter": {"inject_into": "kv"}, "train": {"gradient_checkpointing": True}},
      "train.gradient_checkpointing: not available with adapter.inject_into: kv"),
     ({"train": {"distill": 1.0}}, "train.distill: the teacher is the frozen LM reading the text before each window"),
-    ({"method": "baseline", "train": {"distill": 1.0}}, "train.distill: the baseline trains nothing"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:

@@ -116,7 +116,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
 
     out = tmp_path / "study"
     argv = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "0",
-            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "inject-1", "context-4",
+            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "kv-8", "context-4",
             "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
             "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16",
             "--set", "tune.num_samples=2", "--set", "tune.scheduler.max_t=2", "--set", "tune.scheduler.grace_period=1",
@@ -131,15 +131,20 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert len(main_tokens) == 1 and len(context_tokens) == 1  # every arm scored on exactly its table's test tokens
     assert sum(context_tokens.pop()) < sum(main_tokens.pop())
     searches = [json.loads(f.read_text()) for f in runs.glob("lr_search_*.json")]
-    assert {s["method"] for s in searches} == {"prompt", "injection"}
+    assert {s["method"] for s in searches} == {"prompt", "injection", "kv"}  # a design has its own search
     for s in searches:  # two trials each, so the chosen rate is at an edge and one more trial checks beyond it
         tried = [t["lr"] for t in s["trials"]]
         beyond = 2 * s["lr"] if s["lr"] == max(tried) else s["lr"] / 2
         assert [round(t["lr"] / beyond, 9) for t in s["bracket"]] == [1.0]
     text = (out / "RESULTS.md").read_text()
     for heading in ("### (a) The compression curve", "### (b) What is specific to the embedding's content",
-                    "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode", "| bracket check |"):
+                    "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode", "| bracket check |",
+                    "### (f) Designs: what makes the vectors carry the text"):
         assert heading in text
+    head = json.loads((out / "results.json").read_text())["fineweb_edu_sample"]["headline"]
+    assert head["k"] <= 8 and len(head["share_of_text_gain"]) == 3 and head["content_share"] is None  # no control ran
+    kv = next(r for r in records if r["arm"] == "kv-8")
+    assert kv["config"]["adapter"]["inject_into"] == "kv" and kv["lr"] == json.loads((runs / "lr_search_kv.json").read_text())["lr"]
     assert (out / "compression.png").is_file()
     capsys.readouterr()
     assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again

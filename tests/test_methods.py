@@ -506,6 +506,12 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
     enc = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16)
     chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, chunks=3).encode(ids)
     assert torch.allclose(chunked.mean(dim=1), enc.encode(ids), atol=1e-5)  # 3 equal chunks of 4: their mean is the mean
+    if encoder.startswith("lm-hidden"):  # the pass stopped at the layer gives what the whole model's pass gives there
+        with torch.no_grad():
+            whole = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in (0, 1, lm.model.config.num_hidden_layers):
+            stopped = torch.stack(load_encoder(f"lm-hidden:{layer}", lm.model, lm.tokenizer, lm.path).token_states(ids))
+            assert torch.allclose(stopped, whole[layer], atol=1e-5)
     result, trained = train(cfg, prepared=prep)
     trained.save(tmp_path / "adapter")
     assert trained.mlp[2].out_features == lm.model.config.hidden_size  # one LM vector per chunk

@@ -98,7 +98,7 @@ def prepare(cfg: Config) -> Prepared:
         train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
         val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
         encoder_dim = train["sentence_embedding"].shape[-1]
-    if cfg.train.distill:
+    if cfg.train.distill and cfg.method != "baseline":  # the teacher only ever trains an adapter
         train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
                                     autocast_dtype(cfg, device)))
     return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)

@@ -40,13 +40,51 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
     "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
                            "Control: constant input, 4 vectors (`context`)"),
 }
+# Designs beyond one pooled MiniLM vector, each at k = 8 beside its constant-input control (the same architecture fed
+# the training split's mean input): token-level states pooled by chunks or read by a resampler, the frozen LM as its own
+# encoder, key/value injection, distillation. Each design's learning rate comes from its own search (`lr_group`).
+LM_LAYER = 15  # the frozen LM's encoder layer: the middle of SmolLM2-135M's 30 (not searched)
+DESIGNS: dict[str, tuple[dict, str]] = {
+    "kv": ({"adapter.inject_into": "kv"}, "key/value injection (pooled MiniLM)"),
+    "lmchunks": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks"},
+                 f"the LM's layer-{LM_LAYER} states, 8 chunk means"),
+    "lmchunks-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.inject_into": "kv"},
+                    f"the LM's layer-{LM_LAYER} states, 8 chunk means, key/value injection"),
+    "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
+    "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
+}
+for _name, (_extra, _label) in DESIGNS.items():
+    ARMS[f"{_name}-8"] = ("injection", {"adapter.inject_tokens": 8, **_extra}, None, f"Injection, 8 vectors: {_label}")
+    ARMS[f"{_name}-constant-8"] = ("injection", {"adapter.inject_tokens": 8, **_extra}, "constant",
+                                   f"Control: constant input, 8 vectors: {_label}")
+ARMS["static-8"] = ("prompt", {"adapter.prefix_len": 8}, None, "Static prefix, 8 vectors")
+DESIGN_ARMS = [a for d in DESIGNS for a in (f"{d}-8", f"{d}-constant-8")]
+
+
+def design_of(arm: str) -> str | None:
+    """The design an arm belongs to (its own or its control's), or None for the pooled-MiniLM arms."""
+    return next((d for d in DESIGNS if arm in (f"{d}-8", f"{d}-constant-8")), None)
+
+
+def lr_group(arm: str) -> str:
+    """Whose learning-rate search an arm trains with: its design's, else its method's (prompt, injection)."""
+    return design_of(arm) or ARMS[arm][0]
+
+
+def lr_shape(group: str) -> tuple[str, dict]:
+    """The method and shape a learning-rate search trains: the 4-vector arm of a method, a design's own arm."""
+    if group in DESIGNS:
+        return ARMS[f"{group}-8"][0], ARMS[f"{group}-8"][1]
+    return group, ARMS["static-4" if group == "prompt" else "inject-4"][1]
+
+
 HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
 WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 # Every arm whose encoder reads the preceding text (no `window` or `context` arms): the series trained to convergence.
 PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
-ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS}
+ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"]}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
 IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what

@@ -11,7 +11,8 @@ from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
-from experiments.injection_context.arms import ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, HERE, IGNORED_SETTINGS, SEEDS, TEXT_TOKENS, lr_edge
+from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, DESIGNS, HERE, IGNORED_SETTINGS, SEEDS,
+                                               TEXT_TOKENS, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
@@ -114,9 +115,53 @@ def analyse(corpus: dict) -> dict:
         if "inject-4" in arms:
             sub = {a: arms[a] for a in ("window-4", "inject-4")}
             window["nats_vs_previous"] = seed_interval(lambda m: m["window-4"] - m["inject-4"], sub)
+    designs = analyse_designs(arms, gain)
     return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window,
-            "context": analyse_context(arms), "windows": arms["baseline"].nll.shape[1],
-            "tokens_per_window": float(arms["baseline"].tokens.mean())}
+            "context": analyse_context(arms), "designs": designs, "headline": headline(designs),
+            "windows": arms["baseline"].nll.shape[1], "tokens_per_window": float(arms["baseline"].tokens.mean())}
+
+
+# (design, its arm, its constant-input control) for the designs table: the pooled MiniLM vector at every k, then the
+# designs that arms.DESIGNS adds at k = 8
+DESIGN_ROWS = [("pooled MiniLM", f"inject-{k}", f"constant-{k}") for k in (1, 2, 4, 8)] + \
+    [(d, f"{d}-8", f"{d}-constant-8") for d in DESIGNS]
+INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
+
+
+def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
+    """Each design's share of the text gain, its content share (its share minus its constant-input control's, paired),
+    and its difference from the pooled MiniLM design at the same k."""
+    full = f"text-{max(TEXT_TOKENS)}"
+    out = {}
+    for design, arm, control in DESIGN_ROWS:
+        if arm not in arms:
+            continue
+        k = ARMS[arm][1]["adapter.inject_tokens"]
+        sub = {"baseline": arms["baseline"], full: arms[full], arm: arms[arm]}
+        row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds,
+               "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[arm]) / gain(m), sub)}
+        if control in arms:
+            both = {**sub, control: arms[control]}
+            row["control_seeds"] = arms[control].seeds
+            row["content_share"] = seed_interval(lambda m: (m[control] - m[arm]) / gain(m), both)
+            row["content_nats"] = seed_interval(lambda m: m[arm] - m[control], both)
+        pooled = f"inject-{k}"
+        if arm != pooled and pooled in arms:
+            row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
+        out[arm] = row
+    return out
+
+
+def headline(designs: dict) -> dict | None:
+    """The best design at k <= 8 (the highest mean share of the text gain), as results.json's headline block."""
+    if not designs:
+        return None
+    best = max(designs.values(), key=lambda r: r["share_of_text_gain"][0])
+    content = best.get("content_share")
+    return {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
+            "share_of_text_gain": list(best["share_of_text_gain"]),
+            "content_share": list(content) if content is not None else None,
+            "interval": INTERVAL_METHOD + ("" if content is not None else "; content_share: its constant-input control has not run")}
 
 
 def analyse_context(arms: dict[str, PerWindow]) -> dict:
@@ -345,6 +390,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                       "are the same.)", ""]
         if a["context"]:
             lines += context_table(a["context"], arms)
+        if any(r["arm"] in DESIGN_ROWS_NEW for r in a["designs"].values()):
+            lines += designs_table(a["designs"], arms)
         if a["pairs"]:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]
@@ -362,6 +409,34 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += [f"Arms not run on {name}: {', '.join(absent)} (`--arms` names the arms to run).", ""]
     lines += ["![compression curve](compression.png)", ""]
     return "\n".join(lines)
+
+
+DESIGN_ROWS_NEW = {arm for _, arm, _ in DESIGN_ROWS if not arm.startswith("inject-")}
+
+
+def designs_table(designs: dict, arms: dict) -> list[str]:
+    """(f): the designs against one another, their controls and the pooled MiniLM vector."""
+    lines = ["### (f) Designs: what makes the vectors carry the text", "",
+             "Each design's share of the text gain, and its *content share*: its share minus that of its constant-input "
+             "control (the same architecture and learning rate, fed the training split's mean input), paired by seed and "
+             "window. Each design's learning rate is its own search's (the table of learning rates above); its control "
+             "trains at that rate. Targets: a share of at least 70% at 8 vectors, a content share of at least 25 points.", "",
+             "| Design | k | Seeds (control) | Share of text gain | Content share | Verdict on content | Δ NLL vs pooled MiniLM, same k | Verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, r in designs.items():
+        content = r.get("content_share")
+        content_cell = "control not run" if content is None else ci(content, 1, 100, sign=True) + " pts"
+        content_verdict_ = "-" if content is None else claim(r["content_nats"], "content helps", "worse than its control")
+        vs = r.get("vs_pooled_nats")
+        vs_cell = "-" if vs is None else ci(vs, 4, sign=True)
+        vs_verdict = "-" if vs is None else claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM")
+        lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}) | "
+                     f"{ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | {content_verdict_} | {vs_cell} | {vs_verdict} |")
+    head = headline(designs)
+    lines += ["", f"Best design at k <= 8 by mean share (results.json's `headline`): {head['design']} (`{head['arm']}`), "
+              f"{head['seeds']} seed(s). Designs are screened on one epoch before the best is trained to early stopping; "
+              "with fewer than 5 seeds no row above has a verdict.", ""]
+    return lines
 
 
 def lr_check_table(checks: list[dict], arms: dict) -> list[str]:

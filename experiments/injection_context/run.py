@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
-                                               TEXT_TOKENS, WINDOW, lr_edge)
+                                               TEXT_TOKENS, WINDOW, lr_edge, lr_group, lr_shape)
 from experiments.injection_context.report import write_report
 
 # ---------------------------------------------------------------- data: train / validation / test
@@ -204,8 +204,9 @@ def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = f
 
 # ---------------------------------------------------------------- learning rates, chosen by embinject.tune
 
-def lr_search(args, method: str, data_dir: Path, runs: Path, name: str, extra: list[str] = ()) -> dict:
-    """Run lr_search.yaml through embinject.tune on the validation split; returns the search's outcome."""
+def lr_search(args, group: str, data_dir: Path, runs: Path, name: str, extra: list[str] = ()) -> dict:
+    """Run lr_search.yaml through embinject.tune on the validation split for a method's or a design's arm
+    (`arms.lr_shape`); returns the search's outcome."""
     import yaml
 
     from embinject.fsutil import atomic_write_text
@@ -215,8 +216,8 @@ def lr_search(args, method: str, data_dir: Path, runs: Path, name: str, extra: l
     raw = yaml.safe_load(Path(args.config).read_text())
     for section, values in yaml.safe_load((HERE / "lr_search.yaml").read_text()).items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) and section in raw else values
-    shape = ARMS["static-4" if method == "prompt" else "inject-4"][1]
-    file = runs / f"lr_search_{method}.yaml"
+    method, shape = lr_shape(group)
+    file = runs / f"lr_search_{group}.yaml"
     atomic_write_text(file, yaml.safe_dump(raw, sort_keys=False))
     search = load_search_file(file, base_overrides(args, data_dir, search=True) + [
         f"method={method}", *[f"{k}={v}" for k, v in shape.items()], f"tune.name={name}",
@@ -245,35 +246,36 @@ def lr_source(args, runs: Path, method: str) -> Path:
     return source
 
 
-def learning_rate(args, method: str, data_dir: Path, runs: Path) -> float:
-    """The best learning rate of a small search over the validation split (recorded, so it runs once)."""
+def learning_rate(args, group: str, data_dir: Path, runs: Path) -> float:
+    """The best learning rate of a small search over the validation split for a method or a design (recorded, so it
+    runs once)."""
     from embinject.fsutil import atomic_write_text
 
-    record = runs / f"lr_search_{method}.json"
+    record = runs / f"lr_search_{group}.json"
     if not record.is_file() and args.lr_from:  # another series' search, copied so this series' records say where it came from
-        source = lr_source(args, runs, method)
+        source = lr_source(args, runs, group)
         atomic_write_text(record, json.dumps({**json.loads(source.read_text()), "from": os.path.relpath(source, args.out)}, indent=1))
     if record.is_file():
         return json.loads(record.read_text())["lr"]
-    outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}")
+    outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
     lr = float(outcome["best"]["train.lr"])
-    atomic_write_text(record, json.dumps({"method": method, "lr": lr, "trials": searched_trials(outcome)}, indent=1))
+    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": searched_trials(outcome)}, indent=1))
     return lr
 
 
-def bracket(args, method: str, data_dir: Path, runs: Path) -> None:
+def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
     """When the chosen learning rate is the largest (smallest) the search tried, train one more full-epoch trial at
     twice (half) that rate, so the record says whether the optimum was bracketed. The chosen rate stays what the
     arms were trained with; the report shows the check's outcome."""
     from embinject.fsutil import atomic_write_text
 
-    path = runs / f"lr_search_{method}.json"
+    path = runs / f"lr_search_{group}.json"
     record = json.loads(path.read_text())
     edge = lr_edge(record)
     if "bracket" in record or edge is None:
         return
     lr = record["lr"] * (2 if edge == "largest" else 0.5)
-    outcome = lr_search(args, method, data_dir, runs, f"lr-{runs.name}-{method}-bracket",
+    outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}-bracket",
                         ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none"])
     record["bracket"] = searched_trials(outcome)
     atomic_write_text(path, json.dumps(record, indent=1))
@@ -295,7 +297,7 @@ def lr_check_path(out: Path, corpus: str, arm: str, lr: float) -> Path:
 def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
     """--lr-check: each method's 4-vector arm, seed 0, at half and twice its rate (two significant digits), so a
     series trained longer than its learning-rate search says whether the searched rate still suits that budget."""
-    return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() for f in (0.5, 2)]
+    return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() if m in LR_CHECK_ARMS for f in (0.5, 2)]
 
 
 
@@ -315,7 +317,7 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
             if not path.is_file():
                 continue
             if wanted is None:
-                wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[ARMS[arm][0]])))
+                wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
             had = flatten(json.loads(path.read_text())["config"])
             for key in sorted(set(wanted) | set(had)):
                 if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
@@ -366,13 +368,13 @@ def drive(args) -> int:
     data_dir, _ = study_data(args.data)
     runs = args.out / "runs" / args.data.name
     arms = ARM_SETS.get(args.arms[0], args.arms) if len(args.arms) == 1 else args.arms
-    methods = list(dict.fromkeys(ARMS[a][0] for a in arms))
+    groups = list(dict.fromkeys(lr_group(a) for a in arms))  # a method's or a design's learning-rate search
     if args.lr_from:  # before anything is written under --out
-        for m in methods:
-            if not (runs / f"lr_search_{m}.json").is_file():
-                lr_source(args, runs, m)
+        for g in groups:
+            if not (runs / f"lr_search_{g}.json").is_file():
+                lr_source(args, runs, g)
     runs.mkdir(parents=True, exist_ok=True)
-    lrs = {m: learning_rate(args, m, data_dir, runs) for m in methods}
+    lrs = {g: learning_rate(args, g, data_dir, runs) for g in groups}
     for m in lrs:
         bracket(args, m, data_dir, runs)
     check_records_match(args, runs, arms, data_dir, lrs)
@@ -397,7 +399,7 @@ def drive(args) -> int:
             if missing_references(runs):  # another process may have written them meanwhile
                 spawn(args, "reference")
             return
-        if spawn(args, arm, seed, lrs[ARMS[arm][0]]) == 0 and args.mlflow:
+        if spawn(args, arm, seed, lrs[lr_group(arm)]) == 0 and args.mlflow:
             r = json.loads(record_path(runs, arm, seed).read_text())
             log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",
                        {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},
