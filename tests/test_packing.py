@@ -16,7 +16,8 @@ from .test_tune import _results, _without_redelivery, run_tune, write_search
 
 MIXED = [["method=prompt", "adapter.prefix_len=3"], ["method=prefix", "adapter.prefix_len=5"],
          ["method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=2", "adapter.mlp_width=16"],
-         ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"], ["method=prompt", "adapter.prefix_len=7"]]
+         ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"], ["method=prompt", "adapter.prefix_len=7"],
+         ["method=injection", "adapter.prefix_len=1", "adapter.inject_tokens=3", "adapter.mlp_width=16", "adapter.inject_into=kv"]]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -114,7 +115,7 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
 
 @pytest.mark.parametrize("raw, reason", [
     ({"method": "lora"}, "LoRA changes the frozen LM's own layers"),
-    ({"adapter": {"inject_into": "kv"}}, "a key/value injection makes each window its own per-layer prefix"),
+    ({"adapter": {"inject_into": "kv"}}, None),
     ({"method": "prompt", "adapter": {"embed_source": "previous"}, "train": {"distill": 1.0}}, "a packed step scores the NLL alone"),
     ({"method": "injection"}, None),
 ])

@@ -119,6 +119,12 @@ class AdapterMethod(nn.Module):
         pad it beside other trials' prefixes)."""
         return None
 
+    def prefix_kv_rows(self, batch: dict) -> torch.Tensor | None:
+        """The per-layer key/value prefix of each row of the batch, [L, 2, B, H, P, hd] (packed steps pad it beside
+        other trials' prefixes): `prefix_kv` for every row, unless a method makes one per window."""
+        kv = self.prefix_kv()
+        return None if kv is None else kv.unsqueeze(2).expand(-1, -1, batch["input_ids"].shape[0], -1, -1, -1)
+
     def activation_hooks(self) -> contextlib.AbstractContextManager:
         """Active around a forward pass that includes the prefix positions (deep prompts change
         the LM's activations there); nothing by default."""

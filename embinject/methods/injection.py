@@ -62,13 +62,17 @@ class Injection(AdapterMethod):
         injected = self.injected(batch)
         return injected if static is None else torch.cat([static, injected], dim=1)
 
-    def past_key_values(self, batch: dict):
+    def prefix_kv_rows(self, batch: dict) -> torch.Tensor | None:
+        """Each window's keys and values, [L, 2, B, H, k, hd]: the base plus what the head makes of the window's text."""
         if self.kv_head is None:
             return None
         L, H, hd = self.kv_shape
         made = self.kv_head(self.injected(batch))  # [B, k, L*2*H*hd]
-        kv = self.kv_base.unsqueeze(2) + made.view(*made.shape[:2], L, 2, H, hd).permute(2, 3, 0, 4, 1, 5)
-        return kv_cache(kv, self.lm)  # kv: [L, 2, B, H, k, hd]
+        return self.kv_base.unsqueeze(2) + made.view(*made.shape[:2], L, 2, H, hd).permute(2, 3, 0, 4, 1, 5)
+
+    def past_key_values(self, batch: dict):
+        kv = self.prefix_kv_rows(batch)
+        return None if kv is None else kv_cache(kv, self.lm)
 
 
 class Resampler(nn.Module):

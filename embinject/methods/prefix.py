@@ -74,8 +74,7 @@ class Prefix(AdapterMethod):
         return self.kv + flat.view(-1, L, 2, H, hd).permute(1, 2, 3, 0, 4)
 
     def past_key_values(self, batch: dict):
-        kv = self.prefix_kv()
-        return kv_cache(kv.unsqueeze(2).expand(-1, -1, batch["input_ids"].shape[0], -1, -1, -1), self.lm)
+        return kv_cache(self.prefix_kv_rows(batch), self.lm)
 
 
 def mix_prefixes(a: Prefix, b: Prefix, alpha: float) -> Prefix:

@@ -33,8 +33,6 @@ def unpackable_reason(cfg: Config) -> str | None:
         return "the baseline trains nothing"
     if cfg.adapter.deep_layers:
         return "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
-    if cfg.method == "injection" and cfg.adapter.inject_into == "kv":
-        return "a key/value injection makes each window its own per-layer prefix (packed steps share one per trial)"
     if cfg.train.distill:
         return "a packed step scores the NLL alone (train.distill adds the teacher's term per trial)"
     return None
@@ -79,21 +77,21 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
         n_prefix = 0 if prefix is None else prefix.shape[1]
         if prefix is not None:
             embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-        parts.append((embeds, n_prefix, method.prefix_kv(), batch["labels"]))
+        parts.append((embeds, n_prefix, method.prefix_kv_rows(batch), batch["labels"]))  # kv: [L, 2, b, H, P, hd]
     S = max(e.shape[1] for e, _, _, _ in parts)
-    n_cache = max((kv.shape[3] for _, _, kv, _ in parts if kv is not None), default=0)
+    n_cache = max((kv.shape[4] for _, _, kv, _ in parts if kv is not None), default=0)
     B = sum(e.shape[0] for e, _, _, _ in parts)
     inputs = embeds.new_zeros(B, S, embeds.shape[2])
     positions = torch.zeros(B, S, dtype=torch.long, device=device)
     valid = torch.zeros(B, n_cache + S, dtype=torch.bool, device=device)
     kv_rows = None
     if n_cache:
-        L, _, H, _, hd = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, H, P, hd]
+        L, _, _, H, _, hd = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, b, H, P, hd]
         kv_rows = []
     row = 0
     for embeds_i, _, kv, _ in parts:
         b, s = embeds_i.shape[:2]
-        n_kv = 0 if kv is None else kv.shape[3]
+        n_kv = 0 if kv is None else kv.shape[4]
         inputs[row : row + b, S - s :] = embeds_i  # left padding keeps every row's tokens at the end
         positions[row : row + b, S - s :] = torch.arange(n_kv, n_kv + s, device=device)
         valid[row : row + b, n_cache + S - s :] = True
@@ -101,8 +99,7 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
         if kv_rows is not None:
             block = torch.zeros(L, 2, b, H, n_cache, hd, dtype=dtype, device=device)
             if kv is not None:
-                block = torch.cat([block[..., : n_cache - n_kv, :],
-                                   kv.to(dtype).unsqueeze(2).expand(-1, -1, b, -1, -1, -1)], dim=4)
+                block = torch.cat([block[..., : n_cache - n_kv, :], kv.to(dtype)], dim=4)
             kv_rows.append(block)
         row += b
     cache = None

@@ -83,7 +83,9 @@ WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 # Every arm whose encoder reads the preceding text (no `window` or `context` arms): the series trained to convergence.
-PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
+# The designs are screened on one epoch first; the best of them is trained to early stopping once chosen.
+PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"
+            and a not in DESIGN_ARMS + ["static-8"]]
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"]}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
