@@ -83,7 +83,11 @@ class _Reached(Exception):
 class LMHiddenEncoder:
     """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
     input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
-    reaches the LM head (both would be wasted work: the head alone is a 49k-wide product per token)."""
+    reaches the LM head (both would be wasted work: the head alone is a 49k-wide product per token).
+
+    Each token's state is divided by its root mean square, as the LM's own layers normalise what they read: a
+    residual stream is not to scale (in SmolLM2-135M at layer 15 the first token's state reaches 22,000 where the
+    others stay near 100), and a chunk mean over raw states is that one token."""
 
     def __init__(self, lm, layer: int, batch_size: int = 32):
         layers = lm.config.num_hidden_layers
@@ -117,7 +121,8 @@ class LMHiddenEncoder:
         device = self.lm.get_input_embeddings().weight.device
         out = []
         for i in range(0, ids.shape[0], self.batch_size):
-            out += list(self._hidden(ids[i : i + self.batch_size].to(device)).float().cpu())
+            h = self._hidden(ids[i : i + self.batch_size].to(device)).float()
+            out += list((h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).cpu())
         return out
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -208,7 +213,9 @@ def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "
     pooled = "|tokens" if chunks < 0 else f"|chunks={chunks}" if chunks else ""
     if spec == "fourier":
         return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
-    if spec == "lm-mean" or lm_hidden_layer(spec) is not None:
+    if lm_hidden_layer(spec) is not None:
+        return f"{spec}:{model_name}:rms{pooled}"  # :rms: token states normalised (earlier caches held raw ones)
+    if spec == "lm-mean":
         return f"{spec}:{model_name}{pooled}"
     return f"st:{spec}{pooled}"
 
