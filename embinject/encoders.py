@@ -85,9 +85,9 @@ class LMHiddenEncoder:
     input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
     reaches the LM head (both would be wasted work: the head alone is a 49k-wide product per token).
 
-    Each token's state is divided by its root mean square, as the LM's own layers normalise what they read: a
-    residual stream is not to scale (in SmolLM2-135M at layer 15 the first token's state reaches 22,000 where the
-    others stay near 100), and a chunk mean over raw states is that one token."""
+    Each token's state is scaled to unit length, as the LM's own layers normalise what they read and as sentence
+    encoders give their vectors: a residual stream is not to scale (in SmolLM2-135M at layer 15 the first token's
+    state reaches 22,000 where the others stay near 100), and a chunk mean over raw states is that one token."""
 
     def __init__(self, lm, layer: int, batch_size: int = 32):
         layers = lm.config.num_hidden_layers
@@ -122,7 +122,7 @@ class LMHiddenEncoder:
         out = []
         for i in range(0, ids.shape[0], self.batch_size):
             h = self._hidden(ids[i : i + self.batch_size].to(device)).float()
-            out += list((h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).cpu())
+            out += list(torch.nn.functional.normalize(h, dim=-1).cpu())
         return out
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "
     if spec == "fourier":
         return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
     if lm_hidden_layer(spec) is not None:
-        return f"{spec}:{model_name}:rms{pooled}"  # :rms: token states normalised (earlier caches held raw ones)
+        return f"{spec}:{model_name}:unit{pooled}"  # :unit: token states of unit length (earlier caches held raw ones)
     if spec == "lm-mean":
         return f"{spec}:{model_name}{pooled}"
     return f"st:{spec}{pooled}"
