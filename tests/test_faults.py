@@ -272,6 +272,22 @@ def test_truncated_cache_entries_are_named_deleted_and_rebuilt(tmp_path, tiny_ov
         assert p.is_file() and (p.suffix != ".json" or json.loads(p.read_text()))
 
 
+def test_a_cache_entry_over_the_bound_is_computed_not_kept_and_says_so(tmp_path, monkeypatch, capfd):
+    import torch
+
+    from embinject import fsutil
+    from embinject.encoders import cached_embeddings
+
+    monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fsutil, "MAX_CACHED_BYTES", 1000)
+    ids = torch.arange(64).view(4, 16)
+    made = cached_embeddings("fourier:test", ids, lambda: type("E", (), {"encode": lambda self, x: torch.ones(4, 100)})())
+    assert made.shape == (4, 100)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: fourier:test embeddings of 0.0 GiB not kept in ") and "every process computes them" in err[0]
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))  # nothing kept, nothing half-written
+
+
 @pytest.fixture
 def saved_adapters(tmp_path, tiny_overrides):
     out = {}

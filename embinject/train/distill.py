@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from safetensors.torch import load_file
 
-from ..errors import first_line
-from ..fsutil import atomic_save_tensors, discard_corrupt
+from ..fsutil import cached_tensors
 from ..models import cache_dir
 
 TEACHER_INDEX, TEACHER_LOGP = "teacher_index", "teacher_logp"  # batch keys: [B, T-1, k] int32 and float16
@@ -46,17 +44,9 @@ def cached_teacher(lm, model_path: str, previous: torch.Tensor, tokens: torch.Te
     h.update(previous.to(torch.int64).contiguous().numpy().tobytes())
     h.update(tokens.to(torch.int64).contiguous().numpy().tobytes())
     file = cache_dir("teacher") / f"{h.hexdigest()[:24]}.safetensors"
-    if file.is_file():
-        try:
-            kept = load_file(str(file))
-            if kept[TEACHER_INDEX].shape == (tokens.shape[0], tokens.shape[1] - 1, k):
-                return kept
-            raise ValueError(f"shape {list(kept[TEACHER_INDEX].shape)}")
-        except Exception as exc:  # truncated or foreign: rebuild it
-            discard_corrupt(file, first_line(exc))
-    made = teacher_top_k(lm, previous, tokens, k, device, amp)
-    atomic_save_tensors(made, file)
-    return made
+    expected = (tokens.shape[0], tokens.shape[1] - 1, k)
+    shape = lambda t: None if tuple(t[TEACHER_INDEX].shape) == expected else f"shape {list(t[TEACHER_INDEX].shape)}"  # noqa: E731
+    return cached_tensors(file, lambda: teacher_top_k(lm, previous, tokens, k, device, amp), shape, "the teacher's top-k")
 
 
 def distill_kl(logits: torch.Tensor, index: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, DESIGNS, HERE, IGNORED_SETTINGS, SEEDS,
-                                               TEXT_TOKENS, lr_edge)
+                                               TEXT_TOKENS, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
@@ -390,7 +390,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                       "are the same.)", ""]
         if a["context"]:
             lines += context_table(a["context"], arms)
-        if any(r["arm"] in DESIGN_ROWS_NEW for r in a["designs"].values()):
+        if any(design_of(arm) for arm in a["designs"]):
             lines += designs_table(a["designs"], arms)
         if a["pairs"]:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
@@ -409,9 +409,6 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += [f"Arms not run on {name}: {', '.join(absent)} (`--arms` names the arms to run).", ""]
     lines += ["![compression curve](compression.png)", ""]
     return "\n".join(lines)
-
-
-DESIGN_ROWS_NEW = {arm for _, arm, _ in DESIGN_ROWS if not arm.startswith("inject-")}
 
 
 def designs_table(designs: dict, arms: dict) -> list[str]:
