@@ -122,7 +122,8 @@ class LoadedAdapter:
     def _encoder_for_generation(self):
         if self._encoder is None:
             a = self.cfg.adapter
-            self._encoder = load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
+            # an adapter that trained its encoder (adapter.encoder_rank) carries it; others load the frozen one
+            self._encoder = getattr(self.method, "text_encoder", None) or load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
                                          a.fourier_features, self.device, pooling_chunks(a))
         return self._encoder
 

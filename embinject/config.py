@@ -58,6 +58,10 @@ class AdapterConfig:
     # injection: the MLP's vectors enter as input vectors in front of the window (input), or each becomes every
     # layer's key/value prefix position through a linear head (kv: the deep-prefix path, made from the text)
     inject_into: str = choice("input", "kv", default="input")
+    # injection with embedding_model lm-hidden:N: LoRA of this rank (scale lora_alpha / rank, on target_modules) in the
+    # LM's first N layers, on the pass that encodes the text only, trained with the MLP; the states are then computed
+    # every step rather than cached (0: the frozen LM's states, cached)
+    encoder_rank: int = number(0, min=0)
     context_tokens: int = number(16, min=1)
     init: str = choice(*INITS, default="vocab")
     init_text: str = "Continue the text:"
@@ -133,6 +137,18 @@ class Config:
         if self.method == "injection" and a.inject_into == "kv" and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
                               "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
+        if a.encoder_rank and self.method not in ("injection", "baseline"):
+            raise ConfigError(f"adapter.encoder_rank: LoRA on the injection encoder's pass, not a setting of {self.method}")
+        if a.encoder_rank and self.method == "injection":
+            layer = a.embedding_model.removeprefix("lm-hidden:")
+            if not a.embedding_model.startswith("lm-hidden:") or not layer.isdigit() or int(layer) < 1:
+                raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
+                                  f"lm-hidden:N with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
+            if a.pooling == "resampler":
+                raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean or chunks, not resampler")
+            if self.train.gradient_checkpointing:
+                raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
+                                  "encoder pass would run without its LoRA)")
         if a.inject_into != "input" and self.method not in ("injection", "baseline"):
             raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
         if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):

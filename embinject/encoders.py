@@ -74,6 +74,35 @@ class _Reached(Exception):
         self.hidden = hidden
 
 
+def check_lm_layer(lm, layer: int) -> None:
+    layers = lm.config.num_hidden_layers
+    if not 0 <= layer <= layers:
+        raise ConfigError(f"adapter.embedding_model: lm-hidden:{layer} is not a layer of this model (0 to {layers})")
+
+
+def lm_layer_states(lm, layer: int, ids: torch.Tensor) -> torch.Tensor:
+    """The LM's hidden states after `layer` over `ids` ([B, T, D]; 0: the input embeddings), from a pass that stops
+    there: neither the later layers nor the LM head (a 49k-wide product per token) run."""
+    decoder = lm.get_decoder()
+    blocks = getattr(decoder, "layers", None)
+    if layer == 0:
+        return lm.get_input_embeddings()(ids)
+    if blocks is None or layer == len(blocks):  # the last layer's states are given after the final norm
+        return decoder(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[layer]
+
+    def stop(module, args, output):
+        raise _Reached(output[0] if isinstance(output, tuple) else output)
+
+    handle = blocks[layer - 1].register_forward_hook(stop)
+    try:
+        decoder(input_ids=ids, use_cache=False)
+    except _Reached as reached:
+        return reached.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"lm-hidden:{layer}: layer {layer} never ran")
+
+
 class LMHiddenEncoder:
     """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
     input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
@@ -84,38 +113,16 @@ class LMHiddenEncoder:
     state reaches 22,000 where the others stay near 100), and a chunk mean over raw states is that one token."""
 
     def __init__(self, lm, layer: int, batch_size: int = 32):
-        layers = lm.config.num_hidden_layers
-        if not 0 <= layer <= layers:
-            raise ConfigError(f"adapter.embedding_model: lm-hidden:{layer} is not a layer of this model (0 to {layers})")
+        check_lm_layer(lm, layer)
         self.lm, self.layer, self.batch_size = lm, layer, batch_size
         self.dim = lm.get_input_embeddings().weight.shape[1]
-
-    def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        decoder = self.lm.get_decoder()
-        blocks = getattr(decoder, "layers", None)
-        if self.layer == 0:
-            return self.lm.get_input_embeddings()(ids)
-        if blocks is None or self.layer == len(blocks):  # the last layer's states are given after the final norm
-            return decoder(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[self.layer]
-
-        def stop(module, args, output):
-            raise _Reached(output[0] if isinstance(output, tuple) else output)
-
-        handle = blocks[self.layer - 1].register_forward_hook(stop)
-        try:
-            decoder(input_ids=ids, use_cache=False)
-        except _Reached as reached:
-            return reached.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError(f"lm-hidden:{self.layer}: layer {self.layer} never ran")
 
     @torch.no_grad()
     def token_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         device = self.lm.get_input_embeddings().weight.device
         out = []
         for i in range(0, ids.shape[0], self.batch_size):
-            h = self._hidden(ids[i : i + self.batch_size].to(device)).float()
+            h = lm_layer_states(self.lm, self.layer, ids[i : i + self.batch_size].to(device)).float()
             out += list(torch.nn.functional.normalize(h, dim=-1).cpu())
         return out
 

@@ -34,6 +34,10 @@ def test_defaults_are_valid():
     ({"adapter": {"inject_into": "kv"}, "train": {"gradient_checkpointing": True}},
      "train.gradient_checkpointing: not available with adapter.inject_into: kv"),
     ({"train": {"distill": 1.0}}, "train.distill: the teacher is the frozen LM reading the text before each window"),
+    ({"adapter": {"encoder_rank": 4}}, "adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: lm-hidden:N"),
+    ({"adapter": {"encoder_rank": 4, "embedding_model": "lm-hidden:0"}}, "adapter.encoder_rank: trains the LM as its own encoder"),
+    ({"method": "prompt", "adapter": {"encoder_rank": 4}}, "adapter.encoder_rank: LoRA on the injection encoder's pass, not a setting of prompt"),
+    ({"adapter": {"encoder_rank": 4, "embedding_model": "lm-hidden:2", "pooling": "resampler"}}, "adapter.encoder_rank: takes adapter.pooling mean or chunks"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:

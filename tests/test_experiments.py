@@ -121,8 +121,13 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
             "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16",
             "--set", "tune.num_samples=2", "--set", "tune.scheduler.max_t=2", "--set", "tune.scheduler.grace_period=1",
             "--set", "tune.storage_path=" + str(tmp_path / "tune")]
-    assert study.main(argv) == 0
     runs = out / "runs" / "fineweb_edu_sample"
+    runs.mkdir(parents=True)
+    for method, lr in (("prompt", 0.01), ("injection", 0.005)):  # recorded searches are not run again: kv's runs
+        trials = [{"lr": lr, "val_perplexity": 900.0, "steps": 2}, {"lr": 3 * lr, "val_perplexity": 950.0, "steps": 1}]
+        (runs / f"lr_search_{method}.json").write_text(json.dumps(
+            {"method": method, "lr": lr, "trials": trials, "bracket": [{"lr": lr / 2, "val_perplexity": 920.0, "steps": 2}]}))
+    assert study.main(argv) == 0
     records = [json.loads(f.read_text()) for f in runs.glob("*.json") if not f.name.startswith("lr_search_")]
     assert len(records) == 6 + 9  # 6 arms x 1 seed, baseline + 7 text lengths + the `context` arms' baseline
     context = {"context-4", "baseline-context"}  # scored on the tokens after the window's first 8
@@ -132,10 +137,10 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert sum(context_tokens.pop()) < sum(main_tokens.pop())
     searches = [json.loads(f.read_text()) for f in runs.glob("lr_search_*.json")]
     assert {s["method"] for s in searches} == {"prompt", "injection", "kv"}  # a design has its own search
-    for s in searches:  # two trials each, so the chosen rate is at an edge and one more trial checks beyond it
-        tried = [t["lr"] for t in s["trials"]]
-        beyond = 2 * s["lr"] if s["lr"] == max(tried) else s["lr"] / 2
-        assert [round(t["lr"] / beyond, 9) for t in s["bracket"]] == [1.0]
+    kv_search = next(s for s in searches if s["method"] == "kv")  # the one this call ran, through embinject.tune
+    tried = [t["lr"] for t in kv_search["trials"]]  # two trials, so the chosen rate is at an edge and one more
+    beyond = 2 * kv_search["lr"] if kv_search["lr"] == max(tried) else kv_search["lr"] / 2  # trial checks beyond it
+    assert len(tried) == 2 and [round(t["lr"] / beyond, 9) for t in kv_search["bracket"]] == [1.0]
     text = (out / "RESULTS.md").read_text()
     for heading in ("### (a) The compression curve", "### (b) What is specific to the embedding's content",
                     "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode", "| bracket check |",

@@ -580,6 +580,52 @@ def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_ov
     assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=2)) == 1
 
 
+def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overrides, tmp_path):
+    """`adapter.encoder_rank`: LoRA in the LM's first N layers, on the pass that encodes the text only. It starts as the
+    frozen `lm-hidden:N` chunk means and training moves them; a pass in another thread while the updates are on sees
+    the frozen LM, and the scoring pass reads only the injected vectors; saved, loaded, and generating from a context
+    through the trained encoder."""
+    import threading
+
+    from embinject.adapters import load_adapter
+    from embinject.encoders import lm_layer_states, load_encoder
+
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.embedding_model=lm-hidden:2", "adapter.pooling=chunks",
+                  "adapter.encoder_rank=4", "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous",
+                  "train.lr=0.02")
+    prep = prepare(cfg)
+    lm = prep.lm
+    assert "sentence_embedding" not in prep.train and prep.encoder_dim == lm.model.config.hidden_size
+    ids = prep.val["encoder_ids"][:3]
+    frozen = load_encoder("lm-hidden:2", lm.model, lm.tokenizer, lm.path, chunks=2).encode(ids)
+    fresh = build_method(cfg, lm.model, prep.encoder_dim, lm.tokenizer)
+    assert torch.allclose(fresh.text_encoder.encode(ids), frozen, atol=1e-5)  # B = 0: the frozen encoder
+    result, trained = train(cfg, prepared=prep)
+    encoder = trained.text_encoder
+    assert not torch.allclose(encoder.encode(ids), frozen, atol=1e-4)  # trained: the LM now encodes differently
+    with torch.no_grad():
+        with encoder._updates():
+            inside = lm_layer_states(lm.model, 2, ids)
+            elsewhere = []
+            worker = threading.Thread(target=lambda: elsewhere.append(lm_layer_states(lm.model, 2, ids)))
+            worker.start()
+            worker.join()
+        outside = lm_layer_states(lm.model, 2, ids)
+        assert not torch.allclose(inside, outside) and torch.equal(elsewhere[0], outside)
+        batch = {"input_ids": prep.val["input_ids"][:3], "labels": prep.val["labels"][:3], "encoder_ids": ids}
+        given = {**batch, "sentence_embedding": encoder(ids)}  # the same vectors, handed over: the same score
+        assert torch.allclose(trained.nll(batch)[0], trained.nll(given)[0], rtol=1e-6)
+    trained.save(tmp_path / "adapter")
+    loaded = load_adapter(str(tmp_path / "adapter"))
+    assert loaded.method.text_encoder is not None and torch.allclose(loaded.method.text_encoder.encode(ids), encoder.encode(ids))
+    scored = perplexity(loaded.method, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu"))
+    assert scored == pytest.approx(result["val_perplexity"], rel=1e-5)
+    context = "of the city and its people"
+    context_ids = torch.tensor([lm.tokenizer(context, add_special_tokens=False)["input_ids"]])
+    assert torch.allclose(loaded.sentence_embeddings([[5, 6]], [context]), encoder.encode(context_ids), atol=1e-6)
+    assert len(loaded.generate(["The history"], [context], max_new_tokens=3)) == 1
+
+
 def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towards_it(tiny_overrides):
     """`train.distill`: the teacher's top-k is the frozen LM's own distribution with the preceding text read as
     tokens (kept on disk, read back the same); the coarsened KL equals the full KL when k is the vocabulary and bounds

@@ -17,7 +17,9 @@ from .test_tune import _results, _without_redelivery, run_tune, write_search
 MIXED = [["method=prompt", "adapter.prefix_len=3"], ["method=prefix", "adapter.prefix_len=5"],
          ["method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=2", "adapter.mlp_width=16"],
          ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"], ["method=prompt", "adapter.prefix_len=7"],
-         ["method=injection", "adapter.prefix_len=1", "adapter.inject_tokens=3", "adapter.mlp_width=16", "adapter.inject_into=kv"]]
+         ["method=injection", "adapter.prefix_len=1", "adapter.inject_tokens=3", "adapter.mlp_width=16", "adapter.inject_into=kv"],
+         ["method=injection", "adapter.prefix_len=0", "adapter.inject_tokens=2", "adapter.mlp_width=16",
+          "adapter.embedding_model=lm-hidden:1", "adapter.pooling=chunks", "adapter.encoder_rank=2"]]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -26,11 +28,19 @@ def test_a_packed_step_gives_every_member_its_solo_gradient(tiny_model, attentio
     lm.model.config._attn_implementation = attention
     members = []
     for i, spec in enumerate(MIXED):
-        method = build_method(load_config(None, [f"model={tiny_model}", f"train.seed={i}"] + spec), lm.model, 12, lm.tokenizer)
+        cfg = load_config(None, [f"model={tiny_model}", f"train.seed={i}"] + spec)
+        trained_encoder = cfg.adapter.encoder_rank > 0  # reads the text's ids through the LM itself, with LoRA
+        method = build_method(cfg, lm.model, lm.model.config.hidden_size if trained_encoder else 12, lm.tokenizer)
         ids = torch.randint(0, 500, (3, 16), generator=torch.Generator().manual_seed(i))
         labels = ids.clone()
         labels[:, :4] = -100
-        members.append((method, {"input_ids": ids, "labels": labels, "sentence_embedding": torch.randn(3, 12)}))
+        batch = {"input_ids": ids, "labels": labels, "sentence_embedding": torch.randn(3, 12)}
+        if trained_encoder:
+            with torch.no_grad():  # B away from zero, so that A has a gradient too
+                for up in method.text_encoder.up.values():
+                    up.normal_(0, 0.1)
+            batch = {"input_ids": ids, "labels": labels, "encoder_ids": torch.randint(0, 500, (3, 10))}
+        members.append((method, batch))
     packed = packed_nll(members)
     sum(nll / n for nll, n in packed).backward()
     for (method, batch), (nll, n) in zip(members, packed):

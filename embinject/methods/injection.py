@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..encoders import lm_hidden_layer, pooling_chunks
 from .base import AdapterMethod
+from .encoder_lora import EncoderLoRA
 from .prefix import activation_kv, kv_cache, kv_shape
 
 
@@ -38,6 +40,12 @@ class Injection(AdapterMethod):
             width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
             out = a.inject_tokens * d if a.pooling == "mean" else d  # chunks, resampler: one vector out per vector in
             self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
+        # adapter.encoder_rank: the LM encodes the text itself, through LoRA trained with the MLP (batches carry the
+        # text's ids, `encoder_ids`, instead of cached embeddings)
+        self.text_encoder = None
+        if a.encoder_rank:
+            self.text_encoder = EncoderLoRA(lm, lm_hidden_layer(a.embedding_model), a.encoder_rank, a.lora_alpha,
+                                            a.target_modules, pooling_chunks(a), cfg.train.seed)
         self.kv_head = None
         if a.inject_into == "kv":
             L, H, hd = self.kv_shape = kv_shape(lm.config)
@@ -49,7 +57,10 @@ class Injection(AdapterMethod):
 
     def injected(self, batch: dict) -> torch.Tensor:
         """The MLP's k vectors for each window, [B, k, d]."""
-        emb = batch["sentence_embedding"].to(self.mlp[0].weight.dtype)
+        if "sentence_embedding" in batch:  # cached, or a control's, or computed for generation by `text_encoder.encode`
+            emb = batch["sentence_embedding"].to(self.mlp[0].weight.dtype)
+        else:
+            emb = self.text_encoder(batch["encoder_ids"]).to(self.mlp[0].weight.dtype)
         if self.resampler is not None:
             emb = self.resampler(emb)
         return self.mlp(emb).reshape(emb.shape[0], self.inject_tokens, -1)  # [B, (k,) D] -> [B, k, d]

@@ -95,9 +95,13 @@ def prepare(cfg: Config) -> Prepared:
                 encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, chunks))
             return encoder[0]
 
-        train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
-        val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
-        encoder_dim = train["sentence_embedding"].shape[-1]
+        if a.encoder_rank:  # a trained encoder: each step encodes the text anew
+            train["encoder_ids"], val["encoder_ids"] = encoder_ids(train_w, cfg), encoder_ids(val_w, cfg)
+            encoder_dim = lm.model.get_input_embeddings().weight.shape[1]
+        else:
+            train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
+            val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
+            encoder_dim = train["sentence_embedding"].shape[-1]
     if cfg.train.distill and cfg.method != "baseline":  # the teacher only ever trains an adapter
         train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
                                     autocast_dtype(cfg, device)))
