@@ -12,7 +12,7 @@ import torch
 
 from ..config import Config
 from ..data import Windows, build_windows, select_windows
-from ..encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
+from ..encoders import cached_embeddings, check_lm_layer, encoder_key, lm_hidden_layer, load_encoder, pooling_chunks
 from ..errors import ConfigError, first_line
 from ..fsutil import atomic_write_text, discard_corrupt
 from ..methods import REGISTRY
@@ -96,6 +96,7 @@ def prepare(cfg: Config) -> Prepared:
             return encoder[0]
 
         if a.encoder_rank:  # a trained encoder: each step encodes the text anew
+            check_lm_layer(lm.model, lm_hidden_layer(a.embedding_model))  # here, so a search says so before any trial
             train["encoder_ids"], val["encoder_ids"] = encoder_ids(train_w, cfg), encoder_ids(val_w, cfg)
             encoder_dim = lm.model.get_input_embeddings().weight.shape[1]
         else:

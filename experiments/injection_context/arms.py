@@ -50,12 +50,16 @@ DESIGNS: dict[str, tuple[dict, str]] = {
                  f"the LM's layer-{LM_LAYER} states, 8 chunk means"),
     "lmchunks-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.inject_into": "kv"},
                     f"the LM's layer-{LM_LAYER} states, 8 chunk means, key/value injection"),
+    "lmchunks-lora": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8},
+                      f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, 8 chunk means"),
     "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
     "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
 }
 for _name, (_extra, _label) in DESIGNS.items():
     ARMS[f"{_name}-8"] = ("injection", {"adapter.inject_tokens": 8, **_extra}, None, f"Injection, 8 vectors: {_label}")
-    ARMS[f"{_name}-constant-8"] = ("injection", {"adapter.inject_tokens": 8, **_extra}, "constant",
+    # A constant input leaves an encoder nothing to train: that control is the same MLP fed the frozen encoder's mean
+    _control = {k: v for k, v in _extra.items() if k != "adapter.encoder_rank"}
+    ARMS[f"{_name}-constant-8"] = ("injection", {"adapter.inject_tokens": 8, **_control}, "constant",
                                    f"Control: constant input, 8 vectors: {_label}")
 ARMS["static-8"] = ("prompt", {"adapter.prefix_len": 8}, None, "Static prefix, 8 vectors")
 DESIGN_ARMS = [a for d in DESIGNS for a in (f"{d}-8", f"{d}-constant-8")]

@@ -74,7 +74,9 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
 
     w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
     inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
-    if cfg.method == "injection":
+    if cfg.method == "injection" and cfg.adapter.encoder_rank:  # the adapter's own encoder reads the text's ids
+        inputs["encoder_ids"] = encoder_ids(w, cfg)
+    elif cfg.method == "injection":
         a, lm = cfg.adapter, prep.lm
         chunks = pooling_chunks(a)
         key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
