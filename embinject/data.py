@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .config import DataConfig
 from .errors import ConfigError, first_line
-from .fsutil import atomic_save_tensors, discard_corrupt
+from .fsutil import cached_tensors
 from .models import cache_dir, set_offline
 
 DATA_SHUFFLE_SEED = 1234
@@ -342,30 +341,30 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
         parts += ["read until enough", str(cfg.train_samples), str(cfg.val_samples)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
     file = cache_dir("data") / f"{key}.safetensors"
-    if file.is_file():
-        try:
-            t = load_file(str(file))
-            return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
-                         for n in ("train", "val"))
-        except Exception as exc:  # truncated or foreign file: rebuild it
-            discard_corrupt(file, first_line(exc))
-    if hub:
-        train, val = _hub_windows(cfg, tokenizer, cfg.train_samples, cfg.val_samples)
-    elif large:
-        train, val = _read_until_enough(cfg, tokenizer)
-    else:
-        set_offline()
-        train_docs, val_docs = load_documents(cfg)
-        train = tokenize_items(train_docs, tokenizer, cfg)
-        val = tokenize_items(val_docs, tokenizer, cfg)
-    tensors = {}
-    for name, w in (("train", train), ("val", val)):
-        tensors.update({f"{name}.tokens": w.tokens.contiguous(), f"{name}.previous": w.previous.contiguous(),
-                        f"{name}.has_previous": w.has_previous.contiguous()})
-        if w.scored is not None:
-            tensors[f"{name}.scored"] = w.scored.contiguous()
-    atomic_save_tensors(tensors, file)  # concurrent trials never read a half-written cache
-    return train, val
+
+    def make() -> dict[str, torch.Tensor]:
+        if hub:
+            train, val = _hub_windows(cfg, tokenizer, cfg.train_samples, cfg.val_samples)
+        elif large:
+            train, val = _read_until_enough(cfg, tokenizer)
+        else:
+            set_offline()
+            train_docs, val_docs = load_documents(cfg)
+            train, val = tokenize_items(train_docs, tokenizer, cfg), tokenize_items(val_docs, tokenizer, cfg)
+        tensors = {}
+        for name, w in (("train", train), ("val", val)):
+            tensors.update({f"{name}.tokens": w.tokens, f"{name}.previous": w.previous, f"{name}.has_previous": w.has_previous})
+            if w.scored is not None:
+                tensors[f"{name}.scored"] = w.scored
+        return tensors
+
+    def problem(t: dict) -> str | None:
+        missing = [f"{n}.{part}" for n in ("train", "val") for part in ("tokens", "previous", "has_previous") if f"{n}.{part}" not in t]
+        return f"no tensor {missing[0]}" if missing else None
+
+    t = cached_tensors(file, make, problem, "token windows")  # concurrent trials never read a half-written entry
+    return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
+                 for n in ("train", "val"))
 
 
 def select_windows(windows: Windows, n: int, embed_source: str, split: str) -> Windows:
