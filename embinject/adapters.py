@@ -131,6 +131,9 @@ class LoadedAdapter:
         """What the encoder of an injection adapter sees: `context` when given, otherwise what it saw in
         training for this prompt (the first context_tokens tokens, or the prompt itself)."""
         a = self.cfg.adapter
+        if a.ablation != "none":
+            raise ConfigError(f"{self.source}: a control adapter (adapter.ablation: {a.ablation}) was trained on inputs "
+                              "that are not the text's; it scores with `evaluate`, it does not generate from a text")
         if context is not None and context != "":
             return self.tokenizer(context, add_special_tokens=False)["input_ids"] or prompt_ids
         if a.embed_source == "previous":

@@ -62,6 +62,10 @@ class AdapterConfig:
     # LM's first N layers, on the pass that encodes the text only, trained with the MLP; the states are then computed
     # every step rather than cached (0: the frozen LM's states, cached)
     encoder_rank: int = number(0, min=0)
+    # injection, for controls (does the adapter use the text, or only the capacity it adds?): the MLP is fed the
+    # encoder's embedding of each window's text (none), the training split's mean embedding for every window
+    # (constant), or another window's embedding of the same split (shuffled: a fixed permutation per split and seed)
+    ablation: str = choice("none", "constant", "shuffled", default="none")
     context_tokens: int = number(16, min=1)
     init: str = choice(*INITS, default="vocab")
     init_text: str = "Continue the text:"
@@ -149,6 +153,11 @@ class Config:
             if self.train.gradient_checkpointing:
                 raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
                                   "encoder pass would run without its LoRA)")
+        if a.ablation != "none" and self.method not in ("injection", "baseline"):
+            raise ConfigError(f"adapter.ablation: a control of the injection method, not a setting of {self.method}")
+        if a.ablation != "none" and a.encoder_rank and self.method == "injection":
+            raise ConfigError(f"adapter.ablation: a {a.ablation} input leaves the encoder nothing to learn from the text; "
+                              "set adapter.encoder_rank: 0 for this control")
         if a.inject_into != "input" and self.method not in ("injection", "baseline"):
             raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
         if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):

@@ -1,4 +1,6 @@
 """Each experiment's command in a tiny configuration, so they keep working."""
+import pytest
+
 from experiments.embedding_injection import run as embedding_injection
 
 
@@ -173,6 +175,34 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
     assert study.main(["--render-only", "--out", str(out)]) == 0
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
+
+
+def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
+    """The study's protocol: every design and its constant-input control search their own rate through embinject.tune,
+    the control's search with the control's input (adapter.ablation), the control the design's architecture (a
+    trained encoder aside: a constant input leaves it nothing to learn). Records from before adapter.ablation existed
+    match when their own `control` field names the same treatment."""
+    import argparse
+    import json
+
+    from experiments.injection_context import arms, run
+
+    assert arms.lr_group("kv-8") == "kv" and arms.lr_group("kv-constant-8") == "kv-constant"
+    assert arms.lr_group("constant-4") == "injection" and arms.lr_group("static-8") == "prompt"
+    method, shape = arms.lr_shape("lmchunks-lora-constant")
+    assert method == "injection" and shape["adapter.ablation"] == "constant" and "adapter.encoder_rank" not in shape
+    assert arms.lr_shape("lmchunks-lora")[1]["adapter.encoder_rank"] == 8 and "adapter.ablation" not in arms.lr_shape("kv")[1]
+    args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], seeds=[0])
+    cfg = run.arm_config(args, "kv-constant-8", tmp_path, 0.002)
+    assert cfg.adapter.ablation == "constant" and cfg.adapter.inject_into == "kv"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    legacy = cfg.to_dict()
+    legacy["adapter"].pop("ablation")  # written before the key existed
+    (runs / "kv-constant-8__seed0.json").write_text(json.dumps({"config": legacy, "control": "constant"}))
+    run.check_records_match(args, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.002})
+    with pytest.raises(Exception, match="kv-constant-8__seed0.json: run with train.lr=0.002"):
+        run.check_records_match(args, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.001})
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from embinject.config_files import load_config
+from embinject.errors import ConfigError
 from embinject.train.evaluation import perplexity
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.models import load_frozen_lm
@@ -578,6 +579,32 @@ def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_ov
     scored = perplexity(loaded.method, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu"))  # as training evaluated
     assert scored == pytest.approx(result["val_perplexity"], rel=1e-5)
     assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=2)) == 1
+
+
+def test_ablation_feeds_the_training_mean_or_another_windows_embedding(tiny_overrides, tmp_path):
+    """`adapter.ablation`, the controls of injection: `constant` feeds every window of both splits the training split's
+    mean embedding, `shuffled` another window's of the same split (a fixed order per seed); such an adapter evaluates
+    but does not generate from a text, which it never read."""
+    from embinject.adapters import load_adapter
+
+    base = ["adapter.embedding_model=fourier", "adapter.embed_source=previous", "train.max_steps=2"]
+    own = prepare(cfg_for(tiny_overrides, "injection", *base))
+    mean = own.train["sentence_embedding"].mean(0, keepdim=True)
+    constant = prepare(cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=constant"))
+    for split in (constant.train, constant.val):
+        assert torch.equal(split["sentence_embedding"], mean.expand_as(split["sentence_embedding"]))
+    shuffled = [prepare(cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=shuffled", f"train.seed={s}")) for s in (0, 0, 1)]
+    for name in ("train", "val"):
+        ours, again, other = (getattr(p, name)["sentence_embedding"] for p in shuffled)
+        real = getattr(own, name)["sentence_embedding"]
+        assert torch.equal(ours, again) and not torch.equal(ours, other) and not torch.equal(ours, real)
+        assert torch.equal(ours.sort(dim=0).values, real.sort(dim=0).values)  # the same embeddings, other windows
+    cfg = cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=constant")
+    result, trained = train(cfg, prepared=constant)
+    trained.save(tmp_path / "control")
+    loaded = load_adapter(str(tmp_path / "control"))
+    with pytest.raises(ConfigError, match="a control adapter \\(adapter.ablation: constant\\)"):
+        loaded.generate(["The history"], ["of the city"], max_new_tokens=2)
 
 
 def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overrides, tmp_path):

@@ -74,6 +74,17 @@ def scored_labels(w: Windows, cfg: Config) -> torch.Tensor:
     return labels
 
 
+def ablated(embeddings: torch.Tensor, how: str, train_mean: torch.Tensor, seed: int, split: int) -> torch.Tensor:
+    """What a control feeds the MLP instead of each window's own embedding (`adapter.ablation`): `train_mean` (the
+    training split's mean embedding, [1, ...]) for every window, or the embeddings of one split (`split`: 0 train,
+    1 validation, 2 and on: others) in a fixed order drawn from `seed`."""
+    if how == "constant":
+        return train_mean.expand_as(embeddings).contiguous()
+    if how == "shuffled":
+        return embeddings[torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(1000 * seed + split))]
+    return embeddings
+
+
 def prepare(cfg: Config) -> Prepared:
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -103,6 +114,9 @@ def prepare(cfg: Config) -> Prepared:
             train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
             val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
             encoder_dim = train["sentence_embedding"].shape[-1]
+            mean = train["sentence_embedding"].mean(0, keepdim=True)
+            for i, split in enumerate((train, val)):
+                split["sentence_embedding"] = ablated(split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i)
     if cfg.train.distill and cfg.method != "baseline":  # the teacher only ever trains an adapter
         train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
                                     autocast_dtype(cfg, device)))

@@ -71,14 +71,20 @@ def design_of(arm: str) -> str | None:
 
 
 def lr_group(arm: str) -> str:
-    """Whose learning-rate search an arm trains with: its design's, else its method's (prompt, injection)."""
-    return design_of(arm) or ARMS[arm][0]
+    """Whose learning-rate search an arm trains with: a design's arm and its control each their own (`kv`,
+    `kv-constant`); the earlier arms their method's (prompt, injection)."""
+    design = design_of(arm)
+    if design is None:
+        return ARMS[arm][0]
+    return design if arm == f"{design}-8" else f"{design}-constant"
 
 
 def lr_shape(group: str) -> tuple[str, dict]:
-    """The method and shape a learning-rate search trains: the 4-vector arm of a method, a design's own arm."""
-    if group in DESIGNS:
-        return ARMS[f"{group}-8"][0], ARMS[f"{group}-8"][1]
+    """The method and settings a learning-rate search trains: the 4-vector arm of a method, a design's arm or its
+    control (with its adapter.ablation)."""
+    if group in DESIGNS or group.removesuffix("-constant") in DESIGNS:
+        method, shape, control, _ = ARMS[f"{group}-8"]
+        return method, {**shape, **({"adapter.ablation": control} if control else {})}
     return group, ARMS["static-4" if group == "prompt" else "inject-4"][1]
 
 

@@ -415,9 +415,11 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
     """(f): the designs against one another, their controls and the pooled MiniLM vector."""
     lines = ["### (f) Designs: what makes the vectors carry the text", "",
              "Each design's share of the text gain, and its *content share*: its share minus that of its constant-input "
-             "control (the same architecture and learning rate, fed the training split's mean input), paired by seed and "
-             "window. Each design's learning rate is its own search's (the table of learning rates above); its control "
-             "trains at that rate. Targets: a share of at least 70% at 8 vectors, a content share of at least 25 points.", "",
+             "control (the same architecture, fed the training split's mean input: `adapter.ablation: constant`), paired by "
+             "seed and window. A design and its control each have their own learning-rate search (`<design>` and "
+             "`<design>-constant` in the table of learning rates above); a control whose search is not in that table "
+             "trained at its design's rate. Targets: a share of at least 70% at 8 vectors, a content share of at least 25 "
+             "points.", "",
              "| Design | k | Seeds (control) | Share of text gain | Content share | Verdict on content | Δ NLL vs pooled MiniLM, same k | Verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for arm, r in designs.items():

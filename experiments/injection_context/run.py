@@ -85,20 +85,6 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def treat(splits: list[dict], how: str | None, seed: int) -> None:
-    """The controls change only what the MLP is fed. `constant`: the training split's mean embedding, the same
-    vector at training, validation and test; `shuffled`: another window's embedding (a fixed permutation per split)."""
-    if how == "constant":
-        mean = splits[0]["sentence_embedding"].mean(0, keepdim=True)
-        for s in splits:
-            s["sentence_embedding"] = mean.expand_as(s["sentence_embedding"]).contiguous()
-    elif how == "shuffled":
-        for i, s in enumerate(splits):
-            emb = s["sentence_embedding"]
-            perm = torch.randperm(len(emb), generator=torch.Generator().manual_seed(1000 * seed + i))
-            s["sentence_embedding"] = emb[perm]
-
-
 # ---------------------------------------------------------------- one process per arm
 
 def device_label(device) -> str:
@@ -133,22 +119,24 @@ def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ())
     """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
     from embinject.config_files import load_config
 
-    method, shape, _, _ = ARMS[arm]
+    method, shape, control, _ = ARMS[arm]
     return load_config(args.config, base_overrides(args, data_dir) + [
-        f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()], *extra])
+        f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()],
+        *([f"adapter.ablation={control}"] if control else []), *extra])
 
 
 def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
     from embinject.train.evaluation import window_nll
-    from embinject.train import prepare, train
+    from embinject.train import ablated, prepare, train
 
     method, _, control, label = ARMS[arm]
     cfg = arm_config(args, arm, data_dir, lr, [f"train.seed={seed}", f"train.threads={args.threads}"])
     t0 = time.time()
     prep = prepare(cfg)
     test = test_inputs(prep, cfg, test_docs)
-    if control:
-        treat([prep.train, prep.val, test], control, seed)
+    if control and "sentence_embedding" in test:  # prepare fed the control's input to training and validation
+        mean = prep.train["sentence_embedding"][:1]  # constant: every training row is the training split's mean
+        test["sentence_embedding"] = ablated(test["sentence_embedding"], control, mean, seed, 2)
     result, adapter = train(cfg, prepared=prep)
     nll, count = window_nll(adapter, test, cfg.train.eval_batch_size, prep.device, None)  # test scored in float32
     adapter.release()
@@ -320,7 +308,10 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
                 continue
             if wanted is None:
                 wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
-            had = flatten(json.loads(path.read_text())["config"])
+            record = json.loads(path.read_text())
+            had = flatten(record["config"])
+            # records from before adapter.ablation existed name their control in their own field (the same treatment)
+            had.setdefault("adapter.ablation", record.get("control") or "none")
             for key in sorted(set(wanted) | set(had)):
                 if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
                     raise ConfigError(f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
