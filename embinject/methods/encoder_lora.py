@@ -31,7 +31,8 @@ class EncoderLoRA(nn.Module):
         object.__setattr__(self, "lm", lm)  # not a submodule: the frozen LM is not adapter state
         self.layer, self.chunks, self.scale = layer, chunks, alpha / rank
         blocks = list(getattr(lm.get_decoder(), "layers", []))[:layer]
-        self.sites = [(f"{i}.{name}", module) for i, block in enumerate(blocks) for name, module in block.named_modules()
+        self.sites = [(f"{i}_{name}".replace(".", "_"), module) for i, block in enumerate(blocks)  # ParameterDict keys
+                      for name, module in block.named_modules()
                       if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
         if not self.sites:
             raise ConfigError(f"adapter.target_modules: none of {list(targets)} is a linear layer in the LM's first {layer} "
@@ -40,8 +41,7 @@ class EncoderLoRA(nn.Module):
         self.down, self.up = nn.ParameterDict(), nn.ParameterDict()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for key, module in self.sites:
-                name = key.replace(".", "_")
+            for name, module in self.sites:
                 down = torch.empty(rank, module.in_features, device=device)
                 nn.init.kaiming_uniform_(down, a=math.sqrt(5))  # as PEFT's LoRA: A random, B zero
                 self.down[name] = nn.Parameter(down)
@@ -58,7 +58,7 @@ class EncoderLoRA(nn.Module):
                 return output + F.linear(F.linear(args[0], self.down[name]), self.up[name]) * self.scale
             return hook
 
-        handles = [module.register_forward_hook(hook_for(key.replace(".", "_"))) for key, module in self.sites]
+        handles = [module.register_forward_hook(hook_for(name)) for name, module in self.sites]
         try:
             yield
         finally:

@@ -114,9 +114,10 @@ def prepare(cfg: Config) -> Prepared:
             train["sentence_embedding"] = cached_embeddings(key, encoder_ids(train_w, cfg), make)
             val["sentence_embedding"] = cached_embeddings(key, encoder_ids(val_w, cfg), make)
             encoder_dim = train["sentence_embedding"].shape[-1]
-            mean = train["sentence_embedding"].mean(0, keepdim=True)
-            for i, split in enumerate((train, val)):
-                split["sentence_embedding"] = ablated(split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i)
+            if a.ablation != "none":
+                mean = train["sentence_embedding"].mean(0, keepdim=True)
+                for i, split in enumerate((train, val)):
+                    split["sentence_embedding"] = ablated(split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i)
     if cfg.train.distill and cfg.method != "baseline":  # the teacher only ever trains an adapter
         train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
                                     autocast_dtype(cfg, device)))
