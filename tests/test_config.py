@@ -86,6 +86,16 @@ def test_cli_unknown_encoder_and_empty_data(tmp_path, tiny_model):
     assert proc.returncode == 2 and "adapter.embedding_model: /no/such/encoder does not exist" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+    # a trained encoder (adapter.encoder_rank) on a layer the model lacks, or with no target module in its layers
+    lora = ["--set", f"model={tiny_model}", "--set", "adapter.encoder_rank=2", "--set", "adapter.embed_source=previous"]
+    for extra, expected in ((["--set", "adapter.embedding_model=lm-hidden:9"],
+                             "error: adapter.embedding_model: lm-hidden:9 is not a layer of this model (0 to 2)"),
+                            (["--set", "adapter.embedding_model=lm-hidden:1", "--set", "adapter.target_modules=[nope]"],
+                             "error: adapter.target_modules: none of ['nope'] is a linear layer in the LM's first 1 layers")):
+        proc = run_cli(*lora, *extra, "--output-dir", str(out))
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        assert proc.returncode == 2 and lines[-1].startswith(expected), proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_bad_yaml_file(tmp_path):

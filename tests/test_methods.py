@@ -1,6 +1,8 @@
 """Each method on the tiny random Llama: frozen base, zero states, scoring, persistence."""
 import math
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from embinject.train.evaluation import perplexity
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.models import load_frozen_lm
 from embinject.train import autocast_dtype, prepare, train
+
+from .conftest import ROOT
 
 METHODS = ["baseline", "prompt", "injection", "prefix", "lora"]
 
@@ -605,6 +609,13 @@ def test_ablation_feeds_the_training_mean_or_another_windows_embedding(tiny_over
     loaded = load_adapter(str(tmp_path / "control"))
     with pytest.raises(ConfigError, match="a control adapter \\(adapter.ablation: constant\\)"):
         loaded.generate(["The history"], ["of the city"], max_new_tokens=2)
+    before = sorted(p.name for p in (tmp_path / "control").iterdir())
+    proc = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", str(tmp_path / "control"),
+                           "--prompt", "The history", "--context", "of the city"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'control'}: a control adapter"), proc.stderr
+    assert sorted(p.name for p in (tmp_path / "control").iterdir()) == before  # nothing written beside it
 
 
 def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overrides, tmp_path):
