@@ -180,8 +180,8 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
 def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     """The study's protocol: every design and its constant-input control search their own rate through embinject.tune,
     the control's search with the control's input (adapter.ablation), the control the design's architecture (a
-    trained encoder aside: a constant input leaves it nothing to learn). Records from before adapter.ablation existed
-    match when their own `control` field names the same treatment."""
+    trained encoder aside: a constant input leaves it nothing to learn). Records from before a key existed match with
+    its default; from before adapter.ablation, when their own `control` field names the same treatment."""
     import argparse
     import json
 
@@ -198,7 +198,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()
-    legacy["adapter"].pop("ablation")  # written before the key existed
+    for key in ("ablation", "encoder_rank"):  # written before these keys existed
+        legacy["adapter"].pop(key)
     (runs / "kv-constant-8__seed0.json").write_text(json.dumps({"config": legacy, "control": "constant"}))
     run.check_records_match(args, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.002})
     with pytest.raises(Exception, match="kv-constant-8__seed0.json: run with train.lr=0.002"):

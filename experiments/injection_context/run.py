@@ -297,9 +297,11 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
     `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
     import dataclasses
 
+    from embinject.config import Config
     from embinject.errors import ConfigError
     from embinject.tracking import flatten
 
+    defaults = flatten(dataclasses.asdict(Config()))
     for arm in arms:
         wanted = None
         for seed in args.seeds:
@@ -310,8 +312,10 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
                 wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
             record = json.loads(path.read_text())
             had = flatten(record["config"])
-            # records from before adapter.ablation existed name their control in their own field (the same treatment)
+            # A record from before a key existed ran with that key's default, which keeps the earlier behaviour; but
+            # before adapter.ablation, a record named its control in its own field (the same treatment)
             had.setdefault("adapter.ablation", record.get("control") or "none")
+            had = {**defaults, **had}
             for key in sorted(set(wanted) | set(had)):
                 if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
                     raise ConfigError(f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
