@@ -118,7 +118,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
 
     out = tmp_path / "study"
     argv = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "0",
-            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "kv-8", "context-4",
+            "--arms", "static-4", "inject-4", "shuffled-4", "window-4", "kv-8", "kv-4", "context-4",
             "--set", f"model={tiny_model}", "--set", "data.train_samples=16", "--set", "data.val_samples=8",
             "--set", "train.max_steps=2", "--set", "train.eval_every=1", "--set", "adapter.mlp_width=16",
             "--set", "tune.num_samples=2", "--set", "tune.scheduler.max_t=2", "--set", "tune.scheduler.grace_period=1",
@@ -131,7 +131,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
             {"method": method, "lr": lr, "trials": trials, "bracket": [{"lr": lr / 2, "val_perplexity": 920.0, "steps": 2}]}))
     assert study.main(argv) == 0
     records = [json.loads(f.read_text()) for f in runs.glob("*.json") if not f.name.startswith("lr_search_")]
-    assert len(records) == 6 + 9  # 6 arms x 1 seed, baseline + 7 text lengths + the `context` arms' baseline
+    assert len(records) == 7 + 9  # 7 arms x 1 seed, baseline + 7 text lengths + the `context` arms' baseline
     context = {"context-4", "baseline-context"}  # scored on the tokens after the window's first 8
     main_tokens = {tuple(r["test_tokens"]) for r in records if r["arm"] not in context}
     context_tokens = {tuple(r["test_tokens"]) for r in records if r["arm"] in context}
@@ -150,8 +150,10 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
         assert heading in text
     head = json.loads((out / "results.json").read_text())["fineweb_edu_sample"]["headline"]
     assert head["k"] <= 8 and len(head["share_of_text_gain"]) == 3 and head["content_share"] is None  # no control ran
-    kv = next(r for r in records if r["arm"] == "kv-8")
+    kv, kv4 = (next(r for r in records if r["arm"] == arm) for arm in ("kv-8", "kv-4"))
     assert kv["config"]["adapter"]["inject_into"] == "kv" and kv["lr"] == json.loads((runs / "lr_search_kv.json").read_text())["lr"]
+    assert kv4["lr"] == kv["lr"] and kv4["config"]["adapter"]["inject_tokens"] == 4  # a design's curve: its rate at k = 8
+    assert "| kv (`kv-4`) | 4 |" in text and "| static prefix (`static-4`) | 4 |" in text
     assert (out / "compression.png").is_file()
     capsys.readouterr()
     assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
@@ -189,6 +191,11 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
 
     assert arms.lr_group("kv-8") == "kv" and arms.lr_group("kv-constant-8") == "kv-constant"
     assert arms.lr_group("constant-4") == "injection" and arms.lr_group("static-8") == "prompt"
+    # the shuffled control searches its own rate too; the curve's arms at other k train with their k = 8 search's
+    assert arms.lr_group("kv-shuffled-8") == "kv-shuffled" and arms.lr_shape("kv-shuffled")[1]["adapter.ablation"] == "shuffled"
+    assert arms.lr_group("lmchunks-kv-16") == "lmchunks-kv" and arms.lr_group("lmchunks-kv-constant-2") == "lmchunks-kv-constant"
+    assert arms.ARMS["lmchunks-kv-16"][1]["adapter.inject_tokens"] == 16 and arms.design_of("lmchunks-kv-constant-2") == "lmchunks-kv"
+    assert "adapter.encoder_rank" not in arms.ARMS["lmchunks-lora-shuffled-8"][1] and "static-16" in arms.ARM_SETS["kv-curve"]
     method, shape = arms.lr_shape("lmchunks-lora-constant")
     assert method == "injection" and shape["adapter.ablation"] == "constant" and "adapter.encoder_rank" not in shape
     assert arms.lr_shape("lmchunks-lora")[1]["adapter.encoder_rank"] == 8 and "adapter.ablation" not in arms.lr_shape("kv")[1]

@@ -40,50 +40,80 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
     "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
                            "Control: constant input, 4 vectors (`context`)"),
 }
-# Designs beyond one pooled MiniLM vector, each at k = 8 beside its constant-input control (the same architecture fed
-# the training split's mean input): token-level states pooled by chunks or read by a resampler, the frozen LM as its own
-# encoder, key/value injection, distillation. Each design's learning rate comes from its own search (`lr_group`).
+# The earlier series' arms: every one whose encoder reads the preceding text (no `window` or `context` arms) is the
+# series trained to convergence. The designs below are screened on one epoch first; the best is trained on once chosen.
+PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
+
+# Designs beyond one pooled MiniLM vector, screened at k = 8 beside their constant-input controls (the same architecture
+# fed the training split's mean input), then their shuffled controls and the compression curve at the other k: token-level
+# states pooled by chunks or read by a resampler, the frozen LM as its own encoder, key/value injection, distillation.
+# Each design's learning rate, and each of its controls', comes from its own search at k = 8 (`lr_group`).
 LM_LAYER = 15  # the frozen LM's encoder layer: the middle of SmolLM2-135M's 30 (not searched)
 DESIGNS: dict[str, tuple[dict, str]] = {
     "kv": ({"adapter.inject_into": "kv"}, "key/value injection (pooled MiniLM)"),
     "lmchunks": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks"},
-                 f"the LM's layer-{LM_LAYER} states, 8 chunk means"),
+                 f"the LM's layer-{LM_LAYER} states, a chunk mean per vector"),
     "lmchunks-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.inject_into": "kv"},
-                    f"the LM's layer-{LM_LAYER} states, 8 chunk means, key/value injection"),
+                    f"the LM's layer-{LM_LAYER} states, a chunk mean per vector, key/value injection"),
     "lmchunks-lora": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8},
-                      f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, 8 chunk means"),
+                      f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per vector"),
     "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
     "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
 }
-for _name, (_extra, _label) in DESIGNS.items():
-    ARMS[f"{_name}-8"] = ("injection", {"adapter.inject_tokens": 8, **_extra}, None, f"Injection, 8 vectors: {_label}")
-    # A constant input leaves an encoder nothing to train: that control is the same MLP fed the frozen encoder's mean
-    _control = {k: v for k, v in _extra.items() if k != "adapter.encoder_rank"}
-    ARMS[f"{_name}-constant-8"] = ("injection", {"adapter.inject_tokens": 8, **_control}, "constant",
-                                   f"Control: constant input, 8 vectors: {_label}")
+SCREEN_K = 8
+CURVE_K = (1, 2, 4, 16)  # with SCREEN_K, the compression curve the issue's arms span
+CONTROL_LABELS = {"constant": "constant input", "shuffled": "shuffled inputs"}
+# design arm -> (design, k, control or None), for every arm the block below adds
+DESIGN_OF: dict[str, tuple[str, int, str | None]] = {}
+
+
+def _add_design_arm(design: str, k: int, control: str | None) -> str:
+    extra, label = DESIGNS[design]
+    name = f"{design}-{control}-{k}" if control else f"{design}-{k}"
+    if control:  # a constant or shuffled input leaves an encoder nothing to train: the same MLP over the frozen encoder
+        extra = {key: v for key, v in extra.items() if key != "adapter.encoder_rank"}
+    shape = {"adapter.inject_tokens": k, **extra}
+    text = f"Control: {CONTROL_LABELS[control]}, {k} vectors: {label}" if control else f"Injection, {k} vectors: {label}"
+    ARMS[name] = ("injection", shape, control, text)
+    DESIGN_OF[name] = (design, k, control)
+    return name
+
+
+# Order is priority: the screen (each design and its constant control at k = 8), the static prefix beside it, the
+# shuffled controls, then the curve (each design with its constant control at every other k, the pooled vector and
+# the static prefix at the same k).
+DESIGN_ARMS = [_add_design_arm(d, SCREEN_K, c) for d in DESIGNS for c in (None, "constant")]
 ARMS["static-8"] = ("prompt", {"adapter.prefix_len": 8}, None, "Static prefix, 8 vectors")
-DESIGN_ARMS = [a for d in DESIGNS for a in (f"{d}-8", f"{d}-constant-8")]
+SHUFFLED_ARMS = [_add_design_arm(d, SCREEN_K, "shuffled") for d in DESIGNS]
+for _k in (1, 2, 16):
+    ARMS[f"static-{_k}"] = ("prompt", {"adapter.prefix_len": _k}, None, f"Static prefix, {_k} vector{'s' * (_k > 1)}")
+ARMS["constant-2"] = ("injection", {"adapter.inject_tokens": 2}, "constant", "Control: constant input, 2 vectors")
+ARMS["inject-16"] = ("injection", {"adapter.inject_tokens": 16}, None, "Injection, 16 vectors (MiniLM)")
+ARMS["constant-16"] = ("injection", {"adapter.inject_tokens": 16}, "constant", "Control: constant input, 16 vectors")
+CURVE_ARMS = {d: [_add_design_arm(d, k, c) for k in CURVE_K for c in (None, "constant")] for d in DESIGNS}
+REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2", "inject-16", "constant-16"]
 
 
 def design_of(arm: str) -> str | None:
-    """The design an arm belongs to (its own or its control's), or None for the pooled-MiniLM arms."""
-    return next((d for d in DESIGNS if arm in (f"{d}-8", f"{d}-constant-8")), None)
+    """The design an arm belongs to (its own or a control's, at any k), or None for the pooled-MiniLM arms."""
+    return DESIGN_OF[arm][0] if arm in DESIGN_OF else None
 
 
 def lr_group(arm: str) -> str:
-    """Whose learning-rate search an arm trains with: a design's arm and its control each their own (`kv`,
-    `kv-constant`); the earlier arms their method's (prompt, injection)."""
-    design = design_of(arm)
-    if design is None:
+    """Whose learning-rate search an arm trains with: a design's arm and each of its controls their own, searched at
+    k = 8 (`kv`, `kv-constant`, `kv-shuffled`) and used at every k; the earlier arms their method's (prompt,
+    injection)."""
+    if arm not in DESIGN_OF:
         return ARMS[arm][0]
-    return design if arm == f"{design}-8" else f"{design}-constant"
+    design, _, control = DESIGN_OF[arm]
+    return f"{design}-{control}" if control else design
 
 
 def lr_shape(group: str) -> tuple[str, dict]:
-    """The method and settings a learning-rate search trains: the 4-vector arm of a method, a design's arm or its
-    control (with its adapter.ablation)."""
-    if group in DESIGNS or group.removesuffix("-constant") in DESIGNS:
-        method, shape, control, _ = ARMS[f"{group}-8"]
+    """The method and settings a learning-rate search trains: the 4-vector arm of a method, a design's arm or one of
+    its controls at k = 8 (with its adapter.ablation)."""
+    if f"{group}-{SCREEN_K}" in DESIGN_OF:
+        method, shape, control, _ = ARMS[f"{group}-{SCREEN_K}"]
         return method, {**shape, **({"adapter.ablation": control} if control else {})}
     return group, ARMS["static-4" if group == "prompt" else "inject-4"][1]
 
@@ -92,11 +122,10 @@ HEADLINE = ["static-4", "inject-4", "shuffled-4", "constant-4"]
 WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
-# Every arm whose encoder reads the preceding text (no `window` or `context` arms): the series trained to convergence.
-# The designs are screened on one epoch first; the best of them is trained to early stopping once chosen.
-PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"
-            and a not in DESIGN_ARMS + ["static-8"]]
-ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"]}
+# `--arms designs` screens; `<design>-curve` (kv-curve, ...) adds that design's other k with the references beside them
+ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
+            "design-controls": SHUFFLED_ARMS,
+            **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
 IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what

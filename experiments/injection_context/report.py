@@ -11,12 +11,12 @@ from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
-from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, DESIGNS, HERE, IGNORED_SETTINGS, SEEDS,
-                                               TEXT_TOKENS, design_of, lr_edge)
+from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
+                                               SCREEN_K, SEEDS, TEXT_TOKENS, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
-CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8)}
+CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8, 16)}
 LONGER_SERIES = "converged"  # a series under --out trained until early stopping; the report compares it with this one
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
 
@@ -121,10 +121,13 @@ def analyse(corpus: dict) -> dict:
             "windows": arms["baseline"].nll.shape[1], "tokens_per_window": float(arms["baseline"].tokens.mean())}
 
 
-# (design, its arm, its constant-input control) for the designs table: the pooled MiniLM vector at every k, then the
-# designs that arms.DESIGNS adds at k = 8
-DESIGN_ROWS = [("pooled MiniLM", f"inject-{k}", f"constant-{k}") for k in (1, 2, 4, 8)] + \
-    [(d, f"{d}-8", f"{d}-constant-8") for d in DESIGNS]
+# (design, its arm, its constant-input control, its shuffled control) for the designs table at every k: the static
+# prefix (no input: the capacity alone), the pooled MiniLM vector, then the designs of arms.DESIGNS
+ALL_K = sorted((SCREEN_K, *CURVE_K))
+STATIC = "static prefix"
+DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
+    [("pooled MiniLM", f"inject-{k}", f"constant-{k}", f"shuffled-{k}") for k in ALL_K] + \
+    [(d, f"{d}-{k}", f"{d}-constant-{k}", f"{d}-shuffled-{k}") for d in DESIGNS for k in ALL_K]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
@@ -133,20 +136,22 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
     and its difference from the pooled MiniLM design at the same k."""
     full = f"text-{max(TEXT_TOKENS)}"
     out = {}
-    for design, arm, control in DESIGN_ROWS:
+    for design, arm, constant, shuffled in DESIGN_ROWS:
         if arm not in arms:
             continue
-        k = ARMS[arm][1]["adapter.inject_tokens"]
+        shape = ARMS[arm][1]
+        k = shape.get("adapter.inject_tokens", shape.get("adapter.prefix_len"))
         sub = {"baseline": arms["baseline"], full: arms[full], arm: arms[arm]}
         row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds,
                "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[arm]) / gain(m), sub)}
-        if control in arms:
-            both = {**sub, control: arms[control]}
-            row["control_seeds"] = arms[control].seeds
-            row["content_share"] = seed_interval(lambda m: (m[control] - m[arm]) / gain(m), both)
-            row["content_nats"] = seed_interval(lambda m: m[arm] - m[control], both)
+        for control, key in ((constant, ""), (shuffled, "shuffled_")):
+            if control in arms:
+                both = {**sub, control: arms[control]}
+                row[f"{key}control_seeds"] = arms[control].seeds
+                row[f"{key}content_share"] = seed_interval(lambda m: (m[control] - m[arm]) / gain(m), both)
+                row[f"{key}content_nats"] = seed_interval(lambda m: m[arm] - m[control], both)
         pooled = f"inject-{k}"
-        if arm != pooled and pooled in arms:
+        if design != STATIC and arm != pooled and pooled in arms:
             row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
         out[arm] = row
     return out
@@ -154,9 +159,10 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
 
 def headline(designs: dict) -> dict | None:
     """The best design at k <= 8 (the highest mean share of the text gain), as results.json's headline block."""
-    if not designs:
+    candidates = [r for r in designs.values() if r["design"] != STATIC and r["k"] <= SCREEN_K]
+    if not candidates:
         return None
-    best = max(designs.values(), key=lambda r: r["share_of_text_gain"][0])
+    best = max(candidates, key=lambda r: r["share_of_text_gain"][0])
     content = best.get("content_share")
     return {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
             "share_of_text_gain": list(best["share_of_text_gain"]),
@@ -316,7 +322,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                   "whose best evaluation (on the fixed validation subset) was their last, so more training might still help. "
                   "Peak RSS is each arm's own process (the largest over its seeds); the evaluation-only rows share one process.", ""]
         text = {m: rows[f"text-{m}"]["nll"][0] for m in TEXT_TOKENS if f"text-{m}" in rows}
-        ks = [k for k in (1, 2, 4, 8) if f"inject-{k}" in rows]
+        ks = [k for k in (1, 2, 4, 8, 16) if f"inject-{k}" in rows]
         if ks:
             def tokens(arm: str) -> str:  # the preceding-text tokens the LM must read to match `arm`
                 if arm not in rows:
@@ -402,11 +408,16 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += series_table(name, series["path"], corpus, a, series["corpora"][name], series["analyses"][name])
         missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in {r['seed'] for r in arms[arm]})})"
                    for arm in ARMS if 0 < len(arms.get(arm, [])) < len(SEEDS)]
-        absent = [arm for arm in ARMS if arm not in arms]
+        # a curve not started is named by its set (8 arms each); a started one lists the arms it still lacks
+        untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d])]
+        absent = [arm for arm in ARMS if arm not in arms and not any(arm in CURVE_ARMS[d] for d in untouched)]
         if missing:
             lines += [f"Not finished on {name}: " + "; ".join(missing) + ". The study continues where it stopped when run again.", ""]
         if absent:
             lines += [f"Arms not run on {name}: {', '.join(absent)} (`--arms` names the arms to run).", ""]
+        if untouched:
+            lines += [f"Compression curves not started on {name} (k = {', '.join(map(str, CURVE_K))}, each with its "
+                      f"constant control): {', '.join(f'`{d}-curve`' for d in untouched)}.", ""]
     lines += ["![compression curve](compression.png)", ""]
     return "\n".join(lines)
 
@@ -420,20 +431,31 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
              "`<design>-constant` in the table of learning rates above); a control whose search is not in that table "
              "trained at its design's rate. Targets: a share of at least 70% at 8 vectors, a content share of at least 25 "
              "points.", "",
-             "| Design | k | Seeds (control) | Share of text gain | Content share | Verdict on content | Δ NLL vs pooled MiniLM, same k | Verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "The static prefix at the same k reads nothing: what the vectors' capacity alone gives. A shuffled control "
+             "(another window's input) is shown where it ran. A design's rate, and each control's, is searched at k = "
+             f"{SCREEN_K} and used at every k.", "",
+             "| Design | k | Seeds (constant, shuffled) | Share of text gain | Content share | Verdict on content | "
+             "Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in designs.items():
+        if r["design"] == STATIC:
+            lines.append(f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {ci(r['share_of_text_gain'], 1, 100)}% | "
+                         "- | - | - | - | - |")
+            continue
         content = r.get("content_share")
         content_cell = "control not run" if content is None else ci(content, 1, 100, sign=True) + " pts"
         content_verdict_ = "-" if content is None else claim(r["content_nats"], "content helps", "worse than its control")
+        shuffled = r.get("shuffled_content_share")
+        shuffled_cell = "-" if shuffled is None else ci(shuffled, 1, 100, sign=True) + " pts"
         vs = r.get("vs_pooled_nats")
         vs_cell = "-" if vs is None else ci(vs, 4, sign=True)
         vs_verdict = "-" if vs is None else claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM")
-        lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}) | "
-                     f"{ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | {content_verdict_} | {vs_cell} | {vs_verdict} |")
+        lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
+                     f"{r.get('shuffled_control_seeds', 0)}) | {ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | "
+                     f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
     head = headline(designs)
-    lines += ["", f"Best design at k <= 8 by mean share (results.json's `headline`): {head['design']} (`{head['arm']}`), "
-              f"{head['seeds']} seed(s). Designs are screened on one epoch before the best is trained to early stopping; "
+    best = "none has run" if head is None else f"{head['design']} (`{head['arm']}`), {head['seeds']} seed(s)"
+    lines += ["", f"Best design at k <= {SCREEN_K} by mean share (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
               "with fewer than 5 seeds no row above has a verdict.", ""]
     return lines
 
@@ -552,16 +574,19 @@ def plot(corpora: dict, analyses: dict, path: Path) -> None:
     for ax, (name, a) in zip(axes[0], analyses.items()):
         rows = a["rows"]
 
-        def curve(prefix, ks, label, **kw):
+        def curve(prefix, ks, label, min_points=1, **kw):
             ks = [k for k in ks if f"{prefix}{k}" in rows]
-            if ks:
+            if len(ks) >= min_points:
                 p = [rows[f"{prefix}{k}"]["perplexity"] for k in ks]
                 ax.errorbar(ks, [x[0] for x in p], yerr=[[x[0] - x[1] for x in p], [x[2] - x[0] for x in p]],
                             label=label, capsize=3, marker="o", **kw)
 
         curve("text-", TEXT_TOKENS, "frozen LM reading the last k preceding tokens")
-        curve("inject-", (1, 2, 4, 8), "injection, k vectors (MiniLM)")
-        curve("shuffled-", (1, 2, 4, 8), "control: shuffled embeddings", linestyle="--")
+        curve("inject-", (1, 2, 4, 8, 16), "injection, k vectors (MiniLM)")
+        curve("shuffled-", (1, 2, 4, 8, 16), "control: shuffled embeddings", linestyle="--")
+        curve("static-", (1, 2, 4, 8, 16), "static prefix, k vectors", linestyle="-.", min_points=2)
+        for design in DESIGNS:  # a design's curve once it has run at more than one k
+            curve(f"{design}-", (1, 2, 4, 8, 16), f"injection, k vectors: {design}", min_points=2)
         for arm, color, style, label in (("baseline", "k", ":", "frozen LM alone"),
                                          ("static-4", "C3", "-.", "static prefix, 4 vectors"),
                                          ("constant-4", "C4", ":", "control: constant input, 4 vectors")):
