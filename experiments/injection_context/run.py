@@ -36,7 +36,7 @@ import torch
 
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
                                                TEXT_TOKENS, WINDOW, lr_edge, lr_group, lr_shape)
-from experiments.injection_context.report import write_report
+from experiments.injection_context.report import bracket_verdict, write_report
 
 # ---------------------------------------------------------------- data: train / validation / test
 
@@ -247,9 +247,13 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path) -> float:
         atomic_write_text(record, json.dumps({**json.loads(source.read_text()), "from": os.path.relpath(source, args.out)}, indent=1))
     if record.is_file():
         return json.loads(record.read_text())["lr"]
+    print(f"[{runs.name}] {group}: searching its learning rate through embinject.tune (the runs wait for it)", flush=True)
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
     lr = float(outcome["best"]["train.lr"])
-    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": searched_trials(outcome)}, indent=1))
+    trials = searched_trials(outcome)
+    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials}, indent=1))
+    print(f"[{runs.name}] {group}: lr {lr:.3g} (" + ", ".join(f"{t['lr']:.2g}: {t['val_perplexity']:.2f}" for t in trials)
+          + " validation perplexity)", flush=True)
     return lr
 
 
@@ -265,10 +269,12 @@ def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
     if "bracket" in record or edge is None:
         return
     lr = record["lr"] * (2 if edge == "largest" else 0.5)
+    print(f"[{runs.name}] {group}: its rate is the {edge} tried; one more trial at {lr:.3g} checks beyond it", flush=True)
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}-bracket",
                         ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none"])
     record["bracket"] = searched_trials(outcome)
     atomic_write_text(path, json.dumps(record, indent=1))
+    print(f"[{runs.name}] {group}: {bracket_verdict(record)}", flush=True)
 
 
 # ---------------------------------------------------------------- driver
