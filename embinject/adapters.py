@@ -19,7 +19,8 @@ from .config import Config, config_from_dict
 from .config_files import parse_override, resolve_paths, set_dotted
 from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
-from .methods import ADAPTER_CONFIG, AdapterMethod, load_method, mix_adapters, read_adapter_config
+from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
+from .models import load_frozen_lm
 from .tracking import open_store, tracking_uri_default
 from .train import autocast_dtype, baseline_perplexity, prepare, resolve_device, shared_lm
 from .train.evaluation import perplexity
@@ -107,7 +108,12 @@ class LoadedAdapter:
         self.meta = read_adapter_config(self.directory)
         self.cfg: Config = self.meta["parsed_config"]
         self.device = resolve_device(device)
-        self.lm = lm or shared_lm(self.cfg.model, self.device)
+        if REGISTRY[self.cfg.method].changes_lm:
+            # its layers go into the LM it loads into: a private copy, so that the other adapters of this process
+            # (a second MLflow model, a --mix) keep reading the frozen LM
+            self.lm = load_frozen_lm(self.cfg.model, device=self.device)
+        else:
+            self.lm = lm or shared_lm(self.cfg.model, self.device)
         self.method: AdapterMethod = load_method(self.directory, self.lm.model, self.lm.tokenizer)
         self._encoder = None
 

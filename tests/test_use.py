@@ -63,6 +63,26 @@ def test_every_subcommand_has_help_and_train_lists_every_config_key():
     assert run_cli("fly").returncode == 2
 
 
+def test_a_lora_adapter_loaded_beside_others_leaves_their_lm_frozen(adapters):
+    """LoRA's layers go into the LM it is loaded into. In one process (two MLflow models, a notebook, a --mix) every
+    other adapter keeps the frozen LM: the LoRA adapter has its own copy."""
+    import torch
+
+    from embinject.adapters import load_adapter
+
+    prompt = load_adapter(str(adapters["prompt"]))
+    ids = torch.tensor([prompt.tokenizer("The module returns a list")["input_ids"]])
+    with torch.no_grad():
+        before = prompt.lm.model(input_ids=ids).logits
+        lora = load_adapter(str(adapters["lora"]))
+        try:
+            assert lora.lm is not prompt.lm
+            assert torch.equal(prompt.lm.model(input_ids=ids).logits, before)
+            assert not torch.allclose(lora.lm.model(input_ids=ids).logits, before)  # its own LM does carry the LoRA
+        finally:
+            lora.close()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_generate_works_for_every_method(adapters, method):
     proc = run_cli("generate", "--adapter", str(adapters[method]), "--prompt", "The module", "--prompt", "Return",

@@ -84,6 +84,7 @@ class AdapterMethod(nn.Module):
 
     name = ""
     needs_encoder = False
+    changes_lm = False  # True where loading puts the method's layers into the LM's own modules (LoRA)
 
     def __init__(self, cfg: Config, lm: nn.Module, encoder_dim: int | None = None, tokenizer=None):
         super().__init__()

@@ -13,6 +13,7 @@ from .base import AdapterMethod
 
 class LoRA(AdapterMethod):
     name = "lora"
+    changes_lm = True
 
     def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None, adapter_name: str = "default"):
         from peft import LoraConfig, get_peft_model  # lazy: PEFT takes a second to import, and only LoRA needs it
