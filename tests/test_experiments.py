@@ -211,6 +211,16 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     run.check_records_match(args, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.002})
     with pytest.raises(Exception, match="kv-constant-8__seed0.json: run with train.lr=0.002"):
         run.check_records_match(args, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.001})
+    # one precision per arm: `auto` resolves per machine, so a seed trained elsewhere in bf16 is named, with the way on
+    (runs / "kv-constant-8__seed1.json").write_text(json.dumps({"config": legacy, "control": "constant", "dtype": "bfloat16"}))
+    fp32 = argparse.Namespace(**{**vars(args), "overrides": ["train.dtype=float32"]})
+    with pytest.raises(Exception, match=r"kv-constant-8__seed1.json: trained in bfloat16, but this call trains in float32.*--set train.dtype=bfloat16"):
+        run.check_precision(fp32, runs, ["kv-constant-8"], tmp_path)
+    assert run.check_precision(fp32, runs, ["kv-8"], tmp_path) == "float32"  # other arms may differ: the report marks them
+    bf16 = argparse.Namespace(**{**vars(args), "overrides": ["train.dtype=bfloat16"]})
+    assert run.check_precision(bf16, runs, ["kv-constant-8"], tmp_path) == "bfloat16"
+    bf16.seeds = [0, 1]  # the setting's own string is not compared, the precision it resolved to is
+    run.check_records_match(bf16, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.002})
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):

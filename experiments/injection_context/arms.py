@@ -128,7 +128,8 @@ ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "desi
             **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
-IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"}  # where and how fast, not what
+# where and how fast, not what; train.dtype is compared as the precision it resolved to (`run.check_precision`)
+IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed", "train.dtype"}
 
 
 def lr_edge(search: dict) -> str | None:

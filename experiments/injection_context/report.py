@@ -236,6 +236,11 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
     first = trained[0] if trained else next(iter(next(iter(corpora.values()))["arms"].values()))[0]
     cfg, t = first["config"], first["config"]["train"]
     hours = sum(r["wall_seconds"] for r in trained) / 3600
+    by_dtype = {}
+    for r in trained:
+        by_dtype.setdefault(r.get("dtype", t["dtype"]), set()).add(r["arm"])
+    precision = max(by_dtype, key=lambda d: len(by_dtype[d])) if by_dtype else t["dtype"]
+    others = "".join(f"; {d} for {', '.join(sorted(a))}" for d, a in sorted(by_dtype.items()) if d != precision)
     devices = values_of(trained, "device", "a device not recorded (the run records of this series predate the field)")
     changed = " ".join(series_flags(corpora) + [f"--set {k}={v}" for k, v in settings_changed(cfg).items()])
     lines = [
@@ -256,7 +261,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         f"batch {t['batch_size']} (at most {math.ceil(cfg['data']['train_samples'] / t['batch_size'])} steps per epoch), "
         f"at most {t['max_epochs']} epoch(s), evaluation every {t['eval_every']} steps on a fixed subset of at most "
         f"{t['eval_windows']} of the (up to {cfg['data']['val_samples']}) validation windows, early stopping after {t['patience']} evaluations without improvement, the best adapter kept; "
-        f"training precision `{first.get('dtype', t['dtype'])}` (autocast), test scoring in float32. "
+        f"training precision `{precision}` (autocast){others}, test scoring in float32. "
         f"Injection arms read only the k MLP-made vectors (MLP width {cfg['adapter']['mlp_width']}, no static vectors beside them). "
         "Controls: the same injection adapter fed another window's embedding (shuffled) or one constant vector, the "
         "training split's mean embedding, at training, validation and test alike.", "",
@@ -289,7 +294,9 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                 tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f} ({x['steps']})"
                                   for x in sorted(s["trials"], key=lambda x: x["lr"]))
                 edge = lr_edge(s)
-                lines.append(f"| {m} | {tried} | {s['lr']:.3g}{f' (the {edge} tried)' if edge else ''} | "
+                # a search keeps its precision from the field's start; one that differs from the arms' says so
+                other = f" (trials in {s['dtype']})" if s.get("dtype", precision) != precision else ""
+                lines.append(f"| {m} | {tried}{other} | {s['lr']:.3g}{f' (the {edge} tried)' if edge else ''} | "
                              f"{bracket_verdict(s) if edge else 'not needed'} |")
             lines.append("")
         if corpus.get("lr_check"):
@@ -450,6 +457,10 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         vs = r.get("vs_pooled_nats")
         vs_cell = "-" if vs is None else ci(vs, 4, sign=True)
         vs_verdict = "-" if vs is None else claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM")
+        if vs is not None:
+            vs_verdict += precision_note(arms, [arm, f"inject-{r['k']}"])
+        if content is not None:
+            content_verdict_ += precision_note(arms, [arm, design_control(arm)])
         lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
                      f"{r.get('shuffled_control_seeds', 0)}) | {ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | "
                      f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
@@ -458,6 +469,19 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
     lines += ["", f"Best design at k <= {SCREEN_K} by mean share (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
               "with fewer than 5 seeds no row above has a verdict.", ""]
     return lines
+
+
+def design_control(arm: str) -> str:
+    """An arm's constant-input control: `kv-constant-8` for `kv-8`, `constant-8` for `inject-8`."""
+    name, k = arm.rsplit("-", 1)
+    return f"constant-{k}" if name == "inject" else f"{name}-constant-{k}"
+
+
+def precision_note(arms: dict, compared: list[str]) -> str:
+    """Where arms that a row compares trained at different precisions (a series continued on a machine without fast
+    bf16), what the row's verdicts carry besides the designs."""
+    dtypes = sorted({r.get("dtype", "?") for a in compared for r in arms.get(a, [])})
+    return f"; precision differs ({' / '.join(dtypes)})" if len(dtypes) > 1 else ""
 
 
 def lr_check_table(checks: list[dict], arms: dict) -> list[str]:

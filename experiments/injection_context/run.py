@@ -251,7 +251,8 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path) -> float:
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
     lr = float(outcome["best"]["train.lr"])
     trials = searched_trials(outcome)
-    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials}, indent=1))
+    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials, "dtype": series_precision(args, data_dir)},
+                                         indent=1))
     print(f"[{runs.name}] {group}: lr {lr:.3g} (" + ", ".join(f"{t['lr']:.2g}: {t['val_perplexity']:.2f}" for t in trials)
           + " validation perplexity)", flush=True)
     return lr
@@ -329,6 +330,36 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
                                       "delete that record to run it again")
 
 
+def series_precision(args, data_dir: Path) -> str:
+    """The precision this call trains at: `train.dtype` resolved on this machine (`auto`: bfloat16 only where the CPU
+    or GPU has fast bf16)."""
+    from embinject.config_files import load_config
+    from embinject.train import resolve_device
+    from embinject.train.precision import resolve_dtype
+
+    cfg = load_config(args.config, base_overrides(args, data_dir))
+    return resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))
+
+
+def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
+    """Every seed of an arm at one training precision: runs of another precision follow another trajectory from the
+    same seed, so one arm's seeds would mix two set-ups. `auto` differs between machines (bfloat16 only with fast
+    bf16), so the resolved precision is what the records keep and what is compared. Arms of different precisions
+    can sit in one series; the report names them and marks the comparisons between them."""
+    from embinject.errors import ConfigError
+
+    precision = series_precision(args, data_dir)
+    for arm in arms:
+        for path in sorted(runs.glob(f"{arm}__seed*.json")):
+            had = json.loads(path.read_text()).get("dtype", precision)  # records from before the field: not known
+            if had != precision:
+                raise ConfigError(f"{path}: trained in {had}, but this call trains in {precision} (train.dtype on this "
+                                  f"machine); give --set train.dtype={had} to train {arm}'s other seeds as that one "
+                                  "(bfloat16 is several times slower on a CPU without bf16 instructions), or train it in "
+                                  "another --out folder")
+    return precision
+
+
 def missing_references(runs: Path) -> list[str]:
     return [name for name in REFERENCE if not record_path(runs, name, None).is_file()]
 
@@ -377,6 +408,7 @@ def drive(args) -> int:
             if not (runs / f"lr_search_{g}.json").is_file():
                 lr_source(args, runs, g)
     runs.mkdir(parents=True, exist_ok=True)
+    check_precision(args, runs, arms, data_dir)  # before any search
     lrs = {g: learning_rate(args, g, data_dir, runs) for g in groups}
     for m in lrs:
         bracket(args, m, data_dir, runs)
