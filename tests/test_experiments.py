@@ -163,6 +163,12 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "train.max_steps=2" in err and "another --out folder" in err and len(err.splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing written or rewritten
+    # an arm's seeds at another precision: the same one line, before any search, nothing written
+    other = "float32" if kv["dtype"] == "bfloat16" else "bfloat16"
+    assert study.main(argv + ["--set", f"train.dtype={other}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and f"trained in {kv['dtype']}, but this call trains in {other}" in err and len(err.splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     # a longer series in <out>/converged: the study's learning rates, a check of them at its budget, and a comparison
     # table in the study's own RESULTS.md
     longer = ["--out", str(out / "converged"), "--lr-from", str(out), "--lr-check", "--arms", "inject-4",

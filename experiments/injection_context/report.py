@@ -142,7 +142,7 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
         shape = ARMS[arm][1]
         k = shape.get("adapter.inject_tokens", shape.get("adapter.prefix_len"))
         sub = {"baseline": arms["baseline"], full: arms[full], arm: arms[arm]}
-        row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds,
+        row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds, "control": constant,
                "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[arm]) / gain(m), sub)}
         for control, key in ((constant, ""), (shuffled, "shuffled_")):
             if control in arms:
@@ -460,7 +460,7 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         if vs is not None:
             vs_verdict += precision_note(arms, [arm, f"inject-{r['k']}"])
         if content is not None:
-            content_verdict_ += precision_note(arms, [arm, design_control(arm)])
+            content_verdict_ += precision_note(arms, [arm, r["control"]])
         lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
                      f"{r.get('shuffled_control_seeds', 0)}) | {ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | "
                      f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
@@ -469,12 +469,6 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
     lines += ["", f"Best design at k <= {SCREEN_K} by mean share (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
               "with fewer than 5 seeds no row above has a verdict.", ""]
     return lines
-
-
-def design_control(arm: str) -> str:
-    """An arm's constant-input control: `kv-constant-8` for `kv-8`, `constant-8` for `inject-8`."""
-    name, k = arm.rsplit("-", 1)
-    return f"constant-{k}" if name == "inject" else f"{name}-constant-{k}"
 
 
 def precision_note(arms: dict, compared: list[str]) -> str:

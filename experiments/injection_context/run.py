@@ -236,7 +236,7 @@ def lr_source(args, runs: Path, method: str) -> Path:
     return source
 
 
-def learning_rate(args, group: str, data_dir: Path, runs: Path) -> float:
+def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str) -> float:
     """The best learning rate of a small search over the validation split for a method or a design (recorded, so it
     runs once)."""
     from embinject.fsutil import atomic_write_text
@@ -251,7 +251,7 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path) -> float:
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
     lr = float(outcome["best"]["train.lr"])
     trials = searched_trials(outcome)
-    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials, "dtype": series_precision(args, data_dir)},
+    atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials, "dtype": precision},
                                          indent=1))
     print(f"[{runs.name}] {group}: lr {lr:.3g} (" + ", ".join(f"{t['lr']:.2g}: {t['val_perplexity']:.2f}" for t in trials)
           + " validation perplexity)", flush=True)
@@ -408,8 +408,8 @@ def drive(args) -> int:
             if not (runs / f"lr_search_{g}.json").is_file():
                 lr_source(args, runs, g)
     runs.mkdir(parents=True, exist_ok=True)
-    check_precision(args, runs, arms, data_dir)  # before any search
-    lrs = {g: learning_rate(args, g, data_dir, runs) for g in groups}
+    precision = check_precision(args, runs, arms, data_dir)  # before any search, which trains at it too
+    lrs = {g: learning_rate(args, g, data_dir, runs, precision) for g in groups}
     for m in lrs:
         bracket(args, m, data_dir, runs)
     check_records_match(args, runs, arms, data_dir, lrs)
