@@ -92,6 +92,16 @@ ARMS["inject-16"] = ("injection", {"adapter.inject_tokens": 16}, None, "Injectio
 ARMS["constant-16"] = ("injection", {"adapter.inject_tokens": 16}, "constant", "Control: constant input, 16 vectors")
 CURVE_ARMS = {d: [_add_design_arm(d, k, c) for k in CURVE_K for c in (None, "constant")] for d in DESIGNS}
 REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2", "inject-16", "constant-16"]
+# Does the content share grow with data? The pooled vector and its constant control at 8 vectors on 4x the training
+# windows (the Wikipedia sample's training split holds 4,910 with preceding text); the same validation and test windows,
+# the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a spike).
+MORE_WINDOWS = 4096
+MORE_WINDOWS_ARMS = []
+for _arm in ("inject-8", "constant-8"):
+    _method, _shape, _control, _label = ARMS[_arm]
+    MORE_WINDOWS_ARMS.append(f"{_arm}-w{MORE_WINDOWS}")
+    ARMS[MORE_WINDOWS_ARMS[-1]] = (_method, {**_shape, "data.train_samples": MORE_WINDOWS, "train.patience": 5}, _control,
+                                   f"{_label}, {MORE_WINDOWS:,} training windows")
 
 
 def design_of(arm: str) -> str | None:
@@ -124,7 +134,7 @@ CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 # `--arms designs` screens; `<design>-curve` (kv-curve, ...) adds that design's other k with the references beside them
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
-            "design-controls": SHUFFLED_ARMS,
+            "design-controls": SHUFFLED_ARMS, "more-windows": MORE_WINDOWS_ARMS,
             **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 

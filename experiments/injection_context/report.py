@@ -12,6 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
+                                               MORE_WINDOWS, MORE_WINDOWS_ARMS,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -127,7 +128,8 @@ ALL_K = sorted((SCREEN_K, *CURVE_K))
 STATIC = "static prefix"
 DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [("pooled MiniLM", f"inject-{k}", f"constant-{k}", f"shuffled-{k}") for k in ALL_K] + \
-    [(d, f"{d}-{k}", f"{d}-constant-{k}", f"{d}-shuffled-{k}") for d in DESIGNS for k in ALL_K]
+    [(d, f"{d}-{k}", f"{d}-constant-{k}", f"{d}-shuffled-{k}") for d in DESIGNS for k in ALL_K] + \
+    [(f"pooled MiniLM, {MORE_WINDOWS:,} training windows", *MORE_WINDOWS_ARMS, None)]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
