@@ -18,7 +18,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the layers in pyproject.toml: seconds, before the tests
-	$(PY) -m pytest -q -x --durations=15 tests
+	# two test processes: most of a whole-search test is waiting (Ray starting, subprocesses importing torch)
+	$(PY) -m pytest -q -x -n 2 --durations=15 tests
 
 tune: $(STAMP)
 	$(PY) -m embinject.tune search_spaces/quickstart.yaml

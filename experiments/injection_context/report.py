@@ -442,10 +442,15 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
              "points.", "",
              "The static prefix at the same k reads nothing: what the vectors' capacity alone gives. A shuffled control "
              "(another window's input) is shown where it ran. A design's rate, and each control's, is searched at k = "
-             f"{SCREEN_K} and used at every k.", "",
-             "| Design | k | Seeds (constant, shuffled) | Share of text gain | Content share | Verdict on content | "
-             "Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{SCREEN_K} and used at every k.", ""]
+    if MORE_WINDOWS_ARMS[0] in designs:
+        lines += [f"The row *pooled MiniLM, {MORE_WINDOWS:,} training windows* is the pooled vector and its constant control "
+                  f"trained on {MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test "
+                  "windows, injection's rate, patience 5): its content share says whether more data lets the vectors "
+                  "carry more of the text, its Δ against pooled MiniLM what the extra data changed.", ""]
+    lines += ["| Design | k | Seeds (constant, shuffled) | Share of text gain | Content share | Verdict on content | "
+              "Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in designs.items():
         if r["design"] == STATIC:
             lines.append(f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {ci(r['share_of_text_gain'], 1, 100)}% | "
