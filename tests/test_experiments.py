@@ -208,6 +208,11 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], seeds=[0])
     cfg = run.arm_config(args, "kv-constant-8", tmp_path, 0.002)
     assert cfg.adapter.ablation == "constant" and cfg.adapter.inject_into == "kv"
+    # more training windows: the pooled pair at 8 vectors, injection's rate, the same validation windows
+    more = {a: run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["more-windows"]}
+    assert {arms.lr_group(a) for a in more} == {"injection"} and {c.adapter.ablation for c in more.values()} == {"none", "constant"}
+    assert all(c.data.train_samples == 4096 and c.data.val_samples == cfg.data.val_samples and c.train.patience >= 5
+               and c.adapter.inject_tokens == 8 for c in more.values())
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()
