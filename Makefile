@@ -19,7 +19,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the layers in pyproject.toml: seconds, before the tests
 	# two test processes: most of a whole-search test is waiting (Ray starting, subprocesses importing torch)
-	$(PY) -m pytest -q -x -n 2 --durations=15 tests
+	$(PY) -m pytest -q -x -n 2 --dist worksteal --durations=15 tests
 
 tune: $(STAMP)
 	$(PY) -m embinject.tune search_spaces/quickstart.yaml

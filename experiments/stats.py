@@ -68,13 +68,13 @@ def seed_interval(stat: Callable[[dict[str, float]], float], arms: dict[str, Per
     was trained, a bootstrap over test windows (`bootstrap`) is the interval."""
     from scipy.stats import t  # lazy: only the reports need SciPy
 
-    trained = [a.seeds for a in arms.values() if a.seeds > 1]
-    if not trained and all(a.seeds == 1 for a in arms.values()) and any(a.trained for a in arms.values()):
-        return Interval(stat({k: a.mean() for k, a in arms.items()}), math.nan, math.nan, 1)
+    trained = [a.seeds for a in arms.values() if a.trained]
     if not trained:
         return Interval(*bootstrap(stat, arms, seeds_too=False), 0)
-    n = min(trained)
-    values = np.array([stat({k: a.mean([s if a.seeds > 1 else 0]) for k, a in arms.items()}) for s in range(n)])
+    n = min(trained)  # a trained arm of one seed pairs with seed 0 of the others: one seed, no interval
+    values = np.array([stat({k: a.mean([s if a.trained else 0]) for k, a in arms.items()}) for s in range(n)])
+    if n == 1:
+        return Interval(float(values[0]), math.nan, math.nan, 1)
     half = float(t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
     return Interval(values.mean(), values.mean() - half, values.mean() + half, n)
 

@@ -286,5 +286,8 @@ def test_seed_interval_is_student_t_over_seed_means_and_claims_need_five_seeds()
     assert three.seeds == 3 and claim(three, "b better", "a better").startswith("suggestive: b better (3 seeds")
     one = seed_interval(lambda m: m["b"] - m["a"], {"a": PerWindow(a.nll[:1], tokens[:1]), "b": PerWindow(b.nll[:1], tokens[:1])})
     assert math.isnan(one[1]) and claim(one, "b better", "a better").startswith("no verdict")
+    # a trained arm of one seed beside one of five: seed 0 of each, no interval (not five seeds of the other arm's)
+    mixed = seed_interval(lambda m: m["b"] - m["a"], {"a": a, "b": PerWindow(b.nll[:1], tokens[:1])})
+    assert mixed.seeds == 1 and math.isnan(mixed[1]) and abs(mixed[0] - shift[0]) < 1e-12
     frozen = seed_interval(lambda m: m["a"], {"a": PerWindow(base, tokens[:1], trained=False)})
     assert frozen.seeds == 0 and frozen[1] < frozen[0] < frozen[2]  # no training seed: an interval over test windows
