@@ -3,6 +3,7 @@ is printed only when a trial starts or ends (at most every 15 s) and otherwise e
 search's log stays readable."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -17,10 +18,15 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
 
     class TrialTable(tune.CLIReporter):
         def __init__(self):
+            # sorted here, not by Ray: its sort fails on a finished trial without a value (a time budget can end a
+            # trial before its first evaluation), which ended the search with a traceback
             super().__init__(parameter_columns=parameter_columns, metric_columns=metric_columns,
-                             max_report_frequency=REDRAW_S, sort_by_metric=True, max_column_length=max_column_length)
+                             max_report_frequency=REDRAW_S, sort_by_metric=False, max_column_length=max_column_length)
             self._statuses: tuple = ()
             self._printed_at = 0.0
+
+        def report(self, trials, done: bool, *sys_info):
+            super().report(finished_last_by_metric(trials, self._metric, self._mode), done, *sys_info)
 
         def should_report(self, trials, done: bool = False) -> bool:
             if interactive:
@@ -33,3 +39,14 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
             return False
 
     return TrialTable()
+
+
+def finished_last_by_metric(trials: list, metric: str | None, mode: str | None) -> list:
+    """The trials in their order, the finished ones last and best first, those without a value after them."""
+    def key(trial) -> tuple:
+        value = trial.last_result.get(metric) if metric else None
+        missing = not isinstance(value, (int, float)) or math.isnan(value)
+        return (missing, 0.0 if missing else -value if mode == "max" else value)
+
+    finished = [t for t in trials if t.status == "TERMINATED"]
+    return [t for t in trials if t.status != "TERMINATED"] + sorted(finished, key=key)
