@@ -28,17 +28,6 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-# Modules whose tests run whole searches or real models (a minute or more each) go first: the two test processes
-# then end together on quick unit tests, not one idle while the other runs a last long search.
-SLOW_FIRST = ("test_real", "test_faults", "test_packing", "test_experiments", "test_tune", "test_reliability",
-              "test_cluster", "test_use")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(SLOW_FIRST)))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Data/embedding caches per session; converted bundled models are reused from the user cache

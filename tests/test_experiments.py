@@ -148,6 +148,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
                     "### (c) The seed report's `window` mode", "### (d) Secondary: `context` mode", "| bracket check |",
                     "### (f) Designs: what makes the vectors carry the text"):
         assert heading in text
+    assert "NaN" not in (out / "results.json").read_text()  # one seed: its bounds are null, strict JSON
     head = json.loads((out / "results.json").read_text())["fineweb_edu_sample"]["headline"]
     assert head["k"] <= 8 and len(head["share_of_text_gain"]) == 3 and head["content_share"] is None  # no control ran
     kv, kv4 = (next(r for r in records if r["arm"] == arm) for arm in ("kv-8", "kv-4"))
@@ -183,6 +184,17 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
     assert study.main(["--render-only", "--out", str(out)]) == 0
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
+
+
+def test_the_headline_is_the_best_design_with_an_interval_where_one_has_it():
+    from experiments.injection_context.report import headline
+
+    row = lambda arm, design, k, seeds, share: {"arm": arm, "design": design, "k": k, "seeds": seeds,  # noqa: E731
+                                                "share_of_text_gain": (share, share - 0.05, share + 0.05)}
+    rows = {"a": row("kv-8", "kv", 8, 3, 0.49), "b": row("inject-8-w4096", "more windows", 8, 1, 0.55),
+            "c": row("kv-16", "kv", 16, 3, 0.60), "d": row("static-8", "static prefix", 8, 3, 0.52)}
+    assert headline(rows)["arm"] == "kv-8"  # not the one-seed row, nor k = 16, nor the static prefix
+    assert headline({"b": rows["b"]})["arm"] == "inject-8-w4096"  # one seed when no row has more
 
 
 def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):

@@ -160,10 +160,12 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
 
 
 def headline(designs: dict) -> dict | None:
-    """The best design at k <= 8 (the highest mean share of the text gain), as results.json's headline block."""
+    """The best design at k <= 8 (the highest mean share of the text gain), as results.json's headline block; among the
+    rows with an interval (2 seeds or more) where there is one: one seed's mean is not set against others' intervals."""
     candidates = [r for r in designs.values() if r["design"] != STATIC and r["k"] <= SCREEN_K]
     if not candidates:
         return None
+    candidates = [r for r in candidates if r["seeds"] > 1] or candidates
     best = max(candidates, key=lambda r: r["share_of_text_gain"][0])
     content = best.get("content_share")
     return {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
@@ -473,7 +475,7 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                      f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
     head = headline(designs)
     best = "none has run" if head is None else f"{head['design']} (`{head['arm']}`), {head['seeds']} seed(s)"
-    lines += ["", f"Best design at k <= {SCREEN_K} by mean share (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
+    lines += ["", f"Best design at k <= {SCREEN_K} by mean share, among the rows with an interval where there are any (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
               "with fewer than 5 seeds no row above has a verdict.", ""]
     return lines
 
@@ -627,6 +629,15 @@ def plot(corpora: dict, analyses: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def without_nan(value):
+    """JSON's null for an interval's missing bounds (one seed): NaN is not JSON, and strict readers refuse it."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_report(out: Path) -> Path:
     corpora = load(out)
     if not corpora:
@@ -637,5 +648,5 @@ def write_report(out: Path) -> Path:
     if (longer / "runs").is_dir() and (other := load(longer)):
         series = {"path": LONGER_SERIES, "corpora": other, "analyses": {name: analyse(c) for name, c in other.items()}}
     plot(corpora, analyses, out / "compression.png")
-    atomic_write_text(out / "results.json", json.dumps(analyses, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(without_nan(analyses), indent=1, allow_nan=False))
     return atomic_write_text(out / "RESULTS.md", render(corpora, analyses, series))
