@@ -67,16 +67,16 @@ def measure(trials: int, steps: int, first: int, work: Path) -> dict:
         proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         driver = psutil.Process(proc.pid)
-        rss_first = rss_last = peak = None
-        first_at = None
+        samples = []  # (seconds since start, driver RSS, trials the journal has ended)
         while proc.poll() is None:
             try:
-                rss_last = driver.memory_info().rss
+                rss = driver.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                break  # it ended between poll() and the read
             except psutil.Error:
-                break
-            peak = max(peak or 0, rss_last)
-            if rss_first is None and finished_trials(work / "runs") >= first:
-                rss_first, first_at = rss_last, time.time() - t0
+                time.sleep(0.5)
+                continue
+            samples.append((time.time() - t0, rss, finished_trials(work / "runs")))
             time.sleep(0.5)
         proc.wait()
     wall = time.time() - t0
@@ -89,9 +89,14 @@ def measure(trials: int, steps: int, first: int, work: Path) -> dict:
     exp = client.get_experiment_by_name("many-trials")
     runs = client.search_runs([exp.experiment_id], "tags.`embinject.kind` = 'trial'", max_results=5000)
     lines = text.splitlines()
+    after_first = next(((t, rss) for t, rss, done in samples if done >= first), None)
+    first_at, rss_first = after_first or (None, None)
+    rss_last = samples[-1][1] if samples else None
+    peak = max((rss for _, rss, _ in samples), default=None)
     return {"trials": trials, "steps_per_trial": steps, "wall_s": round(wall, 1), "trials_per_minute": round(60 * trials / wall, 1),
             "summary_rows": len(rows), "mlflow_trial_runs": len(runs),
             "mlflow_finished_runs": sum(r.info.status == "FINISHED" for r in runs),
+            "memory_samples": len(samples), "most_trials_seen_ended": max((done for *_, done in samples), default=0),
             "first": first, "first_done_at_s": round(first_at, 1) if first_at else None,
             "driver_rss_after_first_mb": round(rss_first / 2**20, 1) if rss_first else None,
             "driver_rss_end_mb": round(rss_last / 2**20, 1) if rss_last else None,

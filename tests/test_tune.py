@@ -610,6 +610,7 @@ def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(t
 
     r = measure(60, 2, 20, tmp_path)
     assert r["summary_rows"] == r["mlflow_trial_runs"] == r["mlflow_finished_runs"] == 60
+    assert r["driver_rss_end_over_first"] is not None, r  # the journal was seen with 20 ended trials while the driver ran
     assert r["driver_rss_end_over_first"] <= 1.2, r
     assert r["log_lines"] <= 4 * 60 and r["longest_log_line"] <= 300, r
 
