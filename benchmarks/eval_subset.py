@@ -42,7 +42,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def main(argv=None) -> int:
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)

@@ -106,7 +106,7 @@ def perplexity_timeline(outcome: dict) -> list[tuple[float, float]]:
 
 def run_embinject(args, seq: int, asha: bool = False, dtype: str = "auto") -> dict:
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     storage = tempfile.mkdtemp(prefix="embinject-peer-")
     quarter = max(1, args.steps // 4)

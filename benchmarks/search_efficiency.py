@@ -82,7 +82,7 @@ def finished(kind: str, seed: int, args) -> dict | None:
 
 def run(kind: str, seed: int, args) -> dict:
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     storage = tempfile.mkdtemp(prefix=f"embinject-eff-{kind}-")
     sched, sampler = ["tune.scheduler.type=none"], "random"

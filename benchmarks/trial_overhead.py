@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from mlflow.tracking import MlflowClient
 
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=3)

@@ -59,7 +59,7 @@ def finished(kind: str, corpus: str, seed: int, args) -> dict | None:
 
 def run(kind: str, corpus: str, seed: int, args, source: dict | None = None) -> dict:
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     storage = args.storage / f"{corpus}-{kind}-seed{seed}"
     overrides = [SPACE, f"data.path={args.data / CORPORA[corpus]}", f"tune.seed={seed}", f"tune.num_samples={args.trials}",

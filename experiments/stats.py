@@ -8,13 +8,16 @@ import numpy as np
 
 
 class PerWindow:
-    """One arm's summed test NLL and scored-token count per (seed, window): arrays of shape [seeds, windows].
-    Arms without seeds (evaluation only) have one row."""
+    """One arm's summed test NLL and scored-token count per (seed, window): arrays of shape [seeds, windows], row i
+    being training seed `seed_ids[i]` (0, 1, ... unless given). Arms without seeds (evaluation only) have one row."""
 
-    def __init__(self, nll, tokens, trained: bool = True):
+    def __init__(self, nll, tokens, trained: bool = True, seed_ids=None):
         self.nll = np.atleast_2d(np.asarray(nll, dtype=float))
         self.tokens = np.atleast_2d(np.asarray(tokens, dtype=float))
         self.trained = trained  # False: an evaluation-only arm (no training seed behind its one row)
+        self.seed_ids = list(range(self.nll.shape[0])) if seed_ids is None else list(seed_ids)
+        if len(self.seed_ids) != self.nll.shape[0]:
+            raise ValueError(f"{len(self.seed_ids)} seed ids for {self.nll.shape[0]} rows")
 
     @property
     def seeds(self) -> int:
@@ -62,17 +65,22 @@ class Interval(tuple):
 
 def seed_interval(stat: Callable[[dict[str, float]], float], arms: dict[str, PerWindow], level: float = 0.95) -> Interval:
     """`stat` of the arms' mean NLLs with a Student-t interval over seeds: the statistic is computed per seed (seed s of
-    every trained arm, each on all test windows, so arms are paired by seed and by window; an evaluation-only arm's one
-    row enters every seed), and the interval is the mean of those n values +- t(n-1) standard errors. The test windows
-    are held fixed: the interval is about training seeds. With one seed there is no interval (NaN bounds); where no arm
-    was trained, a bootstrap over test windows (`bootstrap`) is the interval."""
+    every trained arm, each on all test windows, so arms are paired by seed number and by window; an evaluation-only
+    arm's one row enters every seed), over the seed numbers every trained arm has, and the interval is the mean of
+    those n values +- t(n-1) standard errors. The test windows are held fixed: the interval is about training seeds.
+    With one shared seed there is no interval (NaN bounds); where no arm was trained, a bootstrap over test windows
+    (`bootstrap`) is the interval."""
     from scipy.stats import t  # lazy: only the reports need SciPy
 
-    trained = [a.seeds for a in arms.values() if a.trained]
+    trained = [a for a in arms.values() if a.trained]
     if not trained:
         return Interval(*bootstrap(stat, arms, seeds_too=False), 0)
-    n = min(trained)  # a trained arm of one seed pairs with seed 0 of the others: one seed, no interval
-    values = np.array([stat({k: a.mean([s if a.trained else 0]) for k, a in arms.items()}) for s in range(n)])
+    shared = sorted(set.intersection(*(set(a.seed_ids) for a in trained)))
+    if not shared:  # no seed in common: nothing to pair, the point from all rows and no interval
+        return Interval(stat({k: a.mean() for k, a in arms.items()}), math.nan, math.nan, 1)
+    n = len(shared)  # a trained arm of one seed pairs with the same seed of the others: one seed, no interval
+    values = np.array([stat({k: a.mean([a.seed_ids.index(s) if a.trained else 0]) for k, a in arms.items()})
+                       for s in shared])
     if n == 1:
         return Interval(float(values[0]), math.nan, math.nan, 1)
     half = float(t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))

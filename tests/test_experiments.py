@@ -301,5 +301,10 @@ def test_seed_interval_is_student_t_over_seed_means_and_claims_need_five_seeds()
     # a trained arm of one seed beside one of five: seed 0 of each, no interval (not five seeds of the other arm's)
     mixed = seed_interval(lambda m: m["b"] - m["a"], {"a": a, "b": PerWindow(b.nll[:1], tokens[:1])})
     assert mixed.seeds == 1 and math.isnan(mixed[1]) and abs(mixed[0] - shift[0]) < 1e-12
+    # seeds with gaps pair by number: b has seeds 0, 2, 4 (rows 0-2), a has 0-4; row 1 of b is seed 2, not seed 1
+    drift = np.array([0.0, 0.01, 0.02, 0.03, 0.04])  # a's seeds differ too, so a wrong pairing shows
+    a_drift = PerWindow(a.nll + drift[:, None] * 60, tokens)
+    gaps = seed_interval(lambda m: m["b"] - m["a"], {"a": a_drift, "b": PerWindow(b.nll[[0, 2, 4]], tokens[:3], seed_ids=[0, 2, 4])})
+    assert gaps.seeds == 3 and abs(gaps[0] - (shift - drift)[[0, 2, 4]].mean()) < 1e-12
     frozen = seed_interval(lambda m: m["a"], {"a": PerWindow(base, tokens[:1], trained=False)})
     assert frozen.seeds == 0 and frozen[1] < frozen[0] < frozen[2]  # no training seed: an interval over test windows

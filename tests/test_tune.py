@@ -102,7 +102,7 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
     import optuna
 
     from embinject.space import load_search_file
-    from embinject.tune import optuna_sampler
+    from embinject.tune.searcher import optuna_sampler
 
     search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
         "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
@@ -451,7 +451,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
 
 
 def test_pareto_front_keeps_exactly_the_undominated_trials():
-    from embinject.tune import pareto_front
+    from embinject.tune.results import pareto_front
 
     objectives = [{"metric": "val_perplexity", "mode": "min"}, {"metric": "tokens_per_second", "mode": "max"}]
     rows = [{"trial_id": t, "best_val_perplexity": p, "tokens_per_second": s}

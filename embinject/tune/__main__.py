@@ -1,7 +1,7 @@
 """Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
 
 The command only: arguments, the dry run, and the lines a search ends with. The search is
-`embinject.tune.run_search`.
+`embinject.tune.driver.run_search`.
 """
 from __future__ import annotations
 

@@ -201,7 +201,7 @@ def lr_search(args, group: str, data_dir: Path, runs: Path, name: str, extra: li
 
     from embinject.fsutil import atomic_write_text
     from embinject.space import load_search_file
-    from embinject.tune import run_search
+    from embinject.tune.driver import run_search
 
     raw = yaml.safe_load(Path(args.config).read_text())
     for section, values in yaml.safe_load((HERE / "lr_search.yaml").read_text()).items():
