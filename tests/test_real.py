@@ -64,14 +64,14 @@ def test_real_search_on_bundled_models(tmp_path, shared_data):
 
     storage = tmp_path / "runs"
     proc = run_tune("search_spaces/quickstart.yaml", "--set", f"tune.storage_path={storage}",
-                    "--set", "tune.num_samples=2", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
+                    "--set", "tune.num_samples=3", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
                     "--set", "tune.scheduler.max_t=4", "--set", "tune.scheduler.grace_period=2",
-                    "--set", "data.train_samples=64", "--set", "data.val_samples=8",
+                    "--set", "data.train_samples=64", "--set", "data.val_samples=16",
                     "--set", f"data.path={shared_data / 'fineweb_edu_sample'}", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "embinject-quickstart")
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 3
     first = [c for c in children if c.data.params.get("adapter.mlp_width") == "512"]
     assert first, "the reference point from points_to_evaluate was not run"
     assert all(c.data.metrics["val_perplexity"] < 10 * c.data.metrics["baseline_perplexity"] for c in children)

@@ -267,6 +267,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
     precision, others = most_common_and_others(trained, "dtype", t["dtype"])
     threads, other_threads = most_common_and_others(trained, "threads", first.get("threads", 1))
     devices = values_of(trained, "device", "a device not recorded (the run records of this series predate the field)")
+    one_named_set = named_arm_set(corpora) is not None  # `--arms previous`: it never meant to run the other arms
     changed = " ".join(series_flags(corpora) + [f"--set {k}={v}" for k, v in settings_changed(cfg).items()])
     lines = [
         "# How much of unseen preceding text can injected vectors carry?", "",
@@ -444,7 +445,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         # a curve not started is named by its set (8 arms each); a started one lists the arms it still lacks
         untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d])]
         absent = [arm for arm in ARMS if arm not in arms and not any(arm in CURVE_ARMS[d] for d in untouched)]
-        if named_arm_set(corpora):  # a series of one named set (`--arms previous`) never meant to run the others
+        if one_named_set:
             untouched, absent = [], []
         if missing:
             lines += [f"Not finished on {name}: " + "; ".join(missing) + ". The study continues where it stopped when run again.", ""]
