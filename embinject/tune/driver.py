@@ -21,7 +21,8 @@ from ..space import SearchFile, apply_params
 from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
                         source_tags, tracker_for)
 from .callback import mlflow_callback, short_key
-from .folder import check_same_space, new_search_dir, newest_search_dir, record_space, removed_unless_started, search_lock
+from .folder import (check_same_space, new_search_dir, newest_search_dir, record_space, removed_unless_started,
+                     restore_superseded_checkpoints, search_lock)
 from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
 from .results import finish_search, summarize
 from .searcher import make_scheduler, make_searcher
@@ -182,6 +183,8 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         if search.tune.warm_start:
             print("warm start: kept from the search's start (Optuna's study is restored with the searcher)", flush=True)
+        for line in restore_superseded_checkpoints(exp_dir):
+            print(line, flush=True)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
         if resume and search.tune.warm_start:  # stopped before Ray saved any state: start from the earlier searches again

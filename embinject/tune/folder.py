@@ -110,3 +110,46 @@ def check_same_space(exp_dir: Path, search: SearchFile) -> None:
                           f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
                           f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
                           "or start a new search without --resume")
+
+
+def _checkpoint_index(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
+    """Before --resume hands the folder to Ray: a trial whose snapshot names a checkpoint that is gone, while a newer
+    one is on disk, gets that newer one under the old name. Ray (keeping one checkpoint per trial) deletes the
+    previous checkpoint as soon as the next one registers but names the new one in its experiment snapshot only at a
+    later step; a kill in between leaves a snapshot that Ray refuses to restore the trial from. Returns one line per
+    trial repaired."""
+    from ray.tune.experiment.trial import Trial  # lazy, as in the driver: Ray Tune takes seconds to import
+
+    snapshots = sorted(exp_dir.glob("experiment_state-*.json"))  # the newest by name, as Ray picks it
+    try:
+        trial_data = json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []
+    except (OSError, ValueError, KeyError):
+        return []  # an unreadable snapshot: Ray's restore says so itself
+    lines = []
+    for json_state, run_metadata in trial_data:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        if trial.checkpoint is None:
+            continue
+        trial_dir = exp_dir / trial.storage.trial_dir_name
+        named = trial_dir / Path(trial.checkpoint.path).name
+        newer = [p for p in trial_dir.glob("checkpoint_*") if _checkpoint_index(p) > _checkpoint_index(named)]
+        if named.exists() or not newer:
+            continue
+        newest = max(newer, key=_checkpoint_index)
+        partial = trial_dir / f".{named.name}.partial"  # a copy cut short (a kill, a full disk) is never taken for one
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            shutil.copytree(newest, partial)
+            os.replace(partial, named)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        lines.append(f"resume: trial {trial.trial_id} continues from {newest.name} (Ray's snapshot still named "
+                     f"{named.name}, which it had deleted when {newest.name} was saved)")
+    return lines
