@@ -454,6 +454,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
     assert len(parents) == 1 and len(children) == 4
 
 
+def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
+    from types import SimpleNamespace
+
+    from embinject.space import load_search_file
+    from embinject.tune.searcher import make_scheduler
+
+    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
+        "tune.scheduler={type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}"])
+    asha = make_scheduler(search)
+    asha.set_search_properties("val_perplexity", "min")
+    a, b, c = (SimpleNamespace(trial_id=i) for i in "abc")
+    for trial in (a, b, c):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, a, {"step": 1, "val_perplexity": 10.0}) == asha.CONTINUE
+    assert asha.on_trial_result(None, b, {"step": 1, "val_perplexity": 20.0}) == asha.STOP  # cut at the first rung
+    assert asha.on_trial_result(None, c, {"step": 4, "val_perplexity": 5.0, "final": True}) == asha.STOP  # at max_t
+    assert asha.debug_string().startswith("ASHA: 1 stopped early; val_perplexity a trial must beat to go on, per rung: ")
+
+
 def test_pareto_front_keeps_exactly_the_undominated_trials():
     from embinject.tune.results import pareto_front
 

@@ -73,6 +73,12 @@ def make_scheduler(search: SearchFile):
         """ASHA whose status line shows each rung's cut-off in the metric's own units (Ray's shows the
         negated value when minimising, i.e. negative perplexities)."""
 
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.STOP and result.get("final"):
+                self._num_stopped -= 1  # it had ended on its own (max_t, or its last step): the summary's count too
+            return action
+
         def debug_string(self) -> str:
             rungs = []
             for bracket in self._brackets:
@@ -80,7 +86,7 @@ def make_scheduler(search: SearchFile):
                     cut = bracket.cutoff(recorded)
                     value = "-" if cut is None or not math.isfinite(cut) else f"{self._metric_op * cut:.4g}"
                     rungs.append(f"step {milestone:g}: {value}")
-            return (f"ASHA: {self._num_stopped} trials stopped; {self._metric} a trial must beat to go on, "
+            return (f"ASHA: {self._num_stopped} stopped early; {self._metric} a trial must beat to go on, "
                     f"per rung: " + ", ".join(rungs))
 
     s = search.tune.scheduler
