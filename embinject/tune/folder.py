@@ -132,12 +132,16 @@ def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
         return []  # an unreadable snapshot: Ray's restore says so itself
     lines = []
     for json_state, run_metadata in trial_data:
-        trial = Trial.from_json_state(json_state, stub=True)
-        trial.restore_run_metadata(run_metadata)
-        if trial.checkpoint is None:
+        try:
+            trial = Trial.from_json_state(json_state, stub=True)
+            trial.restore_run_metadata(run_metadata)
+            named_path = trial.checkpoint.path if trial.checkpoint is not None else None
+        except Exception:  # noqa: BLE001 - Ray's internal format (ray>=2.50); Ray's own restore says what it cannot read
+            continue
+        if named_path is None:
             continue
         trial_dir = exp_dir / trial.storage.trial_dir_name
-        named = trial_dir / Path(trial.checkpoint.path).name
+        named = trial_dir / Path(named_path).name
         newer = [p for p in trial_dir.glob("checkpoint_*") if _checkpoint_index(p) > _checkpoint_index(named)]
         if named.exists() or not newer:
             continue
