@@ -95,7 +95,7 @@ def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tm
     tracker.trial_started("t1", "trial t1", {"train.lr": 0.1})
     tracker.trial_finished("t1", "FINISHED", {})
     tracker.finish({"trials": 1}, [], champion, "reg-adapter", model, "t1", {"trial_id": "t1"})
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     assert [str(v.version) for v in client.search_model_versions("name='reg-adapter'")] == ["1"]
     # The kill: the version exists, but the state file says the search's end was neither applied nor registered.
     state = json.loads((exp_dir / STATE_FILE).read_text())
@@ -218,7 +218,7 @@ def test_a_store_locked_right_after_a_run_was_created_gets_one_run_with_all_its_
     (exp_dir / STATE_FILE).write_text(json.dumps(state))
     assert SearchTracker(uri, "locked", exp_dir).sync(force=True)
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("locked").experiment_id])
     parents = [r for r in runs if r.data.tags.get("embinject.kind") == "search"]
     children = [r for r in runs if r.data.tags.get("embinject.kind") == "trial"]

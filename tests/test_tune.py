@@ -55,7 +55,7 @@ def run_tune(*args, timeout=600, **popen):
 def read_mlflow(uri: str, experiment: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # not MLflow's global registry URI, which another test may have set
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("embinject.kind") == "search"]
@@ -249,8 +249,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     assert winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
     assert mv.tags["trial_id"] == winner.data.tags["trial_id"] and mv.tags["method"] == winner.data.params["method"]
     assert float(mv.tags["val_perplexity"]) == pytest.approx(best, rel=1e-5) and mv.tags["search"] == exp_dir.name
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # before the variable below changes what they say
     os.environ["MLFLOW_TRACKING_URI"] = uri  # for the embinject subprocesses below
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)  # other tests in this process may have set another store (experiments do)
     mlflow.set_registry_uri(uri)
     try:

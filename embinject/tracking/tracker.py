@@ -197,7 +197,8 @@ class SearchTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient  # see store.py: MLflow only once quiet_mlflow ran
 
-            client = MlflowClient(self.tracking_uri)
+            # registered where it is tracked (or in MLFLOW_REGISTRY_URI), whatever registry this process set before
+            client = MlflowClient(self.tracking_uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri)
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
