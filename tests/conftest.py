@@ -2,7 +2,6 @@
 real shared data folder, and an isolated cache directory per test session."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -14,9 +13,6 @@ from benchmarks.tiny_model import make_tiny_model  # noqa: F401  - tests import 
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# Seconds per test from a full run with EMBINJECT_RECORD_DURATIONS=1 (written by the hooks below, not by hand)
-DURATIONS = Path(__file__).with_name("durations.json")
-_durations: dict[str, float] = {}
 
 
 def pytest_configure(config):
@@ -30,26 +26,6 @@ def pytest_configure(config):
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         os.environ.setdefault("OMP_NUM_THREADS", threads)  # for the subprocesses and Ray workers tests start
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest first: two test processes share the run, and a long test that starts last leaves the other idle at the
-    end. Tests not in the file (new ones) go last."""
-    try:
-        known = json.loads(DURATIONS.read_text())
-    except (OSError, ValueError):
-        return
-    items.sort(key=lambda item: -known.get(item.nodeid, 0.0))
-
-
-def pytest_runtest_logreport(report):
-    if os.environ.get("EMBINJECT_RECORD_DURATIONS"):
-        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration  # set-up, call and tear-down
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if os.environ.get("EMBINJECT_RECORD_DURATIONS") and exitstatus == 0 and not hasattr(session.config, "workerinput"):
-        DURATIONS.write_text(json.dumps({k: round(v, 1) for k, v in sorted(_durations.items())}, indent=0) + "\n")
 
 
 @pytest.fixture(scope="session", autouse=True)
