@@ -89,19 +89,20 @@ def measure(trials: int, steps: int, first: int, work: Path) -> dict:
     exp = client.get_experiment_by_name("many-trials")
     runs = client.search_runs([exp.experiment_id], "tags.`embinject.kind` = 'trial'", max_results=5000)
     lines = text.splitlines()
+    most_seen = max((done for *_, done in samples), default=0)
     after_first = next(((t, rss) for t, rss, done in samples if done >= first), None)
     anchor = f"{first} trials ended"
     if after_first is None and samples:  # the journal never showed `first` ended trials while the driver ran (seen
         # twice on a loaded machine, cause not found): compare with the driver a third of the way through instead
         after_first = next((t, rss) for t, rss, _ in samples if t >= samples[-1][0] / 3)
-        anchor = f"a third of the run ({max(done for *_, done in samples)} trials seen ended at most)"
+        anchor = f"a third of the run ({most_seen} trials seen ended at most)"
     first_at, rss_first = after_first or (None, None)
     rss_last = samples[-1][1] if samples else None
     peak = max((rss for _, rss, _ in samples), default=None)
     return {"trials": trials, "steps_per_trial": steps, "wall_s": round(wall, 1), "trials_per_minute": round(60 * trials / wall, 1),
             "summary_rows": len(rows), "mlflow_trial_runs": len(runs),
             "mlflow_finished_runs": sum(r.info.status == "FINISHED" for r in runs),
-            "memory_samples": len(samples), "most_trials_seen_ended": max((done for *_, done in samples), default=0),
+            "memory_samples": len(samples), "most_trials_seen_ended": most_seen,
             "first": first, "memory_anchor": anchor, "first_done_at_s": round(first_at, 1) if first_at else None,
             "driver_rss_after_first_mb": round(rss_first / 2**20, 1) if rss_first else None,
             "driver_rss_end_mb": round(rss_last / 2**20, 1) if rss_last else None,

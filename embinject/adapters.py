@@ -21,7 +21,7 @@ from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
 from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
 from .models import load_frozen_lm
-from .tracking import open_store, tracking_uri_default
+from .tracking import open_store, registry_uri_for, tracking_uri_default
 from .train import autocast_dtype, baseline_perplexity, prepare, resolve_device, shared_lm
 from .train.evaluation import perplexity
 from .train.generation import generate
@@ -61,7 +61,7 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
         # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
         # else a new ./mlflow.db), not in the tracking_uri passed to download_artifacts: both are this store here.
         mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+        mlflow.set_registry_uri(registry_uri_for(uri))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
     except (MlflowException, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)

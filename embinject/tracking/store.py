@@ -73,6 +73,12 @@ def tracking_uri_default() -> str:
     return f"sqlite:///{Path('runs/tune/mlflow.db').resolve()}"
 
 
+def registry_uri_for(tracking_uri: str) -> str:
+    """Where models are registered: MLFLOW_REGISTRY_URI if the user set it, else the tracking store itself (not
+    MLflow's global registry URI, which something earlier in this process may have set)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
 def open_store(uri: str, key: str) -> str:
     """A tracking store to read from: a local SQLite store must already exist (reading must not create an
     empty one); MLflow's own INFO lines stay quiet."""

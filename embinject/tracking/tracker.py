@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import first_line, warn
 from ..fsutil import atomic_write_text
+from .store import registry_uri_for
 from .records import iso_time, now_ms, curve_value, flatten, readable
 
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
@@ -197,8 +198,7 @@ class SearchTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient  # see store.py: MLflow only once quiet_mlflow ran
 
-            # registered where it is tracked (or in MLFLOW_REGISTRY_URI), whatever registry this process set before
-            client = MlflowClient(self.tracking_uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri)
+            client = MlflowClient(self.tracking_uri, registry_uri=registry_uri_for(self.tracking_uri))
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
