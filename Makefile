@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.token_cache
 	$(PY) -m benchmarks.warm_start
 	$(PY) -m benchmarks.many_trials
+	$(PY) -m benchmarks.trial_priority
 	$(PY) -m benchmarks.report
 
 experiments: $(STAMP)

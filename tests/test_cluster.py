@@ -19,7 +19,8 @@ RAY = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv" / "bin" / "ray").ex
 @pytest.fixture
 def two_node_cluster():
     # A token of the cluster's own: a fresh machine has no ~/.ray/auth_token, and a user's must not be touched.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Workers at the nodes' priority, as README's cluster section says (Ray's default lowers them to nice +15).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_worker_niceness": "0"}
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-")
     sessions = []
@@ -42,6 +43,8 @@ def two_node_cluster():
 
 
 def test_search_on_a_two_node_cluster(tmp_path, tiny_model, shared_data, two_node_cluster, monkeypatch):
+    from .test_faults import trial_rows
+
     address, env, _ = two_node_cluster
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -54,6 +57,8 @@ def test_search_on_a_two_node_cluster(tmp_path, tiny_model, shared_data, two_nod
     assert len(parents) == 1 and len(children) == 4
     nodes = {c.data.tags.get("node_id") for c in children}
     assert len(nodes) == 2 and None not in nodes  # trials ran on both nodes
+    rows = trial_rows(storage)
+    assert {r[0]["nice"] for r in rows.values()} == {os.nice(0)}  # RAY_worker_niceness=0 on `ray start` reached them
     assert all(c.data.metrics.get("val_perplexity") for c in children)
 
 

@@ -539,6 +539,8 @@ def test_a_warm_worker_leaves_nothing_behind_for_its_next_trial(tmp_path, tiny_m
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = {t: _results(t) for t in sorted(storage.glob("t-*/trial_*"))}
     assert len(trials) == 2 and len({rows[0]["pid"] for rows in trials.values()}) == 1  # one worker ran both
+    # at the command's priority, not Ray's nice +15 for workers, which lets any busy process starve trials
+    assert {rows[0]["nice"] for rows in trials.values()} == {os.nice(0)}
     # the trial whose trainable started later (Ray's own timestamps are whole seconds: two short trials can share one)
     second = max(trials, key=lambda t: trials[t][0]["trainable_started_at"])
     search = load_search_file(str(path))

@@ -14,6 +14,12 @@ from ..space import SearchFile, trial_config
 from ..train import baseline_perplexity, prepare, release_shared_lms
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
+# Ray lowers its workers' priority (nice +15) so that its own daemons stay responsive. Trials are the work of a
+# search: at nice 15 any other busy process on the machine takes the CPU from them (a 6-trial search ran x10
+# slower beside two ordinary processes). The Ray that a search starts runs trials at the command's priority, so
+# `nice -n 10 python -m embinject.tune ...` still lowers a whole search; RAY_worker_niceness, where the user sets
+# it, wins; a cluster's nodes decide their own (`RAY_worker_niceness=0 ray start ...`).
+LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def check_local_resources(search: SearchFile, address: str | None) -> None:
@@ -91,8 +97,11 @@ def connect(address: str | None, env: dict, verbose: int) -> None:
     controller_logger = logging.getLogger("ray.tune.execution.tune_controller")
     if not any(isinstance(f, _DiskFullTrialTraceback) for f in controller_logger.filters):
         controller_logger.addFilter(_DiskFullTrialTraceback())
+    starts_ray = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    ray_default_priority = "RAY_worker_niceness" in os.environ  # the user's own setting wins
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
-                 runtime_env={"env_vars": env}, ignore_reinit_error=True)
+                 runtime_env={"env_vars": env}, ignore_reinit_error=True,
+                 **({"_system_config": LOCAL_RAY_SYSTEM_CONFIG} if starts_ray and not ray_default_priority else {}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None

@@ -30,7 +30,8 @@ def trainable(config: dict, base: dict | None = None) -> None:
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory(str(work / "resume")))
 
-    extra = {"node_id": node_id, "trainable_started_at": started_at, "pid": os.getpid()}
+    # nice: the priority trials run at, 0 unless the user lowered the whole search (see cluster.LOCAL_RAY_SYSTEM_CONFIG)
+    extra = {"node_id": node_id, "trainable_started_at": started_at, "pid": os.getpid(), "nice": os.nice(0)}
 
     def report(metrics: dict, write_checkpoint) -> None:
         out = Path(tempfile.mkdtemp(dir=work))
