@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from embinject.fsutil import atomic_write_text
+from embinject.tracking.store import quiet_mlflow
 
 
 def experiment_parser(doc: str, here: Path, data_help: str, config: Path | None = None,
@@ -41,6 +42,7 @@ def default_tracking_uri(out) -> str:
 def log_result(uri: str, experiment: str, run_name: str, params: dict, result: dict | None = None,
                metrics: dict | None = None) -> None:
     """One MLflow run: params, the validation curve and final numbers of a `train()` result, extra metrics."""
+    quiet_mlflow("WARNING")  # MLflow's database set-up lines are not the experiment's output
     import mlflow
 
     mlflow.set_tracking_uri(uri)
