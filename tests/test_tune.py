@@ -1,9 +1,11 @@
 """The search system end to end on the tiny model and real shared data: a real local Ray
 cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowClient."""
 import csv
+import errno
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embinject.errors import disk_full
 from embinject.space import DefineByRun, parse_space
+from embinject.tune.folder import restore_superseded_checkpoints
 
 from .conftest import ROOT
 
@@ -408,7 +412,7 @@ def kill_session(sid: int, timeout: float = 30, child: subprocess.Popen | None =
         time.sleep(0.5)
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage,
                         **{"train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 25, "tune.num_samples": 4,
@@ -436,10 +440,23 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model):
     newest = max(running[0].glob("checkpoint_*"))
     ahead = newest.with_name(f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")
     newest.rename(ahead)
+    # The repair's copy meets a full disk: the error goes up (the command says it in one line) and no half copy stays.
+    exp_dir = next(storage.glob("t-*"))
+    copytree = shutil.copytree
+
+    def fills_the_disk(src, dst, *args, **kwargs):  # shutil calls it again for each subfolder: a copy cut short
+        copytree(src, dst, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", fills_the_disk)
+    with pytest.raises(OSError) as full:
+        restore_superseded_checkpoints(exp_dir)
+    monkeypatch.undo()
+    assert disk_full(full.value) and ahead.is_dir() and not newest.exists()  # shutil wraps a subfolder's error
+    assert not list(exp_dir.glob("trial_*/.checkpoint_*"))
     result = run_tune(str(path), "--resume")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resume: trial {running[0].name.removeprefix('trial_')} continues from {ahead.name}" in result.stdout
-    exp_dir = next(storage.glob("t-*"))
     trials = sorted(exp_dir.glob("trial_*"))
     assert len(trials) == 4 and not list(exp_dir.glob("trial_*/.checkpoint_*"))  # no copy left half-made
     for t in trials:
