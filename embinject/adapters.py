@@ -21,7 +21,7 @@ from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
 from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
 from .models import load_frozen_lm
-from .tracking import open_store, registry_uri_for, tracking_uri_default
+from .tracking import mlflow_global_uris, open_store, registry_uri_for, tracking_uri_default
 from .train import autocast_dtype, baseline_perplexity, prepare, resolve_device, shared_lm
 from .train.evaluation import perplexity
 from .train.generation import generate
@@ -54,22 +54,17 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
 
     uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
     target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     if not sys.stderr.isatty():  # a log gets no progress bars, redrawn dozens of times per download
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
-        # else a new ./mlflow.db), not in the tracking_uri passed to download_artifacts: both are this store here.
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(registry_uri_for(uri))
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
+        # else a new ./mlflow.db), not in the URIs passed to download_artifacts: both are this store for the download.
+        with mlflow_global_uris(uri, registry_uri_for(uri)):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
     except (MlflowException, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
                           "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     found = find_adapter_dir(local if local.is_dir() else local.parent)
     if found is None:
         raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from embinject.fsutil import atomic_write_text
-from embinject.tracking.store import quiet_mlflow
+from embinject.tracking import mlflow_global_uris, quiet_mlflow
 
 
 def experiment_parser(doc: str, here: Path, data_help: str, config: Path | None = None,
@@ -45,19 +45,19 @@ def log_result(uri: str, experiment: str, run_name: str, params: dict, result: d
     quiet_mlflow("WARNING")  # MLflow's database set-up lines are not the experiment's output
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name):
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        if result is not None:
-            mlflow.log_params({"method": result["method"], "trainable_params": result["trainable_params"]})
-            for h in result.get("history", []):
-                mlflow.log_metric("val_perplexity", h["val_perplexity"], step=h["step"])
-            mlflow.log_metrics({"best_val_perplexity": result["val_perplexity"],
-                                "baseline_perplexity": result["baseline_perplexity"],
-                                "train_seconds": result["train_seconds"]})
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    with mlflow_global_uris(uri, uri):  # and back as they were: a caller's MLflow set-up is not the experiment's
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=run_name):
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            if result is not None:
+                mlflow.log_params({"method": result["method"], "trainable_params": result["trainable_params"]})
+                for h in result.get("history", []):
+                    mlflow.log_metric("val_perplexity", h["val_perplexity"], step=h["step"])
+                mlflow.log_metrics({"best_val_perplexity": result["val_perplexity"],
+                                    "baseline_perplexity": result["baseline_perplexity"],
+                                    "train_seconds": result["train_seconds"]})
+            if metrics:
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
 
 def machine() -> str:

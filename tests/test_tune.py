@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embinject.adapters import resolve_adapter
 from embinject.errors import disk_full
 from embinject.space import DefineByRun, parse_space
+from embinject.tracking import mlflow_global_uris
 from embinject.tune.folder import restore_superseded_checkpoints
 
 from .conftest import ROOT
@@ -54,6 +56,15 @@ def run_tune(*args, timeout=600, **popen):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "embinject.tune", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, **popen)
+
+
+def mlflow_state() -> tuple:
+    """MLflow's global URIs as set (None where unset) and the variables its setters write."""
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    return (tracking_state._tracking_uri, registry_state._registry_uri, os.environ.get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_REGISTRY_URI"))
 
 
 def read_mlflow(uri: str, experiment: str):
@@ -253,11 +264,9 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     assert winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
     assert mv.tags["trial_id"] == winner.data.tags["trial_id"] and mv.tags["method"] == winner.data.params["method"]
     assert float(mv.tags["val_perplexity"]) == pytest.approx(best, rel=1e-5) and mv.tags["search"] == exp_dir.name
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()  # before the variable below changes what they say
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # for the embinject subprocesses below
-    mlflow.set_tracking_uri(uri)  # other tests in this process may have set another store (experiments do)
-    mlflow.set_registry_uri(uri)
-    try:
+    # MLflow's global URIs (and, through its setters, MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for the embinject
+    # subprocesses below) on this store for the block, then as they were: other tests in this process use other stores
+    with mlflow_global_uris(uri, uri):
         model = mlflow.pyfunc.load_model("models:/test-adapter@champion")
         out = model.predict(pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
                             params={"max_new_tokens": 3})
@@ -270,16 +279,17 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         elsewhere.mkdir()
         gen = subprocess.run([sys.executable, "-m", *argv, "--prompt", "The history", "--max-new-tokens", "3", "--json"],
                              cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                             env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+                             env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
         assert gen.returncode == 0, gen.stderr[-2000:]
         assert "--tracking-uri" in argv and not any(elsewhere.iterdir())
         report = subprocess.run([sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir",
                                  str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert report.returncode == 0, report.stderr[-2000:]
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    # Loading an adapter from the registry in a process (a notebook) leaves MLflow's URIs and their variables as they
+    # were: a later search or subprocess of that process must not find this store's registry pinned
+    before = mlflow_state()
+    assert resolve_adapter("models:/test-adapter@champion", tracking_uri=uri).is_dir()
+    assert mlflow_state() == before
     table = [l for l in (tmp_path / "report" / "report.md").read_text().splitlines() if l.startswith("| ")][1:]
     assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
     assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000
@@ -287,7 +297,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
                               text=True, timeout=300)
     assert from_dir.returncode == 0 and f"| 1 | {winner.data.tags['trial_id']} |" in (exp_dir / "report.md").read_text()
 
-    local = download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "champion"))
+    with mlflow_global_uris(uri, uri):  # mv.source may be a models:/ URI, resolved through them
+        local = download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "champion"))
     local = next(Path(local).rglob("embinject.json")).parent
     meta = json.loads((Path(local) / "embinject.json").read_text())
     lm = load_frozen_lm(tiny_model)

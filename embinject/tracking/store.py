@@ -7,6 +7,7 @@ loggers' level from MLFLOW_LOGGING_LEVEL, and a command that never touches MLflo
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -77,6 +78,32 @@ def registry_uri_for(tracking_uri: str) -> str:
     """Where models are registered: MLFLOW_REGISTRY_URI if the user set it, else the tracking store itself (not
     MLflow's global registry URI, which something earlier in this process may have set)."""
     return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
+@contextlib.contextmanager
+def mlflow_global_uris(tracking_uri: str, registry_uri: str):
+    """MLflow's global tracking and registry URIs for one block (MLflow resolves `models:/` only through them), then
+    exactly as before. MLflow's setters also write MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI into the environment,
+    where later searches in this process and every subprocess would read them, and its getters return resolved
+    defaults, so restoring through the public API would pin URIs that were unset: the unset state is kept here."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state  # the globals behind the public setters
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = getattr(tracking_state, "_tracking_uri", None), getattr(registry_state, "_registry_uri", None)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])  # also resets what MLflow derived from it (its tracer's export target)
+        registry_state._registry_uri = saved[1]
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def open_store(uri: str, key: str) -> str:
