@@ -117,31 +117,38 @@ def _checkpoint_index(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
-    """Before --resume hands the folder to Ray: a trial whose snapshot names a checkpoint that is gone, while a newer
-    one is on disk, gets that newer one under the old name. Ray (keeping one checkpoint per trial) deletes the
-    previous checkpoint as soon as the next one registers but names the new one in its experiment snapshot only at a
-    later step; a kill in between leaves a snapshot that Ray refuses to restore the trial from. Returns one line per
-    trial repaired."""
+def snapshot_checkpoints(exp_dir: Path) -> dict[str, str]:
+    """The checkpoint that Ray's newest experiment snapshot names for each trial that has one: trial folder name ->
+    checkpoint folder name. Read with Ray's own trial loader; empty where there is no snapshot or Ray cannot read it."""
     from ray.tune.experiment.trial import Trial  # lazy, as in the driver: Ray Tune takes seconds to import
 
     snapshots = sorted(exp_dir.glob("experiment_state-*.json"))  # the newest by name, as Ray picks it
     try:
         trial_data = json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []
     except (OSError, ValueError, KeyError):
-        return []  # an unreadable snapshot: Ray's restore says so itself
-    lines = []
+        return {}  # an unreadable snapshot: Ray's restore says so itself
+    named = {}
     for json_state, run_metadata in trial_data:
         try:
             trial = Trial.from_json_state(json_state, stub=True)
             trial.restore_run_metadata(run_metadata)
-            named_path = trial.checkpoint.path if trial.checkpoint is not None else None
+            if trial.checkpoint is not None:
+                named[trial.storage.trial_dir_name] = Path(trial.checkpoint.path).name
         except Exception:  # noqa: BLE001 - Ray's internal format (ray>=2.50); Ray's own restore says what it cannot read
             continue
-        if named_path is None:
-            continue
-        trial_dir = exp_dir / trial.storage.trial_dir_name
-        named = trial_dir / Path(named_path).name
+    return named
+
+
+def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
+    """Before --resume hands the folder to Ray: a trial whose snapshot names a checkpoint that is gone, while a newer
+    one is on disk, gets that newer one under the old name. Ray (keeping one checkpoint per trial) deletes the
+    previous checkpoint as soon as the next one registers but names the new one in its experiment snapshot only at a
+    later step; a kill in between leaves a snapshot that Ray refuses to restore the trial from. Returns one line per
+    trial repaired."""
+    lines = []
+    for trial_dir_name, checkpoint_name in snapshot_checkpoints(exp_dir).items():
+        trial_dir = exp_dir / trial_dir_name
+        named = trial_dir / checkpoint_name
         newer = [p for p in trial_dir.glob("checkpoint_*") if _checkpoint_index(p) > _checkpoint_index(named)]
         if named.exists() or not newer:
             continue
@@ -154,6 +161,7 @@ def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
         except OSError:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        lines.append(f"resume: trial {trial.trial_id} continues from {newest.name} (Ray's snapshot still named "
+        trial_id = trial_dir_name.removeprefix("trial_")
+        lines.append(f"resume: trial {trial_id} continues from {newest.name} (Ray's snapshot still named "
                      f"{named.name}, which it had deleted when {newest.name} was saved)")
     return lines
