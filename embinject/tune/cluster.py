@@ -15,8 +15,8 @@ from ..train import baseline_perplexity, prepare, release_shared_lms
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
 # Ray lowers its workers' priority (nice +15) so that its own daemons stay responsive. Trials are the work of a
-# search: at nice 15 any other busy process on the machine takes the CPU from them (a 6-trial search ran x10
-# slower beside two ordinary processes). The Ray that a search starts runs trials at the command's priority, so
+# search: at nice 15 any other busy process on the machine takes the CPU from them (benchmarks.trial_priority: x5.4
+# the wall time beside two busy processes). The Ray that a search starts runs trials at the command's priority, so
 # `nice -n 10 python -m embinject.tune ...` still lowers a whole search; RAY_worker_niceness, where the user sets
 # it, wins; a cluster's nodes decide their own (`RAY_worker_niceness=0 ray start ...`).
 LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
