@@ -76,6 +76,8 @@ def measure(trials: int, steps: int, first: int, work: Path) -> dict:
             except psutil.Error:
                 time.sleep(0.5)
                 continue
+            if rss == 0:
+                break  # it exited and waits to be reaped: Linux reports such a process's memory as 0
             samples.append((time.time() - t0, rss, finished_trials(work / "runs")))
             time.sleep(0.5)
         proc.wait()
