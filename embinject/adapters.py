@@ -6,11 +6,11 @@ model share, so an adapter behaves the same whichever way it is used.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from .config import Config, config_from_dict
 from .config_files import parse_override, resolve_paths, set_dotted
 from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
+from .fsutil import scratch_dir, sweep_scratch
 from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
 from .models import load_frozen_lm
 from .tracking import mlflow_global_uris, open_store, registry_uri_for, tracking_uri_default
@@ -37,9 +38,11 @@ def find_adapter_dir(root: Path) -> Path | None:
     return found[0].parent if found else None
 
 
-def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--adapter") -> Path:
-    """A local adapter directory for `ref`: a directory (relative to the current one), or an MLflow URI
-    (`runs:/RUN_ID/PATH`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`) downloaded from the tracking store."""
+@contextlib.contextmanager
+def adapter_directory(ref: str, tracking_uri: str | None = None, key: str = "--adapter"):
+    """A local adapter directory for `ref` while the block runs: a directory (relative to the current one) as it is,
+    or an MLflow URI (`runs:/RUN_ID/PATH`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`) downloaded from the tracking
+    store into a scratch directory that is removed afterwards (or by a later command, if this one is killed)."""
     if "://" not in ref and not ref.startswith(("runs:/", "models:/")):
         path = Path(os.path.abspath(os.path.expanduser(ref)))
         if not path.is_dir():
@@ -48,27 +51,31 @@ def resolve_adapter(ref: str, tracking_uri: str | None = None, key: str = "--ada
         if found is None:
             raise ConfigError(f"{key}: {path} holds no {ADAPTER_CONFIG}; pass the adapter/ directory that "
                               "embinject train or the search's champion/ wrote")
-        return found
+        yield found
+        return
     import mlflow  # only for an MLflow URI, and after open_store quiets it (see embinject.tracking.store)
     from mlflow.exceptions import MlflowException  # lazy, as mlflow above
 
     uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
-    target = Path(tempfile.mkdtemp(prefix="embinject-adapter-"))
     if not sys.stderr.isatty():  # a log gets no progress bars, redrawn dozens of times per download
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    sweep_scratch()
+    target = scratch_dir("adapter")
     try:
-        # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
-        # else a new ./mlflow.db), not in the URIs passed to download_artifacts: both are this store for the download.
-        with mlflow_global_uris(uri, registry_uri_for(uri)):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
-    except (MlflowException, OSError) as exc:
+        try:
+            # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
+            # else a new ./mlflow.db), not in the URIs passed to download_artifacts: both are this store for the download.
+            with mlflow_global_uris(uri, registry_uri_for(uri)):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri))
+        except (MlflowException, OSError) as exc:
+            raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
+                              "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
+        found = find_adapter_dir(local if local.is_dir() else local.parent)
+        if found is None:
+            raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")
+        yield found
+    finally:
         shutil.rmtree(target, ignore_errors=True)
-        raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
-                          "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
-    found = find_adapter_dir(local if local.is_dir() else local.parent)
-    if found is None:
-        raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")
-    return found
 
 
 def text_ids(tokenizer, text: str, cfg: Config) -> list[int]:
@@ -204,8 +211,11 @@ class LoadedAdapter:
                 "val_perplexity": ppl, "baseline_perplexity": base, "improvement_percent": 100.0 * (1 - ppl / base)}
 
 
-def load_adapter(ref: str, tracking_uri: str | None = None, device: str = "cpu", key: str = "--adapter") -> LoadedAdapter:
-    return LoadedAdapter(resolve_adapter(ref, tracking_uri, key), device=device, source=ref)
+def load_adapter(ref: str, tracking_uri: str | None = None, device: str = "cpu", key: str = "--adapter",
+                 lm=None) -> LoadedAdapter:
+    """The adapter `ref` names (see adapter_directory), loaded; a download is removed once its weights are read."""
+    with adapter_directory(ref, tracking_uri, key) as directory:
+        return LoadedAdapter(directory, device=device, lm=lm, source=ref)
 
 
-__all__ = ["LoadedAdapter", "load_adapter", "resolve_adapter", "text_ids"]
+__all__ = ["LoadedAdapter", "adapter_directory", "load_adapter", "text_ids"]

@@ -4,11 +4,12 @@ The command only."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
-from .adapters import LoadedAdapter, resolve_adapter
+from .adapters import LoadedAdapter, adapter_directory
 from .errors import ConfigError, prog, run_command
 from .fsutil import check_writable
 from .methods import mix_adapters
@@ -35,19 +36,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--output-dir: {output} exists and is not an earlier export; choose another directory")
         if args.mix and args.format != "mlflow":
             raise ConfigError("--mix: only for --format mlflow")
-        directory = resolve_adapter(args.adapter, args.tracking_uri)
-        adapter = LoadedAdapter(directory)  # a corrupt adapter is named now, not when someone loads the export
-        try:
+        with contextlib.ExitStack() as stack:  # a downloaded adapter (runs:/, models:/) is removed at the end
+            directory = stack.enter_context(adapter_directory(args.adapter, args.tracking_uri))
+            adapter = LoadedAdapter(directory, source=args.adapter)  # a corrupt adapter is named now, not at load time
+            stack.callback(adapter.close)
             if args.format == "mlflow":
-                mix = resolve_adapter(args.mix, args.tracking_uri, "--mix") if args.mix else None
+                mix = stack.enter_context(adapter_directory(args.mix, args.tracking_uri, "--mix")) if args.mix else None
                 if mix:
                     mix_adapters(adapter.method, LoadedAdapter(mix, lm=adapter.lm).method, 0.5)  # same method and shape
                 save_pyfunc(directory, output, mix)
                 print(f"wrote an MLflow model to {output}; load it with mlflow.pyfunc.load_model({str(output)!r})")
                 return 0
             write_peft(adapter.method, output)
-        finally:
-            adapter.close()
         print(f"wrote a PEFT adapter to {output}; load it with peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})")
         return 0
 

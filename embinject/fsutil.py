@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -51,6 +53,46 @@ def staged_dir(target: str | Path):
         staged.rename(target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+# Scratch directories of processes that can be killed without running their cleanup (trials stopped by Ray, pack
+# hosts, a command killed mid-download): named after their host and process, and removed by any later embinject
+# process on that host once that process is gone, so a long search on a shared machine does not fill its /tmp.
+SCRATCH_PREFIX = "embinject-"
+
+
+def _scratch_pattern() -> re.Pattern:
+    return re.compile(rf"{SCRATCH_PREFIX}[a-z]+-{re.escape(socket.gethostname())}-(\d+)-")
+
+
+def scratch_dir(kind: str) -> Path:
+    """A new private directory in the system's temporary directory, for this process only (see sweep_scratch)."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{kind}-{socket.gethostname()}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_scratch() -> int:
+    """Removes the scratch directories that processes of this host left when they were killed; returns how many."""
+    root, pattern, removed = Path(tempfile.gettempdir()), _scratch_pattern(), 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        match = pattern.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(root / name, ignore_errors=True)
+            removed += not (root / name).exists()
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

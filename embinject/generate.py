@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .adapters import LoadedAdapter, load_adapter, resolve_adapter
+from .adapters import load_adapter
 from .errors import ConfigError, prog, run_command
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter = load_adapter(args.adapter, args.tracking_uri, args.device)
         mix = None
         if args.mix:
-            mix = LoadedAdapter(resolve_adapter(args.mix, args.tracking_uri, "--mix"), adapter.device, lm=adapter.lm)
+            mix = load_adapter(args.mix, args.tracking_uri, adapter.device, "--mix", lm=adapter.lm)
         texts = adapter.generate(args.prompt, args.context, mix=mix, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k, seed=args.seed)
         if args.json:

@@ -1,7 +1,10 @@
 """Packed trials: a packed step gives every member the gradient it would get alone, whatever the mix of methods and
 prefix lengths; members trained in a pack follow their solo curves; and in a real Ray search a packed trial is still a
 Ray Tune trial (same curves as the unpacked search, ASHA stops one member while the others go on)."""
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +86,7 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model):
         assert max(abs(a - b) / b for a, b in zip(alone[i], packed[i])) < 1e-5, (specs[i], alone[i], packed[i])
 
 
-def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model):
+def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model, monkeypatch):
     points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
               {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
               {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
@@ -100,8 +103,16 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
             # unpacked: four one-thread trials at once; packed: four members sharing the two CPUs' threads
             "tune.scheduler": scheduler, "tune.resources": {"cpus": 0.5 if pack == "off" else 2, "gpus": 0},
             "mlflow.register_as": None})
-        proc = run_tune(str(path))
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        # the search's own temporary directory (short: Ray puts its sockets there too), to see what it leaves
+        scratch = Path(tempfile.mkdtemp(prefix="ei", dir="/tmp"))
+        monkeypatch.setenv("TMPDIR", str(scratch))
+        try:
+            proc = run_tune(str(path))
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            # stopped trials and the pack's host (killed by Ray, their own clean-up not run) leave no scratch directory
+            assert sorted(p.name for p in scratch.glob("embinject-*")) == []
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         assert ("packing: tune.pack: 4 trials share each frozen LM" in proc.stdout) == (pack == 4)
         rows = {}
         for trial in storage.glob("t-*/trial_*"):

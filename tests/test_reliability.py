@@ -258,3 +258,33 @@ def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(t
     assert [p.info.status for p in parents] == ["FINISHED"] and sorted(c.info.status for c in children) == ["FINISHED"] * 2
     versions = registered_versions(client, "test-adapter")
     assert len(versions) == 1 and f"best trial {versions[0].tags['trial_id']}:" in resumed.stdout
+
+
+def test_scratch_directories_of_killed_processes_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
+    """Trials that Ray stops, pack hosts and a command killed mid-download cannot remove their scratch directory;
+    the next embinject process on the host does, once the owner is gone, and never a live process's."""
+    import signal
+    import socket
+    import tempfile
+
+    from embinject.fsutil import scratch_dir, sweep_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    script = ("import sys, time; from embinject.fsutil import scratch_dir; d = scratch_dir('trial'); "
+              "(d / 'checkpoint').write_bytes(bytes(1000)); print(d, flush=True); time.sleep(600)")
+    owners = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**PY_ENV, "TMPDIR": str(tmp_path)},
+                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        killed, alive = (Path(p.stdout.readline().strip()) for p in owners)
+        owners[0].send_signal(signal.SIGKILL)
+        owners[0].wait(timeout=30)
+        mine = scratch_dir("adapter")
+        elsewhere = tmp_path / f"embinject-trial-another-host-{owners[0].pid}-x"  # the same /tmp seen from another host
+        elsewhere.mkdir()
+        assert killed.name.startswith(f"embinject-trial-{socket.gethostname()}-{owners[0].pid}-") and killed.is_dir()
+        assert sweep_scratch() == 1
+        assert not killed.exists() and alive.is_dir() and mine.is_dir() and elsewhere.is_dir()
+    finally:
+        for p in owners:
+            p.kill()
+            p.wait(timeout=30)

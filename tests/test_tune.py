@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embinject.adapters import resolve_adapter
+from embinject.adapters import adapter_directory
 from embinject.errors import disk_full
 from embinject.space import DefineByRun, parse_space
 from embinject.tracking import mlflow_global_uris
@@ -275,21 +275,26 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         # leaves no empty ./mlflow.db behind.
         hint = next(line for line in proc.stdout.splitlines() if "use it: embinject generate" in line)
         argv = shlex.split(hint.split("use it: ", 1)[1].split(", or ", 1)[0].replace("--prompt TEXT", ""))
-        elsewhere = tmp_path / "elsewhere"
+        elsewhere, scratch = tmp_path / "elsewhere", tmp_path / "scratch"
         elsewhere.mkdir()
+        scratch.mkdir()
         gen = subprocess.run([sys.executable, "-m", *argv, "--prompt", "The history", "--max-new-tokens", "3", "--json"],
                              cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                             env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+                             env={**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")},
+                                  "TMPDIR": str(scratch)})
         assert gen.returncode == 0, gen.stderr[-2000:]
         assert "--tracking-uri" in argv and not any(elsewhere.iterdir())
+        assert not list(scratch.glob("embinject-*"))  # the adapter it downloaded is gone
         report = subprocess.run([sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir",
                                  str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert report.returncode == 0, report.stderr[-2000:]
     # Loading an adapter from the registry in a process (a notebook) leaves MLflow's URIs and their variables as they
     # were: a later search or subprocess of that process must not find this store's registry pinned
+    # where it kept nothing: the download is removed when the block ends
     before = mlflow_state()
-    assert resolve_adapter("models:/test-adapter@champion", tracking_uri=uri).is_dir()
-    assert mlflow_state() == before
+    with adapter_directory("models:/test-adapter@champion", tracking_uri=uri) as downloaded:
+        assert (downloaded / "embinject.json").is_file()
+    assert mlflow_state() == before and not downloaded.exists()
     table = [l for l in (tmp_path / "report" / "report.md").read_text().splitlines() if l.startswith("| ")][1:]
     assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
     assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000

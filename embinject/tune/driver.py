@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import first_line, prog
-from ..fsutil import atomic_write_text, check_writable
+from ..fsutil import atomic_write_text, check_writable, sweep_scratch
 from ..models import cache_root
 from ..space import SearchFile, apply_params
 from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
@@ -141,6 +141,7 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
             return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm)
     finally:
         ray.shutdown()
+        sweep_scratch()  # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
 
 
 def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,

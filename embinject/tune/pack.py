@@ -22,6 +22,7 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..errors import first_line
+from ..fsutil import scratch_dir, sweep_scratch
 from ..methods import build_method
 from ..space import SearchFile, trial_config
 from ..train import Diverged, autocast_dtype, checkpointed_lm, precision, prepare, shared_lm, train
@@ -141,7 +142,8 @@ class PackHost:
         self.lock = threading.Lock()
         self.members: dict[str, _Member] = {}
         self.joined = 0
-        self.work = Path(tempfile.mkdtemp(prefix="embinject-pack-"))
+        sweep_scratch()
+        self.work = scratch_dir("pack")
         self.idle_since = time.monotonic()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -181,6 +183,10 @@ class PackHost:
             member = self.members.get(key)
             if member is not None:
                 self._drop(member)
+
+    def close(self) -> None:
+        """The search ended: the host's scratch directory goes before Ray kills it (see stop_hosts)."""
+        shutil.rmtree(self.work, ignore_errors=True)
 
     # ---- inside the host
     def _drop(self, member: _Member) -> None:
@@ -265,7 +271,8 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
     if unpackable_reason(cfg) is not None:
         return trainable(config, base)  # LoRA, deep prompts: alone, as in a search that does not pack
     started_at = time.time()
-    work = Path(tempfile.mkdtemp(prefix="embinject-trial-"))
+    sweep_scratch()
+    work = scratch_dir("trial")
     host = key = None
     alive = threading.Event()
     alive.set()
@@ -321,9 +328,16 @@ def stop_hosts(plan: PackPlan) -> None:
 
     if plan.size <= 1 or not ray.is_initialized():
         return
+    hosts = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry.get("namespace") == NAMESPACE and entry["name"].startswith(f"embinject-pack-{plan.key}-"):
             try:
-                ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
+                hosts.append(ray.get_actor(entry["name"], namespace=NAMESPACE))
             except ValueError:
                 pass  # already gone
+    try:  # their scratch directories, on whichever node they run (a host that does not answer is swept later)
+        ray.get([host.close.remote() for host in hosts], timeout=30)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
+    for host in hosts:
+        ray.kill(host)
