@@ -19,7 +19,7 @@ from .config import Config, config_from_dict
 from .config_files import parse_override, resolve_paths, set_dotted
 from .encoders import load_encoder, pooling_chunks
 from .errors import ConfigError, first_line
-from .fsutil import scratch_dir, sweep_scratch
+from .fsutil import scratch_dir
 from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
 from .models import load_frozen_lm
 from .tracking import mlflow_global_uris, open_store, registry_uri_for, tracking_uri_default
@@ -59,7 +59,6 @@ def adapter_directory(ref: str, tracking_uri: str | None = None, key: str = "--a
     uri = open_store(tracking_uri or tracking_uri_default(), "--tracking-uri")
     if not sys.stderr.isatty():  # a log gets no progress bars, redrawn dozens of times per download
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    sweep_scratch()
     target = scratch_dir("adapter")
     try:
         try:
@@ -105,9 +104,9 @@ class LoadedAdapter:
     """A saved adapter rebuilt around its frozen LM, with its encoder (injection) loaded on first use."""
 
     def __init__(self, directory: str | Path, device: str = "cpu", lm=None, source: str | None = None):
-        self.directory = Path(directory)
-        self.source = source or str(self.directory)  # as the user named it (models:/NAME@champion), for what we print
-        self.meta = read_adapter_config(self.directory)
+        directory = Path(directory)  # read here only: load_adapter removes a download once this returns
+        self.source = source or str(directory)  # as the user named it (models:/NAME@champion), for what we print
+        self.meta = read_adapter_config(directory)
         self.cfg: Config = self.meta["parsed_config"]
         self.device = resolve_device(device)
         if REGISTRY[self.cfg.method].changes_lm:
@@ -116,7 +115,7 @@ class LoadedAdapter:
             self.lm = load_frozen_lm(self.cfg.model, device=self.device)
         else:
             self.lm = lm or shared_lm(self.cfg.model, self.device)
-        self.method: AdapterMethod = load_method(self.directory, self.lm.model, self.lm.tokenizer)
+        self.method: AdapterMethod = load_method(directory, self.lm.model, self.lm.tokenizer)
         self._encoder = None
 
     @property

@@ -66,7 +66,9 @@ def _scratch_pattern() -> re.Pattern:
 
 
 def scratch_dir(kind: str) -> Path:
-    """A new private directory in the system's temporary directory, for this process only (see sweep_scratch)."""
+    """A new private directory in the system's temporary directory, for this process only; those that killed
+    processes of this host left are swept first (see sweep_scratch)."""
+    sweep_scratch()
     return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{kind}-{socket.gethostname()}-{os.getpid()}-"))
 
 

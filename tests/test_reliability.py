@@ -276,9 +276,9 @@ def test_scratch_directories_of_killed_processes_are_swept_and_live_ones_kept(tm
                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         killed, alive = (Path(p.stdout.readline().strip()) for p in owners)
+        mine = scratch_dir("adapter")  # (a new one sweeps first: made while every owner still runs)
         owners[0].send_signal(signal.SIGKILL)
         owners[0].wait(timeout=30)
-        mine = scratch_dir("adapter")
         elsewhere = tmp_path / f"embinject-trial-another-host-{owners[0].pid}-x"  # the same /tmp seen from another host
         elsewhere.mkdir()
         assert killed.name.startswith(f"embinject-trial-{socket.gethostname()}-{owners[0].pid}-") and killed.is_dir()

@@ -289,8 +289,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
                                  str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert report.returncode == 0, report.stderr[-2000:]
     # Loading an adapter from the registry in a process (a notebook) leaves MLflow's URIs and their variables as they
-    # were: a later search or subprocess of that process must not find this store's registry pinned
-    # where it kept nothing: the download is removed when the block ends
+    # were (a later search or subprocess of that process must not find this store's registry pinned), and keeps no
+    # copy: the download is removed when the block ends
     before = mlflow_state()
     with adapter_directory("models:/test-adapter@champion", tracking_uri=uri) as downloaded:
         assert (downloaded / "embinject.json").is_file()

@@ -21,8 +21,8 @@ from .conftest import ROOT, free_port
 METHODS = ("prompt", "injection", "prefix", "lora")
 
 
-def run_cli(*args, timeout=300, cwd=ROOT):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*args, timeout=300, cwd=ROOT, tmpdir=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
     return subprocess.run([sys.executable, "-m", "embinject", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -280,11 +280,14 @@ def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path,
         existing = tmp_path / "existing.db"
         MlflowClient(f"sqlite:///{existing}").search_experiments()
         args = [f"sqlite:///{existing}" if a == "STORE" else a for a in args]
-    proc = run_cli(*args)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run_cli(*args, tmpdir=scratch)
     lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("warning:")]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists() and [p.name for p in taken.iterdir()] == ["notes.txt"]
+    assert not list(scratch.glob("embinject-*"))  # a download that failed (unknown-alias) leaves no scratch directory
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
 
 

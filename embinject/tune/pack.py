@@ -22,7 +22,7 @@ import torch
 
 from ..config import Config, config_from_dict
 from ..errors import first_line
-from ..fsutil import scratch_dir, sweep_scratch
+from ..fsutil import scratch_dir
 from ..methods import build_method
 from ..space import SearchFile, trial_config
 from ..train import Diverged, autocast_dtype, checkpointed_lm, precision, prepare, shared_lm, train
@@ -142,7 +142,6 @@ class PackHost:
         self.lock = threading.Lock()
         self.members: dict[str, _Member] = {}
         self.joined = 0
-        sweep_scratch()
         self.work = scratch_dir("pack")
         self.idle_since = time.monotonic()
         threading.Thread(target=self._watch, daemon=True).start()
@@ -271,7 +270,6 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
     if unpackable_reason(cfg) is not None:
         return trainable(config, base)  # LoRA, deep prompts: alone, as in a search that does not pack
     started_at = time.time()
-    sweep_scratch()
     work = scratch_dir("trial")
     host = key = None
     alive = threading.Event()

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..fsutil import scratch_dir, sweep_scratch
+from ..fsutil import scratch_dir
 from ..space import trial_config
 from ..train import Diverged, train
 
@@ -25,8 +25,7 @@ def trainable(config: dict, base: dict | None = None) -> None:
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         cfg.train.threads = max(1, int(cpus))
     node_id = ray.get_runtime_context().get_node_id()
-    sweep_scratch()  # what trials that Ray killed on this host left
-    work = scratch_dir("trial")
+    work = scratch_dir("trial")  # also removes what trials that Ray killed on this host left
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
