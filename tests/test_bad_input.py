@@ -42,6 +42,7 @@ def bad_files(tmp_path_factory, tiny_model):
     (d / "broken.parquet").write_bytes(b"PAR1" + os.urandom(200))
     (d / "badjson.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     (d / "nofield.jsonl").write_text('{"body": "a"}\n{"body": "b"}\n')
+    (d / "short.jsonl").write_text('{"text": "too short"}\n{"text": "also short"}\n')
     (d / "a_file").write_text("not a directory")
     model = d / "truncated-model"
     shutil.copytree(tiny_model, model)
@@ -87,6 +88,7 @@ TRAIN_CASES = [
     ("batch-zero", ["--set", "train.batch_size=0"], "train.batch_size: expected a value > 0"),
     ("method", ["--set", "method=magic"], "method: expected one of"),
     ("unknown-key", ["--set", "trian.lr=1"], "trian: unknown key (did you mean 'train'?)"),
+    ("unknown-nested-key", ["--set", "adapter.mlp_widht=3"], "adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)"),
     ("set-without-value", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
     ("divergence-factor", ["--set", "train.divergence_factor=-1"], "train.divergence_factor: expected a value >= 0"),
     ("data-missing", ["--set", "data.path=./no/such/data.jsonl"], "data.path:"),
@@ -96,9 +98,16 @@ TRAIN_CASES = [
     ("data-parquet", ["--set", "data.path={d}/broken.parquet"], "broken.parquet is not a readable parquet file"),
     ("data-json", ["--set", "data.path={d}/badjson.jsonl"], "badjson.jsonl line 2 is not valid JSON"),
     ("data-field", ["--set", "data.path={d}/nofield.jsonl"], "data.text_field: 'text' not found"),
+    ("data-no-windows", ["--set", "data.path={d}/short.jsonl"], "data.path: the train split has no windows"),
     ("model-missing", ["--set", "model=./no-such-model"], "model: "),
     ("model-truncated", ["--set", "model={d}/truncated-model"], "model: cannot load"),
     ("encoder-missing", ["--set", "adapter.embedding_model=./no-such-encoder"], "adapter.embedding_model: "),
+    # a trained encoder (adapter.encoder_rank) on a layer the model lacks, or with no target module in its layers
+    ("encoder-layer", ["--set", "adapter.encoder_rank=2", "--set", "adapter.embed_source=previous", "--set",
+                       "adapter.embedding_model=lm-hidden:9"], "adapter.embedding_model: lm-hidden:9 is not a layer of this model (0 to 2)"),
+    ("encoder-target-modules", ["--set", "adapter.encoder_rank=2", "--set", "adapter.embed_source=previous", "--set",
+                                "adapter.embedding_model=lm-hidden:1", "--set", "adapter.target_modules=[nope]"],
+     "adapter.target_modules: none of ['nope'] is a linear layer in the LM's first 1 layers"),
     ("set-comment", ["--set", "train.lr=3e-4 #3"], "--set train.lr=3e-4 #3: ' #' starts a YAML comment"),
     ("output-under-file", ["--output-dir", "{d}/a_file/out"], "--output-dir: cannot write to"),
     ("output-read-only", ["--output-dir", "{ro}/out"], "--output-dir: cannot write to"),

@@ -87,44 +87,52 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model):
 
 
 def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model, monkeypatch):
+    """Each packed trial's curve is the one its configuration has trained alone (embinject.train in this process, as
+    an unpacked trial runs it), while ASHA stops one member and the others go on in the pack."""
+    from embinject.space import load_search_file, trial_config
+
     points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
               {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
               {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
               {"method": "prompt", "train.lr": 1.0e-6, "adapter.prefix_len": 2}]  # learns nothing
     space = {"method": {"choice": ["prompt", "prefix", "injection"]}, "train.lr": {"loguniform": [1.0e-6, 5.0e-2]},
              "adapter.prefix_len": {"randint": [1, 4]}, "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}}}
-    curves = {}
-    for pack in ("off", 4):
-        storage = tmp_path / f"runs-{pack}"
-        scheduler = {"type": "none"} if pack == "off" else {"type": "asha", "grace_period": 3, "reduction_factor": 2}
-        path = write_search(tmp_path / f"{pack}.yaml", tiny_model, "builtin:python-docs", storage, **{
-            "search": space, "train.max_steps": 24, "train.eval_every": 3, "train.dtype": "float32",
-            "tune.num_samples": 4, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": pack,
-            # unpacked: four one-thread trials at once; packed: four members sharing the two CPUs' threads
-            "tune.scheduler": scheduler, "tune.resources": {"cpus": 0.5 if pack == "off" else 2, "gpus": 0},
-            "mlflow.register_as": None})
-        # the search's own temporary directory (short: Ray puts its sockets there too), to see what it leaves
-        scratch = Path(tempfile.mkdtemp(prefix="ei", dir="/tmp"))
-        monkeypatch.setenv("TMPDIR", str(scratch))
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "packed.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "search": space, "train.max_steps": 24, "train.eval_every": 3, "train.dtype": "float32",
+        "tune.num_samples": 4, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 4,
+        "tune.scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+        "tune.resources": {"cpus": 2, "gpus": 0}, "mlflow.register_as": None})  # four members share the two CPUs
+    # the search's own temporary directory (short: Ray puts its sockets there too), to see what it leaves
+    scratch = Path(tempfile.mkdtemp(prefix="ei", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    try:
+        proc = run_tune(str(path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        # stopped trials and the pack's host (killed by Ray, their own clean-up not run) leave no scratch directory
+        assert sorted(p.name for p in scratch.glob("embinject-*")) == []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert "packing: tune.pack: 4 trials share each frozen LM" in proc.stdout
+    packed = {}
+    for trial in storage.glob("t-*/trial_*"):
+        r = _without_redelivery(_results(trial))
+        packed[(r[0]["config"]["method"], r[0]["config"]["train.lr"])] = r
+    assert len(packed) == 4
+    search = load_search_file(str(path))
+    threads = torch.get_num_threads()
+    for point in points:
+        cfg = trial_config(search.base, point)
+        cfg.train.threads, cfg.train.progress = 1, False  # as an unpacked trial of one CPU
         try:
-            proc = run_tune(str(path))
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            # stopped trials and the pack's host (killed by Ray, their own clean-up not run) leave no scratch directory
-            assert sorted(p.name for p in scratch.glob("embinject-*")) == []
+            result, method = train(cfg)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        assert ("packing: tune.pack: 4 trials share each frozen LM" in proc.stdout) == (pack == 4)
-        rows = {}
-        for trial in storage.glob("t-*/trial_*"):
-            r = _without_redelivery(_results(trial))
-            rows[(r[0]["config"]["method"], r[0]["config"]["train.lr"])] = r
-        curves[pack] = rows
-    packed, alone = curves[4], curves["off"]
-    assert set(packed) == set(alone) and len(packed) == 4
-    for key, rows in packed.items():
-        solo = {r["step"]: r["val_perplexity"] for r in alone[key]}
+            torch.set_num_threads(threads)  # this process's other tests keep theirs
+        method.release()
+        solo = {h["step"]: h["val_perplexity"] for h in result["history"]}
+        rows = packed[(point["method"], point["train.lr"])]
         for r in rows:
-            assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (key, r["step"])
+            assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (point, r["step"])
     assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 1  # one host held the LM for all
     assert max(r["pack_size"] for rows in packed.values() for r in rows) > 1
     stopped = {k: rows[-1]["step"] for k, rows in packed.items() if rows[-1]["step"] < 24}

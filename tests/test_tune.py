@@ -19,9 +19,11 @@ from embinject.adapters import adapter_directory
 from embinject.errors import disk_full
 from embinject.space import DefineByRun, parse_space
 from embinject.tracking import mlflow_global_uris
+from embinject.tune import __main__ as tune_cli
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
 
 from .conftest import ROOT
+from .test_bad_input import assert_one_error_line, run_main
 
 
 def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overrides) -> Path:
@@ -150,30 +152,33 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
     ({"search.adapter.context_tokens": {"choice": [8, 32]}}, "search.adapter.context_tokens: value 32 makes an invalid config"),
 ])
 def test_bad_search_file_fails_before_ray_starts(tmp_path, tiny_model, patch, expected):
+    """In this process (test_bad_input.py runs the same contract as a real process)."""
+    import ray
+
     if "gpus" in str(patch) and __import__("torch").cuda.is_available():
         pytest.skip("a GPU is visible here")
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **patch)
     start = time.time()
-    proc = run_tune(str(path), timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
-    assert not (tmp_path / "runs").exists()  # nothing half-written, Ray never started
-    assert time.time() - start < 60
+    code, out, err = run_main(tune_cli.main, [str(path)], tmp_path)
+    assert code == 2, out + err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert not (tmp_path / "runs").exists() and not ray.is_initialized()  # nothing half-written, Ray never started
+    assert time.time() - start < 30
 
 
 def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
-    proc = run_tune(str(path), "--dry-run", "--set", "tune.num_samples=3", timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in proc.stdout
-    assert "budget: 3 trials, at most 36 optimizer steps" in proc.stdout
-    assert "TPE-guided after 3 random trials" in proc.stdout
-    assert "packing: tune.pack auto: trials run on CPUs, where a packed step was slower" in proc.stdout
-    packed = run_tune(str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2", timeout=120)
-    assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in packed.stdout, packed.stdout
-    assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in packed.stdout
-    assert not (tmp_path / "runs").exists()
+    code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.num_samples=3"], tmp_path)
+    assert code == 0, err
+    assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in out
+    assert "budget: 3 trials, at most 36 optimizer steps" in out
+    assert "TPE-guided after 3 random trials" in out
+    assert "packing: tune.pack auto: trials run on CPUs, where a packed step was slower" in out
+    code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2"], tmp_path)
+    assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in out, out
+    assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in out
+    assert code == 0 and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])
@@ -529,16 +534,24 @@ def test_pareto_front_keeps_exactly_the_undominated_trials():
 ])
 def test_bad_objectives_are_named(tmp_path, tiny_model, objectives, expected):
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{"tune.objectives": objectives})
-    proc = run_tune(str(path), "--dry-run", timeout=120)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+    code, _, err = run_main(tune_cli.main, [str(path), "--dry-run"], tmp_path)
+    assert_one_error_line(code, err, expected)
 
 
-def test_multi_objective_search_reports_its_pareto_front(tmp_path, tiny_model):
+def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leaves_nothing_behind(tmp_path, tiny_model):
+    """A Pareto front over validation perplexity and trainable parameters; and, in the same search (one search's start
+    costs more than its trials here), consecutive trials reuse a worker that already holds the frozen LM
+    (tune.reuse_actors, the default): a LoRA trial runs first (it changes the shared LM object in place), and the
+    prompt trial after it in the same worker must match a fresh process exactly."""
     import csv
+
+    from embinject.space import load_search_file, trial_config
 
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "tune.num_samples": 4, "tune.points_to_evaluate": [], "train.max_steps": 6,
+        "search": {"method": {"choice": ["lora", "prompt"]}, "train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
+        "tune.points_to_evaluate": [{"method": "lora", "train.lr": 0.02}, {"method": "prompt", "train.lr": 0.02}],
+        "tune.num_samples": 4, "tune.max_concurrent_trials": 1, "train.max_steps": 6,
         "tune.scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
         "tune.objectives": [{"metric": "val_perplexity", "mode": "min"}, {"metric": "trainable_params", "mode": "min"}]})
     proc = run_tune(str(path))
@@ -561,38 +574,24 @@ def test_multi_objective_search_reports_its_pareto_front(tmp_path, tiny_model):
                             text=True, timeout=300)
     assert report.returncode == 0 and "| pareto |" in report.stdout and "![pareto_front](pareto_front.png)" in report.stdout
 
-
-def test_a_warm_worker_leaves_nothing_behind_for_its_next_trial(tmp_path, tiny_model):
-    """Consecutive trials reuse a worker that already holds the frozen LM (tune.reuse_actors, the default).
-    A LoRA trial runs first (it changes the shared LM object in place); the prompt trial after it in the
-    same worker must match a fresh process exactly."""
-    from embinject.space import load_search_file, trial_config
-
-    storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "search": {"method": {"choice": ["lora", "prompt"]}, "train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
-        "tune.points_to_evaluate": [{"method": "lora", "train.lr": 0.02}, {"method": "prompt", "train.lr": 0.02}],
-        "tune.num_samples": 2, "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"},
-        "train.max_steps": 6, "mlflow.register_as": None})
-    proc = run_tune(str(path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    trials = {t: _results(t) for t in sorted(storage.glob("t-*/trial_*"))}
-    assert len(trials) == 2 and len({rows[0]["pid"] for rows in trials.values()}) == 1  # one worker ran both
-    # at the command's priority, not Ray's nice +15 for workers, which lets any busy process starve trials
+    # the warm worker: one worker ran every trial, at the command's priority (not Ray's nice +15 for workers, which
+    # lets any busy process starve trials)
+    trials = {t: _results(t) for t in sorted(exp_dir.glob("trial_*"))}
+    assert len(trials) == 4 and len({rows[0]["pid"] for rows in trials.values()}) == 1
     assert {rows[0]["nice"] for rows in trials.values()} == {os.nice(0)}
-    # the trial whose trainable started later (Ray's own timestamps are whole seconds: two short trials can share one)
-    second = max(trials, key=lambda t: trials[t][0]["trainable_started_at"])
+    params = {t: json.loads((t / "params.json").read_text()) for t in trials}
+    lora, second = (next(t for t in trials if params[t] == {"method": m, "train.lr": 0.02}) for m in ("lora", "prompt"))
+    assert trials[lora][0]["trainable_started_at"] <= trials[second][0]["trainable_started_at"]  # the LoRA trial first
     search = load_search_file(str(path))
-    params = json.loads((second / "params.json").read_text())
-    assert params["method"] == "prompt"
-    cfg = trial_config(search.base, {**params, "train.device": "cpu"})
+    cfg = trial_config(search.base, {**params[second], "train.device": "cpu"})
     cfg.train.threads, cfg.train.progress = 1, False
     script = ("import json, sys; from embinject.config import config_from_dict; from embinject.train import train; "
               "r, m = train(config_from_dict(json.loads(sys.argv[1]))); print(json.dumps([h['val_perplexity'] for h in r['history']]))")
     fresh = subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict())], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert json.loads(fresh.stdout.splitlines()[-1]) == [r["val_perplexity"] for r in trials[second]]
+    warm = [r["val_perplexity"] for r in trials[second]]  # ASHA may have stopped it at its first rung
+    assert json.loads(fresh.stdout.splitlines()[-1])[:len(warm)] == warm and warm
 
 
 def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value(tmp_path):

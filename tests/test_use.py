@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -13,16 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from embinject.cli import main as cli_main
 from embinject.config_files import load_config
 from embinject.train import train, write_outputs
 
 from .conftest import ROOT, free_port
+from .test_bad_input import assert_one_error_line, run_main
 
 METHODS = ("prompt", "injection", "prefix", "lora")
 
 
-def run_cli(*args, timeout=300, cwd=ROOT, tmpdir=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
+def run_cli(*args, timeout=300, cwd=ROOT):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "embinject", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -45,16 +48,18 @@ def adapters(tiny_model, tmp_path_factory):
     return out
 
 
-def test_every_subcommand_has_help_and_train_lists_every_config_key():
+def test_every_subcommand_has_help_and_train_lists_every_config_key(monkeypatch):
     from embinject.cli import COMMANDS
     from embinject.config import config_keys
 
-    top = run_cli("--help")
+    monkeypatch.setattr("embinject.errors._via_embinject", False)  # the dispatcher sets it: as it was, afterwards
+    top = run_cli("--help")  # a real process; each command's help below in this process
     assert top.returncode == 0 and all(name in top.stdout for name in COMMANDS)
     for name in COMMANDS:
-        proc = run_cli(name, "--help", timeout=120)
-        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: embinject {name}"), (name, proc.stderr[-500:])
-    text = run_cli("train", "--help").stdout
+        code, out, err = run_main(cli_main, [name, "--help"], ROOT)
+        assert code == 0 and out.startswith(f"usage: embinject {name}"), (name, err[-500:])
+        if name == "train":
+            text = out
     for key, default, _ in config_keys():
         assert f"  {key} = " in text, key
     assert "  train.divergence_factor = 10.0" in text and "  method = injection  [baseline | prompt" in text
@@ -243,7 +248,7 @@ def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
 
 @pytest.mark.parametrize("case", ["not-a-dir", "no-meta", "unknown-model", "unknown-alias", "context-count", "max-new-tokens", "mix-peft",
                                   "prompt-too-long", "output-taken", "injection-peft", "unknown-run", "report-path", "unknown-command"])
-def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path, case):
+def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path, case, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     taken = tmp_path / "taken"
@@ -282,10 +287,10 @@ def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path,
         args = [f"sqlite:///{existing}" if a == "STORE" else a for a in args]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    proc = run_cli(*args, tmpdir=scratch)
-    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("warning:")]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    monkeypatch.setattr("embinject.errors._via_embinject", False)  # the dispatcher sets it: as it was, afterwards
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process's temporary directory, to see what is left
+    code, _, err = run_main(cli_main, args, tmp_path)  # in this process: the real-process contract is test_bad_input.py's
+    assert_one_error_line(code, err, expected)
     assert not out.exists() and [p.name for p in taken.iterdir()] == ["notes.txt"]
     assert not list(scratch.glob("embinject-*"))  # a download that failed (unknown-alias) leaves no scratch directory
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store

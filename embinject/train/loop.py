@@ -140,9 +140,21 @@ def _peak_memory_mb(device: str) -> float:
 def train(cfg: Config, report: Report | None = None, resume_from: Path | None = None,
           prepared: Prepared | None = None, steps: SoloSteps | None = None) -> tuple[dict, AdapterMethod]:
     """Train one adapter; returns (result dict, trained method holding the best weights). `steps`: how each
-    step is taken (alone by default, or as a member of a pack)."""
+    step is taken (alone by default, or as a member of a pack). A run that ends by an exception releases its method:
+    Ray stops a trial by raising SystemExit inside its report, and a diverged run raises; a LoRA adapter left in the
+    shared LM would change every later trial of a warm worker."""
+    built: list[AdapterMethod] = []
+    try:
+        return _train(cfg, report, resume_from, prepared, steps or SoloSteps(), built)
+    except BaseException:
+        for method in built:
+            method.release()
+        raise
+
+
+def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepared: Prepared | None, steps: SoloSteps,
+           built: list[AdapterMethod]) -> tuple[dict, AdapterMethod]:
     entered = time.perf_counter()
-    steps = steps or SoloSteps()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     with steps.building():
@@ -152,6 +164,7 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         device, amp = prep.device, autocast_dtype(cfg, prep.device)
         base_ppl = baseline_perplexity(prep, cfg)
         method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+        built.append(method)
     params = method.trainable_parameters()
     trainable = sum(p.numel() for p in params)
     frozen_total = sum(p.numel() for p in prep.lm.model.parameters() if not p.requires_grad)
