@@ -55,6 +55,23 @@ def test_base_model_frozen_and_unchanged(tiny_overrides, method):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_lora_run_stopped_inside_its_report_leaves_the_shared_lm_as_it_was(tiny_overrides):
+    """Ray stops a trial by raising SystemExit inside its report (ASHA's stop, the end of a search): the LoRA layers
+    that run put into the LM this process shares must go with it, or a warm worker's next trial trains on them."""
+    cfg = cfg_for(tiny_overrides, "lora")
+    prep = prepare(cfg)
+    before = snapshot(prep.lm.model)
+
+    def stopped(metrics, write_checkpoint):
+        raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        train(cfg, report=stopped, prepared=prep)
+    assert not [n for n, _ in prep.lm.model.named_modules() if "lora" in n.lower()]
+    after = snapshot(prep.lm.model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def manual_perplexity(model, ids, labels):
     """exp(mean NLL) of next-token predictions, straight from the model's logits."""
     with torch.no_grad():
