@@ -184,6 +184,11 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
     assert study.main(["--render-only", "--out", str(out)]) == 0
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
+    # two searches ran in this process (kv's and its bracket check): Ray wrote its session's spilling directory into
+    # the system config it was given, which must have been a copy of embinject's own
+    from embinject.tune.cluster import LOCAL_RAY_SYSTEM_CONFIG
+
+    assert LOCAL_RAY_SYSTEM_CONFIG == {"worker_niceness": 0}
 
 
 def test_the_headline_is_the_best_design_with_an_interval_where_one_has_it():

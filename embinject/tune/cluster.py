@@ -102,6 +102,8 @@ def connect(address: str | None, env: dict, verbose: int) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
                  runtime_env={"env_vars": env}, ignore_reinit_error=True,
-                 **({"_system_config": LOCAL_RAY_SYSTEM_CONFIG} if starts_ray and not ray_default_priority else {}))
+                 # a copy: Ray writes this session's spilling directory into the dict, which a second search in this
+                 # process would otherwise pass on (the first session's directory, removed by then)
+                 **({"_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority else {}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None
