@@ -78,7 +78,7 @@ def assert_one_error_line(code, err, expected):
 
 
 TRAIN_CASES = [
-    # (id, extra argv, expected text); {d} = bad files, {ro} = read-only dir, {model} = tiny model
+    # (id, extra argv, expected text); {d} = bad files, {ro} = read-only dir, {cwd} = where the command runs
     ("missing-config", ["nope.yaml"], "nope.yaml: config file not found"),
     ("invalid-yaml", ["{d}/invalid.yaml"], "invalid.yaml: line 2 is not valid YAML"),
     ("duplicate-key", ["{d}/dup.yaml"], "duplicate key 'train'"),
@@ -91,7 +91,7 @@ TRAIN_CASES = [
     ("unknown-nested-key", ["--set", "adapter.mlp_widht=3"], "adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)"),
     ("set-without-value", ["--set", "train.lr"], "--set train.lr: expected dotted.key=value"),
     ("divergence-factor", ["--set", "train.divergence_factor=-1"], "train.divergence_factor: expected a value >= 0"),
-    ("data-missing", ["--set", "data.path=./no/such/data.jsonl"], "data.path:"),
+    ("data-missing", ["--set", "data.path=./no/such/data.jsonl"], "data.path: {cwd}/no/such/data.jsonl does not exist"),
     ("data-not-utf8", ["--set", "data.path={d}/latin1.jsonl"], "latin1.jsonl line 3 is not UTF-8 text"),
     ("data-garbage", ["--set", "data.path={d}/garbage.txt"], "garbage.txt line"),
     ("data-nul", ["--set", "data.path={d}/nul.txt"], "nul.txt holds binary data"),
@@ -99,9 +99,9 @@ TRAIN_CASES = [
     ("data-json", ["--set", "data.path={d}/badjson.jsonl"], "badjson.jsonl line 2 is not valid JSON"),
     ("data-field", ["--set", "data.path={d}/nofield.jsonl"], "data.text_field: 'text' not found"),
     ("data-no-windows", ["--set", "data.path={d}/short.jsonl"], "data.path: the train split has no windows"),
-    ("model-missing", ["--set", "model=./no-such-model"], "model: "),
+    ("model-missing", ["--set", "model=./no-such-model"], "model: {cwd}/no-such-model does not exist"),
     ("model-truncated", ["--set", "model={d}/truncated-model"], "model: cannot load"),
-    ("encoder-missing", ["--set", "adapter.embedding_model=./no-such-encoder"], "adapter.embedding_model: "),
+    ("encoder-missing", ["--set", "adapter.embedding_model=./no-such-encoder"], "adapter.embedding_model: {cwd}/no-such-encoder does not exist"),
     # a trained encoder (adapter.encoder_rank) on a layer the model lacks, or with no target module in its layers
     ("encoder-layer", ["--set", "adapter.encoder_rank=2", "--set", "adapter.embed_source=previous", "--set",
                        "adapter.embedding_model=lm-hidden:9"], "adapter.embedding_model: lm-hidden:9 is not a layer of this model (0 to 2)"),
@@ -124,7 +124,7 @@ def test_bad_train_input(case, tmp_path, tiny_overrides, bad_files, read_only_di
     if "--output-dir" not in argv:
         argv += ["--output-dir", "out"]
     code, _, err = run_main(train_cli.main, argv, tmp_path)
-    assert_one_error_line(code, err, expected)
+    assert_one_error_line(code, err, expected.format(cwd=tmp_path))  # relative paths resolved where the command ran
     assert not (tmp_path / "out").exists() and not any(tmp_path.iterdir())  # nothing written
 
 
