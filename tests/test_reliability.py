@@ -108,6 +108,34 @@ def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tm
     assert str(client.get_model_version_by_alias("reg-adapter", "champion").version) == "1"
 
 
+def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp_path, capsys):
+    """A kill just after Ray started a trial, before its saved state named it: after --resume Ray's results lack that
+    trial (Optuna proposed another in its place). Its MLflow run must not pass for one the search's end cut."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from embinject.tune.driver import ended_by_the_search
+
+    uri, exp_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
+    exp_dir.mkdir()
+    (tmp_path / "search.yaml").write_text("tune: {}\n")
+    tracker = SearchTracker(uri, "lost", exp_dir)
+    tracker.start("search", {"a": 1}, tmp_path / "search.yaml", {})
+    for trial in ("done", "lost", "cut"):
+        tracker.trial_started(trial, f"trial {trial}", {"train.lr": 0.1})
+    tracker.trial_finished("done", "FINISHED", {})
+    cut, note = ended_by_the_search(tracker, SimpleNamespace(tune=SimpleNamespace(time_budget_s=None)),
+                                    {"done", "cut", "new"}, 1.0)
+    assert cut == {"cut"} and note is None
+    assert "trial lost started just before the search was killed" in capsys.readouterr().out
+    assert tracker.sync(force=True)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id], "tags.trial_id != ''")
+    ended = {r.data.tags["trial_id"]: (r.info.status, r.data.tags.get("stopped_by")) for r in runs}
+    assert ended == {"done": ("FINISHED", None), "lost": ("KILLED", "lost_at_kill"), "cut": ("KILLED", "search_end")}
+
+
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
     with open(filler, "wb") as fh:

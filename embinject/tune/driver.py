@@ -24,7 +24,7 @@ from .callback import mlflow_callback, short_key
 from .folder import (check_same_space, new_search_dir, newest_search_dir, record_space, removed_unless_started,
                      restore_superseded_checkpoints, search_lock)
 from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
-from .results import finish_search, summarize
+from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
 from .pack import PackPlan, largest_trial, packed_trainable, plan_pack, probe_memory, stop_hosts
 from .progress import trial_table
@@ -45,17 +45,27 @@ def check_places(search: SearchFile, tracking_uri: str) -> None:
     check_tracking_uri(tracking_uri)
 
 
-def ended_by_the_search(tracker, search: SearchFile, trials: int, seconds: float) -> tuple[frozenset, str | None]:
+def ended_by_the_search(tracker, search: SearchFile, known: set[str], seconds: float) -> tuple[frozenset, str | None]:
     """Trials that Ray stopped mid-training because the search itself ended (`tune.time_budget_s`): they end KILLED
-    in MLflow, `cut` in summary.csv, and one line says so, rather than staying RUNNING or passing as stopped by ASHA."""
-    cut = frozenset(t for t in tracker.started_trials() if t not in tracker.state["ended"])
+    in MLflow, `cut` in summary.csv, and one line says so, rather than staying RUNNING or passing as stopped by ASHA.
+    `known`: the trials in Ray's results. A trial that started just before a kill, before Ray's saved state named it,
+    is not among them after --resume (Optuna proposed another in its place): it ends KILLED as `lost_at_kill`."""
+    unended = [t for t in tracker.started_trials() if t not in tracker.state["ended"]]
+    lost = [t for t in unended if t not in known]
+    for trial_id in lost:
+        tracker.trial_finished(trial_id, "KILLED", {"stopped_by": "lost_at_kill"})
+    if lost:
+        print(f"trial{'s' * (len(lost) > 1)} {', '.join(lost)} started just before the search was killed and Ray's saved "
+              f"state did not name {'them' if len(lost) > 1 else 'it'}: its MLflow run ends KILLED (stopped_by "
+              "lost_at_kill); the search ran other trials in its place", flush=True)
+    cut = frozenset(t for t in unended if t in known)
     budget = search.tune.time_budget_s
     reason = "time_budget" if budget and seconds >= budget else "search_end"
     for trial_id in sorted(cut):
         tracker.trial_finished(trial_id, "KILLED", {"stopped_by": reason})
     if reason != "time_budget":
         return cut, None
-    return cut, (f"tune.time_budget_s ({budget:g} s) ran out: {trials} of {search.tune.num_samples} trials started, "
+    return cut, (f"tune.time_budget_s ({budget:g} s) ran out: {len(known)} of {search.tune.num_samples} trials started, "
                  f"{len(cut)} of them cut mid-training")
 
 
@@ -210,7 +220,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
         tracker.interrupted(name)
         return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
                 "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
-    cut, budget_note = ended_by_the_search(tracker, search, len(grid), time.time() - t0)
+    cut, budget_note = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
     outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
     outcome["parent_run_id"] = tracker.parent_id

@@ -32,6 +32,15 @@ def pareto_front(rows: list[dict], objectives: list[dict]) -> list[dict]:
             if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
 
 
+def result_trial_id(result) -> str:
+    """A Ray result's trial id: from its metrics, or its folder's name (`trial_<id>`) where it reported nothing."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_")[-1]
+
+
+def trial_ids(grid) -> set[str]:
+    return {result_trial_id(r) for r in grid}
+
+
 def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
     """One row per trial from what Ray Tune persisted (it survives a resume), and the trials that may become the
     champion, best first. `cut`: trials the search's end (its time budget) stopped mid-training."""
@@ -46,7 +55,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
             if "val_perplexity_subset" in df:
                 curve = df["val_perplexity_subset"].fillna(curve)
             history = [[float(s), float(v)] for s, v in zip(df["step"], curve) if v == v]  # v == v drops NaN
-        row = {"trial_id": metrics.get("trial_id") or Path(result.path).name.split("_")[-1]}
+        row = {"trial_id": result_trial_id(result)}
         row.update({k: result.config.get(k) for k in searched})
         ppls = [h[1] for h in history]
         # A finished trial reports the perplexity of the adapter it keeps, scored on every validation window;
