@@ -20,8 +20,10 @@ from embinject.errors import ConfigError
 from embinject.methods import load_method
 from embinject.train import train, write_outputs
 from embinject.train.__main__ import main as train_main
+from embinject.tune.__main__ import main as tune_main
 
 from .conftest import ROOT, free_port
+from .test_bad_input import run_main
 from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -160,8 +162,13 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
         if name in finished_before:
             assert len(_without_redelivery(rows)) == finished_before[name]  # not run again
 
-    again = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout + again.stderr
+    env = dict(os.environ)  # in this process (no Ray starts: a finished search is answered before): run_search sets defaults
+    try:
+        code, out, err = run_main(tune_main, [str(path), "--resume"], ROOT)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert code == 0 and "already finished" in out, out + err
     assert len(registered_versions(client, "test-adapter")) == 1
 
 
