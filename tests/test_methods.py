@@ -541,6 +541,24 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
     assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=3)) == 1
 
 
+def test_the_resampler_starts_as_the_pooled_embedding_and_ignores_padding():
+    """Each of its k vectors starts as the normalised mean of the present token states (what the pooled design feeds
+    the MLP), whatever the states' scale, and the queries still tell the k vectors apart."""
+    from embinject.methods.injection import Resampler
+
+    torch.manual_seed(0)
+    states = torch.zeros(3, 10, 33)
+    lengths = (10, 6, 3)
+    for i, n in enumerate(lengths):
+        states[i, :n, :-1] = 7 * torch.randn(n, 32) + 3  # token states of MiniLM's scale, not centred
+        states[i, :n, -1] = 1
+    pooled = torch.stack([F.normalize(states[i, :n, :-1].mean(0), dim=-1) for i, n in enumerate(lengths)])
+    out = Resampler(32, 4)(states)
+    assert out.shape == (3, 4, 32) and torch.allclose(out.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
+    assert (F.cosine_similarity(out, pooled.unsqueeze(1), dim=-1) > 0.99).all()
+    assert not torch.equal(out[:, 0], out[:, 1])
+
+
 @pytest.mark.parametrize("encoder", ["fourier", "bundled:all-minilm-l6-v2"])
 def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_overrides, tmp_path, encoder):
     """`adapter.pooling: resampler`: k learned queries cross-attend over the encoder's token states (its own tokens for
