@@ -559,6 +559,21 @@ def test_the_resampler_starts_as_the_pooled_embedding_and_ignores_padding():
     assert not torch.equal(out[:, 0], out[:, 1])
 
 
+def test_resampler_injection_makes_each_vector_through_its_own_rows_as_the_pooled_design_does(tiny_overrides):
+    """Vector i of the resampler goes through the MLP's first layer and position i's rows of its last (the pooled
+    design's k*d outputs): fed k copies of one pooled vector, it makes exactly the pooled design's k vectors."""
+    from embinject.methods.injection import Injection
+
+    cfg = cfg_for(tiny_overrides, "injection", "adapter.pooling=resampler", "adapter.inject_tokens=3", "adapter.prefix_len=0")
+    lm = load_frozen_lm(cfg.model).model
+    method = Injection(cfg, lm, encoder_dim=17)
+    method.resampler.forward = lambda states: states[..., :-1]  # k inputs straight to the MLP
+    x = torch.randn(2, 16)
+    made = method.injected({"sentence_embedding": torch.cat([x.unsqueeze(1).expand(-1, 3, -1), torch.ones(2, 3, 1)], -1)})
+    assert made.shape == (2, 3, lm.config.hidden_size)
+    assert torch.allclose(made, method.mlp(x).view(2, 3, -1), atol=1e-5)
+
+
 @pytest.mark.parametrize("encoder", ["fourier", "bundled:all-minilm-l6-v2"])
 def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_overrides, tmp_path, encoder):
     """`adapter.pooling: resampler`: k learned queries cross-attend over the encoder's token states (its own tokens for
