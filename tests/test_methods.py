@@ -594,6 +594,15 @@ def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_
     loaded = load_adapter(str(tmp_path / "adapter"))
     out = loaded.generate(["The history", "A"], ["of the city and its people over many years", "short"], max_new_tokens=2)
     assert len(out) == 2
+    # its constant-input control: every window of both splits gets the training split's mean states, padded as they
+    # are (each split pads to its own longest text, so the splits' lengths differ for MiniLM)
+    constant = prepare(cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=resampler",
+                               "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous",
+                               "adapter.ablation=constant"))
+    assert encoder == "fourier" or prep.val["sentence_embedding"].shape[1] != states.shape[1]
+    for split, own in ((constant.train, prep.train), (constant.val, prep.val)):
+        fed = split["sentence_embedding"]
+        assert len(fed) == len(own["sentence_embedding"]) and torch.equal(fed, states.mean(0, keepdim=True).expand_as(fed))
 
 
 def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_overrides, tmp_path):

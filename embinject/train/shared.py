@@ -78,8 +78,8 @@ def ablated(embeddings: torch.Tensor, how: str, train_mean: torch.Tensor, seed: 
     """What a control feeds the MLP instead of each window's own embedding (`adapter.ablation`): `train_mean` (the
     training split's mean embedding, [1, ...]) for every window, or the embeddings of one split (`split`: 0 train,
     1 validation, 2 and on: others) in a fixed order drawn from `seed`."""
-    if how == "constant":
-        return train_mean.expand_as(embeddings).contiguous()
+    if how == "constant":  # train_mean's own shape: token states are padded to each split's longest text, not one length
+        return train_mean.expand(len(embeddings), *train_mean.shape[1:]).contiguous()
     if how == "shuffled":
         return embeddings[torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(1000 * seed + split))]
     return embeddings
