@@ -128,7 +128,9 @@ def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp
     cut, note = ended_by_the_search(tracker, SimpleNamespace(tune=SimpleNamespace(time_budget_s=None)),
                                     {"done", "cut", "new"}, 1.0)
     assert cut == {"cut"} and note is None
-    assert "trial lost started just before the search was killed" in capsys.readouterr().out
+    assert capsys.readouterr().out == ("trial lost started just before the search was killed and Ray's saved state did not "
+                                       "name it: its MLflow run ends KILLED (stopped_by lost_at_kill); the search ran "
+                                       "another trial in its place\n")
     assert tracker.sync(force=True)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id], "tags.trial_id != ''")

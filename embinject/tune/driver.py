@@ -55,9 +55,10 @@ def ended_by_the_search(tracker, search: SearchFile, known: set[str], seconds: f
     for trial_id in lost:
         tracker.trial_finished(trial_id, "KILLED", {"stopped_by": "lost_at_kill"})
     if lost:
+        named, runs, place = (("them", "their MLflow runs end", "other trials in their place") if len(lost) > 1 else
+                              ("it", "its MLflow run ends", "another trial in its place"))
         print(f"trial{'s' * (len(lost) > 1)} {', '.join(lost)} started just before the search was killed and Ray's saved "
-              f"state did not name {'them' if len(lost) > 1 else 'it'}: its MLflow run ends KILLED (stopped_by "
-              "lost_at_kill); the search ran other trials in its place", flush=True)
+              f"state did not name {named}: {runs} KILLED (stopped_by lost_at_kill); the search ran {place}", flush=True)
     cut = frozenset(t for t in unended if t in known)
     budget = search.tune.time_budget_s
     reason = "time_budget" if budget and seconds >= budget else "search_end"
