@@ -55,7 +55,7 @@ def bad_files(tmp_path_factory, tiny_model):
 
 def run_main(main, argv, cwd: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    old_cwd, old_term = os.getcwd(), signal.getsignal(signal.SIGTERM)
+    old_cwd, old_term, old_env = os.getcwd(), signal.getsignal(signal.SIGTERM), dict(os.environ)
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -66,6 +66,8 @@ def run_main(main, argv, cwd: Path) -> tuple[int, str, str]:
     finally:
         os.chdir(old_cwd)
         signal.signal(signal.SIGTERM, old_term)
+        os.environ.clear()  # a search sets defaults (MLflow's retries, Ray's output) that later tests must not inherit
+        os.environ.update(old_env)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -490,12 +490,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
         if t.name in finished_before:
             assert len(rows) == finished_before[t.name]  # a finished trial is not run again
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
-    seen = [(c.data.tags.get("trial_id"), c.info.status) for c in children]
+    seen = [(c.data.tags.get("trial_id"), c.info.status, c.data.tags.get("stopped_by")) for c in children]
     finished = {c.data.tags["trial_id"] for c in children if c.info.status == "FINISHED"}
     assert len(parents) == 1 and finished == {t.name.removeprefix("trial_") for t in trials}, seen
     # A kill right after Ray started the next trial, before its snapshot named it: Ray forgets that trial and its
     # searcher proposes the configuration again under a new id. The forgotten trial's run ends KILLED as lost_at_kill.
-    seen = [(c.data.tags.get("trial_id"), c.info.status, c.data.tags.get("stopped_by")) for c in children]
     assert all(status == "KILLED" and why == "lost_at_kill" for trial_id, status, why in seen if trial_id not in finished), seen
 
 
