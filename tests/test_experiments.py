@@ -249,6 +249,14 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     assert run.check_precision(bf16, runs, ["kv-constant-8"], tmp_path) == "bfloat16"
     bf16.seeds = [0, 1]  # the setting's own string is not compared, the precision it resolved to is
     run.check_records_match(bf16, runs, ["kv-constant-8"], tmp_path, {"kv-constant": 0.002})
+    # a control trained at its design's rate before it had a search keeps that rate for its other seeds, not a new one
+    for seed, lr in ((0, 0.002), (1, 0.002)):
+        (runs / f"kv-constant-8__seed{seed}.json").write_text(json.dumps({"lr": lr}))
+    assert run.learning_rate(argparse.Namespace(lr_from=None), "kv-constant", tmp_path, runs, "float32", ["kv-constant-8"]) == 0.002
+    (runs / "kv-constant-8__seed1.json").write_text(json.dumps({"lr": 0.004}))
+    with pytest.raises(Exception, match=r"kv-constant: its arms' records trained at 2 learning rates \(0.002, 0.004"):
+        run.recorded_rate(runs, "kv-constant", ["kv-8", "kv-constant-8"])
+    assert run.recorded_rate(runs, "kv", ["kv-8", "kv-constant-8"]) is None  # nothing recorded: the search runs
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):

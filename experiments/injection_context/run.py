@@ -236,9 +236,22 @@ def lr_source(args, runs: Path, method: str) -> Path:
     return source
 
 
-def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str) -> float:
+def recorded_rate(runs: Path, group: str, arms: list[str]) -> float | None:
+    """The one rate the recorded seeds of `group`'s arms trained at, or None where none is recorded. A control whose
+    seeds were trained at its design's rate, before controls had searches of their own, keeps that rate for its
+    other seeds: a new search would give them another, and one arm would mix two set-ups."""
+    from embinject.errors import ConfigError
+
+    rates = {json.loads(p.read_text())["lr"]: p for a in arms if lr_group(a) == group for p in runs.glob(f"{a}__seed*.json")}
+    if len(rates) > 1:
+        raise ConfigError(f"{group}: its arms' records trained at {len(rates)} learning rates ({', '.join(map(str, sorted(rates)))}, "
+                          f"e.g. {rates[max(rates)]}); delete the records of one rate to train the others as them")
+    return next(iter(rates), None)
+
+
+def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str, arms: list[str] = ()) -> float:
     """The best learning rate of a small search over the validation split for a method or a design (recorded, so it
-    runs once)."""
+    runs once); for a group with no search but with recorded seeds, the rate they trained at."""
     from embinject.fsutil import atomic_write_text
 
     record = runs / f"lr_search_{group}.json"
@@ -247,6 +260,10 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str) 
         atomic_write_text(record, json.dumps({**json.loads(source.read_text()), "from": os.path.relpath(source, args.out)}, indent=1))
     if record.is_file():
         return json.loads(record.read_text())["lr"]
+    if (lr := recorded_rate(runs, group, arms)) is not None:
+        print(f"[{runs.name}] {group}: no search of its own; its arms continue at the rate their recorded seeds trained at, "
+              f"{lr:.3g}", flush=True)
+        return lr
     print(f"[{runs.name}] {group}: searching its learning rate through embinject.tune (the runs wait for it)", flush=True)
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
     lr = float(outcome["best"]["train.lr"])
@@ -409,9 +426,10 @@ def drive(args) -> int:
                 lr_source(args, runs, g)
     runs.mkdir(parents=True, exist_ok=True)
     precision = check_precision(args, runs, arms, data_dir)  # before any search, which trains at it too
-    lrs = {g: learning_rate(args, g, data_dir, runs, precision) for g in groups}
+    lrs = {g: learning_rate(args, g, data_dir, runs, precision, arms) for g in groups}
     for m in lrs:
-        bracket(args, m, data_dir, runs)
+        if (runs / f"lr_search_{m}.json").is_file():
+            bracket(args, m, data_dir, runs)
     check_records_match(args, runs, arms, data_dir, lrs)
     # Every seed of the headline arms first, then the `window` comparison, the compression curve, the rest: a study
     # stopped early has whole comparisons rather than one seed of everything.
