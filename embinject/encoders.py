@@ -147,13 +147,17 @@ class TokenStates:
 
 
 class ChunkPooled:
-    """An encoder's token states mean-pooled over k chunks of the text: k vectors per window ([N, k, D])."""
+    """An encoder's token states mean-pooled over k chunks of the text: k vectors per window ([N, k, D]), scaled as
+    the encoder's own sentence vectors are. Where its pipeline ends by normalising (all-MiniLM-L6-v2's does), each
+    chunk mean is normalised too: its raw token states have norms of 3 to 9, and the MLP and its learning rate are
+    made for the unit-length vectors of the pooled design."""
 
     def __init__(self, encoder, k: int):
         self.encoder, self.k, self.dim = encoder, k, encoder.dim
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.stack([chunk_mean(t, self.k) for t in self.encoder.token_states(ids)])
+        chunks = torch.stack([chunk_mean(t, self.k) for t in self.encoder.token_states(ids)])
+        return torch.nn.functional.normalize(chunks, dim=-1) if getattr(self.encoder, "normalizes", False) else chunks
 
 
 class SentenceTransformerEncoder:
@@ -183,6 +187,7 @@ class SentenceTransformerEncoder:
         self.tokenizer = tokenizer
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = dim_fn()
+        self.normalizes = any(type(m).__name__ == "Normalize" for m in self.model)  # its sentence vectors have unit length
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -218,7 +223,7 @@ def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "
         return f"{spec}:{model_name}:unit{pooled}"  # :unit: token states of unit length (earlier caches held raw ones)
     if spec == "lm-mean":
         return f"{spec}:{model_name}{pooled}"
-    return f"st:{spec}{pooled}"
+    return f"st:{spec}{pooled}" + (":scaled" if chunks > 0 else "")  # :scaled: as its sentence vectors (earlier: raw)
 
 
 def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu", chunks: int = 0):

@@ -97,6 +97,11 @@ def test_bundled_sentence_encoder_dimension_read_from_model(tok):
     emb = enc.encode(torch.randint(0, 500, (3, 10)))
     assert enc.dim == 384 and emb.shape == (3, 384)
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-4)  # the bundled pipeline normalises
+    # `adapter.pooling: chunks` scales its chunk means as the sentence vectors: unit length, not the raw states' 3-9
+    raw = torch.stack([s.norm(dim=-1).mean() for s in enc.token_states(torch.randint(0, 500, (3, 10)))])
+    chunked = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny", chunks=2).encode(torch.randint(0, 500, (3, 10)))
+    assert (raw > 2).all() and chunked.shape == (3, 2, 384)
+    assert torch.allclose(chunked.norm(dim=-1), torch.ones(3, 2), atol=1e-4)
 
 
 def test_unreachable_hub_dataset_is_a_clear_error(tok, monkeypatch):
