@@ -57,6 +57,7 @@ DESIGNS: dict[str, tuple[dict, str]] = {
                     f"the LM's layer-{LM_LAYER} states, a chunk mean per vector, key/value injection"),
     "lmchunks-lora": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8},
                       f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per vector"),
+    "chunks": ({"adapter.pooling": "chunks"}, "MiniLM token states, a chunk mean per vector"),
     "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
     "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
 }
