@@ -289,7 +289,8 @@ def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
     lr = record["lr"] * (2 if edge == "largest" else 0.5)
     print(f"[{runs.name}] {group}: its rate is the {edge} tried; one more trial at {lr:.3g} checks beyond it", flush=True)
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}-bracket",
-                        ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none"])
+                        ["tune.num_samples=1", f"tune.points_to_evaluate=[{{train.lr: {lr!r}}}]", "tune.scheduler.type=none",
+                         f"tune.resources.cpus={max(1, min(os.cpu_count() or 1, args.workers * args.threads))}"])  # the one trial: every core
     record["bracket"] = searched_trials(outcome)
     atomic_write_text(path, json.dumps(record, indent=1))
     print(f"[{runs.name}] {group}: {bracket_verdict(record)}", flush=True)
