@@ -88,8 +88,13 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- one process per arm
 
 def device_label(device) -> str:
-    """Where a run trained: the GPU's name, or the CPU's architecture."""
-    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"cpu ({platform.machine()})"
+    """Where a run trained: the GPU's name, or the CPU's architecture and whether it has fast bf16 instructions (what
+    `train.dtype: auto` resolves by, and what a run's time depends on)."""
+    from embinject.train.precision import cpu_bf16_fast
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}{', bf16 instructions' if cpu_bf16_fast() else ''})"
 
 
 def peak_rss_mb() -> float:
