@@ -257,6 +257,13 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     with pytest.raises(Exception, match=r"kv-constant: its arms' records trained at 2 learning rates \(0.002, 0.004"):
         run.recorded_rate(runs, "kv-constant", ["kv-8", "kv-constant-8"])
     assert run.recorded_rate(runs, "kv", ["kv-8", "kv-constant-8"]) is None  # nothing recorded: the search runs
+    # a chunk design's runs from before each chunk had its position's own MLP rows are another design: never continued
+    shared = run.arm_config(args, "chunks-8", tmp_path, 0.002).to_dict()
+    (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": shared}))
+    with pytest.raises(Exception, match=r"chunks-8__seed0.json: trained with one MLP shared by its chunks"):
+        run.check_records_match(args, runs, ["chunks-8"], tmp_path, {"chunks": 0.002})
+    (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": shared, "chunk_rows": "per-position"}))
+    run.check_records_match(args, runs, ["chunks-8"], tmp_path, {"chunks": 0.002})
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):

@@ -536,7 +536,7 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
             assert torch.allclose(stopped, F.normalize(whole[layer], dim=-1), atol=1e-5)  # each token's of unit length
     result, trained = train(cfg, prepared=prep)
     trained.save(tmp_path / "adapter")
-    assert trained.mlp[2].out_features == lm.model.config.hidden_size  # one LM vector per chunk
+    assert trained.mlp[2].out_features == 3 * lm.model.config.hidden_size  # each chunk through its position's rows
     loaded = load_adapter(str(tmp_path / "adapter"))
     assert len(loaded.generate(["The history"], ["of the city and its people"], max_new_tokens=3)) == 1
 
@@ -559,19 +559,26 @@ def test_the_resampler_starts_as_the_pooled_embedding_and_ignores_padding():
     assert not torch.equal(out[:, 0], out[:, 1])
 
 
-def test_resampler_injection_makes_each_vector_through_its_own_rows_as_the_pooled_design_does(tiny_overrides):
-    """Vector i of the resampler goes through the MLP's first layer and position i's rows of its last (the pooled
-    design's k*d outputs): fed k copies of one pooled vector, it makes exactly the pooled design's k vectors."""
+@pytest.mark.parametrize("pooling", ["chunks", "resampler"])
+def test_k_input_vectors_go_each_through_their_own_rows_as_the_pooled_design_does(tiny_overrides, pooling):
+    """Vector i of chunks and of the resampler goes through the MLP's first layer and position i's rows of its last
+    (the pooled design's k*d outputs): fed k copies of one pooled vector, it makes exactly the pooled design's k
+    vectors, so k alike inputs still make k different vectors (a shared MLP would make k copies of one)."""
     from embinject.methods.injection import Injection
 
-    cfg = cfg_for(tiny_overrides, "injection", "adapter.pooling=resampler", "adapter.inject_tokens=3", "adapter.prefix_len=0")
+    cfg = cfg_for(tiny_overrides, "injection", f"adapter.pooling={pooling}", "adapter.inject_tokens=3", "adapter.prefix_len=0")
     lm = load_frozen_lm(cfg.model).model
-    method = Injection(cfg, lm, encoder_dim=17)
-    method.resampler.forward = lambda states: states[..., :-1]  # k inputs straight to the MLP
     x = torch.randn(2, 16)
-    made = method.injected({"sentence_embedding": torch.cat([x.unsqueeze(1).expand(-1, 3, -1), torch.ones(2, 3, 1)], -1)})
+    copies = x.unsqueeze(1).expand(-1, 3, -1)
+    if pooling == "resampler":
+        method = Injection(cfg, lm, encoder_dim=17)
+        method.resampler.forward = lambda states: states[..., :-1]  # k inputs straight to the MLP
+        copies = torch.cat([copies, torch.ones(2, 3, 1)], -1)
+    else:
+        method = Injection(cfg, lm, encoder_dim=16)
+    made = method.injected({"sentence_embedding": copies})
     assert made.shape == (2, 3, lm.config.hidden_size)
-    assert torch.allclose(made, method.mlp(x).view(2, 3, -1), atol=1e-5)
+    assert torch.allclose(made, method.mlp(x).view(2, 3, -1), atol=1e-5) and not torch.allclose(made[:, 0], made[:, 1])
 
 
 @pytest.mark.parametrize("encoder", ["fourier", "bundled:all-minilm-l6-v2"])

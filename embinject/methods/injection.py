@@ -1,9 +1,9 @@
 """Embedding injection: a frozen sentence encoder's vector, mapped by a 2-layer MLP to
 `inject_tokens` input vectors, prepended together with `prefix_len` learnable vectors. With
 `adapter.pooling: chunks` the encoder gives `inject_tokens` vectors (its token states mean-pooled over
-contiguous chunks of the text), mapped each to one input vector by one shared MLP; with `resampler`
-`inject_tokens` learned queries read its token states, and vector i goes through the MLP's first layer and
-position i's own rows of its last, as the pooled vector's k outputs are made.
+contiguous chunks of the text); with `resampler` `inject_tokens` learned queries read its token states. Either
+way vector i goes through the MLP's first layer and position i's own rows of its last, as the pooled vector's
+k outputs are made.
 
 Layout of the prefix: [learnable prefix_len vectors][inject_tokens MLP outputs][window tokens].
 
@@ -40,11 +40,11 @@ class Injection(AdapterMethod):
             torch.manual_seed(cfg.train.seed)
             self.resampler = Resampler(encoder_dim - 1, a.inject_tokens) if a.pooling == "resampler" else None
             width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
-            # mean: one vector in, k out. chunks: one vector out per vector in, the MLP shared. resampler: vector i through
-            # the MLP's first layer and position i's own rows of the last, as the pooled vector's k outputs are made (the
-            # resampler's k vectors start alike, so a shared MLP would start with k copies of one vector)
-            out = a.inject_tokens * d if a.pooling in ("mean", "resampler") else d
-            self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, out))
+            # mean: one vector in, k out. chunks, resampler: vector i through the MLP's first layer and position i's own
+            # rows of the last, as the pooled vector's k outputs are made. One MLP shared by the k positions has one bias
+            # for all: its k vectors cannot learn to differ where their inputs are alike (the resampler's start as k
+            # copies of one vector), so it cannot even learn what a static prefix of k vectors learns
+            self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, a.inject_tokens * d))
         # adapter.encoder_rank: the LM encodes the text itself, through LoRA trained with the MLP (batches carry the
         # text's ids, `encoder_ids`, instead of cached embeddings)
         self.text_encoder = None
@@ -67,7 +67,9 @@ class Injection(AdapterMethod):
         else:
             emb = self.text_encoder(batch["encoder_ids"]).to(self.mlp[0].weight.dtype)
         if self.resampler is not None:
-            hidden = self.mlp[1](self.mlp[0](self.resampler(emb)))  # [B, k, width]
+            emb = self.resampler(emb)
+        if emb.dim() == 3:  # k vectors in (chunks, resampler)
+            hidden = self.mlp[1](self.mlp[0](emb))  # [B, k, width]
             last = self.mlp[2]
             rows = last.weight.view(self.inject_tokens, -1, last.in_features)  # position i's rows: [k, d, width]
             return torch.einsum("bkw,kdw->bkd", hidden, rows) + last.bias.view(self.inject_tokens, -1)

@@ -337,7 +337,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                 continue
             r, recs = rows[arm], arms[arm]
             if arm in ARMS:
-                label, reads = ARMS[arm][3], f"{recs[0]['config']['adapter']['inject_tokens' if ARMS[arm][0] == 'injection' else 'prefix_len']} vectors"
+                label = ARMS[arm][3] + (f" ({SHARED_MLP})" if shared_chunk_mlp(recs) else "")
+                reads = f"{recs[0]['config']['adapter']['inject_tokens' if ARMS[arm][0] == 'injection' else 'prefix_len']} vectors"
                 val = f"{np.mean([x['val_perplexity'] for x in recs]):.2f}"
                 steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
                 improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"  # best subset evaluation was the last
@@ -458,6 +459,15 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def shared_chunk_mlp(records: list[dict]) -> bool:
+    """Chunk-pooled runs recorded before each chunk went through its position's own rows of the MLP's last layer (they
+    lack `chunk_rows`): one MLP shared by the k chunks, a design the code no longer trains."""
+    return any(r["config"]["adapter"].get("pooling") == "chunks" and "chunk_rows" not in r for r in records)
+
+
+SHARED_MLP = "one MLP shared by the chunks"
+
+
 def designs_table(designs: dict, arms: dict) -> list[str]:
     """(f): the designs against one another, their controls and the pooled MiniLM vector."""
     lines = ["### (f) Designs: what makes the vectors carry the text", "",
@@ -475,6 +485,11 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   f"trained on {MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test "
                   "windows, injection's rate, patience 5): its content share says whether more data lets the vectors "
                   "carry more of the text, its Δ against pooled MiniLM what the extra data changed.", ""]
+    if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
+        lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
+                  "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
+                  "the chunks are alike, not even as a static prefix does. They are not that design as it is trained now, "
+                  "and they take no more seeds.", ""]
     lines += ["| Design | k | Seeds (constant, shuffled) | Share of text gain | Content share | Verdict on content | "
               "Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -495,7 +510,8 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
             vs_verdict += precision_note(arms, [arm, f"inject-{r['k']}"])
         if content is not None:
             content_verdict_ += precision_note(arms, [arm, r["control"]])
-        lines.append(f"| {r['design']} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
+        design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]
+        lines.append(f"| {design} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
                      f"{r.get('shuffled_control_seeds', 0)}) | {ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | "
                      f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
     head = headline(designs)

@@ -36,7 +36,7 @@ import torch
 
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
                                                TEXT_TOKENS, WINDOW, lr_edge, lr_group, lr_shape)
-from experiments.injection_context.report import bracket_verdict, write_report
+from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
 
 # ---------------------------------------------------------------- data: train / validation / test
 
@@ -158,6 +158,8 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
                         for h in history],
             "train_seconds": result["train_seconds"], "wall_seconds": time.time() - t0, "dtype": result["dtype"],
             "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "device": device_label(prep.device),
+            # chunk i through position i's own rows of the MLP's last layer (records without it: one shared MLP)
+            **({"chunk_rows": "per-position"} if cfg.adapter.pooling == "chunks" else {}),
             **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
             "config": recorded_config(result["config"]), "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
 
@@ -341,6 +343,10 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
             if wanted is None:
                 wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
             record = json.loads(path.read_text())
+            if shared_chunk_mlp([record]):
+                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
+                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
+                                  "folder, or delete its records to train it again")
             had = flatten(record["config"])
             # A record from before a key existed ran with that key's default, which keeps the earlier behaviour; but
             # before adapter.ablation, a record named its control in its own field (the same treatment)
