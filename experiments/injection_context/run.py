@@ -335,6 +335,11 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
 
     defaults = flatten(dataclasses.asdict(Config()))
     for arm in arms:
+        for path in sorted(runs.glob(f"{arm}__seed*.json")):  # any seed of it: a new seed would join them
+            if shared_chunk_mlp([json.loads(path.read_text())]):
+                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
+                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
+                                  "folder, or delete its records to train it again")
         wanted = None
         for seed in args.seeds:
             path = record_path(runs, arm, seed)
@@ -343,10 +348,6 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
             if wanted is None:
                 wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
             record = json.loads(path.read_text())
-            if shared_chunk_mlp([record]):
-                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
-                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
-                                  "folder, or delete its records to train it again")
             had = flatten(record["config"])
             # A record from before a key existed ran with that key's default, which keeps the earlier behaviour; but
             # before adapter.ablation, a record named its control in its own field (the same treatment)
