@@ -261,12 +261,15 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     shared = run.arm_config(args, "chunks-8", tmp_path, 0.002).to_dict()
     (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": shared}))
     with pytest.raises(Exception, match=r"chunks-8__seed0.json: trained with one MLP shared by its chunks"):
-        run.check_records_match(argparse.Namespace(**{**vars(args), "seeds": [3]}), runs, ["chunks-8"], tmp_path, {"chunks": 0.002})
+        run.check_chunk_layout(runs, ["chunks-8"])  # whichever seeds are asked for
     (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": shared, "chunk_rows": "per-position"}))
+    run.check_chunk_layout(runs, ["chunks-8"])
     run.check_records_match(args, runs, ["chunks-8"], tmp_path, {"chunks": 0.002})
 
 
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):
+    import json
+
     from experiments.injection_context import run as study
 
     out = tmp_path / "study"
@@ -278,6 +281,21 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir())
+    # records the driver must not add a seed to: a chunk arm of the shared-MLP layout, a control's seeds at two rates
+    runs = out / "runs" / "fineweb_edu_sample"
+    runs.mkdir(parents=True)
+    chunks = {"adapter": {"pooling": "chunks"}}
+    (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": chunks}))
+    for seed, lr in ((0, 0.002), (1, 0.004)):
+        (runs / f"chunks-constant-8__seed{seed}.json").write_text(json.dumps({"config": chunks, "chunk_rows": "per-position", "lr": lr}))
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*")}
+    data = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "2", "--arms"]
+    for arm, expected in (("chunks-8", f"{runs / 'chunks-8__seed0.json'}: trained with one MLP shared by its chunks"),
+                          ("chunks-constant-8", "chunks-constant: its arms' records trained at 2 learning rates")):
+        assert study.main(data + [arm]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
+        assert {f: f.stat().st_mtime_ns for f in out.rglob("*")} == before  # nothing written, no search started
 
 
 def test_paired_bootstrap_and_holm():

@@ -249,7 +249,7 @@ def recorded_rate(runs: Path, group: str, arms: list[str]) -> float | None:
     other seeds: a new search would give them another, and one arm would mix two set-ups."""
     from embinject.errors import ConfigError
 
-    rates = {json.loads(p.read_text())["lr"]: p for a in arms if lr_group(a) == group for p in runs.glob(f"{a}__seed*.json")}
+    rates = {record["lr"]: path for a in arms if lr_group(a) == group for path, record in seed_records(runs, a)}
     if len(rates) > 1:
         raise ConfigError(f"{group}: its arms' records trained at {len(rates)} learning rates ({', '.join(map(str, sorted(rates)))}, "
                           f"e.g. {rates[max(rates)]}); delete the records of one rate to train the others as them")
@@ -335,11 +335,6 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
 
     defaults = flatten(dataclasses.asdict(Config()))
     for arm in arms:
-        for path in sorted(runs.glob(f"{arm}__seed*.json")):  # any seed of it: a new seed would join them
-            if shared_chunk_mlp([json.loads(path.read_text())]):
-                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
-                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
-                                  "folder, or delete its records to train it again")
         wanted = None
         for seed in args.seeds:
             path = record_path(runs, arm, seed)
@@ -371,6 +366,24 @@ def series_precision(args, data_dir: Path) -> str:
     return resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))
 
 
+def seed_records(runs: Path, arm: str) -> list[tuple[Path, dict]]:
+    """Every recorded seed of an arm, whichever seeds this call asks for: a new seed joins them."""
+    return [(path, json.loads(path.read_text())) for path in sorted(runs.glob(f"{arm}__seed*.json"))]
+
+
+def check_chunk_layout(runs: Path, arms: list[str]) -> None:
+    """A chunk arm's records from before each chunk had its position's own rows of the MLP (one MLP shared by the
+    chunks) are another design: a seed trained now would mix the two in one arm."""
+    from embinject.errors import ConfigError
+
+    for arm in arms:
+        for path, record in seed_records(runs, arm):
+            if shared_chunk_mlp([record]):
+                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
+                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
+                                  "folder, or delete its records to train it again")
+
+
 def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
     """Every seed of an arm at one training precision: runs of another precision follow another trajectory from the
     same seed, so one arm's seeds would mix two set-ups. `auto` differs between machines (bfloat16 only with fast
@@ -380,8 +393,8 @@ def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
 
     precision = series_precision(args, data_dir)
     for arm in arms:
-        for path in sorted(runs.glob(f"{arm}__seed*.json")):
-            had = json.loads(path.read_text()).get("dtype", precision)  # records from before the field: not known
+        for path, record in seed_records(runs, arm):
+            had = record.get("dtype", precision)  # records from before the field: not known
             if had != precision:
                 raise ConfigError(f"{path}: trained in {had}, but this call trains in {precision} (train.dtype on this "
                                   f"machine); give --set train.dtype={had} to train {arm}'s other seeds as that one "
@@ -438,6 +451,7 @@ def drive(args) -> int:
             if not (runs / f"lr_search_{g}.json").is_file():
                 lr_source(args, runs, g)
     runs.mkdir(parents=True, exist_ok=True)
+    check_chunk_layout(runs, arms)
     precision = check_precision(args, runs, arms, data_dir)  # before any search, which trains at it too
     lrs = {g: learning_rate(args, g, data_dir, runs, precision, arms) for g in groups}
     for m in lrs:
