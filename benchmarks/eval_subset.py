@@ -19,7 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
+from embinject.methods import build_method
+from embinject.space import load_search_file
+from embinject.train import autocast_dtype, eval_subset, prepare
+from embinject.train.evaluation import perplexity
+from embinject.tune.driver import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -41,9 +47,6 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def main(argv=None) -> int:
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--steps", type=int, default=40)
@@ -82,11 +85,6 @@ def main(argv=None) -> int:
                       "median_abs_rel_diff": statistics.median(abs(a - b) / b for a, b in pairs)})
 
     # the cost of one evaluation, subset against all windows, on the bundled model
-    from embinject.config_files import load_config
-    from embinject.train.evaluation import perplexity
-    from embinject.methods import build_method
-    from embinject.train import autocast_dtype, eval_subset, prepare
-
     cfg = load_config(args.search, [f"data.val_samples={args.val}", "method=prompt", f"data.path={args.data}"],
                       extra_sections=("search", "tune", "mlflow"))
     prep = prepare(cfg)

@@ -33,7 +33,12 @@ from pathlib import Path
 
 import torch
 
+from embinject.config_files import load_config
+from embinject.data import build_windows, select_windows
 from embinject.fsutil import atomic_write_text
+from embinject.models import load_frozen_lm, tokenizer_fingerprint
+from embinject.space import load_search_file
+from embinject.tune.driver import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -41,10 +46,6 @@ MODEL = "bundled:smollm2-135m"
 
 
 def windows(seq: int, n_train: int, n_val: int):
-    from embinject.config_files import load_config
-    from embinject.data import build_windows, select_windows
-    from embinject.models import load_frozen_lm, tokenizer_fingerprint
-
     lm = load_frozen_lm(MODEL)
     cfg = load_config(None, [f"data.seq_len={seq}"]).data
     train_w, val_w = build_windows(cfg, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
@@ -105,9 +106,6 @@ def perplexity_timeline(outcome: dict) -> list[tuple[float, float]]:
 
 
 def run_embinject(args, seq: int, asha: bool = False, dtype: str = "auto") -> dict:
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
-
     storage = tempfile.mkdtemp(prefix="embinject-peer-")
     quarter = max(1, args.steps // 4)
     schedule = ([f"train.eval_every={quarter}", "tune.scheduler.type=asha", f"tune.scheduler.max_t={args.steps}",

@@ -16,7 +16,10 @@ import platform
 import time
 from pathlib import Path
 
+from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
+from embinject.train import train
+from embinject.train.precision import resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -28,9 +31,6 @@ METHODS = {"prompt": ["adapter.prefix_len=4", "train.lr=3e-3"],
 
 def measure(method: str, seed: int, args) -> dict:
     """One run under float32 and one under `auto`, otherwise identical."""
-    from embinject.config_files import load_config
-    from embinject.train import train
-
     row = {"method": method, "seed": seed}
     for dtype in ("float32", "auto"):
         cfg = load_config(ROOT / "search_spaces" / "quickstart.yaml",
@@ -52,8 +52,6 @@ def measure(method: str, seed: int, args) -> dict:
 
 def main(argv=None) -> int:
     import torch
-
-    from embinject.train.precision import resolve_dtype
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
+from embinject.models import cache_root, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -50,8 +51,6 @@ def run_quickstart(checkout: Path, label: str, shared_models: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from embinject.models import cache_root, resolve_model_path
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", default=BEFORE, help="the commit to compare against")
     p.add_argument("--order", default="before,after", help="which runs first")

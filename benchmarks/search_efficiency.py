@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
+from embinject.space import load_search_file
+from embinject.tune.driver import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -81,9 +83,6 @@ def finished(kind: str, seed: int, args) -> dict | None:
 
 
 def run(kind: str, seed: int, args) -> dict:
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
-
     storage = tempfile.mkdtemp(prefix=f"embinject-eff-{kind}-")
     sched, sampler = ["tune.scheduler.type=none"], "random"
     if kind != "random":

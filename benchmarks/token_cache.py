@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from embinject.data import select_windows, tokenize_documents
+from embinject.encoders import load_encoder
+from embinject.fsutil import atomic_save_tensors, atomic_write_text
+from embinject.models import load_frozen_lm
 
 OUT = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia_en_sample"
@@ -36,11 +40,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as cache:
         from safetensors.torch import load_file
-
-        from embinject.data import select_windows, tokenize_documents
-        from embinject.encoders import load_encoder
-        from embinject.fsutil import atomic_save_tensors, atomic_write_text
-        from embinject.models import load_frozen_lm
 
         lm = load_frozen_lm("bundled:smollm2-135m")
         docs = [json.loads(line)["text"] for line in (args.data / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]

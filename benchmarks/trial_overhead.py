@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
+from embinject.space import load_search_file
+from embinject.tune.driver import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -28,9 +30,6 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def main(argv=None) -> int:
     from mlflow.tracking import MlflowClient
-
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=3)

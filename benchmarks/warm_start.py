@@ -26,6 +26,8 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 from embinject.models import cache_root
+from embinject.space import load_search_file
+from embinject.tune.driver import run_search
 
 from .search_efficiency import SPACE, trace
 
@@ -58,9 +60,6 @@ def finished(kind: str, corpus: str, seed: int, args) -> dict | None:
 
 
 def run(kind: str, corpus: str, seed: int, args, source: dict | None = None) -> dict:
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
-
     storage = args.storage / f"{corpus}-{kind}-seed{seed}"
     overrides = [SPACE, f"data.path={args.data / CORPORA[corpus]}", f"tune.seed={seed}", f"tune.num_samples={args.trials}",
                  "tune.points_to_evaluate=[]", "tune.time_budget_s=null", f"train.max_steps={args.steps}",

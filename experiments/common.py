@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.tracking import mlflow_global_uris, quiet_mlflow
 
@@ -69,8 +70,6 @@ def run_or_reload(args, out, run) -> dict | None:
     printing one line) on a configuration error."""
     import json
     import sys
-
-    from embinject.errors import ConfigError
 
     if args.render_only:
         return json.loads((out / "results.json").read_text())

@@ -210,7 +210,7 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     import argparse
     import json
 
-    from experiments.injection_context import arms, run
+    from experiments.injection_context import arms, report, run
 
     assert arms.lr_group("kv-8") == "kv" and arms.lr_group("kv-constant-8") == "kv-constant"
     assert arms.lr_group("constant-4") == "injection" and arms.lr_group("static-8") == "prompt"
@@ -225,9 +225,14 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], seeds=[0])
     cfg = run.arm_config(args, "kv-constant-8", tmp_path, 0.002)
     assert cfg.adapter.ablation == "constant" and cfg.adapter.inject_into == "kv"
-    # more training windows: the pooled pair at 8 vectors, injection's rate, the same validation windows
+    # more training windows: the pooled pair and lmchunks-kv's at 8 vectors, each at its own rate on 1,024, the same validation windows
     more = {a: run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["more-windows"]}
-    assert {arms.lr_group(a) for a in more} == {"injection"} and {c.adapter.ablation for c in more.values()} == {"none", "constant"}
+    assert [arms.lr_group(a) for a in more] == ["injection", "injection", "lmchunks-kv", "lmchunks-kv-constant"]
+    assert [c.adapter.ablation for c in more.values()] == ["none", "constant"] * 2
+    assert more["lmchunks-kv-8-w4096"].adapter.inject_into == "kv" and arms.design_of("lmchunks-kv-8-w4096") is None
+    # each row is compared with the pooled vector on its own windows; the pooled vector on more with itself on 1,024
+    assert [report.pooled_beside(a, 8) for a in ("kv-8", "inject-8-w4096", "lmchunks-kv-8-w4096")] == \
+        ["inject-8", "inject-8", "inject-8-w4096"]
     assert all(c.data.train_samples == 4096 and c.data.val_samples == cfg.data.val_samples and c.train.patience >= 5
                and c.adapter.inject_tokens == 8 for c in more.values())
     runs = tmp_path / "runs"

@@ -96,13 +96,17 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 # Does the content share grow with data? The pooled vector and its constant control at 8 vectors on 4x the training
 # windows (the Wikipedia sample's training split holds 4,910 with preceding text); the same validation and test windows,
 # the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a spike).
+# Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the same way,
+# each at its own searched rate; its rows compare with the pooled vector on the same windows.
 MORE_WINDOWS = 4096
-MORE_WINDOWS_ARMS = []
-for _arm in ("inject-8", "constant-8"):
+MORE_WINDOWS_PAIRS = [("inject-8", "constant-8"), (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")]
+MORE_WINDOWS_OF: dict[str, str] = {}  # arm on more windows -> the arm it repeats on 1,024
+for _arm in (a for pair in MORE_WINDOWS_PAIRS for a in pair):
     _method, _shape, _control, _label = ARMS[_arm]
-    MORE_WINDOWS_ARMS.append(f"{_arm}-w{MORE_WINDOWS}")
-    ARMS[MORE_WINDOWS_ARMS[-1]] = (_method, {**_shape, "data.train_samples": MORE_WINDOWS, "train.patience": 5}, _control,
-                                   f"{_label}, {MORE_WINDOWS:,} training windows")
+    MORE_WINDOWS_OF[f"{_arm}-w{MORE_WINDOWS}"] = _arm
+    ARMS[f"{_arm}-w{MORE_WINDOWS}"] = (_method, {**_shape, "data.train_samples": MORE_WINDOWS, "train.patience": 5}, _control,
+                                       f"{_label}, {MORE_WINDOWS:,} training windows")
+MORE_WINDOWS_ARMS = list(MORE_WINDOWS_OF)
 
 
 def design_of(arm: str) -> str | None:
@@ -114,6 +118,7 @@ def lr_group(arm: str) -> str:
     """Whose learning-rate search an arm trains with: a design's arm and each of its controls their own, searched at
     k = 8 (`kv`, `kv-constant`, `kv-shuffled`) and used at every k; the earlier arms their method's (prompt,
     injection)."""
+    arm = MORE_WINDOWS_OF.get(arm, arm)  # on more windows an arm keeps the rate of the arm it repeats
     if arm not in DESIGN_OF:
         return ARMS[arm][0]
     design, _, control = DESIGN_OF[arm]

@@ -12,7 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
-                                               MORE_WINDOWS, MORE_WINDOWS_ARMS,
+                                               MORE_WINDOWS, MORE_WINDOWS_ARMS, MORE_WINDOWS_OF, MORE_WINDOWS_PAIRS,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -129,7 +129,8 @@ STATIC = "static prefix"
 DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [("pooled MiniLM", f"inject-{k}", f"constant-{k}", f"shuffled-{k}") for k in ALL_K] + \
     [(d, f"{d}-{k}", f"{d}-constant-{k}", f"{d}-shuffled-{k}") for d in DESIGNS for k in ALL_K] + \
-    [(f"pooled MiniLM, {MORE_WINDOWS:,} training windows", *MORE_WINDOWS_ARMS, None)]
+    [(f"{design_of(arm) or 'pooled MiniLM'}, {MORE_WINDOWS:,} training windows", f"{arm}-w{MORE_WINDOWS}",
+      f"{control}-w{MORE_WINDOWS}", None) for arm, control in MORE_WINDOWS_PAIRS]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
@@ -152,7 +153,7 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
                 row[f"{key}control_seeds"] = arms[control].seeds
                 row[f"{key}content_share"] = seed_interval(lambda m: (m[control] - m[arm]) / gain(m), both)
                 row[f"{key}content_nats"] = seed_interval(lambda m: m[arm] - m[control], both)
-        pooled = f"inject-{k}"
+        pooled = pooled_beside(arm, k)
         if design != STATIC and arm != pooled and pooled in arms:
             row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
         out[arm] = row
@@ -468,6 +469,13 @@ def shared_chunk_mlp(records: list[dict]) -> bool:
 SHARED_MLP = "one MLP shared by the chunks"
 
 
+def pooled_beside(arm: str, k: int) -> str:
+    """The pooled MiniLM arm a design's row is compared with: the same k, on the same training windows."""
+    if arm in MORE_WINDOWS_OF and MORE_WINDOWS_OF[arm] != f"inject-{k}":
+        return f"inject-{k}-w{MORE_WINDOWS}"
+    return f"inject-{k}"
+
+
 def designs_table(designs: dict, arms: dict) -> list[str]:
     """(f): the designs against one another, their controls and the pooled MiniLM vector."""
     lines = ["### (f) Designs: what makes the vectors carry the text", "",
@@ -480,11 +488,12 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
              "The static prefix at the same k reads nothing: what the vectors' capacity alone gives. A shuffled control "
              "(another window's input) is shown where it ran. A design's rate, and each control's, is searched at k = "
              f"{SCREEN_K} and used at every k.", ""]
-    if MORE_WINDOWS_ARMS[0] in designs:
-        lines += [f"The row *pooled MiniLM, {MORE_WINDOWS:,} training windows* is the pooled vector and its constant control "
-                  f"trained on {MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test "
-                  "windows, injection's rate, patience 5): its content share says whether more data lets the vectors "
-                  "carry more of the text, its Δ against pooled MiniLM what the extra data changed.", ""]
+    if any(a in designs for a in MORE_WINDOWS_ARMS):
+        lines += [f"Rows *..., {MORE_WINDOWS:,} training windows* are a design and its constant control trained on "
+                  f"{MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test windows, "
+                  "the rates of their searches on 1,024, patience 5): their content share says whether more data lets the "
+                  "vectors carry more of the text. The pooled vector's Δ is against itself on 1,024 windows (what the extra "
+                  f"data changed); another design's against the pooled vector on the same {MORE_WINDOWS:,}.", ""]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
         lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
@@ -507,7 +516,7 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         vs_cell = "-" if vs is None else ci(vs, 4, sign=True)
         vs_verdict = "-" if vs is None else claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM")
         if vs is not None:
-            vs_verdict += precision_note(arms, [arm, f"inject-{r['k']}"])
+            vs_verdict += precision_note(arms, [arm, pooled_beside(arm, r["k"])])
         if content is not None:
             content_verdict_ += precision_note(arms, [arm, r["control"]])
         design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]

@@ -34,6 +34,20 @@ from pathlib import Path
 
 import torch
 
+from embinject.config import Config
+from embinject.config_files import load_config
+from embinject.data import select_windows, tokenize_documents
+from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
+from embinject.errors import ConfigError
+from embinject.fsutil import atomic_write_text
+from embinject.methods.base import AdapterMethod
+from embinject.models import cache_dir, cache_root
+from embinject.space import load_search_file
+from embinject.tracking import flatten
+from embinject.train import ablated, encoder_ids, prepare, resolve_device, scored_labels, train
+from embinject.train.evaluation import window_nll
+from embinject.train.precision import cpu_bf16_fast, resolve_dtype
+from embinject.tune.driver import run_search
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
                                                TEXT_TOKENS, WINDOW, lr_edge, lr_group, lr_shape)
 from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
@@ -47,10 +61,6 @@ def read_docs(file: Path) -> list[str]:
 def study_data(src: Path) -> tuple[Path, list[str]]:
     """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
     documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
-    from embinject.errors import ConfigError
-    from embinject.fsutil import atomic_write_text
-    from embinject.models import cache_dir
-
     train_file, test_file = src / "train.jsonl", src / "validation.jsonl"
     for f in (train_file, test_file):
         if not f.is_file():
@@ -68,10 +78,6 @@ def study_data(src: Path) -> tuple[Path, list[str]]:
 def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
     """Every test window that has preceding text, scored like validation windows, with its preceding tokens
     and (for injection) the encoder's embedding of them."""
-    from embinject.data import select_windows, tokenize_documents
-    from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
-    from embinject.train import encoder_ids, scored_labels
-
     w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
     inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
     if cfg.method == "injection" and cfg.adapter.encoder_rank:  # the adapter's own encoder reads the text's ids
@@ -90,8 +96,6 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
 def device_label(device) -> str:
     """Where a run trained: the GPU's name, or the CPU's architecture and whether it has fast bf16 instructions (what
     `train.dtype: auto` resolves by, and what a run's time depends on)."""
-    from embinject.train.precision import cpu_bf16_fast
-
     if str(device).startswith("cuda"):
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}{', bf16 instructions' if cpu_bf16_fast() else ''})"
@@ -107,8 +111,6 @@ SEARCH_ONLY = ("search.", "tune.", "mlflow.")
 def recorded_config(config: dict) -> dict:
     """A run's config as its record keeps it: the prepared data folder named relative to the cache directory, not by
     this machine's absolute path (data.path is not compared between records: IGNORED_SETTINGS)."""
-    from embinject.models import cache_root
-
     path = Path(config["data"]["path"])
     if path.is_relative_to(cache_root()):
         config = {**config, "data": {**config["data"], "path": path.relative_to(cache_root()).as_posix()}}
@@ -122,8 +124,6 @@ def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
 
 def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ()):
     """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
-    from embinject.config_files import load_config
-
     method, shape, control, _ = ARMS[arm]
     return load_config(args.config, base_overrides(args, data_dir) + [
         f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()],
@@ -131,9 +131,6 @@ def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ())
 
 
 def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
-    from embinject.train.evaluation import window_nll
-    from embinject.train import ablated, prepare, train
-
     method, _, control, label = ARMS[arm]
     cfg = arm_config(args, arm, data_dir, lr, [f"train.seed={seed}", f"train.threads={args.threads}"])
     t0 = time.time()
@@ -167,11 +164,6 @@ def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr:
 def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
     """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens; and the frozen
     LM alone scored as the `context` arms are (`baseline-context`). Records named in `skip` are not recomputed."""
-    from embinject.config_files import load_config
-    from embinject.train.evaluation import window_nll
-    from embinject.methods.base import AdapterMethod
-    from embinject.train import prepare
-
     class ReadText(AdapterMethod):
         name = "read-text"
 
@@ -206,10 +198,6 @@ def lr_search(args, group: str, data_dir: Path, runs: Path, name: str, extra: li
     (`arms.lr_shape`); returns the search's outcome."""
     import yaml
 
-    from embinject.fsutil import atomic_write_text
-    from embinject.space import load_search_file
-    from embinject.tune.driver import run_search
-
     raw = yaml.safe_load(Path(args.config).read_text())
     for section, values in yaml.safe_load((HERE / "lr_search.yaml").read_text()).items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) and section in raw else values
@@ -235,8 +223,6 @@ def searched_trials(outcome: dict) -> list[dict]:
 
 def lr_source(args, runs: Path, method: str) -> Path:
     """--lr-from: the other series' learning-rate search for `method` on this corpus."""
-    from embinject.errors import ConfigError
-
     source = args.lr_from / "runs" / runs.name / f"lr_search_{method}.json"
     if not source.is_file():
         raise ConfigError(f"--lr-from: {source} not found (run that series' learning-rate search first)")
@@ -247,8 +233,6 @@ def recorded_rate(runs: Path, group: str, arms: list[str]) -> float | None:
     """The one rate the recorded seeds of `group`'s arms trained at, or None where none is recorded. A control whose
     seeds were trained at its design's rate, before controls had searches of their own, keeps that rate for its
     other seeds: a new search would give them another, and one arm would mix two set-ups."""
-    from embinject.errors import ConfigError
-
     rates = {record["lr"]: path for a in arms if lr_group(a) == group for path, record in seed_records(runs, a)}
     if len(rates) > 1:
         raise ConfigError(f"{group}: its arms' records trained at {len(rates)} learning rates ({', '.join(map(str, sorted(rates)))}, "
@@ -259,8 +243,6 @@ def recorded_rate(runs: Path, group: str, arms: list[str]) -> float | None:
 def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str, arms: list[str] = ()) -> float:
     """The best learning rate of a small search over the validation split for a method or a design (recorded, so it
     runs once); for a group with no search but with recorded seeds, the rate they trained at."""
-    from embinject.fsutil import atomic_write_text
-
     record = runs / f"lr_search_{group}.json"
     if not record.is_file() and args.lr_from:  # another series' search, copied so this series' records say where it came from
         source = lr_source(args, runs, group)
@@ -286,8 +268,6 @@ def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
     """When the chosen learning rate is the largest (smallest) the search tried, train one more full-epoch trial at
     twice (half) that rate, so the record says whether the optimum was bracketed. The chosen rate stays what the
     arms were trained with; the report shows the check's outcome."""
-    from embinject.fsutil import atomic_write_text
-
     path = runs / f"lr_search_{group}.json"
     record = json.loads(path.read_text())
     edge = lr_edge(record)
@@ -329,10 +309,6 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
     `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
     import dataclasses
 
-    from embinject.config import Config
-    from embinject.errors import ConfigError
-    from embinject.tracking import flatten
-
     defaults = flatten(dataclasses.asdict(Config()))
     for arm in arms:
         wanted = None
@@ -358,10 +334,6 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
 def series_precision(args, data_dir: Path) -> str:
     """The precision this call trains at: `train.dtype` resolved on this machine (`auto`: bfloat16 only where the CPU
     or GPU has fast bf16)."""
-    from embinject.config_files import load_config
-    from embinject.train import resolve_device
-    from embinject.train.precision import resolve_dtype
-
     cfg = load_config(args.config, base_overrides(args, data_dir))
     return resolve_dtype(cfg.train.dtype, resolve_device(cfg.train.device))
 
@@ -374,8 +346,6 @@ def seed_records(runs: Path, arm: str) -> list[tuple[Path, dict]]:
 def check_chunk_layout(runs: Path, arms: list[str]) -> None:
     """A chunk arm's records from before each chunk had its position's own rows of the MLP (one MLP shared by the
     chunks) are another design: a seed trained now would mix the two in one arm."""
-    from embinject.errors import ConfigError
-
     for arm in arms:
         for path, record in seed_records(runs, arm):
             if shared_chunk_mlp([record]):
@@ -389,8 +359,6 @@ def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
     same seed, so one arm's seeds would mix two set-ups. `auto` differs between machines (bfloat16 only with fast
     bf16), so the resolved precision is what the records keep and what is compared. Arms of different precisions
     can sit in one series; the report names them and marks the comparisons between them."""
-    from embinject.errors import ConfigError
-
     precision = series_precision(args, data_dir)
     for arm in arms:
         for path, record in seed_records(runs, arm):
@@ -408,8 +376,6 @@ def missing_references(runs: Path) -> list[str]:
 
 
 def child(args) -> int:
-    from embinject.fsutil import atomic_write_text
-
     data_dir, test_docs = study_data(args.data)
     runs = args.out / "runs" / args.data.name
     if args.child == "reference":
@@ -521,8 +487,6 @@ def main(argv=None) -> int:
         p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
     if args.child:
         return child(args)
-    from embinject.errors import ConfigError
-
     try:  # bad input: one line, exit 2, nothing written
         if not args.render_only:
             if args.data is None:
