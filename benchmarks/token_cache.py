@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from embinject.data import select_windows, tokenize_documents
 from embinject.encoders import load_encoder
 from embinject.fsutil import atomic_save_tensors, atomic_write_text
