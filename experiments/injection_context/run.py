@@ -21,175 +21,27 @@ only where the interval excludes zero over at least 5 seeds (fewer: "suggestive"
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
 from embinject.config import Config
 from embinject.config_files import load_config
-from embinject.data import select_windows, tokenize_documents
-from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
 from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
-from embinject.methods.base import AdapterMethod
-from embinject.models import cache_dir, cache_root
 from embinject.space import load_search_file
 from embinject.tracking import flatten
-from embinject.train import ablated, encoder_ids, prepare, resolve_device, scored_labels, train
-from embinject.train.evaluation import window_nll
-from embinject.train.precision import cpu_bf16_fast, resolve_dtype
+from embinject.train import resolve_device
+from embinject.train.precision import resolve_dtype
 from embinject.tune.driver import run_search
-from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, REFERENCE, SEEDS,
-                                               TEXT_TOKENS, WINDOW, lr_edge, lr_group, lr_shape)
+from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, SEEDS, WINDOW, lr_edge,
+                                               lr_group, lr_shape)
 from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
-
-# ---------------------------------------------------------------- data: train / validation / test
-
-def read_docs(file: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def study_data(src: Path) -> tuple[Path, list[str]]:
-    """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
-    documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
-    train_file, test_file = src / "train.jsonl", src / "validation.jsonl"
-    for f in (train_file, test_file):
-        if not f.is_file():
-            raise ConfigError(f"--data: {f} not found (a folder with train.jsonl and validation.jsonl)")
-    docs = read_docs(train_file)
-    key = hashlib.sha256(train_file.read_bytes()).hexdigest()[:16]
-    folder = cache_dir("experiments", f"{src.name}-{key}")
-    lines = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds)  # noqa: E731
-    if not (folder / "validation.jsonl").is_file():
-        atomic_write_text(folder / "train.jsonl", lines([d for i, d in enumerate(docs) if i % 10 != 9]))
-        atomic_write_text(folder / "validation.jsonl", lines([d for i, d in enumerate(docs) if i % 10 == 9]))
-    return folder, read_docs(test_file)
-
-
-def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
-    """Every test window that has preceding text, scored like validation windows, with its preceding tokens
-    and (for injection) the encoder's embedding of them."""
-    w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
-    inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
-    if cfg.method == "injection" and cfg.adapter.encoder_rank:  # the adapter's own encoder reads the text's ids
-        inputs["encoder_ids"] = encoder_ids(w, cfg)
-    elif cfg.method == "injection":
-        a, lm = cfg.adapter, prep.lm
-        chunks = pooling_chunks(a)
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
-        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device, chunks)  # noqa: E731
-        inputs["sentence_embedding"] = cached_embeddings(key, encoder_ids(w, cfg), make)
-    return inputs
-
-
-# ---------------------------------------------------------------- one process per arm
-
-def device_label(device) -> str:
-    """Where a run trained: the GPU's name, or the CPU's architecture and whether it has fast bf16 instructions (what
-    `train.dtype: auto` resolves by, and what a run's time depends on)."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}{', bf16 instructions' if cpu_bf16_fast() else ''})"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-SEARCH_ONLY = ("search.", "tune.", "mlflow.")
-
-
-def recorded_config(config: dict) -> dict:
-    """A run's config as its record keeps it: the prepared data folder named relative to the cache directory, not by
-    this machine's absolute path (data.path is not compared between records: IGNORED_SETTINGS)."""
-    path = Path(config["data"]["path"])
-    if path.is_relative_to(cache_root()):
-        config = {**config, "data": {**config["data"], "path": path.relative_to(cache_root()).as_posix()}}
-    return config
-
-
-def base_overrides(args, data_dir: Path, search: bool = False) -> list[str]:
-    """--set values for a training config; `search` keeps the search file's own sections too."""
-    return [f"data.path={data_dir}", *[o for o in args.overrides if search or not o.startswith(SEARCH_ONLY)]]
-
-
-def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ()):
-    """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
-    method, shape, control, _ = ARMS[arm]
-    return load_config(args.config, base_overrides(args, data_dir) + [
-        f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()],
-        *([f"adapter.ablation={control}"] if control else []), *extra])
-
-
-def run_arm(args, arm: str, seed: int, data_dir: Path, test_docs: list[str], lr: float) -> dict:
-    method, _, control, label = ARMS[arm]
-    cfg = arm_config(args, arm, data_dir, lr, [f"train.seed={seed}", f"train.threads={args.threads}"])
-    t0 = time.time()
-    prep = prepare(cfg)
-    test = test_inputs(prep, cfg, test_docs)
-    if control and "sentence_embedding" in test:  # prepare fed the control's input to training and validation
-        mean = prep.train["sentence_embedding"][:1]  # constant: every training row is the training split's mean
-        test["sentence_embedding"] = ablated(test["sentence_embedding"], control, mean, seed, 2)
-    result, adapter = train(cfg, prepared=prep)
-    nll, count = window_nll(adapter, test, cfg.train.eval_batch_size, prep.device, None)  # test scored in float32
-    adapter.release()
-    history = result["history"]
-    return {"arm": arm, "label": label, "seed": seed, "lr": lr, "method": method, "control": control,
-            "trainable_params": result["trainable_params"], "val_perplexity": result["val_perplexity"],
-            "train_windows": len(prep.train["input_ids"]), "val_windows": len(prep.val["input_ids"]),
-            "baseline_val_perplexity": result["baseline_perplexity"], "steps": result["steps"],
-            "epochs_run": result["epochs_run"], "best_step": result["best_step"], "stopped_early": result["stopped_early"],
-            # The last evaluation's val_perplexity is the kept adapter on every validation window; the curve and "still
-            # improving" use the evaluation subset at every step, so that they compare like with like.
-            "improving_at_end": result["best_step"] == result["steps"],
-            "history": [{"step": h["step"], "val_perplexity_subset": h.get("val_perplexity_subset", h["val_perplexity"])}
-                        for h in history],
-            "train_seconds": result["train_seconds"], "wall_seconds": time.time() - t0, "dtype": result["dtype"],
-            "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(), "device": device_label(prep.device),
-            # chunk i through position i's own rows of the MLP's last layer (records without it: one shared MLP)
-            **({"chunk_rows": "per-position"} if cfg.adapter.pooling == "chunks" else {}),
-            **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
-            "config": recorded_config(result["config"]), "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]}
-
-
-def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = frozenset()) -> list[dict]:
-    """The frozen LM alone, and reading the last m tokens of the preceding text as ordinary tokens; and the frozen
-    LM alone scored as the `context` arms are (`baseline-context`). Records named in `skip` are not recomputed."""
-    class ReadText(AdapterMethod):
-        name = "read-text"
-
-        def __init__(self, cfg, lm, m: int):
-            super().__init__(cfg, lm)
-            self.m = m
-
-        def prefix_embeds(self, batch):
-            return None if self.m == 0 else self.lm.get_input_embeddings()(batch["previous_ids"][:, -self.m:])
-
-    cfg = load_config(args.config, base_overrides(args, data_dir) + ["method=baseline", f"train.threads={args.threads}"])
-    torch.set_num_threads(args.threads)
-    prep = prepare(cfg)
-    test = test_inputs(prep, cfg, test_docs)
-    context_cfg = load_config(args.config, base_overrides(args, data_dir) + [
-        "method=baseline", f"train.threads={args.threads}", *[f"{k}={v}" for k, v in CONTEXT.items()]])
-    records = []
-    for name, m, c in [("baseline", 0, cfg)] + [(f"text-{m}", m, cfg) for m in TEXT_TOKENS] + [("baseline-context", 0, context_cfg)]:
-        if name in skip:
-            continue
-        inputs = test if c is cfg else test_inputs(prep, c, test_docs)
-        nll, count = window_nll(ReadText(c, prep.lm.model, m), inputs, c.train.eval_batch_size, prep.device, None)
-        records.append({"arm": name, "text_tokens": m, "peak_rss_mb": peak_rss_mb(), "config": recorded_config(c.to_dict()),
-                        "test_nll": [round(float(x), 5) for x in nll], "test_tokens": [int(x) for x in count]})
-    return records
-
+from experiments.injection_context.train_arm import (arm_config, base_overrides, lr_check_path, missing_references, record_path,
+                                                    study_data)
 
 # ---------------------------------------------------------------- learning rates, chosen by embinject.tune
 
@@ -285,15 +137,7 @@ def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
 
 # ---------------------------------------------------------------- driver
 
-def record_path(runs: Path, arm: str, seed: int | None) -> Path:
-    return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
-
-
 LR_CHECK_ARMS = {"prompt": "static-4", "injection": "inject-4"}
-
-
-def lr_check_path(out: Path, corpus: str, arm: str, lr: float) -> Path:
-    return out / "lr_check" / corpus / f"{arm}__lr{lr:g}.json"
 
 
 def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
@@ -371,29 +215,9 @@ def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
     return precision
 
 
-def missing_references(runs: Path) -> list[str]:
-    return [name for name in REFERENCE if not record_path(runs, name, None).is_file()]
-
-
-def child(args) -> int:
-    data_dir, test_docs = study_data(args.data)
-    runs = args.out / "runs" / args.data.name
-    if args.child == "reference":
-        done = set(REFERENCE) - set(missing_references(runs))
-        for r in run_reference(args, data_dir, test_docs, skip=done):
-            atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
-        return 0
-    r = run_arm(args, args.child, args.seed, data_dir, test_docs, args.lr)
-    path = lr_check_path(args.out, args.data.name, args.child, args.lr) if args.lr_check else record_path(runs, args.child, args.seed)
-    atomic_write_text(path, json.dumps(r))
-    print(f"[{args.data.name}] {args.child} seed {args.seed}: val ppl {r['val_perplexity']:.3f}, {r['steps']} steps, "
-          f"{r['wall_seconds']:.0f} s", flush=True)
-    return 0
-
-
 def spawn(args, arm: str, seed: int | None = None, lr: float | None = None, lr_check: bool = False) -> int:
-    cmd = [sys.executable, "-m", "experiments.injection_context.run", "--data", str(args.data), "--config", args.config,
-           "--out", str(args.out), "--child", arm, "--threads", str(args.threads)]
+    cmd = [sys.executable, "-m", "experiments.injection_context.train_arm", "--data", str(args.data), "--config", args.config,
+           "--out", str(args.out), "--arm", arm, "--threads", str(args.threads)]
     cmd += [] if seed is None else ["--seed", str(seed), "--lr", repr(lr)]
     cmd += ["--lr-check"] if lr_check else []
     for o in args.overrides:
@@ -474,9 +298,6 @@ def main(argv=None) -> int:
                    "(a series trained longer than those searches ran goes with --lr-check)")
     p.add_argument("--lr-check", action="store_true", help="also train seed 0 of static-4 and inject-4 at half and twice "
                    "their method's rate (records under <out>/lr_check/)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--lr", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.data = args.data.resolve() if args.data else None
     args.out = args.out.resolve()
@@ -485,8 +306,6 @@ def main(argv=None) -> int:
     unknown = [a for a in args.arms if a not in ARMS and a not in ARM_SETS]
     if unknown:
         p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
-    if args.child:
-        return child(args)
     try:  # bad input: one line, exit 2, nothing written
         if not args.render_only:
             if args.data is None:
