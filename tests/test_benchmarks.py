@@ -2,7 +2,7 @@
 import argparse
 import json
 
-from benchmarks import report, search_efficiency
+from benchmarks import report, search_efficiency, warm_start
 from embinject.fsutil import atomic_write_text
 
 
@@ -62,8 +62,6 @@ def test_precision_target_is_judged_on_each_methods_interval_over_seeds():
 
 
 def test_warm_start_compares_each_search_with_random_search_of_its_corpus_and_seed(tmp_path):
-    from benchmarks import warm_start
-
     args = argparse.Namespace(seeds=[0, 1], trials=24, steps=20, startup_trials=3)
 
     def rec(corpus, kind, seed, curve):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from embinject.config import DataConfig
+from embinject.data import LAZY_READ_BYTES, build_windows, load_documents, select_windows, tokenize_examples
+from embinject.encoders import FourierEncoder, cached_embeddings, load_encoder
 from embinject.errors import ConfigError
-from embinject.data import build_windows, load_documents, select_windows
-from embinject.encoders import FourierEncoder, cached_embeddings
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 
 
@@ -91,8 +91,6 @@ def test_embedding_cache_encodes_once():
 
 
 def test_bundled_sentence_encoder_dimension_read_from_model(tok):
-    from embinject.encoders import load_encoder
-
     enc = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny")
     emb = enc.encode(torch.randint(0, 500, (3, 10)))
     assert enc.dim == 384 and emb.shape == (3, 384)
@@ -131,8 +129,6 @@ def test_prompt_target_examples_score_only_the_target(tmp_path, tok):
 
 
 def test_long_example_prompt_is_cut_from_the_left(tok):
-    from embinject.data import tokenize_examples
-
     w = tokenize_examples([("word " * 100 + "END", " yes")], tok, seq_len=12)
     assert int(w.scored[0].sum()) == len(tok(" yes", add_special_tokens=False)["input_ids"]) + 1
     assert tok.decode(w.tokens[0][~w.scored[0]].tolist()).endswith("END")
@@ -152,8 +148,6 @@ def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows
     import json as json_module
     import subprocess
     import sys
-
-    from embinject.data import LAZY_READ_BYTES
 
     text = (shared_data / "wikipedia_en_sample" / "train.jsonl").read_text()
     big = tmp_path / "big.jsonl"

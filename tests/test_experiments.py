@@ -1,7 +1,16 @@
 """Each experiment's command in a tiny configuration, so they keep working."""
 import pytest
 
+from embinject.tune.cluster import LOCAL_RAY_SYSTEM_CONFIG
+from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
+from experiments.fourier_embeddings import run as fourier_embeddings
+from experiments.injection_context import arms, report, run
+from experiments.injection_context.report import headline
+from experiments.prompt_priors import run as prompt_priors
+from experiments.prompt_priors.run import normalise, token_f1
+from experiments.sentiment_prefix import run as sentiment_prefix
+from experiments.stats import PerWindow, bootstrap, claim, excludes_zero, holm, seed_interval
 
 
 def test_embedding_injection_experiment_tiny(tmp_path, tiny_model, shared_data):
@@ -21,8 +30,6 @@ def test_embedding_injection_experiment_tiny(tmp_path, tiny_model, shared_data):
 def test_adapter_injection_experiment_tiny(tmp_path, tiny_model, shared_data):
     import json
 
-    from experiments.adapter_injection import run as adapter_injection
-
     out = tmp_path / "lora"
     code = adapter_injection.main([
         "--data", str(shared_data / "wikitext2_valid_detok"), "--out", str(out), "--rank", "4",
@@ -37,8 +44,6 @@ def test_adapter_injection_experiment_tiny(tmp_path, tiny_model, shared_data):
 
 
 def test_fourier_embeddings_experiment_tiny(tmp_path, tiny_model, shared_data):
-    from experiments.fourier_embeddings import run as fourier_embeddings
-
     out = tmp_path / "fourier"
     code = fourier_embeddings.main([
         "--data", str(shared_data / "wikitext2_valid_detok"), "--out", str(out), "--speed-texts", "32",
@@ -52,8 +57,6 @@ def test_fourier_embeddings_experiment_tiny(tmp_path, tiny_model, shared_data):
 
 def test_sentiment_prefix_experiment_tiny(tmp_path, tiny_model, shared_data):
     import json
-
-    from experiments.sentiment_prefix import run as sentiment_prefix
 
     out = tmp_path / "sentiment"
     code = sentiment_prefix.main([
@@ -78,8 +81,6 @@ def test_sentiment_prefix_experiment_tiny(tmp_path, tiny_model, shared_data):
 def test_prompt_priors_experiment_tiny(tmp_path, tiny_model, shared_data):
     import json
 
-    from experiments.prompt_priors import run as prompt_priors
-
     out = tmp_path / "priors"
     code = prompt_priors.main([
         "--data", str(shared_data), "--out", str(out), "--seeds", "2", "--priors", "vocab", "exclusion", "interpolate",
@@ -102,8 +103,6 @@ def test_prompt_priors_experiment_tiny(tmp_path, tiny_model, shared_data):
 
 
 def test_answer_normalisation_keeps_signs():
-    from experiments.prompt_priors.run import normalise, token_f1
-
     assert normalise(" -42.\nCalculate") == "-42" and normalise("The Down syndrome") == "down syndrome"
     assert token_f1("down syndrome", "Down Syndrome.") == 1.0 and token_f1("42", "-42") == 0.0
     assert abs(token_f1("inductive reasoning works", "inductive reasoning") - 0.8) < 1e-9
@@ -113,8 +112,6 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     """The main study end to end on the tiny model: learning rates from embinject.tune, every arm scored on the same
     test tokens, RESULTS.md with its three questions, and a second call that finds nothing left to run."""
     import json
-
-    from experiments.injection_context import run as study
 
     out = tmp_path / "study"
     argv = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "0",
@@ -129,7 +126,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
         trials = [{"lr": lr, "val_perplexity": 900.0, "steps": 2}, {"lr": 3 * lr, "val_perplexity": 950.0, "steps": 1}]
         (runs / f"lr_search_{method}.json").write_text(json.dumps(
             {"method": method, "lr": lr, "trials": trials, "bracket": [{"lr": lr / 2, "val_perplexity": 920.0, "steps": 2}]}))
-    assert study.main(argv) == 0
+    assert run.main(argv) == 0
     records = [json.loads(f.read_text()) for f in runs.glob("*.json") if not f.name.startswith("lr_search_")]
     assert len(records) == 7 + 9  # 7 arms x 1 seed, baseline + 7 text lengths + the `context` arms' baseline
     context = {"context-4", "baseline-context"}  # scored on the tokens after the window's first 8
@@ -157,16 +154,16 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "| kv (`kv-4`) | 4 |" in text and "| static prefix (`static-4`) | 4 |" in text
     assert (out / "compression.png").is_file()
     capsys.readouterr()
-    assert study.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
+    assert run.main(argv) == 0 and "0 runs to do" in capsys.readouterr().out  # a finished study runs nothing again
     # records of another budget are never mixed into the same tables: one line naming the record and the setting
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert study.main(argv + ["--set", "train.max_steps=3"]) == 2
+    assert run.main(argv + ["--set", "train.max_steps=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "train.max_steps=2" in err and "another --out folder" in err and len(err.splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # nothing written or rewritten
     # an arm's seeds at another precision: the same one line, before any search, nothing written
     other = "float32" if kv["dtype"] == "bfloat16" else "bfloat16"
-    assert study.main(argv + ["--set", f"train.dtype={other}"]) == 2
+    assert run.main(argv + ["--set", f"train.dtype={other}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and f"trained in {kv['dtype']}, but this call trains in {other}" in err and len(err.splitlines()) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
@@ -174,7 +171,7 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     # table in the study's own RESULTS.md
     longer = ["--out", str(out / "converged"), "--lr-from", str(out), "--lr-check", "--arms", "inject-4",
               *[a.replace("train.max_steps=2", "train.max_steps=3") for a in argv[argv.index("--set"):]]]
-    assert study.main(["--data", str(shared_data / "fineweb_edu_sample"), "--seeds", "0", *longer]) == 0
+    assert run.main(["--data", str(shared_data / "fineweb_edu_sample"), "--seeds", "0", *longer]) == 0
     series = out / "converged"
     copied = json.loads((series / "runs" / "fineweb_edu_sample" / "lr_search_injection.json").read_text())
     assert copied["from"] == "../runs/fineweb_edu_sample/lr_search_injection.json"
@@ -182,18 +179,14 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert [round(c / copied["lr"], 1) for c in checks] == [0.5, 2.0]
     series_text = (series / "RESULTS.md").read_text()
     assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
-    assert study.main(["--render-only", "--out", str(out)]) == 0
+    assert run.main(["--render-only", "--out", str(out)]) == 0
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
     # two searches ran in this process (kv's and its bracket check): Ray wrote its session's spilling directory into
     # the system config it was given, which must have been a copy of embinject's own
-    from embinject.tune.cluster import LOCAL_RAY_SYSTEM_CONFIG
-
     assert LOCAL_RAY_SYSTEM_CONFIG == {"worker_niceness": 0}
 
 
 def test_the_headline_is_the_best_design_with_an_interval_where_one_has_it():
-    from experiments.injection_context.report import headline
-
     row = lambda arm, design, k, seeds, share: {"arm": arm, "design": design, "k": k, "seeds": seeds,  # noqa: E731
                                                 "share_of_text_gain": (share, share - 0.05, share + 0.05)}
     rows = {"a": row("kv-8", "kv", 8, 3, 0.49), "b": row("inject-8-w4096", "more windows", 8, 1, 0.55),
@@ -209,8 +202,6 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     its default; from before adapter.ablation, when their own `control` field names the same treatment."""
     import argparse
     import json
-
-    from experiments.injection_context import arms, report, run
 
     assert arms.lr_group("kv-8") == "kv" and arms.lr_group("kv-constant-8") == "kv-constant"
     assert arms.lr_group("constant-4") == "injection" and arms.lr_group("static-8") == "prompt"
@@ -275,14 +266,12 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):
     import json
 
-    from experiments.injection_context import run as study
-
     out = tmp_path / "study"
     for argv, expected in ((["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
                            (["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--lr-from",
                              str(tmp_path / "no-series")], f"--lr-from: {tmp_path / 'no-series'}"),
                            (["--render-only", "--out", str(out)], "--out: no run records under ")):
-        assert study.main(argv) == 2
+        assert run.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir())
@@ -297,7 +286,7 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
     data = ["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--seeds", "2", "--arms"]
     for arm, expected in (("chunks-8", f"{runs / 'chunks-8__seed0.json'}: trained with one MLP shared by its chunks"),
                           ("chunks-constant-8", "chunks-constant: its arms' records trained at 2 learning rates")):
-        assert study.main(data + [arm]) == 2
+        assert run.main(data + [arm]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
         assert {f: f.stat().st_mtime_ns for f in out.rglob("*")} == before  # nothing written, no search started
@@ -305,8 +294,6 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
 
 def test_paired_bootstrap_and_holm():
     import numpy as np
-
-    from experiments.stats import PerWindow, bootstrap, excludes_zero, holm
 
     rng = np.random.default_rng(0)
     nll, tokens = rng.normal(3.0, 0.5, (3, 200)) * 60, np.full((3, 200), 60)
@@ -323,8 +310,6 @@ def test_seed_interval_is_student_t_over_seed_means_and_claims_need_five_seeds()
 
     import numpy as np
     from scipy.stats import t
-
-    from experiments.stats import PerWindow, claim, seed_interval
 
     rng = np.random.default_rng(0)
     base = rng.normal(3.0, 0.5, (1, 50)) * 60

@@ -15,9 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from embinject import fsutil
 from embinject.config_files import load_config
+from embinject.encoders import cached_embeddings
 from embinject.errors import ConfigError
 from embinject.methods import load_method
+from embinject.models import load_frozen_lm
 from embinject.train import train, write_outputs
 from embinject.train.__main__ import main as train_main
 from embinject.tune.__main__ import main as tune_main
@@ -277,9 +280,6 @@ def test_truncated_cache_entries_are_named_deleted_and_rebuilt(tmp_path, tiny_ov
 def test_a_cache_entry_over_the_bound_is_computed_not_kept_and_says_so(tmp_path, monkeypatch, capfd):
     import torch
 
-    from embinject import fsutil
-    from embinject.encoders import cached_embeddings
-
     monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fsutil, "MAX_CACHED_BYTES", 1000)
     ids = torch.arange(64).view(4, 16)
@@ -303,8 +303,6 @@ def saved_adapters(tmp_path, tiny_overrides):
 
 
 def test_corrupt_adapter_directories_are_named_in_one_line(saved_adapters, tiny_model):
-    from embinject.models import load_frozen_lm
-
     lm = load_frozen_lm(tiny_model)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
 

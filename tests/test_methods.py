@@ -10,12 +10,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import gpu_share, step as step_benchmark
+from benchmarks.packing import make_trials, max_grad_difference
+from benchmarks.report import HERE as BENCHMARKS, gpu_section
+from benchmarks.shape_model import make_shape_model
+from embinject.adapters import load_adapter
 from embinject.config_files import load_config
+from embinject.data import build_windows, select_windows
+from embinject.encoders import FourierEncoder, chunk_mean, lm_layer_states, load_encoder
 from embinject.errors import ConfigError
-from embinject.train.evaluation import perplexity
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
-from embinject.models import load_frozen_lm
-from embinject.train import autocast_dtype, prepare, train
+from embinject.methods.injection import Injection, Resampler
+from embinject.models import load_frozen_lm, tokenizer_fingerprint
+from embinject.train import autocast_dtype, eval_subset, precision, prepare, train
+from embinject.train.distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
+from embinject.train.evaluation import perplexity, window_nll
+from embinject.train.generation import generate
+from embinject.train.loop import SoloSteps
+import embinject.train.loop as T
 
 from .conftest import ROOT
 
@@ -105,8 +117,6 @@ def test_context_mode_scores_exactly_the_tokens_after_the_context(tiny_overrides
     _, count = method.nll(batch)
     assert count == 4 * (cfg.data.seq_len - 8)
     # the encoder saw only the context: changing a scored token leaves the embedding unchanged
-    from embinject.encoders import FourierEncoder
-
     enc = FourierEncoder(len(prep.lm.tokenizer), cfg.adapter.fourier_features)
     ids = batch["input_ids"].clone()
     ids[:, 20] = (ids[:, 20] + 1) % len(prep.lm.tokenizer)
@@ -116,8 +126,6 @@ def test_context_mode_scores_exactly_the_tokens_after_the_context(tiny_overrides
 def test_per_window_nll_adds_up_to_the_perplexity(tiny_overrides):
     """window_nll (what paired statistics over windows use) is the same numbers as perplexity, split by window."""
     import math
-
-    from embinject.train.evaluation import perplexity, window_nll
 
     cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=context", "train.dtype=float32")
     prep = prepare(cfg)
@@ -131,9 +139,6 @@ def test_per_window_nll_adds_up_to_the_perplexity(tiny_overrides):
 
 def test_previous_mode_uses_preceding_text_of_the_same_document(tiny_overrides):
     cfg = cfg_for(tiny_overrides, "injection", "adapter.embed_source=previous")
-    from embinject.data import build_windows
-    from embinject.models import tokenizer_fingerprint
-
     prep = prepare(cfg)
     train_w, _ = build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))
     assert train_w.has_previous.any() and not train_w.has_previous.all()
@@ -310,8 +315,6 @@ def test_bfloat16_autocast_trains(tiny_overrides):
 def test_generation_matches_full_recomputation(tiny_overrides, method, extra):
     """Greedy decoding with the KV cache equals argmax over a full forward of the growing
     sequence through the adapter (the training path), token by token."""
-    from embinject.train.generation import generate
-
     cfg = cfg_for(tiny_overrides, method, "adapter.prefix_len=3", *([extra] if extra else []))
     lm = load_frozen_lm(cfg.model)
     m = build_method(cfg, lm.model, tokenizer=lm.tokenizer)
@@ -353,8 +356,6 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_overrides, method):
 
 def test_packed_trials_get_their_own_gradients(tiny_model):
     """benchmarks.packing: K trials' prompts in one batch give each trial its separate gradient."""
-    from benchmarks.packing import make_trials, max_grad_difference
-
     lm = load_frozen_lm(tiny_model)
     methods, batches = make_trials(lm, 3, prefix=2, batch=2, seq=16, model=tiny_model)
     assert max_grad_difference(methods, batches) < 1e-5
@@ -363,8 +364,6 @@ def test_packed_trials_get_their_own_gradients(tiny_model):
 
 def test_shape_model_keeps_the_shape_and_tokenizer_not_the_weights(tiny_model, tmp_path):
     """benchmarks.shape_model: what the GPU rows are timed on, made from a config and tokenizer alone."""
-    from benchmarks.shape_model import make_shape_model
-
     shape = load_frozen_lm(str(make_shape_model(Path(tiny_model), tmp_path / "shape", seed=1)))
     real = load_frozen_lm(tiny_model)
     assert [p.shape for p in shape.model.parameters()] == [p.shape for p in real.model.parameters()]
@@ -375,11 +374,8 @@ def test_shape_model_keeps_the_shape_and_tokenizer_not_the_weights(tiny_model, t
 def test_step_benchmark_writes_where_asked_and_gpu_share_needs_cuda(tiny_model, tmp_path, capsys):
     import json
 
-    from benchmarks import gpu_share, step
-    from benchmarks.report import HERE, gpu_section
-
     out = tmp_path / "step.json"
-    assert step.main(["--model", tiny_model, "--methods", "prompt", "--reps", "1", "--seq", "32", "--out", str(out)]) == 0
+    assert step_benchmark.main(["--model", tiny_model, "--methods", "prompt", "--reps", "1", "--seq", "32", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and {r["side"] for r in data["rows"]} == {"embinject", "peft"}
     if not torch.cuda.is_available():
@@ -387,8 +383,8 @@ def test_step_benchmark_writes_where_asked_and_gpu_share_needs_cuda(tiny_model, 
         assert gpu_share.main(["--model", tiny_model, "--out", str(tmp_path / "g.json")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "CUDA" in err[0] and not (tmp_path / "g.json").exists()
-    if (HERE / "results" / "step_gpu.json").is_file():  # the committed GPU rows render
-        assert gpu_section(HERE / "results")[0] == "## GPU rows"
+    if (BENCHMARKS / "results" / "step_gpu.json").is_file():  # the committed GPU rows render
+        assert gpu_section(BENCHMARKS / "results")[0] == "## GPU rows"
 
 
 def test_deep_prompt_starts_as_its_soft_prompt_and_learns_activations(tiny_overrides):
@@ -432,8 +428,6 @@ def test_resuming_a_finished_run_delivers_its_final_report_again(tiny_overrides,
 
 @pytest.mark.parametrize("fast", ["0", "1"])
 def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_overrides, monkeypatch, fast):
-    from embinject.train import precision
-
     monkeypatch.setenv("EMBINJECT_CPU_BF16", fast)  # as on a CPU with (1) or without (0) bf16 instructions
     precision.cpu_bf16_fast.cache_clear()
     try:
@@ -447,8 +441,6 @@ def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_override
 
 def test_cpu_flags_decide_and_the_probe_answers_quickly():
     import time
-
-    from embinject.train import precision
 
     flags = precision.cpu_flags()
     assert flags is None or isinstance(flags, set)
@@ -464,8 +456,6 @@ def test_cpu_flags_decide_and_the_probe_answers_quickly():
 def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tiny_overrides, monkeypatch, last_is_best):
     """At the last evaluation one pass over every window gives the subset's score and the full set's; only
     when an earlier adapter is kept is that one scored again."""
-    import embinject.train.loop as T
-
     rescored = []
     real_score, real_both = T.score_state, T.subset_and_full
     monkeypatch.setattr(T, "score_state", lambda *a, **k: rescored.append(1) or real_score(*a, **k))
@@ -489,8 +479,6 @@ def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tin
 
 
 def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_scored_on_all(tiny_overrides):
-    from embinject.train import eval_subset
-
     reports = []
     cfg = cfg_for(tiny_overrides, "prompt", "train.eval_windows=8", "train.eval_audit=true", "train.lr=0.05")
     prep = prepare(cfg)
@@ -514,9 +502,6 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
 def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny_overrides, tmp_path, encoder):
     """`adapter.pooling: chunks`: the encoder's token states mean-pooled over inject_tokens chunks of the preceding
     text, one vector each; the frozen LM as its own encoder (`lm-hidden:N`); saved, loaded and generating as a user would."""
-    from embinject.adapters import load_adapter
-    from embinject.encoders import chunk_mean, load_encoder
-
     states = torch.arange(10.0).repeat(3, 1).T  # [10, 3]: positions 0..9
     assert chunk_mean(states, 3)[:, 0].tolist() == [1.5, 5.0, 8.0]  # chunks of 4, 3, 3 positions
     cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=chunks",
@@ -544,8 +529,6 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
 def test_the_resampler_starts_as_the_pooled_embedding_and_ignores_padding():
     """Each of its k vectors starts as the normalised mean of the present token states (what the pooled design feeds
     the MLP), whatever the states' scale, and the queries still tell the k vectors apart."""
-    from embinject.methods.injection import Resampler
-
     torch.manual_seed(0)
     states = torch.zeros(3, 10, 33)
     lengths = (10, 6, 3)
@@ -564,8 +547,6 @@ def test_k_input_vectors_go_each_through_their_own_rows_as_the_pooled_design_doe
     """Vector i of chunks and of the resampler goes through the MLP's first layer and position i's rows of its last
     (the pooled design's k*d outputs): fed k copies of one pooled vector, it makes exactly the pooled design's k
     vectors, so k alike inputs still make k different vectors (a shared MLP would make k copies of one)."""
-    from embinject.methods.injection import Injection
-
     cfg = cfg_for(tiny_overrides, "injection", f"adapter.pooling={pooling}", "adapter.inject_tokens=3", "adapter.prefix_len=0")
     lm = load_frozen_lm(cfg.model).model
     x = torch.randn(2, 16)
@@ -585,8 +566,6 @@ def test_k_input_vectors_go_each_through_their_own_rows_as_the_pooled_design_doe
 def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_overrides, tmp_path, encoder):
     """`adapter.pooling: resampler`: k learned queries cross-attend over the encoder's token states (its own tokens for
     MiniLM, so texts differ in length and are padded); padding never changes the result; saved, loaded, generating."""
-    from embinject.adapters import load_adapter
-
     cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=resampler",
                   "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
     prep = prepare(cfg)
@@ -617,9 +596,6 @@ def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_ov
     the start the head is zero, so every window gets the LM's own activations on the prior vectors (a static deep
     prefix); after training the keys differ by window. Greedy generation with the cache equals full recomputation;
     saved and loaded, it scores the same."""
-    from embinject.adapters import load_adapter
-    from embinject.train.generation import generate
-
     cfg = cfg_for(tiny_overrides, "injection", "adapter.inject_into=kv", "adapter.inject_tokens=2", "adapter.prefix_len=0",
                   "adapter.embed_source=previous", "train.lr=0.01")
     prep = prepare(cfg)
@@ -655,8 +631,6 @@ def test_ablation_feeds_the_training_mean_or_another_windows_embedding(tiny_over
     """`adapter.ablation`, the controls of injection: `constant` feeds every window of both splits the training split's
     mean embedding, `shuffled` another window's of the same split (a fixed order per seed); such an adapter evaluates
     but does not generate from a text, which it never read."""
-    from embinject.adapters import load_adapter
-
     base = ["adapter.embedding_model=fourier", "adapter.embed_source=previous", "train.max_steps=2"]
     own = prepare(cfg_for(tiny_overrides, "injection", *base))
     mean = own.train["sentence_embedding"].mean(0, keepdim=True)
@@ -690,9 +664,6 @@ def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overri
     the frozen LM, and the scoring pass reads only the injected vectors; saved, loaded, and generating from a context
     through the trained encoder."""
     import threading
-
-    from embinject.adapters import load_adapter
-    from embinject.encoders import lm_layer_states, load_encoder
 
     cfg = cfg_for(tiny_overrides, "injection", "adapter.embedding_model=lm-hidden:2", "adapter.pooling=chunks",
                   "adapter.encoder_rank=4", "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous",
@@ -735,8 +706,6 @@ def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towa
     tokens (kept on disk, read back the same); the coarsened KL equals the full KL when k is the vocabulary and bounds
     it from below otherwise; a training step's loss is the NLL plus the weighted KL, and training where the KL dominates
     lowers it."""
-    from embinject.train.distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
-
     # On the random tiny model the teacher and the student barely differ (a KL of about 1e-4 per token against an NLL
     # of 6.2), so a weight this large is what lets the KL lead the steps below.
     cfg = cfg_for(tiny_overrides, "prompt", "train.distill=10000", "train.distill_top_k=8", "adapter.embed_source=previous",
@@ -745,9 +714,6 @@ def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towa
     lm = prep.lm.model
     assert prep.train[TEACHER_INDEX].shape == (len(prep.train["input_ids"]), cfg.data.seq_len - 1, 8)
     assert torch.equal(prepare(cfg).train[TEACHER_LOGP], prep.train[TEACHER_LOGP])  # read back from the cache
-    from embinject.data import build_windows, select_windows
-    from embinject.models import tokenizer_fingerprint
-
     w = select_windows(build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))[0],
                        cfg.data.train_samples, "previous", "train")
     with torch.no_grad():
@@ -769,8 +735,6 @@ def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towa
         with torch.no_grad():
             logits, _, where = method.scored_logits(batch)
             return float(distill_kl(logits, batch[TEACHER_INDEX][where], batch[TEACHER_LOGP][where]))
-
-    from embinject.train.loop import SoloSteps
 
     fresh = build_method(cfg, lm, None, prep.lm.tokenizer)
     batch = {k: v[:16] for k, v in prep.train.items()}

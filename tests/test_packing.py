@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from embinject.config import config_from_dict
 from embinject.config_files import load_config
 from embinject.methods import build_method
 from embinject.models import load_frozen_lm
+from embinject.space import load_search_file, trial_config
 from embinject.train import train
 from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
 
@@ -89,8 +91,6 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model):
 def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model, monkeypatch):
     """Each packed trial's curve is the one its configuration has trained alone (embinject.train in this process, as
     an unpacked trial runs it), while ASHA stops one member and the others go on in the pack."""
-    from embinject.space import load_search_file, trial_config
-
     points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
               {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
               {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
@@ -154,7 +154,5 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     ({"method": "injection"}, None),
 ])
 def test_trials_that_cannot_share_a_step_train_alone_and_say_why(raw, reason):
-    from embinject.config import config_from_dict
-
     found = unpackable_reason(config_from_dict(raw))
     assert found == reason if reason is None else found.startswith(reason)

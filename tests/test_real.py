@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from embinject.config_files import load_config
-from embinject.models import load_frozen_lm
-from embinject.train import train
+from embinject.methods.peft_layout import write_peft
+from embinject.models import checkpoint_problem, load_frozen_lm, resolve_model_path
+from embinject.train import prepare, train
 from embinject.train.__main__ import main
 
 pytestmark = pytest.mark.real
@@ -93,8 +94,6 @@ def test_a_diverging_deep_prefix_stops_at_its_first_evaluation(tmp_path, wiki, c
 def test_a_truncated_converted_model_is_named_and_converted_again(tmp_path, monkeypatch, capfd):
     import shutil
 
-    from embinject.models import checkpoint_problem, resolve_model_path
-
     cached = Path(resolve_model_path("bundled:smollm2-135m"))
     cache = tmp_path / "cache"
     shutil.copytree(cached, cache / "models" / cached.name)
@@ -116,10 +115,6 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from embinject.methods.peft_layout import write_peft
-    from embinject.models import resolve_model_path
-    from embinject.train import prepare
 
     cfg = load_config(None, ["method=prefix", f"data.path={wiki}", "data.seq_len=32", "data.train_samples=16",
                              "data.val_samples=8", "train.batch_size=4", "train.max_steps=2", "train.progress=false",

@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from embinject.config_files import parse_override
+from embinject.fsutil import scratch_dir, sweep_scratch
+from embinject.space import load_search_file
 from embinject.tracking import STATE_FILE, SearchTracker
 from embinject.tune import folder
+from embinject.tune.driver import ended_by_the_search
 from embinject.tune.folder import LOCK_FILE, new_search_dir, record_space, search_lock
-from embinject.space import load_search_file
 
 from .conftest import ROOT
 from .test_tune import write_search
@@ -114,8 +116,6 @@ def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp
     from types import SimpleNamespace
 
     from mlflow.tracking import MlflowClient
-
-    from embinject.tune.driver import ended_by_the_search
 
     uri, exp_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
     exp_dir.mkdir()
@@ -296,8 +296,6 @@ def test_scratch_directories_of_killed_processes_are_swept_and_live_ones_kept(tm
     import signal
     import socket
     import tempfile
-
-    from embinject.fsutil import scratch_dir, sweep_scratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     script = ("import sys, time; from embinject.fsutil import scratch_dir; d = scratch_dir('trial'); "

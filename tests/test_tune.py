@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.many_trials import measure
 from embinject.adapters import adapter_directory
+from embinject.config import TuneSettings, config_from_dict
 from embinject.errors import disk_full
-from embinject.space import DefineByRun, parse_space
+from embinject.methods import load_method
+from embinject.models import load_frozen_lm
+from embinject.plots import optuna_plots
+from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
 from embinject.tracking import mlflow_global_uris
-from embinject.tune import __main__ as tune_cli
+from embinject.train import autocast_dtype, prepare
+from embinject.train.evaluation import perplexity
+from embinject.tune import __main__ as tune_cli, progress
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
+from embinject.tune.results import pareto_front
+from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
+from embinject.tune.warm import read_warm_start
 
 from .conftest import ROOT
 from .test_bad_input import assert_one_error_line, run_main
@@ -103,8 +113,6 @@ def test_conditional_space_samples_only_valid_combinations():
 
 @pytest.mark.parametrize("name", sorted(f.name for f in (ROOT / "search_spaces").glob("*.yaml")))
 def test_every_shipped_search_file_is_valid_and_its_points_are_trial_configs(name):
-    from embinject.space import load_search_file, trial_config
-
     search = load_search_file(ROOT / "search_spaces" / name)
     assert search.searched
     for point in search.tune.points_to_evaluate:
@@ -117,9 +125,6 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
     import warnings
 
     import optuna
-
-    from embinject.space import load_search_file
-    from embinject.tune.searcher import optuna_sampler
 
     search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
         "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
@@ -183,19 +188,12 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])
 def test_tpe_random_start_fits_the_search_size(samples, startup, expected):
-    from embinject.config import TuneSettings
-
     # Optuna's fixed 10 random trials would leave a 10-trial search with no guided trial at all
     assert TuneSettings(num_samples=samples, startup_trials=startup).random_trials_first == expected
 
 
 def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny_model, shared_data):
     from mlflow.artifacts import download_artifacts
-
-    from embinject.train.evaluation import perplexity
-    from embinject.methods import load_method
-    from embinject.models import load_frozen_lm
-    from embinject.train import prepare
 
     storage = tmp_path / "runs"
     # intermediate evaluations on a subset of 12 of the 24 validation windows; the kept adapter on all 24
@@ -312,12 +310,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     local = next(Path(local).rglob("embinject.json")).parent
     meta = json.loads((Path(local) / "embinject.json").read_text())
     lm = load_frozen_lm(tiny_model)
-    from embinject.config import config_from_dict
-
     cfg = config_from_dict(meta["config"])
     method = load_method(local, lm.model, lm.tokenizer)
-    from embinject.train import autocast_dtype
-
     assert perplexity(method, prepare(cfg).val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(best, rel=1e-5)
 
     # The best adapters, plural: the 3 best trials' adapters are logged models on their runs, the champion first
@@ -339,10 +333,6 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     """A search warm-started from the one above: of the same setup, its 6 trials enter Optuna as completed trials; of
     another (fewer steps, a narrower space), its best configurations go first and values outside the space are dropped."""
-    from embinject.space import load_search_file
-    from embinject.tune.searcher import make_searcher
-    from embinject.tune.warm import read_warm_start
-
     same = load_search_file(path, [f"tune.warm_start=[{exp_dir}]"])
     warm = read_warm_start(same)
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
@@ -501,9 +491,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
 def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
     from types import SimpleNamespace
 
-    from embinject.space import load_search_file
-    from embinject.tune.searcher import make_scheduler
-
     search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
         "tune.scheduler={type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}"])
     asha = make_scheduler(search)
@@ -518,8 +505,6 @@ def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
 
 
 def test_pareto_front_keeps_exactly_the_undominated_trials():
-    from embinject.tune.results import pareto_front
-
     objectives = [{"metric": "val_perplexity", "mode": "min"}, {"metric": "tokens_per_second", "mode": "max"}]
     rows = [{"trial_id": t, "best_val_perplexity": p, "tokens_per_second": s}
             for t, p, s in [("a", 10, 100), ("b", 12, 300), ("c", 11, 90), ("d", 10, 100), ("e", 20, 300)]]
@@ -544,8 +529,6 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     (tune.reuse_actors, the default): a LoRA trial runs first (it changes the shared LM object in place), and the
     prompt trial after it in the same worker must match a fresh process exactly."""
     import csv
-
-    from embinject.space import load_search_file, trial_config
 
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
@@ -597,8 +580,6 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
 def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value(tmp_path):
     import warnings
 
-    from embinject.plots import optuna_plots
-
     params = parse_space({"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.prefix_len": {"choice": [4, 8]}})
     rows = [({"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0), ({"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0)]
     with warnings.catch_warnings():
@@ -609,8 +590,6 @@ def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value
 
 def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_every_15_seconds(monkeypatch):
     import types
-
-    from embinject.tune import progress
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])
@@ -644,8 +623,6 @@ def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fa
     from ray.tune.experiment import Trial
     from ray.tune.progress_reporter import _get_progress_table_data
 
-    from embinject.tune import progress
-
     def trial(i, status, value=None):
         t = Trial("trainable", config={"train.lr": 0.001 * i}, trial_id=f"t{i}", stub=True)
         t.set_status(status)
@@ -669,8 +646,6 @@ def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fa
 def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(tmp_path):
     """benchmarks.many_trials at a fifth of its size: every trial in summary.csv and MLflow, the driver's memory at the
     end within 20% of its memory after the first 20 trials, and a log (output not a terminal) with no per-trial wall."""
-    from benchmarks.many_trials import measure
-
     r = measure(60, 2, 20, tmp_path)
     whole = json.dumps(r)  # a string, so that pytest shows all of it
     assert r["summary_rows"] == r["mlflow_trial_runs"] == r["mlflow_finished_runs"] == 60, whole

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from embinject.cli import main as cli_main
+from embinject.adapters import LoadedAdapter, load_adapter
+from embinject.cli import COMMANDS, main as cli_main
+from embinject.config import config_keys
 from embinject.config_files import load_config
-from embinject.train import train, write_outputs
+from embinject.errors import ConfigError
+from embinject.train import prepare, train, write_outputs
 
 from .conftest import ROOT, free_port
 from .test_bad_input import assert_one_error_line, run_main
@@ -49,9 +52,6 @@ def adapters(tiny_model, tmp_path_factory):
 
 
 def test_every_subcommand_has_help_and_train_lists_every_config_key(monkeypatch):
-    from embinject.cli import COMMANDS
-    from embinject.config import config_keys
-
     monkeypatch.setattr("embinject.errors._via_embinject", False)  # the dispatcher sets it: as it was, afterwards
     top = run_cli("--help")  # a real process; each command's help below in this process
     assert top.returncode == 0 and all(name in top.stdout for name in COMMANDS)
@@ -72,8 +72,6 @@ def test_a_lora_adapter_loaded_beside_others_leaves_their_lm_frozen(adapters):
     """LoRA's layers go into the LM it is loaded into. In one process (two MLflow models, a notebook, a --mix) every
     other adapter keeps the frozen LM: the LoRA adapter has its own copy."""
     import torch
-
-    from embinject.adapters import load_adapter
 
     prompt = load_adapter(str(adapters["prompt"]))
     ids = torch.tensor([prompt.tokenizer("The module returns a list")["input_ids"]])
@@ -98,8 +96,6 @@ def test_generate_works_for_every_method(adapters, method):
 
 
 def test_generate_samples_reproducibly_and_mixes_prefixes(adapters):
-    from embinject.adapters import LoadedAdapter
-
     a = LoadedAdapter(adapters["prefix"])
     same = [a.generate(["The module"], temperature=1.0, top_k=20, seed=7, max_new_tokens=6) for _ in range(2)]
     assert same[0] == same[1]
@@ -112,9 +108,6 @@ def test_generate_samples_reproducibly_and_mixes_prefixes(adapters):
 
 def test_injection_with_previous_text_needs_a_context(tiny_model, tmp_path):
     import yaml
-
-    from embinject.errors import ConfigError
-    from embinject.adapters import LoadedAdapter
 
     cfg = load_config(None, [f"model={tiny_model}", "method=injection", "data.seq_len=32", "data.train_samples=32",
                              "data.val_samples=16", "train.max_steps=1", "train.progress=false", "adapter.mlp_width=8",
@@ -159,9 +152,6 @@ def _peft_nll(peft_model, ids: torch.Tensor, labels: torch.Tensor, n_virtual: in
 @pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
 def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, tiny_model):
     from peft import AutoPeftModelForCausalLM
-
-    from embinject.adapters import LoadedAdapter
-    from embinject.train import prepare
 
     out = tmp_path / "peft"
     proc = run_cli("export", "--adapter", str(adapters[method]), "--format", "peft", "--output-dir", str(out))

@@ -13,10 +13,11 @@ constant-input controls, and the `fourier` and `lm-mean` encoders.
 Splits: every 10th training document is the validation split (early stopping, learning-rate
 search); the corpus's own validation file is the test split, which nothing is selected on. Each
 method's learning rate comes from an `embinject.tune` search (lr_search.yaml); every trained arm runs
-for several seeds, each in its own process (so peak memory is that arm's), and writes one record
-under runs/<corpus>/ - an interrupted study continues where it stopped. RESULTS.md reports seed-level
-95% intervals (Student's t over per-seed statistics, arms paired by seed and window) and draws a verdict
-only where the interval excludes zero over at least 5 seeds (fewer: "suggestive").
+for several seeds, each in its own process (`train_arm.py`: peak memory is that arm's, and it starts
+without Ray), and writes one record under runs/<corpus>/ - an interrupted study continues where it
+stopped. RESULTS.md reports seed-level 95% intervals (Student's t over per-seed statistics, arms
+paired by seed and window) and draws a verdict only where the interval excludes zero over at least 5
+seeds (fewer: "suggestive").
 """
 from __future__ import annotations
 
