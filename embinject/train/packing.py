@@ -8,7 +8,9 @@ adapter receives the gradient of its own loss, as if it had trained alone (withi
 
 `StepPack` is the rendezvous: each trial's training loop runs in its own thread and calls `step()`; whichever
 thread finds every present member waiting runs the packed step for all of them. A member that evaluates or
-reports is `away()` and is not waited for; one that `leave()`s is dropped at once.
+reports is `away()` and is not waited for, except by a member just back from being away itself: members that
+evaluate at the same steps come back one by one, and the first back would otherwise step alone and drag the pack
+out of step for good (each then evaluates while the others train). One that `leave()`s is dropped at once.
 """
 from __future__ import annotations
 
@@ -128,8 +130,10 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
 
 
 class _Waiting:
-    def __init__(self, method: AdapterMethod, batch: dict):
+    def __init__(self, method: AdapterMethod, batch: dict, returning: bool):
         self.method, self.batch = method, batch
+        self.since = time.monotonic()
+        self.returning = returning  # its first step after being away: it waits for the members still away
         self.loss: float | None = None
         self.error: BaseException | None = None
 
@@ -139,10 +143,11 @@ class StepPack:
 
     def __init__(self, device: str, autocast_dtype: torch.dtype | None, patience_s: float = 1.0):
         self.device, self.amp = device, autocast_dtype
-        self.patience_s = patience_s  # how long waiting members wait for a present member that has not come back
+        self.patience_s = patience_s  # how long waiting members wait for a member that has not come back
         self.cond = threading.Condition()
         self.state: dict[str, str] = {}  # member -> "present" (between steps), "waiting" or "away"
         self.waiting: dict[str, _Waiting] = {}
+        self.returning: set[str] = set()  # members back from away() that have not stepped since
         self.stepping = False
         self.steps = 0
         self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
@@ -151,11 +156,13 @@ class StepPack:
     def join(self, member: str) -> None:
         with self.cond:
             self.state[member] = "away"  # preparing; waited for from its first step on
+            self.returning.add(member)  # its first step waits for the members still preparing
             self.cond.notify_all()
 
     def leave(self, member: str) -> None:
         with self.cond:
             self.state.pop(member, None)
+            self.returning.discard(member)
             entry = self.waiting.pop(member, None)
             if entry is not None and entry.loss is None and entry.error is None:
                 entry.error = Left(member)
@@ -179,19 +186,20 @@ class StepPack:
             with self.cond:
                 if member in self.state:
                     self.state[member] = "present"
+                    self.returning.add(member)
 
     def step(self, member: str, method: AdapterMethod, batch: dict) -> float:
         """Submit this member's batch; returns its loss once a packed step has set its gradients."""
         with self.cond:
             if member not in self.state:
                 raise Left(member)
-            entry = _Waiting(method, batch)
+            entry = _Waiting(method, batch, member in self.returning)
+            self.returning.discard(member)
             self.waiting[member] = entry
             self.state[member] = "waiting"
             self.cond.notify_all()
-            since = time.monotonic()
             while entry.loss is None and entry.error is None:
-                if not self.stepping and self._ready(since):
+                if not self.stepping and self._ready():
                     self._lead()
                     continue
                 self.cond.wait(timeout=0.05)
@@ -201,9 +209,17 @@ class StepPack:
             raise entry.error
         return entry.loss
 
-    def _ready(self, since: float) -> bool:
-        present = any(s == "present" for s in self.state.values())
-        return bool(self.waiting) and (not present or time.monotonic() - since > self.patience_s)
+    def _ready(self) -> bool:
+        """Whether the waiting members step now: every member waits, or the longest waiting has waited patience_s,
+        or only away members are missing and none of the waiting is just back from being away itself."""
+        if not self.waiting:
+            return False
+        missing = [s for s in self.state.values() if s != "waiting"]
+        if not missing or time.monotonic() - min(e.since for e in self.waiting.values()) > self.patience_s:
+            return True
+        if "present" in missing:
+            return False  # between two of its steps: about to submit
+        return not any(e.returning for e in self.waiting.values())
 
     def _lead(self) -> None:
         """Run one packed step for every waiting member (called with the lock held; released while computing)."""
