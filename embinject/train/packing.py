@@ -10,7 +10,8 @@ adapter receives the gradient of its own loss, as if it had trained alone (withi
 thread finds every present member waiting runs the packed step for all of them. A member that evaluates or
 reports is `away()` and is not waited for, except by a member just back from being away itself: members that
 evaluate at the same steps come back one by one, and the first back would otherwise step alone and drag the pack
-out of step for good (each then evaluates while the others train). One that `leave()`s is dropped at once.
+out of step for good (each then evaluates while the others train). A member whose step has ended counts as between
+steps, not as waiting, until it submits again. One that `leave()`s is dropped at once.
 """
 from __future__ import annotations
 
@@ -151,6 +152,7 @@ class StepPack:
         self.stepping = False
         self.steps = 0
         self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
+        self.step_ended = time.monotonic()  # waiting during a step is not waiting for the members in that step
         self.last_size = 0
 
     def join(self, member: str) -> None:
@@ -215,7 +217,8 @@ class StepPack:
         if not self.waiting:
             return False
         missing = [s for s in self.state.values() if s != "waiting"]
-        if not missing or time.monotonic() - min(e.since for e in self.waiting.values()) > self.patience_s:
+        waited = time.monotonic() - max(self.step_ended, min(e.since for e in self.waiting.values()))
+        if not missing or waited > self.patience_s:
             return True
         if "present" in missing:
             return False  # between two of its steps: about to submit
@@ -242,7 +245,11 @@ class StepPack:
                     e.error = exc
         finally:
             self.cond.acquire()
+            for member in group:  # between steps from now, not still waiting: its thread may take a while to wake
+                if self.state.get(member) == "waiting":
+                    self.state[member] = "present"
             self.stepping = False
+            self.step_ended = time.monotonic()
             self.steps += 1
             self.rows_packed += len(group)
             self.last_size = len(group)
