@@ -146,9 +146,9 @@ class StepPack:
         self.device, self.amp = device, autocast_dtype
         self.patience_s = patience_s  # how long waiting members wait for a member that has not come back
         self.cond = threading.Condition()
-        self.state: dict[str, str] = {}  # member -> "present" (between steps), "waiting" or "away"
+        # member -> "present" (between steps), "back" (between steps, just back from away()), "waiting" or "away"
+        self.state: dict[str, str] = {}
         self.waiting: dict[str, _Waiting] = {}
-        self.returning: set[str] = set()  # members back from away() that have not stepped since
         self.stepping = False
         self.steps = 0
         self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
@@ -157,14 +157,13 @@ class StepPack:
 
     def join(self, member: str) -> None:
         with self.cond:
-            self.state[member] = "away"  # preparing; waited for from its first step on
-            self.returning.add(member)  # its first step waits for the members still preparing
+            # preparing; waited for from its first step on, and that step (from "away") waits for those still preparing
+            self.state[member] = "away"
             self.cond.notify_all()
 
     def leave(self, member: str) -> None:
         with self.cond:
             self.state.pop(member, None)
-            self.returning.discard(member)
             entry = self.waiting.pop(member, None)
             if entry is not None and entry.loss is None and entry.error is None:
                 entry.error = Left(member)
@@ -187,16 +186,14 @@ class StepPack:
         finally:
             with self.cond:
                 if member in self.state:
-                    self.state[member] = "present"
-                    self.returning.add(member)
+                    self.state[member] = "back"
 
     def step(self, member: str, method: AdapterMethod, batch: dict) -> float:
         """Submit this member's batch; returns its loss once a packed step has set its gradients."""
         with self.cond:
             if member not in self.state:
                 raise Left(member)
-            entry = _Waiting(method, batch, member in self.returning)
-            self.returning.discard(member)
+            entry = _Waiting(method, batch, returning=self.state[member] != "present")
             self.waiting[member] = entry
             self.state[member] = "waiting"
             self.cond.notify_all()
@@ -220,7 +217,7 @@ class StepPack:
         waited = time.monotonic() - max(self.step_ended, min(e.since for e in self.waiting.values()))
         if not missing or waited > self.patience_s:
             return True
-        if "present" in missing:
+        if "present" in missing or "back" in missing:
             return False  # between two of its steps: about to submit
         return not any(e.returning for e in self.waiting.values())
 
