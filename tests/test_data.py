@@ -6,7 +6,7 @@ import torch
 
 from embinject.config import DataConfig
 from embinject.data import LAZY_READ_BYTES, build_windows, load_documents, select_windows, tokenize_examples
-from embinject.encoders import FourierEncoder, cached_embeddings, load_encoder
+from embinject.encoders import FourierEncoder, Pooling, cached_embeddings, load_encoder
 from embinject.errors import ConfigError
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 
@@ -97,7 +97,7 @@ def test_bundled_sentence_encoder_dimension_read_from_model(tok):
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-4)  # the bundled pipeline normalises
     # `adapter.pooling: chunks` scales its chunk means as the sentence vectors: unit length, not the raw states' 3-9
     raw = torch.stack([s.norm(dim=-1).mean() for s in enc.token_states(torch.randint(0, 500, (3, 10)))])
-    chunked = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny", chunks=2).encode(torch.randint(0, 500, (3, 10)))
+    chunked = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny", pooling=Pooling("chunks", 2)).encode(torch.randint(0, 500, (3, 10)))
     assert (raw > 2).all() and chunked.shape == (3, 2, 384)
     assert torch.allclose(chunked.norm(dim=-1), torch.ones(3, 2), atol=1e-4)
 

@@ -17,7 +17,7 @@ from benchmarks.shape_model import make_shape_model
 from embinject.adapters import load_adapter
 from embinject.config_files import load_config
 from embinject.data import build_windows, select_windows
-from embinject.encoders import FourierEncoder, chunk_mean, lm_layer_states, load_encoder
+from embinject.encoders import FourierEncoder, Pooling, chunk_bounds, chunk_mean, encoder_key, lm_layer_states, load_encoder
 from embinject.errors import ConfigError
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.methods.injection import Injection, Resampler
@@ -498,21 +498,30 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
     trained.release()
 
 
-@pytest.mark.parametrize("encoder", ["fourier", "lm-mean", "lm-hidden:1"])
-def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny_overrides, tmp_path, encoder):
-    """`adapter.pooling: chunks`: the encoder's token states mean-pooled over inject_tokens chunks of the preceding
-    text, one vector each; the frozen LM as its own encoder (`lm-hidden:N`); saved, loaded and generating as a user would."""
+@pytest.mark.parametrize("encoder,pooling", [("fourier", "chunks"), ("lm-mean", "chunks"), ("lm-hidden:1", "recent")])
+def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny_overrides, tmp_path, encoder, pooling):
+    """`adapter.pooling: chunks` and `recent`: the encoder's token states mean-pooled over inject_tokens chunks of the
+    preceding text, one vector each; the frozen LM as its own encoder (`lm-hidden:N`); saved, loaded and generating as a
+    user would."""
     states = torch.arange(10.0).repeat(3, 1).T  # [10, 3]: positions 0..9
     assert chunk_mean(states, 3)[:, 0].tolist() == [1.5, 5.0, 8.0]  # chunks of 4, 3, 3 positions
-    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=chunks",
+    assert chunk_mean(states, 3, recent=True)[:, 0].tolist() == [3.0, 7.5, 9.0]  # 7, 2, 1: the last position alone
+    assert chunk_bounds(64, 8, recent=True) == [0, 29, 44, 53, 58, 61, 62, 63, 64]  # growing with distance from the end
+    assert chunk_bounds(3, 5, recent=True) == [0, 0, 0, 1, 2, 3]  # too short: the first chunks are empty
+    assert chunk_mean(states[:3], 5, recent=True)[:, 0].tolist() == [1.0, 1.0, 0.0, 1.0, 2.0]  # empty: the whole mean
+    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", f"adapter.pooling={pooling}",
                   "adapter.inject_tokens=3", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
     prep = prepare(cfg)
     assert tuple(prep.train["sentence_embedding"].shape[1:]) == (3, prep.encoder_dim)
     lm = load_frozen_lm(cfg.model)
     ids = prep.train["input_ids"][:2, :12]
     enc = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16)
-    chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, chunks=3).encode(ids)
+    chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("chunks", 3)).encode(ids)
     assert torch.allclose(chunked.mean(dim=1), enc.encode(ids), atol=1e-5)  # 3 equal chunks of 4: their mean is the mean
+    recent = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("recent", 3)).encode(ids)
+    assert torch.allclose(recent[:, -1], torch.stack(enc.token_states(ids))[:, -1], atol=1e-5)  # the last token alone
+    keys = {encoder_key(encoder, lm.tokenizer, 16, lm.path, Pooling(kind, 3)) for kind in ("mean", "chunks", "recent")}
+    assert len(keys) == 3  # each pooling its own cache
     if encoder.startswith("lm-hidden"):  # the pass stopped at the layer gives what the whole model's pass gives there
         with torch.no_grad():
             whole = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
@@ -672,7 +681,7 @@ def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overri
     lm = prep.lm
     assert "sentence_embedding" not in prep.train and prep.encoder_dim == lm.model.config.hidden_size
     ids = prep.val["encoder_ids"][:3]
-    frozen = load_encoder("lm-hidden:2", lm.model, lm.tokenizer, lm.path, chunks=2).encode(ids)
+    frozen = load_encoder("lm-hidden:2", lm.model, lm.tokenizer, lm.path, pooling=Pooling("chunks", 2)).encode(ids)
     fresh = build_method(cfg, lm.model, prep.encoder_dim, lm.tokenizer)
     assert torch.allclose(fresh.text_encoder.encode(ids), frozen, atol=1e-5)  # B = 0: the frozen encoder
     result, trained = train(cfg, prepared=prep)

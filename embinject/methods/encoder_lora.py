@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import check_lm_layer, chunk_mean, lm_layer_states
+from ..encoders import Pooling, check_lm_layer, lm_layer_states
 from ..errors import ConfigError
 
 
@@ -25,11 +25,11 @@ class EncoderLoRA(nn.Module):
     """LoRA updates of the LM's first `layer` blocks, applied on `encode` only; [B, T] ids -> [B, D] (pooled mean) or
     [B, k, D] (k chunk means)."""
 
-    def __init__(self, lm, layer: int, rank: int, alpha: float, targets: list[str], chunks: int, seed: int):
+    def __init__(self, lm, layer: int, rank: int, alpha: float, targets: list[str], pooling: Pooling, seed: int):
         super().__init__()
         check_lm_layer(lm, layer)
         object.__setattr__(self, "lm", lm)  # not a submodule: the frozen LM is not adapter state
-        self.layer, self.chunks, self.scale = layer, chunks, alpha / rank
+        self.layer, self.pooling, self.scale = layer, pooling, alpha / rank
         blocks = list(getattr(lm.get_decoder(), "layers", []))[:layer]
         self.sites = [(f"{i}_{name}".replace(".", "_"), module) for i, block in enumerate(blocks)  # ParameterDict keys
                       for name, module in block.named_modules()
@@ -69,8 +69,8 @@ class EncoderLoRA(nn.Module):
         with self._updates():
             states = lm_layer_states(self.lm, self.layer, ids)
         states = F.normalize(states.float(), dim=-1)
-        if self.chunks:
-            return torch.stack([chunk_mean(t, self.chunks) for t in states])
+        if self.pooling.chunked:
+            return torch.stack([self.pooling.pool(t) for t in states])
         return states.mean(dim=1)
 
     @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..encoders import lm_hidden_layer, pooling_chunks
+from ..encoders import lm_hidden_layer, pooling_of
 from .base import AdapterMethod
 from .encoder_lora import EncoderLoRA
 from .prefix import activation_kv, kv_cache, kv_shape
@@ -50,7 +50,7 @@ class Injection(AdapterMethod):
         self.text_encoder = None
         if a.encoder_rank:
             self.text_encoder = EncoderLoRA(lm, lm_hidden_layer(a.embedding_model), a.encoder_rank, a.lora_alpha,
-                                            a.target_modules, pooling_chunks(a), cfg.train.seed)
+                                            a.target_modules, pooling_of(a), cfg.train.seed)
         self.kv_head = None
         if a.inject_into == "kv":
             L, H, hd = self.kv_shape = kv_shape(lm.config)

@@ -12,7 +12,7 @@ import torch
 
 from ..config import Config
 from ..data import Windows, build_windows, select_windows
-from ..encoders import cached_embeddings, check_lm_layer, encoder_key, lm_hidden_layer, load_encoder, pooling_chunks
+from ..encoders import cached_embeddings, check_lm_layer, encoder_key, lm_hidden_layer, load_encoder, pooling_of
 from ..errors import ConfigError, first_line
 from ..fsutil import atomic_write_text, discard_corrupt
 from ..methods import REGISTRY
@@ -97,13 +97,13 @@ def prepare(cfg: Config) -> Prepared:
     encoder_dim = None
     if REGISTRY[cfg.method].needs_encoder:
         a = cfg.adapter
-        chunks = pooling_chunks(a)
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
+        pooling = pooling_of(a)
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, pooling)
         encoder = []  # loaded at most once, and only on a cache miss
 
         def make():
             if not encoder:
-                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, chunks))
+                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, pooling))
             return encoder[0]
 
         if a.encoder_rank:  # a trained encoder: each step encodes the text anew

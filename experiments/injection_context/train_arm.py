@@ -20,7 +20,7 @@ import torch
 
 from embinject.config_files import load_config
 from embinject.data import select_windows, tokenize_documents
-from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_chunks
+from embinject.encoders import cached_embeddings, encoder_key, load_encoder, pooling_of
 from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.methods.base import AdapterMethod
@@ -63,9 +63,9 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
         inputs["encoder_ids"] = encoder_ids(w, cfg)
     elif cfg.method == "injection":
         a, lm = cfg.adapter, prep.lm
-        chunks = pooling_chunks(a)
-        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, chunks)
-        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device, chunks)  # noqa: E731
+        pooling = pooling_of(a)
+        key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, pooling)
+        make = lambda: load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, prep.device, pooling)  # noqa: E731
         inputs["sentence_embedding"] = cached_embeddings(key, encoder_ids(w, cfg), make)
     return inputs
 
