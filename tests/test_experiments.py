@@ -209,10 +209,13 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     assert arms.lr_group("kv-shuffled-8") == "kv-shuffled" and arms.lr_shape("kv-shuffled")[1]["adapter.ablation"] == "shuffled"
     assert arms.lr_group("lmchunks-kv-16") == "lmchunks-kv" and arms.lr_group("lmchunks-kv-constant-2") == "lmchunks-kv-constant"
     assert arms.ARMS["lmchunks-kv-16"][1]["adapter.inject_tokens"] == 16 and arms.design_of("lmchunks-kv-constant-2") == "lmchunks-kv"
-    assert "adapter.encoder_rank" not in arms.ARMS["lmchunks-lora-shuffled-8"][1] and "static-16" in arms.ARM_SETS["kv-curve"]
-    method, shape = arms.lr_shape("lmchunks-lora-constant")
+    assert "static-16" in arms.ARM_SETS["kv-curve"]
+    # a design that differs from another only by its encoder's LoRA shares that design's controls: the same settings
+    assert arms.control_arm("lmchunks-lora-kv", 8, "shuffled") == "lmchunks-kv-shuffled-8" == arms.control_arm("lmchunks-kv", 8, "shuffled")
+    assert "lmchunks-lora-kv-constant-8" not in arms.ARMS and "lmchunks-kv-constant-8" in arms.ARM_SETS["designs"]
+    method, shape = arms.lr_shape("lmchunks-kv-constant")
     assert method == "injection" and shape["adapter.ablation"] == "constant" and "adapter.encoder_rank" not in shape
-    assert arms.lr_shape("lmchunks-lora")[1]["adapter.encoder_rank"] == 8 and "adapter.ablation" not in arms.lr_shape("kv")[1]
+    assert arms.lr_shape("lmchunks-lora-kv")[1]["adapter.encoder_rank"] == 8 and "adapter.ablation" not in arms.lr_shape("kv")[1]
     args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], seeds=[0])
     cfg = run.arm_config(args, "kv-constant-8", tmp_path, 0.002)
     assert cfg.adapter.ablation == "constant" and cfg.adapter.inject_into == "kv"

@@ -59,8 +59,11 @@ DESIGNS: dict[str, tuple[dict, str]] = {
     # with distance from the window, the last three tokens one vector each (`adapter.pooling: recent`)
     "lmrecent-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "recent", "adapter.inject_into": "kv"},
                     f"the LM's layer-{LM_LAYER} states, chunks growing with distance from the window, key/value injection"),
-    "lmchunks-lora": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8},
-                      f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per vector"),
+    # the best screened design with its encoder trained: LoRA on the pass that encodes the text (as 500xCompressor's)
+    "lmchunks-lora-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8,
+                          "adapter.inject_into": "kv"},
+                         f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per "
+                         "vector, key/value injection"),
     "chunks": ({"adapter.pooling": "chunks"}, "MiniLM token states, a chunk mean per vector"),
     "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
     "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
@@ -72,11 +75,28 @@ CONTROL_LABELS = {"constant": "constant input", "shuffled": "shuffled inputs"}
 DESIGN_OF: dict[str, tuple[str, int, str | None]] = {}
 
 
+def _frozen(design: str) -> dict:
+    return {key: v for key, v in DESIGNS[design][0].items() if key != "adapter.encoder_rank"}
+
+
+# A constant or shuffled input leaves an encoder nothing to learn from the text, so a control is the same MLP over the
+# frozen encoder: a design that differs from another only by its encoder's LoRA shares that design's controls (the same
+# settings, trained once), e.g. lmchunks-lora-kv's constant control is lmchunks-kv-constant-k.
+CONTROLS_OF = {d: next((o for o in DESIGNS if o != d and DESIGNS[o][0] == _frozen(d)), d) for d in DESIGNS}
+
+
+def control_arm(design: str, k: int, control: str) -> str:
+    """The arm that is `design`'s constant or shuffled control at k."""
+    return f"{CONTROLS_OF[design]}-{control}-{k}"
+
+
 def _add_design_arm(design: str, k: int, control: str | None) -> str:
     extra, label = DESIGNS[design]
-    name = f"{design}-{control}-{k}" if control else f"{design}-{k}"
-    if control:  # a constant or shuffled input leaves an encoder nothing to train: the same MLP over the frozen encoder
-        extra = {key: v for key, v in extra.items() if key != "adapter.encoder_rank"}
+    name = control_arm(design, k, control) if control else f"{design}-{k}"
+    if control and CONTROLS_OF[design] != design:
+        return name  # another design's control, added with that design
+    if control:
+        extra = _frozen(design)
     shape = {"adapter.inject_tokens": k, **extra}
     text = f"Control: {CONTROL_LABELS[control]}, {k} vectors: {label}" if control else f"Injection, {k} vectors: {label}"
     ARMS[name] = ("injection", shape, control, text)
@@ -87,9 +107,9 @@ def _add_design_arm(design: str, k: int, control: str | None) -> str:
 # Order is priority: the screen (each design and its constant control at k = 8), the static prefix beside it, the
 # shuffled controls, then the curve (each design with its constant control at every other k, the pooled vector and
 # the static prefix at the same k).
-DESIGN_ARMS = [_add_design_arm(d, SCREEN_K, c) for d in DESIGNS for c in (None, "constant")]
+DESIGN_ARMS = list(dict.fromkeys(_add_design_arm(d, SCREEN_K, c) for d in DESIGNS for c in (None, "constant")))
 ARMS["static-8"] = ("prompt", {"adapter.prefix_len": 8}, None, "Static prefix, 8 vectors")
-SHUFFLED_ARMS = [_add_design_arm(d, SCREEN_K, "shuffled") for d in DESIGNS]
+SHUFFLED_ARMS = list(dict.fromkeys(_add_design_arm(d, SCREEN_K, "shuffled") for d in DESIGNS))
 for _k in (1, 2, 16):
     ARMS[f"static-{_k}"] = ("prompt", {"adapter.prefix_len": _k}, None, f"Static prefix, {_k} vector{'s' * (_k > 1)}")
 ARMS["constant-2"] = ("injection", {"adapter.inject_tokens": 2}, "constant", "Control: constant input, 2 vectors")

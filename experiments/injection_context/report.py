@@ -13,7 +13,7 @@ from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
                                                MORE_WINDOWS, MORE_WINDOWS_ARMS, MORE_WINDOWS_OF, MORE_WINDOWS_PAIRS,
-                                               SCREEN_K, SEEDS, TEXT_TOKENS, design_of, lr_edge)
+                                               SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
@@ -128,7 +128,7 @@ ALL_K = sorted((SCREEN_K, *CURVE_K))
 STATIC = "static prefix"
 DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [("pooled MiniLM", f"inject-{k}", f"constant-{k}", f"shuffled-{k}") for k in ALL_K] + \
-    [(d, f"{d}-{k}", f"{d}-constant-{k}", f"{d}-shuffled-{k}") for d in DESIGNS for k in ALL_K] + \
+    [(d, f"{d}-{k}", control_arm(d, k, "constant"), control_arm(d, k, "shuffled")) for d in DESIGNS for k in ALL_K] + \
     [(f"{design_of(arm) or 'pooled MiniLM'}, {MORE_WINDOWS:,} training windows", f"{arm}-w{MORE_WINDOWS}",
       f"{control}-w{MORE_WINDOWS}", None) for arm, control in MORE_WINDOWS_PAIRS]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
@@ -445,7 +445,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in {r['seed'] for r in arms[arm]})})"
                    for arm in ARMS if 0 < len(arms.get(arm, [])) < len(SEEDS)]
         # a curve not started is named by its set (8 arms each); a started one lists the arms it still lacks
-        untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d])]
+        untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d] if design_of(a) == d)]  # not shared controls
         absent = [arm for arm in ARMS if arm not in arms and not any(arm in CURVE_ARMS[d] for d in untouched)]
         if one_named_set:
             untouched, absent = [], []
