@@ -446,7 +446,7 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                    for arm in ARMS if 0 < len(arms.get(arm, [])) < len(SEEDS)]
         # a curve not started is named by its set (8 arms each); a started one lists the arms it still lacks
         untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d] if design_of(a) == d)]  # not shared controls
-        absent = [arm for arm in ARMS if arm not in arms and not any(arm in CURVE_ARMS[d] for d in untouched)]
+        absent = [arm for arm in ARMS if arm not in arms and not (design_of(arm) in untouched and arm in CURVE_ARMS[design_of(arm)])]
         if one_named_set:
             untouched, absent = [], []
         if missing:
