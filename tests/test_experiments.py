@@ -181,6 +181,17 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert "Learning-rate check at this series' budget" in series_text and "--lr-check --set" in series_text and "--set train.max_steps=3`" in series_text
     assert run.main(["--render-only", "--out", str(out)]) == 0
     assert "### (e) Trained longer: the series in `converged`" in (out / "RESULTS.md").read_text()
+    # a run that diverges is recorded as such and not retried (the same seed at the same rate diverges again)
+    bad = tmp_path / "diverges"
+    (bad / "runs" / "fineweb_edu_sample").mkdir(parents=True)
+    (bad / "runs" / "fineweb_edu_sample" / "lr_search_prompt.json").write_text((runs / "lr_search_prompt.json").read_text())
+    unstable = [*argv[:argv.index("--out")], "--out", str(bad), "--seeds", "0", "--arms", "static-4",
+                *argv[argv.index("--set"):], "--set", "train.divergence_factor=0.001"]
+    assert run.main(unstable) == 0
+    capsys.readouterr()
+    assert json.loads((bad / "runs" / "fineweb_edu_sample" / "diverged" / "static-4__seed0.json").read_text())["step"] >= 1
+    assert "Diverged on fineweb_edu_sample" in (bad / "RESULTS.md").read_text()
+    assert run.main(unstable) == 0 and "0 runs to do" in capsys.readouterr().out
     # two searches ran in this process (kv's and its bracket check): Ray wrote its session's spilling directory into
     # the system config it was given, which must have been a copy of embinject's own
     assert LOCAL_RAY_SYSTEM_CONFIG == {"worker_niceness": 0}

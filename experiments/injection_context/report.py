@@ -48,8 +48,9 @@ def load(out: Path) -> dict[str, dict]:
             arms.setdefault(r["arm"], []).append(r)
         lrs = {json.loads(f.read_text())["method"]: json.loads(f.read_text()) for f in folder.glob("lr_search_*.json")}
         checks = [json.loads(f.read_text()) for f in sorted((out / "lr_check" / folder.name).glob("*.json"))]
+        diverged = [json.loads(f.read_text()) for f in sorted((folder / "diverged").glob("*.json"))]
         if "baseline" in arms:
-            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks}
+            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged}
     return corpora
 
 
@@ -442,13 +443,20 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines.append("")
         if series and name in series["corpora"]:
             lines += series_table(name, series["path"], corpus, a, series["corpora"][name], series["analyses"][name])
-        missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in {r['seed'] for r in arms[arm]})})"
-                   for arm in ARMS if 0 < len(arms.get(arm, [])) < len(SEEDS)]
+        diverged = corpus.get("diverged", [])
+        ended = {arm: {r["seed"] for r in arms.get(arm, []) + [d for d in diverged if d["arm"] == arm]} for arm in ARMS}
+        missing = [f"{arm} (seeds {', '.join(str(s) for s in SEEDS if s not in ended[arm])})"
+                   for arm in ARMS if 0 < len(ended[arm]) and not set(SEEDS) <= ended[arm]]
         # a curve not started is named by its set (8 arms each); a started one lists the arms it still lacks
         untouched = [d for d in DESIGNS if not any(a in arms for a in CURVE_ARMS[d] if design_of(a) == d)]  # not shared controls
-        absent = [arm for arm in ARMS if arm not in arms and not (design_of(arm) in untouched and arm in CURVE_ARMS[design_of(arm)])]
+        absent = [arm for arm in ARMS if not ended[arm] and not (design_of(arm) in untouched and arm in CURVE_ARMS[design_of(arm)])]
         if one_named_set:
             untouched, absent = [], []
+        if diverged:
+            lines += [f"Diverged on {name} (recorded, not retried: the same seed at the same rate diverges again; the arm's "
+                      "rows use its other seeds): " + "; ".join(
+                          f"{d['arm']} seed {d['seed']} at lr {d['lr']:.3g} ({d['what']} {d['value']:.4g} at step {d['step']})"
+                          for d in diverged) + ".", ""]
         if missing:
             lines += [f"Not finished on {name}: " + "; ".join(missing) + ". The study continues where it stopped when run again.", ""]
         if absent:

@@ -41,7 +41,7 @@ from embinject.tune.driver import run_search
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, SEEDS, WINDOW, lr_edge,
                                                lr_group, lr_shape)
 from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
-from experiments.injection_context.train_arm import (arm_config, base_overrides, lr_check_path, missing_references, record_path,
+from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, lr_check_path, missing_references, record_path,
                                                     study_data)
 
 # ---------------------------------------------------------------- learning rates, chosen by embinject.tune
@@ -253,7 +253,8 @@ def drive(args) -> int:
     # stopped early has whole comparisons rather than one seed of everything.
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
-    todo = [(a, s) for tier in tiers for s in args.seeds for a in tier if not record_path(runs, a, s).is_file()]
+    todo = [(a, s) for tier in tiers for s in args.seeds for a in tier
+            if not record_path(runs, a, s).is_file() and not diverged_path(runs, a, s).is_file()]
     if missing_references(runs):
         todo.insert(0, ("reference", None))  # evaluation only and quick; every table of the report needs it
     if args.lr_check:
@@ -270,7 +271,7 @@ def drive(args) -> int:
             if missing_references(runs):  # another process may have written them meanwhile
                 spawn(args, "reference")
             return
-        if spawn(args, arm, seed, lrs[lr_group(arm)]) == 0 and args.mlflow:
+        if spawn(args, arm, seed, lrs[lr_group(arm)]) == 0 and args.mlflow and record_path(runs, arm, seed).is_file():  # not diverged
             r = json.loads(record_path(runs, arm, seed).read_text())
             log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",
                        {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},

@@ -25,7 +25,7 @@ from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.methods.base import AdapterMethod
 from embinject.models import cache_dir, cache_root
-from embinject.train import ablated, encoder_ids, prepare, scored_labels, train
+from embinject.train import Diverged, ablated, encoder_ids, prepare, scored_labels, train
 from embinject.train.evaluation import window_nll
 from embinject.train.precision import cpu_bf16_fast
 from experiments.injection_context.arms import ARMS, CONTEXT, HERE, REFERENCE, TEXT_TOKENS
@@ -176,6 +176,11 @@ def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
 
 
+def diverged_path(runs: Path, arm: str, seed: int) -> Path:
+    """Where a run that diverged is recorded: it would diverge again (same seed, same rate), so it is not retried."""
+    return runs / "diverged" / f"{arm}__seed{seed}.json"
+
+
 def lr_check_path(out: Path, corpus: str, arm: str, lr: float) -> Path:
     return out / "lr_check" / corpus / f"{arm}__lr{lr:g}.json"
 
@@ -193,7 +198,15 @@ def run_one(args) -> int:
         for r in run_reference(args, data_dir, test_docs, skip=done):
             atomic_write_text(record_path(runs, r["arm"], None), json.dumps(r))
         return 0
-    r = run_arm(args, args.arm, args.seed, data_dir, test_docs, args.lr)
+    try:
+        r = run_arm(args, args.arm, args.seed, data_dir, test_docs, args.lr)
+    except Diverged as exc:
+        if args.lr_check:
+            raise
+        atomic_write_text(diverged_path(runs, args.arm, args.seed), json.dumps(
+            {"arm": args.arm, "seed": args.seed, "lr": args.lr, "step": exc.step, "what": exc.what, "value": exc.value}))
+        print(f"[{args.data.name}] {args.arm} seed {args.seed}: {exc}; recorded, not retried", flush=True)
+        return 0
     path = lr_check_path(args.out, args.data.name, args.arm, args.lr) if args.lr_check else record_path(runs, args.arm, args.seed)
     atomic_write_text(path, json.dumps(r))
     print(f"[{args.data.name}] {args.arm} seed {args.seed}: val ppl {r['val_perplexity']:.3f}, {r['steps']} steps, "
