@@ -45,6 +45,9 @@ def chunk_mean(states: torch.Tensor, k: int, recent: bool = False) -> torch.Tens
     return torch.stack([states[b[i]:b[i + 1]].mean(dim=0) if b[i + 1] > b[i] else whole for i in range(k)])
 
 
+CHUNKED = ("chunks", "recent")  # the poolings that give k chunk means
+
+
 @dataclass(frozen=True)
 class Pooling:
     """What an encoder hands the injection MLP per text (`adapter.pooling`): its pooled vector (`mean`), k chunk
@@ -54,7 +57,7 @@ class Pooling:
 
     @property
     def chunked(self) -> bool:
-        return self.kind in ("chunks", "recent")
+        return self.kind in CHUNKED
 
     def key(self) -> str:
         """The pooling's part of an embedding cache's identity."""
@@ -67,7 +70,7 @@ class Pooling:
 
 def pooling_of(adapter) -> Pooling:
     """An adapter config's `pooling`, with the number of chunks it takes (`inject_tokens`)."""
-    return Pooling(adapter.pooling, adapter.inject_tokens if adapter.pooling in ("chunks", "recent") else 0)
+    return Pooling(adapter.pooling, adapter.inject_tokens if adapter.pooling in CHUNKED else 0)
 
 
 class FourierEncoder:
@@ -190,9 +193,9 @@ class TokenStates:
 
 class ChunkPooled:
     """An encoder's token states mean-pooled over k chunks of the text (`Pooling`): k vectors per window ([N, k, D]),
-    scaled as the encoder's own sentence vectors are. Where its pipeline ends by normalising (all-MiniLM-L6-v2's does), each
-    chunk mean is normalised too: its raw token states have norms of 3 to 9, and the MLP and its learning rate are
-    made for the unit-length vectors of the pooled design."""
+    scaled as the encoder's own sentence vectors are. Where its pipeline ends by normalising (all-MiniLM-L6-v2's
+    does), each chunk mean is normalised too: its raw token states have norms of 3 to 9, and the MLP and its learning
+    rate are made for the unit-length vectors of the pooled design."""
 
     def __init__(self, encoder, pooling: Pooling):
         self.encoder, self.pooling, self.dim = encoder, pooling, encoder.dim

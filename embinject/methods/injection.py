@@ -1,9 +1,9 @@
 """Embedding injection: a frozen sentence encoder's vector, mapped by a 2-layer MLP to
 `inject_tokens` input vectors, prepended together with `prefix_len` learnable vectors. With
 `adapter.pooling: chunks` or `recent` the encoder gives `inject_tokens` vectors (its token states mean-pooled
-over contiguous chunks of the text, near-equal or growing with distance from its end); with `resampler` `inject_tokens` learned queries read its token states. Either
-way vector i goes through the MLP's first layer and position i's own rows of its last, as the pooled vector's
-k outputs are made.
+over contiguous chunks of the text, near-equal or growing with distance from its end); with `resampler`
+`inject_tokens` learned queries read its token states. Either way vector i goes through the MLP's first layer
+and position i's own rows of its last, as the pooled vector's k outputs are made.
 
 Layout of the prefix: [learnable prefix_len vectors][inject_tokens MLP outputs][window tokens].
 
