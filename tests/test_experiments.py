@@ -236,10 +236,14 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     assert [c.adapter.ablation for c in more.values()] == ["none", "constant"] * 2
     assert more["lmchunks-kv-8-w4096"].adapter.inject_into == "kv" and arms.design_of("lmchunks-kv-8-w4096") is None
     # each row is compared with the pooled vector on its own windows; the pooled vector on more with itself on 1,024
-    assert [report.pooled_beside(a, 8) for a in ("kv-8", "inject-8-w4096", "lmchunks-kv-8-w4096")] == \
-        ["inject-8", "inject-8", "inject-8-w4096"]
+    assert [report.pooled_beside(a, 8) for a in ("kv-8", "inject-8-w4096", "lmchunks-kv-8-w4096", "lmchunks-kv-8-e4")] == \
+        ["inject-8", "inject-8", "inject-8-w4096", "inject-8-e4"]
     assert all(c.data.train_samples == 4096 and c.data.val_samples == cfg.data.val_samples and c.train.patience >= 5
                and c.adapter.inject_tokens == 8 for c in more.values())
+    # the same windows four times: as many steps as 4,096 once, at the rates of the arms they repeat
+    epochs = {a: run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["more-epochs"]}
+    assert [arms.lr_group(a) for a in epochs] == ["lmchunks-kv", "lmchunks-kv-constant"]
+    assert all(c.train.max_epochs * c.data.train_samples == 4096 and c.train.patience >= 5 for c in epochs.values())
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()

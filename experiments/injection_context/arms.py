@@ -121,16 +121,27 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 # windows (the Wikipedia sample's training split holds 4,910 with preceding text); the same validation and test windows,
 # the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a spike).
 # Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the same way,
-# each at its own searched rate; its rows compare with the pooled vector on the same windows.
+# each at its own searched rate; its rows compare with the pooled vector on the same windows. Then whether it was the
+# data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once.
 MORE_WINDOWS = 4096
-MORE_WINDOWS_PAIRS = [("inject-8", "constant-8"), (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")]
-MORE_WINDOWS_OF: dict[str, str] = {}  # arm on more windows -> the arm it repeats on 1,024
-for _arm in (a for pair in MORE_WINDOWS_PAIRS for a in pair):
-    _method, _shape, _control, _label = ARMS[_arm]
-    MORE_WINDOWS_OF[f"{_arm}-w{MORE_WINDOWS}"] = _arm
-    ARMS[f"{_arm}-w{MORE_WINDOWS}"] = (_method, {**_shape, "data.train_samples": MORE_WINDOWS, "train.patience": 5}, _control,
-                                       f"{_label}, {MORE_WINDOWS:,} training windows")
-MORE_WINDOWS_ARMS = list(MORE_WINDOWS_OF)
+MORE_EPOCHS = 4
+_POOLED_PAIR = ("inject-8", "constant-8")
+_BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
+# suffix -> (overrides, label, the (arm, its constant control) pairs it repeats)
+MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
+    f"w{MORE_WINDOWS}": ({"data.train_samples": MORE_WINDOWS, "train.patience": 5}, f"{MORE_WINDOWS:,} training windows",
+                         [_POOLED_PAIR, _BEST_PAIR]),
+    f"e{MORE_EPOCHS}": ({"train.max_epochs": MORE_EPOCHS, "train.patience": 5}, f"{MORE_EPOCHS} epochs over 1,024 windows",
+                        [_BEST_PAIR]),
+}
+REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats
+MORE_TRAINING_ARMS: dict[str, list[str]] = {}  # suffix -> its arms
+for _suffix, (_extra, _tail, _pairs) in MORE_TRAINING.items():
+    for _arm in (a for pair in _pairs for a in pair):
+        _method, _shape, _control, _label = ARMS[_arm]
+        REPEAT_OF[f"{_arm}-{_suffix}"] = _arm
+        ARMS[f"{_arm}-{_suffix}"] = (_method, {**_shape, **_extra}, _control, f"{_label}, {_tail}")
+        MORE_TRAINING_ARMS.setdefault(_suffix, []).append(f"{_arm}-{_suffix}")
 
 
 def design_of(arm: str) -> str | None:
@@ -142,7 +153,7 @@ def lr_group(arm: str) -> str:
     """Whose learning-rate search an arm trains with: a design's arm and each of its controls their own, searched at
     k = 8 (`kv`, `kv-constant`, `kv-shuffled`) and used at every k; the earlier arms their method's (prompt,
     injection)."""
-    arm = MORE_WINDOWS_OF.get(arm, arm)  # on more windows an arm keeps the rate of the arm it repeats
+    arm = REPEAT_OF.get(arm, arm)  # trained longer, an arm keeps the rate of the arm it repeats
     if arm not in DESIGN_OF:
         return ARMS[arm][0]
     design, _, control = DESIGN_OF[arm]
@@ -164,7 +175,8 @@ CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 # `--arms designs` screens; `<design>-curve` (kv-curve, ...) adds that design's other k with the references beside them
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
-            "design-controls": SHUFFLED_ARMS, "more-windows": MORE_WINDOWS_ARMS,
+            "design-controls": SHUFFLED_ARMS, "more-windows": MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"],
+            "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"],
             **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 

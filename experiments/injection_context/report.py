@@ -12,7 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
-                                               MORE_WINDOWS, MORE_WINDOWS_ARMS, MORE_WINDOWS_OF, MORE_WINDOWS_PAIRS,
+                                               MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, REPEAT_OF,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -100,7 +100,7 @@ def analyse(corpus: dict) -> dict:
             control_gaps[k] = seed_interval(lambda m: m[shuffled] - m[constant], {shuffled: arms[shuffled], constant: arms[constant]})
     pairs = {}
     for a, b in [("inject-4", "static-4"), ("fourier-4", "inject-4"), ("lm-mean-4", "inject-4"), ("inject-8", "inject-4"),
-                 ("inject-2", "inject-1"), ("inject-4", "inject-2")]:
+                 ("inject-2", "inject-1"), ("inject-4", "inject-2"), *MORE_TRAINING_PAIRS]:
         if a in arms and b in arms:
             pairs[f"{a} - {b}"] = seed_interval(lambda m: m[a] - m[b], {a: arms[a], b: arms[b]})
     window = {}
@@ -130,8 +130,10 @@ STATIC = "static prefix"
 DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [("pooled MiniLM", f"inject-{k}", f"constant-{k}", f"shuffled-{k}") for k in ALL_K] + \
     [(d, f"{d}-{k}", control_arm(d, k, "constant"), control_arm(d, k, "shuffled")) for d in DESIGNS for k in ALL_K] + \
-    [(f"{design_of(arm) or 'pooled MiniLM'}, {MORE_WINDOWS:,} training windows", f"{arm}-w{MORE_WINDOWS}",
-      f"{control}-w{MORE_WINDOWS}", None) for arm, control in MORE_WINDOWS_PAIRS]
+    [(f"{design_of(arm) or 'pooled MiniLM'}, {tail}", f"{arm}-{suffix}", f"{control}-{suffix}", None)
+     for suffix, (_, tail, pairs) in MORE_TRAINING.items() for arm, control in pairs]
+BEST_MORE = f"lmchunks-kv-{SCREEN_K}"  # trained on 4x the windows, and on the same windows 4x: data or steps?
+MORE_TRAINING_PAIRS = [(f"{BEST_MORE}-w{MORE_WINDOWS}", f"{BEST_MORE}-e{MORE_EPOCHS}"), (f"{BEST_MORE}-e{MORE_EPOCHS}", BEST_MORE)]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
@@ -478,9 +480,10 @@ SHARED_MLP = "one MLP shared by the chunks"
 
 
 def pooled_beside(arm: str, k: int) -> str:
-    """The pooled MiniLM arm a design's row is compared with: the same k, on the same training windows."""
-    if arm in MORE_WINDOWS_OF and MORE_WINDOWS_OF[arm] != f"inject-{k}":
-        return f"inject-{k}-w{MORE_WINDOWS}"
+    """The pooled MiniLM arm a design's row is compared with: the same k, trained the same way (an arm trained longer
+    than the pooled vector ever was has none); the pooled vector trained longer is compared with itself on one epoch."""
+    if arm in REPEAT_OF and REPEAT_OF[arm] != f"inject-{k}":
+        return f"inject-{k}-{arm.rsplit('-', 1)[1]}"
     return f"inject-{k}"
 
 
@@ -496,12 +499,17 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
              "The static prefix at the same k reads nothing: what the vectors' capacity alone gives. A shuffled control "
              "(another window's input) is shown where it ran. A design's rate, and each control's, is searched at k = "
              f"{SCREEN_K} and used at every k.", ""]
-    if any(a in designs for a in MORE_WINDOWS_ARMS):
+    if any(a in designs for a in MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"]):
         lines += [f"Rows *..., {MORE_WINDOWS:,} training windows* are a design and its constant control trained on "
                   f"{MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test windows, "
                   "the rates of their searches on 1,024, patience 5): their content share says whether more data lets the "
                   "vectors carry more of the text. The pooled vector's Δ is against itself on 1,024 windows (what the extra "
                   f"data changed); another design's against the pooled vector on the same {MORE_WINDOWS:,}.", ""]
+    if any(a in designs for a in MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"]):
+        lines += [f"Rows *..., {MORE_EPOCHS} epochs over 1,024 windows* (`--arms more-epochs`) take as many steps as one "
+                  f"epoch over {MORE_WINDOWS:,} windows, on none of their extra text (the same rates, patience 5, the best "
+                  f"adapter kept): whether the {MORE_WINDOWS:,}-window rows gained from the data or from the steps. The paired "
+                  "differences below set them against both.", ""]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
         lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
