@@ -35,6 +35,9 @@ class DataConfig:
     seq_len: int = number(64, min=4)
     train_samples: int = number(1024, positive=True)
     val_samples: int = number(256, positive=True)
+    # training windows start every N tokens, overlapping where N < seq_len (None = seq_len: no overlap); more windows
+    # from a small corpus. Validation windows never overlap: each token is scored once
+    train_stride: Optional[int] = number(None, positive=True)
     val_fraction: float = number(0.1, min=0.0, max=0.9)  # used only when the source has no validation split
     hub_config: Optional[str] = None  # hub datasets: configuration name (e.g. "sample-10BT")
     # Prompt/target examples instead of text windows: each row becomes one sequence, prompt then
@@ -167,6 +170,11 @@ class Config:
         if self.method == "prefix" and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
                               "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
+        if d.train_stride is not None and d.train_stride > d.seq_len:
+            raise ConfigError(f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, got {d.train_stride}")
+        if d.train_stride is not None and d.target_template is not None:
+            raise ConfigError("data.train_stride: cuts text windows; prompt/target examples (data.target_template) are one "
+                              "sequence each; leave data.train_stride unset")
         if d.where is not None and "=" not in d.where:
             raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
         if d.target_template is not None and self.method == "injection":

@@ -203,7 +203,8 @@ def _read_until_enough(cfg: DataConfig, tokenizer) -> tuple[Windows, Windows]:
         elif item and item.strip():
             ids = tokenizer(item, add_special_tokens=False)["input_ids"]  # tokenised once
             kept[split].append(ids)
-            counts[split] += max(0, len(ids) // cfg.seq_len - 1)  # windows that also have preceding text
+            step = (cfg.train_stride or cfg.seq_len) if split == "train" else cfg.seq_len
+            counts[split] += max(0, (len(ids) - 2 * cfg.seq_len) // step + 1)  # windows that also have preceding text
 
     if val_files is None:
         k = max(2, round(1 / cfg.val_fraction)) if cfg.val_fraction > 0 else 0
@@ -222,31 +223,33 @@ def _read_until_enough(cfg: DataConfig, tokenizer) -> tuple[Windows, Windows]:
     if examples:
         return tokenize_examples(kept["train"], tokenizer, cfg.seq_len), tokenize_examples(kept["validation"], tokenizer, cfg.seq_len)
     shuffled = lambda w: w.select(torch.randperm(len(w), generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED)))  # noqa: E731
-    return shuffled(_windows_from_ids(kept["train"], cfg.seq_len)), shuffled(_windows_from_ids(kept["validation"], cfg.seq_len))
+    return (shuffled(_windows_from_ids(kept["train"], cfg.seq_len, cfg.train_stride)),
+            shuffled(_windows_from_ids(kept["validation"], cfg.seq_len)))
 
 
 # ---------------------------------------------------------------- documents -> windows
 
-def _windows_from_ids(doc_ids: list[list[int]], seq_len: int) -> Windows:
+def _windows_from_ids(doc_ids: list[list[int]], seq_len: int, stride: int | None = None) -> Windows:
+    """A window every `stride` tokens (seq_len: side by side), each with the seq_len tokens before it where the
+    document has that many."""
     tokens, previous, has_prev = [], [], []
     zero = [0] * seq_len
     for ids in doc_ids:
-        chunks = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
-        for j, chunk in enumerate(chunks):
-            tokens.append(chunk)
-            previous.append(chunks[j - 1] if j > 0 else zero)
-            has_prev.append(j > 0)
+        for start in range(0, len(ids) - seq_len + 1, stride or seq_len):
+            tokens.append(ids[start : start + seq_len])
+            previous.append(ids[start - seq_len : start] if start >= seq_len else zero)
+            has_prev.append(start >= seq_len)
     if not tokens:
         return Windows(torch.zeros(0, seq_len, dtype=torch.long), torch.zeros(0, seq_len, dtype=torch.long),
                        torch.zeros(0, dtype=torch.bool))
     return Windows(torch.tensor(tokens), torch.tensor(previous), torch.tensor(has_prev))
 
 
-def tokenize_documents(docs: list[str], tokenizer, seq_len: int) -> Windows:
-    """Fixed-length windows cut from each document (a tail shorter than seq_len is dropped)."""
+def tokenize_documents(docs: list[str], tokenizer, seq_len: int, stride: int | None = None) -> Windows:
+    """Fixed-length windows cut from each document every `stride` tokens (a tail shorter than seq_len is dropped)."""
     docs = [d for d in docs if d and d.strip()]
     ids = tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
-    windows = _windows_from_ids(ids, seq_len)
+    windows = _windows_from_ids(ids, seq_len, stride)
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED))
     return windows.select(order)
 
@@ -274,10 +277,10 @@ def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, seq_len: int) -> 
     return Windows(tokens, none, torch.zeros(n, dtype=torch.bool), scored).select(order)
 
 
-def tokenize_items(items: list, tokenizer, cfg: DataConfig) -> Windows:
+def tokenize_items(items: list, tokenizer, cfg: DataConfig, stride: int | None = None) -> Windows:
     if cfg.target_template is not None:
         return tokenize_examples(items, tokenizer, cfg.seq_len)
-    return tokenize_documents(items, tokenizer, cfg.seq_len)
+    return tokenize_documents(items, tokenizer, cfg.seq_len, stride)
 
 
 def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[Windows, Windows]:
@@ -294,7 +297,7 @@ def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[
     except Exception:
         val_stream = None
 
-    def collect(rows, need: int) -> tuple[Windows, object]:
+    def collect(rows, need: int, stride: int | None = None) -> tuple[Windows, object]:
         examples, docs, count = [], [], 0
         it = iter(rows)
         for row in it:
@@ -310,9 +313,9 @@ def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[
                 break
         if cfg.target_template is not None:
             return tokenize_examples(examples, tokenizer, cfg.seq_len), it
-        return _windows_from_ids(docs, cfg.seq_len), it
+        return _windows_from_ids(docs, cfg.seq_len, stride), it
 
-    train, rest = collect(stream, n_train)
+    train, rest = collect(stream, n_train, cfg.train_stride)
     val, _ = collect(val_stream if val_stream is not None else rest, n_val)
     return train, val
 
@@ -339,6 +342,8 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
         parts += [str(cfg.hub_config), str(cfg.train_samples), str(cfg.val_samples)]
     elif large:  # read only as far as these need
         parts += ["read until enough", str(cfg.train_samples), str(cfg.val_samples)]
+    if cfg.train_stride is not None:  # only then: caches made before the key existed stay valid
+        parts.append(f"train_stride={cfg.train_stride}")
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
     file = cache_dir("data") / f"{key}.safetensors"
 
@@ -350,7 +355,7 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
         else:
             set_offline()
             train_docs, val_docs = load_documents(cfg)
-            train, val = tokenize_items(train_docs, tokenizer, cfg), tokenize_items(val_docs, tokenizer, cfg)
+            train, val = tokenize_items(train_docs, tokenizer, cfg, cfg.train_stride), tokenize_items(val_docs, tokenizer, cfg)
         tensors = {}
         for name, w in (("train", train), ("val", val)):
             tensors.update({f"{name}.tokens": w.tokens, f"{name}.previous": w.previous, f"{name}.has_previous": w.has_previous})

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from embinject.config import DataConfig
+from embinject.config_files import load_config
 from embinject.data import LAZY_READ_BYTES, build_windows, load_documents, select_windows, tokenize_examples
 from embinject.encoders import FourierEncoder, Pooling, cached_embeddings, load_encoder
 from embinject.errors import ConfigError
@@ -66,6 +67,27 @@ def test_windows_are_cached_and_previous_is_the_preceding_window(tok):
     assert any(any(d[j : j + 32] == seq for j in range(0, len(d) - 31, 16)) for d in ids)
     chosen = select_windows(train, 10, "previous", "train")
     assert len(chosen) == 10 and chosen.has_previous.all()
+
+
+def test_a_training_stride_cuts_overlapping_training_windows_and_leaves_validation_as_it_was(tok):
+    side_by_side = DataConfig(seq_len=16)
+    overlapping = DataConfig(seq_len=16, train_stride=8)
+    key = tokenizer_fingerprint(tok)
+    train, val = build_windows(side_by_side, tok, key)
+    train8, val8 = build_windows(overlapping, tok, key)
+    assert torch.equal(val.tokens, val8.tokens) and torch.equal(val.previous, val8.previous)
+    # twice the windows with preceding text, less one per document; every window side by side is among them
+    assert 1.9 * int(train.has_previous.sum()) < int(train8.has_previous.sum()) <= 2 * int(train.has_previous.sum())
+    assert {tuple(t) for t in train.tokens.tolist()} <= {tuple(t) for t in train8.tokens.tolist()}
+    # each overlapping window's `previous` is the 16 tokens just before it in its document
+    docs, _ = load_documents(overlapping)
+    text = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+    for i in train8.has_previous.nonzero().flatten()[:20].tolist():
+        seq = train8.previous[i].tolist() + train8.tokens[i].tolist()
+        assert any(d[j : j + 32] == seq for d in text for j in range(0, len(d) - 31, 8))
+    for bad, match in ((17, "data.train_stride: at most data.seq_len \\(16\\)"), (0, "data.train_stride")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, ["data.seq_len=16", f"data.train_stride={bad}"])
 
 
 def test_fourier_encoder_is_deterministic_and_sized():
