@@ -244,6 +244,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     epochs = {a: run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["more-epochs"]}
     assert [arms.lr_group(a) for a in epochs] == ["lmchunks-kv", "lmchunks-kv-constant"]
     assert all(c.train.max_epochs * c.data.train_samples == 4096 and c.train.patience >= 5 for c in epochs.values())
+    overlapping = [run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["overlapping-windows"]]
+    assert [(c.data.train_stride, c.data.train_samples, c.adapter.ablation) for c in overlapping] == [(32, 8192, "none"), (32, 8192, "constant")]
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()

@@ -122,9 +122,11 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 # the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a spike).
 # Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the same way,
 # each at its own searched rate; its rows compare with the pooled vector on the same windows. Then whether it was the
-# data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once.
+# data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once. Then more
+# windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`).
 MORE_WINDOWS = 4096
 MORE_EPOCHS = 4
+OVERLAPPING, STRIDE = 8192, 32
 _POOLED_PAIR = ("inject-8", "constant-8")
 _BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
 # suffix -> (overrides, label, the (arm, its constant control) pairs it repeats)
@@ -133,6 +135,8 @@ MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
                          [_POOLED_PAIR, _BEST_PAIR]),
     f"e{MORE_EPOCHS}": ({"train.max_epochs": MORE_EPOCHS, "train.patience": 5}, f"{MORE_EPOCHS} epochs over 1,024 windows",
                         [_BEST_PAIR]),
+    f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.patience": 5},
+                                f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [_BEST_PAIR]),
 }
 REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats
 MORE_TRAINING_ARMS: dict[str, list[str]] = {}  # suffix -> its arms
@@ -176,7 +180,7 @@ CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.
 # `--arms designs` screens; `<design>-curve` (kv-curve, ...) adds that design's other k with the references beside them
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
             "design-controls": SHUFFLED_ARMS, "more-windows": MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"],
-            "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"],
+            "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"], "overlapping-windows": MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"],
             **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 

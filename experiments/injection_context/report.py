@@ -12,7 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
-                                               MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, REPEAT_OF,
+                                               MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, OVERLAPPING, REPEAT_OF, STRIDE,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -133,7 +133,8 @@ DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [(f"{design_of(arm) or 'pooled MiniLM'}, {tail}", f"{arm}-{suffix}", f"{control}-{suffix}", None)
      for suffix, (_, tail, pairs) in MORE_TRAINING.items() for arm, control in pairs]
 BEST_MORE = f"lmchunks-kv-{SCREEN_K}"  # trained on 4x the windows, and on the same windows 4x: data or steps?
-MORE_TRAINING_PAIRS = [(f"{BEST_MORE}-w{MORE_WINDOWS}", f"{BEST_MORE}-e{MORE_EPOCHS}"), (f"{BEST_MORE}-e{MORE_EPOCHS}", BEST_MORE)]
+MORE_TRAINING_PAIRS = [(f"{BEST_MORE}-w{MORE_WINDOWS}", f"{BEST_MORE}-e{MORE_EPOCHS}"), (f"{BEST_MORE}-e{MORE_EPOCHS}", BEST_MORE),
+                       (f"{BEST_MORE}-w{OVERLAPPING}s{STRIDE}", f"{BEST_MORE}-w{MORE_WINDOWS}")]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
@@ -510,6 +511,11 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   f"epoch over {MORE_WINDOWS:,} windows, on none of their extra text (the same rates, patience 5, the best "
                   f"adapter kept): whether the {MORE_WINDOWS:,}-window rows gained from the data or from the steps. The paired "
                   "differences below set them against both.", ""]
+    if any(a in designs for a in MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"]):
+        lines += [f"Rows *..., {OVERLAPPING:,} overlapping training windows* (`--arms overlapping-windows`) are trained on "
+                  f"windows cut every {STRIDE} tokens (`data.train_stride: {STRIDE}`), each with the 64 tokens before it: "
+                  f"about twice the windows the sample's training split holds side by side, each token in two of them "
+                  "(the same validation and test windows, rates and patience as on 4,096).", ""]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
         lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
