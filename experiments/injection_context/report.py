@@ -507,10 +507,10 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   "vectors carry more of the text. The pooled vector's Δ is against itself on 1,024 windows (what the extra "
                   f"data changed); another design's against the pooled vector on the same {MORE_WINDOWS:,}.", ""]
     if any(a in designs for a in MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"]):
-        lines += [f"Rows *..., {MORE_EPOCHS} epochs over 1,024 windows* (`--arms more-epochs`) take as many steps as one "
+        lines += [f"Rows *..., {MORE_EPOCHS} epochs over 1,024 windows* (`--arms more-epochs`) may take as many steps as one "
                   f"epoch over {MORE_WINDOWS:,} windows, on none of their extra text (the same rates, patience 5, the best "
-                  f"adapter kept): whether the {MORE_WINDOWS:,}-window rows gained from the data or from the steps. The paired "
-                  "differences below set them against both.", ""]
+                  f"adapter kept; early stopping may end them sooner): whether the {MORE_WINDOWS:,}-window rows gained from the "
+                  "data or from the steps. The paired differences below set them against both.", ""]
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"]):
         lines += [f"Rows *..., {OVERLAPPING:,} overlapping training windows* (`--arms overlapping-windows`) are trained on "
                   f"windows cut every {STRIDE} tokens (`data.train_stride: {STRIDE}`), each with the 64 tokens before it: "
