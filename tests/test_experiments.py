@@ -246,6 +246,7 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     assert all(c.train.max_epochs * c.data.train_samples == 4096 and c.train.patience >= 5 for c in epochs.values())
     overlapping = [run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["overlapping-windows"]]
     assert [(c.data.train_stride, c.data.train_samples, c.adapter.ablation) for c in overlapping] == [(32, 8192, "none"), (32, 8192, "constant")]
+    assert all(c.train.eval_windows is None and c.train.patience >= 5 for c in overlapping)  # the whole validation split
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()

@@ -123,7 +123,9 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 # Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the same way,
 # each at its own searched rate; its rows compare with the pooled vector on the same windows. Then whether it was the
 # data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once. Then more
-# windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`).
+# windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`). Their
+# epoch is 1,024 steps: early stopping watches the whole validation split every 64 steps, as the 64-window subset's
+# noise would stop a run on a plateau long before the epoch's end.
 MORE_WINDOWS = 4096
 MORE_EPOCHS = 4
 OVERLAPPING, STRIDE = 8192, 32
@@ -135,7 +137,8 @@ MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
                          [_POOLED_PAIR, _BEST_PAIR]),
     f"e{MORE_EPOCHS}": ({"train.max_epochs": MORE_EPOCHS, "train.patience": 5}, f"{MORE_EPOCHS} epochs over 1,024 windows",
                         [_BEST_PAIR]),
-    f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.patience": 5},
+    f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.eval_windows": None,
+                                 "train.eval_every": 64, "train.patience": 5},
                                 f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [_BEST_PAIR]),
 }
 REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats

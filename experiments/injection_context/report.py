@@ -515,7 +515,8 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         lines += [f"Rows *..., {OVERLAPPING:,} overlapping training windows* (`--arms overlapping-windows`) are trained on "
                   f"windows cut every {STRIDE} tokens (`data.train_stride: {STRIDE}`), each with the 64 tokens before it: "
                   f"about twice the windows the sample's training split holds side by side, each token in two of them "
-                  "(the same validation and test windows, rates and patience as on 4,096).", ""]
+                  "(the same validation and test windows and rates as on 4,096; their epoch of 1,024 steps early-stops on "
+                  "the whole validation split, evaluated every 64 steps, patience 5).", ""]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
         lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "

@@ -105,7 +105,7 @@ def arm_config(args, arm: str, data_dir: Path, lr: float, extra: list[str] = ())
     """The training config of one arm: the study's config, the arm's method and shape, its method's learning rate."""
     method, shape, control, _ = ARMS[arm]
     return load_config(args.config, base_overrides(args, data_dir) + [
-        f"method={method}", f"train.lr={lr}", *[f"{k}={v}" for k, v in shape.items()],
+        f"method={method}", f"train.lr={lr}", *[f"{k}={'null' if v is None else v}" for k, v in shape.items()],
         *([f"adapter.ablation={control}"] if control else []), *extra])
 
 
