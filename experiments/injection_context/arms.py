@@ -129,17 +129,17 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 MORE_WINDOWS = 4096
 MORE_EPOCHS = 4
 OVERLAPPING, STRIDE = 8192, 32
-_POOLED_PAIR = ("inject-8", "constant-8")
-_BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
+POOLED_PAIR = ("inject-8", "constant-8")
+BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
 # suffix -> (overrides, label, the (arm, its constant control) pairs it repeats)
 MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
     f"w{MORE_WINDOWS}": ({"data.train_samples": MORE_WINDOWS, "train.patience": 5}, f"{MORE_WINDOWS:,} training windows",
-                         [_POOLED_PAIR, _BEST_PAIR]),
+                         [POOLED_PAIR, BEST_PAIR]),
     f"e{MORE_EPOCHS}": ({"train.max_epochs": MORE_EPOCHS, "train.patience": 5}, f"{MORE_EPOCHS} epochs over 1,024 windows",
-                        [_BEST_PAIR]),
+                        [BEST_PAIR]),
     f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.eval_windows": None,
                                  "train.eval_every": 64, "train.patience": 5},
-                                f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [_BEST_PAIR]),
+                                f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [BEST_PAIR]),
 }
 REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats
 MORE_TRAINING_ARMS: dict[str, list[str]] = {}  # suffix -> its arms

@@ -12,7 +12,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
-                                               MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, OVERLAPPING, REPEAT_OF, STRIDE,
+                                               BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, OVERLAPPING, REPEAT_OF, STRIDE,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -20,6 +20,10 @@ from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8, 16)}
 LONGER_SERIES = "converged"  # a series under --out trained until early stopping; the report compares it with this one
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
+# the best design trained more: on 4x the windows against the same windows 4x (data or steps?), then on overlapping windows
+_BEST = BEST_PAIR[0]
+MORE_TRAINING_PAIRS = [(f"{_BEST}-w{MORE_WINDOWS}", f"{_BEST}-e{MORE_EPOCHS}"), (f"{_BEST}-e{MORE_EPOCHS}", _BEST),
+                       (f"{_BEST}-w{OVERLAPPING}s{STRIDE}", f"{_BEST}-w{MORE_WINDOWS}")]
 
 
 
@@ -132,9 +136,6 @@ DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
     [(d, f"{d}-{k}", control_arm(d, k, "constant"), control_arm(d, k, "shuffled")) for d in DESIGNS for k in ALL_K] + \
     [(f"{design_of(arm) or 'pooled MiniLM'}, {tail}", f"{arm}-{suffix}", f"{control}-{suffix}", None)
      for suffix, (_, tail, pairs) in MORE_TRAINING.items() for arm, control in pairs]
-BEST_MORE = f"lmchunks-kv-{SCREEN_K}"  # trained on 4x the windows, and on the same windows 4x: data or steps?
-MORE_TRAINING_PAIRS = [(f"{BEST_MORE}-w{MORE_WINDOWS}", f"{BEST_MORE}-e{MORE_EPOCHS}"), (f"{BEST_MORE}-e{MORE_EPOCHS}", BEST_MORE),
-                       (f"{BEST_MORE}-w{OVERLAPPING}s{STRIDE}", f"{BEST_MORE}-w{MORE_WINDOWS}")]
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
@@ -513,7 +514,7 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   "data or from the steps. The paired differences below set them against both.", ""]
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"]):
         lines += [f"Rows *..., {OVERLAPPING:,} overlapping training windows* (`--arms overlapping-windows`) are trained on "
-                  f"windows cut every {STRIDE} tokens (`data.train_stride: {STRIDE}`), each with the 64 tokens before it: "
+                  f"windows cut every {STRIDE} tokens (`data.train_stride: {STRIDE}`), each with the text before it: "
                   f"about twice the windows the sample's training split holds side by side, each token in two of them "
                   "(the same validation and test windows and rates as on 4,096; their epoch of 1,024 steps early-stops on "
                   "the whole validation split, evaluated every 64 steps, patience 5).", ""]
