@@ -357,3 +357,25 @@ def test_seed_interval_is_student_t_over_seed_means_and_claims_need_five_seeds()
     assert gaps.seeds == 3 and abs(gaps[0] - (shift - drift)[[0, 2, 4]].mean()) < 1e-12
     frozen = seed_interval(lambda m: m["a"], {"a": PerWindow(base, tokens[:1], trained=False)})
     assert frozen.seeds == 0 and frozen[1] < frozen[0] < frozen[2]  # no training seed: an interval over test windows
+
+
+def test_runs_logged_from_several_threads_each_land_in_their_store(tmp_path, monkeypatch):
+    """An experiment driver logs a run per finished job from a thread per worker: MLflow's global URIs are swapped for
+    each block, so two threads at once must not restore each other's (a run would go to another store, or fail)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow.tracking import MlflowClient
+
+    from experiments.common import log_result
+
+    other, mine = (f"sqlite:///{tmp_path / name}.db" for name in ("other", "mine"))
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the process's own store (another search's)
+        monkeypatch.setenv(key, other)
+    MlflowClient(other).create_experiment("elsewhere", artifact_location=str(tmp_path / "artifacts"))
+    with ThreadPoolExecutor(8) as pool:  # unguarded, about one call in a hundred failed here (measured)
+        list(pool.map(lambda i: log_result(mine, "threads", f"run {i}", {"i": i}, metrics={"m": i}), range(48)))
+    assert MlflowClient(other).search_experiments(filter_string="name = 'threads'") == []
+    client = MlflowClient(mine)
+    runs = client.search_runs([client.get_experiment_by_name("threads").experiment_id], max_results=100)
+    assert sorted(int(r.data.params["i"]) for r in runs) == list(range(48))
+    assert {r.info.status for r in runs} == {"FINISHED"}

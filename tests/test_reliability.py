@@ -140,7 +140,7 @@ def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp
 
 def _fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: no partly written block left for close() to flush
         try:
             while True:
                 fh.write(bytes(1 << 16))

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -80,30 +81,36 @@ def registry_uri_for(tracking_uri: str) -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
 
 
+_GLOBAL_URIS_LOCK = threading.RLock()  # re-entrant: a block may open another in the same thread
+
+
 @contextlib.contextmanager
 def mlflow_global_uris(tracking_uri: str, registry_uri: str):
     """MLflow's global tracking and registry URIs for one block (MLflow resolves `models:/` only through them), then
     exactly as before. MLflow's setters also write MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI into the environment,
     where later searches in this process and every subprocess would read them, and its getters return resolved
-    defaults, so restoring through the public API would pin URIs that were unset: the unset state is kept here."""
+    defaults, so restoring through the public API would pin URIs that were unset: the unset state is kept here.
+    One block at a time per process: two threads' blocks would each restore the other's URIs mid-run (an experiment
+    driver logs from a thread per worker), and MLflow would then write one thread's run into another store."""
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_state  # the globals behind the public setters
     from mlflow.tracking._tracking_service import utils as tracking_state
 
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = getattr(tracking_state, "_tracking_uri", None), getattr(registry_state, "_registry_uri", None)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])  # also resets what MLflow derived from it (its tracer's export target)
-        registry_state._registry_uri = saved[1]
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with _GLOBAL_URIS_LOCK:
+        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved = getattr(tracking_state, "_tracking_uri", None), getattr(registry_state, "_registry_uri", None)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])  # also resets what MLflow derived from it (its tracer's export target)
+            registry_state._registry_uri = saved[1]
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def open_store(uri: str, key: str) -> str:
