@@ -287,8 +287,13 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
 def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):
     import json
 
-    out = tmp_path / "study"
+    import shutil
+
+    out, alone = tmp_path / "study", tmp_path / "alone" / "fineweb_edu_sample"  # a corpus with no shared corpora beside it
+    shutil.copytree(shared_data / "fineweb_edu_sample", alone)
     for argv, expected in ((["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
+                           (["--data", str(alone), "--out", str(out), "--arms", "more-text"],
+                            f"--arms: {alone.parent / arms.MORE_TEXT_CORPUS / 'train.jsonl'} not found: the arms trained on more text"),
                            (["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--lr-from",
                              str(tmp_path / "no-series")], f"--lr-from: {tmp_path / 'no-series'}"),
                            (["--render-only", "--out", str(out)], "--out: no run records under ")):
@@ -379,3 +384,33 @@ def test_runs_logged_from_several_threads_each_land_in_their_store(tmp_path, mon
     runs = client.search_runs([client.get_experiment_by_name("threads").experiment_id], max_results=100)
     assert sorted(int(r.data.params["i"]) for r in runs) == list(range(48))
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_extra_training_text_joins_the_training_split_and_never_repeats_held_out_articles(tmp_path):
+    """`--arms more-text`: another corpus's articles are appended to the study's training articles; validation and test
+    stay the same documents, and extra text that repeats one of them is refused with a line naming the folder."""
+    import json
+
+    from embinject.errors import ConfigError
+    from experiments.injection_context.train_arm import extra_dir, read_docs, study_data
+
+    def corpus(name: str, train: list[str], validation: list[str]):
+        folder = tmp_path / name
+        folder.mkdir()
+        for split, docs in (("train", train), ("validation", validation)):
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        return folder
+
+    article = lambda i: " ".join(f"word{i}x{j}" for j in range(40))  # noqa: E731
+    src = corpus("wiki", [article(i) for i in range(20)], [article(100)])
+    other = corpus("other", [article(200), article(201)], [article(202)])
+    plain, test_docs = study_data(src)
+    joined, same_test = study_data(src, other)
+    assert test_docs == same_test == [article(100)]
+    assert read_docs(joined / "validation.jsonl") == read_docs(plain / "validation.jsonl") == [article(9), article(19)]
+    assert read_docs(joined / "train.jsonl") == read_docs(plain / "train.jsonl") + [article(200), article(201), article(202)]
+    assert extra_dir(src, "lmchunks-kv-8-w8192t") == src.parent / arms.MORE_TEXT_CORPUS and extra_dir(src, "lmchunks-kv-8") is None
+    leaky = corpus("leaky", [article(300), article(19) + " and more"], [])
+    with pytest.raises(ConfigError, match=f"^{leaky}: a document .* repeats 9[0-9]% of its 8-word sequences"):
+        study_data(src, leaky)
+    assert not any(p.name.startswith("wiki+leaky") for p in plain.parent.iterdir())  # nothing written

@@ -126,9 +126,13 @@ REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2"
 # windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`). Their
 # epoch is 1,024 steps: early stopping watches the whole validation split every 64 steps, as the 64-window subset's
 # noise would stop a run on a plateau long before the epoch's end.
+# Last, more distinct text: 8,192 windows from the sample's training articles and other Wikipedia articles (the shared
+# WikiText-2 articles, appended to the training documents; `train_arm.study_data` refuses extra text that repeats the
+# validation or test articles), early-stopped as the overlapping windows.
 MORE_WINDOWS = 4096
 MORE_EPOCHS = 4
 OVERLAPPING, STRIDE = 8192, 32
+MORE_TEXT, MORE_TEXT_CORPUS = 8192, "wikitext2_valid_detok"
 POOLED_PAIR = ("inject-8", "constant-8")
 BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
 # suffix -> (overrides, label, the (arm, its constant control) pairs it repeats)
@@ -140,7 +144,10 @@ MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
     f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.eval_windows": None,
                                  "train.eval_every": 64, "train.patience": 5},
                                 f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [BEST_PAIR]),
+    f"w{MORE_TEXT}t": ({"data.train_samples": MORE_TEXT, "train.eval_windows": None, "train.eval_every": 64, "train.patience": 5},
+                       f"{MORE_TEXT:,} training windows with other articles' text", [BEST_PAIR]),
 }
+EXTRA_TEXT = {f"w{MORE_TEXT}t": MORE_TEXT_CORPUS}  # suffix -> the shared corpus whose documents its arms also train on
 REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats
 MORE_TRAINING_ARMS: dict[str, list[str]] = {}  # suffix -> its arms
 for _suffix, (_extra, _tail, _pairs) in MORE_TRAINING.items():
@@ -149,6 +156,11 @@ for _suffix, (_extra, _tail, _pairs) in MORE_TRAINING.items():
         REPEAT_OF[f"{_arm}-{_suffix}"] = _arm
         ARMS[f"{_arm}-{_suffix}"] = (_method, {**_shape, **_extra}, _control, f"{_label}, {_tail}")
         MORE_TRAINING_ARMS.setdefault(_suffix, []).append(f"{_arm}-{_suffix}")
+
+
+def extra_corpus(arm: str) -> str | None:
+    """The shared corpus (a folder beside --data) whose documents an arm trains on besides the study's own, or None."""
+    return next((corpus for suffix, corpus in EXTRA_TEXT.items() if arm in MORE_TRAINING_ARMS[suffix]), None)
 
 
 def design_of(arm: str) -> str | None:
@@ -184,6 +196,7 @@ CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.
 ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
             "design-controls": SHUFFLED_ARMS, "more-windows": MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"],
             "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"], "overlapping-windows": MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"],
+            "more-text": MORE_TRAINING_ARMS[f"w{MORE_TEXT}t"],
             **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 

@@ -12,7 +12,8 @@ from embinject.fsutil import atomic_write_text
 from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
-                                               BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_WINDOWS, OVERLAPPING, REPEAT_OF, STRIDE,
+                                               BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_TEXT, MORE_TEXT_CORPUS, MORE_WINDOWS, OVERLAPPING,
+                                               REPEAT_OF, STRIDE,
                                                SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
@@ -20,10 +21,12 @@ from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8, 16)}
 LONGER_SERIES = "converged"  # a series under --out trained until early stopping; the report compares it with this one
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
-# the best design trained more: on 4x the windows against the same windows 4x (data or steps?), then on overlapping windows
+# the best design trained more: on 4x the windows against the same windows 4x (data or steps?), then on overlapping
+# windows and on more distinct text, each against 4,096 windows
 _BEST = BEST_PAIR[0]
 MORE_TRAINING_PAIRS = [(f"{_BEST}-w{MORE_WINDOWS}", f"{_BEST}-e{MORE_EPOCHS}"), (f"{_BEST}-e{MORE_EPOCHS}", _BEST),
-                       (f"{_BEST}-w{OVERLAPPING}s{STRIDE}", f"{_BEST}-w{MORE_WINDOWS}")]
+                       (f"{_BEST}-w{OVERLAPPING}s{STRIDE}", f"{_BEST}-w{MORE_WINDOWS}"),
+                       (f"{_BEST}-w{MORE_TEXT}t", f"{_BEST}-w{MORE_WINDOWS}")]
 
 
 
@@ -518,6 +521,12 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   f"about twice the windows the sample's training split holds side by side, each token in two of them "
                   "(the same validation and test windows and rates as on 4,096; their epoch of 1,024 steps early-stops on "
                   "the whole validation split, evaluated every 64 steps, patience 5).", ""]
+    if any(a in designs for a in MORE_TRAINING_ARMS[f"w{MORE_TEXT}t"]):
+        lines += [f"Rows *..., {MORE_TEXT:,} training windows with other articles' text* (`--arms more-text`) train on the "
+                  f"study's training articles and the shared `{MORE_TEXT_CORPUS}` corpus's articles together (other Wikipedia "
+                  "articles, none of which repeats a validation or test article), side by side: distinct text where the "
+                  "overlapping windows repeat each token. The same validation and test windows, rates and early stopping as "
+                  "the overlapping windows.", ""]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
         lines += [f"Rows marked *{SHARED_MLP}* were trained before chunk pooling sent each chunk through its position's own "
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "

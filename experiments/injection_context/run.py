@@ -41,8 +41,8 @@ from embinject.tune.driver import run_search
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, SEEDS, WINDOW, lr_edge,
                                                lr_group, lr_shape)
 from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
-from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, lr_check_path, missing_references, record_path,
-                                                    study_data)
+from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, extra_dir, lr_check_path, missing_references,
+                                                    record_path, study_data)
 
 # ---------------------------------------------------------------- learning rates, chosen by embinject.tune
 
@@ -241,6 +241,8 @@ def drive(args) -> int:
         for g in groups:
             if not (runs / f"lr_search_{g}.json").is_file():
                 lr_source(args, runs, g)
+    for extra in {extra_dir(args.data, a) for a in arms} - {None}:  # checked and written once, before any run
+        study_data(args.data, extra)
     runs.mkdir(parents=True, exist_ok=True)
     check_chunk_layout(runs, arms)
     precision = check_precision(args, runs, arms, data_dir)  # before any search, which trains at it too

@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import resource
 import sys
 import time
@@ -28,7 +29,7 @@ from embinject.models import cache_dir, cache_root
 from embinject.train import Diverged, ablated, encoder_ids, prepare, scored_labels, train
 from embinject.train.evaluation import window_nll
 from embinject.train.precision import cpu_bf16_fast
-from experiments.injection_context.arms import ARMS, CONTEXT, HERE, REFERENCE, TEXT_TOKENS
+from experiments.injection_context.arms import ARMS, CONTEXT, HERE, REFERENCE, TEXT_TOKENS, extra_corpus
 
 
 # ---------------------------------------------------------------- data: train / validation / test
@@ -37,21 +38,47 @@ def read_docs(file: Path) -> list[str]:
     return [json.loads(line)["text"] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def study_data(src: Path) -> tuple[Path, list[str]]:
+def study_data(src: Path, extra: Path | None = None) -> tuple[Path, list[str]]:
     """(a data folder embinject trains on: train.jsonl + validation.jsonl carved from the corpus's training
-    documents, the test documents = the corpus's validation file). The folder lives in embinject's cache."""
+    documents, the test documents = the corpus's validation file). The folder lives in embinject's cache.
+    `extra`: another corpus folder whose documents (both files) are appended to the training documents; the
+    validation and test documents stay the same, and extra text that repeats them is refused."""
     train_file, test_file = src / "train.jsonl", src / "validation.jsonl"
+    extra_files = [extra / "train.jsonl", extra / "validation.jsonl"] if extra else []
     for f in (train_file, test_file):
         if not f.is_file():
             raise ConfigError(f"--data: {f} not found (a folder with train.jsonl and validation.jsonl)")
-    docs = read_docs(train_file)
-    key = hashlib.sha256(train_file.read_bytes()).hexdigest()[:16]
-    folder = cache_dir("experiments", f"{src.name}-{key}")
-    lines = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds)  # noqa: E731
+    for f in extra_files:
+        if not f.is_file():
+            raise ConfigError(f"--arms: {f} not found: the arms trained on more text read it (a shared corpus folder "
+                              "beside --data, with train.jsonl and validation.jsonl)")
+    docs, test_docs = read_docs(train_file), read_docs(test_file)
+    train_docs, val_docs = [d for i, d in enumerate(docs) if i % 10 != 9], [d for i, d in enumerate(docs) if i % 10 == 9]
+    extra_docs = [d for f in extra_files for d in read_docs(f)]
+    if extra_docs:
+        check_disjoint(extra_docs, val_docs + test_docs, extra)
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in (train_file, *extra_files))).hexdigest()[:16]
+    folder = cache_dir("experiments", f"{src.name}+{extra.name}-{key}" if extra else f"{src.name}-{key}")
     if not (folder / "validation.jsonl").is_file():
-        atomic_write_text(folder / "train.jsonl", lines([d for i, d in enumerate(docs) if i % 10 != 9]))
-        atomic_write_text(folder / "validation.jsonl", lines([d for i, d in enumerate(docs) if i % 10 == 9]))
-    return folder, read_docs(test_file)
+        lines = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds)  # noqa: E731
+        atomic_write_text(folder / "train.jsonl", lines(train_docs + extra_docs))
+        atomic_write_text(folder / "validation.jsonl", lines(val_docs))
+    return folder, test_docs
+
+
+def check_disjoint(extra_docs: list[str], held_out: list[str], extra: Path, n: int = 8, most: float = 0.01) -> None:
+    """Extra training text must not hold the held-out articles: refused when any extra document shares more than
+    `most` of its n-word sequences with the validation and test documents."""
+    def grams(text: str) -> set[str]:
+        words = re.findall(r"\w+", text.lower())
+        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+    seen = set().union(*map(grams, held_out))
+    for doc in extra_docs:
+        own = grams(doc)
+        if own and len(own & seen) > most * len(own):
+            raise ConfigError(f"{extra}: a document ({doc[:60]!r}...) repeats {len(own & seen) / len(own):.0%} of its "
+                              f"{n}-word sequences from the study's validation or test articles; remove it from the extra text")
 
 
 def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
@@ -172,6 +199,12 @@ def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = f
 
 # ---------------------------------------------------------------- records
 
+def extra_dir(data: Path, arm: str) -> Path | None:
+    """The folder of an arm's extra training text: its shared corpus, beside --data."""
+    corpus = extra_corpus(arm)
+    return None if corpus is None else data.parent / corpus
+
+
 def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
 
@@ -191,7 +224,7 @@ def missing_references(runs: Path) -> list[str]:
 
 def run_one(args) -> int:
     """Train and score one arm at one seed (or score the reference arms not yet recorded) and write its record."""
-    data_dir, test_docs = study_data(args.data)
+    data_dir, test_docs = study_data(args.data, extra_dir(args.data, args.arm))
     runs = args.out / "runs" / args.data.name
     if args.arm == "reference":
         done = set(REFERENCE) - set(missing_references(runs))
