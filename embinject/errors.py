@@ -32,7 +32,7 @@ def disk_full(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc
-        if "No space left on device" in str(exc):
+        if any(text in str(exc) for text in ("No space left on device", "database or disk is full")):  # (SQLite's words)
             return OSError(errno.ENOSPC, "No space left on device")
         exc = exc.__cause__ or exc.__context__
     return None

@@ -169,6 +169,36 @@ def full_disk(small_disk):
     return small_disk
 
 
+def test_a_full_disk_is_named_once_not_in_tracebacks(tmp_path, small_disk, capsys):
+    """Ray logs a trial's failure and a failed save of the search's state with the whole traceback; a full disk is
+    the command's one line instead (other errors still show). MLflow's SQLite store on a disk that fills is named
+    with that reason, not SQLAlchemy's first line."""
+    import errno
+    import logging
+
+    from embinject.tune.cluster import DISK_FULL_LOGGERS, quiet_disk_full_tracebacks
+
+    quiet_disk_full_tracebacks()
+    pyarrow_like = RuntimeError("sync failed")
+    pyarrow_like.__cause__ = OSError(errno.EIO, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    for name in DISK_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        for exc, shown in ((OSError(errno.ENOSPC, "No space left on device"), False), (pyarrow_like, False),
+                           (ValueError("a trial's own bug"), True)):
+            record = logger.makeRecord(name, logging.ERROR, __file__, 1, "failed with exception: ", (), (type(exc), exc, None))
+            assert bool(logger.filter(record)) is shown, (name, exc)
+    exp_dir = tmp_path / "search"
+    exp_dir.mkdir()
+    (tmp_path / "search.yaml").write_text("tune: {}\n")
+    tracker = SearchTracker(f"sqlite:///{small_disk / 'mlflow.db'}", "full", exp_dir)
+    tracker.sync(force=True)  # the store is created while there is room
+    _fill(small_disk)
+    capsys.readouterr()
+    tracker.start("search", {"a": 1}, tmp_path / "search.yaml", {})
+    err = capsys.readouterr().err
+    assert f"MLflow at sqlite:///{small_disk / 'mlflow.db'} cannot be reached (no space left on its device)" in err, err
+
+
 def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path, tiny_model, full_disk):
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", full_disk / "runs")
     proc = tune(str(path))

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import first_line, warn
+from ..errors import disk_full, first_line, warn
 from ..fsutil import atomic_write_text
 from .store import registry_uri_for
 from .records import iso_time, now_ms, curve_value, flatten, readable
@@ -181,7 +181,8 @@ class SearchTracker:
         except Exception as exc:  # server down, network, store errors: keep the records, retry later
             self._retry_at = time.time() + RETRY_AFTER_S
             if not self._down:
-                warn(f"MLflow at {self.tracking_uri} cannot be reached ({first_line(exc)[:200]}); the search goes on and "
+                reason = "no space left on its device" if disk_full(exc) else first_line(getattr(exc, "orig", None) or exc)[:200]
+                warn(f"MLflow at {self.tracking_uri} cannot be reached ({reason}); the search goes on and "
                      f"keeps its records in {self.journal} until it is back")
             self._down = True
             self._client = None

@@ -64,10 +64,23 @@ def warm_caches(search: SearchFile) -> None:
 
 
 class _DiskFullTrialTraceback(logging.Filter):
-    """A trial that fails because the disk is full would print Ray's whole traceback; the command says it in one line."""
+    """A record whose exception is a full disk: Ray would print its whole traceback; the command says it in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and disk_full(record.exc_info[1]))
+
+
+# Ray's loggers that print a whole traceback when the disk fills: a trial's failure, and saving the search's state
+DISK_FULL_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state")
+
+
+def quiet_disk_full_tracebacks() -> None:
+    """A full disk is one line from the command (`error: no space left on the device holding ...`), not Ray's
+    tracebacks before it; every other error Ray logs still shows."""
+    for name in DISK_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DiskFullTrialTraceback) for f in logger.filters):
+            logger.addFilter(_DiskFullTrialTraceback())
 
 
 class _TokenAuthOnNotice(logging.Filter):
@@ -94,9 +107,7 @@ def connect(address: str | None, env: dict, verbose: int) -> None:
     token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
         token_logger.addFilter(_TokenAuthOnNotice())
-    controller_logger = logging.getLogger("ray.tune.execution.tune_controller")
-    if not any(isinstance(f, _DiskFullTrialTraceback) for f in controller_logger.filters):
-        controller_logger.addFilter(_DiskFullTrialTraceback())
+    quiet_disk_full_tracebacks()
     starts_ray = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     ray_default_priority = "RAY_worker_niceness" in os.environ  # the user's own setting wins
     try:
