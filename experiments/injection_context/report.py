@@ -22,11 +22,12 @@ CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for 
 LONGER_SERIES = "converged"  # a series under --out trained until early stopping; the report compares it with this one
 CONTEXT_SCORED = {"baseline-context", *CONTEXT_ARMS}  # arms scored on the window's tokens after the context
 # the best design trained more: on 4x the windows against the same windows 4x (data or steps?), then on overlapping
-# windows and on more distinct text, each against 4,096 windows
+# windows and on more distinct text, each against 4,096 windows, and the two against each other
 _BEST = BEST_PAIR[0]
 MORE_TRAINING_PAIRS = [(f"{_BEST}-w{MORE_WINDOWS}", f"{_BEST}-e{MORE_EPOCHS}"), (f"{_BEST}-e{MORE_EPOCHS}", _BEST),
                        (f"{_BEST}-w{OVERLAPPING}s{STRIDE}", f"{_BEST}-w{MORE_WINDOWS}"),
-                       (f"{_BEST}-w{MORE_TEXT}t", f"{_BEST}-w{MORE_WINDOWS}")]
+                       (f"{_BEST}-w{MORE_TEXT}t", f"{_BEST}-w{MORE_WINDOWS}"),
+                       (f"{_BEST}-w{MORE_TEXT}t", f"{_BEST}-w{OVERLAPPING}s{STRIDE}")]
 
 
 
