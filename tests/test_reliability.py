@@ -110,6 +110,31 @@ def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tm
     assert str(client.get_model_version_by_alias("reg-adapter", "champion").version) == "1"
 
 
+def test_a_journal_record_cut_by_a_full_disk_loses_no_later_record(tmp_path):
+    """A full disk can cut the journal's last record mid-line; once space is freed, --resume appends after it. The
+    cut record was never complete; every record after it (the search's end among them) still reaches MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from embinject.tracking import JOURNAL_FILE
+
+    uri, exp_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "search"
+    exp_dir.mkdir()
+    (tmp_path / "search.yaml").write_text("tune: {}\n")
+    tracker = SearchTracker(uri, "cut", exp_dir)
+    tracker.start("search", {"a": 1}, tmp_path / "search.yaml", {})
+    tracker.trial_started("t1", "trial t1", {"train.lr": 0.1})
+    with open(exp_dir / JOURNAL_FILE, "a") as fh:
+        fh.write('{"op": "trial_result", "trial": "t1", "st')  # where the disk filled
+    resumed = SearchTracker(uri, "cut", exp_dir)
+    resumed.start("search", {"a": 1}, tmp_path / "search.yaml", {})
+    resumed.trial_finished("t1", "FINISHED", {})
+    resumed.finish({"trials": 1}, [], None, None)
+    assert resumed.pending == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cut").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
 def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp_path, capsys):
     """A kill just after Ray started a trial, before its saved state named it: after --resume Ray's results lack that
     trial (Optuna proposed another in its place). Its MLflow run must not pass for one the search's end cut."""

@@ -49,6 +49,16 @@ def tracker_for(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root
     return _TRACKERS[key]
 
 
+def _last_line_cut(path: Path) -> bool:
+    """Whether a file's last line lacks its newline (a write cut by a kill or a full disk)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:  # no file, or an empty one
+        return False
+
+
 class SearchTracker:
     def __init__(self, tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
@@ -82,7 +92,7 @@ class SearchTracker:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut by a kill mid-write: the record was never complete
+                continue  # a line cut by a kill or a full disk mid-write: that record was never complete, later ones are
         return records
 
     @property
@@ -90,8 +100,9 @@ class SearchTracker:
         return max(0, len(self._records()) - self.state["applied"])
 
     def _record(self, op: str, **fields) -> None:
+        cut = _last_line_cut(self.journal)  # a record cut mid-write stays a line of its own, not glued to this one
         with self.journal.open("a") as fh:
-            fh.write(json.dumps({"op": op, "t": now_ms(), **fields}, default=str) + "\n")
+            fh.write(("\n" if cut else "") + json.dumps({"op": op, "t": now_ms(), **fields}, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         if time.time() >= self._retry_at:
