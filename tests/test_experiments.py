@@ -289,6 +289,8 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
 
     import shutil
 
+    from embinject.models import cache_root
+
     out, alone = tmp_path / "study", tmp_path / "alone" / "fineweb_edu_sample"  # a corpus with no shared corpora beside it
     shutil.copytree(shared_data / "fineweb_edu_sample", alone)
     for argv, expected in ((["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
@@ -301,6 +303,16 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: " + expected) and len(err.splitlines()) == 1 and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir())
+    leaky = alone.parent / arms.MORE_TEXT_CORPUS  # extra text that repeats a test article is refused, nothing prepared
+    leaky.mkdir()
+    test_doc = (alone / "validation.jsonl").read_text().splitlines()[0]
+    for split in ("train", "validation"):
+        (leaky / f"{split}.jsonl").write_text(test_doc + "\n")
+    assert run.main(["--data", str(alone), "--out", str(out), "--arms", "more-text"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {leaky}: a document (") and "repeats 100% of its 8-word sequences" in err
+    assert len(err.splitlines()) == 1 and (not out.exists() or not any(out.iterdir()))
+    assert not list((cache_root() / "experiments").glob(f"{alone.name}+{leaky.name}-*"))
     # records the driver must not add a seed to: a chunk arm of the shared-MLP layout, a control's seeds at two rates
     runs = out / "runs" / "fineweb_edu_sample"
     runs.mkdir(parents=True)

@@ -13,8 +13,7 @@ from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
                                                BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_TEXT, MORE_TEXT_CORPUS, MORE_WINDOWS, OVERLAPPING,
-                                               REPEAT_OF, STRIDE,
-                                               SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
+                                               REPEAT_OF, STRIDE, SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 

@@ -25,7 +25,7 @@ from embinject.encoders import cached_embeddings, encoder_key, load_encoder, poo
 from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.methods.base import AdapterMethod
-from embinject.models import cache_dir, cache_root
+from embinject.models import cache_root
 from embinject.train import Diverged, ablated, encoder_ids, prepare, scored_labels, train
 from embinject.train.evaluation import window_nll
 from embinject.train.precision import cpu_bf16_fast
@@ -52,18 +52,26 @@ def study_data(src: Path, extra: Path | None = None) -> tuple[Path, list[str]]:
         if not f.is_file():
             raise ConfigError(f"--arms: {f} not found: the arms trained on more text read it (a shared corpus folder "
                               "beside --data, with train.jsonl and validation.jsonl)")
-    docs, test_docs = read_docs(train_file), read_docs(test_file)
-    train_docs, val_docs = [d for i, d in enumerate(docs) if i % 10 != 9], [d for i, d in enumerate(docs) if i % 10 == 9]
-    extra_docs = [d for f in extra_files for d in read_docs(f)]
-    if extra_docs:
-        check_disjoint(extra_docs, val_docs + test_docs, extra)
     key = hashlib.sha256(b"".join(f.read_bytes() for f in (train_file, *extra_files))).hexdigest()[:16]
-    folder = cache_dir("experiments", f"{src.name}+{extra.name}-{key}" if extra else f"{src.name}-{key}")
-    if not (folder / "validation.jsonl").is_file():
+    folder = cache_root() / "experiments" / (f"{src.name}+{extra.name}-{key}" if extra else f"{src.name}-{key}")
+    test_docs = read_docs(test_file)
+    if not (folder / "validation.jsonl").is_file():  # split, checked and written once per corpus (and extra text)
+        docs = read_docs(train_file)
+        train_docs, val_docs = [d for i, d in enumerate(docs) if i % 10 != 9], [d for i, d in enumerate(docs) if i % 10 == 9]
+        extra_docs = [d for f in extra_files for d in read_docs(f)]
+        if extra_docs:
+            check_disjoint(extra_docs, val_docs + test_docs, extra)
         lines = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds)  # noqa: E731
+        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "train.jsonl", lines(train_docs + extra_docs))
         atomic_write_text(folder / "validation.jsonl", lines(val_docs))
     return folder, test_docs
+
+
+def extra_dir(data: Path, arm: str) -> Path | None:
+    """The folder of an arm's extra training text: its shared corpus, beside --data."""
+    corpus = extra_corpus(arm)
+    return None if corpus is None else data.parent / corpus
 
 
 def check_disjoint(extra_docs: list[str], held_out: list[str], extra: Path, n: int = 8, most: float = 0.01) -> None:
@@ -198,12 +206,6 @@ def run_reference(args, data_dir: Path, test_docs: list[str], skip: set[str] = f
 
 
 # ---------------------------------------------------------------- records
-
-def extra_dir(data: Path, arm: str) -> Path | None:
-    """The folder of an arm's extra training text: its shared corpus, beside --data."""
-    corpus = extra_corpus(arm)
-    return None if corpus is None else data.parent / corpus
-
 
 def record_path(runs: Path, arm: str, seed: int | None) -> Path:
     return runs / (f"{arm}.json" if seed is None else f"{arm}__seed{seed}.json")
