@@ -206,6 +206,30 @@ def test_the_headline_is_the_best_design_with_an_interval_where_one_has_it():
     assert headline({"b": rows["b"]})["arm"] == "inject-8-w4096"  # one seed when no row has more
 
 
+def test_more_training_text_is_measured_per_doubling_and_extrapolated_only_from_an_interval_above_zero():
+    import numpy as np
+
+    tokens = np.full((5, 40), 63)
+    base = np.full((1, 40), 4.0 * 63)  # the frozen LM: 4 nats per token; reading the text: 3 (a gain of 1 nat)
+    seed_noise = np.array([0.0, 0.01, -0.01, 0.02, -0.02])[:, None] * 63
+    arm = lambda share, noise=0: PerWindow(np.repeat(base, 5, 0) - share * 63 + noise, tokens)  # noqa: E731
+    design, control = arms.BEST_PAIR
+    per = {"baseline": PerWindow(base, tokens[:1], trained=False), "text-64": PerWindow(base - 63, tokens[:1], trained=False),
+           design: arm(0.50), control: arm(0.45), f"{design}-w4096": arm(0.60, seed_noise), f"{control}-w4096": arm(0.50)}
+    designs = {f"{design}-w4096": {"share_of_text_gain": (0.60,), "content_share": (0.10,)}}
+    gain = lambda m: m["baseline"] - m["text-64"]  # noqa: E731
+    (step,) = report.analyse_text_scaling(per, gain, designs, {design: 1024, f"{design}-w4096": 4096})
+    share, content = step["share_per_doubling"], step["content_per_doubling"]
+    assert step["doublings"] == 2 and share.seeds == 5 and abs(share[0] - 0.05) < 1e-9 and share[1] > 0
+    assert abs(content[0] - 0.025) < 1e-9  # (0.60 - 0.50) - (0.50 - 0.45), over 2 doublings
+    assert abs(step["share_needs"]["doublings"][0] - 2) < 1e-9 and abs(step["share_needs"]["windows"][0] - 16384) < 1e-6
+    low, high = step["share_needs"]["doublings"][1:]
+    assert low < 2 < high  # fewest doublings at the interval's high rate, most at its low one
+    assert report.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
+    assert report.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
+    assert "one seed" in report.needs_cell(None, (0.05, float("nan"), float("nan")))
+
+
 def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     """The study's protocol: every design and its constant-input control search their own rate through embinject.tune,
     the control's search with the control's input (adapter.ablation), the control the design's architecture (a

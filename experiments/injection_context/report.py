@@ -125,8 +125,10 @@ def analyse(corpus: dict) -> dict:
             sub = {a: arms[a] for a in ("window-4", "inject-4")}
             window["nats_vs_previous"] = seed_interval(lambda m: m["window-4"] - m["inject-4"], sub)
     designs = analyse_designs(arms, gain)
+    windows = {a: rs[0]["train_windows"] for a, rs in corpus["arms"].items() if "train_windows" in rs[0]}
     return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window,
             "context": analyse_context(arms), "designs": designs, "headline": headline(designs),
+            "text_scaling": analyse_text_scaling(arms, gain, designs, windows),
             "windows": arms["baseline"].nll.shape[1], "tokens_per_window": float(arms["baseline"].tokens.mean())}
 
 
@@ -166,6 +168,50 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
             row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
         out[arm] = row
     return out
+
+
+# the issue's targets for the best design at 8 vectors: share of the text gain, and content share (points / 100)
+TARGET_SHARE, TARGET_CONTENT = 0.70, 0.25
+# The best design and its constant control by the training text they saw: suffix ("" for the study's own windows) ->
+# (arm, control). Each step goes from the first to the second; its change is per doubling of the training windows.
+TEXT_POINTS = {"": BEST_PAIR} | {suffix: (f"{_BEST}-{suffix}", f"{BEST_PAIR[1]}-{suffix}")
+                                 for suffix in (f"w{MORE_WINDOWS}", f"w{OVERLAPPING}s{STRIDE}", f"w{MORE_TEXT}t")}
+TEXT_STEPS = [("", f"w{MORE_WINDOWS}"), (f"w{MORE_WINDOWS}", f"w{OVERLAPPING}s{STRIDE}"), (f"w{MORE_WINDOWS}", f"w{MORE_TEXT}t")]
+
+
+def analyse_text_scaling(arms: dict[str, PerWindow], gain, designs: dict, windows: dict[str, int]) -> list[dict]:
+    """Each step of training text for the best design: the change of its share of the text gain and of its content
+    share per doubling of the training windows (paired by seed and window), and where a change is positive at the
+    seed level, how many more doublings would reach the targets at that rate (an extrapolation, not a measurement)."""
+    full = f"text-{max(TEXT_TOKENS)}"
+    steps = []
+    for before, after in TEXT_STEPS:
+        (a0, c0), (a1, c1) = TEXT_POINTS[before], TEXT_POINTS[after]
+        if a0 not in arms or a1 not in arms:
+            continue
+        n0, n1 = windows[a0], windows[a1]
+        d = math.log2(n1 / n0)
+        sub = {"baseline": arms["baseline"], full: arms[full], a0: arms[a0], a1: arms[a1]}
+        step = {"from": a0, "to": a1, "windows": [n0, n1], "doublings": d,
+                "share_per_doubling": seed_interval(lambda m: (m[a0] - m[a1]) / gain(m) / d, sub)}
+        step["share_needs"] = doublings_to(TARGET_SHARE, designs[a1]["share_of_text_gain"][0], step["share_per_doubling"], n1)
+        if c0 in arms and c1 in arms:
+            both = {**sub, c0: arms[c0], c1: arms[c1]}
+            step["content_per_doubling"] = seed_interval(lambda m: ((m[c1] - m[a1]) - (m[c0] - m[a0])) / gain(m) / d, both)
+            step["content_needs"] = doublings_to(TARGET_CONTENT, designs[a1]["content_share"][0], step["content_per_doubling"], n1)
+        steps.append(step)
+    return steps
+
+
+def doublings_to(target: float, now: float, rate, windows: int) -> dict | None:
+    """Doublings of `windows` that would take `now` to `target` at `rate` per doubling, its range from the rate's
+    interval ends; None where the rate's interval does not lie above zero (no rate to extrapolate)."""
+    if now >= target:
+        return {"doublings": [0.0, 0.0, 0.0], "windows": [windows] * 3}
+    if math.isnan(rate[1]) or rate[1] <= 0:
+        return None
+    many = [(target - now) / r for r in (rate[0], rate[2], rate[1])]  # the point, then fewest and most doublings
+    return {"doublings": many, "windows": [windows * 2 ** m for m in many]}
 
 
 def headline(designs: dict) -> dict | None:
@@ -442,6 +488,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += context_table(a["context"], arms)
         if any(design_of(arm) for arm in a["designs"]):
             lines += designs_table(a["designs"], arms)
+        if a["text_scaling"]:
+            lines += text_scaling_table(a["text_scaling"])
         if a["pairs"]:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]
@@ -561,6 +609,42 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
     lines += ["", f"Best design at k <= {SCREEN_K} by mean share, among the rows with an interval where there are any (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
               "with fewer than 5 seeds no row above has a verdict.", ""]
     return lines
+
+
+def needs_cell(needs: dict | None, rate) -> str:
+    if needs is None:
+        return "one seed: no rate to extrapolate" if math.isnan(rate[1]) else "no rate to extrapolate (its interval is not above 0)"
+    if needs["doublings"][0] == 0:
+        return "reached"
+    (d, d_lo, d_hi), (w, w_lo, w_hi) = needs["doublings"], needs["windows"]
+    return f"{d:.1f} [{d_lo:.1f}, {d_hi:.1f}] doublings: about {w:,.0f} [{w_lo:,.0f}, {w_hi:,.0f}] windows"
+
+
+def text_scaling_table(steps: list[dict]) -> list[str]:
+    """(g): what more training text did for the best design, per doubling of the windows, and what the targets would
+    take at that rate."""
+    lines = ["### (g) Training text and the targets", "",
+             f"The best design ({_BEST}) and its constant control, each step from fewer training windows to more (rows of (f)), "
+             "paired by seed and window: the change of the share of the text gain, and of the content share, per doubling of "
+             f"the training windows. Where a change's interval lies above 0, the last columns extrapolate it: the doublings "
+             f"beyond the step's windows that would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share "
+             f"of {100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much (the range from the interval's ends; the "
+             "arm's own share taken at its mean). That is an extrapolation, not a measurement: where the gain per doubling "
+             "shrinks with more text, the targets need more than it says. "
+             "The steps change more than the text: 1,024 windows early-stopped on 64 validation windows with patience 3, "
+             "4,096 with patience 5, 8,192 on the whole validation split every 64 steps with patience 5.", "",
+             "| Step (training windows) | Seeds | Share of text gain, change per doubling | Verdict | "
+             f"Content share, change per doubling | Verdict | At that rate, {TARGET_SHARE:.0%} of the text gain needs | "
+             f"... a content share of {100 * TARGET_CONTENT:.0f} points needs |", "|---|---|---|---|---|---|---|---|"]
+    for st in steps:
+        share, content = st["share_per_doubling"], st.get("content_per_doubling")
+        content_cells = ("control not run", "-", "-") if content is None else (
+            ci(content, 1, 100, sign=True) + " pts", claim(content, "less content with more text", "more content with more text"),
+            needs_cell(st["content_needs"], content))
+        lines.append(f"| `{st['from']}` to `{st['to']}` ({st['windows'][0]:,} to {st['windows'][1]:,}) | {share.seeds} | "
+                     f"{ci(share, 1, 100, sign=True)} pts | {claim(share, 'less with more text', 'more with more text')} | "
+                     f"{content_cells[0]} | {content_cells[1]} | {needs_cell(st['share_needs'], share)} | {content_cells[2]} |")
+    return lines + [""]
 
 
 def precision_note(arms: dict, compared: list[str]) -> str:
