@@ -11,13 +11,17 @@ thread finds every present member waiting runs the packed step for all of them. 
 reports is `away()` and is not waited for, except by a member just back from being away itself: members that
 evaluate at the same steps come back one by one, and the first back would otherwise step alone and drag the pack
 out of step for good (each then evaluates while the others train). A member whose step has ended counts as between
-steps, not as waiting, until it submits again. One that `leave()`s is dropped at once.
+steps, not as waiting, until it submits again. One that `leave()`s is dropped at once. The packed forward and backward
+run on one thread of the pack's own, whichever member leads: on a CPU, glibc gives each thread its own heap and keeps
+what a thread freed for that thread, so steps computed by each member's thread in turn left every member's heap
+holding a whole packed step's activations.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +158,7 @@ class StepPack:
         self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
         self.step_ended = time.monotonic()  # waiting during a step is not waiting for the members in that step
         self.last_size = 0
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packed-step")  # see the module docstring
 
     def join(self, member: str) -> None:
         with self.cond:
@@ -230,11 +235,7 @@ class StepPack:
         try:
             try:
                 items = list(group.values())
-                with torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None):
-                    results = packed_nll([(e.method, e.batch) for e in items])
-                losses = [nll / max(n, 1) for nll, n in results]
-                torch.stack(losses).sum().backward()
-                values = [float(v) for v in torch.stack(losses).detach().cpu()]
+                values = self.compute.submit(self._forward_backward, items).result()
                 for e, v in zip(items, values):
                     e.loss = v
             except BaseException as exc:  # an out-of-memory step fails every member of it, each as its own trial
@@ -251,6 +252,14 @@ class StepPack:
             self.rows_packed += len(group)
             self.last_size = len(group)
             self.cond.notify_all()
+
+    def _forward_backward(self, items: list[_Waiting]) -> list[float]:
+        """One packed step's losses, its gradients set (on the pack's compute thread: autocast is per thread)."""
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None):
+            results = packed_nll([(e.method, e.batch) for e in items])
+        losses = [nll / max(n, 1) for nll, n in results]
+        torch.stack(losses).sum().backward()
+        return [float(v) for v in torch.stack(losses).detach().cpu()]
 
 
 class PackedSteps:
