@@ -227,6 +227,8 @@ def test_more_training_text_is_measured_per_doubling_and_extrapolated_only_from_
     assert low < 2 < high  # fewest doublings at the interval's high rate, most at its low one
     assert report.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
     assert report.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
+    far = report.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
+    assert far["windows"][2] is None and "over 1,000,000,000]" in report.needs_cell(far, (0.01, 1e-300, 0.03))
     assert "one seed" in report.needs_cell(None, (0.05, float("nan"), float("nan")))
 
 

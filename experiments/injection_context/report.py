@@ -172,6 +172,7 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
 
 # the targets for the best design at 8 vectors: share of the text gain, and content share (points / 100)
 TARGET_SHARE, TARGET_CONTENT = 0.70, 0.25
+MAX_WINDOWS = 1e9  # extrapolated window counts above this are reported as "over" it
 # The best design and its constant control by the training text they saw: suffix ("" for the study's own windows) ->
 # (arm, control). Each step goes from the first to the second; its change is per doubling of the training windows.
 TEXT_POINTS = {"": BEST_PAIR} | {suffix: (f"{_BEST}-{suffix}", f"{BEST_PAIR[1]}-{suffix}")
@@ -211,7 +212,10 @@ def doublings_to(target: float, now: float, rate, windows: int) -> dict | None:
     if math.isnan(rate[1]) or rate[1] <= 0:
         return None
     many = [(target - now) / r for r in (rate[0], rate[2], rate[1])]  # the point, then fewest and most doublings
-    return {"doublings": many, "windows": [windows * 2 ** m for m in many]}
+    # a rate whose interval ends just above 0 puts its far end at hundreds of doublings (2 ** m overflows past 1,024):
+    # beyond MAX_WINDOWS the count says nothing a reader can use, so it is None ("over ...")
+    return {"doublings": many, "windows": [windows * 2 ** m if m <= math.log2(MAX_WINDOWS / windows) else None
+                                           for m in many]}
 
 
 def headline(designs: dict) -> dict | None:
@@ -617,7 +621,10 @@ def needs_cell(needs: dict | None, rate) -> str:
     if needs["doublings"][0] == 0:
         return "reached"
     (d, d_lo, d_hi), (w, w_lo, w_hi) = needs["doublings"], needs["windows"]
-    return f"{d:.1f} [{d_lo:.1f}, {d_hi:.1f}] doublings: about {w:,.0f} [{w_lo:,.0f}, {w_hi:,.0f}] windows"
+    count = lambda n: f"over {MAX_WINDOWS:,.0f}" if n is None else f"{n:,.0f}"  # noqa: E731
+    times = lambda m: f"{m:.1f}" if m < 1000 else f"{m:.2g}"  # noqa: E731
+    return (f"{times(d)} [{times(d_lo)}, {times(d_hi)}] doublings: "
+            f"about {count(w)} [{count(w_lo)}, {count(w_hi)}] windows")
 
 
 def text_scaling_table(steps: list[dict]) -> list[str]:
