@@ -214,8 +214,8 @@ def doublings_to(target: float, now: float, rate, windows: int) -> dict | None:
     many = [(target - now) / r for r in (rate[0], rate[2], rate[1])]  # the point, then fewest and most doublings
     # a rate whose interval ends just above 0 puts its far end at hundreds of doublings (2 ** m overflows past 1,024):
     # beyond MAX_WINDOWS the count says nothing a reader can use, so it is None ("over ...")
-    return {"doublings": many, "windows": [windows * 2 ** m if m <= math.log2(MAX_WINDOWS / windows) else None
-                                           for m in many]}
+    most = math.log2(MAX_WINDOWS / windows)
+    return {"doublings": many, "windows": [windows * 2 ** m if m <= most else None for m in many]}
 
 
 def headline(designs: dict) -> dict | None:
