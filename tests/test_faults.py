@@ -142,13 +142,27 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
                 shutil.rmtree(ckpt)
             deleted[trial.removeprefix("trial_")] = trial_rows(storage)[trial][-1]["best_val_perplexity"]
 
+    # Ray restores its trials only with the trainable they started with (packed or alone): a resume under which
+    # tune.pack resolves otherwise is refused in one line, before anything runs, and the parent run stays KILLED
+    exp_dir = next(storage.glob("t-*"))
+    then, now = ("2, packs of 2", "'off', every trial alone") if packed else ("'auto', every trial alone", "2, packs of 2")
+    other = subprocess.run(tune_cmd(str(path), "--resume", "--set", f"tune.pack={'off' if packed else 2}"), cwd=ROOT,
+                           env=PY_ENV, capture_output=True, text=True, timeout=300)
+    one_line = [line for line in other.stderr.splitlines() if line.strip()]
+    assert other.returncode == 2 and one_line == [
+        f"error: --resume: tune.pack resolves otherwise than when search {exp_dir.name} started ({then} then, {now} now) "
+        f"and Ray restores its trials only as they started: resume with --set tune.pack={2 if packed else 'off'}, or start "
+        "a new search without --resume"], other.stdout[-2000:] + other.stderr[-3000:]
+    _, parents, _ = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["stopped_by"] == signal.Signals(signum).name
+
     resumed = subprocess.run(tune_cmd(str(path), "--resume"), cwd=ROOT, env=PY_ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     assert parents[0].info.status == "FINISHED" and len(children) == 3
+    assert "stopped_by" not in parents[0].data.tags and "resumed_at" in parents[0].data.tags  # the signal is history
     assert all(c.info.status == "FINISHED" for c in children)
     assert len(registered_versions(client, "test-adapter")) == 1
-    exp_dir = next(storage.glob("t-*"))
     state = json.loads((exp_dir / "embinject_search.state").read_text())  # Ray's restore does not copy it back
     assert not (exp_dir / "embinject_search.json").exists()
     assert state["applied"] == len((exp_dir / "mlflow_journal.jsonl").read_text().splitlines())

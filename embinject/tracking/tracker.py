@@ -79,6 +79,7 @@ class SearchTracker:
         self._experiment_id = None
         self._retry_at = 0.0
         self._down = False
+        self._resume_pending = False
 
     # ---- state and journal
     def _save(self) -> None:
@@ -114,12 +115,20 @@ class SearchTracker:
 
     # ---- what the search reports
     def start(self, run_name: str, params: dict, search_file: Path, tags: dict, dataset: dict | None = None) -> None:
+        """A new search's parent run. On --resume nothing is sent yet: the parent turns RUNNING again only once Ray's
+        loop runs (`proceeding`), so a resume refused or failing before that leaves it as the interruption left it."""
         self._save()  # marks the directory as a search that --resume can find
         if self.state["parent"] or any(r["op"] == "search_start" for r in self._records()):
-            self._record("search_resume")
+            self._resume_pending = True
         else:
             self._record("search_start", name=run_name, params={k: readable(v)[:6000] for k, v in flatten(params).items()},
                          search_file=str(search_file), tags=tags, dataset=dataset)
+
+    def proceeding(self) -> None:
+        """Ray's loop of a resumed search has started (its saved state restored): the parent run is RUNNING again."""
+        if self._resume_pending:
+            self._resume_pending = False
+            self._record("search_resume")
 
     def trial_started(self, trial_id: str, trial_name: str, params: dict) -> None:
         self._record("trial_start", trial=trial_id, name=trial_name, params={k: readable(v) for k, v in params.items()})
@@ -246,11 +255,11 @@ class SearchTracker:
             self._log_dataset(client, self.parent_id, r.get("dataset"))
         elif op == "search_resume":
             client.set_tag(self.parent_id, "resumed_at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["t"] / 1000)))
-            client.update_run(self.parent_id, status="RUNNING")
+            self._running_again(client, self.parent_id)
         elif op == "trial_start":
             logged = self.state.setdefault("params_logged", [])
             if r["trial"] in children and r["trial"] in logged:
-                client.update_run(children[r["trial"]], status="RUNNING")  # resumed or restarted trial
+                self._running_again(client, children[r["trial"]])  # resumed or restarted trial
                 return
             if r["trial"] not in children:
                 found = self._find_run(client, f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_id = '{r['trial']}'")
@@ -310,6 +319,13 @@ class SearchTracker:
                                                                       self.state.get("logged_models", {}).get(r.get("trial") or ""))
                     self._save()
             client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
+
+    def _running_again(self, client, run_id: str) -> None:
+        """A run that an interruption ended goes on: it is RUNNING, and the signal that stopped it is no longer why it
+        stopped (its end sets the tag again if it stops again; `resumed_at` keeps that it was resumed)."""
+        if "stopped_by" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "stopped_by")
+        client.update_run(run_id, status="RUNNING")
 
     def _log_model(self, client, run_id: str, entry: dict, t: int) -> None:
         """One of the best trials' adapters as an MLflow logged model on its run: loadable as `runs:/RUN/model` and

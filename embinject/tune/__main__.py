@@ -19,6 +19,10 @@ from .driver import AlreadyFinished, run_search
 from .pack import plan_pack
 from .warm import read_warm_start
 
+# The search ran as asked, but its time budget ended it before any trial finished: no failure and no bad input (1 and
+# 2), and no result either (not 0), so that a script can tell "raise the budget" from a search that failed.
+BUDGET_RAN_OUT = 3
+
 
 def _print_dry_run(search: SearchFile, address: str | None) -> None:
     t = search.tune
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + outcome["interrupted"]
     _print_kept(outcome)
     best = outcome["best"]
+    if best is None and outcome.get("budget_note"):
+        print(f"{outcome['budget_note']}; see {outcome['experiment_dir']}/summary.csv")
+        return BUDGET_RAN_OUT
     if best is None:
         print(f"no trial finished without failing ({outcome['trials_failed']} failed, {outcome['trials_diverged']} "
               f"diverged); see {outcome['experiment_dir']}/summary.csv")

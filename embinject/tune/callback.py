@@ -42,6 +42,9 @@ def mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_
             uri, name, directory, root = self.settings
             return tracker_for(uri, name, Path(directory), Path(root))
 
+        def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+            self.tracker.proceeding()  # Ray restored its saved state and runs: a resumed search is RUNNING again
+
         def on_trial_start(self, iteration, trials, trial, **info):
             config = dict(trial.config)
             self.tracker.trial_started(trial.trial_id, trial_run_name(config, self.searched, trial.trial_id), config)

@@ -21,12 +21,12 @@ from ..space import SearchFile, apply_params
 from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
                         source_tags, tracker_for)
 from .callback import mlflow_callback, short_key
-from .folder import (check_same_space, new_search_dir, newest_search_dir, record_space, removed_unless_started,
-                     restore_superseded_checkpoints, search_lock)
+from .folder import (check_same_pack, check_same_space, new_search_dir, newest_search_dir, record_pack, record_space,
+                     removed_unless_started, restore_superseded_checkpoints, search_lock)
 from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
-from .pack import PackPlan, largest_trial, packed_trainable, plan_pack, probe_memory, stop_hosts
+from .pack import PackPlan, largest_trial, needs_probe, packed_trainable, plan_pack, probe_memory, stop_hosts
 from .progress import trial_table
 from .signals import GracefulStop
 from .trainable import trainable
@@ -45,12 +45,34 @@ def check_places(search: SearchFile, tracking_uri: str) -> None:
     check_tracking_uri(tracking_uri)
 
 
-def ended_by_the_search(tracker, search: SearchFile, known: set[str], seconds: float) -> tuple[frozenset, str | None]:
+@dataclasses.dataclass(frozen=True)
+class BudgetEnd:
+    """`tune.time_budget_s` ended the search: the budget, the trials planned, started, and cut mid-training."""
+    seconds: float
+    planned: int
+    started: int
+    cut: int
+
+    def line(self, any_finished: bool) -> str:
+        budget = f"tune.time_budget_s ({self.seconds:g} s) ran out"
+        if any_finished:
+            return f"{budget}: {self.started} of {self.planned} trials started, {self.cut} of them cut mid-training"
+        # not a failure of any trial: the budget was too short for one to finish, so the fix is the budget
+        ran = (f"before any trial started ({self.planned} planned)" if not self.started else
+               f"before any trial finished: {self.started} of {self.planned} trials started, {self.cut} of them cut "
+               "mid-training")
+        return (f"{budget} {ran}; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
+                "train.max_steps, so that a trial can finish within it")
+
+
+def ended_by_the_search(tracker, search: SearchFile, known: set[str],
+                        seconds: float) -> tuple[frozenset, BudgetEnd | None]:
     """Trials that Ray stopped mid-training because the search itself ended (`tune.time_budget_s`): they end KILLED
     in MLflow, `cut` in summary.csv, and one line says so, rather than staying RUNNING or passing as stopped by ASHA.
     `known`: the trials in Ray's results. A trial that started just before a kill, before Ray's saved state named it,
     is not among them after --resume (Optuna proposed another in its place): it ends KILLED as `lost_at_kill`."""
-    unended = [t for t in tracker.started_trials() if t not in tracker.state["ended"]]
+    started = tracker.started_trials()
+    unended = [t for t in started if t not in tracker.state["ended"]]
     lost = [t for t in unended if t not in known]
     for trial_id in lost:
         tracker.trial_finished(trial_id, "KILLED", {"stopped_by": "lost_at_kill"})
@@ -66,8 +88,8 @@ def ended_by_the_search(tracker, search: SearchFile, known: set[str], seconds: f
         tracker.trial_finished(trial_id, "KILLED", {"stopped_by": reason})
     if reason != "time_budget":
         return cut, None
-    return cut, (f"tune.time_budget_s ({budget:g} s) ran out: {len(known)} of {search.tune.num_samples} trials started, "
-                 f"{len(cut)} of them cut mid-training")
+    # started: what the trials' own start said (Ray's results also hold trials it created but never started)
+    return cut, BudgetEnd(budget, search.tune.num_samples, len(set(started) & known), len(cut))
 
 
 def pack_plan_for(search: SearchFile, exp_dir: Path) -> PackPlan:
@@ -76,13 +98,20 @@ def pack_plan_for(search: SearchFile, exp_dir: Path) -> PackPlan:
 
     key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:10]
     memory = None
-    if search.tune.pack == "auto" and search.tune.resources.gpus > 0 and plan_pack(search).size > 1:
+    if needs_probe(search):
         base = dict(search.base)
         try:
             memory = ray.get(ray.remote(num_gpus=1, max_calls=1)(probe_memory).remote(base, largest_trial(search)))
         except Exception as exc:  # the cap then stands, and the line says why
             print(f"packing: the memory probe failed ({first_line(exc)}); packing up to the cap", file=sys.stderr)
     return plan_pack(search, memory, key)
+
+
+def restores_ray_state(exp_dir: Path) -> bool:
+    """Whether --resume hands Ray a saved state (its trials keep their trainable), or Ray saved none and starts anew."""
+    from ray import tune  # lazy, as in _search_in
+
+    return tune.Tuner.can_restore(str(exp_dir))
 
 
 def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
@@ -112,6 +141,8 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     exp_dir = newest_search_dir(storage.expanduser().resolve(), search.tune.name)
     with search_lock(exp_dir):
         check_same_space(exp_dir, search)
+        if not needs_probe(search) and restores_ray_state(exp_dir):  # else once the probe measured it, with Ray up
+            check_same_pack(exp_dir, search, plan_pack(search).size)
         tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
         if tracker.state.get("finished"):
             kept = tracker.pending
@@ -159,6 +190,12 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                warm_seconds: float, t0: float, warm: WarmStart) -> dict:
     from ray import tune  # lazy, as in _search_in
 
+    plan = pack_plan_for(search, exp_dir)
+    restoring = resume and restores_ray_state(exp_dir)
+    if restoring:
+        check_same_pack(exp_dir, search, plan.size)
+    else:
+        record_pack(exp_dir, search, plan.size)
     tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
     tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
                                  "tune": dataclasses.asdict(search.tune),
@@ -170,7 +207,6 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     base = dict(search.base)
     if r.gpus == 0:
         base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
-    plan = pack_plan_for(search, exp_dir)
     if plan.size > 1:
         print(f"packing: {plan.why}", flush=True)
         fn = tune.with_resources(tune.with_parameters(packed_trainable, base=base, plan=plan), plan.resources(r.cpus, r.gpus))
@@ -192,7 +228,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                                     [p.key for p in search.params if p.kind != "fixed"])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
+    if restoring:
         if search.tune.warm_start:
             print("warm start: kept from the search's start (Optuna's study is restored with the searcher)", flush=True)
         for line in restore_superseded_checkpoints(exp_dir):
@@ -221,9 +257,11 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
         tracker.interrupted(name)
         return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
                 "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
-    cut, budget_note = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
+    tracker.proceeding()  # where Ray's saved callback predates `setup` calling it (searches started before it did)
+    cut, budget_end = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
-    outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0, budget_note)
+    outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0,
+                            budget_end.line(any_finished=bool(ranked)) if budget_end else None)
     outcome["parent_run_id"] = tracker.parent_id
     outcome["warm_note"] = warm.better_earlier(outcome.get("best_val_perplexity"), search.tune.mode)
     outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)

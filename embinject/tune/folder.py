@@ -21,6 +21,7 @@ from ..tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
 
 LOCK_FILE = ".embinject.lock"
 SPACE_FILE = "search_space.txt"  # JSON inside, but not *.json: Ray's restore copies those back over newer ones
+PACK_FILE = "search_pack.txt"  # JSON inside, not *.json, as SPACE_FILE
 IDENTITY_TUNE_KEYS = ("metric", "mode", "objectives", "search_alg", "multivariate", "seed", "num_samples", "scheduler")
 
 
@@ -110,6 +111,35 @@ def check_same_space(exp_dir: Path, search: SearchFile) -> None:
                           f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
                           f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
                           "or start a new search without --resume")
+
+
+def record_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
+    """How `tune.pack` resolved when Ray's trials were created: --resume must give them the same trainable."""
+    atomic_write_text(exp_dir / PACK_FILE, json.dumps({"setting": search.tune.pack, "size": size}))
+
+
+def _pack_said(setting, size: int) -> str:
+    return f"{setting!r}, " + ("every trial alone" if size == 1 else f"packs of {size}")
+
+
+def check_same_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
+    """--resume of a search whose Ray state holds trials: Ray restores them only with the trainable they were created
+    with (packed or alone, in packs of that size), so a `tune.pack` that now resolves to another pack size is refused
+    in one line, then and now, before anything runs (Ray would stop with a traceback after the search had started)."""
+    file = exp_dir / PACK_FILE
+    if not file.is_file():
+        return  # started before the pack was recorded
+    try:
+        before = json.loads(file.read_text())
+        setting, then = before["setting"], int(before["size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc}); it says how tune.pack resolved when the search started, "
+                          "which --resume needs: start a new search without --resume") from None
+    if then != size:
+        raise ConfigError(f"--resume: tune.pack resolves otherwise than when search {exp_dir.name} started "
+                          f"({_pack_said(setting, then)} then, {_pack_said(search.tune.pack, size)} now) and Ray "
+                          f"restores its trials only as they started: resume with --set tune.pack="
+                          f"{'off' if then == 1 else then}, or start a new search without --resume")
 
 
 def _checkpoint_index(path: Path) -> int:

@@ -70,6 +70,11 @@ def largest_trial(search: SearchFile) -> dict:
     return worst
 
 
+def needs_probe(search: SearchFile) -> bool:
+    """Whether `tune.pack` resolves only once a probe measured the largest trial's memory (auto, on GPUs)."""
+    return search.tune.pack == "auto" and search.tune.resources.gpus > 0 and plan_pack(search).size > 1
+
+
 def plan_pack(search: SearchFile, memory: dict | None = None, key: str = "") -> PackPlan:
     """`tune.pack` resolved: off, a number, or auto (pack on CUDA devices only, as many as memory holds, at most 8)."""
     t = search.tune

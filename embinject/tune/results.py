@@ -55,8 +55,9 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
             if "val_perplexity_subset" in df:
                 curve = df["val_perplexity_subset"].fillna(curve)
             history = [[float(s), float(v)] for s, v in zip(df["step"], curve) if v == v]  # v == v drops NaN
+        config = result.config or {}  # None for a trial that reported nothing (one a time budget ended before it ran)
         row = {"trial_id": result_trial_id(result)}
-        row.update({k: result.config.get(k) for k in searched})
+        row.update({k: config.get(k) for k in searched})
         ppls = [h[1] for h in history]
         # A finished trial reports the perplexity of the adapter it keeps, scored on every validation window;
         # a trial stopped by the scheduler has only its intermediate evaluations (perhaps on a subset).
@@ -69,7 +70,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
             "evaluations": len(history),
             "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None and row["trial_id"] not in cut,
             "status": ("error" if result.error is not None else "diverged" if metrics.get("diverged")
-                       else "cut" if row["trial_id"] in cut else "ok"),
+                       else "cut" if row["trial_id"] in cut else "not_started" if result.config is None else "ok"),
             "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
             "node_id": metrics.get("node_id", ""),
         })
@@ -78,7 +79,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
                 row[o["metric"]] = metrics.get(o["metric"])
         row["_history"] = history
         row["_checkpoint"] = result.checkpoint
-        row["_config"] = result.config
+        row["_config"] = config
         rows.append(row)
     # A failed, diverged or cut trial never becomes the champion, whatever it reached before it ended.
     scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
