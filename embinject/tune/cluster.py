@@ -3,13 +3,17 @@ starting or joining Ray (an address that does not answer is one error line, not 
 caches warmed once in the driver before any trial starts."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
+from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, disk_full, first_line
+from ..fsutil import atomic_write_text
 from ..space import SearchFile, trial_config
 from ..train import baseline_perplexity, prepare, release_shared_lms
 
@@ -20,6 +24,7 @@ CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before say
 # `nice -n 10 python -m embinject.tune ...` still lowers a whole search; RAY_worker_niceness, where the user sets
 # it, wins; a cluster's nodes decide their own (`RAY_worker_niceness=0 ray start ...`).
 LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+RAY_SESSION_FILE = "ray_session.txt"  # in a search's folder while the local Ray it started runs (JSON inside)
 
 
 def check_local_resources(search: SearchFile, address: str | None) -> None:
@@ -91,9 +96,9 @@ class _TokenAuthOnNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
-def connect(address: str | None, env: dict, verbose: int) -> None:
+def connect(address: str | None, env: dict, verbose: int) -> Path | None:
     """Start or join Ray before any work. A cluster address that does not answer is one ConfigError
-    after a bounded wait, not a hang."""
+    after a bounded wait, not a hang. Returns the session folder of a local Ray this call started, else None."""
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
     if address and address != "auto":
@@ -118,3 +123,77 @@ def connect(address: str | None, env: dict, verbose: int) -> None:
                  **({"_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority else {}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None
+    if not starts_ray:
+        return None
+    context = ray.get_runtime_context()
+    return Path(context.get_temp_dir()) / context.get_session_name()
+
+
+# ---- what a killed driver's local Ray leaves running
+# Ray's processes share the fate of the driver that started them, except two that the raylet starts, DashboardAgent
+# and RuntimeEnvAgent: after a kill -9 of the driver they stay (seen for minutes with Ray 2.60), holding ports and
+# memory. The search records its Ray's session folder while it runs; the next search under the same storage path
+# (--resume included) stops the Ray processes of a recorded session whose driver is gone, and no other process.
+
+
+def _started_at(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with its pid, names that one process, not a later one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def record_ray_session(exp_dir: Path, session_dir: Path) -> None:
+    atomic_write_text(exp_dir / RAY_SESSION_FILE, json.dumps({"session_dir": str(session_dir), "driver": os.getpid(),
+                                                               "driver_started_at": _started_at(os.getpid())}))
+
+
+def forget_ray_session(exp_dir: Path | None) -> None:
+    """The search's Ray has shut down: nothing of it is left to stop."""
+    if exp_dir is not None:
+        (exp_dir / RAY_SESSION_FILE).unlink(missing_ok=True)
+
+
+def _of_session(pid: int, session_dir: str) -> bool:
+    """A Ray process of this user that belongs to that session: named in its command line (Ray's own daemons) or,
+    for a process Ray renamed `ray::...` (agents, workers), holding a file open in the session's folder."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if proc.stat().st_uid != os.getuid():
+            return False
+        args = proc.joinpath("cmdline").read_bytes().split(b"\0")
+        if any(session_dir.encode() + b"/" in a or a == session_dir.encode() for a in args):
+            return True
+        if not args[0].startswith(b"ray::"):
+            return False
+        return any(os.readlink(fd).startswith(session_dir + "/") for fd in proc.joinpath("fd").iterdir())
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+
+
+def stop_ray_leftovers(root: Path) -> list[str]:
+    """Stops what the local Ray of a search under `root` left running when its driver was killed; one line per such
+    search. A recorded session whose driver still runs (another search, right now) is left alone."""
+    lines = []
+    for record in sorted(root.glob(f"*/{RAY_SESSION_FILE}")):
+        try:
+            session = json.loads(record.read_text())
+            session_dir, driver = str(session["session_dir"]), int(session["driver"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not one this code wrote whole (it writes atomically): nothing it can name safely
+        if _started_at(driver) is not None and _started_at(driver) == session.get("driver_started_at"):
+            continue
+        stopped = sorted(int(p.name) for p in Path("/proc").iterdir()
+                         if p.name.isdigit() and int(p.name) != os.getpid() and _of_session(int(p.name), session_dir))
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)  # orphans of a dead session with nothing to save; they ignore SIGTERM
+            except ProcessLookupError:
+                pass
+        record.unlink(missing_ok=True)
+        if stopped:
+            lines.append(f"stopped {len(stopped)} Ray process{'es' * (len(stopped) > 1)} (pid "
+                         f"{', '.join(map(str, stopped))}) that search {record.parent.name} left running when its "
+                         "driver was killed")
+    return lines

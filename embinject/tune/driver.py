@@ -23,7 +23,8 @@ from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri
 from .callback import mlflow_callback, short_key
 from .folder import (check_same_pack, check_same_space, new_search_dir, newest_search_dir, record_pack, record_space,
                      removed_unless_started, restore_superseded_checkpoints, search_lock)
-from .cluster import check_cluster_resources, check_local_resources, connect, warm_caches
+from .cluster import (check_cluster_resources, check_local_resources, connect, forget_ray_session, record_ray_session,
+                      stop_ray_leftovers, warm_caches)
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
 from .pack import PackPlan, largest_trial, needs_probe, packed_trainable, plan_pack, probe_memory, stop_hosts
@@ -161,7 +162,11 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
 
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    if "://" not in search.tune.storage_path:
+        for line in stop_ray_leftovers(Path(search.tune.storage_path).expanduser().resolve()):
+            print(line, flush=True)
     t0 = time.time()
+    session = None
     if address:
         connect(address, env, verbose)  # before the warm-up: an unreachable cluster is found at once
     else:
@@ -171,7 +176,7 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
             check_cluster_resources(search)
             warm_caches(search)
         else:
-            connect(None, env, verbose)
+            session = connect(None, env, verbose)
         warm_seconds = time.time() - t0
         with contextlib.ExitStack() as claimed:
             if not resume:
@@ -180,9 +185,12 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
                 claimed.enter_context(search_lock(exp_dir))
                 atomic_write_text(exp_dir / "search.yaml", search.text)
                 record_space(exp_dir, search)
+            if session is not None:
+                record_ray_session(exp_dir, session)
             return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm)
     finally:
         ray.shutdown()
+        forget_ray_session(exp_dir)
         sweep_scratch()  # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
 
 
