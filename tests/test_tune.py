@@ -499,8 +499,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
         kill_session(proc.pid)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resume: trial {running[0].name.removeprefix('trial_')} continues from {ahead.name}" in result.stdout
-    assert gone and (f"stopped 2 Ray processes (pid {', '.join(map(str, sorted(leftovers)))}) that search {exp_dir.name} "
-                     "left running when its driver was killed") in result.stdout, result.stdout[-3000:]
+    pids = ", ".join(map(str, sorted(leftovers)))
+    assert gone and (f"stopped 2 Ray processes (pid {pids}) that search {exp_dir.name} left running when its driver "
+                     "was killed") in result.stdout, result.stdout[-3000:]
     trials = sorted(exp_dir.glob("trial_*"))
     assert len(trials) == 4 and not list(exp_dir.glob("trial_*/.checkpoint_*"))  # no copy left half-made
     for t in trials:
