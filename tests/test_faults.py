@@ -145,14 +145,15 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
     # Ray restores its trials only with the trainable they started with (packed or alone): a resume under which
     # tune.pack resolves otherwise is refused in one line, before anything runs, and the parent run stays KILLED
     exp_dir = next(storage.glob("t-*"))
-    then, now = ("2, packs of 2", "'off', every trial alone") if packed else ("'auto', every trial alone", "2, packs of 2")
+    alone, packs = "'auto', every trial alone", "2, packs of 2"
+    then, now, again = (packs, "'off', every trial alone", 2) if packed else (alone, packs, "off")
     other = subprocess.run(tune_cmd(str(path), "--resume", "--set", f"tune.pack={'off' if packed else 2}"), cwd=ROOT,
                            env=PY_ENV, capture_output=True, text=True, timeout=300)
     one_line = [line for line in other.stderr.splitlines() if line.strip()]
     assert other.returncode == 2 and one_line == [
-        f"error: --resume: tune.pack resolves otherwise than when search {exp_dir.name} started ({then} then, {now} now) "
-        f"and Ray restores its trials only as they started: resume with --set tune.pack={2 if packed else 'off'}, or start "
-        "a new search without --resume"], other.stdout[-2000:] + other.stderr[-3000:]
+        f"error: --resume: tune.pack resolves otherwise than when search {exp_dir.name} started ({then} then, {now} "
+        f"now) and Ray restores its trials only as they started: resume with --set tune.pack={again}, or start a new "
+        "search without --resume"], other.stdout[-2000:] + other.stderr[-3000:]
     _, parents, _ = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["stopped_by"] == signal.Signals(signum).name
 

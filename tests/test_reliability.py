@@ -247,10 +247,10 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     proc = tune(str(path), timeout=300)
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no trial finished without failing" not in proc.stdout
-    said = re.search(r"tune\.time_budget_s \(15 s\) ran out before any trial (?:started \(2 planned\)|finished: (\d) of "
-                     r"2 trials started, (\d) of them cut mid-training); no result, nothing registered: raise "
-                     r"tune\.time_budget_s \(or remove it\), or lower train\.max_steps, so that a trial can finish within "
-                     r"it; see (\S+)/summary\.csv", proc.stdout)
+    said = re.search(r"tune\.time_budget_s \(15 s\) ran out before any trial (?:started \(2 planned\)|finished: "
+                     r"(\d) of 2 trials started, (\d) of them cut mid-training); no result, nothing registered: raise "
+                     r"tune\.time_budget_s \(or remove it\), or lower train\.max_steps, so that a trial can finish "
+                     r"within it; see (\S+)/summary\.csv", proc.stdout)
     assert said, proc.stdout[-3000:]
     started, cut = int(said.group(1) or 0), int(said.group(2) or 0)
     assert started == cut
@@ -269,8 +269,9 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     (2, 2, False, "tune.time_budget_s (45 s) ran out before any trial finished: 2 of 4 trials started, 2 of them cut "
                   "mid-training; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
                   "train.max_steps, so that a trial can finish within it"),
-    (0, 0, False, "tune.time_budget_s (45 s) ran out before any trial started (4 planned); no result, nothing registered: "
-                  "raise tune.time_budget_s (or remove it), or lower train.max_steps, so that a trial can finish within it"),
+    (0, 0, False, "tune.time_budget_s (45 s) ran out before any trial started (4 planned); no result, nothing "
+                  "registered: raise tune.time_budget_s (or remove it), or lower train.max_steps, so that a trial can "
+                  "finish within it"),
 ])
 def test_the_time_budget_line_says_what_it_cut_and_what_to_raise(started, cut, finished, said):
     """Each case the search below meets only under one load or another, said for certain."""
