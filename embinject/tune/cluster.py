@@ -145,8 +145,9 @@ def _started_at(pid: int) -> str | None:
 
 
 def record_ray_session(exp_dir: Path, session_dir: Path) -> None:
-    atomic_write_text(exp_dir / RAY_SESSION_FILE, json.dumps({"session_dir": str(session_dir), "driver": os.getpid(),
-                                                               "driver_started_at": _started_at(os.getpid())}))
+    atomic_write_text(exp_dir / RAY_SESSION_FILE, json.dumps({
+        "session_dir": str(session_dir), "host": socket.gethostname(), "driver": os.getpid(),
+        "driver_started_at": _started_at(os.getpid())}))
 
 
 def forget_ray_session(exp_dir: Path | None) -> None:
@@ -174,14 +175,19 @@ def _of_session(pid: int, session_dir: str) -> bool:
 
 def stop_ray_leftovers(root: Path) -> list[str]:
     """Stops what the local Ray of a search under `root` left running when its driver was killed; one line per such
-    search. A recorded session whose driver still runs (another search, right now) is left alone."""
+    search. A recorded session whose driver still runs (another search, right now) or that another host started (a
+    shared storage path) is left alone."""
     lines = []
+    if not Path("/proc").is_dir():
+        return lines  # no /proc (macOS): neither a driver's liveness nor a session's processes can be told safely
     for record in sorted(root.glob(f"*/{RAY_SESSION_FILE}")):
         try:
             session = json.loads(record.read_text())
             session_dir, driver = str(session["session_dir"]), int(session["driver"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not one this code wrote whole (it writes atomically): nothing it can name safely
+        if session.get("host") != socket.gethostname():
+            continue  # a search on another machine sharing the storage: its processes are not here to stop
         if _started_at(driver) is not None and _started_at(driver) == session.get("driver_started_at"):
             continue
         stopped = sorted(int(p.name) for p in Path("/proc").iterdir()
