@@ -25,7 +25,9 @@ from embinject.methods import load_method
 from embinject.models import load_frozen_lm
 from embinject.train import train, write_outputs
 from embinject.train.__main__ import main as train_main
+from embinject.space import load_search_file
 from embinject.tune.__main__ import main as tune_main
+from embinject.tune.warm import read_warm_start
 
 from .conftest import ROOT, free_port
 from .test_bad_input import assert_one_error_line, run_main
@@ -167,6 +169,58 @@ def test_a_damaged_warm_start_folder_is_one_line_naming_the_file_and_nothing_is_
     assert_one_error_line(code, err, f"tune.warm_start[0]: {copy / file} is damaged ({reason}")
     assert "restore it" in err
     assert sorted(tmp_path.rglob("*")) == before  # no search folder, no MLflow store, the copy as it was
+
+
+@pytest.mark.parametrize("case", ["named-three-times", "encoder-fixed-in-search", "encoder-fixed-in-base",
+                                  "all-diverged-same-setup", "all-diverged-other-setup"])
+def test_warm_start_lines_count_each_search_once_leave_out_other_setups_and_say_what_informs_nothing(
+        diverged_search, tmp_path, monkeypatch, case):
+    """The dry run prints what the search would start from (the search itself reads the same WarmStart)."""
+    home, exp_dir, _ = diverged_search
+    search = home / "s.yaml"
+    label, parent = exp_dir.name, json.loads((exp_dir / "embinject_search.state").read_text())["parent"]
+    same = f"warm start from {label}: the same setup; "
+    if case == "named-three-times":  # by its folder, a link to it and its MLflow parent run
+        (tmp_path / "link").symlink_to(exp_dir, target_is_directory=True)
+        sets, informing = [f"tune.warm_start=[{exp_dir}, {tmp_path / 'link'}, runs:/{parent}]"], 2
+        expected = ["warm start: tune.warm_start[1] names link, the same search as tune.warm_start[0]; its trials "
+                    "count once",
+                    f"warm start: tune.warm_start[2] names runs:/{parent} ({label}), the same search as "
+                    "tune.warm_start[0]; its trials count once",
+                    same + "2 of its 3 trials go to Optuna as completed trials (not trained again); the other 1 "
+                    "informs nothing (1 diverged)"]
+    elif case == "encoder-fixed-in-search":
+        sets, informing = [f"tune.warm_start=[{exp_dir}]", "search.adapter.embedding_model=fourier"], 1
+        expected = [same + "1 of its 3 trials go to Optuna as completed trials (not trained again); the other 2 inform "
+                    "nothing (1 diverged, 1 left out)",
+                    f"warm start: 1 trial of {label} is left out: trained with adapter.embedding_model=lm-mean, where "
+                    "this search fixes adapter.embedding_model=fourier (another setup)"]
+    elif case == "encoder-fixed-in-base":  # the file edited: the encoder no longer searched, lm-mean in its config
+        spec = yaml.safe_load(search.read_text())
+        del spec["search"]["adapter.embedding_model"]
+        spec["adapter"]["embedding_model"], spec["tune"]["points_to_evaluate"] = "lm-mean", []
+        search = tmp_path / "s.yaml"
+        search.write_text(yaml.safe_dump(spec))
+        sets, informing = [f"tune.warm_start=[{exp_dir}]"], 1
+        expected = [same + "1 of its 3 trials go to Optuna as completed trials (not trained again); the other 2 inform "
+                    "nothing (2 left out)",
+                    f"warm start: 2 trials of {label} are left out: trained with adapter.embedding_model=fourier, "
+                    "where this search fixes adapter.embedding_model=lm-mean (another setup)"]
+    else:  # a search whose only trial diverged: the diverged one of the search above, kept alone
+        source = earlier_copy(exp_dir, tmp_path, keep=lambda row: row["status"] == "diverged")
+        sets, informing = [f"tune.warm_start=[{source}]"], 0
+        sets += ["train.max_steps=9"] if case.endswith("other-setup") else []
+        setup = "the same setup" if case.endswith("same-setup") else "another setup (train.max_steps differ)"
+        expected = [f"warm start from earlier: {setup}; it informs nothing: no trial of it has a value TPE can use "
+                    "(1 diverged)"]
+    argv = [str(search), "--dry-run", *[x for s in sets for x in ("--set", s)]]
+    code, out, err = run_main(tune_main, argv, home)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("warm start")] == expected
+    # and what Optuna is given: only the trials the line counts, once each
+    monkeypatch.chdir(home)  # the search file's relative paths, as the command resolved them
+    warm = read_warm_start(load_search_file(search, sets))
+    assert sum(t.ok for t in warm.completed) + len(warm.prior) == informing
 
 
 # ---------------------------------------------------------------- interrupting the driver

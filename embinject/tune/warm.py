@@ -62,15 +62,35 @@ class WarmSource:
     trials: list[WarmTrial]
     best: list[dict]  # the earlier best configurations, as points_to_evaluate
     dropped: int  # values outside this search's space
+    read: int = 0  # trials its search ran, all of them (cut and left-out ones too)
+    diverged: int = 0
+    failed: int = 0
+    cut: int = 0  # ended mid-training by its search's end: no value
+    no_value: int = 0  # finished without reporting a value
+    left_out: int = 0  # trained with another value of a key this search fixes: another setup
+    left_out_why: str = ""  # e.g. "adapter.embedding_model=lm-mean, where this search fixes fourier"
 
     @property
     def same(self) -> bool:
         return not self.differs
 
+    @property
+    def informing(self) -> list[WarmTrial]:
+        """The trials TPE learns from: a failed or diverged trial has no value; another setup's needs its baseline."""
+        return [t for t in self.trials if t.ok and (self.same or (t.baseline and t.value is not None))]
+
+    def uninformative(self) -> str:
+        """Why the trials outside `informing` inform nothing, e.g. "1 diverged, 2 left out"."""
+        parts = [(self.diverged, "diverged"), (self.failed, "failed"), (self.cut, "cut by its search's end"),
+                 (self.no_value, "without a value"), (self.left_out, "left out"),
+                 (sum(t.ok for t in self.trials) - len(self.informing), "without a frozen-LM baseline")]
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
+
 
 @dataclass
 class WarmStart:
     sources: list[WarmSource] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)  # entries that name a search already read
 
     @property
     def completed(self) -> list[WarmTrial]:
@@ -78,7 +98,7 @@ class WarmStart:
 
     @property
     def prior(self) -> list[WarmTrial]:
-        return [t for s in self.sources if not s.same for t in s.trials if t.ok and t.baseline and t.value is not None]
+        return [t for s in self.sources if not s.same for t in s.informing]
 
     def better_earlier(self, best: float | None, mode: str) -> str | None:
         """A line when a finished trial of a same-setup earlier search beats this search's best (it was not trained
@@ -101,16 +121,27 @@ class WarmStart:
         return points
 
     def lines(self) -> list[str]:
-        out = []
+        out = list(self.repeated)
         for s in self.sources:
-            n = len(s.trials)
-            if s.same:
-                out.append(f"warm start from {s.label}: the same setup; its {n} trials go to Optuna as completed trials "
-                           "(not trained again)")
+            n, used = s.read, len(s.informing)
+            more = f" and {len(s.differs) - 1} more" if len(s.differs) > 1 else ""
+            setup = "the same setup" if s.same else f"another setup ({s.differs[0]}{more} differ)"
+            trials = f"its {_trials(n)}" if used == n else f"{used} of its {_trials(n)}"
+            other = n - used
+            rest = f"; the other {other} inform{'s' * (other == 1)} nothing ({s.uninformative()})" if other else ""
+            start = f"warm start from {s.label}: {setup}; "
+            if not used:
+                out.append(start + "it informs nothing: no trial of it has a value TPE can use "
+                           f"({s.uninformative() or 'it ran none'})")
+            elif s.same:
+                out.append(start + f"{trials} go to Optuna as completed trials (not trained again){rest}")
             else:
-                more = f" and {len(s.differs) - 1} more" if len(s.differs) > 1 else ""
-                out.append(f"warm start from {s.label}: another setup ({s.differs[0]}{more} differ); its best {len(s.best)} "
-                           f"configurations go first, its {n} trials inform TPE once this search's baseline is known")
+                out.append(start + f"its best {len(s.best)} configurations go first, {trials} inform TPE once this "
+                           f"search's baseline is known{rest}")
+            if s.left_out:
+                are = "is" if s.left_out == 1 else "are"
+                out.append(f"warm start: {_trials(s.left_out)} of {s.label} {are} left out: trained with "
+                           f"{s.left_out_why} (another setup)")
         dropped = sum(s.dropped for s in self.sources)
         if dropped:
             out.append(f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
@@ -309,6 +340,24 @@ def _read(key: str, item, tracking_uri: str) -> list[dict]:
     return [_from_folder(key, Path(item))]
 
 
+def _fixed_now(search: SearchFile, earlier: dict) -> dict:
+    """This search's value of each key the earlier search searched and this one fixes (a fixed parameter, or the
+    training config's value): an earlier trial with another value there was trained in another setup."""
+    values = flatten(dataclasses.asdict(search.config))
+    values.update({p.key: p.args[0] for p in search.params if p.kind == "fixed"})
+    return {k: values[k] for k in earlier["searched"] if k in values and k not in search.searched}
+
+
+def _same_value(text: str, value) -> bool:
+    return text in (str(value), readable(value)) or _typed(text) == value
+
+
+def _left_out_why(then: dict, fixed: dict) -> str:
+    key = sorted(then)[0]
+    more = f" (and {len(then) - 1} more keys)" if len(then) > 1 else ""
+    return f"{key}={'/'.join(sorted(then[key]))}, where this search fixes {key}={readable(fixed[key])}{more}"
+
+
 def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
     for k in ("tune.metric", "tune.mode"):
         then, now = earlier["setup"].get(k), readable(getattr(search.tune, k.split(".")[1]))
@@ -316,40 +365,67 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
             raise ConfigError(f"{key}: {earlier['label']} searched with {k}={then}, this search with {now}; warm-start "
                               "only from searches of the same objective")
     params = {p.key: p for p in search.params if p.kind != "fixed"}
-    dropped, kept, trials, ranked = 0, 0, [], []
+    fixed = _fixed_now(search, earlier)
+    dropped, kept, considered, trials, ranked = 0, 0, 0, [], []
+    cut, diverged, failed, no_value, left_out, then = 0, 0, 0, 0, 0, {}
     for t in earlier["trials"]:
         if t["status"] == "cut":
+            cut += 1
             continue  # ended mid-training by its search's end: no value Optuna was ever told
+        other = {k: t["params"][k] for k in fixed if k in t["params"] and not _same_value(t["params"][k], fixed[k])}
+        if other:  # trained in another setup than this search's, whatever its other values
+            left_out += 1
+            for k, text in other.items():
+                then.setdefault(k, set()).add(text)
+            continue
+        considered += 1
         encoded, values = {}, {}
         for k, text in t["params"].items():
             inside = _inside(params[k], text) if k in params else None
             if inside is None:
-                dropped += k in earlier["searched"]
+                dropped += k in earlier["searched"] and k not in fixed
                 continue
             values[k], encoded[k] = inside
         kept += bool(encoded)
+        diverged += t["status"] == "diverged"
+        failed += t["status"] == "error"
         ok = t["status"] in ("ok", "stopped")
         value = (t["best"] if t["status"] == "ok" else t["history"][-1][1] if t["history"] else None) if ok else None
         if ok and value is None:
+            no_value += 1
             continue
         trials.append(WarmTrial(encoded, value, dict(t["history"]), t["baseline"], ok, t["status"] == "ok"))
         if t["status"] == "ok" and values:
             ranked.append((value, values))
-    if earlier["trials"] and not kept:
+    if considered and not kept:
         raise ConfigError(f"{key}: no trial of {earlier['label']} has a value inside this search's space (searched then: "
                           f"{', '.join(earlier['searched']) or 'nothing'}); nothing to start from")
     ranked.sort(key=lambda r: r[0], reverse=search.tune.mode == "max")
     return WarmSource(earlier["label"], earlier.get("parent_run_id"), _differences(earlier, search), trials,
-                      [v for _, v in ranked[:FIRST_BEST]], dropped)
+                      [v for _, v in ranked[:FIRST_BEST]], dropped, read=len(earlier["trials"]),
+                      diverged=diverged, failed=failed, cut=cut, no_value=no_value,
+                      left_out=left_out, left_out_why=_left_out_why(then, fixed) if then else "")
 
 
 def read_warm_start(search: SearchFile) -> WarmStart:
-    """The earlier searches `tune.warm_start` names, read before any work; one ConfigError naming the entry otherwise."""
+    """The earlier searches `tune.warm_start` names, read before any work; one ConfigError naming the entry otherwise.
+    A search named twice (the same folder by another path, or its folder and its parent run) is read once."""
     if not search.tune.warm_start:
         return WarmStart()
     if search.tune.objectives or search.tune.metric != "val_perplexity":
         raise ConfigError("tune.warm_start: warm starts are for searches on val_perplexity alone (no tune.objectives), "
                           f"not tune.metric={search.tune.metric}" + (" with objectives" if search.tune.objectives else ""))
     uri = search.mlflow.tracking_uri or default_tracking_uri(Path(search.tune.storage_path))
-    return WarmStart([_source(f"tune.warm_start[{i}]", earlier, search)
-                      for i, item in enumerate(search.tune.warm_start) for earlier in _read(f"tune.warm_start[{i}]", item, uri)])
+    warm, read_by = WarmStart(), {}
+    for i, item in enumerate(search.tune.warm_start):
+        key = f"tune.warm_start[{i}]"
+        for earlier in _read(key, item, uri):
+            names = {n for n in (earlier.get("folder"), earlier.get("parent_run_id")) if n}
+            first = next((read_by[n] for n in sorted(names) if n in read_by), None)
+            if first:
+                warm.repeated.append(f"warm start: {key} names {earlier['label']}, the same search as {first}; its "
+                                     "trials count once")
+                continue
+            read_by.update(dict.fromkeys(names, key))
+            warm.sources.append(_source(key, earlier, search))
+    return warm
