@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -103,6 +104,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
+
+
+def damaged(key: str, file: Path, what: str, hint: str) -> ConfigError:
+    """The one line for a file embinject wrote that is no longer what it wrote (cut, emptied, overwritten)."""
+    return ConfigError(f"{key}: {file} is damaged ({what}); {hint}")
+
+
+def read_json_object(file: Path, key: str, hint: str) -> dict:
+    """A JSON object embinject wrote; a ConfigError naming `key` and the file when it is empty, cut or overwritten."""
+    data = Path(file).read_bytes()
+    if not data.strip():
+        raise damaged(key, file, "empty", hint)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise damaged(key, file, "not UTF-8 text", hint) from None
+    except json.JSONDecodeError as exc:
+        raise damaged(key, file, f"not the JSON embinject writes: cut or overwritten at line {exc.lineno} ({exc.msg})", hint) from None
+    if not isinstance(value, dict):
+        raise damaged(key, file, f"a JSON {type(value).__name__}, not the object embinject writes", hint)
+    return value
 
 
 

@@ -4,6 +4,7 @@ killed mid-search and started again, truncated caches, corrupt adapter directori
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from embinject import fsutil
@@ -23,10 +25,12 @@ from embinject.methods import load_method
 from embinject.models import load_frozen_lm
 from embinject.train import train, write_outputs
 from embinject.train.__main__ import main as train_main
+from embinject.space import load_search_file
 from embinject.tune.__main__ import main as tune_main
+from embinject.tune.warm import read_warm_start
 
 from .conftest import ROOT, free_port
-from .test_bad_input import run_main
+from .test_bad_input import assert_one_error_line, run_main
 from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -73,22 +77,33 @@ def test_diverging_training_stops_at_once_and_keeps_the_earlier_adapter(tmp_path
     assert {p.name: p.read_bytes() for p in (out / "adapter").iterdir() if p.is_file()} == before  # finite adapter kept
 
 
-def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(tmp_path, tiny_model, shared_data):
-    """Also run from another directory with relative data and storage paths, as a user would."""
-    data = os.path.relpath(shared_data / "wikitext2_valid_detok", tmp_path)
-    write_search(tmp_path / "s.yaml", tiny_model, data, Path("runs"), **{
-        "method": "prompt", "search": {"train.divergence_factor": {"choice": [0.5, 10.0]}},
-        "tune.points_to_evaluate": [{"train.divergence_factor": 0.5}, {"train.divergence_factor": 10.0},
-                                    {"train.divergence_factor": 10.0}], "tune.num_samples": 3,
-        "tune.search_alg": "random", "tune.scheduler": {"type": "none"}, "mlflow.tracking_uri": "sqlite:///runs/mlflow.db"})
-    proc = subprocess.run(tune_cmd("s.yaml"), cwd=tmp_path, capture_output=True, text=True, timeout=600, env=PY_ENV)
+@pytest.fixture(scope="module")
+def diverged_search(tmp_path_factory, tiny_model, shared_data):
+    """A real search of 3 trials, run from its own directory with relative data and storage paths, as a user would:
+    the first diverges (train.divergence_factor 0.5), the others train with the lm-mean and the fourier encoder. The
+    tests below read its folder and MLflow store, or damaged copies of its folder; none changes them."""
+    home = tmp_path_factory.mktemp("diverged")
+    data = os.path.relpath(shared_data / "wikitext2_valid_detok", home)
+    write_search(home / "s.yaml", tiny_model, data, Path("runs"), **{
+        "search": {"train.divergence_factor": {"choice": [0.5, 10.0]},
+                   "adapter.embedding_model": {"choice": ["fourier", "lm-mean"]}},
+        "tune.points_to_evaluate": [{"train.divergence_factor": 0.5, "adapter.embedding_model": "fourier"},
+                                    {"train.divergence_factor": 10.0, "adapter.embedding_model": "lm-mean"},
+                                    {"train.divergence_factor": 10.0, "adapter.embedding_model": "fourier"}],
+        "tune.num_samples": 3, "tune.search_alg": "random", "tune.scheduler": {"type": "none"},
+        "mlflow.tracking_uri": "sqlite:///runs/mlflow.db"})
+    proc = subprocess.run(tune_cmd("s.yaml"), cwd=home, capture_output=True, text=True, timeout=600, env=PY_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    exp_dir = next((tmp_path / "runs").glob("t-*"))
+    return home, next((home / "runs").glob("t-*")), proc
+
+
+def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(diverged_search):
+    home, exp_dir, proc = diverged_search
     rows = (exp_dir / "summary.csv").read_text().splitlines()
     header = rows[0].split(",")
     statuses = [dict(zip(header, r.split(",")))["status"] for r in rows[1:]]
     assert sorted(statuses) == ["diverged", "ok", "ok"], rows
-    client, parents, children = read_mlflow(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "test-search")
+    client, parents, children = read_mlflow(f"sqlite:///{home / 'runs' / 'mlflow.db'}", "test-search")
     failed = [c for c in children if c.info.status == "FAILED"]
     assert len(failed) == 1 and failed[0].data.tags["failure_reason"] == "diverged"
     assert "training diverged at step 3" in failed[0].data.tags["error"] and failed[0].data.params["train.divergence_factor"] == "0.5"
@@ -98,6 +113,114 @@ def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(tmp_path, ti
     weights = load_file(str(exp_dir / "champion" / "adapter.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert json.loads((exp_dir / "champion" / "embinject.json").read_text())["config"]["train"]["divergence_factor"] == 10.0
+
+
+# ---------------------------------------------------------------- warm start from a damaged, repeated, narrowed source
+
+def earlier_copy(exp_dir: Path, where: Path, keep=None) -> Path:
+    """A copy of a search folder (without its checkpoints and models, which a warm start does not read); `keep`: only
+    the trials whose summary row it accepts, as a search that ran only those would have left it."""
+    copy = where / "earlier"
+    shutil.copytree(exp_dir, copy, ignore=shutil.ignore_patterns("checkpoint_*", "champion*", "top_models"))
+    if keep:
+        header, *rows = (copy / "summary.csv").read_text().splitlines(keepends=True)
+        names = header.strip().split(",")
+        dropped = [r for r in rows if not keep(dict(zip(names, r.strip().split(","))))]
+        (copy / "summary.csv").write_text(header + "".join(r for r in rows if r not in dropped), newline="")
+        for r in dropped:
+            shutil.rmtree(copy / f"trial_{r.split(',')[0]}")
+    return copy
+
+
+def nth_line_end(data: bytes, n: int) -> int:
+    end = -1
+    for _ in range(n):
+        end = data.index(b"\n", end + 1)
+    return end + 1
+
+
+DAMAGED = [  # (file, what is done to its bytes, the reason the line gives)
+    ("summary.csv", lambda b: random.Random(0).randbytes(2048), "not UTF-8 text"),
+    ("summary.csv", lambda b: b.replace(b"trial_id", b"trial", 1), "its header lacks trial_id"),
+    ("summary.csv", lambda b: b[:nth_line_end(b, 3) + 12], "cut mid-row"),
+    ("summary.csv", lambda b: b"", "empty"),
+    ("summary.csv", lambda b: b[:nth_line_end(b, 1)], "a header and no trial rows"),
+    ("summary.csv", lambda b: b[:nth_line_end(b, 2)], "it lists 1 trial, but 2 more reported results in this folder"),
+    ("search_space.txt", lambda b: b[:len(b) // 2], "not the JSON embinject writes"),
+    ("embinject_search.state", lambda b: b[:len(b) // 2], "not the JSON embinject writes"),
+    ("embinject_search.state", lambda b: b"", "empty"),
+]
+
+
+@pytest.mark.parametrize("file, damage, reason", DAMAGED, ids=[
+    "summary-random-bytes", "summary-header-renamed", "summary-cut-mid-row", "summary-empty", "summary-header-only",
+    "summary-rows-lost", "space-truncated", "state-truncated", "state-empty"])
+def test_a_damaged_warm_start_folder_is_one_line_naming_the_file_and_nothing_is_created(diverged_search, tmp_path, file,
+                                                                                        damage, reason):
+    """A partial source (rows cut or lost) is refused like any other damage, never read in part. The real command,
+    not a dry run: the search stops before it creates its folder or MLflow store."""
+    home, exp_dir, _ = diverged_search
+    copy = earlier_copy(exp_dir, tmp_path)
+    (copy / file).write_bytes(damage((copy / file).read_bytes()))
+    before = sorted(tmp_path.rglob("*"))
+    store = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    sets = [f"tune.warm_start=[{copy}]", f"tune.storage_path={tmp_path / 'runs'}", f"mlflow.tracking_uri={store}"]
+    code, out, err = run_main(tune_main, ["s.yaml", *[x for s in sets for x in ("--set", s)]], home)
+    assert_one_error_line(code, err, f"tune.warm_start[0]: {copy / file} is damaged ({reason}")
+    assert "restore it" in err
+    assert sorted(tmp_path.rglob("*")) == before  # no search folder, no MLflow store, the copy as it was
+
+
+@pytest.mark.parametrize("case", ["named-three-times", "encoder-fixed-in-search", "encoder-fixed-in-base",
+                                  "all-diverged-same-setup", "all-diverged-other-setup"])
+def test_warm_start_lines_count_each_search_once_leave_out_other_setups_and_say_what_informs_nothing(
+        diverged_search, tmp_path, monkeypatch, case):
+    """The dry run prints what the search would start from (the search itself reads the same WarmStart)."""
+    home, exp_dir, _ = diverged_search
+    search = home / "s.yaml"
+    label, parent = exp_dir.name, json.loads((exp_dir / "embinject_search.state").read_text())["parent"]
+    same = f"warm start from {label}: the same setup; "
+    if case == "named-three-times":  # by its folder, a link to it and its MLflow parent run
+        (tmp_path / "link").symlink_to(exp_dir, target_is_directory=True)
+        sets, informing = [f"tune.warm_start=[{exp_dir}, {tmp_path / 'link'}, runs:/{parent}]"], 2
+        expected = ["warm start: tune.warm_start[1] names link, the same search as tune.warm_start[0]; its trials "
+                    "count once",
+                    f"warm start: tune.warm_start[2] names runs:/{parent} ({label}), the same search as "
+                    "tune.warm_start[0]; its trials count once",
+                    same + "2 of its 3 trials go to Optuna as completed trials (not trained again); the other 1 "
+                    "informs nothing (1 diverged)"]
+    elif case == "encoder-fixed-in-search":
+        sets, informing = [f"tune.warm_start=[{exp_dir}]", "search.adapter.embedding_model=fourier"], 1
+        expected = [same + "1 of its 3 trials go to Optuna as completed trials (not trained again); the other 2 inform "
+                    "nothing (1 diverged, 1 left out)",
+                    f"warm start: 1 trial of {label} is left out: trained with adapter.embedding_model=lm-mean, where "
+                    "this search fixes adapter.embedding_model=fourier (another setup)"]
+    elif case == "encoder-fixed-in-base":  # the file edited: the encoder no longer searched, lm-mean in its config
+        spec = yaml.safe_load(search.read_text())
+        del spec["search"]["adapter.embedding_model"]
+        spec["adapter"]["embedding_model"], spec["tune"]["points_to_evaluate"] = "lm-mean", []
+        search = tmp_path / "s.yaml"
+        search.write_text(yaml.safe_dump(spec))
+        sets, informing = [f"tune.warm_start=[{exp_dir}]"], 1
+        expected = [same + "1 of its 3 trials go to Optuna as completed trials (not trained again); the other 2 inform "
+                    "nothing (2 left out)",
+                    f"warm start: 2 trials of {label} are left out: trained with adapter.embedding_model=fourier, "
+                    "where this search fixes adapter.embedding_model=lm-mean (another setup)"]
+    else:  # a search whose only trial diverged: the diverged one of the search above, kept alone
+        source = earlier_copy(exp_dir, tmp_path, keep=lambda row: row["status"] == "diverged")
+        sets, informing = [f"tune.warm_start=[{source}]"], 0
+        sets += ["train.max_steps=9"] if case.endswith("other-setup") else []
+        setup = "the same setup" if case.endswith("same-setup") else "another setup (train.max_steps differ)"
+        expected = [f"warm start from earlier: {setup}; it informs nothing: no trial of it has a value TPE can use "
+                    "(1 diverged)"]
+    argv = [str(search), "--dry-run", *[x for s in sets for x in ("--set", s)]]
+    code, out, err = run_main(tune_main, argv, home)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("warm start")] == expected
+    # and what Optuna is given: only the trials the line counts, once each
+    monkeypatch.chdir(home)  # the search file's relative paths, as the command resolved them
+    warm = read_warm_start(load_search_file(search, sets))
+    assert sum(t.ok for t in warm.completed) + len(warm.prior) == informing
 
 
 # ---------------------------------------------------------------- interrupting the driver

@@ -4,8 +4,8 @@ from .earlier import earlier_searches
 from .records import curve_value, dataset_record, flatten, readable, source_tags
 from .store import (check_tracking_uri, default_tracking_uri, mlflow_global_uris, open_store, quiet_mlflow, registry_uri_for,
                     runs_table_url, search_from_mlflow, tracking_uri_default)
-from .tracker import JOURNAL_FILE, LEGACY_STATE_FILE, STATE_FILE, SearchTracker, tracker_for
+from .tracker import JOURNAL_FILE, LEGACY_STATE_FILE, STATE_FILE, SearchTracker, read_state_file, tracker_for
 
 __all__ = ["JOURNAL_FILE", "LEGACY_STATE_FILE", "STATE_FILE", "SearchTracker", "check_tracking_uri", "curve_value", "dataset_record", "earlier_searches",
            "default_tracking_uri", "flatten", "mlflow_global_uris", "open_store", "quiet_mlflow", "readable", "registry_uri_for", "runs_table_url",
-           "search_from_mlflow", "source_tags", "tracker_for", "tracking_uri_default"]
+           "read_state_file", "search_from_mlflow", "source_tags", "tracker_for", "tracking_uri_default"]

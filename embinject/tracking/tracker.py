@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ..errors import disk_full, first_line, warn
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, damaged, read_json_object
 from .store import registry_uri_for
 from .records import iso_time, now_ms, curve_value, flatten, readable
 
@@ -36,6 +36,14 @@ STATE_FILE = "embinject_search.state"
 LEGACY_STATE_FILE = "embinject_search.json"  # what searches started before that change wrote
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
+
+
+def read_state_file(file: Path, key: str, hint: str) -> dict:
+    """A search's state file, or a ConfigError naming `key` and the file when it is not what a tracker saved."""
+    state = read_json_object(file, key, hint)
+    if not isinstance(state.get("parent"), (str, type(None))) or not isinstance(state.get("children", {}), dict):
+        raise damaged(key, file, "not the search state embinject writes", hint)
+    return state
 
 
 _TRACKERS: dict[str, "SearchTracker"] = {}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, damaged, read_json_object
 from ..space import SearchFile
 from ..tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
 
@@ -90,6 +90,17 @@ def space_identity(search: SearchFile) -> dict:
                 "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS}}
     if tune["warm_start"]:  # recorded only when set, so searches recorded before warm starts existed still resume
         identity["tune"]["warm_start"] = tune["warm_start"]
+    return identity
+
+
+def read_space_file(file: Path, key: str, hint: str) -> dict:
+    """A search's recorded space (what `record_space` wrote), or a ConfigError naming `key` and the file."""
+    identity = read_json_object(file, key, hint)
+    for section in ("search", "base", "tune"):
+        if not isinstance(identity.get(section), dict):
+            raise damaged(key, file, f"no {section} section", hint)
+    if not all(isinstance(v, str) for v in identity["search"].values()):
+        raise damaged(key, file, "its search section is not the parameter descriptions embinject writes", hint)
     return identity
 
 

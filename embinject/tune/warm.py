@@ -7,12 +7,17 @@ from them and none is trained again. Where it differs (another corpus, model or 
 configurations are evaluated first, and its trials inform TPE as a prior once this search's frozen-LM
 baseline is known: each value is rescaled by the ratio of the two baselines, which keeps the earlier
 ranking and puts it on this search's scale. Values outside this search's space are dropped, and one line
-says how many.
+says how many. A trial trained with another value of a key this search fixes is of another setup and is left
+out; a search named twice counts once; a source with no usable trial is said to inform nothing.
+
+A search folder is read through one reader per file (its state, its recorded space, summary.csv), each of
+which refuses a damaged file in one line naming it: a source is read whole or not at all.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,14 +28,20 @@ import yaml
 from ..config import config_from_dict
 from ..config_files import set_dotted
 from ..errors import ConfigError
+from ..fsutil import damaged
 from ..space import Param, SearchFile, optuna_value
-from ..tracking import STATE_FILE, curve_value, default_tracking_uri, earlier_searches, flatten, readable
-from .folder import SPACE_FILE
+from ..tracking import (STATE_FILE, curve_value, default_tracking_uri, earlier_searches, flatten, read_state_file,
+                        readable)
+from .folder import SPACE_FILE, read_space_file
 
 FIRST_BEST = 3  # an earlier search of another setup: its best configurations this search evaluates first
 # Keys of the training config that change where or how fast a trial runs, not what it learns.
 RUNTIME_KEYS = ("train.device", "train.threads", "train.progress", "train.gradient_checkpointing", "train.eval_audit")
 SETUP_TUNE_KEYS = ("tune.metric", "tune.mode", "tune.scheduler.max_t")
+# What results.summarize writes for every trial, besides one column per searched key.
+SUMMARY_COLUMNS = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps",
+                   "stopped_early", "status")
+SUMMARY_STATUSES = ("ok", "error", "diverged", "cut")
 
 
 @dataclass
@@ -51,15 +62,35 @@ class WarmSource:
     trials: list[WarmTrial]
     best: list[dict]  # the earlier best configurations, as points_to_evaluate
     dropped: int  # values outside this search's space
+    read: int = 0  # trials its search ran, all of them (cut and left-out ones too)
+    diverged: int = 0
+    failed: int = 0
+    cut: int = 0  # ended mid-training by its search's end: no value
+    no_value: int = 0  # finished without reporting a value
+    left_out: int = 0  # trained with another value of a key this search fixes: another setup
+    left_out_why: str = ""  # e.g. "adapter.embedding_model=lm-mean, where this search fixes fourier"
 
     @property
     def same(self) -> bool:
         return not self.differs
 
+    @property
+    def informing(self) -> list[WarmTrial]:
+        """The trials TPE learns from: a failed or diverged trial has no value; another setup's needs its baseline."""
+        return [t for t in self.trials if t.ok and (self.same or (t.baseline and t.value is not None))]
+
+    def uninformative(self) -> str:
+        """Why the trials outside `informing` inform nothing, e.g. "1 diverged, 2 left out"."""
+        parts = [(self.diverged, "diverged"), (self.failed, "failed"), (self.cut, "cut by its search's end"),
+                 (self.no_value, "without a value"), (self.left_out, "left out"),
+                 (sum(t.ok for t in self.trials) - len(self.informing), "without a frozen-LM baseline")]
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
+
 
 @dataclass
 class WarmStart:
     sources: list[WarmSource] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)  # entries that name a search already read
 
     @property
     def completed(self) -> list[WarmTrial]:
@@ -67,7 +98,7 @@ class WarmStart:
 
     @property
     def prior(self) -> list[WarmTrial]:
-        return [t for s in self.sources if not s.same for t in s.trials if t.ok and t.baseline and t.value is not None]
+        return [t for s in self.sources if not s.same for t in s.informing]
 
     def better_earlier(self, best: float | None, mode: str) -> str | None:
         """A line when a finished trial of a same-setup earlier search beats this search's best (it was not trained
@@ -90,16 +121,27 @@ class WarmStart:
         return points
 
     def lines(self) -> list[str]:
-        out = []
+        out = list(self.repeated)
         for s in self.sources:
-            n = len(s.trials)
-            if s.same:
-                out.append(f"warm start from {s.label}: the same setup; its {n} trials go to Optuna as completed trials "
-                           "(not trained again)")
+            n, used = s.read, len(s.informing)
+            more = f" and {len(s.differs) - 1} more" if len(s.differs) > 1 else ""
+            setup = "the same setup" if s.same else f"another setup ({s.differs[0]}{more} differ)"
+            trials = f"its {_trials(n)}" if used == n else f"{used} of its {_trials(n)}"
+            other = n - used
+            rest = f"; the other {other} inform{'s' * (other == 1)} nothing ({s.uninformative()})" if other else ""
+            start = f"warm start from {s.label}: {setup}; "
+            if not used:
+                out.append(start + "it informs nothing: no trial of it has a value TPE can use "
+                           f"({s.uninformative() or 'it ran none'})")
+            elif s.same:
+                out.append(start + f"{trials} go to Optuna as completed trials (not trained again){rest}")
             else:
-                more = f" and {len(s.differs) - 1} more" if len(s.differs) > 1 else ""
-                out.append(f"warm start from {s.label}: another setup ({s.differs[0]}{more} differ); its best {len(s.best)} "
-                           f"configurations go first, its {n} trials inform TPE once this search's baseline is known")
+                out.append(start + f"its best {len(s.best)} configurations go first, {trials} inform TPE once this "
+                           f"search's baseline is known{rest}")
+            if s.left_out:
+                are = "is" if s.left_out == 1 else "are"
+                out.append(f"warm start: {_trials(s.left_out)} of {s.label} {are} left out: trained with "
+                           f"{s.left_out_why} (another setup)")
         dropped = sum(s.dropped for s in self.sources)
         if dropped:
             out.append(f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
@@ -112,6 +154,10 @@ class WarmStart:
             return {}
         runs = [s.parent_run_id for s in self.sources if s.parent_run_id]
         return {"embinject.warm_start": json.dumps(given, default=str)[:5000], "embinject.warm_start_runs": ",".join(runs)[:5000]}
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial{'s' * (n != 1)}"
 
 
 def _typed(text: str):
@@ -178,11 +224,19 @@ def _float(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _history(trial_dir: Path) -> list[tuple[int, float]]:
-    """A trial's validation curve from Ray Tune's result.json (a line cut by a kill is left out)."""
+    """A trial's validation curve from Ray Tune's result.json (a line cut by a kill, or not text, is left out)."""
     points = []
     file = trial_dir / "result.json"
-    for line in file.read_text().splitlines() if file.is_file() else []:
+    for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
         try:
             r = json.loads(line)
         except ValueError:
@@ -193,6 +247,55 @@ def _history(trial_dir: Path) -> list[tuple[int, float]]:
     return points
 
 
+def _summary_problem(header: list[str], rows: list[list[str]], searched: list[str], reported: set[str]) -> str | None:
+    """What makes summary.csv's table other than what results.summarize wrote, or None."""
+    if not header:
+        return "empty"
+    missing = [c for c in (*SUMMARY_COLUMNS, *searched) if c not in header]
+    if missing:
+        return f"its header lacks {', '.join(missing)}: renamed or overwritten"
+    if not rows:
+        return "a header and no trial rows"
+    for i, cells in enumerate(rows, 1):
+        if len(cells) != len(header):
+            return f"trial row {i} has {len(cells)} of {len(header)} fields: cut or edited"
+        row = dict(zip(header, cells))
+        numbers = [row[c] for c in ("final_val_perplexity", "best_val_perplexity", "baseline_perplexity") if row[c]]
+        if (not row["trial_id"] or row["status"] not in SUMMARY_STATUSES or not row["steps"].isdigit()
+                or row["stopped_early"] not in ("True", "False") or not all(_numeric(v) for v in numbers)):
+            return (f"trial row {i} is not a row embinject writes (trial_id {row['trial_id']!r}, "
+                    f"status {row['status']!r})")
+    lost = sorted(reported - {cells[header.index("trial_id")] for cells in rows})
+    if lost:
+        return (f"it lists {_trials(len(rows))}, but {len(lost)} more reported results in this folder "
+                f"(trial_{', trial_'.join(lost[:3])}): rows were lost")
+    return None
+
+
+def _read_summary(file: Path, key: str, hint: str, searched: list[str]) -> list[dict]:
+    """summary.csv's rows, each as results.summarize wrote it; one ConfigError naming the file when it is empty, not
+    text, cut (mid-row, or rows lost: a trial folder with results has no row) or overwritten. A source that lost
+    trials is refused rather than read in part: what it would inform TPE of is not that search."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged(key, file, "not UTF-8 text", hint) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header, *rows = list(reader) or [[]]
+    except csv.Error as exc:
+        raise damaged(key, file, f"not CSV at line {reader.line_num}: {exc}", hint) from None
+    if text.strip() and not text.endswith("\n"):
+        raise damaged(key, file, f"cut mid-row: its last line (trial row {len(rows)}) has no line end", hint)
+    reported = {d.name.removeprefix("trial_") for d in file.parent.glob("trial_*")
+                if (d / "result.json").is_file() and (d / "result.json").stat().st_size}
+    problem = _summary_problem(header, rows, searched, reported)
+    if problem:
+        raise damaged(key, file, problem, hint)
+    return [dict(zip(header, cells)) for cells in rows]
+
+
 def _from_folder(key: str, path: Path) -> dict:
     if not path.is_dir():
         raise ConfigError(f"{key}: no search folder at {path}; pass a finished search's folder (under tune.storage_path), "
@@ -200,23 +303,29 @@ def _from_folder(key: str, path: Path) -> dict:
     if not (path / "summary.csv").is_file() or not (path / SPACE_FILE).is_file():
         raise ConfigError(f"{key}: {path} is not a finished embinject search (no summary.csv or {SPACE_FILE}); finish it "
                           "with --resume, or name another")
-    identity = json.loads((path / SPACE_FILE).read_text())
+    state = {}
+    if (path / STATE_FILE).is_file():
+        state = read_state_file(path / STATE_FILE, key, "restore it, or name the search by its MLflow parent run "
+                                "(runs:/PARENT_RUN_ID), or another search")
+    parent = state.get("parent")
+    hint = (f"restore it, or name the search by its MLflow parent run (runs:/{parent}, with its tracking_uri)" if parent
+            else "restore it, or name another search")
+    identity = read_space_file(path / SPACE_FILE, key, hint)
+    searched = [k for k, v in identity["search"].items() if not v.startswith("fixed ")]
     trials = []
-    with (path / "summary.csv").open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            history = _history(path / f"trial_{row['trial_id']}")
-            final = _float(row.get("final_val_perplexity"))
-            if not history and final is not None:  # its trial folder is gone: the last point summary.csv kept
-                history = [(int(row.get("steps") or 0), final)]
-            stopped = row["status"] == "ok" and row.get("stopped_early") == "True"
-            trials.append({"trial_id": row["trial_id"], "status": "stopped" if stopped else row["status"],
-                           "params": {k: row[k] for k in identity["search"] if row.get(k) not in (None, "")},
-                           "history": history, "best": _float(row.get("best_val_perplexity")),
-                           "baseline": _float(row.get("baseline_perplexity"))})
-    state = json.loads((path / STATE_FILE).read_text()) if (path / STATE_FILE).is_file() else {}
-    return {"label": path.name, "parent_run_id": state.get("parent"),
+    for row in _read_summary(path / "summary.csv", key, hint, searched):
+        history = _history(path / f"trial_{row['trial_id']}")
+        final = _float(row["final_val_perplexity"])
+        if not history and final is not None:  # its trial folder is gone: the last point summary.csv kept
+            history = [(int(row["steps"]), final)]
+        stopped = row["status"] == "ok" and row["stopped_early"] == "True"
+        trials.append({"trial_id": row["trial_id"], "status": "stopped" if stopped else row["status"],
+                       "params": {k: row[k] for k in searched if row[k] != ""},
+                       "history": history, "best": _float(row["best_val_perplexity"]),
+                       "baseline": _float(row["baseline_perplexity"])})
+    return {"label": path.name, "parent_run_id": parent, "folder": str(path.resolve()),
             "setup": {k: readable(v) for k, v in flatten({"base": identity["base"], "tune": identity["tune"]}).items()},
-            "searched": [k for k, v in identity["search"].items() if not str(v).startswith("fixed ")], "trials": trials}
+            "searched": searched, "trials": trials}
 
 
 def _read(key: str, item, tracking_uri: str) -> list[dict]:
@@ -231,6 +340,24 @@ def _read(key: str, item, tracking_uri: str) -> list[dict]:
     return [_from_folder(key, Path(item))]
 
 
+def _fixed_now(search: SearchFile, earlier: dict) -> dict:
+    """This search's value of each key the earlier search searched and this one fixes (a fixed parameter, or the
+    training config's value): an earlier trial with another value there was trained in another setup."""
+    values = flatten(dataclasses.asdict(search.config))
+    values.update({p.key: p.args[0] for p in search.params if p.kind == "fixed"})
+    return {k: values[k] for k in earlier["searched"] if k in values and k not in search.searched}
+
+
+def _same_value(text: str, value) -> bool:
+    return text in (str(value), readable(value)) or _typed(text) == value
+
+
+def _left_out_why(then: dict, fixed: dict) -> str:
+    key = sorted(then)[0]
+    more = f" (and {len(then) - 1} more keys)" if len(then) > 1 else ""
+    return f"{key}={'/'.join(sorted(then[key]))}, where this search fixes {key}={readable(fixed[key])}{more}"
+
+
 def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
     for k in ("tune.metric", "tune.mode"):
         then, now = earlier["setup"].get(k), readable(getattr(search.tune, k.split(".")[1]))
@@ -238,40 +365,67 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
             raise ConfigError(f"{key}: {earlier['label']} searched with {k}={then}, this search with {now}; warm-start "
                               "only from searches of the same objective")
     params = {p.key: p for p in search.params if p.kind != "fixed"}
-    dropped, kept, trials, ranked = 0, 0, [], []
+    fixed = _fixed_now(search, earlier)
+    dropped, kept, considered, trials, ranked = 0, 0, 0, [], []
+    cut, diverged, failed, no_value, left_out, then = 0, 0, 0, 0, 0, {}
     for t in earlier["trials"]:
         if t["status"] == "cut":
+            cut += 1
             continue  # ended mid-training by its search's end: no value Optuna was ever told
+        other = {k: t["params"][k] for k in fixed if k in t["params"] and not _same_value(t["params"][k], fixed[k])}
+        if other:  # trained in another setup than this search's, whatever its other values
+            left_out += 1
+            for k, text in other.items():
+                then.setdefault(k, set()).add(text)
+            continue
+        considered += 1
         encoded, values = {}, {}
         for k, text in t["params"].items():
             inside = _inside(params[k], text) if k in params else None
             if inside is None:
-                dropped += k in earlier["searched"]
+                dropped += k in earlier["searched"] and k not in fixed
                 continue
             values[k], encoded[k] = inside
         kept += bool(encoded)
+        diverged += t["status"] == "diverged"
+        failed += t["status"] == "error"
         ok = t["status"] in ("ok", "stopped")
         value = (t["best"] if t["status"] == "ok" else t["history"][-1][1] if t["history"] else None) if ok else None
         if ok and value is None:
+            no_value += 1
             continue
         trials.append(WarmTrial(encoded, value, dict(t["history"]), t["baseline"], ok, t["status"] == "ok"))
         if t["status"] == "ok" and values:
             ranked.append((value, values))
-    if earlier["trials"] and not kept:
+    if considered and not kept:
         raise ConfigError(f"{key}: no trial of {earlier['label']} has a value inside this search's space (searched then: "
                           f"{', '.join(earlier['searched']) or 'nothing'}); nothing to start from")
     ranked.sort(key=lambda r: r[0], reverse=search.tune.mode == "max")
     return WarmSource(earlier["label"], earlier.get("parent_run_id"), _differences(earlier, search), trials,
-                      [v for _, v in ranked[:FIRST_BEST]], dropped)
+                      [v for _, v in ranked[:FIRST_BEST]], dropped, read=len(earlier["trials"]),
+                      diverged=diverged, failed=failed, cut=cut, no_value=no_value,
+                      left_out=left_out, left_out_why=_left_out_why(then, fixed) if then else "")
 
 
 def read_warm_start(search: SearchFile) -> WarmStart:
-    """The earlier searches `tune.warm_start` names, read before any work; one ConfigError naming the entry otherwise."""
+    """The earlier searches `tune.warm_start` names, read before any work; one ConfigError naming the entry otherwise.
+    A search named twice (the same folder by another path, or its folder and its parent run) is read once."""
     if not search.tune.warm_start:
         return WarmStart()
     if search.tune.objectives or search.tune.metric != "val_perplexity":
         raise ConfigError("tune.warm_start: warm starts are for searches on val_perplexity alone (no tune.objectives), "
                           f"not tune.metric={search.tune.metric}" + (" with objectives" if search.tune.objectives else ""))
     uri = search.mlflow.tracking_uri or default_tracking_uri(Path(search.tune.storage_path))
-    return WarmStart([_source(f"tune.warm_start[{i}]", earlier, search)
-                      for i, item in enumerate(search.tune.warm_start) for earlier in _read(f"tune.warm_start[{i}]", item, uri)])
+    warm, read_by = WarmStart(), {}
+    for i, item in enumerate(search.tune.warm_start):
+        key = f"tune.warm_start[{i}]"
+        for earlier in _read(key, item, uri):
+            names = {n for n in (earlier.get("folder"), earlier.get("parent_run_id")) if n}
+            first = next((read_by[n] for n in sorted(names) if n in read_by), None)
+            if first:
+                warm.repeated.append(f"warm start: {key} names {earlier['label']}, the same search as {first}; its "
+                                     "trials count once")
+                continue
+            read_by.update(dict.fromkeys(names, key))
+            warm.sources.append(_source(key, earlier, search))
+    return warm
