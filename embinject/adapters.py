@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -70,11 +72,38 @@ def adapter_directory(ref: str, tracking_uri: str | None = None, key: str = "--a
             raise ConfigError(f"{key}: cannot download {ref} from {uri} ({first_line(exc)[:300]}); check the name and "
                               "--tracking-uri (or MLFLOW_TRACKING_URI)") from None
         found = find_adapter_dir(local if local.is_dir() else local.parent)
+        if found is None and not any(f.is_file() for f in (local.rglob("*") if local.is_dir() else [local])):
+            # MLflow "downloads" a recorded location that is gone as an empty folder: the artifacts were moved or
+            # deleted (a search folder moved elsewhere), which is not an adapter that lacks its embinject.json
+            raise ConfigError(f"{key}: the artifacts of {ref} are missing at their recorded location "
+                              f"{recorded_location(ref, uri)} (moved or deleted since they were logged); put them back "
+                              "there, or log and register the adapter again")
         if found is None:
             raise ConfigError(f"{key}: {ref} holds no {ADAPTER_CONFIG} (not an embinject adapter or model)")
         yield found
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def recorded_location(ref: str, uri: str) -> str:
+    """Where the tracking store `uri` says the artifacts of a `models:/` or `runs:/` URI lie (a local folder as a path),
+    or `ref` itself where it cannot say."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository  # lazy, as in adapter_directory
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    location = ref
+    try:
+        with mlflow_global_uris(uri, registry_uri_for(uri)):  # models:/ resolves through MLflow's global URIs
+            for _ in range(3):  # a version's source may be a logged model's models:/m-... URI, resolved in turn
+                if location.startswith("models:/"):
+                    location = ModelsArtifactRepository.get_underlying_uri(location)
+                elif location.startswith("runs:/"):
+                    location = RunsArtifactRepository.get_underlying_uri(location, uri)
+    except Exception:  # the store could not say more: name the URI as given
+        return ref
+    if location.startswith("file:"):
+        return urllib.request.url2pathname(urllib.parse.urlparse(location).path)
+    return location
 
 
 def text_ids(tokenizer, text: str, cfg: Config) -> list[int]:

@@ -208,3 +208,21 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path, tiny_model):
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         line for line in proc.stderr.splitlines() if line.startswith("error: mlflow.tracking_uri: cannot reach")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml"]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "mlflow.register_as=team/adapter"], "error: mlflow.register_as: MLflow refuses '/' and ':' in a registered "
+                                                    "model name, got 'team/adapter' (try 'team-adapter')"),
+    (["--dry-run", "--set", "mlflow.register_as=a:b"], "error: mlflow.register_as: MLflow refuses '/' and ':' in a registered "
+                                                       "model name, got 'a:b' (try 'a-b')"),
+    (["--dry-run", "--set", "mlflow.experiment="], "error: mlflow.experiment: MLflow refuses an empty experiment name"),
+], ids=["register-slash", "register-colon-dry-run", "experiment-empty-dry-run"])
+def test_a_name_mlflow_refuses_is_named_before_anything_runs(tmp_path, tiny_model, extra, expected):
+    """MLflow would refuse these only when the search sends them: the registered model's name at the very end, after
+    every trial ran. The command names the key at once, the dry run too, and creates nothing."""
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(search_spec(tiny_model)))
+    proc = subprocess.run([sys.executable, "-m", "embinject.tune", str(path), *extra], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and [line for line in proc.stderr.splitlines() if line.strip()] == [expected], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml"]  # no runs/, no mlflow.db, nothing

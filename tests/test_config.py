@@ -67,3 +67,50 @@ def test_bad_yaml_file(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "bad.yaml" in lines[0] and "not valid YAML" in lines[0] and not (tmp_path / "o").exists()
     # every other bad input to `embinject.train`, in this process: test_bad_input.py
+
+
+# Names around each of MLflow's rules: separators, paths, blanks (unicode ones too), quotes, length limits.
+MODEL_NAMES = ["team/adapter", "a:b", "adapter", "my adapter", "bob's adapter", 'say "hi"', "ünïcode-名前", "", " ", "\t",
+               "\u3000", ".", "..", "..a", "a..", ".a", "a.", "a.b", "./a", "a/", "/a", "a\\b", "a%b", "-", "a\nb", "x" * 300,
+               "a//b", "C:\\x", "a b "]
+EXPERIMENT_NAMES = ["", " ", "embinject", "a/b", "a:b", "..", "名前", "x" * 500, "x" * 501, "x" * 2000]
+
+
+def test_the_names_config_validation_refuses_are_those_mlflow_refuses():
+    """embinject's copies of MLflow's name rules (the config layer does not import MLflow) against MLflow's own
+    validators: an MLflow whose rule changes fails here, not at the end of somebody's search."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
+
+    from embinject.config import experiment_name_problem, registered_model_name_problem
+
+    def refused(validator, name) -> bool:
+        try:
+            validator(name)
+        except MlflowException:
+            return True
+        return False
+
+    for names, ours, theirs in ((MODEL_NAMES, registered_model_name_problem, _validate_model_name),
+                                (EXPERIMENT_NAMES, experiment_name_problem, _validate_experiment_name)):
+        differ = [n for n in names if (ours(n) is not None) != refused(theirs, n)]
+        assert not differ, (ours.__name__, differ)
+    assert refused(_validate_model_name, "team/adapter") and not refused(_validate_model_name, "team-adapter")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("register_as", "team/adapter", "mlflow.register_as: MLflow refuses '/' and ':' in a registered model name, got "
+                                    "'team/adapter' (try 'team-adapter')"),
+    ("register_as", "a:b", "mlflow.register_as: MLflow refuses '/' and ':' in a registered model name, got 'a:b' (try 'a-b')"),
+    ("register_as", "..", "mlflow.register_as: MLflow refuses a registered model name that reads as a path"),
+    ("register_as", " ", "mlflow.register_as: MLflow refuses an empty registered model name"),
+    ("experiment", "", "mlflow.experiment: MLflow refuses an empty experiment name"),
+    ("experiment", "x" * 501, "mlflow.experiment: MLflow refuses experiment names longer than 500 characters, got 501"),
+])
+def test_mlflow_names_are_checked_with_the_settings(key, value, message):
+    from embinject.config import MlflowSettings, settings_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict(MlflowSettings, {key: value}, "mlflow")
+    assert str(err.value) == message or str(err.value).startswith(message)
+    assert settings_from_dict(MlflowSettings, {key: "bob's adapter"}, "mlflow")  # a name MLflow takes passes

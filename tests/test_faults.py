@@ -356,7 +356,23 @@ def start_mlflow_server(db: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+def _sent_before_the_first_report(storage: Path) -> bool:
+    """Every trial has started and MLflow has received all the search sent so far, and no trial has reported yet; or
+    a trial reported already (then the outage begins at once, later than this test would like, never flaky)."""
+    journal = next(storage.glob("t-*/mlflow_journal.jsonl"), None)
+    if journal is None:
+        return False
+    ops = [json.loads(line)["op"] for line in journal.read_text().splitlines() if line.endswith("}")]
+    if "trial_result" in ops:
+        return True
+    state = json.loads((journal.parent / "embinject_search.state").read_text())
+    return ops.count("trial_start") == 3 and state["applied"] == len(ops)
+
+
 def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
+    """The server goes away once every trial started and before any reported: the first report of a trial is the
+    record it fails on. Everything the journal holds reaches MLflow once it is back, once: every evaluation, each
+    trial's constants (baseline perplexity, start-up seconds) and its dtype and start tags."""
     port, db = free_port(), tmp_path / "server" / "mlflow.db"
     db.parent.mkdir()
     server = start_mlflow_server(db, port)
@@ -367,7 +383,7 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
     proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        wait_for(lambda: any(len(r) >= 2 for r in trial_rows(storage).values()), 300, "a trial's results", proc)
+        wait_for(lambda: _sent_before_the_first_report(storage), 300, "every trial's start sent to MLflow", proc)
         kill_session(server.pid, child=server)  # the server goes away mid-search and stays away until the search ends
         started = time.time()
         out, err = proc.communicate(timeout=600)
@@ -389,7 +405,10 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
             assert child.info.status == "FINISHED"
             trial = next(storage.glob(f"t-*/trial_{child.data.tags['trial_id']}"))
             history = client.get_metric_history(child.info.run_id, "val_perplexity")
-            assert sorted(h.step for h in history) == sorted({r["step"] for r in _results(trial)})  # every evaluation logged
+            assert sorted(h.step for h in history) == sorted({r["step"] for r in _results(trial)})  # every evaluation logged, once
+            for constant in ("baseline_perplexity", "startup_seconds"):
+                assert len(client.get_metric_history(child.info.run_id, constant)) == 1, (child.data.tags["trial_id"], constant)
+            assert child.data.tags.get("dtype") in ("float32", "bfloat16") and child.data.tags.get("trainable_started_at"), child.data.tags
         assert len(registered_versions(client, "test-adapter")) == 1
     finally:
         kill_session(server.pid, child=server)

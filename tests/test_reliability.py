@@ -388,3 +388,44 @@ def test_scratch_directories_of_killed_processes_are_swept_and_live_ones_kept(tm
         for p in owners:
             p.kill()
             p.wait(timeout=30)
+
+
+def test_a_registration_mlflow_refuses_at_the_end_ends_the_parent_and_resume_says_so(tmp_path, tiny_model):
+    """A name no check of the search file can refuse: a prompt holds it in the registry. MLflow refuses it only at the
+    search's very end. That is its answer, not an outage: the parent run ends (tagged with the refusal), no version is
+    made under the prompt, the command ends on one error line naming the refusal and where the champion is (exit 1),
+    and --resume says the same instead of claiming kept records were sent."""
+    import sqlite3
+
+    import mlflow
+
+    from embinject.tracking import mlflow_global_uris
+
+    from .test_tune import read_mlflow
+
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    with mlflow_global_uris(uri, uri):
+        mlflow.genai.register_prompt(name="taken", template="Summarize {{text}}")
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+        "mlflow.register_as": "taken", "tune.num_samples": 1, "tune.scheduler": {"type": "none"}, "train.max_steps": 4,
+        "train.eval_every": 2})
+    proc = tune(str(path), timeout=600)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    exp_dir = next(storage.glob("t-*"))
+    refusal = "error: MLflow refused to register the champion as 'taken' (Tried to create a registered model with name 'taken', " \
+              "but the name is already taken by a prompt."
+    assert proc.returncode == 1 and lines[-1].startswith(refusal), proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert lines[-1].endswith(f"nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
+                              f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model"), lines[-1]
+    assert "cannot be reached" not in proc.stderr and "registered as" not in proc.stdout and "Traceback" not in proc.stderr
+    _, parents, children = read_mlflow(uri, "test-search")
+    assert [p.info.status for p in parents] == ["FINISHED"] and {c.info.status for c in children} == {"FINISHED"}
+    assert "already taken by a prompt" in parents[0].data.tags["registration_error"]
+    with sqlite3.connect(storage / "mlflow.db") as db:  # the prompt keeps its one version; none was made under it
+        assert db.execute("SELECT count(*) FROM model_versions WHERE name = 'taken'").fetchone() == (1,)
+
+    resumed = tune(str(path), "--resume")
+    assert resumed.returncode == 1 and resumed.stdout.strip() == f"search {exp_dir.name} has already finished; nothing to resume"
+    assert [line for line in resumed.stderr.splitlines() if line.strip()] == [lines[-1]], resumed.stderr

@@ -299,3 +299,42 @@ def test_mlflow_info_lines_stay_quiet_unless_the_user_asks(tmp_path, user_level,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("INFO mlflow.store.db.utils: Creating initial MLflow database tables" in proc.stderr) == shown
+
+
+def test_a_registered_adapter_whose_folder_was_moved_is_named_missing_where_it_was_recorded(adapters, tmp_path):
+    """A search keeps its MLflow artifacts below its storage folder. Moved elsewhere, `generate --adapter
+    models:/NAME@champion` finds the registered version but nothing at the location it records: one line naming that
+    location (not "holds no embinject.json", which is about a folder that is there), exit 2."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from embinject.adapters import adapter_directory
+    from embinject.serving import save_pyfunc
+    from embinject.tracking import SearchTracker
+
+    search = tmp_path / "runs" / "search"
+    search.mkdir(parents=True)
+    (search / "search.yaml").write_text("tune: {}\n")
+    model = save_pyfunc(adapters["prompt"], search / "champion_model")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SearchTracker(uri, "moved", search, tmp_path / "runs" / "mlartifacts")  # where a search keeps them
+    tracker.start("search", {}, search / "search.yaml", {})
+    tracker.trial_started("t1", "trial t1", {"method": "prompt"})
+    tracker.trial_finished("t1", "FINISHED", {})
+    tracker.finish({"trials": 1}, [], adapters["prompt"], "moved-adapter", model, "t1", {"trial_id": "t1"},
+                   [{"trial": "t1", "model": str(model), "rank": 1, "steps": 4, "val_perplexity": 1.0}])
+    assert tracker.state["registered_version"] == "1" and tracker.pending == 0
+    with adapter_directory("models:/moved-adapter@champion", tracking_uri=uri) as found:  # usable where it was logged
+        assert (found / "embinject.json").is_file()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("moved-adapter", "champion")
+    recorded = url2pathname(urlparse(version.source).path)  # the champion's logged model's folder
+    assert recorded.startswith(str(tmp_path / "runs" / "mlartifacts"))
+
+    (tmp_path / "runs").rename(tmp_path / "elsewhere")
+    proc = run_cli("generate", "--adapter", "models:/moved-adapter@champion", "--tracking-uri", uri, "--prompt", "x")
+    assert proc.returncode == 2 and [line for line in proc.stderr.splitlines() if line.strip()] == [
+        f"error: --adapter: the artifacts of models:/moved-adapter@champion are missing at their recorded location {recorded} "
+        "(moved or deleted since they were logged); put them back there, or log and register the adapter again"], proc.stderr

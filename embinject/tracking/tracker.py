@@ -36,6 +36,10 @@ STATE_FILE = "embinject_search.state"
 LEGACY_STATE_FILE = "embinject_search.json"  # what searches started before that change wrote
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
+# MLflow's error codes for a registration it refused for its name or content (sending it again gets the same answer), as
+# opposed to one that did not reach it, that it could not serve now, or that new credentials would let through: those
+# stay in the journal and are sent again.
+REFUSALS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
 
 
 def read_state_file(file: Path, key: str, hint: str) -> dict:
@@ -77,7 +81,7 @@ class SearchTracker:
         self.search_key = hashlib.sha256(str(Path(exp_dir).resolve()).encode()).hexdigest()[:16]
         self.journal = Path(exp_dir) / JOURNAL_FILE
         self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
-                      "registered_version": None, "constants_logged": []}
+                      "registered_version": None, "registration_refused": None, "constants_logged": []}
         legacy = Path(exp_dir) / LEGACY_STATE_FILE
         for file in (self.state_file, legacy):
             if file.is_file():
@@ -240,7 +244,7 @@ class SearchTracker:
         return self._client
 
     def _apply(self, r: dict) -> None:
-        from mlflow.entities import Metric, Param  # lazy: MLflow only after quiet_mlflow (store.py)
+        from mlflow.entities import Metric, Param, RunTag  # lazy: MLflow only after quiet_mlflow (store.py)
 
         client = self._mlflow()
         op = r["op"]
@@ -286,17 +290,23 @@ class SearchTracker:
         elif op == "trial_result":
             if r["trial"] not in children:
                 return
+            # One request for the whole report. Its points carry the record's own time and step, so a report sent
+            # again (a store that went away mid-request, a kill before the state was saved) repeats the same points,
+            # which MLflow keeps once. The trial's constants go with its first report and count as logged only once
+            # that request succeeded: a report that never arrived is sent again whole, constants included.
             metrics = [Metric(k, v, r["t"], r["step"]) for k, v in r["metrics"].items()]
-            if r.get("constants") and r["trial"] not in self.state["constants_logged"]:
+            tags = [RunTag("node_id", r["node_id"])] if r["node_id"] else []
+            first = bool(r.get("constants")) and r["trial"] not in self.state["constants_logged"]
+            if first:
                 metrics += [Metric(k, v, r["t"], 0) for k, v in r["constants"].items()]
-                self.state["constants_logged"].append(r["trial"])
                 if r.get("started_at"):
-                    client.set_tag(children[r["trial"]], "trainable_started_at", r["started_at"])
+                    tags.append(RunTag("trainable_started_at", r["started_at"]))
                 if r.get("dtype"):
-                    client.set_tag(children[r["trial"]], "dtype", r["dtype"])  # what train.dtype (auto) became here
-            client.log_batch(children[r["trial"]], metrics=metrics)
-            if r["node_id"]:
-                client.set_tag(children[r["trial"]], "node_id", r["node_id"])
+                    tags.append(RunTag("dtype", r["dtype"]))  # what train.dtype (auto) became here
+            client.log_batch(children[r["trial"]], metrics=metrics, tags=tags)
+            if first:
+                self.state["constants_logged"].append(r["trial"])
+                self._save()
         elif op == "trial_restart":
             if r["trial"] in children:
                 client.set_tag(children[r["trial"]], "restarts", str(r["restarts"]))
@@ -322,10 +332,10 @@ class SearchTracker:
                 if r.get("model") and winner:
                     client.set_tag(winner, "champion", "true")
                 if r["register_as"] and not self.state["registered_version"]:
-                    self.state["registered_version"] = self._register(client, r["register_as"], winner if r.get("model") else None,
-                                                                      r.get("version_tags") or {},
-                                                                      self.state.get("logged_models", {}).get(r.get("trial") or ""))
-                    self._save()
+                    if not self.state.get("registration_refused"):
+                        self._register_champion(client, r, winner)
+                    if self.state.get("registration_refused"):  # (again, where the tag did not reach MLflow the first time)
+                        client.set_tag(self.parent_id, "registration_error", self.state["registration_refused"])
             client.set_terminated(self.parent_id, status=r["status"], end_time=r["t"])
 
     def _running_again(self, client, run_id: str) -> None:
@@ -367,6 +377,26 @@ class SearchTracker:
         runs = client.search_runs([self._experiment_id], query, max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def _register_champion(self, client, r: dict, winner: str | None) -> None:
+        """The champion as a new registry version. MLflow refusing it (a name its registry does not take, a name a
+        prompt holds) is an answer, not an outage: sending it again cannot change it. The search's end
+        is then applied without it (the parent run ends, tagged `registration_error`) and the refusal kept in the
+        state, for the search's last lines and every later --resume to say."""
+        from mlflow.exceptions import MlflowException  # lazy, as above
+
+        try:
+            version = self._register(client, r["register_as"], winner if r.get("model") else None, r.get("version_tags") or {},
+                                     self.state.get("logged_models", {}).get(r.get("trial") or ""))
+        except MlflowException as exc:
+            if getattr(exc, "error_code", None) not in REFUSALS:
+                raise  # unreachable, locked, full: kept in the journal and sent again
+            reason = first_line(exc)[:300]
+            self.state["registration_refused"] = f"MLflow refused to register the champion as '{r['register_as']}' ({reason})"
+            self._save()
+            return
+        self.state["registered_version"] = version
+        self._save()
+
     def _register(self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None) -> str:
         """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,
         the parent run's champion adapter directory)."""
@@ -375,12 +405,18 @@ class SearchTracker:
         try:
             client.create_registered_model(name, description="embinject adapters as MLflow pyfunc models: "
                                                               "mlflow.pyfunc.load_model('models:/NAME@champion').predict(...)")
-        except MlflowException:
-            pass  # already registered: add a version
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            try:  # already registered: add a version. Unless a prompt holds the name (the registry's search hides it):
+                client.get_registered_model(name)  # a version made under it would be a prompt's, with no alias
+            except MlflowException as missing:
+                raise (exc if missing.error_code == "RESOURCE_DOES_NOT_EXIST" else missing) from None
         run = winner_run or self.parent_id
         # A driver killed between creating the version and saving that it did must not register a second one
         # on --resume: the version of this run, if there is one, is the one.
-        existing = [v for v in client.search_model_versions(f"name='{name}' and run_id='{run}'") if v.run_id == run]
+        # (Searched by run and matched by name here: a name MLflow takes may hold a quote, which a filter string cannot.)
+        existing = [v for v in client.search_model_versions(f"run_id='{run}'") if v.run_id == run and v.name == name]
         if existing:
             mv = min(existing, key=lambda v: int(v.version))
         else:

@@ -15,7 +15,7 @@ from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code
 from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
 from .cluster import check_local_resources
-from .driver import AlreadyFinished, run_search
+from .driver import AlreadyFinished, registration_problem, run_search
 from .pack import plan_pack
 from .warm import read_warm_start
 
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except AlreadyFinished as exc:
         print(exc)
+        if exc.problem:
+            print(f"error: {exc.problem}", file=sys.stderr)
+            return 1
         return 0
     except KeyboardInterrupt as exc:
         print("interrupted before the search started; nothing written", file=sys.stderr)
@@ -144,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     if outcome["registered_version"]:
         # as printed, from this directory: the store is named unless it is the one the commands default to
         store = "" if outcome["tracking_uri"] == tracking_uri_default() else f" --tracking-uri {shlex.quote(outcome['tracking_uri'])}"
-        print(f"  use it: embinject generate --adapter models:/{search.mlflow.register_as}@champion{store} --prompt TEXT, "
-              f"or mlflow.pyfunc.load_model('models:/{search.mlflow.register_as}@champion') with that tracking and registry URI")
+        model_uri = f"models:/{search.mlflow.register_as}@champion"
+        print(f"  use it: embinject generate --adapter {shlex.quote(model_uri)}{store} --prompt TEXT, "
+              f"or mlflow.pyfunc.load_model({model_uri!r}) with that tracking and registry URI")
+    if outcome.get("registration_refused"):
+        print(f"error: {registration_problem(outcome['registration_refused'], Path(outcome['experiment_dir']))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,7 +35,12 @@ from .warm import WarmStart, read_warm_start
 
 
 class AlreadyFinished(Exception):
-    """--resume of a search that has finished: nothing to do."""
+    """--resume of a search that has finished: nothing to do. `problem`: what is still wrong with it (records MLflow
+    has not received, a registration MLflow refused), for the command's one error line and exit 1."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem
 
 
 def check_places(search: SearchFile, tracking_uri: str) -> None:
@@ -91,6 +96,12 @@ def ended_by_the_search(tracker, search: SearchFile, known: set[str],
         return cut, None
     # started: what the trials' own start said (Ray's results also hold trials it created but never started)
     return cut, BudgetEnd(budget, search.tune.num_samples, len(set(started) & known), len(cut))
+
+
+def registration_problem(refused: str, exp_dir: Path) -> str:
+    """The line for a champion MLflow would not register: what it said, and where the adapter is all the same."""
+    return (f"{refused}; nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
+            f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model")
 
 
 def pack_plan_for(search: SearchFile, exp_dir: Path) -> PackPlan:
@@ -149,8 +160,13 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
             kept = tracker.pending
             if kept:
                 tracker.sync(force=True)
+            sent, left = kept - tracker.pending, tracker.pending
+            problems = [f"{left} MLflow records are still kept in {tracker.journal}: MLflow at {tracking_uri} did not take "
+                        "them (see above); --resume sends them once it does"] if left else []
+            if tracker.state.get("registration_refused"):
+                problems.append(registration_problem(tracker.state["registration_refused"], exp_dir))
             raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                                  + (f" ({kept} kept MLflow records sent)" if kept else ""))
+                                  + (f" ({sent} kept MLflow records sent)" if sent else ""), "; ".join(problems) or None)
         return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart())
 
 
