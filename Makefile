@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.eval_subset
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.packing
+	$(PY) -m benchmarks.pack_exactness  # a packed trial against its unpacked run on the real model (~15 min)
 	# the packed search on CPUs, at a size 2 cores finish in minutes (the GPU arm: benchmarks/gpu_rows.sh)
 	$(PY) -m benchmarks.packed_search --trials 8 --steps 4 --batch 8 --train-samples 256 --val-samples 32 --pack 4 --arms one 0.5 packed
 	$(PY) -m benchmarks.peer

@@ -4,12 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from embinject.config_files import load_config
+from embinject.methods import build_method
 from embinject.methods.peft_layout import write_peft
 from embinject.models import checkpoint_problem, load_frozen_lm, resolve_model_path
 from embinject.train import prepare, train
 from embinject.train.__main__ import main
+from embinject.train.packing import packed_nll
 
 pytestmark = pytest.mark.real
 
@@ -59,23 +62,74 @@ def test_a_few_steps_lower_real_validation_perplexity(wiki, method):
     trained.release()
 
 
-def test_real_search_on_bundled_models(tmp_path, shared_data):
-    """A few short trials of the quickstart search on the real bundled SmolLM2 + MiniLM."""
-    from .test_tune import read_mlflow, run_tune
+REAL_POINTS = [  # one trial per encoder the quickstart space offers; the first is its own points_to_evaluate trial
+    {"train.lr": 1.0e-3, "adapter.prefix_len": 2, "adapter.mlp_width": 512,
+     "adapter.embedding_model": "bundled:all-minilm-l6-v2"},
+    {"train.lr": 3.0e-3, "adapter.prefix_len": 5, "adapter.mlp_width": 256, "adapter.embedding_model": "fourier"},
+    {"train.lr": 2.0e-3, "adapter.prefix_len": 6, "adapter.mlp_width": 64, "adapter.embedding_model": "lm-mean"}]
 
-    storage = tmp_path / "runs"
+
+def _real_search(tmp_path, shared_data, pack: str) -> dict:
+    """The quickstart search on the real bundled SmolLM2 + encoders, one short trial per encoder: each trial's
+    validation curve ({step: perplexity}) by its searched values."""
+    from .test_tune import _results, read_mlflow, run_tune
+
+    storage = tmp_path / f"runs-{pack}"
     proc = run_tune("search_spaces/quickstart.yaml", "--set", f"tune.storage_path={storage}",
                     "--set", "tune.num_samples=3", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
-                    "--set", "tune.scheduler.max_t=4", "--set", "tune.scheduler.grace_period=2",
+                    "--set", "tune.scheduler.type=none", "--set", "train.dtype=float32", "--set", f"tune.pack={pack}",
+                    "--set", f"tune.points_to_evaluate={json.dumps(REAL_POINTS)}", "--set", "mlflow.register_as=null",
                     "--set", "data.train_samples=64", "--set", "data.val_samples=16",
                     "--set", f"data.path={shared_data / 'fineweb_edu_sample'}", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "embinject-quickstart")
     assert len(parents) == 1 and len(children) == 3
-    first = [c for c in children if c.data.params.get("adapter.mlp_width") == "512"]
-    assert first, "the reference point from points_to_evaluate was not run"
     assert all(c.data.metrics["val_perplexity"] < 10 * c.data.metrics["baseline_perplexity"] for c in children)
+    curves = {}
+    for trial in storage.glob("quickstart-*/trial_*"):
+        rows = _results(trial)
+        curves[rows[0]["config"]["adapter.embedding_model"]] = {r["step"]: r["val_perplexity"] for r in rows}
+    return curves
+
+
+def test_real_search_on_bundled_models_packed_equals_unpacked(tmp_path, shared_data):
+    """Each encoder's trial (the points_to_evaluate one among them) trained in a pack of three through the real
+    search follows its unpacked run on the real model: float32, 1e-4 relative at every evaluation. Over these few
+    steps rounding differences stay far below that; over long runs at high rates they grow, as much as between two
+    unpacked runs at different thread counts (benchmarks.pack_exactness)."""
+    alone, packed = _real_search(tmp_path, shared_data, "off"), _real_search(tmp_path, shared_data, "3")
+    assert set(alone) == set(packed) == {p["adapter.embedding_model"] for p in REAL_POINTS}
+    for encoder, curve in alone.items():
+        assert set(packed[encoder]) == set(curve) == {2, 4}
+        for step, ppl in curve.items():
+            assert abs(packed[encoder][step] - ppl) < 1e-4 * ppl, (encoder, step, ppl, packed[encoder][step])
+
+
+def test_a_packed_step_on_the_bundled_model_gives_each_encoder_its_solo_gradient(wiki):
+    """One packed step of one trial per encoder (the real SmolLM2, MiniLM, fourier features, the LM's own mean
+    states; prefixes of different lengths): each trial's loss and gradients are its step alone, to float32 rounding."""
+    members = []
+    for point in REAL_POINTS:
+        cfg = load_config(None, [f"data.path={wiki}", "data.seq_len=32", "data.train_samples=8", "data.val_samples=8",
+                                 "adapter.embed_source=context", "adapter.context_tokens=8", "adapter.inject_tokens=1",
+                                 "train.batch_size=4", "train.dtype=float32"]
+                          + [f"{k}={v}" for k, v in point.items()])
+        prep = prepare(cfg)
+        method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
+        rows = torch.arange(4)  # an indexed copy: cached embeddings are inference tensors, which autograd refuses
+        members.append((method, {k: v[rows] for k, v in prep.train.items()}))
+    packed = packed_nll(members)
+    sum(nll / n for nll, n in packed).backward()
+    for (method, batch), (nll, n), point in zip(members, packed, REAL_POINTS):
+        grads = [p.grad.clone() for p in method.trainable_parameters()]
+        method.zero_grad(set_to_none=True)
+        solo_nll, solo_n = method.nll(batch)
+        (solo_nll / solo_n).backward()
+        assert n == solo_n and abs(nll.item() - solo_nll.item()) < 1e-6 * solo_nll.item(), point
+        for p, g in zip(method.trainable_parameters(), grads):
+            assert float((p.grad - g).abs().max()) <= 1e-4 * float(p.grad.abs().max()), point
+        method.release()
 
 
 def test_a_diverging_deep_prefix_stops_at_its_first_evaluation(tmp_path, wiki, capsys):
