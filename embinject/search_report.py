@@ -14,10 +14,10 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .plots import perplexity_curves
-from .tracking import curve_value
+from .tracking import TIME_SPLIT, WALL, curve_value, search_metrics
 
 FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
-         "stopped_early", "status", "seconds", "node_id")
+         "stopped_early", "status", "seconds", "node_id", *TIME_SPLIT, WALL)
 
 
 def _number(value) -> float | None:
@@ -51,7 +51,28 @@ def from_search_dir(directory: Path) -> dict:
     params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
     plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
     return {"title": directory.name, "source": str(directory), "rows": rows, "params": params, "curves": curves,
-            "plots": plots}
+            "plots": plots, "search": search_metrics(directory)}
+
+
+def time_table(rows: list[dict], search: dict) -> list[str]:
+    """Where a search's time went: per category its seconds summed over the trials and their share of the trials' summed
+    wall time, what no category covers, and the search's own wall time (`search`: its parent run's metrics)."""
+    timed = [r for r in rows if _number(r.get(WALL)) is not None]
+    if not timed:
+        return []  # a search from before the time split was measured
+    wall = sum(_number(r[WALL]) for r in timed)
+    sums = {k: sum(_number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
+    sums["other"] = max(0.0, wall - sum(sums.values()))
+    labels = {**TIME_SPLIT, "other": "other (in no category: a trainable's own start and end)"}
+    summary = f"{len(timed)} trials took {wall:.1f} s together"
+    seconds, warm = _number(search.get("search_seconds")), _number(search.get("warm_cache_seconds"))
+    if seconds:
+        warming = f" ({warm:.1f} s of it warming the caches)" if warm else ""
+        summary += f"; the search took {seconds:.1f} s of wall time{warming}: x{wall / seconds:.2f} trials at a time"
+    lines = ["## Where the time went", "", summary + ".", "",
+             "| where | seconds, summed over trials | share of trial time |", "|---|---:|---:|"]
+    lines += [f"| {labels[k]} | {v:.1f} | {100 * v / max(wall, 1e-9):.1f}% |" for k, v in sums.items()]
+    return lines + [f"| trials' wall time | {wall:.1f} | 100% |", ""]
 
 
 def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> tuple[str, list[Path]]:
@@ -79,5 +100,5 @@ def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> 
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for i, r in enumerate(rows, 1):
         lines.append("| " + " | ".join([str(i)] + [cell(c, r.get(c, "")) for c in columns[1:]]) + " |")
-    lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
+    lines += [""] + time_table(rows, data.get("search", {})) + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n", images

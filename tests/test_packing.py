@@ -2,6 +2,8 @@
 prefix lengths; members trained in a pack follow their solo curves; and in a real Ray search a packed trial is still a
 Ray Tune trial (same curves as the unpacked search, ASHA stops one member while the others go on)."""
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,7 +20,8 @@ from embinject.train import train
 from embinject.train import packing
 from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
 
-from .test_tune import _results, _without_redelivery, run_tune, write_search
+from .conftest import ROOT
+from .test_tune import _results, _without_redelivery, check_time_split, run_tune, write_search
 
 real_packed_nll = packed_nll
 
@@ -159,6 +162,12 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     sizes = {k: [(r["step"], r["pack_size"]) for r in rows] for k, rows in packed.items()}
     if len(went_on) > 1:
         assert any(r["step"] > first_stop and r["pack_size"] > 1 for k in went_on for r in packed[k]), sizes
+    # where the members' time went, their waits at the rendezvous apart from their packed steps' compute
+    exp_dir = next(storage.glob("t-*"))
+    report = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    check_time_split(exp_dir, report.stdout, packed=True)
 
 
 @pytest.mark.parametrize("raw, reason", [

@@ -23,7 +23,7 @@ from embinject.methods import load_method
 from embinject.models import load_frozen_lm
 from embinject.plots import optuna_plots
 from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
-from embinject.tracking import mlflow_global_uris
+from embinject.tracking import TIME_SPLIT, WALL, mlflow_global_uris
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
@@ -202,6 +202,7 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "where its time went: embinject report " in proc.stdout
     assert "Token authentication is enabled" not in proc.stderr  # Ray's notice of its secure default is not the user's concern
     assert " INFO mlflow" not in proc.stdout + proc.stderr  # nor MLflow's database set-up and signature checks
     exp_dir = next(storage.glob("t-*"))
@@ -298,12 +299,20 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     with adapter_directory("models:/test-adapter@champion", tracking_uri=uri) as downloaded:
         assert (downloaded / "embinject.json").is_file()
     assert mlflow_state() == before and not downloaded.exists()
-    table = [l for l in (tmp_path / "report" / "report.md").read_text().splitlines() if l.startswith("| ")][1:]
+    trials = (tmp_path / "report" / "report.md").read_text().split("## Where the time went")[0]  # the first table
+    table = [l for l in trials.splitlines() if l.startswith("| ")][1:]
     assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
     assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000
     from_dir = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
     assert from_dir.returncode == 0 and f"| 1 | {winner.data.tags['trial_id']} |" in (exp_dir / "report.md").read_text()
+    # where each trial's time went: in summary.csv, as metrics of its run, and in the report from either source
+    seconds = check_time_split(exp_dir, from_dir.stdout, packed=False)
+    for c in children:
+        if c.data.tags["trial_id"] in seconds:
+            logged = {k: c.data.metrics[k] for k in (*TIME_SPLIT, WALL)}
+            assert logged == pytest.approx(seconds[c.data.tags["trial_id"]])
+    assert "## Where the time went" in report.stdout and "s of wall time" in report.stdout, report.stdout[-3000:]
 
     with mlflow_global_uris(uri, uri):  # mv.source may be a models:/ URI, resolved through them
         local = download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "champion"))
@@ -364,6 +373,27 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     assert new_parent.data.tags["embinject.warm_start_runs"] == parent.info.run_id
     rows = list(csv.DictReader((next((tmp_path / "runs").glob("w-*")) / "summary.csv").open()))
     assert {(r["method"], float(r["train.lr"])) for r in rows} >= set(expected)
+
+
+def check_time_split(exp_dir: Path, report: str, packed: bool) -> dict[str, dict[str, float]]:
+    """Each trial's seconds in summary.csv: every category, none negative, together within the trial's wall time;
+    `embinject report`'s output (`report`) sums them in its time table. Returns trial id -> its seconds."""
+    with (exp_dir / "summary.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
+    seconds = {r["trial_id"]: {k: float(r[k]) for k in (*TIME_SPLIT, WALL)} for r in rows}
+    for trial, split in seconds.items():
+        assert min(split.values()) >= 0 and split[WALL] > 0 and split["seconds_steps"] > 0, (trial, split)
+        assert split["seconds_setup"] > 0 and split["seconds_eval"] > 0, (trial, split)
+        # disjoint stretches of the trial's time, each measured once (0.05 s: rounding, two clocks of one machine)
+        assert sum(split[k] for k in TIME_SPLIT) <= split[WALL] + 0.05, (trial, split)
+    rendezvous = [split["seconds_rendezvous"] for split in seconds.values()]
+    assert sum(rendezvous) > 0 if packed else not any(rendezvous), rendezvous  # only a pack's members wait for others
+    assert "## Where the time went" in report, report[-3000:]
+    wall = sum(split[WALL] for split in seconds.values())
+    steps = sum(split["seconds_steps"] for split in seconds.values())
+    assert f"| {TIME_SPLIT['seconds_steps']} | {steps:.1f} | {100 * steps / wall:.1f}% |" in report, report[-3000:]
+    assert f"| trials' wall time | {wall:.1f} | 100% |" in report and "s of wall time" in report, report[-3000:]
+    return seconds
 
 
 def _results(trial_dir: Path) -> list[dict]:

@@ -12,6 +12,19 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+# Where a trial's seconds went (its last attempt, from Ray queuing it to its last report reaching the driver): the
+# columns of summary.csv, metrics of its MLflow run, and the rows of `embinject report`'s time table; seconds_wall is
+# the trial's whole time, so what the categories leave out of it is untracked.
+TIME_SPLIT = {
+    "seconds_waiting": "waiting for a place",
+    "seconds_setup": "setup (data, encoder inputs, frozen baseline, method)",
+    "seconds_steps": "training steps (solo or packed)",
+    "seconds_rendezvous": "waiting at the pack's rendezvous",
+    "seconds_eval": "evaluation",
+    "seconds_report": "checkpoint and report",
+}
+WALL = "seconds_wall"
+
 
 def readable(value) -> str:
     """A parameter value as people write it: lists and mappings as JSON, not Python reprs."""

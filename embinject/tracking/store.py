@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..fsutil import check_writable
+from .records import TIME_SPLIT, WALL
 
 
 def quiet_mlflow(level: str) -> None:
@@ -148,13 +149,14 @@ def search_from_mlflow(run_id: str, tracking_uri: str) -> dict:
                      "best_val_perplexity": c.data.metrics.get("best_val_perplexity", ""),
                      "baseline_perplexity": c.data.metrics.get("baseline_perplexity", ""),
                      "steps": c.data.tags.get("steps", ""), "stopped_early": c.data.tags.get("stopped_early", ""),
-                     "status": status, "run_name": c.info.run_name})
+                     "status": status, "run_name": c.info.run_name,
+                     **{k: c.data.metrics.get(k, "") for k in (*TIME_SPLIT, WALL)}})
     front = _pareto_from_mlflow(client, run_id)
     if front is not None:
         for r in rows:
             r["pareto"] = str(r["trial_id"] in front)
     return {"title": parent.info.run_name, "source": f"{tracking_uri} run {run_id}", "rows": rows, "params": searched,
-            "curves": curves, "plots": []}
+            "curves": curves, "plots": [], "search": dict(parent.data.metrics)}
 
 
 def _pareto_from_mlflow(client, run_id: str) -> set[str] | None:

@@ -24,10 +24,11 @@ from pathlib import Path
 from ..errors import disk_full, first_line, warn
 from ..fsutil import atomic_write_text, damaged, read_json_object
 from .store import registry_uri_for
-from .records import iso_time, now_ms, curve_value, flatten, readable
+from .records import TIME_SPLIT, WALL, iso_time, now_ms, curve_value, flatten, readable
 
+# a point per evaluation; pack_size: trials in the last packed step (1: alone); the time split: so far
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
-           "eval_seconds", "pack_size")  # a point per evaluation; pack_size: trials in the last packed step (1: alone)
+           "eval_seconds", "pack_size", *TIME_SPLIT, WALL)
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
 # Not *.json: Ray Tune's restore copies every top-level *.json of the search folder into its staging folder and
@@ -59,6 +60,25 @@ def tracker_for(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root
     if key not in _TRACKERS:
         _TRACKERS[key] = SearchTracker(tracking_uri, experiment, Path(exp_dir), artifact_root)
     return _TRACKERS[key]
+
+
+def _journal(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill or a full disk mid-write: that record was never complete, later ones are
+    return records
+
+
+def search_metrics(exp_dir: Path) -> dict:
+    """The metrics a finished search recorded for its parent run (search_seconds, trials, ...), from its journal,
+    where they are whether or not MLflow received them; {} for a search that has not finished."""
+    ends = [r for r in _journal(Path(exp_dir) / JOURNAL_FILE) if r["op"] == "search_end" and r["status"] == "FINISHED"]
+    return ends[-1]["metrics"] if ends else {}
 
 
 def _last_line_cut(path: Path) -> bool:
@@ -98,15 +118,7 @@ class SearchTracker:
         atomic_write_text(self.state_file, json.dumps(self.state, indent=1))
 
     def _records(self) -> list[dict]:
-        if not self.journal.is_file():
-            return []
-        records = []
-        for line in self.journal.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill or a full disk mid-write: that record was never complete, later ones are
-        return records
+        return _journal(self.journal)
 
     @property
     def pending(self) -> int:

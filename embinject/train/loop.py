@@ -99,6 +99,10 @@ class SoloSteps:
     def pack_size(self) -> int:
         return 1
 
+    def waited(self) -> tuple[float, float]:
+        """Seconds this run has waited for other runs so far: for its turn to prepare, and at its steps' rendezvous."""
+        return 0.0, 0.0
+
 
 def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The windows intermediate evaluations score: a fixed subset, the same for every trial and seed (so that
@@ -217,14 +221,27 @@ def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepare
         progress = tqdm(total=max_steps, initial=loop["step"], desc=cfg.method, unit="step", leave=False)
     method.train()
     startup_seconds = time.perf_counter() - entered  # everything before the first step of this process
+    # counted from this process's start (a resumed run's earlier processes are not counted again): see `spent`
+    this_process = {"train": loop["train_seconds"], "eval": loop["eval_seconds"], "report": 0.0}
+
+    def spent() -> dict:
+        """Where this process's seconds went so far, for a search's time table (embinject.tune.callback.time_split)."""
+        turn, rendezvous = steps.waited()
+        return {"spent_waiting": turn, "spent_setup": startup_seconds - turn, "spent_rendezvous": rendezvous,
+                "spent_steps": loop["train_seconds"] - this_process["train"] - rendezvous,
+                "spent_eval": loop["eval_seconds"] - this_process["eval"], "spent_report": this_process["report"],
+                "sent_at": time.time()}
 
     def send(entry: dict, final: bool) -> None:
         if report is not None:
+            t_report = time.perf_counter()
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
             report({**entry, "pack_size": steps.pack_size(), "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
                     "trainable_params": trainable, "dtype": result["dtype"],
-                    "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds}, write_checkpoint)
+                    "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds, **spent()},
+                   write_checkpoint)
+            this_process["report"] += time.perf_counter() - t_report  # the checkpoint written, relayed and acknowledged
 
     done = loop["stopped_early"] or loop["step"] >= max_steps
     if done and resume_from is not None and loop["history"]:

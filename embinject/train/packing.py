@@ -137,7 +137,8 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
 class _Waiting:
     def __init__(self, method: AdapterMethod, batch: dict, returning: bool):
         self.method, self.batch = method, batch
-        self.since = time.monotonic()
+        self.since = time.monotonic()  # when it submitted its batch
+        self.began: float | None = None  # when its packed step began (since..began: waiting for the other members)
         self.returning = returning  # its first step after being away: it waits for the members still away
         self.loss: float | None = None
         self.error: BaseException | None = None
@@ -158,6 +159,7 @@ class StepPack:
         self.rows_packed = 0  # members summed over steps: rows_packed / steps is the mean pack size
         self.step_ended = time.monotonic()  # waiting during a step is not waiting for the members in that step
         self.last_size = 0
+        self.rendezvous: dict[str, float] = {}  # member -> seconds its batches waited for their packed step to begin
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packed-step")  # see the module docstring
 
     def join(self, member: str) -> None:
@@ -169,6 +171,7 @@ class StepPack:
     def leave(self, member: str) -> None:
         with self.cond:
             self.state.pop(member, None)
+            self.rendezvous.pop(member, None)
             entry = self.waiting.pop(member, None)
             if entry is not None and entry.loss is None and entry.error is None:
                 entry.error = Left(member)
@@ -209,9 +212,16 @@ class StepPack:
                 self.cond.wait(timeout=0.05)
             if member in self.state:
                 self.state[member] = "present"
+            if entry.began is not None:  # the packed step's own compute is not waiting
+                self.rendezvous[member] = self.rendezvous.get(member, 0.0) + entry.began - entry.since
         if entry.error is not None:
             raise entry.error
         return entry.loss
+
+    def rendezvous_seconds(self, member: str) -> float:
+        """Seconds this member's batches have waited so far between their submission and their packed step's start."""
+        with self.cond:
+            return self.rendezvous.get(member, 0.0)
 
     def _ready(self) -> bool:
         """Whether the waiting members step now: every member waits, or the longest waiting has waited patience_s,
@@ -230,6 +240,9 @@ class StepPack:
         """Run one packed step for every waiting member (called with the lock held; released while computing)."""
         group = dict(self.waiting)
         self.waiting.clear()
+        began = time.monotonic()
+        for e in group.values():
+            e.began = began
         self.stepping = True
         self.cond.release()
         try:
@@ -267,10 +280,18 @@ class PackedSteps:
 
     def __init__(self, pack: StepPack, member: str, build_lock: threading.Lock):
         self.pack, self.member, self.build_lock = pack, member, build_lock
+        self.turn_seconds = 0.0  # waiting for the other members' preparation to end (see `building`)
 
+    @contextlib.contextmanager
     def building(self):
         """Model and data preparation, method construction: one member at a time (they seed global RNGs)."""
-        return self.build_lock
+        asked = time.perf_counter()
+        with self.build_lock:
+            self.turn_seconds += time.perf_counter() - asked
+            yield
+
+    def waited(self) -> tuple[float, float]:
+        return self.turn_seconds, self.pack.rendezvous_seconds(self.member)
 
     def training(self, model, checkpointing: bool):
         return contextlib.nullcontext()  # the pack's host set the LM's mode once for all its members

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
           f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
+    print(f"  where its time went: embinject report {shlex.quote(outcome['experiment_dir'])}")
     served = outcome["tracking_uri"].startswith(("http://", "https://"))
     if outcome["parent_run_id"] is None or outcome["kept_records"]:
         print(f"mlflow: experiment '{outcome['experiment']}' at {outcome['tracking_uri']} has not received this search's "

@@ -159,8 +159,9 @@ class PackHost:
                 self._drop(old)
             member = self.members[key] = _Member(key)
         self.pack.join(key)
+        joined_at = time.time()  # its training starts now: its trainable counts the time to here as waiting
         threading.Thread(target=self._run, args=(member, config_from_dict(cfg), resume_dir), daemon=True).start()
-        return {"member": key, "pid": os.getpid()}
+        return {"member": key, "pid": os.getpid(), "joined_at": joined_at}
 
     def heartbeat(self, key: str) -> None:
         member = self.members.get(key)
@@ -292,6 +293,8 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
         threading.Thread(target=_beat, args=(host, key, alive), daemon=True).start()
         extra = {"node_id": ray.get_runtime_context().get_node_id(), "trainable_started_at": started_at,
                  "pid": os.getpid(), "pack_pid": joined["pid"]}
+        # attaching (a new host loads the LM first) and joining: both clocks are this node's (the host runs here)
+        joining = max(0.0, joined["joined_at"] - started_at)
         while True:
             event = ray.get(host.next_event.remote(key, POLL_S))
             if event is None:
@@ -299,6 +302,7 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
             kind = event[0]
             if kind == "report":
                 _, metrics, directory = event
+                metrics["spent_waiting"] = metrics.get("spent_waiting", 0.0) + joining  # see time_split (callback)
                 tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
                 host.ack.remote(key)
             elif kind == "diverged":  # as `trainable` reports it

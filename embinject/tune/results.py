@@ -13,7 +13,7 @@ from ..fsutil import atomic_write_text
 from ..plots import optuna_plots, pareto_plot, perplexity_curves
 from ..serving import save_pyfunc
 from ..space import SearchFile
-from ..tracking import SearchTracker
+from ..tracking import TIME_SPLIT, WALL, SearchTracker
 
 
 def objective_value(row: dict, metric: str):
@@ -74,6 +74,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
             "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
             "node_id": metrics.get("node_id", ""),
         })
+        row.update({k: metrics.get(k) for k in (*TIME_SPLIT, WALL)})  # where its time went: see callback.time_split
         for o in search.tune.objectives:
             if o["metric"] != "val_perplexity":
                 row[o["metric"]] = metrics.get(o["metric"])
