@@ -1,7 +1,9 @@
 """Figures of a search, drawn from the logged results (never from typed-in numbers)."""
 from __future__ import annotations
 
-import warnings
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .fsutil import atomic_write  # noqa: E402
-from .space import optuna_value  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
+    plt.close(fig)
+    return path
 
 
 def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, baseline: float | None = None) -> Path:
@@ -25,43 +32,141 @@ def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Pa
     if len(curves) <= 16:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def optuna_plots(params, rows: list[tuple[dict, float]], directory: Path, direction: str = "minimize") -> list[Path]:
-    """Optuna's optimization-history and parallel-coordinate plots, from a study rebuilt from the
-    trials' params and best values (the search's own study lives inside Ray's searcher)."""
-    import optuna  # a second or so to import: only searches that draw these plots pay for it
-    from optuna.visualization import matplotlib as ovm
+@dataclass
+class ScoredTrial:
+    """One trial as the search's pictures show it: its id (as in summary.csv and its MLflow run's name), the values
+    it drew (an inactive conditional parameter absent), and its score on the search's metric."""
+    trial_id: str
+    values: dict
+    score: float
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction)
-    dists = {p.key: p.optuna_distribution() for p in params if p.kind != "fixed"}
-    for values, score in rows:
-        present = {k: optuna_value(v) for k, v in values.items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(params=present, distributions={k: dists[k] for k in present}, value=score))
-    out = []
-    if not study.trials:
-        return out
-    for name, fn in (("optimization_history.png", ovm.plot_optimization_history),
-                     ("parallel_coordinate.png", ovm.plot_parallel_coordinate)):
-        try:
-            with warnings.catch_warnings():
-                # matplotlib's "identical low and high ylims" when every trial drew the same value of a
-                # parameter: it widens the axis itself, so the figure is fine and the warning is noise
-                warnings.filterwarnings("ignore", message="Attempting to set identical")
-                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plot API's label
-                ax = fn(study)
-        except (ValueError, RuntimeError):
-            continue  # e.g. parallel coordinates need at least one searched parameter
-        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
-        fig.set_size_inches(9, 5)
-        fig.tight_layout()
-        atomic_write(directory / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
-        out.append(directory / name)
+
+def _short(text: str, width: int = 14) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _category(value) -> str:
+    """A choice as a tick label: a list (target_modules) as its items joined, not JSON with quotes."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _axis_name(key: str) -> str:
+    """`adapter.prefix_len` on two lines, so neighbouring axes' names never overlap."""
+    section, _, name = key.rpartition(".")
+    return f"{section}.\n{name}" if section else key
+
+
+def _numeric_axis(values: list[float], log: bool, integer: bool = False):
+    """value -> height in [0, 1] over the values drawn, and the labelled heights: the ends and the middle, or
+    every integer drawn where there are few."""
+    lo, hi = min(values), max(values)
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+    span = hi - lo
+
+    def height(v):
+        x = math.log10(v) if log else v
+        return 0.5 if span == 0 else (x - lo) / span
+
+    if integer and len(set(values)) <= 6:
+        return height, [(height(v), str(int(v))) for v in sorted(set(values))]
+    marks = [lo] if span == 0 else [lo, lo + span / 2, hi]
+    return height, [(0.5 if span == 0 else (m - lo) / span, f"{10 ** m if log else m:.3g}") for m in marks]
+
+
+def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
+    """One panel per set of active parameters (a conditional parameter's condition), so a trial's line crosses only
+    the axes of parameters it drew: none shows an inactive parameter as a value. The metric's axis comes first, on
+    the same scale and colours in every panel."""
+    searched = [p for p in params if p.kind != "fixed" and any(p.key in t.values for t in trials)]
+    conditions = sorted({k for p in searched for k in p.when})
+    panels: dict[tuple, list[ScoredTrial]] = {}
+    for t in trials:
+        panels.setdefault(tuple(p.key for p in searched if p.key in t.values), []).append(t)
+    scores = [t.score for t in trials]
+    lo, hi = min(scores), max(scores)
+    norm = matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
+    cmap = plt.get_cmap("viridis_r")  # the best (lowest perplexity) trials brightest
+    score_axis = _numeric_axis(scores, log=False)
+    axes_of = {}
+    for p in searched:
+        drawn = [t.values[p.key] for t in trials if p.key in t.values]
+        if p.kind == "choice":
+            cats = [c for c in p.args if c in drawn] + [v for v in drawn if v not in p.args]
+            cats = [c for i, c in enumerate(cats) if c not in cats[:i]]
+            n = len(cats)
+            spots = {json.dumps(c, default=str): (0.5 if n == 1 else i / (n - 1)) for i, c in enumerate(cats)}
+            axes_of[p.key] = (lambda v, s=spots: s[json.dumps(v, default=str)],
+                              [(h, _short(_category(c))) for c, h in zip(cats, spots.values())])
+        else:
+            axes_of[p.key] = _numeric_axis([float(v) for v in drawn], p.kind == "loguniform", p.kind.endswith("randint"))
+    drawn_axes = []  # per panel, biggest first: its trials and the axes it draws
+    for keys, members in sorted(panels.items(), key=lambda kv: -len(kv[1])):
+        # a condition every trial of the panel shares is named in its title, not drawn as a flat axis
+        shown = [k for k in keys if k not in conditions or len(panels) == 1
+                 or len({json.dumps(t.values[k], default=str) for t in members}) > 1]
+        drawn_axes.append((members, [metric, *shown]))
+    columns = max(len(names) for _, names in drawn_axes)
+    fig, axs = plt.subplots(len(panels), 1, figsize=(max(7.0, 1.6 * columns), 0.8 + 2.6 * len(panels)), squeeze=False,
+                            layout="constrained")
+    for ax, (members, names) in zip(axs[:, 0], drawn_axes):
+        layout = [score_axis, *[axes_of[k] for k in names[1:]]]
+        for t in sorted(members, key=lambda t: -t.score if lo < hi else 0):  # the best drawn last, on top
+            ys = [score_axis[0](t.score)] + [axes_of[k][0](t.values[k]) for k in names[1:]]
+            ax.plot(range(len(names)), ys, color=cmap(norm(t.score)), linewidth=1.4, marker="o", markersize=3)
+        for x, (_, marks) in enumerate(layout):
+            ax.axvline(x, color="grey", linewidth=0.8, zorder=0)
+            for y, label in marks:
+                ax.text(x + 0.04, y, label, fontsize=7, va="center", ha="left",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
+        ax.set_xticks(range(len(names)), [_axis_name(n) for n in names], fontsize=8)
+        ax.set_xlim(-0.15, columns - 0.35)  # the same for every panel, so its columns line up
+        ax.set_ylim(-0.08, 1.08)
+        ax.set_yticks([])
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        when = {k: sorted({_category(t.values[k]) for t in members if k in t.values}) for k in conditions}
+        where = ", ".join(f"{k} = {' or '.join(v)}" for k, v in when.items() if v)
+        ax.set_title(f"{where}: {len(members)} trials" if where and len(panels) > 1 else f"{len(members)} trials",
+                     fontsize=9, loc="left")
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs[:, 0].tolist(), fraction=0.03, pad=0.02)
+    bar.set_label(metric)
+    fig.suptitle(f"Parallel coordinates: each trial's parameters and its {metric}", fontsize=10)
+    return fig
+
+
+def optimization_history_figure(trials: list[ScoredTrial], metric: str, direction: str = "minimize"):
+    """Each trial's score in the order the search ran them, named by trial id, and the best so far."""
+    better = min if direction == "minimize" else max
+    best, so_far = None, []
+    for t in trials:
+        best = t.score if best is None else better(best, t.score)
+        so_far.append(best)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.35 * len(trials) + 2), 4.5))
+    xs = range(len(trials))
+    ax.scatter(xs, [t.score for t in trials], color="tab:blue", s=22, zorder=3, label=f"the trial's {metric}")
+    ax.step(xs, so_far, where="post", color="tab:red", linewidth=1.2, label="best so far")
+    step = max(1, math.ceil(len(trials) / 40))  # at most 40 names, so they never overlap
+    ax.set_xticks(list(xs)[::step], [t.trial_id for t in trials][::step], rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("trial (in the order the search started them)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Optimization history: {metric} of every trial")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def search_plots(params, trials: list[ScoredTrial], directory: Path, direction: str = "minimize",
+                 metric: str = "best_val_perplexity") -> list[Path]:
+    """optimization_history.png and parallel_coordinate.png, drawn from the trials' values and scores."""
+    if not trials:
+        return []
+    out = [_save(optimization_history_figure(trials, metric, direction), directory / "optimization_history.png")]
+    if any(p.kind != "fixed" for p in params):  # parallel coordinates need a searched parameter
+        out.append(_save(parallel_coordinate_figure(params, trials, metric), directory / "parallel_coordinate.png"))
     return out
 
 
@@ -81,6 +186,4 @@ def pareto_plot(points: list[tuple[float, float, str]], front: set[str], names: 
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
-    plt.close(fig)
-    return path
+    return _save(fig, path)

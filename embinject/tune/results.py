@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import warn
 from ..fsutil import atomic_write_text
-from ..plots import optuna_plots, pareto_plot, perplexity_curves
+from ..plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
 from ..serving import save_pyfunc
 from ..space import SearchFile
 from ..tracking import TIME_SPLIT, WALL, SearchTracker
@@ -159,8 +159,10 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
     artifacts = [exp_dir / "summary.csv"]
     if curves:
         artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
-        scored = [(r["_config"], r["best_val_perplexity"]) for r in rows if r["best_val_perplexity"] is not None]
-        artifacts += optuna_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize")
+        scored = [ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"]) for r in rows
+                  if r["best_val_perplexity"] is not None]
+        artifacts += search_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize",
+                                  "best_val_perplexity")
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]
     if objectives and front:
