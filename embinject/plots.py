@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .fsutil import atomic_write  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """The figure as a PNG at path, written whole or not at all; the figure is closed."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # a full disk leaves no 0-byte plot
     plt.close(fig)
     return path
@@ -32,7 +33,7 @@ def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Pa
     if len(curves) <= 16:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass
@@ -51,6 +52,10 @@ def _short(text: str, width: int = 14) -> str:
 def _category(value) -> str:
     """A choice as a tick label: a list (target_modules) as its items joined, not JSON with quotes."""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")
 
 
 def _axis_name(key: str) -> str:
@@ -130,7 +135,7 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
             ax.spines[side].set_visible(False)
         when = {k: sorted({_category(t.values[k]) for t in members if k in t.values}) for k in conditions}
         where = ", ".join(f"{k} = {' or '.join(v)}" for k, v in when.items() if v)
-        ax.set_title(f"{where}: {len(members)} trials" if where and len(panels) > 1 else f"{len(members)} trials",
+        ax.set_title(f"{where}: {_trials(len(members))}" if where and len(panels) > 1 else _trials(len(members)),
                      fontsize=9, loc="left")
     bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs[:, 0].tolist(), fraction=0.03, pad=0.02)
     bar.set_label(metric)
@@ -164,9 +169,9 @@ def search_plots(params, trials: list[ScoredTrial], directory: Path, direction: 
     """optimization_history.png and parallel_coordinate.png, drawn from the trials' values and scores."""
     if not trials:
         return []
-    out = [_save(optimization_history_figure(trials, metric, direction), directory / "optimization_history.png")]
+    out = [save_figure(optimization_history_figure(trials, metric, direction), directory / "optimization_history.png")]
     if any(p.kind != "fixed" for p in params):  # parallel coordinates need a searched parameter
-        out.append(_save(parallel_coordinate_figure(params, trials, metric), directory / "parallel_coordinate.png"))
+        out.append(save_figure(parallel_coordinate_figure(params, trials, metric), directory / "parallel_coordinate.png"))
     return out
 
 
@@ -186,4 +191,35 @@ def pareto_plot(points: list[tuple[float, float, str]], front: set[str], names: 
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def best_trial_figure(curves: dict[str, tuple[list[int], list[float]]], best: str | None, metric_value: float | None,
+                      baseline: float | None = None, title: str = ""):
+    """The report's figure: every trial's validation curve in grey and the best trial's in colour, its id and
+    score written beside its best point, so a reader sees which curve won and by how much."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    others = [t for t in curves if t != best]
+    for i, t in enumerate(others):
+        steps, ppl = curves[t]
+        ax.plot(steps, ppl, color="grey", alpha=0.55, linewidth=1, marker="o", markersize=2,
+                label=f"other trials ({len(others)})" if i == 0 else None)
+    if best in curves:
+        steps, ppl = curves[best]
+        ax.plot(steps, ppl, color="tab:red", linewidth=2.2, marker="o", markersize=4, label=f"best trial {best}", zorder=3)
+        low = min(range(len(ppl)), key=ppl.__getitem__)
+        score = metric_value if metric_value is not None else ppl[low]
+        ax.scatter([steps[low]], [ppl[low]], marker="*", s=220, color="tab:red", edgecolor="black", zorder=4)
+        right = steps[low] > (min(min(c[0]) for c in curves.values()) + max(max(c[0]) for c in curves.values())) / 2
+        ax.annotate(f"best trial {best}\nbest_val_perplexity {score:.4g}", (steps[low], ppl[low]),
+                    xytext=(-14 if right else 14, 18), ha="right" if right else "left",  # the label inside the axes
+                    textcoords="offset points", fontsize=9, color="tab:red", fontweight="bold",
+                    bbox={"facecolor": "white", "edgecolor": "tab:red", "alpha": 0.85})
+    if baseline:
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label=f"frozen baseline {baseline:.4g}")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title(f"{title}: validation perplexity, best trial marked" if title else "Validation perplexity, best trial marked")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(os.path.abspath(os.path.expanduser(args.output_dir))) if args.output_dir else default_out
         check_writable(out, "--output-dir")
         out.mkdir(parents=True, exist_ok=True)
-        text, _ = render(data, out)
-        atomic_write_text(out / "report.md", text)
-        print(text)
+        report = render(data, out)
+        atomic_write_text(out / "report.md", report.markdown)
+        # a person at a terminal reads aligned columns; a pipe or a file gets the Markdown that report.md holds
+        print(report.plain if sys.stdout.isatty() else report.markdown)
         print(f"wrote {out / 'report.md'}")
         return 0
 

@@ -1,5 +1,5 @@
-"""A search's report: its trials best-first with their parameters, and the validation curves, as
-Markdown + PNG (what `embinject report` writes).
+"""A search's report: its trials best-first with their parameters, and the validation curves with the best trial
+marked, as Markdown + PNG (what `embinject report` writes; a terminal gets the tables as aligned plain text).
 
 From a search directory it reads what the search wrote (summary.csv, Ray Tune's per-trial results);
 from a parent run id it reads MLflow, so a search run on another machine can be reported too.
@@ -10,10 +10,11 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .plots import perplexity_curves
+from .plots import best_trial_figure, save_figure
 from .tracking import TIME_SPLIT, WALL, curve_value, search_metrics
 
 FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
@@ -54,12 +55,41 @@ def from_search_dir(directory: Path) -> dict:
             "plots": plots, "search": search_metrics(directory)}
 
 
-def time_table(rows: list[dict], search: dict) -> list[str]:
+@dataclass
+class Table:
+    """A table of the report, written as Markdown for report.md or aligned plain text for a terminal."""
+    header: list[str]
+    rows: list[list[str]]
+    right: list[bool]  # right-aligned (numeric) columns
+
+    def markdown(self) -> list[str]:
+        escape = lambda v: v.replace("|", "\\|")  # noqa: E731
+        return (["| " + " | ".join(self.header) + " |", "|" + "".join("---:|" if r else "---|" for r in self.right)]
+                + ["| " + " | ".join(map(escape, row)) + " |" for row in self.rows])
+
+    def plain(self) -> list[str]:
+        widths = [max(len(str(c)) for c in column) for column in zip(self.header, *self.rows)]
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, self.right)).rstrip()
+
+        return [line(self.header), line(["-" * w for w in widths]), *map(line, self.rows)]
+
+
+@dataclass
+class Rendered:
+    """A report in both forms (report.md is always Markdown; a terminal gets the plain one) and its figures."""
+    markdown: str
+    plain: str
+    images: list[Path]
+
+
+def time_table(rows: list[dict], search: dict) -> tuple[str, Table] | None:
     """Where a search's time went: per category its seconds summed over the trials and their share of the trials' summed
     wall time, what no category covers, and the search's own wall time (`search`: its parent run's metrics)."""
     timed = [r for r in rows if _number(r.get(WALL)) is not None]
     if not timed:
-        return []  # a search from before the time split was measured
+        return None  # a search from before the time split was measured
     wall = sum(_number(r[WALL]) for r in timed)
     sums = {k: sum(_number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
     sums["other"] = max(0.0, wall - sum(sums.values()))
@@ -69,36 +99,46 @@ def time_table(rows: list[dict], search: dict) -> list[str]:
     if seconds:
         warming = f" ({warm:.1f} s of it warming the caches)" if warm else ""
         summary += f"; the search took {seconds:.1f} s of wall time{warming}: x{wall / seconds:.2f} trials at a time"
-    lines = ["## Where the time went", "", summary + ".", "",
-             "| where | seconds, summed over trials | share of trial time |", "|---|---:|---:|"]
-    lines += [f"| {labels[k]} | {v:.1f} | {100 * v / max(wall, 1e-9):.1f}% |" for k, v in sums.items()]
-    return lines + [f"| trials' wall time | {wall:.1f} | 100% |", ""]
+    body = [[labels[k], f"{v:.1f}", f"{100 * v / max(wall, 1e-9):.1f}%"] for k, v in sums.items()]
+    body.append(["trials' wall time", f"{wall:.1f}", "100%"])
+    return summary + ".", Table(["where", "seconds, summed over trials", "share of trial time"], body, [False, True, True])
 
 
-def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> tuple[str, list[Path]]:
+def _cell(column: str, value) -> str:
+    n = None if column == "trial_id" else _number(value)  # trial ids such as 249825e9 are not numbers
+    if n is not None and not isinstance(value, bool) and str(value) not in ("True", "False"):
+        return f"{n:.4g}" if not float(n).is_integer() else str(int(n))
+    return str(value if value is not None else "")
+
+
+def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> Rendered:
     rows = sorted(data["rows"], key=lambda r: (_number(r.get(metric)) is None, _number(r.get(metric)) or 0.0))
     baseline = next((_number(r.get("baseline_perplexity")) for r in rows if _number(r.get("baseline_perplexity"))), None)
+    best = next((r for r in rows if _number(r.get(metric)) is not None and r.get("status", "ok") == "ok"), None)
     images = []
     if data["curves"]:
         curves = {t: ([s for s, _ in pts], [v for _, v in pts]) for t, pts in data["curves"].items()}
-        images.append(perplexity_curves(curves, directory / "report_val_perplexity.png", baseline))
+        figure = best_trial_figure(curves, best and str(best["trial_id"]), best and _number(best.get(metric)), baseline,
+                                   data["title"])
+        images.append(save_figure(figure, directory / "report_val_perplexity.png"))
     columns = ["rank", "trial_id", *data["params"], "best_val_perplexity", "final_val_perplexity", "steps", "stopped_early",
                "status"] + (["pareto"] if any("pareto" in r for r in rows) else [])
     for plot in data.get("plots", []):
         if plot.parent != directory:
             shutil.copy2(plot, directory / plot.name)
         images.append(directory / plot.name)
-
-    def cell(column: str, value) -> str:
-        n = None if column == "trial_id" else _number(value)  # trial ids such as 249825e9 are not numbers
-        if n is not None and not isinstance(value, bool) and str(value) not in ("True", "False"):
-            return f"{n:.4g}" if not float(n).is_integer() else str(int(n))
-        return str(value if value is not None else "").replace("|", "\\|")
-
-    lines = [f"# Search report: {data['title']}", "", f"Source: {data['source']}. {len(rows)} trials, best first "
-             f"(by {metric})" + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."), "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for i, r in enumerate(rows, 1):
-        lines.append("| " + " | ".join([str(i)] + [cell(c, r.get(c, "")) for c in columns[1:]]) + " |")
-    lines += [""] + time_table(rows, data.get("search", {})) + [f"![{p.stem}]({p.name})" for p in images]
-    return "\n".join(lines) + "\n", images
+    cells = [[str(i)] + [_cell(c, r.get(c, "")) for c in columns[1:]] for i, r in enumerate(rows, 1)]
+    numeric = [c == "rank" or (c != "trial_id" and any(_number(r.get(c)) is not None for r in rows)) for c in columns]
+    trials = Table(columns, cells, numeric)
+    intro = (f"Source: {data['source']}. {len(rows)} trials, best first (by {metric})"
+             + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."))
+    times = time_table(rows, data.get("search", {}))
+    title = f"Search report: {data['title']}"
+    md = [f"# {title}", "", intro, "", *trials.markdown(), ""]
+    plain = [title, "=" * len(title), "", intro, "", *trials.plain(), ""]
+    if times:
+        md += ["## Where the time went", "", times[0], "", *times[1].markdown(), ""]
+        plain += ["Where the time went", "-" * 19, "", times[0], "", *times[1].plain(), ""]
+    md += [f"![{p.stem}]({p.name})" for p in images]
+    plain += [f"figure: {p}" for p in images]
+    return Rendered("\n".join(md) + "\n", "\n".join(plain) + "\n", images)

@@ -21,7 +21,7 @@ from embinject.config import TuneSettings, config_from_dict
 from embinject.errors import disk_full
 from embinject.methods import load_method
 from embinject.models import load_frozen_lm
-from embinject.plots import optuna_plots
+from embinject.plots import ScoredTrial, optimization_history_figure, parallel_coordinate_figure, search_plots
 from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
 from embinject.tracking import TIME_SPLIT, WALL, mlflow_global_uris
 from embinject.train import autocast_dtype, prepare
@@ -644,11 +644,48 @@ def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value
     import warnings
 
     params = parse_space({"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.prefix_len": {"choice": [4, 8]}})
-    rows = [({"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0), ({"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0)]
+    trials = [ScoredTrial("0a1b2c3d", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0),
+              ScoredTrial("4e5f6071", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        paths = optuna_plots(params, rows, tmp_path)
+        paths = search_plots(params, trials, tmp_path)
     assert sorted(p.name for p in paths) == ["optimization_history.png", "parallel_coordinate.png"]
+
+
+def _overlapping(texts) -> list[tuple[str, str]]:
+    boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_text()]
+    return [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+
+
+def test_search_plots_name_trials_by_id_and_axes_by_metric_and_draw_no_inactive_parameter():
+    """A conditional parameter's axis appears only in the panel of the trials that drew it (never a `None` value),
+    every axis and the colour bar are named by the metric and config keys, and no two labels overlap."""
+    params = parse_space({"method": {"choice": ["prompt", "lora"]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
+                          "adapter.prefix_len": {"randint": [1, 8], "when": {"method": "prompt"}},
+                          "adapter.target_modules": {"choice": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]],
+                                                     "when": {"method": "lora"}}})
+    lora = {"method": "lora", "adapter.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    trials = [ScoredTrial("a1b2c3d4", {"method": "prompt", "train.lr": 1e-3, "adapter.prefix_len": 3}, 40.0),
+              ScoredTrial("e5f60718", {**lora, "train.lr": 3e-3}, 35.0),
+              ScoredTrial("9abcdef0", {**lora, "train.lr": 2e-4, "adapter.target_modules": ["q_proj", "v_proj"]}, 38.0)]
+    fig = parallel_coordinate_figure(params, trials, "best_val_perplexity")
+    fig.canvas.draw()
+    panels = {ax.get_title(loc="left"): ax for ax in fig.axes if ax.get_title(loc="left")}
+    axes = {title: [t.get_text() for t in ax.get_xticklabels()] for title, ax in panels.items()}
+    assert axes == {"method = lora: 2 trials": ["best_val_perplexity", "train.\nlr", "adapter.\ntarget_modules"],
+                    "method = prompt: 1 trial": ["best_val_perplexity", "train.\nlr", "adapter.\nprefix_len"]}
+    values = {t.get_text() for ax in panels.values() for t in ax.texts}
+    assert "None" not in values and {"q_proj,v_proj", "q_proj,k_proj…", "3"} <= values, values
+    assert [ax.get_ylabel() for ax in fig.axes if ax not in panels.values()] == ["best_val_perplexity"]  # the colour bar
+    for ax in panels.values():
+        assert not _overlapping(ax.get_xticklabels()) and not _overlapping(ax.texts), ax.get_title(loc="left")
+    assert "Objective Value" not in {t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))}
+
+    history = optimization_history_figure(trials, "best_val_perplexity")
+    history.canvas.draw()
+    ax = history.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a1b2c3d4", "e5f60718", "9abcdef0"]  # as in summary.csv
+    assert ax.get_ylabel() == "best_val_perplexity" and not _overlapping(ax.get_xticklabels())
 
 
 def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_every_15_seconds(monkeypatch):
