@@ -107,7 +107,8 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
             axes_of[p.key] = (lambda v, s=spots: s[json.dumps(v, default=str)],
                               [(h, _short(_category(c))) for c, h in zip(cats, spots.values())])
         else:
-            axes_of[p.key] = _numeric_axis([float(v) for v in drawn], p.kind == "loguniform", p.kind.endswith("randint"))
+            numbers = [float(v) for v in drawn]
+            axes_of[p.key] = _numeric_axis(numbers, p.kind == "loguniform", p.kind.endswith("randint"))
     drawn_axes = []  # per panel, biggest first: its trials and the axes it draws
     for keys, members in sorted(panels.items(), key=lambda kv: -len(kv[1])):
         # a condition every trial of the panel shares is named in its title, not drawn as a flat axis
@@ -137,7 +138,8 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
         where = ", ".join(f"{k} = {' or '.join(v)}" for k, v in when.items() if v)
         ax.set_title(f"{where}: {_trials(len(members))}" if where and len(panels) > 1 else _trials(len(members)),
                      fontsize=9, loc="left")
-    bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axs[:, 0].tolist(), fraction=0.03, pad=0.02)
+    colours = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    bar = fig.colorbar(colours, ax=axs[:, 0].tolist(), fraction=0.03, pad=0.02)
     bar.set_label(metric)
     fig.suptitle(f"Parallel coordinates: each trial's parameters and its {metric}", fontsize=10)
     return fig
@@ -171,7 +173,8 @@ def search_plots(params, trials: list[ScoredTrial], directory: Path, direction: 
         return []
     out = [save_figure(optimization_history_figure(trials, metric, direction), directory / "optimization_history.png")]
     if any(p.kind != "fixed" for p in params):  # parallel coordinates need a searched parameter
-        out.append(save_figure(parallel_coordinate_figure(params, trials, metric), directory / "parallel_coordinate.png"))
+        figure = parallel_coordinate_figure(params, trials, metric)
+        out.append(save_figure(figure, directory / "parallel_coordinate.png"))
     return out
 
 
@@ -206,7 +209,8 @@ def best_trial_figure(curves: dict[str, tuple[list[int], list[float]]], best: st
                 label=f"other trials ({len(others)})" if i == 0 else None)
     if best in curves:
         steps, ppl = curves[best]
-        ax.plot(steps, ppl, color="tab:red", linewidth=2.2, marker="o", markersize=4, label=f"best trial {best}", zorder=3)
+        ax.plot(steps, ppl, color="tab:red", linewidth=2.2, marker="o", markersize=4, label=f"best trial {best}",
+                zorder=3)
         low = min(range(len(ppl)), key=ppl.__getitem__)
         score = metric_value if metric_value is not None else ppl[low]
         ax.scatter([steps[low]], [ppl[low]], marker="*", s=220, color="tab:red", edgecolor="black", zorder=4)
@@ -219,7 +223,7 @@ def best_trial_figure(curves: dict[str, tuple[list[int], list[float]]], best: st
         ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label=f"frozen baseline {baseline:.4g}")
     ax.set_xlabel("optimizer steps")
     ax.set_ylabel("validation perplexity")
-    ax.set_title(f"{title}: validation perplexity, best trial marked" if title else "Validation perplexity, best trial marked")
+    ax.set_title(f"{title + ': v' if title else 'V'}alidation perplexity, best trial marked")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -101,7 +101,8 @@ def time_table(rows: list[dict], search: dict) -> tuple[str, Table] | None:
         summary += f"; the search took {seconds:.1f} s of wall time{warming}: x{wall / seconds:.2f} trials at a time"
     body = [[labels[k], f"{v:.1f}", f"{100 * v / max(wall, 1e-9):.1f}%"] for k, v in sums.items()]
     body.append(["trials' wall time", f"{wall:.1f}", "100%"])
-    return summary + ".", Table(["where", "seconds, summed over trials", "share of trial time"], body, [False, True, True])
+    header = ["where", "seconds, summed over trials", "share of trial time"]
+    return summary + ".", Table(header, body, [False, True, True])
 
 
 def _cell(column: str, value) -> str:

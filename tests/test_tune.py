@@ -660,11 +660,11 @@ def _overlapping(texts) -> list[tuple[str, str]]:
 def test_search_plots_name_trials_by_id_and_axes_by_metric_and_draw_no_inactive_parameter():
     """A conditional parameter's axis appears only in the panel of the trials that drew it (never a `None` value),
     every axis and the colour bar are named by the metric and config keys, and no two labels overlap."""
+    four = ["q_proj", "k_proj", "v_proj", "o_proj"]
     params = parse_space({"method": {"choice": ["prompt", "lora"]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
                           "adapter.prefix_len": {"randint": [1, 8], "when": {"method": "prompt"}},
-                          "adapter.target_modules": {"choice": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]],
-                                                     "when": {"method": "lora"}}})
-    lora = {"method": "lora", "adapter.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+                          "adapter.target_modules": {"choice": [["q_proj", "v_proj"], four], "when": {"method": "lora"}}})
+    lora = {"method": "lora", "adapter.target_modules": four}
     trials = [ScoredTrial("a1b2c3d4", {"method": "prompt", "train.lr": 1e-3, "adapter.prefix_len": 3}, 40.0),
               ScoredTrial("e5f60718", {**lora, "train.lr": 3e-3}, 35.0),
               ScoredTrial("9abcdef0", {**lora, "train.lr": 2e-4, "adapter.target_modules": ["q_proj", "v_proj"]}, 38.0)]
@@ -676,7 +676,8 @@ def test_search_plots_name_trials_by_id_and_axes_by_metric_and_draw_no_inactive_
                     "method = prompt: 1 trial": ["best_val_perplexity", "train.\nlr", "adapter.\nprefix_len"]}
     values = {t.get_text() for ax in panels.values() for t in ax.texts}
     assert "None" not in values and {"q_proj,v_proj", "q_proj,k_proj…", "3"} <= values, values
-    assert [ax.get_ylabel() for ax in fig.axes if ax not in panels.values()] == ["best_val_perplexity"]  # the colour bar
+    colour_bar = [ax for ax in fig.axes if ax not in panels.values()]
+    assert [ax.get_ylabel() for ax in colour_bar] == ["best_val_perplexity"]
     for ax in panels.values():
         assert not _overlapping(ax.get_xticklabels()) and not _overlapping(ax.texts), ax.get_title(loc="left")
     assert "Objective Value" not in {t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))}

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from embinject import report as report_cli
 from embinject.adapters import LoadedAdapter, load_adapter
 from embinject.cli import COMMANDS, main as cli_main
 from embinject.config import config_keys
 from embinject.config_files import load_config
 from embinject.errors import ConfigError
+from embinject.plots import best_trial_figure, perplexity_curves
 from embinject.train import prepare, train, write_outputs
 
 from .conftest import ROOT, free_port
@@ -234,6 +236,61 @@ def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters
 def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: no summary.csv (not a finished embinject search directory)"
+
+
+def _hand_made_search(folder: Path) -> tuple[str, dict]:
+    """A search folder as `embinject tune` leaves it, written by hand: summary.csv, each trial's result.json and the
+    search's val_perplexity_curves.png. Returns the best trial's id and the curves."""
+    curves = {"0a1b2c3d": ([2, 4], [60.0, 52.5]), "5e6f7a8b": ([2, 4], [59.0, 55.0]), "9c0d1e2f": ([2], [61.0])}
+    lines = ["trial_id,method,train.lr,final_val_perplexity,best_val_perplexity,baseline_perplexity,steps,"
+             "stopped_early,status"]
+    for trial, (steps, ppl) in curves.items():
+        (folder / f"trial_{trial}").mkdir(parents=True)
+        (folder / f"trial_{trial}" / "result.json").write_text(
+            "".join(json.dumps({"step": s, "val_perplexity": v}) + "\n" for s, v in zip(steps, ppl)))
+        lines.append(f"{trial},prompt|lora,0.001,{ppl[-1]},{min(ppl)},63.5,{steps[-1]},{len(steps) == 1},ok")
+    (folder / "summary.csv").write_text("\n".join(lines) + "\n")
+    perplexity_curves(curves, folder / "val_perplexity_curves.png", 63.5)
+    return "0a1b2c3d", curves
+
+
+def test_report_prints_an_aligned_table_in_a_terminal_and_markdown_elsewhere_and_draws_its_own_figure(tmp_path):
+    import pty
+
+    search = tmp_path / "search"
+    best, curves = _hand_made_search(search)
+    code, piped, err = run_main(report_cli.main, [str(search)], tmp_path)  # stdout a StringIO: not a terminal
+    assert code == 0, err
+    assert f"| 1 | {best} | prompt\\|lora |" in piped and "|---:|" in piped  # Markdown, as in report.md
+    markdown = (search / "report.md").read_text()
+    # in a terminal (stdout a pseudo-terminal, as `script` gives): aligned columns, no Markdown; report.md unchanged
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "embinject", "report", str(search)], cwd=ROOT, stdout=follower,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    shown = b"".join(chunks).decode().replace("\r\n", "\n")
+    table = [line for line in shown.splitlines() if line.startswith(("rank ", "----", "   "))]
+    assert len(table) == 2 + 3 and "|" not in "".join(table[:2]) and "![" not in shown, shown
+    assert table[2].split() == ["1", best, "prompt|lora", "0.001", "52.5", "52.5", "4", "False", "ok"], shown
+    column = table[0].index("best_val_perplexity") + len("best_val_perplexity")  # right-aligned numbers end there
+    assert all(line[:column].endswith(("52.5", "55", "61")) for line in table[2:]), shown
+    assert f"figure: {search / 'report_val_perplexity.png'}" in shown and (search / "report.md").read_text() == markdown
+    # its figure is its own: the curves with the best trial marked and named, not a copy of the search's plot
+    assert (search / "report_val_perplexity.png").read_bytes() != (search / "val_perplexity_curves.png").read_bytes()
+    fig = best_trial_figure(curves, best, 52.5, 63.5, "search")
+    labels = [t.get_text() for t in fig.axes[0].texts] + [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert f"best trial {best}\nbest_val_perplexity 52.5" in labels and f"best trial {best}" in labels, labels
 
 
 @pytest.mark.parametrize("case", ["not-a-dir", "no-meta", "unknown-model", "unknown-alias", "context-count", "max-new-tokens", "mix-peft",

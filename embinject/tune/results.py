@@ -161,8 +161,8 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
         artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
         scored = [ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"]) for r in rows
                   if r["best_val_perplexity"] is not None]
-        artifacts += search_plots(search.params, scored, exp_dir, "minimize" if search.tune.mode == "min" else "maximize",
-                                  "best_val_perplexity")
+        direction = "minimize" if search.tune.mode == "min" else "maximize"
+        artifacts += search_plots(search.params, scored, exp_dir, direction, "best_val_perplexity")
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]
     if objectives and front:
