@@ -152,7 +152,7 @@ def optimization_history_figure(trials: list[ScoredTrial], metric: str, directio
     for t in trials:
         best = t.score if best is None else better(best, t.score)
         so_far.append(best)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.35 * len(trials) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 0.35 * len(trials) + 2)), 4.5))
     xs = range(len(trials))
     ax.scatter(xs, [t.score for t in trials], color="tab:blue", s=22, zorder=3, label=f"the trial's {metric}")
     ax.step(xs, so_far, where="post", color="tab:red", linewidth=1.2, label="best so far")
