@@ -40,6 +40,9 @@ RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (
 # opposed to one that did not reach it, that it could not serve now, or that new credentials would let through: those
 # stay in the journal and are sent again.
 REFUSALS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
+# A state file is read only to continue a search (a new one has none): what to do when it is damaged
+RESUME_HINT = ("restore it (it holds the search's MLflow run ids and how many of its records MLflow received), "
+               "or start a new search without --resume")
 
 
 def read_state_file(file: Path, key: str, hint: str) -> dict:
@@ -85,7 +88,7 @@ class SearchTracker:
         legacy = Path(exp_dir) / LEGACY_STATE_FILE
         for file in (self.state_file, legacy):
             if file.is_file():
-                self.state.update(json.loads(file.read_text()))
+                self.state.update(read_state_file(file, "--resume", RESUME_HINT))
                 break
         self._client = None
         self._experiment_id = None
