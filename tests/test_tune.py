@@ -27,6 +27,7 @@ from embinject.tracking import mlflow_global_uris
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
+from embinject.tune.budget import asha_rungs
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
 from embinject.tune.results import pareto_front
 from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
@@ -184,6 +185,61 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in out, out
     assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in out
     assert code == 0 and not (tmp_path / "runs").exists()
+
+
+GRACE = "(tune.scheduler.grace_period: 3): every trial ends before ASHA judges it, so ASHA stops none"
+PAST = ("ASHA's rung at step 6 is never reached: trials end at train.max_steps (5), below tune.scheduler.max_t (12); "
+        "raise train.max_steps to 12, or lower")
+LACKING = ("cannot run this search, whose trials ask for 64 CPUs each (tune.resources): the plan above is a "
+           "preview. Run it with --address of a Ray cluster that has that for a trial (3 trials at a time take up to "
+           "192 CPUs); started here, the search stops with exit 2")
+TWO_OBJECTIVES = "tune.objectives=[{metric: val_perplexity, mode: min}, {metric: trainable_params, mode: min}]"
+
+
+@pytest.mark.parametrize("sets, warnings, line", [
+    ([], [], "objective: val_perplexity (min)"),
+    (["train.max_steps=2", "tune.scheduler.max_t=12"], ["train.max_steps (2) is below ASHA's grace period " + GRACE],
+     "at most 12 optimizer"),
+    (["train.max_steps=3", "tune.scheduler.max_t=12"], ["train.max_steps (3) equals ASHA's grace period"], None),
+    (["train.max_steps=5", "tune.scheduler.max_t=12"], [PAST],
+     "at most 30 optimizer"),
+    (["train.eval_every=7"], ["ASHA's rung at step 3 never judges a trial: trials report every 7 steps "
+                              "(train.eval_every)", "set train.eval_every to 3 or less"], None),
+    (["train.eval_every=5"], [], None),  # reports at 5 and 10 land on the rungs at 3 and 6
+    (["tune.scheduler.reduction_factor=1.5", "train.eval_every=2"],
+     ["ASHA's rung at step 10.125 never judges a trial", "set train.eval_every to 1 or less"], None),
+    ([TWO_OBJECTIVES], [], "objectives: multi-objective over val_perplexity (min), trainable_params (min): Optuna "
+                           "keeps a Pareto front (pareto_front.csv); ASHA and the champion follow the first, "
+                           "val_perplexity"),
+    (["tune.resources.cpus=64", "tune.max_concurrent_trials=3"], [LACKING], None),
+    (["tune.resources.gpus=0.5"], ["no GPU) cannot run this search, whose trials ask for 1 CPUs and 0.5 GPU each",
+                                   "(2 trials at a time take up to 2 CPUs and 1 GPUs)"], None),
+], ids=["fits", "steps-below-grace", "steps-at-grace", "rung-past-steps", "rung-between-reports", "reports-on-rungs",
+        "fractional-rungs", "multi-objective", "cpus-lacking", "gpus-lacking"])
+def test_dry_run_warns_of_budget_mistakes_and_previews_what_this_machine_lacks(tmp_path, tiny_model, sets, warnings,
+                                                                               line):
+    """Each warning on one line, the plan printed all the same, exit 0, nothing created; a search asking for more than
+    this machine has is previewed (the search itself still stops with exit 2, as
+    test_bad_search_file_fails_before_ray_starts checks)."""
+    if "gpus" in str(sets) and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
+    argv = [str(path), "--dry-run", *[x for s in sets for x in ("--set", s)]]
+    code, out, err = run_main(tune_cli.main, argv, tmp_path)
+    assert code == 0 and "storage: " in out and not (tmp_path / "runs").exists(), err
+    said = [l for l in err.splitlines() if l.strip()]
+    assert all(l.startswith("warning: ") for l in said) and len(said) == (1 if warnings else 0), err
+    assert all(w in said[0] for w in warnings), err
+    assert line is None or line in out, out
+
+
+@pytest.mark.parametrize("max_t, grace, factor", [(12, 3, 2), (40, 10, 2), (1560, 104, 3), (100, 10, 1.5), (40, 10, 3),
+                                                  (9, 9, 2)])
+def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=grace, reduction_factor=factor)
+    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
 
 
 @pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])

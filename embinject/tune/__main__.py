@@ -11,10 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog
+from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog, warn
 from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
-from .cluster import check_local_resources
+from .budget import budget_warnings, objectives_line
+from .cluster import check_local_resources, cluster_needs, local_shortfalls
 from .driver import AlreadyFinished, registration_problem, run_search
 from .pack import plan_pack
 from .warm import read_warm_start
@@ -36,7 +37,8 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
         f"reduction_factor={t.scheduler.reduction_factor:g})")
     guided = f", TPE-guided after {t.random_trials_first} random trials" if t.search_alg == "optuna" else ""
     print(f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
-    budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
+    print(objectives_line(search))
+    budget = t.num_samples * (search.config.train.max_steps or t.scheduler.max_t or 0)  # a trial ends at max_steps
     print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
     plan = plan_pack(search)
@@ -48,6 +50,9 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
         print(line)
     print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
           f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
+    lacking = local_shortfalls(search, address)
+    for line in budget_warnings(search) + ([cluster_needs(search)] if lacking else []):
+        warn(line)
 
 
 def _print_kept(outcome: dict) -> None:
@@ -76,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
     try:
         search = load_search_file(args.search_file, args.overrides)
-        check_local_resources(search, args.address)
-        if args.dry_run:
+        if args.dry_run:  # a preview also of a search this machine cannot run: what it lacks is a warning there
             _print_dry_run(search, args.address)
             return 0
+        check_local_resources(search, args.address)
         outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
