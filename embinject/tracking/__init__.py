@@ -1,11 +1,12 @@
 """MLflow at the edge: the store (`store`), what a search records (`records`) and the journal-backed
 writer of a search's runs and registry versions (`tracker`). Nothing below this package imports MLflow."""
 from .earlier import earlier_searches
-from .records import curve_value, dataset_record, flatten, readable, source_tags
+from .records import champion_identity, curve_value, dataset_record, flatten, readable, source_tags
 from .store import (check_tracking_uri, default_tracking_uri, mlflow_global_uris, open_store, quiet_mlflow, registry_uri_for,
                     runs_table_url, search_from_mlflow, tracking_uri_default)
 from .tracker import JOURNAL_FILE, LEGACY_STATE_FILE, STATE_FILE, SearchTracker, read_state_file, tracker_for
 
-__all__ = ["JOURNAL_FILE", "LEGACY_STATE_FILE", "STATE_FILE", "SearchTracker", "check_tracking_uri", "curve_value", "dataset_record", "earlier_searches",
+__all__ = ["JOURNAL_FILE", "LEGACY_STATE_FILE", "STATE_FILE", "SearchTracker", "champion_identity",
+           "check_tracking_uri", "curve_value", "dataset_record", "earlier_searches",
            "default_tracking_uri", "flatten", "mlflow_global_uris", "open_store", "quiet_mlflow", "readable", "registry_uri_for", "runs_table_url",
            "read_state_file", "search_from_mlflow", "source_tags", "tracker_for", "tracking_uri_default"]
