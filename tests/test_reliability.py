@@ -14,11 +14,12 @@ from embinject.config_files import parse_override
 from embinject.fsutil import scratch_dir, sweep_scratch
 from embinject.space import load_search_file
 from embinject.tracking import STATE_FILE, SearchTracker
-from embinject.tune import folder
+from embinject.tune import __main__ as tune_cli, folder
 from embinject.tune.driver import BudgetEnd, ended_by_the_search
 from embinject.tune.folder import LOCK_FILE, new_search_dir, record_space, search_lock
 
 from .conftest import ROOT
+from .test_bad_input import assert_one_error_line, run_main
 from .test_tune import write_search
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -80,6 +81,30 @@ def test_resume_with_a_changed_search_file_is_refused(tmp_path, tiny_model):
     proc = tune(str(path), "--resume")
     one_error_line(proc, f"--resume: {path} is not the search {exp_dir.name} started with (search.train.lr: ")
     assert "start a new search without --resume" in proc.stderr
+
+
+@pytest.mark.parametrize("name, damage, what", [
+    (STATE_FILE, "", "empty"),
+    (STATE_FILE, '{"parent": "0a1b", "children": {"t1', "not the JSON embinject writes: cut or overwritten at line 1"),
+    (STATE_FILE, '{"parent": 7}', "not the search state embinject writes"),
+    (folder.SPACE_FILE, '{"search": {}, "base": {}}', "no tune section"),
+    (folder.SPACE_FILE, "[1, 2]", "a JSON list, not the object embinject writes"),
+], ids=["state-empty", "state-cut", "state-overwritten", "space-no-tune", "space-a-list"])
+def test_resume_of_a_search_whose_state_or_space_file_is_damaged_is_refused(tmp_path, tiny_model, name, damage, what):
+    """The files --resume reads first (which MLflow runs the search continues, which space it started with), cut or
+    overwritten: one line naming the file, exit 2, and the folder as it was (a traceback before)."""
+    storage = tmp_path / "runs"
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage)
+    exp_dir = new_search_dir(storage, "t")
+    (exp_dir / STATE_FILE).write_text(json.dumps({"parent": "0a1b", "children": {}, "applied": 3}))
+    record_space(exp_dir, load_search_file(path))
+    (exp_dir / name).write_text(damage)
+    before = {p.name: p.read_bytes() for p in exp_dir.iterdir() if p.name != LOCK_FILE}
+    code, out, err = run_main(tune_cli.main, [str(path), "--resume"], tmp_path)
+    assert_one_error_line(code, err, f"error: --resume: {exp_dir / name} is damaged ({what}")
+    assert err.rstrip().endswith("or start a new search without --resume"), err
+    assert {p.name: p.read_bytes() for p in exp_dir.iterdir() if p.name != LOCK_FILE} == before
+    assert sorted(p.name for p in storage.iterdir()) == [exp_dir.name]  # no MLflow store, no other folder
 
 
 def test_registration_is_not_repeated_after_a_kill_before_the_state_was_saved(tmp_path):

@@ -24,9 +24,11 @@ from embinject.models import load_frozen_lm
 from embinject.plots import ScoredTrial, optimization_history_figure, parallel_coordinate_figure, search_plots
 from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
 from embinject.tracking import TIME_SPLIT, WALL, mlflow_global_uris
+from embinject.tracking.tracker import champion_move
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
+from embinject.tune.budget import asha_rungs
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
 from embinject.tune.results import pareto_front
 from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
@@ -186,6 +188,75 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert code == 0 and not (tmp_path / "runs").exists()
 
 
+GRACE = "(tune.scheduler.grace_period: 3): every trial ends before ASHA judges it, so ASHA stops none"
+PAST = ("ASHA's rung at step 6 is never reached: trials end at train.max_steps (5), below tune.scheduler.max_t (12); "
+        "raise train.max_steps to 12, or lower")
+LACKING = ("cannot run this search, whose trials ask for 64 CPUs each (tune.resources): the plan above is a "
+           "preview. Run it with --address of a Ray cluster that has that for a trial (3 trials at a time take up to "
+           "192 CPUs); started here, the search stops with exit 2")
+TWO_OBJECTIVES = "tune.objectives=[{metric: val_perplexity, mode: min}, {metric: trainable_params, mode: min}]"
+
+
+@pytest.mark.parametrize("sets, warnings, line", [
+    ([], [], "objective: val_perplexity (min)"),
+    (["train.max_steps=2", "tune.scheduler.max_t=12"], ["train.max_steps (2) is below ASHA's grace period " + GRACE],
+     "at most 12 optimizer"),
+    (["train.max_steps=3", "tune.scheduler.max_t=12"], ["train.max_steps (3) equals ASHA's grace period"], None),
+    (["train.max_steps=5", "tune.scheduler.max_t=12"], [PAST],
+     "at most 30 optimizer"),
+    (["train.eval_every=7"], ["ASHA's rung at step 3 never judges a trial: trials report every 7 steps "
+                              "(train.eval_every)", "set train.eval_every to 3 or less"], None),
+    (["train.eval_every=5"], [], None),  # reports at 5 and 10 land on the rungs at 3 and 6
+    (["tune.scheduler.reduction_factor=1.5", "train.eval_every=2"],
+     ["ASHA's rung at step 10.125 never judges a trial", "set train.eval_every to 1 or less"], None),
+    ([TWO_OBJECTIVES], [], "objectives: multi-objective over val_perplexity (min), trainable_params (min): Optuna "
+                           "keeps a Pareto front (pareto_front.csv); ASHA and the champion follow the first, "
+                           "val_perplexity"),
+    (["tune.resources.cpus=64", "tune.max_concurrent_trials=3"], [LACKING], None),
+    (["tune.resources.gpus=0.5"], ["no GPU) cannot run this search, whose trials ask for 1 CPUs and 0.5 GPU each",
+                                   "(2 trials at a time take up to 2 CPUs and 1 GPUs)"], None),
+], ids=["fits", "steps-below-grace", "steps-at-grace", "rung-past-steps", "rung-between-reports", "reports-on-rungs",
+        "fractional-rungs", "multi-objective", "cpus-lacking", "gpus-lacking"])
+def test_dry_run_warns_of_budget_mistakes_and_previews_what_this_machine_lacks(tmp_path, tiny_model, sets, warnings,
+                                                                               line):
+    """Each warning on one line, the plan printed all the same, exit 0, nothing created; a search asking for more than
+    this machine has is previewed (the search itself still stops with exit 2, as
+    test_bad_search_file_fails_before_ray_starts checks)."""
+    if "gpus" in str(sets) and __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
+    argv = [str(path), "--dry-run", *[x for s in sets for x in ("--set", s)]]
+    code, out, err = run_main(tune_cli.main, argv, tmp_path)
+    assert code == 0 and "storage: " in out and not (tmp_path / "runs").exists(), err
+    said = [l for l in err.splitlines() if l.strip()]
+    assert all(l.startswith("warning: ") for l in said) and len(said) == (1 if warnings else 0), err
+    assert all(w in said[0] for w in warnings), err
+    assert line is None or line in out, out
+
+
+@pytest.mark.parametrize("max_t, grace, factor", [(12, 3, 2), (40, 10, 2), (1560, 104, 3), (100, 10, 1.5), (40, 10, 3),
+                                                  (9, 9, 2)])
+def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=grace, reduction_factor=factor)
+    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+
+
+@pytest.mark.parametrize("flags, said", [
+    ([], "registers 'test-adapter' (alias champion if it beats the version holding it)"),
+    (["--promote"], "registers 'test-adapter' (alias champion by --promote)"),
+    (["--no-register"], "registers nothing"),
+    (["--set", "mlflow.register_as=null"], "registers nothing"),
+])
+def test_no_register_registers_nothing_and_contradicts_promote(tmp_path, tiny_model, flags, said):
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
+    code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", *flags], tmp_path)
+    assert code == 0 and out.splitlines()[-1].endswith(f"experiment 'test-search', {said}"), out + err
+    code, _, err = run_main(tune_cli.main, [str(path), "--dry-run", "--no-register", "--promote", *flags], tmp_path)
+    assert code == 2 and "error: argument --promote: not allowed with argument --no-register" in err, err
+
+
 @pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])
 def test_tpe_random_start_fits_the_search_size(samples, startup, expected):
     # Optuna's fixed 10 random trials would leave a 10-trial search with no guided trial at all
@@ -339,6 +410,87 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri)
 
 
+def test_the_champion_alias_stays_with_a_version_a_new_search_does_not_beat(tmp_path, tiny_model):
+    """Two one-trial searches against one registry, the second worse by construction (a learning rate of 1e-7 leaves
+    the prompt as initialised): each registers a version, tagged with what its number was measured on; the first takes
+    the alias `champion`, the second does not, and one line says so with both numbers. (--promote: the warm-started
+    search of test_search_logs_everything_to_mlflow_and_champion_reproduces; versions that cannot be compared:
+    test_a_champion_is_compared_only_on_the_same_model_data_and_metric.)"""
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "runs"
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}", registry_uri=f"sqlite:///{storage / 'mlflow.db'}")
+
+    def search(lr: float) -> tuple[list[str], dict]:
+        path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
+            "method": "prompt", "search": {"train.lr": {"choice": [lr]}}, "tune.points_to_evaluate": [],
+            "tune.num_samples": 1, "tune.scheduler": {"type": "none"}, "train.max_steps": 3, "train.eval_every": 3,
+            "mlflow.keep_top": 1})
+        proc = run_tune(str(path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        lines = proc.stdout.splitlines()
+        said = next(l for l in lines if l.startswith("best adapter: "))
+        version = said.split(" version ")[1].split(",")[0].rstrip(")")
+        return lines, {**client.get_model_version("test-adapter", version).tags, "version": version}
+
+    lines, better = search(0.05)
+    assert better["version"] == "1" and client.get_registered_model("test-adapter").aliases == {"champion": 1}
+    assert better["model"] == tiny_model and better["data"] == "builtin:python-docs" and better["data_digest"]
+    assert (better["metric"], better["mode"], better["scored_tokens"]) == ("val_perplexity", "min", "after the first 8")
+    assert not [l for l in lines if "alias champion" in l and not l.startswith("best adapter: ")]  # the first: no line
+
+    lines, worse = search(1e-7)
+    assert float(worse["val_perplexity"]) > float(better["val_perplexity"])  # the premise: worse by construction
+    assert worse["version"] == "2" and client.get_registered_model("test-adapter").aliases == {"champion": 1}
+    assert [l for l in lines if "alias champion" in l] == [
+        "version 2 of test-adapter is registered without the alias champion, which stays on version 1: this search's "
+        f"val_perplexity {worse['val_perplexity']} does not beat its {better['val_perplexity']} (the same frozen "
+        "model, validation data and metric); --promote moves it anyway"]
+    assert "best adapter: " in next(l for l in lines if "(registered as test-adapter version 2)" in l)
+    assert any("--adapter models:/test-adapter/2 " in l for l in lines)  # the hint names the version, not the alias
+
+
+SAME = {"model": "m", "data": "builtin:python-docs", "data_digest": "d1", "scored_tokens": "all",
+        "metric": "val_perplexity", "mode": "min"}
+KEPT = "version 2 of a is registered without the alias champion, which stays on version 1: "
+
+
+@pytest.mark.parametrize("old, new, promote, moved, line", [
+    ({"val_perplexity": "20"}, {"val_perplexity": "19.5"}, False, True,
+     "the alias champion of a moved to version 2, which beats version 1 (val_perplexity 19.5, version 1's 20)"),
+    ({"val_perplexity": "20"}, {"val_perplexity": "20"}, False, False,
+     KEPT + "this search's val_perplexity 20 does not beat its 20 (the same frozen model, validation data and metric); "
+     "--promote moves it anyway"),
+    ({"val_perplexity": "20", "mode": "max"}, {"val_perplexity": "19.5", "mode": "max"}, False, False,
+     KEPT + "this search's val_perplexity 19.5 does not beat its 20 (the same frozen model, validation data and "
+     "metric); --promote moves it anyway"),
+    ({"val_perplexity": "30"}, {"val_perplexity": "20", "data": "/d/wiki.txt", "data_digest": "d2"}, False, False,
+     KEPT + "the two cannot be compared (the validation data differs: builtin:python-docs (d1) for version 1, "
+     "/d/wiki.txt (d2) for this search); --promote moves it"),
+    ({"val_perplexity": "30"}, {"val_perplexity": "20", "model": "n"}, False, False,
+     KEPT + "the two cannot be compared (the frozen model differs: m for version 1, n for this search); --promote "
+     "moves it"),
+    ({"val_perplexity": "30"}, {"val_perplexity": "20", "scored_tokens": "after the first 8"}, False, False,
+     KEPT + "the two cannot be compared (the choice of scored tokens differs: all for version 1, after the first 8 for "
+     "this search); --promote moves it"),
+    ({"val_perplexity": "30", "model": None}, {"val_perplexity": "20"}, False, False,
+     KEPT + "the two cannot be compared (version 1 does not record its frozen model: registered by hand or by an older "
+     "embinject); --promote moves it"),
+    ({"val_perplexity": "10"}, {"val_perplexity": "20", "model": "n"}, True, True,
+     "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10; not comparable: the "
+     "frozen model differs: m for version 1, n for this search)"),
+    ({"val_perplexity": "10"}, {"val_perplexity": "20"}, True, True,
+     "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10)"),
+], ids=["better", "equal", "worse-on-max", "other-data", "other-model", "other-scored-tokens", "holder-unrecorded",
+        "promote-other-model", "promote-worse"])
+def test_a_champion_is_compared_only_on_the_same_model_data_and_metric(old, new, promote, moved, line):
+    from types import SimpleNamespace
+
+    tags = lambda changes: {k: v for k, v in {**SAME, **changes}.items() if v is not None}  # noqa: E731
+    holder = SimpleNamespace(version="1", tags=tags(old))  # as MlflowClient.get_model_version returns it
+    assert champion_move("a", holder, "2", tags(new), promote) == (moved, line)
+
+
 def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     """A search warm-started from the one above: of the same setup, its 6 trials enter Optuna as completed trials; of
     another (fewer steps, a narrower space), its best configurations go first and values outside the space are dropped."""
@@ -358,7 +510,7 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
 
     proc = run_tune(str(path), "--set", f"tune.warm_start=[runs:/{parent.info.run_id}]", "--set", "tune.num_samples=3",
                     "--set", "tune.points_to_evaluate=[]", "--set", "train.max_steps=9", "--set", "tune.scheduler.max_t=9",
-                    "--set", "search.adapter.prefix_len={randint: [1, 3]}", "--set", "tune.name=w")
+                    "--set", "search.adapter.prefix_len={randint: [1, 3]}", "--set", "tune.name=w", "--promote")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("warm start from"))
     finished = sorted((c for c in children if c.data.tags.get("stopped_early") == "False"),
@@ -371,6 +523,11 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     client, parents, _ = read_mlflow(uri, "test-search")
     new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
     assert new_parent.data.tags["embinject.warm_start_runs"] == parent.info.run_id
+    # --promote: the alias moves whether or not the new version beats the old (the same model, data and metric here)
+    first, second = (client.get_model_version("test-adapter", v).tags["val_perplexity"] for v in ("1", "2"))
+    assert client.get_registered_model("test-adapter").aliases == {"champion": 2}
+    assert (f"the alias champion of test-adapter moved to version 2 by --promote (val_perplexity {second}, version 1's "
+            f"{first})") in proc.stdout.splitlines(), proc.stdout[-3000:]
     rows = list(csv.DictReader((next((tmp_path / "runs").glob("w-*")) / "summary.csv").open()))
     assert {(r["method"], float(r["train.lr"])) for r in rows} >= set(expected)
 

@@ -68,6 +68,17 @@ def dataset_record(cfg) -> dict:
     return {"name": name, "digest": h.hexdigest()[:8], "source_type": kind, "source": path}
 
 
+def champion_identity(cfg, metric: str, mode: str) -> dict:
+    """What a champion's validation result depends on besides its adapter, as tags of its registered version: the frozen
+    model, the validation data (`dataset_record`'s digest: its source, content and windows) and which of its tokens are
+    scored, and the metric with the direction that is better. Two champions are compared only where all agree."""
+    data = dataset_record(cfg)
+    scored = ("targets" if cfg.data.target_template is not None else
+              f"after the first {cfg.adapter.context_tokens}" if cfg.adapter.embed_source == "context" else "all")
+    return {"model": cfg.model, "data": data["source"], "data_digest": data["digest"], "scored_tokens": scored,
+            "metric": metric, "mode": mode}
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

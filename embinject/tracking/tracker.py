@@ -41,6 +41,13 @@ RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (
 # opposed to one that did not reach it, that it could not serve now, or that new credentials would let through: those
 # stay in the journal and are sent again.
 REFUSALS = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS")
+# What makes two champions' results comparable (records.champion_identity), as tags of each registered version, and
+# how the line that keeps the alias names a difference.
+COMPARED = {"model": "frozen model", "data_digest": "validation data", "scored_tokens": "choice of scored tokens",
+            "metric": "metric", "mode": "direction (min or max)"}
+# A state file is read only to continue a search (a new one has none): what to do when it is damaged
+RESUME_HINT = ("restore it (it holds the search's MLflow run ids and how many of its records MLflow received), "
+               "or start a new search without --resume")
 
 
 def read_state_file(file: Path, key: str, hint: str) -> dict:
@@ -49,6 +56,49 @@ def read_state_file(file: Path, key: str, hint: str) -> dict:
     if not isinstance(state.get("parent"), (str, type(None))) or not isinstance(state.get("children", {}), dict):
         raise damaged(key, file, "not the search state embinject writes", hint)
     return state
+
+
+def _value(text: str | None) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def champion_move(name: str, holder, version: str, tags: dict, promote: bool) -> tuple[bool, str]:
+    """Whether `version` of `name` (its tags: `tags`) takes the alias `champion` from `holder`, the version holding it,
+    and the one line that says what happened. It does where its result beats the holder's on the same frozen model,
+    validation data, scored tokens and metric (`COMPARED`), or with `promote`; otherwise the alias stays, and the line
+    says why: the holder's result is as good or better (both numbers), or the two cannot be compared (the first
+    difference, or what the holder does not record)."""
+    old, new, was = holder.tags, tags, holder.version
+    metric = new.get("metric", "val_perplexity")
+    theirs, ours = _value(old.get("val_perplexity")), _value(new.get("val_perplexity"))
+    said = lambda v: "none" if v is None else f"{v:.6g}"  # noqa: E731
+    numbers = f"{metric} {said(ours)}, version {was}'s {said(theirs)}"
+    lacking = [COMPARED.get(k, k) for k in [*COMPARED, "val_perplexity"] if k not in old]
+    differ = [k for k in COMPARED if k in old and old[k] != new.get(k)]
+    if lacking:
+        why = f"version {was} does not record its {', '.join(lacking)}: registered by hand or by an older embinject"
+    elif differ:
+        key = differ[0]
+        then, now = ((f"{t.get('data')} ({t.get(key)})" if key == "data_digest" else t.get(key)) for t in (old, new))
+        why = f"the {COMPARED[key]} differs: {then} for version {was}, {now} for this search"
+    elif ours is None or theirs is None:
+        why = f"{metric} is not a number for {'this search' if ours is None else f'version {was}'}"
+    else:
+        why = None
+    if promote:
+        return True, f"the alias champion of {name} moved to version {version} by --promote ({numbers}" + \
+            (f"; not comparable: {why})" if why else ")")
+    kept = f"version {version} of {name} is registered without the alias champion, which stays on version {was}: "
+    if why:
+        return False, kept + f"the two cannot be compared ({why}); --promote moves it"
+    if (ours < theirs) if new.get("mode", "min") == "min" else (ours > theirs):
+        return True, f"the alias champion of {name} moved to version {version}, which beats version {was} ({numbers})"
+    return False, kept + (f"this search's {metric} {ours:.6g} does not beat its {theirs:.6g} (the same frozen model, "
+                          "validation data and metric); --promote moves it anyway")
 
 
 _TRACKERS: dict[str, "SearchTracker"] = {}
@@ -105,7 +155,7 @@ class SearchTracker:
         legacy = Path(exp_dir) / LEGACY_STATE_FILE
         for file in (self.state_file, legacy):
             if file.is_file():
-                self.state.update(json.loads(file.read_text()))
+                self.state.update(read_state_file(file, "--resume", RESUME_HINT))
                 break
         self._client = None
         self._experiment_id = None
@@ -194,15 +244,17 @@ class SearchTracker:
 
     def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None,
                champion_model: Path | None = None, champion_trial: str | None = None, version_tags: dict | None = None,
-               top: list[dict] | None = None) -> None:
+               top: list[dict] | None = None, promote: bool = False) -> None:
         """The search's end: its metrics and artifacts on the parent run; the champion adapter there too; the best
         trials' adapters (`top`, the champion first) as MLflow logged models on their trial runs, the champion's
-        registered as a version with alias `champion`."""
+        registered as a version that takes the alias `champion` where it beats the version holding it (or by
+        `promote`)."""
         self._record("search_end", status="FINISHED",
                      metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                      artifacts=[str(p) for p in artifacts], champion=str(champion_dir) if champion_dir else None,
                      register_as=register_as, tags={}, model=str(champion_model) if champion_model else None,
-                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()}, top=top or [])
+                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()},
+                     top=top or [], promote=promote)
         self.state["finished"] = True
         self._save()
         self.sync(force=True)
@@ -397,8 +449,10 @@ class SearchTracker:
         from mlflow.exceptions import MlflowException  # lazy, as above
 
         try:
-            version = self._register(client, r["register_as"], winner if r.get("model") else None, r.get("version_tags") or {},
-                                     self.state.get("logged_models", {}).get(r.get("trial") or ""))
+            version, moved, line = self._register(client, r["register_as"], winner if r.get("model") else None,
+                                                  r.get("version_tags") or {},
+                                                  self.state.get("logged_models", {}).get(r.get("trial") or ""),
+                                                  bool(r.get("promote")))
         except MlflowException as exc:
             if getattr(exc, "error_code", None) not in REFUSALS:
                 raise  # unreachable, locked, full: kept in the journal and sent again
@@ -406,12 +460,14 @@ class SearchTracker:
             self.state["registration_refused"] = f"MLflow refused to register the champion as '{r['register_as']}' ({reason})"
             self._save()
             return
-        self.state["registered_version"] = version
+        self.state.update(registered_version=version, champion_moved=moved, champion_line=line)
         self._save()
 
-    def _register(self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None) -> str:
-        """A new version of `name`, aliased `champion`: the winning trial's pyfunc model (or, without one,
-        the parent run's champion adapter directory)."""
+    def _register(self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None,
+                  promote: bool = False) -> tuple[str, bool, str | None]:
+        """A new version of `name`: the winning trial's pyfunc model (or, without one, the parent run's champion
+        adapter directory). It takes the alias `champion` where `champion_move` says so. Returns the version, whether
+        it holds the alias, and the line that says why where another version held it."""
         from mlflow.exceptions import MlflowException  # lazy, as above
 
         try:
@@ -436,8 +492,14 @@ class SearchTracker:
             source = client.get_logged_model(model_id).artifact_location if model_id else \
                 client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
             mv = client.create_model_version(name, source=source, run_id=run, tags=tags, model_id=model_id)
-        client.set_registered_model_alias(name, "champion", mv.version)
-        return str(mv.version)
+        holder = client.get_registered_model(name).aliases.get("champion")
+        if holder is None or str(holder) == str(mv.version):  # the first champion, or this one (applied again)
+            client.set_registered_model_alias(name, "champion", mv.version)
+            return str(mv.version), True, None
+        move, line = champion_move(name, client.get_model_version(name, str(holder)), str(mv.version), tags, promote)
+        if move:
+            client.set_registered_model_alias(name, "champion", mv.version)
+        return str(mv.version), move, line
 
     def _log_dataset(self, client, run_id: str, dataset: dict | None) -> None:
         """The training data as an MLflow dataset input (the runs table's Dataset column)."""

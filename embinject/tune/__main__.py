@@ -11,10 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog
+from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog, warn
 from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
-from .cluster import check_local_resources
+from .budget import budget_warnings, objectives_line
+from .cluster import check_local_resources, cluster_needs, local_shortfalls
 from .driver import AlreadyFinished, registration_problem, run_search
 from .pack import plan_pack
 from .warm import read_warm_start
@@ -24,7 +25,7 @@ from .warm import read_warm_start
 BUDGET_RAN_OUT = 3
 
 
-def _print_dry_run(search: SearchFile, address: str | None) -> None:
+def _print_dry_run(search: SearchFile, address: str | None, promote: bool = False) -> None:
     t = search.tune
     print(f"search file: {search.path}")
     print(f"base: model={search.config.model} method={search.config.method} data={search.config.data.path} "
@@ -36,7 +37,8 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
         f"reduction_factor={t.scheduler.reduction_factor:g})")
     guided = f", TPE-guided after {t.random_trials_first} random trials" if t.search_alg == "optuna" else ""
     print(f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}")
-    budget = t.num_samples * (t.scheduler.max_t or search.config.train.max_steps or 0)
+    print(objectives_line(search))
+    budget = t.num_samples * (search.config.train.max_steps or t.scheduler.max_t or 0)  # a trial ends at max_steps
     print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
     plan = plan_pack(search)
@@ -46,8 +48,14 @@ def _print_dry_run(search: SearchFile, address: str | None) -> None:
     print(f"packing: {plan.why}")
     for line in read_warm_start(search).lines():
         print(line)
+    alias = "by --promote" if promote else "if it beats the version holding it"
+    registers = f"registers '{search.mlflow.register_as}' (alias champion {alias})" if search.mlflow.register_as \
+        else "registers nothing"
     print(f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
-          f"experiment '{search.mlflow.experiment}'" + (f", registers '{search.mlflow.register_as}'" if search.mlflow.register_as else ""))
+          f"experiment '{search.mlflow.experiment}', {registers}")
+    lacking = local_shortfalls(search, address)
+    for line in budget_warnings(search) + ([cluster_needs(search)] if lacking else []):
+        warn(line)
 
 
 def _print_kept(outcome: dict) -> None:
@@ -58,7 +66,8 @@ def _print_kept(outcome: dict) -> None:
 
 def _resume_command(args) -> list[str]:
     again = ["python", "-m", "embinject.tune", args.search_file, "--resume"]
-    return again + [f"--set={o}" for o in args.overrides] + (["--address", args.address] if args.address else [])
+    flags = ["--no-register"] * args.no_register + ["--promote"] * args.promote
+    return again + [f"--set={o}" for o in args.overrides] + flags + (["--address", args.address] * bool(args.address))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
     parser.add_argument("--resume", action="store_true", help="continue the newest interrupted search of this name")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; do not start Ray")
+    registry = parser.add_mutually_exclusive_group()
+    registry.add_argument("--promote", action="store_true", help="the best adapter takes the registered model's alias "
+                          "champion even where it does not beat (or cannot be compared with) the version holding it")
+    registry.add_argument("--no-register", action="store_true",
+                          help="register nothing (as mlflow.register_as: null), e.g. for a smoke run")
     parser.add_argument("-v", "--verbose", action="count", default=1, help="-v shows trial logs")
     args = parser.parse_args(argv)
     handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
     try:
-        search = load_search_file(args.search_file, args.overrides)
-        check_local_resources(search, args.address)
-        if args.dry_run:
-            _print_dry_run(search, args.address)
+        search = load_search_file(args.search_file, args.overrides + ["mlflow.register_as=null"] * args.no_register)
+        if args.dry_run:  # a preview also of a search this machine cannot run: what it lacks is a warning there
+            _print_dry_run(search, args.address, args.promote)
             return 0
-        outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose)
+        check_local_resources(search, args.address)
+        outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose,
+                             promote=args.promote)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -121,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
           f"(frozen baseline {best['baseline_perplexity']:.3f}) after {best['steps']} steps")
     print(f"  params: {json.dumps(params)}")
-    print(f"best adapter: {outcome['champion']}" + (f" (registered as {search.mlflow.register_as} "
-                                                     f"version {outcome['registered_version']}, alias champion)" if outcome["registered_version"] else ""))
+    registered = outcome["registered_version"]
+    alias = ", alias champion" if outcome.get("champion_moved", True) else ""  # the line below says why not
+    print(f"best adapter: {outcome['champion']}" +
+          (f" (registered as {search.mlflow.register_as} version {registered}{alias})" if registered else ""))
+    if outcome.get("champion_line"):
+        print(outcome["champion_line"])
     if outcome.get("pareto_front"):
         names = [o["metric"] for o in search.tune.objectives]
         goals = ", ".join(f"{o['metric']} {o['mode']}" for o in search.tune.objectives)
@@ -148,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if outcome["registered_version"]:
         # as printed, from this directory: the store is named unless it is the one the commands default to
         store = "" if outcome["tracking_uri"] == tracking_uri_default() else f" --tracking-uri {shlex.quote(outcome['tracking_uri'])}"
-        model_uri = f"models:/{search.mlflow.register_as}@champion"
+        model_uri = f"models:/{search.mlflow.register_as}" + \
+            ("@champion" if outcome.get("champion_moved", True) else f"/{outcome['registered_version']}")
         print(f"  use it: embinject generate --adapter {shlex.quote(model_uri)}{store} --prompt TEXT, "
               f"or mlflow.pyfunc.load_model({model_uri!r}) with that tracking and registry URI")
     if outcome.get("registration_refused"):

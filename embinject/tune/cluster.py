@@ -27,19 +27,43 @@ LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
 RAY_SESSION_FILE = "ray_session.txt"  # in a search's folder while the local Ray it started runs (JSON inside)
 
 
-def check_local_resources(search: SearchFile, address: str | None) -> None:
+def local_shortfalls(search: SearchFile, address: str | None) -> list[str]:
+    """What a trial asks for that this machine lacks, one line each naming the key; none with --address (the cluster
+    is checked once joined)."""
     r = search.tune.resources
     if address:
-        return  # checked against the cluster after connecting
+        return []
+    lacking = []
     cpus = os.cpu_count() or 1
     if r.cpus > cpus:
-        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but this machine has {cpus}")
+        lacking.append(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but this machine has {cpus}")
     if r.gpus > 0:
         if torch.cuda.device_count() == 0:
-            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
-                              "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)")
-        if r.gpus > torch.cuda.device_count():
-            raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has {torch.cuda.device_count()}")
+            lacking.append(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
+                           "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)")
+        elif r.gpus > torch.cuda.device_count():
+            lacking.append(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has "
+                           f"{torch.cuda.device_count()}")
+    return lacking
+
+
+def check_local_resources(search: SearchFile, address: str | None) -> None:
+    lacking = local_shortfalls(search, address)
+    if lacking:
+        raise ConfigError(lacking[0])
+
+
+def cluster_needs(search: SearchFile) -> str:
+    """The dry run's line for a search this machine cannot run (`local_shortfalls`): what a cluster must offer."""
+    t = search.tune
+    r, n = t.resources, t.max_concurrent_trials
+    gpus = torch.cuda.device_count()
+    here = f"{os.cpu_count() or 1} CPUs, " + (f"{gpus} GPU{'s' * (gpus > 1)}" if gpus else "no GPU")
+    ask = f"{r.cpus:g} CPUs" + (f" and {r.gpus:g} GPU" if r.gpus else "")
+    at_once = f"{n * r.cpus:g} CPUs" + (f" and {n * r.gpus:g} GPUs" if r.gpus else "")
+    return (f"this machine ({here}) cannot run this search, whose trials ask for {ask} each (tune.resources): the "
+            f"plan above is a preview. Run it with --address of a Ray cluster that has that for a trial ({n} trials at "
+            f"a time take up to {at_once}); started here, the search stops with exit 2")
 
 
 def check_cluster_resources(search: SearchFile) -> None:

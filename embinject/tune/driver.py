@@ -126,7 +126,9 @@ def restores_ray_state(exp_dir: Path) -> bool:
     return tune.Tuner.can_restore(str(exp_dir))
 
 
-def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1) -> dict:
+def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1,
+               promote: bool = False) -> dict:
+    """`promote`: the champion takes the registered model's alias `champion` whether or not it beats its holder."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live trial table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -149,7 +151,7 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
         warm = read_warm_start(search)  # before any work: a missing folder or run is answered at once
         for line in warm.lines():
             print(line, flush=True)
-        return _search_in(None, search, tracking_uri, artifact_root, address, verbose, warm)
+        return _search_in(None, search, tracking_uri, artifact_root, address, verbose, warm, promote)
     exp_dir = newest_search_dir(storage.expanduser().resolve(), search.tune.name)
     with search_lock(exp_dir):
         check_same_space(exp_dir, search)
@@ -165,13 +167,15 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
                         "them (see above); --resume sends them once it does"] if left else []
             if tracker.state.get("registration_refused"):
                 problems.append(registration_problem(tracker.state["registration_refused"], exp_dir))
+            said = tracker.state.get("champion_line") if sent else None  # the end, registration included, was kept
             raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                                  + (f" ({sent} kept MLflow records sent)" if sent else ""), "; ".join(problems) or None)
-        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart())
+                                  + (f" ({sent} kept MLflow records sent)" if sent else "")
+                                  + (f"\n{said}" if said else ""), "; ".join(problems) or None)
+        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart(), promote)
 
 
 def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
-               verbose: int, warm: WarmStart) -> dict:
+               verbose: int, warm: WarmStart, promote: bool = False) -> dict:
     """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray runs."""
     resume = exp_dir is not None
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
@@ -203,7 +207,8 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
                 record_space(exp_dir, search)
             if session is not None:
                 record_ray_session(exp_dir, session)
-            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm)
+            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm,
+                              promote)
     finally:
         ray.shutdown()
         forget_ray_session(exp_dir)
@@ -211,7 +216,7 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
 
 
 def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,
-               warm_seconds: float, t0: float, warm: WarmStart) -> dict:
+               warm_seconds: float, t0: float, warm: WarmStart, promote: bool = False) -> dict:
     from ray import tune  # lazy, as in _search_in
 
     plan = pack_plan_for(search, exp_dir)
@@ -285,7 +290,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     cut, budget_end = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
     outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0,
-                            budget_end.line(any_finished=bool(ranked)) if budget_end else None)
+                            budget_end.line(any_finished=bool(ranked)) if budget_end else None, promote)
     outcome["parent_run_id"] = tracker.parent_id
     outcome["warm_note"] = warm.better_earlier(outcome.get("best_val_perplexity"), search.tune.mode)
     outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)

@@ -113,7 +113,9 @@ def check_same_space(exp_dir: Path, search: SearchFile) -> None:
     file = exp_dir / SPACE_FILE
     if not file.is_file():
         return  # started before the space was recorded
-    before = flatten(json.loads(file.read_text()))
+    before = flatten(read_space_file(file, "--resume", "restore it (it records the space the search started with, "
+                                                       "which --resume compares with this search file), or start a new "
+                                                       "search without --resume"))
     now = flatten(json.loads(json.dumps(space_identity(search), default=str)))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:

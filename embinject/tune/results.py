@@ -12,8 +12,8 @@ from ..errors import warn
 from ..fsutil import atomic_write_text
 from ..plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
 from ..serving import save_pyfunc
-from ..space import SearchFile
-from ..tracking import TIME_SPLIT, WALL, SearchTracker
+from ..space import SearchFile, trial_config
+from ..tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity
 
 
 def objective_value(row: dict, metric: str):
@@ -153,7 +153,8 @@ def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: 
 
 
 def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], ranked: list[dict], exp_dir: Path,
-                  warm_seconds: float, total_seconds: float, budget_note: str | None = None) -> dict:
+                  warm_seconds: float, total_seconds: float, budget_note: str | None = None,
+                  promote: bool = False) -> dict:
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
     curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
     artifacts = [exp_dir / "summary.csv"]
@@ -191,13 +192,18 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
     if best is not None:
         version_tags = {"method": best["_config"].get("method", search.config.method), "trial_id": best["trial_id"],
                         "val_perplexity": f"{best['best_val_perplexity']:.6g}", "search": exp_dir.name,
-                        "baseline_perplexity": f"{baseline:.6g}" if baseline else ""}
+                        "baseline_perplexity": f"{baseline:.6g}" if baseline else "",
+                        # what decides whether it may take the alias from the version holding it (ranked as above)
+                        **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity",
+                                            search.tune.mode)}
     tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None, model,
-                   best["trial_id"] if best else None, version_tags, top)
+                   best["trial_id"] if best else None, version_tags, top, promote)
     return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
             "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
             "top_models": [t["trial"] for t in top],
             "registered_version": tracker.state["registered_version"],
+            "champion_moved": tracker.state.get("champion_moved", True),
+            "champion_line": tracker.state.get("champion_line"),
             "registration_refused": tracker.state.get("registration_refused"),
             "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
                               **{k: r.get(k) for k in search.searched}} for r in front],
