@@ -1,6 +1,7 @@
 """Packed trials: a packed step gives every member the gradient it would get alone, whatever the mix of methods and
 prefix lengths; members trained in a pack follow their solo curves; and in a real Ray search a packed trial is still a
 Ray Tune trial (same curves as the unpacked search, ASHA stops one member while the others go on)."""
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from embinject.methods import build_method
 from embinject.models import load_frozen_lm
 from embinject.space import load_search_file, trial_config
 from embinject.train import train
-from embinject.train import packing
+from embinject.train import packing, shared
+from embinject.train.evaluation import window_nll
 from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
 
 from .conftest import ROOT
@@ -33,25 +35,31 @@ MIXED = [["method=prompt", "adapter.prefix_len=3"], ["method=prefix", "adapter.p
           "adapter.embedding_model=lm-hidden:1", "adapter.pooling=chunks", "adapter.encoder_rank=2"]]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_packed_step_gives_every_member_its_solo_gradient(tiny_model, attention):
-    lm = load_frozen_lm(tiny_model)  # its own copy: the attention is switched on it
-    lm.model.config._attn_implementation = attention
+def mixed_members(tiny_model: str, lm, rows=lambda i: 3, seq_len=lambda i: 16) -> list[tuple]:
+    """The MIXED adapters on `lm`, each with a batch of its own (rows(i) windows of seq_len(i) tokens)."""
     members = []
     for i, spec in enumerate(MIXED):
         cfg = load_config(None, [f"model={tiny_model}", f"train.seed={i}"] + spec)
         trained_encoder = cfg.adapter.encoder_rank > 0  # reads the text's ids through the LM itself, with LoRA
         method = build_method(cfg, lm.model, lm.model.config.hidden_size if trained_encoder else 12, lm.tokenizer)
-        ids = torch.randint(0, 500, (3, 16), generator=torch.Generator().manual_seed(i))
+        ids = torch.randint(0, 500, (rows(i), seq_len(i)), generator=torch.Generator().manual_seed(i))
         labels = ids.clone()
         labels[:, :4] = -100
-        batch = {"input_ids": ids, "labels": labels, "sentence_embedding": torch.randn(3, 12)}
+        batch = {"input_ids": ids, "labels": labels, "sentence_embedding": torch.randn(rows(i), 12)}
         if trained_encoder:
             with torch.no_grad():  # B away from zero, so that A has a gradient too
                 for up in method.text_encoder.up.values():
                     up.normal_(0, 0.1)
-            batch = {"input_ids": ids, "labels": labels, "encoder_ids": torch.randint(0, 500, (3, 10))}
+            batch = {"input_ids": ids, "labels": labels, "encoder_ids": torch.randint(0, 500, (rows(i), 10))}
         members.append((method, batch))
+    return members
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_packed_step_gives_every_member_its_solo_gradient(tiny_model, attention):
+    lm = load_frozen_lm(tiny_model)  # its own copy: the attention is switched on it
+    lm.model.config._attn_implementation = attention
+    members = mixed_members(tiny_model, lm)
     packed = packed_nll(members)
     sum(nll / n for nll, n in packed).backward()
     for (method, batch), (nll, n) in zip(members, packed):
@@ -62,6 +70,77 @@ def test_a_packed_step_gives_every_member_its_solo_gradient(tiny_model, attentio
         assert n == solo_n and abs(nll.item() - solo_nll.item()) < 1e-4 * solo_nll.item()
         for p, g in zip(method.trainable_parameters(), grads):
             assert float((p.grad - g).abs().max()) <= 1e-5 * float(p.grad.abs().max()), method.name
+
+
+def test_a_packed_evaluation_scores_every_window_as_alone(tiny_model):
+    """Members evaluating at once are scored in packed forward passes (chunks of each one's batch size, however many
+    windows and tokens each has), every window's NLL and count what `window_nll` gives alone."""
+    lm = load_frozen_lm(tiny_model)
+    members = mixed_members(tiny_model, lm, rows=lambda i: 5 + 2 * i, seq_len=lambda i: 16 - 2 * (i % 3))
+    sizes = [3, 4, 32, 5, 2, 7, 6]  # eval batch sizes: from one packed pass to seven per member
+    pack = StepPack("cpu", None, patience_s=300.0)
+    alone, packed = [window_nll(m, batch, bs) for (m, batch), bs in zip(members, sizes)], {}
+    with contextlib.ExitStack() as stack:
+        for i in range(len(members)):
+            pack.join(str(i))
+            stack.enter_context(pack.away(str(i), evaluating=True))  # all will ask: the first asking waits for the rest
+
+        def member(i: int) -> None:
+            packed[i] = pack.evaluate(str(i), members[i][0], members[i][1], sizes[i])
+
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(len(members))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert (pack.eval_passes, pack.evals_packed) == (1, len(members))
+    for i, ((nll, count), (solo_nll, solo_count)) in enumerate(zip([packed[i] for i in range(len(members))], alone)):
+        assert torch.equal(count, solo_count) and nll.shape == solo_nll.shape == (5 + 2 * i,)
+        assert float(((nll - solo_nll).abs() / solo_nll).max()) < 1e-6, (MIXED[i], nll, solo_nll)
+    for method, _ in members:
+        assert method.training  # its mode restored
+
+
+def test_a_pack_computes_the_frozen_baseline_once(tiny_model, tmp_path, monkeypatch):
+    """Members preparing at once ask for the same baseline: one computes it, the others wait for it; nor is it computed
+    again where its disk cache entry went missing."""
+    monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shared, "_BASELINES", {})  # none from this process's other tests
+    computed, again, release = [], threading.Event(), threading.Event()
+
+    def slow_perplexity(*args, **kwargs):
+        computed.append(1)
+        if len(computed) > 1:
+            again.set()
+        release.wait(timeout=60)  # the other members ask meanwhile
+        return real_perplexity(*args, **kwargs)
+
+    real_perplexity = shared.perplexity
+    monkeypatch.setattr(shared, "perplexity", slow_perplexity)
+    cfg = load_config(None, [f"model={tiny_model}", "data.seq_len=32", "data.train_samples=16", "data.val_samples=8",
+                             "method=prompt", "train.dtype=float32"])
+    prep = shared.prepare(cfg)
+    found = []
+    asking = threading.Barrier(5)
+
+    def member() -> None:
+        asking.wait(timeout=60)
+        found.append(shared.baseline_perplexity(prep, cfg))
+
+    threads = [threading.Thread(target=member) for _ in range(4)]
+    for t in threads:
+        t.start()
+    asking.wait(timeout=60)
+    # where each member computed its own, a second computation starts at once (bounded: the test never waits on it)
+    again.wait(timeout=1.0)
+    release.set()
+    for t in threads:
+        t.join(timeout=120)
+    for entry in (tmp_path / "cache" / "baseline").iterdir():
+        entry.unlink()
+    assert shared.baseline_perplexity(prep, cfg) == found[0]
+    assert len(computed) == 1 and len(found) == 4 and len(set(found)) == 1
+    assert len(list((tmp_path / "cache" / "baseline").iterdir())) == 1  # written again
 
 
 def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeypatch):
@@ -79,7 +158,8 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeyp
     # every packed step runs on the pack's one compute thread, whichever member leads it: on a CPU each thread's heap
     # would otherwise keep a whole packed step's activations (measured: 6.5 GB against 4.5 GB, K = 4)
     stepped_on, member_threads = set(), set()
-    monkeypatch.setattr(packing, "packed_nll", lambda members: stepped_on.add(threading.get_ident()) or real_packed_nll(members))
+    monkeypatch.setattr(packing, "packed_nll", lambda members, **kw: stepped_on.add(threading.get_ident())
+                        or real_packed_nll(members, **kw))
 
     def member(i: int) -> None:
         member_threads.add(threading.get_ident())
@@ -96,6 +176,9 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeyp
     for t in threads:
         t.join(timeout=120)
     assert (pack.steps, pack.rows_packed) == (9, 3 * 9 + 3)  # every step packed every member still training
+    # and every evaluation: the four members' at step 3, the three left's at steps 6 and 9 (evaluations too run on the
+    # pack's compute thread)
+    assert (pack.eval_passes, pack.evals_packed) == (3, 4 + 3 + 3)
     assert len(stepped_on) == 1 and not stepped_on & member_threads
     for i in range(len(specs)):
         assert len(packed[i]) == len(alone[i])
@@ -152,6 +235,8 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
             assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (point, r["step"])
     assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 1  # one host held the LM for all
     assert max(r["pack_size"] for rows in packed.values() for r in rows) > 1
+    # members evaluating at the same step (here every step) were scored in one packed pass, at their solo perplexities
+    assert max(r["eval_pack_size"] for rows in packed.values() for r in rows) > 1
     stopped = {k: rows[-1]["step"] for k, rows in packed.items() if rows[-1]["step"] < 24}
     finished = {k for k, rows in packed.items() if rows[-1]["step"] == 24}
     assert stopped and finished, {k: rows[-1]["step"] for k, rows in packed.items()}  # which one: the order of arrival

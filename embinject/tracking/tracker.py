@@ -26,9 +26,10 @@ from ..fsutil import atomic_write_text, damaged, read_json_object
 from .store import registry_uri_for
 from .records import TIME_SPLIT, WALL, iso_time, now_ms, curve_value, flatten, readable
 
-# a point per evaluation; pack_size: trials in the last packed step (1: alone); the time split: so far
+# a point per evaluation; pack_size: trials in the last packed step (1: alone), eval_pack_size: in this evaluation's
+# packed passes; the time split: so far
 METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
-           "eval_seconds", "pack_size", *TIME_SPLIT, WALL)
+           "eval_seconds", "pack_size", "eval_pack_size", *TIME_SPLIT, WALL)
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
 # Not *.json: Ray Tune's restore copies every top-level *.json of the search folder into its staging folder and

@@ -23,7 +23,7 @@ from ..methods import AdapterMethod, build_method
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
-from .evaluation import batches, perplexity, window_nll
+from .evaluation import batches, window_nll
 from .shared import Prepared, autocast_dtype, baseline_perplexity, prepare
 
 Report = Callable[[dict, Callable[[Path], None]], None]
@@ -79,8 +79,14 @@ class SoloSteps:
     def training(self, model, checkpointing: bool) -> contextlib.AbstractContextManager:
         return checkpointed_lm(model, checkpointing)
 
-    def away(self) -> contextlib.AbstractContextManager:
+    def away(self, evaluating: bool = False) -> contextlib.AbstractContextManager:
+        """Around evaluating and reporting (`evaluating`: it evaluates first), where a pack's other members go on."""
         return contextlib.nullcontext()
+
+    def evaluate(self, method: AdapterMethod, inputs: dict, batch_size: int, device: str,
+                 amp) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each window's summed NLL and scored tokens (`window_nll`); a pack's member scores them in packed passes."""
+        return window_nll(method, inputs, batch_size, device, amp)
 
     def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:
         weight = method.cfg.train.distill
@@ -99,9 +105,14 @@ class SoloSteps:
     def pack_size(self) -> int:
         return 1
 
-    def waited(self) -> tuple[float, float]:
-        """Seconds this run has waited for other runs so far: for its turn to prepare, and at its steps' rendezvous."""
-        return 0.0, 0.0
+    def eval_pack_size(self) -> int:
+        """Members whose windows were scored in this run's last evaluation's packed passes (1: alone)."""
+        return 1
+
+    def waited(self) -> tuple[float, float, float]:
+        """Seconds this run has waited for other runs so far: for its turn to prepare, at its steps' rendezvous and
+        at its evaluations'."""
+        return 0.0, 0.0, 0.0
 
 
 def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
@@ -114,23 +125,29 @@ def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, 
     return {k: v[index] for k, v in val.items()}, index
 
 
+def windows_perplexity(nll: torch.Tensor, count: torch.Tensor, rows=slice(None)) -> float:
+    """Perplexity of the windows `rows` from each window's summed NLL and scored tokens."""
+    return math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))
+
+
 def subset_and_full(method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str,
-                    amp) -> tuple[float, float]:
+                    amp, evaluate=window_nll) -> tuple[float, float]:
     """(perplexity on the subset `index`, perplexity on every window) from one pass over every window: the
-    subset's windows are among them, so scoring them separately would be paid twice."""
-    nll, count = window_nll(method, val, batch_size, device, amp)
-    ppl = lambda rows: math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))  # noqa: E731
-    return ppl(index), ppl(slice(None))
+    subset's windows are among them, so scoring them separately would be paid twice. `evaluate`: how the windows are
+    scored (`SoloSteps.evaluate`'s signature)."""
+    nll, count = evaluate(method, val, batch_size, device, amp)
+    return windows_perplexity(nll, count, index), windows_perplexity(nll, count)
 
 
-def score_state(method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp) -> float:
+def score_state(method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp,
+                evaluate=window_nll) -> float:
     """Perplexity of `method` with the adapter weights `state` (None: as it is), leaving it as it was."""
     if state is None:
-        return perplexity(method, val, batch_size, device, amp)
+        return windows_perplexity(*evaluate(method, val, batch_size, device, amp))
     current = method.adapter_state()
     method.load_adapter_state({k: v.to(device) for k, v in state.items()})
     try:
-        return perplexity(method, val, batch_size, device, amp)
+        return windows_perplexity(*evaluate(method, val, batch_size, device, amp))
     finally:
         method.load_adapter_state({k: v.to(device) for k, v in current.items()})
 
@@ -226,17 +243,19 @@ def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepare
 
     def spent() -> dict:
         """Where this process's seconds went so far, for a search's time table (embinject.tune.callback.time_split)."""
-        turn, rendezvous = steps.waited()
-        return {"spent_waiting": turn, "spent_setup": startup_seconds - turn, "spent_rendezvous": rendezvous,
-                "spent_steps": loop["train_seconds"] - this_process["train"] - rendezvous,
-                "spent_eval": loop["eval_seconds"] - this_process["eval"], "spent_report": this_process["report"],
+        turn, at_steps, at_evals = steps.waited()  # a pack's waits, inside the steps' and the evaluations' seconds
+        return {"spent_waiting": turn, "spent_setup": startup_seconds - turn, "spent_rendezvous": at_steps + at_evals,
+                "spent_steps": loop["train_seconds"] - this_process["train"] - at_steps,
+                "spent_eval": loop["eval_seconds"] - this_process["eval"] - at_evals,
+                "spent_report": this_process["report"],
                 "sent_at": time.time()}
 
     def send(entry: dict, final: bool) -> None:
         if report is not None:
             t_report = time.perf_counter()
             tps = loop["train_tokens"] / max(loop["train_seconds"], 1e-9)
-            report({**entry, "pack_size": steps.pack_size(), "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
+            report({**entry, "pack_size": steps.pack_size(), "eval_pack_size": steps.eval_pack_size(),
+                    "best_val_perplexity": loop.get("best_ppl_full", loop["best_ppl"]), "tokens_per_second": tps,
                     "baseline_perplexity": base_ppl, "final": final, "train_seconds": loop["train_seconds"],
                     "trainable_params": trainable, "dtype": result["dtype"],
                     "eval_seconds": loop["eval_seconds"], "startup_seconds": startup_seconds, **spent()},
@@ -270,15 +289,17 @@ def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepare
                         progress.set_postfix(loss=f"{loss_value:.3f}")
                     last = loop["step"] >= max_steps
                     if loop["step"] % eval_every == 0 or last:
-                        with steps.away():  # evaluating and reporting: a pack steps on without this trial
+                        # evaluating and reporting: a pack steps on without this trial
+                        with steps.away(evaluating=True):
                             t_eval = time.perf_counter()
                             full_now = None  # this adapter's score on every window, where that pass is needed anyway
                             if subset and (last or cfg.train.eval_audit):
                                 # the last evaluation's adapter is usually the one kept, whose full-set score is the result
                                 ppl, full_now = subset_and_full(method, prep.val, subset_index, cfg.train.eval_batch_size,
-                                                                device, amp)
-                            else:
-                                ppl = perplexity(method, val_eval, cfg.train.eval_batch_size, device, amp)
+                                                                device, amp, steps.evaluate)
+                            else:  # a pack's members evaluating at this step score their windows in packed passes
+                                ppl = windows_perplexity(*steps.evaluate(method, val_eval, cfg.train.eval_batch_size,
+                                                                         device, amp))
                             entry = {"step": loop["step"], "epoch": loop["step"] / steps_per_epoch,
                                      "train_loss": loop["loss_sum"] / max(loop["loss_steps"], 1), "val_perplexity": ppl}
                             if subset and cfg.train.eval_audit:
@@ -302,7 +323,8 @@ def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepare
                                 if full_now is not None and loop["best_step"] == loop["step"]:
                                     full = full_now  # the kept adapter is the one just scored on every window
                                 else:
-                                    full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size, device, amp)
+                                    full = score_state(method, best_state, prep.val, cfg.train.eval_batch_size,
+                                                       device, amp, steps.evaluate)
                                 loop["eval_seconds"] += time.perf_counter() - t_eval
                                 check_divergence(cfg, loop["step"], "validation perplexity", full, base_ppl)
                                 loop["best_ppl_full"] = full

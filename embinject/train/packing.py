@@ -15,6 +15,10 @@ steps, not as waiting, until it submits again. One that `leave()`s is dropped at
 run on one thread of the pack's own, whichever member leads: on a CPU, glibc gives each thread its own heap and keeps
 what a thread freed for that thread, so steps computed by each member's thread in turn left every member's heap
 holding a whole packed step's activations.
+
+Members score the same validation windows at the same steps, so `evaluate()` is a rendezvous too: the members
+evaluating at once are scored in packed forward passes without gradient (on the same compute thread), each member's
+windows exactly as it would score them alone.
 """
 from __future__ import annotations
 
@@ -66,8 +70,10 @@ def _attention_mask(valid: torch.Tensor, n_cache: int, dtype: torch.dtype, addit
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Tensor, int]]:
-    """Each member's (summed NLL, scored tokens) on its batch, from one pass of all members' rows."""
+def packed_nll(members: list[tuple[AdapterMethod, dict]],
+               per_window: bool = False) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
+    """Each member's (summed NLL, scored tokens) on its batch, from one pass of all members' rows; with `per_window`,
+    both per row of its batch (as `AdapterMethod.nll(per_window=True)` gives them alone)."""
     from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
 
     lm = members[0][0].lm
@@ -117,7 +123,7 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
     decoder = lm.get_decoder()
     hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
                      **cache_kwargs(decoder, cache)).last_hidden_state
-    chosen, targets, counts, row = [], [], [], 0
+    chosen, targets, counts, scored_rows, row = [], [], [], [], 0
     for embeds_i, n_prefix, _, labels in parts:
         b, s = embeds_i.shape[:2]
         T = labels.shape[1]
@@ -128,7 +134,17 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Te
         chosen.append(h[scored])
         targets.append(t[scored])
         counts.append(int(scored.sum()))
+        scored_rows.append(scored)
         row += b
+    if per_window:
+        # one LM-head call per member: an evaluation's rows are many, and every member's logits at once would hold
+        # K times the memory of one evaluation batch's
+        out = []
+        for h, t, scored in zip(chosen, targets, scored_rows):
+            token_nll = F.cross_entropy(lm.get_output_embeddings()(h).float(), t, reduction="none")
+            nll = torch.zeros(scored.shape[0], device=token_nll.device).index_add_(0, scored.nonzero()[:, 0], token_nll)
+            out.append((nll, scored.sum(1)))
+        return out
     logits = lm.get_output_embeddings()(torch.cat(chosen))  # one LM-head call, on scored positions only
     token_nll = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
     return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
@@ -141,6 +157,16 @@ class _Waiting:
         self.began: float | None = None  # when its packed step began (since..began: waiting for the other members)
         self.returning = returning  # its first step after being away: it waits for the members still away
         self.loss: float | None = None
+        self.error: BaseException | None = None
+
+
+class _Evaluation:
+    def __init__(self, method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int):
+        self.method, self.inputs, self.batch_size = method, inputs, batch_size
+        self.windows = next(iter(inputs.values())).shape[0]
+        self.since = time.monotonic()
+        self.began: float | None = None
+        self.result: tuple[torch.Tensor, torch.Tensor] | None = None
         self.error: BaseException | None = None
 
 
@@ -160,6 +186,12 @@ class StepPack:
         self.step_ended = time.monotonic()  # waiting during a step is not waiting for the members in that step
         self.last_size = 0
         self.rendezvous: dict[str, float] = {}  # member -> seconds its batches waited for their packed step to begin
+        self.evaluations: dict[str, _Evaluation] = {}  # member -> its evaluation waiting for the others'
+        self.evaluating = False
+        self.eval_passes = 0  # packed evaluations run ...
+        self.evals_packed = 0  # ... and members summed over them: evals_packed / eval_passes is the mean
+        self.eval_rendezvous: dict[str, float] = {}  # member -> seconds its evaluations waited for their pass to begin
+        self.eval_sizes: dict[str, int] = {}  # member -> members in its last evaluation's packed passes
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packed-step")  # see the module docstring
 
     def join(self, member: str) -> None:
@@ -172,9 +204,14 @@ class StepPack:
         with self.cond:
             self.state.pop(member, None)
             self.rendezvous.pop(member, None)
+            self.eval_rendezvous.pop(member, None)
+            self.eval_sizes.pop(member, None)
             entry = self.waiting.pop(member, None)
             if entry is not None and entry.loss is None and entry.error is None:
                 entry.error = Left(member)
+            request = self.evaluations.pop(member, None)
+            if request is not None and request.result is None and request.error is None:
+                request.error = Left(member)
             self.cond.notify_all()
 
     def members(self) -> int:
@@ -182,12 +219,13 @@ class StepPack:
             return len(self.state)
 
     @contextlib.contextmanager
-    def away(self, member: str):
-        """Around what a member does outside training (evaluating, reporting): the others do not wait for it."""
+    def away(self, member: str, evaluating: bool = False):
+        """Around what a member does outside training (evaluating, reporting): the others' steps do not wait for it.
+        `evaluating`: it evaluates first thing, so the members evaluating now wait for its request (see `evaluate`)."""
         with self.cond:
             if member not in self.state:
                 raise Left(member)
-            self.state[member] = "away"
+            self.state[member] = "evaluating" if evaluating else "away"
             self.cond.notify_all()
         try:
             yield
@@ -218,10 +256,106 @@ class StepPack:
             raise entry.error
         return entry.loss
 
-    def rendezvous_seconds(self, member: str) -> float:
-        """Seconds this member's batches have waited so far between their submission and their packed step's start."""
+    def rendezvous_seconds(self, member: str) -> tuple[float, float]:
+        """Seconds this member has waited so far between submitting and the start of the packed pass it is in: its
+        batches for their packed steps, and its evaluations for their packed evaluations."""
         with self.cond:
-            return self.rendezvous.get(member, 0.0)
+            return self.rendezvous.get(member, 0.0), self.eval_rendezvous.get(member, 0.0)
+
+    def evaluate(self, member: str, method: AdapterMethod, inputs: dict[str, torch.Tensor],
+                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each window's summed NLL and scored tokens (float64, int64 on the CPU), as `window_nll` gives them alone,
+        from packed forward passes (no gradient) together with the members that evaluate at the same time: those
+        that asked, those that said they will (`away(evaluating=True)`) and those between two steps, who may be
+        about to; not the members stepping, reporting or preparing, whom nobody waits for."""
+        with self.cond:
+            if member not in self.state:
+                raise Left(member)
+            request = _Evaluation(method, inputs, batch_size)
+            self.evaluations[member] = request
+            self.state[member] = "evaluating"
+            self.cond.notify_all()
+            while request.result is None and request.error is None:
+                if not self.evaluating and self._evaluation_ready():
+                    self._lead_evaluation()
+                    continue
+                self.cond.wait(timeout=0.05)
+            if request.began is not None:
+                self.eval_rendezvous[member] = self.eval_rendezvous.get(member, 0.0) + request.began - request.since
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _evaluation_ready(self) -> bool:
+        """Whether the evaluations asked for run now: no member is between two steps or about to ask, or the longest
+        waiting has waited patience_s."""
+        if not self.evaluations:
+            return False
+        if time.monotonic() - min(r.since for r in self.evaluations.values()) > self.patience_s:
+            return True
+        return not any(s == "present" or (s == "evaluating" and m not in self.evaluations)
+                       for m, s in self.state.items())
+
+    def _lead_evaluation(self) -> None:
+        """Run the evaluations asked for in packed passes (called with the lock held; released while computing)."""
+        group = dict(self.evaluations)
+        self.evaluations.clear()
+        began = time.monotonic()
+        for r in group.values():
+            r.began = began
+        self.evaluating = True
+        self.cond.release()
+        results, error = None, None
+        try:
+            results = self._evaluate_group(list(group.values()))
+        except BaseException as exc:  # an out-of-memory pass fails every member of it, each as its own trial
+            error = exc
+        finally:
+            self.cond.acquire()
+            for (member, r), result in zip(group.items(), results or [None] * len(group)):
+                if r.error is None:  # not taken out of the pack meanwhile
+                    r.result, r.error = result, error
+                if self.state.get(member) == "evaluating":  # reporting next, unless it asks again
+                    self.state[member] = "away"
+                if member in self.state:
+                    self.eval_sizes[member] = len(group)
+            self.evaluating = False
+            self.eval_passes += 1
+            self.evals_packed += len(group)
+            self.cond.notify_all()
+
+    def _evaluate_group(self, requests: list[_Evaluation]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The requests' windows in chunks of each one's batch size, one packed forward per chunk; each chunk its own
+        task on the compute thread, so that a step submitted meanwhile runs between two chunks, not after them all."""
+        modes = [r.method.training for r in requests]
+        for r in requests:  # their members wait in `evaluate`: nothing else uses these methods now
+            r.method.eval()
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in requests]
+        try:
+            chunk = 0
+            while True:
+                now = [i for i, r in enumerate(requests) if chunk * r.batch_size < r.windows]
+                if not now:
+                    break
+                members = []
+                for i in now:
+                    r = requests[i]
+                    members.append((r.method, {k: v[chunk * r.batch_size : (chunk + 1) * r.batch_size]
+                                               for k, v in r.inputs.items()}))
+                for i, out in zip(now, self.compute.submit(self._forward, members).result()):
+                    parts[i].append(out)
+                chunk += 1
+        finally:
+            for r, mode in zip(requests, modes):
+                r.method.train(mode)
+        return [(torch.cat([p[0] for p in ps]), torch.cat([p[1] for p in ps])) for ps in parts]
+
+    def _forward(self, members: list[tuple[AdapterMethod, dict]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One packed forward's per-window NLL and counts, without gradient (on the pack's compute thread)."""
+        kind = self.device.split(":")[0]
+        with torch.no_grad(), torch.autocast(device_type=kind, dtype=self.amp, enabled=self.amp is not None):
+            moved = [(m, {k: v.to(self.device) for k, v in batch.items()}) for m, batch in members]
+            return [(nll.double().cpu(), n.cpu()) for nll, n in packed_nll(moved, per_window=True)]
 
     def _ready(self) -> bool:
         """Whether the waiting members step now: every member waits, or the longest waiting has waited patience_s,
@@ -290,14 +424,18 @@ class PackedSteps:
             self.turn_seconds += time.perf_counter() - asked
             yield
 
-    def waited(self) -> tuple[float, float]:
-        return self.turn_seconds, self.pack.rendezvous_seconds(self.member)
+    def waited(self) -> tuple[float, float, float]:
+        return (self.turn_seconds, *self.pack.rendezvous_seconds(self.member))
 
     def training(self, model, checkpointing: bool):
         return contextlib.nullcontext()  # the pack's host set the LM's mode once for all its members
 
-    def away(self):
-        return self.pack.away(self.member)
+    def away(self, evaluating: bool = False):
+        return self.pack.away(self.member, evaluating)
+
+    def evaluate(self, method: AdapterMethod, inputs: dict, batch_size: int, device: str,
+                 amp) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pack.evaluate(self.member, method, inputs, batch_size)  # on the pack's device, in its autocast
 
     def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:
         opt.zero_grad(set_to_none=True)
@@ -305,3 +443,7 @@ class PackedSteps:
 
     def pack_size(self) -> int:
         return self.pack.last_size
+
+    def eval_pack_size(self) -> int:
+        with self.pack.cond:
+            return self.pack.eval_sizes.get(self.member, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,11 @@ class Prepared:
 
 
 _LM_CACHE: dict[tuple, FrozenLM] = {}
+# the frozen baselines this process has computed or read, by their disk cache's key, and one lock per key: a pack's
+# members (threads of one host) that prepare at once compute a baseline once, and none again if its file is not kept
+_BASELINES: dict[str, float] = {}
+_BASELINE_LOCKS: dict[str, threading.Lock] = {}
+_BASELINES_GUARD = threading.Lock()
 
 
 def resolve_device(name: str) -> str:
@@ -125,24 +131,33 @@ def prepare(cfg: Config) -> Prepared:
 
 
 def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
-    """The frozen model's perplexity on exactly the validation tokens the adapter is scored on,
-    cached on disk: every trial of a search shares it."""
+    """The frozen model's perplexity on exactly the validation tokens the adapter is scored on, computed once per
+    (model, data, dtype): cached on disk, where every trial of a search finds it, and in this process, where the
+    members of a pack find it (also those asking at the same time, and also where the disk cache is not kept)."""
     h = hashlib.sha256(f"{prep.lm.path}|{precision.resolve_dtype(cfg.train.dtype, prep.device)}|{prep.device}".encode())
     for k in ("input_ids", "labels"):
         h.update(prep.val[k].numpy().tobytes())
-    file = cache_dir("baseline") / f"{h.hexdigest()[:24]}.json"
-    if file.is_file():
-        try:
-            ppl = float(json.loads(file.read_text())["perplexity"])
-            if math.isfinite(ppl) and ppl > 0:
-                return ppl
-            raise ValueError(f"perplexity {ppl}")
-        except Exception as exc:  # truncated or edited: rebuild it
-            discard_corrupt(file, first_line(exc))
-    ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
-                     autocast_dtype(cfg, prep.device))
-    atomic_write_text(file, json.dumps({"perplexity": ppl}))
-    return ppl
+    key = h.hexdigest()[:24]
+    with _BASELINES_GUARD:
+        lock = _BASELINE_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        file = cache_dir("baseline") / f"{key}.json"
+        if file.is_file():
+            try:
+                ppl = float(json.loads(file.read_text())["perplexity"])
+                if math.isfinite(ppl) and ppl > 0:
+                    _BASELINES[key] = ppl
+                    return ppl
+                raise ValueError(f"perplexity {ppl}")
+            except Exception as exc:  # truncated or edited: rebuild it
+                discard_corrupt(file, first_line(exc))
+        ppl = _BASELINES.get(key)
+        if ppl is None:
+            ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
+                             autocast_dtype(cfg, prep.device))
+            _BASELINES[key] = ppl
+        atomic_write_text(file, json.dumps({"perplexity": ppl}))
+        return ppl
 
 
 def autocast_dtype(cfg: Config, device: str) -> torch.dtype | None:
