@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
           f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
+    if outcome.get("optuna_study"):
+        journal, name = shlex.quote(outcome["optuna_journal"]), shlex.quote(outcome["optuna_study"])
+        print(f"optuna: study {outcome['optuna_study']} in {outcome['optuna_journal']}; open with: optuna-dashboard "
+              f"{journal} (pip install optuna-dashboard), or: optuna trials --storage {journal} --study-name {name}")
     served = outcome["tracking_uri"].startswith(("http://", "https://"))
     if outcome["parent_run_id"] is None or outcome["kept_records"]:
         print(f"mlflow: experiment '{outcome['experiment']}' at {outcome['tracking_uri']} has not received this search's "
