@@ -31,7 +31,7 @@ from embinject.tune.warm import read_warm_start
 
 from .conftest import ROOT, free_port
 from .test_bad_input import assert_one_error_line, run_main
-from .test_tune import _results, _without_redelivery, kill_session, read_mlflow, write_search
+from .test_tune import _check_study, _results, _without_redelivery, kill_session, read_mlflow, write_search
 
 PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
@@ -113,6 +113,8 @@ def test_a_diverging_trial_fails_as_diverged_and_the_search_goes_on(diverged_sea
     weights = load_file(str(exp_dir / "champion" / "adapter.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert json.loads((exp_dir / "champion" / "embinject.json").read_text())["config"]["train"]["divergence_factor"] == 10.0
+    study = _check_study(exp_dir)  # the diverged trial FAIL in Optuna's study too
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
 
 
 # ---------------------------------------------------------------- warm start from a damaged, repeated, narrowed source
@@ -302,6 +304,7 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
         assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)
         if name in finished_before:
             assert len(_without_redelivery(rows)) == finished_before[name]  # not run again
+    _check_study(exp_dir, rel=1e-4)  # Optuna's study went on: each trial once (a redelivered step in rounding)
 
     code, out, err = run_main(tune_main, [str(path), "--resume"], ROOT)  # in this process: no Ray starts for it
     assert code == 0 and "already finished" in out, out + err

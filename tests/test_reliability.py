@@ -263,7 +263,7 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     import csv
     import re
 
-    from .test_tune import read_mlflow
+    from .test_tune import _check_study, read_mlflow
 
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
@@ -287,6 +287,10 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["trials_cut"] == cut
     assert sorted((c.info.status, c.data.tags.get("stopped_by")) for c in children) == [("KILLED", "time_budget")] * cut
     assert client.search_model_versions("name='test-adapter'") == []
+    # Optuna's study: the cut trials PRUNED, those never started FAIL, each saying what ended it
+    study = _check_study(exp_dir)
+    assert sorted(t.user_attrs["ended_by"] for t in study.trials) == \
+        sorted("time_budget" if r["status"] == "cut" else r["status"] for r in rows)
 
 
 @pytest.mark.parametrize("started, cut, finished, said", [

@@ -3,6 +3,7 @@ cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowCli
 import csv
 import errno
 import json
+import math
 import os
 import shlex
 import shutil
@@ -32,6 +33,7 @@ from embinject.tune.budget import asha_rungs
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
 from embinject.tune.results import pareto_front
 from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
+from embinject.tune.study import close_study
 from embinject.tune.warm import read_warm_start
 
 from .conftest import ROOT
@@ -279,6 +281,18 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     exp_dir = next(storage.glob("t-*"))
     summary = (exp_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 6
+    study = _check_study(exp_dir)
+    assert {"COMPLETE", "PRUNED"} <= {t.state.name for t in study.trials}  # ASHA stopped some, others finished
+    # the optuna CLI opens the study as the closing lines print the command
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("optuna: study "))
+    assert line.startswith(f"optuna: study {exp_dir.name}; open with: optuna-dashboard {exp_dir / 'optuna.journal'} ")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("  or: optuna trials "))
+    argv = shlex.split(line.split(": ", 1)[1])
+    listed = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "-f", "json"], capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert sorted((t["number"], t["state"]) for t in json.loads(listed.stdout)) == \
+        sorted((t.number, t.state.name) for t in study.trials)
     for png in ("val_perplexity_curves.png", "optimization_history.png", "parallel_coordinate.png"):
         assert (exp_dir / png).stat().st_size > 5000
 
@@ -497,12 +511,14 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     same = load_search_file(path, [f"tune.warm_start=[{exp_dir}]"])
     warm = read_warm_start(same)
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
-    searcher = make_searcher(same, warm)
+    (tmp_path / "probe").mkdir()
+    searcher = make_searcher(same, tmp_path / "probe", warm)
     study = searcher.searcher._ot_study
     earlier = [t for t in study.trials if t.user_attrs.get("warm_start")]
-    assert len(earlier) == 6 and len(study.trials) == 7  # and the search file's own starting point, waiting
+    assert len(earlier) == 6 and len(study.trials) == 6  # the search file's own starting point waits to be asked for
     searcher.save(str(tmp_path / "searcher.pkl"))  # what --resume restores: the study with the earlier trials in it
-    restored = make_searcher(load_search_file(path))
+    (tmp_path / "probe-restored").mkdir()
+    restored = make_searcher(load_search_file(path), tmp_path / "probe-restored")
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert sum(bool(t.user_attrs.get("warm_start")) for t in restored.searcher._ot_study.trials) == 6
     assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
@@ -551,6 +567,40 @@ def check_time_split(exp_dir: Path, report: str, packed: bool) -> dict[str, dict
     assert f"| {TIME_SPLIT['seconds_steps']} | {steps:.1f} | {100 * steps / wall:.1f}% |" in report, report[-3000:]
     assert f"| trials' wall time | {wall:.1f} | 100% |" in report and "s of wall time" in report, report[-3000:]
     return seconds
+
+
+def _check_study(exp_dir: Path, objectives: tuple = ("val_perplexity",), rel: float = 1e-6):
+    """Optuna's study in the search's folder holds the trials of summary.csv: each once, with its Ray id, its searched
+    values, the state and value summary.csv gives, and (one objective) its validation curve as intermediate values.
+    Trials Ray lost when its driver was killed (not in summary.csv) are there too, FAIL, ended_by lost_at_kill."""
+    import optuna
+
+    journal = optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))
+    study = optuna.load_study(storage=optuna.storages.JournalStorage(journal), study_name=exp_dir.name)
+    with (exp_dir / "summary.csv").open() as fh:
+        rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
+    trials = {t.user_attrs["trial_id"]: t for t in study.trials if not t.user_attrs.get("warm_start")}
+    assert len(trials) == len(study.trials) and set(rows) <= set(trials)
+    for trial_id, t in trials.items():
+        row = rows.get(trial_id)
+        if row is None:
+            assert t.state.name == "FAIL" and t.user_attrs["ended_by"] == "lost_at_kill", (trial_id, t)
+            continue
+        state = {"ok": "PRUNED" if row["stopped_early"] == "True" else "COMPLETE",
+                 "cut": "PRUNED"}.get(row["status"], "FAIL")
+        assert t.state.name == state, (row, t)
+        if row["status"] != "not_started":  # Ray proposed its values, but summary.csv has none for a trial never run
+            assert {k: str(v) for k, v in t.params.items()} == {k: row[k] for k in t.params}
+        if state == "COMPLETE":
+            metrics = [row["best_val_perplexity" if name == "val_perplexity" else name] for name in objectives]
+            assert t.values == pytest.approx([float(v) for v in metrics], rel=rel)
+        if len(objectives) == 1:
+            reports = _results(exp_dir / f"trial_{trial_id}")
+            curve = {r["step"]: r.get("val_perplexity_subset", r["val_perplexity"]) for r in reports}
+            assert t.intermediate_values == pytest.approx({s: v for s, v in curve.items() if math.isfinite(v)}, rel=rel)
+            if state == "PRUNED" and row["final_val_perplexity"]:
+                assert t.value == pytest.approx(float(row["final_val_perplexity"]), rel=rel)
+    return study
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -706,6 +756,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     # A kill right after Ray started the next trial, before its snapshot named it: Ray forgets that trial and its
     # searcher proposes the configuration again under a new id. The forgotten trial's run ends KILLED as lost_at_kill.
     assert all(status == "KILLED" and why == "lost_at_kill" for trial_id, status, why in seen if trial_id not in finished), seen
+    # Optuna's study went on in its journal: the 4 trials of summary.csv, each once, and the forgotten one as lost
+    study = _check_study(exp_dir, rel=1e-4)  # a resumed trial's first step again may differ in rounding (see above)
+    assert {trial_id for trial_id, _, _ in seen} <= {t.user_attrs["trial_id"] for t in study.trials}
 
 
 def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
@@ -770,6 +823,7 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     with (exp_dir / "pareto_front.csv").open() as fh:
         assert {r["trial_id"] for r in csv.DictReader(fh)} == undominated
     assert f"Pareto front ({len(undominated)} trials; val_perplexity min, trainable_params min):" in proc.stdout
+    _check_study(exp_dir, ("val_perplexity", "trainable_params"))
     client, parents, _ = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     results = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
     assert {"results/pareto_front.csv", "results/pareto_front.png"} <= results
@@ -795,6 +849,12 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     warm = [r["val_perplexity"] for r in trials[second]]  # ASHA may have stopped it at its first rung
     assert json.loads(fresh.stdout.splitlines()[-1])[:len(warm)] == warm and warm
+
+
+def test_a_search_begun_before_its_study_was_kept_on_disk_is_resumed_without_one(tmp_path):
+    """A search interrupted under an embinject that kept Optuna's study in memory resumes with the searcher Ray saved
+    then: its end finds no study in the folder, names none, and leaves no empty journal behind."""
+    assert close_study(tmp_path, [], ["val_perplexity"], "search_end") is False and not any(tmp_path.iterdir())
 
 
 def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value(tmp_path):

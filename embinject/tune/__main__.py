@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
           f"summary: {outcome['experiment_dir']}/summary.csv")
     print(f"  where its time went: embinject report {shlex.quote(outcome['experiment_dir'])}")
+    if outcome.get("optuna_study"):
+        journal, name = shlex.quote(outcome["optuna_journal"]), shlex.quote(outcome["optuna_study"])
+        print(f"optuna: study {outcome['optuna_study']}; open with: optuna-dashboard {journal} "
+              "(pip install optuna-dashboard)")
+        print(f"  or: optuna trials --storage {journal} --study-name {name}")
     served = outcome["tracking_uri"].startswith(("http://", "https://"))
     if outcome["parent_run_id"] is None or outcome["kept_records"]:
         print(f"mlflow: experiment '{outcome['experiment']}' at {outcome['tracking_uri']} has not received this search's "

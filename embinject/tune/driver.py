@@ -30,6 +30,7 @@ from .searcher import make_scheduler, make_searcher
 from .pack import PackPlan, largest_trial, needs_probe, packed_trainable, plan_pack, probe_memory, stop_hosts
 from .progress import trial_table
 from .signals import GracefulStop
+from .study import close_study, journal_path, study_name
 from .trainable import trainable
 from .warm import WarmStart, read_warm_start
 
@@ -259,7 +260,8 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
         failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
     if restoring:
         if search.tune.warm_start:
-            print("warm start: kept from the search's start (Optuna's study is restored with the searcher)", flush=True)
+            print("warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",
+                  flush=True)
         for line in restore_superseded_checkpoints(exp_dir):
             print(line, flush=True)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -270,7 +272,8 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                 print(line, flush=True)
         t = search.tune
         tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, search_alg=make_searcher(search, warm), scheduler=make_scheduler(search),
+            metric=t.metric, mode=t.mode, search_alg=make_searcher(search, exp_dir, warm),
+            scheduler=make_scheduler(search),
             num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
     stop = GracefulStop()
@@ -289,9 +292,13 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     tracker.proceeding()  # where Ray's saved callback predates `setup` calling it (searches started before it did)
     cut, budget_end = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
+    has_study = close_study(exp_dir, rows, [o["metric"] for o in search.tune.objectives] or [search.tune.metric],
+                            "time_budget" if budget_end else "search_end")
     outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0,
                             budget_end.line(any_finished=bool(ranked)) if budget_end else None, promote)
     outcome["parent_run_id"] = tracker.parent_id
     outcome["warm_note"] = warm.better_earlier(outcome.get("best_val_perplexity"), search.tune.mode)
     outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
+    if has_study:
+        outcome["optuna_study"], outcome["optuna_journal"] = study_name(exp_dir), str(journal_path(exp_dir))
     return outcome

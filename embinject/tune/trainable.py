@@ -45,7 +45,7 @@ def trainable(config: dict, base: dict | None = None) -> None:
         _, method = train(cfg, report=report, resume_from=resume_from)
     except Diverged as exc:
         # A final result without a checkpoint: the last checkpoint keeps the finite best adapter, the
-        # scheduler and searcher see a very bad value, and the driver marks the trial failed ("diverged").
+        # scheduler sees a very bad value, and the searcher (Optuna's FAIL) and the driver mark the trial failed.
         value = exc.value if math.isfinite(exc.value) else float("inf")
         tune.report({"step": exc.step, "val_perplexity": value, "final": True, "diverged": str(exc), **extra})
     finally:
