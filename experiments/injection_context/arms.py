@@ -249,10 +249,10 @@ def budget_of(config: dict, extra_text: str | None = None, tune: dict | None = N
     if tune is not None and sched.get("type", "none") not in (None, "none"):
         pruning = (f"{sched['type']} (max_t {sched.get('max_t')}, grace {sched.get('grace_period')}, "
                    f"reduction {sched.get('reduction_factor')})")
-    return {"windows": windows, "seq_len": data.get("seq_len"), "stride": data.get("train_stride"), "extra_text": extra_text,
-            "epochs": epochs,
-            "steps": steps, "eval_every": train.get("eval_every"),
-            "validation": "all validation windows" if subset is None else f"a fixed subset of {subset} validation windows",
+    validation = "all validation windows" if subset is None else f"a fixed subset of {subset} validation windows"
+    return {"windows": windows, "seq_len": data.get("seq_len"), "stride": data.get("train_stride"),
+            "extra_text": extra_text, "epochs": epochs, "steps": steps, "eval_every": train.get("eval_every"),
+            "validation": validation,
             "patience": train.get("patience"), "pruning": pruning}
 
 

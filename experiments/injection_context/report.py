@@ -14,9 +14,9 @@ from embinject.config_files import load_config
 from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
                                                BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_TEXT, MORE_TEXT_CORPUS, MORE_WINDOWS, OVERLAPPING,
-                                               REPEAT_OF, STRIDE, SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge,
-                                               BORROWED, BUDGET_KEYS, LR_RULE_GRID, NO_SEARCH, SEARCHED, budget_of, extra_corpus, lr_group, lr_status, rate_searched,
-                                               searched_arm)
+                                               REPEAT_OF, STRIDE, SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
+from experiments.injection_context.arms import (BORROWED, BUDGET_KEYS, LR_RULE_GRID, NO_SEARCH, SEARCHED, budget_of,
+                                               extra_corpus, lr_group, lr_status, rate_searched, searched_arm)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
@@ -109,11 +109,13 @@ def load(out: Path) -> dict[str, dict]:
         for group, search in lrs.items():  # the settings the search ran with, where its YAML was kept beside it
             if (folder / f"lr_search_{group}.yaml").is_file():
                 search["settings"] = yaml.safe_load((folder / f"lr_search_{group}.yaml").read_text())
-        at_budget = {r["arm"]: r for r in (json.loads(f.read_text()) for f in sorted(folder.glob(f"{AT_BUDGET}*.json")))}
+        at_budget = {r["arm"]: r for r in (json.loads(f.read_text())
+                                           for f in sorted(folder.glob(f"{AT_BUDGET}*.json")))}
         checks = [json.loads(f.read_text()) for f in sorted((out / "lr_check" / folder.name).glob("*.json"))]
         diverged = [json.loads(f.read_text()) for f in sorted((folder / "diverged").glob("*.json"))]
         if "baseline" in arms:
-            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged, "lr_at_budget": at_budget}
+            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged,
+                                    "lr_at_budget": at_budget}
     return corpora
 
 
@@ -269,7 +271,8 @@ def analyse_designs(arms: dict[str, PerWindow], gain, lrs: dict | None = None) -
         share = lambda m: (m["baseline"] - m[arm]) / gain(m)  # noqa: E731
         row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds, "control": constant,
                "share_of_text_gain": seed_interval(share, sub), "share_window_sd": window_sd(share, sub),
-               **{key: lrs[arm][key] for key in ("lr", "budget", "lr_budget", "lr_status", "lr_settled") if key in lrs.get(arm, {})}}
+               **{key: lrs[arm][key] for key in ("lr", "budget", "lr_budget", "lr_status", "lr_settled")
+                  if key in lrs.get(arm, {})}}
         row["share_two_level"] = two_level(row["share_of_text_gain"], row["share_window_sd"])
         for control, key in ((constant, ""), (shuffled, "shuffled_")):
             if control in arms:
@@ -323,8 +326,9 @@ def analyse_text_scaling(arms: dict[str, PerWindow], gain, designs: dict, window
             step["content_per_doubling"] = seed_interval(lambda m: ((m[c1] - m[a1]) - (m[c0] - m[a0])) / gain(m) / d, both)
             step["content_needs"] = doublings_to(TARGET_CONTENT, designs[a1]["content_share"][0], step["content_per_doubling"], n1)
             step["control_lr_status"] = [(lrs or {}).get(c, {}).get("lr_status", NO_SEARCH) for c in (c0, c1)]
-            step["content_verdict"] = content_claim(step["content_per_doubling"], step["control_lr_status"],
-                                                    said=("less content with more windows", "more content with more windows"))
+            step["content_verdict"] = content_claim(
+                step["content_per_doubling"], step["control_lr_status"],
+                said=("less content with more windows", "more content with more windows"))
             if step["content_verdict"].startswith("no verdict"):
                 step["content_needs"] = None  # no rate to extrapolate from a change that has no verdict
         step["lr_status"] = [(lrs or {}).get(a, {}).get("lr_status", NO_SEARCH) for a in (a0, a1)]
@@ -363,7 +367,8 @@ def headline(designs: dict) -> dict | None:
     head = {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
             "share_of_text_gain": list(best["share_of_text_gain"]),
             "content_share": list(content) if content is not None else None,
-            "interval": INTERVAL_METHOD + ("" if content is not None else "; content_share: its constant-input control has not run"),
+            "interval": INTERVAL_METHOD + ("" if content is not None else
+                                           "; content_share: its constant-input control has not run"),
             # not pre-registered: the row with the highest mean share among the candidates, so its share is a maximum
             "selection": f"best of {len(candidates)}: the highest mean share of the text gain among {len(candidates)} "
                          f"candidate rows (k <= {SCREEN_K}, not the static prefix, an interval where any has one); "
@@ -375,7 +380,8 @@ def headline(designs: dict) -> dict | None:
             head[key] = best[key]
     if "share_two_level" in best:
         head["two_level"] = {"share_of_text_gain": best["share_two_level"], "share_window_sd": best["share_window_sd"],
-                             "content_share": best.get("content_two_level"), "content_window_sd": best.get("content_window_sd"),
+                             "content_share": best.get("content_two_level"),
+                             "content_window_sd": best.get("content_window_sd"),
                              "interval": TWO_LEVEL_METHOD}
     return head
 
@@ -478,10 +484,16 @@ def pruned_steps(search: dict) -> set[int]:
 
 
 def stopped_beaten(search: dict) -> list[dict]:
-    """The trials a search's chosen rate beat only after the scheduler had stopped them (scored on the evaluation
-    subset at an earlier step): a choice not made like for like."""
+    """The chosen rate's neighbours (the nearest rates tried below and above it) that the scheduler had stopped: the
+    chosen rate beat them on the evaluation subset at an earlier step, not on the same windows and steps as its own
+    score, so the choice between neighbouring rates was not made like for like."""
     stopped = pruned_steps(search)
-    return [t for t in search["trials"] if t["lr"] != search["lr"] and t["steps"] in stopped]
+    rates = sorted({t["lr"] for t in search["trials"]})
+    if search["lr"] not in rates:
+        return []
+    at = rates.index(search["lr"])
+    near = set(rates[max(0, at - 1):at] + rates[at + 1:at + 2])
+    return [t for t in search["trials"] if t["lr"] in near and t["steps"] in stopped]
 
 
 def unbracketed(search: dict, stopped: set[int]) -> str:
@@ -489,18 +501,20 @@ def unbracketed(search: dict, stopped: set[int]) -> str:
     beaten = stopped_beaten(search)
     if not beaten:
         return "not needed"
-    return ("not run; the chosen rate beat " + ", ".join(f"{t['lr']:.2g} (stopped at step {t['steps']}, scored on the "
+    return ("not run; the chosen rate beat its neighbour " + ", ".join(
+        f"{t['lr']:.2g} (stopped at step {t['steps']}, scored on the "
                                                         "subset)" for t in sorted(beaten, key=lambda t: t["lr"]))
             + ": not compared on the same validation windows or steps, so the choice is not settled")
 
 
 def at_budget_table(searches: dict[str, dict]) -> list[str]:
     """The searches that follow the learning-rate rule (`run.py --lr-at-budget`), each trial to the end."""
-    lines = ["Searches under the learning-rate rule (`run.py --lr-at-budget ARM`; every trial run to the end and scored on "
-             "all validation windows, training seed 0):", "",
+    lines = ["Searches under the learning-rate rule (`run.py --lr-at-budget ARM`; every trial run to the end and "
+             "scored on all validation windows, training seed 0):", "",
              "| arm | searched at | trials (lr: validation perplexity, steps) | chosen lr |", "|---|---|---|---|"]
     for arm, s in sorted(searches.items()):
-        tried = ", ".join(f"{t['lr']:.3g}: {t['val_perplexity']:.2f} ({t['steps']})" for t in sorted(s["trials"], key=lambda t: t["lr"]))
+        tried = ", ".join(f"{t['lr']:.3g}: {t['val_perplexity']:.2f} ({t['steps']})"
+                          for t in sorted(s["trials"], key=lambda t: t["lr"]))
         lines.append(f"| {arm} | {budget_text(s['budget'])} | {tried} | {s['lr']:.3g} |")
     return lines + [""]
 
@@ -515,8 +529,9 @@ def lr_rule_table(rows: dict) -> list[str]:
     for arm, r in trained.items():
         lb = r.get("lr_budget")
         same = lb is not None and all(lb.get(k) == r["budget"].get(k) for k in BUDGET_KEYS)
-        searched = "no search" if lb is None else \
-            f"{'the same budget' + (', pruned by ' + lb['pruning'] if lb.get('pruning') else '') if same else budget_text(lb)} (`{lb['arm']}`)"
+        pruned = f", pruned by {lb['pruning']}" if lb and lb.get("pruning") else ""
+        where = "no search" if lb is None else "the same budget" + pruned if same else budget_text(lb)
+        searched = where if lb is None else f"{where} (`{lb['arm']}`)"
         lines.append(f"| `{arm}` | {rate_cell(r)} | {budget_text(r['budget'])} | {searched} |")
     return lines + [""]
 
@@ -527,8 +542,9 @@ def budget_text(b: dict | None) -> str:
         return "not recorded"
     windows = f"{b['windows']:,} windows" + (f" cut every {b['stride']} tokens" if b.get("stride") else "") + \
         (f" with `{b['extra_text']}`'s text" if b.get("extra_text") else "")
-    return (f"{windows}, {b['epochs']} epoch(s) ({b['steps']:,} steps at most), early stopping on {b['validation']} every "
-            f"{b['eval_every']} steps, patience {b['patience']}" + (f", pruned by {b['pruning']}" if b.get("pruning") else ""))
+    return (f"{windows}, {b['epochs']} epoch(s) ({b['steps']:,} steps at most), early stopping on {b['validation']} "
+            f"every {b['eval_every']} steps, patience {b['patience']}"
+            + (f", pruned by {b['pruning']}" if b.get("pruning") else ""))
 
 
 def rate_cell(info: dict | None) -> str:
@@ -543,7 +559,7 @@ def rate_cell(info: dict | None) -> str:
     if status == NO_SEARCH:
         return f"{rates} (rate borrowed/not searched at this budget: no search of its own" + \
             (f"; the rate of `{source}`'s search)" if source else ")")
-    where = "another arm's" if status == BORROWED else "this arm's, at another budget"
+    where = "another arm's" if status == BORROWED else "the same arm's, at another budget"
     return f"{rates} (rate borrowed/not searched at this budget: `{source}`'s search, {where})"
 
 
@@ -551,7 +567,8 @@ def regimes(trained: list[dict]) -> list[str]:
     """Each training budget the series' runs used, with how many runs and which arms: the set-up of every regime."""
     by: dict[str, list[dict]] = {}
     for r in trained:
-        by.setdefault(budget_text(budget_of(r["config"], extra_corpus(r["arm"]) if r["arm"] in ARMS else None)), []).append(r)
+        extra = extra_corpus(r["arm"]) if r["arm"] in ARMS else None
+        by.setdefault(budget_text(budget_of(r["config"], extra)), []).append(r)
     return [f"- {b}: {len(rs)} runs ({len({r['arm'] for r in rs})} arms"
             + (f", e.g. `{sorted({r['arm'] for r in rs}, key=len)[0]}`)" if rs else ")")
             for b, rs in sorted(by.items(), key=lambda kv: -len(kv[1]))]
@@ -582,7 +599,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         f"{cfg['data']['seq_len'] - 1} tokens in every arm (the first has no in-window context). Splits: every 10th "
         "training document is the validation split (early stopping and learning-rate searches); the corpus's validation "
         "file is the **test split**, used only for the numbers below. "
-        f"Batch {t['batch_size']}, up to {cfg['data']['val_samples']} validation windows; early stopping keeps the adapter "
+        f"Batch {t['batch_size']}, up to {cfg['data']['val_samples']} validation windows; early stopping keeps the "
+        "adapter "
         "of the best evaluation. The runs use these budgets (training regimes), each listed with its runs:", "",
         *regimes(trained), "",
         f"Training precision `{precision}` (autocast){others}, test scoring in float32. "
@@ -596,16 +614,21 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         f"a difference that excludes zero and at least {MIN_SEEDS} seeds; an interval that excludes zero over fewer seeds "
         "is marked *suggestive*. Shares are of the *text gain*: the drop in test NLL "
         "(nats per token) from the frozen LM alone to the frozen LM reading all 64 preceding tokens. "
-        "The seed-level intervals hold the test windows fixed: the (f) table gives, beside each, the standard deviation "
+        "The seed-level intervals hold the test windows fixed: the (f) table gives, beside each, the standard "
+        "deviation "
         f"that resampling the test windows adds, and a two-level interval ({TWO_LEVEL_METHOD}); a verdict that the "
         "two-level interval does not keep is marked *barely*. Every interval is a 95% interval of that kind over the "
         "seeds it names.", "",
-        "**Learning-rate rule.** An arm's learning rate counts as searched only where the search trained that arm (its own "
+        "**Learning-rate rule.** An arm's learning rate counts as searched only where the search trained that arm "
+        "(its own "
         "k and its own input: controls included) at the budget the arm is reported at (training windows, epochs, early "
-        "stopping and its validation windows); the rule's search (`run.py --lr-at-budget ARM`) also runs every trial to "
-        f"the end, scores it on the whole validation split and tries at least {', '.join(map(str, LR_RULE_GRID))} and one "
+        "stopping and its validation windows); the rule's search (`run.py --lr-at-budget ARM`) also runs every trial "
+        "to "
+        f"the end, scores it on the whole validation split and tries at least {', '.join(map(str, LR_RULE_GRID))} "
+        "and one "
         "step beyond the best on each side. Rows whose rate was not searched at their budget are marked *rate "
-        "borrowed/not searched at this budget*; a content share that rests on such a control gets *no verdict (control's "
+        "borrowed/not searched at this budget*; a content share that rests on such a control gets *no verdict "
+        "(control's "
         "rate not searched at this budget)*. The searches recorded so far were pruned (ASHA): rows whose rate comes "
         "from one at their own budget say *pruned search*.", ""]
     for name, corpus in corpora.items():
@@ -622,13 +645,17 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                        if copied else "Learning rates, ") +
                       "each the best of an `embinject.tune` search (Optuna TPE + ASHA, one epoch, "
                       "validation split, training seed 0). Each trial shows its best validation perplexity and the steps "
-                      "it trained (fewer than the epoch's where ASHA stopped it). A trial ASHA stopped is scored by its "
-                      "best evaluation on the evaluation subset; a trial that ran to the end, by its kept adapter on all "
+                      "it trained (fewer than the epoch's where ASHA stopped it). A trial ASHA stopped is scored by "
+                      "its "
+                      "best evaluation on the evaluation subset; a trial that ran to the end, by its kept adapter on "
+                      "all "
                       "validation windows: the two are scores on different validation sets, so a rate chosen over a "
                       "stopped trial was not compared like for like. " + same_rates(corpus["lr"]) +
                       "Where the chosen rate was the largest (smallest) tried, one more "
-                      "full-epoch trial at twice (half) the rate checks whether the optimum was bracketed. None of these "
-                      "searches meets the learning-rate rule (each was pruned, at one budget: the column *searched at*):", "",
+                      "full-epoch trial at twice (half) the rate checks whether the optimum was bracketed. None of "
+                      "these "
+                      "searches meets the learning-rate rule (each was pruned, at one budget: the column *searched "
+                      "at*):", "",
                       "| method | searched at | searched (lr: best validation perplexity, steps, validation windows) | "
                       "chosen lr | bracket check |", "|---|---|---|---|---|"]
             for m, s in sorted(corpus["lr"].items()):
@@ -759,7 +786,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]
             for pair, x in a["pairs"].items():
-                unsearched = [arm for arm in pair.split(" - ") if not rate_searched(rows.get(arm, {}).get("lr_status", NO_SEARCH))]
+                unsearched = [arm for arm in pair.split(" - ")
+                              if not rate_searched(rows.get(arm, {}).get("lr_status", NO_SEARCH))]
                 caveat = f" (rate borrowed/not searched at this budget: {', '.join(unsearched)})" if unsearched else ""
                 lines.append(f"| {pair} | {seeds_ci(x, 4, sign=True)} | {pair_verdict(pair, x)}{caveat} |")
             lines.append("")
@@ -847,11 +875,16 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
                   "the chunks are alike, not even as a static prefix does. They are not that design as it is trained now, "
                   "and they take no more seeds.", ""]
-    lines += ["Every interval below is a 95% Student's t interval over the seeds it names (paired by seed and test window); "
-              "*± windows* is the standard deviation that resampling the test windows adds to it (`window_sd`). *Rate*: "
-              "whether the arm's rate, and its constant control's, was searched at the budget the row is reported at.", "",
-              "| Design | k | Seeds (constant, shuffled) | Rate (arm; control) | Share of text gain | ± windows | Content share | "
-              "± windows | Verdict on content | Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
+    lines += ["Every interval below is a 95% Student's t interval over the seeds it names (paired by seed and test "
+              "window); "
+              "*± windows* is the standard deviation that resampling the test windows adds to it (`window_sd`). "
+              "*Rate*: "
+              "whether the arm's rate, and its constant control's, was searched at the budget the row is reported "
+              "at.", "",
+              "| Design | k | Seeds (constant, shuffled) | Rate (arm; control) | Share of text gain | ± windows | "
+              "Content share | "
+              "± windows | Verdict on content | Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict "
+              "|",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, r in designs.items():
         share = seeds_ci(r['share_of_text_gain'], 1, 100, unit="%")
@@ -864,7 +897,8 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         content_sd = "-" if content is None else f"{100 * r['content_window_sd']:.1f}"
         content_verdict_ = "-" if content is None else r["content_verdict"]
         shuffled = r.get("shuffled_content_share")
-        shuffled_cell = "-" if shuffled is None else f"{seeds_ci(shuffled, 1, 100, sign=True, unit=' pts')}: {r['shuffled_content_verdict']}"
+        shuffled_cell = "-" if shuffled is None else \
+            f"{seeds_ci(shuffled, 1, 100, sign=True, unit=' pts')}: {r['shuffled_content_verdict']}"
         vs = r.get("vs_pooled_nats")
         vs_cell = "-" if vs is None else seeds_ci(vs, 4, sign=True)
         vs_verdict = "-" if vs is None else precision_verdict(
@@ -872,8 +906,8 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         if content is not None:
             content_verdict_ = precision_verdict(content_verdict_, arms, [arm, r["control"]])
         design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]
-        control_mark = rate_mark({"lr_status": r["control_lr_status"], "lr_settled": r.get("control_lr_settled", True)}) \
-            if "control_lr_status" in r else "-"
+        control_mark = "-" if "control_lr_status" not in r else \
+            rate_mark({"lr_status": r["control_lr_status"], "lr_settled": r.get("control_lr_settled", True)})
         lines.append(f"| {design} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
                      f"{r.get('shuffled_control_seeds', 0)}) | {rate_mark(r)}; {control_mark} | {share} | "
                      f"{100 * r['share_window_sd']:.1f} | {content_cell} | {content_sd} | "
@@ -887,15 +921,16 @@ def headline_lines(head: dict | None) -> list[str]:
     """The headline block in words: which row, how it was selected, its intervals of both kinds."""
     if head is None:
         return [f"Best design at k <= {SCREEN_K}: none has run."]
-    said = (f"Headline (results.json's `headline`): {head['design']} (`{head['arm']}`), selected as the {head['selection']}; "
-            f"a selected maximum is biased upward. Share of the text gain {seeds_ci(head['share_of_text_gain'], 1, 100, unit='%')}"
-            " (95% t over seeds)")
+    said = (f"Headline (results.json's `headline`): {head['design']} (`{head['arm']}`), selected as the "
+            f"{head['selection']}; a selected maximum is biased upward. Share of the text gain "
+            f"{seeds_ci(head['share_of_text_gain'], 1, 100, unit='%')} (95% t over seeds)")
     two = head.get("two_level")
     if two:
         said += f", {ci(two['share_of_text_gain'], 1, 100)}% with the test windows resampled too (two-level)"
     if head.get("content_share") is not None:
         said += (f"; content share {ci(head['content_share'], 1, 100, sign=True)} points ({head['seeds']} seeds, t)"
-                 + (f", {ci(two['content_share'], 1, 100, sign=True)} two-level" if two and two.get("content_share") else "")
+                 + (f", {ci(two['content_share'], 1, 100, sign=True)} two-level"
+                    if two and two.get("content_share") else "")
                  + f": {head.get('content_verdict', '-')}")
     said += "."
     if head.get("runner_up"):
@@ -921,7 +956,7 @@ def rate_mark(r: dict) -> str:
     if status is None:
         return "-"
     if rate_searched(status):
-        unsettled = "" if r.get("lr_settled", True) else " (chosen over trials stopped early)"
+        unsettled = "" if r.get("lr_settled", True) else " (chosen over a neighbouring rate stopped early)"
         return ("pruned search at this budget" if status != SEARCHED else "searched at this budget") + unsettled
     return {BORROWED: "borrowed", NO_SEARCH: "no search of its own"}.get(status, "not searched at this budget")
 
@@ -956,8 +991,9 @@ def text_scaling_table(steps: list[dict]) -> list[str]:
              "paired by seed and window: the change of the share of the text gain, and of the content share, per doubling of "
              "the training windows (95% t intervals over the seeds each names). Where a change's interval lies above 0 "
              "and has a verdict, the last columns extrapolate its mean: the doublings beyond the step's windows that "
-             f"would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share of {100 * TARGET_CONTENT:.0f} "
-             "points if each doubling kept adding as much. These are two-point extrapolations (a straight line through "
+             f"would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share of "
+             f"{100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much. These are two-point "
+             "extrapolations (a straight line through "
              "the step's two ends, no model of how the gain per doubling shrinks), so they carry no interval, and the "
              "steps disagree with one another. "
              "The steps change more than the text: their budgets (early stopping, its validation windows, patience) "
@@ -965,7 +1001,8 @@ def text_scaling_table(steps: list[dict]) -> list[str]:
              "overlapping windows doubles the windows, not the distinct text.", "",
              "| Step (training windows) | What grew | Share of text gain, change per doubling | Verdict | "
              f"Content share, change per doubling | Verdict | {TARGET_SHARE:.0%} of the text gain at that rate | "
-             f"A content share of {100 * TARGET_CONTENT:.0f} points at that rate |", "|---|---|---|---|---|---|---|---|"]
+             f"A content share of {100 * TARGET_CONTENT:.0f} points at that rate |",
+             "|---|---|---|---|---|---|---|---|"]
     for st in steps:
         share, content = st["share_per_doubling"], st.get("content_per_doubling")
         grew = ("windows overlapping (each token in " f"{st['overlap']:.0f} windows): not the distinct text"
