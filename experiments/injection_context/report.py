@@ -735,8 +735,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                 verdict = content_verdict(c)
                 if c["controls"] == [f"shuffled-{k}"] and "no verdict" not in verdict:
                     verdict += " (provisional: shuffled control only)"
-                lines.append(f"| {k} | {', '.join(c['controls'])} | {ci(c['nats'], 4, sign=True)} | "
-                             f"{ci(c['share_of_text_gain'], 1, 100)}% | {verdict} |")
+                lines.append(f"| {k} | {', '.join(c['controls'])} | {seeds_ci(c['nats'], 4, sign=True)} | "
+                             f"{seeds_ci(c['share_of_text_gain'], 1, 100, unit='%')} | {verdict} |")
             lines.append("")
             alone = [str(k) for k, c in a["content"].items() if c["controls"] == [f"shuffled-{k}"]]
             gaps = list(a["shuffled_minus_constant"].items())
@@ -1075,7 +1075,7 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
         recs = other["arms"][arm]
         steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
         lines.append(f"| {ARMS[arm][3]} | {ci(main_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | "
-                     f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {ci(diff, 4, sign=True)} | {verdict} |")
+                     f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {seeds_ci(diff, 4, sign=True)} | {verdict} |")
     lines.append("")
     ks = [k for k in main_a["content"] if k in other_a["content"]]
     pairs = [p for p in main_a["pairs"] if p in other_a["pairs"]]
@@ -1095,7 +1095,7 @@ def content_verdict(c: dict) -> str:
 
 
 def content_cell(c: dict) -> str:
-    return f"{ci(c['share_of_text_gain'], 1, 100)}% ({content_verdict(c)})"
+    return f"{seeds_ci(c['share_of_text_gain'], 1, 100, unit='%')}: {content_verdict(c)}"
 
 
 def pair_verdict(pair: str, x: tuple[float, float, float]) -> str:
