@@ -108,7 +108,7 @@ def test_answer_normalisation_keeps_signs():
     assert abs(token_f1("inductive reasoning works", "inductive reasoning") - 0.8) < 1e-9
 
 
-def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys):
+def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys, monkeypatch):
     """The main study end to end on the tiny model: learning rates from embinject.tune, every arm scored on the same
     test tokens, RESULTS.md with its three questions, and a second call that finds nothing left to run."""
     import json
@@ -192,8 +192,21 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys)
     assert json.loads((bad / "runs" / "fineweb_edu_sample" / "diverged" / "static-4__seed0.json").read_text())["step"] >= 1
     assert "Diverged on fineweb_edu_sample" in (bad / "RESULTS.md").read_text()
     assert run.main(unstable) == 0 and "0 runs to do" in capsys.readouterr().out
-    # two searches ran in this process (kv's and its bracket check): Ray wrote its session's spilling directory into
-    # the system config it was given, which must have been a copy of embinject's own
+    # the learning-rate rule (issue 53): kv-8's rate searched at its own budget, every trial to the end over the
+    # rule's grid (the --set tune.* values of the pruned searches do not apply), recorded and shown in RESULTS.md
+    sets = argv[argv.index("--set"):]
+    monkeypatch.setattr(run, "MOST_BEYOND", 1)  # at most one step beyond the grid: each is a search of its own
+    assert run.main(["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--lr-at-budget", "kv-8", *sets]) == 0
+    rule = json.loads((runs / "lr_at_budget_kv-8.json").read_text())
+    assert {t["lr"] for t in rule["trials"]} >= set(arms.LR_RULE_GRID) and all(t["steps"] == 2 for t in rule["trials"])
+    assert rule["budget"]["windows"] == 16 and rule["budget"]["pruning"] is None and not run.next_rates(rule["trials"])
+    assert len(rule["trials"]) <= len(arms.LR_RULE_GRID) + 1
+    assert "Searches under the learning-rate rule" in (out / "RESULTS.md").read_text()
+    capsys.readouterr()
+    assert run.main(argv) == 2  # kv-8's runs now train at that rate: its records at the old one are another series
+    assert f"kv-8__seed0.json: run with train.lr={kv['lr']!r}" in capsys.readouterr().err
+    # three searches ran in this process (kv's, its bracket check, the rule's): Ray wrote its session's spilling
+    # directory into the system config it was given, which must have been a copy of embinject's own
     assert LOCAL_RAY_SYSTEM_CONFIG == {"worker_niceness": 0}
 
 
@@ -228,7 +241,10 @@ def test_more_training_text_is_measured_per_doubling_and_extrapolated_only_from_
     assert report.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
     assert report.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
     far = report.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
-    assert far["windows"][2] is None and "over 1,000,000,000]" in report.needs_cell(far, (0.01, 1e-300, 0.03))
+    assert far["windows"][2] is None
+    # a two-point extrapolation: its point only, labelled so, never with brackets that read as a confidence interval
+    cell = report.needs_cell(step["share_needs"], share)
+    assert "two-point extrapolation, no interval" in cell and "[" not in cell
     assert "one seed" in report.needs_cell(None, (0.05, float("nan"), float("nan")))
 
 
@@ -452,3 +468,111 @@ def test_extra_training_text_joins_the_training_split_and_never_repeats_held_out
     with pytest.raises(ConfigError, match=f"^{leaky}: a document .* repeats 9[0-9]% of its 8-word sequences"):
         study_data(src, leaky)
     assert not any(p.name.startswith("wiki+leaky") for p in plain.parent.iterdir())  # nothing written
+
+
+def test_a_content_share_whose_control_rate_was_not_searched_at_its_budget_gets_no_verdict():
+    """Issue 53's rule: a rate counts as searched only for the same arm at the budget it is reported at; a content
+    share that rests on a control with a borrowed rate, or one searched at another budget, has no verdict."""
+    from experiments.stats import Interval
+
+    small = arms.budget_of({"data": {"train_samples": 1024}, "train": {"max_epochs": 1, "eval_every": 32, "patience": 3}},
+                           tune={"scheduler": {"type": "asha", "max_t": 128, "grace_period": 32, "reduction_factor": 2}})
+    same = arms.budget_of({"data": {"train_samples": 1024}, "train": {"max_epochs": 1, "eval_every": 32, "patience": 3,
+                                                                      "eval_windows": 64}})
+    larger = arms.budget_of({"data": {"train_samples": 8192, "train_stride": 32},
+                             "train": {"max_epochs": 1, "eval_every": 64, "patience": 5, "eval_windows": None}})
+    assert small["steps"] == same["steps"] == 128 and larger["validation"] == "all validation windows"
+    control = "lmchunks-kv-constant-8"
+    assert arms.lr_status(control, same, control, small) == arms.SEARCHED_PRUNED
+    assert arms.lr_status(control, same, control, {**small, "pruning": None}) == arms.SEARCHED
+    assert arms.lr_status(f"{control}-w8192s32", larger, control, small) == arms.NOT_AT_BUDGET  # its rate, another budget
+    assert arms.lr_status("constant-8", same, arms.searched_arm(arms.lr_group("constant-8")), small) == arms.BORROWED
+    assert arms.lr_status("kv-constant-8", same, None, None) == arms.NO_SEARCH
+    helps = Interval(-0.03, -0.05, -0.01, 5)  # content nats: an interval below zero over 5 seeds
+    for status in (arms.BORROWED, arms.NOT_AT_BUDGET, arms.NO_SEARCH):
+        assert report.content_claim(helps, status) == "no verdict (control's rate not searched at this budget)"
+        assert report.content_claim(helps, [arms.SEARCHED, status]).startswith("no verdict (control's rate")
+    assert report.content_claim(helps, arms.SEARCHED_PRUNED) == "content helps"
+    worse = Interval(0.03, 0.01, 0.05, 5)
+    assert report.content_claim(worse, arms.SEARCHED, arms.BORROWED) == "no verdict (design's rate not searched at this budget)"
+    # resampling the test windows too can take the verdict away: "barely"
+    assert report.content_claim(helps, arms.SEARCHED, wide=[0.03, -0.001, 0.061]).startswith("content helps at the seed level only (barely")
+    assert report.two_level(Interval(0.1, 0.08, 0.12, 5), 0.0) == pytest.approx([0.1, 0.08, 0.12])
+    lo, hi = report.two_level(Interval(0.1, 0.08, 0.12, 5), 0.01)[1:]
+    assert abs((hi - lo) / 2 - (0.02 ** 2 + (1.959964 * 0.01) ** 2) ** 0.5) < 1e-9
+
+
+def test_every_trained_row_carries_its_rate_its_budget_and_the_budget_its_rate_was_searched_at():
+    """lr_rows: from the records and arms.py's definitions (the search's kept YAML, else config.yaml and
+    lr_search.yaml), never typed numbers."""
+    config = {"data": {"train_samples": 1024, "seq_len": 64}, "train": {"max_epochs": 1, "eval_every": 32, "patience": 3,
+                                                                          "eval_windows": 64, "batch_size": 8}}
+    longer = {"data": {"train_samples": 4096, "seq_len": 64}, "train": {**config["train"], "patience": 5}}
+    rec = lambda arm, lr, cfg: [{"arm": arm, "seed": 0, "lr": lr, "config": cfg}]  # noqa: E731
+    corpus = {"arms": {"lmchunks-kv-constant-8": rec("lmchunks-kv-constant-8", 0.00376, config),
+                       "lmchunks-kv-constant-8-w4096": rec("lmchunks-kv-constant-8-w4096", 0.00376, longer),
+                       "constant-8": rec("constant-8", 0.002, config), "kv-constant-8": rec("kv-constant-8", 0.002, config),
+                       "baseline": [{"arm": "baseline"}]},
+              "lr": {"lmchunks-kv-constant": {"method": "lmchunks-kv-constant", "lr": 0.00376,
+                                              "trials": [{"lr": 0.002, "val_perplexity": 38.3, "steps": 64},
+                                                         {"lr": 0.00376, "val_perplexity": 35.3, "steps": 128}]},
+                     "injection": {"method": "injection", "lr": 0.002, "trials": [{"lr": 0.002, "val_perplexity": 35.6, "steps": 128}]},
+                     "kv": {"method": "kv", "lr": 0.002, "trials": [{"lr": 0.002, "val_perplexity": 33.7, "steps": 128}]}}}
+    rows = report.lr_rows(corpus)
+    assert set(rows) == {"lmchunks-kv-constant-8", "lmchunks-kv-constant-8-w4096", "constant-8", "kv-constant-8"}
+    own = rows["lmchunks-kv-constant-8"]
+    assert own["lr_status"] == arms.SEARCHED_PRUNED and own["lr_budget"]["pruning"].startswith("asha")
+    assert own["lr_settled"] is False  # chosen over a trial the scheduler had stopped at step 64 (scored on the subset)
+    assert rows["lmchunks-kv-constant-8-w4096"]["lr_status"] == arms.NOT_AT_BUDGET
+    assert rows["lmchunks-kv-constant-8-w4096"]["budget"]["windows"] == 4096 != rows["lmchunks-kv-constant-8-w4096"]["lr_budget"]["windows"]
+    assert rows["constant-8"]["lr_status"] == arms.BORROWED and rows["constant-8"]["lr_budget"]["arm"] == "inject-4"
+    assert rows["kv-constant-8"]["lr_status"] == arms.NO_SEARCH and rows["kv-constant-8"]["lr_budget"]["search"] == "kv"
+    assert "rate borrowed/not searched at this budget" in report.rate_cell(rows["constant-8"])
+    table = "\n".join(report.lr_rule_table(rows))
+    assert "| `constant-8` | 0.002 (rate borrowed/not searched at this budget" in table
+
+
+def test_the_g_table_names_the_seeds_each_interval_uses_and_the_headline_its_selection():
+    """The Seeds of a change are those of its own interval (a content change over 5 seeds beside a share change over 6),
+    extrapolations carry no brackets, and a content change resting on a mistuned control has no verdict."""
+    from experiments.stats import Interval
+
+    share, content = Interval(0.042, 0.030, 0.054, 6), Interval(0.049, 0.012, 0.085, 5)
+    step = {"from": "lmchunks-kv-8", "to": "lmchunks-kv-8-w4096", "windows": [1024, 4096], "share_per_doubling": share,
+            "share_needs": report.doublings_to(0.70, 0.575, share, 4096), "content_per_doubling": content,
+            "content_needs": None, "content_verdict": report.content_claim(
+                content, [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET], said=("less content", "more content")),
+            "lr_status": [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET], "overlap": 1}
+    overlapping = {**step, "to": "lmchunks-kv-8-w8192s32", "overlap": 2}
+    row = report.text_scaling_table([step, overlapping])[-3]
+    assert "+4.2 [+3.0, +5.4] pts (6 seeds)" in row and "+4.9 [+1.2, +8.5] pts (5 seeds)" in row
+    assert "no verdict (control's rate not searched at this budget)" in row and "more content" not in row
+    assert "two-point extrapolation, no interval" in row and "rates not searched at these budgets" in row
+    assert "not the distinct text" in report.text_scaling_table([step, overlapping])[-2]
+    rows = {f"r{i}": {"arm": f"a{i}", "design": "d", "k": 8, "seeds": 5, "share_of_text_gain": (0.4 + i / 100, 0.3, 0.5)}
+            for i in range(4)}
+    head = report.headline(rows)
+    assert head["arm"] == "a3" and head["selection"].startswith("best of 4") and head["runner_up"]["arm"] == "a2"
+
+
+def test_rule_search_tries_the_grid_then_one_step_beyond_the_best_on_each_side(tmp_path):
+    """`run.py --lr-at-budget ARM`: the arm's own budget, no pruning, the rule's grid and a step beyond its best."""
+    import argparse
+
+    import yaml
+    from embinject.space import load_search_file
+
+    assert run.next_rates([]) == list(arms.LR_RULE_GRID)
+    grid = [{"lr": lr, "val_perplexity": v} for lr, v in zip(arms.LR_RULE_GRID, (36.0, 35.0, 35.5))]
+    assert run.next_rates(grid) == []  # the best has a neighbour on each side
+    assert run.next_rates([{**grid[0], "val_perplexity": 34.0}, *grid[1:]]) == [0.0005]  # best is the smallest
+    assert run.next_rates([grid[0], grid[1], {**grid[2], "val_perplexity": 30.0}]) == [0.00752]  # best is the largest
+    edge = grid + [{"lr": 0.00376 * 2 ** i, "val_perplexity": 30.0 - i} for i in range(1, run.MOST_BEYOND + 1)]
+    assert run.next_rates(edge) == []  # at most MOST_BEYOND steps beyond the grid
+    args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], workers=2, threads=1, out=tmp_path)
+    raw = run.rule_search_settings(args, "lmchunks-kv-constant-8-w8192s32", tmp_path, list(arms.LR_RULE_GRID))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    search = load_search_file(tmp_path / "s.yaml", [f"data.path={tmp_path}"])
+    cfg = search.config
+    assert (cfg.data.train_samples, cfg.data.train_stride, cfg.train.eval_windows, cfg.adapter.ablation) == (8192, 32, None, "constant")
+    assert search.tune.scheduler.type == "none" and [p["train.lr"] for p in search.tune.points_to_evaluate] == list(arms.LR_RULE_GRID)

@@ -208,3 +208,66 @@ def lr_edge(search: dict) -> str | None:
     """"largest" or "smallest" when a search's chosen rate is at that edge of the rates it tried."""
     tried = [t["lr"] for t in search["trials"]]
     return "largest" if search["lr"] >= max(tried) else "smallest" if search["lr"] <= min(tried) else None
+
+
+# ---------------------------------------------------------------- the learning-rate rule (issue 53, item 1)
+# An arm's rate is searched at the budget it is reported at: the same arm (its own k and its own input, controls
+# included), the same training windows, epochs and early stopping, every trial run to the end (no pruning) and scored
+# on the whole validation split, over at least these rates and one step beyond the best on each side
+# (`run.py --lr-at-budget ARM`). A row whose rate was not is marked, and a content share that rests on such a control
+# gets no verdict.
+LR_RULE_GRID = (0.001, 0.002, 0.00376)
+SEARCHED = "searched at this budget"
+SEARCHED_PRUNED = "searched at this budget, pruned search"
+BORROWED = "rate borrowed"
+NOT_AT_BUDGET = "rate not searched at this budget"
+NO_SEARCH = "no search of its own"
+# the budget fields two searches' and arms' budgets must share (pruning is told apart: SEARCHED_PRUNED)
+BUDGET_KEYS = ("windows", "stride", "extra_text", "epochs", "steps", "eval_every", "validation", "patience")
+
+
+def searched_arm(group: str) -> str:
+    """The arm whose shape a group's learning-rate search trains (`lr_shape`): a design's or control's arm at k = 8,
+    a method's 4-vector arm."""
+    if f"{group}-{SCREEN_K}" in DESIGN_OF:
+        return f"{group}-{SCREEN_K}"
+    return "static-4" if group == "prompt" else "inject-4"
+
+
+def budget_of(config: dict, extra_text: str | None = None, tune: dict | None = None) -> dict:
+    """What a run (or a search's trials) trained on: training windows (stride, extra text), epochs, the steps those
+    allow, early stopping (evaluated every n steps on which validation windows, patience) and pruning. `config` is a
+    nested config dict (a record's, or a search's YAML); `tune` a search's tune section (its scheduler)."""
+    data, train = config.get("data", {}), config.get("train", {})
+    windows, epochs, batch = data.get("train_samples"), train.get("max_epochs", 1), train.get("batch_size", 8)
+    steps = epochs * -(-windows // batch) if windows else None
+    if train.get("max_steps"):
+        steps = min(steps, train["max_steps"]) if steps else train["max_steps"]
+    subset = train.get("eval_windows", 64) if "eval_windows" in train else 64  # the Config default: 64 windows
+    sched = (tune or {}).get("scheduler") or {}
+    pruning = None
+    if tune is not None and sched.get("type", "none") not in (None, "none"):
+        pruning = (f"{sched['type']} (max_t {sched.get('max_t')}, grace {sched.get('grace_period')}, "
+                   f"reduction {sched.get('reduction_factor')})")
+    validation = "all validation windows" if subset is None else f"a fixed subset of {subset} validation windows"
+    return {"windows": windows, "seq_len": data.get("seq_len"), "stride": data.get("train_stride"),
+            "extra_text": extra_text, "epochs": epochs, "steps": steps, "eval_every": train.get("eval_every"),
+            "validation": validation,
+            "patience": train.get("patience"), "pruning": pruning}
+
+
+def lr_status(arm: str, budget: dict, search_arm: str | None, search_budget: dict | None) -> str:
+    """Whether an arm's rate was searched at the budget it is reported at (SEARCHED, SEARCHED_PRUNED) or not: searched
+    for another arm (BORROWED), for this arm at another budget (NOT_AT_BUDGET), or never (NO_SEARCH)."""
+    if search_arm is None or search_budget is None:
+        return NO_SEARCH
+    if search_arm != arm and search_arm != REPEAT_OF.get(arm):
+        return BORROWED
+    if any(budget.get(k) != search_budget.get(k) for k in BUDGET_KEYS):
+        return NOT_AT_BUDGET
+    return SEARCHED_PRUNED if search_budget.get("pruning") else SEARCHED
+
+
+def rate_searched(status: str) -> bool:
+    """A rate a verdict may rest on: searched for this arm at this budget (a pruned search included, and marked)."""
+    return status in (SEARCHED, SEARCHED_PRUNED)

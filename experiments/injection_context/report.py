@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
@@ -14,6 +15,8 @@ from embinject.tracking import flatten
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_ARMS, CONTEXT_READ, CURVE_ARMS, CURVE_K, DESIGNS, HERE, IGNORED_SETTINGS,
                                                BEST_PAIR, MORE_TRAINING, MORE_TRAINING_ARMS, MORE_EPOCHS, MORE_TEXT, MORE_TEXT_CORPUS, MORE_WINDOWS, OVERLAPPING,
                                                REPEAT_OF, STRIDE, SCREEN_K, SEEDS, TEXT_TOKENS, control_arm, design_of, lr_edge)
+from experiments.injection_context.arms import (BORROWED, BUDGET_KEYS, LR_RULE_GRID, NO_SEARCH, SEARCHED, budget_of,
+                                               extra_corpus, lr_group, lr_status, rate_searched, searched_arm)
 from experiments.stats import MIN_SEEDS, PerWindow, claim, seed_interval
 
 
@@ -43,21 +46,76 @@ def bracket_verdict(search: dict) -> str:
             f"lower than the chosen {chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
             "not at this method's best rate")
 
+AT_BUDGET = "lr_at_budget_"  # <runs>/lr_at_budget_<arm>.json: an arm's search under the rule (`run.py --lr-at-budget`)
+
+
+def search_settings(search: dict) -> tuple[dict, dict]:
+    """The config and tune sections a recorded search ran with: its kept YAML, or (a search copied by --lr-from, or
+    from before the YAML was kept) what config.yaml and lr_search.yaml define."""
+    raw = search.get("settings")
+    if raw is None:
+        raw = yaml.safe_load((HERE / "config.yaml").read_text())
+        for section, values in yaml.safe_load((HERE / "lr_search.yaml").read_text()).items():
+            raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) and section in raw else values
+    return raw, raw.get("tune", {})
+
+
+def lr_rows(corpus: dict) -> dict[str, dict]:
+    """Every trained arm's learning rate, the budget it was trained and reported at, the budget its rate was searched
+    at (and for which arm), and whether that is its own budget (`arms.lr_status`), from the records."""
+    out = {}
+    for arm, recs in corpus["arms"].items():
+        if arm not in ARMS:
+            continue
+        rates = sorted({r["lr"] for r in recs})
+        budget = budget_of(recs[0]["config"], extra_corpus(arm))
+        at = corpus.get("lr_at_budget", {}).get(arm)
+        group = lr_group(arm)
+        search, source = (at, f"{AT_BUDGET}{arm}") if at and at["lr"] in rates else (corpus["lr"].get(group), group)
+        if search is not None and search["lr"] not in rates:
+            search = None  # the records trained at another rate than this search chose
+        if search is None:  # no search of its own: which recorded search chose the rate it trained at, if one did
+            source = next((g for g, s in sorted(corpus["lr"].items(), key=lambda gs: gs[0] != design_of(arm))
+                           if s["lr"] in rates), None)
+            out[arm] = {"lr": rates[0] if len(rates) == 1 else rates, "budget": budget, "lr_status": NO_SEARCH,
+                        "lr_budget": None if source is None else {"search": source, "arm": searched_arm(source),
+                                                                  **search_budget(corpus["lr"][source])}}
+            continue
+        lr_budget = search["budget"] if search is at else search_budget(search)
+        search_arm = arm if search is at else searched_arm(group)
+        out[arm] = {"lr": search["lr"], "budget": budget, "lr_status": lr_status(arm, budget, search_arm, lr_budget),
+                    "lr_budget": {"search": source, "arm": search_arm, **lr_budget},
+                    # a pruned search's choice over a trial stopped early was not made on the same windows or steps
+                    "lr_settled": search is at or not stopped_beaten(search)}
+    return out
+
+
+def search_budget(search: dict) -> dict:
+    raw, tune = search_settings(search)
+    return budget_of(raw, None, tune)
+
+
 def load(out: Path) -> dict[str, dict]:
     """corpus -> {"arms": {arm: [records]}, "lr": {method: search record}}"""
     corpora = {}
     for folder in sorted((out / "runs").glob("*/")):
         arms: dict[str, list[dict]] = {}
         for f in sorted(folder.glob("*.json")):
-            if f.name.startswith("lr_search_"):
+            if f.name.startswith(("lr_search_", AT_BUDGET)):
                 continue
             r = json.loads(f.read_text())
             arms.setdefault(r["arm"], []).append(r)
         lrs = {json.loads(f.read_text())["method"]: json.loads(f.read_text()) for f in folder.glob("lr_search_*.json")}
+        for group, search in lrs.items():  # the settings the search ran with, where its YAML was kept beside it
+            if (folder / f"lr_search_{group}.yaml").is_file():
+                search["settings"] = yaml.safe_load((folder / f"lr_search_{group}.yaml").read_text())
+        at_budget = {r["arm"]: r for r in (json.loads(f.read_text())
+                                           for f in sorted(folder.glob(f"{AT_BUDGET}*.json")))}
         checks = [json.loads(f.read_text()) for f in sorted((out / "lr_check" / folder.name).glob("*.json"))]
         diverged = [json.loads(f.read_text()) for f in sorted((folder / "diverged").glob("*.json"))]
         if "baseline" in arms:
-            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged}
+            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged,
+                                    "lr_at_budget": at_budget}
     return corpora
 
 
@@ -76,8 +134,59 @@ def ci(x: tuple[float, float, float], digits: int = 3, scale: float = 1.0, sign:
     return f"{f.format(p)} [{f.format(lo)}, {f.format(hi)}]"
 
 
+WINDOW_DRAWS = 1000
+
+
+def window_sd(stat, arms: dict[str, PerWindow], n: int = WINDOW_DRAWS, seed: int = 0) -> float:
+    """The standard deviation of `stat` when the test windows are resampled (with replacement, the same windows for
+    every arm) and the seeds held at their mean: the uncertainty the seed-level intervals leave out."""
+    rng = np.random.default_rng(seed)
+    trained = [a for a in arms.values() if a.trained]
+    shared = sorted(set.intersection(*(set(a.seed_ids) for a in trained))) if trained else [0]
+    rows = {k: [a.seed_ids.index(s) for s in shared] if a.trained else [0] for k, a in arms.items()}
+    n_windows = next(iter(arms.values())).nll.shape[1]
+    draws = []
+    for _ in range(n):
+        weights = np.bincount(rng.integers(0, n_windows, n_windows), minlength=n_windows).astype(float)
+        draws.append(stat({k: a.mean(rows[k], weights) for k, a in arms.items()}))
+    return float(np.std(draws, ddof=1))
+
+
+def two_level(x, sd: float) -> list[float]:
+    """A seed-level interval widened by the test windows' resampling SD: the t half-width and 1.96 SDs added in
+    quadrature (TWO_LEVEL_METHOD)."""
+    if math.isnan(x[1]):
+        return [x[0], math.nan, math.nan]
+    half = math.hypot((x[2] - x[1]) / 2, 1.959964 * sd)
+    return [x[0], x[0] - half, x[0] + half]
+
+
+TWO_LEVEL_METHOD = ("seed-level Student's t half-width and 1.96 x the standard deviation of the statistic over "
+                    f"{WINDOW_DRAWS:,} resamples of the test windows (seeds averaged), added in quadrature")
+
+
+def content_claim(x, control_status: str | list[str], design_status: str | None = None, wide=None,
+                  said: tuple[str, str] = ("content helps", "worse than its control")) -> str:
+    """The verdict on a content share (injection minus its control): the seed-level interval's, and none where the
+    control's rate was not searched at the budget it is reported at (a mistuned control credits content with what the
+    control failed to learn); "worse than its control" needs the design's rate searched too. `wide`: the two-level
+    interval, which says whether the verdict survives resampling the test windows as well."""
+    said = claim(x, *said)
+    if said.startswith("no verdict"):
+        return said
+    controls = [control_status] if isinstance(control_status, str) else control_status
+    if not all(rate_searched(c) for c in controls):
+        return "no verdict (control's rate not searched at this budget)"
+    if "worse than its control" in said and design_status is not None and not rate_searched(design_status):
+        return "no verdict (design's rate not searched at this budget)"
+    if wide is not None and not math.isnan(wide[1]) and wide[1] <= 0 <= wide[2]:
+        return f"{said} at the seed level only (barely: with the test windows resampled too the interval includes 0)"
+    return said
+
+
 def analyse(corpus: dict) -> dict:
     arms = {a: per_window(rs) for a, rs in corpus["arms"].items()}
+    lrs = lr_rows(corpus)
     full = f"text-{max(TEXT_TOKENS)}"
     gain = lambda m: m["baseline"] - m[full]  # noqa: E731  nats per token the full preceding text is worth
     rows = {}
@@ -91,6 +200,7 @@ def analyse(corpus: dict) -> dict:
             "perplexity": seed_interval(lambda m: math.exp(m[name]), sub),
             "vs_baseline": seed_interval(lambda m: m[name] - m["baseline"], sub),
             "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[name]) / gain(m), sub),
+            **lrs.get(name, {}),
         }
     content, control_gaps = {}, {}
     for k, controls in CONTROLS.items():
@@ -99,7 +209,7 @@ def analyse(corpus: dict) -> dict:
         if inj in arms and have:
             sub = {a: arms[a] for a in ["baseline", full, inj, *have]}
             better = lambda m: min(m[c] for c in have)  # noqa: E731
-            content[k] = {"controls": have,
+            content[k] = {"controls": have, "control_lr_status": [lrs[c]["lr_status"] for c in have],
                           "nats": seed_interval(lambda m: m[inj] - better(m), sub),
                           "share_of_text_gain": seed_interval(lambda m: (better(m) - m[inj]) / gain(m), sub)}
         shuffled, constant = f"shuffled-{k}", f"constant-{k}"
@@ -124,11 +234,11 @@ def analyse(corpus: dict) -> dict:
         if "inject-4" in arms:
             sub = {a: arms[a] for a in ("window-4", "inject-4")}
             window["nats_vs_previous"] = seed_interval(lambda m: m["window-4"] - m["inject-4"], sub)
-    designs = analyse_designs(arms, gain)
+    designs = analyse_designs(arms, gain, lrs)
     windows = {a: rs[0]["train_windows"] for a, rs in corpus["arms"].items() if "train_windows" in rs[0]}
     return {"rows": rows, "content": content, "shuffled_minus_constant": control_gaps, "pairs": pairs, "window": window,
             "context": analyse_context(arms), "designs": designs, "headline": headline(designs),
-            "text_scaling": analyse_text_scaling(arms, gain, designs, windows),
+            "text_scaling": analyse_text_scaling(arms, gain, designs, windows, lrs),
             "windows": arms["baseline"].nll.shape[1], "tokens_per_window": float(arms["baseline"].tokens.mean())}
 
 
@@ -144,9 +254,12 @@ DESIGN_ROWS = [(STATIC, f"static-{k}", None, None) for k in ALL_K] + \
 INTERVAL_METHOD = "Student's t over seed means (n - 1 df), arms paired by seed and by test window"
 
 
-def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
+def analyse_designs(arms: dict[str, PerWindow], gain, lrs: dict | None = None) -> dict:
     """Each design's share of the text gain, its content share (its share minus its constant-input control's, paired),
-    and its difference from the pooled MiniLM design at the same k."""
+    and its difference from the pooled MiniLM design at the same k; each with the SD that resampling the test windows
+    adds (`window_sd`), the two-level interval, each arm's learning-rate facts and the verdict on its content share
+    (`content_claim`)."""
+    lrs = lrs or {}
     full = f"text-{max(TEXT_TOKENS)}"
     out = {}
     for design, arm, constant, shuffled in DESIGN_ROWS:
@@ -155,14 +268,25 @@ def analyse_designs(arms: dict[str, PerWindow], gain) -> dict:
         shape = ARMS[arm][1]
         k = shape.get("adapter.inject_tokens", shape.get("adapter.prefix_len"))
         sub = {"baseline": arms["baseline"], full: arms[full], arm: arms[arm]}
+        share = lambda m: (m["baseline"] - m[arm]) / gain(m)  # noqa: E731
         row = {"design": design, "arm": arm, "k": k, "seeds": arms[arm].seeds, "control": constant,
-               "share_of_text_gain": seed_interval(lambda m: (m["baseline"] - m[arm]) / gain(m), sub)}
+               "share_of_text_gain": seed_interval(share, sub), "share_window_sd": window_sd(share, sub),
+               **{key: lrs[arm][key] for key in ("lr", "budget", "lr_budget", "lr_status", "lr_settled")
+                  if key in lrs.get(arm, {})}}
+        row["share_two_level"] = two_level(row["share_of_text_gain"], row["share_window_sd"])
         for control, key in ((constant, ""), (shuffled, "shuffled_")):
             if control in arms:
                 both = {**sub, control: arms[control]}
+                content = lambda m: (m[control] - m[arm]) / gain(m)  # noqa: E731
                 row[f"{key}control_seeds"] = arms[control].seeds
-                row[f"{key}content_share"] = seed_interval(lambda m: (m[control] - m[arm]) / gain(m), both)
+                row[f"{key}content_share"] = seed_interval(content, both)
                 row[f"{key}content_nats"] = seed_interval(lambda m: m[arm] - m[control], both)
+                row[f"{key}content_window_sd"] = window_sd(content, both)
+                row[f"{key}content_two_level"] = two_level(row[f"{key}content_share"], row[f"{key}content_window_sd"])
+                row[f"{key}control_lr_status"] = lrs.get(control, {}).get("lr_status", NO_SEARCH)
+                row[f"{key}control_lr_settled"] = lrs.get(control, {}).get("lr_settled", False)
+                row[f"{key}content_verdict"] = content_claim(row[f"{key}content_nats"], row[f"{key}control_lr_status"],
+                                                             row.get("lr_status"), row[f"{key}content_two_level"])
         pooled = pooled_beside(arm, k)
         if design != STATIC and arm != pooled and pooled in arms:
             row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
@@ -180,7 +304,8 @@ TEXT_POINTS = {"": BEST_PAIR} | {suffix: (f"{_BEST}-{suffix}", f"{BEST_PAIR[1]}-
 TEXT_STEPS = [("", f"w{MORE_WINDOWS}"), (f"w{MORE_WINDOWS}", f"w{OVERLAPPING}s{STRIDE}"), (f"w{MORE_WINDOWS}", f"w{MORE_TEXT}t")]
 
 
-def analyse_text_scaling(arms: dict[str, PerWindow], gain, designs: dict, windows: dict[str, int]) -> list[dict]:
+def analyse_text_scaling(arms: dict[str, PerWindow], gain, designs: dict, windows: dict[str, int],
+                         lrs: dict | None = None) -> list[dict]:
     """Each step of training text for the best design: the change of its share of the text gain and of its content
     share per doubling of the training windows (paired by seed and window), and where a change is positive at the
     seed level, how many more doublings would reach the targets at that rate (an extrapolation, not a measurement)."""
@@ -200,6 +325,17 @@ def analyse_text_scaling(arms: dict[str, PerWindow], gain, designs: dict, window
             both = {**sub, c0: arms[c0], c1: arms[c1]}
             step["content_per_doubling"] = seed_interval(lambda m: ((m[c1] - m[a1]) - (m[c0] - m[a0])) / gain(m) / d, both)
             step["content_needs"] = doublings_to(TARGET_CONTENT, designs[a1]["content_share"][0], step["content_per_doubling"], n1)
+            step["control_lr_status"] = [(lrs or {}).get(c, {}).get("lr_status", NO_SEARCH) for c in (c0, c1)]
+            step["content_verdict"] = content_claim(
+                step["content_per_doubling"], step["control_lr_status"],
+                said=("less content with more windows", "more content with more windows"))
+            if step["content_verdict"].startswith("no verdict"):
+                step["content_needs"] = None  # no rate to extrapolate from a change that has no verdict
+        step["lr_status"] = [(lrs or {}).get(a, {}).get("lr_status", NO_SEARCH) for a in (a0, a1)]
+        # overlapping windows (a stride below the window) repeat text: each token sits in seq_len / stride windows
+        b1 = (lrs or {}).get(a1, {}).get("budget", {})
+        stride, seq = b1.get("stride"), b1.get("seq_len")
+        step["overlap"] = seq / stride if stride and seq and stride < seq else 1
         steps.append(step)
     return steps
 
@@ -225,12 +361,29 @@ def headline(designs: dict) -> dict | None:
     if not candidates:
         return None
     candidates = [r for r in candidates if r["seeds"] > 1] or candidates
-    best = max(candidates, key=lambda r: r["share_of_text_gain"][0])
+    ranked = sorted(candidates, key=lambda r: -r["share_of_text_gain"][0])
+    best = ranked[0]
     content = best.get("content_share")
-    return {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
+    head = {"design": best["design"], "arm": best["arm"], "k": best["k"], "seeds": best["seeds"],
             "share_of_text_gain": list(best["share_of_text_gain"]),
             "content_share": list(content) if content is not None else None,
-            "interval": INTERVAL_METHOD + ("" if content is not None else "; content_share: its constant-input control has not run")}
+            "interval": INTERVAL_METHOD + ("" if content is not None else
+                                           "; content_share: its constant-input control has not run"),
+            # not pre-registered: the row with the highest mean share among the candidates, so its share is a maximum
+            "selection": f"best of {len(candidates)}: the highest mean share of the text gain among {len(candidates)} "
+                         f"candidate rows (k <= {SCREEN_K}, not the static prefix, an interval where any has one); "
+                         "not pre-registered",
+            "runner_up": ({"arm": ranked[1]["arm"], "share_of_text_gain": list(ranked[1]["share_of_text_gain"])}
+                          if len(ranked) > 1 else None)}
+    for key in ("lr", "budget", "lr_budget", "lr_status", "control_lr_status", "content_verdict"):
+        if key in best:
+            head[key] = best[key]
+    if "share_two_level" in best:
+        head["two_level"] = {"share_of_text_gain": best["share_two_level"], "share_window_sd": best["share_window_sd"],
+                             "content_share": best.get("content_two_level"),
+                             "content_window_sd": best.get("content_window_sd"),
+                             "interval": TWO_LEVEL_METHOD}
+    return head
 
 
 def analyse_context(arms: dict[str, PerWindow]) -> dict:
@@ -317,6 +470,110 @@ def most_common_and_others(records: list[dict], key: str, default) -> tuple[str,
     return common, "".join(f"; {v} for {', '.join(sorted(a))}" for v, a in sorted(by_value.items()) if v != common)
 
 
+def pruned_steps(search: dict) -> set[int]:
+    """The step counts at which a search's scheduler stopped trials (ASHA's rungs below its max_t)."""
+    _, tune = search_settings(search)
+    sched = tune.get("scheduler") or {}
+    if sched.get("type", "none") in (None, "none"):
+        return set()
+    rungs, step = set(), sched.get("grace_period", 1)
+    while step < sched.get("max_t", 0):
+        rungs.add(step)
+        step *= sched.get("reduction_factor", 2)
+    return rungs
+
+
+def stopped_beaten(search: dict) -> list[dict]:
+    """The chosen rate's neighbours (the nearest rates tried below and above it) that the scheduler had stopped: the
+    chosen rate beat them on the evaluation subset at an earlier step, not on the same windows and steps as its own
+    score, so the choice between neighbouring rates was not made like for like."""
+    stopped = pruned_steps(search)
+    rates = sorted({t["lr"] for t in search["trials"]})
+    if search["lr"] not in rates:
+        return []
+    at = rates.index(search["lr"])
+    near = set(rates[max(0, at - 1):at] + rates[at + 1:at + 2])
+    return [t for t in search["trials"] if t["lr"] in near and t["steps"] in stopped]
+
+
+def unbracketed(search: dict, stopped: set[int]) -> str:
+    """A chosen rate inside the rates tried: whether the trials it beat were scored as it was."""
+    beaten = stopped_beaten(search)
+    if not beaten:
+        return "not needed"
+    return ("not run; the chosen rate beat its neighbour " + ", ".join(
+        f"{t['lr']:.2g} (stopped at step {t['steps']}, scored on the "
+                                                        "subset)" for t in sorted(beaten, key=lambda t: t["lr"]))
+            + ": not compared on the same validation windows or steps, so the choice is not settled")
+
+
+def at_budget_table(searches: dict[str, dict]) -> list[str]:
+    """The searches that follow the learning-rate rule (`run.py --lr-at-budget`), each trial to the end."""
+    lines = ["Searches under the learning-rate rule (`run.py --lr-at-budget ARM`; every trial run to the end and "
+             "scored on all validation windows, training seed 0):", "",
+             "| arm | searched at | trials (lr: validation perplexity, steps) | chosen lr |", "|---|---|---|---|"]
+    for arm, s in sorted(searches.items()):
+        tried = ", ".join(f"{t['lr']:.3g}: {t['val_perplexity']:.2f} ({t['steps']})"
+                          for t in sorted(s["trials"], key=lambda t: t["lr"]))
+        lines.append(f"| {arm} | {budget_text(s['budget'])} | {tried} | {s['lr']:.3g} |")
+    return lines + [""]
+
+
+def lr_rule_table(rows: dict) -> list[str]:
+    """Every trained arm: its rate, the budget it is reported at, the budget (and arm) its rate was searched at."""
+    trained = {a: r for a, r in rows.items() if "lr_status" in r}
+    if not trained:
+        return []
+    lines = ["Each trained arm's rate against the learning-rate rule (results.json's `lr`, `budget`, `lr_budget`):", "",
+             "| Arm | Rate | Trained and reported at | Rate searched at (searched arm) |", "|---|---|---|---|"]
+    for arm, r in trained.items():
+        lb = r.get("lr_budget")
+        same = lb is not None and all(lb.get(k) == r["budget"].get(k) for k in BUDGET_KEYS)
+        pruned = f", pruned by {lb['pruning']}" if lb and lb.get("pruning") else ""
+        where = "no search" if lb is None else "the same budget" + pruned if same else budget_text(lb)
+        searched = where if lb is None else f"{where} (`{lb['arm']}`)"
+        lines.append(f"| `{arm}` | {rate_cell(r)} | {budget_text(r['budget'])} | {searched} |")
+    return lines + [""]
+
+
+def budget_text(b: dict | None) -> str:
+    """A budget (`arms.budget_of`) in words."""
+    if not b:
+        return "not recorded"
+    windows = f"{b['windows']:,} windows" + (f" cut every {b['stride']} tokens" if b.get("stride") else "") + \
+        (f" with `{b['extra_text']}`'s text" if b.get("extra_text") else "")
+    return (f"{windows}, {b['epochs']} epoch(s) ({b['steps']:,} steps at most), early stopping on {b['validation']} "
+            f"every {b['eval_every']} steps, patience {b['patience']}"
+            + (f", pruned by {b['pruning']}" if b.get("pruning") else ""))
+
+
+def rate_cell(info: dict | None) -> str:
+    """An arm's rate and whether it was searched at the budget the arm is reported at."""
+    if not info:
+        return "-"
+    lr = info["lr"] if isinstance(info["lr"], list) else [info["lr"]]
+    rates = ", ".join(f"{x:.3g}" for x in lr)
+    status, source = info["lr_status"], (info.get("lr_budget") or {}).get("arm")
+    if rate_searched(status):
+        return f"{rates} ({status})"
+    if status == NO_SEARCH:
+        return f"{rates} (rate borrowed/not searched at this budget: no search of its own" + \
+            (f"; the rate of `{source}`'s search)" if source else ")")
+    where = "another arm's" if status == BORROWED else "the same arm's, at another budget"
+    return f"{rates} (rate borrowed/not searched at this budget: `{source}`'s search, {where})"
+
+
+def regimes(trained: list[dict]) -> list[str]:
+    """Each training budget the series' runs used, with how many runs and which arms: the set-up of every regime."""
+    by: dict[str, list[dict]] = {}
+    for r in trained:
+        extra = extra_corpus(r["arm"]) if r["arm"] in ARMS else None
+        by.setdefault(budget_text(budget_of(r["config"], extra)), []).append(r)
+    return [f"- {b}: {len(rs)} runs ({len({r['arm'] for r in rs})} arms"
+            + (f", e.g. `{sorted({r['arm'] for r in rs}, key=len)[0]}`)" if rs else ")")
+            for b, rs in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+
+
 def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
     trained = [r for c in corpora.values() for r in trained_runs(c)]
     # The set-up is what a training run used (the evaluation-only records carry no training settings).
@@ -342,11 +599,11 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         f"{cfg['data']['seq_len'] - 1} tokens in every arm (the first has no in-window context). Splits: every 10th "
         "training document is the validation split (early stopping and learning-rate searches); the corpus's validation "
         "file is the **test split**, used only for the numbers below. "
-        f"Up to {cfg['data']['train_samples']} training windows per run (each corpus's section gives how many it yields), "
-        f"batch {t['batch_size']} (at most {math.ceil(cfg['data']['train_samples'] / t['batch_size'])} steps per epoch), "
-        f"at most {t['max_epochs']} epoch(s), evaluation every {t['eval_every']} steps on a fixed subset of at most "
-        f"{t['eval_windows']} of the (up to {cfg['data']['val_samples']}) validation windows, early stopping after {t['patience']} evaluations without improvement, the best adapter kept; "
-        f"training precision `{precision}` (autocast){others}, test scoring in float32. "
+        f"Batch {t['batch_size']}, up to {cfg['data']['val_samples']} validation windows; early stopping keeps the "
+        "adapter "
+        "of the best evaluation. The runs use these budgets (training regimes), each listed with its runs:", "",
+        *regimes(trained), "",
+        f"Training precision `{precision}` (autocast){others}, test scoring in float32. "
         f"Injection arms read only the k MLP-made vectors (MLP width {cfg['adapter']['mlp_width']}, no static vectors beside them). "
         "Controls: the same injection adapter fed another window's embedding (shuffled) or one constant vector, the "
         "training split's mean embedding, at training, validation and test alike.", "",
@@ -356,7 +613,24 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
         "bootstrap over test windows instead; a trained arm with one seed has no interval. A verdict needs an interval of "
         f"a difference that excludes zero and at least {MIN_SEEDS} seeds; an interval that excludes zero over fewer seeds "
         "is marked *suggestive*. Shares are of the *text gain*: the drop in test NLL "
-        "(nats per token) from the frozen LM alone to the frozen LM reading all 64 preceding tokens.", ""]
+        "(nats per token) from the frozen LM alone to the frozen LM reading all 64 preceding tokens. "
+        "The seed-level intervals hold the test windows fixed: the (f) table gives, beside each, the standard "
+        "deviation "
+        f"that resampling the test windows adds, and a two-level interval ({TWO_LEVEL_METHOD}); a verdict that the "
+        "two-level interval does not keep is marked *barely*. Every interval is a 95% interval of that kind over the "
+        "seeds it names.", "",
+        "**Learning-rate rule.** An arm's learning rate counts as searched only where the search trained that arm "
+        "(its own "
+        "k and its own input: controls included) at the budget the arm is reported at (training windows, epochs, early "
+        "stopping and its validation windows); the rule's search (`run.py --lr-at-budget ARM`) also runs every trial "
+        "to "
+        f"the end, scores it on the whole validation split and tries at least {', '.join(map(str, LR_RULE_GRID))} "
+        "and one "
+        "step beyond the best on each side. Rows whose rate was not searched at their budget are marked *rate "
+        "borrowed/not searched at this budget*; a content share that rests on such a control gets *no verdict "
+        "(control's "
+        "rate not searched at this budget)*. The searches recorded so far were pruned (ASHA): rows whose rate comes "
+        "from one at their own budget say *pruned search*.", ""]
     for name, corpus in corpora.items():
         a = analyses[name]
         rows, arms = a["rows"], corpus["arms"]
@@ -371,20 +645,34 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                        if copied else "Learning rates, ") +
                       "each the best of an `embinject.tune` search (Optuna TPE + ASHA, one epoch, "
                       "validation split, training seed 0). Each trial shows its best validation perplexity and the steps "
-                      "it trained (fewer than the epoch's where ASHA stopped it). " + same_rates(corpus["lr"]) +
+                      "it trained (fewer than the epoch's where ASHA stopped it). A trial ASHA stopped is scored by "
+                      "its "
+                      "best evaluation on the evaluation subset; a trial that ran to the end, by its kept adapter on "
+                      "all "
+                      "validation windows: the two are scores on different validation sets, so a rate chosen over a "
+                      "stopped trial was not compared like for like. " + same_rates(corpus["lr"]) +
                       "Where the chosen rate was the largest (smallest) tried, one more "
-                      "full-epoch trial at twice (half) the rate checks whether the optimum was bracketed:", "",
-                      "| method | searched (lr: best validation perplexity, steps) | chosen lr | bracket check |",
-                      "|---|---|---|---|"]
+                      "full-epoch trial at twice (half) the rate checks whether the optimum was bracketed. None of "
+                      "these "
+                      "searches meets the learning-rate rule (each was pruned, at one budget: the column *searched "
+                      "at*):", "",
+                      "| method | searched at | searched (lr: best validation perplexity, steps, validation windows) | "
+                      "chosen lr | bracket check |", "|---|---|---|---|---|"]
             for m, s in sorted(corpus["lr"].items()):
-                tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f} ({x['steps']})"
+                stopped = pruned_steps(s)
+                tried = ", ".join(f"{x['lr']:.2g}: {x['val_perplexity']:.2f} ({x['steps']}, "
+                                  f"{'subset: stopped' if x['steps'] in stopped else 'all'})"
                                   for x in sorted(s["trials"], key=lambda x: x["lr"]))
                 edge = lr_edge(s)
                 # a search keeps its precision from the field's start; one that differs from the arms' says so
                 other = f" (trials in {s['dtype']})" if s.get("dtype", precision) != precision else ""
-                lines.append(f"| {m} | {tried}{other} | {s['lr']:.3g}{f' (the {edge} tried)' if edge else ''} | "
-                             f"{bracket_verdict(s) if edge else 'not needed'} |")
+                lines.append(f"| {m} | {budget_text(search_budget(s))} | {tried}{other} | "
+                             f"{s['lr']:.3g}{f' (the {edge} tried)' if edge else ''} | "
+                             f"{bracket_verdict(s) if edge else unbracketed(s, stopped)} |")
             lines.append("")
+        if corpus.get("lr_at_budget"):
+            lines += at_budget_table(corpus["lr_at_budget"])
+        lines += lr_rule_table(a["rows"])
         if corpus.get("lr_check"):
             lines += lr_check_table(corpus["lr_check"], arms)
         lines += ["| Arm | LM reads | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen (nats/token) | Share of text gain | "
@@ -447,8 +735,8 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
                 verdict = content_verdict(c)
                 if c["controls"] == [f"shuffled-{k}"] and "no verdict" not in verdict:
                     verdict += " (provisional: shuffled control only)"
-                lines.append(f"| {k} | {', '.join(c['controls'])} | {ci(c['nats'], 4, sign=True)} | "
-                             f"{ci(c['share_of_text_gain'], 1, 100)}% | {verdict} |")
+                lines.append(f"| {k} | {', '.join(c['controls'])} | {seeds_ci(c['nats'], 4, sign=True)} | "
+                             f"{seeds_ci(c['share_of_text_gain'], 1, 100, unit='%')} | {verdict} |")
             lines.append("")
             alone = [str(k) for k, c in a["content"].items() if c["controls"] == [f"shuffled-{k}"]]
             gaps = list(a["shuffled_minus_constant"].items())
@@ -498,7 +786,10 @@ def render(corpora: dict, analyses: dict, series: dict | None = None) -> str:
             lines += ["### Other paired differences", "", "| Difference (test NLL, nats/token) | Estimate [95% CI] | Verdict |",
                       "|---|---|---|"]
             for pair, x in a["pairs"].items():
-                lines.append(f"| {pair} | {ci(x, 4, sign=True)} | {pair_verdict(pair, x)} |")
+                unsearched = [arm for arm in pair.split(" - ")
+                              if not rate_searched(rows.get(arm, {}).get("lr_status", NO_SEARCH))]
+                caveat = f" (rate borrowed/not searched at this budget: {', '.join(unsearched)})" if unsearched else ""
+                lines.append(f"| {pair} | {seeds_ci(x, 4, sign=True)} | {pair_verdict(pair, x)}{caveat} |")
             lines.append("")
         if series and name in series["corpora"]:
             lines += series_table(name, series["path"], corpus, a, series["corpora"][name], series["analyses"][name])
@@ -584,72 +875,146 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
                   "rows of the MLP's last layer: their k vectors shared one bias, so they could not learn to differ where "
                   "the chunks are alike, not even as a static prefix does. They are not that design as it is trained now, "
                   "and they take no more seeds.", ""]
-    lines += ["| Design | k | Seeds (constant, shuffled) | Share of text gain | Content share | Verdict on content | "
-              "Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["Every interval below is a 95% Student's t interval over the seeds it names (paired by seed and test "
+              "window); "
+              "*± windows* is the standard deviation that resampling the test windows adds to it (`window_sd`). "
+              "*Rate*: "
+              "whether the arm's rate, and its constant control's, was searched at the budget the row is reported "
+              "at.", "",
+              "| Design | k | Seeds (constant, shuffled) | Rate (arm; control) | Share of text gain | ± windows | "
+              "Content share | "
+              "± windows | Verdict on content | Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict "
+              "|",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, r in designs.items():
+        share = seeds_ci(r['share_of_text_gain'], 1, 100, unit="%")
         if r["design"] == STATIC:
-            lines.append(f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {ci(r['share_of_text_gain'], 1, 100)}% | "
-                         "- | - | - | - | - |")
+            lines.append(f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {rate_mark(r)} | {share} | "
+                         f"{100 * r['share_window_sd']:.1f} | - | - | - | - | - | - |")
             continue
         content = r.get("content_share")
-        content_cell = "control not run" if content is None else ci(content, 1, 100, sign=True) + " pts"
-        content_verdict_ = "-" if content is None else claim(r["content_nats"], "content helps", "worse than its control")
+        content_cell = "control not run" if content is None else seeds_ci(content, 1, 100, sign=True, unit=" pts")
+        content_sd = "-" if content is None else f"{100 * r['content_window_sd']:.1f}"
+        content_verdict_ = "-" if content is None else r["content_verdict"]
         shuffled = r.get("shuffled_content_share")
-        shuffled_cell = "-" if shuffled is None else ci(shuffled, 1, 100, sign=True) + " pts"
+        shuffled_cell = "-" if shuffled is None else \
+            f"{seeds_ci(shuffled, 1, 100, sign=True, unit=' pts')}: {r['shuffled_content_verdict']}"
         vs = r.get("vs_pooled_nats")
-        vs_cell = "-" if vs is None else ci(vs, 4, sign=True)
-        vs_verdict = "-" if vs is None else claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM")
-        if vs is not None:
-            vs_verdict += precision_note(arms, [arm, pooled_beside(arm, r["k"])])
+        vs_cell = "-" if vs is None else seeds_ci(vs, 4, sign=True)
+        vs_verdict = "-" if vs is None else precision_verdict(
+            claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM"), arms, [arm, pooled_beside(arm, r["k"])])
         if content is not None:
-            content_verdict_ += precision_note(arms, [arm, r["control"]])
+            content_verdict_ = precision_verdict(content_verdict_, arms, [arm, r["control"]])
         design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]
+        control_mark = "-" if "control_lr_status" not in r else \
+            rate_mark({"lr_status": r["control_lr_status"], "lr_settled": r.get("control_lr_settled", True)})
         lines.append(f"| {design} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
-                     f"{r.get('shuffled_control_seeds', 0)}) | {ci(r['share_of_text_gain'], 1, 100)}% | {content_cell} | "
+                     f"{r.get('shuffled_control_seeds', 0)}) | {rate_mark(r)}; {control_mark} | {share} | "
+                     f"{100 * r['share_window_sd']:.1f} | {content_cell} | {content_sd} | "
                      f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |")
     head = headline(designs)
-    best = "none has run" if head is None else f"{head['design']} (`{head['arm']}`), {head['seeds']} seed(s)"
-    lines += ["", f"Best design at k <= {SCREEN_K} by mean share, among the rows with an interval where there are any (results.json's `headline`): {best}. Designs are screened on one epoch before the best is trained to early stopping; "
-              "with fewer than 5 seeds no row above has a verdict.", ""]
+    lines += [""] + headline_lines(head) + [""]
     return lines
 
 
-def needs_cell(needs: dict | None, rate) -> str:
+def headline_lines(head: dict | None) -> list[str]:
+    """The headline block in words: which row, how it was selected, its intervals of both kinds."""
+    if head is None:
+        return [f"Best design at k <= {SCREEN_K}: none has run."]
+    said = (f"Headline (results.json's `headline`): {head['design']} (`{head['arm']}`), selected as the "
+            f"{head['selection']}; a selected maximum is biased upward. Share of the text gain "
+            f"{seeds_ci(head['share_of_text_gain'], 1, 100, unit='%')} (95% t over seeds)")
+    two = head.get("two_level")
+    if two:
+        said += f", {ci(two['share_of_text_gain'], 1, 100)}% with the test windows resampled too (two-level)"
+    if head.get("content_share") is not None:
+        said += (f"; content share {ci(head['content_share'], 1, 100, sign=True)} points ({head['seeds']} seeds, t)"
+                 + (f", {ci(two['content_share'], 1, 100, sign=True)} two-level"
+                    if two and two.get("content_share") else "")
+                 + f": {head.get('content_verdict', '-')}")
+    said += "."
+    if head.get("runner_up"):
+        ru = head["runner_up"]
+        said += f" The next candidate by mean share: `{ru['arm']}`, {ci(ru['share_of_text_gain'], 1, 100)}%."
+    if head.get("lr_status") and not rate_searched(head["lr_status"]):
+        said += (f" Its rate, {head['lr']:.3g}, is borrowed/not searched at this budget: it was searched for "
+                 f"`{head['lr_budget']['arm']}` at {budget_text(head['lr_budget'])}, and the row is reported at "
+                 f"{budget_text(head['budget'])}; its control's rate: {head.get('control_lr_status', '-')}.")
+    return [said, "", "Designs are screened on one epoch before the best is trained longer; with fewer than "
+            f"{MIN_SEEDS} seeds no row above has a verdict."]
+
+
+def seeds_ci(x, digits: int = 3, scale: float = 1.0, sign: bool = False, unit: str = "") -> str:
+    """An interval (and its unit) with the number of seeds it rests on, where it rests on seeds."""
+    n = getattr(x, "seeds", 0)
+    return ci(x, digits, scale, sign) + unit + (f" ({n} seeds)" if n else "")
+
+
+def rate_mark(r: dict) -> str:
+    """A row's rate status in a few words (`lr_rule_table` has the budgets)."""
+    status = r.get("lr_status")
+    if status is None:
+        return "-"
+    if rate_searched(status):
+        unsettled = "" if r.get("lr_settled", True) else " (chosen over a neighbouring rate stopped early)"
+        return ("pruned search at this budget" if status != SEARCHED else "searched at this budget") + unsettled
+    return {BORROWED: "borrowed", NO_SEARCH: "no search of its own"}.get(status, "not searched at this budget")
+
+
+def precision_verdict(verdict: str, arms: dict, compared: list[str]) -> str:
+    """A verdict between arms trained at different precisions compares the precisions as much as the arms: none."""
+    note = precision_note(arms, compared)
+    if not note or verdict.startswith("no verdict") or verdict == "-":
+        return verdict + note if note and verdict != "-" else verdict
+    return f"no verdict (trained at different precisions: {note[len('; precision differs ('):-1]})"
+
+
+def needs_cell(needs: dict | None, rate, verdict: str = "") -> str:
+    """What a target needs at a step's rate: a two-point extrapolation (the step's two ends), with no interval."""
+    if verdict.startswith("no verdict (control"):
+        return "no rate to extrapolate (its control's rate was not searched at this budget)"
     if needs is None:
         return "one seed: no rate to extrapolate" if math.isnan(rate[1]) else "no rate to extrapolate (its interval is not above 0)"
     if needs["doublings"][0] == 0:
         return "reached"
-    (d, d_lo, d_hi), (w, w_lo, w_hi) = needs["doublings"], needs["windows"]
-    count = lambda n: f"over {MAX_WINDOWS:,.0f}" if n is None else f"{n:,.0f}"  # noqa: E731
-    times = lambda m: f"{m:.1f}" if m < 1000 else f"{m:.2g}"  # noqa: E731
-    return (f"{times(d)} [{times(d_lo)}, {times(d_hi)}] doublings: "
-            f"about {count(w)} [{count(w_lo)}, {count(w_hi)}] windows")
+    d, w = needs["doublings"][0], needs["windows"][0]
+    count = f"over {MAX_WINDOWS:,.0f}" if w is None else f"{w:,.0f}"
+    times = f"{d:.1f}" if d < 1000 else f"{d:.2g}"
+    return f"{times} doublings, about {count} windows (two-point extrapolation, no interval)"
 
 
 def text_scaling_table(steps: list[dict]) -> list[str]:
-    """(g): what more training text did for the best design, per doubling of the windows, and what the targets would
-    take at that rate."""
-    lines = ["### (g) Training text and the targets", "",
+    """(g): what more training windows did for the best design, per doubling of the windows, and what the targets would
+    take at that rate (a two-point extrapolation)."""
+    lines = ["### (g) Training windows and the targets", "",
              f"The best design ({_BEST}) and its constant control, each step from fewer training windows to more (rows of (f)), "
              "paired by seed and window: the change of the share of the text gain, and of the content share, per doubling of "
-             f"the training windows. Where a change's interval lies above 0, the last columns extrapolate it: the doublings "
-             f"beyond the step's windows that would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share "
-             f"of {100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much (the range from the interval's ends; the "
-             "arm's own share taken at its mean). That is an extrapolation, not a measurement: where the gain per doubling "
-             "shrinks with more text, the targets need more than it says. "
-             "The steps change more than the text: 1,024 windows early-stopped on 64 validation windows with patience 3, "
-             "4,096 with patience 5, 8,192 on the whole validation split every 64 steps with patience 5.", "",
-             "| Step (training windows) | Seeds | Share of text gain, change per doubling | Verdict | "
-             f"Content share, change per doubling | Verdict | At that rate, {TARGET_SHARE:.0%} of the text gain needs | "
-             f"... a content share of {100 * TARGET_CONTENT:.0f} points needs |", "|---|---|---|---|---|---|---|---|"]
+             "the training windows (95% t intervals over the seeds each names). Where a change's interval lies above 0 "
+             "and has a verdict, the last columns extrapolate its mean: the doublings beyond the step's windows that "
+             f"would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share of "
+             f"{100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much. These are two-point "
+             "extrapolations (a straight line through "
+             "the step's two ends, no model of how the gain per doubling shrinks), so they carry no interval, and the "
+             "steps disagree with one another. "
+             "The steps change more than the text: their budgets (early stopping, its validation windows, patience) "
+             "differ (the set-up lists them), and none of their rates was searched at the larger budget. A step to "
+             "overlapping windows doubles the windows, not the distinct text.", "",
+             "| Step (training windows) | What grew | Share of text gain, change per doubling | Verdict | "
+             f"Content share, change per doubling | Verdict | {TARGET_SHARE:.0%} of the text gain at that rate | "
+             f"A content share of {100 * TARGET_CONTENT:.0f} points at that rate |",
+             "|---|---|---|---|---|---|---|---|"]
     for st in steps:
         share, content = st["share_per_doubling"], st.get("content_per_doubling")
+        grew = ("windows overlapping (each token in " f"{st['overlap']:.0f} windows): not the distinct text"
+                if st.get("overlap", 1) > 1 else "distinct windows")
         content_cells = ("control not run", "-", "-") if content is None else (
-            ci(content, 1, 100, sign=True) + " pts", claim(content, "less content with more text", "more content with more text"),
-            needs_cell(st["content_needs"], content))
-        lines.append(f"| `{st['from']}` to `{st['to']}` ({st['windows'][0]:,} to {st['windows'][1]:,}) | {share.seeds} | "
-                     f"{ci(share, 1, 100, sign=True)} pts | {claim(share, 'less with more text', 'more with more text')} | "
+            seeds_ci(content, 1, 100, sign=True, unit=" pts"), st.get("content_verdict", "-"),
+            needs_cell(st["content_needs"], content, st.get("content_verdict", "")))
+        share_verdict = claim(share, "less with more windows", "more with more windows")
+        if not all(rate_searched(x) for x in st.get("lr_status", [])):
+            share_verdict += " (rates not searched at these budgets)"
+        lines.append(f"| `{st['from']}` to `{st['to']}` ({st['windows'][0]:,} to {st['windows'][1]:,}) | {grew} | "
+                     f"{seeds_ci(share, 1, 100, sign=True, unit=' pts')} | {share_verdict} | "
                      f"{content_cells[0]} | {content_cells[1]} | {needs_cell(st['share_needs'], share)} | {content_cells[2]} |")
     return lines + [""]
 
@@ -705,10 +1070,12 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
         diff = seed_interval(lambda m: m["longer"] - m["this"], {"this": per_window(main["arms"][arm]),
                                                              "longer": per_window(other["arms"][arm])})
         verdict = claim(diff, "longer training better", "longer training worse")
+        if not rate_searched(other_a["rows"][arm].get("lr_status", NO_SEARCH)):
+            verdict += " (trained longer at a rate not searched at that budget)"
         recs = other["arms"][arm]
         steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
         lines.append(f"| {ARMS[arm][3]} | {ci(main_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | "
-                     f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {ci(diff, 4, sign=True)} | {verdict} |")
+                     f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {seeds_ci(diff, 4, sign=True)} | {verdict} |")
     lines.append("")
     ks = [k for k in main_a["content"] if k in other_a["content"]]
     pairs = [p for p in main_a["pairs"] if p in other_a["pairs"]]
@@ -724,11 +1091,11 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
 
 
 def content_verdict(c: dict) -> str:
-    return claim(c["nats"], "content helps", "worse than a control")
+    return content_claim(c["nats"], c.get("control_lr_status", []))
 
 
 def content_cell(c: dict) -> str:
-    return f"{ci(c['share_of_text_gain'], 1, 100)}% ({content_verdict(c)})"
+    return f"{seeds_ci(c['share_of_text_gain'], 1, 100, unit='%')}: {content_verdict(c)}"
 
 
 def pair_verdict(pair: str, x: tuple[float, float, float]) -> str:

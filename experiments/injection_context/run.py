@@ -38,8 +38,8 @@ from embinject.tracking import flatten
 from embinject.train import resolve_device
 from embinject.train.precision import resolve_dtype
 from embinject.tune.driver import run_search
-from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, SEEDS, WINDOW, lr_edge,
-                                               lr_group, lr_shape)
+from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, LR_RULE_GRID,
+                                               SEEDS, WINDOW, budget_of, extra_corpus, lr_edge, lr_group, lr_shape)
 from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
 from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, extra_dir, lr_check_path, missing_references,
                                                     record_path, study_data)
@@ -136,6 +136,82 @@ def bracket(args, group: str, data_dir: Path, runs: Path) -> None:
     print(f"[{runs.name}] {group}: {bracket_verdict(record)}", flush=True)
 
 
+# ---------------------------------------------------------------- the learning-rate rule: each arm at its own budget
+
+def rule_search_settings(args, arm: str, data_dir: Path, lrs: list[float]) -> dict:
+    """The search file of one round of `--lr-at-budget`: the arm's own config (its windows, epochs, early stopping;
+    controls with their input), every trial run to the end (no scheduler) and scored on the whole validation split
+    (a trial that ends reports its kept adapter on every validation window), one trial per rate."""
+    import yaml
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    method, shape, control, _ = ARMS[arm]
+    raw["method"] = method
+    for key, value in {**shape, **({"adapter.ablation": control} if control else {})}.items():
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    raw["search"] = {"train.lr": {"choice": list(lrs)}}
+    raw["tune"] = {"num_samples": len(lrs), "max_concurrent_trials": args.workers, "search_alg": "random", "seed": 0,
+                   "points_to_evaluate": [{"train.lr": lr} for lr in lrs], "scheduler": {"type": "none"},
+                   "resources": {"cpus": args.threads, "gpus": 0}, "storage_path": str(args.out / "tune")}
+    return raw
+
+
+MOST_BEYOND = 4  # steps beyond the grid a rule search takes at most (16x): a best still at the edge is reported so
+
+
+def next_rates(trials: list[dict]) -> list[float]:
+    """The rule's rates still to try: LR_RULE_GRID, then one step beyond the best on each side (a factor of 2 below
+    the smallest or above the largest rate tried, where the best is that rate) until the best has a neighbour on
+    both sides, or MOST_BEYOND steps were taken (the report then shows the best at the edge of the rates tried)."""
+    tried = {round(t["lr"], 12) for t in trials}
+    missing = [lr for lr in LR_RULE_GRID if round(lr, 12) not in tried]
+    if missing or not trials:
+        return missing or list(LR_RULE_GRID)
+    if len(tried) - len(LR_RULE_GRID) >= MOST_BEYOND:
+        return []
+    best = min(trials, key=lambda t: t["val_perplexity"])["lr"]
+    if best <= min(tried):
+        return [float(f"{best / 2:.3g}")]
+    if best >= max(tried):
+        return [float(f"{best * 2:.3g}")]
+    return []
+
+
+def lr_at_budget(args, arm: str, runs: Path, precision: str) -> dict:
+    """`--lr-at-budget ARM`: the arm's learning rate searched at the budget it is reported at, under the rule of
+    `arms.LR_RULE_GRID`, through embinject.tune; the record (runs/<corpus>/lr_at_budget_<arm>.json) grows after each
+    round, so a stopped search continues where it stopped, and the report shows its table."""
+    import yaml
+
+    path = runs / f"lr_at_budget_{arm}.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"arm": arm, "trials": []}
+    data_dir, _ = study_data(args.data, extra_dir(args.data, arm))
+    while todo := next_rates(record["trials"]):
+        raw = rule_search_settings(args, arm, data_dir, todo)
+        file = runs / f"lr_at_budget_{arm}.yaml"
+        atomic_write_text(file, yaml.safe_dump(raw, sort_keys=False))
+        # the rule fixes the trials (every rate to the end): --set tune.* values meant for the pruned searches stay out
+        overrides = [o for o in base_overrides(args, data_dir, search=True)
+                     if not o.startswith("tune.") or o.startswith("tune.storage_path=")]
+        search = load_search_file(file, overrides + [
+            f"tune.name=lr-at-budget-{runs.name}-{arm}-{len(record['trials'])}", f"mlflow.tracking_uri={args.mlflow}",
+            "mlflow.experiment=experiment-injection-context-lr"])
+        print(f"[{runs.name}] {arm}: its rate at its own budget, trying {', '.join(map(str, todo))}", flush=True)
+        outcome = run_search(search, verbose=0)
+        if outcome.get("interrupted") or outcome["best"] is None:
+            raise SystemExit(f"error: the learning-rate search for {arm} did not finish; "
+                             f"see {outcome['experiment_dir']}")
+        cfg = arm_config(args, arm, data_dir, todo[0])
+        record.update(budget=budget_of(cfg.to_dict(), extra_corpus(arm)), dtype=precision, grid=list(LR_RULE_GRID),
+                      trials=record["trials"] + searched_trials(outcome))
+        record["lr"] = min(record["trials"], key=lambda t: t["val_perplexity"])["lr"]
+        atomic_write_text(path, json.dumps(record, indent=1))
+    tried = ", ".join(f"{t['lr']:.3g}: {t['val_perplexity']:.2f}" for t in sorted(record["trials"], key=lambda t: t["lr"]))
+    print(f"[{runs.name}] {arm}: lr {record['lr']:.3g} at its own budget ({tried})", flush=True)
+    return record
+
+
 # ---------------------------------------------------------------- driver
 
 LR_CHECK_ARMS = {"prompt": "static-4", "injection": "inject-4"}
@@ -147,6 +223,13 @@ def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
     return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() if m in LR_CHECK_ARMS for f in (0.5, 2)]
 
 
+
+
+def rule_rate(runs: Path, arm: str) -> float | None:
+    """The rate `--lr-at-budget` found for an arm at its own budget, which its runs then train with; None where no such
+    search has run."""
+    path = runs / f"lr_at_budget_{arm}.json"
+    return json.loads(path.read_text()).get("lr") if path.is_file() else None
 
 
 def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: dict[str, float]) -> None:
@@ -162,7 +245,8 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
             if not path.is_file():
                 continue
             if wanted is None:
-                wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lrs[lr_group(arm)])))
+                lr = rule_rate(runs, arm) or lrs[lr_group(arm)]
+                wanted = flatten(dataclasses.asdict(arm_config(args, arm, data_dir, lr)))
             record = json.loads(path.read_text())
             had = flatten(record["config"])
             # A record from before a key existed ran with that key's default, which keeps the earlier behaviour; but
@@ -273,7 +357,8 @@ def drive(args) -> int:
             if missing_references(runs):  # another process may have written them meanwhile
                 spawn(args, "reference")
             return
-        if spawn(args, arm, seed, lrs[lr_group(arm)]) == 0 and args.mlflow and record_path(runs, arm, seed).is_file():  # not diverged
+        lr = rule_rate(runs, arm) or lrs[lr_group(arm)]  # its search at its own budget, where one has run
+        if spawn(args, arm, seed, lr) == 0 and args.mlflow and record_path(runs, arm, seed).is_file():  # not diverged
             r = json.loads(record_path(runs, arm, seed).read_text())
             log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",
                        {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},
@@ -282,6 +367,18 @@ def drive(args) -> int:
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(one, todo))
     return 0
+
+
+def rule_searches(args) -> None:
+    """`--lr-at-budget`: each named arm's search under the learning-rate rule, one after another."""
+    data_dir, _ = study_data(args.data)
+    runs = args.out / "runs" / args.data.name
+    for extra in {extra_dir(args.data, a) for a in args.lr_at_budget} - {None}:  # checked before anything is written
+        study_data(args.data, extra)
+    runs.mkdir(parents=True, exist_ok=True)
+    precision = check_precision(args, runs, args.lr_at_budget, data_dir)
+    for arm in args.lr_at_budget:
+        lr_at_budget(args, arm, runs, precision)
 
 
 def main(argv=None) -> int:
@@ -300,6 +397,13 @@ def main(argv=None) -> int:
     p.add_argument("--render-only", action="store_true", help="write RESULTS.md from the records under <out>/runs")
     p.add_argument("--lr-from", type=Path, help="take the learning rates from the searches of the series in this --out "
                    "(a series trained longer than those searches ran goes with --lr-check)")
+    p.add_argument("--lr-at-budget", nargs="+", metavar="ARM", default=[],
+                   help="search these arms' learning rates at the budget each is reported at (its own windows, epochs "
+                   "and "
+                   "early stopping; every trial to the end, scored on the whole validation split; "
+                   f"{', '.join(map(str, LR_RULE_GRID))} "
+                   "and one step beyond the best on each side), recorded as runs/<corpus>/lr_at_budget_<arm>.json; the "
+                   "arms' runs then train at that rate. Runs the searches only (no arm's seeds)")
     p.add_argument("--lr-check", action="store_true", help="also train seed 0 of static-4 and inject-4 at half and twice "
                    "their method's rate (records under <out>/lr_check/)")
     args = p.parse_args(argv)
@@ -307,6 +411,9 @@ def main(argv=None) -> int:
     args.out = args.out.resolve()
     args.lr_from = args.lr_from.resolve() if args.lr_from else None
     args.mlflow = args.mlflow or default_tracking_uri(args.out)
+    unknown = [a for a in args.lr_at_budget if a not in ARMS]
+    if unknown:
+        p.error(f"--lr-at-budget: unknown arm {unknown[0]} (arms: {', '.join(ARMS)})")
     unknown = [a for a in args.arms if a not in ARMS and a not in ARM_SETS]
     if unknown:
         p.error(f"--arms: unknown arm {unknown[0]} (arms: {', '.join(ARMS)}; sets: {', '.join(ARM_SETS)})")
@@ -314,7 +421,10 @@ def main(argv=None) -> int:
         if not args.render_only:
             if args.data is None:
                 p.error("--data is required unless --render-only")
-            drive(args)  # checks --data before it writes anything
+            if args.lr_at_budget:
+                rule_searches(args)
+            else:
+                drive(args)  # checks --data before it writes anything
         print(f"wrote {write_report(args.out)}")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
