@@ -78,6 +78,8 @@ def _real_search(tmp_path, shared_data, pack: str) -> dict:
     proc = run_tune("search_spaces/quickstart.yaml", "--set", f"tune.storage_path={storage}",
                     "--set", "tune.num_samples=3", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
                     "--set", "tune.scheduler.type=none", "--set", "train.dtype=float32", "--set", f"tune.pack={pack}",
+                    # the three trials at once in both arms: one round of process start-ups, not two
+                    "--set", "tune.max_concurrent_trials=3", "--set", "tune.resources.cpus=0.5",
                     "--set", f"tune.points_to_evaluate={json.dumps(REAL_POINTS)}", "--set", "mlflow.register_as=null",
                     "--set", "data.train_samples=64", "--set", "data.val_samples=16",
                     "--set", f"data.path={shared_data / 'fineweb_edu_sample'}", timeout=900)
