@@ -739,7 +739,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     pids = ", ".join(map(str, sorted(leftovers)))
     assert gone and (f"stopped 2 Ray processes (pid {pids}) that search {exp_dir.name} left running when its driver "
                      "was killed") in result.stdout, result.stdout[-3000:]
-    trials = sorted(exp_dir.glob("trial_*"))
+    with (exp_dir / "summary.csv").open(newline="") as fh:
+        known = {r["trial_id"] for r in csv.DictReader(fh)}
+    # A trial Ray started just before the kill, before its snapshot named it, may have written its folder (even a
+    # first checkpoint): Ray forgets that trial (its MLflow run ends lost_at_kill, below), the folder stays
+    trials = [t for t in sorted(exp_dir.glob("trial_*")) if t.name.removeprefix("trial_") in known]
     assert len(trials) == 4 and not list(exp_dir.glob("trial_*/.checkpoint_*"))  # no copy left half-made
     for t in trials:
         rows = _without_redelivery(_results(t))
