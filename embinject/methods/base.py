@@ -71,11 +71,15 @@ def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor,
     (with `per_window`, both per row of the batch: what paired statistics over windows need)."""
     logits, targets, mask = scored_logits(lm, inputs_embeds, labels, n_prefix, past_key_values, attention_mask)
     if per_window:
-        token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        rows = mask.nonzero()[:, 0]
-        nll = torch.zeros(labels.shape[0], device=token_nll.device).index_add_(0, rows, token_nll)
-        return nll, mask.sum(1)
+        return window_sums(logits, targets, mask)
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(mask.sum())
+
+
+def window_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's summed NLL and scored tokens ([B] each) from the logits at its scored positions (`mask`, [B, T])."""
+    token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    nll = torch.zeros(mask.shape[0], device=token_nll.device).index_add_(0, mask.nonzero()[:, 0], token_nll)
+    return nll, mask.sum(1)
 
 
 class AdapterMethod(nn.Module):

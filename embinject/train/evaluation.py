@@ -49,3 +49,8 @@ def window_nll(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_siz
     parts = [(nll.double().cpu(), n.cpu()) for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype,
                                                                           per_window=True)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def windows_perplexity(nll: torch.Tensor, count: torch.Tensor, rows=slice(None)) -> float:
+    """Perplexity of the windows `rows` from each window's summed NLL and scored tokens (`window_nll`'s numbers)."""
+    return math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))

@@ -23,7 +23,7 @@ from ..methods import AdapterMethod, build_method
 from . import precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
-from .evaluation import batches, window_nll
+from .evaluation import batches, window_nll, windows_perplexity
 from .shared import Prepared, autocast_dtype, baseline_perplexity, prepare
 
 Report = Callable[[dict, Callable[[Path], None]], None]
@@ -123,11 +123,6 @@ def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, 
         return val, None
     index = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
     return {k: v[index] for k, v in val.items()}, index
-
-
-def windows_perplexity(nll: torch.Tensor, count: torch.Tensor, rows=slice(None)) -> float:
-    """Perplexity of the windows `rows` from each window's summed NLL and scored tokens."""
-    return math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))
 
 
 def subset_and_full(method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..errors import ConfigError
 from ..methods import AdapterMethod
-from ..methods.base import cache_kwargs
+from ..methods.base import cache_kwargs, window_sums
 
 
 def unpackable_reason(cfg: Config) -> str | None:
@@ -139,12 +139,8 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]],
     if per_window:
         # one LM-head call per member: an evaluation's rows are many, and every member's logits at once would hold
         # K times the memory of one evaluation batch's
-        out = []
-        for h, t, scored in zip(chosen, targets, scored_rows):
-            token_nll = F.cross_entropy(lm.get_output_embeddings()(h).float(), t, reduction="none")
-            nll = torch.zeros(scored.shape[0], device=token_nll.device).index_add_(0, scored.nonzero()[:, 0], token_nll)
-            out.append((nll, scored.sum(1)))
-        return out
+        head = lm.get_output_embeddings()
+        return [window_sums(head(h), t, scored) for h, t, scored in zip(chosen, targets, scored_rows)]
     logits = lm.get_output_embeddings()(torch.cat(chosen))  # one LM-head call, on scored positions only
     token_nll = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
     return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
@@ -168,6 +164,17 @@ class _Evaluation:
         self.began: float | None = None
         self.result: tuple[torch.Tensor, torch.Tensor] | None = None
         self.error: BaseException | None = None
+
+
+def _taken(pending: dict) -> dict:
+    """The requests waiting for a pass (a packed step's batches, or evaluations), taken for it and marked with when
+    it began: their wait for the other members ends there."""
+    group = dict(pending)
+    pending.clear()
+    began = time.monotonic()
+    for request in group.values():
+        request.began = began
+    return group
 
 
 class StepPack:
@@ -298,11 +305,7 @@ class StepPack:
 
     def _lead_evaluation(self) -> None:
         """Run the evaluations asked for in packed passes (called with the lock held; released while computing)."""
-        group = dict(self.evaluations)
-        self.evaluations.clear()
-        began = time.monotonic()
-        for r in group.values():
-            r.began = began
+        group = _taken(self.evaluations)
         self.evaluating = True
         self.cond.release()
         results, error = None, None
@@ -372,11 +375,7 @@ class StepPack:
 
     def _lead(self) -> None:
         """Run one packed step for every waiting member (called with the lock held; released while computing)."""
-        group = dict(self.waiting)
-        self.waiting.clear()
-        began = time.monotonic()
-        for e in group.values():
-            e.began = began
+        group = _taken(self.waiting)
         self.stepping = True
         self.cond.release()
         try:
