@@ -89,15 +89,20 @@ def test_resume_with_a_changed_search_file_is_refused(tmp_path, tiny_model):
     (STATE_FILE, '{"parent": 7}', "not the search state embinject writes"),
     (folder.SPACE_FILE, '{"search": {}, "base": {}}', "no tune section"),
     (folder.SPACE_FILE, "[1, 2]", "a JSON list, not the object embinject writes"),
-], ids=["state-empty", "state-cut", "state-overwritten", "space-no-tune", "space-a-list"])
+    (folder.PACK_FILE, "", "empty"),
+    (folder.PACK_FILE, '{"setting": "off"}', "no tune.pack setting and pack size"),
+], ids=["state-empty", "state-cut", "state-overwritten", "space-no-tune", "space-a-list", "pack-empty", "pack-no-size"])
 def test_resume_of_a_search_whose_state_or_space_file_is_damaged_is_refused(tmp_path, tiny_model, name, damage, what):
-    """The files --resume reads first (which MLflow runs the search continues, which space it started with), cut or
+    """The files --resume reads first (which MLflow runs the search continues, which space and pack size it started
+    with), cut or
     overwritten: one line naming the file, exit 2, and the folder as it was (a traceback before)."""
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage)
     exp_dir = new_search_dir(storage, "t")
     (exp_dir / STATE_FILE).write_text(json.dumps({"parent": "0a1b", "children": {}, "applied": 3}))
     record_space(exp_dir, load_search_file(path))
+    # the file Tuner.can_restore looks for (never read here): the pack size is checked only where Ray restores trials
+    (exp_dir / "tuner.pkl").write_bytes(b"")
     (exp_dir / name).write_text(damage)
     before = {p.name: p.read_bytes() for p in exp_dir.iterdir() if p.name != LOCK_FILE}
     code, out, err = run_main(tune_cli.main, [str(path), "--resume"], tmp_path)

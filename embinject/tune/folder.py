@@ -142,12 +142,12 @@ def check_same_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
     file = exp_dir / PACK_FILE
     if not file.is_file():
         return  # started before the pack was recorded
-    try:
-        before = json.loads(file.read_text())
-        setting, then = before["setting"], int(before["size"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{file}: cannot be read ({exc}); it says how tune.pack resolved when the search started, "
-                          "which --resume needs: start a new search without --resume") from None
+    hint = "restore it (it says how tune.pack resolved when the search started, which --resume needs), or start a " \
+           "new search without --resume"
+    before = read_json_object(file, "--resume", hint)
+    setting, then = before.get("setting"), before.get("size")
+    if setting is None or not isinstance(then, int) or isinstance(then, bool) or then < 1:
+        raise damaged("--resume", file, "no tune.pack setting and pack size", hint)
     if then != size:
         raise ConfigError(f"--resume: tune.pack resolves otherwise than when search {exp_dir.name} started "
                           f"({_pack_said(setting, then)} then, {_pack_said(search.tune.pack, size)} now) and Ray "
