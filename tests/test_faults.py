@@ -1,6 +1,7 @@
 """Faults injected for real, then MLflow, summary.csv and the result directories read back: a diverging
 run and trial, SIGINT/SIGTERM of the search driver, SIGKILL of a trial worker, a real `mlflow server`
 killed mid-search and started again, truncated caches, corrupt adapter directories."""
+import csv
 import json
 import math
 import os
@@ -174,7 +175,7 @@ def test_a_damaged_warm_start_folder_is_one_line_naming_the_file_and_nothing_is_
 
 
 @pytest.mark.parametrize("case", ["named-three-times", "encoder-fixed-in-search", "encoder-fixed-in-base",
-                                  "all-diverged-same-setup", "all-diverged-other-setup"])
+                                  "all-diverged-same-setup", "all-diverged-other-setup", "a-trial-never-started"])
 def test_warm_start_lines_count_each_search_once_leave_out_other_setups_and_say_what_informs_nothing(
         diverged_search, tmp_path, monkeypatch, case):
     """The dry run prints what the search would start from (the search itself reads the same WarmStart)."""
@@ -208,6 +209,21 @@ def test_warm_start_lines_count_each_search_once_leave_out_other_setups_and_say_
                     "nothing (2 left out)",
                     f"warm start: 2 trials of {label} are left out: trained with adapter.embedding_model=fourier, "
                     "where this search fixes adapter.embedding_model=lm-mean (another setup)"]
+    elif case == "a-trial-never-started":  # its time budget ended it before one trial ran: summarize's not_started row
+        source = earlier_copy(exp_dir, tmp_path)
+        with (source / "summary.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        row = next(r for r in rows if r["status"] == "diverged")
+        shutil.rmtree(source / f"trial_{row['trial_id']}")
+        row.update({k: "" for k in row if k != "trial_id"}, steps="0", evaluations="0", stopped_early="False",
+                   status="not_started")
+        with (source / "summary.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        sets, informing = [f"tune.warm_start=[{source}]"], 2
+        expected = ["warm start from earlier: the same setup; 2 of its 3 trials go to Optuna as completed trials (not "
+                    "trained again); the other 1 informs nothing (1 cut by its search's end)"]
     else:  # a search whose only trial diverged: the diverged one of the search above, kept alone
         source = earlier_copy(exp_dir, tmp_path, keep=lambda row: row["status"] == "diverged")
         sets, informing = [f"tune.warm_start=[{source}]"], 0

@@ -41,7 +41,7 @@ SETUP_TUNE_KEYS = ("tune.metric", "tune.mode", "tune.scheduler.max_t")
 # What results.summarize writes for every trial, besides one column per searched key.
 SUMMARY_COLUMNS = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps",
                    "stopped_early", "status")
-SUMMARY_STATUSES = ("ok", "error", "diverged", "cut")
+SUMMARY_STATUSES = ("ok", "error", "diverged", "cut", "not_started")
 
 
 @dataclass
@@ -369,9 +369,9 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
     dropped, kept, considered, trials, ranked = 0, 0, 0, [], []
     cut, diverged, failed, no_value, left_out, then = 0, 0, 0, 0, 0, {}
     for t in earlier["trials"]:
-        if t["status"] == "cut":
+        if t["status"] in ("cut", "not_started"):
             cut += 1
-            continue  # ended mid-training by its search's end: no value Optuna was ever told
+            continue  # ended by its search's end, mid-training or before it ran: no value Optuna was ever told
         other = {k: t["params"][k] for k in fixed if k in t["params"] and not _same_value(t["params"][k], fixed[k])}
         if other:  # trained in another setup than this search's, whatever its other values
             left_out += 1
