@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test tune train bench experiments clean
+.PHONY: install test tune train docs bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ tune: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m embinject.train configs/quickstart_train.yaml --output-dir runs/quickstart-train
+
+docs: $(STAMP)
+	$(PY) -m embinject.config_reference  # docs/config-keys.md from the typed config (a test fails when it is stale)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step --bf16

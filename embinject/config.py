@@ -16,12 +16,19 @@ from typing import Any, Optional, Union
 from .errors import ConfigError
 
 
-def choice(*options: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": options})
+def choice(*options: str, default: str, help: str) -> Any:
+    return field(default=default, metadata={"choices": options, "help": help})
 
 
-def number(default: Any, *, min: float | None = None, max: float | None = None, positive: bool = False) -> Any:
-    return field(default=default, metadata={"min": min, "max": max, "positive": positive})
+def number(default: Any, *, min: float | None = None, max: float | None = None, positive: bool = False, help: str) -> Any:
+    return field(default=default, metadata={"min": min, "max": max, "positive": positive, "help": help})
+
+
+def setting(default: Any = None, *, help: str, factory: Any = None) -> Any:
+    """A field with no bounds beyond its type; `help` is its line in docs/config-keys.md (embinject.config_reference)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 METHODS = ("baseline", "prompt", "injection", "prefix", "lora")
@@ -31,96 +38,98 @@ EMBED_SOURCES = ("window", "context", "previous")
 
 @dataclass
 class DataConfig:
-    path: str = "builtin:python-docs"
-    text_field: str = "text"
-    seq_len: int = number(64, min=4)
-    train_samples: int = number(1024, positive=True)
-    val_samples: int = number(256, positive=True)
-    # training windows start every N tokens, overlapping where N < seq_len (None = seq_len: no overlap); more windows
-    # from a small corpus. Validation windows never overlap: each token is scored once
-    train_stride: Optional[int] = number(None, positive=True)
-    val_fraction: float = number(0.1, min=0.0, max=0.9)  # used only when the source has no validation split
-    hub_config: Optional[str] = None  # hub datasets: configuration name (e.g. "sample-10BT")
-    # Prompt/target examples instead of text windows: each row becomes one sequence, prompt then
-    # target, "{field}" placeholders filled from the row; only target tokens (and EOS) are scored.
-    target_template: Optional[str] = None
-    prompt_template: str = ""
-    where: Optional[str] = None  # keep only rows whose field equals a value, "field=value"
+    path: str = setting("builtin:python-docs", help="builtin:python-docs, a local .jsonl/.txt/.parquet file or folder "
+                        "(its train.*/validation.* files as splits), or a hub dataset id (streamed)")
+    text_field: str = setting("text", help="the field of each row that holds its text")
+    seq_len: int = number(64, min=4, help="window length in tokens")
+    train_samples: int = number(1024, positive=True, help="training windows used")
+    val_samples: int = number(256, positive=True, help="validation windows used")
+    train_stride: Optional[int] = number(None, positive=True, help="training windows start every N tokens, overlapping "
+                                         "where N < seq_len, so a small corpus yields more (null: seq_len, side by side)")
+    val_fraction: float = number(0.1, min=0.0, max=0.9, help="share of the documents that validate, "
+                                 "where the source has no validation split")
+    hub_config: Optional[str] = setting(None, help="hub datasets: the configuration name (e.g. sample-10BT)")
+    target_template: Optional[str] = setting(None, help="prompt/target examples instead of text windows: the scored "
+                                             "target, {field} placeholders filled from the row (null: text windows)")
+    prompt_template: str = setting("", help="with target_template: the prompt before the target (not scored), "
+                                   "{field} placeholders filled from the row")
+    where: Optional[str] = setting(None, help="keep only rows whose field has a value, field=value")
 
 
 @dataclass
 class AdapterConfig:
-    prefix_len: int = number(8, min=0)
-    inject_tokens: int = number(1, min=1)
-    mlp_width: int = number(512, min=0)  # injection MLP; prefix reparameterisation (0 = none)
-    embedding_model: str = "bundled:all-minilm-l6-v2"
-    embed_source: str = choice(*EMBED_SOURCES, default="context")
-    # injection: one pooled vector mapped to inject_tokens vectors (mean); the encoder's token states mean-pooled
-    # over inject_tokens contiguous chunks of the text, each chunk mapped to one vector (chunks: near-equal chunks;
-    # recent: chunks that grow with distance from the text's end, the last tokens one vector each); or inject_tokens
-    # learned queries cross-attending over the token states (resampler), each mapped to one vector
-    pooling: str = choice("mean", "chunks", "recent", "resampler", default="mean")
-    # injection: the MLP's vectors enter as input vectors in front of the window (input), or each becomes every
-    # layer's key/value prefix position through a linear head (kv: the deep-prefix path, made from the text)
-    inject_into: str = choice("input", "kv", default="input")
-    # injection with embedding_model lm-hidden:N: LoRA of this rank (scale lora_alpha / rank, on target_modules) in the
-    # LM's first N layers, on the pass that encodes the text only, trained with the MLP; the states are then computed
-    # every step rather than cached (0: the frozen LM's states, cached)
-    encoder_rank: int = number(0, min=0)
-    # injection, for controls (does the adapter use the text, or only the capacity it adds?): the MLP is fed the
-    # encoder's embedding of each window's text (none), the training split's mean embedding for every window
-    # (constant), or another window's embedding of the same split (shuffled: a fixed permutation per split and seed)
-    ablation: str = choice("none", "constant", "shuffled", default="none")
-    context_tokens: int = number(16, min=1)
-    init: str = choice(*INITS, default="vocab")
-    init_text: str = "Continue the text:"
-    init_radius: float = number(0.5, min=0.0)  # exclusion prior: minimum distance to any vocabulary vector
-    init_text_b: str = ""  # interpolate prior: the second cluster's text (the first is init_text)
-    fourier_features: int = number(128, min=2)  # fourier encoder: sin/cos pairs per token
-    layers: Optional[int] = number(None, min=1)  # prefix: only the last N layers (None = all)
-    deep_layers: int = number(0, min=0)  # prompt: also learn the prompt positions' activations entering the last N layers
-    rank: int = number(8, min=1)
-    lora_alpha: float = number(16.0, positive=True)
-    lora_dropout: float = number(0.0, min=0.0, max=0.9)
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    prefix_len: int = number(8, min=0, help="learnable prefix vectors (prompt, prefix; injection: learned vectors "
+                             "before the injected ones)")
+    inject_tokens: int = number(1, min=1, help="injection: vectors the MLP makes from the text")
+    mlp_width: int = number(512, min=0, help="injection: the MLP's hidden width; prefix: its reparameterisation "
+                            "(0: none)")
+    embedding_model: str = setting("bundled:all-minilm-l6-v2", help="injection's encoder: a sentence-transformers id "
+                                   "or folder, fourier, lm-mean or lm-hidden:N (the frozen LM's states after layer N)")
+    embed_source: str = choice(*EMBED_SOURCES, default="context", help="what the encoder reads: the first "
+                               "context_tokens tokens (not scored), the scored window (a leak) or the text before it")
+    pooling: str = choice("mean", "chunks", "recent", "resampler", default="mean", help="injection: one pooled "
+                          "vector, token states pooled over inject_tokens chunks (equal, or growing with distance: "
+                          "recent), or learned queries over them")
+    inject_into: str = choice("input", "kv", default="input", help="injection: the vectors enter as input vectors "
+                              "before the window, or through a linear head as every layer's keys and values")
+    # the states are then computed every step rather than cached
+    encoder_rank: int = number(0, min=0, help="injection with lm-hidden:N: LoRA of this rank on target_modules of "
+                               "the LM's first N layers, on the encoding pass only (0: the frozen states)")
+    # a control asks whether the adapter uses the text or only the capacity it adds
+    ablation: str = choice("none", "constant", "shuffled", default="none", help="injection controls: feed the MLP "
+                           "each window's embedding, the split's mean embedding, or another window's")
+    context_tokens: int = number(16, min=1, help="embed_source context: the window's first tokens the encoder reads")
+    init: str = choice(*INITS, default="vocab", help="prior of the prefix vectors")
+    init_text: str = setting("Continue the text:", help="prior text (init text; interpolate's first text)")
+    init_radius: float = number(0.5, min=0.0, help="exclusion prior: minimum distance to any vocabulary vector")
+    init_text_b: str = setting("", help="interpolate prior: the second cluster's text (the first is init_text)")
+    fourier_features: int = number(128, min=2, help="fourier encoder: sin/cos pairs per token")
+    layers: Optional[int] = number(None, min=1, help="prefix: layers the deep prefix covers; null or the model's "
+                                   "layer count (all)")
+    deep_layers: int = number(0, min=0, help="prompt: also learn the prompt positions' activations entering the last "
+                              "N layers (a deep prompt)")
+    rank: int = number(8, min=1, help="LoRA rank")
+    lora_alpha: float = number(16.0, positive=True, help="LoRA scale numerator (scale lora_alpha / rank)")
+    lora_dropout: float = number(0.0, min=0.0, max=0.9, help="LoRA dropout")
+    target_modules: list[str] = setting(factory=lambda: ["q_proj", "v_proj"], help="modules LoRA adapts "
+                                        "(also encoder_rank's)")
 
 
 @dataclass
 class TrainConfig:
-    lr: float = number(1e-3, positive=True)
-    weight_decay: float = number(0.0, min=0.0)
-    batch_size: int = number(8, positive=True)
-    eval_batch_size: int = number(32, positive=True)
-    max_epochs: int = number(5, positive=True)
-    max_steps: Optional[int] = number(None, positive=True)
-    eval_every: Optional[int] = number(None, positive=True)  # steps; None = once per epoch
-    # Intermediate evaluations (what early stopping and ASHA act on) score this many validation windows, a fixed
-    # seeded subset; the final evaluation of the adapter a run keeps always scores them all (None: always all).
+    lr: float = number(1e-3, positive=True, help="AdamW learning rate")
+    weight_decay: float = number(0.0, min=0.0, help="AdamW weight decay")
+    batch_size: int = number(8, positive=True, help="training windows per step")
+    eval_batch_size: int = number(32, positive=True, help="validation windows per forward pass")
+    max_epochs: int = number(5, positive=True, help="passes over the training windows at most")
+    max_steps: Optional[int] = number(None, positive=True, help="optimizer steps at most (null: no cap)")
+    eval_every: Optional[int] = number(None, positive=True, help="evaluate every N steps (null: once per epoch)")
     # 64 of 256 windows: the same ASHA decisions and best trial at every rung as all windows, x3.6 cheaper (benchmarks.eval_subset)
-    eval_windows: Optional[int] = number(64, positive=True)
-    eval_audit: bool = False  # also score every intermediate evaluation on all windows (to measure the subset)
-    patience: int = number(3, min=0)  # evaluations without improvement before stopping (0 = never)
-    seed: int = 0
-    device: str = choice("auto", "cpu", "cuda", default="auto")
-    # auto: bfloat16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32
-    dtype: str = choice("auto", "float32", "bfloat16", default="auto")
-    threads: Optional[int] = number(None, positive=True)  # torch CPU threads (None = leave as is)
-    gradient_checkpointing: bool = False  # recompute the frozen LM's activations in backward: less memory, more time
-    # A run whose validation perplexity exceeds this many times the frozen baseline's has diverged and is
-    # stopped (0: only non-finite values stop it).
-    divergence_factor: float = number(10.0, min=0.0)
-    # Distillation: the loss adds this weight times the KL divergence from the frozen LM reading the encoder's text
-    # (the teacher) to the adapted model, on the scored tokens; the teacher's distribution is kept as its
-    # distill_top_k most likely tokens plus the rest as one bucket, computed once and cached on disk (0: NLL only)
-    distill: float = number(0.0, min=0.0)
-    distill_top_k: int = number(64, min=1)
-    progress: bool = True
+    eval_windows: Optional[int] = number(64, positive=True, help="intermediate evaluations score this fixed subset of "
+                                         "validation windows; the kept adapter is scored on all (null: always all)")
+    eval_audit: bool = setting(False, help="also score every intermediate evaluation on all windows "
+                               "(val_perplexity_full), to measure the subset")
+    patience: int = number(3, min=0, help="evaluations without improvement before early stopping (0: never)")
+    seed: int = setting(0, help="seed of initialisation, data order and sampling")
+    device: str = choice("auto", "cpu", "cuda", default="auto", help="where to train (auto: CUDA if present)")
+    dtype: str = choice("auto", "float32", "bfloat16", default="auto", help="auto: bfloat16 autocast where the "
+                        "hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16/AMX), else float32")
+    threads: Optional[int] = number(None, positive=True, help="torch CPU threads (null: leave as is)")
+    gradient_checkpointing: bool = setting(False, help="recompute the frozen LM's activations in backward: less "
+                                           "memory, more time")
+    divergence_factor: float = number(10.0, min=0.0, help="stop a run whose validation perplexity exceeds this "
+                                      "many times the frozen LM's (0: only non-finite values stop it)")
+    distill: float = number(0.0, min=0.0, help="weight of the KL divergence from the frozen LM reading the text "
+                            "before each window (embed_source previous; 0: NLL only)")
+    distill_top_k: int = number(64, min=1, help="distillation: the teacher's most likely tokens kept per position "
+                                "(the rest as one bucket)")
+    progress: bool = setting(True, help="a progress bar when the output is a terminal")
 
 
 @dataclass
 class Config:
-    model: str = "bundled:smollm2-135m"
-    method: str = choice(*METHODS, default="injection")
+    model: str = setting("bundled:smollm2-135m", help="the frozen LM: a hub id, a local folder or bundled:smollm2-135m")
+    method: str = choice(*METHODS, default="injection", help="the adapter trained (baseline trains nothing)")
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -195,54 +204,58 @@ class Config:
 
 @dataclass
 class SchedulerSettings:
-    type: str = choice("asha", "none", default="asha")
-    max_t: Optional[int] = number(None, positive=True)  # optimizer steps; default: train.max_steps
-    grace_period: int = number(10, positive=True)  # optimizer steps before the first cut
-    reduction_factor: float = number(2.0, min=1.01)
+    type: str = choice("asha", "none", default="asha", help="early stopping of weak trials: ASHA, or none")
+    max_t: Optional[int] = number(None, positive=True, help="ASHA's last rung in optimizer steps "
+                                  "(null: train.max_steps)")
+    grace_period: int = number(10, positive=True, help="optimizer steps before ASHA's first cut")
+    reduction_factor: float = number(2.0, min=1.01, help="ASHA keeps 1 / reduction_factor of the trials at each rung")
 
 
 @dataclass
 class ResourceSettings:
-    cpus: float = number(1.0, positive=True)
-    gpus: float = number(0.0, min=0.0)  # fractional: several small trials share one GPU
+    cpus: float = number(1.0, positive=True, help="CPUs each trial asks Ray for")
+    gpus: float = number(0.0, min=0.0, help="GPUs each trial asks for; fractional: small trials share one GPU")
 
 
 @dataclass
 class TuneSettings:
-    name: str = "search"
-    num_samples: int = number(8, positive=True)
-    max_concurrent_trials: int = number(2, positive=True)
-    metric: str = choice("val_perplexity", "train_loss", default="val_perplexity")
-    mode: str = choice("min", "max", default="min")
-    # Multi-objective search: e.g. [{metric: val_perplexity, mode: min}, {metric: trainable_params, mode: min}].
-    # Optuna keeps a Pareto front; ASHA and the champion follow the first objective.
-    objectives: list[dict] = field(default_factory=list)
-    time_budget_s: Optional[float] = number(None, positive=True)
-    search_alg: str = choice("optuna", "random", default="optuna")
-    # TPE samples at random until this many trials exist; None: an eighth of num_samples, 3 to 10 (Optuna's own
-    # default of 10 would leave a 10-trial search with no guided trial at all)
-    startup_trials: Optional[int] = number(None, positive=True)
-    # TPE models the searched parameters jointly (Optuna's multivariate TPE; group=True splits a conditional space
-    # into the groups of parameters that appear together), instead of one independent model per parameter
-    multivariate: bool = False
-    seed: int = 0
+    name: str = setting("search", help="the search's name: its folder is <storage_path>/<name>-<timestamp>")
+    num_samples: int = number(8, positive=True, help="trials to run")
+    max_concurrent_trials: int = number(2, positive=True, help="trials running at once at most")
+    metric: str = choice("val_perplexity", "train_loss", default="val_perplexity", help="what the search optimises")
+    mode: str = choice("min", "max", default="min", help="whether metric is minimised or maximised")
+    # ASHA and the champion follow the first objective
+    objectives: list[dict] = setting(factory=list, help="multi-objective instead of metric/mode, e.g. [{metric: "
+                                     "val_perplexity, mode: min}, {metric: trainable_params, mode: min}]")
+    time_budget_s: Optional[float] = number(None, positive=True, help="stop the search after this many seconds "
+                                            "(null: no limit)")
+    search_alg: str = choice("optuna", "random", default="optuna", help="Optuna's TPE (seeded) or random sampling")
+    # Optuna's own default of 10 would leave a 10-trial search with no guided trial at all
+    startup_trials: Optional[int] = number(None, positive=True, help="TPE samples at random for this many trials "
+                                           "first (null: num_samples / 8, 3 to 10)")
+    # Optuna's group=True splits a conditional space into the groups of parameters that appear together
+    multivariate: bool = setting(False, help="one joint TPE model per group of parameters that appear together, "
+                                 "not one per parameter")
+    seed: int = setting(0, help="the sampler's seed")
 
     @property
     def random_trials_first(self) -> int:
         """How many trials TPE samples at random before its model guides the draws."""
         return self.startup_trials or min(10, max(3, self.num_samples // 8))
-    points_to_evaluate: list[dict] = field(default_factory=list)
+    points_to_evaluate: list[dict] = setting(factory=list, help="trials to run first, as {dotted key: value} "
+                                             "mappings of searched keys")
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
-    storage_path: str = "runs/tune"
-    reuse_actors: bool = True  # consecutive trials on a node reuse a worker that already holds the frozen LM
-    # Packed trials (README, "Packing"): auto | off | K. K trials share one frozen LM and train in one batch per step;
-    # auto packs on CUDA devices only (on CPUs a packed step was slower), as many as the device's memory holds, at most 8.
-    pack: Union[int, str] = field(default="auto", metadata={"pack": True})
-    max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
-    # Earlier searches this one starts from (README, "Warm starts"): search folders, `runs:/PARENT_RUN_ID`,
-    # `experiment:NAME`, or {run: ..., tracking_uri: ...} / {experiment: ..., tracking_uri: ...}.
-    warm_start: list = field(default_factory=list, metadata={"warm_start": True})
+    storage_path: str = setting("runs/tune", help="where searches live; shared storage (NFS, s3://...) on several "
+                                "nodes")
+    reuse_actors: bool = setting(True, help="consecutive trials on a node reuse a worker that holds the frozen LM")
+    # auto packs on CUDA devices only: on CPUs a packed step was slower (docs/packing.md)
+    pack: Union[int, str] = field(default="auto", metadata={"pack": True, "help": "trials sharing one frozen LM and "
+                                  "one step: auto (CUDA only, as many as fit, at most 8), off, or K"})
+    max_failures: int = number(2, min=0, help="restarts of a trial whose worker or node died, each from its last "
+                               "checkpoint")
+    warm_start: list = field(default_factory=list, metadata={"warm_start": True, "help": "earlier searches to start "
+                             "from: folders, runs:/PARENT_RUN_ID, experiment:NAME, {run|experiment, tracking_uri}"})
 
 
 OBJECTIVE_METRICS = ("val_perplexity", "train_loss", "trainable_params", "tokens_per_second")
@@ -283,12 +296,12 @@ MLFLOW_NAME_RULES = {"experiment": experiment_name_problem, "registered model": 
 
 @dataclass
 class MlflowSettings:
-    tracking_uri: Optional[str] = None  # default: sqlite:///<storage_path>/mlflow.db
-    experiment: str = field(default="embinject", metadata={"mlflow_name": "experiment"})
-    # registered model name for the best adapter
-    register_as: Optional[str] = field(default=None, metadata={"mlflow_name": "registered model"})
-    # the k best trials' adapters become MLflow logged models on their trial runs (the champion among them)
-    keep_top: int = number(3, positive=True)
+    tracking_uri: Optional[str] = setting(None, help="the MLflow store (null: sqlite:///<storage_path>/mlflow.db)")
+    experiment: str = field(default="embinject", metadata={"mlflow_name": "experiment", "help": "the MLflow "
+                            "experiment of the search's runs"})
+    register_as: Optional[str] = field(default=None, metadata={"mlflow_name": "registered model", "help": "the "
+                                       "registered model the champion becomes a version of (null: register nothing)"})
+    keep_top: int = number(3, positive=True, help="the k best trials' adapters become MLflow logged models")
 
 
 def _check_warm_start(key: str, value: Any) -> list:
