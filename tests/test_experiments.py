@@ -6,7 +6,7 @@ from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
 from experiments.fourier_embeddings import run as fourier_embeddings
 from experiments.injection_context import arms, report, run
-from experiments.injection_context.report import headline
+from experiments.injection_context.analysis import headline
 from experiments.prompt_priors import run as prompt_priors
 from experiments.prompt_priors.run import normalise, token_f1
 from experiments.sentiment_prefix import run as sentiment_prefix

@@ -40,7 +40,8 @@ from embinject.train.precision import resolve_dtype
 from embinject.tune.driver import run_search
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, LR_RULE_GRID,
                                                SEEDS, WINDOW, budget_of, extra_corpus, lr_edge, lr_group, lr_shape)
-from experiments.injection_context.report import bracket_verdict, shared_chunk_mlp, write_report
+from experiments.injection_context.describe import bracket_verdict, shared_chunk_mlp
+from experiments.injection_context.report import write_report
 from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, extra_dir, lr_check_path, missing_references,
                                                     record_path, study_data)
 
