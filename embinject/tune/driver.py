@@ -251,7 +251,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                   + [20])
     reporter = trial_table({k: short_key(k) for k in unconditional},
                            {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                            "tokens_per_second": "tok/s"}, min(longest, 60))
+                            "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
     run_config = tune.RunConfig(
         name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
         callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
