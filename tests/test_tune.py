@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -275,10 +276,22 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    # the start speaks: its first line before the imports, then each warm-up stage with its seconds, then the table
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"starting a search from {path}: loading torch, Ray Tune and MLflow", lines[:3]
+    warm = [line for line in lines if line.startswith("warm-up: ")]
+    assert [line.rsplit(" in ", 1)[0] for line in warm] == [
+        f"warm-up: model {tiny_model}", "warm-up: data windows and the frozen model's perplexity",
+        "warm-up: encoder fourier and its sentence embeddings", "warm-up: Ray started on this machine"], warm
+    assert all(re.fullmatch(r"\d+\.\d s", line.rsplit(" in ", 1)[1]) for line in warm), warm
+    assert lines.index(warm[-1]) < lines.index("== Status ==")
     assert "where its time went: embinject report " in proc.stdout
     assert "Token authentication is enabled" not in proc.stderr  # Ray's notice of its secure default is not the user's concern
     assert " INFO mlflow" not in proc.stdout + proc.stderr  # nor MLflow's database set-up and signature checks
     exp_dir = next(storage.glob("t-*"))
+    assert f"Search folder: {exp_dir.resolve()}" in lines and "Result logdir" not in proc.stdout
+    rounded = [line for line in lines if line.startswith(("Current best trial: ", "Bracket: ", "| trainable_"))]
+    assert rounded and not re.search(r"\d\.\d{5}", "\n".join(rounded)), rounded  # 4 significant digits
     summary = (exp_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 6
     study = _check_study(exp_dir)
