@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .config import keys_help
 from .errors import prog
@@ -14,6 +15,7 @@ from .errors import prog
 TUNE_DESCRIPTION = ("Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] "
                     "[--resume] [--dry-run]`.")
 ADAPTER_REF = "adapter directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS"
+_first_line_at: float | None = None  # time.perf_counter() when this process printed its command's first line
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -119,4 +121,11 @@ def before_imports(name: str, argv: list[str] | None = None) -> None:
     args = PARSERS[name]().parse_args(sys.argv[1:] if argv is None else argv)
     line = first_line(name, args)
     if line:
+        global _first_line_at
         print(line, flush=True)
+        _first_line_at = time.perf_counter()
+
+
+def seconds_since_first_line() -> float | None:
+    """None where no first line was printed (a command's `main` called in another program's process)."""
+    return None if _first_line_at is None else time.perf_counter() - _first_line_at

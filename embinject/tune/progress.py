@@ -13,11 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+from ..arguments import seconds_since_first_line
+
 REDRAW_S = 15  # the least time between two tables, in a terminal and in a log
 LOG_QUIET_S = 300  # a log's table when no trial has started or ended meanwhile
 DIGITS = 4  # significant digits of the numbers the table shows
 # a decimal number standing alone in Ray's lines (the scheduler's rungs): not part of a name, a path or an address
 _DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:e[-+]?\d+)?(?![\w.])")
+
+
+def stage_line(what: str, seconds: float) -> None:
+    print(f"warm-up: {what} in {seconds:.1f} s", flush=True)
 
 
 @contextlib.contextmanager
@@ -26,7 +32,15 @@ def stage(what: str):
     that follows says why)."""
     since = time.perf_counter()
     yield
-    print(f"warm-up: {what} in {time.perf_counter() - since:.1f} s", flush=True)
+    stage_line(what, time.perf_counter() - since)
+
+
+def imports_line() -> None:
+    """The stage between the command's first line and the warm-up: imports (torch, Ray, MLflow) and the checks of the
+    search file and of the places it writes. None where the command printed no first line (`main` called in-process)."""
+    seconds = seconds_since_first_line()
+    if seconds is not None:
+        stage_line("torch, Ray and MLflow loaded, the search file and its places checked", seconds)
 
 
 def rounded(value):
