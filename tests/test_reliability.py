@@ -461,5 +461,7 @@ def test_a_registration_mlflow_refuses_at_the_end_ends_the_parent_and_resume_say
         assert db.execute("SELECT count(*) FROM model_versions WHERE name = 'taken'").fetchone() == (1,)
 
     resumed = tune(str(path), "--resume")
-    assert resumed.returncode == 1 and resumed.stdout.strip() == f"search {exp_dir.name} has already finished; nothing to resume"
+    assert resumed.returncode == 1 and resumed.stdout.strip().splitlines() == [
+        f"resuming the newest search of {path}: loading torch, Ray Tune and MLflow",  # before the imports, at once
+        f"search {exp_dir.name} has already finished; nothing to resume"], resumed.stdout
     assert [line for line in resumed.stderr.splitlines() if line.strip()] == [lines[-1]], resumed.stderr

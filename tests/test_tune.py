@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -275,10 +276,24 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    # the start speaks: its first line before the imports, then each warm-up stage with its seconds, then the table
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"starting a search from {path}: loading torch, Ray Tune and MLflow", lines[:3]
+    warm = [line for line in lines if line.startswith("warm-up: ")]
+    assert [line.rsplit(" in ", 1)[0] for line in warm] == [
+        "warm-up: torch, Ray and MLflow loaded, the search file and its places checked", f"warm-up: model {tiny_model}",
+        "warm-up: data windows and the frozen model's perplexity", "warm-up: encoder fourier and its sentence embeddings",
+        "warm-up: Ray started on this machine", "warm-up: Ray Tune and MLflow set up"], warm
+    assert all(re.fullmatch(r"\d+\.\d s", line.rsplit(" in ", 1)[1]) for line in warm), warm
+    assert lines.index(warm[-1]) < lines.index("== Status ==")
     assert "where its time went: embinject report " in proc.stdout
     assert "Token authentication is enabled" not in proc.stderr  # Ray's notice of its secure default is not the user's concern
     assert " INFO mlflow" not in proc.stdout + proc.stderr  # nor MLflow's database set-up and signature checks
     exp_dir = next(storage.glob("t-*"))
+    assert f"Search folder: {exp_dir.resolve()}" in lines and "Result logdir" not in proc.stdout
+    rounded = [line for line in lines if line.startswith(("Current best trial: ", "Bracket: ", "| trainable_"))]
+    numbers = re.findall(r"\d+\.\d+", "\n".join(rounded))
+    assert numbers and all(len(n.replace(".", "").lstrip("0")) <= 4 for n in numbers), rounded  # 4 significant digits
     summary = (exp_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 6
     study = _check_study(exp_dir)
@@ -915,7 +930,8 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])
-    trial = lambda i, status: types.SimpleNamespace(trial_id=str(i), status=status)  # noqa: E731
+    trial = lambda i, status, ppl=None: types.SimpleNamespace(trial_id=str(i), status=status,  # noqa: E731
+                                                             last_result={"val_perplexity": ppl})
     log = progress.trial_table({"train.lr": "lr"}, {"step": "step"}, 20, interactive=False)
     running = [trial(1, "RUNNING")]
     assert log.should_report(running)
@@ -933,10 +949,46 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
     now[0] += 301
     assert log.should_report([trial(1, "TERMINATED"), trial(2, "TERMINATED")])  # a quiet log still shows it every 5 minutes
     assert log.should_report([trial(1, "TERMINATED")], done=True)
-    terminal = progress.trial_table({"train.lr": "lr"}, {"step": "step"}, 20, interactive=True)
+    terminal = progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "val_ppl"}, 20, interactive=True)
     assert [terminal.should_report(running) for _ in range(3)] == [True, False, False]
+    now[0] += 400
+    assert not terminal.should_report(running)  # a terminal's table is printed again only when something in it changed
+    assert terminal.should_report([trial(1, "RUNNING", 32.590646)])
     now[0] += 16
-    assert terminal.should_report(running)  # a terminal's table is Ray's, redrawn every 15 s
+    assert not terminal.should_report([trial(1, "RUNNING", 32.59001)])  # the same value as shown, to 4 digits
+    assert terminal.should_report([trial(1, "RUNNING", 30.1)])
+    now[0] += 5
+    assert not terminal.should_report([trial(1, "TERMINATED", 30.1)])  # at most every 15 s, and the change is not lost
+    now[0] += 15
+    assert terminal.should_report([trial(1, "TERMINATED", 30.1)])
+
+
+def test_the_trial_table_names_the_search_folder_and_shows_4_significant_digits(tmp_path):
+    """Ray's status names its own session folder and prints every digit of the best value and the scheduler's rungs."""
+    from ray.tune.experiment import Trial
+
+    def trial(i, status, result):
+        t = Trial("trainable", config={"train.lr": 0.00123456789 * i}, trial_id=f"t{i}", stub=True)
+        t.set_status(status)
+        t.run_metadata.last_result = {**result, "config": t.config}
+        return t
+
+    trials = [trial(1, "RUNNING", {"step": 9, "val_perplexity": 32.590646154251644, "tokens_per_second": 12345.678}),
+              trial(2, "TERMINATED", {"step": 12, "val_perplexity": 40.123456, "tokens_per_second": 987.654321})]
+    folder = tmp_path / "t-2026-12-07_05-00-00"
+    table = progress.trial_table({"train.lr": "lr"}, {"step": "step", "val_perplexity": "val_ppl",
+                                                      "tokens_per_second": "tok/s"}, 20, folder, interactive=True)
+    table.setup(start_time=time.time(), total_samples=6, metric="val_perplexity", mode="min")
+    text = progress.status(table, trials, False, ("Using AsyncHyperBand: num_stopped=1\nBracket: Iter 3.000: "
+                                                  "32.590646154251644", "Logical resource usage: 2.0/2 CPUs, 0/0 GPUs"), folder)
+    lines = text.splitlines()
+    assert f"Search folder: {folder}" in lines and "Result logdir" not in text
+    assert "Current best trial: t1, val_perplexity 32.59 (lr 0.001235)" in lines
+    assert "Bracket: Iter 3: 32.59" in lines and "Logical resource usage: 2/2 CPUs, 0/0 GPUs" in lines
+    assert "Number of trials: 2/6 (1 RUNNING, 1 TERMINATED)" in lines
+    row = next(line for line in lines if "trainable_t1" in line)
+    assert [cell.strip() for cell in row.split("|")[4:8]] == ["0.001235", "9", "32.59", "12350"], row
+    assert "32.5906" not in text and "0.00123457" not in text and "987.654" not in text and "987.7" in text
 
 
 def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fails():

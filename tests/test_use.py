@@ -70,6 +70,31 @@ def test_every_subcommand_has_help_and_train_lists_every_config_key(monkeypatch)
     assert run_cli("fly").returncode == 2
 
 
+# what takes seconds to import: `--help` must not wait for any of it
+HEAVY = ("torch", "ray", "mlflow", "matplotlib", "transformers")
+# `python -m embinject.train` is left out: Python imports the package `embinject.train` (the training loop, torch)
+# before its __main__ runs; `embinject train --help` is the light way
+HELP_ENTRIES = [("embinject",), *(("embinject", name) for name in COMMANDS),
+                *(("embinject." + name,) for name in COMMANDS if name != "train")]
+
+
+@pytest.mark.parametrize("entry", HELP_ENTRIES, ids=" ".join)
+def test_help_of_every_command_imports_none_of_the_heavy_libraries(entry):
+    """Structural, not timed: a fresh process runs the entry as `python -m` does and lists what it imported."""
+    module, *argv = entry
+    script = ("import json, runpy, sys\n"
+              f"sys.argv = [{module!r}, *{argv!r}, '--help']\n"
+              "try:\n"
+              f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+              "except SystemExit as exc:\n"
+              "    code = exc.code\n"
+              f"print(json.dumps({{'code': code, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {"code": 0, "heavy": []}, (entry, result)
+    assert "usage: " in proc.stdout
+
 def test_a_lora_adapter_loaded_beside_others_leaves_their_lm_frozen(adapters):
     """LoRA's layers go into the LM it is loaded into. In one process (two MLflow models, a notebook, a --mix) every
     other adapter keeps the frozen LM: the LoRA adapter has its own copy."""

@@ -4,15 +4,18 @@ The command only: arguments, the checks before any work, printing. The loop is `
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from ..config import keys_help
+from ..arguments import before_imports, train_parser
+
+if __name__ == "__main__":  # `--help` and a mistyped option are answered before the imports below load torch (seconds)
+    before_imports("train")
+
 from ..config_files import load_config
-from ..errors import prog, run_command
+from ..errors import run_command
 from ..fsutil import check_writable
 from ..models import cache_root
 from .checkpoint import write_outputs
@@ -20,13 +23,7 @@ from .loop import Diverged, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__.splitlines()[0], epilog=keys_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", help="YAML config (defaults are used for missing keys)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
-    parser.add_argument("--output-dir", default="runs/train", help="where result.json and adapter/ go")
-    args = parser.parse_args(argv)
+    args = train_parser().parse_args(argv)
     output_dir = Path(os.path.abspath(os.path.expanduser(args.output_dir)))
 
     def body() -> int:

@@ -5,13 +5,17 @@ The command only: arguments, the dry run, and the lines a search ends with. The 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, prog, warn
+from ..arguments import before_imports, tune_parser
+
+if __name__ == "__main__":  # `--help`, a mistyped option and the first line, before the imports below (seconds)
+    before_imports("tune")
+
+from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, warn
 from ..space import SearchFile, load_search_file
 from ..tracking import tracking_uri_default
 from .budget import budget_warnings, objectives_line
@@ -71,22 +75,7 @@ def _resume_command(args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("tune"), description=__doc__.splitlines()[0],
-                                     epilog="A search file is a training config (see `embinject train --help` for its keys) "
-                                            "plus search:, tune: and mlflow: sections; see README.md.")
-    parser.add_argument("search_file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any key of the search file, e.g. --set tune.num_samples=4")
-    parser.add_argument("--address", default=None, help="an existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
-    parser.add_argument("--resume", action="store_true", help="continue the newest interrupted search of this name")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; do not start Ray")
-    registry = parser.add_mutually_exclusive_group()
-    registry.add_argument("--promote", action="store_true", help="the best adapter takes the registered model's alias "
-                          "champion even where it does not beat (or cannot be compared with) the version holding it")
-    registry.add_argument("--no-register", action="store_true",
-                          help="register nothing (as mlflow.register_as: null), e.g. for a smoke run")
-    parser.add_argument("-v", "--verbose", action="count", default=1, help="-v shows trial logs")
-    args = parser.parse_args(argv)
+    args = tune_parser().parse_args(argv)
     handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
     try:
         search = load_search_file(args.search_file, args.overrides + ["mlflow.register_as=null"] * args.no_register)

@@ -15,7 +15,8 @@ import torch
 from ..errors import ConfigError, disk_full, first_line
 from ..fsutil import atomic_write_text
 from ..space import SearchFile, trial_config
-from ..train import baseline_perplexity, prepare, release_shared_lms
+from ..train import baseline_perplexity, prepare, release_shared_lms, resolve_device, shared_lm
+from .progress import stage
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
 # Ray lowers its workers' priority (nice +15) so that its own daemons stay responsive. Trials are the work of a
@@ -78,17 +79,20 @@ def check_cluster_resources(search: SearchFile) -> None:
 
 
 def warm_caches(search: SearchFile) -> None:
-    """Shared work once, in the driver: model conversion, tokenised windows, the baseline
-    perplexity and each encoder's sentence embeddings land in the disk cache trials read."""
+    """Shared work once, in the driver: model conversion, tokenised windows, the baseline perplexity and each
+    encoder's sentence embeddings land in the disk cache trials read. One line per stage, with its seconds."""
     encoders = search.choices("adapter.embedding_model", {None})
     methods = search.choices("method", {search.config.method})
-    overrides: list[dict] = [{"method": "baseline"}]
-    if "injection" in methods:
-        overrides += [{"method": "injection", **({"adapter.embedding_model": e} if e else {})} for e in encoders]
-    for extra in overrides:
-        cfg = trial_config(search.base, {**extra, "train.device": "cpu"})
-        prep = prepare(cfg)
-        baseline_perplexity(prep, cfg)
+    base = trial_config(search.base, {"method": "baseline", "train.device": "cpu"})
+    with stage(f"model {base.model}"):
+        shared_lm(base.model, resolve_device(base.train.device))  # converted once (GGUF, hub), then read from the cache
+    with stage("data windows and the frozen model's perplexity"):
+        baseline_perplexity(prepare(base), base)
+    for encoder in sorted(encoders, key=str) if "injection" in methods else ():
+        cfg = trial_config(search.base, {"method": "injection", "train.device": "cpu",
+                                         **({"adapter.embedding_model": encoder} if encoder else {})})
+        with stage(f"encoder {cfg.adapter.embedding_model} and its sentence embeddings"):
+            baseline_perplexity(prepare(cfg), cfg)
     release_shared_lms()
 
 
@@ -139,12 +143,16 @@ def connect(address: str | None, env: dict, verbose: int) -> Path | None:
     quiet_disk_full_tracebacks()
     starts_ray = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     ray_default_priority = "RAY_worker_niceness" in os.environ  # the user's own setting wins
+    where = "started on this machine" if starts_ray else \
+        f"joined at {address or os.environ.get('RAY_ADDRESS') or 'its running session'}"
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
-                 runtime_env={"env_vars": env}, ignore_reinit_error=True,
-                 # a copy: Ray writes this session's spilling directory into the dict, which a second search in this
-                 # process would otherwise pass on (the first session's directory, removed by then)
-                 **({"_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority else {}))
+        with stage(f"Ray {where}"):
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
+                     runtime_env={"env_vars": env}, ignore_reinit_error=True,
+                     # a copy: Ray writes this session's spilling directory into the dict, which a second search in
+                     # this process would otherwise pass on (the first session's directory, removed by then)
+                     **({"_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority
+                        else {}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None
     if not starts_ray:

@@ -28,7 +28,7 @@ from .cluster import (check_cluster_resources, check_local_resources, connect, f
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
 from .pack import PackPlan, largest_trial, needs_probe, packed_trainable, plan_pack, probe_memory, stop_hosts
-from .progress import trial_table
+from .progress import imports_line, stage_line, trial_table
 from .signals import GracefulStop
 from .study import close_study, journal_path, study_name
 from .trainable import trainable
@@ -181,6 +181,7 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
     resume = exp_dir is not None
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
+    imports_line()
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
     if "://" not in search.tune.storage_path:
@@ -251,7 +252,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                   + [20])
     reporter = trial_table({k: short_key(k) for k in unconditional},
                            {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                            "tokens_per_second": "tok/s"}, min(longest, 60))
+                            "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
     run_config = tune.RunConfig(
         name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
         callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
@@ -276,6 +277,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
             scheduler=make_scheduler(search),
             num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+    stage_line("Ray Tune and MLflow set up", time.time() - t0 - warm_seconds)
     stop = GracefulStop()
     try:
         with stop:
