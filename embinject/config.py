@@ -237,7 +237,8 @@ class TuneSettings:
     storage_path: str = "runs/tune"
     reuse_actors: bool = True  # consecutive trials on a node reuse a worker that already holds the frozen LM
     # Packed trials (README, "Packing"): auto | off | K. K trials share one frozen LM and train in one batch per step;
-    # auto packs on CUDA devices only (on CPUs a packed step was slower), as many as the device's memory holds, at most 8.
+    # auto packs where a probe at the search's start finds a packed step faster than separate steps on the trials'
+    # device: as many as run at once (at most 8) and, on a GPU, as its memory holds.
     pack: Union[int, str] = field(default="auto", metadata={"pack": True})
     max_failures: int = number(2, min=0)  # restarts of a trial whose worker died, each from its last checkpoint
     # Earlier searches this one starts from (README, "Warm starts"): search folders, `runs:/PARENT_RUN_ID`,
