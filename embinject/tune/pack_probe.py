@@ -62,6 +62,7 @@ def probe_pack(base: dict, worst: dict, device: str, cap: int, threads: int) -> 
             torch.cuda.reset_peak_memory_stats()
             method, opt, batch = members[0]
             steps.step(method, opt, batch, amp, device)
+            opt.step()  # its moments are the trial's memory too
             per_trial = torch.cuda.max_memory_allocated() - lm_bytes
             out.update(free=free, lm=lm_bytes, per_trial=per_trial)
             cap = min(cap, max(1, int(0.8 * (free - lm_bytes) // max(per_trial, 1))))
