@@ -38,7 +38,8 @@ def search_file(directory: Path, model: Path, trials: int, steps: int) -> Path:
         "adapter": {"embedding_model": "fourier", "fourier_features": 16, "context_tokens": 8, "prefix_len": 2, "mlp_width": 16},
         "train": {"batch_size": 8, "eval_batch_size": 16, "max_steps": steps, "eval_every": steps, "patience": 0, "progress": False},
         "search": {"train.lr": {"loguniform": [1.0e-4, 5.0e-2]}, "adapter.prefix_len": {"randint": [1, 4]}},
-        "tune": {"name": "many", "num_samples": trials, "max_concurrent_trials": 2, "seed": 0, "scheduler": {"type": "none"},
+        "tune": {"name": "many", "num_samples": trials, "max_concurrent_trials": 2, "seed": 0, "pack": "off",
+                 "scheduler": {"type": "none"},
                  "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(directory / "runs")},
         "mlflow": {"experiment": "many-trials", "register_as": None},
     }

@@ -38,7 +38,7 @@ def search_file(work: Path, model: Path, trials: int) -> Path:
             "adapter": {"embedding_model": "fourier", "fourier_features": 16, "context_tokens": 8, "prefix_len": 2},
             "train": {"batch_size": 8, "max_steps": 12, "eval_every": 3, "patience": 0},
             "search": {"train.lr": {"loguniform": [1.0e-4, 5.0e-2]}, "adapter.mlp_width": {"choice": [16, 32]}},
-            "tune": {"name": "priority", "num_samples": trials, "max_concurrent_trials": 2, "seed": 0,
+            "tune": {"name": "priority", "num_samples": trials, "max_concurrent_trials": 2, "seed": 0, "pack": "off",
                      "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
                      "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(work / "runs")},
             "mlflow": {"experiment": "priority", "register_as": None}}

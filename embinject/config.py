@@ -249,9 +249,10 @@ class TuneSettings:
     storage_path: str = setting("runs/tune", help="where searches live; shared storage (NFS, s3://...) on several "
                                 "nodes")
     reuse_actors: bool = setting(True, help="consecutive trials on a node reuse a worker that holds the frozen LM")
-    # auto packs on CUDA devices only: on CPUs a packed step was slower (docs/packing.md)
     pack: Union[int, str] = field(default="auto", metadata={"pack": True, "help": "trials sharing one frozen LM and "
-                                  "one step: auto (CUDA only, as many as fit, at most 8), off, or K"})
+                                  "one step: auto (packs where a probe at the start finds a packed step faster than "
+                                  "separate steps: as many as run at once, at most 8, and on a GPU as memory holds), "
+                                  "off, or K"})
     max_failures: int = number(2, min=0, help="restarts of a trial whose worker or node died, each from its last "
                                "checkpoint")
     warm_start: list = field(default_factory=list, metadata={"warm_start": True, "help": "earlier searches to start "

@@ -21,6 +21,8 @@ from embinject.train import train
 from embinject.train import packing, shared
 from embinject.train.evaluation import window_nll
 from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
+from embinject.tune.pack import auto_cap, plan_pack
+from embinject.tune.pack_probe import largest_trial, probe_pack
 
 from .conftest import ROOT
 from .test_tune import _results, _without_redelivery, check_time_split, run_tune, write_search
@@ -187,7 +189,8 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeyp
 
 def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model, monkeypatch):
     """Each packed trial's curve is the one its configuration has trained alone (embinject.train in this process, as
-    an unpacked trial runs it), while ASHA stops one member and the others go on in the pack."""
+    an unpacked trial runs it), its evaluations scored in packed passes, while ASHA stops one member, the others go on
+    in the pack, and a fifth trial takes the stopped one's place mid-pack."""
     points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
               {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
               {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
@@ -197,7 +200,7 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "packed.yaml", tiny_model, "builtin:python-docs", storage, **{
         "search": space, "train.max_steps": 24, "train.eval_every": 1, "train.dtype": "float32",
-        "tune.num_samples": 4, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 4,
+        "tune.num_samples": 5, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 4,
         # ASHA's decision at a rung depends on the order its members' results arrive, and members that step together
         # arrive in any order (the first at a rung is never stopped): rungs at 1, 4 and 16 steps keeping the best
         # quarter stop someone unless every rung's results arrive in order of improving perplexity
@@ -218,10 +221,11 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     for trial in storage.glob("t-*/trial_*"):
         r = _without_redelivery(_results(trial))
         packed[(r[0]["config"]["method"], r[0]["config"]["train.lr"])] = r
-    assert len(packed) == 4
+    assert len(packed) == 5
     search = load_search_file(str(path))
     threads = torch.get_num_threads()
-    for point in points:
+    for rows in packed.values():
+        point = {k: v for k, v in rows[0]["config"].items() if k in space}
         cfg = trial_config(search.base, point)
         cfg.train.threads, cfg.train.progress = 1, False  # as an unpacked trial of one CPU
         try:
@@ -230,9 +234,14 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
             torch.set_num_threads(threads)  # this process's other tests keep theirs
         method.release()
         solo = {h["step"]: h["val_perplexity"] for h in result["history"]}
-        rows = packed[(point["method"], point["train.lr"])]
         for r in rows:
             assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (point, r["step"])
+    # the fifth trial took the place of one that ASHA had stopped, and stepped in the pack with the others where it
+    # joined while they trained (ASHA may have stopped all but one by then: the order of arrival)
+    late = max(packed.values(), key=lambda rows: rows[0]["trainable_started_at"])
+    overlapped = [rows for rows in packed.values() if rows is not late and rows[-1]["sent_at"] > late[0]["sent_at"]]
+    if overlapped:
+        assert max(r["pack_size"] for r in late) > 1, [(r["step"], r["pack_size"]) for r in late]
     assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 1  # one host held the LM for all
     assert max(r["pack_size"] for rows in packed.values() for r in rows) > 1
     # members evaluating at the same step (here every step) were scored in one packed pass, at their solo perplexities
@@ -253,6 +262,32 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
                             text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     check_time_split(exp_dir, report.stdout, packed=True)
+
+
+def test_auto_packs_where_the_probe_found_a_packed_step_faster(tmp_path, tiny_model):
+    """`tune.pack: auto` resolves from the start's probe: a packed step of this search's largest trial against as many
+    separate steps, timed on the trials' device; packs where the packed step was faster, every trial alone where not."""
+    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{
+        "tune.pack": "auto", "tune.max_concurrent_trials": 3})
+    search = load_search_file(str(path))
+    threads = torch.get_num_threads()
+    try:
+        worst = {**largest_trial(search), "method": "injection"}
+        probe = probe_pack(dict(search.base), worst, "cpu", auto_cap(search), 1)
+    finally:
+        torch.set_num_threads(threads)  # this process's other tests keep theirs
+    assert (probe["k"], probe["device"]) == (3, "cpu") and probe["solo_s"] > 0 and probe["packed_s"] > 0
+    assert probe["speedup"] == pytest.approx(probe["solo_s"] / probe["packed_s"])
+    slower = plan_pack(search, {**probe, "solo_s": 0.08, "packed_s": 0.1, "speedup": 0.8})
+    assert slower.size == 1 and slower.why == ("tune.pack auto: a packed step of 3 ran x0.80 the speed of 3 separate "
+                                               "steps on this CPU (100 against 80 ms, the start's probe); auto packs "
+                                               "from x1.5 (what happens outside packed steps costs the rest); every "
+                                               "trial trains alone")
+    barely = plan_pack(search, {**probe, "solo_s": 0.12, "packed_s": 0.1, "speedup": 1.2})
+    assert barely.size == 1  # faster steps, but not by enough to pay for what a packed search does besides them
+    faster = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0})
+    assert faster.size == 3
+    assert faster.why.startswith("tune.pack auto: 3 trials share each frozen LM: a packed step of 3 ran x3.00 the speed")
 
 
 @pytest.mark.parametrize("raw, reason", [

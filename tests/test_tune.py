@@ -56,7 +56,8 @@ def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overri
         "tune": {"name": "t", "num_samples": 6, "max_concurrent_trials": 2, "seed": 0,
                  "points_to_evaluate": [{"method": "injection", "train.lr": 0.01, "adapter.prefix_len": 2, "adapter.mlp_width": 32}],
                  "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
-                 "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(storage)},
+                 "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(storage),
+                 "pack": "off"},  # tests of packing ask for it (auto would probe at each search's start)
         "mlflow": {"experiment": "test-search", "register_as": "test-adapter"},
     }
     for key, value in overrides.items():
@@ -184,7 +185,10 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert "adapter.mlp_width: choice [16, 32]  when method in ['injection']" in out
     assert "budget: 3 trials, at most 36 optimizer steps" in out
     assert "TPE-guided after 3 random trials" in out
-    assert "packing: tune.pack auto: trials run on CPUs, where a packed step was slower" in out
+    assert "packing: tune.pack: off; every trial trains alone" in out
+    code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=auto"], tmp_path)
+    assert ("packing: tune.pack auto: at the start, a probe times a packed step of 2 of this search's largest trial "
+            "against 2 separate steps on the trials' device") in out, out
     code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2"], tmp_path)
     assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in out, out
     assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in out

@@ -22,12 +22,14 @@ from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri
                         source_tags, tracker_for)
 from .callback import mlflow_callback, short_key
 from .folder import (check_same_pack, check_same_space, new_search_dir, newest_search_dir, record_pack, record_space,
-                     removed_unless_started, restore_superseded_checkpoints, search_lock)
+                     recorded_pack_size, removed_unless_started, restore_superseded_checkpoints, search_lock)
 from .cluster import (check_cluster_resources, check_local_resources, connect, forget_ray_session, record_ray_session,
                       stop_ray_leftovers, warm_caches)
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
-from .pack import PackPlan, largest_trial, needs_probe, packed_trainable, plan_pack, probe_memory, stop_hosts
+from .pack import (PackPlan, auto_cap, needs_probe, packable_methods, packed_trainable, plan_pack, prestart_host,
+                   stop_hosts)
+from .pack_probe import largest_trial, probe_pack
 from .progress import imports_line, stage_line, trial_table
 from .signals import GracefulStop
 from .study import close_study, journal_path, study_name
@@ -105,19 +107,46 @@ def registration_problem(refused: str, exp_dir: Path) -> str:
             f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model")
 
 
-def pack_plan_for(search: SearchFile, exp_dir: Path) -> PackPlan:
-    """`tune.pack` for this search; `auto` on GPUs measures the largest trial's memory first, on one GPU."""
+def pack_plan_for(search: SearchFile, exp_dir: Path, restoring: bool) -> PackPlan:
+    """`tune.pack` for this search; `auto` probes a packed step's speed (and on GPUs the memory) first, in one process
+    with one trial's resources, except where --resume restores trials Ray created in packs of the size it chose then."""
     import ray  # lazy, as in _search_in
 
     key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:10]
-    memory = None
+    if restoring and needs_probe(search):
+        size = recorded_pack_size(exp_dir)
+        if size is not None:
+            return PackPlan(size, f"tune.pack auto: {'every trial alone' if size == 1 else f'packs of {size}'}, as the "
+                                  "probe found when the search started", key)
+    probe = None
     if needs_probe(search):
-        base = dict(search.base)
+        r = search.tune.resources
+        device = "cuda" if r.gpus > 0 else "cpu"
+        worst = {**largest_trial(search), "method": packable_methods(search)[0]}
+        task = ray.remote(num_cpus=r.cpus, num_gpus=1 if r.gpus > 0 else 0, max_calls=1)(probe_pack)
         try:
-            memory = ray.get(ray.remote(num_gpus=1, max_calls=1)(probe_memory).remote(base, largest_trial(search)))
-        except Exception as exc:  # the cap then stands, and the line says why
-            print(f"packing: the memory probe failed ({first_line(exc)}); packing up to the cap", file=sys.stderr)
-    return plan_pack(search, memory, key)
+            probe = ray.get(task.remote(dict(search.base), worst, device, auto_cap(search), max(1, int(r.cpus))))
+        except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
+            return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
+    return plan_pack(search, probe, key)
+
+
+def trial_function(search: SearchFile, plan: PackPlan):
+    """What Ray runs for each trial, with the resources it asks for: packed or alone, as `plan` says (a packed search
+    on this machine's CPUs starts its host now, see `prestart_host`)."""
+    from ray import tune  # lazy, as in _search_in
+
+    r = search.tune.resources
+    base = dict(search.base)
+    if r.gpus == 0:
+        base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
+    if plan.size > 1 or search.tune.pack == "auto":  # what the probe found, also where trials then train alone
+        print(f"packing: {plan.why}", flush=True)
+    if plan.size <= 1:
+        return tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+    prestart_host(plan, search, base)
+    return tune.with_resources(tune.with_parameters(packed_trainable, base=base, plan=plan),
+                               plan.resources(r.cpus, r.gpus))
 
 
 def restores_ray_state(exp_dir: Path) -> bool:
@@ -221,8 +250,8 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                warm_seconds: float, t0: float, warm: WarmStart, promote: bool = False) -> dict:
     from ray import tune  # lazy, as in _search_in
 
-    plan = pack_plan_for(search, exp_dir)
     restoring = resume and restores_ray_state(exp_dir)
+    plan = pack_plan_for(search, exp_dir, restoring)
     if restoring:
         check_same_pack(exp_dir, search, plan.size)
     else:
@@ -234,15 +263,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                   {"search_file": str(search.path), "experiment_dir": str(exp_dir), **warm.tags(search.tune.warm_start),
                    **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
                   dataset_record(search.config))
-    r = search.tune.resources
-    base = dict(search.base)
-    if r.gpus == 0:
-        base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
-    if plan.size > 1:
-        print(f"packing: {plan.why}", flush=True)
-        fn = tune.with_resources(tune.with_parameters(packed_trainable, base=base, plan=plan), plan.resources(r.cpus, r.gpus))
-    else:
-        fn = tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
+    fn = trial_function(search, plan)
     # Ray's best-trial line looks every column up in the trial's config, so conditional
     # parameters (absent from some trials) stay out of the live table; MLflow has them all.
     unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]

@@ -131,6 +131,16 @@ def record_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
     atomic_write_text(exp_dir / PACK_FILE, json.dumps({"setting": search.tune.pack, "size": size}))
 
 
+def recorded_pack_size(exp_dir: Path) -> int | None:
+    """The pack size recorded when the search's trials were created (None: not recorded; `check_same_pack` names a
+    damaged record)."""
+    try:
+        size = json.loads((exp_dir / PACK_FILE).read_text()).get("size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
+
+
 def _pack_said(setting, size: int) -> str:
     return f"{setting!r}, " + ("every trial alone" if size == 1 else f"packs of {size}")
 

@@ -23,10 +23,8 @@ import torch
 from ..config import Config, config_from_dict
 from ..errors import first_line
 from ..fsutil import scratch_dir
-from ..methods import build_method
 from ..space import SearchFile, trial_config
-from ..train import Diverged, autocast_dtype, checkpointed_lm, precision, prepare, shared_lm, train
-from ..train.loop import SoloSteps
+from ..train import Diverged, checkpointed_lm, precision, shared_lm, train
 from ..train.packing import Left, PackedSteps, StepPack, unpackable_reason
 from .trainable import trainable
 
@@ -35,6 +33,11 @@ POLL_S = 2.0  # a trainable's heartbeat reaches its host this often (also while 
 LOST_AFTER_S = 20.0  # ... and a member whose trainable has sent none for this long is dropped (stopped or killed)
 IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
 NAMESPACE = "embinject"
+# `auto` packs only where the probe's packed step beats separate steps by this factor: a packed search also pays for
+# what happens outside its steps (members' relays, rendezvous, trial processes), and on 2 CPU cores it turned about
+# half of its step speedup into trials per hour (benchmarks.packed_search), so a packed step barely faster than
+# separate ones made the search slower
+MIN_PROBE_SPEEDUP = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,68 +57,59 @@ class PackPlan:
         return {"cpu": self.cpus_each(cpus), "gpu": self.gpus_each(gpus)}
 
 
-MEMORY_KEYS = ("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "train.batch_size", "data.seq_len")
+def packable_methods(search: SearchFile) -> list[str]:
+    """The methods this search draws whose trials can train in a pack, sorted."""
+    methods = search.choices("method", {search.config.method})
+    return sorted(m for m in methods if unpackable_reason(trial_config(search.base, {"method": m})) is None)
 
 
-def largest_trial(search: SearchFile) -> dict:
-    """The searched values that need the most activation memory (what the memory probe trains)."""
-    worst = {}
-    for p in search.params:
-        if p.key not in MEMORY_KEYS:
-            continue
-        if p.kind in ("fixed", "choice") and all(isinstance(v, (int, float)) for v in p.args):
-            worst[p.key] = max(p.args)
-        elif p.kind in ("uniform", "loguniform", "randint", "qrandint"):
-            worst[p.key] = p.args[1]
-    return worst
+def auto_cap(search: SearchFile) -> int:
+    """The largest pack `tune.pack: auto` makes here: AUTO_CAP, or fewer where fewer trials run at once."""
+    return min(AUTO_CAP, search.tune.max_concurrent_trials)
 
 
 def needs_probe(search: SearchFile) -> bool:
-    """Whether `tune.pack` resolves only once a probe measured the largest trial's memory (auto, on GPUs)."""
-    return search.tune.pack == "auto" and search.tune.resources.gpus > 0 and plan_pack(search).size > 1
+    """Whether `tune.pack` resolves only once a probe at the search's start measured it (auto, where trials pack)."""
+    return search.tune.pack == "auto" and plan_pack(search).size > 1
 
 
-def plan_pack(search: SearchFile, memory: dict | None = None, key: str = "") -> PackPlan:
-    """`tune.pack` resolved: off, a number, or auto (pack on CUDA devices only, as many as memory holds, at most 8)."""
+def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> PackPlan:
+    """`tune.pack` resolved: off, a number, or auto: packs of up to 8 (as many as run at once, and as a GPU's memory
+    holds) where the probe at the search's start (`embinject.tune.pack_probe`) found a packed step at least
+    MIN_PROBE_SPEEDUP times as fast as separate steps on this device; None: not measured yet (a dry run)."""
     t = search.tune
     setting = t.pack
-    methods = search.choices("method", {search.config.method})
     if setting == "off" or setting == 1:
         return PackPlan(1, f"tune.pack: {setting}; every trial trains alone", key)
-    packable = [m for m in methods if unpackable_reason(trial_config(search.base, {"method": m})) is None]
+    packable = packable_methods(search)
     if not packable:
-        why = unpackable_reason(trial_config(search.base, {"method": sorted(methods)[0]}))
+        first = sorted(search.choices("method", {search.config.method}))[0]
+        why = unpackable_reason(trial_config(search.base, {"method": first}))
         return PackPlan(1, f"tune.pack: {setting}, but no trial of this search can pack ({why})", key)
-    limit = f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once" \
-        if t.max_concurrent_trials < (setting if isinstance(setting, int) else AUTO_CAP) else ""
     if isinstance(setting, int):
+        limit = f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once" \
+            if t.max_concurrent_trials < setting else ""
         return PackPlan(setting, f"tune.pack: {setting} trials share each frozen LM{limit}", key)
-    if t.resources.gpus <= 0:
-        return PackPlan(1, "tune.pack auto: trials run on CPUs, where a packed step was slower than separate steps "
-                           "(x0.80, benchmarks.packing); every trial trains alone", key)
-    if memory is None:
-        return PackPlan(AUTO_CAP, f"tune.pack auto: up to {AUTO_CAP} trials share each GPU, fewer if a probe of the "
-                                  f"largest trial at start finds less memory{limit}", key)
-    fits = math.floor(0.8 * (memory["free"] - memory["lm"]) / max(memory["per_trial"], 1))
-    size = max(1, min(AUTO_CAP, fits))
-    return PackPlan(size, f"tune.pack auto: {size} trials share each GPU (the largest trial needs "
-                          f"{memory['per_trial'] / 2**20:.0f} MiB beside the {memory['lm'] / 2**20:.0f} MiB LM, "
-                          f"{memory['free'] / 2**30:.1f} GiB free; at most {AUTO_CAP}){limit}", key)
-
-
-def probe_memory(base: dict, worst: dict) -> dict:
-    """One training step of the largest trial on this process's GPU: the LM's memory and the trial's own."""
-    free, _ = torch.cuda.mem_get_info()
-    cfg = trial_config(base, {**worst, "train.device": "cuda"})
-    prep = prepare(cfg)
-    lm_bytes = torch.cuda.memory_allocated()
-    method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
-    opt = torch.optim.AdamW(method.trainable_parameters(), lr=cfg.train.lr)
-    batch = {k: v[: cfg.train.batch_size].to("cuda") for k, v in prep.train.items()}
-    torch.cuda.reset_peak_memory_stats()
-    SoloSteps().step(method, opt, batch, autocast_dtype(cfg, "cuda"), "cuda")
-    opt.step()
-    return {"free": free, "lm": lm_bytes, "per_trial": torch.cuda.max_memory_allocated() - lm_bytes}
+    cap = auto_cap(search)
+    if cap < 2:
+        return PackPlan(1, "tune.pack auto: tune.max_concurrent_trials is 1, so no two trials could share a step", key)
+    if probe is None:
+        return PackPlan(cap, f"tune.pack auto: at the start, a probe times a packed step of {cap} of this search's "
+                             f"largest trial against {cap} separate steps on the trials' device (and measures their "
+                             "memory on a GPU): they pack where the packed step is faster, else every trial trains "
+                             "alone", key)
+    k = probe["k"]
+    speed = (f"a packed step of {k} ran x{probe['speedup']:.2f} the speed of {k} separate steps on this "
+             f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
+             f"{probe['solo_s'] * 1000:.0f} ms, the start's probe)")
+    if k < 2 or probe["speedup"] < MIN_PROBE_SPEEDUP:
+        room = ("; the GPU holds one trial beside the LM" if k < 2 else
+                f"; auto packs from x{MIN_PROBE_SPEEDUP:g} (what happens outside packed steps costs the rest)")
+        return PackPlan(1, f"tune.pack auto: {speed}{room}; every trial trains alone", key)
+    memory = "" if "per_trial" not in probe else (
+        f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB beside the {probe['lm'] / 2**20:.0f} MiB LM, "
+        f"{probe['free'] / 2**30:.1f} GiB free")
+    return PackPlan(k, f"tune.pack auto: {k} trials share each frozen LM: {speed}{memory}", key)
 
 
 def host_name(plan: PackPlan, cfg: Config, node_id: str, gpu: str) -> str:
@@ -127,14 +121,17 @@ class _Member:
     def __init__(self, key: str):
         self.key = key
         self.events: queue.Queue = queue.Queue()
-        self.acked = threading.Event()
+        self.acked = threading.Event()  # no report of this member is in flight (Tune holds the last one's checkpoint)
+        self.acked.set()
+        self.in_flight: str | None = None  # the checkpoint directory of the report in flight, removed once acked
         self.last_poll = time.monotonic()
         self.gone = False
 
 
 class PackHost:
     """The actor (see the module docstring). Its methods run in a thread pool: members' threads train, trainables
-    poll `next_event` (a blocking call with a timeout) and `ack` each report once Tune holds its checkpoint."""
+    wait in `next_event` (a blocking call with a timeout, answered as soon as an event is queued) and `ack` each report
+    once Tune holds its checkpoint; a member trains on meanwhile, and its next report waits for that `ack`."""
 
     def __init__(self, model: str, device: str, dtype: str, checkpointing: bool, threads: int):
         torch.set_num_threads(max(1, threads))
@@ -181,7 +178,7 @@ class PackHost:
     def ack(self, key: str) -> None:
         member = self.members.get(key)
         if member is not None:
-            member.acked.set()
+            _release(member)
 
     def leave(self, key: str) -> None:
         with self.lock:
@@ -196,6 +193,7 @@ class PackHost:
     # ---- inside the host
     def _drop(self, member: _Member) -> None:
         member.gone = True
+        _release(member)
         self.members.pop(member.key, None)
         self.pack.leave(member.key)
         if not self.members:
@@ -218,16 +216,21 @@ class PackHost:
         steps = PackedSteps(self.pack, member.key, self.build_lock)
 
         def report(metrics: dict, write_checkpoint) -> None:
+            """The checkpoint written, the report handed to the relay, and back to training at once: the pack's
+            steps do not wait for Ray to take it (Tune's answer, stop or go on, arrives through `leave`). At most
+            one report is in flight: the next waits for the last one's acknowledgement."""
             out = Path(tempfile.mkdtemp(dir=self.work))
             try:
                 write_checkpoint(out)
-                member.acked.clear()
-                member.events.put(("report", metrics, str(out)))
                 while not member.acked.wait(0.5):
                     if member.gone:
                         raise Left(member.key)
-            finally:
+            except BaseException:
                 shutil.rmtree(out, ignore_errors=True)
+                raise
+            member.acked.clear()
+            member.in_flight = str(out)
+            member.events.put(("report", metrics, str(out)))
 
         method = None
         try:
@@ -247,8 +250,17 @@ class PackHost:
             self.pack.leave(member.key)
 
 
-def attach(plan: PackPlan, cfg: Config):
-    """This trial's host (created on this node and device if it does not exist yet)."""
+def _release(member: _Member) -> None:
+    """Its report in flight is acknowledged (Tune copied the checkpoint) or will never be: its directory goes."""
+    directory, member.in_flight = member.in_flight, None
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+    member.acked.set()
+
+
+def attach(plan: PackPlan, cfg: Config, threads: int | None = None):
+    """This trial's host (created on this node and device if it does not exist yet), whose members compute on
+    `threads` CPU threads (None: the CPUs Ray gave this trial, times the pack's size)."""
     import ray  # already imported in a trial's process: Ray runs it
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -261,10 +273,26 @@ def attach(plan: PackPlan, cfg: Config):
     if gpus:  # the host asks Ray for no GPU (its members hold the shares), so Ray would hide the device from it
         options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus[0],
                                                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    if threads is None:
+        threads = max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) * plan.size))
     return ray.remote(PackHost).options(**options).remote(cfg.model, device, cfg.train.dtype,
-                                                           cfg.train.gradient_checkpointing,
-                                                           max(1, round(cpus * plan.size)))
+                                                           cfg.train.gradient_checkpointing, threads)
+
+
+def prestart_host(plan: PackPlan, search: SearchFile, base: dict) -> None:
+    """A packed search on this machine's CPUs starts its host before its first trial: the host's process starts and
+    loads the LM while Ray starts the trials' processes, rather than after the first of them asks for it. Not where
+    the host depends on a searched value (the model, its dtype or checkpointing), and not on GPUs (one host per GPU,
+    known only once Ray gives a trial its GPU), nor through Ray Client (the trials' node is not the driver's)."""
+    import ray  # lazy, as in the driver
+    import ray.util.client
+
+    searched = {p.key for p in search.params if p.kind != "fixed"}
+    if plan.size <= 1 or search.tune.resources.gpus > 0 or ray.util.client.ray.is_connected() or \
+            searched & {"model", "train.dtype", "train.gradient_checkpointing"}:
+        return
+    cfg = trial_config(base, {"train.device": "cpu"})
+    attach(plan, cfg, max(1, round(search.tune.resources.cpus)))
 
 
 def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:
@@ -317,7 +345,9 @@ def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | No
     finally:
         alive.clear()
         if host is not None and key is not None:
-            host.leave.remote(key)
+            # out of the pack before Ray ends this process (a stopped trial's member would train on, unseen, until
+            # found lost): waited for, briefly, since a host that is gone never answers
+            ray.wait([host.leave.remote(key)], timeout=5.0)
         shutil.rmtree(work, ignore_errors=True)
 
 
