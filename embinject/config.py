@@ -9,11 +9,13 @@ import dataclasses
 import difflib
 import math
 import posixpath
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
+from .specs import MethodNames, check_method
 
 
 def choice(*options: str, default: str) -> Any:
@@ -24,7 +26,7 @@ def number(default: Any, *, min: float | None = None, max: float | None = None, 
     return field(default=default, metadata={"min": min, "max": max, "positive": positive})
 
 
-METHODS = ("baseline", "prompt", "injection", "prefix", "lora")
+METHODS = tuple(MethodNames())  # as registered when this module loads; `method:` reads them when asked (below)
 INITS = ("normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text", "interpolate")
 EMBED_SOURCES = ("window", "context", "previous")
 
@@ -129,48 +131,16 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
-        """Cross-field checks that a single field's type cannot express."""
+        """Cross-field checks that a single field's type cannot express: the method's own (its spec's, with the
+        settings of other methods it refuses), then those every method shares."""
         a, d = self.adapter, self.data
-        if self.method == "prompt" and a.prefix_len < 1:
-            raise ConfigError("adapter.prefix_len: the prompt method needs at least 1 prefix vector")
-        if self.method == "prefix" and a.prefix_len < 1:
-            raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
-        if self.method == "injection" and a.mlp_width < 1:
-            raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
-        # The baseline trains nothing and reads no adapter setting: a search's frozen-LM baseline takes its other settings
-        if a.deep_layers and self.method not in ("prompt", "baseline"):
-            raise ConfigError(f"adapter.deep_layers: deep prompts are a variant of the prompt method, not of {self.method}")
+        check_method(self, Config())
         if a.deep_layers and self.train.gradient_checkpointing:
             raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
                               "forward would run without the learned activations)")
-        if self.method == "injection" and a.inject_into == "kv" and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
-                              "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
-        if a.encoder_rank and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.encoder_rank: LoRA on the injection encoder's pass, not a setting of {self.method}")
-        if a.encoder_rank and self.method == "injection":
-            layer = a.embedding_model.removeprefix("lm-hidden:")
-            if not a.embedding_model.startswith("lm-hidden:") or not layer.isdigit() or int(layer) < 1:
-                raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
-                                  f"lm-hidden:N with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
-            if a.pooling == "resampler":
-                raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean, chunks or recent, not resampler")
-            if self.train.gradient_checkpointing:
-                raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
-                                  "encoder pass would run without its LoRA)")
-        if a.ablation != "none" and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.ablation: a control of the injection method, not a setting of {self.method}")
-        if a.ablation != "none" and a.encoder_rank and self.method == "injection":
-            raise ConfigError(f"adapter.ablation: a {a.ablation} input leaves the encoder nothing to learn from the text; "
-                              "set adapter.encoder_rank: 0 for this control")
-        if a.inject_into != "input" and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
         if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
             raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
                               "adapter.embed_source: previous (with text windows), or train.distill: 0")
-        if self.method == "prefix" and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
-                              "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
         if d.train_stride is not None and d.train_stride > d.seq_len:
             raise ConfigError(f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, got {d.train_stride}")
         if d.train_stride is not None and d.target_template is not None:
@@ -178,9 +148,6 @@ class Config:
                               "sequence each; leave data.train_stride unset")
         if d.where is not None and "=" not in d.where:
             raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
-        if d.target_template is not None and self.method == "injection":
-            raise ConfigError("data.target_template: prompt/target examples are not supported by the injection method yet; "
-                              "use text windows (leave data.target_template unset)")
         if d.target_template is None and d.prompt_template:
             raise ConfigError("data.prompt_template: only used together with data.target_template")
         if a.init == "interpolate" and not (a.init_text and a.init_text_b):
@@ -191,6 +158,16 @@ class Config:
                 f"got {a.context_tokens}"
             )
         return self
+
+
+def _choices_read_when_asked(cls: type, name: str, choices: Any) -> None:
+    """Give a field allowed values that are read when asked (`MethodNames`) rather than fixed when the class was made."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    f.metadata = types.MappingProxyType({**f.metadata, "choices": choices})
+
+
+# `method:` takes every registered method, also one registered after this module loaded (a plugin, a test's toy)
+_choices_read_when_asked(Config, "method", MethodNames())
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError, disk_full, first_line
 from ..fsutil import atomic_write_text
 from ..space import SearchFile, trial_config
+from ..specs import METHOD_SPECS
 from ..train import baseline_perplexity, prepare, release_shared_lms
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
@@ -83,8 +84,9 @@ def warm_caches(search: SearchFile) -> None:
     encoders = search.choices("adapter.embedding_model", {None})
     methods = search.choices("method", {search.config.method})
     overrides: list[dict] = [{"method": "baseline"}]
-    if "injection" in methods:
-        overrides += [{"method": "injection", **({"adapter.embedding_model": e} if e else {})} for e in encoders]
+    readers = [s.name for s in METHOD_SPECS.values() if s.needs_encoder and s.name in methods]
+    if readers:  # one warm-up per encoder, through the first searched method whose spec says it reads one
+        overrides += [{"method": readers[0], **({"adapter.embedding_model": e} if e else {})} for e in encoders]
     for extra in overrides:
         cfg = trial_config(search.base, {**extra, "train.device": "cpu"})
         prep = prepare(cfg)
