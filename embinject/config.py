@@ -131,16 +131,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
-        """Cross-field checks that a single field's type cannot express: the method's own (its spec's, with the
-        settings of other methods it refuses), then those every method shares."""
+        """Cross-field checks that a single field's type cannot express: the data's, then the method's own (its
+        spec's, with the settings of other methods it refuses), then those every method shares."""
         a, d = self.adapter, self.data
-        check_method(self, Config())
-        if a.deep_layers and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
-                              "forward would run without the learned activations)")
-        if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
-            raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
-                              "adapter.embed_source: previous (with text windows), or train.distill: 0")
         if d.train_stride is not None and d.train_stride > d.seq_len:
             raise ConfigError(f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, got {d.train_stride}")
         if d.train_stride is not None and d.target_template is not None:
@@ -150,6 +143,13 @@ class Config:
             raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
         if d.target_template is None and d.prompt_template:
             raise ConfigError("data.prompt_template: only used together with data.target_template")
+        check_method(self, Config())
+        if a.deep_layers and self.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
+                              "forward would run without the learned activations)")
+        if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
+            raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
+                              "adapter.embed_source: previous (with text windows), or train.distill: 0")
         if a.init == "interpolate" and not (a.init_text and a.init_text_b):
             raise ConfigError("adapter.init_text_b: the interpolate prior needs two texts, adapter.init_text and adapter.init_text_b")
         if d.target_template is None and a.embed_source == "context" and a.context_tokens >= d.seq_len:
