@@ -74,6 +74,19 @@ def pooling_of(adapter) -> Pooling:
     return Pooling(adapter.pooling, adapter.inject_tokens if adapter.pooling in CHUNKED else 0)
 
 
+IMPLEMENTATIONS: dict[str, type] = {}  # each encoder's class, under its spec's name (embinject.specs)
+
+
+def implements(name: str):
+    """Class decorator: the implementation of the encoder whose spec is `name`. Adding an encoder is its spec and its
+    class here: `cache_key(src, pooling)` and `build(src)`, then `encode(ids)` and `token_states(ids)`."""
+    def register(cls: type) -> type:
+        IMPLEMENTATIONS[name] = cls
+        return cls
+    return register
+
+
+@implements("fourier")
 class FourierEncoder:
     """Deterministic token-id features (Parameter-Efficient Transformer Embeddings): each id is
     normalised to [0, 1] and expanded into sin/cos at geometrically spaced frequencies, so both
@@ -105,6 +118,7 @@ class FourierEncoder:
         return FourierEncoder(len(src.tokenizer), src.fourier_features)
 
 
+@implements("lm-mean")
 class LMMeanEncoder:
     """Mean of the frozen LM's own input embeddings over the text."""
 
@@ -165,6 +179,7 @@ def lm_layer_states(lm, layer: int, ids: torch.Tensor) -> torch.Tensor:
     raise RuntimeError(f"lm-hidden:{layer}: layer {layer} never ran")
 
 
+@implements("lm-hidden")
 class LMHiddenEncoder:
     """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
     input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
@@ -231,6 +246,7 @@ class ChunkPooled:
         return torch.nn.functional.normalize(chunks, dim=-1) if getattr(self.encoder, "normalizes", False) else chunks
 
 
+@implements("sentence-transformers")
 class SentenceTransformerEncoder:
     """A sentence-transformers model; it sees the LM's tokens decoded back to text."""
 
@@ -283,13 +299,15 @@ class SentenceTransformerEncoder:
 
 
 def lm_hidden_layer(spec: str) -> int | None:
-    """N of an `lm-hidden:N` encoder spec, or None for another encoder."""
-    if not spec.startswith("lm-hidden:"):
+    """N of an encoder that reads the LM's states after layer N (`lm-hidden:N`: its spec's `lm_layers`), or None for
+    another encoder."""
+    named = encoder_spec(spec)
+    if not named.lm_layers:
         return None
     try:
-        return int(spec.split(":", 1)[1])
+        return int(named.argument_of(spec))
     except ValueError:
-        raise ConfigError(f"adapter.embedding_model: expected lm-hidden:N with N a layer number, got '{spec}'") from None
+        raise ConfigError(f"adapter.embedding_model: expected {named.name}:N with N a layer number, got '{spec}'") from None
 
 
 @dataclass(frozen=True)
@@ -304,16 +322,10 @@ class Source:
     device: str = "cpu"
 
 
-# each encoder's class, under its spec's name (embinject.specs): adding an encoder is its spec and its class here
-IMPLEMENTATIONS = {"fourier": FourierEncoder, "lm-mean": LMMeanEncoder, "lm-hidden": LMHiddenEncoder,
-                   "sentence-transformers": SentenceTransformerEncoder}
-
-
 def add_encoder(spec: EncoderSpec, implementation: type) -> None:
-    """Register an encoder from outside this module: its spec and its class (`cache_key(src, pooling)`, `build(src)`,
-    then `encode(ids)` and `token_states(ids)` as the classes above)."""
+    """Register an encoder from outside this module: its spec and its class (as `implements` says)."""
     register_encoder(spec)
-    IMPLEMENTATIONS[spec.name] = implementation
+    implements(spec.name)(implementation)
 
 
 def _implementation(value: str):

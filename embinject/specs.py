@@ -64,10 +64,9 @@ class EncoderSpec:
     def names(self, value: str) -> bool:
         return value.startswith(f"{self.name}:") if self.argument else value == self.name
 
-    def layer(self, value: str) -> Optional[int]:
-        """The layer an `lm_layers` encoder's value names (None where it names none or no number)."""
-        arg = value.split(":", 1)[1] if self.lm_layers and ":" in value else ""
-        return int(arg) if arg.isdigit() else None
+    def argument_of(self, value: str) -> str:
+        """ARG of `name:ARG` ("" for an encoder named without one)."""
+        return value.split(":", 1)[1] if self.argument else ""
 
 
 METHOD_SPECS: dict[str, MethodSpec] = {}
@@ -174,8 +173,9 @@ def _injection_encoder_rank(cfg: Any) -> None:
     a = cfg.adapter
     if not a.encoder_rank:
         return
-    layer = encoder_spec(a.embedding_model).layer(a.embedding_model)
-    if layer is None or layer < 1:
+    named = encoder_spec(a.embedding_model)
+    layer = named.argument_of(a.embedding_model)
+    if not (named.lm_layers and layer.isdigit() and int(layer) >= 1):
         trainable = _listed(f"{s.name}:N" for s in ENCODER_SPECS.values() if s.lm_layers)
         raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
                           f"{trainable} with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
