@@ -1,8 +1,8 @@
 """What each adaptation method and each encoder is, declared once, in one place each.
 
-A method's spec names the config keys it reads (a key only some methods read is refused, non-default, by the others:
-"adapter.X: a setting of the Y method, not of Z"), its own checks, and what it supports: an encoder, packed steps, a
-PEFT layout, mixing. Validation, the methods registry, packing, PEFT export, serving and the search's cache warm-up ask
+A method's spec names the config keys it reads and its own settings (set away from their defaults for a method that
+does not read them, they are refused: "adapter.X: a setting of the Y method, not of Z"), its own checks, and what it
+supports: an encoder, packed steps, a PEFT layout, mixing. Validation, the methods registry, packing, PEFT export, serving and the search's cache warm-up ask
 the spec; none of them compares method names. The implementation is `embinject/methods/<name>.py` (found by the
 spec's name); an encoder's is its class in `embinject.encoders`, registered under its spec's name.
 
@@ -58,7 +58,6 @@ class EncoderSpec:
     name: str
     argument: bool = False  # named `name:ARG`
     fallback: bool = False  # the value is a location (bundled:NAME, a hub id, a directory), not a name of ours
-    reads: tuple[str, ...] = ()  # config keys that change what it gives (part of its cache key)
     lm_layers: bool = False  # the LM's own states after layer ARG, which adapter.encoder_rank can train (ARG >= 1)
 
     def names(self, value: str) -> bool:
@@ -160,7 +159,7 @@ def _no_checkpointing_with_prefix(cfg: Any) -> None:
                           "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
 
 
-def _injection_mlp(cfg: Any) -> None:
+def _injection_mlp_and_kv(cfg: Any) -> None:
     a = cfg.adapter
     if a.mlp_width < 1:
         raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
@@ -214,7 +213,7 @@ register_method(MethodSpec(
     own_settings={"adapter.inject_into": "a setting of the injection method, not of {method}",
                   "adapter.encoder_rank": "LoRA on the injection encoder's pass, not a setting of {method}",
                   "adapter.ablation": "a control of the injection method, not a setting of {method}"},
-    checks=(_injection_mlp, _injection_encoder_rank, _injection_reads_text_windows)))
+    checks=(_injection_mlp_and_kv, _injection_encoder_rank, _injection_reads_text_windows)))
 register_method(MethodSpec(
     "prefix", reads=("adapter.prefix_len", "adapter.mlp_width", "adapter.layers", *PRIOR),
     checks=(_needs_prefix_vectors, _no_checkpointing_with_prefix), peft_format="PREFIX_TUNING", mixes=True))
@@ -225,7 +224,7 @@ register_method(MethodSpec(
 
 # ---- the encoders (their classes: embinject.encoders)
 
-register_encoder(EncoderSpec("fourier", reads=("adapter.fourier_features",)))
+register_encoder(EncoderSpec("fourier"))  # reads adapter.fourier_features
 register_encoder(EncoderSpec("lm-mean"))
 register_encoder(EncoderSpec("lm-hidden", argument=True, lm_layers=True))
 register_encoder(EncoderSpec("sentence-transformers", fallback=True))

@@ -2,13 +2,15 @@
 changed), it is validated, packed or not, exported to PEFT, mixed and warmed up as the spec says."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from embinject.config import config_from_dict, keys_help
+from embinject.config import AdapterConfig, config_from_dict, keys_help
 from embinject.config_files import load_config, resolve_paths
 from embinject.encoders import IMPLEMENTATIONS, add_encoder, encoder_key, load_encoder
 from embinject.errors import ConfigError
@@ -17,6 +19,8 @@ from embinject.methods.peft_layout import peft_unsupported, write_peft
 from embinject.specs import ENCODER_SPECS, METHOD_SPECS, EncoderSpec, MethodSpec, names_an_encoder
 from embinject.train.packing import unpackable_reason
 from embinject.train.shared import prepare
+
+from .conftest import ROOT
 
 
 class Toy(AdapterMethod):
@@ -125,3 +129,13 @@ def test_an_encoder_registered_by_its_spec_is_named_cached_and_loaded(toys, tiny
 def test_every_method_module_holds_the_class_its_spec_names():
     assert set(REGISTRY) == set(METHOD_SPECS) and all(REGISTRY[name].name == name for name in REGISTRY)
     assert all(issubclass(c, nn.Module) for c in REGISTRY.values())
+
+
+def test_every_method_spec_names_the_adapter_settings_its_module_reads():
+    """What a method module reads of `cfg.adapter` (read from its source) is in its spec's `reads` or own settings, so
+    the spec stays the one place that says which settings are whose."""
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)}
+    for name, spec in METHOD_SPECS.items():
+        source = (ROOT / "embinject" / "methods" / f"{name}.py").read_text()
+        used = set(re.findall(r"\b(?:a|cfg\.adapter|self\.cfg\.adapter)\.([a-z_]+)\b", source)) & fields
+        assert {f"adapter.{u}" for u in used} <= {*spec.reads, *spec.own_settings}, name
