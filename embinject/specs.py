@@ -2,9 +2,10 @@
 
 A method's spec names the config keys it reads and its own settings (set away from their defaults for a method that
 does not read them, they are refused: "adapter.X: a setting of the Y method, not of Z"), its own checks, and what it
-supports: an encoder, packed steps, a PEFT layout, mixing. Validation, the methods registry, packing, PEFT export, serving and the search's cache warm-up ask
-the spec; none of them compares method names. The implementation is `embinject/methods/<name>.py` (found by the
-spec's name); an encoder's is its class in `embinject.encoders`, registered under its spec's name.
+supports: an encoder, packed steps, a PEFT layout, mixing. Validation, the methods registry, packing, PEFT export,
+serving and the search's cache warm-up ask the spec; none of them compares method or encoder names. A method's
+implementation is `embinject/methods/<name>.py` (found by the spec's name); an encoder's is its class in
+`embinject.encoders`, registered under its spec's name.
 
 Light on purpose: `embinject.config` imports this module, so it imports neither torch nor any other layer's module.
 A check receives the whole `Config` and raises `ConfigError` naming the key.
@@ -30,7 +31,8 @@ class MethodSpec:
     # that reads the key takes it as well; the others say this
     own_settings: dict[str, str] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()  # its own cross-field checks, run when it is the config's method
-    trains: bool = True  # False: the frozen LM itself, which reads no adapter setting (a search's baseline) and refuses none
+    # False: the frozen LM itself, which reads no adapter setting (a search's baseline) and refuses none
+    trains: bool = True
     needs_encoder: bool = False  # its batches carry an encoder's embedding of each window's text
     unpacked: Answer = lambda cfg: None  # why a trial of it trains alone rather than in a pack (None: it packs)
     peft_format: Optional[str] = None  # PEFT's name for its layout (PROMPT_TUNING, PREFIX_TUNING, LORA), None: none
@@ -46,8 +48,9 @@ class MethodSpec:
 
     def why_no_peft(self, cfg: Any) -> Optional[str]:
         if self.peft_format is None:
-            return (f"PEFT has no layout for {self.name} adapters (only {_listed(s.title for s in methods_with_peft())}); "
-                    "use the adapter directory with embinject, or its MLflow model")
+            known = _listed(s.title for s in methods_with_peft())
+            return (f"PEFT has no layout for {self.name} adapters (only {known}); use the adapter directory with "
+                    "embinject, or its MLflow model")
         return self.no_peft(cfg)
 
 
@@ -218,8 +221,10 @@ register_method(MethodSpec(
     "prefix", reads=("adapter.prefix_len", "adapter.mlp_width", "adapter.layers", *PRIOR),
     checks=(_needs_prefix_vectors, _no_checkpointing_with_prefix), peft_format="PREFIX_TUNING", mixes=True))
 register_method(MethodSpec(
-    "lora", label="LoRA", reads=("adapter.rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.target_modules"),
-    unpacked=lambda cfg: "LoRA changes the frozen LM's own layers, which every member of a pack shares", peft_format="LORA"))
+    "lora", label="LoRA",
+    reads=("adapter.rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.target_modules"),
+    unpacked=lambda cfg: "LoRA changes the frozen LM's own layers, which every member of a pack shares",
+    peft_format="LORA"))
 
 
 # ---- the encoders (their classes: embinject.encoders)

@@ -46,8 +46,10 @@ def _at_least_two(cfg):
         raise ConfigError("adapter.prefix_len: the toy method needs 2 vectors or more")
 
 
-TOY = MethodSpec("toy", reads=("adapter.prefix_len",), own_settings={"adapter.layers": "a setting of the toy method, not of {method}"},
-                 checks=(_at_least_two,), unpacked=lambda cfg: "toys train alone", peft_format="PROMPT_TUNING", mixes=True)
+TOY = MethodSpec("toy", reads=("adapter.prefix_len",),
+                 own_settings={"adapter.layers": "a setting of the toy method, not of {method}"},
+                 checks=(_at_least_two,), unpacked=lambda cfg: "toys train alone", peft_format="PROMPT_TUNING",
+                 mixes=True)
 
 
 class ToyEncoder:
