@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from embinject.config import AdapterConfig, config_from_dict, keys_help
@@ -16,9 +17,11 @@ from embinject.encoders import IMPLEMENTATIONS, add_encoder, encoder_key, load_e
 from embinject.errors import ConfigError
 from embinject.methods import REGISTRY, AdapterMethod, add_method, build_method, mix_adapters
 from embinject.methods.peft_layout import peft_unsupported, write_peft
+from embinject.space import load_search_file
 from embinject.specs import ENCODER_SPECS, METHOD_SPECS, EncoderSpec, MethodSpec, names_an_encoder
 from embinject.train.packing import unpackable_reason
 from embinject.train.shared import prepare
+from embinject.tune.cluster import warm_caches
 
 from .conftest import ROOT
 
@@ -141,3 +144,19 @@ def test_every_method_spec_names_the_adapter_settings_its_module_reads():
         source = (ROOT / "embinject" / "methods" / f"{name}.py").read_text()
         used = set(re.findall(r"\b(?:a|cfg\.adapter|self\.cfg\.adapter)\.([a-z_]+)\b", source)) & fields
         assert {f"adapter.{u}" for u in used} <= {*spec.reads, *spec.own_settings}, name
+
+
+def test_the_search_warms_the_encoder_cache_for_a_method_whose_spec_reads_an_encoder(tiny_model, tmp_path, monkeypatch):
+    """The driver computes each encoder's embeddings once before the trials start, for whichever method the spec says
+    reads them (before specs it asked for `injection` by name, and another such method's trials each encoded alone)."""
+    monkeypatch.setitem(METHOD_SPECS, "reader", MethodSpec("reader", needs_encoder=True))
+    monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({
+        "model": tiny_model, "method": "reader",
+        "data": {"seq_len": 32, "train_samples": 16, "val_samples": 8},
+        "adapter": {"fourier_features": 16, "context_tokens": 8}, "train": {"max_steps": 12},
+        "search": {"adapter.embedding_model": {"choice": ["fourier", "lm-mean"]}},
+        "tune": {"storage_path": str(tmp_path / "runs")}}))
+    warm_caches(load_search_file(search))
+    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 4  # 2 encoders x (training, validation)
