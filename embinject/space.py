@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import OBJECTIVE_METRICS, Config, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, settings_from_dict
-from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_paths, set_dotted
+from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_location, resolve_paths, set_dotted
 from .errors import ConfigError
-from .fsutil import resolve_local, resolve_tracking_uri
+from .fsutil import resolve_tracking_uri
 
 DISTRIBUTIONS = {"choice": None, "uniform": 2, "loguniform": 2, "randint": 2, "qrandint": 3}
 TOP_LEVEL = {"search", "tune", "mlflow"}
@@ -260,7 +260,7 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
     params = parse_space(raw.get("search"))
     for p in params:  # searched local paths (e.g. encoder directories) resolve like the base config's
         if p.key in PATH_KEYS and p.kind in ("fixed", "choice"):
-            p.args = [resolve_local(v) for v in p.args]
+            p.args = [resolve_location(v) for v in p.args]
     tune = settings_from_dict(TuneSettings, raw.get("tune"), "tune")
     mlflow = settings_from_dict(MlflowSettings, raw.get("mlflow"), "mlflow")
     if "://" not in tune.storage_path:
@@ -289,7 +289,7 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
             except ConfigError as exc:
                 raise ConfigError(f"tune.points_to_evaluate[{i}].{exc}") from None
             if key in PATH_KEYS:
-                point[key] = resolve_local(value)
+                point[key] = resolve_location(value)
     # Every fixed choice must make a valid training config on its own (catches e.g. context_tokens >= seq_len).
     for p in params:
         candidates = p.args if p.kind in ("fixed", "choice") else p.args[:2]

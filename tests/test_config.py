@@ -82,7 +82,7 @@ def test_the_names_config_validation_refuses_are_those_mlflow_refuses():
     from mlflow.exceptions import MlflowException
     from mlflow.utils.validation import _validate_experiment_name, _validate_model_name
 
-    from embinject.config import experiment_name_problem, registered_model_name_problem
+    from embinject.mlflow_names import experiment_name_problem, registered_model_name_problem
 
     def refused(validator, name) -> bool:
         try:

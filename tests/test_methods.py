@@ -26,12 +26,13 @@ from embinject.train import autocast_dtype, eval_subset, precision, prepare, tra
 from embinject.train.distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
 from embinject.train.evaluation import perplexity, window_nll
 from embinject.train.generation import generate
+from embinject.specs import METHOD_SPECS
 from embinject.train.loop import SoloSteps
 import embinject.train.loop as T
 
 from .conftest import ROOT
 
-METHODS = ["baseline", "prompt", "injection", "prefix", "lora"]
+METHODS = list(METHOD_SPECS)  # every registered method: a new one (its module and its spec) is tested here too
 
 
 def cfg_for(overrides, method, *extra):

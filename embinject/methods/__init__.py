@@ -1,21 +1,39 @@
-"""Adaptation methods, one module each, behind the `AdapterMethod` interface."""
+"""Adaptation methods, one module each, behind the `AdapterMethod` interface.
+
+Method X is `embinject/methods/X.py`, an `AdapterMethod` subclass named X, declared by its spec in `embinject.specs`:
+this package imports the module of every spec registered there, and a method registered later (a plugin, a test's
+toy) is added with `add_method`.
+"""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import config_from_dict
 from ..errors import ConfigError
+from ..specs import METHOD_SPECS, MethodSpec, method_spec, mixing_methods, register_method
 from .base import ADAPTER_CONFIG, AdapterMethod, scored_nll
-from .baseline import Baseline
-from .injection import Injection
-from .lora import LoRA
-from .prefix import Prefix, mix_prefixes
-from .prompt import Prompt
+from .prefix import mix_prefixes
 
-REGISTRY: dict[str, type[AdapterMethod]] = {m.name: m for m in (Baseline, Prompt, Injection, Prefix, LoRA)}
+
+def _implementation(module) -> type[AdapterMethod]:
+    name = module.__name__.rsplit(".", 1)[1]
+    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, AdapterMethod) and v.name == name]
+    if len(found) != 1:
+        raise TypeError(f"{module.__name__}: expected one AdapterMethod subclass named {name!r}, found {len(found)}")
+    return found[0]
+
+
+# the method modules are named by the specs, not listed here: adding a method is its module and its spec
+REGISTRY: dict[str, type[AdapterMethod]] = {
+    name: _implementation(importlib.import_module(f"{__name__}.{name}")) for name in list(METHOD_SPECS)}
+
+
+def add_method(spec: MethodSpec, implementation: type[AdapterMethod]) -> None:
+    """Register a method from outside this package: its spec (validation, packing, export read it) and its class."""
+    register_method(spec)
+    REGISTRY[spec.name] = implementation
 
 
 def build_method(cfg, lm, encoder_dim=None, tokenizer=None) -> AdapterMethod:
@@ -38,7 +56,7 @@ def read_adapter_config(directory: str | Path) -> dict:
     dim = meta.get("encoder_dim")
     if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
         raise ConfigError(f"{path}: 'encoder_dim' must be a positive integer, got {dim!r}")
-    if REGISTRY[meta["method"]].needs_encoder and dim is None:
+    if method_spec(meta["method"]).needs_encoder and dim is None:
         raise ConfigError(f"{path}: an {meta['method']} adapter needs 'encoder_dim'")
     try:
         meta["parsed_config"] = config_from_dict(meta["config"])
@@ -48,22 +66,12 @@ def read_adapter_config(directory: str | Path) -> dict:
 
 
 def mix_adapters(a: AdapterMethod, b: AdapterMethod, alpha: float) -> AdapterMethod:
-    """`alpha * a + (1 - alpha) * b` for two adapters of the same method and shape (controlled generation):
-    prefixes mix in key/value space, soft prompts in input space."""
-    if a.name != b.name or a.name not in ("prompt", "prefix"):
-        raise ConfigError(f"--mix: mixing is defined for two prompt or two prefix adapters, got {a.name} and {b.name}")
-    if isinstance(a, Prefix):
-        if a.prefix_kv().shape != b.prefix_kv().shape:
-            raise ConfigError(f"--mix: the prefixes differ in shape ({list(a.prefix_kv().shape)} vs {list(b.prefix_kv().shape)})")
-        return mix_prefixes(a, b, alpha)
-    if a.prompt.shape != b.prompt.shape or (a.deep is None) != (b.deep is None):
-        raise ConfigError(f"--mix: the prompts differ in shape ({list(a.prompt.shape)} vs {list(b.prompt.shape)})")
-    mixed = Prompt(a.cfg, a.lm, a.encoder_dim, a.tokenizer)
-    with torch.no_grad():
-        mixed.prompt.copy_(alpha * a.prompt + (1 - alpha) * b.prompt)
-        if a.deep is not None:
-            mixed.deep.copy_(alpha * a.deep + (1 - alpha) * b.deep)
-    return mixed
+    """`alpha * a + (1 - alpha) * b` for two adapters of the same method and shape (controlled generation), for the
+    methods whose spec says they mix: prefixes mix in key/value space, soft prompts in input space."""
+    if a.name != b.name or not method_spec(a.name).mixes:
+        kinds = " or ".join(f"two {s.name}" for s in mixing_methods())
+        raise ConfigError(f"--mix: mixing is defined for {kinds} adapters, got {a.name} and {b.name}")
+    return a.mixed_with(b, alpha)
 
 
 def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
@@ -77,5 +85,5 @@ def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
         raise
 
 
-__all__ = ["AdapterMethod", "REGISTRY", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes", "mix_adapters",
+__all__ = ["AdapterMethod", "REGISTRY", "add_method", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes", "mix_adapters",
            "ADAPTER_CONFIG"]

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError, first_line
 from ..fsutil import atomic_save_tensors, atomic_write_text
+from ..specs import METHOD_SPECS
 from .peft_layout import peft_unsupported, write_peft
 from .priors import init_vectors
 
@@ -87,7 +88,6 @@ class AdapterMethod(nn.Module):
     (input-level prefix) and/or `past_key_values` (per-layer prefix)."""
 
     name = ""
-    needs_encoder = False
     changes_lm = False  # True where loading puts the method's layers into the LM's own modules (LoRA)
 
     def __init__(self, cfg: Config, lm: nn.Module, encoder_dim: int | None = None, tokenizer=None):
@@ -97,6 +97,12 @@ class AdapterMethod(nn.Module):
         object.__setattr__(self, "lm", lm)  # not a submodule: the frozen LM is not adapter state
         object.__setattr__(self, "tokenizer", tokenizer)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # adapter init is seeded
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether its batches carry an encoder's embedding of the text (its spec says; an unregistered helper does not)."""
+        spec = METHOD_SPECS.get(self.name)
+        return spec is not None and spec.needs_encoder
 
     def init_prefix(self, n: int) -> nn.Parameter:
         """`n` input-level vectors drawn from the configured prior over the vocabulary."""
@@ -213,6 +219,10 @@ class AdapterMethod(nn.Module):
         device = next(iter(self.lm.parameters())).device
         self.load_adapter_state({k: v.to(device) for k, v in state.items()})
         return self
+
+    def mixed_with(self, other: "AdapterMethod", alpha: float) -> "AdapterMethod":
+        """`alpha * self + (1 - alpha) * other`, another adapter of this method (methods whose spec says they mix)."""
+        raise NotImplementedError(f"{self.name} adapters do not mix")
 
     def disabled(self) -> contextlib.AbstractContextManager:
         """Within it, the shared LM is the frozen model alone (only LoRA changes the LM object itself)."""

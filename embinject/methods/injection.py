@@ -26,7 +26,6 @@ from .prefix import activation_kv, kv_cache, kv_shape
 
 class Injection(AdapterMethod):
     name = "injection"
-    needs_encoder = True
 
     def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None):
         super().__init__(cfg, lm, encoder_dim, tokenizer)

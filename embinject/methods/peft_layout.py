@@ -17,9 +17,7 @@ from torch import nn
 from ..errors import ConfigError, warn
 from ..fsutil import staged_dir
 from ..models import hub_model_id
-
-
-PEFT_FORMATS = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING", "lora": "LORA"}
+from ..specs import method_spec
 
 
 def base_model_reference(model: str, quiet: bool = False) -> str:
@@ -34,13 +32,8 @@ def base_model_reference(model: str, quiet: bool = False) -> str:
 
 
 def peft_unsupported(method: nn.Module) -> str | None:
-    """Why this adapter has no PEFT layout, or None."""
-    if method.name not in PEFT_FORMATS:
-        return (f"PEFT has no layout for {method.name} adapters (only prompt, prefix and LoRA); use the adapter "
-                "directory with embinject, or its MLflow model")
-    if method.name == "prompt" and getattr(method, "deep", None) is not None:
-        return "PEFT has no layout for deep prompts (adapter.deep_layers: learned activations inside the LM)"
-    return None
+    """Why this adapter has no PEFT layout (its spec says), or None."""
+    return method_spec(method.name).why_no_peft(method.cfg)
 
 
 def _prompt_files(method, base: str) -> tuple[dict, dict]:
@@ -74,18 +67,31 @@ def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False) ->
     directory = Path(directory)
     base = base_model_reference(method.cfg.model, quiet)
     with staged_dir(directory) as staged:
-        if method.name == "lora":
-            method.peft_model.save_pretrained(str(staged), selected_adapters=[method.adapter_name])
-            cfg_file = staged / "adapter_config.json"
-            config = json.loads(cfg_file.read_text())
-            config["base_model_name_or_path"] = base
-            cfg_file.write_text(json.dumps(config, indent=2))
-        else:
-            config, tensors = (_prompt_files if method.name == "prompt" else _prefix_files)(method, base)
-            save_file(tensors, str(staged / "adapter_model.safetensors"))
-            (staged / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        WRITERS[method_spec(method.name).peft_format](method, staged, base)
         (staged / "README.md").write_text(_readme(method, base))
     return directory
+
+
+def _write_tables(files):
+    """A writer of PEFT's config and tensors as `files(method, base)` gives them."""
+    def write(method, staged: Path, base: str) -> None:
+        config, tensors = files(method, base)
+        save_file(tensors, str(staged / "adapter_model.safetensors"))
+        (staged / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return write
+
+
+def _write_lora(method, staged: Path, base: str) -> None:
+    """PEFT writes its own LoRA; the base model it names is made one anyone can resolve."""
+    method.peft_model.save_pretrained(str(staged), selected_adapters=[method.adapter_name])
+    cfg_file = staged / "adapter_config.json"
+    config = json.loads(cfg_file.read_text())
+    config["base_model_name_or_path"] = base
+    cfg_file.write_text(json.dumps(config, indent=2))
+
+
+# PEFT's layouts, by the name a method's spec gives (`peft_format`): a new method in one of them needs no change here
+WRITERS = {"PROMPT_TUNING": _write_tables(_prompt_files), "PREFIX_TUNING": _write_tables(_prefix_files), "LORA": _write_lora}
 
 
 def _readme(method: nn.Module, base: str) -> str:
@@ -94,7 +100,7 @@ def _readme(method: nn.Module, base: str) -> str:
         note = (f"\nThis adapter was trained on embinject's bundled `{method.cfg.model}`: a Q4_1 (4-bit GGUF) "
                 f"quantisation of `{base}`, dequantised to float32. On the original `{base}` weights it behaves "
                 "nearly, not exactly, the same.\n")
-    return (f"# {PEFT_FORMATS[method.name].lower().replace('_', ' ')} adapter exported by embinject\n\n"
+    return (f"# {method_spec(method.name).peft_format.lower().replace('_', ' ')} adapter exported by embinject\n\n"
             f"Base model: `{base}`.\n{note}\n"
             "```python\nfrom peft import AutoPeftModelForCausalLM\n"
             "model = AutoPeftModelForCausalLM.from_pretrained(\"THIS_DIRECTORY\")\n```\n")

@@ -76,6 +76,12 @@ class Prefix(AdapterMethod):
     def past_key_values(self, batch: dict):
         return kv_cache(self.prefix_kv_rows(batch), self.lm)
 
+    def mixed_with(self, other: "Prefix", alpha: float) -> "Prefix":
+        """Prefixes mix in key/value space."""
+        if self.prefix_kv().shape != other.prefix_kv().shape:
+            raise ConfigError(f"--mix: the prefixes differ in shape ({list(self.prefix_kv().shape)} vs {list(other.prefix_kv().shape)})")
+        return mix_prefixes(self, other, alpha)
+
 
 def mix_prefixes(a: Prefix, b: Prefix, alpha: float) -> Prefix:
     """`alpha * a + (1 - alpha) * b` in key/value space, for controlled generation."""

@@ -32,6 +32,17 @@ class Prompt(AdapterMethod):
             L = len(layers)
             self.deep = nn.Parameter(torch.stack([hidden[i][0] for i in range(L - n, L)]).clone())  # [N, P, d]
 
+    def mixed_with(self, other: "Prompt", alpha: float) -> "Prompt":
+        """Soft prompts mix in input space (deep prompts' activations too)."""
+        if self.prompt.shape != other.prompt.shape or (self.deep is None) != (other.deep is None):
+            raise ConfigError(f"--mix: the prompts differ in shape ({list(self.prompt.shape)} vs {list(other.prompt.shape)})")
+        mixed = type(self)(self.cfg, self.lm, self.encoder_dim, self.tokenizer)
+        with torch.no_grad():
+            mixed.prompt.copy_(alpha * self.prompt + (1 - alpha) * other.prompt)
+            if self.deep is not None:
+                mixed.deep.copy_(alpha * self.deep + (1 - alpha) * other.deep)
+        return mixed
+
     def decoder_layers(self) -> nn.ModuleList:
         return self.lm.get_decoder().layers
 

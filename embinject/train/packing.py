@@ -34,16 +34,14 @@ from ..config import Config
 from ..errors import ConfigError
 from ..methods import AdapterMethod
 from ..methods.base import cache_kwargs, window_sums
+from ..specs import method_spec
 
 
 def unpackable_reason(cfg: Config) -> str | None:
-    """Why a trial with this config trains alone rather than in a pack (None: it packs)."""
-    if cfg.method == "lora":
-        return "LoRA changes the frozen LM's own layers, which every member of a pack shares"
-    if cfg.method == "baseline":
-        return "the baseline trains nothing"
-    if cfg.adapter.deep_layers:
-        return "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
+    """Why a trial with this config trains alone rather than in a pack (its method's spec says; None: it packs)."""
+    reason = method_spec(cfg.method).unpacked(cfg)
+    if reason:
+        return reason
     if cfg.train.distill:
         return "a packed step scores the NLL alone (train.distill adds the teacher's term per trial)"
     return None

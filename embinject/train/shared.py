@@ -16,9 +16,9 @@ from ..data import Windows, build_windows, select_windows
 from ..encoders import cached_embeddings, check_lm_layer, encoder_key, lm_hidden_layer, load_encoder, pooling_of
 from ..errors import ConfigError, first_line
 from ..fsutil import atomic_write_text, discard_corrupt
-from ..methods import REGISTRY
 from ..methods.baseline import Baseline
 from ..models import FrozenLM, cache_dir, load_frozen_lm, tokenizer_fingerprint
+from ..specs import method_spec
 from . import precision
 from .distill import cached_teacher
 from .evaluation import perplexity
@@ -101,7 +101,7 @@ def prepare(cfg: Config) -> Prepared:
     train = {"input_ids": train_w.tokens, "labels": scored_labels(train_w, cfg)}
     val = {"input_ids": val_w.tokens, "labels": scored_labels(val_w, cfg)}
     encoder_dim = None
-    if REGISTRY[cfg.method].needs_encoder:
+    if method_spec(cfg.method).needs_encoder:
         a = cfg.adapter
         pooling = pooling_of(a)
         key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, pooling)
@@ -124,7 +124,7 @@ def prepare(cfg: Config) -> Prepared:
                 mean = train["sentence_embedding"].mean(0, keepdim=True)
                 for i, split in enumerate((train, val)):
                     split["sentence_embedding"] = ablated(split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i)
-    if cfg.train.distill and cfg.method != "baseline":  # the teacher only ever trains an adapter
+    if cfg.train.distill and method_spec(cfg.method).trains:  # the teacher only ever trains an adapter
         train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
                                     autocast_dtype(cfg, device)))
     return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)

@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError, disk_full, first_line
 from ..fsutil import atomic_write_text
 from ..space import SearchFile, trial_config
+from ..specs import METHOD_SPECS
 from ..train import baseline_perplexity, prepare, release_shared_lms, resolve_device, shared_lm
 from .progress import stage
 
@@ -88,8 +89,10 @@ def warm_caches(search: SearchFile) -> None:
         shared_lm(base.model, resolve_device(base.train.device))  # converted once (GGUF, hub), then read from the cache
     with stage("data windows and the frozen model's perplexity"):
         baseline_perplexity(prepare(base), base)
-    for encoder in sorted(encoders, key=str) if "injection" in methods else ():
-        cfg = trial_config(search.base, {"method": "injection", "train.device": "cpu",
+    # one warm-up per encoder, through the first searched method whose spec says it reads one
+    readers = [s.name for s in METHOD_SPECS.values() if s.needs_encoder and s.name in methods]
+    for encoder in sorted(encoders, key=str) if readers else ():
+        cfg = trial_config(search.base, {"method": readers[0], "train.device": "cpu",
                                          **({"adapter.embedding_model": encoder} if encoder else {})})
         with stage(f"encoder {cfg.adapter.embedding_model} and its sentence embeddings"):
             baseline_perplexity(prepare(cfg), cfg)

@@ -26,6 +26,7 @@ from embinject.errors import ConfigError
 from embinject.fsutil import atomic_write_text
 from embinject.methods.base import AdapterMethod
 from embinject.models import cache_root
+from embinject.specs import method_spec
 from embinject.train import Diverged, ablated, encoder_ids, prepare, scored_labels, train
 from embinject.train.evaluation import window_nll
 from embinject.train.precision import cpu_bf16_fast
@@ -94,9 +95,10 @@ def test_inputs(prep, cfg, docs: list[str]) -> dict[str, torch.Tensor]:
     and (for injection) the encoder's embedding of them."""
     w = select_windows(tokenize_documents(docs, prep.lm.tokenizer, cfg.data.seq_len), 10**9, "previous", "test")
     inputs = {"input_ids": w.tokens, "labels": scored_labels(w, cfg), "previous_ids": w.previous}
-    if cfg.method == "injection" and cfg.adapter.encoder_rank:  # the adapter's own encoder reads the text's ids
+    reads_text = method_spec(cfg.method).needs_encoder
+    if reads_text and cfg.adapter.encoder_rank:  # the adapter's own encoder reads the text's ids
         inputs["encoder_ids"] = encoder_ids(w, cfg)
-    elif cfg.method == "injection":
+    elif reads_text:
         a, lm = cfg.adapter, prep.lm
         pooling = pooling_of(a)
         key = encoder_key(a.embedding_model, lm.tokenizer, a.fourier_features, lm.path, pooling)

@@ -30,6 +30,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.train.generation import generate
 from embinject.methods import build_method
 from embinject.methods.baseline import Baseline
+from embinject.specs import method_spec
 from embinject.train import prepare, shared_lm, train
 from experiments.common import experiment_parser, log_result, machine, parse_experiment_args, run_or_reload
 from experiments.stats import holm
@@ -56,7 +57,7 @@ def make_config(args, task: str, prior: str, seed: int, method: str = "prompt") 
     set_dotted(raw, "adapter.init_text", args.cluster_text["sciq_qa"])
     set_dotted(raw, "adapter.init_text_b", args.cluster_text["basic_arithmetic"])
     set_dotted(raw, "train.seed", seed)
-    if method == "prompt":
+    if method_spec(method).reads_key("adapter.deep_layers"):
         set_dotted(raw, "adapter.deep_layers", args.deep_layers)
     for item in args.overrides:
         set_dotted(raw, *parse_override(item))
