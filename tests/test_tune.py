@@ -31,6 +31,7 @@ from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
 from embinject.tune.budget import asha_rungs
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
+from embinject.tune.internals import asha_rungs as scheduler_rungs, searcher_study
 from embinject.tune.results import pareto_front
 from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
 from embinject.tune.study import close_study
@@ -242,7 +243,7 @@ def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
     from ray.tune.schedulers import ASHAScheduler
 
     asha = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=grace, reduction_factor=factor)
-    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in scheduler_rungs(asha))
 
 
 @pytest.mark.parametrize("flags, said", [
@@ -513,14 +514,14 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
     (tmp_path / "probe").mkdir()
     searcher = make_searcher(same, tmp_path / "probe", warm)
-    study = searcher.searcher._ot_study
+    study = searcher_study(searcher.searcher)
     earlier = [t for t in study.trials if t.user_attrs.get("warm_start")]
     assert len(earlier) == 6 and len(study.trials) == 6  # the search file's own starting point waits to be asked for
     searcher.save(str(tmp_path / "searcher.pkl"))  # what --resume restores: the study with the earlier trials in it
     (tmp_path / "probe-restored").mkdir()
     restored = make_searcher(load_search_file(path), tmp_path / "probe-restored")
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert sum(bool(t.user_attrs.get("warm_start")) for t in restored.searcher._ot_study.trials) == 6
+    assert sum(bool(t.user_attrs.get("warm_start")) for t in searcher_study(restored.searcher).trials) == 6
     assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
         pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
 
