@@ -24,8 +24,8 @@ from embinject.methods import load_method
 from embinject.models import load_frozen_lm
 from embinject.plots import ScoredTrial, optimization_history_figure, parallel_coordinate_figure, search_plots
 from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
-from embinject.tracking import TIME_SPLIT, WALL, mlflow_global_uris
-from embinject.tracking.tracker import champion_move
+from embinject.tracking import TIME_SPLIT, WALL, logged_model_name, mlflow_global_uris
+from embinject.tracking.champion import champion_move
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
@@ -415,6 +415,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     by_run = {m.source_run_id: m for m in models}
     assert len(models) == min(3, len(ranked)) and set(by_run) == {c.info.run_id for c in ranked[:3]}
     assert by_run[winner.info.run_id].tags["rank"] == "1" and all(m.status == "READY" for m in models)
+    assert [by_run[c.info.run_id].name for c in ranked[:3]] == \
+        [f"t-rank{i}-{c.data.tags['trial_id']}" for i, c in enumerate(ranked[:3], 1)]  # named by search, rank and trial
     runner_up = by_run[ranked[1].info.run_id]
     assert [m.value for m in runner_up.metrics if m.key == "best_val_perplexity"] == \
         [pytest.approx(ranked[1].data.metrics["best_val_perplexity"])]
@@ -468,6 +470,15 @@ def test_the_champion_alias_stays_with_a_version_a_new_search_does_not_beat(tmp_
 SAME = {"model": "m", "data": "builtin:python-docs", "data_digest": "d1", "scored_tokens": "all",
         "metric": "val_perplexity", "mode": "min"}
 KEPT = "version 2 of a is registered without the alias champion, which stays on version 1: "
+
+
+@pytest.mark.parametrize("search, expected", [("quickstart", "quickstart-rank1-d95cd911"),
+                                              ("v1.2/a:b%c'd\"e", "v1-2-a-b-c-d-e-rank1-d95cd911")])
+def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(search, expected):
+    from mlflow.utils.validation import _validate_logged_model_name  # MLflow's own rule (records replicates it)
+
+    assert logged_model_name(search, 1, "d95cd911") == expected
+    _validate_logged_model_name(expected)  # raises where MLflow refuses it
 
 
 @pytest.mark.parametrize("old, new, promote, moved, line", [
@@ -964,6 +975,9 @@ def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fa
     assert [r[0] for r in rows] == ["trainable_t3", "trainable_t5", "trainable_t2", "trainable_t1", "trainable_t4"]
     assert [t.trial_id for t in progress.finished_last_by_metric(trials, "val_perplexity", "max")][1:3] == ["t2", "t5"]
     assert progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "ppl"}, 20)._sort_by_metric is False
+    live = progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "ppl"}, 20)
+    live.setup(start_time=0.0, total_samples=5, metric="val_perplexity", mode="min")  # as Ray hands it the search's
+    assert (live.sort_metric, live.sort_mode) == ("val_perplexity", "min")
 
 
 def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(tmp_path):
