@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
               "stopped with its finished trials and checkpoints kept. Free some space, then resume with: "
               f"{shlex.join(_resume_command(args))}", file=sys.stderr)
         return 1
+    return _print_outcome(outcome, search, args)
+
+
+def _print_outcome(outcome: dict, search: SearchFile, args: argparse.Namespace) -> int:
+    """The search's closing lines (its best trial, where its records and models are); the command's exit status."""
     print()
     if outcome.get("interrupted"):
         again = _resume_command(args)
