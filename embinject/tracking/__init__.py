@@ -1,5 +1,6 @@
 """MLflow at the edge: the store (`store`), what a search records (`records`) and the journal-backed
-writer of a search's runs and registry versions (`tracker`). Nothing below this package imports MLflow."""
+writer of a search's runs and registry versions (`tracker`, which sends its journal's records through `apply`; which
+version holds the alias champion: `champion`). Nothing below this package imports MLflow."""
 from .earlier import earlier_searches
 from .records import (TIME_SPLIT, WALL, champion_identity, curve_value, dataset_record, flatten, logged_model_name, readable,
                       source_tags)
