@@ -105,7 +105,7 @@ def interleave(fns: dict, reps: int, device: str = "cpu") -> dict[str, list[floa
     return times
 
 
-def main(argv=None) -> int:
+def _args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled:smollm2-135m")
     p.add_argument("--data", default="builtin:python-docs")
@@ -117,7 +117,11 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=OUT / "step.json")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
     dev = args.device
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 

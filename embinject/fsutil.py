@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import load_file, save_file
-
 from .errors import ConfigError, first_line, warn
 
 
@@ -103,6 +101,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
+    from safetensors.torch import save_file  # lazy: torch (seconds) only where tensors are written, not to read a config
+
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 
 
@@ -148,6 +148,8 @@ def cached_tensors(file: Path, make: Callable[[], dict], problem: Callable[[dict
     """The tensors kept in the cache entry `file`, or `make()`'s, kept there for the next caller. An entry that cannot
     be read or that `problem` finds wrong is named, deleted and rebuilt; one over MAX_CACHED_BYTES is not kept (one
     line names `what`)."""
+    from safetensors.torch import load_file  # lazy, as in atomic_save_tensors
+
     if file.is_file():
         try:
             kept = load_file(str(file))

@@ -25,13 +25,14 @@ from embinject.methods import load_method
 from embinject.models import load_frozen_lm
 from embinject.plots import ScoredTrial, optimization_history_figure, parallel_coordinate_figure, search_plots
 from embinject.space import DefineByRun, load_search_file, parse_space, trial_config
-from embinject.tracking import TIME_SPLIT, WALL, mlflow_global_uris
-from embinject.tracking.tracker import champion_move
+from embinject.tracking import TIME_SPLIT, WALL, logged_model_name, mlflow_global_uris
+from embinject.tracking.champion import champion_move
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
 from embinject.tune import __main__ as tune_cli, progress
 from embinject.tune.budget import asha_rungs
 from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
+from embinject.tune.internals import asha_rungs as scheduler_rungs, searcher_study
 from embinject.tune.results import pareto_front
 from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
 from embinject.tune.study import close_study
@@ -247,7 +248,7 @@ def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
     from ray.tune.schedulers import ASHAScheduler
 
     asha = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=grace, reduction_factor=factor)
-    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in scheduler_rungs(asha))
 
 
 @pytest.mark.parametrize("flags, said", [
@@ -433,6 +434,8 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     by_run = {m.source_run_id: m for m in models}
     assert len(models) == min(3, len(ranked)) and set(by_run) == {c.info.run_id for c in ranked[:3]}
     assert by_run[winner.info.run_id].tags["rank"] == "1" and all(m.status == "READY" for m in models)
+    assert [by_run[c.info.run_id].name for c in ranked[:3]] == \
+        [f"t-rank{i}-{c.data.tags['trial_id']}" for i, c in enumerate(ranked[:3], 1)]  # named by search, rank and trial
     runner_up = by_run[ranked[1].info.run_id]
     assert [m.value for m in runner_up.metrics if m.key == "best_val_perplexity"] == \
         [pytest.approx(ranked[1].data.metrics["best_val_perplexity"])]
@@ -488,6 +491,15 @@ SAME = {"model": "m", "data": "builtin:python-docs", "data_digest": "d1", "score
 KEPT = "version 2 of a is registered without the alias champion, which stays on version 1: "
 
 
+@pytest.mark.parametrize("search, expected", [("quickstart", "quickstart-rank1-d95cd911"),
+                                              ("v1.2/a:b%c'd\"e", "v1-2-a-b-c-d-e-rank1-d95cd911")])
+def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(search, expected):
+    from mlflow.utils.validation import _validate_logged_model_name  # MLflow's own rule (records replicates it)
+
+    assert logged_model_name(search, 1, "d95cd911") == expected
+    _validate_logged_model_name(expected)  # raises where MLflow refuses it
+
+
 @pytest.mark.parametrize("old, new, promote, moved, line", [
     ({"val_perplexity": "20"}, {"val_perplexity": "19.5"}, False, True,
      "the alias champion of a moved to version 2, which beats version 1 (val_perplexity 19.5, version 1's 20)"),
@@ -532,14 +544,14 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
     (tmp_path / "probe").mkdir()
     searcher = make_searcher(same, tmp_path / "probe", warm)
-    study = searcher.searcher._ot_study
+    study = searcher_study(searcher.searcher)
     earlier = [t for t in study.trials if t.user_attrs.get("warm_start")]
     assert len(earlier) == 6 and len(study.trials) == 6  # the search file's own starting point waits to be asked for
     searcher.save(str(tmp_path / "searcher.pkl"))  # what --resume restores: the study with the earlier trials in it
     (tmp_path / "probe-restored").mkdir()
     restored = make_searcher(load_search_file(path), tmp_path / "probe-restored")
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert sum(bool(t.user_attrs.get("warm_start")) for t in restored.searcher._ot_study.trials) == 6
+    assert sum(bool(t.user_attrs.get("warm_start")) for t in searcher_study(restored.searcher).trials) == 6
     assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
         pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
 
@@ -1019,6 +1031,9 @@ def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fa
     assert [r[0] for r in rows] == ["trainable_t3", "trainable_t5", "trainable_t2", "trainable_t1", "trainable_t4"]
     assert [t.trial_id for t in progress.finished_last_by_metric(trials, "val_perplexity", "max")][1:3] == ["t2", "t5"]
     assert progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "ppl"}, 20)._sort_by_metric is False
+    live = progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "ppl"}, 20)
+    live.setup(start_time=0.0, total_samples=5, metric="val_perplexity", mode="min")  # as Ray hands it the search's
+    assert (live.sort_metric, live.sort_mode) == ("val_perplexity", "min")
 
 
 def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(tmp_path):

@@ -45,6 +45,29 @@ def output_cache(out):
     return out["cache"] if "cache" in out else out.past_key_values
 
 
+# Key/value prefixes, shared by deep prefixes (.prefix) and injection (.injection)
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dimension) of a model's attention cache."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, getattr(config, "num_key_value_heads", config.num_attention_heads), head_dim
+
+
+@torch.no_grad()
+def activation_kv(lm, vectors: torch.Tensor) -> torch.Tensor:
+    """The keys and values the frozen LM itself produces for input vectors [P, d]: [L, 2, H, P, hd]."""
+    cache = output_cache(lm(inputs_embeds=vectors.unsqueeze(0), use_cache=True))
+    return torch.stack([torch.stack([cache.layers[i].keys[0], cache.layers[i].values[0]])
+                        for i in range(lm.config.num_hidden_layers)])
+
+
+def kv_cache(kv: torch.Tensor, lm):
+    """A per-layer prefix [L, 2, B, H, P, hd] as the cache the LM's forward takes, in the LM's dtype."""
+    from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
+
+    dtype = lm.get_input_embeddings().weight.dtype
+    return DynamicCache([(kv[i, 0].to(dtype), kv[i, 1].to(dtype)) for i in range(kv.shape[0])], config=lm.config)
+
+
 def scored_logits(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
                   past_key_values=None, attention_mask: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,9 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encoders import lm_hidden_layer, pooling_of
-from .base import AdapterMethod
+from .base import AdapterMethod, activation_kv, kv_cache, kv_shape
 from .encoder_lora import EncoderLoRA
-from .prefix import activation_kv, kv_cache, kv_shape
 
 
 class Injection(AdapterMethod):

@@ -24,6 +24,14 @@ TIME_SPLIT = {
     "seconds_report": "checkpoint and report",
 }
 WALL = "seconds_wall"
+# What MLflow 3 refuses in a logged model's name (mlflow.utils.validation._validate_logged_model_name; a test compares)
+LOGGED_MODEL_NAME_REFUSES = ("/", ":", ".", "%", '"', "'")
+
+
+def logged_model_name(search: str, rank: int, trial_id: str) -> str:
+    """A best trial's logged model's name, unique in its experiment and telling at a glance which it is:
+    `<search>-rank<rank>-<trial id>`, each character MLflow refuses in the search's name as `-`."""
+    return "".join("-" if c in LOGGED_MODEL_NAME_REFUSES else c for c in f"{search}-rank{rank}-{trial_id}")
 
 
 def readable(value) -> str:

@@ -1,8 +1,10 @@
 """A trial's state on disk with no pickles: adapter and optimizer tensors as safetensors, the loop's
-counters as JSON; and a finished run's result.json + adapter/, moved into place whole."""
+counters (`TrainState`) as JSON; and a finished run's result.json + adapter/, moved into place whole."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +14,39 @@ from safetensors.torch import load_file
 
 from ..fsutil import atomic_save_tensors, atomic_write_text
 from ..methods import AdapterMethod
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The loop's counters: saved with each checkpoint (trainer_state.json's `loop`, as `to_dict`) and read back
+    on resume."""
+    step: int = 0
+    best_ppl: float = math.inf  # the best evaluation's perplexity (on the subset, where evaluations score one)
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since the best one (train.patience)
+    history: list = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    train_tokens: int = 0
+    loss_sum: float = 0.0  # since the last evaluation
+    loss_steps: int = 0
+    stopped_early: bool = False
+    best_ppl_full: float | None = None  # the kept adapter on every window, once the last evaluation scored it
+
+    @property
+    def kept_ppl(self) -> float:
+        """The kept adapter's perplexity: on every validation window where that is known."""
+        return self.best_ppl if self.best_ppl_full is None else self.best_ppl_full
+
+    def to_dict(self) -> dict:
+        state = dataclasses.asdict(self)
+        if state["best_ppl_full"] is None:
+            del state["best_ppl_full"]  # as checkpoints have always been written
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "TrainState":
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls) if f.name in state})
 
 
 def save_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Optimizer, state: dict) -> None:

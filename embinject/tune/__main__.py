@@ -5,6 +5,7 @@ The command only: arguments, the dry run, and the lines a search ends with. The 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -105,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
               "stopped with its finished trials and checkpoints kept. Free some space, then resume with: "
               f"{shlex.join(_resume_command(args))}", file=sys.stderr)
         return 1
+    return _print_outcome(outcome, search, args)
+
+
+def _print_outcome(outcome: dict, search: SearchFile, args: argparse.Namespace) -> int:
+    """The search's closing lines (its best trial, where its records and models are); the command's exit status."""
     print()
     if outcome.get("interrupted"):
         again = _resume_command(args)

@@ -17,6 +17,7 @@ from ..fsutil import atomic_write_text
 from ..space import SearchFile, trial_config
 from ..specs import METHOD_SPECS
 from ..train import baseline_perplexity, prepare, release_shared_lms, resolve_device, shared_lm
+from .internals import RAY_SYSTEM_CONFIG_ARG, RAY_TOKEN_LOGGER
 from .progress import stage
 
 CONNECT_TIMEOUT_S = 10.0  # --address: how long to wait for a cluster before saying it cannot be reached
@@ -140,7 +141,7 @@ def connect(address: str | None, env: dict, verbose: int) -> Path | None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
             raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
                               "`ray start --head` or pass the address `ray start` printed") from None
-    token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    token_logger = logging.getLogger(RAY_TOKEN_LOGGER)
     if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
         token_logger.addFilter(_TokenAuthOnNotice())
     quiet_disk_full_tracebacks()
@@ -154,7 +155,7 @@ def connect(address: str | None, env: dict, verbose: int) -> Path | None:
                      runtime_env={"env_vars": env}, ignore_reinit_error=True,
                      # a copy: Ray writes this session's spilling directory into the dict, which a second search in
                      # this process would otherwise pass on (the first session's directory, removed by then)
-                     **({"_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority
+                     **({RAY_SYSTEM_CONFIG_ARG: dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority
                         else {}))
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None

@@ -246,6 +246,28 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
         sweep_scratch()  # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
 
 
+def _run_config(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, verbose: int):
+    """Ray's RunConfig of the search: its folder, the MLflow callback, one checkpoint per trial, the live table."""
+    from ray import tune  # lazy, as in _search_in
+
+    # Ray's best-trial line looks every column up in the trial's config, so conditional
+    # parameters (absent from some trials) stay out of the live table; MLflow has them all.
+    unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
+    # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
+    # columns are as wide as the longest searched value (hub ids included), within reason.
+    longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
+                  + [20])
+    reporter = trial_table({k: short_key(k) for k in unconditional},
+                           {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
+                            "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
+    return tune.RunConfig(
+        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
+        callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
+                                    [p.key for p in search.params if p.kind != "fixed"])],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
+
+
 def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,
                warm_seconds: float, t0: float, warm: WarmStart, promote: bool = False) -> dict:
     from ray import tune  # lazy, as in _search_in
@@ -264,22 +286,7 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
                    **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
                   dataset_record(search.config))
     fn = trial_function(search, plan)
-    # Ray's best-trial line looks every column up in the trial's config, so conditional
-    # parameters (absent from some trials) stay out of the live table; MLflow has them all.
-    unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
-    # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
-    # columns are as wide as the longest searched value (hub ids included), within reason.
-    longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
-                  + [20])
-    reporter = trial_table({k: short_key(k) for k in unconditional},
-                           {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                            "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
-    run_config = tune.RunConfig(
-        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
-        callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
-                                    [p.key for p in search.params if p.kind != "fixed"])],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
+    run_config = _run_config(exp_dir, search, tracking_uri, artifact_root, verbose)
     if restoring:
         if search.tune.warm_start:
             print("warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",

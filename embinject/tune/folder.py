@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..fsutil import atomic_write_text, damaged, read_json_object
 from ..space import SearchFile
 from ..tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
+from .internals import snapshot_trial_checkpoints
 
 LOCK_FILE = ".embinject.lock"
 SPACE_FILE = "search_space.txt"  # JSON inside, but not *.json: Ray's restore copies those back over newer ones
@@ -172,24 +173,9 @@ def _checkpoint_index(path: Path) -> int:
 
 def snapshot_checkpoints(exp_dir: Path) -> dict[str, str]:
     """The checkpoint that Ray's newest experiment snapshot names for each trial that has one: trial folder name ->
-    checkpoint folder name. Read with Ray's own trial loader; empty where there is no snapshot or Ray cannot read it."""
-    from ray.tune.experiment.trial import Trial  # lazy, as in the driver: Ray Tune takes seconds to import
-
+    checkpoint folder name. Empty where there is no snapshot or Ray cannot read it."""
     snapshots = sorted(exp_dir.glob("experiment_state-*.json"))  # the newest by name, as Ray picks it
-    try:
-        trial_data = json.loads(snapshots[-1].read_text())["trial_data"] if snapshots else []
-    except (OSError, ValueError, KeyError):
-        return {}  # an unreadable snapshot: Ray's restore says so itself
-    named = {}
-    for json_state, run_metadata in trial_data:
-        try:
-            trial = Trial.from_json_state(json_state, stub=True)
-            trial.restore_run_metadata(run_metadata)
-            if trial.checkpoint is not None:
-                named[trial.storage.trial_dir_name] = Path(trial.checkpoint.path).name
-        except Exception:  # noqa: BLE001 - Ray's internal format (ray>=2.50); Ray's own restore says what it cannot read
-            continue
-    return named
+    return snapshot_trial_checkpoints(snapshots[-1]) if snapshots else {}
 
 
 def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:

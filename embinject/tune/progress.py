@@ -69,6 +69,13 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
                              max_report_frequency=REDRAW_S, sort_by_metric=False, max_column_length=max_column_length)
             self._shown: tuple = ()
             self._printed_at = 0.0
+            self.sort_metric: str | None = None
+            self.sort_mode: str | None = None
+
+        def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
+            # Ray hands the search's metric and mode here; kept for the sort, as Ray keeps them only privately
+            self.sort_metric, self.sort_mode = metric or self.sort_metric, mode or self.sort_mode
+            return super().set_search_properties(metric, mode)
 
         def report(self, trials, done: bool, *sys_info):
             self._print(status(self, trials, done, sys_info, folder))

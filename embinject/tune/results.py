@@ -13,7 +13,7 @@ from ..fsutil import atomic_write_text
 from ..plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
 from ..serving import save_pyfunc
 from ..space import SearchFile, trial_config
-from ..tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity
+from ..tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity, logged_model_name
 
 
 def objective_value(row: dict, metric: str):
@@ -137,9 +137,11 @@ def champion_of(ranked: list[dict], exp_dir: Path) -> tuple[Path | None, dict | 
     return None, ranked[0] if ranked else None
 
 
-def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: Path | None, exp_dir: Path, k: int) -> list[dict]:
+def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: Path | None, exp_dir: Path, k: int,
+               search_name: str) -> list[dict]:
     """The k best trials whose adapters are on disk (the champion first), each as an MLflow pyfunc model directory
-    under top_models/, for the tracker to log as a logged model on the trial's run."""
+    under top_models/, for the tracker to log as a logged model on the trial's run, named after the search, its rank
+    and its trial."""
     kept = [champion_trial] if champion_trial is not None else []
     kept += [t for t in ranked if t is not champion_trial and adapter_on_disk(t) is not None][: max(0, k - len(kept))]
     out = []
@@ -148,7 +150,8 @@ def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: 
         if not target.is_dir():
             save_pyfunc(adapter_on_disk(trial), target)
         out.append({"trial": trial["trial_id"], "model": str(target), "rank": rank, "steps": trial["steps"],
-                    "val_perplexity": trial["best_val_perplexity"]})
+                    "val_perplexity": trial["best_val_perplexity"],
+                    "name": logged_model_name(search_name, rank, trial["trial_id"])})
     return out
 
 
@@ -181,7 +184,8 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
     model = None
     if champion is not None:
         model = save_pyfunc(champion, exp_dir / "champion_model")
-    top = top_models(ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top)
+    top = top_models(ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top,
+                     search.tune.name)
     metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
                "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows),
                "trials_cut": sum(r["status"] == "cut" for r in rows), "warm_cache_seconds": warm_seconds,

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ..tracking import curve_value
+from .internals import storage_trial_id
 from .results import objective_value
 
 JOURNAL_FILE = "optuna.journal"
@@ -64,9 +65,8 @@ def end_trial(study, frozen, state: str, values: list[float] | None = None, ende
     import optuna  # lazy, as in study_storage
 
     if ended_by:
-        # FrozenTrial._trial_id (Optuna 4.0 to 5.1): the storage's id of the trial, which a Trial is made from; nothing
-        # public sets a user attribute on a trial that another process (or a searcher before --resume) began
-        optuna.trial.Trial(study, frozen._trial_id).set_user_attr(ENDED_BY, ended_by)
+        # nothing public sets a user attribute on a trial that another process (or a searcher before --resume) began
+        optuna.trial.Trial(study, storage_trial_id(frozen)).set_user_attr(ENDED_BY, ended_by)
     study.tell(frozen.number, values, state=optuna.trial.TrialState[state])
 
 

@@ -224,8 +224,6 @@ def lr_check_jobs(lrs: dict[str, float]) -> list[tuple[str, float]]:
     return [(LR_CHECK_ARMS[m], float(f"{lr * f:.2g}")) for m, lr in lrs.items() if m in LR_CHECK_ARMS for f in (0.5, 2)]
 
 
-
-
 def rule_rate(runs: Path, arm: str) -> float | None:
     """The rate `--lr-at-budget` found for an arm at its own budget, which its runs then train with; None where no such
     search has run."""
