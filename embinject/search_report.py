@@ -118,8 +118,8 @@ def from_search_dir(directory: Path, searched: list[str] = ()) -> dict:
     summary = directory / "summary.csv"
     if not summary.is_file():
         raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
-    rows = read_summary(summary, str(directory), "it is what the search wrote at its end; restore it, or resume the "
-                        "search to write it again", searched)
+    rows = read_summary(summary, "report", "the search wrote it at its end; restore it, or report the search from "
+                        "MLflow by its parent run id (embinject report PARENT_RUN_ID)", searched)
     params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
     plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
     return {"title": directory.name, "source": str(directory), "rows": rows, "params": params,

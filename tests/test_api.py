@@ -140,3 +140,17 @@ def test_a_search_given_as_a_dict_is_read_as_its_file_would_be_and_left_unchange
     assert yaml.safe_load(from_dict.text)["model"] == tiny_model
     with pytest.raises(embinject.ConfigError, match=r"^tune\.seed: object is not a value a search file holds"):
         load_search_spec({**spec, "tune": {**spec["tune"], "seed": object()}})
+
+
+def test_embinject_report_refuses_a_damaged_summary_in_one_line(page_search, tmp_path):
+    from embinject import report as report_cli
+
+    from .test_bad_input import assert_one_error_line, run_main
+
+    _, folder = page_search
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("champion*", "top_models", "checkpoint_*"))
+    (copy / "summary.csv").write_bytes((copy / "summary.csv").read_bytes()[:-3])
+    code, _, err = run_main(report_cli.main, [str(copy)], tmp_path)
+    assert_one_error_line(code, err, f"report: {copy / 'summary.csv'} is damaged (cut mid-row")
+    assert not (copy / "report.md").exists()
