@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     outcome = run_search(search, verbose=0)
     wall = time.time() - t0
-    exp_dir = Path(outcome["experiment_dir"])
+    exp_dir = outcome.experiment_dir
     by_rung: dict[int, list[tuple[float, float]]] = {}
     eval_times = []
     for trial in sorted(exp_dir.glob("trial_*")):

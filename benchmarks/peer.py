@@ -39,6 +39,7 @@ from embinject.fsutil import atomic_write_text
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 from embinject.space import load_search_file
 from embinject.tune.driver import run_search
+from embinject.tune.outcome import SearchOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -95,13 +96,13 @@ def run_hf(args, train_t, val_t, model_path: str, init: str = "RANDOM") -> dict:
     return {"wall_s": wall, "best_val_perplexity": math.exp(best.objective), "best_params": best.hyperparameters}
 
 
-def perplexity_timeline(outcome: dict) -> list[tuple[float, float]]:
+def perplexity_timeline(outcome: SearchOutcome) -> list[tuple[float, float]]:
     """(unix seconds, val perplexity) of every evaluation of every trial, from the MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(outcome["tracking_uri"])
-    exp = client.get_experiment_by_name(outcome["experiment"])
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome['parent_run_id']}'")
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(outcome.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
     return sorted((m.timestamp / 1000, m.value) for r in runs for m in client.get_metric_history(r.info.run_id, "val_perplexity"))
 
 
@@ -120,8 +121,8 @@ def run_embinject(args, seq: int, asha: bool = False, dtype: str = "auto") -> di
         "tune.points_to_evaluate=[]", "tune.time_budget_s=null", f"tune.storage_path={storage}", "mlflow.register_as=null"])
     t0 = time.time()
     outcome = run_search(search, verbose=0)
-    return {"wall_s": time.time() - t0, "best_val_perplexity": outcome["best"]["best_val_perplexity"],
-            "best_params": {k: outcome["best"][k] for k in ("train.lr", "adapter.prefix_len")},
+    return {"wall_s": time.time() - t0, "best_val_perplexity": outcome.best["best_val_perplexity"],
+            "best_params": {k: outcome.best[k] for k in ("train.lr", "adapter.prefix_len")},
             "timeline": [(t - t0, v) for t, v in perplexity_timeline(outcome)]}
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from embinject.fsutil import atomic_write_text
 from embinject.space import load_search_file
 from embinject.tune.driver import run_search
+from embinject.tune.outcome import SearchOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -36,13 +37,13 @@ SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: 
          "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}")
 
 
-def trace(outcome: dict) -> list[tuple[int, float]]:
+def trace(outcome: SearchOutcome) -> list[tuple[int, float]]:
     """(cumulative steps, best val perplexity so far) after every evaluation of the search."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(outcome["tracking_uri"])
-    exp = client.get_experiment_by_name(outcome["experiment"])
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome['parent_run_id']}'")
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(outcome.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
     points = []
     for r in runs:
         last_step = 0

@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     outcome = run_search(search, verbose=0)
     search_wall = time.time() - t0
-    client = MlflowClient(outcome["tracking_uri"])
-    exp = client.get_experiment_by_name(outcome["experiment"])
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome['parent_run_id']}'")
+    client = MlflowClient(outcome.tracking_uri)
+    exp = client.get_experiment_by_name(outcome.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
     trials = []
     for r in runs:
         m = r.data.metrics
@@ -61,13 +61,13 @@ def main(argv=None) -> int:
                        "non_step_share": 1 - m["train_seconds"] / wall})
     med = {k: statistics.median(t[k] for t in trials) for k in trials[0] if k.endswith("_s") or k.endswith("share")}
     result = {"benchmark": "trial_overhead", "trials": trials, "median": med, "search_wall_s": search_wall,
-              "warm_cache_s": outcome.get("warm_cache_seconds"), "steps_per_trial": args.steps,
+              "warm_cache_s": outcome.warm_cache_seconds, "steps_per_trial": args.steps,
               "eval_windows": search.config.train.eval_windows, "dtype": search.config.train.dtype,
               "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     OUT.mkdir(exist_ok=True)
     atomic_write_text(OUT / "trial_overhead.json", json.dumps(result, indent=1))
     print(json.dumps(med, indent=1))
-    print(f"search wall {search_wall:.1f} s for {len(trials)} trials; shared cache warm-up {outcome.get('warm_cache_seconds', 0):.1f} s")
+    print(f"search wall {search_wall:.1f} s for {len(trials)} trials; shared cache warm-up {outcome.warm_cache_seconds:.1f} s")
     return 0
 
 

@@ -76,7 +76,7 @@ def run(kind: str, corpus: str, seed: int, args, source: dict | None = None) -> 
     outcome = run_search(load_search_file(ROOT / "search_spaces" / "quickstart.yaml", overrides), verbose=0)
     curve = trace(outcome)
     record = {"kind": kind, "corpus": corpus, "seed": seed, "settings": settings(kind, corpus, args),
-              "experiment_dir": str(Path(outcome["experiment_dir"]).relative_to(args.storage)),
+              "experiment_dir": str(outcome.experiment_dir.relative_to(args.storage)),
               "warm_start_from": source["experiment_dir"] if source else None,
               "wall_s": time.time() - t0, "total_steps": curve[-1][0] if curve else 0,
               "final_best": curve[-1][1] if curve else None, "curve": curve, "time": time.strftime("%Y-%m-%d %H:%M:%S")}

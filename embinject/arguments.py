@@ -32,7 +32,7 @@ def train_parser() -> argparse.ArgumentParser:
 def tune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog("tune"), description=TUNE_DESCRIPTION,
                                      epilog="A search file is a training config (see `embinject train --help` for its keys) "
-                                            "plus search:, tune: and mlflow: sections; see README.md.")
+                                            "plus search:, tune: and mlflow: sections; see docs/search-file.md.")
     parser.add_argument("search_file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any key of the search file, e.g. --set tune.num_samples=4")

@@ -7,6 +7,7 @@ from a parent run id it reads MLflow, so a search run on another machine can be 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
@@ -14,9 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .fsutil import damaged
 from .plots import best_trial_figure, save_figure
 from .tracking import TIME_SPLIT, WALL, curve_value, search_metrics
 
+# What results.summarize writes for every trial, besides one column per searched key.
+SUMMARY_COLUMNS = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps",
+                   "stopped_early", "status")
+SUMMARY_STATUSES = ("ok", "error", "diverged", "cut", "not_started")
 FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
          "stopped_early", "status", "seconds", "node_id", *TIME_SPLIT, WALL)
 
@@ -29,30 +35,95 @@ def _number(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def from_search_dir(directory: Path) -> dict:
-    summary = directory / "summary.csv"
-    if not summary.is_file():
-        raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
-    with summary.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _summary_problem(header: list[str], rows: list[list[str]], searched: list[str], reported: set[str]) -> str | None:
+    """What makes summary.csv's table other than what results.summarize wrote, or None."""
+    if not header:
+        return "empty"
+    missing = [c for c in (*SUMMARY_COLUMNS, *searched) if c not in header]
+    if missing:
+        return f"its header lacks {', '.join(missing)}: renamed or overwritten"
+    if not rows:
+        return "a header and no trial rows"
+    for i, cells in enumerate(rows, 1):
+        if len(cells) != len(header):
+            return f"trial row {i} has {len(cells)} of {len(header)} fields: cut or edited"
+        row = dict(zip(header, cells))
+        numbers = [row[c] for c in ("final_val_perplexity", "best_val_perplexity", "baseline_perplexity") if row[c]]
+        if (not row["trial_id"] or row["status"] not in SUMMARY_STATUSES or not row["steps"].isdigit()
+                or row["stopped_early"] not in ("True", "False") or not all(_numeric(v) for v in numbers)):
+            return (f"trial row {i} is not a row embinject writes (trial_id {row['trial_id']!r}, "
+                    f"status {row['status']!r})")
+    lost = sorted(reported - {cells[header.index("trial_id")] for cells in rows})
+    if lost:
+        return (f"it lists {len(rows)} trial{'s' * (len(rows) != 1)}, but {len(lost)} more reported results in this folder "
+                f"(trial_{', trial_'.join(lost[:3])}): rows were lost")
+    return None
+
+
+def read_summary(file: Path, key: str, hint: str, searched: list[str] = ()) -> list[dict]:
+    """summary.csv's rows, each as results.summarize wrote it; one ConfigError naming the file when it is empty, not
+    text, cut (mid-row, or rows lost: a trial folder with results has no row) or overwritten. A source that lost
+    trials is refused rather than read in part: what it would inform TPE of is not that search."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged(key, file, "not UTF-8 text", hint) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header, *rows = list(reader) or [[]]
+    except csv.Error as exc:
+        raise damaged(key, file, f"not CSV at line {reader.line_num}: {exc}", hint) from None
+    if text.strip() and not text.endswith("\n"):
+        raise damaged(key, file, f"cut mid-row: its last line (trial row {len(rows)}) has no line end", hint)
+    reported = {d.name.removeprefix("trial_") for d in file.parent.glob("trial_*")
+                if (d / "result.json").is_file() and (d / "result.json").stat().st_size}
+    problem = _summary_problem(header, rows, searched, reported)
+    if problem:
+        raise damaged(key, file, problem, hint)
+    return [dict(zip(header, cells)) for cells in rows]
+
+
+def read_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Each trial's validation curve, step -> value (`tracking.curve_value`), from Ray Tune's result.json in its folder;
+    a line cut by a kill, or not text, is left out."""
     curves = {}
-    for trial_dir in directory.glob("trial_*"):
+    for trial_dir in sorted(directory.glob("trial_*")):
         points = []
         result = trial_dir / "result.json"
-        for line in result.read_text().splitlines() if result.is_file() else []:
+        for line in result.read_text(errors="replace").splitlines() if result.is_file() else []:
             try:
                 r = json.loads(line)
             except ValueError:
                 continue
-            value = _number(curve_value(r))
-            if value is not None and "step" in r:
+            value = _number(curve_value(r)) if isinstance(r, dict) else None
+            if value is not None and isinstance(r.get("step"), (int, float)):
                 points.append((int(r["step"]), value))
         if points:
             curves[trial_dir.name.removeprefix("trial_")] = sorted(dict(points).items())
+    return curves
+
+
+def from_search_dir(directory: Path, searched: list[str] = ()) -> dict:
+    """A finished search's folder as a report reads it; summary.csv checked as `read_summary` checks it (`searched`:
+    columns it must have besides its own), one ConfigError naming the file otherwise."""
+    summary = directory / "summary.csv"
+    if not summary.is_file():
+        raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
+    rows = read_summary(summary, "report", "the search wrote it at its end; restore it, or report the search from "
+                        "MLflow by its parent run id (embinject report PARENT_RUN_ID)", searched)
     params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
     plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
-    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params, "curves": curves,
-            "plots": plots, "search": search_metrics(directory)}
+    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params,
+            "curves": read_curves(directory), "plots": plots, "search": search_metrics(directory)}
 
 
 @dataclass

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .config import OBJECTIVE_METRICS, Config, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, settings_from_dict
 from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_location, resolve_paths, set_dotted
 from .errors import ConfigError
@@ -202,13 +204,18 @@ def trial_config(base: dict, params: dict) -> Config:
 
 @dataclass
 class SearchFile:
-    path: Path
+    path: Path | None  # None for a search given as a dict (`embinject.search({...})`)
     base: dict  # raw training config (validated as `config`)
     config: Config
     params: list[Param]
     tune: TuneSettings
     mlflow: MlflowSettings
     text: str
+
+    @property
+    def source(self) -> str:
+        """What the search was read from, for messages and the parent run's tag."""
+        return str(self.path) if self.path is not None else "a search spec given as a dict"
 
     def choices(self, key: str, default: set) -> set:
         """The values a fixed or choice parameter can take, or `default` when `key` is not one."""
@@ -250,11 +257,40 @@ def _check_objectives(tune) -> None:
     tune.metric, tune.mode = tune.objectives[0]["metric"], tune.objectives[0]["mode"]
 
 
+def _plain(value: Any, where: str) -> Any:
+    """A search spec given as a dict, as the plain data a search file holds (paths as text, tuples as lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ConfigError(f"{where}: {type(value).__name__} is not a value a search file holds (text, a number, a boolean, "
+                      "a list or a mapping)")
+
+
+def load_search_spec(spec: str | os.PathLike | dict, overrides: list[str] | dict | None = None) -> SearchFile:
+    """A search from its file's path or from the same content as a dict (which is left unchanged). `overrides`:
+    `--set` strings (`dotted.key=value`, the value read as YAML) or a dict of dotted keys to values."""
+    if isinstance(spec, dict):
+        raw = _plain(spec, "")
+        path, text = None, yaml.safe_dump(raw, sort_keys=False)
+    else:
+        raw, path = read_yaml(spec), Path(os.path.abspath(spec))
+        text = path.read_text(encoding="utf-8")
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or ())
+    for key, value in items:
+        set_dotted(raw, key, _plain(value, key))
+    return _search(raw, path, text)
+
+
 def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
-    raw = read_yaml(path)
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
+    return load_search_spec(path, list(overrides))
+
+
+def _search(raw: dict, path: Path | None, text: str) -> SearchFile:
     base = resolve_paths({k: v for k, v in raw.items() if k not in TOP_LEVEL})
     config = config_from_dict(base)
     params = parse_space(raw.get("search"))
@@ -300,4 +336,4 @@ def load_search_file(path: str | Path, overrides: list[str] = ()) -> SearchFile:
                 raise ConfigError(f"search.{p.key}: value {value!r} makes an invalid config ({exc})") from None
     if tune.resources.gpus > 1 and not float(tune.resources.gpus).is_integer():
         raise ConfigError(f"tune.resources.gpus: fractions are for sharing one GPU; above 1 use whole GPUs, got {tune.resources.gpus}")
-    return SearchFile(Path(os.path.abspath(path)), base, config, params, tune, mlflow, Path(path).read_text(encoding="utf-8"))
+    return SearchFile(path, base, config, params, tune, mlflow, text)

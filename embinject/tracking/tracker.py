@@ -75,11 +75,17 @@ def _journal(path: Path) -> list[dict]:
     return records
 
 
+def search_end(exp_dir: Path) -> dict:
+    """A finished search's end as its journal keeps it, whether or not MLflow received it: its metrics (search_seconds,
+    trials, ...), its champion's trial (`trial`) and the registered model's name (`register_as`); {} for a search that
+    has not finished."""
+    ends = [r for r in _journal(Path(exp_dir) / JOURNAL_FILE) if r.get("op") == "search_end" and r.get("status") == "FINISHED"]
+    return ends[-1] if ends else {}
+
+
 def search_metrics(exp_dir: Path) -> dict:
-    """The metrics a finished search recorded for its parent run (search_seconds, trials, ...), from its journal,
-    where they are whether or not MLflow received them; {} for a search that has not finished."""
-    ends = [r for r in _journal(Path(exp_dir) / JOURNAL_FILE) if r["op"] == "search_end" and r["status"] == "FINISHED"]
-    return ends[-1]["metrics"] if ends else {}
+    """The metrics a finished search recorded for its parent run (`search_end`); {} for a search that has not finished."""
+    return search_end(exp_dir).get("metrics", {})
 
 
 def _last_line_cut(path: Path) -> bool:

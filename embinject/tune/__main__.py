@@ -1,7 +1,7 @@
 """Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
 
-The command only: arguments, the dry run, and the lines a search ends with. The search is
-`embinject.tune.driver.run_search`.
+The command only: arguments, the dry run, and the lines a search ends with. The search is the Python API's
+(`embinject.api.run`, as `embinject.search` runs it), which returns the driver's typed `SearchOutcome`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from ..arguments import before_imports, tune_parser
 if __name__ == "__main__":  # `--help`, a mistyped option and the first line, before the imports below (seconds)
     before_imports("tune")
 
+from .. import api
 from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, warn
-from ..space import SearchFile, load_search_file
+from ..space import SearchFile, load_search_spec
 from ..tracking import tracking_uri_default
 from .budget import budget_warnings, objectives_line
-from .cluster import check_local_resources, cluster_needs, local_shortfalls
-from .driver import AlreadyFinished, registration_problem, run_search
+from .cluster import cluster_needs, local_shortfalls
+from .driver import AlreadyFinished, registration_problem
+from .outcome import SearchOutcome
 from .pack import plan_pack
 from .warm import read_warm_start
 
@@ -63,10 +65,10 @@ def _print_dry_run(search: SearchFile, address: str | None, promote: bool = Fals
         warn(line)
 
 
-def _print_kept(outcome: dict) -> None:
-    if outcome.get("kept_records"):
-        print(f"MLflow at {outcome['tracking_uri']} could not be reached: {outcome['kept_records']} records are kept in "
-              f"{outcome['experiment_dir']}/mlflow_journal.jsonl and are logged by --resume once it is back", file=sys.stderr)
+def _print_kept(outcome: SearchOutcome) -> None:
+    if outcome.kept_records:
+        print(f"MLflow at {outcome.tracking_uri} could not be reached: {outcome.kept_records} records are kept in "
+              f"{outcome.experiment_dir}/mlflow_journal.jsonl and are logged by --resume once it is back", file=sys.stderr)
 
 
 def _resume_command(args) -> list[str]:
@@ -79,13 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = tune_parser().parse_args(argv)
     handle_sigterm()  # before the search starts, SIGTERM is handled like Ctrl-C
     try:
-        search = load_search_file(args.search_file, args.overrides + ["mlflow.register_as=null"] * args.no_register)
+        search = load_search_spec(args.search_file, args.overrides + ["mlflow.register_as=null"] * args.no_register)
         if args.dry_run:  # a preview also of a search this machine cannot run: what it lacks is a warning there
             _print_dry_run(search, args.address, args.promote)
             return 0
-        check_local_resources(search, args.address)
-        outcome = run_search(search, address=args.address, resume=args.resume, verbose=args.verbose,
-                             promote=args.promote)
+        outcome = api.run(search, args.resume, address=args.address, promote=args.promote, verbose=args.verbose).outcome
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -112,69 +112,81 @@ def main(argv: list[str] | None = None) -> int:
 def _print_outcome(outcome: dict, search: SearchFile, args: argparse.Namespace) -> int:
     """The search's closing lines (its best trial, where its records and models are); the command's exit status."""
     print()
-    if outcome.get("interrupted"):
-        again = _resume_command(args)
-        print(f"search interrupted ({outcome['signal']}): nothing registered; finished trials and the running trials' "
-              f"last checkpoints are kept in {outcome['experiment_dir']}", file=sys.stderr)
-        print(f"resume with: {shlex.join(again)}", file=sys.stderr)
-        return 128 + outcome["interrupted"]
+    if outcome.interrupted:
+        print(f"search interrupted ({outcome.interrupted.name}): nothing registered; finished trials and the running "
+              f"trials' last checkpoints are kept in {outcome.experiment_dir}", file=sys.stderr)
+        print(f"resume with: {shlex.join(_resume_command(args))}", file=sys.stderr)
+        return 128 + outcome.interrupted
     _print_kept(outcome)
-    best = outcome["best"]
-    if best is None and outcome.get("budget_note"):
-        print(f"{outcome['budget_note']}; see {outcome['experiment_dir']}/summary.csv")
-        return BUDGET_RAN_OUT
-    if best is None:
-        print(f"no trial finished without failing ({outcome['trials_failed']} failed, {outcome['trials_diverged']} "
-              f"diverged); see {outcome['experiment_dir']}/summary.csv")
+    if outcome.best is None:
+        return _print_no_result(outcome)
+    _print_best(search, outcome)
+    _print_where(outcome)
+    if outcome.registration.refused:
+        print(f"error: {registration_problem(outcome.registration.refused, outcome.experiment_dir)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_no_result(outcome: SearchOutcome) -> int:
+    if outcome.budget_note:
+        print(f"{outcome.budget_note}; see {outcome.experiment_dir}/summary.csv")
+        return BUDGET_RAN_OUT
+    print(f"no trial finished without failing ({outcome.counts.failed} failed, {outcome.counts.diverged} diverged); "
+          f"see {outcome.experiment_dir}/summary.csv")
+    return 1
+
+
+def _print_best(search: SearchFile, outcome: SearchOutcome) -> None:
+    """The best trial, the champion adapter and its registration, the Pareto front, and the notes on the search."""
+    best, registered = outcome.best, outcome.registration
     params = {k: v for k, v in best.items() if k in {p.key for p in search.params} and v is not None}
     print(f"best trial {best['trial_id']}: val_perplexity {best['best_val_perplexity']:.3f} "
           f"(frozen baseline {best['baseline_perplexity']:.3f}) after {best['steps']} steps")
     print(f"  params: {json.dumps(params)}")
-    registered = outcome["registered_version"]
-    alias = ", alias champion" if outcome.get("champion_moved", True) else ""  # the line below says why not
-    print(f"best adapter: {outcome['champion']}" +
-          (f" (registered as {search.mlflow.register_as} version {registered}{alias})" if registered else ""))
-    if outcome.get("champion_line"):
-        print(outcome["champion_line"])
-    if outcome.get("pareto_front"):
+    alias = ", alias champion" if registered.champion_moved else ""  # the line below says why not
+    print(f"best adapter: {outcome.champion}" +
+          (f" (registered as {registered.name} version {registered.version}{alias})" if registered.version else ""))
+    if registered.line:
+        print(registered.line)
+    if outcome.pareto_front:
         names = [o["metric"] for o in search.tune.objectives]
         goals = ", ".join(f"{o['metric']} {o['mode']}" for o in search.tune.objectives)
-        print(f"Pareto front ({len(outcome['pareto_front'])} trials; {goals}):")
-        for r in sorted(outcome["pareto_front"], key=lambda r: r[names[0]]):
+        print(f"Pareto front ({len(outcome.pareto_front)} trials; {goals}):")
+        for r in sorted(outcome.pareto_front, key=lambda r: r[names[0]]):
             print("  " + r["trial_id"] + ": " + ", ".join(f"{n} {r[n]:.6g}" for n in names))
-    if outcome.get("warm_note"):
-        print(outcome["warm_note"])
-    if outcome.get("budget_note"):
-        print(outcome["budget_note"])
-    print(f"trials: {outcome['trials']} ({outcome['trials_stopped_early']} stopped early, {outcome['trials_failed']} failed, "
-          f"{outcome['trials_diverged']} diverged" + (f", {outcome['trials_cut']} cut by the time budget" if outcome["trials_cut"] else "") + "); "
-          f"summary: {outcome['experiment_dir']}/summary.csv")
-    print(f"  where its time went: embinject report {shlex.quote(outcome['experiment_dir'])}")
-    if outcome.get("optuna_study"):
-        journal, name = shlex.quote(outcome["optuna_journal"]), shlex.quote(outcome["optuna_study"])
-        print(f"optuna: study {outcome['optuna_study']}; open with: optuna-dashboard {journal} "
+    for note in (outcome.warm_note, outcome.budget_note):
+        if note:
+            print(note)
+    c = outcome.counts
+    print(f"trials: {c.trials} ({c.stopped_early} stopped early, {c.failed} failed, {c.diverged} diverged"
+          + (f", {c.cut} cut by the time budget" if c.cut else "") + f"); summary: {outcome.experiment_dir}/summary.csv")
+    print(f"  where its time went: embinject report {shlex.quote(str(outcome.experiment_dir))}")
+
+
+def _print_where(outcome: SearchOutcome) -> None:
+    """Where to look next: the Optuna study, the MLflow runs, and how to use the registered champion."""
+    if outcome.optuna_study:
+        journal, name = shlex.quote(str(outcome.optuna_journal)), shlex.quote(outcome.optuna_study)
+        print(f"optuna: study {outcome.optuna_study}; open with: optuna-dashboard {journal} "
               "(pip install optuna-dashboard)")
         print(f"  or: optuna trials --storage {journal} --study-name {name}")
-    served = outcome["tracking_uri"].startswith(("http://", "https://"))
-    if outcome["parent_run_id"] is None or outcome["kept_records"]:
-        print(f"mlflow: experiment '{outcome['experiment']}' at {outcome['tracking_uri']} has not received this search's "
-              "records yet (see above); --resume logs them")
+    uri = outcome.tracking_uri
+    if outcome.parent_run_id is None or outcome.kept_records:
+        print(f"mlflow: experiment '{outcome.experiment}' at {uri} has not received this search's records yet (see "
+              "above); --resume logs them")
     else:
-        print(f"mlflow: experiment '{outcome['experiment']}', run {outcome['parent_run_id']}" +
-              ("" if served else f"; open with: mlflow ui --backend-store-uri {shlex.quote(outcome['tracking_uri'])}"))
-        print(f"  runs table: {outcome['runs_url']}")
-    if outcome["registered_version"]:
+        served = uri.startswith(("http://", "https://"))
+        print(f"mlflow: experiment '{outcome.experiment}', run {outcome.parent_run_id}" +
+              ("" if served else f"; open with: mlflow ui --backend-store-uri {shlex.quote(uri)}"))
+        print(f"  runs table: {outcome.runs_url}")
+    registered = outcome.registration
+    if registered.version:
         # as printed, from this directory: the store is named unless it is the one the commands default to
-        store = "" if outcome["tracking_uri"] == tracking_uri_default() else f" --tracking-uri {shlex.quote(outcome['tracking_uri'])}"
-        model_uri = f"models:/{search.mlflow.register_as}" + \
-            ("@champion" if outcome.get("champion_moved", True) else f"/{outcome['registered_version']}")
+        store = "" if uri == tracking_uri_default() else f" --tracking-uri {shlex.quote(uri)}"
+        model_uri = f"models:/{registered.name}" + ("@champion" if registered.champion_moved else f"/{registered.version}")
         print(f"  use it: embinject generate --adapter {shlex.quote(model_uri)}{store} --prompt TEXT, "
               f"or mlflow.pyfunc.load_model({model_uri!r}) with that tracking and registry URI")
-    if outcome.get("registration_refused"):
-        print(f"error: {registration_problem(outcome['registration_refused'], Path(outcome['experiment_dir']))}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from .progress import imports_line, stage_line, trial_table
 from .signals import GracefulStop
 from .study import close_study, journal_path, study_name
 from .trainable import trainable
+from .outcome import SearchOutcome
 from .warm import WarmStart, read_warm_start
 
 
@@ -107,27 +108,56 @@ def registration_problem(refused: str, exp_dir: Path) -> str:
             f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model")
 
 
-def pack_plan_for(search: SearchFile, exp_dir: Path, restoring: bool) -> PackPlan:
-    """`tune.pack` for this search; `auto` probes a packed step's speed (and on GPUs the memory) first, in one process
-    with one trial's resources, except where --resume restores trials Ray created in packs of the size it chose then."""
+@dataclasses.dataclass(frozen=True)
+class SearchRun:
+    """One search call and its plans, each made once before any work: the search file, where and how it runs, how
+    `tune.pack` resolves (`pack`: None where `auto` on GPUs measures the largest trial's memory first, once Ray is up),
+    whether --resume hands Ray its saved state (`restoring`), and the earlier searches it starts from (`warm`)."""
+    search: SearchFile
+    address: str | None = None
+    resume: bool = False
+    verbose: int = 1
+    promote: bool = False  # the champion takes the registered model's alias `champion` whether or not it beats its holder
+    pack: PackPlan | None = None
+    restoring: bool = False
+    warm: WarmStart = dataclasses.field(default_factory=WarmStart)
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.search.tune.storage_path)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.search.mlflow.tracking_uri or default_tracking_uri(self.storage)
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.storage / "mlartifacts"
+
+
+def pack_plan_for(run: SearchRun, exp_dir: Path) -> PackPlan:
+    """`tune.pack` for this search, its hosts named after `exp_dir`: the plan made before Ray started, or, for `auto`,
+    one from the probe (a packed step's speed, and on GPUs the memory) in one process with one trial's resources,
+    except where --resume restores trials Ray created in packs of the size the probe chose then."""
     import ray  # lazy, as in _search_in
 
     key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:10]
-    if restoring and needs_probe(search):
+    if run.pack is not None:
+        return dataclasses.replace(run.pack, key=key)
+    search = run.search
+    if run.restoring:
         size = recorded_pack_size(exp_dir)
         if size is not None:
             return PackPlan(size, f"tune.pack auto: {'every trial alone' if size == 1 else f'packs of {size}'}, as the "
                                   "probe found when the search started", key)
-    probe = None
-    if needs_probe(search):
-        r = search.tune.resources
-        device = "cuda" if r.gpus > 0 else "cpu"
-        worst = {**largest_trial(search), "method": packable_methods(search)[0]}
-        task = ray.remote(num_cpus=r.cpus, num_gpus=1 if r.gpus > 0 else 0, max_calls=1)(probe_pack)
-        try:
-            probe = ray.get(task.remote(dict(search.base), worst, device, auto_cap(search), max(1, int(r.cpus))))
-        except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
-            return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
+    r = search.tune.resources
+    device = "cuda" if r.gpus > 0 else "cpu"
+    worst = {**largest_trial(search), "method": packable_methods(search)[0]}
+    task = ray.remote(num_cpus=r.cpus, num_gpus=1 if r.gpus > 0 else 0, max_calls=1)(probe_pack)
+    try:
+        probe = ray.get(task.remote(dict(search.base), worst, device, auto_cap(search), max(1, int(r.cpus))))
+    except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
+        return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
     return plan_pack(search, probe, key)
 
 
@@ -156,13 +186,12 @@ def restores_ray_state(exp_dir: Path) -> bool:
     return tune.Tuner.can_restore(str(exp_dir))
 
 
-def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1,
-               promote: bool = False) -> dict:
-    """`promote`: the champion takes the registered model's alias `champion` whether or not it beats its holder."""
+def _quiet_libraries() -> None:
+    """Ray, Optuna and MLflow as a search wants them: the classic live trial table, no experimental warnings, no
+    progress bars, and a tracking server that goes away failing fast (the journal keeps the records)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic live trial table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # A tracking server that goes away must not stall the search: fail fast, the journal keeps the records.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving the champion model: no progress bars
@@ -172,54 +201,67 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_mlflow("ERROR")  # a search reports tracking problems itself
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1,
+               promote: bool = False) -> SearchOutcome:
+    """The search (`resume`: the newest one of its name, continued), from its checks to its champion. Bad input, a
+    finished search to resume (`AlreadyFinished`) and a place it cannot write are answered before Ray starts."""
+    _quiet_libraries()
     check_local_resources(search, address)
-    storage = Path(search.tune.storage_path)
-    tracking_uri = search.mlflow.tracking_uri or default_tracking_uri(storage)
-    artifact_root = storage / "mlartifacts"
-    check_places(search, tracking_uri)
+    run = SearchRun(search, address, resume, verbose, promote, pack=None if needs_probe(search) else plan_pack(search))
+    check_places(search, run.tracking_uri)
     if not resume:
-        warm = read_warm_start(search)  # before any work: a missing folder or run is answered at once
-        for line in warm.lines():
+        run = dataclasses.replace(run, warm=read_warm_start(search))  # before any work: a missing folder is answered at once
+        for line in run.warm.lines():
             print(line, flush=True)
-        return _search_in(None, search, tracking_uri, artifact_root, address, verbose, warm, promote)
-    exp_dir = newest_search_dir(storage.expanduser().resolve(), search.tune.name)
+        return _search_in(None, run)
+    exp_dir = newest_search_dir(run.storage.expanduser().resolve(), search.tune.name)
     with search_lock(exp_dir):
         check_same_space(exp_dir, search)
-        if not needs_probe(search) and restores_ray_state(exp_dir):  # else once the probe measured it, with Ray up
-            check_same_pack(exp_dir, search, plan_pack(search).size)
-        tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-        if tracker.state.get("finished"):
-            kept = tracker.pending
-            if kept:
-                tracker.sync(force=True)
-            sent, left = kept - tracker.pending, tracker.pending
-            problems = [f"{left} MLflow records are still kept in {tracker.journal}: MLflow at {tracking_uri} did not take "
-                        "them (see above); --resume sends them once it does"] if left else []
-            if tracker.state.get("registration_refused"):
-                problems.append(registration_problem(tracker.state["registration_refused"], exp_dir))
-            said = tracker.state.get("champion_line") if sent else None  # the end, registration included, was kept
-            raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                                  + (f" ({sent} kept MLflow records sent)" if sent else "")
-                                  + (f"\n{said}" if said else ""), "; ".join(problems) or None)
-        return _search_in(exp_dir, search, tracking_uri, artifact_root, address, verbose, WarmStart(), promote)
+        run = dataclasses.replace(run, restoring=restores_ray_state(exp_dir))
+        if run.pack is not None and run.restoring:  # else once the probe measured it, with Ray up
+            check_same_pack(exp_dir, search, run.pack.size)
+        refuse_finished(run, exp_dir)
+        if not run.restoring and search.tune.warm_start:  # stopped before Ray saved any state: start from them again
+            run = dataclasses.replace(run, warm=read_warm_start(search))
+        return _search_in(exp_dir, run)
 
 
-def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, artifact_root: Path, address: str | None,
-               verbose: int, warm: WarmStart, promote: bool = False) -> dict:
+def refuse_finished(run: SearchRun, exp_dir: Path) -> None:
+    """--resume of a finished search: its kept MLflow records sent, then `AlreadyFinished` saying what is still wrong."""
+    tracker = tracker_for(run.tracking_uri, run.search.mlflow.experiment, exp_dir, run.artifact_root)
+    if not tracker.state.get("finished"):
+        return
+    kept = tracker.pending
+    if kept:
+        tracker.sync(force=True)
+    sent, left = kept - tracker.pending, tracker.pending
+    problems = [f"{left} MLflow records are still kept in {tracker.journal}: MLflow at {run.tracking_uri} did not take "
+                "them (see above); --resume sends them once it does"] if left else []
+    if tracker.state.get("registration_refused"):
+        problems.append(registration_problem(tracker.state["registration_refused"], exp_dir))
+    said = tracker.state.get("champion_line") if sent else None  # the end, registration included, was kept
+    raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
+                          + (f" ({sent} kept MLflow records sent)" if sent else "")
+                          + (f"\n{said}" if said else ""), "; ".join(problems) or None)
+
+
+def _search_in(exp_dir: Path | None, run: SearchRun) -> SearchOutcome:
     """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray runs."""
-    resume = exp_dir is not None
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
     imports_line()
+    search, address = run.search, run.address
     env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                                       "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
     if "://" not in search.tune.storage_path:
-        for line in stop_ray_leftovers(Path(search.tune.storage_path).expanduser().resolve()):
+        for line in stop_ray_leftovers(run.storage.expanduser().resolve()):
             print(line, flush=True)
     t0 = time.time()
     session = None
     if address:
-        connect(address, env, verbose)  # before the warm-up: an unreachable cluster is found at once
+        connect(address, env, run.verbose)  # before the warm-up: an unreachable cluster is found at once
     else:
         warm_caches(search)  # before starting a local Ray: bad data is found without starting anything
     try:
@@ -227,29 +269,42 @@ def _search_in(exp_dir: Path | None, search: SearchFile, tracking_uri: str, arti
             check_cluster_resources(search)
             warm_caches(search)
         else:
-            session = connect(None, env, verbose)
+            session = connect(None, env, run.verbose)
         warm_seconds = time.time() - t0
         with contextlib.ExitStack() as claimed:
-            if not resume:
-                exp_dir = new_search_dir(Path(search.tune.storage_path).expanduser().resolve(), search.tune.name)
+            if exp_dir is None:
+                exp_dir = new_search_dir(run.storage.expanduser().resolve(), search.tune.name)
                 claimed.enter_context(removed_unless_started(exp_dir))
                 claimed.enter_context(search_lock(exp_dir))
                 atomic_write_text(exp_dir / "search.yaml", search.text)
                 record_space(exp_dir, search)
             if session is not None:
                 record_ray_session(exp_dir, session)
-            return _run_tuner(exp_dir, search, tracking_uri, artifact_root, resume, verbose, warm_seconds, t0, warm,
-                              promote)
+            return _run_tuner(exp_dir, run, warm_seconds, t0)
     finally:
         ray.shutdown()
         forget_ray_session(exp_dir)
         sweep_scratch()  # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
 
 
-def _run_config(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, verbose: int):
-    """Ray's RunConfig of the search: its folder, the MLflow callback, one checkpoint per trial, the live table."""
+def _start_tracker(run: SearchRun, exp_dir: Path):
+    """The search's MLflow tracker, its parent run started (or found again on --resume)."""
+    search = run.search
+    tracker = tracker_for(run.tracking_uri, search.mlflow.experiment, exp_dir, run.artifact_root)
+    tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
+                                 "tune": dataclasses.asdict(search.tune),
+                                 "base": search.base}, exp_dir / "search.yaml",
+                  {"search_file": search.source, "experiment_dir": str(exp_dir), **run.warm.tags(search.tune.warm_start),
+                   **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
+                  dataset_record(search.config))
+    return tracker
+
+
+def _run_config(run: SearchRun, exp_dir: Path):
+    """Where Ray keeps the search, its MLflow callback, checkpoints and failures, and the live trial table."""
     from ray import tune  # lazy, as in _search_in
 
+    search = run.search
     # Ray's best-trial line looks every column up in the trial's config, so conditional
     # parameters (absent from some trials) stay out of the live table; MLflow has them all.
     unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
@@ -261,50 +316,45 @@ def _run_config(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_r
                            {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
                             "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
     return tune.RunConfig(
-        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
-        callbacks=[mlflow_callback(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root,
-                                    [p.key for p in search.params if p.kind != "fixed"])],
+        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=run.verbose,
+        callbacks=[mlflow_callback(run.tracking_uri, search.mlflow.experiment, exp_dir, run.artifact_root,
+                                   [p.key for p in search.params if p.kind != "fixed"])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
 
 
-def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_root: Path, resume: bool, verbose: int,
-               warm_seconds: float, t0: float, warm: WarmStart, promote: bool = False) -> dict:
+def _tuner(run: SearchRun, exp_dir: Path, fn):
+    """Ray's Tuner: restored from its saved state on --resume, or a new one with the searcher and the scheduler."""
     from ray import tune  # lazy, as in _search_in
 
-    restoring = resume and restores_ray_state(exp_dir)
-    plan = pack_plan_for(search, exp_dir, restoring)
-    if restoring:
-        check_same_pack(exp_dir, search, plan.size)
-    else:
-        record_pack(exp_dir, search, plan.size)
-    tracker = tracker_for(tracking_uri, search.mlflow.experiment, exp_dir, artifact_root)
-    tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
-                                 "tune": dataclasses.asdict(search.tune),
-                                 "base": search.base}, exp_dir / "search.yaml",
-                  {"search_file": str(search.path), "experiment_dir": str(exp_dir), **warm.tags(search.tune.warm_start),
-                   **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
-                  dataset_record(search.config))
-    fn = trial_function(search, plan)
-    run_config = _run_config(exp_dir, search, tracking_uri, artifact_root, verbose)
-    if restoring:
+    search = run.search
+    if run.restoring:
         if search.tune.warm_start:
             print("warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",
                   flush=True)
         for line in restore_superseded_checkpoints(exp_dir):
             print(line, flush=True)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
-    else:
-        if resume and search.tune.warm_start:  # stopped before Ray saved any state: start from the earlier searches again
-            warm = read_warm_start(search)
-            for line in warm.lines():
-                print(line, flush=True)
-        t = search.tune
-        tuner = tune.Tuner(fn, run_config=run_config, tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, search_alg=make_searcher(search, exp_dir, warm),
-            scheduler=make_scheduler(search),
-            num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+        return tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
+    if run.resume:  # stopped before Ray saved any state: the earlier searches, read again, are said again
+        for line in run.warm.lines():
+            print(line, flush=True)
+    t = search.tune
+    return tune.Tuner(fn, run_config=_run_config(run, exp_dir), tune_config=tune.TuneConfig(
+        metric=t.metric, mode=t.mode, search_alg=make_searcher(search, exp_dir, run.warm),
+        scheduler=make_scheduler(search),
+        num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
+        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+
+
+def _run_tuner(exp_dir: Path, run: SearchRun, warm_seconds: float, t0: float) -> SearchOutcome:
+    search = run.search
+    plan = pack_plan_for(run, exp_dir)
+    if not run.restoring:
+        record_pack(exp_dir, search, plan.size)
+    elif run.pack is None:  # measured only now: checked only now
+        check_same_pack(exp_dir, search, plan.size)
+    tracker = _start_tracker(run, exp_dir)
+    tuner = _tuner(run, exp_dir, trial_function(search, plan))
     stage_line("Ray Tune and MLflow set up", time.time() - t0 - warm_seconds)
     stop = GracefulStop()
     try:
@@ -315,20 +365,19 @@ def _run_tuner(exp_dir: Path, search: SearchFile, tracking_uri: str, artifact_ro
     finally:
         stop_hosts(plan)
     if stop.signum is not None:
-        name = signal.Signals(stop.signum).name
-        tracker.interrupted(name)
-        return {"experiment_dir": str(exp_dir), "interrupted": stop.signum, "signal": name,
-                "parent_run_id": tracker.parent_id, "kept_records": tracker.pending}
+        signum = signal.Signals(stop.signum)
+        tracker.interrupted(signum.name)
+        return SearchOutcome(exp_dir, tracker.tracking_uri, tracker.experiment, tracker.parent_id, tracker.pending,
+                             interrupted=signum)
     tracker.proceeding()  # where Ray's saved callback predates `setup` calling it (searches started before it did)
     cut, budget_end = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
     has_study = close_study(exp_dir, rows, [o["metric"] for o in search.tune.objectives] or [search.tune.metric],
                             "time_budget" if budget_end else "search_end")
     outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0,
-                            budget_end.line(any_finished=bool(ranked)) if budget_end else None, promote)
-    outcome["parent_run_id"] = tracker.parent_id
-    outcome["warm_note"] = warm.better_earlier(outcome.get("best_val_perplexity"), search.tune.mode)
-    outcome["runs_url"] = runs_table_url(tracking_uri, tracker.experiment_id)
-    if has_study:
-        outcome["optuna_study"], outcome["optuna_journal"] = study_name(exp_dir), str(journal_path(exp_dir))
-    return outcome
+                            budget_end.line(any_finished=bool(ranked)) if budget_end else None, run.promote)
+    return outcome.with_(
+        parent_run_id=tracker.parent_id,
+        warm_note=run.warm.better_earlier(outcome.best and outcome.best["best_val_perplexity"], search.tune.mode),
+        runs_url=runs_table_url(run.tracking_uri, tracker.experiment_id),
+        optuna_study=study_name(exp_dir) if has_study else None, optuna_journal=journal_path(exp_dir) if has_study else None)

@@ -121,7 +121,7 @@ def check_same_space(exp_dir: Path, search: SearchFile) -> None:
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         key = changed[0]
-        raise ConfigError(f"--resume: {search.path} is not the search {exp_dir.name} started with ({key}: "
+        raise ConfigError(f"--resume: {search.source} is not the search {exp_dir.name} started with ({key}: "
                           f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
                           f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
                           "or start a new search without --resume")

@@ -14,6 +14,7 @@ from ..plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
 from ..serving import save_pyfunc
 from ..space import SearchFile, trial_config
 from ..tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity, logged_model_name
+from .outcome import Registration, SearchOutcome, TrialCounts
 
 
 def objective_value(row: dict, metric: str):
@@ -157,7 +158,9 @@ def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: 
 
 def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], ranked: list[dict], exp_dir: Path,
                   warm_seconds: float, total_seconds: float, budget_note: str | None = None,
-                  promote: bool = False) -> dict:
+                  promote: bool = False) -> SearchOutcome:
+    """The search's end from its summary rows: plots, the Pareto front, the champion copied and saved as an MLflow model,
+    the best trials' models, everything sent to MLflow (`tracker.finish`), and the outcome the command prints."""
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
     curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
     artifacts = [exp_dir / "summary.csv"]
@@ -186,9 +189,9 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
         model = save_pyfunc(champion, exp_dir / "champion_model")
     top = top_models(ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top,
                      search.tune.name)
-    metrics = {"trials": len(rows), "trials_stopped_early": sum(r["stopped_early"] for r in rows),
-               "trials_failed": sum(r["status"] == "error" for r in rows), "trials_diverged": sum(r["status"] == "diverged" for r in rows),
-               "trials_cut": sum(r["status"] == "cut" for r in rows), "warm_cache_seconds": warm_seconds,
+    counts = TrialCounts.of(rows)
+    metrics = {"trials": counts.trials, "trials_stopped_early": counts.stopped_early, "trials_failed": counts.failed,
+               "trials_diverged": counts.diverged, "trials_cut": counts.cut, "warm_cache_seconds": warm_seconds,
                "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
@@ -200,16 +203,17 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
                         # what decides whether it may take the alias from the version holding it (ranked as above)
                         **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity",
                                             search.tune.mode)}
-    tracker.finish(metrics, artifacts, champion, search.mlflow.register_as if champion else None, model,
-                   best["trial_id"] if best else None, version_tags, top, promote)
-    return {"experiment_dir": str(exp_dir), "best": None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
-            "champion": str(champion) if champion else None, "champion_model": str(model) if model else None,
-            "top_models": [t["trial"] for t in top],
-            "registered_version": tracker.state["registered_version"],
-            "champion_moved": tracker.state.get("champion_moved", True),
-            "champion_line": tracker.state.get("champion_line"),
-            "registration_refused": tracker.state.get("registration_refused"),
-            "pareto_front": [{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
-                              **{k: r.get(k) for k in search.searched}} for r in front],
-            "tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment, "rows": len(rows),
-            "kept_records": tracker.pending, "budget_note": budget_note, **metrics}
+    register_as = search.mlflow.register_as if champion else None
+    tracker.finish(metrics, artifacts, champion, register_as, model, best["trial_id"] if best else None, version_tags,
+                   top, promote)
+    state = tracker.state
+    return SearchOutcome(
+        exp_dir, tracker.tracking_uri, tracker.experiment, tracker.parent_id, tracker.pending,
+        best=None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
+        champion=champion, champion_model=model, top_models=[t["trial"] for t in top],
+        registration=Registration(register_as, state["registered_version"], state.get("champion_moved", True),
+                                  state.get("champion_line"), state.get("registration_refused")),
+        pareto_front=[{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
+                       **{k: r.get(k) for k in search.searched}} for r in front],
+        counts=counts, warm_cache_seconds=warm_seconds, search_seconds=total_seconds,
+        total_steps=metrics["total_steps"], budget_note=budget_note)

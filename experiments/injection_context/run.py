@@ -38,6 +38,7 @@ from embinject.tracking import flatten
 from embinject.train import resolve_device
 from embinject.train.precision import resolve_dtype
 from embinject.tune.driver import run_search
+from embinject.tune.outcome import SearchOutcome
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, LR_RULE_GRID,
                                                SEEDS, WINDOW, budget_of, extra_corpus, lr_edge, lr_group, lr_shape)
 from experiments.injection_context.describe import bracket_verdict, shared_chunk_mlp
@@ -62,15 +63,15 @@ def lr_search(args, group: str, data_dir: Path, runs: Path, name: str, extra: li
         f"method={method}", *[f"{k}={v}" for k, v in shape.items()], f"tune.name={name}",
         f"mlflow.tracking_uri={args.mlflow}", "mlflow.experiment=experiment-injection-context-lr", *extra])
     outcome = run_search(search, verbose=0)
-    if outcome.get("interrupted") or outcome["best"] is None:
-        raise SystemExit(f"error: the learning-rate search {name} did not finish; see {outcome['experiment_dir']}")
+    if outcome.interrupted or outcome.best is None:
+        raise SystemExit(f"error: the learning-rate search {name} did not finish; see {outcome.experiment_dir}")
     return outcome
 
 
-def searched_trials(outcome: dict) -> list[dict]:
+def searched_trials(outcome: SearchOutcome) -> list[dict]:
     import csv
 
-    with open(Path(outcome["experiment_dir"]) / "summary.csv") as fh:
+    with open(outcome.experiment_dir / "summary.csv") as fh:
         return [{"lr": float(r["train.lr"]), "val_perplexity": float(r["best_val_perplexity"]), "steps": int(r["steps"])}
                 for r in csv.DictReader(fh) if r["best_val_perplexity"]]
 
@@ -109,7 +110,7 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str, 
         return lr
     print(f"[{runs.name}] {group}: searching its learning rate through embinject.tune (the runs wait for it)", flush=True)
     outcome = lr_search(args, group, data_dir, runs, f"lr-{runs.name}-{group}")
-    lr = float(outcome["best"]["train.lr"])
+    lr = float(outcome.best["train.lr"])
     trials = searched_trials(outcome)
     atomic_write_text(record, json.dumps({"method": group, "lr": lr, "trials": trials, "dtype": precision},
                                          indent=1))
@@ -200,9 +201,9 @@ def lr_at_budget(args, arm: str, runs: Path, precision: str) -> dict:
             "mlflow.experiment=experiment-injection-context-lr"])
         print(f"[{runs.name}] {arm}: its rate at its own budget, trying {', '.join(map(str, todo))}", flush=True)
         outcome = run_search(search, verbose=0)
-        if outcome.get("interrupted") or outcome["best"] is None:
+        if outcome.interrupted or outcome.best is None:
             raise SystemExit(f"error: the learning-rate search for {arm} did not finish; "
-                             f"see {outcome['experiment_dir']}")
+                             f"see {outcome.experiment_dir}")
         cfg = arm_config(args, arm, data_dir, todo[0])
         record.update(budget=budget_of(cfg.to_dict(), extra_corpus(arm)), dtype=precision, grid=list(LR_RULE_GRID),
                       trials=record["trials"] + searched_trials(outcome))
