@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--asha", type=int, metavar="GRACE", help="--search: ASHA with this grace period, max_t --steps")
     p.add_argument("--ceiling-reps", type=int, default=10, help="--search: benchmarks.packing's reps (0: no ceiling)")
     p.add_argument("--timeout", type=int, default=7200, help="--search: seconds one arm's search may take")
+    p.add_argument("--keep", action="store_true", help="--search: keep the searches' folders (their path is printed)")
     p.add_argument("--note", default="", help="--search: recorded with the run (say if the machine was busy)")
     args = p.parse_args(argv)
     if args.worker:

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,22 @@ def time_split(rows: list[dict]) -> dict:
     return {"trials_wall_s": wall, "seconds": seconds, "share": {k: v / wall if wall else None for k, v in seconds.items()}}
 
 
+def waiting_split(exp_dir: Path) -> dict:
+    """The trials' waiting, split by their last results: from Ray queuing a trial to its process starting (placement:
+    a process found or started), and after that start, joining a pack (a new host loads the LM first); and how many
+    trial processes and pack hosts served the trials."""
+    last = []
+    for f in exp_dir.glob("trial_*/result.json"):
+        lines = f.read_text().splitlines()
+        if lines:
+            last.append(json.loads(lines[-1]))
+    joining = sum(float(r.get("spent_waiting", 0.0)) for r in last)
+    waiting = sum(float(r.get("seconds_waiting", 0.0)) for r in last)
+    return {"placement_s": max(0.0, waiting - joining), "joining_s": joining,
+            "trial_processes": len({r["pid"] for r in last if "pid" in r}),
+            "pack_hosts": len({r["pack_pid"] for r in last if "pack_pid" in r})}
+
+
 def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
     """One arm's search, run as a user runs it; its numbers from the search's folder."""
     storage = work / arm
@@ -123,6 +140,7 @@ def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
            "trials": len(rows), "trials_ok": len(ok), "trials_stopped_early": int(metrics["trials_stopped_early"]),
            "total_steps": int(metrics["total_steps"]), "best_val_perplexity": metrics.get("best_val_perplexity"),
            "trials_per_hour": len(rows) / metrics["search_seconds"] * 3600, "time_split": time_split(rows),
+           "waiting_split": waiting_split(exp_dir),
            "trial_values": sorted(json.dumps({k: r[k] for k in SEARCHED + ("adapter.embedding_model",)}) for r in rows),
            "prefix_tokens": [int(r["adapter.prefix_len"]) + int(r["adapter.inject_tokens"]) for r in rows]}
     split = row["time_split"]["share"]
@@ -233,4 +251,8 @@ def run_search_arms(args, model: str, work: Path) -> int:
     write_run(target, run)
     print(json.dumps({k: run.get(k) for k in ("search_speedup", "step_ceiling", "packing_efficiency", "best_ppl_rel_diff",
                                               "same_trials")}), flush=True)
+    if args.keep:
+        print(f"the searches' folders: {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -135,6 +135,13 @@ def _real_run_notes(d: dict) -> list[str]:
                          + (_verdict(best, 2, ">=") if d["steps"] >= 300 else ""))
     within = "" if d["device"] == "cpu" else f" (target within 1%: {'met' if abs(d['best_ppl_rel_diff']) <= 0.01 else 'not met'})"
     notes.append(f"best perplexity packed against {_arm(d['reference_arm'])}: {100 * d['best_ppl_rel_diff']:+.3f}%{within}")
+    for r in d["rows"]:
+        w = r.get("waiting_split")
+        if w:
+            hosts = f" and {w['pack_hosts']} pack host{'s' * (w['pack_hosts'] != 1)}" if w["pack_hosts"] else ""
+            notes.append(f"{_arm(r['arm'])}: waiting {w['placement_s']:.1f} s for a trial process (Ray placing it, "
+                         f"starting a process or reusing one) and {w['joining_s']:.1f} s joining a pack (a new host "
+                         f"loads the LM first), summed over trials; {w['trial_processes']} trial processes{hosts}")
     notes.append("the arms trained the same trials (the seeded random sampler's)" if d["same_trials"] else
                  "the arms' trials differ: the ratios compare different searches")
     return notes
