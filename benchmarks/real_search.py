@@ -215,6 +215,16 @@ def summarise(args, rows: list[dict], ceiling: dict | None) -> dict:
     return out
 
 
+def without_note(argv: list[str]) -> list[str]:
+    """The command line as a re-run would give it: its own --note, not this one's."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a != "--note" and not a.startswith("--note="):
+            out.append(a)
+        skip = a == "--note"
+    return out
+
+
 def settings(args) -> dict:
     scheduler = ({"type": "none"} if args.asha is None else
                  {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
@@ -245,7 +255,7 @@ def run_search_arms(args, model: str, work: Path) -> int:
            "train_samples": args.train_samples, "val_samples": args.val_samples, "encoders": list(args.encoders),
            "seed": args.seed, "torch": torch.__version__, "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
-           "note": args.note, "command": "python -m benchmarks.packed_search " + shlex.join(args.argv),
+           "note": args.note, "command": "python -m benchmarks.packed_search " + shlex.join(without_note(args.argv)),
            "rows": rows, **summarise(args, rows, ceiling)}
     target = args.out or OUT / ("packed_search_real_gpu.json" if args.device == "cuda" else "packed_search_real.json")
     write_run(target, run)

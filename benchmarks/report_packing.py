@@ -116,7 +116,8 @@ def _real_run_notes(d: dict) -> list[str]:
         return []
     asha = d["scheduler"]["type"] == "asha"
     cpu_target = (0.5 if asha else 0.6) if d["device"] == "cpu" else None
-    notes = [f"packed against {_arm(d['reference_arm'])}, the fastest unpacked arm: x{d['search_speedup']:.2f} the search's "
+    reference = _placed(next(r for r in d["rows"] if r["arm"] == d["reference_arm"]))
+    notes = [f"packed against {reference}, the fastest unpacked arm: x{d['search_speedup']:.2f} the search's "
              f"wall time (x{d['tuner_speedup']:.2f} less cache warming, x{d['command_speedup']:.2f} the command's, "
              f"x{d['step_rate_speedup']:.2f} in steps per second)"]
     c = d.get("step_ceiling")
@@ -134,17 +135,25 @@ def _real_run_notes(d: dict) -> list[str]:
             notes.append(f"against the best fractional setting ({d['best_fractional']}) x{best:.2f}"
                          + (_verdict(best, 2, ">=") if d["steps"] >= 300 else ""))
     within = "" if d["device"] == "cpu" else f" (target within 1%: {'met' if abs(d['best_ppl_rel_diff']) <= 0.01 else 'not met'})"
-    notes.append(f"best perplexity packed against {_arm(d['reference_arm'])}: {100 * d['best_ppl_rel_diff']:+.3f}%{within}")
+    notes.append(f"best perplexity packed against {reference}: {100 * d['best_ppl_rel_diff']:+.3f}%{within}")
     for r in d["rows"]:
         w = r.get("waiting_split")
         if w:
             hosts = f" and {w['pack_hosts']} pack host{'s' * (w['pack_hosts'] != 1)}" if w["pack_hosts"] else ""
-            notes.append(f"{_arm(r['arm'])}: waiting {w['placement_s']:.1f} s for a trial process (Ray placing it, "
+            notes.append(f"{_placed(r)}: waiting {w['placement_s']:.1f} s for a trial process (Ray placing it, "
                          f"starting a process or reusing one) and {w['joining_s']:.1f} s joining a pack (a new host "
                          f"loads the LM first), summed over trials; {w['trial_processes']} trial processes{hosts}")
     notes.append("the arms trained the same trials (the seeded random sampler's)" if d["same_trials"] else
                  "the arms' trials differ: the ratios compare different searches")
     return notes
+
+
+def _placed(r: dict) -> str:
+    """An arm of the real search by where its trials ran."""
+    if r["arm"] == "packed":
+        return f"packed, {r['trials_at_once']} at once over one LM"
+    device = f"{r['gpus_per_trial']:g} GPU" if r["gpus_per_trial"] else f"{r['cpus_per_trial']:g} CPU"
+    return f"{r['trials_at_once']} at a time, {device} each"
 
 
 def real_search_section(results: Path) -> list[str]:
@@ -168,13 +177,13 @@ def real_search_section(results: Path) -> list[str]:
                   f"{d['val_samples']} windows, data `{d['data']}`, {d['cpus']} CPUs, torch {d['torch']}; load average "
                   f"{load['start']:.1f} at the start, {load['end']:.1f} at the end." + (f" {d['note']}." if d["note"] else ""),
                   "", f"`{d['command']}`", "",
-                  "| arm | at once | search (s) | command (s) | steps trained | best val perplexity | "
-                  + " | ".join(label for _, label in SPLIT_COLUMNS) + " |", "|---|" + "---|" * (5 + len(SPLIT_COLUMNS))]
+                  "| arm | search (s) | command (s) | steps trained | best val perplexity | "
+                  + " | ".join(label for _, label in SPLIT_COLUMNS) + " |", "|---|" + "---|" * (4 + len(SPLIT_COLUMNS))]
         for r in d["rows"]:
             share = r["time_split"]["share"]
             cells = [f"{100 * share[k]:.0f}%" if share[k] is not None else "-" for k, _ in SPLIT_COLUMNS]
             best = "-" if r["best_val_perplexity"] is None else f"{r['best_val_perplexity']:.4f}"
-            lines.append(f"| {_arm(r['arm'])} | {r['trials_at_once']} | {r['search_s']:.1f} | {r['command_s']:.1f} | "
+            lines.append(f"| {_placed(r)} | {r['search_s']:.1f} | {r['command_s']:.1f} | "
                          f"{r['total_steps']} | {best} | " + " | ".join(cells) + " |")
         lines += [""] + [f"- {n}." for n in _real_run_notes(d)] + [""]
     return lines

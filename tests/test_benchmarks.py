@@ -111,4 +111,5 @@ def test_the_real_packed_search_runs_both_arms_and_writes_its_ratios_split_and_c
     (tmp_path / "packed_search_real.json").write_text(out.read_text())
     text = "\n".join(report_packing.real_search_section(tmp_path))
     assert "## the real search, packed against unpacked" in text and "packing_efficiency" in text
-    assert "| packed | 2 |" in text and "(target >= 0.6:" in text
+    assert "| packed, 2 at once over one LM | " in text and "| 2 at a time, 1 CPU each | " in text
+    assert "(target >= 0.6:" in text
