@@ -135,7 +135,7 @@ def _real_run_notes(d: dict) -> list[str]:
             notes.append(f"against the best fractional setting ({d['best_fractional']}) x{best:.2f}"
                          + (_verdict(best, 2, ">=") if d["steps"] >= 300 else ""))
     within = "" if d["device"] == "cpu" else f" (target within 1%: {'met' if abs(d['best_ppl_rel_diff']) <= 0.01 else 'not met'})"
-    notes.append(f"best perplexity packed against {reference}: {100 * d['best_ppl_rel_diff']:+.3f}%{within}")
+    notes.append(f"best perplexity packed against {reference}: {d['best_ppl_rel_diff']:+.1e} relative{within}")
     for r in d["rows"]:
         w = r.get("waiting_split")
         if w:
