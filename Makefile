@@ -42,6 +42,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.pack_exactness  # a packed trial against its unpacked run on the real model (~15 min)
 	# the packed search on CPUs, at a size 2 cores finish in minutes (the GPU arm: benchmarks/gpu_rows.sh)
 	$(PY) -m benchmarks.packed_search --trials 8 --steps 4 --batch 8 --train-samples 256 --val-samples 32 --pack 4 --arms one 0.5 packed
+	# the real search (Ray, Optuna's seeded random sampler, MLflow) packed against 2 trials at a time, tiny model, with the step
+	# ceiling and their quotient: issue 51's target size, then trials as long as real ones with ASHA and without (~15 min each)
+	$(PY) -m benchmarks.packed_search --search --model tiny:32x2 --batch 8 --seq-len 32 --trials 16 --pack 8 --steps 96 --eval-every 24
+	$(PY) -m benchmarks.packed_search --search --model tiny:32x2 --batch 8 --seq-len 32 --trials 16 --pack 8 --steps 300 --eval-every 30 --asha 30
+	$(PY) -m benchmarks.packed_search --search --model tiny:32x2 --batch 8 --seq-len 32 --trials 16 --pack 8 --steps 300 --eval-every 30
 	$(PY) -m benchmarks.peer
 	$(PY) -m benchmarks.search_efficiency
 	$(PY) -m benchmarks.token_cache

@@ -1,7 +1,13 @@
 """Packed trials against one trial per device and fractional devices: the same injection search, trained three ways.
 
-    python -m benchmarks.packed_search [--device cpu|cuda] [--trials 32] [--steps 30] [--arms one 0.5 0.25 0.1 packed]
-                                       [--pack 8] [--data DIR] [--out FILE]
+    python -m benchmarks.packed_search [--device cpu|cuda] [--model NAME|tiny:WIDTHxLAYERS] [--trials 32] [--steps 30]
+                                       [--arms one 0.5 0.25 0.1 packed] [--pack 8] [--data DIR] [--out FILE]
+    python -m benchmarks.packed_search --search [--eval-every N] [--asha GRACE] [--note TEXT] ...   (the real search)
+
+`--model tiny:WIDTHxLAYERS`: the tests' random Llama at that size (benchmarks.tiny_model), made for the run; its
+perplexities mean nothing. `--search`: each arm is the real search (`python -m embinject.tune`: Ray, Optuna's seeded
+random sampler, MLflow), packed against unpacked, with the step-level ceiling at the same K and their quotient
+(benchmarks.real_search says how). Without it, the engine alone:
 
 The trials: `--trials` configurations drawn by a seeded random sampler from the space of
 search_spaces/injection.yaml (learning rate, injected vectors, prefix length, MLP width; encoders limited to those
@@ -42,7 +48,9 @@ from embinject.train import prepare, shared_lm, train
 from embinject.train.packing import PackedSteps, StepPack
 from embinject.train.precision import autocast_dtype
 
+from .real_search import run_search_arms
 from .shape_model import model_label
+from .tiny_model import resolve_model, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
@@ -72,7 +80,7 @@ def sample_trials(n: int, seed: int, encoders: list[str]) -> list[dict]:
 
 
 def base_overrides(args) -> list[str]:
-    return [f"model={args.model}", "method=injection", f"data.path={args.data}", "data.seq_len=64",
+    return [f"model={args.model_path}", "method=injection", f"data.path={args.data}", f"data.seq_len={args.seq_len}",
             f"data.train_samples={args.train_samples}", f"data.val_samples={args.val_samples}", "adapter.embed_source=previous",
             f"train.batch_size={args.batch}", "train.eval_batch_size=64", f"train.max_steps={args.steps}",
             f"train.eval_every={args.steps}", "train.patience=0", f"train.device={args.device}", f"train.dtype={args.dtype}",
@@ -172,16 +180,32 @@ def main(argv=None) -> int:
     p.add_argument("--train-samples", type=int, default=1024)
     p.add_argument("--val-samples", type=int, default=128)
     p.add_argument("--pack", type=int, default=8)
-    p.add_argument("--arms", nargs="+", default=["one", "0.5", "0.25", "0.1", "packed"])
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--arms", nargs="+", choices=["one", "0.5", "0.25", "0.1", "packed"],
+                   help="default: one 0.5 0.25 0.1 packed; with --search on a CPU, 0.5 packed")
     p.add_argument("--encoders", nargs="+", default=["fourier", "lm-mean"])
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--search", action="store_true", help="run the real search in each arm (benchmarks.real_search)")
+    p.add_argument("--eval-every", type=int, help="--search: train.eval_every (default: --steps)")
+    p.add_argument("--asha", type=int, metavar="GRACE", help="--search: ASHA with this grace period, max_t --steps")
+    p.add_argument("--ceiling-reps", type=int, default=10, help="--search: benchmarks.packing's reps (0: no ceiling)")
+    p.add_argument("--timeout", type=int, default=7200, help="--search: seconds one arm's search may take")
+    p.add_argument("--keep", action="store_true", help="--search: keep the searches' folders (their path is printed)")
+    p.add_argument("--note", default="", help="--search: recorded with the run (say if the machine was busy)")
     args = p.parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.worker).read_text())
         atomic_write_text(Path(args.worker + ".out"), json.dumps(work(spec)))
         return 0
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.eval_every = args.eval_every or args.steps
+    args.arms = args.arms or (["0.5", "packed"] if args.search and args.device == "cpu" else ["one", "0.5", "0.25", "0.1", "packed"])
+    work_dir = Path(tempfile.mkdtemp(prefix="packed-search-"))
+    args.model_path = resolve_model(args.model, work_dir)
+    if args.search:
+        return run_search_arms(args, args.model_path, work_dir)
     base = base_overrides(args)
     trials = sample_trials(args.trials, args.seed, args.encoders)
     for encoder in sorted({t["adapter.embedding_model"] for t in trials}):  # shared work once: windows, embeddings
@@ -197,9 +221,10 @@ def main(argv=None) -> int:
 
 def write_results(target: Path, args, trials: list[dict], rows: list[dict]) -> None:
     by = {r["arm"]: r for r in rows}
-    out = {"benchmark": "packed_search", "model": model_label(args.model), "data": Path(args.data).name, "device": args.device,
+    out = {"benchmark": "packed_search", "model": args.model if tiny_spec(args.model) else model_label(args.model),
+           "data": Path(args.data).name, "device": args.device,
            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-           "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "batch": args.batch, "seq_len": 64,
+           "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
            "pack": args.pack, "cpus": args.cpus, "torch": torch.__version__, "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "trials_config": trials, "rows": rows}
     if "packed" in by and "one" in by:

@@ -1,5 +1,6 @@
-"""The packing sections of benchmarks/RESULTS.md: one packed step (`benchmarks.packing`) and packed trials inside a
-search (`benchmarks.packed_search`, CPU and GPU files)."""
+"""The packing sections of benchmarks/RESULTS.md: one packed step (`benchmarks.packing`), packed trials inside a
+search (`benchmarks.packed_search`, CPU and GPU files) and the real search packed against unpacked
+(`benchmarks.packed_search --search`)."""
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def packed_search_section(results: Path) -> list[str]:
     files = [results / n for n in ("packed_search.json", "packed_search_gpu.json", "packed_search_gpu_bf16.json")]
     runs = [json.loads(f.read_text()) for f in files if f.is_file()]
     if not runs:
-        return []
+        return real_search_section(results)
     lines = ["## packed trials in a search", "",
              "`python -m benchmarks.packed_search`: the same trials (a seeded random sample of search_spaces/injection.yaml's "
              "space, encoders that need no download) on the real bundled SmolLM2-135M, fixed steps, no early stopping, trained "
@@ -68,7 +69,7 @@ def packed_search_section(results: Path) -> list[str]:
         if missing and d["device"] == "cuda":
             notes.append(f"not run: {', '.join(_arm(a) for a in missing)} (the device time ran out)")
         lines += ["", "- " + "; ".join(notes) + ".", ""] if notes else [""]
-    return lines
+    return lines + real_search_section(results)
 
 
 def pack_exactness_section(data: dict) -> list[str]:
@@ -93,4 +94,96 @@ def pack_exactness_section(data: dict) -> list[str]:
               f"unpacked ones by up to {worst_packed:.1e}, and the same trial alone at 2 threads instead of 1 by up to "
               f"{worst_threads:.1e}. Packing changes a trial no more than the thread count of an unpacked run does; "
               "the tests check 1e-4 through the real search over a few steps, where rounding has not grown.", ""]
+    return lines
+
+
+SPLIT_COLUMNS = (("seconds_steps", "steps"), ("seconds_rendezvous", "rendezvous"), ("seconds_eval", "evaluation"),
+                 ("seconds_setup", "setup"), ("seconds_waiting", "waiting"), ("seconds_report", "report"), ("other", "other"))
+
+
+def _scheduler(s: dict) -> str:
+    return "no scheduler" if s["type"] == "none" else \
+        f"ASHA (grace {s['grace_period']}, max {s['max_t']}, reduction factor {s['reduction_factor']:g})"
+
+
+def _verdict(value: float | None, target: float, what: str) -> str:
+    return "" if value is None else f" (target {what} {target:g}: {'met' if value >= target else 'not met'})"
+
+
+def _real_run_notes(d: dict) -> list[str]:
+    """The ratios of one run of the real search, and the targets issue 51 set for them."""
+    if "search_speedup" not in d:
+        return []
+    asha = d["scheduler"]["type"] == "asha"
+    cpu_target = (0.5 if asha else 0.6) if d["device"] == "cpu" else None
+    reference = _placed(next(r for r in d["rows"] if r["arm"] == d["reference_arm"]))
+    notes = [f"packed against {reference}, the fastest unpacked arm: x{d['search_speedup']:.2f} the search's "
+             f"wall time (x{d['tuner_speedup']:.2f} less cache warming, x{d['command_speedup']:.2f} the command's, "
+             f"x{d['step_rate_speedup']:.2f} in steps per second)"]
+    c = d.get("step_ceiling")
+    if c:
+        notes.append(f"the step-level ceiling (`benchmarks.packing`, K = {c['k']}, prefix {c['prefix']}, {c['threads']} "
+                     f"threads, median of {c['reps']}): x{c['speedup']:.2f}; packing_efficiency (search speed-up / ceiling) "
+                     f"**{d['packing_efficiency']:.2f}**" + (_verdict(d["packing_efficiency"], cpu_target, ">=")
+                                                              if cpu_target else ""))
+    if d["device"] == "cuda" and "speedups" in d:
+        one = d["speedups"].get("one")
+        if one is not None:
+            notes.append(f"against one trial per GPU x{one:.2f}" + (_verdict(one, 6, ">=") if d["steps"] >= 300 else ""))
+        if "best_fractional" in d:
+            best = d["speedup_vs_best_fractional"]
+            notes.append(f"against the best fractional setting ({d['best_fractional']}) x{best:.2f}"
+                         + (_verdict(best, 2, ">=") if d["steps"] >= 300 else ""))
+    within = "" if d["device"] == "cpu" else f" (target within 1%: {'met' if abs(d['best_ppl_rel_diff']) <= 0.01 else 'not met'})"
+    notes.append(f"best perplexity packed against {reference}: {d['best_ppl_rel_diff']:+.1e} relative{within}")
+    for r in d["rows"]:
+        w = r.get("waiting_split")
+        if w:
+            hosts = f" and {w['pack_hosts']} pack host{'s' * (w['pack_hosts'] != 1)}" if w["pack_hosts"] else ""
+            notes.append(f"{_placed(r)}: waiting {w['placement_s']:.1f} s for a trial process (Ray placing it, "
+                         f"starting a process or reusing one) and {w['joining_s']:.1f} s joining a pack (a new host "
+                         f"loads the LM first), summed over trials; {w['trial_processes']} trial processes{hosts}")
+    notes.append("the arms trained the same trials (the seeded random sampler's)" if d["same_trials"] else
+                 "the arms' trials differ: the ratios compare different searches")
+    return notes
+
+
+def _placed(r: dict) -> str:
+    """An arm of the real search by where its trials ran."""
+    if r["arm"] == "packed":
+        return f"packed, {r['trials_at_once']} at once over one LM"
+    device = f"{r['gpus_per_trial']:g} GPU" if r["gpus_per_trial"] else f"{r['cpus_per_trial']:g} CPU"
+    return f"{r['trials_at_once']} at a time, {device} each"
+
+
+def real_search_section(results: Path) -> list[str]:
+    """`benchmarks.packed_search --search`: the real search, packed against unpacked, per run of settings."""
+    runs = [r for n in ("packed_search_real.json", "packed_search_real_gpu.json") if (results / n).is_file()
+            for r in json.loads((results / n).read_text())["runs"]]
+    if not runs:
+        return []
+    lines = ["## the real search, packed against unpacked", "",
+             "`python -m benchmarks.packed_search --search`: each arm is one `python -m embinject.tune` search (a local Ray "
+             "the search starts, Optuna's random sampler with a fixed seed, so every arm trains the same trials, MLflow in "
+             "a local SQLite store), injection.yaml's searched keys, the trials as placed: packed (`tune.pack: K`, K at once "
+             "over one frozen LM) or not (N at once, each with 1/N of the device). Search: the search's own wall time "
+             "(caches already warm, Ray's start included); the time split is summary.csv's, summed over the trials, as "
+             "shares of their summed wall time (what `embinject report` prints).", ""]
+    for d in sorted(runs, key=lambda r: (r["device"], r["model"], r["steps"], r["scheduler"]["type"])):
+        load = d["load_average"]
+        lines += [f"### `{d['model']}` on {d['device_name']} ({d['device']}, {d['dtype']}): {d['trials']} trials x "
+                  f"{d['steps']} steps, {_scheduler(d['scheduler'])}, K = {d['pack']}", "",
+                  f"{d['time']}; batch {d['batch']} x {d['seq_len']}, evaluation every {d['eval_every']} steps on "
+                  f"{d['val_samples']} windows, data `{d['data']}`, {d['cpus']} CPUs, torch {d['torch']}; load average "
+                  f"{load['start']:.1f} at the start, {load['end']:.1f} at the end." + (f" {d['note']}." if d["note"] else ""),
+                  "", f"`{d['command']}`", "",
+                  "| arm | search (s) | command (s) | steps trained | best val perplexity | "
+                  + " | ".join(label for _, label in SPLIT_COLUMNS) + " |", "|---|" + "---|" * (4 + len(SPLIT_COLUMNS))]
+        for r in d["rows"]:
+            share = r["time_split"]["share"]
+            cells = [f"{100 * share[k]:.0f}%" if share[k] is not None else "-" for k, _ in SPLIT_COLUMNS]
+            best = "-" if r["best_val_perplexity"] is None else f"{r['best_val_perplexity']:.4f}"
+            lines.append(f"| {_placed(r)} | {r['search_s']:.1f} | {r['command_s']:.1f} | "
+                         f"{r['total_steps']} | {best} | " + " | ".join(cells) + " |")
+        lines += [""] + [f"- {n}." for n in _real_run_notes(d)] + [""]
     return lines

@@ -28,3 +28,27 @@ def make_tiny_model(directory: Path, hidden: int = 64, layers: int = 2, vocab: i
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
+
+
+def tiny_spec(spec: str) -> tuple[int, int] | None:
+    """`tiny:WIDTHxLAYERS` as (width, layers); None for any other model name. A width must split into the model's 4
+    attention heads."""
+    if not spec.startswith("tiny:"):
+        return None
+    try:
+        width, layers = (int(v) for v in spec.removeprefix("tiny:").lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--model {spec}: expected tiny:WIDTHxLAYERS, e.g. tiny:32x2") from None
+    if width < 4 or width % 4 or layers < 1:
+        raise SystemExit(f"--model {spec}: the width must be a multiple of 4 (4 attention heads) and the layers 1 or more")
+    return width, layers
+
+
+def resolve_model(spec: str, directory: Path) -> str:
+    """A benchmark's --model as the config's `model`: `tiny:WIDTHxLAYERS` becomes a tiny model made under `directory`
+    (the tests' random Llama at that size), any other name stays as given."""
+    size = tiny_spec(spec)
+    if size is None:
+        return spec
+    width, layers = size
+    return str(make_tiny_model(directory / f"tiny-{width}x{layers}", hidden=width, layers=layers))

@@ -1,9 +1,12 @@
-"""The benchmark bookkeeping that needs no timing: resuming search_efficiency and rendering partial results."""
+"""The benchmark bookkeeping that needs no timing: resuming search_efficiency and rendering partial results; the real
+packed search's arms run and write their fields."""
 import argparse
 import json
+import os
 
-from benchmarks import report, search_efficiency, warm_start
+from benchmarks import packed_search, real_search, report, report_packing, search_efficiency, warm_start
 from embinject.fsutil import atomic_write_text
+from embinject.tracking import TIME_SPLIT
 
 
 def args_for(tmp_path, seeds=(0, 1)):
@@ -80,3 +83,34 @@ def test_warm_start_compares_each_search_with_random_search_of_its_corpus_and_se
     summary["time"] = "now"
     text = "\n".join(report.warm_start_section(summary))
     assert "warm 4% over 1 searches, cold 25% over 1" in text and "met" in text and "Not run yet" in text
+
+
+def test_the_real_packed_search_runs_both_arms_and_writes_its_ratios_split_and_ceiling(tmp_path):
+    """`benchmarks.packed_search --search` at the smallest sizes: two real searches (Ray, Optuna, MLflow) on a tiny model
+    made for the run, the step ceiling, and the run's fields; RESULTS.md's section renders them. No timing is judged."""
+    out = tmp_path / "real.json"
+    argv = ["--search", "--model", "tiny:16x1", "--data", "builtin:python-docs", "--trials", "2", "--steps", "2",
+            "--eval-every", "1", "--batch", "4", "--seq-len", "32", "--train-samples", "16", "--val-samples", "8",
+            "--pack", "2", "--ceiling-reps", "1", "--note", "a test", "--out", str(out)]
+    assert packed_search.main(argv) == 0
+    run, = json.loads(out.read_text())["runs"]
+    assert run["model"] == "tiny:16x1" and run["same_trials"] and run["note"] == "a test"
+    assert {r["arm"] for r in run["rows"]} == {"0.5", "packed"} and run["reference_arm"] == "0.5"
+    for row in run["rows"]:
+        assert row["trials"] == row["trials_ok"] == 2 and row["total_steps"] == 4 and row["search_s"] > 0
+        assert set(row["time_split"]["seconds"]) == {*TIME_SPLIT, "other"}
+        assert row["time_split"]["seconds"]["seconds_steps"] > 0
+    packed = next(r for r in run["rows"] if r["arm"] == "packed")
+    assert packed["trials_at_once"] == 2 and packed["pack"] == 2
+    assert run["step_ceiling"]["k"] == 2 and run["step_ceiling"]["speedup"] > 0
+    assert run["packing_efficiency"] == run["search_speedup"] / run["step_ceiling"]["speedup"]
+    assert abs(run["best_ppl_rel_diff"]) < 1e-3  # the same trials, packed or not: rounding apart
+    # a second run of the same settings replaces this one; another setting is kept beside it
+    real_search.write_run(out, {**run, "note": "again"})
+    real_search.write_run(out, {**run, "steps": 3})
+    assert [(r["steps"], r["note"]) for r in json.loads(out.read_text())["runs"]] == [(2, "again"), (3, "a test")]
+    (tmp_path / "packed_search_real.json").write_text(out.read_text())
+    text = "\n".join(report_packing.real_search_section(tmp_path))
+    assert "## the real search, packed against unpacked" in text and "packing_efficiency" in text
+    assert "| packed, 2 at once over one LM | " in text and f"| 2 at a time, {os.cpu_count() / 2:g} CPU each | " in text
+    assert "(target >= 0.6:" in text

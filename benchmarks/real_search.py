@@ -1,0 +1,268 @@
+"""The real search, packed against unpacked: `python -m benchmarks.packed_search --search ...` (see that module).
+
+Each arm is one `python -m embinject.tune` search (a local Ray that the search starts, Optuna's random sampler with a
+fixed seed, a local MLflow SQLite store), the same search file but for where its trials run:
+- `one`: one trial at a time with the whole device (a GPU, or every CPU core), `tune.pack: off`;
+- `0.5`, `0.25`, `0.1`: 2, 4 or 10 trials at a time, each with that share of the device, `tune.pack: off`;
+- `packed`: `tune.pack: K`, K trials at a time sharing one frozen LM on the whole device.
+The seeded random sampler proposes the same trials in every arm (checked: `same_trials`). Per arm: the search's own wall
+time (`search_seconds`, what `embinject report` prints), the command's, steps trained, the best validation perplexity,
+and where the trials' time went (summary.csv's time split, summed over trials, with shares of their summed wall time).
+Then one packed step of K trials against K separate steps on the same model (`benchmarks.packing`, the step-level
+ceiling), and `packing_efficiency`: the search-level speedup over the fastest unpacked arm divided by that ceiling.
+A run is keyed by its settings in benchmarks/results/packed_search_real.json (or _gpu.json, or --out); a run with the
+same settings replaces it, others are kept, so the 30-step, 300-step and ASHA rows live in one file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from embinject.fsutil import atomic_write_text
+from embinject.space import load_search_file
+from embinject.tracking import TIME_SPLIT, WALL
+from embinject.tracking.tracker import search_metrics
+from embinject.tune.cluster import warm_caches
+
+from .shape_model import model_label
+from .tiny_model import tiny_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path(__file__).resolve().parent / "results"
+SEARCHED = ("train.lr", "adapter.inject_tokens", "adapter.prefix_len", "adapter.mlp_width")
+KEY = ("model", "device", "dtype", "trials", "steps", "eval_every", "batch", "seq_len", "pack", "scheduler")
+
+
+def search_spec(args, model: str, arm: str, storage: Path) -> dict:
+    """The search file of one arm: injection.yaml's searched keys (encoders limited to --encoders), the given sizes,
+    a seeded random sampler, and the arm's placement (`placement`)."""
+    space = yaml.safe_load((ROOT / "search_spaces" / "injection.yaml").read_text())["search"]
+    searched = {k: space[k] for k in SEARCHED}
+    searched["adapter.embedding_model"] = {"choice": list(args.encoders)}
+    scheduler = ({"type": "none"} if args.asha is None else
+                 {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
+    return {"model": model, "method": "injection",
+            "data": {"path": args.data, "seq_len": args.seq_len, "train_samples": args.train_samples,
+                     "val_samples": args.val_samples},
+            "adapter": {"embed_source": "previous", "inject_tokens": 8, "prefix_len": 2, "mlp_width": 512,
+                        "embedding_model": args.encoders[0]},
+            "train": {"lr": 1.0e-3, "batch_size": args.batch, "eval_batch_size": 64, "max_steps": args.steps,
+                      "eval_every": args.eval_every, "patience": 0, "eval_windows": None, "device": args.device,
+                      "dtype": args.dtype, "progress": False},
+            "search": searched,
+            "tune": {"name": "arm-" + arm.replace(".", "_"), "num_samples": args.trials, "search_alg": "random",
+                     "seed": args.seed, "scheduler": scheduler, "storage_path": str(storage), **placement(args, arm)},
+            "mlflow": {"experiment": "packed-search-real", "register_as": None}}
+
+
+def placement(args, arm: str) -> dict:
+    """Where an arm's trials run: `tune.pack`, how many at once, and each trial's share of the device."""
+    gpu = args.device == "cuda"
+    if arm == "packed":  # the pack takes the whole device: its K members ask for a K-th each
+        return {"pack": args.pack, "max_concurrent_trials": args.pack,
+                "resources": {"cpus": float(args.cpus), "gpus": 1.0 if gpu else 0.0}}
+    share = 1.0 if arm == "one" else float(arm)
+    at_once = round(1 / share)
+    return {"pack": "off", "max_concurrent_trials": at_once,
+            "resources": {"cpus": args.cpus / at_once, "gpus": share if gpu else 0.0}}
+
+
+def number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def time_split(rows: list[dict]) -> dict:
+    """summary.csv's time split summed over the trials, and each category's share of their summed wall time."""
+    timed = [r for r in rows if number(r.get(WALL))]
+    wall = sum(number(r[WALL]) for r in timed)
+    seconds = {k: sum(number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
+    seconds["other"] = max(0.0, wall - sum(seconds.values()))
+    return {"trials_wall_s": wall, "seconds": seconds, "share": {k: v / wall if wall else None for k, v in seconds.items()}}
+
+
+def waiting_split(exp_dir: Path) -> dict:
+    """The trials' waiting, split by their last results: from Ray queuing a trial to its process starting (placement:
+    a process found or started), and after that start, joining a pack (a new host loads the LM first); and how many
+    trial processes and pack hosts served the trials."""
+    last = []
+    for f in exp_dir.glob("trial_*/result.json"):
+        lines = f.read_text().splitlines()
+        if lines:
+            last.append(json.loads(lines[-1]))
+    joining = sum(float(r.get("spent_waiting", 0.0)) for r in last)
+    waiting = sum(float(r.get("seconds_waiting", 0.0)) for r in last)
+    return {"placement_s": max(0.0, waiting - joining), "joining_s": joining,
+            "trial_processes": len({r["pid"] for r in last if "pid" in r}),
+            "pack_hosts": len({r["pack_pid"] for r in last if "pack_pid" in r})}
+
+
+def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
+    """One arm's search, run as a user runs it; its numbers from the search's folder."""
+    storage = work / arm
+    storage.mkdir(parents=True)
+    spec = search_spec(args, model, arm, storage)
+    path = storage / "search.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    t0 = time.perf_counter()
+    with (storage / "search.log").open("w") as log:
+        proc = subprocess.run([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=args.timeout)
+    command_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (storage / "search.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"arm {arm}: the search failed (exit {proc.returncode}); its log ends:\n{tail}")
+    exp_dir = next(p for p in storage.iterdir() if p.is_dir() and p.name.startswith(spec["tune"]["name"] + "-"))
+    with (exp_dir / "summary.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    metrics = search_metrics(exp_dir)
+    ok = [r for r in rows if r["status"] == "ok"]
+    tune = spec["tune"]
+    row = {"arm": arm, "trials_at_once": tune["max_concurrent_trials"], "pack": tune["pack"],
+           "cpus_per_trial": tune["resources"]["cpus"], "gpus_per_trial": tune["resources"]["gpus"],
+           "search_s": metrics["search_seconds"], "warm_cache_s": metrics["warm_cache_seconds"], "command_s": command_s,
+           # the search less its cache warming (which found the caches warm): Ray's start, the trials, the finish
+           "tuner_s": metrics["search_seconds"] - metrics["warm_cache_seconds"],
+           "trials": len(rows), "trials_ok": len(ok), "trials_stopped_early": int(metrics["trials_stopped_early"]),
+           "total_steps": int(metrics["total_steps"]), "best_val_perplexity": metrics.get("best_val_perplexity"),
+           "trials_per_hour": len(rows) / metrics["search_seconds"] * 3600, "time_split": time_split(rows),
+           "waiting_split": waiting_split(exp_dir),
+           "trial_values": sorted(json.dumps({k: r[k] for k in SEARCHED + ("adapter.embedding_model",)}) for r in rows),
+           "prefix_tokens": [int(r["adapter.prefix_len"]) + int(r["adapter.inject_tokens"]) for r in rows]}
+    split = row["time_split"]["share"]
+    print(f"{arm}: search {row['search_s']:.1f} s (command {command_s:.1f} s), {row['total_steps']} steps, best "
+          f"{row['best_val_perplexity']:.4f}; steps {100 * split['seconds_steps']:.0f}%, rendezvous "
+          f"{100 * split['seconds_rendezvous']:.0f}%, eval {100 * split['seconds_eval']:.0f}%, setup "
+          f"{100 * split['seconds_setup']:.0f}%", flush=True)
+    return row
+
+
+def step_ceiling(args, model: str, prefix: int, work: Path, env: dict) -> dict:
+    """One packed step of K trials against K separate steps on the same model (benchmarks.packing), with the threads
+    the packed arm's host has."""
+    out = work / "packing.json"
+    threads = {"OMP_NUM_THREADS": str(args.cpus)} if args.device == "cpu" else {}
+    cmd = [sys.executable, "-m", "benchmarks.packing", "--model", model, "--k", str(args.pack), "--batch", str(args.batch),
+           "--seq", str(args.seq_len), "--prefix", str(prefix), "--reps", str(args.ceiling_reps), "--device", args.device,
+           "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env={**env, **threads}, check=True, timeout=args.timeout)
+    step = json.loads(out.read_text())["rows"][0]
+    return {"k": step["k"], "prefix": prefix, "threads": json.loads(out.read_text())["threads"], "reps": args.ceiling_reps,
+            "sequential_s": step["sequential_s"], "packed_s": step["packed_s"], "speedup": step["speedup"]}
+
+
+def search_env(work: Path) -> dict:
+    """The arms' environment: this tree first on the path, caches in `work` (the converted bundled models shared with
+    the user's cache), no Ray cluster but the one each search starts."""
+    cache = work / "cache"
+    cache.mkdir()
+    user_models = Path(os.environ.get("EMBINJECT_CACHE", Path.home() / ".cache" / "embinject")) / "models"
+    user_models.mkdir(parents=True, exist_ok=True)
+    (cache / "models").symlink_to(user_models, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(EMBINJECT_CACHE=str(cache), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def warm(args, model: str, work: Path, env: dict) -> None:
+    """The shared caches (windows, embeddings, baseline) before any arm, so that no arm pays for them and the others not."""
+    spec = search_spec(args, model, "packed", work / "warm")
+    path = work / "warm.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    previous = os.environ.get("EMBINJECT_CACHE")
+    os.environ["EMBINJECT_CACHE"] = env["EMBINJECT_CACHE"]
+    try:
+        warm_caches(load_search_file(path))
+    finally:
+        os.environ.pop("EMBINJECT_CACHE") if previous is None else os.environ.__setitem__("EMBINJECT_CACHE", previous)
+
+
+def summarise(args, rows: list[dict], ceiling: dict | None) -> dict:
+    """The run's ratios: packed against each unpacked arm, the fastest unpacked arm, and the quotient by the ceiling."""
+    by = {r["arm"]: r for r in rows}
+    out = {"same_trials": len({tuple(r["trial_values"]) for r in rows}) == 1, "step_ceiling": ceiling}
+    packed, unpacked = by.get("packed"), [r for r in rows if r["arm"] != "packed"]
+    if packed is None or not unpacked:
+        return out
+    reference = min(unpacked, key=lambda r: r["search_s"])
+    out.update(reference_arm=reference["arm"], search_speedup=reference["search_s"] / packed["search_s"],
+               command_speedup=reference["command_s"] / packed["command_s"],
+               tuner_speedup=reference["tuner_s"] / packed["tuner_s"],
+               step_rate_speedup=(packed["total_steps"] / packed["search_s"]) / (reference["total_steps"] / reference["search_s"]),
+               best_ppl_rel_diff=packed["best_val_perplexity"] / reference["best_val_perplexity"] - 1,
+               speedups={r["arm"]: r["search_s"] / packed["search_s"] for r in unpacked})
+    fractional = [r for r in unpacked if r["arm"] != "one"]
+    if fractional:
+        best = min(fractional, key=lambda r: r["search_s"])
+        out.update(best_fractional=best["arm"], speedup_vs_best_fractional=best["search_s"] / packed["search_s"])
+    if ceiling:
+        out["packing_efficiency"] = out["search_speedup"] / ceiling["speedup"]
+    return out
+
+
+def without_note(argv: list[str]) -> list[str]:
+    """The command line as a re-run would give it: its own --note, not this one's."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a != "--note" and not a.startswith("--note="):
+            out.append(a)
+        skip = a == "--note"
+    return out
+
+
+def settings(args) -> dict:
+    scheduler = ({"type": "none"} if args.asha is None else
+                 {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
+    return {"model": args.model if tiny_spec(args.model) else model_label(args.model), "device": args.device,
+            "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "eval_every": args.eval_every,
+            "batch": args.batch, "seq_len": args.seq_len, "pack": args.pack, "scheduler": scheduler}
+
+
+def write_run(target: Path, run: dict) -> None:
+    """`run` into the results file, in place of a run of the same settings."""
+    data = json.loads(target.read_text()) if target.is_file() else {"benchmark": "packed_search_real", "runs": []}
+    data["runs"] = [r for r in data["runs"] if {k: r.get(k) for k in KEY} != {k: run[k] for k in KEY}] + [run]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps(data, indent=1))
+
+
+def run_search_arms(args, model: str, work: Path) -> int:
+    """Every arm's search, the step-level ceiling, and the run written into the results file."""
+    env = search_env(work)
+    load_start = os.getloadavg()
+    warm(args, model, work, env)
+    rows = [run_arm(args, model, arm, work, env) for arm in args.arms]
+    prefixes = [p for r in rows for p in r["prefix_tokens"]]
+    ceiling = step_ceiling(args, model, round(statistics.median(prefixes)), work, env) \
+        if "packed" in args.arms and args.ceiling_reps else None
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    run = {**settings(args), "data": Path(args.data).name, "device_name": device_name, "cpus": args.cpus,
+           "train_samples": args.train_samples, "val_samples": args.val_samples, "encoders": list(args.encoders),
+           "seed": args.seed, "torch": torch.__version__, "machine": platform.platform(),
+           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
+           "note": args.note, "command": "python -m benchmarks.packed_search " + shlex.join(without_note(args.argv)),
+           "rows": rows, **summarise(args, rows, ceiling)}
+    target = args.out or OUT / ("packed_search_real_gpu.json" if args.device == "cuda" else "packed_search_real.json")
+    write_run(target, run)
+    print(json.dumps({k: run.get(k) for k in ("search_speedup", "step_ceiling", "packing_efficiency", "best_ppl_rel_diff",
+                                              "same_trials")}), flush=True)
+    if args.keep:
+        print(f"the searches' folders: {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
