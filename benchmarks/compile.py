@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")  # empty: the first compile is a cold one
     tiny = make_tiny_model(scratch / "tiny", hidden=32, layers=2)
     out = {"benchmark": "compile", "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs",
            "machine": platform.platform(), "mode": args.mode, "reps": args.reps, "eval_batch": EVAL_BATCH,
            "recompile_limit": torch._dynamo.config.recompile_limit,
            "rows": json.loads(args.out.read_text())["rows"] if args.keep and args.out.is_file() else []}

@@ -1,6 +1,11 @@
 """The compile section of benchmarks/RESULTS.md (`benchmarks.compile`: torch.compile of the frozen LM's decoder)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
 TRIAL_STEPS = (96, 300)  # a search's trial length, the range the search spaces' budgets give
 EXACT = 1e-5  # relative difference of the loss against eager that still counts as the same training
 # evaluation passes of a trial: 4 evaluations of the 64-window subset (train.eval_windows) and the final one of all
@@ -80,13 +85,22 @@ def _verdict(data: dict) -> list[str]:
     return lines + [""]
 
 
-def compile_section(data: dict) -> list[str]:
-    lines = ["## compile: torch.compile of the frozen LM's decoder", "",
-             f"`python -m benchmarks.compile` on {data['time']} ({data['device']} {data['device_name']}, {data['threads']} "
-             f"thread(s), torch {data['torch']}, mode {data['mode']}): the decoder's forward compiled, the LM head, loss and "
-             f"packing eager; eager and compiled steps interleaved on the same model, median of {data['reps']}. Compile "
-             "seconds: the first compiled call less an eager one, with inductor's cache on disk empty (a machine's first "
-             "trial) and filled (a later trial process). Evaluation: a packed pass of "
-             f"{data['eval_batch']} windows per member without gradient. Machine: {data['machine']} (shared: absolute "
-             "seconds are noisy, ratios are from the same run).", ""]
+def _block(data: dict, command: str) -> list[str]:
+    device = data["device"] if data["device_name"] == data["device"] else f"{data['device']}: {data['device_name']}"
+    lines = [f"`{command}` on {data['time']} ({device}, {data['threads']} thread(s), torch "
+             f"{data['torch']}, mode {data['mode']}): the decoder's forward compiled, the LM head, loss and packing eager; "
+             f"eager and compiled steps interleaved on the same model, median of {data['reps']}. Compile seconds: the first "
+             "compiled call less an eager one, with inductor's cache on disk empty (a machine's first trial) and filled (a "
+             f"later trial process). Evaluation: a packed pass of {data['eval_batch']} windows per member without gradient. "
+             f"Machine: {data['machine']} (shared: absolute seconds are noisy, ratios are from the same run).", ""]
     return lines + _fixed_table(data) + _sequence_table(data) + _verdict(data)
+
+
+def compile_section(data: dict) -> list[str]:
+    lines = ["## compile: torch.compile of the frozen LM's decoder", ""] + _block(data, "python -m benchmarks.compile")
+    for name, flags in (("compile_gpu", "--device cuda"), ("compile_gpu_cudagraphs", "--device cuda --mode reduce-overhead")):
+        gpu = HERE / "results" / f"{name}.json"
+        if gpu.is_file():  # written by benchmarks/gpu_rows.sh
+            lines += [f"### on the GPU ({'CUDA graphs' if 'mode' in flags else 'inductor'})", ""]
+            lines += _block(json.loads(gpu.read_text()), f"python -m benchmarks.compile {flags}")
+    return lines
