@@ -176,7 +176,9 @@ def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, ti
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_model  # a local model: its own path (no hub id on record)
     assert config["peft_version"] == peft.__version__  # written by PEFT's own config classes
-    _check_model_card(out, method, json.loads((adapters[method] / "embinject.json").read_text())["val_perplexity"])
+    recorded = json.loads((adapters[method] / "embinject.json").read_text())["val_perplexity"]
+    _check_model_card(out, method, recorded)
+    _check_model_card(adapters[method] / "peft", method, recorded)  # the copy training writes beside the adapter
     ours = LoadedAdapter(adapters[method])
     val = prepare(ours.cfg).val
     ids, labels = val["input_ids"][:8], val["labels"][:8]
