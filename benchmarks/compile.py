@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -235,6 +236,26 @@ def load_case_model(spec: dict, args, tiny: Path):
     return name, load_frozen_lm(name, device=args.device)
 
 
+def run_cases(args, out: dict, tiny: Path) -> None:
+    """Every case and `dynamic` setting asked for, `out` (with its rows) rewritten after each."""
+    for case in args.cases:
+        spec = CASES[case]
+        model, lm = load_case_model(spec, args, tiny)
+        for dynamic in args.dynamic:
+            flag = {"false": False, "auto": None, "true": True}[dynamic]
+            row = {"case": case, **spec, "model": "tiny random Llama 32 x 2" if spec["model"] == "tiny" else model_label(model),
+                   "dynamic": dynamic, **fixed_pack(lm, model, spec, flag, args)}
+            if spec["packed"]:
+                row["sequence"] = varying_packs(lm, model, spec, flag, args)
+            out["rows"] = [r for r in out["rows"] if (r["case"], r["dynamic"]) != (case, dynamic)] + [row]
+            out["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps(out, indent=1))
+            print(f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, compiled {row['compiled_train_s']:.4f} s, "
+                  f"compile {row['compile_train_s_cold']:.1f} s cold / {row['compile_train_s_warm']:.1f} s warm, "
+                  f"loss diff {row['cold']['loss_rel_diff']:.1e}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
@@ -257,22 +278,10 @@ def main(argv=None) -> int:
            "machine": platform.platform(), "mode": args.mode, "reps": args.reps, "eval_batch": EVAL_BATCH,
            "recompile_limit": torch._dynamo.config.recompile_limit,
            "rows": json.loads(args.out.read_text())["rows"] if args.keep and args.out.is_file() else []}
-    for case in args.cases:
-        spec = CASES[case]
-        model, lm = load_case_model(spec, args, tiny)
-        for dynamic in args.dynamic:
-            flag = {"false": False, "auto": None, "true": True}[dynamic]
-            row = {"case": case, **spec, "model": "tiny random Llama 32 x 2" if spec["model"] == "tiny" else model_label(model),
-                   "dynamic": dynamic, **fixed_pack(lm, model, spec, flag, args)}
-            if spec["packed"]:
-                row["sequence"] = varying_packs(lm, model, spec, flag, args)
-            out["rows"] = [r for r in out["rows"] if (r["case"], r["dynamic"]) != (case, dynamic)] + [row]
-            out["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.out, json.dumps(out, indent=1))
-            print(f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, compiled {row['compiled_train_s']:.4f} s, "
-                  f"compile {row['compile_train_s_cold']:.1f} s cold / {row['compile_train_s_warm']:.1f} s warm, "
-                  f"loss diff {row['cold']['loss_rel_diff']:.1e}", flush=True)
+    try:
+        run_cases(args, out, tiny)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the tiny model and inductor's cache: this run's own
     return 0
 
 
