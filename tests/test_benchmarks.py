@@ -98,7 +98,12 @@ def test_compile_pays_only_where_a_trial_recovers_its_compiles_and_stays_exact()
     # a trial of 96 steps and 16 evaluation passes: (10 + 5 + 96 x 0.05 + 16 x 0.1) / (96 x 0.1 + 16 x 0.2) = x1.67
     assert "Does not pay within a search's trial of 96 steps" in text and "takes x1.67 the eager time" in text
     assert "no `train.compile` key" in text
-    data["rows"] = [compile_row("cheap", 1.0), compile_row("inexact", 1.0, loss_diff=1e-3)]
+    data["rows"] = [compile_row("cheap", 0.1), compile_row("inexact", 0.1, loss_diff=1e-3)]
     text = "\n".join(report.compile_section(data))
     assert "Exact: 1 of 2 settings" in text and "Pays for itself within a trial of 96 steps" in text
     assert "cheap (dynamic auto)" in text and "inexact (dynamic" not in text
+    # with the cache filled (1 + 0.5 s of compiles) x0.62; where the shape is new (10 + 5 s) x1.67: not adopted
+    data["rows"] = [compile_row("shape", 1.0)]
+    text = "\n".join(report.compile_section(data))
+    assert "shape (dynamic auto) pays only where inductor's cache already holds its shape" in text
+    assert "x0.62 the eager time then, but x1.67 with the cache empty" in text and "no `train.compile` key" in text
