@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
-
+from .report_compile import compile_section
 from .report_packing import pack_exactness_section, packed_search_section, packing_section
 from .report_search import efficiency_section, many_trials_section, warm_start_section
 
@@ -424,7 +424,7 @@ def main() -> int:
                           ("eval_subset", eval_subset_section), ("memory", memory_section), ("peer", peer_section),
                           ("search_efficiency", efficiency_section), ("warm_start", warm_start_section),
                           ("many_trials", many_trials_section), ("packing", packing_section),
-                          ("pack_exactness", pack_exactness_section),
+                          ("pack_exactness", pack_exactness_section), ("compile", compile_section),
                           ("token_cache", token_cache_section), ("trial_priority", priority_section)):
         f = results / f"{name}.json"
         if f.is_file():

@@ -16,7 +16,8 @@ if __name__ == "__main__":  # `--help` and a mistyped option are answered before
 from .adapters import LoadedAdapter, adapter_directory
 from .errors import ConfigError, run_command
 from .fsutil import check_writable
-from .methods import mix_adapters
+from .methods import ADAPTER_CONFIG, mix_adapters
+from .methods.model_card import recorded_result
 from .methods.peft_layout import write_peft
 from .serving import save_pyfunc
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_pyfunc(directory, output, mix)
                 print(f"wrote an MLflow model to {output}; load it with mlflow.pyfunc.load_model({str(output)!r})")
                 return 0
-            write_peft(adapter.method, output)
+            write_peft(adapter.method, output, result=recorded_result(adapter.meta, str(directory / ADAPTER_CONFIG)))
         print(f"wrote a PEFT adapter to {output}; load it with peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})")
         return 0
 

@@ -114,3 +114,30 @@ def test_the_real_packed_search_runs_both_arms_and_writes_its_ratios_split_and_c
     assert "## the real search, packed against unpacked" in text and "packing_efficiency" in text
     assert "| packed, 2 at once over one LM | " in text and f"| 2 at a time, {os.cpu_count() / 2:g} CPU each | " in text
     assert "(target >= 0.6:" in text
+
+
+def compile_row(case, compile_s, loss_diff=1e-7):
+    first = {"first_train_s": 0, "first_eval_s": 0, "graphs": 2, "loss_rel_diff": loss_diff, "grad_rel_diff": 1e-7,
+             "eval_nll_rel_diff": 1e-7}
+    return {"case": case, "model": "m", "k": 8, "batch": 8, "seq": 32, "dynamic": "auto", "eager_train_s": 0.1,
+            "compiled_train_s": 0.05, "eager_eval_s": 0.2, "compiled_eval_s": 0.1, "cold": first, "warm": first,
+            "compile_train_s_cold": 10 * compile_s, "compile_eval_s_cold": 5 * compile_s, "break_even_steps_cold": None,
+            "compile_train_s_warm": compile_s, "compile_eval_s_warm": compile_s / 2, "break_even_steps_warm": compile_s / 0.05}
+
+
+def test_compile_pays_only_where_a_trial_recovers_its_compiles_and_stays_exact():
+    data = {"time": "t", "device": "cpu", "device_name": "2 CPUs", "threads": 1, "torch": "2", "mode": "default", "reps": 3,
+            "eval_batch": 32, "machine": "m", "recompile_limit": 8, "rows": [compile_row("slow", 10.0)]}
+    text = "\n".join(report.compile_section(data))
+    # a trial of 96 steps and 16 evaluation passes: (10 + 5 + 96 x 0.05 + 16 x 0.1) / (96 x 0.1 + 16 x 0.2) = x1.67
+    assert "Does not pay within a search's trial of 96 steps" in text and "takes x1.67 the eager time" in text
+    assert "no `train.compile` key" in text
+    data["rows"] = [compile_row("cheap", 0.1), compile_row("inexact", 0.1, loss_diff=1e-3)]
+    text = "\n".join(report.compile_section(data))
+    assert "Exact: 1 of 2 settings" in text and "Pays for itself within a trial of 96 steps" in text
+    assert "cheap (dynamic auto)" in text and "inexact (dynamic" not in text
+    # with the cache filled (1 + 0.5 s of compiles) x0.62; where the shape is new (10 + 5 s) x1.67: not adopted
+    data["rows"] = [compile_row("shape", 1.0)]
+    text = "\n".join(report.compile_section(data))
+    assert "shape (dynamic auto) pays only where inductor's cache already holds its shape" in text
+    assert "x0.62 the eager time then, but x1.67 with the cache empty" in text and "no `train.compile` key" in text

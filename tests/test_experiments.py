@@ -5,7 +5,7 @@ from embinject.tune.cluster import LOCAL_RAY_SYSTEM_CONFIG
 from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
 from experiments.fourier_embeddings import run as fourier_embeddings
-from experiments.injection_context import arms, report, run
+from experiments.injection_context import analysis, arms, describe, records, run, tables
 from experiments.injection_context.analysis import headline
 from experiments.prompt_priors import run as prompt_priors
 from experiments.prompt_priors.run import normalise, token_f1
@@ -231,21 +231,21 @@ def test_more_training_text_is_measured_per_doubling_and_extrapolated_only_from_
            design: arm(0.50), control: arm(0.45), f"{design}-w4096": arm(0.60, seed_noise), f"{control}-w4096": arm(0.50)}
     designs = {f"{design}-w4096": {"share_of_text_gain": (0.60,), "content_share": (0.10,)}}
     gain = lambda m: m["baseline"] - m["text-64"]  # noqa: E731
-    (step,) = report.analyse_text_scaling(per, gain, designs, {design: 1024, f"{design}-w4096": 4096})
+    (step,) = analysis.analyse_text_scaling(per, gain, designs, {design: 1024, f"{design}-w4096": 4096})
     share, content = step["share_per_doubling"], step["content_per_doubling"]
     assert step["doublings"] == 2 and share.seeds == 5 and abs(share[0] - 0.05) < 1e-9 and share[1] > 0
     assert abs(content[0] - 0.025) < 1e-9  # (0.60 - 0.50) - (0.50 - 0.45), over 2 doublings
     assert abs(step["share_needs"]["doublings"][0] - 2) < 1e-9 and abs(step["share_needs"]["windows"][0] - 16384) < 1e-6
     low, high = step["share_needs"]["doublings"][1:]
     assert low < 2 < high  # fewest doublings at the interval's high rate, most at its low one
-    assert report.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
-    assert report.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
-    far = report.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
+    assert analysis.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
+    assert analysis.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
+    far = analysis.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
     assert far["windows"][2] is None
     # a two-point extrapolation: its point only, labelled so, never with brackets that read as a confidence interval
-    cell = report.needs_cell(step["share_needs"], share)
+    cell = describe.needs_cell(step["share_needs"], share)
     assert "two-point extrapolation, no interval" in cell and "[" not in cell
-    assert "one seed" in report.needs_cell(None, (0.05, float("nan"), float("nan")))
+    assert "one seed" in describe.needs_cell(None, (0.05, float("nan"), float("nan")))
 
 
 def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
@@ -278,7 +278,7 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     assert [c.adapter.ablation for c in more.values()] == ["none", "constant"] * 2
     assert more["lmchunks-kv-8-w4096"].adapter.inject_into == "kv" and arms.design_of("lmchunks-kv-8-w4096") is None
     # each row is compared with the pooled vector on its own windows; the pooled vector on more with itself on 1,024
-    assert [report.pooled_beside(a, 8) for a in ("kv-8", "inject-8-w4096", "lmchunks-kv-8-w4096", "lmchunks-kv-8-e4")] == \
+    assert [analysis.pooled_beside(a, 8) for a in ("kv-8", "inject-8-w4096", "lmchunks-kv-8-w4096", "lmchunks-kv-8-e4")] == \
         ["inject-8", "inject-8", "inject-8-w4096", "inject-8-e4"]
     assert all(c.data.train_samples == 4096 and c.data.val_samples == cfg.data.val_samples and c.train.patience >= 5
                and c.adapter.inject_tokens == 8 for c in more.values())
@@ -490,15 +490,15 @@ def test_a_content_share_whose_control_rate_was_not_searched_at_its_budget_gets_
     assert arms.lr_status("kv-constant-8", same, None, None) == arms.NO_SEARCH
     helps = Interval(-0.03, -0.05, -0.01, 5)  # content nats: an interval below zero over 5 seeds
     for status in (arms.BORROWED, arms.NOT_AT_BUDGET, arms.NO_SEARCH):
-        assert report.content_claim(helps, status) == "no verdict (control's rate not searched at this budget)"
-        assert report.content_claim(helps, [arms.SEARCHED, status]).startswith("no verdict (control's rate")
-    assert report.content_claim(helps, arms.SEARCHED_PRUNED) == "content helps"
+        assert analysis.content_claim(helps, status) == "no verdict (control's rate not searched at this budget)"
+        assert analysis.content_claim(helps, [arms.SEARCHED, status]).startswith("no verdict (control's rate")
+    assert analysis.content_claim(helps, arms.SEARCHED_PRUNED) == "content helps"
     worse = Interval(0.03, 0.01, 0.05, 5)
-    assert report.content_claim(worse, arms.SEARCHED, arms.BORROWED) == "no verdict (design's rate not searched at this budget)"
+    assert analysis.content_claim(worse, arms.SEARCHED, arms.BORROWED) == "no verdict (design's rate not searched at this budget)"
     # resampling the test windows too can take the verdict away: "barely"
-    assert report.content_claim(helps, arms.SEARCHED, wide=[0.03, -0.001, 0.061]).startswith("content helps at the seed level only (barely")
-    assert report.two_level(Interval(0.1, 0.08, 0.12, 5), 0.0) == pytest.approx([0.1, 0.08, 0.12])
-    lo, hi = report.two_level(Interval(0.1, 0.08, 0.12, 5), 0.01)[1:]
+    assert analysis.content_claim(helps, arms.SEARCHED, wide=[0.03, -0.001, 0.061]).startswith("content helps at the seed level only (barely")
+    assert analysis.two_level(Interval(0.1, 0.08, 0.12, 5), 0.0) == pytest.approx([0.1, 0.08, 0.12])
+    lo, hi = analysis.two_level(Interval(0.1, 0.08, 0.12, 5), 0.01)[1:]
     assert abs((hi - lo) / 2 - (0.02 ** 2 + (1.959964 * 0.01) ** 2) ** 0.5) < 1e-9
 
 
@@ -518,7 +518,7 @@ def test_every_trained_row_carries_its_rate_its_budget_and_the_budget_its_rate_w
                                                          {"lr": 0.00376, "val_perplexity": 35.3, "steps": 128}]},
                      "injection": {"method": "injection", "lr": 0.002, "trials": [{"lr": 0.002, "val_perplexity": 35.6, "steps": 128}]},
                      "kv": {"method": "kv", "lr": 0.002, "trials": [{"lr": 0.002, "val_perplexity": 33.7, "steps": 128}]}}}
-    rows = report.lr_rows(corpus)
+    rows = records.lr_rows(corpus)
     assert set(rows) == {"lmchunks-kv-constant-8", "lmchunks-kv-constant-8-w4096", "constant-8", "kv-constant-8"}
     own = rows["lmchunks-kv-constant-8"]
     assert own["lr_status"] == arms.SEARCHED_PRUNED and own["lr_budget"]["pruning"].startswith("asha")
@@ -527,8 +527,8 @@ def test_every_trained_row_carries_its_rate_its_budget_and_the_budget_its_rate_w
     assert rows["lmchunks-kv-constant-8-w4096"]["budget"]["windows"] == 4096 != rows["lmchunks-kv-constant-8-w4096"]["lr_budget"]["windows"]
     assert rows["constant-8"]["lr_status"] == arms.BORROWED and rows["constant-8"]["lr_budget"]["arm"] == "inject-4"
     assert rows["kv-constant-8"]["lr_status"] == arms.NO_SEARCH and rows["kv-constant-8"]["lr_budget"]["search"] == "kv"
-    assert "rate borrowed/not searched at this budget" in report.rate_cell(rows["constant-8"])
-    table = "\n".join(report.lr_rule_table(rows))
+    assert "rate borrowed/not searched at this budget" in describe.rate_cell(rows["constant-8"])
+    table = "\n".join(describe.lr_rule_table(rows))
     assert "| `constant-8` | 0.002 (rate borrowed/not searched at this budget" in table
 
 
@@ -539,19 +539,19 @@ def test_the_g_table_names_the_seeds_each_interval_uses_and_the_headline_its_sel
 
     share, content = Interval(0.042, 0.030, 0.054, 6), Interval(0.049, 0.012, 0.085, 5)
     step = {"from": "lmchunks-kv-8", "to": "lmchunks-kv-8-w4096", "windows": [1024, 4096], "share_per_doubling": share,
-            "share_needs": report.doublings_to(0.70, 0.575, share, 4096), "content_per_doubling": content,
-            "content_needs": None, "content_verdict": report.content_claim(
+            "share_needs": analysis.doublings_to(0.70, 0.575, share, 4096), "content_per_doubling": content,
+            "content_needs": None, "content_verdict": analysis.content_claim(
                 content, [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET], said=("less content", "more content")),
             "lr_status": [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET], "overlap": 1}
     overlapping = {**step, "to": "lmchunks-kv-8-w8192s32", "overlap": 2}
-    row = report.text_scaling_table([step, overlapping])[-3]
+    row = tables.text_scaling_table([step, overlapping])[-3]
     assert "+4.2 [+3.0, +5.4] pts (6 seeds)" in row and "+4.9 [+1.2, +8.5] pts (5 seeds)" in row
     assert "no verdict (control's rate not searched at this budget)" in row and "more content" not in row
     assert "two-point extrapolation, no interval" in row and "rates not searched at these budgets" in row
-    assert "not the distinct text" in report.text_scaling_table([step, overlapping])[-2]
+    assert "not the distinct text" in tables.text_scaling_table([step, overlapping])[-2]
     rows = {f"r{i}": {"arm": f"a{i}", "design": "d", "k": 8, "seeds": 5, "share_of_text_gain": (0.4 + i / 100, 0.3, 0.5)}
             for i in range(4)}
-    head = report.headline(rows)
+    head = analysis.headline(rows)
     assert head["arm"] == "a3" and head["selection"].startswith("best of 4") and head["runner_up"]["arm"] == "a2"
 
 

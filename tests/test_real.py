@@ -169,6 +169,7 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     """SmolLM2 has grouped-query attention (9 query, 3 key/value heads): PEFT's prefix-tuning layout must be
     reshaped for it. The export names the hub model; here its weights come from the local conversion."""
     import torch
+    from huggingface_hub import ModelCard
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -179,7 +180,10 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     out = write_peft(trained, tmp_path / "peft")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert "Q4_1" in (out / "README.md").read_text()
+    assert "Q4_1" in (out / "README.md").read_text() and config["peft_version"]
+    card = ModelCard.load(out / "README.md")  # the Hub's model card form, read back offline
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
+    assert "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in card.data.tags
     val = prepare(cfg).val
     ids, labels = val["input_ids"][:4], val["labels"][:4]
     with torch.no_grad():

@@ -3,6 +3,7 @@
 pyfunc model served over HTTP by `mlflow models serve`. Tiny model, real PEFT/MLflow/torch."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,8 +177,22 @@ def _peft_nll(peft_model, ids: torch.Tensor, labels: torch.Tensor, n_virtual: in
     return float(torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum"))
 
 
+def _check_model_card(out: Path, method: str, val_perplexity: float) -> None:
+    """The export's README.md is a Hub model card (read back offline by huggingface_hub) carrying the adapter's result;
+    the base model is a local directory here, which the Hub's base_model field does not take."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model is None
+    assert {"embinject", "peft", {"prompt": "prompt-tuning", "prefix": "prefix-tuning", "lora": "lora"}[method]} <= set(card.data.tags)
+    (result,) = card.data.eval_results
+    assert result.metric_type == "perplexity" and result.metric_value == pytest.approx(val_perplexity)
+    assert f"{val_perplexity:.4g}" in card.text and "AutoPeftModelForCausalLM.from_pretrained" in card.text
+
+
 @pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
 def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, tiny_model):
+    import peft
     from peft import AutoPeftModelForCausalLM
 
     out = tmp_path / "peft"
@@ -185,6 +200,10 @@ def test_peft_export_reproduces_embinject_exactly(adapters, method, tmp_path, ti
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_model  # a local model: its own path (no hub id on record)
+    assert config["peft_version"] == peft.__version__  # written by PEFT's own config classes
+    recorded = json.loads((adapters[method] / "embinject.json").read_text())["val_perplexity"]
+    _check_model_card(out, method, recorded)
+    _check_model_card(adapters[method] / "peft", method, recorded)  # the copy training writes beside the adapter
     ours = LoadedAdapter(adapters[method])
     val = prepare(ours.cfg).val
     ids, labels = val["input_ids"][:8], val["labels"][:8]
@@ -319,10 +338,15 @@ def test_report_prints_an_aligned_table_in_a_terminal_and_markdown_elsewhere_and
 
 
 @pytest.mark.parametrize("case", ["not-a-dir", "no-meta", "unknown-model", "unknown-alias", "context-count", "max-new-tokens", "mix-peft",
-                                  "prompt-too-long", "output-taken", "injection-peft", "unknown-run", "report-path", "unknown-command"])
+                                  "prompt-too-long", "output-taken", "injection-peft", "bad-result", "unknown-run", "report-path",
+                                  "unknown-command"])
 def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path, case, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
+    bad_result = tmp_path / "bad-result"  # an adapter whose embinject.json records a perplexity that is not one
+    shutil.copytree(adapters["prompt"], bad_result)
+    meta = json.loads((bad_result / "embinject.json").read_text())
+    (bad_result / "embinject.json").write_text(json.dumps({**meta, "val_perplexity": "low"}))
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
@@ -347,6 +371,8 @@ def test_bad_use_input_is_one_line_exit_2_and_writes_nothing(adapters, tmp_path,
                          f"--output-dir: {taken} exists and is not an earlier export"),
         "injection-peft": (["export", "--adapter", str(adapters["injection"]), "--output-dir", str(out)],
                            "--format peft: PEFT has no layout for injection adapters"),
+        "bad-result": (["export", "--adapter", str(bad_result), "--output-dir", str(out)],
+                       f"{bad_result / 'embinject.json'}: 'val_perplexity' must be a perplexity"),
         "unknown-run": (["report", "0123abc", "--tracking-uri", "STORE", "--output-dir", str(out)], "0123abc: no such MLflow run"),
         "report-path": (["report", str(tmp_path / "no" / "search")], "no such search directory"),
         "unknown-command": (["fly"], "unknown command 'fly'"),

@@ -204,7 +204,7 @@ class AdapterMethod(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(self.adapter_state(), directory / ADAPTER_WEIGHTS)
         self.write_meta(directory, extra)
-        self.save_peft_format(directory)
+        self.save_peft_format(directory, extra)
         return directory
 
     def write_meta(self, directory: Path, extra: dict | None = None) -> None:
@@ -212,10 +212,12 @@ class AdapterMethod(nn.Module):
         meta = {"method": self.name, "encoder_dim": self.encoder_dim, "config": self.cfg.to_dict(), **(extra or {})}
         atomic_write_text(Path(directory) / ADAPTER_CONFIG, json.dumps(meta, indent=2))
 
-    def save_peft_format(self, directory: Path) -> None:
-        """Also write the adapter in PEFT's layout (peft/) where PEFT has one for it."""
+    def save_peft_format(self, directory: Path, result: dict | None = None) -> None:
+        """Also write the adapter in PEFT's layout (peft/) where PEFT has one for it; `result` (the validation
+        perplexity it was kept for) goes into its model card."""
         if peft_unsupported(self) is None:
-            write_peft(self, Path(directory) / "peft", quiet=True)
+            write_peft(self, Path(directory) / "peft", quiet=True,
+                       result={k: v for k, v in (result or {}).items() if k in ("val_perplexity", "step")})
 
     def load(self, directory: str | Path) -> "AdapterMethod":
         """Read the weights, checking them against the shapes this adapter's embinject.json describes;

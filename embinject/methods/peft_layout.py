@@ -7,17 +7,17 @@ the bundled model, the hub model whose Q4_1 quantisation it is), never a machine
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError, warn
+from ..errors import ConfigError, first_line, warn
 from ..fsutil import staged_dir
 from ..models import hub_model_id
 from ..specs import method_spec
+from .model_card import model_card
 
 
 def base_model_reference(model: str, quiet: bool = False) -> str:
@@ -36,31 +36,47 @@ def peft_unsupported(method: nn.Module) -> str | None:
     return method_spec(method.name).why_no_peft(method.cfg)
 
 
-def _prompt_files(method, base: str) -> tuple[dict, dict]:
+def _prompt_config(method, base: str):
+    from peft import PromptTuningConfig  # lazy: PEFT takes a second to import, and only an export needs it here
+
     c = method.lm.config
-    config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "prompt_tuning_init": "RANDOM",
-              "num_virtual_tokens": method.prompt.shape[0], "token_dim": method.prompt.shape[1],
-              "num_transformer_submodules": 1, "num_attention_heads": c.num_attention_heads,
-              "num_layers": c.num_hidden_layers, "base_model_name_or_path": base, "inference_mode": True}
+    config = PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="RANDOM", num_virtual_tokens=method.prompt.shape[0],
+                                token_dim=method.prompt.shape[1], num_transformer_submodules=1,
+                                num_attention_heads=c.num_attention_heads, num_layers=c.num_hidden_layers,
+                                base_model_name_or_path=base, inference_mode=True)
     return config, {"prompt_embeddings": method.prompt.detach().float().cpu().contiguous()}
 
 
-def _prefix_files(method, base: str) -> tuple[dict, dict]:
+def _prefix_config(method, base: str):
     """PEFT stores a prefix as one [P, L*2*H*hd] table that it views as [P, L*2, H, hd] per batch row
     (H = key/value heads for grouped-query attention); embinject keeps [L, 2, H, P, hd]."""
+    from peft import PrefixTuningConfig  # lazy, as above
+
     with torch.no_grad():
         kv = method.prefix_kv().detach().float().cpu()
     L, _, H, P, hd = kv.shape
     table = kv.permute(3, 0, 1, 2, 4).reshape(P, L * 2 * H * hd).contiguous()
-    config = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": P, "token_dim": H * hd,
-              "num_transformer_submodules": 1, "num_attention_heads": H, "num_layers": L,
-              "encoder_hidden_size": H * hd, "prefix_projection": False, "base_model_name_or_path": base,
-              "inference_mode": True}
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, token_dim=H * hd, num_transformer_submodules=1,
+                                num_attention_heads=H, num_layers=L, encoder_hidden_size=H * hd, prefix_projection=False,
+                                base_model_name_or_path=base, inference_mode=True)
     return config, {"prompt_embeddings": table}
 
 
-def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False) -> Path:
-    """Write `method` in PEFT's layout into `directory` (made whole beside it, then moved in)."""
+def _save_lora(method, base: str, directory: Path) -> None:
+    """PEFT's own save, naming `base` as the base model rather than the path the LM was loaded from."""
+    config = method.peft_model.peft_config[method.adapter_name]
+    loaded_from = config.base_model_name_or_path
+    config.base_model_name_or_path = base
+    try:
+        method.peft_model.save_pretrained(str(directory), selected_adapters=[method.adapter_name])
+    finally:
+        config.base_model_name_or_path = loaded_from
+
+
+def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False, result: dict | None = None) -> Path:
+    """Write `method` in PEFT's layout into `directory` (made whole beside it, then moved in): PEFT's adapter_config.json
+    (written by PEFT's config classes, `peft_version` included), the weights, and a model card (README.md) carrying
+    `result` (`model_card.recorded_result`: the validation perplexity the adapter was kept for)."""
     reason = peft_unsupported(method)
     if reason:
         raise ConfigError(f"--format peft: {reason}")
@@ -68,39 +84,26 @@ def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False) ->
     base = base_model_reference(method.cfg.model, quiet)
     with staged_dir(directory) as staged:
         WRITERS[method_spec(method.name).peft_format](method, staged, base)
-        (staged / "README.md").write_text(_readme(method, base))
+        model_card(method, base, hub_model_id(method.cfg.model) is not None, result or {}).save(staged / "README.md")
     return directory
 
 
-def _write_tables(files):
-    """A writer of PEFT's config and tensors as `files(method, base)` gives them."""
+def _write_config(make_config):
+    """A writer of the adapter's tensors and PEFT's config object that `make_config(method, base)` builds."""
     def write(method, staged: Path, base: str) -> None:
-        config, tensors = files(method, base)
+        try:
+            config, tensors = make_config(method, base)
+        except ValueError as exc:  # PEFT's config classes check their fields
+            raise ConfigError(f"--format peft: PEFT refused the adapter's config ({first_line(exc)})") from None
         save_file(tensors, str(staged / "adapter_model.safetensors"))
-        (staged / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        config.save_pretrained(str(staged))
     return write
 
 
 def _write_lora(method, staged: Path, base: str) -> None:
-    """PEFT writes its own LoRA; the base model it names is made one anyone can resolve."""
-    method.peft_model.save_pretrained(str(staged), selected_adapters=[method.adapter_name])
-    cfg_file = staged / "adapter_config.json"
-    config = json.loads(cfg_file.read_text())
-    config["base_model_name_or_path"] = base
-    cfg_file.write_text(json.dumps(config, indent=2))
+    _save_lora(method, base, staged)
 
 
 # PEFT's layouts, by the name a method's spec gives (`peft_format`): a new method in one of them needs no change here
-WRITERS = {"PROMPT_TUNING": _write_tables(_prompt_files), "PREFIX_TUNING": _write_tables(_prefix_files), "LORA": _write_lora}
-
-
-def _readme(method: nn.Module, base: str) -> str:
-    note = ""
-    if method.cfg.model.startswith("bundled:"):
-        note = (f"\nThis adapter was trained on embinject's bundled `{method.cfg.model}`: a Q4_1 (4-bit GGUF) "
-                f"quantisation of `{base}`, dequantised to float32. On the original `{base}` weights it behaves "
-                "nearly, not exactly, the same.\n")
-    return (f"# {method_spec(method.name).peft_format.lower().replace('_', ' ')} adapter exported by embinject\n\n"
-            f"Base model: `{base}`.\n{note}\n"
-            "```python\nfrom peft import AutoPeftModelForCausalLM\n"
-            "model = AutoPeftModelForCausalLM.from_pretrained(\"THIS_DIRECTORY\")\n```\n")
+WRITERS = {"PROMPT_TUNING": _write_config(_prompt_config), "PREFIX_TUNING": _write_config(_prefix_config),
+           "LORA": _write_lora}

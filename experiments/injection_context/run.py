@@ -202,8 +202,7 @@ def lr_at_budget(args, arm: str, runs: Path, precision: str) -> dict:
         print(f"[{runs.name}] {arm}: its rate at its own budget, trying {', '.join(map(str, todo))}", flush=True)
         outcome = run_search(search, verbose=0)
         if outcome.interrupted or outcome.best is None:
-            raise SystemExit(f"error: the learning-rate search for {arm} did not finish; "
-                             f"see {outcome.experiment_dir}")
+            raise SystemExit(f"error: the learning-rate search for {arm} did not finish; see {outcome.experiment_dir}")
         cfg = arm_config(args, arm, data_dir, todo[0])
         record.update(budget=budget_of(cfg.to_dict(), extra_corpus(arm)), dtype=precision, grid=list(LR_RULE_GRID),
                       trials=record["trials"] + searched_trials(outcome))
