@@ -16,6 +16,8 @@ python3 -m benchmarks.shape_model "$source" "$shape"
 python3 -m benchmarks.step --model "$shape" --device cuda --bf16 --reps 20 --out "$results/step_gpu.json"
 python3 -m benchmarks.step --model "$shape" --device cuda --bf16 --reps 10 --batch 64 --seq 256 --out "$results/step_gpu_large.json"
 python3 -m benchmarks.packing --model "$shape" --device cuda --k 1 2 4 8 --reps 20 --out "$results/packing_gpu.json"
+python3 -m benchmarks.compile --device cuda --model-dir "$shape" --dynamic auto true --reps 20 --out "$results/compile_gpu.json"
+python3 -m benchmarks.compile --device cuda --model-dir "$shape" --mode reduce-overhead --dynamic auto true --reps 20 --out "$results/compile_gpu_cudagraphs.json"
 python3 -m benchmarks.gpu_share --model "$shape" --trials 4 --steps 200 --out "$results/gpu_share.json"
 data=${2:-$(dirname "$0")/../../shared/data/wikipedia_en_sample}
 python3 -m benchmarks.packed_search --device cuda --data "$data" --arms one packed 0.5 0.25 0.1 --out "$results/packed_search_gpu.json"
