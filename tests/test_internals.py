@@ -151,3 +151,31 @@ def test_the_searcher_classes_join_rays_and_pickle_by_name():
     assert pickle.loads(pickle.dumps(StudySearch)) is StudySearch and pickle.loads(pickle.dumps(ASHA)) is ASHA
     asha = ASHA(time_attr="step", metric="loss", mode="min", max_t=12, grace_period=3, reduction_factor=2)
     assert asha.debug_string() == "ASHA: 0 stopped early; loss a trial must beat to go on, per rung: step 3: -, step 6: -, step 12: -"
+
+
+def test_cli_reporter_settings_and_status_helpers():
+    """The status text (tune.progress.status) reads CLIReporter's settings and builds its table with Ray's private
+    helpers: each on the installed Ray, on a trial that ended with a value."""
+    import time
+
+    from ray.tune import CLIReporter
+
+    reporter = CLIReporter(parameter_columns={"lr": "lr"}, metric_columns={"loss": "loss"}, max_column_length=20)
+    reporter.set_search_properties("loss", "min")
+    reporter.set_total_samples(3)
+    trial = _trial("t1")
+    trial.config = {"lr": 0.01}
+    trial.run_metadata.last_result = {"loss": 1.25}
+    trial.status = "TERMINATED"
+    try:
+        settings = internals.reporter_settings(reporter)
+        rows, columns, overflow, _ = internals.progress_table([trial], settings, done=True)
+        line = internals.time_passed_line(settings["start_time"], time.time())
+        errors = internals.trial_errors([], None)  # called only where a trial failed; its signature checked here
+        table = internals.psql_table(rows, columns)
+    except (AttributeError, TypeError, ValueError, ImportError) as exc:
+        pytest.fail(changed(f"CLIReporter's settings or ray.tune.progress_reporter's table helpers ({exc})"))
+    assert (settings["metric"], settings["mode"], settings["total_samples"]) == ("loss", "min", 3), changed("CLIReporter")
+    assert "loss" in columns and "lr" in columns and overflow == 0 and "1.25" in table, changed("_get_progress_table_data")
+    assert line.startswith("Current time:"), changed("_time_passed_str")
+    assert isinstance(errors, str), changed("_trial_errors_str")

@@ -10,6 +10,10 @@ Each is here because Ray or Optuna offers no public way to it (checked against R
   `_brackets`, `_Bracket._rungs`, `_metric_op`): the status line shows each rung's cut-off; a trial that ended on
   its own is not counted as stopped.
 - FrozenTrial's storage id (`_trial_id`): nothing public sets a user attribute on a trial another process began.
+- CLIReporter's settings and Ray's private helpers that build its status text (`_metric`, `_mode`, `_metric_columns`,
+  `_parameter_columns`, `_max_progress_rows`, `_max_column_length`, `_start_time`, `_total_samples`,
+  `_max_error_rows`; `progress_reporter._get_progress_table_data`, `_time_passed_str`, `_trial_errors_str`, and Ray's
+  vendored `tabulate`): the status names the search folder and rounds values, which Ray's text cannot be told to.
 - The logger of Ray's private module that announces token authentication, `ray.init`'s `_system_config`, and the
   experiment snapshot's `trial_data` as Ray's own trial loader reads it.
 """
@@ -89,3 +93,43 @@ def snapshot_trial_checkpoints(snapshot: Path) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - Ray's internal format; Ray's own restore says what it cannot read
             continue
     return named
+
+
+def reporter_settings(reporter) -> dict:
+    """A CLIReporter's settings the status text is built from: metric and mode, its columns, rows, column width, when it
+    started and how many trials the search runs."""
+    return {"metric": reporter._metric, "mode": reporter._mode, "metric_columns": reporter._metric_columns,
+            "parameter_columns": reporter._parameter_columns, "max_rows": reporter._max_progress_rows,
+            "max_column_length": reporter._max_column_length, "start_time": reporter._start_time,
+            "total_samples": reporter._total_samples, "max_error_rows": reporter._max_error_rows}
+
+
+def progress_table(ordered: list, settings: dict, done: bool) -> tuple[list, list, int, str]:
+    """Ray's trial table of `ordered` trials: rows, column names, and how many trials did not fit (and which)."""
+    from ray.tune.progress_reporter import _get_progress_table_data  # lazy: Ray Tune takes seconds to import
+
+    rows, columns, (overflow, overflow_str) = _get_progress_table_data(
+        ordered, settings["metric_columns"], settings["parameter_columns"], None if done else settings["max_rows"],
+        settings["metric"], settings["mode"], False, settings["max_column_length"])
+    return rows, columns, overflow, overflow_str
+
+
+def time_passed_line(start_time: float, now: float) -> str:
+    """Ray's "Current time: ... (running for ...)" line."""
+    from ray.tune.progress_reporter import _time_passed_str  # lazy, as above
+
+    return _time_passed_str(start_time, now)
+
+
+def trial_errors(trials: list, max_rows: int | None) -> str:
+    """Ray's table of the trials that failed, each with its error file."""
+    from ray.tune.progress_reporter import _trial_errors_str  # lazy, as above
+
+    return _trial_errors_str(trials, max_rows=max_rows)
+
+
+def psql_table(rows: list, headers: list) -> str:
+    """Rows as Ray's own table prints them (Ray's vendored tabulate, psql style)."""
+    from ray._private.thirdparty.tabulate.tabulate import tabulate  # lazy, as above
+
+    return tabulate(rows, headers=headers, tablefmt="psql", showindex=False)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..arguments import seconds_since_first_line
+from .internals import progress_table, psql_table, reporter_settings, time_passed_line, trial_errors
 
 REDRAW_S = 15  # the least time between two tables, in a terminal and in a log
 LOG_QUIET_S = 300  # a log's table when no trial has started or ended meanwhile
@@ -104,32 +105,26 @@ def shown_values(trials: list, metrics: list[str]) -> tuple:
 def status(reporter, trials: list, done: bool, sys_info: tuple, folder: Path | None) -> str:
     """Ray's status text (its clock, the scheduler's rungs, the resources in use, the best trial, the trial table and
     its failures), with the search folder in place of Ray's session folder and numbers to DIGITS significant digits."""
-    from ray._private.thirdparty.tabulate.tabulate import tabulate  # Ray's own, as Ray's table uses
-    from ray.tune.progress_reporter import _get_progress_table_data, _time_passed_str, _trial_errors_str
-
-    r = reporter
-    ordered = finished_last_by_metric(trials, r._metric, r._mode)
-    rows, columns, (overflow, overflow_str) = _get_progress_table_data(
-        ordered, r._metric_columns, r._parameter_columns, None if done else r._max_progress_rows, r._metric, r._mode,
-        False, r._max_column_length)
+    r = reporter_settings(reporter)
+    ordered = finished_last_by_metric(trials, r["metric"], r["mode"])
+    rows, columns, overflow, overflow_str = progress_table(ordered, r, done)
     counts = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
-    lines = ["== Status ==", _time_passed_str(r._start_time, time.time()),
+    lines = ["== Status ==", time_passed_line(r["start_time"], time.time()),
              *(rounded_line(line) for info in sys_info for line in str(info).splitlines())]
-    best = best_trial_line(ordered, r._metric, r._mode, r._parameter_columns)
+    best = best_trial_line(ordered, r["metric"], r["mode"], r["parameter_columns"])
     lines += [best] if best else []
     lines += [f"Search folder: {folder}"] if folder else []
-    lines.append(f"Number of trials: {len(trials)}" + (f"/{r._total_samples}" if r._total_samples else "") +
+    lines.append(f"Number of trials: {len(trials)}" + (f"/{r['total_samples']}" if r["total_samples"] else "") +
                  " (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")")
     if rows:
-        lines.append(tabulate([[rounded(cell) for cell in row] for row in rows], headers=columns, tablefmt="psql",
-                              showindex=False))
+        lines.append(psql_table([[rounded(cell) for cell in row] for row in rows], columns))
     if overflow:
         lines.append(f"... {overflow} more trials not shown ({overflow_str})")
     # Ray's table of the trials that failed (also those that then succeeded on a retry): each one's error file
     failed = any(t.run_metadata.num_failures for t in trials)
-    errors = _trial_errors_str(trials, max_rows=None if done else r._max_error_rows) if failed else ""
+    errors = trial_errors(trials, None if done else r["max_error_rows"]) if failed else ""
     return "\n".join(lines + ([errors] if errors else [])) + "\n"
 
 
