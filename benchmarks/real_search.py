@@ -15,6 +15,7 @@ same settings replaces it, others are kept, so the 30-step, 300-step and ASHA ro
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -35,6 +36,8 @@ from embinject.space import load_search_file
 from embinject.tracking import TIME_SPLIT, WALL
 from embinject.tracking.tracker import search_metrics
 from embinject.tune.cluster import warm_caches
+from embinject.tune.pack import packable_methods
+from embinject.tune.pack_probe import largest_trial, probe_pack
 
 from .shape_model import model_label
 from .tiny_model import tiny_spec
@@ -179,23 +182,51 @@ def search_env(work: Path) -> dict:
     return env
 
 
-def warm(args, model: str, work: Path, env: dict) -> None:
-    """The shared caches (windows, embeddings, baseline) before any arm, so that no arm pays for them and the others not."""
-    spec = search_spec(args, model, "packed", work / "warm")
-    path = work / "warm.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+@contextlib.contextmanager
+def arms_cache(env: dict):
+    """This process reads and writes the arms' caches meanwhile (EMBINJECT_CACHE as in `env`)."""
     previous = os.environ.get("EMBINJECT_CACHE")
     os.environ["EMBINJECT_CACHE"] = env["EMBINJECT_CACHE"]
     try:
-        warm_caches(load_search_file(path))
+        yield
     finally:
         os.environ.pop("EMBINJECT_CACHE") if previous is None else os.environ.__setitem__("EMBINJECT_CACHE", previous)
 
 
-def summarise(args, rows: list[dict], ceiling: dict | None) -> dict:
+def searched(args, model: str, work: Path, name: str):
+    """The arms' search file, loaded (written under `work` as NAME.yaml)."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(search_spec(args, model, "packed", work / name), sort_keys=False))
+    return load_search_file(path)
+
+
+def warm(args, model: str, work: Path, env: dict) -> None:
+    """The shared caches (windows, embeddings, baseline) before any arm, so that no arm pays for them and the others not."""
+    with arms_cache(env):
+        warm_caches(searched(args, model, work, "warm"))
+
+
+def trial_ceiling(args, model: str, work: Path, env: dict) -> dict:
+    """The search's own trials packed: K of its largest trial (as `tune.pack: auto`'s probe trains it: this search's
+    method, encoder input and MLP) in one step against K separate steps, with the packed host's threads. Unlike
+    benchmarks.packing's prompt trials, each member here also runs its own MLP and optimizer, which no pack shares."""
+    threads = torch.get_num_threads()
+    try:
+        with arms_cache(env):
+            search = searched(args, model, work, "probe")
+            worst = {**largest_trial(search), "method": packable_methods(search)[0]}
+            probe = probe_pack(dict(search.base), worst, args.device, args.pack, args.cpus)
+    finally:
+        torch.set_num_threads(threads)
+    return {"k": probe["k"], "threads": args.cpus, "trial": worst, "sequential_s": probe["solo_s"],
+            "packed_s": probe["packed_s"], "speedup": probe["speedup"]}
+
+
+def summarise(args, rows: list[dict], ceiling: dict | None, trials: dict | None = None) -> dict:
     """The run's ratios: packed against each unpacked arm, the fastest unpacked arm, and the quotient by the ceiling."""
     by = {r["arm"]: r for r in rows}
-    out = {"same_trials": len({tuple(r["trial_values"]) for r in rows}) == 1, "step_ceiling": ceiling}
+    out = {"same_trials": len({tuple(r["trial_values"]) for r in rows}) == 1, "step_ceiling": ceiling,
+           "trial_ceiling": trials}
     packed, unpacked = by.get("packed"), [r for r in rows if r["arm"] != "packed"]
     if packed is None or not unpacked:
         return out
@@ -212,6 +243,8 @@ def summarise(args, rows: list[dict], ceiling: dict | None) -> dict:
         out.update(best_fractional=best["arm"], speedup_vs_best_fractional=best["search_s"] / packed["search_s"])
     if ceiling:
         out["packing_efficiency"] = out["search_speedup"] / ceiling["speedup"]
+    if trials:
+        out["packing_efficiency_own_trials"] = out["search_speedup"] / trials["speedup"]
     return out
 
 
@@ -250,13 +283,14 @@ def run_search_arms(args, model: str, work: Path) -> int:
     prefixes = [p for r in rows for p in r["prefix_tokens"]]
     ceiling = step_ceiling(args, model, round(statistics.median(prefixes)), work, env) \
         if "packed" in args.arms and args.ceiling_reps else None
+    trials = trial_ceiling(args, model, work, env) if "packed" in args.arms and args.ceiling_reps else None
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     run = {**settings(args), "data": Path(args.data).name, "device_name": device_name, "cpus": args.cpus,
            "train_samples": args.train_samples, "val_samples": args.val_samples, "encoders": list(args.encoders),
            "seed": args.seed, "torch": torch.__version__, "machine": platform.platform(),
            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
            "note": args.note, "command": "python -m benchmarks.packed_search " + shlex.join(without_note(args.argv)),
-           "rows": rows, **summarise(args, rows, ceiling)}
+           "rows": rows, **summarise(args, rows, ceiling, trials)}
     target = args.out or OUT / ("packed_search_real_gpu.json" if args.device == "cuda" else "packed_search_real.json")
     write_run(target, run)
     print(json.dumps({k: run.get(k) for k in ("search_speedup", "step_ceiling", "packing_efficiency", "best_ppl_rel_diff",

@@ -126,6 +126,12 @@ def _real_run_notes(d: dict) -> list[str]:
                      f"threads, median of {c['reps']}): x{c['speedup']:.2f}; packing_efficiency (search speed-up / ceiling) "
                      f"**{d['packing_efficiency']:.2f}**" + (_verdict(d["packing_efficiency"], cpu_target, ">=")
                                                               if cpu_target else ""))
+    t = d.get("trial_ceiling")
+    if t:
+        notes.append(f"the search's own trials (its largest: {', '.join(f'{k}={v}' for k, v in t['trial'].items())}) "
+                     f"packed {t['k']} at once against {t['k']} separate steps, {t['threads']} threads (`tune.pack: "
+                     f"auto`'s probe): x{t['speedup']:.2f}; search speed-up / that: "
+                     f"{d['packing_efficiency_own_trials']:.2f}")
     if d["device"] == "cuda" and "speedups" in d:
         one = d["speedups"].get("one")
         if one is not None:

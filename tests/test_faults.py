@@ -286,7 +286,7 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
     # Ray restores its trials only with the trainable they started with (packed or alone): a resume under which
     # tune.pack resolves otherwise is refused in one line, before anything runs, and the parent run stays KILLED
     exp_dir = next(storage.glob("t-*"))
-    alone, packs = "'auto', every trial alone", "2, packs of 2"
+    alone, packs = "'off', every trial alone", "2, packs of 2"  # write_search sets tune.pack: off
     then, now, again = (packs, "'off', every trial alone", 2) if packed else (alone, packs, "off")
     other = subprocess.run(tune_cmd(str(path), "--resume", "--set", f"tune.pack={'off' if packed else 2}"), cwd=ROOT,
                            env=PY_ENV, capture_output=True, text=True, timeout=300)
