@@ -9,7 +9,6 @@ A search folder is read through the readers that check each file (`search_report
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .fsutil import read_json_object
-from .search_report import FIXED, read_curves, read_summary
+from .search_report import FIXED, read_curves, read_summary, trial_reports
 from .space import SearchFile, load_search_spec
 from .tracking import LEGACY_STATE_FILE, STATE_FILE, curve_value, read_state_file, search_end
 from .tune.driver import run_search
@@ -114,20 +113,6 @@ def _finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _results(trial_dir: Path) -> list[dict]:
-    """A trial's reports, from Ray Tune's result.json; a line cut by a kill is left out (the reports before it stand)."""
-    out = []
-    file = trial_dir / "result.json"
-    for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(report, dict):
-            out.append(report)
-    return out
-
-
 def _unfinished_rows(folder: Path, searched: list[str]) -> list[dict]:
     """An interrupted search's trials, from their folders (its summary.csv is written at its end): each with its values,
     its curve's last and best points, and `interrupted` where it had not ended when the search stopped."""
@@ -135,7 +120,7 @@ def _unfinished_rows(folder: Path, searched: list[str]) -> list[dict]:
     for trial_dir in sorted(folder.glob("trial_*")):
         params_file = trial_dir / "params.json"
         params = read_json_object(params_file, KEY, HINT) if params_file.is_file() else {}
-        reports = _results(trial_dir)
+        reports = trial_reports(trial_dir)
         if not params and not reports:
             continue  # a folder Ray made for a trial that never started
         last = reports[-1] if reports else {}

@@ -27,7 +27,7 @@ FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_pe
          "stopped_early", "status", "seconds", "node_id", *TIME_SPLIT, WALL)
 
 
-def _number(value) -> float | None:
+def finite_number(value) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -92,24 +92,31 @@ def read_summary(file: Path, key: str, hint: str, searched: list[str] = ()) -> l
     return [dict(zip(header, cells)) for cells in rows]
 
 
+def trial_reports(trial_dir: Path) -> list[dict]:
+    """A trial's reports, from Ray Tune's result.json in its folder; a line cut by a kill, or not a JSON object, is left
+    out (the reports before it stand)."""
+    out = []
+    file = trial_dir / "result.json"
+    for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
+        try:
+            report = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(report, dict):
+            out.append(report)
+    return out
+
+
+def trial_curve(trial_dir: Path) -> list[tuple[int, float]]:
+    """A trial's validation curve, (step, value) per report that has both (`tracking.curve_value`)."""
+    return [(int(r["step"]), value) for r in trial_reports(trial_dir)
+            if (value := finite_number(curve_value(r))) is not None and isinstance(r.get("step"), (int, float))]
+
+
 def read_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    """Each trial's validation curve, step -> value (`tracking.curve_value`), from Ray Tune's result.json in its folder;
-    a line cut by a kill, or not text, is left out."""
-    curves = {}
-    for trial_dir in sorted(directory.glob("trial_*")):
-        points = []
-        result = trial_dir / "result.json"
-        for line in result.read_text(errors="replace").splitlines() if result.is_file() else []:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            value = _number(curve_value(r)) if isinstance(r, dict) else None
-            if value is not None and isinstance(r.get("step"), (int, float)):
-                points.append((int(r["step"]), value))
-        if points:
-            curves[trial_dir.name.removeprefix("trial_")] = sorted(dict(points).items())
-    return curves
+    """Each trial's validation curve (`trial_curve`) by trial id, for the trials in `directory` that have one."""
+    curves = {d.name.removeprefix("trial_"): trial_curve(d) for d in sorted(directory.glob("trial_*"))}
+    return {trial: sorted(dict(points).items()) for trial, points in curves.items() if points}  # one value per step
 
 
 def from_search_dir(directory: Path, searched: list[str] = ()) -> dict:
@@ -158,15 +165,15 @@ class Rendered:
 def time_table(rows: list[dict], search: dict) -> tuple[str, Table] | None:
     """Where a search's time went: per category its seconds summed over the trials and their share of the trials' summed
     wall time, what no category covers, and the search's own wall time (`search`: its parent run's metrics)."""
-    timed = [r for r in rows if _number(r.get(WALL)) is not None]
+    timed = [r for r in rows if finite_number(r.get(WALL)) is not None]
     if not timed:
         return None  # a search from before the time split was measured
-    wall = sum(_number(r[WALL]) for r in timed)
-    sums = {k: sum(_number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
+    wall = sum(finite_number(r[WALL]) for r in timed)
+    sums = {k: sum(finite_number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
     sums["other"] = max(0.0, wall - sum(sums.values()))
     labels = {**TIME_SPLIT, "other": "other (in no category: a trainable's own start and end)"}
     summary = f"{len(timed)} trials took {wall:.1f} s together"
-    seconds, warm = _number(search.get("search_seconds")), _number(search.get("warm_cache_seconds"))
+    seconds, warm = finite_number(search.get("search_seconds")), finite_number(search.get("warm_cache_seconds"))
     if seconds:
         warming = f" ({warm:.1f} s of it warming the caches)" if warm else ""
         summary += f"; the search took {seconds:.1f} s of wall time{warming}: x{wall / seconds:.2f} trials at a time"
@@ -177,20 +184,20 @@ def time_table(rows: list[dict], search: dict) -> tuple[str, Table] | None:
 
 
 def _cell(column: str, value) -> str:
-    n = None if column == "trial_id" else _number(value)  # trial ids such as 249825e9 are not numbers
+    n = None if column == "trial_id" else finite_number(value)  # trial ids such as 249825e9 are not numbers
     if n is not None and not isinstance(value, bool) and str(value) not in ("True", "False"):
         return f"{n:.4g}" if not float(n).is_integer() else str(int(n))
     return str(value if value is not None else "")
 
 
 def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> Rendered:
-    rows = sorted(data["rows"], key=lambda r: (_number(r.get(metric)) is None, _number(r.get(metric)) or 0.0))
-    baseline = next((_number(r.get("baseline_perplexity")) for r in rows if _number(r.get("baseline_perplexity"))), None)
-    best = next((r for r in rows if _number(r.get(metric)) is not None and r.get("status", "ok") == "ok"), None)
+    rows = sorted(data["rows"], key=lambda r: (finite_number(r.get(metric)) is None, finite_number(r.get(metric)) or 0.0))
+    baseline = next((finite_number(r.get("baseline_perplexity")) for r in rows if finite_number(r.get("baseline_perplexity"))), None)
+    best = next((r for r in rows if finite_number(r.get(metric)) is not None and r.get("status", "ok") == "ok"), None)
     images = []
     if data["curves"]:
         curves = {t: ([s for s, _ in pts], [v for _, v in pts]) for t, pts in data["curves"].items()}
-        figure = best_trial_figure(curves, best and str(best["trial_id"]), best and _number(best.get(metric)), baseline,
+        figure = best_trial_figure(curves, best and str(best["trial_id"]), best and finite_number(best.get(metric)), baseline,
                                    data["title"])
         images.append(save_figure(figure, directory / "report_val_perplexity.png"))
     columns = ["rank", "trial_id", *data["params"], "best_val_perplexity", "final_val_perplexity", "steps", "stopped_early",
@@ -200,7 +207,7 @@ def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> 
             shutil.copy2(plot, directory / plot.name)
         images.append(directory / plot.name)
     cells = [[str(i)] + [_cell(c, r.get(c, "")) for c in columns[1:]] for i, r in enumerate(rows, 1)]
-    numeric = [c == "rank" or (c != "trial_id" and any(_number(r.get(c)) is not None for r in rows)) for c in columns]
+    numeric = [c == "rank" or (c != "trial_id" and any(finite_number(r.get(c)) is not None for r in rows)) for c in columns]
     trials = Table(columns, cells, numeric)
     intro = (f"Source: {data['source']}. {len(rows)} trials, best first (by {metric})"
              + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."))

@@ -3,40 +3,15 @@ each through one reader that refuses a damaged file in one line naming it, and e
 its result.json. A source is read whole or not at all."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..search_report import read_summary
-from ..tracking import STATE_FILE, curve_value, flatten, read_state_file, readable
+from ..search_report import finite_number, read_summary, trial_curve
+from ..tracking import STATE_FILE, flatten, read_state_file, readable
 from .folder import SPACE_FILE, read_space_file
 
 def count_trials(n: int) -> str:
     return f"{n} trial{'s' * (n != 1)}"
-
-
-def _float(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _history(trial_dir: Path) -> list[tuple[int, float]]:
-    """A trial's validation curve from Ray Tune's result.json (a line cut by a kill, or not text, is left out)."""
-    points = []
-    file = trial_dir / "result.json"
-    for line in file.read_text(errors="replace").splitlines() if file.is_file() else []:
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        value = _float(curve_value(r))
-        if value is not None and "step" in r:
-            points.append((int(r["step"]), value))
-    return points
 
 
 def from_folder(key: str, path: Path) -> dict:
@@ -57,15 +32,15 @@ def from_folder(key: str, path: Path) -> dict:
     searched = [k for k, v in identity["search"].items() if not v.startswith("fixed ")]
     trials = []
     for row in read_summary(path / "summary.csv", key, hint, searched):
-        history = _history(path / f"trial_{row['trial_id']}")
-        final = _float(row["final_val_perplexity"])
+        history = trial_curve(path / f"trial_{row['trial_id']}")
+        final = finite_number(row["final_val_perplexity"])
         if not history and final is not None:  # its trial folder is gone: the last point summary.csv kept
             history = [(int(row["steps"]), final)]
         stopped = row["status"] == "ok" and row["stopped_early"] == "True"
         trials.append({"trial_id": row["trial_id"], "status": "stopped" if stopped else row["status"],
                        "params": {k: row[k] for k in searched if row[k] != ""},
-                       "history": history, "best": _float(row["best_val_perplexity"]),
-                       "baseline": _float(row["baseline_perplexity"])})
+                       "history": history, "best": finite_number(row["best_val_perplexity"]),
+                       "baseline": finite_number(row["baseline_perplexity"])})
     return {"label": path.name, "parent_run_id": parent, "folder": str(path.resolve()),
             "setup": {k: readable(v) for k, v in flatten({"base": identity["base"], "tune": identity["tune"]}).items()},
             "searched": searched, "trials": trials}
