@@ -10,8 +10,12 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ConfigError
+from ..specs import method_spec
 
-PEFT_TAGS = {"prompt": "prompt-tuning", "prefix": "prefix-tuning", "lora": "lora"}
+
+def peft_tag(method: nn.Module) -> str:
+    """The Hub's tag of the method's PEFT layout (its spec's `peft_format`): prompt-tuning, prefix-tuning, lora."""
+    return method_spec(method.name).peft_format.lower().replace("_", "-")
 
 
 def recorded_result(meta: dict, where: str) -> dict:
@@ -38,7 +42,7 @@ def _dataset(path: str) -> str:
 
 def _text(method: nn.Module, base: str, hub: bool, result: dict) -> str:
     cfg = method.cfg
-    kind = PEFT_TAGS[method.name].replace("-", " ")
+    kind = peft_tag(method).replace("-", " ")
     lines = [f"# {kind} adapter exported by embinject", "",
              f"Base model: `{base}`." + ("" if hub else " A local directory with no hub id on record: the adapter loads "
                                           "only where that directory exists."), ""]
@@ -65,8 +69,8 @@ def model_card(method: nn.Module, base: str, hub: bool, result: dict):
         evals = [EvalResult(task_type="text-generation", dataset_type=data, dataset_name=data, dataset_split="validation",
                             metric_type="perplexity", metric_name="validation perplexity",
                             metric_value=float(result["val_perplexity"]))]
-    tags = ["embinject", "peft", PEFT_TAGS[method.name]] + ([f"base_model:adapter:{base}"] if hub else [])
+    tags = ["embinject", "peft", peft_tag(method)] + ([f"base_model:adapter:{base}"] if hub else [])
     data = ModelCardData(base_model=base if hub else None, library_name="peft", pipeline_tag="text-generation",
-                         tags=tags, model_name=f"{PEFT_TAGS[method.name]} adapter of {base.rsplit('/', 1)[-1]}",
+                         tags=tags, model_name=f"{peft_tag(method)} adapter of {base.rsplit('/', 1)[-1]}",
                          eval_results=evals)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{_text(method, base, hub, result)}")
