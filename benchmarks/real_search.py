@@ -35,9 +35,9 @@ from embinject.fsutil import atomic_write_text
 from embinject.space import load_search_file
 from embinject.tracking import TIME_SPLIT, WALL
 from embinject.tracking.tracker import search_metrics
-from embinject.tune.cluster import warm_caches
-from embinject.tune.pack import packable_methods
-from embinject.tune.pack_probe import largest_trial, probe_pack
+from embinject.tune.driver.cluster import warm_caches
+from embinject.tune.driver.pack_plan import packable_methods
+from embinject.tune.worker.probe import largest_trial, probe_pack
 
 from .shape_model import model_label
 from .tiny_model import tiny_spec

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 from embinject.space import load_search_file
-from embinject.tune.driver import run_search
-from embinject.tune.outcome import SearchOutcome
+from embinject.tune.driver.run import run_search
+from embinject.tune.driver.outcome import SearchOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"

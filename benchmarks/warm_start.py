@@ -27,7 +27,7 @@ from pathlib import Path
 from embinject.fsutil import atomic_write_text
 from embinject.models import cache_root
 from embinject.space import load_search_file
-from embinject.tune.driver import run_search
+from embinject.tune.driver.run import run_search
 
 from .search_efficiency import SPACE, trace
 

@@ -20,10 +20,10 @@ from .fsutil import read_json_object
 from .search_report import FIXED, read_curves, read_summary, trial_reports
 from .space import SearchFile, load_search_spec
 from .tracking import LEGACY_STATE_FILE, STATE_FILE, curve_value, read_state_file, search_end
-from .tune.driver import run_search
-from .tune.folder import SPACE_FILE, read_space_file
-from .tune.outcome import SearchOutcome
-from .tune.study import journal_path, study_storage
+from .tune.driver.run import run_search
+from .tune.driver.folder import SPACE_FILE, read_space_file
+from .tune.driver.outcome import SearchOutcome
+from .tune.driver.study import journal_path, study_storage
 
 KEY = "load_search"  # how a damaged file's line begins
 HINT = "it is what the search wrote; restore it, or run the search again"
@@ -178,7 +178,7 @@ def search(spec: str | os.PathLike | dict, overrides: list[str] | dict | None = 
     `promote` moves the alias `champion` whether or not the new version beats its holder; `verbose`: 0 keeps Ray's
     trial table quiet. Bad input raises `ConfigError` (one line) before anything runs; an interrupted search returns
     with `finished` False and `outcome.interrupted` set; `resume` of a finished search raises
-    `embinject.tune.driver.AlreadyFinished`."""
+    `embinject.tune.driver.run.AlreadyFinished`."""
     loaded = load_search_spec(spec, overrides)
     if not register:
         loaded.mlflow.register_as = None

@@ -1,7 +1,7 @@
 """Each experiment's command in a tiny configuration, so they keep working."""
 import pytest
 
-from embinject.tune.cluster import LOCAL_RAY_SYSTEM_CONFIG
+from embinject.tune.driver.cluster import LOCAL_RAY_SYSTEM_CONFIG
 from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
 from experiments.fourier_embeddings import run as fourier_embeddings

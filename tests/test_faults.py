@@ -28,7 +28,7 @@ from embinject.train import train, write_outputs
 from embinject.train.__main__ import main as train_main
 from embinject.space import load_search_file
 from embinject.tune.__main__ import main as tune_main
-from embinject.tune.warm import read_warm_start
+from embinject.tune.driver.warm import read_warm_start
 
 from .conftest import ROOT, free_port
 from .test_bad_input import assert_one_error_line, run_main

@@ -1,4 +1,4 @@
-"""Each use of Ray's or Optuna's internals (embinject/tune/internals.py) on the installed Ray and Optuna: a version whose
+"""Each use of Ray's or Optuna's internals (embinject/tune/driver/internals.py) on the installed Ray and Optuna: a version whose
 internals differ fails here, naming the versions, rather than somewhere in a search. No Ray cluster: each builds the
 Ray or Optuna object alone."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ import ray
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from embinject.tune import internals
-from embinject.tune.searcher import ASHA, StudySearch
+from embinject.tune.driver import internals
+from embinject.tune.driver.searcher import ASHA, StudySearch
 
-WRITTEN_FOR = f"embinject.tune.internals was written for {internals.RAY_VERSIONS} and {internals.OPTUNA_VERSIONS}"
+WRITTEN_FOR = f"embinject.tune.driver.internals was written for {internals.RAY_VERSIONS} and {internals.OPTUNA_VERSIONS}"
 INSTALLED = f"installed: Ray {ray.__version__}, Optuna {optuna.__version__}"
 
 

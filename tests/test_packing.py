@@ -21,8 +21,8 @@ from embinject.train import train
 from embinject.train import packing, shared
 from embinject.train.evaluation import window_nll
 from embinject.train.packing import PackedSteps, StepPack, packed_nll, unpackable_reason
-from embinject.tune.pack import auto_cap, plan_pack
-from embinject.tune.pack_probe import largest_trial, probe_pack
+from embinject.tune.driver.pack_plan import auto_cap, plan_pack
+from embinject.tune.worker.probe import largest_trial, probe_pack
 
 from .conftest import ROOT
 from .test_tune import _results, _without_redelivery, check_time_split, run_tune, write_search

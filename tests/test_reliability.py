@@ -14,9 +14,10 @@ from embinject.config_files import parse_override
 from embinject.fsutil import scratch_dir, sweep_scratch
 from embinject.space import load_search_file
 from embinject.tracking import STATE_FILE, SearchTracker
-from embinject.tune import __main__ as tune_cli, folder
-from embinject.tune.driver import BudgetEnd, ended_by_the_search
-from embinject.tune.folder import LOCK_FILE, new_search_dir, record_space, search_lock
+from embinject.tune import __main__ as tune_cli
+from embinject.tune.driver import folder
+from embinject.tune.driver.run import BudgetEnd, ended_by_the_search
+from embinject.tune.driver.folder import LOCK_FILE, new_search_dir, record_space, search_lock
 
 from .conftest import ROOT
 from .test_bad_input import assert_one_error_line, run_main
@@ -231,7 +232,7 @@ def test_a_full_disk_is_named_once_not_in_tracebacks(tmp_path, small_disk, capsy
     import errno
     import logging
 
-    from embinject.tune.cluster import DISK_FULL_LOGGERS, quiet_disk_full_tracebacks
+    from embinject.tune.driver.cluster import DISK_FULL_LOGGERS, quiet_disk_full_tracebacks
 
     quiet_disk_full_tracebacks()
     pyarrow_like = RuntimeError("sync failed")

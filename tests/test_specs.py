@@ -21,7 +21,7 @@ from embinject.space import load_search_file
 from embinject.specs import ENCODER_SPECS, METHOD_SPECS, EncoderSpec, MethodSpec, names_an_encoder
 from embinject.train.packing import unpackable_reason
 from embinject.train.shared import prepare
-from embinject.tune.cluster import warm_caches
+from embinject.tune.driver.cluster import warm_caches
 
 from .conftest import ROOT
 

@@ -29,14 +29,15 @@ from embinject.tracking import TIME_SPLIT, WALL, logged_model_name, mlflow_globa
 from embinject.tracking.champion import champion_move
 from embinject.train import autocast_dtype, prepare
 from embinject.train.evaluation import perplexity
-from embinject.tune import __main__ as tune_cli, progress
-from embinject.tune.budget import asha_rungs
-from embinject.tune.folder import restore_superseded_checkpoints, snapshot_checkpoints
-from embinject.tune.internals import asha_rungs as scheduler_rungs, searcher_study
-from embinject.tune.results import pareto_front
-from embinject.tune.searcher import make_scheduler, make_searcher, optuna_sampler
-from embinject.tune.study import close_study
-from embinject.tune.warm import read_warm_start
+from embinject.tune import __main__ as tune_cli
+from embinject.tune.driver import progress
+from embinject.tune.driver.budget import asha_rungs
+from embinject.tune.driver.folder import restore_superseded_checkpoints, snapshot_checkpoints
+from embinject.tune.driver.internals import asha_rungs as scheduler_rungs, searcher_study
+from embinject.tune.driver.results import pareto_front
+from embinject.tune.driver.searcher import make_scheduler, make_searcher, optuna_sampler
+from embinject.tune.driver.study import close_study
+from embinject.tune.driver.warm import read_warm_start
 
 from .conftest import ROOT
 from .test_bad_input import assert_one_error_line, run_main

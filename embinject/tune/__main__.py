@@ -20,12 +20,12 @@ from .. import api
 from ..errors import ConfigError, disk_full, handle_sigterm, interrupt_exit_code, warn
 from ..space import SearchFile, load_search_spec
 from ..tracking import tracking_uri_default
-from .budget import budget_warnings, objectives_line
-from .cluster import cluster_needs, local_shortfalls
-from .driver import AlreadyFinished, registration_problem
-from .outcome import SearchOutcome
-from .pack import plan_pack
-from .warm import read_warm_start
+from .driver.budget import budget_warnings, objectives_line
+from .driver.cluster import cluster_needs, local_shortfalls
+from .driver.run import AlreadyFinished, registration_problem
+from .driver.outcome import SearchOutcome
+from .driver.pack_plan import plan_pack
+from .driver.warm import read_warm_start
 
 # The search ran as asked, but its time budget ended it before any trial finished: no failure and no bad input (1 and
 # 2), and no result either (not 0), so that a script can tell "raise the budget" from a search that failed.

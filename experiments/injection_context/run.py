@@ -37,8 +37,8 @@ from embinject.space import load_search_file
 from embinject.tracking import flatten
 from embinject.train import resolve_device
 from embinject.train.precision import resolve_dtype
-from embinject.tune.driver import run_search
-from embinject.tune.outcome import SearchOutcome
+from embinject.tune.driver.run import run_search
+from embinject.tune.driver.outcome import SearchOutcome
 from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, LR_RULE_GRID,
                                                SEEDS, WINDOW, budget_of, extra_corpus, lr_edge, lr_group, lr_shape)
 from experiments.injection_context.describe import bracket_verdict, shared_chunk_mlp

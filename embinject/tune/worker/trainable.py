@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..fsutil import scratch_dir
-from ..space import trial_config
-from ..train import Diverged, train
+from ...fsutil import scratch_dir
+from ...space import trial_config
+from ...train import Diverged, train
 
 
 def trainable(config: dict, base: dict | None = None) -> None:

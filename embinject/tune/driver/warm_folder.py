@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..search_report import finite_number, read_summary, trial_curve
-from ..tracking import STATE_FILE, flatten, read_state_file, readable
+from ...errors import ConfigError
+from ...search_report import finite_number, read_summary, trial_curve
+from ...tracking import STATE_FILE, flatten, read_state_file, readable
 from .folder import SPACE_FILE, read_space_file
 
 def count_trials(n: int) -> str:

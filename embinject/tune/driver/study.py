@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..tracking import curve_value
+from ...tracking import curve_value
 from .internals import storage_trial_id
 from .results import objective_value
 

@@ -8,12 +8,12 @@ import math
 import shutil
 from pathlib import Path
 
-from ..errors import warn
-from ..fsutil import atomic_write_text
-from ..plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
-from ..serving import save_pyfunc
-from ..space import SearchFile, trial_config
-from ..tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity, logged_model_name
+from ...errors import warn
+from ...fsutil import atomic_write_text
+from ...plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
+from ...serving import save_pyfunc
+from ...space import SearchFile, trial_config
+from ...tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity, logged_model_name
 from .outcome import Registration, SearchOutcome, TrialCounts
 
 

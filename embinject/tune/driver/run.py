@@ -14,11 +14,11 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import first_line, prog
-from ..fsutil import atomic_write_text, check_writable, sweep_scratch
-from ..models import cache_root
-from ..space import SearchFile, apply_params
-from ..tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
+from ...errors import first_line, prog
+from ...fsutil import atomic_write_text, check_writable, sweep_scratch
+from ...models import cache_root
+from ...space import SearchFile, apply_params
+from ...tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
                         source_tags, tracker_for)
 from .callback import mlflow_callback, short_key
 from .folder import (check_same_pack, check_same_space, new_search_dir, newest_search_dir, record_pack, record_space,
@@ -27,13 +27,13 @@ from .cluster import (check_cluster_resources, check_local_resources, connect, f
                       stop_ray_leftovers, warm_caches)
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
-from .pack import (PackPlan, auto_cap, needs_probe, packable_methods, packed_trainable, plan_pack, prestart_host,
-                   stop_hosts)
-from .pack_probe import largest_trial, probe_pack
+from ..worker.pack_host import PackPlan, packed_trainable
+from .pack_plan import auto_cap, needs_probe, packable_methods, plan_pack, prestart_host, stop_hosts
+from ..worker.probe import largest_trial, probe_pack
 from .progress import imports_line, stage_line, trial_table
 from .signals import GracefulStop
 from .study import close_study, journal_path, study_name
-from .trainable import trainable
+from ..worker.trainable import trainable
 from .outcome import SearchOutcome
 from .warm import WarmStart, read_warm_start
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..arguments import seconds_since_first_line
+from ...arguments import seconds_since_first_line
 from .internals import progress_table, psql_table, reporter_settings, time_passed_line, trial_errors
 
 REDRAW_S = 15  # the least time between two tables, in a terminal and in a log

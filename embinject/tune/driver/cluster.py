@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, disk_full, first_line
-from ..fsutil import atomic_write_text
-from ..space import SearchFile, trial_config
-from ..specs import METHOD_SPECS
-from ..train import baseline_perplexity, prepare, release_shared_lms, resolve_device, shared_lm
+from ...errors import ConfigError, disk_full, first_line
+from ...fsutil import atomic_write_text
+from ...space import SearchFile, trial_config
+from ...specs import METHOD_SPECS
+from ...train import baseline_perplexity, prepare, release_shared_lms, resolve_device, shared_lm
 from .internals import RAY_SYSTEM_CONFIG_ARG, RAY_TOKEN_LOGGER
 from .progress import stage
 

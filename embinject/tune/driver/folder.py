@@ -14,10 +14,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..fsutil import atomic_write_text, damaged, read_json_object
-from ..space import SearchFile
-from ..tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
+from ...errors import ConfigError
+from ...fsutil import atomic_write_text, damaged, read_json_object
+from ...space import SearchFile
+from ...tracking import LEGACY_STATE_FILE, STATE_FILE, flatten
 from .internals import snapshot_trial_checkpoints
 
 LOCK_FILE = ".embinject.lock"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..space import SearchFile
+from ...space import SearchFile
 
 
 def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[float]:

@@ -1,7 +1,7 @@
 """`tune.pack: auto` measured rather than assumed: at a search's start, one process with the resources one trial gets
 trains this search's largest trial (the searched values that need the most memory) on its device: on a GPU it
 measures the frozen LM's memory and the trial's own, and on any device it times one packed step of K such trials
-against K separate steps. The search packs where the packed step was faster (`embinject.tune.pack.plan_pack`)."""
+against K separate steps. The search packs where the packed step was faster (`embinject.tune.driver.pack_plan.plan_pack`)."""
 from __future__ import annotations
 
 import statistics
@@ -9,11 +9,11 @@ import time
 
 import torch
 
-from ..methods import build_method
-from ..space import SearchFile, trial_config
-from ..train import autocast_dtype, prepare
-from ..train.loop import SoloSteps
-from ..train.packing import packed_nll
+from ...methods import build_method
+from ...space import SearchFile, trial_config
+from ...train import autocast_dtype, prepare
+from ...train.loop import SoloSteps
+from ...train.packing import packed_nll
 
 MEMORY_KEYS = ("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "train.batch_size", "data.seq_len")
 PROBE_REPS = 3  # timed rounds (each: K separate steps, then one packed step), after one untimed round

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from ..tracking import TIME_SPLIT, WALL, SearchTracker, tracker_for
+from ...tracking import TIME_SPLIT, WALL, SearchTracker, tracker_for
 
 
 def short_key(key: str) -> str:

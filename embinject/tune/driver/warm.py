@@ -22,11 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from ..config import config_from_dict
-from ..config_files import set_dotted
-from ..errors import ConfigError
-from ..space import Param, SearchFile, optuna_value
-from ..tracking import default_tracking_uri, earlier_searches, flatten, readable
+from ...config import config_from_dict
+from ...config_files import set_dotted
+from ...errors import ConfigError
+from ...space import Param, SearchFile, optuna_value
+from ...tracking import default_tracking_uri, earlier_searches, flatten, readable
 from .warm_folder import count_trials, from_folder
 
 FIRST_BEST = 3  # an earlier search of another setup: its best configurations this search evaluates first

@@ -1,8 +1,9 @@
-"""Packed trials: one host actor per (node, device, model) owns the frozen LM and trains every trial attached to it
-in packed steps (`embinject.train.packing`). Each trial stays a Ray Tune trial: a thin trainable process that Optuna
-sampled and ASHA can stop, which joins the host, relays its reports and checkpoints to Tune, and resumes from its
-own checkpoint when Ray restarts it. A host drops a member whose trainable stopped asking for news (stopped, killed)
-and leaves when it has had no member for a while.
+"""Packed trials, the side that runs in Ray's workers: one host actor per (node, device, model) owns the frozen LM
+and trains every trial attached to it in packed steps (`embinject.train.packing`). Each trial stays a Ray Tune trial:
+a thin trainable process that Optuna sampled and ASHA can stop, which joins the host, relays its reports and
+checkpoints to Tune, and resumes from its own checkpoint when Ray restarts it. A host drops a member whose trainable
+stopped asking for news (stopped, killed) and leaves when it has had no member for a while. How a search packs
+(`PackPlan`) is decided by the driver (`embinject.tune.driver.run.pack_plan`).
 """
 from __future__ import annotations
 
@@ -20,24 +21,18 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_from_dict
-from ..errors import first_line
-from ..fsutil import scratch_dir
-from ..space import SearchFile, trial_config
-from ..train import Diverged, checkpointed_lm, precision, shared_lm, train
-from ..train.packing import Left, PackedSteps, StepPack, unpackable_reason
+from ...config import Config, config_from_dict
+from ...errors import first_line
+from ...fsutil import scratch_dir
+from ...train import Diverged, checkpointed_lm, precision, shared_lm, train
+from ...train.packing import Left, PackedSteps, StepPack, unpackable_reason
+from ...space import trial_config
 from .trainable import trainable
 
-AUTO_CAP = 8  # the largest pack `tune.pack: auto` makes (benchmarks.packing measured K = 1, 2, 4, 8)
 POLL_S = 2.0  # a trainable's heartbeat reaches its host this often (also while Tune holds it in tune.report) ...
 LOST_AFTER_S = 20.0  # ... and a member whose trainable has sent none for this long is dropped (stopped or killed)
 IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
 NAMESPACE = "embinject"
-# `auto` packs only where the probe's packed step beats separate steps by this factor: a packed search also pays for
-# what happens outside its steps (members' relays, rendezvous, trial processes), and on 2 CPU cores it turned about
-# half of its step speedup into trials per hour (benchmarks.packed_search), so a packed step barely faster than
-# separate ones made the search slower
-MIN_PROBE_SPEEDUP = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,61 +50,6 @@ class PackPlan:
     def resources(self, cpus: float, gpus: float) -> dict:
         """What one member asks Ray for: a pack of `size` takes the CPUs one trial alone asks for, and a whole GPU."""
         return {"cpu": self.cpus_each(cpus), "gpu": self.gpus_each(gpus)}
-
-
-def packable_methods(search: SearchFile) -> list[str]:
-    """The methods this search draws whose trials can train in a pack, sorted."""
-    methods = search.choices("method", {search.config.method})
-    return sorted(m for m in methods if unpackable_reason(trial_config(search.base, {"method": m})) is None)
-
-
-def auto_cap(search: SearchFile) -> int:
-    """The largest pack `tune.pack: auto` makes here: AUTO_CAP, or fewer where fewer trials run at once."""
-    return min(AUTO_CAP, search.tune.max_concurrent_trials)
-
-
-def needs_probe(search: SearchFile) -> bool:
-    """Whether `tune.pack` resolves only once a probe at the search's start measured it (auto, where trials pack)."""
-    return search.tune.pack == "auto" and plan_pack(search).size > 1
-
-
-def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> PackPlan:
-    """`tune.pack` resolved: off, a number, or auto: packs of up to 8 (as many as run at once, and as a GPU's memory
-    holds) where the probe at the search's start (`embinject.tune.pack_probe`) found a packed step at least
-    MIN_PROBE_SPEEDUP times as fast as separate steps on this device; None: not measured yet (a dry run)."""
-    t = search.tune
-    setting = t.pack
-    if setting == "off" or setting == 1:
-        return PackPlan(1, f"tune.pack: {setting}; every trial trains alone", key)
-    packable = packable_methods(search)
-    if not packable:
-        first = sorted(search.choices("method", {search.config.method}))[0]
-        why = unpackable_reason(trial_config(search.base, {"method": first}))
-        return PackPlan(1, f"tune.pack: {setting}, but no trial of this search can pack ({why})", key)
-    if isinstance(setting, int):
-        limit = f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once" \
-            if t.max_concurrent_trials < setting else ""
-        return PackPlan(setting, f"tune.pack: {setting} trials share each frozen LM{limit}", key)
-    cap = auto_cap(search)
-    if cap < 2:
-        return PackPlan(1, "tune.pack auto: tune.max_concurrent_trials is 1, so no two trials could share a step", key)
-    if probe is None:
-        return PackPlan(cap, f"tune.pack auto: at the start, a probe times a packed step of {cap} of this search's "
-                             f"largest trial against {cap} separate steps on the trials' device (and measures their "
-                             "memory on a GPU): they pack where the packed step is faster, else every trial trains "
-                             "alone", key)
-    k = probe["k"]
-    speed = (f"a packed step of {k} ran x{probe['speedup']:.2f} the speed of {k} separate steps on this "
-             f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
-             f"{probe['solo_s'] * 1000:.0f} ms, the start's probe)")
-    if k < 2 or probe["speedup"] < MIN_PROBE_SPEEDUP:
-        room = ("; the GPU holds one trial beside the LM" if k < 2 else
-                f"; auto packs from x{MIN_PROBE_SPEEDUP:g} (what happens outside packed steps costs the rest)")
-        return PackPlan(1, f"tune.pack auto: {speed}{room}; every trial trains alone", key)
-    memory = "" if "per_trial" not in probe else (
-        f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB beside the {probe['lm'] / 2**20:.0f} MiB LM, "
-        f"{probe['free'] / 2**30:.1f} GiB free")
-    return PackPlan(k, f"tune.pack auto: {k} trials share each frozen LM: {speed}{memory}", key)
 
 
 def host_name(plan: PackPlan, cfg: Config, node_id: str, gpu: str) -> str:
@@ -279,22 +219,6 @@ def attach(plan: PackPlan, cfg: Config, threads: int | None = None):
                                                            cfg.train.gradient_checkpointing, threads)
 
 
-def prestart_host(plan: PackPlan, search: SearchFile, base: dict) -> None:
-    """A packed search on this machine's CPUs starts its host before its first trial: the host's process starts and
-    loads the LM while Ray starts the trials' processes, rather than after the first of them asks for it. Not where
-    the host depends on a searched value (the model, its dtype or checkpointing), and not on GPUs (one host per GPU,
-    known only once Ray gives a trial its GPU), nor through Ray Client (the trials' node is not the driver's)."""
-    import ray  # lazy, as in the driver
-    import ray.util.client
-
-    searched = {p.key for p in search.params if p.kind != "fixed"}
-    if plan.size <= 1 or search.tune.resources.gpus > 0 or ray.util.client.ray.is_connected() or \
-            searched & {"model", "train.dtype", "train.gradient_checkpointing"}:
-        return
-    cfg = trial_config(base, {"train.device": "cpu"})
-    attach(plan, cfg, max(1, round(search.tune.resources.cpus)))
-
-
 def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:
     """One trial of a packed search: joins its host and relays what the host's member reports to Ray Tune."""
     import ray  # already imported in a trial's process: Ray runs it
@@ -359,22 +283,3 @@ def _beat(host, key: str, alive: threading.Event) -> None:
         time.sleep(POLL_S)
 
 
-def stop_hosts(plan: PackPlan) -> None:
-    """End this search's hosts (they would exit by themselves once idle)."""
-    import ray  # lazy, as everywhere in the search
-
-    if plan.size <= 1 or not ray.is_initialized():
-        return
-    hosts = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(f"embinject-pack-{plan.key}-"):
-            try:
-                hosts.append(ray.get_actor(entry["name"], namespace=NAMESPACE))
-            except ValueError:
-                pass  # already gone
-    try:  # their scratch directories, on whichever node they run (a host that does not answer is swept later)
-        ray.get([host.close.remote() for host in hosts], timeout=30)
-    except (ray.exceptions.RayError, TimeoutError):
-        pass
-    for host in hosts:
-        ray.kill(host)

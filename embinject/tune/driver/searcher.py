@@ -11,7 +11,7 @@ import math
 import warnings
 from pathlib import Path
 
-from ..space import DefineByRun, SearchFile, optuna_value
+from ...space import DefineByRun, SearchFile, optuna_value
 from .internals import (asha_rungs, asha_stopped, mark_searcher_trial_ended, searcher_study, searcher_trials,
                         uncount_asha_stop)
 from .study import TRIAL_ID, curve_point, end_trial, journal_path, outcome, study_name, study_storage
@@ -157,7 +157,7 @@ def ray_class(name: str) -> type:
 
 
 def __getattr__(name: str):
-    """`from embinject.tune.searcher import StudySearch` (or ASHA), and pickle finding them by name (PEP 562)."""
+    """`from embinject.tune.driver.searcher import StudySearch` (or ASHA), and pickle finding them by name (PEP 562)."""
     if name not in _RAY_CLASSES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return ray_class(name)
