@@ -25,7 +25,8 @@ from embinject.methods import build_method
 from embinject.space import load_search_file
 from embinject.train import autocast_dtype, eval_subset, prepare
 from embinject.train.evaluation import perplexity
-from embinject.tune.driver.run import run_search
+
+from .search_efficiency import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"

@@ -38,8 +38,9 @@ from embinject.data import build_windows, select_windows
 from embinject.fsutil import atomic_write_text
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
 from embinject.space import load_search_file
-from embinject.tune.driver.run import run_search
 from embinject.tune.driver.outcome import SearchOutcome
+
+from .search_efficiency import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"

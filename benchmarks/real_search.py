@@ -206,20 +206,33 @@ def warm(args, model: str, work: Path, env: dict) -> None:
         warm_caches(searched(args, model, work, "warm"))
 
 
-def trial_ceiling(args, model: str, work: Path, env: dict) -> dict:
+def trial_ceiling(args, model: str, work: Path, env: dict, rows: list[dict] | None = None) -> dict:
     """The search's own trials packed: K of its largest trial (as `tune.pack: auto`'s probe trains it: this search's
     method, encoder input and MLP) in one step against K separate steps, with the packed host's threads. Unlike
-    benchmarks.packing's prompt trials, each member here also runs its own MLP and optimizer, which no pack shares."""
+    benchmarks.packing's prompt trials, each member here also runs its own MLP and optimizer, which no pack shares.
+    On a CPU also `placement`: the packed step against the K steps as the fastest unpacked arm places them (its
+    trials at once, each on its share of the cores, e.g. 2 processes of 1 thread on 2 cores), which is what a
+    packed search competes with; the plain ceiling compares with K steps one after another on all the cores."""
     threads = torch.get_num_threads()
+    unpacked = [r for r in rows or [] if r["arm"] != "packed"]
+    reference = min(unpacked, key=lambda r: r["search_s"]) if unpacked else None
     try:
         with arms_cache(env):
             search = searched(args, model, work, "probe")
             worst = {**largest_trial(search), "method": packable_methods(search)[0]}
             probe = probe_pack(dict(search.base), worst, args.device, args.pack, args.cpus)
+            placed = None
+            if reference is not None and args.device == "cpu":
+                each = max(1, round(reference["cpus_per_trial"]))
+                alone = probe_pack(dict(search.base), worst, args.device, args.pack, each)
+                at_once = reference["trials_at_once"]
+                placed = {"arm": reference["arm"], "threads_each": each, "at_once": at_once,
+                          "separate_s": alone["solo_s"], "placed_s": alone["solo_s"] / at_once,
+                          "speedup": alone["solo_s"] / at_once / max(probe["packed_s"], 1e-12)}
     finally:
         torch.set_num_threads(threads)
     return {"k": probe["k"], "threads": args.cpus, "trial": worst, "sequential_s": probe["solo_s"],
-            "packed_s": probe["packed_s"], "speedup": probe["speedup"]}
+            "packed_s": probe["packed_s"], "speedup": probe["speedup"], "placement": placed}
 
 
 def summarise(args, rows: list[dict], ceiling: dict | None, trials: dict | None = None) -> dict:
@@ -245,6 +258,8 @@ def summarise(args, rows: list[dict], ceiling: dict | None, trials: dict | None 
         out["packing_efficiency"] = out["search_speedup"] / ceiling["speedup"]
     if trials:
         out["packing_efficiency_own_trials"] = out["search_speedup"] / trials["speedup"]
+        if trials.get("placement"):
+            out["packing_efficiency_placed"] = out["search_speedup"] / trials["placement"]["speedup"]
     return out
 
 
@@ -283,7 +298,7 @@ def run_search_arms(args, model: str, work: Path) -> int:
     prefixes = [p for r in rows for p in r["prefix_tokens"]]
     ceiling = step_ceiling(args, model, round(statistics.median(prefixes)), work, env) \
         if "packed" in args.arms and args.ceiling_reps else None
-    trials = trial_ceiling(args, model, work, env) if "packed" in args.arms and args.ceiling_reps else None
+    trials = trial_ceiling(args, model, work, env, rows) if "packed" in args.arms and args.ceiling_reps else None
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     run = {**settings(args), "data": Path(args.data).name, "device_name": device_name, "cpus": args.cpus,
            "train_samples": args.train_samples, "val_samples": args.val_samples, "encoders": list(args.encoders),

@@ -132,6 +132,13 @@ def _real_run_notes(d: dict) -> list[str]:
                      f"packed {t['k']} at once against {t['k']} separate steps, {t['threads']} threads (`tune.pack: "
                      f"auto`'s probe): x{t['speedup']:.2f}; search speed-up / that: "
                      f"{d['packing_efficiency_own_trials']:.2f}")
+        placed = t.get("placement")
+        if placed:
+            notes.append(f"the same packed step against those {t['k']} steps as the {placed['arm']} arm places them "
+                         f"({placed['at_once']} processes at once, {placed['threads_each']} thread each: "
+                         f"{placed['placed_s'] * 1000:.0f} ms against {t['packed_s'] * 1000:.0f} ms packed): "
+                         f"x{placed['speedup']:.2f}, the most a packed search can gain over that arm here; search "
+                         f"speed-up / that: {d['packing_efficiency_placed']:.2f}")
     if d["device"] == "cuda" and "speedups" in d:
         one = d["speedups"].get("one")
         if one is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 from embinject.space import load_search_file
-from embinject.tune.driver.run import run_search
+from embinject.tune.driver.run import run_search as run_any_search
 from embinject.tune.driver.outcome import SearchOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,16 @@ RUNS = OUT / "search_efficiency_runs"
 SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
          "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}")
 
+
+
+def run_search(search, **kwargs) -> SearchOutcome:
+    """A search run to its end, or SystemExit naming the signal that stopped it: a search cut short by Ctrl-C or
+    SIGTERM ends "gracefully" with fewer trials, and a benchmark that recorded it would compare a truncated search."""
+    outcome = run_any_search(search, **kwargs)
+    if outcome.interrupted is not None:
+        raise SystemExit(f"search {outcome.experiment_dir.name} was stopped by {outcome.interrupted.name}: nothing "
+                         "recorded for it (a rerun starts it again)")
+    return outcome
 
 def trace(outcome: SearchOutcome) -> list[tuple[int, float]]:
     """(cumulative steps, best val perplexity so far) after every evaluation of the search."""

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from embinject.fsutil import atomic_write_text
 from embinject.space import load_search_file
-from embinject.tune.driver.run import run_search
+
+from .search_efficiency import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"

@@ -27,9 +27,8 @@ from pathlib import Path
 from embinject.fsutil import atomic_write_text
 from embinject.models import cache_root
 from embinject.space import load_search_file
-from embinject.tune.driver.run import run_search
 
-from .search_efficiency import SPACE, trace
+from .search_efficiency import SPACE, run_search, trace
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
