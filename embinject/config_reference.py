@@ -12,7 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .config import Config, MlflowSettings, TuneSettings
+from .config import Config
+from .search_settings import MlflowSettings, TuneSettings
 from .fsutil import atomic_write_text
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "config-keys.md"
@@ -28,7 +29,7 @@ SECTIONS = (
 )
 
 HEADER = ("# Config keys\n\n"
-          "Generated from the typed config (`embinject/config.py`) by `python -m embinject.config_reference` "
+          "Generated from the typed config (`embinject/config.py`, `embinject/search_settings.py`) by `python -m embinject.config_reference` "
           "(`make docs`); do not edit it by hand. A test fails when this page and the config differ.\n\n"
           "A search file's `search:` section maps these dotted keys to values or distributions: "
           "[search-file.md](search-file.md).\n")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = missing_help()
     if missing:
-        print(f"error: embinject/config.py: no help line for {', '.join(missing)}; add metadata help to the field",
+        print(f"error: embinject/config.py or search_settings.py: no help line for {', '.join(missing)}; add metadata help to the field",
               file=sys.stderr)
         return 2
     text = render()

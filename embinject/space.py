@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .config import OBJECTIVE_METRICS, Config, MlflowSettings, TuneSettings, check_value, config_from_dict, is_section, settings_from_dict
+from .config import Config, check_value, config_from_dict, is_section, settings_from_dict
+from .search_settings import OBJECTIVE_METRICS, MlflowSettings, TuneSettings
 from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_location, resolve_paths, set_dotted
 from .errors import ConfigError
 from .fsutil import resolve_tracking_uri

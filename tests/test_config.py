@@ -108,7 +108,8 @@ def test_the_names_config_validation_refuses_are_those_mlflow_refuses():
     ("experiment", "x" * 501, "mlflow.experiment: MLflow refuses experiment names longer than 500 characters, got 501"),
 ])
 def test_mlflow_names_are_checked_with_the_settings(key, value, message):
-    from embinject.config import MlflowSettings, settings_from_dict
+    from embinject.config import settings_from_dict
+    from embinject.search_settings import MlflowSettings
 
     with pytest.raises(ConfigError) as err:
         settings_from_dict(MlflowSettings, {key: value}, "mlflow")

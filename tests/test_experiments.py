@@ -5,7 +5,7 @@ from embinject.tune.driver.cluster import LOCAL_RAY_SYSTEM_CONFIG
 from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
 from experiments.fourier_embeddings import run as fourier_embeddings
-from experiments.injection_context import analysis, arms, describe, records, run, tables
+from experiments.injection_context import analysis, arms, describe, rates, records, run, tables
 from experiments.injection_context.analysis import headline
 from experiments.prompt_priors import run as prompt_priors
 from experiments.prompt_priors.run import normalise, token_f1
@@ -195,11 +195,11 @@ def test_injection_context_study_tiny(tmp_path, tiny_model, shared_data, capsys,
     # the learning-rate rule (issue 53): kv-8's rate searched at its own budget, every trial to the end over the
     # rule's grid (the --set tune.* values of the pruned searches do not apply), recorded and shown in RESULTS.md
     sets = argv[argv.index("--set"):]
-    monkeypatch.setattr(run, "MOST_BEYOND", 1)  # at most one step beyond the grid: each is a search of its own
+    monkeypatch.setattr(rates, "MOST_BEYOND", 1)  # at most one step beyond the grid: each is a search of its own
     assert run.main(["--data", str(shared_data / "fineweb_edu_sample"), "--out", str(out), "--lr-at-budget", "kv-8", *sets]) == 0
     rule = json.loads((runs / "lr_at_budget_kv-8.json").read_text())
     assert {t["lr"] for t in rule["trials"]} >= set(arms.LR_RULE_GRID) and all(t["steps"] == 2 for t in rule["trials"])
-    assert rule["budget"]["windows"] == 16 and rule["budget"]["pruning"] is None and not run.next_rates(rule["trials"])
+    assert rule["budget"]["windows"] == 16 and rule["budget"]["pruning"] is None and not rates.next_rates(rule["trials"])
     assert len(rule["trials"]) <= len(arms.LR_RULE_GRID) + 1
     assert "Searches under the learning-rate rule" in (out / "RESULTS.md").read_text()
     capsys.readouterr()
@@ -311,11 +311,11 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     # a control trained at its design's rate before it had a search keeps that rate for its other seeds, not a new one
     for seed, lr in ((0, 0.002), (1, 0.002)):
         (runs / f"kv-constant-8__seed{seed}.json").write_text(json.dumps({"lr": lr}))
-    assert run.learning_rate(argparse.Namespace(lr_from=None), "kv-constant", tmp_path, runs, "float32", ["kv-constant-8"]) == 0.002
+    assert rates.learning_rate(argparse.Namespace(lr_from=None), "kv-constant", tmp_path, runs, "float32", ["kv-constant-8"]) == 0.002
     (runs / "kv-constant-8__seed1.json").write_text(json.dumps({"lr": 0.004}))
     with pytest.raises(Exception, match=r"kv-constant: its arms' records trained at 2 learning rates \(0.002, 0.004"):
-        run.recorded_rate(runs, "kv-constant", ["kv-8", "kv-constant-8"])
-    assert run.recorded_rate(runs, "kv", ["kv-8", "kv-constant-8"]) is None  # nothing recorded: the search runs
+        rates.recorded_rate(runs, "kv-constant", ["kv-8", "kv-constant-8"])
+    assert rates.recorded_rate(runs, "kv", ["kv-8", "kv-constant-8"]) is None  # nothing recorded: the search runs
     # a chunk design's runs from before each chunk had its position's own MLP rows are another design: never continued
     shared = run.arm_config(args, "chunks-8", tmp_path, 0.002).to_dict()
     (runs / "chunks-8__seed0.json").write_text(json.dumps({"config": shared}))
@@ -562,15 +562,15 @@ def test_rule_search_tries_the_grid_then_one_step_beyond_the_best_on_each_side(t
     import yaml
     from embinject.space import load_search_file
 
-    assert run.next_rates([]) == list(arms.LR_RULE_GRID)
+    assert rates.next_rates([]) == list(arms.LR_RULE_GRID)
     grid = [{"lr": lr, "val_perplexity": v} for lr, v in zip(arms.LR_RULE_GRID, (36.0, 35.0, 35.5))]
-    assert run.next_rates(grid) == []  # the best has a neighbour on each side
-    assert run.next_rates([{**grid[0], "val_perplexity": 34.0}, *grid[1:]]) == [0.0005]  # best is the smallest
-    assert run.next_rates([grid[0], grid[1], {**grid[2], "val_perplexity": 30.0}]) == [0.00752]  # best is the largest
-    edge = grid + [{"lr": 0.00376 * 2 ** i, "val_perplexity": 30.0 - i} for i in range(1, run.MOST_BEYOND + 1)]
-    assert run.next_rates(edge) == []  # at most MOST_BEYOND steps beyond the grid
+    assert rates.next_rates(grid) == []  # the best has a neighbour on each side
+    assert rates.next_rates([{**grid[0], "val_perplexity": 34.0}, *grid[1:]]) == [0.0005]  # best is the smallest
+    assert rates.next_rates([grid[0], grid[1], {**grid[2], "val_perplexity": 30.0}]) == [0.00752]  # best is the largest
+    edge = grid + [{"lr": 0.00376 * 2 ** i, "val_perplexity": 30.0 - i} for i in range(1, rates.MOST_BEYOND + 1)]
+    assert rates.next_rates(edge) == []  # at most MOST_BEYOND steps beyond the grid
     args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], workers=2, threads=1, out=tmp_path)
-    raw = run.rule_search_settings(args, "lmchunks-kv-constant-8-w8192s32", tmp_path, list(arms.LR_RULE_GRID))
+    raw = rates.rule_search_settings(args, "lmchunks-kv-constant-8-w8192s32", tmp_path, list(arms.LR_RULE_GRID))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     search = load_search_file(tmp_path / "s.yaml", [f"data.path={tmp_path}"])
     cfg = search.config

@@ -14,16 +14,9 @@ MAX_FUNCTION_LINES = 80
 CHECKED = ("embinject", "experiments", "benchmarks")
 
 # path -> its lines today. A file here may not grow; once within the limit, remove it.
-LONG_MODULES = {
-    "embinject/config.py": 480,
-    "embinject/train/packing.py": 448,
-    "experiments/injection_context/run.py": 435,
-    "benchmarks/report.py": 440,
-}
+LONG_MODULES: dict[str, int] = {}
 # path:qualified name -> its lines today (from `def` to its last line). The same rules.
-LONG_FUNCTIONS = {
-    "experiments/prompt_priors/run.py:render": 109,
-}
+LONG_FUNCTIONS: dict[str, int] = {}
 
 
 def _functions(tree: ast.AST, prefix: str = ""):

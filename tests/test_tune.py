@@ -19,7 +19,8 @@ import yaml
 
 from benchmarks.many_trials import measure
 from embinject.adapters import adapter_directory
-from embinject.config import TuneSettings, config_from_dict
+from embinject.config import config_from_dict
+from embinject.search_settings import TuneSettings
 from embinject.errors import disk_full
 from embinject.methods import load_method
 from embinject.models import load_frozen_lm

@@ -24,6 +24,7 @@ from . import precision
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
 from .evaluation import batches, window_nll, windows_perplexity
+from .optimizer import adamw
 from .shared import Prepared, autocast_dtype, baseline_perplexity, prepare
 
 Report = Callable[[dict, Callable[[Path], None]], None]
@@ -218,7 +219,7 @@ class _Run:
         self.cfg, self.prep, self.method, self.steps, self.report, self.base_ppl = cfg, prep, method, steps, report, base_ppl
         self.device, self.amp = prep.device, autocast_dtype(cfg, prep.device)
         self.trainable, self.dtype = result["trainable_params"], result["dtype"]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
         self.n_train = len(prep.train["input_ids"])
         self.steps_per_epoch = math.ceil(self.n_train / cfg.train.batch_size)
         self.max_steps = min(cfg.train.max_steps or 10**12, self.steps_per_epoch * cfg.train.max_epochs)

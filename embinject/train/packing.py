@@ -1,9 +1,7 @@
 """Packed steps: several trials' adapters trained in one forward/backward of the shared frozen LM.
 
-Each trial's rows sit behind its own prefix. Input prefixes (soft prompt, injection) of different lengths are
-left-padded, key/value prefixes (deep prefix) are padded in the cache, and a 4-D attention mask lets no row attend
-to padding, so every row attends to exactly the keys it would see alone, at the positions it would have alone.
-The loss is the sum of the trials' own mean losses: rows are independent through the frozen LM, so each
+Each trial's rows sit behind its own prefix, every row attending to exactly the keys it would see alone
+(`embinject.train.packed_forward`). The loss is the sum of the trials' own mean losses: rows are independent through the frozen LM, so each
 adapter receives the gradient of its own loss, as if it had trained alone (within float rounding).
 
 `StepPack` is the rendezvous: each trial's training loop runs in its own thread and calls `step()`; whichever
@@ -28,13 +26,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Config
-from ..errors import ConfigError
 from ..methods import AdapterMethod
-from ..methods.base import cache_kwargs, window_sums
 from ..specs import method_spec
+from .packed_forward import packed_nll
 
 
 def unpackable_reason(cfg: Config) -> str | None:
@@ -49,99 +45,6 @@ def unpackable_reason(cfg: Config) -> str | None:
 
 class Left(Exception):
     """This member was taken out of its pack (its trial was stopped or lost) while it trained."""
-
-
-def _attention_mask(valid: torch.Tensor, n_cache: int, dtype: torch.dtype, additive: bool) -> torch.Tensor:
-    """[B, 1, S, n_cache + S] mask from key validity [B, n_cache + S]: causal over the concatenated layout, no
-    padded key; a padded query attends to itself only (its output is never used, and a row with no key at all
-    would turn into NaN, which reaches the gradients even though multiplied by zero)."""
-    B, total = valid.shape
-    S = total - n_cache
-    q = torch.arange(S, device=valid.device).view(S, 1) + n_cache
-    k = torch.arange(total, device=valid.device).view(1, total)
-    allowed = (k <= q).unsqueeze(0) & valid.unsqueeze(1)  # [B, S, total]
-    pad_query = ~valid[:, n_cache:]
-    allowed = allowed | (pad_query.unsqueeze(2) & (k == q).unsqueeze(0))
-    allowed = allowed.unsqueeze(1)
-    if not additive:
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def packed_nll(members: list[tuple[AdapterMethod, dict]],
-               per_window: bool = False) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
-    """Each member's (summed NLL, scored tokens) on its batch, from one pass of all members' rows; with `per_window`,
-    both per row of its batch (as `AdapterMethod.nll(per_window=True)` gives them alone)."""
-    from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
-
-    lm = members[0][0].lm
-    embedding = lm.get_input_embeddings()
-    device, dtype = embedding.weight.device, embedding.weight.dtype
-    impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
-    if "flash" in impl:
-        raise ConfigError(f"tune.pack: packed steps need an attention with custom masks; this model uses {impl}")
-    parts = []
-    for method, batch in members:
-        ids = batch["input_ids"]
-        embeds = embedding(ids)
-        prefix = method.prefix_embeds(batch)
-        n_prefix = 0 if prefix is None else prefix.shape[1]
-        if prefix is not None:
-            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
-        parts.append((embeds, n_prefix, method.prefix_kv_rows(batch), batch["labels"]))  # kv: [L, 2, b, H, P, hd]
-    S = max(e.shape[1] for e, _, _, _ in parts)
-    n_cache = max((kv.shape[4] for _, _, kv, _ in parts if kv is not None), default=0)
-    B = sum(e.shape[0] for e, _, _, _ in parts)
-    inputs = embeds.new_zeros(B, S, embeds.shape[2])
-    positions = torch.zeros(B, S, dtype=torch.long, device=device)
-    valid = torch.zeros(B, n_cache + S, dtype=torch.bool, device=device)
-    kv_rows = None
-    if n_cache:
-        L, _, _, H, _, hd = next(kv.shape for _, _, kv, _ in parts if kv is not None)  # [L, 2, b, H, P, hd]
-        kv_rows = []
-    row = 0
-    for embeds_i, _, kv, _ in parts:
-        b, s = embeds_i.shape[:2]
-        n_kv = 0 if kv is None else kv.shape[4]
-        inputs[row : row + b, S - s :] = embeds_i  # left padding keeps every row's tokens at the end
-        positions[row : row + b, S - s :] = torch.arange(n_kv, n_kv + s, device=device)
-        valid[row : row + b, n_cache + S - s :] = True
-        valid[row : row + b, n_cache - n_kv : n_cache] = True
-        if kv_rows is not None:
-            block = torch.zeros(L, 2, b, H, n_cache, hd, dtype=dtype, device=device)
-            if kv is not None:
-                block = torch.cat([block[..., : n_cache - n_kv, :], kv.to(dtype)], dim=4)
-            kv_rows.append(block)
-        row += b
-    cache = None
-    if kv_rows is not None:
-        kv_all = torch.cat(kv_rows, dim=2)  # [L, 2, B, H, n_cache, hd]
-        cache = DynamicCache([(kv_all[i, 0], kv_all[i, 1]) for i in range(L)], config=lm.config)
-    mask = _attention_mask(valid, n_cache, torch.float32, additive=impl == "eager")  # sdpa and others: boolean
-    decoder = lm.get_decoder()
-    hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
-                     **cache_kwargs(decoder, cache)).last_hidden_state
-    chosen, targets, counts, scored_rows, row = [], [], [], [], 0
-    for embeds_i, n_prefix, _, labels in parts:
-        b, s = embeds_i.shape[:2]
-        T = labels.shape[1]
-        start = S - s + n_prefix
-        h = hidden[row : row + b, start : start + T - 1]
-        t = labels[:, 1:]
-        scored = t != -100
-        chosen.append(h[scored])
-        targets.append(t[scored])
-        counts.append(int(scored.sum()))
-        scored_rows.append(scored)
-        row += b
-    if per_window:
-        # one LM-head call per member: an evaluation's rows are many, and every member's logits at once would hold
-        # K times the memory of one evaluation batch's
-        head = lm.get_output_embeddings()
-        return [window_sums(head(h), t, scored) for h, t, scored in zip(chosen, targets, scored_rows)]
-    logits = lm.get_output_embeddings()(torch.cat(chosen))  # one LM-head call, on scored positions only
-    token_nll = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
-    return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
 
 
 class _Waiting:
