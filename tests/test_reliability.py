@@ -392,7 +392,12 @@ def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(t
     resumed = tune(str(path), "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     client, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
-    assert [p.info.status for p in parents] == ["FINISHED"] and sorted(c.info.status for c in children) == ["FINISHED"] * 2
+    seen = [(c.data.tags.get("trial_id"), c.info.status, c.data.tags.get("stopped_by")) for c in children]
+    finished = [trial_id for trial_id, status, _ in seen if status == "FINISHED"]
+    assert [p.info.status for p in parents] == ["FINISHED"] and len(finished) == 2, seen
+    # A trial Ray had started when the disk filled, before its snapshot named it, is forgotten by Ray and proposed again
+    # under a new id (as after a kill, test_resume_after_the_driver_is_killed): its run ends KILLED, lost_at_kill
+    assert all(why == "lost_at_kill" for _, status, why in seen if status != "FINISHED"), seen
     versions = registered_versions(client, "test-adapter")
     assert len(versions) == 1 and f"best trial {versions[0].tags['trial_id']}:" in resumed.stdout
 
