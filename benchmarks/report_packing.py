@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embinject.tracking import TIME_SPLIT
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -199,4 +201,38 @@ def real_search_section(results: Path) -> list[str]:
             lines.append(f"| {_placed(r)} | {r['search_s']:.1f} | {r['command_s']:.1f} | "
                          f"{r['total_steps']} | {best} | " + " | ".join(cells) + " |")
         lines += [""] + [f"- {n}." for n in _real_run_notes(d)] + [""]
+    return lines
+
+
+def time_split_block(results: Path, steps: int = 96) -> list[str]:
+    """Where a packed search's time goes, for docs/packing.md: the CPU run of the real search at the target size
+    (96-step trials, no scheduler), both arms' time split in seconds and shares, and the ceilings it is judged by."""
+    f = results / "packed_search_real.json"
+    runs = json.loads(f.read_text())["runs"] if f.is_file() else []
+    target = [d for d in runs if d["scheduler"]["type"] == "none" and d["steps"] == steps and "search_speedup" in d]
+    if not target:
+        return ["(no run of `benchmarks.packed_search --search` at the target size yet)"]
+    d = target[-1]
+    rows = {r["arm"]: r for r in d["rows"]}
+    arms = [a for a in rows if a != "packed"] + ["packed"]
+    lines = [f"`{d['command']}` ({d['time']}, {d['cpus']} CPUs, load average {d['load_average']['start']:.1f} at the "
+             f"start; generated from benchmarks/results/packed_search_real.json by `python -m benchmarks.report`):", "",
+             "| seconds summed over the trials | " + " | ".join(_placed(rows[a]) for a in arms) + " |",
+             "|---|" + "---|" * len(arms)]
+    for key in (*TIME_SPLIT, "other"):
+        cells = []
+        for a in arms:
+            split = rows[a]["time_split"]
+            share = split["share"].get(key)
+            cells.append(f"{split['seconds'][key]:.1f} ({100 * share:.0f}%)" if share is not None else "-")
+        lines.append(f"| {TIME_SPLIT.get(key, 'other (between those)')} | " + " | ".join(cells) + " |")
+    for key, label in (("placement_s", "of the waiting: Ray starting trial processes"),
+                       ("joining_s", "of the waiting: joining the pack")):
+        lines.append(f"| {label} | " + " | ".join(f"{rows[a]['waiting_split'][key]:.1f}" for a in arms) + " |")
+    lines.append("| trial processes started | " + " | ".join(str(rows[a]["waiting_split"]["trial_processes"])
+                                                           for a in arms) + " |")
+    lines.append("| the search's wall time | " + " | ".join(f"{rows[a]['search_s']:.1f}" for a in arms) + " |")
+    kept = ("the step-level ceiling", "the search's own trials", "the same packed step", "best perplexity")
+    lines += ["", f"Packed x{d['search_speedup']:.2f} the unpacked arm's speed. " + " ".join(
+        f"{n[0].upper()}{n[1:]}." for n in _real_run_notes(d) if n.startswith(kept))]
     return lines

@@ -114,6 +114,13 @@ def test_the_real_packed_search_runs_both_arms_and_writes_its_ratios_split_and_c
     assert "## the real search, packed against unpacked" in text and "packing_efficiency" in text
     assert "| packed, 2 at once over one LM | " in text and f"| 2 at a time, {os.cpu_count() / 2:g} CPU each | " in text
     assert "(target >= 0.6:" in text
+    # docs/packing.md's generated table of where the time went, written between its markers, the rest untouched
+    page = tmp_path / "packing.md"
+    page.write_text("before\n<!-- t: generated -->\nold\n<!-- /t -->\nafter\n")
+    report.replace_block(page, "t", report_packing.time_split_block(tmp_path, steps=2))
+    written = page.read_text()
+    assert written.startswith("before\n<!-- t: generated -->\n`python -m benchmarks.packed_search") and "old" not in written
+    assert "| waiting for a place | " in written and written.endswith("<!-- /t -->\nafter\n")
 
 
 def compile_row(case, compile_s, loss_diff=1e-7):
