@@ -84,24 +84,39 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]],
     decoder = lm.get_decoder()
     hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
                      **cache_kwargs(decoder, cache)).last_hidden_state
-    chosen, targets, counts, scored_rows, row = [], [], [], [], 0
+    if per_window:
+        return _per_window(lm, hidden, parts, S)
+    # every member's scored positions at once: each row's next-token target where its hidden state predicts it, then
+    # one gather (one device sync in all, where per-member boolean indexing took two per member), in the order the
+    # members' rows come, so that each member's tokens are one slice of the result
+    aligned = torch.full((B, S), -100, dtype=torch.long, device=device)
+    bounds, row = [], 0
     for embeds_i, n_prefix, _, labels in parts:
         b, s = embeds_i.shape[:2]
-        T = labels.shape[1]
         start = S - s + n_prefix
-        h = hidden[row : row + b, start : start + T - 1]
+        aligned[row : row + b, start : start + labels.shape[1] - 1] = labels[:, 1:]
+        bounds.append((row, row + b))
+        row += b
+    scored = aligned != -100
+    per_row = scored.sum(dim=1)
+    counts = torch.stack([per_row[a:b].sum() for a, b in bounds]).tolist()
+    where = scored.view(-1).nonzero().squeeze(1)
+    logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[where])  # one LM-head call
+    token_nll = F.cross_entropy(logits.float(), aligned.view(-1)[where], reduction="none")
+    return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
+
+
+def _per_window(lm, hidden: torch.Tensor, parts: list, S: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each member's per-window sums, one LM-head call per member: an evaluation's rows are many, and every member's
+    logits at once would hold K times the memory of one evaluation batch's."""
+    head = lm.get_output_embeddings()
+    out, row = [], 0
+    for embeds_i, n_prefix, _, labels in parts:
+        b, s = embeds_i.shape[:2]
+        start = S - s + n_prefix
+        h = hidden[row : row + b, start : start + labels.shape[1] - 1]
         t = labels[:, 1:]
         scored = t != -100
-        chosen.append(h[scored])
-        targets.append(t[scored])
-        counts.append(int(scored.sum()))
-        scored_rows.append(scored)
+        out.append(window_sums(head(h[scored]), t[scored], scored))
         row += b
-    if per_window:
-        # one LM-head call per member: an evaluation's rows are many, and every member's logits at once would hold
-        # K times the memory of one evaluation batch's
-        head = lm.get_output_embeddings()
-        return [window_sums(head(h), t, scored) for h, t, scored in zip(chosen, targets, scored_rows)]
-    logits = lm.get_output_embeddings()(torch.cat(chosen))  # one LM-head call, on scored positions only
-    token_nll = F.cross_entropy(logits.float(), torch.cat(targets), reduction="none")
-    return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
+    return out
