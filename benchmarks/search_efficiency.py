@@ -39,12 +39,16 @@ SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: 
 
 
 def run_search(search, **kwargs) -> SearchOutcome:
-    """A search run to its end, or SystemExit naming the signal that stopped it: a search cut short by Ctrl-C or
-    SIGTERM ends "gracefully" with fewer trials, and a benchmark that recorded it would compare a truncated search."""
+    """A search run to its end, or SystemExit naming what ended it otherwise: a search cut short by Ctrl-C or SIGTERM
+    ends "gracefully" with fewer trials, one whose trials all failed ends with none, and a benchmark that recorded
+    either would compare a truncated search."""
     outcome = run_any_search(search, **kwargs)
     if outcome.interrupted is not None:
         raise SystemExit(f"search {outcome.experiment_dir.name} was stopped by {outcome.interrupted.name}: nothing "
                          "recorded for it (a rerun starts it again)")
+    if outcome.best is None:  # e.g. Ray's processes killed under it: every trial failed
+        raise SystemExit(f"search {outcome.experiment_dir.name}: no trial finished ({outcome.experiment_dir / 'summary.csv'}"
+                         " says why); nothing recorded for it")
     return outcome
 
 def trace(outcome: SearchOutcome) -> list[tuple[int, float]]:
