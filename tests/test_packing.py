@@ -288,6 +288,10 @@ def test_auto_packs_where_the_probe_found_a_packed_step_faster(tmp_path, tiny_mo
     faster = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0})
     assert faster.size == 3
     assert faster.why.startswith("tune.pack auto: 3 trials share each frozen LM: a packed step of 3 ran x3.00 the speed")
+    # unpacked, 3 trials would run side by side on 3 cores: the same steps are then no faster packed
+    side_by_side = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0, "at_once": 3})
+    assert side_by_side.size == 1 and "ran x1.00 the speed of 3 separate steps, 3 at a time as unpacked trials run " \
+        "here, on this CPU (100 against 100 ms" in side_by_side.why
 
 
 @pytest.mark.parametrize("raw, reason", [

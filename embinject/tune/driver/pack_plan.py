@@ -35,7 +35,9 @@ def needs_probe(search: SearchFile) -> bool:
 def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> PackPlan:
     """`tune.pack` resolved: off, a number, or auto: packs of up to 8 (as many as run at once, and as a GPU's memory
     holds) where the probe at the search's start (`embinject.tune.worker.probe`) found a packed step at least
-    MIN_PROBE_SPEEDUP times as fast as separate steps on this device; None: not measured yet (a dry run)."""
+    MIN_PROBE_SPEEDUP times as fast as separate steps on this device; None: not measured yet (a dry run). The probe's
+    `at_once`: how many of the separate steps unpacked trials would take side by side (on CPUs, as many trials as the
+    cores hold at once: a pack computes on one trial's CPUs)."""
     t = search.tune
     setting = t.pack
     if setting == "off" or setting == 1:
@@ -57,11 +59,14 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
                              f"largest trial against {cap} separate steps on the trials' device (and measures their "
                              "memory on a GPU): they pack where the packed step is faster, else every trial trains "
                              "alone", key)
-    k = probe["k"]
-    speed = (f"a packed step of {k} ran x{probe['speedup']:.2f} the speed of {k} separate steps on this "
+    k, at_once = probe["k"], probe.get("at_once", 1)
+    separate_s = probe["solo_s"] / at_once  # the K steps as unpacked trials would take them, `at_once` side by side
+    speedup = separate_s / max(probe["packed_s"], 1e-12)
+    side = f", {at_once} at a time as unpacked trials run here," if at_once > 1 else ""
+    speed = (f"a packed step of {k} ran x{speedup:.2f} the speed of {k} separate steps{side} on this "
              f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
-             f"{probe['solo_s'] * 1000:.0f} ms, the start's probe)")
-    if k < 2 or probe["speedup"] < MIN_PROBE_SPEEDUP:
+             f"{separate_s * 1000:.0f} ms, the start's probe)")
+    if k < 2 or speedup < MIN_PROBE_SPEEDUP:
         room = ("; the GPU holds one trial beside the LM" if k < 2 else
                 f"; auto packs from x{MIN_PROBE_SPEEDUP:g} (what happens outside packed steps costs the rest)")
         return PackPlan(1, f"tune.pack auto: {speed}{room}; every trial trains alone", key)

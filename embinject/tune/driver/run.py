@@ -158,6 +158,8 @@ def pack_plan_for(run: SearchRun, exp_dir: Path) -> PackPlan:
         probe = ray.get(task.remote(dict(search.base), worst, device, auto_cap(search), max(1, int(r.cpus))))
     except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
         return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
+    if device == "cpu":  # a pack computes on one trial's CPUs; unpacked, as many trials as the CPUs hold run at once
+        probe["at_once"] = max(1, min(probe["k"], int(ray.cluster_resources().get("CPU", 1) // max(r.cpus, 1e-9))))
     return plan_pack(search, probe, key)
 
 
