@@ -24,9 +24,9 @@ import torch
 from ...config import Config, config_from_dict
 from ...errors import first_line
 from ...fsutil import scratch_dir
+from ...space import trial_config
 from ...train import Diverged, checkpointed_lm, precision, shared_lm, train
 from ...train.packing import Left, PackedSteps, StepPack, unpackable_reason
-from ...space import trial_config
 from .trainable import trainable
 
 POLL_S = 2.0  # a trainable's heartbeat reaches its host this often (also while Tune holds it in tune.report) ...
@@ -127,7 +127,7 @@ class PackHost:
                 self._drop(member)
 
     def close(self) -> None:
-        """The search ended: the host's scratch directory goes before Ray kills it (see stop_hosts)."""
+        """The search ended: the host's scratch directory goes before Ray kills it (see embinject.tune.driver.pack_plan.stop_hosts)."""
         shutil.rmtree(self.work, ignore_errors=True)
 
     # ---- inside the host
