@@ -90,33 +90,36 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]],
     # one gather (one device sync in all, where per-member boolean indexing took two per member), in the order the
     # members' rows come, so that each member's tokens are one slice of the result
     aligned = torch.full((B, S), -100, dtype=torch.long, device=device)
-    bounds, row = [], 0
-    for embeds_i, n_prefix, _, labels in parts:
-        b, s = embeds_i.shape[:2]
-        start = S - s + n_prefix
-        aligned[row : row + b, start : start + labels.shape[1] - 1] = labels[:, 1:]
-        bounds.append((row, row + b))
-        row += b
+    spans = list(_scored_spans(parts, S))
+    for rows, cols, labels in spans:
+        aligned[rows, cols] = labels[:, 1:]
     scored = aligned != -100
     per_row = scored.sum(dim=1)
-    counts = torch.stack([per_row[a:b].sum() for a, b in bounds]).tolist()
+    counts = torch.stack([per_row[rows].sum() for rows, _, _ in spans]).tolist()
     where = scored.view(-1).nonzero().squeeze(1)
     logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[where])  # one LM-head call
     token_nll = F.cross_entropy(logits.float(), aligned.view(-1)[where], reduction="none")
     return [(part.sum(), n) for part, n in zip(torch.split(token_nll, counts), counts)]
 
 
+def _scored_spans(parts: list, S: int):
+    """Each member's (rows, columns) in the packed hidden states whose outputs predict its tokens 1.., and its labels:
+    its rows follow the members before it, and its tokens start after its left padding and its input prefix."""
+    row = 0
+    for embeds_i, n_prefix, _, labels in parts:
+        b, s = embeds_i.shape[:2]
+        start = S - s + n_prefix
+        yield slice(row, row + b), slice(start, start + labels.shape[1] - 1), labels
+        row += b
+
+
 def _per_window(lm, hidden: torch.Tensor, parts: list, S: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each member's per-window sums, one LM-head call per member: an evaluation's rows are many, and every member's
     logits at once would hold K times the memory of one evaluation batch's."""
     head = lm.get_output_embeddings()
-    out, row = [], 0
-    for embeds_i, n_prefix, _, labels in parts:
-        b, s = embeds_i.shape[:2]
-        start = S - s + n_prefix
-        h = hidden[row : row + b, start : start + labels.shape[1] - 1]
+    out = []
+    for rows, cols, labels in _scored_spans(parts, S):
         t = labels[:, 1:]
         scored = t != -100
-        out.append(window_sums(head(h[scored]), t[scored], scored))
-        row += b
+        out.append(window_sums(head(hidden[rows, cols][scored]), t[scored], scored))
     return out

@@ -3,7 +3,7 @@ and trains every trial attached to it in packed steps (`embinject.train.packing`
 a thin trainable process that Optuna sampled and ASHA can stop, which joins the host, relays its reports and
 checkpoints to Tune, and resumes from its own checkpoint when Ray restarts it. A host drops a member whose trainable
 stopped asking for news (stopped, killed) and leaves when it has had no member for a while. How a search packs
-(`PackPlan`) is decided by the driver (`embinject.tune.driver.run.pack_plan`).
+(`PackPlan`) is decided by the driver (`embinject.tune.driver.pack_plan`).
 """
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ class PackHost:
                 self._drop(member)
 
     def close(self) -> None:
-        """The search ended: the host's scratch directory goes before Ray kills it (see embinject.tune.driver.pack_plan.stop_hosts)."""
+        """The search ended: the host's scratch directory goes before Ray kills it (see
+        embinject.tune.driver.pack_plan.stop_hosts)."""
         shutil.rmtree(self.work, ignore_errors=True)
 
     # ---- inside the host
