@@ -180,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-samples", type=int, default=1024)
     p.add_argument("--val-samples", type=int, default=128)
     p.add_argument("--pack", type=int, default=8)
+    p.add_argument("--lanes", type=int, default=1, help="--search on CPUs: packs side by side, each on --cpus/LANES "
+                                                          "cores (tune.resources.cpus) with --pack members")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--arms", nargs="+", choices=["one", "0.5", "0.25", "0.1", "packed"],
                    help="default: one 0.5 0.25 0.1 packed; with --search on a CPU, 0.5 packed")
@@ -199,6 +201,8 @@ def main(argv=None) -> int:
         spec = json.loads(Path(args.worker).read_text())
         atomic_write_text(Path(args.worker + ".out"), json.dumps(work(spec)))
         return 0
+    if args.lanes < 1 or args.lanes > 1 and (args.device != "cpu" or not args.search or args.cpus % args.lanes):
+        p.error(f"--lanes {args.lanes}: expected 1, or with --search on CPUs a divisor of --cpus ({args.cpus})")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.eval_every = args.eval_every or args.steps
     args.arms = args.arms or (["0.5", "packed"] if args.search and args.device == "cpu" else ["one", "0.5", "0.25", "0.1", "packed"])

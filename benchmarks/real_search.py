@@ -45,7 +45,7 @@ from .tiny_model import tiny_spec
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 SEARCHED = ("train.lr", "adapter.inject_tokens", "adapter.prefix_len", "adapter.mlp_width")
-KEY = ("model", "device", "dtype", "trials", "steps", "eval_every", "batch", "seq_len", "pack", "scheduler")
+KEY = ("model", "device", "dtype", "trials", "steps", "eval_every", "batch", "seq_len", "pack", "scheduler", "lanes")
 
 
 def search_spec(args, model: str, arm: str, storage: Path) -> dict:
@@ -73,9 +73,9 @@ def search_spec(args, model: str, arm: str, storage: Path) -> dict:
 def placement(args, arm: str) -> dict:
     """Where an arm's trials run: `tune.pack`, how many at once, and each trial's share of the device."""
     gpu = args.device == "cuda"
-    if arm == "packed":  # the pack takes the whole device: its K members ask for a K-th each
-        return {"pack": args.pack, "max_concurrent_trials": args.pack,
-                "resources": {"cpus": float(args.cpus), "gpus": 1.0 if gpu else 0.0}}
+    if arm == "packed":  # a pack takes a whole GPU, or on CPUs its lane's cores: its K members ask for a K-th each
+        return {"pack": args.pack, "max_concurrent_trials": args.pack * args.lanes,
+                "resources": {"cpus": args.cpus / args.lanes, "gpus": 1.0 if gpu else 0.0}}
     share = 1.0 if arm == "one" else float(arm)
     at_once = round(1 / share)
     return {"pack": "off", "max_concurrent_trials": at_once,
@@ -156,9 +156,9 @@ def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
 
 def step_ceiling(args, model: str, prefix: int, work: Path, env: dict) -> dict:
     """One packed step of K trials against K separate steps on the same model (benchmarks.packing), with the threads
-    the packed arm's host has."""
+    each of the packed arm's hosts has."""
     out = work / "packing.json"
-    threads = {"OMP_NUM_THREADS": str(args.cpus)} if args.device == "cpu" else {}
+    threads = {"OMP_NUM_THREADS": str(lane_cpus(args))} if args.device == "cpu" else {}
     cmd = [sys.executable, "-m", "benchmarks.packing", "--model", model, "--k", str(args.pack), "--batch", str(args.batch),
            "--seq", str(args.seq_len), "--prefix", str(prefix), "--reps", str(args.ceiling_reps), "--device", args.device,
            "--out", str(out)]
@@ -166,6 +166,11 @@ def step_ceiling(args, model: str, prefix: int, work: Path, env: dict) -> dict:
     step = json.loads(out.read_text())["rows"][0]
     return {"k": step["k"], "prefix": prefix, "threads": json.loads(out.read_text())["threads"], "reps": args.ceiling_reps,
             "sequential_s": step["sequential_s"], "packed_s": step["packed_s"], "speedup": step["speedup"]}
+
+
+def lane_cpus(args) -> int:
+    """The CPU threads each pack of the packed arm computes on (its lane's share of --cpus)."""
+    return max(1, args.cpus // args.lanes)
 
 
 def search_env(work: Path) -> dict:
@@ -212,7 +217,8 @@ def trial_ceiling(args, model: str, work: Path, env: dict, rows: list[dict] | No
     benchmarks.packing's prompt trials, each member here also runs its own MLP and optimizer, which no pack shares.
     On a CPU also `placement`: the packed step against the K steps as the fastest unpacked arm places them (its
     trials at once, each on its share of the cores, e.g. 2 processes of 1 thread on 2 cores), which is what a
-    packed search competes with; the plain ceiling compares with K steps one after another on all the cores."""
+    packed search competes with (where --lanes packs run side by side, as many packed steps at once); the plain
+    ceiling compares with K steps one after another on a pack's cores."""
     threads = torch.get_num_threads()
     unpacked = [r for r in rows or [] if r["arm"] != "packed"]
     reference = min(unpacked, key=lambda r: r["search_s"]) if unpacked else None
@@ -220,18 +226,20 @@ def trial_ceiling(args, model: str, work: Path, env: dict, rows: list[dict] | No
         with arms_cache(env):
             search = searched(args, model, work, "probe")
             worst = {**largest_trial(search), "method": packable_methods(search)[0]}
-            probe = probe_pack(dict(search.base), worst, args.device, args.pack, args.cpus)
+            probe = probe_pack(dict(search.base), worst, args.device, args.pack, lane_cpus(args))
             placed = None
             if reference is not None and args.device == "cpu":
                 each = max(1, round(reference["cpus_per_trial"]))
                 alone = probe_pack(dict(search.base), worst, args.device, args.pack, each)
                 at_once = reference["trials_at_once"]
-                placed = {"arm": reference["arm"], "threads_each": each, "at_once": at_once,
-                          "separate_s": alone["solo_s"], "placed_s": alone["solo_s"] / at_once,
-                          "speedup": alone["solo_s"] / at_once / max(probe["packed_s"], 1e-12)}
+                # K x lanes steps as the arm takes them, against `lanes` packed steps side by side
+                placed_s = alone["solo_s"] * args.lanes / at_once
+                placed = {"arm": reference["arm"], "threads_each": each, "at_once": at_once, "lanes": args.lanes,
+                          "separate_s": alone["solo_s"], "placed_s": placed_s,
+                          "speedup": placed_s / max(probe["packed_s"], 1e-12)}
     finally:
         torch.set_num_threads(threads)
-    return {"k": probe["k"], "threads": args.cpus, "trial": worst, "sequential_s": probe["solo_s"],
+    return {"k": probe["k"], "threads": lane_cpus(args), "trial": worst, "sequential_s": probe["solo_s"],
             "packed_s": probe["packed_s"], "speedup": probe["speedup"], "placement": placed}
 
 
@@ -278,13 +286,14 @@ def settings(args) -> dict:
                  {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
     return {"model": args.model if tiny_spec(args.model) else model_label(args.model), "device": args.device,
             "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "eval_every": args.eval_every,
-            "batch": args.batch, "seq_len": args.seq_len, "pack": args.pack, "scheduler": scheduler}
+            "batch": args.batch, "seq_len": args.seq_len, "pack": args.pack, "scheduler": scheduler,
+            **({"lanes": args.lanes} if args.lanes > 1 else {})}  # absent: one pack at a time (the runs before it)
 
 
 def write_run(target: Path, run: dict) -> None:
     """`run` into the results file, in place of a run of the same settings."""
     data = json.loads(target.read_text()) if target.is_file() else {"benchmark": "packed_search_real", "runs": []}
-    data["runs"] = [r for r in data["runs"] if {k: r.get(k) for k in KEY} != {k: run[k] for k in KEY}] + [run]
+    data["runs"] = [r for r in data["runs"] if {k: r.get(k) for k in KEY} != {k: run.get(k) for k in KEY}] + [run]
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json.dumps(data, indent=1))
 

@@ -136,7 +136,10 @@ def _real_run_notes(d: dict) -> list[str]:
                      f"{d['packing_efficiency_own_trials']:.2f}")
         placed = t.get("placement")
         if placed:
-            notes.append(f"the same packed step against those {t['k']} steps as the {placed['arm']} arm places them "
+            lanes = placed.get("lanes", 1)
+            packs = f"the same packed step, {lanes} side by side, against {lanes} x {t['k']} steps" if lanes > 1 \
+                else f"the same packed step against those {t['k']} steps"
+            notes.append(f"{packs} as the {placed['arm']} arm places them "
                          f"({placed['at_once']} processes at once, {placed['threads_each']} thread each: "
                          f"{placed['placed_s'] * 1000:.0f} ms against {t['packed_s'] * 1000:.0f} ms packed): "
                          f"x{placed['speedup']:.2f}, the most a packed search can gain over that arm here; search "
@@ -166,7 +169,9 @@ def _real_run_notes(d: dict) -> list[str]:
 def _placed(r: dict) -> str:
     """An arm of the real search by where its trials ran."""
     if r["arm"] == "packed":
-        return f"packed, {r['trials_at_once']} at once over one LM"
+        lanes = round(r["trials_at_once"] / r["pack"]) if isinstance(r["pack"], int) else 1
+        return f"packed, {r['trials_at_once']} at once over one LM" if lanes <= 1 else \
+            f"packed, {r['pack']} at once over each of {lanes} LMs ({r['cpus_per_trial']:g} CPU each)"
     device = f"{r['gpus_per_trial']:g} GPU" if r["gpus_per_trial"] else f"{r['cpus_per_trial']:g} CPU"
     return f"{r['trials_at_once']} at a time, {device} each"
 
@@ -209,7 +214,8 @@ def time_split_block(results: Path, steps: int = 96) -> list[str]:
     (96-step trials, no scheduler), both arms' time split in seconds and shares, and the ceilings it is judged by."""
     f = results / "packed_search_real.json"
     runs = json.loads(f.read_text())["runs"] if f.is_file() else []
-    target = [d for d in runs if d["scheduler"]["type"] == "none" and d["steps"] == steps and "search_speedup" in d]
+    target = [d for d in runs if d["scheduler"]["type"] == "none" and d["steps"] == steps and "search_speedup" in d
+              and d.get("lanes", 1) == 1]  # the target's setting: one pack of K (runs with --lanes in RESULTS.md)
     if not target:
         return ["(no run of `benchmarks.packed_search --search` at the target size yet)"]
     d = target[-1]

@@ -329,7 +329,10 @@ def test_interrupted_search_is_killed_not_finished_and_resumes_once(tmp_path, ti
 
 # ---------------------------------------------------------------- a trial worker dies
 
-def test_a_killed_pack_member_restarts_from_its_checkpoint_and_rejoins(tmp_path, tiny_model):
+@pytest.mark.parametrize("killed", ["member", "host"])
+def test_a_killed_pack_member_or_host_restarts_from_checkpoints(tmp_path, tiny_model, killed):
+    """A killed trial process restarts from its checkpoint and rejoins its pack; a killed pack host fails its members,
+    which restart from their checkpoints in a host the search's starter starts (their processes cannot: no torch)."""
     path, storage = long_search(tmp_path, tiny_model, **{"tune.num_samples": 2, "tune.max_failures": 2, "tune.pack": 2,
                                                          "tune.max_concurrent_trials": 2, "tune.resources": {"cpus": 2, "gpus": 0}})
     proc = subprocess.Popen(tune_cmd(str(path)), cwd=ROOT, env=PY_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -337,7 +340,7 @@ def test_a_killed_pack_member_restarts_from_its_checkpoint_and_rejoins(tmp_path,
     try:
         victim, rows = wait_for(lambda: next(((t, r) for t, r in trial_rows(storage).items()
                                               if len(r) >= 3 and not r[-1].get("final")), None), 300, "a running trial", proc)
-        os.kill(rows[-1]["pid"], signal.SIGKILL)  # the trial's worker process, as the OOM killer would
+        os.kill(rows[-1]["pid" if killed == "member" else "pack_pid"], signal.SIGKILL)  # as the OOM killer would
         out, err = proc.communicate(timeout=600)
     finally:
         kill_session(proc.pid, child=proc)
@@ -347,12 +350,18 @@ def test_a_killed_pack_member_restarts_from_its_checkpoint_and_rejoins(tmp_path,
     for name, trial in all_rows.items():
         steps = [r["step"] for r in _without_redelivery(trial)]
         assert steps == sorted(set(steps)) and steps[-1] == 150, (name, steps)  # continued, never restarted from 0
-    assert len({r["pid"] for r in all_rows[victim]}) == 2  # a new trial process took over ...
-    assert len({r["pack_pid"] for rows in all_rows.values() for r in rows}) == 1  # ... and rejoined the same pack
+    hosts = {r["pack_pid"] for rows in all_rows.values() for r in rows}
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     restarts = {c.data.tags["trial_id"]: c.data.tags.get("restarts") for c in children}
-    assert restarts[victim.removeprefix("trial_")] == "1" and list(restarts.values()).count(None) == 1
+    if killed == "member":
+        assert len({r["pid"] for r in all_rows[victim]}) == 2  # a new trial process took over ...
+        assert len(hosts) == 1  # ... and rejoined the same pack
+        assert restarts[victim.removeprefix("trial_")] == "1" and list(restarts.values()).count(None) == 1
+    else:
+        assert len(hosts) == 2  # a new host took the pack over
+        # the victim's partner failed with it unless it had finished first
+        assert restarts[victim.removeprefix("trial_")] == "1"
 
 
 # ---------------------------------------------------------------- the tracking server goes away

@@ -190,7 +190,8 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeyp
 def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp_path, tiny_model, monkeypatch):
     """Each packed trial's curve is the one its configuration has trained alone (embinject.train in this process, as
     an unpacked trial runs it), its evaluations scored in packed passes, while ASHA stops one member, the others go on
-    in the pack, and a fifth trial takes the stopped one's place mid-pack."""
+    in the pack, and a fifth trial takes the stopped one's place mid-pack. One CPU a trial on two cores: two packs
+    of two side by side, one per core."""
     points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
               {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
               {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
@@ -200,12 +201,12 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     storage = tmp_path / "runs"
     path = write_search(tmp_path / "packed.yaml", tiny_model, "builtin:python-docs", storage, **{
         "search": space, "train.max_steps": 24, "train.eval_every": 1, "train.dtype": "float32",
-        "tune.num_samples": 5, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 4,
+        "tune.num_samples": 5, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 2,
         # ASHA's decision at a rung depends on the order its members' results arrive, and members that step together
         # arrive in any order (the first at a rung is never stopped): rungs at 1, 4 and 16 steps keeping the best
         # quarter stop someone unless every rung's results arrive in order of improving perplexity
         "tune.scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 4},
-        "tune.resources": {"cpus": 2, "gpus": 0}, "mlflow.register_as": None})  # four members share the two CPUs
+        "tune.resources": {"cpus": 1, "gpus": 0}, "mlflow.register_as": None})  # two packs of two members
     # the search's own temporary directory (short: Ray puts its sockets there too), to see what it leaves
     scratch = Path(tempfile.mkdtemp(prefix="ei", dir="/tmp"))
     monkeypatch.setenv("TMPDIR", str(scratch))
@@ -216,7 +217,7 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
         assert sorted(p.name for p in scratch.glob("embinject-*")) == []
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    assert "packing: tune.pack: 4 trials share each frozen LM" in proc.stdout
+    assert "packing: tune.pack: 2 trials share each frozen LM" in proc.stdout
     packed = {}
     for trial in storage.glob("t-*/trial_*"):
         r = _without_redelivery(_results(trial))
@@ -239,11 +240,13 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     # the fifth trial took the place of one that ASHA had stopped, and stepped in the pack with the others where it
     # joined while they trained (ASHA may have stopped all but one by then: the order of arrival)
     late = max(packed.values(), key=lambda rows: rows[0]["trainable_started_at"])
-    overlapped = [rows for rows in packed.values() if rows is not late and rows[-1]["sent_at"] > late[0]["sent_at"]]
+    overlapped = [rows for rows in packed.values() if rows is not late and rows[-1]["sent_at"] > late[0]["sent_at"]
+                  and rows[-1]["pack_pid"] == late[0]["pack_pid"]]  # in its pack
     if overlapped:
         assert max(r["pack_size"] for r in late) > 1, [(r["step"], r["pack_size"]) for r in late]
-    assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 1  # one host held the LM for all
-    assert max(r["pack_size"] for rows in packed.values() for r in rows) > 1
+    # two hosts, one per core, each held the LM for two members at a time
+    assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 2
+    assert max(r["pack_size"] for rows in packed.values() for r in rows) == 2
     # members evaluating at the same step (here every step) were scored in one packed pass, at their solo perplexities
     assert max(r["eval_pack_size"] for rows in packed.values() for r in rows) > 1
     stopped = {k: rows[-1]["step"] for k, rows in packed.items() if rows[-1]["step"] < 24}
@@ -292,6 +295,10 @@ def test_auto_packs_where_the_probe_found_a_packed_step_faster(tmp_path, tiny_mo
     side_by_side = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0, "at_once": 3})
     assert side_by_side.size == 1 and "ran x1.00 the speed of 3 separate steps, 3 at a time as unpacked trials run " \
         "here, on this CPU (100 against 100 ms" in side_by_side.why
+    # ... unless as many packs run side by side (one per trial's worth of cores, each on its own): x3 again
+    lanes = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0, "at_once": 3, "packs": 3})
+    assert lanes.size == 3 and "3 at a time as unpacked trials run here against 3 packs side by side, on this CPU " \
+        "(100 against 300 ms" in lanes.why
 
 
 @pytest.mark.parametrize("raw, reason", [

@@ -70,3 +70,11 @@ def test_configuration_loads_without_torch():
              "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'ray', 'mlflow') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_packed_trials_process_loads_without_torch():
+    """A packed search starts one process per trial at once, which only relays what its pack host reports."""
+    probe = ("import sys; import embinject.tune.worker.member; "
+             "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]

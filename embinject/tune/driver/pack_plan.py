@@ -4,9 +4,12 @@ run in Ray's workers (`embinject.tune.worker.pack_host`).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ...space import SearchFile, trial_config
 from ...train.packing import unpackable_reason
-from ..worker.pack_host import NAMESPACE, PackPlan, attach
+from ..worker.pack_host import HostStarter, attach
+from ..worker.pack_names import NAMESPACE, PackPlan, host_prefix, lanes, node_cpus, starter_name
 
 AUTO_CAP = 8  # the largest pack `tune.pack: auto` makes (benchmarks.packing measured K = 1, 2, 4, 8)
 # `auto` packs only where the probe's packed step beats separate steps by this factor: a packed search also pays for
@@ -14,6 +17,7 @@ AUTO_CAP = 8  # the largest pack `tune.pack: auto` makes (benchmarks.packing mea
 # half of its step speedup into trials per hour (benchmarks.packed_search), so a packed step barely faster than
 # separate ones made the search slower
 MIN_PROBE_SPEEDUP = 1.5
+_STARTERS: dict = {}  # the handle of each search's host starter (by PackPlan.key): it lives while its handle does
 
 
 def packable_methods(search: SearchFile) -> list[str]:
@@ -37,7 +41,7 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
     holds) where the probe at the search's start (`embinject.tune.worker.probe`) found a packed step at least
     MIN_PROBE_SPEEDUP times as fast as separate steps on this device; None: not measured yet (a dry run). The probe's
     `at_once`: how many of the separate steps unpacked trials would take side by side (on CPUs, as many trials as the
-    cores hold at once: a pack computes on one trial's CPUs)."""
+    cores hold at once), and its `packs`: how many packs then run side by side (a pack computes on one trial's CPUs)."""
     t = search.tune
     setting = t.pack
     if setting == "off" or setting == 1:
@@ -59,10 +63,12 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
                              f"largest trial against {cap} separate steps on the trials' device (and measures their "
                              "memory on a GPU): they pack where the packed step is faster, else every trial trains "
                              "alone", key)
-    k, at_once = probe["k"], probe.get("at_once", 1)
-    separate_s = probe["solo_s"] / at_once  # the K steps as unpacked trials would take them, `at_once` side by side
+    k, at_once, packs = probe["k"], probe.get("at_once", 1), probe.get("packs", 1)
+    # K steps as unpacked trials would take them, `at_once` side by side, against `packs` packed steps side by side
+    separate_s = probe["solo_s"] * packs / at_once
     speedup = separate_s / max(probe["packed_s"], 1e-12)
-    side = f", {at_once} at a time as unpacked trials run here," if at_once > 1 else ""
+    against = f" against {packs} packs side by side" if packs > 1 else ""
+    side = f", {at_once} at a time as unpacked trials run here{against}," if at_once > 1 else ""
     speed = (f"a packed step of {k} ran x{speedup:.2f} the speed of {k} separate steps{side} on this "
              f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
              f"{separate_s * 1000:.0f} ms, the start's probe)")
@@ -76,31 +82,46 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
     return PackPlan(k, f"tune.pack auto: {k} trials share each frozen LM: {speed}{memory}", key)
 
 
-def prestart_host(plan: PackPlan, search: SearchFile, base: dict) -> None:
-    """A packed search on this machine's CPUs starts its host before its first trial: the host's process starts and
-    loads the LM while Ray starts the trials' processes, rather than after the first of them asks for it. Not where
-    the host depends on a searched value (the model, its dtype or checkpointing), and not on GPUs (one host per GPU,
-    known only once Ray gives a trial its GPU), nor through Ray Client (the trials' node is not the driver's)."""
+def lanes_used(search: SearchFile, size: int, cpus: float) -> int:
+    """How many packs of `size` run side by side on `cpus` CPU cores: one per trial's worth of them (see
+    `embinject.tune.worker.pack_host.lanes`), no more than the trials running at once fill."""
+    return min(lanes(cpus, search.tune.resources.cpus), -(-search.tune.max_concurrent_trials // size))
+
+
+def prestart_hosts(plan: PackPlan, search: SearchFile, base: dict) -> PackPlan:
+    """A packed search on CPUs starts its hosts on the driver's node before its first trial (one per lane it will
+    fill there): their processes start and load the LM while Ray starts the trials' processes, rather than after the
+    first of them asks for it. It also starts the search's `HostStarter`, which starts any other host a member asks
+    for (a member's process imports no torch, see `embinject.tune.worker.member`): the plan comes back naming it.
+    Nothing is started (the plan comes back as it was) where the host depends on a searched value (the model, its
+    dtype or checkpointing), on GPUs (one host per GPU, known only once Ray gives a trial its GPU), or through Ray
+    Client (the driver is not on a node)."""
     import ray  # lazy, as in the driver
     import ray.util.client
 
     searched = {p.key for p in search.params if p.kind != "fixed"}
     if plan.size <= 1 or search.tune.resources.gpus > 0 or ray.util.client.ray.is_connected() or \
             searched & {"model", "train.dtype", "train.gradient_checkpointing"}:
-        return
+        return plan
+    here, cpus = ray.get_runtime_context().get_node_id(), node_cpus()
     cfg = trial_config(base, {"train.device": "cpu"})
-    attach(plan, cfg, max(1, round(search.tune.resources.cpus)))
+    if cpus >= search.tune.resources.cpus:  # not on a head node that holds no trial
+        for lane in range(lanes_used(search, plan.size, cpus)):
+            attach(plan, cfg, max(1, round(search.tune.resources.cpus)), lane, here)
+    _STARTERS[plan.key] = ray.remote(HostStarter).options(name=starter_name(plan), namespace=NAMESPACE,
+                                                          num_cpus=0).remote()
+    return dataclasses.replace(plan, starter=starter_name(plan))
 
 
 def stop_hosts(plan: PackPlan) -> None:
-    """End this search's hosts (they would exit by themselves once idle)."""
+    """End this search's hosts (they would exit by themselves once idle) and its host starter."""
     import ray  # lazy, as everywhere in the search
 
     if plan.size <= 1 or not ray.is_initialized():
         return
     hosts = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(f"embinject-pack-{plan.key}-"):
+        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(host_prefix(plan)):
             try:
                 hosts.append(ray.get_actor(entry["name"], namespace=NAMESPACE))
             except ValueError:
@@ -111,3 +132,4 @@ def stop_hosts(plan: PackPlan) -> None:
         pass
     for host in hosts:
         ray.kill(host)
+    _STARTERS.pop(plan.key, None)

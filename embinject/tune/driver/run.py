@@ -27,8 +27,10 @@ from .cluster import (check_cluster_resources, check_local_resources, connect, f
                       stop_ray_leftovers, warm_caches)
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
-from ..worker.pack_host import PackPlan, packed_trainable
-from .pack_plan import auto_cap, needs_probe, packable_methods, plan_pack, prestart_host, stop_hosts
+from ..worker import member
+from ..worker.pack_host import packed_trainable
+from ..worker.pack_names import PackPlan, lanes
+from .pack_plan import auto_cap, lanes_used, needs_probe, packable_methods, plan_pack, prestart_hosts, stop_hosts
 from ..worker.probe import largest_trial, probe_pack
 from .progress import imports_line, stage_line, trial_table
 from .signals import GracefulStop
@@ -159,13 +161,15 @@ def pack_plan_for(run: SearchRun, exp_dir: Path) -> PackPlan:
     except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
         return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
     if device == "cpu":  # a pack computes on one trial's CPUs; unpacked, as many trials as the CPUs hold run at once
-        probe["at_once"] = max(1, min(probe["k"], int(ray.cluster_resources().get("CPU", 1) // max(r.cpus, 1e-9))))
+        cpus = ray.cluster_resources().get("CPU", 1)
+        probe["at_once"] = min(search.tune.max_concurrent_trials, lanes(cpus, r.cpus))
+        probe["packs"] = lanes_used(search, probe["k"], cpus)
     return plan_pack(search, probe, key)
 
 
 def trial_function(search: SearchFile, plan: PackPlan):
     """What Ray runs for each trial, with the resources it asks for: packed or alone, as `plan` says (a packed search
-    on this machine's CPUs starts its host now, see `prestart_host`)."""
+    on CPUs starts its hosts now, see `prestart_hosts`)."""
     from ray import tune  # lazy, as in _search_in
 
     r = search.tune.resources
@@ -176,9 +180,11 @@ def trial_function(search: SearchFile, plan: PackPlan):
         print(f"packing: {plan.why}", flush=True)
     if plan.size <= 1:
         return tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
-    prestart_host(plan, search, base)
-    return tune.with_resources(tune.with_parameters(packed_trainable, base=base, plan=plan),
-                               plan.resources(r.cpus, r.gpus))
+    plan = prestart_hosts(plan, search, base)
+    # where the driver started the hosts and every trial packs, a trial's process only relays (and imports no torch)
+    every = set(packable_methods(search)) == search.choices("method", {search.config.method})
+    fn = member.packed_trainable if plan.starter and every else packed_trainable
+    return tune.with_resources(tune.with_parameters(fn, base=base, plan=plan), plan.resources(r.cpus, r.gpus))
 
 
 def restores_ray_state(exp_dir: Path) -> bool:

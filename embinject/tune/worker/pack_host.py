@@ -1,15 +1,15 @@
-"""Packed trials, the side that runs in Ray's workers: one host actor per (node, device, model) owns the frozen LM
-and trains every trial attached to it in packed steps (`embinject.train.packing`). Each trial stays a Ray Tune trial:
-a thin trainable process that Optuna sampled and ASHA can stop, which joins the host, relays its reports and
-checkpoints to Tune, and resumes from its own checkpoint when Ray restarts it. A host drops a member whose trainable
-stopped asking for news (stopped, killed) and leaves when it has had no member for a while. How a search packs
-(`PackPlan`) is decided by the driver (`embinject.tune.driver.pack_plan`).
+"""Packed trials, the side that runs in Ray's workers: a host actor owns a frozen LM and trains up to `PackPlan.size`
+trials attached to it in packed steps (`embinject.train.packing`). A pack computes on one trial's CPUs and, on GPUs,
+holds a whole GPU, so a node runs one host per GPU, or on CPUs one per trial's worth of its cores (its lanes: 2 hosts
+of 8 members on 2 cores with 1 CPU a trial), each with the members Ray placed there filling the lowest lane with
+room. Each trial stays a Ray Tune trial: a thin trainable process that Optuna sampled and ASHA can stop, which joins
+the host, relays its reports and checkpoints to Tune (`embinject.tune.worker.member`), and resumes from its own
+checkpoint when Ray restarts it. A host drops a member whose trainable stopped asking for news (stopped, killed) and
+leaves when it has had no member for a while. How a search packs (`PackPlan`) is decided by the driver
+(`embinject.tune.driver.pack_plan`).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import math
 import os
 import queue
 import shutil
@@ -27,34 +27,11 @@ from ...fsutil import scratch_dir
 from ...space import trial_config
 from ...train import Diverged, checkpointed_lm, precision, shared_lm, train
 from ...train.packing import Left, PackedSteps, StepPack, unpackable_reason
+from .member import relay
+from .pack_names import LOST_AFTER_S, NAMESPACE, POLL_S, PackPlan, host_name
 from .trainable import trainable
 
-POLL_S = 2.0  # a trainable's heartbeat reaches its host this often (also while Tune holds it in tune.report) ...
-LOST_AFTER_S = 20.0  # ... and a member whose trainable has sent none for this long is dropped (stopped or killed)
 IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
-NAMESPACE = "embinject"
-
-
-@dataclasses.dataclass(frozen=True)
-class PackPlan:
-    size: int  # trials per pack; 1: every trial trains alone, in its own process
-    why: str  # one line: how `size` was chosen
-    key: str = ""  # names this search's hosts
-
-    def cpus_each(self, cpus: float) -> float:
-        return cpus / self.size
-
-    def gpus_each(self, gpus: float) -> float:
-        return 0.0 if gpus <= 0 else 1.0 / self.size  # a pack holds a whole GPU: one LM, `size` members
-
-    def resources(self, cpus: float, gpus: float) -> dict:
-        """What one member asks Ray for: a pack of `size` takes the CPUs one trial alone asks for, and a whole GPU."""
-        return {"cpu": self.cpus_each(cpus), "gpu": self.gpus_each(gpus)}
-
-
-def host_name(plan: PackPlan, cfg: Config, node_id: str, gpu: str) -> str:
-    what = f"{cfg.model}|{cfg.train.dtype}|{cfg.train.gradient_checkpointing}"
-    return f"embinject-pack-{plan.key}-{node_id[:12]}-{gpu}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
 
 class _Member:
@@ -88,8 +65,13 @@ class PackHost:
         self.idle_since = time.monotonic()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def join(self, trial_id: str, cfg: dict, resume_dir: str | None) -> dict:
+    def join(self, trial_id: str, cfg: dict, resume_dir: str | None, capacity: int | None = None) -> dict:
+        """`trial_id` trains here from now on; with `capacity`, only while fewer trials than that are members
+        (else {"full": members} and nothing changes: the trial tries its node's next lane)."""
         with self.lock:
+            others = sum(1 for k in self.members if k.split("#")[0] != trial_id)
+            if capacity is not None and others >= capacity:
+                return {"full": others}
             self.joined += 1
             key = f"{trial_id}#{self.joined}"  # a restarted trial is a new member; its old one is dropped
             for old in [m for k, m in self.members.items() if k.split("#")[0] == trial_id]:
@@ -191,6 +173,19 @@ class PackHost:
             self.pack.leave(member.key)
 
 
+class HostStarter:
+    """Starts the pack hosts that members ask for on CPUs: a member's process (`embinject.tune.worker.member`) imports
+    no torch, so cannot start one itself. One per search, started by the driver and owned by it (it ends with the
+    driver, as its handle's owner), holding no LM."""
+
+    def start_host(self, plan: PackPlan, cfg: dict, node_id: str, lane: int, threads: int):
+        """The host of `node_id`'s `lane` on its CPUs, started where it does not exist yet."""
+        return attach(plan, config_from_dict(cfg), threads, lane, node_id)
+
+    def close(self) -> None:
+        """As a host's (see embinject.tune.driver.pack_plan.stop_hosts): nothing to remove."""
+
+
 def _release(member: _Member) -> None:
     """Its report in flight is acknowledged (Tune copied the checkpoint) or will never be: its directory goes."""
     directory, member.in_flight = member.in_flight, None
@@ -199,16 +194,16 @@ def _release(member: _Member) -> None:
     member.acked.set()
 
 
-def attach(plan: PackPlan, cfg: Config, threads: int | None = None):
-    """This trial's host (created on this node and device if it does not exist yet), whose members compute on
-    `threads` CPU threads (None: the CPUs Ray gave this trial, times the pack's size)."""
+def attach(plan: PackPlan, cfg: Config, threads: int | None = None, lane: int = 0, node_id: str | None = None):
+    """The host of a node's device and `lane` (created if it does not exist yet; None: this process's node), whose
+    members compute on `threads` CPU threads (None: the CPUs Ray gave this trial, times the pack's size)."""
     import ray  # already imported in a trial's process: Ray runs it
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    node_id = ray.get_runtime_context().get_node_id()
-    gpus = [str(g) for g in ray.get_gpu_ids()]
+    gpus = [] if node_id else [str(g) for g in ray.get_gpu_ids()]
+    node_id = node_id or ray.get_runtime_context().get_node_id()
     device = "cuda" if gpus else "cpu"
-    options = dict(name=host_name(plan, cfg, node_id, gpus[0] if gpus else "cpu"), namespace=NAMESPACE,
+    options = dict(name=host_name(plan, cfg, node_id, gpus[0] if gpus else "cpu", lane), namespace=NAMESPACE,
                    get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=4 * plan.size + 8,
                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     if gpus:  # the host asks Ray for no GPU (its members hold the shares), so Ray would hide the device from it
@@ -221,66 +216,9 @@ def attach(plan: PackPlan, cfg: Config, threads: int | None = None):
 
 
 def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:
-    """One trial of a packed search: joins its host and relays what the host's member reports to Ray Tune."""
-    import ray  # already imported in a trial's process: Ray runs it
-    from ray import tune
-
+    """One trial of a packed search that starts its own hosts (on GPUs: one per GPU Ray gives a trial), or whose
+    trials do not all pack (LoRA, deep prompts: alone, as in a search that does not pack)."""
     cfg = trial_config(base, config)
     if unpackable_reason(cfg) is not None:
-        return trainable(config, base)  # LoRA, deep prompts: alone, as in a search that does not pack
-    started_at = time.time()
-    work = scratch_dir("trial")
-    host = key = None
-    alive = threading.Event()
-    alive.set()
-    try:
-        resume_dir = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_dir = checkpoint.to_directory(str(work / "resume"))
-        if cfg.train.device == "auto":
-            cfg.train.device = "cuda" if ray.get_gpu_ids() else "cpu"
-        host = attach(plan, cfg)
-        joined = ray.get(host.join.remote(tune.get_context().get_trial_id(), cfg.to_dict(), resume_dir))
-        key = joined["member"]
-        threading.Thread(target=_beat, args=(host, key, alive), daemon=True).start()
-        extra = {"node_id": ray.get_runtime_context().get_node_id(), "trainable_started_at": started_at,
-                 "pid": os.getpid(), "pack_pid": joined["pid"]}
-        # attaching (a new host loads the LM first) and joining: both clocks are this node's (the host runs here)
-        joining = max(0.0, joined["joined_at"] - started_at)
-        while True:
-            event = ray.get(host.next_event.remote(key, POLL_S))
-            if event is None:
-                continue
-            kind = event[0]
-            if kind == "report":
-                _, metrics, directory = event
-                metrics["spent_waiting"] = metrics.get("spent_waiting", 0.0) + joining  # see time_split (callback)
-                tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(directory))
-                host.ack.remote(key)
-            elif kind == "diverged":  # as `trainable` reports it
-                _, step, value, message = event
-                value = value if math.isfinite(value) else float("inf")
-                tune.report({"step": step, "val_perplexity": value, "final": True, "diverged": message, **extra})
-                return
-            elif kind == "end":
-                return
-            else:
-                raise RuntimeError(f"pack member {key} failed: {event[1]}")
-    finally:
-        alive.clear()
-        if host is not None and key is not None:
-            # out of the pack before Ray ends this process (a stopped trial's member would train on, unseen, until
-            # found lost): waited for, briefly, since a host that is gone never answers
-            ray.wait([host.leave.remote(key)], timeout=5.0)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _beat(host, key: str, alive: threading.Event) -> None:
-    """Tells the host this trial lives, also while `tune.report` waits on a driver that is slow to take results
-    (a tracking server that does not answer, say); a process that dies stops beating and its member is dropped."""
-    while alive.is_set():
-        host.heartbeat.remote(key)
-        time.sleep(POLL_S)
-
-
+        return trainable(config, base)
+    relay(cfg, plan, lambda plan, cfg, lane: attach(plan, cfg, lane=lane))
