@@ -22,7 +22,8 @@ class SchedulerSettings:
 
 @dataclass
 class ResourceSettings:
-    cpus: float = number(1.0, positive=True, help="CPUs each trial asks Ray for")
+    cpus: float = number(1.0, positive=True, help="CPUs each trial asks Ray for; a pack of trials computes on this "
+                         "many (a node runs as many packs side by side as it holds trials)")
     gpus: float = number(0.0, min=0.0, help="GPUs each trial asks for; fractional: small trials share one GPU")
 
 
