@@ -193,7 +193,7 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert ("packing: tune.pack auto: at the start, a probe times a packed step of 2 of this search's largest trial "
             "against 2 separate steps on the trials' device") in out, out
     code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2"], tmp_path)
-    assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares them: 0.5 CPU, 0 GPU each)" in out, out
+    assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares one trial's CPUs: 0.5 CPU, 0 GPU each)" in out, out
     assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in out
     assert code == 0 and not (tmp_path / "runs").exists()
 

@@ -49,8 +49,9 @@ def _print_dry_run(search: SearchFile, address: str | None, promote: bool = Fals
     print(f"budget: {t.num_samples} trials, at most {budget} optimizer steps in all, "
           f"{t.max_concurrent_trials} at a time" + (f", {t.time_budget_s:g} s time budget" if t.time_budget_s else ""))
     plan = plan_pack(search)
-    share = "" if plan.size == 1 else f" (a pack of {plan.size} shares them: {plan.cpus_each(t.resources.cpus):g} CPU, " \
-        f"{plan.gpus_each(t.resources.gpus):g} GPU each)"
+    whole = " and a whole GPU" if t.resources.gpus else ""
+    share = "" if plan.size == 1 else f" (a pack of {plan.size} shares one trial's CPUs{whole}: " \
+        f"{plan.cpus_each(t.resources.cpus):g} CPU, {plan.gpus_each(t.resources.gpus):g} GPU each)"
     print(f"resources per trial: {t.resources.cpus:g} CPU, {t.resources.gpus:g} GPU{share}; cluster: {address or 'local'}")
     print(f"packing: {plan.why}")
     for line in read_warm_start(search).lines():
