@@ -280,6 +280,11 @@ def test_pyfunc_model_predicts_for_every_method_and_is_served_over_http(adapters
 def test_report_from_a_directory_that_is_not_a_search_names_it(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: no summary.csv (not a finished embinject search directory)"
+    (tmp_path / "trial_0a1b2c3d").mkdir()  # a search's folder before its end (running, or stopped by a kill)
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {tmp_path}: this search has not finished (no summary.csv yet: it is running, or was stopped); finish "
+        "it with `python -m embinject.tune SEARCH.yaml --resume`, or read its trials so far with embinject.load_search")
 
 
 def _hand_made_search(folder: Path) -> tuple[str, dict]:
