@@ -123,11 +123,11 @@ def from_search_dir(directory: Path, searched: list[str] = ()) -> dict:
     """A finished search's folder as a report reads it; summary.csv checked as `read_summary` checks it (`searched`:
     columns it must have besides its own), one ConfigError naming the file otherwise."""
     summary = directory / "summary.csv"
-    if not summary.is_file() and any(directory.glob("trial_*")):  # a search's folder, before its end wrote the table
-        raise ConfigError(f"{directory}: this search has not finished (no summary.csv yet: it is running, or was "
-                          "stopped); finish it with `python -m embinject.tune SEARCH.yaml --resume`, or read its trials "
-                          "so far with embinject.load_search")
     if not summary.is_file():
+        if any(directory.glob("trial_*")):  # a search's folder, before its end wrote the table
+            raise ConfigError(f"{directory}: this search has not finished (no summary.csv yet: it is running, or was "
+                              "stopped); finish it with `python -m embinject.tune SEARCH.yaml --resume`, or read its "
+                              "trials so far with embinject.load_search")
         raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
     rows = read_summary(summary, "report", "the search wrote it at its end; restore it, or report the search from "
                         "MLflow by its parent run id (embinject report PARENT_RUN_ID)", searched)

@@ -148,3 +148,21 @@ def test_compile_pays_only_where_a_trial_recovers_its_compiles_and_stays_exact()
     text = "\n".join(report.compile_section(data))
     assert "shape (dynamic auto) pays only where inductor's cache already holds its shape" in text
     assert "x0.62 the eager time then, but x1.67 with the cache empty" in text and "no `train.compile` key" in text
+
+
+def test_lanes_other_than_a_divisor_of_the_cpus_on_a_cpu_search_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """`--lanes` splits the CPUs among packs side by side: anything else ends with exit 2 before any work starts."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the run's work folder would go
+    for argv, why in [(["--search", "--cpus", "2", "--lanes", "3"], "--lanes 3"),
+                      (["--cpus", "2", "--lanes", "2"], "--lanes 2"),  # the engine arms run no lanes
+                      (["--search", "--device", "cuda", "--lanes", "2"], "--lanes 2")]:
+        try:
+            packed_search.main(argv)
+        except SystemExit as exc:
+            assert exc.code == 2, argv
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(f"error: {why}: expected 1, or with --search on CPUs a divisor of --cpus ("
+                            f"{2 if '--cpus' in argv else os.cpu_count()})"), err
+    assert list(tmp_path.iterdir()) == []  # nothing written

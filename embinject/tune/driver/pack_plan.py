@@ -84,7 +84,7 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
 
 def lanes_used(search: SearchFile, size: int, cpus: float) -> int:
     """How many packs of `size` run side by side on `cpus` CPU cores: one per trial's worth of them (see
-    `embinject.tune.worker.pack_host.lanes`), no more than the trials running at once fill."""
+    `embinject.tune.worker.pack_names.lanes`), no more than the trials running at once fill."""
     return min(lanes(cpus, search.tune.resources.cpus), -(-search.tune.max_concurrent_trials // size))
 
 

@@ -16,7 +16,7 @@ import time
 from ...config import Config
 from ...fsutil import scratch_dir
 from ...space import trial_config
-from .pack_names import NAMESPACE, POLL_S, PackPlan, host_name, lanes, node_cpus
+from .pack_names import NAMESPACE, POLL_S, PackPlan, host_name, lanes, node_cpus, pack_cpus
 
 
 def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:
@@ -35,8 +35,7 @@ def find_host(plan: PackPlan, cfg: Config, lane: int):
     except ValueError:
         pass
     starter = ray.get_actor(plan.starter, namespace=NAMESPACE)
-    threads = max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) * plan.size))
-    return ray.get(starter.start_host.remote(plan, cfg.to_dict(), node_id, lane, threads))
+    return ray.get(starter.start_host.remote(plan, cfg.to_dict(), node_id, lane, max(1, round(pack_cpus(plan)))))
 
 
 def relay(cfg: Config, plan: PackPlan, find) -> None:
@@ -100,8 +99,7 @@ def join_lane(plan: PackPlan, cfg: Config, trial_id: str, resume_dir: str | None
 
     count = 1
     if not ray.get_gpu_ids():
-        trial_cpus = round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) * plan.size, 2)
-        count = lanes(node_cpus(), trial_cpus)
+        count = lanes(node_cpus(), pack_cpus(plan))
     fullest = []
     for lane in range(count):
         host = find(plan, cfg, lane)

@@ -28,7 +28,7 @@ from ...space import trial_config
 from ...train import Diverged, checkpointed_lm, precision, shared_lm, train
 from ...train.packing import Left, PackedSteps, StepPack, unpackable_reason
 from .member import relay
-from .pack_names import LOST_AFTER_S, NAMESPACE, POLL_S, PackPlan, host_name
+from .pack_names import LOST_AFTER_S, NAMESPACE, POLL_S, PackPlan, host_name, pack_cpus
 from .trainable import trainable
 
 IDLE_EXIT_S = 60.0  # a host with no member for this long exits (its name and memory are freed)
@@ -210,7 +210,7 @@ def attach(plan: PackPlan, cfg: Config, threads: int | None = None, lane: int = 
         options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus[0],
                                                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
     if threads is None:
-        threads = max(1, round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) * plan.size))
+        threads = max(1, round(pack_cpus(plan)))
     return ray.remote(PackHost).options(**options).remote(cfg.model, device, cfg.train.dtype,
                                                            cfg.train.gradient_checkpointing, threads)
 

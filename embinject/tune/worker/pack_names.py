@@ -49,6 +49,14 @@ def lanes(cpus: float, trial_cpus: float) -> int:
     return max(1, int(cpus // max(trial_cpus, 1e-9)))
 
 
+def pack_cpus(plan: PackPlan) -> float:
+    """The CPUs a pack computes on, from a member's process: the share Ray gave it times the pack's size (one trial's
+    CPUs), to the hundredth (Ray keeps fractions to 1e-4: 7 members of 1/7 CPU hold 1.0003)."""
+    import ray  # already imported where this runs: in Ray's processes
+
+    return round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) * plan.size, 2)
+
+
 def node_cpus(node_id: str | None = None) -> float:
     """The CPUs Ray counts on a node (None: this process's)."""
     import ray  # already imported where this runs: in Ray's processes and the driver
