@@ -13,7 +13,7 @@ MAX_EXPERIMENT_NAME_LENGTH = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_
 
 def experiment_name_problem(name: str) -> str | None:
     """Why MLflow refuses `name` as an experiment name, or None. Mirrors mlflow.utils.validation._validate_experiment_name."""
-    if name == "":
+    if name.strip() == "":  # MLflow 3.18 refuses blank names too (3.17 took " ")
         return "MLflow refuses an empty experiment name"
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         return f"MLflow refuses experiment names longer than {MAX_EXPERIMENT_NAME_LENGTH} characters, got {len(name)}"
