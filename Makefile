@@ -20,6 +20,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the layers in pyproject.toml: seconds, before the tests
 	$(VENV)/bin/ruff check embinject experiments benchmarks tests  # pyflakes' and pycodestyle's errors (pyproject.toml)
+	$(VENV)/bin/ruff format --check embinject experiments benchmarks tests  # as `ruff format` writes them (120 columns)
 	# two test processes: most of a whole-search test is waiting (Ray starting, subprocesses importing torch)
 	$(PY) -m pytest -q -x -n 2 --dist worksteal --durations=15 tests
 

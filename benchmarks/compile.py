@@ -22,6 +22,7 @@ What is compiled is the decoder's forward, the call where the per-op overhead is
 loss and the packing around it stay eager, as they are a handful of ops and hold data-dependent shapes. Writes
 benchmarks/results/compile.json (or --out), rewritten after every case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,11 @@ from .step import synchronize
 from .tiny_model import make_tiny_model
 
 OUT = Path(__file__).resolve().parent / "results"
-CASES = {"tiny-packed": {"model": "tiny", "k": 8, "batch": 8, "seq": 32, "packed": True},
-         "smollm-packed": {"model": "bundled:smollm2-135m", "k": 2, "batch": 8, "seq": 64, "packed": True},
-         "smollm-solo": {"model": "bundled:smollm2-135m", "k": 1, "batch": 8, "seq": 64, "packed": False}}
+CASES = {
+    "tiny-packed": {"model": "tiny", "k": 8, "batch": 8, "seq": 32, "packed": True},
+    "smollm-packed": {"model": "bundled:smollm2-135m", "k": 2, "batch": 8, "seq": 64, "packed": True},
+    "smollm-solo": {"model": "bundled:smollm2-135m", "k": 1, "batch": 8, "seq": 64, "packed": False},
+}
 PREFIX = 8
 EVAL_BATCH = 32  # train.eval_batch_size's default
 # pack compositions as a search's members join and leave: (member indices); members' prefix lengths differ
@@ -61,9 +64,14 @@ SEQUENCE_PREFIXES = [1, 8, 3, 5, 8, 2, 7, 4]  # adapter.prefix_len: {randint: [1
 
 def trials(lm, model: str, prefixes: list[int]) -> list:
     """Prompt-tuning methods with these prefix lengths."""
-    return [build_method(load_config(None, [f"model={model}", "method=prompt", f"adapter.prefix_len={prefix}",
-                                            f"train.seed={i}"]), lm.model, tokenizer=lm.tokenizer)
-            for i, prefix in enumerate(prefixes)]
+    return [
+        build_method(
+            load_config(None, [f"model={model}", "method=prompt", f"adapter.prefix_len={prefix}", f"train.seed={i}"]),
+            lm.model,
+            tokenizer=lm.tokenizer,
+        )
+        for i, prefix in enumerate(prefixes)
+    ]
 
 
 def random_batches(lm, n: int, rows: int, seq: int, device: str, seed: int) -> list[dict]:
@@ -122,7 +130,9 @@ def evaluate(methods: list, inputs: list, packed: bool) -> list[torch.Tensor]:
 
 def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Max over members of max |a - b| / max |b|."""
-    return max(float((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-30)) for x, y in zip(a, b))
+    return max(
+        float((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-30)) for x, y in zip(a, b)
+    )
 
 
 def timed(fn, device: str) -> tuple[float, object]:
@@ -148,9 +158,14 @@ def first_calls(switch: DecoderSwitch, step, ev, device: str) -> dict:
     before = graphs()
     train_s, (loss_c, grad_c) = timed(lambda: step(None), device)
     eval_s, nll_c = timed(ev, device)
-    return {"first_train_s": train_s, "first_eval_s": eval_s, "graphs": graphs() - before,
-            "loss_rel_diff": relative([torch.tensor(loss_c)], [torch.tensor(loss_e)]),
-            "grad_rel_diff": relative(grad_c, grad_e), "eval_nll_rel_diff": relative(nll_c, nll_e)}
+    return {
+        "first_train_s": train_s,
+        "first_eval_s": eval_s,
+        "graphs": graphs() - before,
+        "loss_rel_diff": relative([torch.tensor(loss_c)], [torch.tensor(loss_e)]),
+        "grad_rel_diff": relative(grad_c, grad_e),
+        "eval_nll_rel_diff": relative(nll_c, nll_e),
+    }
 
 
 def interleaved(switch: DecoderSwitch, fn, reps: int, device: str) -> tuple[float, float]:
@@ -177,6 +192,7 @@ def fixed_pack(lm, model: str, spec: dict, dynamic: bool | None, args) -> dict:
 
     def ev():
         return evaluate(methods, evals, packed)
+
     step(opts), ev()  # eager warm-up
     torch._dynamo.reset()
     switch = DecoderSwitch(lm.model.get_decoder(), dynamic, args.mode)
@@ -192,8 +208,14 @@ def fixed_pack(lm, model: str, spec: dict, dynamic: bool | None, args) -> dict:
         warm = first_calls(switch, step, ev, device)
     finally:
         switch.close()
-    row = {"eager_train_s": train_e, "compiled_train_s": train_c, "eager_eval_s": eval_e, "compiled_eval_s": eval_c,
-           "cold": cold, "warm": warm}
+    row = {
+        "eager_train_s": train_e,
+        "compiled_train_s": train_c,
+        "eager_eval_s": eval_e,
+        "compiled_eval_s": eval_c,
+        "cold": cold,
+        "warm": warm,
+    }
     for cache in ("cold", "warm"):
         row[f"compile_train_s_{cache}"] = row[cache]["first_train_s"] - train_e
         row[f"compile_eval_s_{cache}"] = row[cache]["first_eval_s"] - eval_e
@@ -212,8 +234,11 @@ def varying_packs(lm, model: str, spec: dict, dynamic: bool | None, args) -> dic
 
     def run(compiled: bool, switch: DecoderSwitch) -> float:
         switch.use(compiled)
-        return sum(timed(lambda: train_step([methods[i] for i in c], [batches[i] for i in c], None, True), device)[0]
-                   for c in packs)
+        return sum(
+            timed(lambda: train_step([methods[i] for i in c], [batches[i] for i in c], None, True), device)[0]
+            for c in packs
+        )
+
     torch._dynamo.reset()
     switch = DecoderSwitch(lm.model.get_decoder(), dynamic, args.mode)
     try:
@@ -224,9 +249,15 @@ def varying_packs(lm, model: str, spec: dict, dynamic: bool | None, args) -> dic
         again = [(run(False, switch), run(True, switch)) for _ in range(3)]
     finally:
         switch.close()
-    return {"packs": [len(c) for c in packs], "prefixes": SEQUENCE_PREFIXES[:k], "graphs": compiled_graphs,
-            "eager_first_s": eager_first, "compiled_first_s": compiled_first,
-            "eager_s": statistics.median(a for a, _ in again), "compiled_s": statistics.median(b for _, b in again)}
+    return {
+        "packs": [len(c) for c in packs],
+        "prefixes": SEQUENCE_PREFIXES[:k],
+        "graphs": compiled_graphs,
+        "eager_first_s": eager_first,
+        "compiled_first_s": compiled_first,
+        "eager_s": statistics.median(a for a, _ in again),
+        "compiled_s": statistics.median(b for _, b in again),
+    }
 
 
 def load_case_model(spec: dict, args, tiny: Path):
@@ -243,24 +274,37 @@ def run_cases(args, out: dict, tiny: Path) -> None:
         model, lm = load_case_model(spec, args, tiny)
         for dynamic in args.dynamic:
             flag = {"false": False, "auto": None, "true": True}[dynamic]
-            row = {"case": case, **spec, "model": "tiny random Llama 32 x 2" if spec["model"] == "tiny" else model_label(model),
-                   "dynamic": dynamic, **fixed_pack(lm, model, spec, flag, args)}
+            row = {
+                "case": case,
+                **spec,
+                "model": "tiny random Llama 32 x 2" if spec["model"] == "tiny" else model_label(model),
+                "dynamic": dynamic,
+                **fixed_pack(lm, model, spec, flag, args),
+            }
             if spec["packed"]:
                 row["sequence"] = varying_packs(lm, model, spec, flag, args)
             out["rows"] = [r for r in out["rows"] if (r["case"], r["dynamic"]) != (case, dynamic)] + [row]
             out["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out, json.dumps(out, indent=1))
-            print(f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, compiled {row['compiled_train_s']:.4f} s, "
-                  f"compile {row['compile_train_s_cold']:.1f} s cold / {row['compile_train_s_warm']:.1f} s warm, "
-                  f"loss diff {row['cold']['loss_rel_diff']:.1e}", flush=True)
+            print(
+                f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, compiled {row['compiled_train_s']:.4f} s, "
+                f"compile {row['compile_train_s_cold']:.1f} s cold / {row['compile_train_s_warm']:.1f} s warm, "
+                f"loss diff {row['cold']['loss_rel_diff']:.1e}",
+                flush=True,
+            )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    p.add_argument("--dynamic", nargs="+", choices=["false", "auto", "true"], default=["false", "auto", "true"],
-                   help="torch.compile's dynamic: False, None (automatic after a recompile) or True")
+    p.add_argument(
+        "--dynamic",
+        nargs="+",
+        choices=["false", "auto", "true"],
+        default=["false", "auto", "true"],
+        help="torch.compile's dynamic: False, None (automatic after a recompile) or True",
+    )
     p.add_argument("--mode", default="default", help="torch.compile's mode (reduce-overhead: CUDA graphs on a GPU)")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (a search's trials set train.threads)")
@@ -273,11 +317,19 @@ def main(argv=None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="embinject-compile-"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "inductor")  # empty: the first compile is a cold one
     tiny = make_tiny_model(scratch / "tiny", hidden=32, layers=2)
-    out = {"benchmark": "compile", "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs",
-           "machine": platform.platform(), "mode": args.mode, "reps": args.reps, "eval_batch": EVAL_BATCH,
-           "recompile_limit": torch._dynamo.config.recompile_limit,
-           "rows": json.loads(args.out.read_text())["rows"] if args.keep and args.out.is_file() else []}
+    out = {
+        "benchmark": "compile",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs",
+        "machine": platform.platform(),
+        "mode": args.mode,
+        "reps": args.reps,
+        "eval_batch": EVAL_BATCH,
+        "recompile_limit": torch._dynamo.config.recompile_limit,
+        "rows": json.loads(args.out.read_text())["rows"] if args.keep and args.out.is_file() else [],
+    }
     try:
         run_cases(args, out, tiny)
     finally:

@@ -9,6 +9,7 @@ compares the trials' two rankings: Spearman rank correlation, and how often ASHA
 reduction factor 2 (the better half goes on) is the same. Also times a subset evaluation against a
 full one. Writes benchmarks/results/eval_subset.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,30 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=int, default=256, help="validation windows (the default data.val_samples)")
     p.add_argument("--subset", type=int, default=64, help="train.eval_windows to measure")
     p.add_argument("--search", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "wikipedia_en_sample"),
-                   help="a corpus with at least --val validation windows (the built-in docs give 77 at 32 tokens)")
+    p.add_argument(
+        "--data",
+        default=str(ROOT.parent / "shared" / "data" / "wikipedia_en_sample"),
+        help="a corpus with at least --val validation windows (the built-in docs give 77 at 32 tokens)",
+    )
     args = p.parse_args(argv)
     storage = Path(tempfile.mkdtemp(prefix="embinject-evalsubset-"))
-    search = load_search_file(args.search, [
-        f"tune.storage_path={storage}", f"tune.num_samples={args.trials}", "tune.scheduler.type=none", f"data.path={args.data}",
-        f"train.max_steps={args.steps}", "train.eval_every=10", "train.patience=0", f"data.val_samples={args.val}",
-        f"train.eval_windows={args.subset}", "train.eval_audit=true", "tune.time_budget_s=null", "mlflow.register_as=null"])
+    search = load_search_file(
+        args.search,
+        [
+            f"tune.storage_path={storage}",
+            f"tune.num_samples={args.trials}",
+            "tune.scheduler.type=none",
+            f"data.path={args.data}",
+            f"train.max_steps={args.steps}",
+            "train.eval_every=10",
+            "train.patience=0",
+            f"data.val_samples={args.val}",
+            f"train.eval_windows={args.subset}",
+            "train.eval_audit=true",
+            "tune.time_budget_s=null",
+            "mlflow.register_as=null",
+        ],
+    )
     t0 = time.time()
     outcome = run_search(search, verbose=0)
     wall = time.time() - t0
@@ -72,22 +89,33 @@ def main(argv=None) -> int:
         rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
         for r in rows:
             if "val_perplexity_full" in r:  # the last evaluation's subset value is kept as val_perplexity_subset
-                by_rung.setdefault(int(r["step"]), []).append((r.get("val_perplexity_subset", r["val_perplexity"]),
-                                                               r["val_perplexity_full"]))
+                by_rung.setdefault(int(r["step"]), []).append(
+                    (r.get("val_perplexity_subset", r["val_perplexity"]), r["val_perplexity_full"])
+                )
     rungs = []
     for step, pairs in sorted(by_rung.items()):
         sub, full = [a for a, _ in pairs], [b for _, b in pairs]
         half = len(pairs) // 2
         top_sub = set(sorted(range(len(pairs)), key=lambda i: sub[i])[:half])
         top_full = set(sorted(range(len(pairs)), key=lambda i: full[i])[:half])
-        rungs.append({"step": step, "trials": len(pairs), "spearman": spearman(sub, full),
-                      "same_half_kept": len(top_sub & top_full) / max(half, 1),
-                      "same_best": min(range(len(pairs)), key=lambda i: sub[i]) == min(range(len(pairs)), key=lambda i: full[i]),
-                      "median_abs_rel_diff": statistics.median(abs(a - b) / b for a, b in pairs)})
+        rungs.append(
+            {
+                "step": step,
+                "trials": len(pairs),
+                "spearman": spearman(sub, full),
+                "same_half_kept": len(top_sub & top_full) / max(half, 1),
+                "same_best": min(range(len(pairs)), key=lambda i: sub[i])
+                == min(range(len(pairs)), key=lambda i: full[i]),
+                "median_abs_rel_diff": statistics.median(abs(a - b) / b for a, b in pairs),
+            }
+        )
 
     # the cost of one evaluation, subset against all windows, on the bundled model
-    cfg = load_config(args.search, [f"data.val_samples={args.val}", "method=prompt", f"data.path={args.data}"],
-                      extra_sections=("search", "tune", "mlflow"))
+    cfg = load_config(
+        args.search,
+        [f"data.val_samples={args.val}", "method=prompt", f"data.path={args.data}"],
+        extra_sections=("search", "tune", "mlflow"),
+    )
     prep = prepare(cfg)
     method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     amp = autocast_dtype(cfg, prep.device)
@@ -98,10 +126,19 @@ def main(argv=None) -> int:
         for _ in range(2):
             perplexity(method, data, cfg.train.eval_batch_size, prep.device, amp)
         eval_times.append({"windows": len(data["input_ids"]), "which": name, "seconds": (time.perf_counter() - t) / 2})
-    result = {"benchmark": "eval_subset", "trials": args.trials, "steps": args.steps, "val_windows": len(prep.val["input_ids"]),
-              "data": args.data,
-              "subset": args.subset, "rungs": rungs, "eval_times": eval_times, "search_wall_s": wall,
-              "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {
+        "benchmark": "eval_subset",
+        "trials": args.trials,
+        "steps": args.steps,
+        "val_windows": len(prep.val["input_ids"]),
+        "data": args.data,
+        "subset": args.subset,
+        "rungs": rungs,
+        "eval_times": eval_times,
+        "search_wall_s": wall,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     OUT.mkdir(exist_ok=True)
     atomic_write_text(OUT / "eval_subset.json", json.dumps(result, indent=1))
     print(json.dumps(rungs, indent=1))

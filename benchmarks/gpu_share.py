@@ -9,6 +9,7 @@ run's wall time, the trials that finished, the summed trial time over the wall t
 ran at once, on average) and `speedup` = wall(gpus 1) / wall(gpus 0.5). Writes
 benchmarks/results/gpu_share.json, or --out. Needs a CUDA device; the tests never run it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,13 +55,29 @@ mlflow: {{experiment: gpu-share, register_as: null}}
 def run_search(args, gpus: float) -> dict:
     storage = Path(tempfile.mkdtemp(prefix=f"embinject-gpu-share-{gpus}-"))
     search = storage / "search.yaml"
-    search.write_text(SEARCH.format(model=args.model, seq=args.seq, batch=args.batch,
-                                    steps=args.steps, eval_every=max(1, args.steps // 4), trials=args.trials,
-                                    cpus=args.cpus, gpus=gpus, storage=storage / "runs"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
+    search.write_text(
+        SEARCH.format(
+            model=args.model,
+            seq=args.seq,
+            batch=args.batch,
+            steps=args.steps,
+            eval_every=max(1, args.steps // 4),
+            trials=args.trials,
+            cpus=args.cpus,
+            gpus=gpus,
+            storage=storage / "runs",
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
     t0 = time.time()
     print(f"search with gpus {gpus:g} per trial", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "embinject.tune", str(search)], cwd=ROOT, env=env)  # its output goes to ours
+    proc = subprocess.run(
+        [sys.executable, "-m", "embinject.tune", str(search)], cwd=ROOT, env=env
+    )  # its output goes to ours
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"gpus {gpus:g}: the search failed (exit {proc.returncode})")
@@ -68,10 +85,16 @@ def run_search(args, gpus: float) -> dict:
     rows = list(csv.DictReader(summary.open()))
     ok = [r for r in rows if r["status"] == "ok"]
     busy = sum(float(r["seconds"]) for r in rows)
-    return {"gpus_per_trial": gpus, "wall_s": wall, "trials": len(rows), "trials_ok": len(ok),
-            "trial_seconds_sum": busy, "mean_trials_at_once": busy / wall,
-            "best_val_perplexity": min(float(r["best_val_perplexity"]) for r in ok) if ok else None,
-            "steps": [int(r["steps"]) for r in rows]}
+    return {
+        "gpus_per_trial": gpus,
+        "wall_s": wall,
+        "trials": len(rows),
+        "trials_ok": len(ok),
+        "trial_seconds_sum": busy,
+        "mean_trials_at_once": busy / wall,
+        "best_val_perplexity": min(float(r["best_val_perplexity"]) for r in ok) if ok else None,
+        "steps": [int(r["steps"]) for r in rows],
+    }
 
 
 def main(argv=None) -> int:
@@ -93,14 +116,27 @@ def main(argv=None) -> int:
     for r in runs:
         print(json.dumps(r), flush=True)
     whole, half = runs
-    result = {"benchmark": "gpu_share", "model": model_label(args.model), "batch": args.batch, "seq": args.seq, "steps": args.steps,
-              "trials": args.trials, "cpus_per_trial": args.cpus, "runs": runs, "speedup": whole["wall_s"] / half["wall_s"],
-              "device_name": torch.cuda.get_device_name(), "torch": torch.__version__, "machine": platform.platform(),
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {
+        "benchmark": "gpu_share",
+        "model": model_label(args.model),
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "trials": args.trials,
+        "cpus_per_trial": args.cpus,
+        "runs": runs,
+        "speedup": whole["wall_s"] / half["wall_s"],
+        "device_name": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1))
-    print(f"two trials per GPU: x{result['speedup']:.2f} trials per hour against one "
-          f"({half['mean_trials_at_once']:.2f} trials at once on average)")
+    print(
+        f"two trials per GPU: x{result['speedup']:.2f} trials per hour against one "
+        f"({half['mean_trials_at_once']:.2f} trials at once on average)"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ sum is what the node really spends), the peak summed RSS, and their difference a
 memory the processes share: the checkpoint, which transformers memory-maps, and shared libraries).
 Writes benchmarks/results/memory.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ print(json.dumps({"step_s": sorted(times[1:])[len(times[1:]) // 2]}))
 
 
 def measure(n_procs: int, steps: int, checkpointing: bool = False) -> dict:
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(steps), str(int(checkpointing))], stdout=subprocess.PIPE, text=True)
-             for _ in range(n_procs)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(steps), str(int(checkpointing))], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n_procs)
+    ]
     peak_pss = peak_rss = shared_at_peak = 0
     t0 = time.time()
     while any(p.poll() is None for p in procs):
@@ -72,9 +77,15 @@ def measure(n_procs: int, steps: int, checkpointing: bool = False) -> dict:
     if any(p.returncode for p in procs):
         raise RuntimeError("a worker failed")
     step_s = [json.loads(p.stdout.read().strip().splitlines()[-1])["step_s"] for p in procs]
-    return {"processes": n_procs, "gradient_checkpointing": checkpointing, "peak_pss_mb": peak_pss / 2**20,
-            "peak_rss_mb": peak_rss / 2**20, "shared_at_peak_mb": shared_at_peak / 2**20, "seconds": time.time() - t0,
-            "median_step_s": sorted(step_s)[len(step_s) // 2]}
+    return {
+        "processes": n_procs,
+        "gradient_checkpointing": checkpointing,
+        "peak_pss_mb": peak_pss / 2**20,
+        "peak_rss_mb": peak_rss / 2**20,
+        "shared_at_peak_mb": shared_at_peak / 2**20,
+        "seconds": time.time() - t0,
+        "median_step_s": sorted(step_s)[len(step_s) // 2],
+    }
 
 
 def main(argv=None) -> int:
@@ -90,13 +101,20 @@ def main(argv=None) -> int:
     for r in rows[2:]:
         r["ratio_to_one_plain"] = r["peak_pss_mb"] / plain_one["peak_pss_mb"]
     OUT.mkdir(exist_ok=True)
-    out = {"benchmark": "memory", "steps": args.steps, "machine": platform.platform(),
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    out = {
+        "benchmark": "memory",
+        "steps": args.steps,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
     atomic_write_text(OUT / "memory.json", json.dumps(out, indent=1))
     for r in rows:
-        print(f"{r['processes']} process(es), checkpointing {r['gradient_checkpointing']}: peak PSS {r['peak_pss_mb']:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB, "
-              f"shared {r['shared_at_peak_mb']:.0f} MB"
-              + (f", x{r['ratio_to_one']:.2f} of one" if "ratio_to_one" in r else ""))
+        print(
+            f"{r['processes']} process(es), checkpointing {r['gradient_checkpointing']}: peak PSS {r['peak_pss_mb']:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB, "
+            f"shared {r['shared_at_peak_mb']:.0f} MB"
+            + (f", x{r['ratio_to_one']:.2f} of one" if "ratio_to_one" in r else "")
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ points_to_evaluate shape: (1) one step's loss and gradients, packed with the oth
 with the same trial trained alone at another thread count, whose rounding differs as much.
 Writes benchmarks/results/pack_exactness.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,18 @@ from embinject.train.packing import PackedSteps, StepPack, packed_nll
 OUT = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = {  # name -> the searched values (quickstart.yaml's space)
-    "minilm-reference": ["train.lr=0.001", "adapter.prefix_len=2", "adapter.mlp_width=512",
-                         "adapter.embedding_model=bundled:all-minilm-l6-v2"],  # its points_to_evaluate trial
-    "minilm-high-lr": ["train.lr=0.0088", "adapter.prefix_len=4", "adapter.mlp_width=64",
-                       "adapter.embedding_model=bundled:all-minilm-l6-v2"],
+    "minilm-reference": [
+        "train.lr=0.001",
+        "adapter.prefix_len=2",
+        "adapter.mlp_width=512",
+        "adapter.embedding_model=bundled:all-minilm-l6-v2",
+    ],  # its points_to_evaluate trial
+    "minilm-high-lr": [
+        "train.lr=0.0088",
+        "adapter.prefix_len=4",
+        "adapter.mlp_width=64",
+        "adapter.embedding_model=bundled:all-minilm-l6-v2",
+    ],
     "fourier": ["train.lr=0.003", "adapter.prefix_len=5", "adapter.mlp_width=256", "adapter.embedding_model=fourier"],
     "lm-mean": ["train.lr=0.002", "adapter.prefix_len=6", "adapter.mlp_width=64", "adapter.embedding_model=lm-mean"],
 }
@@ -69,9 +78,13 @@ def step_agreement(cfgs: dict) -> dict:
         method.zero_grad(set_to_none=True)
         solo_nll, solo_n = method.nll(batch)
         (solo_nll / solo_n).backward()
-        out[name] = {"nll_rel": abs(nll.item() - solo_nll.item()) / solo_nll.item(),
-                     "grad_rel": max(float((p.grad - g).abs().max() / p.grad.abs().max())
-                                     for p, g in zip(method.trainable_parameters(), grads))}
+        out[name] = {
+            "nll_rel": abs(nll.item() - solo_nll.item()) / solo_nll.item(),
+            "grad_rel": max(
+                float((p.grad - g).abs().max() / p.grad.abs().max())
+                for p, g in zip(method.trainable_parameters(), grads)
+            ),
+        }
         method.release()
     return out
 
@@ -127,27 +140,45 @@ def main() -> None:
     cfgs = configs(args)
     t0 = time.time()
     steps = step_agreement(cfgs)
-    arms = {"solo_1_thread": solo_curves(cfgs, 1), "solo_2_threads": solo_curves(cfgs, 2),
-            "packed_2_threads": packed_curves(cfgs, 2)}
+    arms = {
+        "solo_1_thread": solo_curves(cfgs, 1),
+        "solo_2_threads": solo_curves(cfgs, 2),
+        "packed_2_threads": packed_curves(cfgs, 2),
+    }
     trials = {}
     for name in cfgs:
         ref = arms["solo_1_thread"][name]
-        trials[name] = {"values": TRIALS[name], "step": steps[name],
-                        "curves": {arm: {str(s): v for s, v in c[name].items()} for arm, c in arms.items()},
-                        "packed_vs_solo": max_rel(ref, arms["packed_2_threads"][name]),
-                        "solo_threads_vs_solo": max_rel(ref, arms["solo_2_threads"][name]),
-                        "first_eval": {"packed_vs_solo": abs(arms["packed_2_threads"][name][min(ref)] - ref[min(ref)])
-                                       / ref[min(ref)],
-                                       "solo_threads_vs_solo": abs(arms["solo_2_threads"][name][min(ref)]
-                                                                   - ref[min(ref)]) / ref[min(ref)]}}
-    data = {"time": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "model": "bundled:smollm2-135m", "data": Path(args.data).name,
-            "steps": args.steps, "eval_every": args.eval_every, "dtype": "float32", "trials": trials,
-            "seconds": time.time() - t0}
+        trials[name] = {
+            "values": TRIALS[name],
+            "step": steps[name],
+            "curves": {arm: {str(s): v for s, v in c[name].items()} for arm, c in arms.items()},
+            "packed_vs_solo": max_rel(ref, arms["packed_2_threads"][name]),
+            "solo_threads_vs_solo": max_rel(ref, arms["solo_2_threads"][name]),
+            "first_eval": {
+                "packed_vs_solo": abs(arms["packed_2_threads"][name][min(ref)] - ref[min(ref)]) / ref[min(ref)],
+                "solo_threads_vs_solo": abs(arms["solo_2_threads"][name][min(ref)] - ref[min(ref)]) / ref[min(ref)],
+            },
+        }
+    data = {
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "model": "bundled:smollm2-135m",
+        "data": Path(args.data).name,
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "dtype": "float32",
+        "trials": trials,
+        "seconds": time.time() - t0,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), json.dumps(data, indent=1))
-    print(json.dumps({n: {k: t[k] for k in ("step", "packed_vs_solo", "solo_threads_vs_solo")}
-                      for n, t in trials.items()}, indent=1))
+    print(
+        json.dumps(
+            {n: {k: t[k] for k in ("step", "packed_vs_solo", "solo_threads_vs_solo")} for n, t in trials.items()},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

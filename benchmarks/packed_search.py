@@ -22,6 +22,7 @@ Every arm runs `embinject.train.train` in fresh processes and its wall time incl
 hour, peak device memory (summed over an arm's processes) and the best validation perplexity of each arm; writes
 benchmarks/results/packed_search.json (CPU) or packed_search_gpu.json (CUDA), or --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,11 +81,24 @@ def sample_trials(n: int, seed: int, encoders: list[str]) -> list[dict]:
 
 
 def base_overrides(args) -> list[str]:
-    return [f"model={args.model_path}", "method=injection", f"data.path={args.data}", f"data.seq_len={args.seq_len}",
-            f"data.train_samples={args.train_samples}", f"data.val_samples={args.val_samples}", "adapter.embed_source=previous",
-            f"train.batch_size={args.batch}", "train.eval_batch_size=64", f"train.max_steps={args.steps}",
-            f"train.eval_every={args.steps}", "train.patience=0", f"train.device={args.device}", f"train.dtype={args.dtype}",
-            "train.progress=false", "train.eval_windows=null"]
+    return [
+        f"model={args.model_path}",
+        "method=injection",
+        f"data.path={args.data}",
+        f"data.seq_len={args.seq_len}",
+        f"data.train_samples={args.train_samples}",
+        f"data.val_samples={args.val_samples}",
+        "adapter.embed_source=previous",
+        f"train.batch_size={args.batch}",
+        "train.eval_batch_size=64",
+        f"train.max_steps={args.steps}",
+        f"train.eval_every={args.steps}",
+        "train.patience=0",
+        f"train.device={args.device}",
+        f"train.dtype={args.dtype}",
+        "train.progress=false",
+        "train.eval_windows=null",
+    ]
 
 
 def trial_cfg(base: list[str], trial: dict):
@@ -131,8 +145,12 @@ def work(spec: dict) -> dict:
         t.start()
     for t in threads:
         t.join()
-    return {"val_perplexity": results, "peak_memory_mb": peak_memory_mb(spec["device"]),
-            "mean_pack": pack.rows_packed / max(pack.steps, 1), "packed_steps": pack.steps}
+    return {
+        "val_perplexity": results,
+        "peak_memory_mb": peak_memory_mb(spec["device"]),
+        "mean_pack": pack.rows_packed / max(pack.steps, 1),
+        "packed_steps": pack.steps,
+    }
 
 
 def run_arm(arm: str, args, base: list[str], trials: list[dict]) -> dict:
@@ -149,21 +167,36 @@ def run_arm(arm: str, args, base: list[str], trials: list[dict]) -> dict:
     t0 = time.perf_counter()
     for j, share in enumerate(shares):
         spec = tmp / f"w{j}.json"
-        spec.write_text(json.dumps({"base": base, "trials": share, "pack": pack, "threads": threads, "device": args.device}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.packed_search", "--worker", str(spec)], cwd=ROOT))
+        spec.write_text(
+            json.dumps({"base": base, "trials": share, "pack": pack, "threads": threads, "device": args.device})
+        )
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "benchmarks.packed_search", "--worker", str(spec)], cwd=ROOT)
+        )
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t0
     if any(codes):
         raise SystemExit(f"arm {arm}: a worker failed (exit codes {codes})")
     outs = [json.loads((tmp / f"w{j}.json.out").read_text()) for j in range(len(shares))]
     ppl = {int(i): v for o in outs for i, v in o["val_perplexity"].items()}
-    row = {"arm": arm, "processes": len(shares), "trials_per_pack": pack, "threads_per_process": threads, "wall_s": wall,
-           "trials_per_hour": len(trials) / wall * 3600, "peak_memory_mb": sum(o["peak_memory_mb"] for o in outs),
-           "best_val_perplexity": min(ppl.values()), "val_perplexity": [ppl[i] for i in range(len(trials))]}
+    row = {
+        "arm": arm,
+        "processes": len(shares),
+        "trials_per_pack": pack,
+        "threads_per_process": threads,
+        "wall_s": wall,
+        "trials_per_hour": len(trials) / wall * 3600,
+        "peak_memory_mb": sum(o["peak_memory_mb"] for o in outs),
+        "best_val_perplexity": min(ppl.values()),
+        "val_perplexity": [ppl[i] for i in range(len(trials))],
+    }
     if arm == "packed":
         row["mean_pack"] = outs[0]["mean_pack"]
-    print(f"{arm}: {wall:.1f} s, {row['trials_per_hour']:.0f} trials/h, best {row['best_val_perplexity']:.4f}, "
-          f"peak {row['peak_memory_mb']:.0f} MiB", flush=True)
+    print(
+        f"{arm}: {wall:.1f} s, {row['trials_per_hour']:.0f} trials/h, best {row['best_val_perplexity']:.4f}, "
+        f"peak {row['peak_memory_mb']:.0f} MiB",
+        flush=True,
+    )
     return row
 
 
@@ -180,11 +213,20 @@ def main(argv=None) -> int:
     p.add_argument("--train-samples", type=int, default=1024)
     p.add_argument("--val-samples", type=int, default=128)
     p.add_argument("--pack", type=int, default=8)
-    p.add_argument("--lanes", type=int, default=1, help="--search on CPUs: packs side by side, each on --cpus/LANES "
-                                                          "cores (tune.resources.cpus) with --pack members")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="--search on CPUs: packs side by side, each on --cpus/LANES "
+        "cores (tune.resources.cpus) with --pack members",
+    )
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--arms", nargs="+", choices=["one", "0.5", "0.25", "0.1", "packed"],
-                   help="default: one 0.5 0.25 0.1 packed; with --search on a CPU, 0.5 packed")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["one", "0.5", "0.25", "0.1", "packed"],
+        help="default: one 0.5 0.25 0.1 packed; with --search on a CPU, 0.5 packed",
+    )
     p.add_argument("--encoders", nargs="+", default=["fourier", "lm-mean"])
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
@@ -205,7 +247,9 @@ def main(argv=None) -> int:
         p.error(f"--lanes {args.lanes}: expected 1, or with --search on CPUs a divisor of --cpus ({args.cpus})")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.eval_every = args.eval_every or args.steps
-    args.arms = args.arms or (["0.5", "packed"] if args.search and args.device == "cpu" else ["one", "0.5", "0.25", "0.1", "packed"])
+    args.arms = args.arms or (
+        ["0.5", "packed"] if args.search and args.device == "cpu" else ["one", "0.5", "0.25", "0.1", "packed"]
+    )
     work_dir = Path(tempfile.mkdtemp(prefix="packed-search-"))
     args.model_path = resolve_model(args.model, work_dir)
     if args.search:
@@ -225,12 +269,25 @@ def main(argv=None) -> int:
 
 def write_results(target: Path, args, trials: list[dict], rows: list[dict]) -> None:
     by = {r["arm"]: r for r in rows}
-    out = {"benchmark": "packed_search", "model": args.model if tiny_spec(args.model) else model_label(args.model),
-           "data": Path(args.data).name, "device": args.device,
-           "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-           "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
-           "pack": args.pack, "cpus": args.cpus, "torch": torch.__version__, "machine": platform.platform(),
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "trials_config": trials, "rows": rows}
+    out = {
+        "benchmark": "packed_search",
+        "model": args.model if tiny_spec(args.model) else model_label(args.model),
+        "data": Path(args.data).name,
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "dtype": args.dtype,
+        "trials": args.trials,
+        "steps": args.steps,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "pack": args.pack,
+        "cpus": args.cpus,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "trials_config": trials,
+        "rows": rows,
+    }
     if "packed" in by and "one" in by:
         out["speedup_vs_one_per_device"] = by["packed"]["trials_per_hour"] / by["one"]["trials_per_hour"]
         out["best_ppl_change"] = by["packed"]["best_val_perplexity"] / by["one"]["best_val_perplexity"] - 1

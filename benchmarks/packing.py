@@ -9,6 +9,7 @@ exactly the gradient it would get alone (checked here before timing). Reports to
 packed step against K sequential steps, interleaved (A B A B ...), median of `reps`.
 Writes benchmarks/results/packing.json, or --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,12 +69,16 @@ def max_grad_difference(methods: list, batches: list[dict]) -> float:
     return worst
 
 
-def make_trials(lm, k: int, prefix: int, batch: int, seq: int, model: str, device: str = "cpu") -> tuple[list, list[dict]]:
+def make_trials(
+    lm, k: int, prefix: int, batch: int, seq: int, model: str, device: str = "cpu"
+) -> tuple[list, list[dict]]:
     methods, batches = [], []
     for i in range(k):
         cfg = load_config(None, [f"model={model}", "method=prompt", f"adapter.prefix_len={prefix}", f"train.seed={i}"])
         methods.append(build_method(cfg, lm.model, tokenizer=lm.tokenizer))
-        ids = torch.randint(0, lm.tokenizer.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(i)).to(device)
+        ids = torch.randint(0, lm.tokenizer.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(i)).to(
+            device
+        )
         batches.append({"input_ids": ids, "labels": ids})
     return methods, batches
 
@@ -123,15 +128,36 @@ def main(argv=None) -> int:
                 times[name].append(time.perf_counter() - t0)
         tokens = k * args.batch * args.seq
         seq_s, packed_s = statistics.median(times["sequential"]), statistics.median(times["packed"])
-        rows.append({"k": k, "max_grad_diff": diff, "sequential_s": seq_s, "packed_s": packed_s,
-                     "sequential_tokens_per_s": tokens / seq_s, "packed_tokens_per_s": tokens / packed_s,
-                     "speedup": seq_s / packed_s})
-        print(f"K={k}: sequential {seq_s:.2f} s, packed {packed_s:.2f} s (x{seq_s / packed_s:.2f}), "
-              f"max gradient difference {diff:.2e}", flush=True)
-    out = {"benchmark": "packing", "model": model_label(args.model), "batch": args.batch, "seq": args.seq, "prefix": args.prefix,
-           "reps": args.reps, "threads": torch.get_num_threads(), "device": args.device,
-           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "machine": platform.platform(),
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+        rows.append(
+            {
+                "k": k,
+                "max_grad_diff": diff,
+                "sequential_s": seq_s,
+                "packed_s": packed_s,
+                "sequential_tokens_per_s": tokens / seq_s,
+                "packed_tokens_per_s": tokens / packed_s,
+                "speedup": seq_s / packed_s,
+            }
+        )
+        print(
+            f"K={k}: sequential {seq_s:.2f} s, packed {packed_s:.2f} s (x{seq_s / packed_s:.2f}), "
+            f"max gradient difference {diff:.2e}",
+            flush=True,
+        )
+    out = {
+        "benchmark": "packing",
+        "model": model_label(args.model),
+        "batch": args.batch,
+        "seq": args.seq,
+        "prefix": args.prefix,
+        "reps": args.reps,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(out, indent=1))
     return 0

@@ -8,6 +8,7 @@ shared: converting it is not part of a search), and the same trial count and bud
 benchmarks/results/quickstart.json: wall time of each, `speedup` = before / after, and both best
 validation perplexities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,16 @@ def run_quickstart(checkout: Path, label: str, shared_models: Path) -> dict:
     (cache / "models").symlink_to(shared_models, target_is_directory=True)
     storage = Path(tempfile.mkdtemp(prefix=f"embinject-qs-runs-{label}-"))
     env = {**os.environ, "EMBINJECT_CACHE": str(cache), "PYTHONPATH": str(checkout), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "embinject.tune", "search_spaces/quickstart.yaml", "--set", f"tune.storage_path={storage}",
-           "--set", "mlflow.register_as=null"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embinject.tune",
+        "search_spaces/quickstart.yaml",
+        "--set",
+        f"tune.storage_path={storage}",
+        "--set",
+        "mlflow.register_as=null",
+    ]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.time() - t0
@@ -46,8 +55,14 @@ def run_quickstart(checkout: Path, label: str, shared_models: Path) -> dict:
     trials = re.search(r"trials: (\d+) \((\d+) stopped early", proc.stdout)
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(storage, ignore_errors=True)
-    return {"label": label, "wall_s": wall, "best_val_perplexity": float(best.group(1)), "baseline_perplexity": float(best.group(2)),
-            "trials": int(trials.group(1)), "stopped_early": int(trials.group(2))}
+    return {
+        "label": label,
+        "wall_s": wall,
+        "best_val_perplexity": float(best.group(1)),
+        "baseline_perplexity": float(best.group(2)),
+        "trials": int(trials.group(1)),
+        "stopped_early": int(trials.group(2)),
+    }
 
 
 def main(argv=None) -> int:
@@ -58,9 +73,12 @@ def main(argv=None) -> int:
     resolve_model_path("bundled:smollm2-135m")  # converted once, outside both timings
     shared = cache_root() / "models"
     worktree = Path(tempfile.mkdtemp(prefix="embinject-before-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True,
-                   capture_output=True)
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True, capture_output=True
+    )
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     try:
         runs = {}
         for label in args.order.split(","):
@@ -69,14 +87,22 @@ def main(argv=None) -> int:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
     before, after = runs["before"], runs["after"]
-    result = {"benchmark": "quickstart", "before_commit": args.before, "after_commit": head, "runs": [before, after],
-              "speedup": before["wall_s"] / after["wall_s"],
-              "best_ppl_change": after["best_val_perplexity"] / before["best_val_perplexity"] - 1,
-              "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result = {
+        "benchmark": "quickstart",
+        "before_commit": args.before,
+        "after_commit": head,
+        "runs": [before, after],
+        "speedup": before["wall_s"] / after["wall_s"],
+        "best_ppl_change": after["best_val_perplexity"] / before["best_val_perplexity"] - 1,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     OUT.mkdir(exist_ok=True)
     atomic_write_text(OUT / "quickstart.json", json.dumps(result, indent=1))
-    print(f"speedup x{result['speedup']:.2f}; best val perplexity {before['best_val_perplexity']:.3f} -> "
-          f"{after['best_val_perplexity']:.3f} ({100 * result['best_ppl_change']:+.2f}%)")
+    print(
+        f"speedup x{result['speedup']:.2f}; best val perplexity {before['best_val_perplexity']:.3f} -> "
+        f"{after['best_val_perplexity']:.3f} ({100 * result['best_ppl_change']:+.2f}%)"
+    )
     return 0
 
 

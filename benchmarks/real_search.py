@@ -13,6 +13,7 @@ ceiling), and `packing_efficiency`: the search-level speedup over the fastest un
 A run is keyed by its settings in benchmarks/results/packed_search_real.json (or _gpu.json, or --out); a run with the
 same settings replaces it, others are kept, so the 30-step, 300-step and ASHA rows live in one file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,32 +55,69 @@ def search_spec(args, model: str, arm: str, storage: Path) -> dict:
     space = yaml.safe_load((ROOT / "search_spaces" / "injection.yaml").read_text())["search"]
     searched = {k: space[k] for k in SEARCHED}
     searched["adapter.embedding_model"] = {"choice": list(args.encoders)}
-    scheduler = ({"type": "none"} if args.asha is None else
-                 {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
-    return {"model": model, "method": "injection",
-            "data": {"path": args.data, "seq_len": args.seq_len, "train_samples": args.train_samples,
-                     "val_samples": args.val_samples},
-            "adapter": {"embed_source": "previous", "inject_tokens": 8, "prefix_len": 2, "mlp_width": 512,
-                        "embedding_model": args.encoders[0]},
-            "train": {"lr": 1.0e-3, "batch_size": args.batch, "eval_batch_size": 64, "max_steps": args.steps,
-                      "eval_every": args.eval_every, "patience": 0, "eval_windows": None, "device": args.device,
-                      "dtype": args.dtype, "progress": False},
-            "search": searched,
-            "tune": {"name": "arm-" + arm.replace(".", "_"), "num_samples": args.trials, "search_alg": "random",
-                     "seed": args.seed, "scheduler": scheduler, "storage_path": str(storage), **placement(args, arm)},
-            "mlflow": {"experiment": "packed-search-real", "register_as": None}}
+    scheduler = (
+        {"type": "none"}
+        if args.asha is None
+        else {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3}
+    )
+    return {
+        "model": model,
+        "method": "injection",
+        "data": {
+            "path": args.data,
+            "seq_len": args.seq_len,
+            "train_samples": args.train_samples,
+            "val_samples": args.val_samples,
+        },
+        "adapter": {
+            "embed_source": "previous",
+            "inject_tokens": 8,
+            "prefix_len": 2,
+            "mlp_width": 512,
+            "embedding_model": args.encoders[0],
+        },
+        "train": {
+            "lr": 1.0e-3,
+            "batch_size": args.batch,
+            "eval_batch_size": 64,
+            "max_steps": args.steps,
+            "eval_every": args.eval_every,
+            "patience": 0,
+            "eval_windows": None,
+            "device": args.device,
+            "dtype": args.dtype,
+            "progress": False,
+        },
+        "search": searched,
+        "tune": {
+            "name": "arm-" + arm.replace(".", "_"),
+            "num_samples": args.trials,
+            "search_alg": "random",
+            "seed": args.seed,
+            "scheduler": scheduler,
+            "storage_path": str(storage),
+            **placement(args, arm),
+        },
+        "mlflow": {"experiment": "packed-search-real", "register_as": None},
+    }
 
 
 def placement(args, arm: str) -> dict:
     """Where an arm's trials run: `tune.pack`, how many at once, and each trial's share of the device."""
     gpu = args.device == "cuda"
     if arm == "packed":  # a pack takes a whole GPU, or on CPUs its lane's cores: its K members ask for a K-th each
-        return {"pack": args.pack, "max_concurrent_trials": args.pack * args.lanes,
-                "resources": {"cpus": args.cpus / args.lanes, "gpus": 1.0 if gpu else 0.0}}
+        return {
+            "pack": args.pack,
+            "max_concurrent_trials": args.pack * args.lanes,
+            "resources": {"cpus": args.cpus / args.lanes, "gpus": 1.0 if gpu else 0.0},
+        }
     share = 1.0 if arm == "one" else float(arm)
     at_once = round(1 / share)
-    return {"pack": "off", "max_concurrent_trials": at_once,
-            "resources": {"cpus": args.cpus / at_once, "gpus": share if gpu else 0.0}}
+    return {
+        "pack": "off",
+        "max_concurrent_trials": at_once,
+        "resources": {"cpus": args.cpus / at_once, "gpus": share if gpu else 0.0},
+    }
 
 
 def number(value) -> float | None:
@@ -95,7 +133,11 @@ def time_split(rows: list[dict]) -> dict:
     wall = sum(number(r[WALL]) for r in timed)
     seconds = {k: sum(number(r.get(k)) or 0.0 for r in timed) for k in TIME_SPLIT}
     seconds["other"] = max(0.0, wall - sum(seconds.values()))
-    return {"trials_wall_s": wall, "seconds": seconds, "share": {k: v / wall if wall else None for k, v in seconds.items()}}
+    return {
+        "trials_wall_s": wall,
+        "seconds": seconds,
+        "share": {k: v / wall if wall else None for k, v in seconds.items()},
+    }
 
 
 def waiting_split(exp_dir: Path) -> dict:
@@ -109,9 +151,12 @@ def waiting_split(exp_dir: Path) -> dict:
             last.append(json.loads(lines[-1]))
     joining = sum(float(r.get("spent_waiting", 0.0)) for r in last)
     waiting = sum(float(r.get("seconds_waiting", 0.0)) for r in last)
-    return {"placement_s": max(0.0, waiting - joining), "joining_s": joining,
-            "trial_processes": len({r["pid"] for r in last if "pid" in r}),
-            "pack_hosts": len({r["pack_pid"] for r in last if "pack_pid" in r})}
+    return {
+        "placement_s": max(0.0, waiting - joining),
+        "joining_s": joining,
+        "trial_processes": len({r["pid"] for r in last if "pid" in r}),
+        "pack_hosts": len({r["pack_pid"] for r in last if "pack_pid" in r}),
+    }
 
 
 def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
@@ -123,8 +168,14 @@ def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     t0 = time.perf_counter()
     with (storage / "search.log").open("w") as log:
-        proc = subprocess.run([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=args.timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "embinject.tune", str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=args.timeout,
+        )
     command_s = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (storage / "search.log").read_text(errors="replace")[-3000:]
@@ -135,22 +186,36 @@ def run_arm(args, model: str, arm: str, work: Path, env: dict) -> dict:
     metrics = search_metrics(exp_dir)
     ok = [r for r in rows if r["status"] == "ok"]
     tune = spec["tune"]
-    row = {"arm": arm, "trials_at_once": tune["max_concurrent_trials"], "pack": tune["pack"],
-           "cpus_per_trial": tune["resources"]["cpus"], "gpus_per_trial": tune["resources"]["gpus"],
-           "search_s": metrics["search_seconds"], "warm_cache_s": metrics["warm_cache_seconds"], "command_s": command_s,
-           # the search less its cache warming (which found the caches warm): Ray's start, the trials, the finish
-           "tuner_s": metrics["search_seconds"] - metrics["warm_cache_seconds"],
-           "trials": len(rows), "trials_ok": len(ok), "trials_stopped_early": int(metrics["trials_stopped_early"]),
-           "total_steps": int(metrics["total_steps"]), "best_val_perplexity": metrics.get("best_val_perplexity"),
-           "trials_per_hour": len(rows) / metrics["search_seconds"] * 3600, "time_split": time_split(rows),
-           "waiting_split": waiting_split(exp_dir),
-           "trial_values": sorted(json.dumps({k: r[k] for k in SEARCHED + ("adapter.embedding_model",)}) for r in rows),
-           "prefix_tokens": [int(r["adapter.prefix_len"]) + int(r["adapter.inject_tokens"]) for r in rows]}
+    row = {
+        "arm": arm,
+        "trials_at_once": tune["max_concurrent_trials"],
+        "pack": tune["pack"],
+        "cpus_per_trial": tune["resources"]["cpus"],
+        "gpus_per_trial": tune["resources"]["gpus"],
+        "search_s": metrics["search_seconds"],
+        "warm_cache_s": metrics["warm_cache_seconds"],
+        "command_s": command_s,
+        # the search less its cache warming (which found the caches warm): Ray's start, the trials, the finish
+        "tuner_s": metrics["search_seconds"] - metrics["warm_cache_seconds"],
+        "trials": len(rows),
+        "trials_ok": len(ok),
+        "trials_stopped_early": int(metrics["trials_stopped_early"]),
+        "total_steps": int(metrics["total_steps"]),
+        "best_val_perplexity": metrics.get("best_val_perplexity"),
+        "trials_per_hour": len(rows) / metrics["search_seconds"] * 3600,
+        "time_split": time_split(rows),
+        "waiting_split": waiting_split(exp_dir),
+        "trial_values": sorted(json.dumps({k: r[k] for k in SEARCHED + ("adapter.embedding_model",)}) for r in rows),
+        "prefix_tokens": [int(r["adapter.prefix_len"]) + int(r["adapter.inject_tokens"]) for r in rows],
+    }
     split = row["time_split"]["share"]
-    print(f"{arm}: search {row['search_s']:.1f} s (command {command_s:.1f} s), {row['total_steps']} steps, best "
-          f"{row['best_val_perplexity']:.4f}; steps {100 * split['seconds_steps']:.0f}%, rendezvous "
-          f"{100 * split['seconds_rendezvous']:.0f}%, eval {100 * split['seconds_eval']:.0f}%, setup "
-          f"{100 * split['seconds_setup']:.0f}%", flush=True)
+    print(
+        f"{arm}: search {row['search_s']:.1f} s (command {command_s:.1f} s), {row['total_steps']} steps, best "
+        f"{row['best_val_perplexity']:.4f}; steps {100 * split['seconds_steps']:.0f}%, rendezvous "
+        f"{100 * split['seconds_rendezvous']:.0f}%, eval {100 * split['seconds_eval']:.0f}%, setup "
+        f"{100 * split['seconds_setup']:.0f}%",
+        flush=True,
+    )
     return row
 
 
@@ -159,13 +224,38 @@ def step_ceiling(args, model: str, prefix: int, work: Path, env: dict) -> dict:
     each of the packed arm's hosts has."""
     out = work / "packing.json"
     threads = {"OMP_NUM_THREADS": str(lane_cpus(args))} if args.device == "cpu" else {}
-    cmd = [sys.executable, "-m", "benchmarks.packing", "--model", model, "--k", str(args.pack), "--batch", str(args.batch),
-           "--seq", str(args.seq_len), "--prefix", str(prefix), "--reps", str(args.ceiling_reps), "--device", args.device,
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.packing",
+        "--model",
+        model,
+        "--k",
+        str(args.pack),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq_len),
+        "--prefix",
+        str(prefix),
+        "--reps",
+        str(args.ceiling_reps),
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, cwd=ROOT, env={**env, **threads}, check=True, timeout=args.timeout)
     step = json.loads(out.read_text())["rows"][0]
-    return {"k": step["k"], "prefix": prefix, "threads": json.loads(out.read_text())["threads"], "reps": args.ceiling_reps,
-            "sequential_s": step["sequential_s"], "packed_s": step["packed_s"], "speedup": step["speedup"]}
+    return {
+        "k": step["k"],
+        "prefix": prefix,
+        "threads": json.loads(out.read_text())["threads"],
+        "reps": args.ceiling_reps,
+        "sequential_s": step["sequential_s"],
+        "packed_s": step["packed_s"],
+        "speedup": step["speedup"],
+    }
 
 
 def lane_cpus(args) -> int:
@@ -182,8 +272,12 @@ def search_env(work: Path) -> dict:
     user_models.mkdir(parents=True, exist_ok=True)
     (cache / "models").symlink_to(user_models, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(EMBINJECT_CACHE=str(cache), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update(
+        EMBINJECT_CACHE=str(cache),
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -234,30 +328,50 @@ def trial_ceiling(args, model: str, work: Path, env: dict, rows: list[dict] | No
                 at_once = reference["trials_at_once"]
                 # K x lanes steps as the arm takes them, against `lanes` packed steps side by side
                 placed_s = alone["solo_s"] * args.lanes / at_once
-                placed = {"arm": reference["arm"], "threads_each": each, "at_once": at_once, "lanes": args.lanes,
-                          "separate_s": alone["solo_s"], "placed_s": placed_s,
-                          "speedup": placed_s / max(probe["packed_s"], 1e-12)}
+                placed = {
+                    "arm": reference["arm"],
+                    "threads_each": each,
+                    "at_once": at_once,
+                    "lanes": args.lanes,
+                    "separate_s": alone["solo_s"],
+                    "placed_s": placed_s,
+                    "speedup": placed_s / max(probe["packed_s"], 1e-12),
+                }
     finally:
         torch.set_num_threads(threads)
-    return {"k": probe["k"], "threads": lane_cpus(args), "trial": worst, "sequential_s": probe["solo_s"],
-            "packed_s": probe["packed_s"], "speedup": probe["speedup"], "placement": placed}
+    return {
+        "k": probe["k"],
+        "threads": lane_cpus(args),
+        "trial": worst,
+        "sequential_s": probe["solo_s"],
+        "packed_s": probe["packed_s"],
+        "speedup": probe["speedup"],
+        "placement": placed,
+    }
 
 
 def summarise(args, rows: list[dict], ceiling: dict | None, trials: dict | None = None) -> dict:
     """The run's ratios: packed against each unpacked arm, the fastest unpacked arm, and the quotient by the ceiling."""
     by = {r["arm"]: r for r in rows}
-    out = {"same_trials": len({tuple(r["trial_values"]) for r in rows}) == 1, "step_ceiling": ceiling,
-           "trial_ceiling": trials}
+    out = {
+        "same_trials": len({tuple(r["trial_values"]) for r in rows}) == 1,
+        "step_ceiling": ceiling,
+        "trial_ceiling": trials,
+    }
     packed, unpacked = by.get("packed"), [r for r in rows if r["arm"] != "packed"]
     if packed is None or not unpacked:
         return out
     reference = min(unpacked, key=lambda r: r["search_s"])
-    out.update(reference_arm=reference["arm"], search_speedup=reference["search_s"] / packed["search_s"],
-               command_speedup=reference["command_s"] / packed["command_s"],
-               tuner_speedup=reference["tuner_s"] / packed["tuner_s"],
-               step_rate_speedup=(packed["total_steps"] / packed["search_s"]) / (reference["total_steps"] / reference["search_s"]),
-               best_ppl_rel_diff=packed["best_val_perplexity"] / reference["best_val_perplexity"] - 1,
-               speedups={r["arm"]: r["search_s"] / packed["search_s"] for r in unpacked})
+    out.update(
+        reference_arm=reference["arm"],
+        search_speedup=reference["search_s"] / packed["search_s"],
+        command_speedup=reference["command_s"] / packed["command_s"],
+        tuner_speedup=reference["tuner_s"] / packed["tuner_s"],
+        step_rate_speedup=(packed["total_steps"] / packed["search_s"])
+        / (reference["total_steps"] / reference["search_s"]),
+        best_ppl_rel_diff=packed["best_val_perplexity"] / reference["best_val_perplexity"] - 1,
+        speedups={r["arm"]: r["search_s"] / packed["search_s"] for r in unpacked},
+    )
     fractional = [r for r in unpacked if r["arm"] != "one"]
     if fractional:
         best = min(fractional, key=lambda r: r["search_s"])
@@ -282,12 +396,24 @@ def without_note(argv: list[str]) -> list[str]:
 
 
 def settings(args) -> dict:
-    scheduler = ({"type": "none"} if args.asha is None else
-                 {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3})
-    return {"model": args.model if tiny_spec(args.model) else model_label(args.model), "device": args.device,
-            "dtype": args.dtype, "trials": args.trials, "steps": args.steps, "eval_every": args.eval_every,
-            "batch": args.batch, "seq_len": args.seq_len, "pack": args.pack, "scheduler": scheduler,
-            **({"lanes": args.lanes} if args.lanes > 1 else {})}  # absent: one pack at a time (the runs before it)
+    scheduler = (
+        {"type": "none"}
+        if args.asha is None
+        else {"type": "asha", "grace_period": args.asha, "max_t": args.steps, "reduction_factor": 3}
+    )
+    return {
+        "model": args.model if tiny_spec(args.model) else model_label(args.model),
+        "device": args.device,
+        "dtype": args.dtype,
+        "trials": args.trials,
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "pack": args.pack,
+        "scheduler": scheduler,
+        **({"lanes": args.lanes} if args.lanes > 1 else {}),
+    }  # absent: one pack at a time (the runs before it)
 
 
 def write_run(target: Path, run: dict) -> None:
@@ -305,20 +431,42 @@ def run_search_arms(args, model: str, work: Path) -> int:
     warm(args, model, work, env)
     rows = [run_arm(args, model, arm, work, env) for arm in args.arms]
     prefixes = [p for r in rows for p in r["prefix_tokens"]]
-    ceiling = step_ceiling(args, model, round(statistics.median(prefixes)), work, env) \
-        if "packed" in args.arms and args.ceiling_reps else None
+    ceiling = (
+        step_ceiling(args, model, round(statistics.median(prefixes)), work, env)
+        if "packed" in args.arms and args.ceiling_reps
+        else None
+    )
     trials = trial_ceiling(args, model, work, env, rows) if "packed" in args.arms and args.ceiling_reps else None
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    run = {**settings(args), "data": Path(args.data).name, "device_name": device_name, "cpus": args.cpus,
-           "train_samples": args.train_samples, "val_samples": args.val_samples, "encoders": list(args.encoders),
-           "seed": args.seed, "torch": torch.__version__, "machine": platform.platform(),
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
-           "note": args.note, "command": "python -m benchmarks.packed_search " + shlex.join(without_note(args.argv)),
-           "rows": rows, **summarise(args, rows, ceiling, trials)}
+    run = {
+        **settings(args),
+        "data": Path(args.data).name,
+        "device_name": device_name,
+        "cpus": args.cpus,
+        "train_samples": args.train_samples,
+        "val_samples": args.val_samples,
+        "encoders": list(args.encoders),
+        "seed": args.seed,
+        "torch": torch.__version__,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
+        "note": args.note,
+        "command": "python -m benchmarks.packed_search " + shlex.join(without_note(args.argv)),
+        "rows": rows,
+        **summarise(args, rows, ceiling, trials),
+    }
     target = args.out or OUT / ("packed_search_real_gpu.json" if args.device == "cuda" else "packed_search_real.json")
     write_run(target, run)
-    print(json.dumps({k: run.get(k) for k in ("search_speedup", "step_ceiling", "packing_efficiency", "best_ppl_rel_diff",
-                                              "same_trials")}), flush=True)
+    print(
+        json.dumps(
+            {
+                k: run.get(k)
+                for k in ("search_speedup", "step_ceiling", "packing_efficiency", "best_ppl_rel_diff", "same_trials")
+            }
+        ),
+        flush=True,
+    )
     if args.keep:
         print(f"the searches' folders: {work}", flush=True)
     else:

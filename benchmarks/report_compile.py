@@ -1,4 +1,5 @@
 """The compile section of benchmarks/RESULTS.md (`benchmarks.compile`: torch.compile of the frozen LM's decoder)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,12 @@ EVAL_PASSES = 4 * 64 // 32 + 256 // 32
 def _cost(row: dict, steps: int, cache: str) -> float:
     """Seconds of a trial of `steps` compiled training steps and EVAL_PASSES evaluation passes, compiles included,
     over the same trial eager."""
-    compiled = (row[f"compile_train_s_{cache}"] + row[f"compile_eval_s_{cache}"] + steps * row["compiled_train_s"]
-                + EVAL_PASSES * row["compiled_eval_s"])
+    compiled = (
+        row[f"compile_train_s_{cache}"]
+        + row[f"compile_eval_s_{cache}"]
+        + steps * row["compiled_train_s"]
+        + EVAL_PASSES * row["compiled_eval_s"]
+    )
     return compiled / (steps * row["eager_train_s"] + EVAL_PASSES * row["eager_eval_s"])
 
 
@@ -26,10 +31,12 @@ def _breakeven(value) -> str:
 
 
 def _fixed_table(data: dict) -> list[str]:
-    lines = ["| case | dynamic | step eager / compiled (s) | speed | compile s (empty / filled cache) | break-even steps "
-             "(empty / filled) | x time of a trial of 96 / 300 steps, compiles included (filled cache) | eval pass eager / compiled (s) "
-             "| eval compile s (empty / filled) | max rel. diff loss / gradients / eval NLL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | dynamic | step eager / compiled (s) | speed | compile s (empty / filled cache) | break-even steps "
+        "(empty / filled) | x time of a trial of 96 / 300 steps, compiles included (filled cache) | eval pass eager / compiled (s) "
+        "| eval compile s (empty / filled) | max rel. diff loss / gradients / eval NLL |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
         cold = r["cold"]
         lines.append(
@@ -40,7 +47,8 @@ def _fixed_table(data: dict) -> list[str]:
             f"x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} / x{_cost(r, TRIAL_STEPS[1], 'warm'):.2f} | "
             f"{r['eager_eval_s']:.4f} / {r['compiled_eval_s']:.4f} | "
             f"{r['compile_eval_s_cold']:.1f} / {r['compile_eval_s_warm']:.1f} | "
-            f"{cold['loss_rel_diff']:.1e} / {cold['grad_rel_diff']:.1e} / {cold['eval_nll_rel_diff']:.1e} |")
+            f"{cold['loss_rel_diff']:.1e} / {cold['grad_rel_diff']:.1e} / {cold['eval_nll_rel_diff']:.1e} |"
+        )
     return lines
 
 
@@ -49,17 +57,23 @@ def _sequence_table(data: dict) -> list[str]:
     if not rows:
         return []
     s0 = rows[0]["sequence"]
-    lines = ["", f"Packs changing as members join and leave: {len(s0['packs'])} packed steps of "
-             f"{', '.join(map(str, s0['packs']))} members (at most the case's K), members' prefix lengths "
-             f"{', '.join(map(str, s0['prefixes']))}; compiled from nothing in memory (inductor's cache on disk holding "
-             "the fixed pack's graphs), then the same steps again, median of 3. torch.compile falls back to eager for a "
-             f"frame after {data['recompile_limit']} recompiles (`recompile_limit`).", "",
-             "| case | dynamic | graphs compiled | first pass eager / compiled, compiles included (s) | again eager / compiled (s) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Packs changing as members join and leave: {len(s0['packs'])} packed steps of "
+        f"{', '.join(map(str, s0['packs']))} members (at most the case's K), members' prefix lengths "
+        f"{', '.join(map(str, s0['prefixes']))}; compiled from nothing in memory (inductor's cache on disk holding "
+        "the fixed pack's graphs), then the same steps again, median of 3. torch.compile falls back to eager for a "
+        f"frame after {data['recompile_limit']} recompiles (`recompile_limit`).",
+        "",
+        "| case | dynamic | graphs compiled | first pass eager / compiled, compiles included (s) | again eager / compiled (s) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r["sequence"]
-        lines.append(f"| {r['case']} | {r['dynamic']} | {s['graphs']} | {s['eager_first_s']:.2f} / {s['compiled_first_s']:.1f} | "
-                     f"{s['eager_s']:.2f} / {s['compiled_s']:.2f} |")
+        lines.append(
+            f"| {r['case']} | {r['dynamic']} | {s['graphs']} | {s['eager_first_s']:.2f} / {s['compiled_first_s']:.1f} | "
+            f"{s['eager_s']:.2f} / {s['compiled_s']:.2f} |"
+        )
     return lines
 
 
@@ -72,48 +86,66 @@ def _verdict(data: dict) -> list[str]:
     def pays(r: dict, cache: str) -> bool:
         changing = "sequence" in r and r["sequence"]["compiled_first_s"] >= r["sequence"]["eager_first_s"]
         return _cost(r, TRIAL_STEPS[0], cache) < 1 and not changing
+
     paying = [r for r in exact if pays(r, "cold")]
     filled = [r for r in exact if pays(r, "warm") and r not in paying]
-    lines = ["", f"- A trial's time (column \"x time\") counts its steps and {EVAL_PASSES} evaluation passes (4 evaluations "
-             "of the 64-window subset and the final one of 256 windows, 32 a pass), each side's compiles included.",
-             f"- Exact: {len(exact)} of {len(data['rows'])} settings within {EXACT:g} relative on the loss against eager "
-             "(float32; inductor reorders reductions, so not bit for bit)."]
+    lines = [
+        "",
+        f'- A trial\'s time (column "x time") counts its steps and {EVAL_PASSES} evaluation passes (4 evaluations '
+        "of the 64-window subset and the final one of 256 windows, 32 a pass), each side's compiles included.",
+        f"- Exact: {len(exact)} of {len(data['rows'])} settings within {EXACT:g} relative on the loss against eager "
+        "(float32; inductor reorders reductions, so not bit for bit).",
+    ]
     if paying:
-        lines.append(f"- Pays for itself within a trial of {TRIAL_STEPS[0]} steps, compiles included, even with inductor's "
-                     "cache empty: " + ", ".join(f"{r['case']} (dynamic {r['dynamic']})" for r in paying) + ".")
+        lines.append(
+            f"- Pays for itself within a trial of {TRIAL_STEPS[0]} steps, compiles included, even with inductor's "
+            "cache empty: " + ", ".join(f"{r['case']} (dynamic {r['dynamic']})" for r in paying) + "."
+        )
         return lines + [""]
     for r in filled:
-        lines.append(f"- {r['case']} (dynamic {r['dynamic']}) pays only where inductor's cache already holds its shape: a "
-                     f"trial of {TRIAL_STEPS[0]} steps takes x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} the eager time then, "
-                     f"but x{_cost(r, TRIAL_STEPS[0], 'cold'):.2f} with the cache empty (x{_cost(r, TRIAL_STEPS[1], 'cold'):.2f} "
-                     f"over {TRIAL_STEPS[1]} steps): a machine's first trial; a trial whose prefix length or pack size no "
-                     "earlier trial had meets a shape the cache does not hold either (not timed apart here).")
+        lines.append(
+            f"- {r['case']} (dynamic {r['dynamic']}) pays only where inductor's cache already holds its shape: a "
+            f"trial of {TRIAL_STEPS[0]} steps takes x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} the eager time then, "
+            f"but x{_cost(r, TRIAL_STEPS[0], 'cold'):.2f} with the cache empty (x{_cost(r, TRIAL_STEPS[1], 'cold'):.2f} "
+            f"over {TRIAL_STEPS[1]} steps): a machine's first trial; a trial whose prefix length or pack size no "
+            "earlier trial had meets a shape the cache does not hold either (not timed apart here)."
+        )
     if not filled:
         best = min(data["rows"], key=lambda r: _cost(r, TRIAL_STEPS[1], "warm"))
-        lines.append(f"- Does not pay within a search's trial of {TRIAL_STEPS[0]} steps, compiles included. At best "
-                     f"({best['case']}, dynamic {best['dynamic']}) a trial of {TRIAL_STEPS[0]} steps takes "
-                     f"x{_cost(best, TRIAL_STEPS[0], 'warm'):.2f} the eager time with inductor's cache filled, and one of "
-                     f"{TRIAL_STEPS[1]} steps x{_cost(best, TRIAL_STEPS[1], 'warm'):.2f}; with the cache empty (a "
-                     f"machine's first trial) x{_cost(best, TRIAL_STEPS[1], 'cold'):.2f}.")
-    lines.append("- A pack whose members change shape compiles again (table above). So embinject trains eager: no "
-                 "`train.compile` key.")
+        lines.append(
+            f"- Does not pay within a search's trial of {TRIAL_STEPS[0]} steps, compiles included. At best "
+            f"({best['case']}, dynamic {best['dynamic']}) a trial of {TRIAL_STEPS[0]} steps takes "
+            f"x{_cost(best, TRIAL_STEPS[0], 'warm'):.2f} the eager time with inductor's cache filled, and one of "
+            f"{TRIAL_STEPS[1]} steps x{_cost(best, TRIAL_STEPS[1], 'warm'):.2f}; with the cache empty (a "
+            f"machine's first trial) x{_cost(best, TRIAL_STEPS[1], 'cold'):.2f}."
+        )
+    lines.append(
+        "- A pack whose members change shape compiles again (table above). So embinject trains eager: no "
+        "`train.compile` key."
+    )
     return lines + [""]
 
 
 def _block(data: dict, command: str) -> list[str]:
     device = data["device"] if data["device_name"] == data["device"] else f"{data['device']}: {data['device_name']}"
-    lines = [f"`{command}` on {data['time']} ({device}, {data['threads']} thread(s), torch "
-             f"{data['torch']}, mode {data['mode']}): the decoder's forward compiled, the LM head, loss and packing eager; "
-             f"eager and compiled steps interleaved on the same model, median of {data['reps']}. Compile seconds: the first "
-             "compiled call less an eager one, with inductor's cache on disk empty (a machine's first trial) and filled (a "
-             f"later trial process). Evaluation: a packed pass of {data['eval_batch']} windows per member without gradient. "
-             f"Machine: {data['machine']} (shared: absolute seconds are noisy, ratios are from the same run).", ""]
+    lines = [
+        f"`{command}` on {data['time']} ({device}, {data['threads']} thread(s), torch "
+        f"{data['torch']}, mode {data['mode']}): the decoder's forward compiled, the LM head, loss and packing eager; "
+        f"eager and compiled steps interleaved on the same model, median of {data['reps']}. Compile seconds: the first "
+        "compiled call less an eager one, with inductor's cache on disk empty (a machine's first trial) and filled (a "
+        f"later trial process). Evaluation: a packed pass of {data['eval_batch']} windows per member without gradient. "
+        f"Machine: {data['machine']} (shared: absolute seconds are noisy, ratios are from the same run).",
+        "",
+    ]
     return lines + _fixed_table(data) + _sequence_table(data) + _verdict(data)
 
 
 def compile_section(data: dict) -> list[str]:
     lines = ["## compile: torch.compile of the frozen LM's decoder", ""] + _block(data, "python -m benchmarks.compile")
-    for name, flags in (("compile_gpu", "--device cuda"), ("compile_gpu_cudagraphs", "--device cuda --mode reduce-overhead")):
+    for name, flags in (
+        ("compile_gpu", "--device cuda"),
+        ("compile_gpu_cudagraphs", "--device cuda --mode reduce-overhead"),
+    ):
         gpu = HERE / "results" / f"{name}.json"
         if gpu.is_file():  # written by benchmarks/gpu_rows.sh
             lines += [f"### on the GPU ({'CUDA graphs' if 'mode' in flags else 'inductor'})", ""]

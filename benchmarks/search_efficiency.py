@@ -15,6 +15,7 @@ under, and a rerun with the same settings skips it: the whole benchmark takes ho
 interrupted and resumed. benchmarks/results/search_efficiency.json is rewritten after every search
 from the searches finished so far; seeds still missing a search are listed there, not compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,10 @@ from embinject.tune.driver.outcome import SearchOutcome
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 RUNS = OUT / "search_efficiency_runs"
-SPACE = ("search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
-         "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}")
-
+SPACE = (
+    "search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
+    "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}"
+)
 
 
 def run_search(search, **kwargs) -> SearchOutcome:
@@ -44,12 +46,17 @@ def run_search(search, **kwargs) -> SearchOutcome:
     either would compare a truncated search."""
     outcome = run_any_search(search, **kwargs)
     if outcome.interrupted is not None:
-        raise SystemExit(f"search {outcome.experiment_dir.name} was stopped by {outcome.interrupted.name}: nothing "
-                         "recorded for it (a rerun starts it again)")
+        raise SystemExit(
+            f"search {outcome.experiment_dir.name} was stopped by {outcome.interrupted.name}: nothing "
+            "recorded for it (a rerun starts it again)"
+        )
     if outcome.best is None:  # e.g. Ray's processes killed under it: every trial failed
-        raise SystemExit(f"search {outcome.experiment_dir.name}: no trial finished ({outcome.experiment_dir / 'summary.csv'}"
-                         " says why); nothing recorded for it")
+        raise SystemExit(
+            f"search {outcome.experiment_dir.name}: no trial finished ({outcome.experiment_dir / 'summary.csv'}"
+            " says why); nothing recorded for it"
+        )
     return outcome
+
 
 def trace(outcome: SearchOutcome) -> list[tuple[int, float]]:
     """(cumulative steps, best val perplexity so far) after every evaluation of the search."""
@@ -74,19 +81,32 @@ def trace(outcome: SearchOutcome) -> list[tuple[int, float]]:
 
 # strategy -> (multivariate TPE, ASHA reduction factor); "random" is random search without early stopping
 # random search + ASHA separates what early stopping saves from what TPE's guidance adds
-KINDS = {"random_asha": ("random", False, 2), "tpe_asha": ("tpe", False, 2), "tpe_mv_asha": ("tpe", True, 2),
-         "tpe_mv_asha_rf1.5": ("tpe", True, 1.5)}
+KINDS = {
+    "random_asha": ("random", False, 2),
+    "tpe_asha": ("tpe", False, 2),
+    "tpe_mv_asha": ("tpe", True, 2),
+    "tpe_mv_asha_rf1.5": ("tpe", True, 1.5),
+}
 
 
 def strategy(kind: str) -> dict:
     sampler, multivariate, rf = KINDS[kind]
-    return {"multivariate": multivariate, "reduction_factor": rf, **({"sampler": "random"} if sampler == "random" else {})}
+    return {
+        "multivariate": multivariate,
+        "reduction_factor": rf,
+        **({"sampler": "random"} if sampler == "random" else {}),
+    }
 
 
 def settings(kind: str, args) -> dict:
     """What a finished search must have run under to be reused."""
-    return {"space": SPACE, "trials": args.trials, "steps": args.steps, "startup_trials": args.startup_trials,
-            **({} if kind == "random" else strategy(kind))}
+    return {
+        "space": SPACE,
+        "trials": args.trials,
+        "steps": args.steps,
+        "startup_trials": args.startup_trials,
+        **({} if kind == "random" else strategy(kind)),
+    }
 
 
 def finished(kind: str, seed: int, args) -> dict | None:
@@ -102,20 +122,45 @@ def run(kind: str, seed: int, args) -> dict:
     sched, sampler = ["tune.scheduler.type=none"], "random"
     if kind != "random":
         sampler, multivariate, rf = KINDS[kind]
-        sched = [f"tune.scheduler.max_t={args.steps}", f"tune.scheduler.grace_period={args.steps // 4}",
-                 f"tune.scheduler.reduction_factor={rf}", f"tune.startup_trials={args.startup_trials}",
-                 f"tune.multivariate={str(multivariate).lower()}"]
-    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
-        SPACE, f"tune.search_alg={'random' if sampler == 'random' else 'optuna'}", f"tune.seed={seed}",
-        f"tune.num_samples={args.trials}", "tune.points_to_evaluate=[]", "tune.time_budget_s=null",
-        f"train.max_steps={args.steps}", f"train.eval_every={args.steps // 4}", "train.patience=0",
-        "data.train_samples=256", "data.val_samples=32", f"tune.storage_path={storage}", "mlflow.register_as=null", *sched])
+        sched = [
+            f"tune.scheduler.max_t={args.steps}",
+            f"tune.scheduler.grace_period={args.steps // 4}",
+            f"tune.scheduler.reduction_factor={rf}",
+            f"tune.startup_trials={args.startup_trials}",
+            f"tune.multivariate={str(multivariate).lower()}",
+        ]
+    search = load_search_file(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        [
+            SPACE,
+            f"tune.search_alg={'random' if sampler == 'random' else 'optuna'}",
+            f"tune.seed={seed}",
+            f"tune.num_samples={args.trials}",
+            "tune.points_to_evaluate=[]",
+            "tune.time_budget_s=null",
+            f"train.max_steps={args.steps}",
+            f"train.eval_every={args.steps // 4}",
+            "train.patience=0",
+            "data.train_samples=256",
+            "data.val_samples=32",
+            f"tune.storage_path={storage}",
+            "mlflow.register_as=null",
+            *sched,
+        ],
+    )
     t0 = time.time()
     outcome = run_search(search, verbose=0)
     curve = trace(outcome)
-    record = {"kind": kind, "seed": seed, "settings": settings(kind, args), "wall_s": time.time() - t0,
-              "total_steps": curve[-1][0] if curve else 0, "final_best": curve[-1][1] if curve else None,
-              "curve": curve, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "kind": kind,
+        "seed": seed,
+        "settings": settings(kind, args),
+        "wall_s": time.time() - t0,
+        "total_steps": curve[-1][0] if curve else 0,
+        "final_best": curve[-1][1] if curve else None,
+        "curve": curve,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     args.runs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.runs / f"{kind}-seed{seed}.json", json.dumps(record, indent=1))
     return record
@@ -133,20 +178,51 @@ def summarise(runs: list[dict], args) -> dict:
                 continue
             target = 1.01 * a["final_best"]
             reached = next((steps for steps, best in b["curve"] if best <= target), None)
-            random_reached = next(steps for steps, best in a["curve"] if best <= target)  # when random search drew its best
-            per_seed.append({"seed": seed, "kind": kind, "random_final_best": a["final_best"], "random_steps": a["total_steps"],
-                             "random_steps_to_within_1pct": random_reached,
-                             "final_best": b["final_best"], "steps": b["total_steps"], "steps_to_within_1pct": reached,
-                             "fraction_of_random_steps": None if reached is None else reached / a["total_steps"]})
-    median = {kind: statistics.median(s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
-                                      for s in per_seed if s["kind"] == kind)
-              for kind in args.kinds if any(s["kind"] == kind for s in per_seed)}
-    missing = [f"{kind} seed {seed}" for seed in args.seeds for kind in ("random", *args.kinds) if (kind, seed) not in by]
-    return {"benchmark": "search_efficiency", "trials": args.trials, "steps_per_trial": args.steps,
-            "startup_trials": args.startup_trials, "seeds": args.seeds,
-            "kinds": {k: {"sampler": KINDS[k][0], "multivariate": KINDS[k][1], "reduction_factor": KINDS[k][2]} for k in args.kinds},
-            "runs": runs, "per_seed": per_seed, "median_fraction": median, "missing": missing,
-            "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            random_reached = next(
+                steps for steps, best in a["curve"] if best <= target
+            )  # when random search drew its best
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "kind": kind,
+                    "random_final_best": a["final_best"],
+                    "random_steps": a["total_steps"],
+                    "random_steps_to_within_1pct": random_reached,
+                    "final_best": b["final_best"],
+                    "steps": b["total_steps"],
+                    "steps_to_within_1pct": reached,
+                    "fraction_of_random_steps": None if reached is None else reached / a["total_steps"],
+                }
+            )
+    median = {
+        kind: statistics.median(
+            s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
+            for s in per_seed
+            if s["kind"] == kind
+        )
+        for kind in args.kinds
+        if any(s["kind"] == kind for s in per_seed)
+    }
+    missing = [
+        f"{kind} seed {seed}" for seed in args.seeds for kind in ("random", *args.kinds) if (kind, seed) not in by
+    ]
+    return {
+        "benchmark": "search_efficiency",
+        "trials": args.trials,
+        "steps_per_trial": args.steps,
+        "startup_trials": args.startup_trials,
+        "seeds": args.seeds,
+        "kinds": {
+            k: {"sampler": KINDS[k][0], "multivariate": KINDS[k][1], "reduction_factor": KINDS[k][2]}
+            for k in args.kinds
+        },
+        "runs": runs,
+        "per_seed": per_seed,
+        "median_fraction": median,
+        "missing": missing,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def main(argv=None) -> int:
@@ -156,7 +232,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--startup-trials", type=int, default=3, help="TPE's random start-up trials (tune.startup_trials)")
     p.add_argument("--out", type=Path, default=OUT / "search_efficiency.json")
-    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS), help="strategies to compare with random search")
+    p.add_argument(
+        "--kinds", nargs="+", default=list(KINDS), choices=list(KINDS), help="strategies to compare with random search"
+    )
     p.add_argument("--runs", type=Path, default=RUNS, help="where finished searches are kept and resumed from")
     p.add_argument("--summarise-only", action="store_true", help="rewrite the summary from the kept searches; run none")
     args = p.parse_args(argv)
@@ -169,7 +247,10 @@ def main(argv=None) -> int:
             fresh = record is None
             if fresh:
                 record = run(kind, seed, args)
-                print(f"{kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps", flush=True)
+                print(
+                    f"{kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps",
+                    flush=True,
+                )
             runs.append(record)
             if fresh:  # an interrupted benchmark still leaves a summary of everything finished so far
                 atomic_write_text(args.out, json.dumps(summarise(runs, args), indent=1))

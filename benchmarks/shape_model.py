@@ -7,6 +7,7 @@ cannot (the lent GPU machine takes 64 MiB per call; SmolLM2-135M is 538 MB). Ste
 shapes, not on the values, so the GPU rows of benchmarks/RESULTS.md are timed on such a model;
 perplexities measured on it mean nothing and are not reported.
 """
+
 from __future__ import annotations
 
 import argparse

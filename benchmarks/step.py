@@ -9,6 +9,7 @@ the positions each side actually projects) and is compared with a large fp32 mat
 same run at the same thread count (on a GPU: the device's fp32 matmul, timed after a synchronise). Writes
 benchmarks/results/step.json, or --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ def step_fn_ours(method, batch):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -80,14 +82,17 @@ def step_fn_peft(peft_model, batch):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
 def with_bf16(fn, device: str = "cpu"):
     """The same step under bf16 autocast (CPUs with AVX512-BF16/AMX and recent GPUs run it on bf16 kernels)."""
+
     def step():
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
             fn()
+
     return step
 
 
@@ -137,9 +142,15 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     rows = []
     for name in args.methods:
-        over = [f"model={args.model}", f"method={name}", f"adapter.prefix_len={P if name != 'injection' else P - 1}",
-                "adapter.inject_tokens=1", "adapter.mlp_width=0" if name == "prefix" else "adapter.mlp_width=512",
-                "adapter.embedding_model=fourier", "adapter.rank=8"]
+        over = [
+            f"model={args.model}",
+            f"method={name}",
+            f"adapter.prefix_len={P if name != 'injection' else P - 1}",
+            "adapter.inject_tokens=1",
+            "adapter.mlp_width=0" if name == "prefix" else "adapter.mlp_width=512",
+            "adapter.embedding_model=fourier",
+            "adapter.rank=8",
+        ]
         cfg = load_config(None, over)
         b = dict(batch)
         if name == "injection":
@@ -170,8 +181,17 @@ def main(argv=None) -> int:
             body_tokens = B * (T + prefix_tokens)
             head_tokens = B * (T - 1) if side.startswith("embinject") else B * (T + prefix_tokens)
             flops = 4 * (body * body_tokens + head * head_tokens)
-            rows.append({"method": name, "side": side, "median_s": med, "all_s": ts,
-                         "tokens_per_s": B * T / med, "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak})
+            rows.append(
+                {
+                    "method": name,
+                    "side": side,
+                    "median_s": med,
+                    "all_s": ts,
+                    "tokens_per_s": B * T / med,
+                    "gflops": flops / med / 1e9,
+                    "peak_fraction": flops / med / 1e9 / peak,
+                }
+            )
         ours.release()
     for name in args.methods:
         sides = {r["side"]: r for r in rows if r["method"] == name and "median_s" in r}
@@ -180,16 +200,32 @@ def main(argv=None) -> int:
                 if side != "peft":
                     r["speedup_vs_peft"] = sides["peft"]["median_s"] / r["median_s"]
     device_name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
-    out = {"benchmark": "step", "model": model_label(args.model), "device": dev, "device_name": device_name, "batch": B, "seq_len": T, "prefix": P, "reps": args.reps, "bf16": args.bf16,
-           "threads": threads, "matmul_peak_gflops": peak, "machine": platform.platform(), "torch": torch.__version__,
-           "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    out = {
+        "benchmark": "step",
+        "model": model_label(args.model),
+        "device": dev,
+        "device_name": device_name,
+        "batch": B,
+        "seq_len": T,
+        "prefix": P,
+        "reps": args.reps,
+        "bf16": args.bf16,
+        "threads": threads,
+        "matmul_peak_gflops": peak,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(out, indent=1))
     for r in rows:
         if "median_s" in r:
             extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT fp32" if "speedup_vs_peft" in r else ""
-            print(f"{r['method']:10s} {r['side']:15s} {r['median_s']:.2f} s/step  {r['tokens_per_s']:.0f} tok/s  "
-                  f"{r['gflops']:.0f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {peak:.0f}){extra}")
+            print(
+                f"{r['method']:10s} {r['side']:15s} {r['median_s']:.2f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+                f"{r['gflops']:.0f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {peak:.0f}){extra}"
+            )
         else:
             print(f"{r['method']:10s} {r['side']:10s} failed: {r['error']}")
     return 0

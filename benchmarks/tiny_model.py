@@ -1,5 +1,6 @@
 """A tiny random-weight Llama with its own small BPE tokenizer: the model of the tests and of the benchmarks that
 measure the search machinery rather than training (hundreds of trials in minutes). Its perplexities mean nothing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,14 +16,30 @@ def make_tiny_model(directory: Path, hidden: int = 64, layers: int = 2, vocab: i
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(topics.values()), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -40,7 +57,9 @@ def tiny_spec(spec: str) -> tuple[int, int] | None:
     except ValueError:
         raise SystemExit(f"--model {spec}: expected tiny:WIDTHxLAYERS, e.g. tiny:32x2") from None
     if width < 4 or width % 4 or layers < 1:
-        raise SystemExit(f"--model {spec}: the width must be a multiple of 4 (4 attention heads) and the layers 1 or more")
+        raise SystemExit(
+            f"--model {spec}: the width must be a multiple of 4 (4 attention heads) and the layers 1 or more"
+        )
     return width, layers
 
 

@@ -8,6 +8,7 @@ them once (what computing on the fly costs every epoch), to write them to the ca
 cached trial or epoch costs), and their size on disk. Torch threads as the machine gives them. Writes
 benchmarks/results/token_cache.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,13 @@ from embinject.models import load_frozen_lm
 
 OUT = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia_en_sample"
-SETUPS = [("all-MiniLM-L6-v2, pooled", "bundled:all-minilm-l6-v2", Pooling()),
-          ("all-MiniLM-L6-v2, 8 chunk means", "bundled:all-minilm-l6-v2", Pooling("chunks", 8)),
-          ("all-MiniLM-L6-v2, token states (resampler)", "bundled:all-minilm-l6-v2", Pooling("resampler")),
-          ("SmolLM2-135M layer 15, 8 chunk means", "lm-hidden:15", Pooling("chunks", 8)),
-          ("SmolLM2-135M layer 15, token states (resampler)", "lm-hidden:15", Pooling("resampler"))]
+SETUPS = [
+    ("all-MiniLM-L6-v2, pooled", "bundled:all-minilm-l6-v2", Pooling()),
+    ("all-MiniLM-L6-v2, 8 chunk means", "bundled:all-minilm-l6-v2", Pooling("chunks", 8)),
+    ("all-MiniLM-L6-v2, token states (resampler)", "bundled:all-minilm-l6-v2", Pooling("resampler")),
+    ("SmolLM2-135M layer 15, 8 chunk means", "lm-hidden:15", Pooling("chunks", 8)),
+    ("SmolLM2-135M layer 15, token states (resampler)", "lm-hidden:15", Pooling("resampler")),
+]
 
 
 def main(argv=None) -> int:
@@ -43,7 +46,11 @@ def main(argv=None) -> int:
         from safetensors.torch import load_file
 
         lm = load_frozen_lm("bundled:smollm2-135m")
-        docs = [json.loads(line)["text"] for line in (args.data / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        docs = [
+            json.loads(line)["text"]
+            for line in (args.data / "train.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         windows = select_windows(tokenize_documents(docs, lm.tokenizer, 64), args.windows, "previous", "train")
         ids = windows.previous
         rows = []
@@ -66,13 +73,39 @@ def main(argv=None) -> int:
                 back.float().sum()  # every byte read, not only mapped
                 reads.append(time.perf_counter() - t0)
             assert torch.equal(back, states)
-            rows.append({"setup": label, "encoder": spec, "pooling": pooling.kind, "k": pooling.k, "shape": list(states.shape), "dtype": str(states.dtype),
-                         "mb": file.stat().st_size / 2**20, "load_encoder_s": load_s, "compute_s": compute_s,
-                         "write_s": write_s, "read_s": sorted(reads)[1]})
-            print(f"{label}: {list(states.shape)} {rows[-1]['mb']:.1f} MB; compute {compute_s:.2f} s, write {write_s:.3f} s, "
-                  f"read {rows[-1]['read_s']:.4f} s", flush=True)
-    atomic_write_text(args.out, json.dumps({"windows": len(ids), "tokens_per_window": ids.shape[1], "threads": torch.get_num_threads(),
-                                            "cpu": platform.processor() or platform.machine(), "rows": rows}, indent=1))
+            rows.append(
+                {
+                    "setup": label,
+                    "encoder": spec,
+                    "pooling": pooling.kind,
+                    "k": pooling.k,
+                    "shape": list(states.shape),
+                    "dtype": str(states.dtype),
+                    "mb": file.stat().st_size / 2**20,
+                    "load_encoder_s": load_s,
+                    "compute_s": compute_s,
+                    "write_s": write_s,
+                    "read_s": sorted(reads)[1],
+                }
+            )
+            print(
+                f"{label}: {list(states.shape)} {rows[-1]['mb']:.1f} MB; compute {compute_s:.2f} s, write {write_s:.3f} s, "
+                f"read {rows[-1]['read_s']:.4f} s",
+                flush=True,
+            )
+    atomic_write_text(
+        args.out,
+        json.dumps(
+            {
+                "windows": len(ids),
+                "tokens_per_window": ids.shape[1],
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "rows": rows,
+            },
+            indent=1,
+        ),
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -15,6 +15,7 @@ folders, which the warm searches start from; default: the cache directory's benc
 name them relative to it); a rerun skips what is there, so the hours it takes on a CPU
 can be spread over several runs. benchmarks/results/warm_start.json is rewritten after every search.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ KINDS = ("random", "cold", "warm")
 
 
 def settings(kind: str, corpus: str, args) -> dict:
-    return {"space": SPACE, "corpus": CORPORA[corpus], "trials": args.trials, "steps": args.steps,
-            "startup_trials": args.startup_trials, "kind": kind}
+    return {
+        "space": SPACE,
+        "corpus": CORPORA[corpus],
+        "trials": args.trials,
+        "steps": args.steps,
+        "startup_trials": args.startup_trials,
+        "kind": kind,
+    }
 
 
 def other(corpus: str) -> str:
@@ -53,32 +60,60 @@ def finished(kind: str, corpus: str, seed: int, args) -> dict | None:
     record = json.loads(path.read_text())
     if record.get("settings") != settings(kind, corpus, args):
         return None
-    if kind == "cold" and not args.summarise_only and not (args.storage / record["experiment_dir"] / "summary.csv").is_file():
+    if (
+        kind == "cold"
+        and not args.summarise_only
+        and not (args.storage / record["experiment_dir"] / "summary.csv").is_file()
+    ):
         return None  # a warm search starts from its folder: run it again where that is gone
     return record
 
 
 def run(kind: str, corpus: str, seed: int, args, source: dict | None = None) -> dict:
     storage = args.storage / f"{corpus}-{kind}-seed{seed}"
-    overrides = [SPACE, f"data.path={args.data / CORPORA[corpus]}", f"tune.seed={seed}", f"tune.num_samples={args.trials}",
-                 "tune.points_to_evaluate=[]", "tune.time_budget_s=null", f"train.max_steps={args.steps}",
-                 f"train.eval_every={args.steps // 4}", "train.patience=0", "data.train_samples=256", "data.val_samples=32",
-                 f"tune.storage_path={storage}", "mlflow.register_as=null", f"tune.name={corpus}-{kind}"]
+    overrides = [
+        SPACE,
+        f"data.path={args.data / CORPORA[corpus]}",
+        f"tune.seed={seed}",
+        f"tune.num_samples={args.trials}",
+        "tune.points_to_evaluate=[]",
+        "tune.time_budget_s=null",
+        f"train.max_steps={args.steps}",
+        f"train.eval_every={args.steps // 4}",
+        "train.patience=0",
+        "data.train_samples=256",
+        "data.val_samples=32",
+        f"tune.storage_path={storage}",
+        "mlflow.register_as=null",
+        f"tune.name={corpus}-{kind}",
+    ]
     if kind == "random":
         overrides += ["tune.search_alg=random", "tune.scheduler.type=none"]
     else:
-        overrides += [f"tune.scheduler.max_t={args.steps}", f"tune.scheduler.grace_period={args.steps // 4}",
-                      "tune.scheduler.reduction_factor=2", f"tune.startup_trials={args.startup_trials}"]
+        overrides += [
+            f"tune.scheduler.max_t={args.steps}",
+            f"tune.scheduler.grace_period={args.steps // 4}",
+            "tune.scheduler.reduction_factor=2",
+            f"tune.startup_trials={args.startup_trials}",
+        ]
     if kind == "warm":
         overrides.append(f"tune.warm_start=[{args.storage / source['experiment_dir']}]")
     t0 = time.time()
     outcome = run_search(load_search_file(ROOT / "search_spaces" / "quickstart.yaml", overrides), verbose=0)
     curve = trace(outcome)
-    record = {"kind": kind, "corpus": corpus, "seed": seed, "settings": settings(kind, corpus, args),
-              "experiment_dir": str(outcome.experiment_dir.relative_to(args.storage)),
-              "warm_start_from": source["experiment_dir"] if source else None,
-              "wall_s": time.time() - t0, "total_steps": curve[-1][0] if curve else 0,
-              "final_best": curve[-1][1] if curve else None, "curve": curve, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "kind": kind,
+        "corpus": corpus,
+        "seed": seed,
+        "settings": settings(kind, corpus, args),
+        "experiment_dir": str(outcome.experiment_dir.relative_to(args.storage)),
+        "warm_start_from": source["experiment_dir"] if source else None,
+        "wall_s": time.time() - t0,
+        "total_steps": curve[-1][0] if curve else 0,
+        "final_best": curve[-1][1] if curve else None,
+        "curve": curve,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     args.runs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.runs / f"{corpus}-{kind}-seed{seed}.json", json.dumps(record, indent=1))
     return record
@@ -94,25 +129,51 @@ def summarise(runs: list[dict], args) -> dict:
             continue
         target = 1.01 * ref["final_best"]
         reached = next((steps for steps, best in r["curve"] if best <= target), None)
-        per_search.append({"corpus": corpus, "seed": seed, "kind": kind, "random_final_best": ref["final_best"],
-                           "random_steps": ref["total_steps"], "final_best": r["final_best"], "steps": r["total_steps"],
-                           "steps_to_within_1pct": reached,
-                           "fraction_of_random_steps": None if reached is None else reached / ref["total_steps"]})
+        per_search.append(
+            {
+                "corpus": corpus,
+                "seed": seed,
+                "kind": kind,
+                "random_final_best": ref["final_best"],
+                "random_steps": ref["total_steps"],
+                "final_best": r["final_best"],
+                "steps": r["total_steps"],
+                "steps_to_within_1pct": reached,
+                "fraction_of_random_steps": None if reached is None else reached / ref["total_steps"],
+            }
+        )
 
     # pairs where both the cold and the warm search of a corpus and seed finished: the medians compare only those
-    paired = sorted({(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "warm"}
-                    & {(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "cold"})
+    paired = sorted(
+        {(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "warm"}
+        & {(s["corpus"], s["seed"]) for s in per_search if s["kind"] == "cold"}
+    )
 
     def median(kind: str):
-        values = [s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
-                  for s in per_search if s["kind"] == kind and (s["corpus"], s["seed"]) in paired]
+        values = [
+            s["fraction_of_random_steps"] if s["fraction_of_random_steps"] is not None else float("inf")
+            for s in per_search
+            if s["kind"] == kind and (s["corpus"], s["seed"]) in paired
+        ]
         return statistics.median(values) if values else None
+
     missing = [f"{c}-{k}-seed{s}" for s in args.seeds for c in CORPORA for k in KINDS if (c, k, s) not in by]
-    return {"benchmark": "warm_start", "trials": args.trials, "steps_per_trial": args.steps,
-            "startup_trials": args.startup_trials, "seeds": args.seeds, "corpora": CORPORA,
-            "median_fraction_warm": median("warm"), "median_fraction_cold": median("cold"),
-            "paired": [f"{c} seed {s}" for c, s in paired], "per_search": per_search, "missing": missing, "runs": runs,
-            "machine": platform.platform(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "benchmark": "warm_start",
+        "trials": args.trials,
+        "steps_per_trial": args.steps,
+        "startup_trials": args.startup_trials,
+        "seeds": args.seeds,
+        "corpora": CORPORA,
+        "median_fraction_warm": median("warm"),
+        "median_fraction_cold": median("cold"),
+        "paired": [f"{c} seed {s}" for c, s in paired],
+        "per_search": per_search,
+        "missing": missing,
+        "runs": runs,
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def main(argv=None) -> int:
@@ -122,7 +183,12 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--startup-trials", type=int, default=3, help="TPE's random start-up trials (tune.startup_trials)")
-    p.add_argument("--storage", type=Path, default=cache_root() / "benchmarks" / "warm_start", help="where the searches' folders go")
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=cache_root() / "benchmarks" / "warm_start",
+        help="where the searches' folders go",
+    )
     p.add_argument("--out", type=Path, default=OUT / "warm_start.json")
     p.add_argument("--runs", type=Path, default=RUNS, help="where finished searches' curves are kept and resumed from")
     p.add_argument("--summarise-only", action="store_true", help="rewrite the summary from the kept searches; run none")
@@ -139,8 +205,10 @@ def main(argv=None) -> int:
                     if kind == "warm" and source is None:
                         continue  # the other corpus's cold search did not finish
                     record = run(kind, corpus, seed, args, source)
-                    print(f"{corpus} {kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps",
-                          flush=True)
+                    print(
+                        f"{corpus} {kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps",
+                        flush=True,
+                    )
                     runs.append(record)
                     atomic_write_text(args.out, json.dumps(summarise(runs, args), indent=1))
                 elif record is not None:
@@ -149,7 +217,9 @@ def main(argv=None) -> int:
                     done[(kind, corpus)] = record
     summary = summarise(runs, args)
     atomic_write_text(args.out, json.dumps(summary, indent=1))
-    print(f"median share of random search's steps: warm {summary['median_fraction_warm']}, cold {summary['median_fraction_cold']}")
+    print(
+        f"median share of random search's steps: warm {summary['median_fraction_warm']}, cold {summary['median_fraction_cold']}"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ same: every command, `embinject --help` and each Ray worker import this package,
 Tune's driver, MLflow and pandas with it. So `api` is imported here, at the top, as a module whose code runs on first use
 (`_RunOnFirstUse`): `embinject.search` is `embinject.api.search`, run once asked for.
 """
+
 import importlib.util
 import sys
 import types

@@ -1,4 +1,5 @@
 """`python -m embinject`: the same as the `embinject` command."""
+
 import os
 import sys
 

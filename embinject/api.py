@@ -7,6 +7,7 @@ A search folder is read through the readers that check each file (`search_report
 `tune.folder.read_space_file`, `tracking.read_state_file`, `fsutil.read_json_object`): a damaged file raises one
 `ConfigError` naming it, never a table read in part.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,6 +34,7 @@ METRICS = ("best_val_perplexity", "final_val_perplexity", "baseline_perplexity",
 @dataclass(frozen=True)
 class Champion:
     """The search's champion: the best finished trial whose adapter is on disk (`adapter`: its copy, champion/)."""
+
     trial_id: str
     values: dict  # the searched keys' values, as the trial was trained with them
     metrics: dict  # best_val_perplexity (its kept adapter's, on every validation window), steps, seconds, ...
@@ -55,6 +57,7 @@ class SearchResult:
     - `pareto`: a multi-objective search's undominated trials (rows of `trials`); None for one objective.
     - `outcome`: what `search` ended with (the lines the command prints come from it); None from `load_search`.
     """
+
     folder: Path
     searched: list[str]
     objectives: list[str]  # a multi-objective search's metrics, [] for one objective
@@ -92,9 +95,12 @@ class SearchResult:
             return None
         row = {k: _python(v) for k, v in rows[0].items()}
         adapter = self.folder / "champion"
-        return Champion(trial_id, {k: row[k] for k in self.searched if row.get(k) is not None},
-                        {k: row[k] for k in (*METRICS, *self.objectives) if row.get(k) is not None},
-                        adapter if adapter.is_dir() else None)
+        return Champion(
+            trial_id,
+            {k: row[k] for k in self.searched if row.get(k) is not None},
+            {k: row[k] for k in (*METRICS, *self.objectives) if row.get(k) is not None},
+            adapter if adapter.is_dir() else None,
+        )
 
     @cached_property
     def pareto(self):
@@ -126,13 +132,20 @@ def _unfinished_rows(folder: Path, searched: list[str]) -> list[dict]:
         last = reports[-1] if reports else {}
         curve = [v for v in (_finite(curve_value(r)) for r in reports if "step" in r) if v is not None]
         kept = _finite(last.get("best_val_perplexity")) if last.get("final") and not last.get("diverged") else None
-        rows.append({"trial_id": trial_dir.name.removeprefix("trial_"), **{k: params.get(k) for k in searched},
-                     "best_val_perplexity": kept if kept is not None else min(curve, default=None),
-                     "final_val_perplexity": curve[-1] if curve else None,
-                     "baseline_perplexity": _finite(last.get("baseline_perplexity")),
-                     "steps": int(last.get("step", 0) or 0), "evaluations": len(curve), "stopped_early": False,
-                     "status": "diverged" if last.get("diverged") else "ok" if last.get("final") else "interrupted",
-                     "seconds": round(float(last.get("time_total_s", 0.0) or 0.0), 2)})
+        rows.append(
+            {
+                "trial_id": trial_dir.name.removeprefix("trial_"),
+                **{k: params.get(k) for k in searched},
+                "best_val_perplexity": kept if kept is not None else min(curve, default=None),
+                "final_val_perplexity": curve[-1] if curve else None,
+                "baseline_perplexity": _finite(last.get("baseline_perplexity")),
+                "steps": int(last.get("step", 0) or 0),
+                "evaluations": len(curve),
+                "stopped_early": False,
+                "status": "diverged" if last.get("diverged") else "ok" if last.get("final") else "interrupted",
+                "seconds": round(float(last.get("time_total_s", 0.0) or 0.0), 2),
+            }
+        )
     return rows
 
 
@@ -140,7 +153,9 @@ def _open(folder: Path, outcome: SearchOutcome | None = None) -> SearchResult:
     """A search folder's result: its recorded space, whether it finished, its study and its registered champion."""
     space_file, summary = folder / SPACE_FILE, folder / "summary.csv"
     if not folder.is_dir():
-        raise ConfigError(f"{KEY}: no search folder at {folder}; pass a folder under tune.storage_path that a search made")
+        raise ConfigError(
+            f"{KEY}: no search folder at {folder}; pass a folder under tune.storage_path that a search made"
+        )
     if not space_file.is_file() and not summary.is_file():
         raise ConfigError(f"{KEY}: {folder} is not an embinject search folder (no {SPACE_FILE} or summary.csv)")
     if space_file.is_file():
@@ -157,9 +172,15 @@ def _open(folder: Path, outcome: SearchOutcome | None = None) -> SearchResult:
             break
     name, version = search_end(folder).get("register_as"), state.get("registered_version")
     journal = journal_path(folder)
-    return SearchResult(folder, searched, objectives, summary.is_file(),
-                        f"models:/{name}/{version}" if name and version else None,
-                        folder.name if journal.is_file() and journal.stat().st_size else None, outcome)
+    return SearchResult(
+        folder,
+        searched,
+        objectives,
+        summary.is_file(),
+        f"models:/{name}/{version}" if name and version else None,
+        folder.name if journal.is_file() and journal.stat().st_size else None,
+        outcome,
+    )
 
 
 def load_search(folder: str | os.PathLike) -> SearchResult:
@@ -170,8 +191,16 @@ def load_search(folder: str | os.PathLike) -> SearchResult:
     return result
 
 
-def search(spec: str | os.PathLike | dict, overrides: list[str] | dict | None = None, resume: bool = False, *,
-           address: str | None = None, register: bool = True, promote: bool = False, verbose: int = 1) -> SearchResult:
+def search(
+    spec: str | os.PathLike | dict,
+    overrides: list[str] | dict | None = None,
+    resume: bool = False,
+    *,
+    address: str | None = None,
+    register: bool = True,
+    promote: bool = False,
+    verbose: int = 1,
+) -> SearchResult:
     """Run a search: `spec` is a search file's path or its content as a dict; `overrides` are `--set` strings
     (`"tune.num_samples=4"`) or a dict of dotted keys to values; `resume` continues the newest interrupted search of
     its name. `address`: a Ray cluster (`auto`, HOST:PORT or ray://HOST:PORT); `register=False` registers nothing;
@@ -185,8 +214,9 @@ def search(spec: str | os.PathLike | dict, overrides: list[str] | dict | None = 
     return run(loaded, resume, address=address, promote=promote, verbose=verbose)
 
 
-def run(loaded: SearchFile, resume: bool = False, *, address: str | None = None, promote: bool = False,
-        verbose: int = 1) -> SearchResult:
+def run(
+    loaded: SearchFile, resume: bool = False, *, address: str | None = None, promote: bool = False, verbose: int = 1
+) -> SearchResult:
     """`search` of a search already loaded (`space.load_search_spec`), as the command has it once its checks are done."""
     outcome = run_search(loaded, address=address, resume=resume, verbose=verbose, promote=promote)
     return _open(outcome.experiment_dir, outcome)

@@ -1,5 +1,6 @@
 """The `embinject` command (`embinject train|tune|generate|evaluate|report|export ...`): a dispatcher to
 the command modules, each of which is also `python -m embinject.<name>`."""
+
 from __future__ import annotations
 
 import importlib
@@ -22,8 +23,13 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: embinject {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
-        f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()) + "\n\n`embinject COMMAND --help` lists its options."
+    usage = (
+        "usage: embinject {"
+        + ",".join(COMMANDS)
+        + "} ...\n\n"
+        + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+        + "\n\n`embinject COMMAND --help` lists its options."
+    )
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2

@@ -1,5 +1,6 @@
 """Reading a config: YAML files (a key given twice is refused), `--set key=value` overrides, and local
 paths resolved once against the directory the command runs in."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from .search_settings import value_type
 from .errors import ConfigError
 from .fsutil import resolve_local
 from .specs import names_an_encoder
+
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value). A key whose type is text keeps the value as typed (YAML would end it at
@@ -34,8 +36,10 @@ def override_value(key: str, text: str) -> Any:
     except yaml.YAMLError:
         return text
     if "#" in text and _unmark(_safe_load(text.replace("#", _MARK))) != value:
-        raise ConfigError(f"--set {key}={text}: ' #' starts a YAML comment here and would drop the rest of the value; "
-                          "quote the value if the # belongs to it")
+        raise ConfigError(
+            f"--set {key}={text}: ' #' starts a YAML comment here and would drop the rest of the value; "
+            "quote the value if the # belongs to it"
+        )
     return value
 
 

@@ -3,6 +3,7 @@
 The page is generated so that it cannot drift from embinject/config.py: `python -m embinject.config_reference`
 (or `make docs`) rewrites it, `--check` says whether it is stale, and tests/test_config_reference.py fails when it is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,20 +20,34 @@ from .fsutil import atomic_write_text
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "config-keys.md"
 
 SECTIONS = (
-    ("The training config", Config, "",
-     "A training config file (`embinject train CONFIG`) and the top level of a search file hold these keys; "
-     "`--set KEY=VALUE` sets one on the command line. What they mean in detail: [training.md](training.md)."),
-    ("The `tune:` section of a search file", TuneSettings, "tune.",
-     "How the search runs: [search-file.md](search-file.md)."),
-    ("The `mlflow:` section of a search file", MlflowSettings, "mlflow.",
-     "Where the search is recorded and what it registers: [results.md](results.md)."),
+    (
+        "The training config",
+        Config,
+        "",
+        "A training config file (`embinject train CONFIG`) and the top level of a search file hold these keys; "
+        "`--set KEY=VALUE` sets one on the command line. What they mean in detail: [training.md](training.md).",
+    ),
+    (
+        "The `tune:` section of a search file",
+        TuneSettings,
+        "tune.",
+        "How the search runs: [search-file.md](search-file.md).",
+    ),
+    (
+        "The `mlflow:` section of a search file",
+        MlflowSettings,
+        "mlflow.",
+        "Where the search is recorded and what it registers: [results.md](results.md).",
+    ),
 )
 
-HEADER = ("# Config keys\n\n"
-          "Generated from the typed config (`embinject/config.py`, `embinject/search_settings.py`) by `python -m embinject.config_reference` "
-          "(`make docs`); do not edit it by hand. A test fails when this page and the config differ.\n\n"
-          "A search file's `search:` section maps these dotted keys to values or distributions: "
-          "[search-file.md](search-file.md).\n")
+HEADER = (
+    "# Config keys\n\n"
+    "Generated from the typed config (`embinject/config.py`, `embinject/search_settings.py`) by `python -m embinject.config_reference` "
+    "(`make docs`); do not edit it by hand. A test fails when this page and the config differ.\n\n"
+    "A search file's `search:` section maps these dotted keys to values or distributions: "
+    "[search-file.md](search-file.md).\n"
+)
 
 
 def keys(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
@@ -101,10 +116,16 @@ def render() -> str:
     """The whole page, from the dataclasses."""
     parts = [HEADER]
     for title, cls, prefix, intro in SECTIONS:
-        rows = [f"| `{key}` | {_cell(type_name(tp, dict(f.metadata)))} | `{_cell(_yaml(_default(f)))}` | "
-                f"{_cell(f.metadata.get('help', ''))} |" for key, f, tp in keys(cls, prefix)]
-        parts.append(f"\n## {title}\n\n{intro}\n\n| key | type | default | what it sets |\n|---|---|---|---|\n"
-                     + "\n".join(rows) + "\n")
+        rows = [
+            f"| `{key}` | {_cell(type_name(tp, dict(f.metadata)))} | `{_cell(_yaml(_default(f)))}` | "
+            f"{_cell(f.metadata.get('help', ''))} |"
+            for key, f, tp in keys(cls, prefix)
+        ]
+        parts.append(
+            f"\n## {title}\n\n{intro}\n\n| key | type | default | what it sets |\n|---|---|---|---|\n"
+            + "\n".join(rows)
+            + "\n"
+        )
     return "".join(parts)
 
 
@@ -120,14 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = missing_help()
     if missing:
-        print(f"error: embinject/config.py or search_settings.py: no help line for {', '.join(missing)}; add metadata help to the field",
-              file=sys.stderr)
+        print(
+            f"error: embinject/config.py or search_settings.py: no help line for {', '.join(missing)}; add metadata help to the field",
+            file=sys.stderr,
+        )
         return 2
     text = render()
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != text:
-            print(f"error: {args.output} is stale; run python -m embinject.config_reference (make docs)", file=sys.stderr)
+            print(
+                f"error: {args.output} is stale; run python -m embinject.config_reference (make docs)", file=sys.stderr
+            )
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)

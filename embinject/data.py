@@ -5,6 +5,7 @@ Each window keeps the `seq_len` tokens that precede it in the same document (`pr
 fixed seed (independent of the training seed) so every method and every trial is scored on the
 same validation windows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,7 @@ class Windows:
 # ---------------------------------------------------------------- sources -> rows -> items
 # An item is a document (str) for text windows, or a (prompt, target) pair for examples.
 
+
 def _builtin_python_docs() -> list[dict]:
     from pydoc_data.topics import topics  # lazy: half a megabyte of text, only for builtin:python-docs
 
@@ -52,8 +54,10 @@ def _builtin_python_docs() -> list[dict]:
 def _decode_error(path: Path, exc: UnicodeDecodeError) -> ConfigError:
     with path.open("rb") as fh:
         line = fh.read(exc.start).count(b"\n") + 1
-    return ConfigError(f"data.path: {path} line {line} is not UTF-8 text (byte {exc.start}); "
-                       "convert the file to UTF-8 or remove it from the data folder")
+    return ConfigError(
+        f"data.path: {path} line {line} is not UTF-8 text (byte {exc.start}); "
+        "convert the file to UTF-8 or remove it from the data folder"
+    )
 
 
 def _iter_rows(path: Path):
@@ -112,8 +116,13 @@ def rows_to_items(rows: list[dict], cfg: DataConfig, source: str) -> list:
             raise ConfigError(f"data.where: field '{field}' not found in {source} (fields: {', '.join(missing)})")
         rows = [r for r in rows if str(r[field]) == value]
     if cfg.target_template is not None:
-        return [(_fill(cfg.prompt_template, r, "data.prompt_template", source),
-                 _fill(cfg.target_template, r, "data.target_template", source)) for r in rows]
+        return [
+            (
+                _fill(cfg.prompt_template, r, "data.prompt_template", source),
+                _fill(cfg.target_template, r, "data.target_template", source),
+            )
+            for r in rows
+        ]
     missing = next((r for r in rows if cfg.text_field not in r), None)
     if missing is not None:
         raise ConfigError(f"data.text_field: '{cfg.text_field}' not found in {source} (fields: {', '.join(missing)})")
@@ -221,13 +230,18 @@ def _read_until_enough(cfg: DataConfig, tokenizer) -> tuple[Windows, Windows]:
                 if counts[split] >= need[split]:
                     break
     if examples:
-        return tokenize_examples(kept["train"], tokenizer, cfg.seq_len), tokenize_examples(kept["validation"], tokenizer, cfg.seq_len)
+        return tokenize_examples(kept["train"], tokenizer, cfg.seq_len), tokenize_examples(
+            kept["validation"], tokenizer, cfg.seq_len
+        )
     shuffled = lambda w: w.select(torch.randperm(len(w), generator=torch.Generator().manual_seed(DATA_SHUFFLE_SEED)))  # noqa: E731
-    return (shuffled(_windows_from_ids(kept["train"], cfg.seq_len, cfg.train_stride)),
-            shuffled(_windows_from_ids(kept["validation"], cfg.seq_len)))
+    return (
+        shuffled(_windows_from_ids(kept["train"], cfg.seq_len, cfg.train_stride)),
+        shuffled(_windows_from_ids(kept["validation"], cfg.seq_len)),
+    )
 
 
 # ---------------------------------------------------------------- documents -> windows
+
 
 def _windows_from_ids(doc_ids: list[list[int]], seq_len: int, stride: int | None = None) -> Windows:
     """A window every `stride` tokens (seq_len: side by side), each with the seq_len tokens before it where the
@@ -240,8 +254,11 @@ def _windows_from_ids(doc_ids: list[list[int]], seq_len: int, stride: int | None
             previous.append(ids[start - seq_len : start] if start >= seq_len else zero)
             has_prev.append(start >= seq_len)
     if not tokens:
-        return Windows(torch.zeros(0, seq_len, dtype=torch.long), torch.zeros(0, seq_len, dtype=torch.long),
-                       torch.zeros(0, dtype=torch.bool))
+        return Windows(
+            torch.zeros(0, seq_len, dtype=torch.long),
+            torch.zeros(0, seq_len, dtype=torch.long),
+            torch.zeros(0, dtype=torch.bool),
+        )
     return Windows(torch.tensor(tokens), torch.tensor(previous), torch.tensor(has_prev))
 
 
@@ -268,7 +285,7 @@ def tokenize_examples(pairs: list[tuple[str, str]], tokenizer, seq_len: int) -> 
         targets = tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
         for i, (p_ids, t_ids) in enumerate(zip(prompts, targets)):
             t_ids = (t_ids + [tokenizer.eos_token_id])[: seq_len - 1]
-            p_ids = ([start] + p_ids)[-(seq_len - len(t_ids)):]
+            p_ids = ([start] + p_ids)[-(seq_len - len(t_ids)) :]
             row = p_ids + t_ids
             tokens[i, : len(row)] = torch.tensor(row)
             scored[i, len(p_ids) : len(row)] = True
@@ -321,8 +338,12 @@ def _hub_windows(cfg: DataConfig, tokenizer, n_train: int, n_val: int) -> tuple[
 
 
 def _is_hub(path: str) -> bool:
-    return not path.startswith("builtin:") and not Path(path).expanduser().exists() and path.count("/") == 1 \
+    return (
+        not path.startswith("builtin:")
+        and not Path(path).expanduser().exists()
+        and path.count("/") == 1
         and not path.startswith((".", "/", "~"))
+    )
 
 
 def _source_fingerprint(cfg: DataConfig) -> str:
@@ -336,8 +357,14 @@ def _source_fingerprint(cfg: DataConfig) -> str:
 def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windows, Windows]:
     """All windows of the source (cached on disk, keyed by tokenizer, source, field and seq_len)."""
     hub, large = _is_hub(cfg.path), _large(cfg)
-    parts = [tokenizer_key, _source_fingerprint(cfg), cfg.text_field, str(cfg.seq_len), str(cfg.val_fraction),
-             repr((cfg.target_template, cfg.prompt_template, cfg.where))]
+    parts = [
+        tokenizer_key,
+        _source_fingerprint(cfg),
+        cfg.text_field,
+        str(cfg.seq_len),
+        str(cfg.val_fraction),
+        repr((cfg.target_template, cfg.prompt_template, cfg.where)),
+    ]
     if hub:
         parts += [str(cfg.hub_config), str(cfg.train_samples), str(cfg.val_samples)]
     elif large:  # read only as far as these need
@@ -355,21 +382,33 @@ def build_windows(cfg: DataConfig, tokenizer, tokenizer_key: str) -> tuple[Windo
         else:
             set_offline()
             train_docs, val_docs = load_documents(cfg)
-            train, val = tokenize_items(train_docs, tokenizer, cfg, cfg.train_stride), tokenize_items(val_docs, tokenizer, cfg)
+            train, val = (
+                tokenize_items(train_docs, tokenizer, cfg, cfg.train_stride),
+                tokenize_items(val_docs, tokenizer, cfg),
+            )
         tensors = {}
         for name, w in (("train", train), ("val", val)):
-            tensors.update({f"{name}.tokens": w.tokens, f"{name}.previous": w.previous, f"{name}.has_previous": w.has_previous})
+            tensors.update(
+                {f"{name}.tokens": w.tokens, f"{name}.previous": w.previous, f"{name}.has_previous": w.has_previous}
+            )
             if w.scored is not None:
                 tensors[f"{name}.scored"] = w.scored
         return tensors
 
     def problem(t: dict) -> str | None:
-        missing = [f"{n}.{part}" for n in ("train", "val") for part in ("tokens", "previous", "has_previous") if f"{n}.{part}" not in t]
+        missing = [
+            f"{n}.{part}"
+            for n in ("train", "val")
+            for part in ("tokens", "previous", "has_previous")
+            if f"{n}.{part}" not in t
+        ]
         return f"no tensor {missing[0]}" if missing else None
 
     t = cached_tensors(file, make, problem, "token windows")  # concurrent trials never read a half-written entry
-    return tuple(Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
-                 for n in ("train", "val"))
+    return tuple(
+        Windows(t[f"{n}.tokens"], t[f"{n}.previous"], t[f"{n}.has_previous"], t.get(f"{n}.scored"))
+        for n in ("train", "val")
+    )
 
 
 def select_windows(windows: Windows, n: int, embed_source: str, split: str) -> Windows:
@@ -377,6 +416,10 @@ def select_windows(windows: Windows, n: int, embed_source: str, split: str) -> W
     if embed_source == "previous" and windows.scored is None:
         windows = windows.select(windows.has_previous.nonzero().flatten())
     if len(windows) == 0:
-        hint = " with preceding text in the same document (embed_source: previous)" if embed_source == "previous" else ""
-        raise ConfigError(f"data.path: the {split} split has no windows{hint}; use longer documents or a smaller data.seq_len")
+        hint = (
+            " with preceding text in the same document (embed_source: previous)" if embed_source == "previous" else ""
+        )
+        raise ConfigError(
+            f"data.path: the {split} split has no windows{hint}; use longer documents or a smaller data.seq_len"
+        )
     return windows.select(torch.arange(min(n, len(windows))))

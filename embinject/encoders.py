@@ -7,6 +7,7 @@ token states mean-pooled over k contiguous chunks of the text, k vectors per win
 Embeddings are computed once per (encoder, pooling, exact input ids) and stored as safetensors, so trials
 and epochs never re-encode.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def chunk_mean(states: torch.Tensor, k: int, recent: bool = False) -> torch.Tens
     text shorter than k takes the mean of the whole text)."""
     whole = states.mean(dim=0)
     b = chunk_bounds(states.shape[0], k, recent)
-    return torch.stack([states[b[i]:b[i + 1]].mean(dim=0) if b[i + 1] > b[i] else whole for i in range(k)])
+    return torch.stack([states[b[i] : b[i + 1]].mean(dim=0) if b[i + 1] > b[i] else whole for i in range(k)])
 
 
 CHUNKED = ("chunks", "recent")  # the poolings that give k chunk means
@@ -53,6 +54,7 @@ CHUNKED = ("chunks", "recent")  # the poolings that give k chunk means
 class Pooling:
     """What an encoder hands the injection MLP per text (`adapter.pooling`): its pooled vector (`mean`), k chunk
     means of its token states (`chunks`, `recent`), or the token states themselves (`resampler`)."""
+
     kind: str = "mean"
     k: int = 0
 
@@ -80,9 +82,11 @@ IMPLEMENTATIONS: dict[str, type] = {}  # each encoder's class, under its spec's 
 def implements(name: str):
     """Class decorator: the implementation of the encoder whose spec is `name`. Adding an encoder is its spec and its
     class here: `cache_key(src, pooling)` and `build(src)`, then `encode(ids)` and `token_states(ids)`."""
+
     def register(cls: type) -> type:
         IMPLEMENTATIONS[name] = cls
         return cls
+
     return register
 
 
@@ -256,7 +260,9 @@ class SentenceTransformerEncoder:
         if spec.startswith("bundled:"):
             name = spec.split(":", 1)[1]
             if name not in BUNDLED_ENCODERS:
-                raise ConfigError(f"adapter.embedding_model: unknown bundled encoder '{name}' (known: {', '.join(BUNDLED_ENCODERS)})")
+                raise ConfigError(
+                    f"adapter.embedding_model: unknown bundled encoder '{name}' (known: {', '.join(BUNDLED_ENCODERS)})"
+                )
             set_offline()
             path = str(package_file(*BUNDLED_ENCODERS[name], key="adapter.embedding_model"))
         else:
@@ -274,7 +280,9 @@ class SentenceTransformerEncoder:
         self.tokenizer = tokenizer
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = dim_fn()
-        self.normalizes = any(type(m).__name__ == "Normalize" for m in self.model)  # its sentence vectors have unit length
+        self.normalizes = any(
+            type(m).__name__ == "Normalize" for m in self.model
+        )  # its sentence vectors have unit length
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -291,7 +299,9 @@ class SentenceTransformerEncoder:
 
     @staticmethod
     def cache_key(src: "Source", pooling: Pooling) -> str:
-        return f"st:{src.value}{pooling.key()}" + (":scaled" if pooling.chunked else "")  # :scaled: as its sentence vectors (earlier: raw)
+        return f"st:{src.value}{pooling.key()}" + (
+            ":scaled" if pooling.chunked else ""
+        )  # :scaled: as its sentence vectors (earlier: raw)
 
     @staticmethod
     def build(src: "Source") -> "SentenceTransformerEncoder":
@@ -307,13 +317,16 @@ def lm_hidden_layer(spec: str) -> int | None:
     try:
         return int(named.argument_of(spec))
     except ValueError:
-        raise ConfigError(f"adapter.embedding_model: expected {named.name}:N with N a layer number, got '{spec}'") from None
+        raise ConfigError(
+            f"adapter.embedding_model: expected {named.name}:N with N a layer number, got '{spec}'"
+        ) from None
 
 
 @dataclass(frozen=True)
 class Source:
     """What an encoder is built from, and what names its cache: `adapter.embedding_model`'s value, the LM's tokenizer
     (the encoders read its token ids), and the settings some encoders read."""
+
     value: str
     tokenizer: object
     model_name: str = ""
@@ -337,8 +350,15 @@ def encoder_key(spec: str, tokenizer, fourier_features: int, model_name: str = "
     return _implementation(spec).cache_key(Source(spec, tokenizer, model_name, fourier_features), pooling)
 
 
-def load_encoder(spec: str, lm, tokenizer, model_name: str, fourier_features: int = 128, device: str = "cpu",
-                 pooling: Pooling = Pooling()):
+def load_encoder(
+    spec: str,
+    lm,
+    tokenizer,
+    model_name: str,
+    fourier_features: int = 128,
+    device: str = "cpu",
+    pooling: Pooling = Pooling(),
+):
     """The encoder `adapter.embedding_model` names, giving what `pooling` asks for: its pooled vectors, its token
     states' chunk means, or its token states themselves."""
     encoder = _implementation(spec).build(Source(spec, tokenizer, model_name, fourier_features, lm, device))
@@ -354,5 +374,14 @@ def cached_embeddings(key: str, ids: torch.Tensor, make_encoder) -> torch.Tensor
     h.update(str(tuple(ids.shape)).encode())
     h.update(ids.to(torch.int64).contiguous().numpy().tobytes())
     file = cache_dir("embeddings") / f"{h.hexdigest()[:24]}.safetensors"
-    rows = lambda t: None if t["embeddings"].shape[0] == ids.shape[0] else f"{t['embeddings'].shape[0]} rows for {ids.shape[0]} inputs"  # noqa: E731
-    return cached_tensors(file, lambda: {"embeddings": make_encoder().encode(ids)}, rows, f"{key} embeddings")["embeddings"]
+
+    def rows(t):
+        return (
+            None
+            if t["embeddings"].shape[0] == ids.shape[0]
+            else f"{t['embeddings'].shape[0]} rows for {ids.shape[0]} inputs"
+        )
+
+    return cached_tensors(file, lambda: {"embeddings": make_encoder().encode(ids)}, rows, f"{key} embeddings")[
+        "embeddings"
+    ]

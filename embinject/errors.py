@@ -1,5 +1,6 @@
 """One-line errors and exit codes: `ConfigError` for anything a user can fix, and how a command turns it
 (and Ctrl-C or SIGTERM) into one `error:` line and exit code 2 (130/143 for an interrupt)."""
+
 from __future__ import annotations
 
 import errno
@@ -32,7 +33,9 @@ def disk_full(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return exc
-        if any(text in str(exc) for text in ("No space left on device", "database or disk is full")):  # (SQLite's words)
+        if any(
+            text in str(exc) for text in ("No space left on device", "database or disk is full")
+        ):  # (SQLite's words)
             return OSError(errno.ENOSPC, "No space left on device")
         exc = exc.__cause__ or exc.__context__
     return None

@@ -1,6 +1,7 @@
 """`embinject evaluate` (also `python -m embinject.evaluate`): an adapter's perplexity and its frozen model's
 on any data, scored on exactly the tokens training scores, as JSON. The command only; the scoring is
 `embinject.adapters.LoadedAdapter.evaluate`."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """`embinject export` (also `python -m embinject.export`): an adapter in PEFT's layout (prompt, deep prefix,
 LoRA; written by `embinject.methods.peft_layout`) or as an MLflow pyfunc model (every method; `embinject.serving`).
 The command only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         output = Path(os.path.abspath(os.path.expanduser(args.output_dir)))
         check_writable(output.parent, "--output-dir")
-        if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (
-                (output / "adapter_config.json").is_file() or (output / "MLmodel").is_file()))):
+        if output.exists() and (
+            not output.is_dir()
+            or (
+                any(output.iterdir())
+                and not ((output / "adapter_config.json").is_file() or (output / "MLmodel").is_file())
+            )
+        ):
             raise ConfigError(f"--output-dir: {output} exists and is not an earlier export; choose another directory")
         if args.mix and args.format != "mlflow":
             raise ConfigError("--mix: only for --format mlflow")
@@ -46,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote an MLflow model to {output}; load it with mlflow.pyfunc.load_model({str(output)!r})")
                 return 0
             write_peft(adapter.method, output, result=recorded_result(adapter.meta, str(directory / ADAPTER_CONFIG)))
-        print(f"wrote a PEFT adapter to {output}; load it with peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})")
+        print(
+            f"wrote a PEFT adapter to {output}; load it with peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})"
+        )
         return 0
 
     return run_command(body)

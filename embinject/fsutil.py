@@ -4,6 +4,7 @@ Every file embinject writes for later use (cache entries, checkpoints, results, 
 through a temporary file in the same directory and `os.replace`, so a kill mid-write leaves either
 the old file or the new one, never a truncated one that a later run would trust.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,7 +102,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
-    from safetensors.torch import save_file  # lazy: torch (seconds) only where tensors are written, not to read a config
+    from safetensors.torch import (
+        save_file,
+    )  # lazy: torch (seconds) only where tensors are written, not to read a config
 
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 
@@ -121,11 +124,12 @@ def read_json_object(file: Path, key: str, hint: str) -> dict:
     except UnicodeDecodeError:
         raise damaged(key, file, "not UTF-8 text", hint) from None
     except json.JSONDecodeError as exc:
-        raise damaged(key, file, f"not the JSON embinject writes: cut or overwritten at line {exc.lineno} ({exc.msg})", hint) from None
+        raise damaged(
+            key, file, f"not the JSON embinject writes: cut or overwritten at line {exc.lineno} ({exc.msg})", hint
+        ) from None
     if not isinstance(value, dict):
         raise damaged(key, file, f"a JSON {type(value).__name__}, not the object embinject writes", hint)
     return value
-
 
 
 def discard_corrupt(path: Path, reason: str) -> None:
@@ -135,7 +139,6 @@ def discard_corrupt(path: Path, reason: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         Path(path).unlink(missing_ok=True)
-
 
 
 # Entries larger than this are computed in each process instead of kept on disk. Token states are the large ones:
@@ -162,8 +165,10 @@ def cached_tensors(file: Path, make: Callable[[], dict], problem: Callable[[dict
     made = {k: v.contiguous() for k, v in make().items()}
     size = sum(v.numel() * v.element_size() for v in made.values())
     if size > MAX_CACHED_BYTES:
-        warn(f"{what} of {size / 2**30:.1f} GiB not kept in {file.parent} (over {MAX_CACHED_BYTES / 2**30:.0f} GiB): "
-             "every process computes them")
+        warn(
+            f"{what} of {size / 2**30:.1f} GiB not kept in {file.parent} (over {MAX_CACHED_BYTES / 2**30:.0f} GiB): "
+            "every process computes them"
+        )
         return made
     atomic_save_tensors(made, file)
     return made
@@ -190,7 +195,11 @@ def check_writable(path: str | Path, key: str) -> None:
             os.close(fd)
             os.unlink(tmp)
     except OSError as exc:
-        hint = "free some space there or choose another directory" if exc.errno == errno.ENOSPC else "choose a writable directory"
+        hint = (
+            "free some space there or choose another directory"
+            if exc.errno == errno.ENOSPC
+            else "choose a writable directory"
+        )
         raise ConfigError(f"{key}: cannot write to {target} ({exc.strerror or exc}); {hint}") from None
 
 
@@ -211,9 +220,9 @@ def resolve_tracking_uri(uri: str | None) -> str | None:
     if not uri:
         return uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(os.path.expanduser(uri[len("sqlite:///"):]))
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(uri[len("sqlite:///") :]))
     if uri.startswith("file:") and not uri.startswith("file:/"):
-        return Path(os.path.abspath(uri[len("file:"):])).as_uri()
+        return Path(os.path.abspath(uri[len("file:") :])).as_uri()
     if "://" not in uri and ":" not in uri.split("/")[0]:
         return os.path.abspath(os.path.expanduser(uri))
     return uri

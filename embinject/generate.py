@@ -1,5 +1,6 @@
 """`embinject generate` (also `python -m embinject.generate`): text through a trained adapter, one
 continuation per prompt. The command only; decoding is `embinject.train.generation`."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.context is not None and len(args.context) != len(args.prompt):
-            raise ConfigError(f"--context: give one per --prompt ({len(args.prompt)} prompts, {len(args.context)} contexts)")
+            raise ConfigError(
+                f"--context: give one per --prompt ({len(args.prompt)} prompts, {len(args.context)} contexts)"
+            )
         if args.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens: expected a positive number, got {args.max_new_tokens}")
         if args.temperature < 0 or args.top_k < 0:
@@ -29,8 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         mix = None
         if args.mix:
             mix = load_adapter(args.mix, args.tracking_uri, adapter.device, "--mix", lm=adapter.lm)
-        texts = adapter.generate(args.prompt, args.context, mix=mix, alpha=args.alpha, max_new_tokens=args.max_new_tokens,
-                                 temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        texts = adapter.generate(
+            args.prompt,
+            args.context,
+            mix=mix,
+            alpha=args.alpha,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+        )
         if args.json:
             print(json.dumps([{"prompt": p, "generated_text": t} for p, t in zip(args.prompt, texts)], indent=1))
         else:

@@ -4,6 +4,7 @@ search is sending its records, the registered model's only at its very end).
 The rules are MLflow 3's, replicated here because the config layer does not import MLflow; tests/test_config.py compares
 each with MLflow's own validator on a list of names, so an MLflow whose rule changes fails that test.
 """
+
 from __future__ import annotations
 
 import posixpath

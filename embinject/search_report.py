@@ -4,6 +4,7 @@ marked, as Markdown + PNG (what `embinject report` writes; a terminal gets the t
 From a search directory it reads what the search wrote (summary.csv, Ray Tune's per-trial results);
 from a parent run id it reads MLflow, so a search run on another machine can be reported too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,11 +21,30 @@ from .plots import best_trial_figure, save_figure
 from .tracking import TIME_SPLIT, WALL, curve_value, search_metrics
 
 # What results.summarize writes for every trial, besides one column per searched key.
-SUMMARY_COLUMNS = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps",
-                   "stopped_early", "status")
+SUMMARY_COLUMNS = (
+    "trial_id",
+    "final_val_perplexity",
+    "best_val_perplexity",
+    "baseline_perplexity",
+    "steps",
+    "stopped_early",
+    "status",
+)
 SUMMARY_STATUSES = ("ok", "error", "diverged", "cut", "not_started")
-FIXED = ("trial_id", "final_val_perplexity", "best_val_perplexity", "baseline_perplexity", "steps", "evaluations",
-         "stopped_early", "status", "seconds", "node_id", *TIME_SPLIT, WALL)
+FIXED = (
+    "trial_id",
+    "final_val_perplexity",
+    "best_val_perplexity",
+    "baseline_perplexity",
+    "steps",
+    "evaluations",
+    "stopped_early",
+    "status",
+    "seconds",
+    "node_id",
+    *TIME_SPLIT,
+    WALL,
+)
 
 
 def finite_number(value) -> float | None:
@@ -57,14 +77,22 @@ def _summary_problem(header: list[str], rows: list[list[str]], searched: list[st
             return f"trial row {i} has {len(cells)} of {len(header)} fields: cut or edited"
         row = dict(zip(header, cells))
         numbers = [row[c] for c in ("final_val_perplexity", "best_val_perplexity", "baseline_perplexity") if row[c]]
-        if (not row["trial_id"] or row["status"] not in SUMMARY_STATUSES or not row["steps"].isdigit()
-                or row["stopped_early"] not in ("True", "False") or not all(_numeric(v) for v in numbers)):
-            return (f"trial row {i} is not a row embinject writes (trial_id {row['trial_id']!r}, "
-                    f"status {row['status']!r})")
+        if (
+            not row["trial_id"]
+            or row["status"] not in SUMMARY_STATUSES
+            or not row["steps"].isdigit()
+            or row["stopped_early"] not in ("True", "False")
+            or not all(_numeric(v) for v in numbers)
+        ):
+            return (
+                f"trial row {i} is not a row embinject writes (trial_id {row['trial_id']!r}, status {row['status']!r})"
+            )
     lost = sorted(reported - {cells[header.index("trial_id")] for cells in rows})
     if lost:
-        return (f"it lists {len(rows)} trial{'s' * (len(rows) != 1)}, but {len(lost)} more reported results in this folder "
-                f"(trial_{', trial_'.join(lost[:3])}): rows were lost")
+        return (
+            f"it lists {len(rows)} trial{'s' * (len(rows) != 1)}, but {len(lost)} more reported results in this folder "
+            f"(trial_{', trial_'.join(lost[:3])}): rows were lost"
+        )
     return None
 
 
@@ -84,8 +112,11 @@ def read_summary(file: Path, key: str, hint: str, searched: list[str] = ()) -> l
         raise damaged(key, file, f"not CSV at line {reader.line_num}: {exc}", hint) from None
     if text.strip() and not text.endswith("\n"):
         raise damaged(key, file, f"cut mid-row: its last line (trial row {len(rows)}) has no line end", hint)
-    reported = {d.name.removeprefix("trial_") for d in file.parent.glob("trial_*")
-                if (d / "result.json").is_file() and (d / "result.json").stat().st_size}
+    reported = {
+        d.name.removeprefix("trial_")
+        for d in file.parent.glob("trial_*")
+        if (d / "result.json").is_file() and (d / "result.json").stat().st_size
+    }
     problem = _summary_problem(header, rows, searched, reported)
     if problem:
         raise damaged(key, file, problem, hint)
@@ -109,8 +140,11 @@ def trial_reports(trial_dir: Path) -> list[dict]:
 
 def trial_curve(trial_dir: Path) -> list[tuple[int, float]]:
     """A trial's validation curve, (step, value) per report that has both (`tracking.curve_value`)."""
-    return [(int(r["step"]), value) for r in trial_reports(trial_dir)
-            if (value := finite_number(curve_value(r))) is not None and isinstance(r.get("step"), (int, float))]
+    return [
+        (int(r["step"]), value)
+        for r in trial_reports(trial_dir)
+        if (value := finite_number(curve_value(r))) is not None and isinstance(r.get("step"), (int, float))
+    ]
 
 
 def read_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -125,29 +159,45 @@ def from_search_dir(directory: Path, searched: list[str] = ()) -> dict:
     summary = directory / "summary.csv"
     if not summary.is_file():
         if any(directory.glob("trial_*")):  # a search's folder, before its end wrote the table
-            raise ConfigError(f"{directory}: this search has not finished (no summary.csv yet: it is running, or was "
-                              "stopped); finish it with `python -m embinject.tune SEARCH.yaml --resume`, or read its "
-                              "trials so far with embinject.load_search")
+            raise ConfigError(
+                f"{directory}: this search has not finished (no summary.csv yet: it is running, or was "
+                "stopped); finish it with `python -m embinject.tune SEARCH.yaml --resume`, or read its "
+                "trials so far with embinject.load_search"
+            )
         raise ConfigError(f"{directory}: no summary.csv (not a finished embinject search directory)")
-    rows = read_summary(summary, "report", "the search wrote it at its end; restore it, or report the search from "
-                        "MLflow by its parent run id (embinject report PARENT_RUN_ID)", searched)
+    rows = read_summary(
+        summary,
+        "report",
+        "the search wrote it at its end; restore it, or report the search from "
+        "MLflow by its parent run id (embinject report PARENT_RUN_ID)",
+        searched,
+    )
     params = [k for k in (rows[0] if rows else {}) if k not in FIXED + ("pareto",)]
     plots = [directory / "pareto_front.png"] if (directory / "pareto_front.png").is_file() else []
-    return {"title": directory.name, "source": str(directory), "rows": rows, "params": params,
-            "curves": read_curves(directory), "plots": plots, "search": search_metrics(directory)}
+    return {
+        "title": directory.name,
+        "source": str(directory),
+        "rows": rows,
+        "params": params,
+        "curves": read_curves(directory),
+        "plots": plots,
+        "search": search_metrics(directory),
+    }
 
 
 @dataclass
 class Table:
     """A table of the report, written as Markdown for report.md or aligned plain text for a terminal."""
+
     header: list[str]
     rows: list[list[str]]
     right: list[bool]  # right-aligned (numeric) columns
 
     def markdown(self) -> list[str]:
         escape = lambda v: v.replace("|", "\\|")  # noqa: E731
-        return (["| " + " | ".join(self.header) + " |", "|" + "".join("---:|" if r else "---|" for r in self.right)]
-                + ["| " + " | ".join(map(escape, row)) + " |" for row in self.rows])
+        return ["| " + " | ".join(self.header) + " |", "|" + "".join("---:|" if r else "---|" for r in self.right)] + [
+            "| " + " | ".join(map(escape, row)) + " |" for row in self.rows
+        ]
 
     def plain(self) -> list[str]:
         widths = [max(len(str(c)) for c in column) for column in zip(self.header, *self.rows)]
@@ -161,6 +211,7 @@ class Table:
 @dataclass
 class Rendered:
     """A report in both forms (report.md is always Markdown; a terminal gets the plain one) and its figures."""
+
     markdown: str
     plain: str
     images: list[Path]
@@ -195,26 +246,42 @@ def _cell(column: str, value) -> str:
 
 
 def render(data: dict, directory: Path, metric: str = "best_val_perplexity") -> Rendered:
-    rows = sorted(data["rows"], key=lambda r: (finite_number(r.get(metric)) is None, finite_number(r.get(metric)) or 0.0))
-    baseline = next((finite_number(r.get("baseline_perplexity")) for r in rows if finite_number(r.get("baseline_perplexity"))), None)
+    rows = sorted(
+        data["rows"], key=lambda r: (finite_number(r.get(metric)) is None, finite_number(r.get(metric)) or 0.0)
+    )
+    baseline = next(
+        (finite_number(r.get("baseline_perplexity")) for r in rows if finite_number(r.get("baseline_perplexity"))), None
+    )
     best = next((r for r in rows if finite_number(r.get(metric)) is not None and r.get("status", "ok") == "ok"), None)
     images = []
     if data["curves"]:
         curves = {t: ([s for s, _ in pts], [v for _, v in pts]) for t, pts in data["curves"].items()}
-        figure = best_trial_figure(curves, best and str(best["trial_id"]), best and finite_number(best.get(metric)), baseline,
-                                   data["title"])
+        figure = best_trial_figure(
+            curves, best and str(best["trial_id"]), best and finite_number(best.get(metric)), baseline, data["title"]
+        )
         images.append(save_figure(figure, directory / "report_val_perplexity.png"))
-    columns = ["rank", "trial_id", *data["params"], "best_val_perplexity", "final_val_perplexity", "steps", "stopped_early",
-               "status"] + (["pareto"] if any("pareto" in r for r in rows) else [])
+    columns = [
+        "rank",
+        "trial_id",
+        *data["params"],
+        "best_val_perplexity",
+        "final_val_perplexity",
+        "steps",
+        "stopped_early",
+        "status",
+    ] + (["pareto"] if any("pareto" in r for r in rows) else [])
     for plot in data.get("plots", []):
         if plot.parent != directory:
             shutil.copy2(plot, directory / plot.name)
         images.append(directory / plot.name)
     cells = [[str(i)] + [_cell(c, r.get(c, "")) for c in columns[1:]] for i, r in enumerate(rows, 1)]
-    numeric = [c == "rank" or (c != "trial_id" and any(finite_number(r.get(c)) is not None for r in rows)) for c in columns]
+    numeric = [
+        c == "rank" or (c != "trial_id" and any(finite_number(r.get(c)) is not None for r in rows)) for c in columns
+    ]
     trials = Table(columns, cells, numeric)
-    intro = (f"Source: {data['source']}. {len(rows)} trials, best first (by {metric})"
-             + (f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."))
+    intro = f"Source: {data['source']}. {len(rows)} trials, best first (by {metric})" + (
+        f"; frozen baseline perplexity {baseline:.4g}." if baseline else "."
+    )
     times = time_table(rows, data.get("search", {}))
     title = f"Search report: {data['title']}"
     md = [f"# {title}", "", intro, "", *trials.markdown(), ""]

@@ -10,6 +10,7 @@ Input: a table with a `prompt` column and, for injection adapters, an optional `
 the sentence encoder sees; see `adapter.embed_source`). Parameters: max_new_tokens, temperature, top_k,
 seed (-1: none), alpha (with a mixing adapter). Output: one `generated_text` per row.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -30,8 +31,18 @@ from .specs import method_spec
 
 PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": -1, "alpha": 1.0}
 # What loading the model needs besides embinject's own code (which travels with the model).
-REQUIREMENTS = ("torch", "transformers", "accelerate", "gguf", "peft", "safetensors", "sentence-transformers",
-                "pandas", "pyyaml", "mlflow")
+REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "gguf",
+    "peft",
+    "safetensors",
+    "sentence-transformers",
+    "pandas",
+    "pyyaml",
+    "mlflow",
+)
 
 
 def _requirements() -> list[str]:
@@ -48,10 +59,16 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "context", required=False)]),
         outputs=Schema([ColSpec("string", "generated_text")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", PARAMS["max_new_tokens"]),
-                            ParamSpec("temperature", "double", PARAMS["temperature"]),
-                            ParamSpec("top_k", "long", PARAMS["top_k"]), ParamSpec("seed", "long", PARAMS["seed"]),
-                            ParamSpec("alpha", "double", PARAMS["alpha"])]))
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", PARAMS["max_new_tokens"]),
+                ParamSpec("temperature", "double", PARAMS["temperature"]),
+                ParamSpec("top_k", "long", PARAMS["top_k"]),
+                ParamSpec("seed", "long", PARAMS["seed"]),
+                ParamSpec("alpha", "double", PARAMS["alpha"]),
+            ]
+        ),
+    )
 
 
 class EmbinjectModel(mlflow.pyfunc.PythonModel):
@@ -72,18 +89,28 @@ class EmbinjectModel(mlflow.pyfunc.PythonModel):
     def _predict(self, model_input, params: dict | None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in frame:
-            raise ConfigError("model input: expected a 'prompt' column (and, for injection adapters, optionally 'context')")
+            raise ConfigError(
+                "model input: expected a 'prompt' column (and, for injection adapters, optionally 'context')"
+            )
         missing = [i for i, x in enumerate(frame["prompt"]) if not isinstance(x, str)]
         if missing:
-            raise ConfigError(f"model input: row {missing[0]} has no prompt text (got {frame['prompt'].iloc[missing[0]]!r})")
+            raise ConfigError(
+                f"model input: row {missing[0]} has no prompt text (got {frame['prompt'].iloc[missing[0]]!r})"
+            )
         p = {**PARAMS, **(params or {})}
         contexts = None
         if "context" in frame:
             contexts = [None if c is None or (isinstance(c, float) and c != c) else str(c) for c in frame["context"]]
         texts = self.adapter.generate(
-            list(frame["prompt"]), contexts, mix=self.mix, alpha=float(p["alpha"]),
-            max_new_tokens=int(p["max_new_tokens"]), temperature=float(p["temperature"]), top_k=int(p["top_k"]),
-            seed=None if int(p["seed"]) < 0 else int(p["seed"]))
+            list(frame["prompt"]),
+            contexts,
+            mix=self.mix,
+            alpha=float(p["alpha"]),
+            max_new_tokens=int(p["max_new_tokens"]),
+            temperature=float(p["temperature"]),
+            top_k=int(p["top_k"]),
+            seed=None if int(p["seed"]) < 0 else int(p["seed"]),
+        )
         return pd.DataFrame({"generated_text": texts})
 
 
@@ -104,7 +131,12 @@ def save_pyfunc(adapter_dir: str | Path, target: str | Path, mix_dir: str | Path
     with staged_dir(target) as staged:
         staged.rmdir()  # MLflow writes a model only into a directory that does not exist yet
         mlflow.pyfunc.save_model(
-            str(staged), python_model=str(Path(__file__).with_name("mlflow_model.py")),
-            artifacts=artifacts, code_paths=[str(Path(__file__).parent)], signature=signature(),
-            input_example=(input_example(adapter_dir), dict(PARAMS)), pip_requirements=_requirements())
+            str(staged),
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature(),
+            input_example=(input_example(adapter_dir), dict(PARAMS)),
+            pip_requirements=_requirements(),
+        )
     return target

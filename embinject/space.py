@@ -10,6 +10,7 @@ A `search:` entry maps a dotted training-config key to a fixed value or one dist
 the space runs through Optuna's define-by-run interface, so only valid combinations are sampled.
 Everything is validated here, before Ray starts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -101,7 +102,9 @@ def _parse_param(key: str, spec: Any) -> Param:
         kinds = [k for k in spec if k in DISTRIBUTIONS]
         unknown = [k for k in spec if k not in DISTRIBUTIONS]
         if unknown or len(kinds) != 1:
-            raise ConfigError(f"{where}: expected one of {', '.join(DISTRIBUTIONS)} (plus optional 'when'), got {', '.join(map(str, spec)) or 'nothing'}")
+            raise ConfigError(
+                f"{where}: expected one of {', '.join(DISTRIBUTIONS)} (plus optional 'when'), got {', '.join(map(str, spec)) or 'nothing'}"
+            )
         kind = kinds[0]
         args = spec[kind]
         if not isinstance(args, list) or (DISTRIBUTIONS[kind] and len(args) != DISTRIBUTIONS[kind]) or not args:
@@ -125,7 +128,9 @@ def _parse_param(key: str, spec: Any) -> Param:
                 if low > high:
                     raise ConfigError(f"{where}.{kind}: low ({low}) must not exceed high ({high})")
                 if kind == "qrandint" and (args[2] <= 0 or (high - low) % args[2]):
-                    raise ConfigError(f"{where}.qrandint: step {args[2]} must be > 0 and divide high - low ({high - low})")
+                    raise ConfigError(
+                        f"{where}.qrandint: step {args[2]} must be > 0 and divide high - low ({high - low})"
+                    )
             elif low >= high:
                 raise ConfigError(f"{where}.{kind}: low ({low}) must be smaller than high ({high})")
             if kind == "loguniform" and low <= 0:
@@ -254,7 +259,9 @@ def _check_objectives(tune) -> None:
             raise ConfigError(f"{key}.metric: {item['metric']} is already an objective")
         seen.append(item["metric"])
     if len(seen) < 2:
-        raise ConfigError("tune.objectives: a multi-objective search needs at least two objectives (for one, use tune.metric)")
+        raise ConfigError(
+            "tune.objectives: a multi-objective search needs at least two objectives (for one, use tune.metric)"
+        )
     tune.metric, tune.mode = tune.objectives[0]["metric"], tune.objectives[0]["mode"]
 
 
@@ -268,8 +275,10 @@ def _plain(value: Any, where: str) -> Any:
         return os.fspath(value)
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise ConfigError(f"{where}: {type(value).__name__} is not a value a search file holds (text, a number, a boolean, "
-                      "a list or a mapping)")
+    raise ConfigError(
+        f"{where}: {type(value).__name__} is not a value a search file holds (text, a number, a boolean, "
+        "a list or a mapping)"
+    )
 
 
 def load_search_spec(spec: str | os.PathLike | dict, overrides: list[str] | dict | None = None) -> SearchFile:
@@ -304,15 +313,22 @@ def _search(raw: dict, path: Path | None, text: str) -> SearchFile:
         tune.storage_path = os.path.abspath(os.path.expanduser(tune.storage_path))
     mlflow.tracking_uri = resolve_tracking_uri(mlflow.tracking_uri)
     # earlier searches' folders and stores, resolved once against the directory the command runs in
-    tune.warm_start = [os.path.abspath(os.path.expanduser(w)) if isinstance(w, str) and not w.startswith(("runs:/", "experiment:"))
-                       else {**w, "tracking_uri": resolve_tracking_uri(w["tracking_uri"])} if isinstance(w, dict) and "tracking_uri" in w
-                       else w for w in tune.warm_start]
+    tune.warm_start = [
+        os.path.abspath(os.path.expanduser(w))
+        if isinstance(w, str) and not w.startswith(("runs:/", "experiment:"))
+        else {**w, "tracking_uri": resolve_tracking_uri(w["tracking_uri"])}
+        if isinstance(w, dict) and "tracking_uri" in w
+        else w
+        for w in tune.warm_start
+    ]
     sched = tune.scheduler
     if sched.type == "asha":
         if sched.max_t is None and config.train.max_steps is None:
             raise ConfigError("tune.scheduler.max_t: ASHA needs a step budget; set it or train.max_steps")
         sched.max_t = sched.max_t or config.train.max_steps
-        base.setdefault("train", {})["max_steps"] = config.train.max_steps = min(config.train.max_steps or sched.max_t, sched.max_t)
+        base.setdefault("train", {})["max_steps"] = config.train.max_steps = min(
+            config.train.max_steps or sched.max_t, sched.max_t
+        )
         if sched.grace_period > sched.max_t:
             raise ConfigError(f"tune.scheduler.grace_period: {sched.grace_period} exceeds max_t ({sched.max_t})")
     _check_objectives(tune)
@@ -336,5 +352,7 @@ def _search(raw: dict, path: Path | None, text: str) -> SearchFile:
             except ConfigError as exc:
                 raise ConfigError(f"search.{p.key}: value {value!r} makes an invalid config ({exc})") from None
     if tune.resources.gpus > 1 and not float(tune.resources.gpus).is_integer():
-        raise ConfigError(f"tune.resources.gpus: fractions are for sharing one GPU; above 1 use whole GPUs, got {tune.resources.gpus}")
+        raise ConfigError(
+            f"tune.resources.gpus: fractions are for sharing one GPU; above 1 use whole GPUs, got {tune.resources.gpus}"
+        )
     return SearchFile(path, base, config, params, tune, mlflow, text)

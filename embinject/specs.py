@@ -10,6 +10,7 @@ implementation is `embinject/methods/<name>.py` (found by the spec's name); an e
 Light on purpose: `embinject.config` imports this module, so it imports neither torch nor any other layer's module.
 A check receives the whole `Config` and raises `ConfigError` naming the key.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,8 +50,10 @@ class MethodSpec:
     def why_no_peft(self, cfg: Any) -> Optional[str]:
         if self.peft_format is None:
             known = _listed(s.title for s in methods_with_peft())
-            return (f"PEFT has no layout for {self.name} adapters (only {known}); use the adapter directory with "
-                    "embinject, or its MLflow model")
+            return (
+                f"PEFT has no layout for {self.name} adapters (only {known}); use the adapter directory with "
+                "embinject, or its MLflow model"
+            )
         return self.no_peft(cfg)
 
 
@@ -58,6 +61,7 @@ class MethodSpec:
 class EncoderSpec:
     """An encoder that `adapter.embedding_model` names: by its whole name (`fourier`), or by its name and an
     argument (`lm-hidden:N`); the fallback takes every value no other spec names (a model id or directory)."""
+
     name: str
     argument: bool = False  # named `name:ARG`
     fallback: bool = False  # the value is a location (bundled:NAME, a hub id, a directory), not a name of ours
@@ -151,6 +155,7 @@ def check_method(cfg: Any, defaults: Any) -> None:
 
 # ---- the methods
 
+
 def _needs_prefix_vectors(cfg: Any) -> None:
     if cfg.adapter.prefix_len < 1:
         raise ConfigError(f"adapter.prefix_len: the {cfg.method} method needs at least 1 prefix vector")
@@ -158,8 +163,10 @@ def _needs_prefix_vectors(cfg: Any) -> None:
 
 def _no_checkpointing_with_prefix(cfg: Any) -> None:
     if cfg.train.gradient_checkpointing:
-        raise ConfigError("train.gradient_checkpointing: not available for the prefix method "
-                          "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)")
+        raise ConfigError(
+            "train.gradient_checkpointing: not available for the prefix method "
+            "(transformers drops a layer's past_key_values, the prefix itself, when checkpointing)"
+        )
 
 
 def _injection_mlp_and_kv(cfg: Any) -> None:
@@ -167,8 +174,10 @@ def _injection_mlp_and_kv(cfg: Any) -> None:
     if a.mlp_width < 1:
         raise ConfigError("adapter.mlp_width: injection needs an MLP width of at least 1")
     if a.inject_into == "kv" and cfg.train.gradient_checkpointing:
-        raise ConfigError("train.gradient_checkpointing: not available with adapter.inject_into: kv "
-                          "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)")
+        raise ConfigError(
+            "train.gradient_checkpointing: not available with adapter.inject_into: kv "
+            "(transformers drops a layer's past_key_values, the injected prefix, when checkpointing)"
+        )
 
 
 def _injection_encoder_rank(cfg: Any) -> None:
@@ -179,52 +188,101 @@ def _injection_encoder_rank(cfg: Any) -> None:
     layer = named.argument_of(a.embedding_model)
     if not (named.lm_layers and layer.isdigit() and int(layer) >= 1):
         trainable = _listed(f"{s.name}:N" for s in ENCODER_SPECS.values() if s.lm_layers)
-        raise ConfigError("adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
-                          f"{trainable} with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0")
+        raise ConfigError(
+            "adapter.encoder_rank: trains the LM as its own encoder; set adapter.embedding_model: "
+            f"{trainable} with N >= 1 (got {a.embedding_model}), or adapter.encoder_rank: 0"
+        )
     if a.pooling == "resampler":
         raise ConfigError("adapter.encoder_rank: takes adapter.pooling mean, chunks or recent, not resampler")
     if cfg.train.gradient_checkpointing:
-        raise ConfigError("train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
-                          "encoder pass would run without its LoRA)")
+        raise ConfigError(
+            "train.gradient_checkpointing: not available with adapter.encoder_rank (the recomputed "
+            "encoder pass would run without its LoRA)"
+        )
     if a.ablation != "none":
-        raise ConfigError(f"adapter.ablation: a {a.ablation} input leaves the encoder nothing to learn from the text; "
-                          "set adapter.encoder_rank: 0 for this control")
+        raise ConfigError(
+            f"adapter.ablation: a {a.ablation} input leaves the encoder nothing to learn from the text; "
+            "set adapter.encoder_rank: 0 for this control"
+        )
 
 
 def _injection_reads_text_windows(cfg: Any) -> None:
     if cfg.data.target_template is not None:
-        raise ConfigError("data.target_template: prompt/target examples are not supported by the injection method yet; "
-                          "use text windows (leave data.target_template unset)")
+        raise ConfigError(
+            "data.target_template: prompt/target examples are not supported by the injection method yet; "
+            "use text windows (leave data.target_template unset)"
+        )
 
 
-PRIOR = ("adapter.init", "adapter.init_text", "adapter.init_radius", "adapter.init_text_b")  # where prefix vectors start
+PRIOR = (
+    "adapter.init",
+    "adapter.init_text",
+    "adapter.init_radius",
+    "adapter.init_text_b",
+)  # where prefix vectors start
 
 register_method(MethodSpec("baseline", trains=False, unpacked=lambda cfg: "the baseline trains nothing"))
-register_method(MethodSpec(
-    "prompt", reads=("adapter.prefix_len", *PRIOR),
-    own_settings={"adapter.deep_layers": "deep prompts are a variant of the prompt method, not of {method}"},
-    checks=(_needs_prefix_vectors,),
-    unpacked=lambda cfg: "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
-    if cfg.adapter.deep_layers else None,
-    peft_format="PROMPT_TUNING", mixes=True,
-    no_peft=lambda cfg: "PEFT has no layout for deep prompts (adapter.deep_layers: learned activations inside the LM)"
-    if cfg.adapter.deep_layers else None))
-register_method(MethodSpec(
-    "injection", needs_encoder=True,
-    reads=("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "adapter.embedding_model",
-           "adapter.pooling", "adapter.fourier_features", "adapter.lora_alpha", "adapter.target_modules", *PRIOR),
-    own_settings={"adapter.inject_into": "a setting of the injection method, not of {method}",
-                  "adapter.encoder_rank": "LoRA on the injection encoder's pass, not a setting of {method}",
-                  "adapter.ablation": "a control of the injection method, not a setting of {method}"},
-    checks=(_injection_mlp_and_kv, _injection_encoder_rank, _injection_reads_text_windows)))
-register_method(MethodSpec(
-    "prefix", reads=("adapter.prefix_len", "adapter.mlp_width", "adapter.layers", *PRIOR),
-    checks=(_needs_prefix_vectors, _no_checkpointing_with_prefix), peft_format="PREFIX_TUNING", mixes=True))
-register_method(MethodSpec(
-    "lora", label="LoRA",
-    reads=("adapter.rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.target_modules"),
-    unpacked=lambda cfg: "LoRA changes the frozen LM's own layers, which every member of a pack shares",
-    peft_format="LORA"))
+register_method(
+    MethodSpec(
+        "prompt",
+        reads=("adapter.prefix_len", *PRIOR),
+        own_settings={"adapter.deep_layers": "deep prompts are a variant of the prompt method, not of {method}"},
+        checks=(_needs_prefix_vectors,),
+        unpacked=lambda cfg: (
+            "a deep prompt substitutes hidden states inside the LM's layers at fixed positions"
+            if cfg.adapter.deep_layers
+            else None
+        ),
+        peft_format="PROMPT_TUNING",
+        mixes=True,
+        no_peft=lambda cfg: (
+            "PEFT has no layout for deep prompts (adapter.deep_layers: learned activations inside the LM)"
+            if cfg.adapter.deep_layers
+            else None
+        ),
+    )
+)
+register_method(
+    MethodSpec(
+        "injection",
+        needs_encoder=True,
+        reads=(
+            "adapter.prefix_len",
+            "adapter.inject_tokens",
+            "adapter.mlp_width",
+            "adapter.embedding_model",
+            "adapter.pooling",
+            "adapter.fourier_features",
+            "adapter.lora_alpha",
+            "adapter.target_modules",
+            *PRIOR,
+        ),
+        own_settings={
+            "adapter.inject_into": "a setting of the injection method, not of {method}",
+            "adapter.encoder_rank": "LoRA on the injection encoder's pass, not a setting of {method}",
+            "adapter.ablation": "a control of the injection method, not a setting of {method}",
+        },
+        checks=(_injection_mlp_and_kv, _injection_encoder_rank, _injection_reads_text_windows),
+    )
+)
+register_method(
+    MethodSpec(
+        "prefix",
+        reads=("adapter.prefix_len", "adapter.mlp_width", "adapter.layers", *PRIOR),
+        checks=(_needs_prefix_vectors, _no_checkpointing_with_prefix),
+        peft_format="PREFIX_TUNING",
+        mixes=True,
+    )
+)
+register_method(
+    MethodSpec(
+        "lora",
+        label="LoRA",
+        reads=("adapter.rank", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.target_modules"),
+        unpacked=lambda cfg: "LoRA changes the frozen LM's own layers, which every member of a pack shares",
+        peft_format="LORA",
+    )
+)
 
 
 # ---- the encoders (their classes: embinject.encoders)

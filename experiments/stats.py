@@ -1,4 +1,5 @@
 """Intervals and multiple-testing corrections the experiments' RESULTS.md files share."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ class PerWindow:
         return float((nll @ weights).sum() / (tok @ weights).sum())
 
 
-def bootstrap(stat: Callable[[dict[str, float]], float], arms: dict[str, PerWindow], n: int = 2000,
-              seed: int = 0, seeds_too: bool = True) -> tuple[float, float, float]:
+def bootstrap(
+    stat: Callable[[dict[str, float]], float],
+    arms: dict[str, PerWindow],
+    n: int = 2000,
+    seed: int = 0,
+    seeds_too: bool = True,
+) -> tuple[float, float, float]:
     """(estimate, 2.5%, 97.5%) of `stat` over arms' mean NLLs. Each resample draws the test windows with
     replacement, the same windows for every arm (the arms are paired by window), and (`seeds_too`) each arm's seeds
     with replacement. Over few seeds that understates the seed variance (over 3 seeds its variance is 2/3 of the
@@ -63,7 +69,9 @@ class Interval(tuple):
         return made
 
 
-def seed_interval(stat: Callable[[dict[str, float]], float], arms: dict[str, PerWindow], level: float = 0.95) -> Interval:
+def seed_interval(
+    stat: Callable[[dict[str, float]], float], arms: dict[str, PerWindow], level: float = 0.95
+) -> Interval:
     """`stat` of the arms' mean NLLs with a Student-t interval over seeds: the statistic is computed per seed (seed s of
     every trained arm, each on all test windows, so arms are paired by seed number and by window; an evaluation-only
     arm's one row enters every seed), over the seed numbers every trained arm has, and the interval is the mean of
@@ -79,8 +87,9 @@ def seed_interval(stat: Callable[[dict[str, float]], float], arms: dict[str, Per
     if not shared:  # no seed in common: nothing to pair, the point from all rows and no interval
         return Interval(stat({k: a.mean() for k, a in arms.items()}), math.nan, math.nan, 1)
     n = len(shared)  # a trained arm of one seed pairs with the same seed of the others: one seed, no interval
-    values = np.array([stat({k: a.mean([a.seed_ids.index(s) if a.trained else 0]) for k, a in arms.items()})
-                       for s in shared])
+    values = np.array(
+        [stat({k: a.mean([a.seed_ids.index(s) if a.trained else 0]) for k, a in arms.items()}) for s in shared]
+    )
     if n == 1:
         return Interval(float(values[0]), math.nan, math.nan, 1)
     half = float(t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama with its own small BPE tokenizer (fast unit tests), the
 real shared data folder, and an isolated cache directory per test session."""
+
 from __future__ import annotations
 
 import os
@@ -60,10 +61,22 @@ def shared_data() -> Path:
 @pytest.fixture
 def tiny_overrides(tiny_model):
     """Overrides for a fast run on the tiny model and the builtin Python docs."""
-    return [f"model={tiny_model}", "data.seq_len=32", "data.train_samples=64", "data.val_samples=32",
-            "train.batch_size=8", "train.eval_batch_size=32", "train.max_steps=6", "train.eval_every=3",
-            "train.progress=false", "adapter.prefix_len=4", "adapter.mlp_width=32", "adapter.embedding_model=fourier",
-            "adapter.fourier_features=16", "adapter.context_tokens=8"]
+    return [
+        f"model={tiny_model}",
+        "data.seq_len=32",
+        "data.train_samples=64",
+        "data.val_samples=32",
+        "train.batch_size=8",
+        "train.eval_batch_size=32",
+        "train.max_steps=6",
+        "train.eval_every=3",
+        "train.progress=false",
+        "adapter.prefix_len=4",
+        "adapter.mlp_width=32",
+        "adapter.embedding_model=fourier",
+        "adapter.fourier_features=16",
+        "adapter.context_tokens=8",
+    ]
 
 
 def free_port() -> int:

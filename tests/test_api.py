@@ -1,6 +1,7 @@
 """The Python API (`embinject.search`, `embinject.load_search`): docs/python-api.md's example run as written (a real
 search: Ray, Optuna, MLflow's registry, the bundled SmolLM2-135M), then its folder read back whole, interrupted and
 damaged; and `import embinject` without Ray, MLflow, pandas or torch."""
+
 import json
 import os
 import re
@@ -25,16 +26,24 @@ def page_code() -> str:
 
 
 def python(code: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_import_embinject_is_light_and_the_api_loads_on_first_use_without_ray(tmp_path):
     heavy = ("ray", "mlflow", "pandas", "torch", "optuna", "embinject.tune")
-    proc = python(f"import sys, embinject; print([m for m in {heavy} if m in sys.modules]); "
-                  "from embinject import search, load_search, SearchResult; print([m for m in ('ray', 'optuna') "
-                  "if m in sys.modules], search.__module__, embinject.api.search is search)", tmp_path)
+    proc = python(
+        f"import sys, embinject; print([m for m in {heavy} if m in sys.modules]); "
+        "from embinject import search, load_search, SearchResult; print([m for m in ('ray', 'optuna') "
+        "if m in sys.modules], search.__module__, embinject.api.search is search)",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["[]", "[] embinject.api True"]
 
@@ -89,7 +98,9 @@ DAMAGED = [  # (file, what is done to its bytes, the line's reason)
 ]
 
 
-@pytest.mark.parametrize("file, damage, reason", DAMAGED, ids=["summary-cut", "summary-header", "space-cut", "state-empty"])
+@pytest.mark.parametrize(
+    "file, damage, reason", DAMAGED, ids=["summary-cut", "summary-header", "space-cut", "state-empty"]
+)
 def test_a_damaged_search_folder_is_one_line_naming_the_file(page_search, tmp_path, file, damage, reason):
     _, folder = page_search
     copy = tmp_path / folder.name
@@ -111,10 +122,13 @@ def test_a_damaged_params_file_of_an_interrupted_search_is_named(page_search, tm
         embinject.load_search(copy)
 
 
-@pytest.mark.parametrize("where, expected", [
-    ("missing", "load_search: no search folder at {missing}"),
-    ("empty", "load_search: {empty} is not an embinject search folder (no search_space.txt or summary.csv)"),
-])
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("missing", "load_search: no search folder at {missing}"),
+        ("empty", "load_search: {empty} is not an embinject search folder (no search_space.txt or summary.csv)"),
+    ],
+)
 def test_load_search_of_what_is_no_search_folder_says_so(tmp_path, where, expected):
     (tmp_path / "empty").mkdir()
     with pytest.raises(embinject.ConfigError) as caught:
@@ -125,10 +139,15 @@ def test_load_search_of_what_is_no_search_folder_says_so(tmp_path, where, expect
 def test_a_search_given_as_a_dict_is_read_as_its_file_would_be_and_left_unchanged(tmp_path, tiny_model):
     import yaml
 
-    spec = {"model": Path(tiny_model), "method": "prompt", "data": {"path": "builtin:python-docs", "seq_len": 32},
-            "adapter": {"prefix_len": 2}, "train": {"max_steps": 4},
-            "search": {"train.lr": {"loguniform": (1.0e-3, 3.0e-2)}},
-            "tune": {"name": "d", "storage_path": str(tmp_path / "runs"), "scheduler": {"type": "none"}}}
+    spec = {
+        "model": Path(tiny_model),
+        "method": "prompt",
+        "data": {"path": "builtin:python-docs", "seq_len": 32},
+        "adapter": {"prefix_len": 2},
+        "train": {"max_steps": 4},
+        "search": {"train.lr": {"loguniform": (1.0e-3, 3.0e-2)}},
+        "tune": {"name": "d", "storage_path": str(tmp_path / "runs"), "scheduler": {"type": "none"}},
+    }
     before = repr(spec)
     file = tmp_path / "s.yaml"
     file.write_text(yaml.safe_dump(json.loads(json.dumps(spec, default=str))))

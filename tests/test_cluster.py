@@ -1,6 +1,7 @@
 """Multi-node for real: a Ray head and a second Ray node started with `ray start` on 127.0.0.1
 (token authentication, as Ray 2.60 requires), a search run with --address, and MLflow showing
 trials from both nodes."""
+
 import os
 import secrets
 import shutil
@@ -26,8 +27,14 @@ def two_node_cluster():
     sessions = []
 
     def start(*args):
-        proc = subprocess.Popen([RAY, "start", "--num-cpus=1", "--disable-usage-stats", *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [RAY, "start", "--num-cpus=1", "--disable-usage-stats", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         out, _ = proc.communicate(timeout=120)
         sessions.append(proc.pid)
         assert proc.returncode == 0, out
@@ -49,8 +56,13 @@ def test_search_on_a_two_node_cluster(tmp_path, tiny_model, shared_data, two_nod
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     storage = tmp_path / "runs"  # one machine: both nodes see this path, as they would an NFS mount
-    path = write_search(tmp_path / "s.yaml", tiny_model, str(shared_data / "wikitext2_valid_detok"), storage,
-                        **{"tune.num_samples": 4, "tune.max_concurrent_trials": 2})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        str(shared_data / "wikitext2_valid_detok"),
+        storage,
+        **{"tune.num_samples": 4, "tune.max_concurrent_trials": 2},
+    )
     proc = run_tune(str(path), "--address", address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
@@ -62,7 +74,9 @@ def test_search_on_a_two_node_cluster(tmp_path, tiny_model, shared_data, two_nod
     assert all(c.data.metrics.get("val_perplexity") for c in children)
 
 
-def test_trials_of_a_stopped_node_continue_on_the_head_from_their_checkpoints(tmp_path, tiny_model, two_node_cluster, monkeypatch):
+def test_trials_of_a_stopped_node_continue_on_the_head_from_their_checkpoints(
+    tmp_path, tiny_model, two_node_cluster, monkeypatch
+):
     import sys
 
     from .test_faults import PY_ENV, trial_rows, wait_for
@@ -72,11 +86,30 @@ def test_trials_of_a_stopped_node_continue_on_the_head_from_their_checkpoints(tm
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "train.max_steps": 120, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 3,
-        "tune.max_concurrent_trials": 2, "tune.scheduler": {"type": "none"}, "tune.max_failures": 2})
-    proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path), "--address", address], cwd=ROOT,
-                            env={**PY_ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "train.max_steps": 120,
+            "train.max_epochs": 100,
+            "train.eval_every": 5,
+            "tune.num_samples": 3,
+            "tune.max_concurrent_trials": 2,
+            "tune.scheduler": {"type": "none"},
+            "tune.max_failures": 2,
+        },
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embinject.tune", str(path), "--address", address],
+        cwd=ROOT,
+        env={**PY_ENV, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
     def on_second_node():
         for name, rows in trial_rows(storage).items():

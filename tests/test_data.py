@@ -119,7 +119,9 @@ def test_bundled_sentence_encoder_dimension_read_from_model(tok):
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-4)  # the bundled pipeline normalises
     # `adapter.pooling: chunks` scales its chunk means as the sentence vectors: unit length, not the raw states' 3-9
     raw = torch.stack([s.norm(dim=-1).mean() for s in enc.token_states(torch.randint(0, 500, (3, 10)))])
-    chunked = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny", pooling=Pooling("chunks", 2)).encode(torch.randint(0, 500, (3, 10)))
+    chunked = load_encoder("bundled:all-minilm-l6-v2", None, tok, "tiny", pooling=Pooling("chunks", 2)).encode(
+        torch.randint(0, 500, (3, 10))
+    )
     assert (raw > 2).all() and chunked.shape == (3, 2, 384)
     assert torch.allclose(chunked.norm(dim=-1), torch.ones(3, 2), atol=1e-4)
 
@@ -132,11 +134,19 @@ def test_unreachable_hub_dataset_is_a_clear_error(tok, monkeypatch):
 
 
 def test_prompt_target_examples_score_only_the_target(tmp_path, tok):
-    rows = [{"question": f"What is {i} plus one?", "answer": str(i + 1), "kind": "even" if i % 2 == 0 else "odd"}
-            for i in range(12)]
+    rows = [
+        {"question": f"What is {i} plus one?", "answer": str(i + 1), "kind": "even" if i % 2 == 0 else "odd"}
+        for i in range(12)
+    ]
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    cfg = DataConfig(path=str(tmp_path / "qa.jsonl"), seq_len=24, val_fraction=0.25,
-                     prompt_template="Q: {question}\nA:", target_template=" {answer}", where="kind=even")
+    cfg = DataConfig(
+        path=str(tmp_path / "qa.jsonl"),
+        seq_len=24,
+        val_fraction=0.25,
+        prompt_template="Q: {question}\nA:",
+        target_template=" {answer}",
+        where="kind=even",
+    )
     train, val = build_windows(cfg, tok, tokenizer_fingerprint(tok))
     assert len(train) + len(val) == 6 and train.scored is not None
     for w in (train, val):
@@ -164,7 +174,9 @@ def test_example_templates_name_missing_fields(tmp_path):
         load_documents(DataConfig(path=str(tmp_path / "d.jsonl"), where="label=x"))
 
 
-def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows_need(tmp_path, shared_data, tiny_model):
+def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows_need(
+    tmp_path, shared_data, tiny_model
+):
     """A 70 MB JSON Lines file (more than LAZY_READ_BYTES) with a few windows asked for: read as far as they need,
     not whole (whole, a 200 MB file took 71 s and 8.4 GB here, and left a 715 MB cache entry)."""
     import json as json_module
@@ -177,15 +189,22 @@ def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows
         for _ in range(LAZY_READ_BYTES // len(text) + 6):
             fh.write(text)
     assert big.stat().st_size > LAZY_READ_BYTES
-    script = ("import json, resource, sys, time; from transformers import AutoTokenizer; from embinject.config import DataConfig; "
-              "from embinject.data import build_windows, select_windows; tok = AutoTokenizer.from_pretrained(sys.argv[2]); "
-              "t0 = time.time(); cfg = DataConfig(path=sys.argv[1], seq_len=32, train_samples=32, val_samples=16); "
-              "train, val = build_windows(cfg, tok, 'k'); train = select_windows(train, 32, 'previous', 'train'); "
-              "val = select_windows(val, 16, 'previous', 'validation'); print(json.dumps({'seconds': time.time() - t0, "
-              "'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'train': len(train), 'val': len(val)}))")
+    script = (
+        "import json, resource, sys, time; from transformers import AutoTokenizer; from embinject.config import DataConfig; "
+        "from embinject.data import build_windows, select_windows; tok = AutoTokenizer.from_pretrained(sys.argv[2]); "
+        "t0 = time.time(); cfg = DataConfig(path=sys.argv[1], seq_len=32, train_samples=32, val_samples=16); "
+        "train, val = build_windows(cfg, tok, 'k'); train = select_windows(train, 32, 'previous', 'train'); "
+        "val = select_windows(val, 16, 'previous', 'validation'); print(json.dumps({'seconds': time.time() - t0, "
+        "'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'train': len(train), 'val': len(val)}))"
+    )
     cache = tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-c", script, str(big), tiny_model], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "EMBINJECT_CACHE": str(cache)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(big), tiny_model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EMBINJECT_CACHE": str(cache)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json_module.loads(proc.stdout.splitlines()[-1])
     assert out["train"] == 32 and out["val"] == 16

@@ -1,6 +1,7 @@
 """Each use of Ray's or Optuna's internals (embinject/tune/driver/internals.py) on the installed Ray and Optuna: a version whose
 internals differ fails here, naming the versions, rather than somewhere in a search. No Ray cluster: each builds the
 Ray or Optuna object alone."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,9 @@ from ray.tune.search.optuna import OptunaSearch
 from embinject.tune.driver import internals
 from embinject.tune.driver.searcher import ASHA, StudySearch
 
-WRITTEN_FOR = f"embinject.tune.driver.internals was written for {internals.RAY_VERSIONS} and {internals.OPTUNA_VERSIONS}"
+WRITTEN_FOR = (
+    f"embinject.tune.driver.internals was written for {internals.RAY_VERSIONS} and {internals.OPTUNA_VERSIONS}"
+)
 INSTALLED = f"installed: Ray {ray.__version__}, Optuna {optuna.__version__}"
 
 
@@ -54,15 +57,17 @@ def test_optuna_search_study(searcher):
 def test_optuna_search_trials(searcher):
     searcher.suggest("t1")
     trials = getattr(searcher, "_ot_trials", None)
-    assert isinstance(trials, dict) and isinstance(trials.get("t1"), optuna.trial.Trial), \
-        changed("OptunaSearch._ot_trials is not a dict of Ray trial id -> optuna.trial.Trial")
+    assert isinstance(trials, dict) and isinstance(trials.get("t1"), optuna.trial.Trial), changed(
+        "OptunaSearch._ot_trials is not a dict of Ray trial id -> optuna.trial.Trial"
+    )
     assert internals.searcher_trials(searcher) is trials
 
 
 def test_optuna_search_completed_trials(searcher):
     searcher.suggest("t1")
-    assert isinstance(getattr(searcher, "_completed_trials", None), set), \
-        changed("OptunaSearch._completed_trials is not a set of Ray trial ids")
+    assert isinstance(getattr(searcher, "_completed_trials", None), set), changed(
+        "OptunaSearch._completed_trials is not a set of Ray trial ids"
+    )
     internals.mark_searcher_trial_ended(searcher, "t1")
     searcher.on_trial_complete("t1", {"loss": 1.0})  # ignored, as by a trial Ray's searcher ended itself
     state = internals.searcher_study(searcher).trials[0].state
@@ -86,15 +91,17 @@ def test_asha_rungs_and_metric_sign():
     brackets = getattr(asha, "_brackets", None)
     assert isinstance(brackets, list) and len(brackets) == 1, changed("ASHAScheduler._brackets is not a list of one")
     rungs = getattr(brackets[0], "_rungs", None)
-    assert isinstance(rungs, list) and all(isinstance(r, tuple) and isinstance(r[1], dict) for r in rungs), \
-        changed("ASHA's _Bracket._rungs is not a list of (milestone, {trial id: value})")
+    assert isinstance(rungs, list) and all(isinstance(r, tuple) and isinstance(r[1], dict) for r in rungs), changed(
+        "ASHA's _Bracket._rungs is not a list of (milestone, {trial id: value})"
+    )
     assert callable(getattr(brackets[0], "cutoff", None)), changed("ASHA's _Bracket has no cutoff(recorded)")
     assert getattr(asha, "_metric_op", None) == -1.0, changed("ASHAScheduler._metric_op is not -1 when minimising")
     for trial_id, loss in (("a", 2.0), ("b", 4.0)):
         asha.on_trial_add(None, _trial(trial_id))
         asha.on_trial_result(None, _trial(trial_id), {"step": 3, "loss": loss})
-    assert internals.asha_rungs(asha) == [(3, 3.0), (6, None), (12, None)], \
-        changed("ASHA's rungs or cut-offs (in the metric's units) are not as read")
+    assert internals.asha_rungs(asha) == [(3, 3.0), (6, None), (12, None)], changed(
+        "ASHA's rungs or cut-offs (in the metric's units) are not as read"
+    )
 
 
 def test_frozen_trial_storage_id():
@@ -103,16 +110,18 @@ def test_frozen_trial_storage_id():
     frozen = study.get_trials(deepcopy=False)[0]
     assert isinstance(getattr(frozen, "_trial_id", None), int), changed("optuna FrozenTrial._trial_id is not an int")
     optuna.trial.Trial(study, internals.storage_trial_id(frozen)).set_user_attr("ended_by", "test")
-    assert study.get_trials(deepcopy=False)[0].user_attrs == {"ended_by": "test"}, \
-        changed("optuna.trial.Trial(study, FrozenTrial._trial_id) does not reach the study's trial")
+    assert study.get_trials(deepcopy=False)[0].user_attrs == {"ended_by": "test"}, changed(
+        "optuna.trial.Trial(study, FrozenTrial._trial_id) does not reach the study's trial"
+    )
 
 
 def test_ray_token_logger_module():
     spec = importlib.util.find_spec(internals.RAY_TOKEN_LOGGER)
     assert spec is not None, changed(f"Ray has no module {internals.RAY_TOKEN_LOGGER}")
     with open(spec.origin, encoding="utf-8") as f:
-        assert "Token authentication is enabled for this Ray cluster" in f.read(), \
-            changed(f"{internals.RAY_TOKEN_LOGGER} no longer logs the token authentication notice")
+        assert "Token authentication is enabled for this Ray cluster" in f.read(), changed(
+            f"{internals.RAY_TOKEN_LOGGER} no longer logs the token authentication notice"
+        )
 
 
 def test_ray_init_system_config():
@@ -136,11 +145,13 @@ def test_ray_experiment_snapshot_trial_data(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trial.run_metadata.checkpoint_manager.register_checkpoint(
-            _TrainingResult(checkpoint=tune.Checkpoint(str(checkpoint)), metrics={}))
+            _TrainingResult(checkpoint=tune.Checkpoint(str(checkpoint)), metrics={})
+        )
     snapshot = tmp_path / "experiment_state-2026.json"
     snapshot.write_text(json.dumps({"trial_data": [trial.get_json_state()]}))
-    assert internals.snapshot_trial_checkpoints(snapshot) == {"trial_abc": "checkpoint_000003"}, \
-        changed("Ray's trial loader does not read a snapshot's trial_data as written")
+    assert internals.snapshot_trial_checkpoints(snapshot) == {"trial_abc": "checkpoint_000003"}, changed(
+        "Ray's trial loader does not read a snapshot's trial_data as written"
+    )
 
 
 def test_the_searcher_classes_join_rays_and_pickle_by_name():
@@ -150,7 +161,10 @@ def test_the_searcher_classes_join_rays_and_pickle_by_name():
     assert issubclass(StudySearch, OptunaSearch) and issubclass(ASHA, ASHAScheduler)
     assert pickle.loads(pickle.dumps(StudySearch)) is StudySearch and pickle.loads(pickle.dumps(ASHA)) is ASHA
     asha = ASHA(time_attr="step", metric="loss", mode="min", max_t=12, grace_period=3, reduction_factor=2)
-    assert asha.debug_string() == "ASHA: 0 stopped early; loss a trial must beat to go on, per rung: step 3: -, step 6: -, step 12: -"
+    assert (
+        asha.debug_string()
+        == "ASHA: 0 stopped early; loss a trial must beat to go on, per rung: step 3: -, step 6: -, step 12: -"
+    )
 
 
 def test_cli_reporter_settings_and_status_helpers():
@@ -175,7 +189,11 @@ def test_cli_reporter_settings_and_status_helpers():
         table = internals.psql_table(rows, columns)
     except (AttributeError, TypeError, ValueError, ImportError) as exc:
         pytest.fail(changed(f"CLIReporter's settings or ray.tune.progress_reporter's table helpers ({exc})"))
-    assert (settings["metric"], settings["mode"], settings["total_samples"]) == ("loss", "min", 3), changed("CLIReporter")
-    assert "loss" in columns and "lr" in columns and overflow == 0 and "1.25" in table, changed("_get_progress_table_data")
+    assert (settings["metric"], settings["mode"], settings["total_samples"]) == ("loss", "min", 3), changed(
+        "CLIReporter"
+    )
+    assert "loss" in columns and "lr" in columns and overflow == 0 and "1.25" in table, changed(
+        "_get_progress_table_data"
+    )
     assert line.startswith("Current time:"), changed("_time_passed_str")
     assert isinstance(errors, str), changed("_trial_errors_str")

@@ -1,4 +1,5 @@
 """Each method on the tiny random Llama: frozen base, zero states, scoring, persistence."""
+
 import math
 import os
 import subprocess
@@ -17,7 +18,15 @@ from benchmarks.shape_model import make_shape_model
 from embinject.adapters import load_adapter
 from embinject.config_files import load_config
 from embinject.data import build_windows, select_windows
-from embinject.encoders import FourierEncoder, Pooling, chunk_bounds, chunk_mean, encoder_key, lm_layer_states, load_encoder
+from embinject.encoders import (
+    FourierEncoder,
+    Pooling,
+    chunk_bounds,
+    chunk_mean,
+    encoder_key,
+    lm_layer_states,
+    load_encoder,
+)
 from embinject.errors import ConfigError
 from embinject.methods import REGISTRY, build_method, load_method, mix_prefixes
 from embinject.methods.injection import Injection, Resampler
@@ -223,7 +232,8 @@ def test_save_load_reproduces_perplexity(tiny_overrides, tmp_path, method):
     loaded = load_method(tmp_path / "adapter", fresh.model, fresh.tokenizer)
     try:
         assert perplexity(loaded, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(
-            result["val_perplexity"], rel=1e-5)
+            result["val_perplexity"], rel=1e-5
+        )
     finally:
         loaded.release()
 
@@ -248,8 +258,16 @@ def test_reference_parameter_counts(tmp_path):
 
     path = make_tiny_model(tmp_path / "m960", hidden=960, layers=1, vocab=300)
     lm = load_frozen_lm(str(path))
-    inj = load_config(None, [f"model={path}", "method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=1",
-                             "adapter.mlp_width=512"])
+    inj = load_config(
+        None,
+        [
+            f"model={path}",
+            "method=injection",
+            "adapter.prefix_len=2",
+            "adapter.inject_tokens=1",
+            "adapter.mlp_width=512",
+        ],
+    )
     m = build_method(inj, lm.model, encoder_dim=768, tokenizer=lm.tokenizer)
     assert sum(p.numel() for p in m.trainable_parameters()) == 888_128
     prompt = load_config(None, [f"model={path}", "method=prompt", "adapter.prefix_len=3"])
@@ -258,8 +276,14 @@ def test_reference_parameter_counts(tmp_path):
 
 @pytest.mark.parametrize("init", ["normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text", "interpolate"])
 def test_prompt_priors(tiny_overrides, init):
-    cfg = cfg_for(tiny_overrides, "prompt", f"adapter.init={init}", "adapter.init_radius=0.01",
-                  "adapter.init_text=def class return import", "adapter.init_text_b=1 2 3 4 5 6 7 8 9")
+    cfg = cfg_for(
+        tiny_overrides,
+        "prompt",
+        f"adapter.init={init}",
+        "adapter.init_radius=0.01",
+        "adapter.init_text=def class return import",
+        "adapter.init_text_b=1 2 3 4 5 6 7 8 9",
+    )
     lm = load_frozen_lm(cfg.model)
     a = build_method(cfg, lm.model, tokenizer=lm.tokenizer).prompt
     b = build_method(cfg, lm.model, tokenizer=lm.tokenizer).prompt
@@ -297,12 +321,13 @@ def test_resume_from_checkpoint_continues_identically(tiny_overrides, tmp_path):
         train(cfg, report=report)
     resumed, _ = train(cfg, resume_from=tmp_path / "ckpt")
     assert [h["step"] for h in resumed["history"]] == [3, 6, 9]
-    assert [h["val_perplexity"] for h in resumed["history"]] == pytest.approx([h["val_perplexity"] for h in full["history"]], rel=1e-6)
+    assert [h["val_perplexity"] for h in resumed["history"]] == pytest.approx(
+        [h["val_perplexity"] for h in full["history"]], rel=1e-6
+    )
 
 
 def test_registry_has_every_method():
     assert set(REGISTRY) == set(METHODS)
-
 
 
 def test_bfloat16_autocast_trains(tiny_overrides):
@@ -311,8 +336,10 @@ def test_bfloat16_autocast_trains(tiny_overrides):
     assert math.isfinite(result["val_perplexity"]) and result["steps"] == 3
 
 
-@pytest.mark.parametrize("method, extra", [("baseline", ""), ("prompt", ""), ("prompt", "adapter.deep_layers=1"),
-                                           ("prefix", ""), ("lora", "")])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("baseline", ""), ("prompt", ""), ("prompt", "adapter.deep_layers=1"), ("prefix", ""), ("lora", "")],
+)
 def test_generation_matches_full_recomputation(tiny_overrides, method, extra):
     """Greedy decoding with the KV cache equals argmax over a full forward of the growing
     sequence through the adapter (the training path), token by token."""
@@ -352,7 +379,9 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_overrides, method):
     b = [h["val_perplexity"] for h in ckpt["history"]]
     assert a == pytest.approx(b, rel=1e-5) and a[0] != a[-1]
     lm = load_frozen_lm(cfg.model)
-    assert not lm.model.training and not any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())  # restored for everyone else
+    assert not lm.model.training and not any(
+        getattr(m, "gradient_checkpointing", False) for m in lm.model.modules()
+    )  # restored for everyone else
 
 
 def test_packed_trials_get_their_own_gradients(tiny_model):
@@ -376,7 +405,12 @@ def test_step_benchmark_writes_where_asked_and_gpu_share_needs_cuda(tiny_model, 
     import json
 
     out = tmp_path / "step.json"
-    assert step_benchmark.main(["--model", tiny_model, "--methods", "prompt", "--reps", "1", "--seq", "32", "--out", str(out)]) == 0
+    assert (
+        step_benchmark.main(
+            ["--model", tiny_model, "--methods", "prompt", "--reps", "1", "--seq", "32", "--out", str(out)]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and {r["side"] for r in data["rows"]} == {"embinject", "peft"}
     if not torch.cuda.is_available():
@@ -433,11 +467,16 @@ def test_auto_dtype_is_bf16_only_where_fast_and_says_what_it_chose(tiny_override
     precision.cpu_bf16_fast.cache_clear()
     try:
         auto, _ = train(cfg_for(tiny_overrides, "prompt"))
-        explicit, _ = train(cfg_for(tiny_overrides, "prompt", f"train.dtype={'bfloat16' if fast == '1' else 'float32'}"))
+        explicit, _ = train(
+            cfg_for(tiny_overrides, "prompt", f"train.dtype={'bfloat16' if fast == '1' else 'float32'}")
+        )
     finally:
         precision.cpu_bf16_fast.cache_clear()
     assert auto["dtype"] == ("bfloat16" if fast == "1" else "float32") and auto["config"]["train"]["dtype"] == "auto"
-    assert auto["val_perplexity"] == explicit["val_perplexity"] and auto["baseline_perplexity"] == explicit["baseline_perplexity"]
+    assert (
+        auto["val_perplexity"] == explicit["val_perplexity"]
+        and auto["baseline_perplexity"] == explicit["baseline_perplexity"]
+    )
 
 
 def test_cpu_flags_decide_and_the_probe_answers_quickly():
@@ -447,7 +486,10 @@ def test_cpu_flags_decide_and_the_probe_answers_quickly():
     assert flags is None or isinstance(flags, set)
     if flags is not None and "EMBINJECT_CPU_BF16" not in os.environ:
         assert precision.cpu_bf16_fast() == bool(flags & {"avx512_bf16", "amx_bf16"})
-    assert precision.resolve_dtype("float32", "cpu") == "float32" and precision.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert (
+        precision.resolve_dtype("float32", "cpu") == "float32"
+        and precision.resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    )
     t0 = time.perf_counter()
     assert isinstance(precision._probe(), bool)
     assert time.perf_counter() - t0 < 5
@@ -463,8 +505,14 @@ def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tin
     if not last_is_best:  # make the last evaluation look worse on the subset, so an earlier adapter is kept
         monkeypatch.setattr(T, "subset_and_full", lambda *a, **k: (1e6, real_both(*a, **k)[1]))
     reports = []
-    cfg = cfg_for(tiny_overrides, "prompt", "train.eval_windows=8", "train.lr=0.05", "train.patience=0",
-                  "train.divergence_factor=0")
+    cfg = cfg_for(
+        tiny_overrides,
+        "prompt",
+        "train.eval_windows=8",
+        "train.lr=0.05",
+        "train.patience=0",
+        "train.divergence_factor=0",
+    )
     prep = prepare(cfg)
     result, trained = train(cfg, report=lambda m, _: reports.append(m), prepared=prep)
     amp = autocast_dtype(cfg, "cpu")
@@ -475,7 +523,9 @@ def test_the_last_evaluation_scores_each_window_once_and_reports_both_scores(tin
     assert (result["best_step"] == result["steps"]) == last_is_best
     assert rescored == ([] if last_is_best else [1])
     if last_is_best:
-        assert reports[-1]["val_perplexity_subset"] == pytest.approx(perplexity(trained, subset, 32, autocast_dtype=amp), rel=1e-6)
+        assert reports[-1]["val_perplexity_subset"] == pytest.approx(
+            perplexity(trained, subset, 32, autocast_dtype=amp), rel=1e-6
+        )
     trained.release()
 
 
@@ -486,7 +536,10 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
     result, trained = train(cfg, report=lambda m, _: reports.append(m), prepared=prep)
     subset, used = eval_subset(prep.val, 8)
     assert used is not None and len(subset["input_ids"]) == 8 and result["eval_windows"] == 8
-    assert torch.equal(subset["input_ids"], eval_subset(prepare(cfg_for(tiny_overrides, "prompt", "train.seed=5")).val, 8)[0]["input_ids"])
+    assert torch.equal(
+        subset["input_ids"],
+        eval_subset(prepare(cfg_for(tiny_overrides, "prompt", "train.seed=5")).val, 8)[0]["input_ids"],
+    )
     amp = autocast_dtype(cfg, "cpu")
     full = perplexity(trained, prep.val, 32, autocast_dtype=amp)  # trained holds the kept (best) adapter
     assert result["val_perplexity"] == pytest.approx(full, rel=1e-6)
@@ -495,7 +548,8 @@ def test_intermediate_evaluations_use_a_fixed_subset_and_the_kept_adapter_is_sco
     intermediate = reports[:-1]
     assert intermediate and all(r["val_perplexity"] != r["val_perplexity_full"] for r in intermediate)  # a real subset
     assert perplexity(trained, subset, 32, autocast_dtype=amp) == pytest.approx(
-        min(r.get("val_perplexity_subset", r["val_perplexity"]) for r in reports), rel=1e-6)  # chosen on the subset
+        min(r.get("val_perplexity_subset", r["val_perplexity"]) for r in reports), rel=1e-6
+    )  # chosen on the subset
     trained.release()
 
 
@@ -510,15 +564,25 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
     assert chunk_bounds(64, 8, recent=True) == [0, 29, 44, 53, 58, 61, 62, 63, 64]  # growing with distance from the end
     assert chunk_bounds(3, 5, recent=True) == [0, 0, 0, 1, 2, 3]  # too short: the first chunks are empty
     assert chunk_mean(states[:3], 5, recent=True)[:, 0].tolist() == [1.0, 1.0, 0.0, 1.0, 2.0]  # empty: the whole mean
-    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", f"adapter.pooling={pooling}",
-                  "adapter.inject_tokens=3", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
+    cfg = cfg_for(
+        tiny_overrides,
+        "injection",
+        f"adapter.embedding_model={encoder}",
+        f"adapter.pooling={pooling}",
+        "adapter.inject_tokens=3",
+        "adapter.prefix_len=0",
+        "adapter.embed_source=previous",
+        "train.lr=0.01",
+    )
     prep = prepare(cfg)
     assert tuple(prep.train["sentence_embedding"].shape[1:]) == (3, prep.encoder_dim)
     lm = load_frozen_lm(cfg.model)
     ids = prep.train["input_ids"][:2, :12]
     enc = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16)
     chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("chunks", 3)).encode(ids)
-    assert torch.allclose(chunked.mean(dim=1), enc.encode(ids), atol=1e-5)  # 3 equal chunks of 4: their mean is the mean
+    assert torch.allclose(
+        chunked.mean(dim=1), enc.encode(ids), atol=1e-5
+    )  # 3 equal chunks of 4: their mean is the mean
     recent = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("recent", 3)).encode(ids)
     assert torch.allclose(recent[:, -1], torch.stack(enc.token_states(ids))[:, -1], atol=1e-5)  # the last token alone
     keys = {encoder_key(encoder, lm.tokenizer, 16, lm.path, Pooling(kind, 3)) for kind in ("mean", "chunks", "recent")}
@@ -557,7 +621,9 @@ def test_k_input_vectors_go_each_through_their_own_rows_as_the_pooled_design_doe
     """Vector i of chunks and of the resampler goes through the MLP's first layer and position i's rows of its last
     (the pooled design's k*d outputs): fed k copies of one pooled vector, it makes exactly the pooled design's k
     vectors, so k alike inputs still make k different vectors (a shared MLP would make k copies of one)."""
-    cfg = cfg_for(tiny_overrides, "injection", f"adapter.pooling={pooling}", "adapter.inject_tokens=3", "adapter.prefix_len=0")
+    cfg = cfg_for(
+        tiny_overrides, "injection", f"adapter.pooling={pooling}", "adapter.inject_tokens=3", "adapter.prefix_len=0"
+    )
     lm = load_frozen_lm(cfg.model).model
     x = torch.randn(2, 16)
     copies = x.unsqueeze(1).expand(-1, 3, -1)
@@ -576,29 +642,52 @@ def test_k_input_vectors_go_each_through_their_own_rows_as_the_pooled_design_doe
 def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_overrides, tmp_path, encoder):
     """`adapter.pooling: resampler`: k learned queries cross-attend over the encoder's token states (its own tokens for
     MiniLM, so texts differ in length and are padded); padding never changes the result; saved, loaded, generating."""
-    cfg = cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=resampler",
-                  "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous", "train.lr=0.01")
+    cfg = cfg_for(
+        tiny_overrides,
+        "injection",
+        f"adapter.embedding_model={encoder}",
+        "adapter.pooling=resampler",
+        "adapter.inject_tokens=2",
+        "adapter.prefix_len=0",
+        "adapter.embed_source=previous",
+        "train.lr=0.01",
+    )
     prep = prepare(cfg)
     states = prep.train["sentence_embedding"]
     assert states.dim() == 3 and states.dtype == torch.float16 and prep.encoder_dim == states.shape[-1]
     result, trained = train(cfg, prepared=prep)
     batch = {"input_ids": prep.val["input_ids"][:2], "sentence_embedding": prep.val["sentence_embedding"][:2].float()}
-    padded = dict(batch, sentence_embedding=F.pad(batch["sentence_embedding"], (0, 0, 0, 5)))  # 5 more padding positions
+    padded = dict(
+        batch, sentence_embedding=F.pad(batch["sentence_embedding"], (0, 0, 0, 5))
+    )  # 5 more padding positions
     with torch.no_grad():
         assert torch.allclose(trained.prefix_embeds(batch), trained.prefix_embeds(padded), atol=1e-6)
     trained.save(tmp_path / "adapter")
     loaded = load_adapter(str(tmp_path / "adapter"))
-    out = loaded.generate(["The history", "A"], ["of the city and its people over many years", "short"], max_new_tokens=2)
+    out = loaded.generate(
+        ["The history", "A"], ["of the city and its people over many years", "short"], max_new_tokens=2
+    )
     assert len(out) == 2
     # its constant-input control: every window of both splits gets the training split's mean states, padded as they
     # are (each split pads to its own longest text, so the splits' lengths differ for MiniLM)
-    constant = prepare(cfg_for(tiny_overrides, "injection", f"adapter.embedding_model={encoder}", "adapter.pooling=resampler",
-                               "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous",
-                               "adapter.ablation=constant"))
+    constant = prepare(
+        cfg_for(
+            tiny_overrides,
+            "injection",
+            f"adapter.embedding_model={encoder}",
+            "adapter.pooling=resampler",
+            "adapter.inject_tokens=2",
+            "adapter.prefix_len=0",
+            "adapter.embed_source=previous",
+            "adapter.ablation=constant",
+        )
+    )
     assert encoder == "fourier" or prep.val["sentence_embedding"].shape[1] != states.shape[1]
     for split, own in ((constant.train, prep.train), (constant.val, prep.val)):
         fed = split["sentence_embedding"]
-        assert len(fed) == len(own["sentence_embedding"]) and torch.equal(fed, states.mean(0, keepdim=True).expand_as(fed))
+        assert len(fed) == len(own["sentence_embedding"]) and torch.equal(
+            fed, states.mean(0, keepdim=True).expand_as(fed)
+        )
 
 
 def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_overrides, tmp_path):
@@ -606,8 +695,15 @@ def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_ov
     the start the head is zero, so every window gets the LM's own activations on the prior vectors (a static deep
     prefix); after training the keys differ by window. Greedy generation with the cache equals full recomputation;
     saved and loaded, it scores the same."""
-    cfg = cfg_for(tiny_overrides, "injection", "adapter.inject_into=kv", "adapter.inject_tokens=2", "adapter.prefix_len=0",
-                  "adapter.embed_source=previous", "train.lr=0.01")
+    cfg = cfg_for(
+        tiny_overrides,
+        "injection",
+        "adapter.inject_into=kv",
+        "adapter.inject_tokens=2",
+        "adapter.prefix_len=0",
+        "adapter.embed_source=previous",
+        "train.lr=0.01",
+    )
     prep = prepare(cfg)
     batch = {k: v[:4] for k, v in prep.val.items()}
     fresh = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
@@ -625,10 +721,18 @@ def test_kv_injection_starts_as_a_static_deep_prefix_then_reads_the_text(tiny_ov
     for i, (prompt, new) in enumerate(zip(prompts, out)):
         seq = list(prompt)
         for tok in new:
-            embeds, _, past, mask = trained.lm_inputs({"input_ids": torch.tensor([seq]),
-                                                       "sentence_embedding": extra["sentence_embedding"][i : i + 1]})
+            embeds, _, past, mask = trained.lm_inputs(
+                {"input_ids": torch.tensor([seq]), "sentence_embedding": extra["sentence_embedding"][i : i + 1]}
+            )
             with torch.no_grad():
-                assert int(prep.lm.model(inputs_embeds=embeds, past_key_values=past, attention_mask=mask).logits[0, -1].argmax()) == tok
+                assert (
+                    int(
+                        prep.lm.model(inputs_embeds=embeds, past_key_values=past, attention_mask=mask)
+                        .logits[0, -1]
+                        .argmax()
+                    )
+                    == tok
+                )
             seq.append(tok)
     trained.save(tmp_path / "adapter")
     loaded = load_adapter(str(tmp_path / "adapter"))
@@ -647,7 +751,10 @@ def test_ablation_feeds_the_training_mean_or_another_windows_embedding(tiny_over
     constant = prepare(cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=constant"))
     for split in (constant.train, constant.val):
         assert torch.equal(split["sentence_embedding"], mean.expand_as(split["sentence_embedding"]))
-    shuffled = [prepare(cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=shuffled", f"train.seed={s}")) for s in (0, 0, 1)]
+    shuffled = [
+        prepare(cfg_for(tiny_overrides, "injection", *base, "adapter.ablation=shuffled", f"train.seed={s}"))
+        for s in (0, 0, 1)
+    ]
     for name in ("train", "val"):
         ours, again, other = (getattr(p, name)["sentence_embedding"] for p in shuffled)
         real = getattr(own, name)["sentence_embedding"]
@@ -660,11 +767,30 @@ def test_ablation_feeds_the_training_mean_or_another_windows_embedding(tiny_over
     with pytest.raises(ConfigError, match="a control adapter \\(adapter.ablation: constant\\)"):
         loaded.generate(["The history"], ["of the city"], max_new_tokens=2)
     before = sorted(p.name for p in (tmp_path / "control").iterdir())
-    proc = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", str(tmp_path / "control"),
-                           "--prompt", "The history", "--context", "of the city"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embinject",
+            "generate",
+            "--adapter",
+            str(tmp_path / "control"),
+            "--prompt",
+            "The history",
+            "--context",
+            "of the city",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'control'}: a control adapter"), proc.stderr
+    assert (
+        proc.returncode == 2
+        and len(lines) == 1
+        and lines[0].startswith(f"error: {tmp_path / 'control'}: a control adapter")
+    ), proc.stderr
     assert sorted(p.name for p in (tmp_path / "control").iterdir()) == before  # nothing written beside it
 
 
@@ -675,9 +801,17 @@ def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overri
     through the trained encoder."""
     import threading
 
-    cfg = cfg_for(tiny_overrides, "injection", "adapter.embedding_model=lm-hidden:2", "adapter.pooling=chunks",
-                  "adapter.encoder_rank=4", "adapter.inject_tokens=2", "adapter.prefix_len=0", "adapter.embed_source=previous",
-                  "train.lr=0.02")
+    cfg = cfg_for(
+        tiny_overrides,
+        "injection",
+        "adapter.embedding_model=lm-hidden:2",
+        "adapter.pooling=chunks",
+        "adapter.encoder_rank=4",
+        "adapter.inject_tokens=2",
+        "adapter.prefix_len=0",
+        "adapter.embed_source=previous",
+        "train.lr=0.02",
+    )
     prep = prepare(cfg)
     lm = prep.lm
     assert "sentence_embedding" not in prep.train and prep.encoder_dim == lm.model.config.hidden_size
@@ -702,7 +836,9 @@ def test_encoder_lora_trains_the_lm_as_its_encoder_on_that_pass_only(tiny_overri
         assert torch.allclose(trained.nll(batch)[0], trained.nll(given)[0], rtol=1e-6)
     trained.save(tmp_path / "adapter")
     loaded = load_adapter(str(tmp_path / "adapter"))
-    assert loaded.method.text_encoder is not None and torch.allclose(loaded.method.text_encoder.encode(ids), encoder.encode(ids))
+    assert loaded.method.text_encoder is not None and torch.allclose(
+        loaded.method.text_encoder.encode(ids), encoder.encode(ids)
+    )
     scored = perplexity(loaded.method, prep.val, 32, autocast_dtype=autocast_dtype(cfg, "cpu"))
     assert scored == pytest.approx(result["val_perplexity"], rel=1e-5)
     context = "of the city and its people"
@@ -718,16 +854,29 @@ def test_distillation_teacher_is_the_lm_reading_the_text_and_training_moves_towa
     lowers it."""
     # On the random tiny model the teacher and the student barely differ (a KL of about 1e-4 per token against an NLL
     # of 6.2), so a weight this large is what lets the KL lead the steps below.
-    cfg = cfg_for(tiny_overrides, "prompt", "train.distill=10000", "train.distill_top_k=8", "adapter.embed_source=previous",
-                  "train.lr=0.01", "train.max_steps=4")
+    cfg = cfg_for(
+        tiny_overrides,
+        "prompt",
+        "train.distill=10000",
+        "train.distill_top_k=8",
+        "adapter.embed_source=previous",
+        "train.lr=0.01",
+        "train.max_steps=4",
+    )
     prep = prepare(cfg)
     lm = prep.lm.model
     assert prep.train[TEACHER_INDEX].shape == (len(prep.train["input_ids"]), cfg.data.seq_len - 1, 8)
     assert torch.equal(prepare(cfg).train[TEACHER_LOGP], prep.train[TEACHER_LOGP])  # read back from the cache
-    w = select_windows(build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))[0],
-                       cfg.data.train_samples, "previous", "train")
+    w = select_windows(
+        build_windows(cfg.data, prep.lm.tokenizer, tokenizer_fingerprint(prep.lm.tokenizer))[0],
+        cfg.data.train_samples,
+        "previous",
+        "train",
+    )
     with torch.no_grad():
-        full = lm(input_ids=torch.cat([w.previous[:2], w.tokens[:2]], 1)).logits[:, cfg.data.seq_len : 2 * cfg.data.seq_len - 1]
+        full = lm(input_ids=torch.cat([w.previous[:2], w.tokens[:2]], 1)).logits[
+            :, cfg.data.seq_len : 2 * cfg.data.seq_len - 1
+        ]
     logp = full.float().log_softmax(-1)
     kept = prep.train[TEACHER_LOGP][:2].float()  # the teacher ran under the training's autocast: near-ties may swap
     assert torch.allclose(logp.gather(-1, prep.train[TEACHER_INDEX][:2].long()), kept, atol=0.05)

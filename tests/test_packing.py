@@ -1,6 +1,7 @@
 """Packed trials: a packed step gives every member the gradient it would get alone, whatever the mix of methods and
 prefix lengths; members trained in a pack follow their solo curves; and in a real Ray search a packed trial is still a
 Ray Tune trial (same curves as the unpacked search, ASHA stops one member while the others go on)."""
+
 import contextlib
 import shutil
 import subprocess
@@ -29,12 +30,29 @@ from .test_tune import _results, _without_redelivery, check_time_split, run_tune
 
 real_packed_nll = packed_nll
 
-MIXED = [["method=prompt", "adapter.prefix_len=3"], ["method=prefix", "adapter.prefix_len=5"],
-         ["method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=2", "adapter.mlp_width=16"],
-         ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"], ["method=prompt", "adapter.prefix_len=7"],
-         ["method=injection", "adapter.prefix_len=1", "adapter.inject_tokens=3", "adapter.mlp_width=16", "adapter.inject_into=kv"],
-         ["method=injection", "adapter.prefix_len=0", "adapter.inject_tokens=2", "adapter.mlp_width=16",
-          "adapter.embedding_model=lm-hidden:1", "adapter.pooling=chunks", "adapter.encoder_rank=2"]]
+MIXED = [
+    ["method=prompt", "adapter.prefix_len=3"],
+    ["method=prefix", "adapter.prefix_len=5"],
+    ["method=injection", "adapter.prefix_len=2", "adapter.inject_tokens=2", "adapter.mlp_width=16"],
+    ["method=prefix", "adapter.prefix_len=2", "adapter.mlp_width=8"],
+    ["method=prompt", "adapter.prefix_len=7"],
+    [
+        "method=injection",
+        "adapter.prefix_len=1",
+        "adapter.inject_tokens=3",
+        "adapter.mlp_width=16",
+        "adapter.inject_into=kv",
+    ],
+    [
+        "method=injection",
+        "adapter.prefix_len=0",
+        "adapter.inject_tokens=2",
+        "adapter.mlp_width=16",
+        "adapter.embedding_model=lm-hidden:1",
+        "adapter.pooling=chunks",
+        "adapter.encoder_rank=2",
+    ],
+]
 
 
 def mixed_members(tiny_model: str, lm, rows=lambda i: 3, seq_len=lambda i: 16) -> list[tuple]:
@@ -119,8 +137,17 @@ def test_a_pack_computes_the_frozen_baseline_once(tiny_model, tmp_path, monkeypa
 
     real_perplexity = shared.perplexity
     monkeypatch.setattr(shared, "perplexity", slow_perplexity)
-    cfg = load_config(None, [f"model={tiny_model}", "data.seq_len=32", "data.train_samples=16", "data.val_samples=8",
-                             "method=prompt", "train.dtype=float32"])
+    cfg = load_config(
+        None,
+        [
+            f"model={tiny_model}",
+            "data.seq_len=32",
+            "data.train_samples=16",
+            "data.val_samples=8",
+            "method=prompt",
+            "train.dtype=float32",
+        ],
+    )
     prep = shared.prepare(cfg)
     found = []
     asking = threading.Barrier(5)
@@ -146,12 +173,28 @@ def test_a_pack_computes_the_frozen_baseline_once(tiny_model, tmp_path, monkeypa
 
 
 def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeypatch):
-    base = [f"model={tiny_model}", "data.seq_len=32", "data.train_samples=96", "data.val_samples=24", "train.batch_size=8",
-            "train.max_steps=9", "train.eval_every=3", "train.patience=0", "train.progress=false", "train.dtype=float32",
-            "adapter.embedding_model=fourier", "adapter.fourier_features=16", "adapter.context_tokens=8", "adapter.mlp_width=16"]
-    specs = [["method=prompt", "adapter.prefix_len=1", "train.lr=0.003"], ["method=prefix", "adapter.prefix_len=3", "train.lr=0.01"],
-             ["method=injection", "adapter.prefix_len=2", "train.lr=0.005"],
-             ["method=prompt", "adapter.prefix_len=4", "train.lr=0.02", "train.max_steps=3"]]  # leaves the pack early
+    base = [
+        f"model={tiny_model}",
+        "data.seq_len=32",
+        "data.train_samples=96",
+        "data.val_samples=24",
+        "train.batch_size=8",
+        "train.max_steps=9",
+        "train.eval_every=3",
+        "train.patience=0",
+        "train.progress=false",
+        "train.dtype=float32",
+        "adapter.embedding_model=fourier",
+        "adapter.fourier_features=16",
+        "adapter.context_tokens=8",
+        "adapter.mlp_width=16",
+    ]
+    specs = [
+        ["method=prompt", "adapter.prefix_len=1", "train.lr=0.003"],
+        ["method=prefix", "adapter.prefix_len=3", "train.lr=0.01"],
+        ["method=injection", "adapter.prefix_len=2", "train.lr=0.005"],
+        ["method=prompt", "adapter.prefix_len=4", "train.lr=0.02", "train.max_steps=3"],
+    ]  # leaves the pack early
     curve = lambda result: [h["val_perplexity"] for h in result["history"]]  # noqa: E731
     alone = [curve(train(load_config(None, base + s))[0]) for s in specs]
     # patience long enough that no member steps without the others: they evaluate at the same steps and come back
@@ -160,8 +203,11 @@ def test_members_of_a_pack_train_exactly_as_they_would_alone(tiny_model, monkeyp
     # every packed step runs on the pack's one compute thread, whichever member leads it: on a CPU each thread's heap
     # would otherwise keep a whole packed step's activations (measured: 6.5 GB against 4.5 GB, K = 4)
     stepped_on, member_threads = set(), set()
-    monkeypatch.setattr(packing, "packed_nll", lambda members, **kw: stepped_on.add(threading.get_ident())
-                        or real_packed_nll(members, **kw))
+    monkeypatch.setattr(
+        packing,
+        "packed_nll",
+        lambda members, **kw: stepped_on.add(threading.get_ident()) or real_packed_nll(members, **kw),
+    )
 
     def member(i: int) -> None:
         member_threads.add(threading.get_ident())
@@ -192,21 +238,41 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
     an unpacked trial runs it), its evaluations scored in packed passes, while ASHA stops one member, the others go on
     in the pack, and a fifth trial takes the stopped one's place mid-pack. One CPU a trial on two cores: two packs
     of two side by side, one per core."""
-    points = [{"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
-              {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
-              {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
-              {"method": "prompt", "train.lr": 1.0e-6, "adapter.prefix_len": 2}]  # learns nothing
-    space = {"method": {"choice": ["prompt", "prefix", "injection"]}, "train.lr": {"loguniform": [1.0e-6, 5.0e-2]},
-             "adapter.prefix_len": {"randint": [1, 4]}, "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}}}
+    points = [
+        {"method": "prompt", "train.lr": 0.003, "adapter.prefix_len": 1},
+        {"method": "prefix", "train.lr": 0.01, "adapter.prefix_len": 3},
+        {"method": "injection", "train.lr": 0.005, "adapter.prefix_len": 2, "adapter.mlp_width": 16},
+        {"method": "prompt", "train.lr": 1.0e-6, "adapter.prefix_len": 2},
+    ]  # learns nothing
+    space = {
+        "method": {"choice": ["prompt", "prefix", "injection"]},
+        "train.lr": {"loguniform": [1.0e-6, 5.0e-2]},
+        "adapter.prefix_len": {"randint": [1, 4]},
+        "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}},
+    }
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "packed.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "search": space, "train.max_steps": 24, "train.eval_every": 1, "train.dtype": "float32",
-        "tune.num_samples": 5, "tune.max_concurrent_trials": 4, "tune.points_to_evaluate": points, "tune.pack": 2,
-        # ASHA's decision at a rung depends on the order its members' results arrive, and members that step together
-        # arrive in any order (the first at a rung is never stopped): rungs at 1, 4 and 16 steps keeping the best
-        # quarter stop someone unless every rung's results arrive in order of improving perplexity
-        "tune.scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 4},
-        "tune.resources": {"cpus": 1, "gpus": 0}, "mlflow.register_as": None})  # two packs of two members
+    path = write_search(
+        tmp_path / "packed.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "search": space,
+            "train.max_steps": 24,
+            "train.eval_every": 1,
+            "train.dtype": "float32",
+            "tune.num_samples": 5,
+            "tune.max_concurrent_trials": 4,
+            "tune.points_to_evaluate": points,
+            "tune.pack": 2,
+            # ASHA's decision at a rung depends on the order its members' results arrive, and members that step together
+            # arrive in any order (the first at a rung is never stopped): rungs at 1, 4 and 16 steps keeping the best
+            # quarter stop someone unless every rung's results arrive in order of improving perplexity
+            "tune.scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 4},
+            "tune.resources": {"cpus": 1, "gpus": 0},
+            "mlflow.register_as": None,
+        },
+    )  # two packs of two members
     # the search's own temporary directory (short: Ray puts its sockets there too), to see what it leaves
     scratch = Path(tempfile.mkdtemp(prefix="ei", dir="/tmp"))
     monkeypatch.setenv("TMPDIR", str(scratch))
@@ -259,8 +325,13 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
         assert any(r["step"] > first_stop and r["pack_size"] > 1 for k in went_on for r in packed[k]), sizes
     # where the members' time went, their waits at the rendezvous apart from their packed steps' compute
     exp_dir = next(storage.glob("t-*"))
-    report = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "embinject", "report", str(exp_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     check_time_split(exp_dir, report.stdout, packed=True)
 
@@ -268,8 +339,13 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
 def test_auto_packs_where_the_probe_found_a_packed_step_faster(tmp_path, tiny_model):
     """`tune.pack: auto` resolves from the start's probe: a packed step of this search's largest trial against as many
     separate steps, timed on the trials' device; packs where the packed step was faster, every trial alone where not."""
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{
-        "tune.pack": "auto", "tune.max_concurrent_trials": 3})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        tmp_path / "runs",
+        **{"tune.pack": "auto", "tune.max_concurrent_trials": 3},
+    )
     search = load_search_file(str(path))
     threads = torch.get_num_threads()
     try:
@@ -280,31 +356,48 @@ def test_auto_packs_where_the_probe_found_a_packed_step_faster(tmp_path, tiny_mo
     assert (probe["k"], probe["device"]) == (3, "cpu") and probe["solo_s"] > 0 and probe["packed_s"] > 0
     assert probe["speedup"] == pytest.approx(probe["solo_s"] / probe["packed_s"])
     slower = plan_pack(search, {**probe, "solo_s": 0.08, "packed_s": 0.1, "speedup": 0.8})
-    assert slower.size == 1 and slower.why == ("tune.pack auto: a packed step of 3 ran x0.80 the speed of 3 separate "
-                                               "steps on this CPU (100 against 80 ms, the start's probe); auto packs "
-                                               "from x1.5 (what happens outside packed steps costs the rest); every "
-                                               "trial trains alone")
+    assert slower.size == 1 and slower.why == (
+        "tune.pack auto: a packed step of 3 ran x0.80 the speed of 3 separate "
+        "steps on this CPU (100 against 80 ms, the start's probe); auto packs "
+        "from x1.5 (what happens outside packed steps costs the rest); every "
+        "trial trains alone"
+    )
     barely = plan_pack(search, {**probe, "solo_s": 0.12, "packed_s": 0.1, "speedup": 1.2})
     assert barely.size == 1  # faster steps, but not by enough to pay for what a packed search does besides them
     faster = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0})
     assert faster.size == 3
-    assert faster.why.startswith("tune.pack auto: 3 trials share each frozen LM: a packed step of 3 ran x3.00 the speed")
+    assert faster.why.startswith(
+        "tune.pack auto: 3 trials share each frozen LM: a packed step of 3 ran x3.00 the speed"
+    )
     # unpacked, 3 trials would run side by side on 3 cores: the same steps are then no faster packed
     side_by_side = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0, "at_once": 3})
-    assert side_by_side.size == 1 and "ran x1.00 the speed of 3 separate steps, 3 at a time as unpacked trials run " \
-        "here, on this CPU (100 against 100 ms" in side_by_side.why
+    assert (
+        side_by_side.size == 1
+        and "ran x1.00 the speed of 3 separate steps, 3 at a time as unpacked trials run "
+        "here, on this CPU (100 against 100 ms"
+        in side_by_side.why
+    )
     # ... unless as many packs run side by side (one per trial's worth of cores, each on its own): x3 again
     lanes = plan_pack(search, {**probe, "solo_s": 0.3, "packed_s": 0.1, "speedup": 3.0, "at_once": 3, "packs": 3})
-    assert lanes.size == 3 and "3 at a time as unpacked trials run here against 3 packs side by side, on this CPU " \
-        "(100 against 300 ms" in lanes.why
+    assert (
+        lanes.size == 3
+        and "3 at a time as unpacked trials run here against 3 packs side by side, on this CPU (100 against 300 ms"
+        in lanes.why
+    )
 
 
-@pytest.mark.parametrize("raw, reason", [
-    ({"method": "lora"}, "LoRA changes the frozen LM's own layers"),
-    ({"adapter": {"inject_into": "kv"}}, None),
-    ({"method": "prompt", "adapter": {"embed_source": "previous"}, "train": {"distill": 1.0}}, "a packed step scores the NLL alone"),
-    ({"method": "injection"}, None),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ({"method": "lora"}, "LoRA changes the frozen LM's own layers"),
+        ({"adapter": {"inject_into": "kv"}}, None),
+        (
+            {"method": "prompt", "adapter": {"embed_source": "previous"}, "train": {"distill": 1.0}},
+            "a packed step scores the NLL alone",
+        ),
+        ({"method": "injection"}, None),
+    ],
+)
 def test_trials_that_cannot_share_a_step_train_alone_and_say_why(raw, reason):
     found = unpackable_reason(config_from_dict(raw))
     assert found == reason if reason is None else found.startswith(reason)

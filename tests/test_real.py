@@ -1,5 +1,6 @@
 """The real path: bundled SmolLM2-135M (GGUF -> cached safetensors), bundled all-MiniLM-L6-v2,
 real shared data. Budgets are small (2 CPU cores) but nothing here is mocked."""
+
 import json
 from pathlib import Path
 
@@ -32,15 +33,49 @@ def test_bundled_model_loads_frozen_from_safetensors_cache():
 @pytest.mark.parametrize("method", ["baseline", "prompt", "injection", "prefix", "lora"])
 def test_cli_trains_each_method_on_bundled_model_and_shared_data(tmp_path, wiki, method):
     out = tmp_path / method
-    code = main(["--set", f"method={method}", "--set", f"data.path={wiki}", "--set", "data.seq_len=32",
-                 "--set", "data.train_samples=16", "--set", "data.val_samples=8", "--set", "train.batch_size=4",
-                 "--set", "train.max_steps=2", "--set", "train.progress=false", "--set", "adapter.prefix_len=2",
-                 "--set", "adapter.mlp_width=64", "--output-dir", str(out)])
+    code = main(
+        [
+            "--set",
+            f"method={method}",
+            "--set",
+            f"data.path={wiki}",
+            "--set",
+            "data.seq_len=32",
+            "--set",
+            "data.train_samples=16",
+            "--set",
+            "data.val_samples=8",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "adapter.prefix_len=2",
+            "--set",
+            "adapter.mlp_width=64",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads((out / "result.json").read_text())
-    for key in ("method", "model", "embedding_model", "embed_source", "trainable_params", "total_params",
-                "baseline_perplexity", "val_perplexity", "best_epoch", "epochs_run", "train_seconds",
-                "tokens_per_second", "history"):
+    for key in (
+        "method",
+        "model",
+        "embedding_model",
+        "embed_source",
+        "trainable_params",
+        "total_params",
+        "baseline_perplexity",
+        "val_perplexity",
+        "best_epoch",
+        "epochs_run",
+        "train_seconds",
+        "tokens_per_second",
+        "history",
+    ):
         assert key in result
     assert result["method"] == method and result["embed_source"] == "context"
     assert 1 < result["baseline_perplexity"] < 1000
@@ -53,20 +88,39 @@ def test_cli_trains_each_method_on_bundled_model_and_shared_data(tmp_path, wiki,
 
 @pytest.mark.parametrize("method", ["prompt", "injection"])
 def test_a_few_steps_lower_real_validation_perplexity(wiki, method):
-    cfg = load_config(None, [f"method={method}", f"data.path={wiki}", "data.seq_len=32", "data.train_samples=96",
-                             "data.val_samples=24", "train.batch_size=8", "train.max_steps=12", "train.eval_every=6",
-                             "train.lr=3e-3", "train.progress=false", "adapter.prefix_len=4", "adapter.mlp_width=128",
-                             "adapter.context_tokens=8"])
+    cfg = load_config(
+        None,
+        [
+            f"method={method}",
+            f"data.path={wiki}",
+            "data.seq_len=32",
+            "data.train_samples=96",
+            "data.val_samples=24",
+            "train.batch_size=8",
+            "train.max_steps=12",
+            "train.eval_every=6",
+            "train.lr=3e-3",
+            "train.progress=false",
+            "adapter.prefix_len=4",
+            "adapter.mlp_width=128",
+            "adapter.context_tokens=8",
+        ],
+    )
     result, trained = train(cfg)
     assert result["val_perplexity"] < result["baseline_perplexity"]
     trained.release()
 
 
 REAL_POINTS = [  # one trial per encoder the quickstart space offers; the first is its own points_to_evaluate trial
-    {"train.lr": 1.0e-3, "adapter.prefix_len": 2, "adapter.mlp_width": 512,
-     "adapter.embedding_model": "bundled:all-minilm-l6-v2"},
+    {
+        "train.lr": 1.0e-3,
+        "adapter.prefix_len": 2,
+        "adapter.mlp_width": 512,
+        "adapter.embedding_model": "bundled:all-minilm-l6-v2",
+    },
     {"train.lr": 3.0e-3, "adapter.prefix_len": 5, "adapter.mlp_width": 256, "adapter.embedding_model": "fourier"},
-    {"train.lr": 2.0e-3, "adapter.prefix_len": 6, "adapter.mlp_width": 64, "adapter.embedding_model": "lm-mean"}]
+    {"train.lr": 2.0e-3, "adapter.prefix_len": 6, "adapter.mlp_width": 64, "adapter.embedding_model": "lm-mean"},
+]
 
 
 def _real_search(tmp_path, shared_data, pack: str) -> dict:
@@ -75,14 +129,39 @@ def _real_search(tmp_path, shared_data, pack: str) -> dict:
     from .test_tune import _results, read_mlflow, run_tune
 
     storage = tmp_path / f"runs-{pack}"
-    proc = run_tune("search_spaces/quickstart.yaml", "--set", f"tune.storage_path={storage}",
-                    "--set", "tune.num_samples=3", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
-                    "--set", "tune.scheduler.type=none", "--set", "train.dtype=float32", "--set", f"tune.pack={pack}",
-                    # the three trials at once in both arms: one round of process start-ups, not two
-                    "--set", "tune.max_concurrent_trials=3", "--set", "tune.resources.cpus=0.5",
-                    "--set", f"tune.points_to_evaluate={json.dumps(REAL_POINTS)}", "--set", "mlflow.register_as=null",
-                    "--set", "data.train_samples=64", "--set", "data.val_samples=16",
-                    "--set", f"data.path={shared_data / 'fineweb_edu_sample'}", timeout=900)
+    proc = run_tune(
+        "search_spaces/quickstart.yaml",
+        "--set",
+        f"tune.storage_path={storage}",
+        "--set",
+        "tune.num_samples=3",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "tune.scheduler.type=none",
+        "--set",
+        "train.dtype=float32",
+        "--set",
+        f"tune.pack={pack}",
+        # the three trials at once in both arms: one round of process start-ups, not two
+        "--set",
+        "tune.max_concurrent_trials=3",
+        "--set",
+        "tune.resources.cpus=0.5",
+        "--set",
+        f"tune.points_to_evaluate={json.dumps(REAL_POINTS)}",
+        "--set",
+        "mlflow.register_as=null",
+        "--set",
+        "data.train_samples=64",
+        "--set",
+        "data.val_samples=16",
+        "--set",
+        f"data.path={shared_data / 'fineweb_edu_sample'}",
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "embinject-quickstart")
@@ -113,10 +192,21 @@ def test_a_packed_step_on_the_bundled_model_gives_each_encoder_its_solo_gradient
     states; prefixes of different lengths): each trial's loss and gradients are its step alone, to float32 rounding."""
     members = []
     for point in REAL_POINTS:
-        cfg = load_config(None, [f"data.path={wiki}", "data.seq_len=32", "data.train_samples=8", "data.val_samples=8",
-                                 "adapter.embed_source=context", "adapter.context_tokens=8", "adapter.inject_tokens=1",
-                                 "train.batch_size=4", "train.dtype=float32"]
-                          + [f"{k}={v}" for k, v in point.items()])
+        cfg = load_config(
+            None,
+            [
+                f"data.path={wiki}",
+                "data.seq_len=32",
+                "data.train_samples=8",
+                "data.val_samples=8",
+                "adapter.embed_source=context",
+                "adapter.context_tokens=8",
+                "adapter.inject_tokens=1",
+                "train.batch_size=4",
+                "train.dtype=float32",
+            ]
+            + [f"{k}={v}" for k, v in point.items()],
+        )
         prep = prepare(cfg)
         method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
         rows = torch.arange(4)  # an indexed copy: cached embeddings are inference tensors, which autograd refuses
@@ -138,9 +228,30 @@ def test_a_diverging_deep_prefix_stops_at_its_first_evaluation(tmp_path, wiki, c
     """The reference case: a deep prefix with its MLP at train.lr=0.01 on WikiText-2 used to report
     perplexity in the hundreds of thousands as an ordinary result."""
     out = tmp_path / "out"
-    code = main(["--set", "method=prefix", "--set", "train.lr=0.01", "--set", f"data.path={wiki}", "--set", "data.seq_len=64",
-                 "--set", "data.train_samples=32", "--set", "data.val_samples=16", "--set", "train.max_steps=8",
-                 "--set", "train.eval_every=2", "--set", "train.progress=false", "--output-dir", str(out)])
+    code = main(
+        [
+            "--set",
+            "method=prefix",
+            "--set",
+            "train.lr=0.01",
+            "--set",
+            f"data.path={wiki}",
+            "--set",
+            "data.seq_len=64",
+            "--set",
+            "data.train_samples=32",
+            "--set",
+            "data.val_samples=16",
+            "--set",
+            "train.max_steps=8",
+            "--set",
+            "train.eval_every=2",
+            "--set",
+            "train.progress=false",
+            "--output-dir",
+            str(out),
+        ]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(err) == 1, err
     assert "training diverged at step 2: validation perplexity" in err[0] and "lower train.lr (now 0.01)" in err[0]
@@ -173,9 +284,22 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = load_config(None, ["method=prefix", f"data.path={wiki}", "data.seq_len=32", "data.train_samples=16",
-                             "data.val_samples=8", "train.batch_size=4", "train.max_steps=2", "train.progress=false",
-                             "adapter.prefix_len=3", "adapter.mlp_width=32", "train.dtype=float32"])
+    cfg = load_config(
+        None,
+        [
+            "method=prefix",
+            f"data.path={wiki}",
+            "data.seq_len=32",
+            "data.train_samples=16",
+            "data.val_samples=8",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.progress=false",
+            "adapter.prefix_len=3",
+            "adapter.mlp_width=32",
+            "train.dtype=float32",
+        ],
+    )
     _, trained = train(cfg)
     out = write_peft(trained, tmp_path / "peft")
     config = json.loads((out / "adapter_config.json").read_text())
@@ -189,7 +313,9 @@ def test_peft_export_of_a_bundled_deep_prefix_names_the_hub_model_and_reproduces
     with torch.no_grad():
         ours, _ = trained.nll({"input_ids": ids, "labels": labels})
         base = AutoModelForCausalLM.from_pretrained(resolve_model_path("bundled:smollm2-135m"))
-        logits = PeftModel.from_pretrained(base, str(out)).eval()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        logits = (
+            PeftModel.from_pretrained(base, str(out)).eval()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        )
     targets = labels[:, 1:]
     mask = targets != -100
     theirs = torch.nn.functional.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="sum")

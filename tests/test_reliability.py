@@ -1,6 +1,7 @@
 """Faults of long, shared searches, each tried for real (files, locks, a tmpfs, an MLflow SQLite store, the
 command as a user runs it) and read back as a user sees it: the exit code, the one line, what is left on disk
 and in MLflow."""
+
 import json
 import os
 import subprocess
@@ -27,24 +28,35 @@ PY_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
 
 def tune(*args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, "-m", "embinject.tune", *args], cwd=cwd, env=PY_ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "embinject.tune", *args],
+        cwd=cwd,
+        env=PY_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_error_line(proc, expected: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+        proc.stderr
+    )
 
 
-@pytest.mark.parametrize("text, value", [
-    ("tune.storage_path=runs/a #b", "runs/a #b"),  # YAML would have cut it at ' #'
-    ("adapter.init_text=see #3 below", "see #3 below"),
-    ("adapter.init_text=yes", "yes"),  # text stays text, not true
-    ("adapter.init_text='quoted #1'", "quoted #1"),
-    ("mlflow.register_as=null", None),
-    ("train.patience=5", 5),
-    ("search.adapter.init_text={choice: ['a #1', b]}", {"choice": ["a #1", "b"]}),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("tune.storage_path=runs/a #b", "runs/a #b"),  # YAML would have cut it at ' #'
+        ("adapter.init_text=see #3 below", "see #3 below"),
+        ("adapter.init_text=yes", "yes"),  # text stays text, not true
+        ("adapter.init_text='quoted #1'", "quoted #1"),
+        ("mlflow.register_as=null", None),
+        ("train.patience=5", 5),
+        ("search.adapter.init_text={choice: ['a #1', b]}", {"choice": ["a #1", "b"]}),
+    ],
+)
 def test_set_values_are_yaml_only_where_the_key_needs_it(text, value):
     assert parse_override(text)[1] == value
 
@@ -52,7 +64,11 @@ def test_set_values_are_yaml_only_where_the_key_needs_it(text, value):
 def test_two_searches_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(folder.time, "strftime", lambda fmt: "20261130-120000")  # the same second, for certain
     first, second, third = (new_search_dir(tmp_path, "s") for _ in range(3))
-    assert [p.name for p in (first, second, third)] == ["s-20261130-120000", "s-20261130-120000-2", "s-20261130-120000-3"]
+    assert [p.name for p in (first, second, third)] == [
+        "s-20261130-120000",
+        "s-20261130-120000-2",
+        "s-20261130-120000-3",
+    ]
     for started in (first, third):
         (started / STATE_FILE).write_text("{}")
     assert folder.newest_search_dir(tmp_path, "s") == third  # --resume continues the newest that started
@@ -84,15 +100,31 @@ def test_resume_with_a_changed_search_file_is_refused(tmp_path, tiny_model):
     assert "start a new search without --resume" in proc.stderr
 
 
-@pytest.mark.parametrize("name, damage, what", [
-    (STATE_FILE, "", "empty"),
-    (STATE_FILE, '{"parent": "0a1b", "children": {"t1', "not the JSON embinject writes: cut or overwritten at line 1"),
-    (STATE_FILE, '{"parent": 7}', "not the search state embinject writes"),
-    (folder.SPACE_FILE, '{"search": {}, "base": {}}', "no tune section"),
-    (folder.SPACE_FILE, "[1, 2]", "a JSON list, not the object embinject writes"),
-    (folder.PACK_FILE, "", "empty"),
-    (folder.PACK_FILE, '{"setting": "off"}', "no tune.pack setting and pack size"),
-], ids=["state-empty", "state-cut", "state-overwritten", "space-no-tune", "space-a-list", "pack-empty", "pack-no-size"])
+@pytest.mark.parametrize(
+    "name, damage, what",
+    [
+        (STATE_FILE, "", "empty"),
+        (
+            STATE_FILE,
+            '{"parent": "0a1b", "children": {"t1',
+            "not the JSON embinject writes: cut or overwritten at line 1",
+        ),
+        (STATE_FILE, '{"parent": 7}', "not the search state embinject writes"),
+        (folder.SPACE_FILE, '{"search": {}, "base": {}}', "no tune section"),
+        (folder.SPACE_FILE, "[1, 2]", "a JSON list, not the object embinject writes"),
+        (folder.PACK_FILE, "", "empty"),
+        (folder.PACK_FILE, '{"setting": "off"}', "no tune.pack setting and pack size"),
+    ],
+    ids=[
+        "state-empty",
+        "state-cut",
+        "state-overwritten",
+        "space-no-tune",
+        "space-a-list",
+        "pack-empty",
+        "pack-no-size",
+    ],
+)
 def test_resume_of_a_search_whose_state_or_space_file_is_damaged_is_refused(tmp_path, tiny_model, name, damage, what):
     """The files --resume reads first (which MLflow runs the search continues, which space and pack size it started
     with), cut or
@@ -181,12 +213,15 @@ def test_a_trial_ray_lost_in_a_kill_ends_killed_as_lost_and_a_cut_one_as_cut(tmp
     for trial in ("done", "lost", "cut"):
         tracker.trial_started(trial, f"trial {trial}", {"train.lr": 0.1})
     tracker.trial_finished("done", "FINISHED", {})
-    cut, note = ended_by_the_search(tracker, SimpleNamespace(tune=SimpleNamespace(time_budget_s=None)),
-                                    {"done", "cut", "new"}, 1.0)
+    cut, note = ended_by_the_search(
+        tracker, SimpleNamespace(tune=SimpleNamespace(time_budget_s=None)), {"done", "cut", "new"}, 1.0
+    )
     assert cut == {"cut"} and note is None
-    assert capsys.readouterr().out == ("trial lost started just before the search was killed and Ray's saved state did not "
-                                       "name it: its MLflow run ends KILLED (stopped_by lost_at_kill); the search ran "
-                                       "another trial in its place\n")
+    assert capsys.readouterr().out == (
+        "trial lost started just before the search was killed and Ray's saved state did not "
+        "name it: its MLflow run ends KILLED (stopped_by lost_at_kill); the search ran "
+        "another trial in its place\n"
+    )
     assert tracker.sync(force=True)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id], "tags.trial_id != ''")
@@ -236,12 +271,19 @@ def test_a_full_disk_is_named_once_not_in_tracebacks(tmp_path, small_disk, capsy
 
     quiet_disk_full_tracebacks()
     pyarrow_like = RuntimeError("sync failed")
-    pyarrow_like.__cause__ = OSError(errno.EIO, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    pyarrow_like.__cause__ = OSError(
+        errno.EIO, "Error writing bytes to file. Detail: [errno 28] No space left on device"
+    )
     for name in DISK_FULL_LOGGERS:
         logger = logging.getLogger(name)
-        for exc, shown in ((OSError(errno.ENOSPC, "No space left on device"), False), (pyarrow_like, False),
-                           (ValueError("a trial's own bug"), True)):
-            record = logger.makeRecord(name, logging.ERROR, __file__, 1, "failed with exception: ", (), (type(exc), exc, None))
+        for exc, shown in (
+            (OSError(errno.ENOSPC, "No space left on device"), False),
+            (pyarrow_like, False),
+            (ValueError("a trial's own bug"), True),
+        ):
+            record = logger.makeRecord(
+                name, logging.ERROR, __file__, 1, "failed with exception: ", (), (type(exc), exc, None)
+            )
             assert bool(logger.filter(record)) is shown, (name, exc)
     exp_dir = tmp_path / "search"
     exp_dir.mkdir()
@@ -258,7 +300,9 @@ def test_a_full_disk_is_named_once_not_in_tracebacks(tmp_path, small_disk, capsy
 def test_a_disk_full_at_start_is_one_line_and_leaves_nothing(tmp_path, tiny_model, full_disk):
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", full_disk / "runs")
     proc = tune(str(path))
-    one_error_line(proc, f"tune.storage_path: cannot write to {full_disk / 'runs'} (No space left on device); free some space")
+    one_error_line(
+        proc, f"tune.storage_path: cannot write to {full_disk / 'runs'} (No space left on device); free some space"
+    )
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
@@ -272,16 +316,30 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     from .test_tune import _check_study, read_mlflow
 
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "train.max_steps": 100000, "train.max_epochs": 100000, "train.eval_every": 5, "tune.num_samples": 2,
-        "tune.scheduler": {"type": "none"}, "tune.time_budget_s": 15})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "train.max_steps": 100000,
+            "train.max_epochs": 100000,
+            "train.eval_every": 5,
+            "tune.num_samples": 2,
+            "tune.scheduler": {"type": "none"},
+            "tune.time_budget_s": 15,
+        },
+    )
     proc = tune(str(path), timeout=300)
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no trial finished without failing" not in proc.stdout
-    said = re.search(r"tune\.time_budget_s \(15 s\) ran out before any trial (?:started \(2 planned\)|finished: "
-                     r"(\d) of 2 trials started, (\d) of them cut mid-training); no result, nothing registered: raise "
-                     r"tune\.time_budget_s \(or remove it\), or lower train\.max_steps, so that a trial can finish "
-                     r"within it; see (\S+)/summary\.csv", proc.stdout)
+    said = re.search(
+        r"tune\.time_budget_s \(15 s\) ran out before any trial (?:started \(2 planned\)|finished: "
+        r"(\d) of 2 trials started, (\d) of them cut mid-training); no result, nothing registered: raise "
+        r"tune\.time_budget_s \(or remove it\), or lower train\.max_steps, so that a trial can finish "
+        r"within it; see (\S+)/summary\.csv",
+        proc.stdout,
+    )
     assert said, proc.stdout[-3000:]
     started, cut = int(said.group(1) or 0), int(said.group(2) or 0)
     assert started == cut
@@ -295,19 +353,33 @@ def test_a_time_budget_that_runs_out_mid_trial_is_said_and_the_cut_trial_ends_ki
     assert client.search_model_versions("name='test-adapter'") == []
     # Optuna's study: the cut trials PRUNED, those never started FAIL, each saying what ended it
     study = _check_study(exp_dir)
-    assert sorted(t.user_attrs["ended_by"] for t in study.trials) == \
-        sorted("time_budget" if r["status"] == "cut" else r["status"] for r in rows)
+    assert sorted(t.user_attrs["ended_by"] for t in study.trials) == sorted(
+        "time_budget" if r["status"] == "cut" else r["status"] for r in rows
+    )
 
 
-@pytest.mark.parametrize("started, cut, finished, said", [
-    (3, 1, True, "tune.time_budget_s (45 s) ran out: 3 of 4 trials started, 1 of them cut mid-training"),
-    (2, 2, False, "tune.time_budget_s (45 s) ran out before any trial finished: 2 of 4 trials started, 2 of them cut "
-                  "mid-training; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
-                  "train.max_steps, so that a trial can finish within it"),
-    (0, 0, False, "tune.time_budget_s (45 s) ran out before any trial started (4 planned); no result, nothing "
-                  "registered: raise tune.time_budget_s (or remove it), or lower train.max_steps, so that a trial can "
-                  "finish within it"),
-])
+@pytest.mark.parametrize(
+    "started, cut, finished, said",
+    [
+        (3, 1, True, "tune.time_budget_s (45 s) ran out: 3 of 4 trials started, 1 of them cut mid-training"),
+        (
+            2,
+            2,
+            False,
+            "tune.time_budget_s (45 s) ran out before any trial finished: 2 of 4 trials started, 2 of them cut "
+            "mid-training; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
+            "train.max_steps, so that a trial can finish within it",
+        ),
+        (
+            0,
+            0,
+            False,
+            "tune.time_budget_s (45 s) ran out before any trial started (4 planned); no result, nothing "
+            "registered: raise tune.time_budget_s (or remove it), or lower train.max_steps, so that a trial can "
+            "finish within it",
+        ),
+    ],
+)
 def test_the_time_budget_line_says_what_it_cut_and_what_to_raise(started, cut, finished, said):
     """Each case the search below meets only under one load or another, said for certain."""
     assert BudgetEnd(45, 4, started, cut).line(any_finished=finished) == said
@@ -339,8 +411,13 @@ def test_a_store_locked_right_after_a_run_was_created_gets_one_run_with_all_its_
 
     MlflowClient.create_run = create_then_lock
     try:
-        tracker.start("search", {"train.lr": 0.1}, tmp_path / "search.yaml", {},
-                      {"name": "d", "digest": "abc", "source_type": "local", "source": "d.jsonl"})
+        tracker.start(
+            "search",
+            {"train.lr": 0.1},
+            tmp_path / "search.yaml",
+            {},
+            {"name": "d", "digest": "abc", "source_type": "local", "source": "d.jsonl"},
+        )
         assert tracker.pending == 1 and tracker.state["parent"]  # the run exists; its params could not be written
     finally:
         MlflowClient.create_run = real_create
@@ -372,22 +449,47 @@ def test_a_disk_that_fills_mid_search_stops_it_in_one_line_and_resume_recovers(t
     from .test_tune import read_mlflow
 
     storage = small_disk / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "method": "prompt", "search": {"train.lr": {"loguniform": [1.0e-3, 5.0e-2]}}, "tune.points_to_evaluate": [],
-        "train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 5, "tune.num_samples": 2,
-        "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}})
-    proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=PY_ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "method": "prompt",
+            "search": {"train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
+            "tune.points_to_evaluate": [],
+            "train.max_steps": 150,
+            "train.max_epochs": 100,
+            "train.eval_every": 5,
+            "tune.num_samples": 2,
+            "tune.max_concurrent_trials": 1,
+            "tune.scheduler": {"type": "none"},
+        },
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embinject.tune", str(path)],
+        cwd=ROOT,
+        env=PY_ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: any(len(r) >= 2 for r in trial_rows(storage).values()), 300, "a trial's results", proc)
         filler = _fill(small_disk)
         _, err = proc.communicate(timeout=300)
     finally:
         kill_session(proc.pid, child=proc)
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Current best trial", "Number of trials"))]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith(("Current best trial", "Number of trials"))
+    ]
     assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
     assert lines[-1].startswith("error: no space left on the device holding ") and lines[-1].endswith(
-        f"resume with: python -m embinject.tune {path} --resume"), err[-3000:]
+        f"resume with: python -m embinject.tune {path} --resume"
+    ), err[-3000:]
     filler.unlink()  # space freed: --resume finishes the search, registers one version, leaves no run RUNNING
     resumed = tune(str(path), "--resume", timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -410,10 +512,20 @@ def test_scratch_directories_of_killed_processes_are_swept_and_live_ones_kept(tm
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    script = ("import sys, time; from embinject.fsutil import scratch_dir; d = scratch_dir('trial'); "
-              "(d / 'checkpoint').write_bytes(bytes(1000)); print(d, flush=True); time.sleep(600)")
-    owners = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**PY_ENV, "TMPDIR": str(tmp_path)},
-                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    script = (
+        "import sys, time; from embinject.fsutil import scratch_dir; d = scratch_dir('trial'); "
+        "(d / 'checkpoint').write_bytes(bytes(1000)); print(d, flush=True); time.sleep(600)"
+    )
+    owners = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env={**PY_ENV, "TMPDIR": str(tmp_path)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         killed, alive = (Path(p.stdout.readline().strip()) for p in owners)
         mine = scratch_dir("adapter")  # (a new one sweeps first: made while every owner still runs)
@@ -448,18 +560,34 @@ def test_a_registration_mlflow_refuses_at_the_end_ends_the_parent_and_resume_say
     uri = f"sqlite:///{storage / 'mlflow.db'}"
     with mlflow_global_uris(uri, uri):
         mlflow.genai.register_prompt(name="taken", template="Summarize {{text}}")
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "mlflow.register_as": "taken", "tune.num_samples": 1, "tune.scheduler": {"type": "none"}, "train.max_steps": 4,
-        "train.eval_every": 2})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "mlflow.register_as": "taken",
+            "tune.num_samples": 1,
+            "tune.scheduler": {"type": "none"},
+            "train.max_steps": 4,
+            "train.eval_every": 2,
+        },
+    )
     proc = tune(str(path), timeout=600)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     exp_dir = next(storage.glob("t-*"))
-    refusal = "error: MLflow refused to register the champion as 'taken' (Tried to create a registered model with name 'taken', " \
-              "but the name is already taken by a prompt."
+    refusal = (
+        "error: MLflow refused to register the champion as 'taken' (Tried to create a registered model with name 'taken', "
+        "but the name is already taken by a prompt."
+    )
     assert proc.returncode == 1 and lines[-1].startswith(refusal), proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert lines[-1].endswith(f"nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
-                              f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model"), lines[-1]
-    assert "cannot be reached" not in proc.stderr and "registered as" not in proc.stdout and "Traceback" not in proc.stderr
+    assert lines[-1].endswith(
+        f"nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
+        f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model"
+    ), lines[-1]
+    assert (
+        "cannot be reached" not in proc.stderr and "registered as" not in proc.stdout and "Traceback" not in proc.stderr
+    )
     _, parents, children = read_mlflow(uri, "test-search")
     assert [p.info.status for p in parents] == ["FINISHED"] and {c.info.status for c in children} == {"FINISHED"}
     assert "already taken by a prompt" in parents[0].data.tags["registration_error"]
@@ -469,5 +597,6 @@ def test_a_registration_mlflow_refuses_at_the_end_ends_the_parent_and_resume_say
     resumed = tune(str(path), "--resume")
     assert resumed.returncode == 1 and resumed.stdout.strip().splitlines() == [
         f"resuming the newest search of {path}: loading torch, Ray Tune and MLflow",  # before the imports, at once
-        f"search {exp_dir.name} has already finished; nothing to resume"], resumed.stdout
+        f"search {exp_dir.name} has already finished; nothing to resume",
+    ], resumed.stdout
     assert [line for line in resumed.stderr.splitlines() if line.strip()] == [lines[-1]], resumed.stderr

@@ -1,5 +1,6 @@
 """A method or an encoder is what its spec declares: registered with its spec and its class alone (no other file
 changed), it is validated, packed or not, exported to PEFT, mixed and warmed up as the spec says."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ from .conftest import ROOT
 
 class Toy(AdapterMethod):
     """A soft prompt under another name: enough to be trained, saved, exported and mixed."""
+
     name = "toy"
 
     def __init__(self, cfg, lm, encoder_dim=None, tokenizer=None):
@@ -49,14 +51,20 @@ def _at_least_two(cfg):
         raise ConfigError("adapter.prefix_len: the toy method needs 2 vectors or more")
 
 
-TOY = MethodSpec("toy", reads=("adapter.prefix_len",),
-                 own_settings={"adapter.layers": "a setting of the toy method, not of {method}"},
-                 checks=(_at_least_two,), unpacked=lambda cfg: "toys train alone", peft_format="PROMPT_TUNING",
-                 mixes=True)
+TOY = MethodSpec(
+    "toy",
+    reads=("adapter.prefix_len",),
+    own_settings={"adapter.layers": "a setting of the toy method, not of {method}"},
+    checks=(_at_least_two,),
+    unpacked=lambda cfg: "toys train alone",
+    peft_format="PROMPT_TUNING",
+    mixes=True,
+)
 
 
 class ToyEncoder:
     """Each token id's parity, mean-pooled over the text."""
+
     dim = 1
 
     def token_states(self, ids):
@@ -84,20 +92,34 @@ def toys():
         table.pop("toy-parity", None)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"method": "toy", "adapter": {"prefix_len": 1}}, "adapter.prefix_len: the toy method needs 2 vectors or more"),
-    ({"method": "prompt", "adapter": {"layers": 2}}, "adapter.layers: a setting of the toy method, not of prompt"),
-    ({"method": "toy", "adapter": {"deep_layers": 2}}, "adapter.deep_layers: deep prompts are a variant of the prompt method, not of toy"),
-    ({"method": "toy", "adapter": {"inject_into": "kv"}}, "adapter.inject_into: a setting of the injection method, not of toy"),
-    ({"method": "toy", "adapter": {"prefix_len": 2}, "train": {"distill": 1.0}}, "train.distill: the teacher is the frozen LM"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"method": "toy", "adapter": {"prefix_len": 1}}, "adapter.prefix_len: the toy method needs 2 vectors or more"),
+        ({"method": "prompt", "adapter": {"layers": 2}}, "adapter.layers: a setting of the toy method, not of prompt"),
+        (
+            {"method": "toy", "adapter": {"deep_layers": 2}},
+            "adapter.deep_layers: deep prompts are a variant of the prompt method, not of toy",
+        ),
+        (
+            {"method": "toy", "adapter": {"inject_into": "kv"}},
+            "adapter.inject_into: a setting of the injection method, not of toy",
+        ),
+        (
+            {"method": "toy", "adapter": {"prefix_len": 2}, "train": {"distill": 1.0}},
+            "train.distill: the teacher is the frozen LM",
+        ),
+    ],
+)
 def test_a_method_registered_by_its_spec_is_validated_as_it_declares(toys, raw, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
     assert str(err.value).startswith(message)
 
 
-def test_a_method_registered_by_its_spec_is_accepted_packed_exported_and_mixed_as_it_declares(toys, tiny_overrides, tmp_path):
+def test_a_method_registered_by_its_spec_is_accepted_packed_exported_and_mixed_as_it_declares(
+    toys, tiny_overrides, tmp_path
+):
     assert "prompt | injection | prefix | lora | toy]" in keys_help()
     for method in ("prefix", "baseline"):  # prefix reads adapter.layers too; the baseline reads no adapter setting
         config_from_dict({"method": method, "adapter": {"layers": 2}})
@@ -110,12 +132,17 @@ def test_a_method_registered_by_its_spec_is_accepted_packed_exported_and_mixed_a
     assert json.loads((out / "adapter_config.json").read_text())["num_virtual_tokens"] == 4
     assert torch.equal(mix_adapters(a, b, 1.0).prompt, a.prompt)
     prompt = build_method(load_config(None, [*tiny_overrides, "method=prompt"]), prep.lm.model, None, prep.lm.tokenizer)
-    with pytest.raises(ConfigError, match="--mix: mixing is defined for two prompt or two prefix or two toy adapters, got toy and prompt"):
+    with pytest.raises(
+        ConfigError,
+        match="--mix: mixing is defined for two prompt or two prefix or two toy adapters, got toy and prompt",
+    ):
         mix_adapters(a, prompt, 0.5)
 
 
 def test_without_its_spec_a_method_is_unknown():
-    with pytest.raises(ConfigError, match="method: expected one of baseline, prompt, injection, prefix, lora; got 'toy'"):
+    with pytest.raises(
+        ConfigError, match="method: expected one of baseline, prompt, injection, prefix, lora; got 'toy'"
+    ):
         config_from_dict({"method": "toy"})
 
 
@@ -152,11 +179,18 @@ def test_the_search_warms_the_encoder_cache_for_a_method_whose_spec_reads_an_enc
     monkeypatch.setitem(METHOD_SPECS, "reader", MethodSpec("reader", needs_encoder=True))
     monkeypatch.setenv("EMBINJECT_CACHE", str(tmp_path / "cache"))
     search = tmp_path / "search.yaml"
-    search.write_text(yaml.safe_dump({
-        "model": tiny_model, "method": "reader",
-        "data": {"seq_len": 32, "train_samples": 16, "val_samples": 8},
-        "adapter": {"fourier_features": 16, "context_tokens": 8}, "train": {"max_steps": 12},
-        "search": {"adapter.embedding_model": {"choice": ["fourier", "lm-mean"]}},
-        "tune": {"storage_path": str(tmp_path / "runs")}}))
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "model": tiny_model,
+                "method": "reader",
+                "data": {"seq_len": 32, "train_samples": 16, "val_samples": 8},
+                "adapter": {"fourier_features": 16, "context_tokens": 8},
+                "train": {"max_steps": 12},
+                "search": {"adapter.embedding_model": {"choice": ["fourier", "lm-mean"]}},
+                "tune": {"storage_path": str(tmp_path / "runs")},
+            }
+        )
+    )
     warm_caches(load_search_file(search))
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 4  # 2 encoders x (training, validation)

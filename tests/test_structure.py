@@ -1,6 +1,7 @@
 """The code's shape: no module over 400 lines and no function over 80 in the package, the experiments and the
 benchmarks (files read with ast, nothing imported), except today's offenders, listed with their current size so that
 the lists only shrink; and configuration that loads without torch."""
+
 from __future__ import annotations
 
 import ast
@@ -66,15 +67,19 @@ def test_no_module_is_over_400_lines_and_no_function_over_80():
 
 def test_configuration_loads_without_torch():
     """A config, a search file and its space are read (and bad input answered) before torch, which takes seconds."""
-    probe = ("import sys; import embinject.config, embinject.config_files, embinject.space; "
-             "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'ray', 'mlflow') if m in sys.modules))")
+    probe = (
+        "import sys; import embinject.config, embinject.config_files, embinject.space; "
+        "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'ray', 'mlflow') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
 
 
 def test_a_packed_trials_process_loads_without_torch():
     """A packed search starts one process per trial at once, which only relays what its pack host reports."""
-    probe = ("import sys; import embinject.tune.worker.member; "
-             "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'mlflow') if m in sys.modules))")
+    probe = (
+        "import sys; import embinject.tune.worker.member; "
+        "print(sorted(m for m in ('torch', 'safetensors', 'transformers', 'mlflow') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The search system end to end on the tiny model and real shared data: a real local Ray
 cluster, real Optuna + ASHA, a real MLflow SQLite store read back with MlflowClient."""
+
 import csv
 import errno
 import json
@@ -46,7 +47,8 @@ from .test_bad_input import assert_one_error_line, run_main
 
 def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overrides) -> Path:
     spec = {
-        "model": tiny_model, "method": "injection",
+        "model": tiny_model,
+        "method": "injection",
         "data": {"path": data, "seq_len": 32, "train_samples": 96, "val_samples": 24},
         "adapter": {"embedding_model": "fourier", "fourier_features": 16, "context_tokens": 8, "prefix_len": 2},
         "train": {"batch_size": 8, "max_steps": 12, "eval_every": 3, "patience": 0},
@@ -56,11 +58,19 @@ def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overri
             "adapter.prefix_len": {"randint": [1, 4]},
             "adapter.mlp_width": {"choice": [16, 32], "when": {"method": "injection"}},
         },
-        "tune": {"name": "t", "num_samples": 6, "max_concurrent_trials": 2, "seed": 0,
-                 "points_to_evaluate": [{"method": "injection", "train.lr": 0.01, "adapter.prefix_len": 2, "adapter.mlp_width": 32}],
-                 "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
-                 "resources": {"cpus": 1, "gpus": 0}, "storage_path": str(storage),
-                 "pack": "off"},  # tests of packing ask for it (auto would probe at each search's start)
+        "tune": {
+            "name": "t",
+            "num_samples": 6,
+            "max_concurrent_trials": 2,
+            "seed": 0,
+            "points_to_evaluate": [
+                {"method": "injection", "train.lr": 0.01, "adapter.prefix_len": 2, "adapter.mlp_width": 32}
+            ],
+            "scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+            "resources": {"cpus": 1, "gpus": 0},
+            "storage_path": str(storage),
+            "pack": "off",
+        },  # tests of packing ask for it (auto would probe at each search's start)
         "mlflow": {"experiment": "test-search", "register_as": "test-adapter"},
     }
     for key, value in overrides.items():
@@ -75,8 +85,15 @@ def write_search(path: Path, tiny_model: str, data: str, storage: Path, **overri
 
 def run_tune(*args, timeout=600, **popen):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "embinject.tune", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "embinject.tune", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **popen,
+    )
 
 
 def mlflow_state() -> tuple:
@@ -84,8 +101,12 @@ def mlflow_state() -> tuple:
     from mlflow.tracking._model_registry import utils as registry_state
     from mlflow.tracking._tracking_service import utils as tracking_state
 
-    return (tracking_state._tracking_uri, registry_state._registry_uri, os.environ.get("MLFLOW_TRACKING_URI"),
-            os.environ.get("MLFLOW_REGISTRY_URI"))
+    return (
+        tracking_state._tracking_uri,
+        registry_state._registry_uri,
+        os.environ.get("MLFLOW_TRACKING_URI"),
+        os.environ.get("MLFLOW_REGISTRY_URI"),
+    )
 
 
 def read_mlflow(uri: str, experiment: str):
@@ -102,10 +123,14 @@ def read_mlflow(uri: str, experiment: str):
 def test_conditional_space_samples_only_valid_combinations():
     import optuna
 
-    params = parse_space({"method": {"choice": ["prompt", "injection"]},
-                          "adapter.mlp_width": {"choice": [8, 16], "when": {"method": "injection"}},
-                          "adapter.embedding_model": {"choice": ["fourier", "lm-mean"], "when": {"method": ["injection"]}},
-                          "train.lr": {"loguniform": [1e-4, 1e-2]}})
+    params = parse_space(
+        {
+            "method": {"choice": ["prompt", "injection"]},
+            "adapter.mlp_width": {"choice": [8, 16], "when": {"method": "injection"}},
+            "adapter.embedding_model": {"choice": ["fourier", "lm-mean"], "when": {"method": ["injection"]}},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+        }
+    )
     fn = DefineByRun(params, {})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
@@ -135,9 +160,16 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
 
     import optuna
 
-    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
-        "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
-        "train.lr: {loguniform: [1.0e-4, 1.0e-2]}}", "tune.points_to_evaluate=[]", "tune.startup_trials=4", f"tune.multivariate={str(multivariate).lower()}"])
+    search = load_search_file(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        [
+            "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
+            "train.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
+            "tune.points_to_evaluate=[]",
+            "tune.startup_trials=4",
+            f"tune.multivariate={str(multivariate).lower()}",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no experimental-feature warnings reach the user
         sampler = optuna_sampler(search.tune)
@@ -154,17 +186,44 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
     assert study.best_value < 1.5
 
 
-@pytest.mark.parametrize("patch, expected", [
-    ({"search.adapter.mlp_widht": {"choice": [1, 2]}}, "search.adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)"),
-    ({"search.train.lr": {"loguniform": [1.0e-2, 1.0e-4]}}, "search.train.lr.loguniform: low (0.01) must be smaller than high (0.0001)"),
-    ({"search.adapter.prefix_len": {"randint": [5, 2]}}, "search.adapter.prefix_len.randint: low (5) must not exceed high (2)"),
-    ({"search.train.lr": {"normal": [0, 1]}}, "search.train.lr: expected one of choice, uniform, loguniform, randint, qrandint"),
-    ({"tune.resources": {"cpus": 64, "gpus": 0}}, "tune.resources.cpus: a trial asks for 64 CPUs but this machine has"),
-    ({"tune.resources": {"cpus": 1, "gpus": 1}}, "tune.resources.gpus: a trial asks for 1 GPU but no GPU is visible"),
-    ({"tune.num_samlpes": 3}, "tune.num_samlpes: unknown key (did you mean 'num_samples'?)"),
-    ({"tune.scheduler": {"type": "asha", "grace_period": 50}}, "tune.scheduler.grace_period: 50 exceeds max_t (12)"),
-    ({"search.adapter.context_tokens": {"choice": [8, 32]}}, "search.adapter.context_tokens: value 32 makes an invalid config"),
-])
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        (
+            {"search.adapter.mlp_widht": {"choice": [1, 2]}},
+            "search.adapter.mlp_widht: unknown key (did you mean 'mlp_width'?)",
+        ),
+        (
+            {"search.train.lr": {"loguniform": [1.0e-2, 1.0e-4]}},
+            "search.train.lr.loguniform: low (0.01) must be smaller than high (0.0001)",
+        ),
+        (
+            {"search.adapter.prefix_len": {"randint": [5, 2]}},
+            "search.adapter.prefix_len.randint: low (5) must not exceed high (2)",
+        ),
+        (
+            {"search.train.lr": {"normal": [0, 1]}},
+            "search.train.lr: expected one of choice, uniform, loguniform, randint, qrandint",
+        ),
+        (
+            {"tune.resources": {"cpus": 64, "gpus": 0}},
+            "tune.resources.cpus: a trial asks for 64 CPUs but this machine has",
+        ),
+        (
+            {"tune.resources": {"cpus": 1, "gpus": 1}},
+            "tune.resources.gpus: a trial asks for 1 GPU but no GPU is visible",
+        ),
+        ({"tune.num_samlpes": 3}, "tune.num_samlpes: unknown key (did you mean 'num_samples'?)"),
+        (
+            {"tune.scheduler": {"type": "asha", "grace_period": 50}},
+            "tune.scheduler.grace_period: 50 exceeds max_t (12)",
+        ),
+        (
+            {"search.adapter.context_tokens": {"choice": [8, 32]}},
+            "search.adapter.context_tokens: value 32 makes an invalid config",
+        ),
+    ],
+)
 def test_bad_search_file_fails_before_ray_starts(tmp_path, tiny_model, patch, expected):
     """In this process (test_bad_input.py runs the same contract as a real process)."""
     import ray
@@ -190,45 +249,92 @@ def test_dry_run_prints_the_plan(tmp_path, tiny_model):
     assert "TPE-guided after 3 random trials" in out
     assert "packing: tune.pack: off; every trial trains alone" in out
     code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=auto"], tmp_path)
-    assert ("packing: tune.pack auto: at the start, a probe times a packed step of 2 of this search's largest trial "
-            "against 2 separate steps on the trials' device") in out, out
-    code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2"], tmp_path)
+    assert (
+        "packing: tune.pack auto: at the start, a probe times a packed step of 2 of this search's largest trial "
+        "against 2 separate steps on the trials' device"
+    ) in out, out
+    code, out, err = run_main(
+        tune_cli.main, [str(path), "--dry-run", "--set", "tune.pack=4", "--set", "tune.resources.cpus=2"], tmp_path
+    )
     assert "resources per trial: 2 CPU, 0 GPU (a pack of 4 shares one trial's CPUs: 0.5 CPU, 0 GPU each)" in out, out
-    assert "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once" in out
+    assert (
+        "packing: tune.pack: 4 trials share each frozen LM; tune.max_concurrent_trials (2) caps how many run at once"
+        in out
+    )
     assert code == 0 and not (tmp_path / "runs").exists()
 
 
 GRACE = "(tune.scheduler.grace_period: 3): every trial ends before ASHA judges it, so ASHA stops none"
-PAST = ("ASHA's rung at step 6 is never reached: trials end at train.max_steps (5), below tune.scheduler.max_t (12); "
-        "raise train.max_steps to 12, or lower")
-LACKING = ("cannot run this search, whose trials ask for 64 CPUs each (tune.resources): the plan above is a "
-           "preview. Run it with --address of a Ray cluster that has that for a trial (3 trials at a time take up to "
-           "192 CPUs); started here, the search stops with exit 2")
+PAST = (
+    "ASHA's rung at step 6 is never reached: trials end at train.max_steps (5), below tune.scheduler.max_t (12); "
+    "raise train.max_steps to 12, or lower"
+)
+LACKING = (
+    "cannot run this search, whose trials ask for 64 CPUs each (tune.resources): the plan above is a "
+    "preview. Run it with --address of a Ray cluster that has that for a trial (3 trials at a time take up to "
+    "192 CPUs); started here, the search stops with exit 2"
+)
 TWO_OBJECTIVES = "tune.objectives=[{metric: val_perplexity, mode: min}, {metric: trainable_params, mode: min}]"
 
 
-@pytest.mark.parametrize("sets, warnings, line", [
-    ([], [], "objective: val_perplexity (min)"),
-    (["train.max_steps=2", "tune.scheduler.max_t=12"], ["train.max_steps (2) is below ASHA's grace period " + GRACE],
-     "at most 12 optimizer"),
-    (["train.max_steps=3", "tune.scheduler.max_t=12"], ["train.max_steps (3) equals ASHA's grace period"], None),
-    (["train.max_steps=5", "tune.scheduler.max_t=12"], [PAST],
-     "at most 30 optimizer"),
-    (["train.eval_every=7"], ["ASHA's rung at step 3 never judges a trial: trials report every 7 steps "
-                              "(train.eval_every)", "set train.eval_every to 3 or less"], None),
-    (["train.eval_every=5"], [], None),  # reports at 5 and 10 land on the rungs at 3 and 6
-    (["tune.scheduler.reduction_factor=1.5", "train.eval_every=2"],
-     ["ASHA's rung at step 10.125 never judges a trial", "set train.eval_every to 1 or less"], None),
-    ([TWO_OBJECTIVES], [], "objectives: multi-objective over val_perplexity (min), trainable_params (min): Optuna "
-                           "keeps a Pareto front (pareto_front.csv); ASHA and the champion follow the first, "
-                           "val_perplexity"),
-    (["tune.resources.cpus=64", "tune.max_concurrent_trials=3"], [LACKING], None),
-    (["tune.resources.gpus=0.5"], ["no GPU) cannot run this search, whose trials ask for 1 CPUs and 0.5 GPU each",
-                                   "(2 trials at a time take up to 2 CPUs and 1 GPUs)"], None),
-], ids=["fits", "steps-below-grace", "steps-at-grace", "rung-past-steps", "rung-between-reports", "reports-on-rungs",
-        "fractional-rungs", "multi-objective", "cpus-lacking", "gpus-lacking"])
-def test_dry_run_warns_of_budget_mistakes_and_previews_what_this_machine_lacks(tmp_path, tiny_model, sets, warnings,
-                                                                               line):
+@pytest.mark.parametrize(
+    "sets, warnings, line",
+    [
+        ([], [], "objective: val_perplexity (min)"),
+        (
+            ["train.max_steps=2", "tune.scheduler.max_t=12"],
+            ["train.max_steps (2) is below ASHA's grace period " + GRACE],
+            "at most 12 optimizer",
+        ),
+        (["train.max_steps=3", "tune.scheduler.max_t=12"], ["train.max_steps (3) equals ASHA's grace period"], None),
+        (["train.max_steps=5", "tune.scheduler.max_t=12"], [PAST], "at most 30 optimizer"),
+        (
+            ["train.eval_every=7"],
+            [
+                "ASHA's rung at step 3 never judges a trial: trials report every 7 steps (train.eval_every)",
+                "set train.eval_every to 3 or less",
+            ],
+            None,
+        ),
+        (["train.eval_every=5"], [], None),  # reports at 5 and 10 land on the rungs at 3 and 6
+        (
+            ["tune.scheduler.reduction_factor=1.5", "train.eval_every=2"],
+            ["ASHA's rung at step 10.125 never judges a trial", "set train.eval_every to 1 or less"],
+            None,
+        ),
+        (
+            [TWO_OBJECTIVES],
+            [],
+            "objectives: multi-objective over val_perplexity (min), trainable_params (min): Optuna "
+            "keeps a Pareto front (pareto_front.csv); ASHA and the champion follow the first, "
+            "val_perplexity",
+        ),
+        (["tune.resources.cpus=64", "tune.max_concurrent_trials=3"], [LACKING], None),
+        (
+            ["tune.resources.gpus=0.5"],
+            [
+                "no GPU) cannot run this search, whose trials ask for 1 CPUs and 0.5 GPU each",
+                "(2 trials at a time take up to 2 CPUs and 1 GPUs)",
+            ],
+            None,
+        ),
+    ],
+    ids=[
+        "fits",
+        "steps-below-grace",
+        "steps-at-grace",
+        "rung-past-steps",
+        "rung-between-reports",
+        "reports-on-rungs",
+        "fractional-rungs",
+        "multi-objective",
+        "cpus-lacking",
+        "gpus-lacking",
+    ],
+)
+def test_dry_run_warns_of_budget_mistakes_and_previews_what_this_machine_lacks(
+    tmp_path, tiny_model, sets, warnings, line
+):
     """Each warning on one line, the plan printed all the same, exit 0, nothing created; a search asking for more than
     this machine has is previewed (the search itself still stops with exit 2, as
     test_bad_search_file_fails_before_ray_starts checks)."""
@@ -244,8 +350,9 @@ def test_dry_run_warns_of_budget_mistakes_and_previews_what_this_machine_lacks(t
     assert line is None or line in out, out
 
 
-@pytest.mark.parametrize("max_t, grace, factor", [(12, 3, 2), (40, 10, 2), (1560, 104, 3), (100, 10, 1.5), (40, 10, 3),
-                                                  (9, 9, 2)])
+@pytest.mark.parametrize(
+    "max_t, grace, factor", [(12, 3, 2), (40, 10, 2), (1560, 104, 3), (100, 10, 1.5), (40, 10, 3), (9, 9, 2)]
+)
 def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
     from ray.tune.schedulers import ASHAScheduler
 
@@ -253,12 +360,15 @@ def test_the_dry_runs_asha_rungs_are_those_ray_places(max_t, grace, factor):
     assert asha_rungs(max_t, grace, factor) == sorted(milestone for milestone, _ in scheduler_rungs(asha))
 
 
-@pytest.mark.parametrize("flags, said", [
-    ([], "registers 'test-adapter' (alias champion if it beats the version holding it)"),
-    (["--promote"], "registers 'test-adapter' (alias champion by --promote)"),
-    (["--no-register"], "registers nothing"),
-    (["--set", "mlflow.register_as=null"], "registers nothing"),
-])
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        ([], "registers 'test-adapter' (alias champion if it beats the version holding it)"),
+        (["--promote"], "registers 'test-adapter' (alias champion by --promote)"),
+        (["--no-register"], "registers nothing"),
+        (["--set", "mlflow.register_as=null"], "registers nothing"),
+    ],
+)
 def test_no_register_registers_nothing_and_contradicts_promote(tmp_path, tiny_model, flags, said):
     path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs")
     code, out, err = run_main(tune_cli.main, [str(path), "--dry-run", *flags], tmp_path)
@@ -267,7 +377,9 @@ def test_no_register_registers_nothing_and_contradicts_promote(tmp_path, tiny_mo
     assert code == 2 and "error: argument --promote: not allowed with argument --no-register" in err, err
 
 
-@pytest.mark.parametrize("samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)])
+@pytest.mark.parametrize(
+    "samples, startup, expected", [(10, None, 3), (24, None, 3), (40, None, 5), (200, None, 10), (10, 7, 7)]
+)
 def test_tpe_random_start_fits_the_search_size(samples, startup, expected):
     # Optuna's fixed 10 random trials would leave a 10-trial search with no guided trial at all
     assert TuneSettings(num_samples=samples, startup_trials=startup).random_trials_first == expected
@@ -278,8 +390,13 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 
     storage = tmp_path / "runs"
     # intermediate evaluations on a subset of 12 of the 24 validation windows; the kept adapter on all 24
-    path = write_search(tmp_path / "s.yaml", tiny_model, str(shared_data / "wikitext2_valid_detok"), storage,
-                        **{"train.eval_windows": 12})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        str(shared_data / "wikitext2_valid_detok"),
+        storage,
+        **{"train.eval_windows": 12},
+    )
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
@@ -288,13 +405,19 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     assert lines[0] == f"starting a search from {path}: loading torch, Ray Tune and MLflow", lines[:3]
     warm = [line for line in lines if line.startswith("warm-up: ")]
     assert [line.rsplit(" in ", 1)[0] for line in warm] == [
-        "warm-up: torch, Ray and MLflow loaded, the search file and its places checked", f"warm-up: model {tiny_model}",
-        "warm-up: data windows and the frozen model's perplexity", "warm-up: encoder fourier and its sentence embeddings",
-        "warm-up: Ray started on this machine", "warm-up: Ray Tune and MLflow set up"], warm
+        "warm-up: torch, Ray and MLflow loaded, the search file and its places checked",
+        f"warm-up: model {tiny_model}",
+        "warm-up: data windows and the frozen model's perplexity",
+        "warm-up: encoder fourier and its sentence embeddings",
+        "warm-up: Ray started on this machine",
+        "warm-up: Ray Tune and MLflow set up",
+    ], warm
     assert all(re.fullmatch(r"\d+\.\d s", line.rsplit(" in ", 1)[1]) for line in warm), warm
     assert lines.index(warm[-1]) < lines.index("== Status ==")
     assert "where its time went: embinject report " in proc.stdout
-    assert "Token authentication is enabled" not in proc.stderr  # Ray's notice of its secure default is not the user's concern
+    assert (
+        "Token authentication is enabled" not in proc.stderr
+    )  # Ray's notice of its secure default is not the user's concern
     assert " INFO mlflow" not in proc.stdout + proc.stderr  # nor MLflow's database set-up and signature checks
     exp_dir = next(storage.glob("t-*"))
     assert f"Search folder: {exp_dir.resolve()}" in lines and "Result logdir" not in proc.stdout
@@ -310,11 +433,16 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     assert line.startswith(f"optuna: study {exp_dir.name}; open with: optuna-dashboard {exp_dir / 'optuna.journal'} ")
     line = next(l for l in proc.stdout.splitlines() if l.startswith("  or: optuna trials "))
     argv = shlex.split(line.split(": ", 1)[1])
-    listed = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "-f", "json"], capture_output=True,
-                            text=True, timeout=120)
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / argv[0]), *argv[1:], "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert sorted((t["number"], t["state"]) for t in json.loads(listed.stdout)) == \
-        sorted((t.number, t.state.name) for t in study.trials)
+    assert sorted((t["number"], t["state"]) for t in json.loads(listed.stdout)) == sorted(
+        (t.number, t.state.name) for t in study.trials
+    )
     for png in ("val_perplexity_curves.png", "optimization_history.png", "parallel_coordinate.png"):
         assert (exp_dir / png).stat().st_size > 5000
 
@@ -351,7 +479,10 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     # the training data as a dataset input, the experiment opening in the model-training view
     exp = client.get_experiment_by_name("test-search")
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
-    assert f"runs table: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in proc.stdout
+    assert (
+        f"runs table: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        in proc.stdout
+    )
     assert parent.data.params["search.train.lr"] == "loguniform [0.0001, 0.05]"
     assert parent.data.params["search.adapter.mlp_width"] == 'choice [16, 32] when method in ["injection"]'
     assert not any(v.startswith("(") for v in parent.data.params.values())
@@ -372,15 +503,19 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
 
     mv = client.get_model_version_by_alias("test-adapter", "champion")
     winner = next(c for c in children if c.info.run_id == mv.run_id)
-    assert winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
+    assert (
+        winner.data.metrics["best_val_perplexity"] == pytest.approx(best) and winner.data.tags.get("champion") == "true"
+    )
     assert mv.tags["trial_id"] == winner.data.tags["trial_id"] and mv.tags["method"] == winner.data.params["method"]
     assert float(mv.tags["val_perplexity"]) == pytest.approx(best, rel=1e-5) and mv.tags["search"] == exp_dir.name
     # MLflow's global URIs (and, through its setters, MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for the embinject
     # subprocesses below) on this store for the block, then as they were: other tests in this process use other stores
     with mlflow_global_uris(uri, uri):
         model = mlflow.pyfunc.load_model("models:/test-adapter@champion")
-        out = model.predict(pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
-                            params={"max_new_tokens": 3})
+        out = model.predict(
+            pd.DataFrame({"prompt": ["The history", "A"], "context": ["of the city", "b"]}),
+            params={"max_new_tokens": 3},
+        )
         assert len(out) == 2 and list(out.columns) == ["generated_text"]
         # The hint the search printed works as printed, from another directory, without MLFLOW_TRACKING_URI, and
         # leaves no empty ./mlflow.db behind.
@@ -389,15 +524,27 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
         elsewhere, scratch = tmp_path / "elsewhere", tmp_path / "scratch"
         elsewhere.mkdir()
         scratch.mkdir()
-        gen = subprocess.run([sys.executable, "-m", *argv, "--prompt", "The history", "--max-new-tokens", "3", "--json"],
-                             cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                             env={**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")},
-                                  "TMPDIR": str(scratch)})
+        gen = subprocess.run(
+            [sys.executable, "-m", *argv, "--prompt", "The history", "--max-new-tokens", "3", "--json"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={
+                **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")},
+                "TMPDIR": str(scratch),
+            },
+        )
         assert gen.returncode == 0, gen.stderr[-2000:]
         assert "--tracking-uri" in argv and not any(elsewhere.iterdir())
         assert not list(scratch.glob("embinject-*"))  # the adapter it downloaded is gone
-        report = subprocess.run([sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir",
-                                 str(tmp_path / "report")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        report = subprocess.run(
+            [sys.executable, "-m", "embinject", "report", parent.info.run_id, "--output-dir", str(tmp_path / "report")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert report.returncode == 0, report.stderr[-2000:]
     # Loading an adapter from the registry in a process (a notebook) leaves MLflow's URIs and their variables as they
     # were (a later search or subprocess of that process must not find this store's registry pinned), and keeps no
@@ -410,8 +557,13 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     table = [l for l in trials.splitlines() if l.startswith("| ")][1:]
     assert len(table) == 6 and table[0].startswith(f"| 1 | {winner.data.tags['trial_id']} |")
     assert (tmp_path / "report" / "report_val_perplexity.png").stat().st_size > 5000
-    from_dir = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+    from_dir = subprocess.run(
+        [sys.executable, "-m", "embinject", "report", str(exp_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert from_dir.returncode == 0 and f"| 1 | {winner.data.tags['trial_id']} |" in (exp_dir / "report.md").read_text()
     # where each trial's time went: in summary.csv, as metrics of its run, and in the report from either source
     seconds = check_time_split(exp_dir, from_dir.stdout, packed=False)
@@ -428,7 +580,9 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     lm = load_frozen_lm(tiny_model)
     cfg = config_from_dict(meta["config"])
     method = load_method(local, lm.model, lm.tokenizer)
-    assert perplexity(method, prepare(cfg).val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(best, rel=1e-5)
+    assert perplexity(method, prepare(cfg).val, 32, autocast_dtype=autocast_dtype(cfg, "cpu")) == pytest.approx(
+        best, rel=1e-5
+    )
 
     # The best adapters, plural: the 3 best trials' adapters are logged models on their runs, the champion first
     ranked = sorted(children, key=lambda c: c.data.metrics["best_val_perplexity"])  # as the champion is chosen
@@ -436,14 +590,34 @@ def test_search_logs_everything_to_mlflow_and_champion_reproduces(tmp_path, tiny
     by_run = {m.source_run_id: m for m in models}
     assert len(models) == min(3, len(ranked)) and set(by_run) == {c.info.run_id for c in ranked[:3]}
     assert by_run[winner.info.run_id].tags["rank"] == "1" and all(m.status == "READY" for m in models)
-    assert [by_run[c.info.run_id].name for c in ranked[:3]] == \
-        [f"t-rank{i}-{c.data.tags['trial_id']}" for i, c in enumerate(ranked[:3], 1)]  # named by search, rank and trial
+    assert [by_run[c.info.run_id].name for c in ranked[:3]] == [
+        f"t-rank{i}-{c.data.tags['trial_id']}" for i, c in enumerate(ranked[:3], 1)
+    ]  # named by search, rank and trial
     runner_up = by_run[ranked[1].info.run_id]
-    assert [m.value for m in runner_up.metrics if m.key == "best_val_perplexity"] == \
-        [pytest.approx(ranked[1].data.metrics["best_val_perplexity"])]
-    gen = subprocess.run([sys.executable, "-m", "embinject", "generate", "--adapter", f"runs:/{ranked[1].info.run_id}/model",
-                          "--tracking-uri", uri, "--prompt", "The history", "--max-new-tokens", "2", "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert [m.value for m in runner_up.metrics if m.key == "best_val_perplexity"] == [
+        pytest.approx(ranked[1].data.metrics["best_val_perplexity"])
+    ]
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embinject",
+            "generate",
+            "--adapter",
+            f"runs:/{ranked[1].info.run_id}/model",
+            "--tracking-uri",
+            uri,
+            "--prompt",
+            "The history",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert gen.returncode == 0 and "Downloading artifacts" not in gen.stderr, gen.stderr[-2000:]
     _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri)
 
@@ -460,10 +634,22 @@ def test_the_champion_alias_stays_with_a_version_a_new_search_does_not_beat(tmp_
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}", registry_uri=f"sqlite:///{storage / 'mlflow.db'}")
 
     def search(lr: float) -> tuple[list[str], dict]:
-        path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-            "method": "prompt", "search": {"train.lr": {"choice": [lr]}}, "tune.points_to_evaluate": [],
-            "tune.num_samples": 1, "tune.scheduler": {"type": "none"}, "train.max_steps": 3, "train.eval_every": 3,
-            "mlflow.keep_top": 1})
+        path = write_search(
+            tmp_path / "s.yaml",
+            tiny_model,
+            "builtin:python-docs",
+            storage,
+            **{
+                "method": "prompt",
+                "search": {"train.lr": {"choice": [lr]}},
+                "tune.points_to_evaluate": [],
+                "tune.num_samples": 1,
+                "tune.scheduler": {"type": "none"},
+                "train.max_steps": 3,
+                "train.eval_every": 3,
+                "mlflow.keep_top": 1,
+            },
+        )
         proc = run_tune(str(path))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         lines = proc.stdout.splitlines()
@@ -483,18 +669,27 @@ def test_the_champion_alias_stays_with_a_version_a_new_search_does_not_beat(tmp_
     assert [l for l in lines if "alias champion" in l] == [
         "version 2 of test-adapter is registered without the alias champion, which stays on version 1: this search's "
         f"val_perplexity {worse['val_perplexity']} does not beat its {better['val_perplexity']} (the same frozen "
-        "model, validation data and metric); --promote moves it anyway"]
+        "model, validation data and metric); --promote moves it anyway"
+    ]
     assert "best adapter: " in next(l for l in lines if "(registered as test-adapter version 2)" in l)
     assert any("--adapter models:/test-adapter/2 " in l for l in lines)  # the hint names the version, not the alias
 
 
-SAME = {"model": "m", "data": "builtin:python-docs", "data_digest": "d1", "scored_tokens": "all",
-        "metric": "val_perplexity", "mode": "min"}
+SAME = {
+    "model": "m",
+    "data": "builtin:python-docs",
+    "data_digest": "d1",
+    "scored_tokens": "all",
+    "metric": "val_perplexity",
+    "mode": "min",
+}
 KEPT = "version 2 of a is registered without the alias champion, which stays on version 1: "
 
 
-@pytest.mark.parametrize("search, expected", [("quickstart", "quickstart-rank1-d95cd911"),
-                                              ("v1.2/a:b%c'd\"e", "v1-2-a-b-c-d-e-rank1-d95cd911")])
+@pytest.mark.parametrize(
+    "search, expected",
+    [("quickstart", "quickstart-rank1-d95cd911"), ("v1.2/a:b%c'd\"e", "v1-2-a-b-c-d-e-rank1-d95cd911")],
+)
 def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(search, expected):
     from mlflow.utils.validation import _validate_logged_model_name  # MLflow's own rule (records replicates it)
 
@@ -502,34 +697,96 @@ def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(s
     _validate_logged_model_name(expected)  # raises where MLflow refuses it
 
 
-@pytest.mark.parametrize("old, new, promote, moved, line", [
-    ({"val_perplexity": "20"}, {"val_perplexity": "19.5"}, False, True,
-     "the alias champion of a moved to version 2, which beats version 1 (val_perplexity 19.5, version 1's 20)"),
-    ({"val_perplexity": "20"}, {"val_perplexity": "20"}, False, False,
-     KEPT + "this search's val_perplexity 20 does not beat its 20 (the same frozen model, validation data and metric); "
-     "--promote moves it anyway"),
-    ({"val_perplexity": "20", "mode": "max"}, {"val_perplexity": "19.5", "mode": "max"}, False, False,
-     KEPT + "this search's val_perplexity 19.5 does not beat its 20 (the same frozen model, validation data and "
-     "metric); --promote moves it anyway"),
-    ({"val_perplexity": "30"}, {"val_perplexity": "20", "data": "/d/wiki.txt", "data_digest": "d2"}, False, False,
-     KEPT + "the two cannot be compared (the validation data differs: builtin:python-docs (d1) for version 1, "
-     "/d/wiki.txt (d2) for this search); --promote moves it"),
-    ({"val_perplexity": "30"}, {"val_perplexity": "20", "model": "n"}, False, False,
-     KEPT + "the two cannot be compared (the frozen model differs: m for version 1, n for this search); --promote "
-     "moves it"),
-    ({"val_perplexity": "30"}, {"val_perplexity": "20", "scored_tokens": "after the first 8"}, False, False,
-     KEPT + "the two cannot be compared (the choice of scored tokens differs: all for version 1, after the first 8 for "
-     "this search); --promote moves it"),
-    ({"val_perplexity": "30", "model": None}, {"val_perplexity": "20"}, False, False,
-     KEPT + "the two cannot be compared (version 1 does not record its frozen model: registered by hand or by an older "
-     "embinject); --promote moves it"),
-    ({"val_perplexity": "10"}, {"val_perplexity": "20", "model": "n"}, True, True,
-     "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10; not comparable: the "
-     "frozen model differs: m for version 1, n for this search)"),
-    ({"val_perplexity": "10"}, {"val_perplexity": "20"}, True, True,
-     "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10)"),
-], ids=["better", "equal", "worse-on-max", "other-data", "other-model", "other-scored-tokens", "holder-unrecorded",
-        "promote-other-model", "promote-worse"])
+@pytest.mark.parametrize(
+    "old, new, promote, moved, line",
+    [
+        (
+            {"val_perplexity": "20"},
+            {"val_perplexity": "19.5"},
+            False,
+            True,
+            "the alias champion of a moved to version 2, which beats version 1 (val_perplexity 19.5, version 1's 20)",
+        ),
+        (
+            {"val_perplexity": "20"},
+            {"val_perplexity": "20"},
+            False,
+            False,
+            KEPT
+            + "this search's val_perplexity 20 does not beat its 20 (the same frozen model, validation data and metric); "
+            "--promote moves it anyway",
+        ),
+        (
+            {"val_perplexity": "20", "mode": "max"},
+            {"val_perplexity": "19.5", "mode": "max"},
+            False,
+            False,
+            KEPT + "this search's val_perplexity 19.5 does not beat its 20 (the same frozen model, validation data and "
+            "metric); --promote moves it anyway",
+        ),
+        (
+            {"val_perplexity": "30"},
+            {"val_perplexity": "20", "data": "/d/wiki.txt", "data_digest": "d2"},
+            False,
+            False,
+            KEPT + "the two cannot be compared (the validation data differs: builtin:python-docs (d1) for version 1, "
+            "/d/wiki.txt (d2) for this search); --promote moves it",
+        ),
+        (
+            {"val_perplexity": "30"},
+            {"val_perplexity": "20", "model": "n"},
+            False,
+            False,
+            KEPT
+            + "the two cannot be compared (the frozen model differs: m for version 1, n for this search); --promote "
+            "moves it",
+        ),
+        (
+            {"val_perplexity": "30"},
+            {"val_perplexity": "20", "scored_tokens": "after the first 8"},
+            False,
+            False,
+            KEPT
+            + "the two cannot be compared (the choice of scored tokens differs: all for version 1, after the first 8 for "
+            "this search); --promote moves it",
+        ),
+        (
+            {"val_perplexity": "30", "model": None},
+            {"val_perplexity": "20"},
+            False,
+            False,
+            KEPT
+            + "the two cannot be compared (version 1 does not record its frozen model: registered by hand or by an older "
+            "embinject); --promote moves it",
+        ),
+        (
+            {"val_perplexity": "10"},
+            {"val_perplexity": "20", "model": "n"},
+            True,
+            True,
+            "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10; not comparable: the "
+            "frozen model differs: m for version 1, n for this search)",
+        ),
+        (
+            {"val_perplexity": "10"},
+            {"val_perplexity": "20"},
+            True,
+            True,
+            "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10)",
+        ),
+    ],
+    ids=[
+        "better",
+        "equal",
+        "worse-on-max",
+        "other-data",
+        "other-model",
+        "other-scored-tokens",
+        "holder-unrecorded",
+        "promote-other-model",
+        "promote-worse",
+    ],
+)
 def test_a_champion_is_compared_only_on_the_same_model_data_and_metric(old, new, promote, moved, line):
     from types import SimpleNamespace
 
@@ -554,16 +811,34 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     restored = make_searcher(load_search_file(path), tmp_path / "probe-restored")
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert sum(bool(t.user_attrs.get("warm_start")) for t in searcher_study(restored.searcher).trials) == 6
-    assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == \
-        pytest.approx(min(c.data.metrics["best_val_perplexity"] for c in children))
+    assert sorted(t.value for t in earlier if t.state.name == "COMPLETE")[0] == pytest.approx(
+        min(c.data.metrics["best_val_perplexity"] for c in children)
+    )
 
-    proc = run_tune(str(path), "--set", f"tune.warm_start=[runs:/{parent.info.run_id}]", "--set", "tune.num_samples=3",
-                    "--set", "tune.points_to_evaluate=[]", "--set", "train.max_steps=9", "--set", "tune.scheduler.max_t=9",
-                    "--set", "search.adapter.prefix_len={randint: [1, 3]}", "--set", "tune.name=w", "--promote")
+    proc = run_tune(
+        str(path),
+        "--set",
+        f"tune.warm_start=[runs:/{parent.info.run_id}]",
+        "--set",
+        "tune.num_samples=3",
+        "--set",
+        "tune.points_to_evaluate=[]",
+        "--set",
+        "train.max_steps=9",
+        "--set",
+        "tune.scheduler.max_t=9",
+        "--set",
+        "search.adapter.prefix_len={randint: [1, 3]}",
+        "--set",
+        "tune.name=w",
+        "--promote",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("warm start from"))
-    finished = sorted((c for c in children if c.data.tags.get("stopped_early") == "False"),
-                      key=lambda c: c.data.metrics["best_val_perplexity"])
+    finished = sorted(
+        (c for c in children if c.data.tags.get("stopped_early") == "False"),
+        key=lambda c: c.data.metrics["best_val_perplexity"],
+    )
     assert f"runs:/{parent.info.run_id}" in line and "another setup (train.max_steps" in line
     assert f"its best {min(3, len(finished))} configurations go first" in line
     out_of_space = sum(c.data.params["adapter.prefix_len"] == "4" for c in children)
@@ -575,8 +850,10 @@ def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     # --promote: the alias moves whether or not the new version beats the old (the same model, data and metric here)
     first, second = (client.get_model_version("test-adapter", v).tags["val_perplexity"] for v in ("1", "2"))
     assert client.get_registered_model("test-adapter").aliases == {"champion": 2}
-    assert (f"the alias champion of test-adapter moved to version 2 by --promote (val_perplexity {second}, version 1's "
-            f"{first})") in proc.stdout.splitlines(), proc.stdout[-3000:]
+    assert (
+        f"the alias champion of test-adapter moved to version 2 by --promote (val_perplexity {second}, version 1's "
+        f"{first})"
+    ) in proc.stdout.splitlines(), proc.stdout[-3000:]
     rows = list(csv.DictReader((next((tmp_path / "runs").glob("w-*")) / "summary.csv").open()))
     assert {(r["method"], float(r["train.lr"])) for r in rows} >= set(expected)
 
@@ -620,8 +897,9 @@ def _check_study(exp_dir: Path, objectives: tuple = ("val_perplexity",), rel: fl
         if row is None:
             assert t.state.name == "FAIL" and t.user_attrs["ended_by"] == "lost_at_kill", (trial_id, t)
             continue
-        state = {"ok": "PRUNED" if row["stopped_early"] == "True" else "COMPLETE",
-                 "cut": "PRUNED"}.get(row["status"], "FAIL")
+        state = {"ok": "PRUNED" if row["stopped_early"] == "True" else "COMPLETE", "cut": "PRUNED"}.get(
+            row["status"], "FAIL"
+        )
         assert t.state.name == state, (row, t)
         if row["status"] != "not_started":  # Ray proposed its values, but summary.csv has none for a trial never run
             assert {k: str(v) for k, v in t.params.items()} == {k: row[k] for k in t.params}
@@ -646,7 +924,9 @@ def _check_study(exp_dir: Path, objectives: tuple = ("val_perplexity",), rel: fl
 
 def _checkpoint_history(trial_dir: Path) -> dict[int, float]:
     """A trial's validation points as its newest checkpoint records them (step -> val_perplexity)."""
-    newest = max(trial_dir.glob("checkpoint_*"), key=lambda c: json.loads((c / "trainer_state.json").read_text())["loop"]["step"])
+    newest = max(
+        trial_dir.glob("checkpoint_*"), key=lambda c: json.loads((c / "trainer_state.json").read_text())["loop"]["step"]
+    )
     history = json.loads((newest / "trainer_state.json").read_text())["loop"]["history"]
     return {h["step"]: h["val_perplexity"] for h in history if "val_perplexity" in h}
 
@@ -674,8 +954,12 @@ def _without_redelivery(rows: list[dict]) -> list[dict]:
     """A trial resumed from its last (final) checkpoint reports that final result again, because the
     killed driver may never have recorded it; drop such a repeat of the previous row. Its evaluation is run again,
     perhaps with another thread count (a pack host's, then a lone trial's), so its value may differ in rounding."""
-    same = lambda a, b: (a["step"], a["final"]) == (b["step"], b["final"]) and \
-        abs(a["val_perplexity"] - b["val_perplexity"]) <= 1e-4 * b["val_perplexity"]  # noqa: E731
+
+    def same(a, b):
+        return (a["step"], a["final"]) == (b["step"], b["final"]) and abs(
+            a["val_perplexity"] - b["val_perplexity"]
+        ) <= 1e-4 * b["val_perplexity"]
+
     return [r for i, r in enumerate(rows) if i == 0 or not same(r, rows[i - 1])]
 
 
@@ -728,12 +1012,29 @@ def _session_pids(sid: int, until=None, timeout: float = 120) -> dict[int, str]:
 
 def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage,
-                        **{"train.max_steps": 150, "train.max_epochs": 100, "train.eval_every": 25, "tune.num_samples": 4,
-                           "tune.max_concurrent_trials": 1, "tune.scheduler": {"type": "none"}})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "train.max_steps": 150,
+            "train.max_epochs": 100,
+            "train.eval_every": 25,
+            "tune.num_samples": 4,
+            "tune.max_concurrent_trials": 1,
+            "tune.scheduler": {"type": "none"},
+        },
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "embinject.tune", str(path)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embinject.tune", str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     finished_before: dict[str, int] = {}
     deadline = time.time() + 300
     try:
@@ -785,8 +1086,11 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resume: trial {running[0].name.removeprefix('trial_')} continues from {ahead.name}" in result.stdout
     pids = ", ".join(map(str, sorted(leftovers)))
-    assert gone and (f"stopped 2 Ray processes (pid {pids}) that search {exp_dir.name} left running when its driver "
-                     "was killed") in result.stdout, result.stdout[-3000:]
+    assert (
+        gone
+        and (f"stopped 2 Ray processes (pid {pids}) that search {exp_dir.name} left running when its driver was killed")
+        in result.stdout
+    ), result.stdout[-3000:]
     with (exp_dir / "summary.csv").open(newline="") as fh:
         known = {r["trial_id"] for r in csv.DictReader(fh)}
     # A trial Ray started just before the kill, before its snapshot named it, may have written its folder (even a
@@ -798,7 +1102,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
         steps = [r["step"] for r in rows]
         assert steps == sorted(set(steps)), f"{t.name} repeated steps {steps}: it restarted instead of resuming"
         errors = "".join(f.read_text()[-1500:] for f in t.glob("error*.txt"))
-        assert rows[-1]["final"] and rows[-1]["step"] == 150, f"{t.name}: {[(r['step'], r['final']) for r in rows]} {errors}"
+        assert rows[-1]["final"] and rows[-1]["step"] == 150, (
+            f"{t.name}: {[(r['step'], r['final']) for r in rows]} {errors}"
+        )
         if t.name in finished_before:
             assert len(rows) == finished_before[t.name]  # a finished trial is not run again
     _, parents, children = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
@@ -807,7 +1113,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
     assert len(parents) == 1 and finished == {t.name.removeprefix("trial_") for t in trials}, seen
     # A kill right after Ray started the next trial, before its snapshot named it: Ray forgets that trial and its
     # searcher proposes the configuration again under a new id. The forgotten trial's run ends KILLED as lost_at_kill.
-    assert all(status == "KILLED" and why == "lost_at_kill" for trial_id, status, why in seen if trial_id not in finished), seen
+    assert all(
+        status == "KILLED" and why == "lost_at_kill" for trial_id, status, why in seen if trial_id not in finished
+    ), seen
     # Optuna's study went on in its journal: the 4 trials of summary.csv, each once, and the forgotten one as lost
     study = _check_study(exp_dir, rel=1e-4, killed=True)  # a resumed trial's first step again may differ in rounding
     assert {trial_id for trial_id, _, _ in seen} <= {t.user_attrs["trial_id"] for t in study.trials}
@@ -816,8 +1124,10 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_model, monkeypatch):
 def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
     from types import SimpleNamespace
 
-    search = load_search_file(ROOT / "search_spaces" / "quickstart.yaml", [
-        "tune.scheduler={type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}"])
+    search = load_search_file(
+        ROOT / "search_spaces" / "quickstart.yaml",
+        ["tune.scheduler={type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}"],
+    )
     asha = make_scheduler(search)
     asha.set_search_properties("val_perplexity", "min")
     a, b, c = (SimpleNamespace(trial_id=i) for i in "abc")
@@ -826,24 +1136,42 @@ def test_the_live_asha_line_counts_the_trials_it_cut_not_those_that_ended():
     assert asha.on_trial_result(None, a, {"step": 1, "val_perplexity": 10.0}) == asha.CONTINUE
     assert asha.on_trial_result(None, b, {"step": 1, "val_perplexity": 20.0}) == asha.STOP  # cut at the first rung
     assert asha.on_trial_result(None, c, {"step": 4, "val_perplexity": 5.0, "final": True}) == asha.STOP  # at max_t
-    assert asha.debug_string().startswith("ASHA: 1 stopped early; val_perplexity a trial must beat to go on, per rung: ")
+    assert asha.debug_string().startswith(
+        "ASHA: 1 stopped early; val_perplexity a trial must beat to go on, per rung: "
+    )
 
 
 def test_pareto_front_keeps_exactly_the_undominated_trials():
     objectives = [{"metric": "val_perplexity", "mode": "min"}, {"metric": "tokens_per_second", "mode": "max"}]
-    rows = [{"trial_id": t, "best_val_perplexity": p, "tokens_per_second": s}
-            for t, p, s in [("a", 10, 100), ("b", 12, 300), ("c", 11, 90), ("d", 10, 100), ("e", 20, 300)]]
+    rows = [
+        {"trial_id": t, "best_val_perplexity": p, "tokens_per_second": s}
+        for t, p, s in [("a", 10, 100), ("b", 12, 300), ("c", 11, 90), ("d", 10, 100), ("e", 20, 300)]
+    ]
     assert [r["trial_id"] for r in pareto_front(rows, objectives)] == ["a", "b", "d"]  # c: beaten by a; e: by b
 
 
-@pytest.mark.parametrize("objectives, expected", [
-    ([{"metric": "val_perplexity"}], "tune.objectives: a multi-objective search needs at least two objectives"),
-    ([{"metric": "val_perplexity"}, {"metric": "latency"}], "tune.objectives[1].metric: expected one of val_perplexity"),
-    ([{"metric": "val_perplexity"}, {"metric": "trainable_params", "mode": "low"}], "tune.objectives[1].mode: expected min or max"),
-    ([{"metric": "val_perplexity"}, {"metric": "val_perplexity"}], "tune.objectives[1].metric: val_perplexity is already an objective"),
-])
+@pytest.mark.parametrize(
+    "objectives, expected",
+    [
+        ([{"metric": "val_perplexity"}], "tune.objectives: a multi-objective search needs at least two objectives"),
+        (
+            [{"metric": "val_perplexity"}, {"metric": "latency"}],
+            "tune.objectives[1].metric: expected one of val_perplexity",
+        ),
+        (
+            [{"metric": "val_perplexity"}, {"metric": "trainable_params", "mode": "low"}],
+            "tune.objectives[1].mode: expected min or max",
+        ),
+        (
+            [{"metric": "val_perplexity"}, {"metric": "val_perplexity"}],
+            "tune.objectives[1].metric: val_perplexity is already an objective",
+        ),
+    ],
+)
 def test_bad_objectives_are_named(tmp_path, tiny_model, objectives, expected):
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{"tune.objectives": objectives})
+    path = write_search(
+        tmp_path / "s.yaml", tiny_model, "builtin:python-docs", tmp_path / "runs", **{"tune.objectives": objectives}
+    )
     code, _, err = run_main(tune_cli.main, [str(path), "--dry-run"], tmp_path)
     assert_one_error_line(code, err, expected)
 
@@ -856,21 +1184,40 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     import csv
 
     storage = tmp_path / "runs"
-    path = write_search(tmp_path / "s.yaml", tiny_model, "builtin:python-docs", storage, **{
-        "search": {"method": {"choice": ["lora", "prompt"]}, "train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
-        "tune.points_to_evaluate": [{"method": "lora", "train.lr": 0.02}, {"method": "prompt", "train.lr": 0.02}],
-        "tune.num_samples": 4, "tune.max_concurrent_trials": 1, "train.max_steps": 6,
-        "tune.scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
-        "tune.objectives": [{"metric": "val_perplexity", "mode": "min"}, {"metric": "trainable_params", "mode": "min"}]})
+    path = write_search(
+        tmp_path / "s.yaml",
+        tiny_model,
+        "builtin:python-docs",
+        storage,
+        **{
+            "search": {"method": {"choice": ["lora", "prompt"]}, "train.lr": {"loguniform": [1.0e-3, 5.0e-2]}},
+            "tune.points_to_evaluate": [{"method": "lora", "train.lr": 0.02}, {"method": "prompt", "train.lr": 0.02}],
+            "tune.num_samples": 4,
+            "tune.max_concurrent_trials": 1,
+            "train.max_steps": 6,
+            "tune.scheduler": {"type": "asha", "grace_period": 3, "reduction_factor": 2},
+            "tune.objectives": [
+                {"metric": "val_perplexity", "mode": "min"},
+                {"metric": "trainable_params", "mode": "min"},
+            ],
+        },
+    )
     proc = run_tune(str(path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp_dir = next(storage.glob("t-*"))
     with (exp_dir / "summary.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh)]
     ok = [r for r in rows if r["status"] == "ok"]
-    undominated = {r["trial_id"] for r in ok if not any(
-        float(o["best_val_perplexity"]) <= float(r["best_val_perplexity"]) and int(o["trainable_params"]) <= int(r["trainable_params"])
-        and (o["best_val_perplexity"], o["trainable_params"]) != (r["best_val_perplexity"], r["trainable_params"]) for o in ok)}
+    undominated = {
+        r["trial_id"]
+        for r in ok
+        if not any(
+            float(o["best_val_perplexity"]) <= float(r["best_val_perplexity"])
+            and int(o["trainable_params"]) <= int(r["trainable_params"])
+            and (o["best_val_perplexity"], o["trainable_params"]) != (r["best_val_perplexity"], r["trainable_params"])
+            for o in ok
+        )
+    }
     assert {r["trial_id"] for r in rows if r["pareto"] == "True"} == undominated and undominated
     with (exp_dir / "pareto_front.csv").open() as fh:
         assert {r["trial_id"] for r in csv.DictReader(fh)} == undominated
@@ -879,9 +1226,18 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     client, parents, _ = read_mlflow(f"sqlite:///{storage / 'mlflow.db'}", "test-search")
     results = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
     assert {"results/pareto_front.csv", "results/pareto_front.png"} <= results
-    report = subprocess.run([sys.executable, "-m", "embinject", "report", str(exp_dir)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert report.returncode == 0 and "| pareto |" in report.stdout and "![pareto_front](pareto_front.png)" in report.stdout
+    report = subprocess.run(
+        [sys.executable, "-m", "embinject", "report", str(exp_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        report.returncode == 0
+        and "| pareto |" in report.stdout
+        and "![pareto_front](pareto_front.png)" in report.stdout
+    )
 
     # the warm worker: one worker ran every trial, at the command's priority (not Ray's nice +15 for workers, which
     # lets any busy process starve trials)
@@ -894,13 +1250,16 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     search = load_search_file(str(path))
     cfg = trial_config(search.base, {**params[second], "train.device": "cpu"})
     cfg.train.threads, cfg.train.progress = 1, False
-    script = ("import json, sys; from embinject.config import config_from_dict; from embinject.train import train; "
-              "r, m = train(config_from_dict(json.loads(sys.argv[1]))); print(json.dumps([h['val_perplexity'] for h in r['history']]))")
-    fresh = subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict())], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    script = (
+        "import json, sys; from embinject.config import config_from_dict; from embinject.train import train; "
+        "r, m = train(config_from_dict(json.loads(sys.argv[1]))); print(json.dumps([h['val_perplexity'] for h in r['history']]))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(cfg.to_dict())], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     warm = [r["val_perplexity"] for r in trials[second]]  # ASHA may have stopped it at its first rung
-    assert json.loads(fresh.stdout.splitlines()[-1])[:len(warm)] == warm and warm
+    assert json.loads(fresh.stdout.splitlines()[-1])[: len(warm)] == warm and warm
 
 
 def test_a_search_begun_before_its_study_was_kept_on_disk_is_resumed_without_one(tmp_path):
@@ -913,8 +1272,10 @@ def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value
     import warnings
 
     params = parse_space({"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.prefix_len": {"choice": [4, 8]}})
-    trials = [ScoredTrial("0a1b2c3d", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0),
-              ScoredTrial("4e5f6071", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0)]
+    trials = [
+        ScoredTrial("0a1b2c3d", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 30.0),
+        ScoredTrial("4e5f6071", {"train.lr": 1e-3, "adapter.prefix_len": 4}, 31.0),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         paths = search_plots(params, trials, tmp_path)
@@ -923,26 +1284,35 @@ def test_search_plots_draw_without_warnings_when_every_trial_drew_the_same_value
 
 def _overlapping(texts) -> list[tuple[str, str]]:
     boxes = [(t.get_text(), t.get_window_extent()) for t in texts if t.get_text()]
-    return [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+    return [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1 :] if box.overlaps(other)]
 
 
 def test_search_plots_name_trials_by_id_and_axes_by_metric_and_draw_no_inactive_parameter():
     """A conditional parameter's axis appears only in the panel of the trials that drew it (never a `None` value),
     every axis and the colour bar are named by the metric and config keys, and no two labels overlap."""
     four = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    params = parse_space({"method": {"choice": ["prompt", "lora"]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
-                          "adapter.prefix_len": {"randint": [1, 8], "when": {"method": "prompt"}},
-                          "adapter.target_modules": {"choice": [["q_proj", "v_proj"], four], "when": {"method": "lora"}}})
+    params = parse_space(
+        {
+            "method": {"choice": ["prompt", "lora"]},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+            "adapter.prefix_len": {"randint": [1, 8], "when": {"method": "prompt"}},
+            "adapter.target_modules": {"choice": [["q_proj", "v_proj"], four], "when": {"method": "lora"}},
+        }
+    )
     lora = {"method": "lora", "adapter.target_modules": four}
-    trials = [ScoredTrial("a1b2c3d4", {"method": "prompt", "train.lr": 1e-3, "adapter.prefix_len": 3}, 40.0),
-              ScoredTrial("e5f60718", {**lora, "train.lr": 3e-3}, 35.0),
-              ScoredTrial("9abcdef0", {**lora, "train.lr": 2e-4, "adapter.target_modules": ["q_proj", "v_proj"]}, 38.0)]
+    trials = [
+        ScoredTrial("a1b2c3d4", {"method": "prompt", "train.lr": 1e-3, "adapter.prefix_len": 3}, 40.0),
+        ScoredTrial("e5f60718", {**lora, "train.lr": 3e-3}, 35.0),
+        ScoredTrial("9abcdef0", {**lora, "train.lr": 2e-4, "adapter.target_modules": ["q_proj", "v_proj"]}, 38.0),
+    ]
     fig = parallel_coordinate_figure(params, trials, "best_val_perplexity")
     fig.canvas.draw()
     panels = {ax.get_title(loc="left"): ax for ax in fig.axes if ax.get_title(loc="left")}
     axes = {title: [t.get_text() for t in ax.get_xticklabels()] for title, ax in panels.items()}
-    assert axes == {"method = lora: 2 trials": ["best_val_perplexity", "train.\nlr", "adapter.\ntarget_modules"],
-                    "method = prompt: 1 trial": ["best_val_perplexity", "train.\nlr", "adapter.\nprefix_len"]}
+    assert axes == {
+        "method = lora: 2 trials": ["best_val_perplexity", "train.\nlr", "adapter.\ntarget_modules"],
+        "method = prompt: 1 trial": ["best_val_perplexity", "train.\nlr", "adapter.\nprefix_len"],
+    }
     values = {t.get_text() for ax in panels.values() for t in ax.texts}
     assert "None" not in values and {"q_proj,v_proj", "q_proj,k_proj…", "3"} <= values, values
     colour_bar = [ax for ax in fig.axes if ax not in panels.values()]
@@ -963,8 +1333,14 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])
-    trial = lambda i, status, ppl=None: types.SimpleNamespace(trial_id=str(i), status=status,  # noqa: E731
-                                                             last_result={"val_perplexity": ppl})
+
+    def trial(i, status, ppl=None):
+        return types.SimpleNamespace(
+            trial_id=str(i),
+            status=status,
+            last_result={"val_perplexity": ppl},
+        )
+
     log = progress.trial_table({"train.lr": "lr"}, {"step": "step"}, 20, interactive=False)
     running = [trial(1, "RUNNING")]
     assert log.should_report(running)
@@ -980,7 +1356,9 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
     now[0] += 15
     assert log.should_report([trial(1, "TERMINATED"), trial(2, "TERMINATED")])  # ... and the change is not lost
     now[0] += 301
-    assert log.should_report([trial(1, "TERMINATED"), trial(2, "TERMINATED")])  # a quiet log still shows it every 5 minutes
+    assert log.should_report(
+        [trial(1, "TERMINATED"), trial(2, "TERMINATED")]
+    )  # a quiet log still shows it every 5 minutes
     assert log.should_report([trial(1, "TERMINATED")], done=True)
     terminal = progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "val_ppl"}, 20, interactive=True)
     assert [terminal.should_report(running) for _ in range(3)] == [True, False, False]
@@ -1006,14 +1384,29 @@ def test_the_trial_table_names_the_search_folder_and_shows_4_significant_digits(
         t.run_metadata.last_result = {**result, "config": t.config}
         return t
 
-    trials = [trial(1, "RUNNING", {"step": 9, "val_perplexity": 32.590646154251644, "tokens_per_second": 12345.678}),
-              trial(2, "TERMINATED", {"step": 12, "val_perplexity": 40.123456, "tokens_per_second": 987.654321})]
+    trials = [
+        trial(1, "RUNNING", {"step": 9, "val_perplexity": 32.590646154251644, "tokens_per_second": 12345.678}),
+        trial(2, "TERMINATED", {"step": 12, "val_perplexity": 40.123456, "tokens_per_second": 987.654321}),
+    ]
     folder = tmp_path / "t-2026-12-07_05-00-00"
-    table = progress.trial_table({"train.lr": "lr"}, {"step": "step", "val_perplexity": "val_ppl",
-                                                      "tokens_per_second": "tok/s"}, 20, folder, interactive=True)
+    table = progress.trial_table(
+        {"train.lr": "lr"},
+        {"step": "step", "val_perplexity": "val_ppl", "tokens_per_second": "tok/s"},
+        20,
+        folder,
+        interactive=True,
+    )
     table.setup(start_time=time.time(), total_samples=6, metric="val_perplexity", mode="min")
-    text = progress.status(table, trials, False, ("Using AsyncHyperBand: num_stopped=1\nBracket: Iter 3.000: "
-                                                  "32.590646154251644", "Logical resource usage: 2.0/2 CPUs, 0/0 GPUs"), folder)
+    text = progress.status(
+        table,
+        trials,
+        False,
+        (
+            "Using AsyncHyperBand: num_stopped=1\nBracket: Iter 3.000: 32.590646154251644",
+            "Logical resource usage: 2.0/2 CPUs, 0/0 GPUs",
+        ),
+        folder,
+    )
     lines = text.splitlines()
     assert f"Search folder: {folder}" in lines and "Result logdir" not in text
     assert "Current best trial: t1, val_perplexity 32.59 (lr 0.001235)" in lines
@@ -1037,9 +1430,19 @@ def test_the_trial_table_sorts_finished_trials_without_a_value_last_where_ray_fa
             t.run_metadata.last_result = {"val_perplexity": value, "config": t.config}
         return t
 
-    trials = [trial(1, "TERMINATED"), trial(2, "TERMINATED", 12.0), trial(3, "RUNNING", 30.0), trial(4, "TERMINATED"),
-              trial(5, "TERMINATED", 9.0)]
-    table = dict(metric_columns={"val_perplexity": "ppl"}, parameter_columns={"train.lr": "lr"}, metric="val_perplexity", mode="min")
+    trials = [
+        trial(1, "TERMINATED"),
+        trial(2, "TERMINATED", 12.0),
+        trial(3, "RUNNING", 30.0),
+        trial(4, "TERMINATED"),
+        trial(5, "TERMINATED", 9.0),
+    ]
+    table = dict(
+        metric_columns={"val_perplexity": "ppl"},
+        parameter_columns={"train.lr": "lr"},
+        metric="val_perplexity",
+        mode="min",
+    )
     with pytest.raises(TypeError):  # Ray's sort: the table this project no longer asks it for
         _get_progress_table_data(trials, sort_by_metric=True, **table)
     ordered = progress.finished_last_by_metric(trials, "val_perplexity", "min")
@@ -1067,6 +1470,11 @@ def test_a_search_of_60_trials_keeps_every_trial_a_flat_driver_and_a_short_log(t
 def test_a_search_key_set_again_in_nested_form_replaces_the_dotted_one():
     """`--set search.adapter.prefix_len=...` over a file that writes `adapter.prefix_len:` dotted: one parameter, the
     override (two would ask Optuna for one name under two ranges, and the first range would win)."""
-    params = parse_space({"adapter.prefix_len": {"randint": [1, 4]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
-                          "adapter": {"prefix_len": {"randint": [1, 3]}}})
+    params = parse_space(
+        {
+            "adapter.prefix_len": {"randint": [1, 4]},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+            "adapter": {"prefix_len": {"randint": [1, 3]}},
+        }
+    )
     assert [(p.key, p.args) for p in params] == [("adapter.prefix_len", [1, 3]), ("train.lr", [1e-4, 1e-2])]

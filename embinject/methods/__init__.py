@@ -4,6 +4,7 @@ Method X is `embinject/methods/X.py`, an `AdapterMethod` subclass named X, decla
 this package imports the module of every spec registered there, and a method registered later (a plugin, a test's
 toy) is added with `add_method`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,7 +20,9 @@ from .prefix import mix_prefixes
 
 def _implementation(module) -> type[AdapterMethod]:
     name = module.__name__.rsplit(".", 1)[1]
-    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, AdapterMethod) and v.name == name]
+    found = [
+        v for v in vars(module).values() if isinstance(v, type) and issubclass(v, AdapterMethod) and v.name == name
+    ]
     if len(found) != 1:
         raise TypeError(f"{module.__name__}: expected one AdapterMethod subclass named {name!r}, found {len(found)}")
     return found[0]
@@ -27,7 +30,8 @@ def _implementation(module) -> type[AdapterMethod]:
 
 # the method modules are named by the specs, not listed here: adding a method is its module and its spec
 REGISTRY: dict[str, type[AdapterMethod]] = {
-    name: _implementation(importlib.import_module(f"{__name__}.{name}")) for name in list(METHOD_SPECS)}
+    name: _implementation(importlib.import_module(f"{__name__}.{name}")) for name in list(METHOD_SPECS)
+}
 
 
 def add_method(spec: MethodSpec, implementation: type[AdapterMethod]) -> None:
@@ -85,5 +89,15 @@ def load_method(directory: str | Path, lm, tokenizer=None) -> AdapterMethod:
         raise
 
 
-__all__ = ["AdapterMethod", "REGISTRY", "add_method", "build_method", "load_method", "read_adapter_config", "scored_nll", "mix_prefixes", "mix_adapters",
-           "ADAPTER_CONFIG"]
+__all__ = [
+    "AdapterMethod",
+    "REGISTRY",
+    "add_method",
+    "build_method",
+    "load_method",
+    "read_adapter_config",
+    "scored_nll",
+    "mix_prefixes",
+    "mix_adapters",
+    "ADAPTER_CONFIG",
+]

@@ -5,6 +5,7 @@ plain attribute so it never enters the adapter's state dict. `nll(batch)` return
 negative log-likelihood and the number of scored tokens, so perplexity is token-weighted and every
 method is scored on exactly the same tokens.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,9 @@ def kv_shape(config) -> tuple[int, int, int]:
 def activation_kv(lm, vectors: torch.Tensor) -> torch.Tensor:
     """The keys and values the frozen LM itself produces for input vectors [P, d]: [L, 2, H, P, hd]."""
     cache = output_cache(lm(inputs_embeds=vectors.unsqueeze(0), use_cache=True))
-    return torch.stack([torch.stack([cache.layers[i].keys[0], cache.layers[i].values[0]])
-                        for i in range(lm.config.num_hidden_layers)])
+    return torch.stack(
+        [torch.stack([cache.layers[i].keys[0], cache.layers[i].values[0]]) for i in range(lm.config.num_hidden_layers)]
+    )
 
 
 def kv_cache(kv: torch.Tensor, lm):
@@ -68,9 +70,14 @@ def kv_cache(kv: torch.Tensor, lm):
     return DynamicCache([(kv[i, 0].to(dtype), kv[i, 1].to(dtype)) for i in range(kv.shape[0])], config=lm.config)
 
 
-def scored_logits(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
-                  past_key_values=None, attention_mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scored_logits(
+    lm: nn.Module,
+    inputs_embeds: torch.Tensor,
+    labels: torch.Tensor,
+    n_prefix: int,
+    past_key_values=None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The LM head's logits at the labelled window positions 1..T-1 ([n, V]), their targets ([n]) and where they
     are ([B, T-1], True where scored).
 
@@ -79,8 +86,12 @@ def scored_logits(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tens
     window token (no in-window context for the baseline) are never scored, for every method alike.
     """
     decoder = lm.get_decoder()
-    hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
-                     **cache_kwargs(decoder, past_key_values)).last_hidden_state
+    hidden = decoder(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        use_cache=False,
+        **cache_kwargs(decoder, past_key_values),
+    ).last_hidden_state
     T = labels.shape[1]
     h = hidden[:, n_prefix : n_prefix + T - 1]
     targets = labels[:, 1:]
@@ -88,9 +99,15 @@ def scored_logits(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tens
     return lm.get_output_embeddings()(h[mask]), targets[mask], mask
 
 
-def scored_nll(lm: nn.Module, inputs_embeds: torch.Tensor, labels: torch.Tensor, n_prefix: int,
-               past_key_values=None, attention_mask: torch.Tensor | None = None,
-               per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
+def scored_nll(
+    lm: nn.Module,
+    inputs_embeds: torch.Tensor,
+    labels: torch.Tensor,
+    n_prefix: int,
+    past_key_values=None,
+    attention_mask: torch.Tensor | None = None,
+    per_window: bool = False,
+) -> tuple[torch.Tensor, int | torch.Tensor]:
     """Sum of next-token NLL over the scored positions (`scored_logits`), and how many were scored
     (with `per_window`, both per row of the batch: what paired statistics over windows need)."""
     logits, targets, mask = scored_logits(lm, inputs_embeds, labels, n_prefix, past_key_values, attention_mask)
@@ -131,8 +148,16 @@ class AdapterMethod(nn.Module):
         """`n` input-level vectors drawn from the configured prior over the vocabulary."""
         a = self.cfg.adapter
         table = self.lm.get_input_embeddings().weight
-        vectors = init_vectors(a.init, n, table, self.generator, tokenizer=self.tokenizer,
-                               text=a.init_text, radius=a.init_radius, text_b=a.init_text_b)
+        vectors = init_vectors(
+            a.init,
+            n,
+            table,
+            self.generator,
+            tokenizer=self.tokenizer,
+            text=a.init_text,
+            radius=a.init_radius,
+            text_b=a.init_text_b,
+        )
         return nn.Parameter(vectors.to(table.device))
 
     @property
@@ -177,14 +202,23 @@ class AdapterMethod(nn.Module):
         past = self.past_key_values(batch)
         mask = None
         if past is not None:
-            mask = torch.ones(ids.shape[0], past.get_seq_length() + embeds.shape[1], dtype=torch.long, device=ids.device)
+            mask = torch.ones(
+                ids.shape[0], past.get_seq_length() + embeds.shape[1], dtype=torch.long, device=ids.device
+            )
         return embeds, n_prefix, past, mask
 
     def nll(self, batch: dict, per_window: bool = False) -> tuple[torch.Tensor, int | torch.Tensor]:
         embeds, n_prefix, past, mask = self.lm_inputs(batch)
         with self.activation_hooks():
-            return scored_nll(self.lm, embeds, batch["labels"], n_prefix, past_key_values=past, attention_mask=mask,
-                              per_window=per_window)
+            return scored_nll(
+                self.lm,
+                embeds,
+                batch["labels"],
+                n_prefix,
+                past_key_values=past,
+                attention_mask=mask,
+                per_window=per_window,
+            )
 
     def scored_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The adapted model's logits at the batch's scored positions, their targets and where they are."""
@@ -216,8 +250,12 @@ class AdapterMethod(nn.Module):
         """Also write the adapter in PEFT's layout (peft/) where PEFT has one for it; `result` (the validation
         perplexity it was kept for) goes into its model card."""
         if peft_unsupported(self) is None:
-            write_peft(self, Path(directory) / "peft", quiet=True,
-                       result={k: v for k, v in (result or {}).items() if k in ("val_perplexity", "step")})
+            write_peft(
+                self,
+                Path(directory) / "peft",
+                quiet=True,
+                result={k: v for k, v in (result or {}).items() if k in ("val_perplexity", "step")},
+            )
 
     def load(self, directory: str | Path) -> "AdapterMethod":
         """Read the weights, checking them against the shapes this adapter's embinject.json describes;
@@ -234,10 +272,24 @@ class AdapterMethod(nn.Module):
         if found != expected:
             missing = sorted(set(expected) - set(found))
             extra = sorted(set(found) - set(expected))
-            shape = next((f"'{k}' is {list(found[k])}, expected {list(expected[k])}" for k in sorted(expected)
-                          if k in found and found[k] != expected[k]), "")
-            what = (f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{extra[0]}'" if extra else f"tensor {shape}")
-            raise ConfigError(f"{file}: does not match the {self.name} adapter that {ADAPTER_CONFIG} describes ({what})")
+            shape = next(
+                (
+                    f"'{k}' is {list(found[k])}, expected {list(expected[k])}"
+                    for k in sorted(expected)
+                    if k in found and found[k] != expected[k]
+                ),
+                "",
+            )
+            what = (
+                f"missing tensor '{missing[0]}'"
+                if missing
+                else f"unexpected tensor '{extra[0]}'"
+                if extra
+                else f"tensor {shape}"
+            )
+            raise ConfigError(
+                f"{file}: does not match the {self.name} adapter that {ADAPTER_CONFIG} describes ({what})"
+            )
         bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
             raise ConfigError(f"{file}: tensor '{bad}' holds NaN or infinite values (a diverged training?)")

@@ -1,4 +1,5 @@
 """The frozen model itself: evaluation only, no parameters."""
+
 from .base import AdapterMethod
 
 

@@ -7,6 +7,7 @@ while the encoder pass runs, and act only in the thread that runs it, so a packe
 trial evaluating beside it on the same LM object, never see them. B starts at zero, so training starts from the
 frozen encoder (the states `lm-hidden:N` caches), and the states are unit length per token, as there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,17 @@ class EncoderLoRA(nn.Module):
         object.__setattr__(self, "lm", lm)  # not a submodule: the frozen LM is not adapter state
         self.layer, self.pooling, self.scale = layer, pooling, alpha / rank
         blocks = list(getattr(lm.get_decoder(), "layers", []))[:layer]
-        self.sites = [(f"{i}_{name}".replace(".", "_"), module) for i, block in enumerate(blocks)  # ParameterDict keys
-                      for name, module in block.named_modules()
-                      if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)]
+        self.sites = [
+            (f"{i}_{name}".replace(".", "_"), module)
+            for i, block in enumerate(blocks)  # ParameterDict keys
+            for name, module in block.named_modules()
+            if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)
+        ]
         if not self.sites:
-            raise ConfigError(f"adapter.target_modules: none of {list(targets)} is a linear layer in the LM's first {layer} "
-                              "layers, where adapter.encoder_rank puts its LoRA")
+            raise ConfigError(
+                f"adapter.target_modules: none of {list(targets)} is a linear layer in the LM's first {layer} "
+                "layers, where adapter.encoder_rank puts its LoRA"
+            )
         device = lm.get_input_embeddings().weight.device
         self.down, self.up = nn.ParameterDict(), nn.ParameterDict()
         with torch.random.fork_rng(devices=[]):
@@ -56,6 +62,7 @@ class EncoderLoRA(nn.Module):
                 if threading.get_ident() != owner:  # another thread's pass over the same LM object
                     return None
                 return output + F.linear(F.linear(args[0], self.down[name]), self.up[name]) * self.scale
+
             return hook
 
         handles = [module.register_forward_hook(hook_for(name)) for name, module in self.sites]

@@ -12,6 +12,7 @@ layer's key and value at one prefix position (the deep-prefix path, made from th
 start as the frozen LM's own activations on `inject_tokens` prior vectors, and the head starts at zero, so
 training starts from a static deep prefix and learns what the text adds to it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,13 +43,22 @@ class Injection(AdapterMethod):
             # rows of the last, as the pooled vector's k outputs are made. One MLP shared by the k positions has one bias
             # for all: its k vectors cannot learn to differ where their inputs are alike (the resampler's start as k
             # copies of one vector), so it cannot even learn what a static prefix of k vectors learns
-            self.mlp = nn.Sequential(nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, a.inject_tokens * d))
+            self.mlp = nn.Sequential(
+                nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, a.inject_tokens * d)
+            )
         # adapter.encoder_rank: the LM encodes the text itself, through LoRA trained with the MLP (batches carry the
         # text's ids, `encoder_ids`, instead of cached embeddings)
         self.text_encoder = None
         if a.encoder_rank:
-            self.text_encoder = EncoderLoRA(lm, lm_hidden_layer(a.embedding_model), a.encoder_rank, a.lora_alpha,
-                                            a.target_modules, pooling_of(a), cfg.train.seed)
+            self.text_encoder = EncoderLoRA(
+                lm,
+                lm_hidden_layer(a.embedding_model),
+                a.encoder_rank,
+                a.lora_alpha,
+                a.target_modules,
+                pooling_of(a),
+                cfg.train.seed,
+            )
         self.kv_head = None
         if a.inject_into == "kv":
             L, H, hd = self.kv_shape = kv_shape(lm.config)

@@ -1,6 +1,7 @@
 """LoRA through the PEFT library: low-rank updates on chosen target modules, zero-initialised so
 the model is unchanged before training. PEFT injects its layers into the LM object in place;
 `release()` takes them out again so the same frozen LM can serve another method."""
+
 from __future__ import annotations
 
 import warnings
@@ -21,15 +22,23 @@ class LoRA(AdapterMethod):
         super().__init__(cfg, lm, encoder_dim, tokenizer)
         a = cfg.adapter
         self.adapter_name = adapter_name
-        self.lora_config = LoraConfig(r=a.rank, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                                      target_modules=list(a.target_modules), bias="none", task_type="CAUSAL_LM")
+        self.lora_config = LoraConfig(
+            r=a.rank,
+            lora_alpha=a.lora_alpha,
+            lora_dropout=a.lora_dropout,
+            target_modules=list(a.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             try:
                 with warnings.catch_warnings():
                     # PEFT still asks transformers 5 for the deprecated `is_gradient_checkpointing`: PEFT's
                     # business, not the user's, so the FutureWarning is not shown to them
-                    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                    warnings.filterwarnings(
+                        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+                    )
                     peft_model = get_peft_model(lm, self.lora_config, adapter_name=adapter_name)
             except ValueError as exc:
                 raise ConfigError(f"adapter.target_modules: {str(exc).splitlines()[0]}") from None
@@ -50,7 +59,9 @@ class LoRA(AdapterMethod):
         result = set_peft_model_state_dict(self.peft_model, state, adapter_name=self.adapter_name)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if result.unexpected_keys or missing:
-            raise ValueError(f"LoRA weights do not match the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+            raise ValueError(
+                f"LoRA weights do not match the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -5,6 +5,7 @@ Soft prompts become PEFT prompt tuning, deep prefixes PEFT prefix tuning, LoRA s
 `base_model_name_or_path` is always something anyone can resolve: the hub id of the base model (for
 the bundled model, the hub model whose Q4_1 quantisation it is), never a machine-local cache path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,10 @@ def base_model_reference(model: str, quiet: bool = False) -> str:
     if ref is None:
         ref = str(Path(model).expanduser().resolve())
         if not quiet:
-            warn(f"model {model} is a local directory with no hub id on record; the export names {ref} as its base "
-                 "model, which loads only where that directory exists")
+            warn(
+                f"model {model} is a local directory with no hub id on record; the export names {ref} as its base "
+                "model, which loads only where that directory exists"
+            )
     return ref
 
 
@@ -40,10 +43,17 @@ def _prompt_config(method, base: str):
     from peft import PromptTuningConfig  # lazy: PEFT takes a second to import, and only an export needs it here
 
     c = method.lm.config
-    config = PromptTuningConfig(task_type="CAUSAL_LM", prompt_tuning_init="RANDOM", num_virtual_tokens=method.prompt.shape[0],
-                                token_dim=method.prompt.shape[1], num_transformer_submodules=1,
-                                num_attention_heads=c.num_attention_heads, num_layers=c.num_hidden_layers,
-                                base_model_name_or_path=base, inference_mode=True)
+    config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        prompt_tuning_init="RANDOM",
+        num_virtual_tokens=method.prompt.shape[0],
+        token_dim=method.prompt.shape[1],
+        num_transformer_submodules=1,
+        num_attention_heads=c.num_attention_heads,
+        num_layers=c.num_hidden_layers,
+        base_model_name_or_path=base,
+        inference_mode=True,
+    )
     return config, {"prompt_embeddings": method.prompt.detach().float().cpu().contiguous()}
 
 
@@ -56,9 +66,18 @@ def _prefix_config(method, base: str):
         kv = method.prefix_kv().detach().float().cpu()
     L, _, H, P, hd = kv.shape
     table = kv.permute(3, 0, 1, 2, 4).reshape(P, L * 2 * H * hd).contiguous()
-    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, token_dim=H * hd, num_transformer_submodules=1,
-                                num_attention_heads=H, num_layers=L, encoder_hidden_size=H * hd, prefix_projection=False,
-                                base_model_name_or_path=base, inference_mode=True)
+    config = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=P,
+        token_dim=H * hd,
+        num_transformer_submodules=1,
+        num_attention_heads=H,
+        num_layers=L,
+        encoder_hidden_size=H * hd,
+        prefix_projection=False,
+        base_model_name_or_path=base,
+        inference_mode=True,
+    )
     return config, {"prompt_embeddings": table}
 
 
@@ -90,6 +109,7 @@ def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False, re
 
 def _write_config(make_config):
     """A writer of the adapter's tensors and PEFT's config object that `make_config(method, base)` builds."""
+
     def write(method, staged: Path, base: str) -> None:
         try:
             config, tensors = make_config(method, base)
@@ -97,6 +117,7 @@ def _write_config(make_config):
             raise ConfigError(f"--format peft: PEFT refused the adapter's config ({first_line(exc)})") from None
         save_file(tensors, str(staged / "adapter_model.safetensors"))
         config.save_pretrained(str(staged))
+
     return write
 
 
@@ -105,5 +126,8 @@ def _write_lora(method, staged: Path, base: str) -> None:
 
 
 # PEFT's layouts, by the name a method's spec gives (`peft_format`): a new method in one of them needs no change here
-WRITERS = {"PROMPT_TUNING": _write_config(_prompt_config), "PREFIX_TUNING": _write_config(_prefix_config),
-           "LORA": _write_lora}
+WRITERS = {
+    "PROMPT_TUNING": _write_config(_prompt_config),
+    "PREFIX_TUNING": _write_config(_prefix_config),
+    "LORA": _write_lora,
+}

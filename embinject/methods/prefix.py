@@ -5,6 +5,7 @@ Keys and values start as the LM's own activations on `prefix_len` prior vectors 
 default), which keeps the first steps close to the base model. With `mlp_width > 0` they are also
 reparameterised through a Tanh MLP over input-sized vectors, as in the paper (more stable training).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ class Prefix(AdapterMethod):
         a = cfg.adapter
         L, H, hd = kv_shape(lm.config)
         if a.layers is not None and a.layers != L:
-            raise ConfigError(f"adapter.layers: deep prefixes cover all {L} layers of this model; set it to null or {L}")
+            raise ConfigError(
+                f"adapter.layers: deep prefixes cover all {L} layers of this model; set it to null or {L}"
+            )
         self.shape = (L, H, hd)
         P = a.prefix_len
         self.kv = nn.Parameter(kv.clone() if kv is not None else self._activation_init(P))
@@ -33,8 +36,9 @@ class Prefix(AdapterMethod):
             self.embedding = self.init_prefix(P)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.train.seed)
-                self.mlp = nn.Sequential(nn.Linear(self.model_dim, a.mlp_width), nn.Tanh(),
-                                         nn.Linear(a.mlp_width, L * 2 * H * hd))
+                self.mlp = nn.Sequential(
+                    nn.Linear(self.model_dim, a.mlp_width), nn.Tanh(), nn.Linear(a.mlp_width, L * 2 * H * hd)
+                )
             nn.init.zeros_(self.mlp[2].weight)
             nn.init.zeros_(self.mlp[2].bias)
             self.mlp.to(self.embedding.device)
@@ -57,7 +61,9 @@ class Prefix(AdapterMethod):
     def mixed_with(self, other: "Prefix", alpha: float) -> "Prefix":
         """Prefixes mix in key/value space."""
         if self.prefix_kv().shape != other.prefix_kv().shape:
-            raise ConfigError(f"--mix: the prefixes differ in shape ({list(self.prefix_kv().shape)} vs {list(other.prefix_kv().shape)})")
+            raise ConfigError(
+                f"--mix: the prefixes differ in shape ({list(self.prefix_kv().shape)} vs {list(other.prefix_kv().shape)})"
+            )
         return mix_prefixes(self, other, alpha)
 
 

@@ -7,6 +7,7 @@ diagonal covariance); `exclusion` rejects Gaussian samples closer than `radius` 
 on a path between two task clusters (the mean token embeddings of two texts), with Gaussian noise
 of the texts' own per-dimension spread.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,17 @@ def _text_embeddings(tokenizer, text: str, table: torch.Tensor, key: str) -> tor
     return table[torch.tensor(ids)]
 
 
-def init_vectors(kind: str, n: int, table: torch.Tensor, g: torch.Generator, *, tokenizer=None,
-                 text: str = "", radius: float = 0.5, text_b: str = "") -> torch.Tensor:
+def init_vectors(
+    kind: str,
+    n: int,
+    table: torch.Tensor,
+    g: torch.Generator,
+    *,
+    tokenizer=None,
+    text: str = "",
+    radius: float = 0.5,
+    text_b: str = "",
+) -> torch.Tensor:
     """`n` vectors of the table's width; deterministic for a given generator state."""
     table = table.detach().float().cpu()
     if n == 0:
@@ -52,7 +62,9 @@ def init_vectors(kind: str, n: int, table: torch.Tensor, g: torch.Generator, *, 
             kept.extend(cand[nearest >= radius])
             if len(kept) >= n:
                 return torch.stack(kept[:n])
-        raise ConfigError(f"adapter.init_radius: no Gaussian sample lies {radius} away from every token embedding; use a smaller radius")
+        raise ConfigError(
+            f"adapter.init_radius: no Gaussian sample lies {radius} away from every token embedding; use a smaller radius"
+        )
     if kind == "text":
         emb = _text_embeddings(tokenizer, text, table, "adapter.init_text")
         return emb[torch.arange(n) % emb.shape[0]].clone()

@@ -5,6 +5,7 @@ prompt positions' hidden states entering each of the last N layers are learned v
 substituted by forward pre-hooks. They start as the activations the frozen LM itself computes for
 the initial prompt, so training starts from exactly the soft prompt's behaviour.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,9 @@ class Prompt(AdapterMethod):
     def mixed_with(self, other: "Prompt", alpha: float) -> "Prompt":
         """Soft prompts mix in input space (deep prompts' activations too)."""
         if self.prompt.shape != other.prompt.shape or (self.deep is None) != (other.deep is None):
-            raise ConfigError(f"--mix: the prompts differ in shape ({list(self.prompt.shape)} vs {list(other.prompt.shape)})")
+            raise ConfigError(
+                f"--mix: the prompts differ in shape ({list(self.prompt.shape)} vs {list(other.prompt.shape)})"
+            )
         mixed = type(self)(self.cfg, self.lm, self.encoder_dim, self.tokenizer)
         with torch.no_grad():
             mixed.prompt.copy_(alpha * self.prompt + (1 - alpha) * other.prompt)
@@ -60,15 +63,20 @@ class Prompt(AdapterMethod):
         def substitute(vectors):
             def hook(module, args, kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                new = torch.cat([vectors.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1), hidden[:, P:]], dim=1)
+                new = torch.cat(
+                    [vectors.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1), hidden[:, P:]], dim=1
+                )
                 if args:
                     return (new, *args[1:]), kwargs
                 return args, {**kwargs, "hidden_states": new}
+
             return hook
 
         first = len(layers) - self.deep.shape[0]
-        handles = [layers[first + i].register_forward_pre_hook(substitute(self.deep[i]), with_kwargs=True)
-                   for i in range(self.deep.shape[0])]
+        handles = [
+            layers[first + i].register_forward_pre_hook(substitute(self.deep[i]), with_kwargs=True)
+            for i in range(self.deep.shape[0])
+        ]
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ become logged models, the champion a registered version.
 
 MLflow is imported where it is used, never before `quiet_mlflow` (see store.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,15 @@ class MlflowApplier:
 
         if not self.state["parent"]:
             found = self._find_run(client, f"tags.`embinject.search` = '{self.search_key}'")
-            run_id = found or client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
-                "embinject.kind": "search", "embinject.search": self.search_key, **r["tags"]}).info.run_id
+            run_id = (
+                found
+                or client.create_run(
+                    self._experiment_id,
+                    run_name=r["name"],
+                    start_time=r["t"],
+                    tags={"embinject.kind": "search", "embinject.search": self.search_key, **r["tags"]},
+                ).info.run_id
+            )
             self.state["parent"] = run_id
             self._save()
         flat = [Param(k, v) for k, v in r["params"].items()]
@@ -63,13 +71,25 @@ class MlflowApplier:
             self._running_again(client, children[r["trial"]])  # resumed or restarted trial
             return
         if r["trial"] not in children:
-            found = self._find_run(client, f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_id = '{r['trial']}'")
+            found = self._find_run(
+                client, f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_id = '{r['trial']}'"
+            )
             if found is None:
                 parent = client.get_run(self.parent_id)
-                inherited = {k: v for k, v in parent.data.tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))}
-                found = client.create_run(self._experiment_id, run_name=r["name"], start_time=r["t"], tags={
-                    **inherited, "mlflow.parentRunId": self.parent_id, "trial_id": r["trial"],
-                    "embinject.kind": "trial"}).info.run_id
+                inherited = {
+                    k: v for k, v in parent.data.tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))
+                }
+                found = client.create_run(
+                    self._experiment_id,
+                    run_name=r["name"],
+                    start_time=r["t"],
+                    tags={
+                        **inherited,
+                        "mlflow.parentRunId": self.parent_id,
+                        "trial_id": r["trial"],
+                        "embinject.kind": "trial",
+                    },
+                ).info.run_id
             children[r["trial"]] = found
             self._save()
         client.log_batch(children[r["trial"]], params=[Param(k, v) for k, v in r["params"].items()])
@@ -161,22 +181,43 @@ class MlflowApplier:
         model_id = models.get(entry["trial"])
         name = entry.get("name") or "model"  # a journal written before models were named after the search has none
         if model_id is None:
-            found = client.search_logged_models([self._experiment_id], max_results=1,
-                                                filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
-            model_id = found[0].model_id if found else client.create_logged_model(
-                self._experiment_id, name=name, source_run_id=run_id, model_type="embinject adapter",
-                tags={"trial_id": entry["trial"], "rank": str(entry["rank"])},
-                params=client.get_run(run_id).data.params).model_id
+            found = client.search_logged_models(
+                [self._experiment_id], max_results=1, filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"
+            )
+            model_id = (
+                found[0].model_id
+                if found
+                else client.create_logged_model(
+                    self._experiment_id,
+                    name=name,
+                    source_run_id=run_id,
+                    model_type="embinject adapter",
+                    tags={"trial_id": entry["trial"], "rank": str(entry["rank"])},
+                    params=client.get_run(run_id).data.params,
+                ).model_id
+            )
             models[entry["trial"]] = model_id
             self._save()
         client.log_artifacts(run_id, entry["model"], "model")  # runs:/RUN/model, as before logged models existed
         client.log_model_artifacts(model_id, entry["model"])
         client.finalize_logged_model(model_id, "READY")
         if entry.get("val_perplexity") is not None:  # a metric logged again is the same point, not a second one
-            client.log_batch(run_id, metrics=[Metric("best_val_perplexity", float(entry["val_perplexity"]), t,
-                                                     int(entry.get("steps") or 0), model_id=model_id)])
+            client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(
+                        "best_val_perplexity",
+                        float(entry["val_perplexity"]),
+                        t,
+                        int(entry.get("steps") or 0),
+                        model_id=model_id,
+                    )
+                ],
+            )
         outputs = client.get_run(run_id).outputs
-        if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else [])):  # a second link is refused
+        if not any(
+            o.model_id == model_id for o in (outputs.model_outputs if outputs else [])
+        ):  # a second link is refused
             client.log_outputs(run_id, [LoggedModelOutput(model_id, int(entry.get("steps") or 0))])
         client.set_tag(run_id, "top_rank", str(entry["rank"]))
 
@@ -192,30 +233,40 @@ class MlflowApplier:
         from mlflow.exceptions import MlflowException  # lazy, as above
 
         try:
-            version, moved, line = self._register(client, r["register_as"], winner if r.get("model") else None,
-                                                  r.get("version_tags") or {},
-                                                  self.state.get("logged_models", {}).get(r.get("trial") or ""),
-                                                  bool(r.get("promote")))
+            version, moved, line = self._register(
+                client,
+                r["register_as"],
+                winner if r.get("model") else None,
+                r.get("version_tags") or {},
+                self.state.get("logged_models", {}).get(r.get("trial") or ""),
+                bool(r.get("promote")),
+            )
         except MlflowException as exc:
             if getattr(exc, "error_code", None) not in REFUSALS:
                 raise  # unreachable, locked, full: kept in the journal and sent again
             reason = first_line(exc)[:300]
-            self.state["registration_refused"] = f"MLflow refused to register the champion as '{r['register_as']}' ({reason})"
+            self.state["registration_refused"] = (
+                f"MLflow refused to register the champion as '{r['register_as']}' ({reason})"
+            )
             self._save()
             return
         self.state.update(registered_version=version, champion_moved=moved, champion_line=line)
         self._save()
 
-    def _register(self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None,
-                  promote: bool = False) -> tuple[str, bool, str | None]:
+    def _register(
+        self, client, name: str, winner_run: str | None, tags: dict, model_id: str | None = None, promote: bool = False
+    ) -> tuple[str, bool, str | None]:
         """A new version of `name`: the winning trial's pyfunc model (or, without one, the parent run's champion
         adapter directory). It takes the alias `champion` where `champion_move` says so. Returns the version, whether
         it holds the alias, and the line that says why where another version held it."""
         from mlflow.exceptions import MlflowException  # lazy, as above
 
         try:
-            client.create_registered_model(name, description="embinject adapters as MLflow pyfunc models: "
-                                                              "mlflow.pyfunc.load_model('models:/NAME@champion').predict(...)")
+            client.create_registered_model(
+                name,
+                description="embinject adapters as MLflow pyfunc models: "
+                "mlflow.pyfunc.load_model('models:/NAME@champion').predict(...)",
+            )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -232,8 +283,12 @@ class MlflowApplier:
             mv = min(existing, key=lambda v: int(v.version))
         else:
             # linked to the champion's logged model where there is one (a server then wants the model's own location)
-            source = client.get_logged_model(model_id).artifact_location if model_id else \
-                client.get_run(run).info.artifact_uri.rstrip("/") + ("/model" if winner_run else "/champion_adapter")
+            source = (
+                client.get_logged_model(model_id).artifact_location
+                if model_id
+                else client.get_run(run).info.artifact_uri.rstrip("/")
+                + ("/model" if winner_run else "/champion_adapter")
+            )
             mv = client.create_model_version(name, source=source, run_id=run, tags=tags, model_id=model_id)
         holder = client.get_registered_model(name).aliases.get("champion")
         if holder is None or str(holder) == str(mv.version):  # the first champion, or this one (applied again)
@@ -250,8 +305,12 @@ class MlflowApplier:
             return
         from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy, as above
 
-        entity = Dataset(name=dataset["name"], digest=dataset["digest"], source_type=dataset["source_type"],
-                         source=json.dumps({"uri": dataset["source"]}))
+        entity = Dataset(
+            name=dataset["name"],
+            digest=dataset["digest"],
+            source_type=dataset["source_type"],
+            source=json.dumps({"uri": dataset["source"]}),
+        )
         client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
 
 

@@ -1,14 +1,20 @@
 """Which registered version holds the alias `champion`: a new champion takes it from the version holding it only where
 their results can be compared (the same frozen model, validation data, scored tokens and metric) and it beats it, or
 by --promote; the one line that says what happened. No MLflow here: the versions' tags are plain dicts."""
+
 from __future__ import annotations
 
 import math
 
 # What makes two champions' results comparable (records.champion_identity), as tags of each registered version, and
 # how the line that keeps the alias names a difference.
-COMPARED = {"model": "frozen model", "data_digest": "validation data", "scored_tokens": "choice of scored tokens",
-            "metric": "metric", "mode": "direction (min or max)"}
+COMPARED = {
+    "model": "frozen model",
+    "data_digest": "validation data",
+    "scored_tokens": "choice of scored tokens",
+    "metric": "metric",
+    "mode": "direction (min or max)",
+}
 
 
 def _value(text: str | None) -> float | None:
@@ -43,12 +49,15 @@ def champion_move(name: str, holder, version: str, tags: dict, promote: bool) ->
     else:
         why = None
     if promote:
-        return True, f"the alias champion of {name} moved to version {version} by --promote ({numbers}" + \
-            (f"; not comparable: {why})" if why else ")")
+        return True, f"the alias champion of {name} moved to version {version} by --promote ({numbers}" + (
+            f"; not comparable: {why})" if why else ")"
+        )
     kept = f"version {version} of {name} is registered without the alias champion, which stays on version {was}: "
     if why:
         return False, kept + f"the two cannot be compared ({why}); --promote moves it"
     if (ours < theirs) if new.get("mode", "min") == "min" else (ours > theirs):
         return True, f"the alias champion of {name} moved to version {version}, which beats version {was} ({numbers})"
-    return False, kept + (f"this search's {metric} {ours:.6g} does not beat its {theirs:.6g} (the same frozen model, "
-                          "validation data and metric); --promote moves it anyway")
+    return False, kept + (
+        f"this search's {metric} {ours:.6g} does not beat its {theirs:.6g} (the same frozen model, "
+        "validation data and metric); --promote moves it anyway"
+    )

@@ -1,6 +1,7 @@
 """What a search records, in the form MLflow shows it: parameter values as people write them, where a
 run came from (command, user, git commit), the training data as an MLflow dataset, and each report's
 point on the validation curve."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,10 +82,21 @@ def champion_identity(cfg, metric: str, mode: str) -> dict:
     model, the validation data (`dataset_record`'s digest: its source, content and windows) and which of its tokens are
     scored, and the metric with the direction that is better. Two champions are compared only where all agree."""
     data = dataset_record(cfg)
-    scored = ("targets" if cfg.data.target_template is not None else
-              f"after the first {cfg.adapter.context_tokens}" if cfg.adapter.embed_source == "context" else "all")
-    return {"model": cfg.model, "data": data["source"], "data_digest": data["digest"], "scored_tokens": scored,
-            "metric": metric, "mode": mode}
+    scored = (
+        "targets"
+        if cfg.data.target_template is not None
+        else f"after the first {cfg.adapter.context_tokens}"
+        if cfg.adapter.embed_source == "context"
+        else "all"
+    )
+    return {
+        "model": cfg.model,
+        "data": data["source"],
+        "data_digest": data["digest"],
+        "scored_tokens": scored,
+        "metric": metric,
+        "mode": mode,
+    }
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

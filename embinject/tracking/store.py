@@ -5,6 +5,7 @@ an empty one), MLflow kept quiet, and reading a finished search back from its ru
 MLflow is imported inside the functions that use it, after `quiet_mlflow`: its first import sets its
 loggers' level from MLFLOW_LOGGING_LEVEL, and a command that never touches MLflow should not pay for it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,12 +52,16 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             return  # something answered; MLflow itself will say what is wrong
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ConfigError(f"mlflow.tracking_uri: cannot reach {uri} ({reason}); start the tracking server "
-                              "or set mlflow.tracking_uri to one that runs") from None
+            raise ConfigError(
+                f"mlflow.tracking_uri: cannot reach {uri} ({reason}); start the tracking server "
+                "or set mlflow.tracking_uri to one that runs"
+            ) from None
     elif uri.startswith("sqlite:///"):
-        check_writable(Path(uri[len("sqlite:///"):]).parent, "mlflow.tracking_uri")
+        check_writable(Path(uri[len("sqlite:///") :]).parent, "mlflow.tracking_uri")
     elif uri.startswith("file:"):
-        check_writable(Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]), "mlflow.tracking_uri")
+        check_writable(
+            Path(uri[len("file://") :] if uri.startswith("file://") else uri[len("file:") :]), "mlflow.tracking_uri"
+        )
     elif "://" not in uri:
         check_writable(Path(uri), "mlflow.tracking_uri")
 
@@ -118,8 +123,10 @@ def open_store(uri: str, key: str) -> str:
     """A tracking store to read from: a local SQLite store must already exist (reading must not create an
     empty one); MLflow's own INFO lines stay quiet."""
     quiet_mlflow("WARNING")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise ConfigError(
+            f"{key}: no MLflow store at {uri}; pass the search's --tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
     return uri
 
 
@@ -132,9 +139,13 @@ def search_from_mlflow(run_id: str, tracking_uri: str) -> dict:
     try:
         parent = client.get_run(run_id)
     except MlflowException as exc:
-        raise ConfigError(f"{run_id}: no such MLflow run in {tracking_uri} ({str(exc).splitlines()[0][:200]}); pass a search "
-                          "directory or the parent run id `embinject tune` printed, with --tracking-uri") from None
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=5000)
+        raise ConfigError(
+            f"{run_id}: no such MLflow run in {tracking_uri} ({str(exc).splitlines()[0][:200]}); pass a search "
+            "directory or the parent run id `embinject tune` printed, with --tracking-uri"
+        ) from None
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=5000
+    )
     searched = sorted({k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")})
     rows, curves = [], {}
     for c in children:
@@ -144,19 +155,33 @@ def search_from_mlflow(run_id: str, tracking_uri: str) -> dict:
         if points:
             curves[trial] = points
         status = c.data.tags.get("failure_reason") or ("ok" if c.info.status == "FINISHED" else c.info.status.lower())
-        rows.append({"trial_id": trial, **{k: c.data.params.get(k, "") for k in searched},
-                     "final_val_perplexity": points[-1][1] if points else "",
-                     "best_val_perplexity": c.data.metrics.get("best_val_perplexity", ""),
-                     "baseline_perplexity": c.data.metrics.get("baseline_perplexity", ""),
-                     "steps": c.data.tags.get("steps", ""), "stopped_early": c.data.tags.get("stopped_early", ""),
-                     "status": status, "run_name": c.info.run_name,
-                     **{k: c.data.metrics.get(k, "") for k in (*TIME_SPLIT, WALL)}})
+        rows.append(
+            {
+                "trial_id": trial,
+                **{k: c.data.params.get(k, "") for k in searched},
+                "final_val_perplexity": points[-1][1] if points else "",
+                "best_val_perplexity": c.data.metrics.get("best_val_perplexity", ""),
+                "baseline_perplexity": c.data.metrics.get("baseline_perplexity", ""),
+                "steps": c.data.tags.get("steps", ""),
+                "stopped_early": c.data.tags.get("stopped_early", ""),
+                "status": status,
+                "run_name": c.info.run_name,
+                **{k: c.data.metrics.get(k, "") for k in (*TIME_SPLIT, WALL)},
+            }
+        )
     front = _pareto_from_mlflow(client, run_id)
     if front is not None:
         for r in rows:
             r["pareto"] = str(r["trial_id"] in front)
-    return {"title": parent.info.run_name, "source": f"{tracking_uri} run {run_id}", "rows": rows, "params": searched,
-            "curves": curves, "plots": [], "search": dict(parent.data.metrics)}
+    return {
+        "title": parent.info.run_name,
+        "source": f"{tracking_uri} run {run_id}",
+        "rows": rows,
+        "params": searched,
+        "curves": curves,
+        "plots": [],
+        "search": dict(parent.data.metrics),
+    }
 
 
 def _pareto_from_mlflow(client, run_id: str) -> set[str] | None:

@@ -11,6 +11,7 @@ the same runs instead of starting new ones.
 
 MLflow is imported where it is used, never before `quiet_mlflow` (see store.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,19 @@ from .records import TIME_SPLIT, WALL, iso_time, now_ms, curve_value, flatten, r
 
 # a point per evaluation; pack_size: trials in the last packed step (1: alone), eval_pack_size: in this evaluation's
 # packed passes; the time split: so far
-METRICS = ("val_perplexity", "best_val_perplexity", "train_loss", "epoch", "tokens_per_second", "train_seconds",
-           "eval_seconds", "pack_size", "eval_pack_size", *TIME_SPLIT, WALL)
+METRICS = (
+    "val_perplexity",
+    "best_val_perplexity",
+    "train_loss",
+    "epoch",
+    "tokens_per_second",
+    "train_seconds",
+    "eval_seconds",
+    "pack_size",
+    "eval_pack_size",
+    *TIME_SPLIT,
+    WALL,
+)
 CONSTANTS = ("baseline_perplexity", "startup_seconds")  # the same at every evaluation: logged once per trial
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's UI opens the runs table, not GenAI
 # Not *.json: Ray Tune's restore copies every top-level *.json of the search folder into its staging folder and
@@ -40,8 +52,10 @@ LEGACY_STATE_FILE = "embinject_search.json"  # what searches started before that
 JOURNAL_FILE = "mlflow_journal.jsonl"
 RETRY_AFTER_S = 30.0  # while the server is away, try again at most this often (records keep queueing)
 # A state file is read only to continue a search (a new one has none): what to do when it is damaged
-RESUME_HINT = ("restore it (it holds the search's MLflow run ids and how many of its records MLflow received), "
-               "or start a new search without --resume")
+RESUME_HINT = (
+    "restore it (it holds the search's MLflow run ids and how many of its records MLflow received), "
+    "or start a new search without --resume"
+)
 
 
 def read_state_file(file: Path, key: str, hint: str) -> dict:
@@ -55,7 +69,9 @@ def read_state_file(file: Path, key: str, hint: str) -> dict:
 _TRACKERS: dict[str, "SearchTracker"] = {}
 
 
-def tracker_for(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path | None = None) -> "SearchTracker":
+def tracker_for(
+    tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path | None = None
+) -> "SearchTracker":
     """One tracker per search and process: the driver and its Ray callback share it (and its journal)."""
     key = str(Path(exp_dir).resolve())
     if key not in _TRACKERS:
@@ -79,7 +95,11 @@ def search_end(exp_dir: Path) -> dict:
     """A finished search's end as its journal keeps it, whether or not MLflow received it: its metrics (search_seconds,
     trials, ...), its champion's trial (`trial`) and the registered model's name (`register_as`); {} for a search that
     has not finished."""
-    ends = [r for r in _journal(Path(exp_dir) / JOURNAL_FILE) if r.get("op") == "search_end" and r.get("status") == "FINISHED"]
+    ends = [
+        r
+        for r in _journal(Path(exp_dir) / JOURNAL_FILE)
+        if r.get("op") == "search_end" and r.get("status") == "FINISHED"
+    ]
     return ends[-1] if ends else {}
 
 
@@ -107,8 +127,17 @@ class SearchTracker(MlflowApplier):
         # The key of this search's parent run in MLflow: its folder, which no other search shares.
         self.search_key = hashlib.sha256(str(Path(exp_dir).resolve()).encode()).hexdigest()[:16]
         self.journal = Path(exp_dir) / JOURNAL_FILE
-        self.state = {"parent": None, "children": {}, "ended": [], "restarts": {}, "applied": 0, "finished": False,
-                      "registered_version": None, "registration_refused": None, "constants_logged": []}
+        self.state = {
+            "parent": None,
+            "children": {},
+            "ended": [],
+            "restarts": {},
+            "applied": 0,
+            "finished": False,
+            "registered_version": None,
+            "registration_refused": None,
+            "constants_logged": [],
+        }
         legacy = Path(exp_dir) / LEGACY_STATE_FILE
         for file in (self.state_file, legacy):
             if file.is_file():
@@ -152,8 +181,14 @@ class SearchTracker(MlflowApplier):
         if self.state["parent"] or any(r["op"] == "search_start" for r in self._records()):
             self._resume_pending = True
         else:
-            self._record("search_start", name=run_name, params={k: readable(v)[:6000] for k, v in flatten(params).items()},
-                         search_file=str(search_file), tags=tags, dataset=dataset)
+            self._record(
+                "search_start",
+                name=run_name,
+                params={k: readable(v)[:6000] for k, v in flatten(params).items()},
+                search_file=str(search_file),
+                tags=tags,
+                dataset=dataset,
+            )
 
     def proceeding(self) -> None:
         """Ray's loop of a resumed search has started (its saved state restored): the parent run is RUNNING again."""
@@ -166,14 +201,27 @@ class SearchTracker(MlflowApplier):
 
     def trial_result(self, trial_id: str, metrics: dict) -> None:
         metrics = {**metrics, "val_perplexity": curve_value(metrics)}
-        values = {k: float(metrics[k]) for k in METRICS
-                  if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
-        constants = {k: float(metrics[k]) for k in CONSTANTS
-                     if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])}
+        values = {
+            k: float(metrics[k])
+            for k in METRICS
+            if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])
+        }
+        constants = {
+            k: float(metrics[k])
+            for k in CONSTANTS
+            if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k])
+        }
         started = metrics.get("trainable_started_at")
-        self._record("trial_result", trial=trial_id, step=int(metrics.get("step", 0)), metrics=values,
-                     constants=constants, node_id=metrics.get("node_id") or "", dtype=metrics.get("dtype") or "",
-                     started_at=iso_time(started) if started else "")
+        self._record(
+            "trial_result",
+            trial=trial_id,
+            step=int(metrics.get("step", 0)),
+            metrics=values,
+            constants=constants,
+            node_id=metrics.get("node_id") or "",
+            dtype=metrics.get("dtype") or "",
+            started_at=iso_time(started) if started else "",
+        )
 
     def trial_restarted(self, trial_id: str) -> None:
         count = self.state["restarts"].get(trial_id, 0) + 1
@@ -195,23 +243,47 @@ class SearchTracker(MlflowApplier):
         for trial_id in self.started_trials():
             if trial_id not in self.state["ended"]:
                 self._record("trial_end", trial=trial_id, status="KILLED", tags={"stopped_by": reason})
-        self._record("search_end", status="KILLED", metrics={}, artifacts=[], champion=None, register_as=None,
-                     tags={"stopped_by": reason})
+        self._record(
+            "search_end",
+            status="KILLED",
+            metrics={},
+            artifacts=[],
+            champion=None,
+            register_as=None,
+            tags={"stopped_by": reason},
+        )
         self.sync(force=True)
 
-    def finish(self, metrics: dict, artifacts: list[Path], champion_dir: Path | None, register_as: str | None,
-               champion_model: Path | None = None, champion_trial: str | None = None, version_tags: dict | None = None,
-               top: list[dict] | None = None, promote: bool = False) -> None:
+    def finish(
+        self,
+        metrics: dict,
+        artifacts: list[Path],
+        champion_dir: Path | None,
+        register_as: str | None,
+        champion_model: Path | None = None,
+        champion_trial: str | None = None,
+        version_tags: dict | None = None,
+        top: list[dict] | None = None,
+        promote: bool = False,
+    ) -> None:
         """The search's end: its metrics and artifacts on the parent run; the champion adapter there too; the best
         trials' adapters (`top`, the champion first) as MLflow logged models on their trial runs, the champion's
         registered as a version that takes the alias `champion` where it beats the version holding it (or by
         `promote`)."""
-        self._record("search_end", status="FINISHED",
-                     metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                     artifacts=[str(p) for p in artifacts], champion=str(champion_dir) if champion_dir else None,
-                     register_as=register_as, tags={}, model=str(champion_model) if champion_model else None,
-                     trial=champion_trial, version_tags={k: str(v) for k, v in (version_tags or {}).items()},
-                     top=top or [], promote=promote)
+        self._record(
+            "search_end",
+            status="FINISHED",
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+            artifacts=[str(p) for p in artifacts],
+            champion=str(champion_dir) if champion_dir else None,
+            register_as=register_as,
+            tags={},
+            model=str(champion_model) if champion_model else None,
+            trial=champion_trial,
+            version_tags={k: str(v) for k, v in (version_tags or {}).items()},
+            top=top or [],
+            promote=promote,
+        )
         self.state["finished"] = True
         self._save()
         self.sync(force=True)
@@ -234,9 +306,15 @@ class SearchTracker(MlflowApplier):
         except Exception as exc:  # server down, network, store errors: keep the records, retry later
             self._retry_at = time.time() + RETRY_AFTER_S
             if not self._down:
-                reason = "no space left on its device" if disk_full(exc) else first_line(getattr(exc, "orig", None) or exc)[:200]
-                warn(f"MLflow at {self.tracking_uri} cannot be reached ({reason}); the search goes on and "
-                     f"keeps its records in {self.journal} until it is back")
+                reason = (
+                    "no space left on its device"
+                    if disk_full(exc)
+                    else first_line(getattr(exc, "orig", None) or exc)[:200]
+                )
+                warn(
+                    f"MLflow at {self.tracking_uri} cannot be reached ({reason}); the search goes on and "
+                    f"keeps its records in {self.journal} until it is back"
+                )
             self._down = True
             self._client = None
             return False
@@ -256,7 +334,9 @@ class SearchTracker(MlflowApplier):
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+                self._experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+                )
             else:
                 self._experiment_id = exp.experiment_id
                 if "mlflow.experimentKind" not in exp.tags:

@@ -2,6 +2,7 @@
 
 The command only: arguments, the checks before any work, printing. The loop is `embinject.train.train`.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,18 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(output_dir, result, method)
         finally:
             method.release()  # a LoRA adapter must not stay in this process's shared LM
-        summary = {k: result[k] for k in ("method", "dtype", "baseline_perplexity", "val_perplexity", "trainable_params",
-                                          "steps", "train_seconds")}
+        summary = {
+            k: result[k]
+            for k in (
+                "method",
+                "dtype",
+                "baseline_perplexity",
+                "val_perplexity",
+                "trainable_params",
+                "steps",
+                "train_seconds",
+            )
+        }
         print(json.dumps(summary))
         print(f"wrote {output_dir / 'result.json'} and {output_dir / 'adapter'}")
         return 0

@@ -1,5 +1,6 @@
 """A trial's state on disk with no pickles: adapter and optimizer tensors as safetensors, the loop's
 counters (`TrainState`) as JSON; and a finished run's result.json + adapter/, moved into place whole."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ from ..methods import AdapterMethod
 class TrainState:
     """The loop's counters: saved with each checkpoint (trainer_state.json's `loop`, as `to_dict`) and read back
     on resume."""
+
     step: int = 0
     best_ppl: float = math.inf  # the best evaluation's perplexity (on the subset, where evaluations score one)
     best_step: int = 0
@@ -63,8 +65,10 @@ def save_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Opt
                 scalars[f"{pid}.{name}"] = value
     if tensors:
         atomic_save_tensors(tensors, directory / "optimizer.safetensors")
-    atomic_write_text(directory / "trainer_state.json", json.dumps(
-        {"loop": state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}, indent=1))
+    atomic_write_text(
+        directory / "trainer_state.json",
+        json.dumps({"loop": state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}, indent=1),
+    )
 
 
 def load_checkpoint(directory: Path, method: AdapterMethod, opt: torch.optim.Optimizer, device: str) -> dict:

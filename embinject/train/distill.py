@@ -8,6 +8,7 @@ their log-probabilities (the rest as one bucket): 49k-wide logits for every trai
 two distributions coarsened to those tokens plus the rest, a lower bound of the full one. Computed once per
 (model, precision, windows, k) and kept on disk beside the embeddings: every trial and epoch reads it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,9 @@ TEACHER_INDEX, TEACHER_LOGP = "teacher_index", "teacher_logp"  # batch keys: [B,
 
 
 @torch.no_grad()
-def teacher_top_k(lm, previous: torch.Tensor, tokens: torch.Tensor, k: int, device: str, amp: torch.dtype | None,
-                  batch_size: int = 16) -> dict[str, torch.Tensor]:
+def teacher_top_k(
+    lm, previous: torch.Tensor, tokens: torch.Tensor, k: int, device: str, amp: torch.dtype | None, batch_size: int = 16
+) -> dict[str, torch.Tensor]:
     """The frozen LM's k most likely next tokens at window positions 0..T-2 when it reads `previous` first."""
     index, logp = [], []
     P = previous.shape[1]
@@ -37,8 +39,9 @@ def teacher_top_k(lm, previous: torch.Tensor, tokens: torch.Tensor, k: int, devi
     return {TEACHER_INDEX: torch.cat(index), TEACHER_LOGP: torch.cat(logp)}
 
 
-def cached_teacher(lm, model_path: str, previous: torch.Tensor, tokens: torch.Tensor, k: int, device: str,
-                   amp: torch.dtype | None) -> dict[str, torch.Tensor]:
+def cached_teacher(
+    lm, model_path: str, previous: torch.Tensor, tokens: torch.Tensor, k: int, device: str, amp: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     """`teacher_top_k`, computed once and kept on disk (a truncated or foreign file is rebuilt)."""
     h = hashlib.sha256(f"{model_path}|{amp}|{k}|{tuple(previous.shape)}|{tuple(tokens.shape)}".encode())
     h.update(previous.to(torch.int64).contiguous().numpy().tobytes())
@@ -46,7 +49,9 @@ def cached_teacher(lm, model_path: str, previous: torch.Tensor, tokens: torch.Te
     file = cache_dir("teacher") / f"{h.hexdigest()[:24]}.safetensors"
     expected = (tokens.shape[0], tokens.shape[1] - 1, k)
     shape = lambda t: None if tuple(t[TEACHER_INDEX].shape) == expected else f"shape {list(t[TEACHER_INDEX].shape)}"  # noqa: E731
-    return cached_tensors(file, lambda: teacher_top_k(lm, previous, tokens, k, device, amp), shape, "the teacher's top-k")
+    return cached_tensors(
+        file, lambda: teacher_top_k(lm, previous, tokens, k, device, amp), shape, "the teacher's top-k"
+    )
 
 
 def distill_kl(logits: torch.Tensor, index: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Perplexity over a fixed set of windows, token-weighted: exp(sum NLL / scored tokens)."""
+
 from __future__ import annotations
 
 import math
@@ -18,23 +19,36 @@ def batches(inputs: dict[str, torch.Tensor], batch_size: int, order: torch.Tenso
 
 
 @torch.no_grad()  # on a generator, torch disables autograd only while the generator body runs
-def scored_batches(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str,
-                   autocast_dtype: torch.dtype | None, per_window: bool = False):
+def scored_batches(
+    method: AdapterMethod,
+    inputs: dict[str, torch.Tensor],
+    batch_size: int,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+    per_window: bool = False,
+):
     """Yield each batch's (NLL, scored tokens) in eval mode; the method's mode is restored after."""
     was_training = method.training
     method.eval()
     try:
         for batch in batches(inputs, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 nll_n = method.nll(batch, per_window=per_window)
             yield nll_n
     finally:
         method.train(was_training)
 
 
-def perplexity(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str = "cpu",
-               autocast_dtype: torch.dtype | None = None) -> float:
+def perplexity(
+    method: AdapterMethod,
+    inputs: dict[str, torch.Tensor],
+    batch_size: int,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> float:
     total, count = 0.0, 0
     for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype):
         total += float(nll)
@@ -42,12 +56,19 @@ def perplexity(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_siz
     return math.exp(total / max(count, 1))
 
 
-def window_nll(method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int, device: str = "cpu",
-               autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def window_nll(
+    method: AdapterMethod,
+    inputs: dict[str, torch.Tensor],
+    batch_size: int,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLL and scored-token count of every window (float64, int64 on the CPU), for statistics that
     pair methods window by window; `perplexity` is exp(nll.sum() / count.sum()) of the same numbers."""
-    parts = [(nll.double().cpu(), n.cpu()) for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype,
-                                                                          per_window=True)]
+    parts = [
+        (nll.double().cpu(), n.cpu())
+        for nll, n in scored_batches(method, inputs, batch_size, device, autocast_dtype, per_window=True)
+    ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

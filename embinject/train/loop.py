@@ -3,6 +3,7 @@ knows nothing of Ray. After every evaluation it calls `report(metrics, write_che
 `write_checkpoint(dir)` saves adapter + optimizer + loop state (safetensors + JSON) so a caller can
 resume from it. A non-finite loss or a runaway validation perplexity stops it (`Diverged`), for every method.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,13 @@ def check_divergence(cfg: Config, step: int, what: str, value: float, base_ppl: 
         raise Diverged(step, what, value, "", cfg.train.lr)
     factor = cfg.train.divergence_factor
     if base_ppl is not None and factor and value > factor * base_ppl:
-        raise Diverged(step, what, value, f", more than {factor:g}x the frozen model's {base_ppl:.4g} "
-                       "(train.divergence_factor)", cfg.train.lr)
+        raise Diverged(
+            step,
+            what,
+            value,
+            f", more than {factor:g}x the frozen model's {base_ppl:.4g} (train.divergence_factor)",
+            cfg.train.lr,
+        )
 
 
 class checkpointed_lm:
@@ -66,7 +72,10 @@ class checkpointed_lm:
 
     def __exit__(self, *exc):
         if self.enabled:
-            (getattr(self.model, "activation_checkpointing_disable", None) or self.model.gradient_checkpointing_disable)()
+            (
+                getattr(self.model, "activation_checkpointing_disable", None)
+                or self.model.gradient_checkpointing_disable
+            )()
             self.model.eval()
 
 
@@ -84,8 +93,9 @@ class SoloSteps:
         """Around evaluating and reporting (`evaluating`: it evaluates first), where a pack's other members go on."""
         return contextlib.nullcontext()
 
-    def evaluate(self, method: AdapterMethod, inputs: dict, batch_size: int, device: str,
-                 amp) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, method: AdapterMethod, inputs: dict, batch_size: int, device: str, amp
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each window's summed NLL and scored tokens (`window_nll`); a pack's member scores them in packed passes."""
         return window_nll(method, inputs, batch_size, device, amp)
 
@@ -94,7 +104,10 @@ class SoloSteps:
         with torch.autocast(device_type=device.split(":")[0], dtype=amp, enabled=amp is not None):
             if weight:
                 logits, targets, where = method.scored_logits(batch)
-                nll, count = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), int(where.sum())
+                nll, count = (
+                    torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"),
+                    int(where.sum()),
+                )
                 nll = nll + weight * distill_kl(logits, batch[TEACHER_INDEX][where], batch[TEACHER_LOGP][where])
             else:
                 nll, count = method.nll(batch)
@@ -126,8 +139,9 @@ def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, 
     return {k: v[index] for k, v in val.items()}, index
 
 
-def subset_and_full(method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str,
-                    amp, evaluate=window_nll) -> tuple[float, float]:
+def subset_and_full(
+    method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str, amp, evaluate=window_nll
+) -> tuple[float, float]:
     """(perplexity on the subset `index`, perplexity on every window) from one pass over every window: the
     subset's windows are among them, so scoring them separately would be paid twice. `evaluate`: how the windows are
     scored (`SoloSteps.evaluate`'s signature)."""
@@ -135,8 +149,9 @@ def subset_and_full(method: AdapterMethod, val: dict, index: torch.Tensor, batch
     return windows_perplexity(nll, count, index), windows_perplexity(nll, count)
 
 
-def score_state(method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp,
-                evaluate=window_nll) -> float:
+def score_state(
+    method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp, evaluate=window_nll
+) -> float:
     """Perplexity of `method` with the adapter weights `state` (None: as it is), leaving it as it was."""
     if state is None:
         return windows_perplexity(*evaluate(method, val, batch_size, device, amp))
@@ -154,8 +169,13 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train(cfg: Config, report: Report | None = None, resume_from: Path | None = None,
-          prepared: Prepared | None = None, steps: SoloSteps | None = None) -> tuple[dict, AdapterMethod]:
+def train(
+    cfg: Config,
+    report: Report | None = None,
+    resume_from: Path | None = None,
+    prepared: Prepared | None = None,
+    steps: SoloSteps | None = None,
+) -> tuple[dict, AdapterMethod]:
     """Train one adapter; returns (result dict, trained method holding the best weights). `steps`: how each
     step is taken (alone by default, or as a member of a pack). A run that ends by an exception releases its method:
     Ray stops a trial by raising SystemExit inside its report, and a diverged run raises; a LoRA adapter left in the
@@ -169,8 +189,14 @@ def train(cfg: Config, report: Report | None = None, resume_from: Path | None = 
         raise
 
 
-def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepared: Prepared | None, steps: SoloSteps,
-           built: list[AdapterMethod]) -> tuple[dict, AdapterMethod]:
+def _train(
+    cfg: Config,
+    report: Report | None,
+    resume_from: Path | None,
+    prepared: Prepared | None,
+    steps: SoloSteps,
+    built: list[AdapterMethod],
+) -> tuple[dict, AdapterMethod]:
     entered = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -185,8 +211,17 @@ def _train(cfg: Config, report: Report | None, resume_from: Path | None, prepare
     params = method.trainable_parameters()
     result = _describe(cfg, prep, method, params, base_ppl, device)
     if not params:  # baseline: evaluation only
-        result.update(val_perplexity=base_ppl, best_epoch=0, epochs_run=0, steps=0, train_seconds=0.0,
-                      tokens_per_second=0.0, history=[], stopped_early=False, peak_memory_mb=_peak_memory_mb(device))
+        result.update(
+            val_perplexity=base_ppl,
+            best_epoch=0,
+            epochs_run=0,
+            steps=0,
+            train_seconds=0.0,
+            tokens_per_second=0.0,
+            history=[],
+            stopped_early=False,
+            peak_memory_mb=_peak_memory_mb(device),
+        )
         return result, method
     run = _Run(cfg, prep, method, params, steps, report, base_ppl, result)
     run.resume(resume_from)
@@ -200,12 +235,19 @@ def _describe(cfg: Config, prep: Prepared, method: AdapterMethod, params: list, 
     frozen_total = sum(p.numel() for p in prep.lm.model.parameters() if not p.requires_grad)
     total = frozen_total + trainable
     return {
-        "method": cfg.method, "model": cfg.model,
+        "method": cfg.method,
+        "model": cfg.model,
         "embedding_model": cfg.adapter.embedding_model if method.needs_encoder else None,
-        "embed_source": cfg.adapter.embed_source, "scored_tokens_per_window": int((prep.val["labels"][0, 1:] != -100).sum()),
-        "train_windows": len(prep.train["input_ids"]), "val_windows": len(prep.val["input_ids"]),
-        "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
-        "baseline_perplexity": base_ppl, "prepare_seconds": prep.prepare_seconds, "config": cfg.to_dict(),
+        "embed_source": cfg.adapter.embed_source,
+        "scored_tokens_per_window": int((prep.val["labels"][0, 1:] != -100).sum()),
+        "train_windows": len(prep.train["input_ids"]),
+        "val_windows": len(prep.val["input_ids"]),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "baseline_perplexity": base_ppl,
+        "prepare_seconds": prep.prepare_seconds,
+        "config": cfg.to_dict(),
         "dtype": precision.resolve_dtype(cfg.train.dtype, device),
     }
 
@@ -214,9 +256,25 @@ class _Run:
     """One training run of a built method: its optimizer, its state (`TrainState`), the best adapter so far and how
     it reports; `loop` trains it, `finish` loads the best adapter and completes the result."""
 
-    def __init__(self, cfg: Config, prep: Prepared, method: AdapterMethod, params: list, steps: SoloSteps,
-                 report: Report | None, base_ppl: float, result: dict):
-        self.cfg, self.prep, self.method, self.steps, self.report, self.base_ppl = cfg, prep, method, steps, report, base_ppl
+    def __init__(
+        self,
+        cfg: Config,
+        prep: Prepared,
+        method: AdapterMethod,
+        params: list,
+        steps: SoloSteps,
+        report: Report | None,
+        base_ppl: float,
+        result: dict,
+    ):
+        self.cfg, self.prep, self.method, self.steps, self.report, self.base_ppl = (
+            cfg,
+            prep,
+            method,
+            steps,
+            report,
+            base_ppl,
+        )
         self.device, self.amp = prep.device, autocast_dtype(cfg, prep.device)
         self.trainable, self.dtype = result["trainable_params"], result["dtype"]
         self.opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
@@ -251,23 +309,39 @@ class _Run:
     def spent(self) -> dict:
         """Where this process's seconds went so far, for a search's time table (embinject.tune.driver.callback.time_split)."""
         turn, at_steps, at_evals = self.steps.waited()  # a pack's waits, inside the steps' and the evaluations' seconds
-        return {"spent_waiting": turn, "spent_setup": self.startup_seconds - turn, "spent_rendezvous": at_steps + at_evals,
-                "spent_steps": self.state.train_seconds - self.this_process["train"] - at_steps,
-                "spent_eval": self.state.eval_seconds - self.this_process["eval"] - at_evals,
-                "spent_report": self.this_process["report"],
-                "sent_at": time.time()}
+        return {
+            "spent_waiting": turn,
+            "spent_setup": self.startup_seconds - turn,
+            "spent_rendezvous": at_steps + at_evals,
+            "spent_steps": self.state.train_seconds - self.this_process["train"] - at_steps,
+            "spent_eval": self.state.eval_seconds - self.this_process["eval"] - at_evals,
+            "spent_report": self.this_process["report"],
+            "sent_at": time.time(),
+        }
 
     def send(self, entry: dict, final: bool) -> None:
         if self.report is not None:
             t_report = time.perf_counter()
             state, steps = self.state, self.steps
             tps = state.train_tokens / max(state.train_seconds, 1e-9)
-            self.report({**entry, "pack_size": steps.pack_size(), "eval_pack_size": steps.eval_pack_size(),
-                         "best_val_perplexity": state.kept_ppl, "tokens_per_second": tps,
-                         "baseline_perplexity": self.base_ppl, "final": final, "train_seconds": state.train_seconds,
-                         "trainable_params": self.trainable, "dtype": self.dtype,
-                         "eval_seconds": state.eval_seconds, "startup_seconds": self.startup_seconds, **self.spent()},
-                        self.write_checkpoint)
+            self.report(
+                {
+                    **entry,
+                    "pack_size": steps.pack_size(),
+                    "eval_pack_size": steps.eval_pack_size(),
+                    "best_val_perplexity": state.kept_ppl,
+                    "tokens_per_second": tps,
+                    "baseline_perplexity": self.base_ppl,
+                    "final": final,
+                    "train_seconds": state.train_seconds,
+                    "trainable_params": self.trainable,
+                    "dtype": self.dtype,
+                    "eval_seconds": state.eval_seconds,
+                    "startup_seconds": self.startup_seconds,
+                    **self.spent(),
+                },
+                self.write_checkpoint,
+            )
             # the checkpoint written, relayed and acknowledged
             self.this_process["report"] += time.perf_counter() - t_report
 
@@ -300,7 +374,9 @@ class _Run:
     def _epoch(self, progress) -> bool:
         """The rest of the current epoch, or up to the run's end; whether the run has ended."""
         epoch, in_epoch = divmod(self.state.step, self.steps_per_epoch)
-        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch))
+        order = torch.randperm(
+            self.n_train, generator=torch.Generator().manual_seed(self.cfg.train.seed * 1000 + epoch)
+        )
         for batch in batches(self.prep.train, self.cfg.train.batch_size, order, start=in_epoch):
             loss_value = self._step(batch)
             if progress:
@@ -335,13 +411,25 @@ class _Run:
         full_now = None  # this adapter's score on every window, where that pass is needed anyway
         if subset and (last or cfg.train.eval_audit):
             # the last evaluation's adapter is usually the one kept, whose full-set score is the result
-            ppl, full_now = subset_and_full(self.method, self.prep.val, self.subset_index, cfg.train.eval_batch_size,
-                                            self.device, self.amp, self.steps.evaluate)
+            ppl, full_now = subset_and_full(
+                self.method,
+                self.prep.val,
+                self.subset_index,
+                cfg.train.eval_batch_size,
+                self.device,
+                self.amp,
+                self.steps.evaluate,
+            )
         else:  # a pack's members evaluating at this step score their windows in packed passes
-            ppl = windows_perplexity(*self.steps.evaluate(self.method, self.val_eval, cfg.train.eval_batch_size,
-                                                          self.device, self.amp))
-        entry = {"step": state.step, "epoch": state.step / self.steps_per_epoch,
-                 "train_loss": state.loss_sum / max(state.loss_steps, 1), "val_perplexity": ppl}
+            ppl = windows_perplexity(
+                *self.steps.evaluate(self.method, self.val_eval, cfg.train.eval_batch_size, self.device, self.amp)
+            )
+        entry = {
+            "step": state.step,
+            "epoch": state.step / self.steps_per_epoch,
+            "train_loss": state.loss_sum / max(state.loss_steps, 1),
+            "val_perplexity": ppl,
+        }
         if subset and cfg.train.eval_audit:
             entry["val_perplexity_full"] = full_now
         state.eval_seconds += time.perf_counter() - t_eval
@@ -371,8 +459,15 @@ class _Run:
         if full_now is not None and state.best_step == state.step:
             full = full_now  # the kept adapter is the one just scored on every window
         else:
-            full = score_state(self.method, self.best_state, self.prep.val, self.cfg.train.eval_batch_size,
-                               self.device, self.amp, self.steps.evaluate)
+            full = score_state(
+                self.method,
+                self.best_state,
+                self.prep.val,
+                self.cfg.train.eval_batch_size,
+                self.device,
+                self.amp,
+                self.steps.evaluate,
+            )
         state.eval_seconds += time.perf_counter() - t_eval
         check_divergence(self.cfg, state.step, "validation perplexity", full, self.base_ppl)
         state.best_ppl_full = full
@@ -385,11 +480,18 @@ class _Run:
             self.method.load_adapter_state({k: v.to(device) for k, v in self.best_state.items()})
         kept = state.kept_ppl  # scored on every validation window
         result.update(
-            val_perplexity=kept, improvement_percent=100.0 * (1 - kept / self.base_ppl),
-            eval_windows=len(self.val_eval["input_ids"]), best_step=state.best_step,
-            best_epoch=math.ceil(state.best_step / self.steps_per_epoch), epochs_run=state.step / self.steps_per_epoch,
-            steps=state.step, stopped_early=state.stopped_early, train_seconds=state.train_seconds,
-            eval_seconds=state.eval_seconds, tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
-            history=state.history, peak_memory_mb=_peak_memory_mb(device),
+            val_perplexity=kept,
+            improvement_percent=100.0 * (1 - kept / self.base_ppl),
+            eval_windows=len(self.val_eval["input_ids"]),
+            best_step=state.best_step,
+            best_epoch=math.ceil(state.best_step / self.steps_per_epoch),
+            epochs_run=state.step / self.steps_per_epoch,
+            steps=state.step,
+            stopped_early=state.stopped_early,
+            train_seconds=state.train_seconds,
+            eval_seconds=state.eval_seconds,
+            tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
+            history=state.history,
+            peak_memory_mb=_peak_memory_mb(device),
         )
         return result

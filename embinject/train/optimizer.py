@@ -1,4 +1,5 @@
 """The optimizer every adapter trains with."""
+
 from __future__ import annotations
 
 import torch

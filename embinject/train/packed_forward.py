@@ -4,6 +4,7 @@ are padded in the cache, and a 4-D attention mask lets no row attend to padding,
 keys it would see alone, at the positions it would have alone. `embinject.train.packing` runs its steps and
 evaluations through it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ def _attention_mask(valid: torch.Tensor, n_cache: int, dtype: torch.dtype, addit
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def packed_nll(members: list[tuple[AdapterMethod, dict]],
-               per_window: bool = False) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
+def packed_nll(
+    members: list[tuple[AdapterMethod, dict]], per_window: bool = False
+) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
     """Each member's (summed NLL, scored tokens) on its batch, from one pass of all members' rows; with `per_window`,
     both per row of its batch (as `AdapterMethod.nll(per_window=True)` gives them alone)."""
     from transformers import DynamicCache  # lazy: transformers is imported where a model is loaded, not before
@@ -82,8 +84,13 @@ def packed_nll(members: list[tuple[AdapterMethod, dict]],
         cache = DynamicCache([(kv_all[i, 0], kv_all[i, 1]) for i in range(L)], config=lm.config)
     mask = _attention_mask(valid, n_cache, torch.float32, additive=impl == "eager")  # sdpa and others: boolean
     decoder = lm.get_decoder()
-    hidden = decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
-                     **cache_kwargs(decoder, cache)).last_hidden_state
+    hidden = decoder(
+        inputs_embeds=inputs,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=False,
+        **cache_kwargs(decoder, cache),
+    ).last_hidden_state
     if per_window:
         return _per_window(lm, hidden, parts, S)
     # every member's scored positions at once: each row's next-token target where its hidden state predicts it, then

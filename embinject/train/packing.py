@@ -18,6 +18,7 @@ Members score the same validation windows at the same steps, so `evaluate()` is 
 evaluating at once are scored in packed forward passes without gradient (on the same compute thread), each member's
 windows exactly as it would score them alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -170,8 +171,9 @@ class StepPack:
         with self.cond:
             return self.rendezvous.get(member, 0.0), self.eval_rendezvous.get(member, 0.0)
 
-    def evaluate(self, member: str, method: AdapterMethod, inputs: dict[str, torch.Tensor],
-                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, member: str, method: AdapterMethod, inputs: dict[str, torch.Tensor], batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each window's summed NLL and scored tokens (float64, int64 on the CPU), as `window_nll` gives them alone,
         from packed forward passes (no gradient) together with the members that evaluate at the same time: those
         that asked, those that said they will (`away(evaluating=True)`) and those between two steps, who may be
@@ -201,8 +203,9 @@ class StepPack:
             return False
         if time.monotonic() - min(r.since for r in self.evaluations.values()) > self.patience_s:
             return True
-        return not any(s == "present" or (s == "evaluating" and m not in self.evaluations)
-                       for m, s in self.state.items())
+        return not any(
+            s == "present" or (s == "evaluating" and m not in self.evaluations) for m, s in self.state.items()
+        )
 
     def _lead_evaluation(self) -> None:
         """Run the evaluations asked for in packed passes (called with the lock held; released while computing)."""
@@ -244,8 +247,12 @@ class StepPack:
                 members = []
                 for i in now:
                     r = requests[i]
-                    members.append((r.method, {k: v[chunk * r.batch_size : (chunk + 1) * r.batch_size]
-                                               for k, v in r.inputs.items()}))
+                    members.append(
+                        (
+                            r.method,
+                            {k: v[chunk * r.batch_size : (chunk + 1) * r.batch_size] for k, v in r.inputs.items()},
+                        )
+                    )
                 for i, out in zip(now, self.compute.submit(self._forward, members).result()):
                     parts[i].append(out)
                 chunk += 1
@@ -333,8 +340,9 @@ class PackedSteps:
     def away(self, evaluating: bool = False):
         return self.pack.away(self.member, evaluating)
 
-    def evaluate(self, method: AdapterMethod, inputs: dict, batch_size: int, device: str,
-                 amp) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, method: AdapterMethod, inputs: dict, batch_size: int, device: str, amp
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pack.evaluate(self.member, method, inputs, batch_size)  # on the pack's device, in its autocast
 
     def step(self, method: AdapterMethod, opt: torch.optim.Optimizer, batch: dict, amp, device: str) -> float:

@@ -5,6 +5,7 @@ the CPU flags on Linux). Where the flags cannot be read, a matmul probe of about
 answer is cached per machine. On a CPU without bf16 instructions, autocast would emulate bf16 and run
 slower than float32, so `auto` keeps float32 there.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """What every trial of a search shares, built once per process: the frozen LM, the token windows, the
 encoder's sentence embeddings (from their disk cache) and the frozen model's baseline perplexity."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,6 +23,7 @@ from ..specs import method_spec
 from . import precision
 from .distill import cached_teacher
 from .evaluation import perplexity
+
 
 @dataclass
 class Prepared:
@@ -84,7 +86,9 @@ def ablated(embeddings: torch.Tensor, how: str, train_mean: torch.Tensor, seed: 
     """What a control feeds the MLP instead of each window's own embedding (`adapter.ablation`): `train_mean` (the
     training split's mean embedding, [1, ...]) for every window, or the embeddings of one split (`split`: 0 train,
     1 validation, 2 and on: others) in a fixed order drawn from `seed`."""
-    if how == "constant":  # train_mean's own shape: token states are padded to each split's longest text, not one length
+    if (
+        how == "constant"
+    ):  # train_mean's own shape: token states are padded to each split's longest text, not one length
         return train_mean.expand(len(embeddings), *train_mean.shape[1:]).contiguous()
     if how == "shuffled":
         return embeddings[torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(1000 * seed + split))]
@@ -109,7 +113,11 @@ def prepare(cfg: Config) -> Prepared:
 
         def make():
             if not encoder:
-                encoder.append(load_encoder(a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, pooling))
+                encoder.append(
+                    load_encoder(
+                        a.embedding_model, lm.model, lm.tokenizer, lm.path, a.fourier_features, device, pooling
+                    )
+                )
             return encoder[0]
 
         if a.encoder_rank:  # a trained encoder: each step encodes the text anew
@@ -123,10 +131,21 @@ def prepare(cfg: Config) -> Prepared:
             if a.ablation != "none":
                 mean = train["sentence_embedding"].mean(0, keepdim=True)
                 for i, split in enumerate((train, val)):
-                    split["sentence_embedding"] = ablated(split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i)
+                    split["sentence_embedding"] = ablated(
+                        split["sentence_embedding"], a.ablation, mean, cfg.train.seed, i
+                    )
     if cfg.train.distill and method_spec(cfg.method).trains:  # the teacher only ever trains an adapter
-        train.update(cached_teacher(lm.model, lm.path, train_w.previous, train_w.tokens, cfg.train.distill_top_k, device,
-                                    autocast_dtype(cfg, device)))
+        train.update(
+            cached_teacher(
+                lm.model,
+                lm.path,
+                train_w.previous,
+                train_w.tokens,
+                cfg.train.distill_top_k,
+                device,
+                autocast_dtype(cfg, device),
+            )
+        )
     return Prepared(lm, train, val, encoder_dim, device, time.perf_counter() - t0)
 
 
@@ -153,8 +172,13 @@ def baseline_perplexity(prep: Prepared, cfg: Config) -> float:
                 discard_corrupt(file, first_line(exc))
         ppl = _BASELINES.get(key)
         if ppl is None:
-            ppl = perplexity(Baseline(cfg, prep.lm.model), prep.val, cfg.train.eval_batch_size, prep.device,
-                             autocast_dtype(cfg, prep.device))
+            ppl = perplexity(
+                Baseline(cfg, prep.lm.model),
+                prep.val,
+                cfg.train.eval_batch_size,
+                prep.device,
+                autocast_dtype(cfg, prep.device),
+            )
             _BASELINES[key] = ppl
         atomic_write_text(file, json.dumps({"perplexity": ppl}))
         return ppl

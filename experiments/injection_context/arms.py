@@ -1,4 +1,5 @@
 """The study's arms, seeds and settings, shared by run.py (which trains them) and report.py (which reads them)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,26 +20,50 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
     "inject-1": ("injection", {"adapter.inject_tokens": 1}, None, "Injection, 1 vector (MiniLM)"),
     "inject-2": ("injection", {"adapter.inject_tokens": 2}, None, "Injection, 2 vectors (MiniLM)"),
     "inject-8": ("injection", {"adapter.inject_tokens": 8}, None, "Injection, 8 vectors (MiniLM)"),
-    "fourier-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "fourier"}, None,
-                  "Injection, 4 vectors (fourier)"),
-    "lm-mean-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embedding_model": "lm-mean"}, None,
-                  "Injection, 4 vectors (lm-mean)"),
+    "fourier-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, "adapter.embedding_model": "fourier"},
+        None,
+        "Injection, 4 vectors (fourier)",
+    ),
+    "lm-mean-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, "adapter.embedding_model": "lm-mean"},
+        None,
+        "Injection, 4 vectors (lm-mean)",
+    ),
     "shuffled-1": ("injection", {"adapter.inject_tokens": 1}, "shuffled", "Control: shuffled embeddings, 1 vector"),
     "shuffled-8": ("injection", {"adapter.inject_tokens": 8}, "shuffled", "Control: shuffled embeddings, 8 vectors"),
     # At 4 vectors the constant input is the stronger control; these check whether that holds at 1 and 8.
     "constant-1": ("injection", {"adapter.inject_tokens": 1}, "constant", "Control: constant input, 1 vector"),
     "constant-8": ("injection", {"adapter.inject_tokens": 8}, "constant", "Control: constant input, 8 vectors"),
     # The seed report's mode: the encoder reads the scored window itself. Same test windows and tokens as above.
-    "window-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, None,
-                 "Injection, 4 vectors, encoder reads the scored window (`window`)"),
-    "window-shuffled-4": ("injection", {"adapter.inject_tokens": 4, "adapter.embed_source": "window"}, "shuffled",
-                          "Control: shuffled embeddings, 4 vectors (`window`)"),
+    "window-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, "adapter.embed_source": "window"},
+        None,
+        "Injection, 4 vectors, encoder reads the scored window (`window`)",
+    ),
+    "window-shuffled-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, "adapter.embed_source": "window"},
+        "shuffled",
+        "Control: shuffled embeddings, 4 vectors (`window`)",
+    ),
     # The quickstart's mode: the encoder reads the window's first tokens, which the LM reads too and is not scored on.
     # These arms are scored on the window's last 64 - 8 tokens, so they form their own table with their own baseline.
-    "context-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, None,
-                  f"Injection, 4 vectors, encoder reads the window's first {CONTEXT_READ} tokens (`context`)"),
-    "context-constant-4": ("injection", {"adapter.inject_tokens": 4, **CONTEXT}, "constant",
-                           "Control: constant input, 4 vectors (`context`)"),
+    "context-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, **CONTEXT},
+        None,
+        f"Injection, 4 vectors, encoder reads the window's first {CONTEXT_READ} tokens (`context`)",
+    ),
+    "context-constant-4": (
+        "injection",
+        {"adapter.inject_tokens": 4, **CONTEXT},
+        "constant",
+        "Control: constant input, 4 vectors (`context`)",
+    ),
 }
 # The earlier series' arms: every one whose encoder reads the preceding text (no `window` or `context` arms) is the
 # series trained to convergence. The designs below are screened on one epoch first; the best is trained on once chosen.
@@ -51,19 +76,31 @@ PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embe
 LM_LAYER = 15  # the frozen LM's encoder layer: the middle of SmolLM2-135M's 30 (not searched)
 DESIGNS: dict[str, tuple[dict, str]] = {
     "kv": ({"adapter.inject_into": "kv"}, "key/value injection (pooled MiniLM)"),
-    "lmchunks": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks"},
-                 f"the LM's layer-{LM_LAYER} states, a chunk mean per vector"),
-    "lmchunks-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.inject_into": "kv"},
-                    f"the LM's layer-{LM_LAYER} states, a chunk mean per vector, key/value injection"),
+    "lmchunks": (
+        {"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks"},
+        f"the LM's layer-{LM_LAYER} states, a chunk mean per vector",
+    ),
+    "lmchunks-kv": (
+        {"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.inject_into": "kv"},
+        f"the LM's layer-{LM_LAYER} states, a chunk mean per vector, key/value injection",
+    ),
     # the text-m rows show the last few tokens carry most of the gain (the last one alone about 15%): chunks that grow
     # with distance from the window, the last three tokens one vector each (`adapter.pooling: recent`)
-    "lmrecent-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "recent", "adapter.inject_into": "kv"},
-                    f"the LM's layer-{LM_LAYER} states, chunks growing with distance from the window, key/value injection"),
+    "lmrecent-kv": (
+        {"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "recent", "adapter.inject_into": "kv"},
+        f"the LM's layer-{LM_LAYER} states, chunks growing with distance from the window, key/value injection",
+    ),
     # the best screened design with its encoder trained: LoRA on the pass that encodes the text (as 500xCompressor's)
-    "lmchunks-lora-kv": ({"adapter.embedding_model": f"lm-hidden:{LM_LAYER}", "adapter.pooling": "chunks", "adapter.encoder_rank": 8,
-                          "adapter.inject_into": "kv"},
-                         f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per "
-                         "vector, key/value injection"),
+    "lmchunks-lora-kv": (
+        {
+            "adapter.embedding_model": f"lm-hidden:{LM_LAYER}",
+            "adapter.pooling": "chunks",
+            "adapter.encoder_rank": 8,
+            "adapter.inject_into": "kv",
+        },
+        f"the LM's layer-{LM_LAYER} states through LoRA of rank 8 on the encoder pass, a chunk mean per "
+        "vector, key/value injection",
+    ),
     "chunks": ({"adapter.pooling": "chunks"}, "MiniLM token states, a chunk mean per vector"),
     "resampler": ({"adapter.pooling": "resampler"}, "MiniLM token states, resampler"),
     "distill": ({"train.distill": 1.0}, "pooled MiniLM, distilled from the LM reading the text"),
@@ -98,7 +135,9 @@ def _add_design_arm(design: str, k: int, control: str | None) -> str:
     if control:
         extra = _frozen(design)
     shape = {"adapter.inject_tokens": k, **extra}
-    text = f"Control: {CONTROL_LABELS[control]}, {k} vectors: {label}" if control else f"Injection, {k} vectors: {label}"
+    text = (
+        f"Control: {CONTROL_LABELS[control]}, {k} vectors: {label}" if control else f"Injection, {k} vectors: {label}"
+    )
     ARMS[name] = ("injection", shape, control, text)
     DESIGN_OF[name] = (design, k, control)
     return name
@@ -137,15 +176,32 @@ POOLED_PAIR = ("inject-8", "constant-8")
 BEST_PAIR = (f"lmchunks-kv-{SCREEN_K}", f"lmchunks-kv-constant-{SCREEN_K}")
 # suffix -> (overrides, label, the (arm, its constant control) pairs it repeats)
 MORE_TRAINING: dict[str, tuple[dict, str, list[tuple[str, str]]]] = {
-    f"w{MORE_WINDOWS}": ({"data.train_samples": MORE_WINDOWS, "train.patience": 5}, f"{MORE_WINDOWS:,} training windows",
-                         [POOLED_PAIR, BEST_PAIR]),
-    f"e{MORE_EPOCHS}": ({"train.max_epochs": MORE_EPOCHS, "train.patience": 5}, f"{MORE_EPOCHS} epochs over 1,024 windows",
-                        [BEST_PAIR]),
-    f"w{OVERLAPPING}s{STRIDE}": ({"data.train_samples": OVERLAPPING, "data.train_stride": STRIDE, "train.eval_windows": None,
-                                 "train.eval_every": 64, "train.patience": 5},
-                                f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)", [BEST_PAIR]),
-    f"w{MORE_TEXT}t": ({"data.train_samples": MORE_TEXT, "train.eval_windows": None, "train.eval_every": 64, "train.patience": 5},
-                       f"{MORE_TEXT:,} training windows with other articles' text", [BEST_PAIR]),
+    f"w{MORE_WINDOWS}": (
+        {"data.train_samples": MORE_WINDOWS, "train.patience": 5},
+        f"{MORE_WINDOWS:,} training windows",
+        [POOLED_PAIR, BEST_PAIR],
+    ),
+    f"e{MORE_EPOCHS}": (
+        {"train.max_epochs": MORE_EPOCHS, "train.patience": 5},
+        f"{MORE_EPOCHS} epochs over 1,024 windows",
+        [BEST_PAIR],
+    ),
+    f"w{OVERLAPPING}s{STRIDE}": (
+        {
+            "data.train_samples": OVERLAPPING,
+            "data.train_stride": STRIDE,
+            "train.eval_windows": None,
+            "train.eval_every": 64,
+            "train.patience": 5,
+        },
+        f"{OVERLAPPING:,} overlapping training windows (one every {STRIDE} tokens)",
+        [BEST_PAIR],
+    ),
+    f"w{MORE_TEXT}t": (
+        {"data.train_samples": MORE_TEXT, "train.eval_windows": None, "train.eval_every": 64, "train.patience": 5},
+        f"{MORE_TEXT:,} training windows with other articles' text",
+        [BEST_PAIR],
+    ),
 }
 EXTRA_TEXT = {f"w{MORE_TEXT}t": MORE_TEXT_CORPUS}  # suffix -> the shared corpus whose documents its arms also train on
 REPEAT_OF: dict[str, str] = {}  # arm trained longer -> the one-epoch, 1,024-window arm it repeats
@@ -193,11 +249,18 @@ WINDOW = ["window-4", "window-shuffled-4"]
 CURVE = ["inject-1", "inject-2", "inject-8"]
 CONTEXT_ARMS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source") == "context"]
 # `--arms designs` screens; `<design>-curve` (kv-curve, ...) adds that design's other k with the references beside them
-ARM_SETS = {"all": list(ARMS), "headline": HEADLINE, "previous": PREVIOUS, "designs": DESIGN_ARMS + ["static-8"],
-            "design-controls": SHUFFLED_ARMS, "more-windows": MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"],
-            "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"], "overlapping-windows": MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"],
-            "more-text": MORE_TRAINING_ARMS[f"w{MORE_TEXT}t"],
-            **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()}}
+ARM_SETS = {
+    "all": list(ARMS),
+    "headline": HEADLINE,
+    "previous": PREVIOUS,
+    "designs": DESIGN_ARMS + ["static-8"],
+    "design-controls": SHUFFLED_ARMS,
+    "more-windows": MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"],
+    "more-epochs": MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"],
+    "overlapping-windows": MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"],
+    "more-text": MORE_TRAINING_ARMS[f"w{MORE_TEXT}t"],
+    **{f"{d}-curve": arms + [a for a in REFERENCE_CURVE if a not in arms] for d, arms in CURVE_ARMS.items()},
+}
 REFERENCE = ["baseline"] + [f"text-{m}" for m in TEXT_TOKENS] + ["baseline-context"]  # evaluation only, no seeds
 
 # where and how fast, not what; train.dtype is compared as the precision it resolved to (`run.check_precision`)
@@ -205,7 +268,7 @@ IGNORED_SETTINGS = {"data.path", "train.threads", "train.progress", "train.seed"
 
 
 def lr_edge(search: dict) -> str | None:
-    """"largest" or "smallest" when a search's chosen rate is at that edge of the rates it tried."""
+    """ "largest" or "smallest" when a search's chosen rate is at that edge of the rates it tried."""
     tried = [t["lr"] for t in search["trials"]]
     return "largest" if search["lr"] >= max(tried) else "smallest" if search["lr"] <= min(tried) else None
 
@@ -247,13 +310,23 @@ def budget_of(config: dict, extra_text: str | None = None, tune: dict | None = N
     sched = (tune or {}).get("scheduler") or {}
     pruning = None
     if tune is not None and sched.get("type", "none") not in (None, "none"):
-        pruning = (f"{sched['type']} (max_t {sched.get('max_t')}, grace {sched.get('grace_period')}, "
-                   f"reduction {sched.get('reduction_factor')})")
+        pruning = (
+            f"{sched['type']} (max_t {sched.get('max_t')}, grace {sched.get('grace_period')}, "
+            f"reduction {sched.get('reduction_factor')})"
+        )
     validation = "all validation windows" if subset is None else f"a fixed subset of {subset} validation windows"
-    return {"windows": windows, "seq_len": data.get("seq_len"), "stride": data.get("train_stride"),
-            "extra_text": extra_text, "epochs": epochs, "steps": steps, "eval_every": train.get("eval_every"),
-            "validation": validation,
-            "patience": train.get("patience"), "pruning": pruning}
+    return {
+        "windows": windows,
+        "seq_len": data.get("seq_len"),
+        "stride": data.get("train_stride"),
+        "extra_text": extra_text,
+        "epochs": epochs,
+        "steps": steps,
+        "eval_every": train.get("eval_every"),
+        "validation": validation,
+        "patience": train.get("patience"),
+        "pruning": pruning,
+    }
 
 
 def lr_status(arm: str, budget: dict, search_arm: str | None, search_budget: dict | None) -> str:

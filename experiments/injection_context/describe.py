@@ -1,4 +1,5 @@
 """The injection study's report: cells, verdicts and the smaller tables, each a few lines of Markdown from the analysis."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,16 @@ import numpy as np
 
 from embinject.config_files import load_config
 from embinject.tracking import flatten
-from experiments.injection_context.arms import (ARM_SETS, ARMS, CONTEXT_READ, HERE, IGNORED_SETTINGS)
-from experiments.injection_context.arms import (BORROWED, BUDGET_KEYS, NO_SEARCH, SEARCHED, budget_of,
-                                               extra_corpus, rate_searched)
+from experiments.injection_context.arms import ARM_SETS, ARMS, CONTEXT_READ, HERE, IGNORED_SETTINGS
+from experiments.injection_context.arms import (
+    BORROWED,
+    BUDGET_KEYS,
+    NO_SEARCH,
+    SEARCHED,
+    budget_of,
+    extra_corpus,
+    rate_searched,
+)
 from experiments.stats import claim
 from experiments.injection_context.analysis import MAX_WINDOWS, content_claim
 from experiments.injection_context.records import stopped_beaten
@@ -23,11 +31,15 @@ def bracket_verdict(search: dict) -> str:
     chosen = min((t for t in search["trials"] if t["lr"] == search["lr"]), key=lambda t: t["val_perplexity"])
     b = search["bracket"][0]
     if b["val_perplexity"] >= chosen["val_perplexity"]:
-        return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), worse than the chosen "
-                f"{chosen['val_perplexity']:.2f}: the optimum is bracketed")
-    return (f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), {100 * (1 - b['val_perplexity'] / chosen['val_perplexity']):.1f}% "
-            f"lower than the chosen {chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
-            "not at this method's best rate")
+        return (
+            f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), worse than the chosen "
+            f"{chosen['val_perplexity']:.2f}: the optimum is bracketed"
+        )
+    return (
+        f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), {100 * (1 - b['val_perplexity'] / chosen['val_perplexity']):.1f}% "
+        f"lower than the chosen {chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
+        "not at this method's best rate"
+    )
 
 
 def ci(x: tuple[float, float, float], digits: int = 3, scale: float = 1.0, sign: bool = False) -> str:
@@ -54,8 +66,14 @@ def settings_changed(config: dict) -> dict:
     """The shared training and data settings a series' runs used that differ from config.yaml (say, a longer budget)."""
     default = flatten(load_config(str(HERE / "config.yaml")).to_dict())
     had = flatten(config)
-    return {k: had[k] for k in sorted(had) if k.startswith(("train.", "data.")) and k not in IGNORED_SETTINGS
-            and k != "train.lr" and had[k] != default.get(k)}
+    return {
+        k: had[k]
+        for k in sorted(had)
+        if k.startswith(("train.", "data."))
+        and k not in IGNORED_SETTINGS
+        and k != "train.lr"
+        and had[k] != default.get(k)
+    }
 
 
 def same_rates(searches: dict) -> str:
@@ -64,8 +82,10 @@ def same_rates(searches: dict) -> str:
     tried = {tuple(sorted(round(x["lr"], 12) for x in s["trials"])) for s in searches.values()}
     if len(searches) < 2 or len(tried) != 1:
         return ""
-    return (f"Every method tried the same {len(next(iter(tried)))} rates: with this few trials all are Optuna's random "
-            "start-up draws from one sampler seed, so the searches amount to one grid. ")
+    return (
+        f"Every method tried the same {len(next(iter(tried)))} rates: with this few trials all are Optuna's random "
+        "start-up draws from one sampler seed, so the searches amount to one grid. "
+    )
 
 
 def named_arm_set(corpora: dict) -> str | None:
@@ -78,7 +98,9 @@ def series_flags(corpora: dict) -> list[str]:
     """The run.py options, beyond --data, that a series' records show it was run with."""
     named = named_arm_set(corpora)
     flags = [f"--arms {named}"] if named else []
-    sources = {Path(s["from"]).parent.parent.parent for c in corpora.values() for s in c["lr"].values() if s.get("from")}
+    sources = {
+        Path(s["from"]).parent.parent.parent for c in corpora.values() for s in c["lr"].values() if s.get("from")
+    }
     if sources:  # "from" is relative to the series' folder: <source>/runs/<corpus>/lr_search_<method>.json
         flags = ["--out <this folder>", *flags, f"--lr-from <this folder>/{sources.pop().as_posix()}"]
     if any(c.get("lr_check") for c in corpora.values()):
@@ -110,20 +132,30 @@ def unbracketed(search: dict, stopped: set[int]) -> str:
     beaten = stopped_beaten(search)
     if not beaten:
         return "not needed"
-    return ("not run; the chosen rate beat its neighbour " + ", ".join(
-        f"{t['lr']:.2g} (stopped at step {t['steps']}, scored on the "
-                                                        "subset)" for t in sorted(beaten, key=lambda t: t["lr"]))
-            + ": not compared on the same validation windows or steps, so the choice is not settled")
+    return (
+        "not run; the chosen rate beat its neighbour "
+        + ", ".join(
+            f"{t['lr']:.2g} (stopped at step {t['steps']}, scored on the subset)"
+            for t in sorted(beaten, key=lambda t: t["lr"])
+        )
+        + ": not compared on the same validation windows or steps, so the choice is not settled"
+    )
 
 
 def at_budget_table(searches: dict[str, dict]) -> list[str]:
     """The searches that follow the learning-rate rule (`run.py --lr-at-budget`), each trial to the end."""
-    lines = ["Searches under the learning-rate rule (`run.py --lr-at-budget ARM`; every trial run to the end and "
-             "scored on all validation windows, training seed 0):", "",
-             "| arm | searched at | trials (lr: validation perplexity, steps) | chosen lr |", "|---|---|---|---|"]
+    lines = [
+        "Searches under the learning-rate rule (`run.py --lr-at-budget ARM`; every trial run to the end and "
+        "scored on all validation windows, training seed 0):",
+        "",
+        "| arm | searched at | trials (lr: validation perplexity, steps) | chosen lr |",
+        "|---|---|---|---|",
+    ]
     for arm, s in sorted(searches.items()):
-        tried = ", ".join(f"{t['lr']:.3g}: {t['val_perplexity']:.2f} ({t['steps']})"
-                          for t in sorted(s["trials"], key=lambda t: t["lr"]))
+        tried = ", ".join(
+            f"{t['lr']:.3g}: {t['val_perplexity']:.2f} ({t['steps']})"
+            for t in sorted(s["trials"], key=lambda t: t["lr"])
+        )
         lines.append(f"| {arm} | {budget_text(s['budget'])} | {tried} | {s['lr']:.3g} |")
     return lines + [""]
 
@@ -133,8 +165,12 @@ def lr_rule_table(rows: dict) -> list[str]:
     trained = {a: r for a, r in rows.items() if "lr_status" in r}
     if not trained:
         return []
-    lines = ["Each trained arm's rate against the learning-rate rule (results.json's `lr`, `budget`, `lr_budget`):", "",
-             "| Arm | Rate | Trained and reported at | Rate searched at (searched arm) |", "|---|---|---|---|"]
+    lines = [
+        "Each trained arm's rate against the learning-rate rule (results.json's `lr`, `budget`, `lr_budget`):",
+        "",
+        "| Arm | Rate | Trained and reported at | Rate searched at (searched arm) |",
+        "|---|---|---|---|",
+    ]
     for arm, r in trained.items():
         lb = r.get("lr_budget")
         same = lb is not None and all(lb.get(k) == r["budget"].get(k) for k in BUDGET_KEYS)
@@ -149,11 +185,16 @@ def budget_text(b: dict | None) -> str:
     """A budget (`arms.budget_of`) in words."""
     if not b:
         return "not recorded"
-    windows = f"{b['windows']:,} windows" + (f" cut every {b['stride']} tokens" if b.get("stride") else "") + \
-        (f" with `{b['extra_text']}`'s text" if b.get("extra_text") else "")
-    return (f"{windows}, {b['epochs']} epoch(s) ({b['steps']:,} steps at most), early stopping on {b['validation']} "
-            f"every {b['eval_every']} steps, patience {b['patience']}"
-            + (f", pruned by {b['pruning']}" if b.get("pruning") else ""))
+    windows = (
+        f"{b['windows']:,} windows"
+        + (f" cut every {b['stride']} tokens" if b.get("stride") else "")
+        + (f" with `{b['extra_text']}`'s text" if b.get("extra_text") else "")
+    )
+    return (
+        f"{windows}, {b['epochs']} epoch(s) ({b['steps']:,} steps at most), early stopping on {b['validation']} "
+        f"every {b['eval_every']} steps, patience {b['patience']}"
+        + (f", pruned by {b['pruning']}" if b.get("pruning") else "")
+    )
 
 
 def rate_cell(info: dict | None) -> str:
@@ -166,8 +207,9 @@ def rate_cell(info: dict | None) -> str:
     if rate_searched(status):
         return f"{rates} ({status})"
     if status == NO_SEARCH:
-        return f"{rates} (rate borrowed/not searched at this budget: no search of its own" + \
-            (f"; the rate of `{source}`'s search)" if source else ")")
+        return f"{rates} (rate borrowed/not searched at this budget: no search of its own" + (
+            f"; the rate of `{source}`'s search)" if source else ")"
+        )
     where = "another arm's" if status == BORROWED else "the same arm's, at another budget"
     return f"{rates} (rate borrowed/not searched at this budget: `{source}`'s search, {where})"
 
@@ -178,9 +220,11 @@ def regimes(trained: list[dict]) -> list[str]:
     for r in trained:
         extra = extra_corpus(r["arm"]) if r["arm"] in ARMS else None
         by.setdefault(budget_text(budget_of(r["config"], extra)), []).append(r)
-    return [f"- {b}: {len(rs)} runs ({len({r['arm'] for r in rs})} arms"
-            + (f", e.g. `{sorted({r['arm'] for r in rs}, key=len)[0]}`)" if rs else ")")
-            for b, rs in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+    return [
+        f"- {b}: {len(rs)} runs ({len({r['arm'] for r in rs})} arms"
+        + (f", e.g. `{sorted({r['arm'] for r in rs}, key=len)[0]}`)" if rs else ")")
+        for b, rs in sorted(by.items(), key=lambda kv: -len(kv[1]))
+    ]
 
 
 def shared_chunk_mlp(records: list[dict]) -> bool:
@@ -214,7 +258,7 @@ def precision_verdict(verdict: str, arms: dict, compared: list[str]) -> str:
     note = precision_note(arms, compared)
     if not note or verdict.startswith("no verdict") or verdict == "-":
         return verdict + note if note and verdict != "-" else verdict
-    return f"no verdict (trained at different precisions: {note[len('; precision differs ('):-1]})"
+    return f"no verdict (trained at different precisions: {note[len('; precision differs (') : -1]})"
 
 
 def needs_cell(needs: dict | None, rate, verdict: str = "") -> str:
@@ -222,7 +266,11 @@ def needs_cell(needs: dict | None, rate, verdict: str = "") -> str:
     if verdict.startswith("no verdict (control"):
         return "no rate to extrapolate (its control's rate was not searched at this budget)"
     if needs is None:
-        return "one seed: no rate to extrapolate" if math.isnan(rate[1]) else "no rate to extrapolate (its interval is not above 0)"
+        return (
+            "one seed: no rate to extrapolate"
+            if math.isnan(rate[1])
+            else "no rate to extrapolate (its interval is not above 0)"
+        )
     if needs["doublings"][0] == 0:
         return "reached"
     d, w = needs["doublings"][0], needs["windows"][0]
@@ -240,23 +288,33 @@ def precision_note(arms: dict, compared: list[str]) -> str:
 
 def lr_check_table(checks: list[dict], arms: dict) -> list[str]:
     """`--lr-check`: seed 0 of an arm at half and twice its rate, against seed 0 at the rate the arms trained with."""
-    lines = ["Learning-rate check at this series' budget (`--lr-check`; seed 0, the same budget and early stopping):", "",
-             "| arm | lr | validation perplexity | steps | against seed 0 at the arms' rate |", "|---|---|---|---|---|"]
+    lines = [
+        "Learning-rate check at this series' budget (`--lr-check`; seed 0, the same budget and early stopping):",
+        "",
+        "| arm | lr | validation perplexity | steps | against seed 0 at the arms' rate |",
+        "|---|---|---|---|---|",
+    ]
     better = []
     for c in sorted(checks, key=lambda c: (c["arm"], c["lr"])):
         base = next((r for r in arms.get(c["arm"], []) if r["seed"] == 0), None)
         if base is None:
             continue
         change = c["val_perplexity"] / base["val_perplexity"] - 1
-        lines.append(f"| {c['arm']} | {c['lr']:.2g} | {c['val_perplexity']:.2f} | {c['steps']} | "
-                     f"{100 * change:+.1f}% (against {base['val_perplexity']:.2f} at {base['lr']:.3g}) |")
+        lines.append(
+            f"| {c['arm']} | {c['lr']:.2g} | {c['val_perplexity']:.2f} | {c['steps']} | "
+            f"{100 * change:+.1f}% (against {base['val_perplexity']:.2f} at {base['lr']:.3g}) |"
+        )
         if change < 0:
             better.append(f"{c['arm']} at {c['lr']:.2g} ({100 * change:+.1f}%)")
     lines.append("")
     if better:
-        lines += ["At this budget a rate the search did not choose trains to a lower validation perplexity (one seed): "
-                  + "; ".join(better) + ". Every arm below was trained at its method's searched rate, so the comparisons "
-                  "hold at those rates, not at each method's best for this budget.", ""]
+        lines += [
+            "At this budget a rate the search did not choose trains to a lower validation perplexity (one seed): "
+            + "; ".join(better)
+            + ". Every arm below was trained at its method's searched rate, so the comparisons "
+            "hold at those rates, not at each method's best for this budget.",
+            "",
+        ]
     else:
         lines += ["Neither half nor twice the searched rate does better at this budget (one seed).", ""]
     return lines
@@ -280,25 +338,36 @@ def pair_cell(pair: str, x: tuple[float, float, float]) -> str:
 
 
 def context_table(c: dict, arms: dict) -> list[str]:
-    lines = ["### (d) Secondary: `context` mode", "",
-             f"The quickstart's mode: the encoder reads the window's first {CONTEXT_READ} tokens, which the LM reads too and "
-             "is not scored "
-             f"on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens (on average) and compared "
-             "only with each other and with the frozen LM scored on the same tokens. The vectors can add trainable capacity, "
-             "but no text the LM does not already read. Learning rate: the injection search's.", "",
-             "| Arm | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen, same tokens (nats/token) | Val perplexity | Still improving at stop |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "### (d) Secondary: `context` mode",
+        "",
+        f"The quickstart's mode: the encoder reads the window's first {CONTEXT_READ} tokens, which the LM reads too and "
+        "is not scored "
+        f"on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens (on average) and compared "
+        "only with each other and with the frozen LM scored on the same tokens. The vectors can add trainable capacity, "
+        "but no text the LM does not already read. Learning rate: the injection search's.",
+        "",
+        "| Arm | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen, same tokens (nats/token) | Val perplexity | Still improving at stop |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in c["rows"].items():
         recs = arms[name]
         if name == "baseline-context":
-            lines.append(f"| Frozen LM (baseline), scored on the same tokens | - | {ci(r['perplexity'], 2)} | - | - | - |")
+            lines.append(
+                f"| Frozen LM (baseline), scored on the same tokens | - | {ci(r['perplexity'], 2)} | - | - | - |"
+            )
             continue
         improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"
-        lines.append(f"| {ARMS[name][3]} | {len(recs)} | {ci(r['perplexity'], 2)} | {ci(r['vs_baseline'], 3, sign=True)} | "
-                     f"{np.mean([x['val_perplexity'] for x in recs]):.2f} | {improving} |")
+        lines.append(
+            f"| {ARMS[name][3]} | {len(recs)} | {ci(r['perplexity'], 2)} | {ci(r['vs_baseline'], 3, sign=True)} | "
+            f"{np.mean([x['val_perplexity'] for x in recs]):.2f} | {improving} |"
+        )
     lines.append("")
     if "content_nats" in c:
         x = c["content_nats"]
         verdict = claim(x, "the embedding's content helps beyond a constant input", "the constant input is better")
-        lines += [f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: {verdict}.", ""]
+        lines += [
+            f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: {verdict}.",
+            "",
+        ]
     return lines

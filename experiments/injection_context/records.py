@@ -1,4 +1,5 @@
 """The injection study's run records, loaded per corpus, and each trained arm's learning rate with the budget it was searched at."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from experiments.injection_context.arms import (ARMS, HERE, design_of)
-from experiments.injection_context.arms import (NO_SEARCH, budget_of,
-                                               extra_corpus, lr_group, lr_status, searched_arm)
+from experiments.injection_context.arms import ARMS, HERE, design_of
+from experiments.injection_context.arms import NO_SEARCH, budget_of, extra_corpus, lr_group, lr_status, searched_arm
 
 
 AT_BUDGET = "lr_at_budget_"  # <runs>/lr_at_budget_<arm>.json: an arm's search under the rule (`run.py --lr-at-budget`)
@@ -40,18 +40,33 @@ def lr_rows(corpus: dict) -> dict[str, dict]:
         if search is not None and search["lr"] not in rates:
             search = None  # the records trained at another rate than this search chose
         if search is None:  # no search of its own: which recorded search chose the rate it trained at, if one did
-            source = next((g for g, s in sorted(corpus["lr"].items(), key=lambda gs: gs[0] != design_of(arm))
-                           if s["lr"] in rates), None)
-            out[arm] = {"lr": rates[0] if len(rates) == 1 else rates, "budget": budget, "lr_status": NO_SEARCH,
-                        "lr_budget": None if source is None else {"search": source, "arm": searched_arm(source),
-                                                                  **search_budget(corpus["lr"][source])}}
+            source = next(
+                (
+                    g
+                    for g, s in sorted(corpus["lr"].items(), key=lambda gs: gs[0] != design_of(arm))
+                    if s["lr"] in rates
+                ),
+                None,
+            )
+            out[arm] = {
+                "lr": rates[0] if len(rates) == 1 else rates,
+                "budget": budget,
+                "lr_status": NO_SEARCH,
+                "lr_budget": None
+                if source is None
+                else {"search": source, "arm": searched_arm(source), **search_budget(corpus["lr"][source])},
+            }
             continue
         lr_budget = search["budget"] if search is at else search_budget(search)
         search_arm = arm if search is at else searched_arm(group)
-        out[arm] = {"lr": search["lr"], "budget": budget, "lr_status": lr_status(arm, budget, search_arm, lr_budget),
-                    "lr_budget": {"search": source, "arm": search_arm, **lr_budget},
-                    # a pruned search's choice over a trial stopped early was not made on the same windows or steps
-                    "lr_settled": search is at or not stopped_beaten(search)}
+        out[arm] = {
+            "lr": search["lr"],
+            "budget": budget,
+            "lr_status": lr_status(arm, budget, search_arm, lr_budget),
+            "lr_budget": {"search": source, "arm": search_arm, **lr_budget},
+            # a pruned search's choice over a trial stopped early was not made on the same windows or steps
+            "lr_settled": search is at or not stopped_beaten(search),
+        }
     return out
 
 
@@ -74,13 +89,19 @@ def load(out: Path) -> dict[str, dict]:
         for group, search in lrs.items():  # the settings the search ran with, where its YAML was kept beside it
             if (folder / f"lr_search_{group}.yaml").is_file():
                 search["settings"] = yaml.safe_load((folder / f"lr_search_{group}.yaml").read_text())
-        at_budget = {r["arm"]: r for r in (json.loads(f.read_text())
-                                           for f in sorted(folder.glob(f"{AT_BUDGET}*.json")))}
+        at_budget = {
+            r["arm"]: r for r in (json.loads(f.read_text()) for f in sorted(folder.glob(f"{AT_BUDGET}*.json")))
+        }
         checks = [json.loads(f.read_text()) for f in sorted((out / "lr_check" / folder.name).glob("*.json"))]
         diverged = [json.loads(f.read_text()) for f in sorted((folder / "diverged").glob("*.json"))]
         if "baseline" in arms:
-            corpora[folder.name] = {"arms": arms, "lr": lrs, "lr_check": checks, "diverged": diverged,
-                                    "lr_at_budget": at_budget}
+            corpora[folder.name] = {
+                "arms": arms,
+                "lr": lrs,
+                "lr_check": checks,
+                "diverged": diverged,
+                "lr_at_budget": at_budget,
+            }
     return corpora
 
 
@@ -106,5 +127,5 @@ def stopped_beaten(search: dict) -> list[dict]:
     if search["lr"] not in rates:
         return []
     at = rates.index(search["lr"])
-    near = set(rates[max(0, at - 1):at] + rates[at + 1:at + 2])
+    near = set(rates[max(0, at - 1) : at] + rates[at + 1 : at + 2])
     return [t for t in search["trials"] if t["lr"] in near and t["steps"] in stopped]

@@ -19,6 +19,7 @@ stopped. RESULTS.md reports seed-level 95% intervals (Student's t over per-seed 
 paired by seed and window) and draws a verdict only where the interval excludes zero over at least 5
 seeds (fewer: "suggestive").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,13 +36,31 @@ from embinject.errors import ConfigError
 from embinject.tracking import flatten
 from embinject.train import resolve_device
 from embinject.train.precision import resolve_dtype
-from experiments.injection_context.arms import (ARM_SETS, ARMS, CURVE, HEADLINE, HERE, IGNORED_SETTINGS, LR_RULE_GRID,
-                                               SEEDS, WINDOW, lr_group)
+from experiments.injection_context.arms import (
+    ARM_SETS,
+    ARMS,
+    CURVE,
+    HEADLINE,
+    HERE,
+    IGNORED_SETTINGS,
+    LR_RULE_GRID,
+    SEEDS,
+    WINDOW,
+    lr_group,
+)
 from experiments.injection_context.describe import shared_chunk_mlp
 from experiments.injection_context.report import write_report
 from experiments.injection_context.rates import bracket, learning_rate, lr_at_budget, lr_source, seed_records
-from experiments.injection_context.train_arm import (arm_config, base_overrides, diverged_path, extra_dir, lr_check_path, missing_references,
-                                                    record_path, study_data)
+from experiments.injection_context.train_arm import (
+    arm_config,
+    base_overrides,
+    diverged_path,
+    extra_dir,
+    lr_check_path,
+    missing_references,
+    record_path,
+    study_data,
+)
 
 LR_CHECK_ARMS = {"prompt": "static-4", "injection": "inject-4"}
 
@@ -82,9 +101,11 @@ def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: 
             had = {**defaults, **had}
             for key in sorted(set(wanted) | set(had)):
                 if key not in IGNORED_SETTINGS and wanted.get(key) != had.get(key):
-                    raise ConfigError(f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
-                                      "runs with other settings belong in another --out folder (a separate series), or "
-                                      "delete that record to run it again")
+                    raise ConfigError(
+                        f"{path}: run with {key}={had.get(key)!r}, but this call asks for {wanted.get(key)!r}; "
+                        "runs with other settings belong in another --out folder (a separate series), or "
+                        "delete that record to run it again"
+                    )
 
 
 def series_precision(args, data_dir: Path) -> str:
@@ -100,9 +121,11 @@ def check_chunk_layout(runs: Path, arms: list[str]) -> None:
     for arm in arms:
         for path, record in seed_records(runs, arm):
             if shared_chunk_mlp([record]):
-                raise ConfigError(f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
-                                  "own rows; this version's runs would mix two designs in one arm: train it in another --out "
-                                  "folder, or delete its records to train it again")
+                raise ConfigError(
+                    f"{path}: trained with one MLP shared by its chunks, before each chunk had its position's "
+                    "own rows; this version's runs would mix two designs in one arm: train it in another --out "
+                    "folder, or delete its records to train it again"
+                )
 
 
 def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
@@ -115,16 +138,31 @@ def check_precision(args, runs: Path, arms: list[str], data_dir: Path) -> str:
         for path, record in seed_records(runs, arm):
             had = record.get("dtype", precision)  # records from before the field: not known
             if had != precision:
-                raise ConfigError(f"{path}: trained in {had}, but this call trains in {precision} (train.dtype on this "
-                                  f"machine); give --set train.dtype={had} to train {arm}'s other seeds as that one "
-                                  "(bfloat16 is several times slower on a CPU without bf16 instructions), or train it in "
-                                  "another --out folder")
+                raise ConfigError(
+                    f"{path}: trained in {had}, but this call trains in {precision} (train.dtype on this "
+                    f"machine); give --set train.dtype={had} to train {arm}'s other seeds as that one "
+                    "(bfloat16 is several times slower on a CPU without bf16 instructions), or train it in "
+                    "another --out folder"
+                )
     return precision
 
 
 def spawn(args, arm: str, seed: int | None = None, lr: float | None = None, lr_check: bool = False) -> int:
-    cmd = [sys.executable, "-m", "experiments.injection_context.train_arm", "--data", str(args.data), "--config", args.config,
-           "--out", str(args.out), "--arm", arm, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.injection_context.train_arm",
+        "--data",
+        str(args.data),
+        "--config",
+        args.config,
+        "--out",
+        str(args.out),
+        "--arm",
+        arm,
+        "--threads",
+        str(args.threads),
+    ]
     cmd += [] if seed is None else ["--seed", str(seed), "--lr", repr(lr)]
     cmd += ["--lr-check"] if lr_check else []
     for o in args.overrides:
@@ -161,12 +199,21 @@ def drive(args) -> int:
     # stopped early has whole comparisons rather than one seed of everything.
     tiers = [[a for a in arms if a in t] for t in (HEADLINE, WINDOW, CURVE)]
     tiers.append([a for a in arms if a not in HEADLINE + WINDOW + CURVE])
-    todo = [(a, s) for tier in tiers for s in args.seeds for a in tier
-            if not record_path(runs, a, s).is_file() and not diverged_path(runs, a, s).is_file()]
+    todo = [
+        (a, s)
+        for tier in tiers
+        for s in args.seeds
+        for a in tier
+        if not record_path(runs, a, s).is_file() and not diverged_path(runs, a, s).is_file()
+    ]
     if missing_references(runs):
         todo.insert(0, ("reference", None))  # evaluation only and quick; every table of the report needs it
     if args.lr_check:
-        todo += [("lr-check", job) for job in lr_check_jobs(lrs) if not lr_check_path(args.out, args.data.name, *job).is_file()]
+        todo += [
+            ("lr-check", job)
+            for job in lr_check_jobs(lrs)
+            if not lr_check_path(args.out, args.data.name, *job).is_file()
+        ]
     print(f"{len(todo)} runs to do; learning rates {lrs}", flush=True)
 
     def one(job):
@@ -182,9 +229,13 @@ def drive(args) -> int:
         lr = rule_rate(runs, arm) or lrs[lr_group(arm)]  # its search at its own budget, where one has run
         if spawn(args, arm, seed, lr) == 0 and args.mlflow and record_path(runs, arm, seed).is_file():  # not diverged
             r = json.loads(record_path(runs, arm, seed).read_text())
-            log_result(args.mlflow, "experiment-injection-context", f"{args.data.name} | {arm} | seed {seed}",
-                       {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},
-                       metrics={"val_perplexity": r["val_perplexity"], "steps": r["steps"], "peak_rss_mb": r["peak_rss_mb"]})
+            log_result(
+                args.mlflow,
+                "experiment-injection-context",
+                f"{args.data.name} | {arm} | seed {seed}",
+                {"corpus": args.data.name, "arm": arm, "seed": seed, "lr": r["lr"]},
+                metrics={"val_perplexity": r["val_perplexity"], "steps": r["steps"], "peak_rss_mb": r["peak_rss_mb"]},
+            )
 
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(one, todo))
@@ -217,17 +268,30 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--mlflow", default=None, help="tracking URI (default: sqlite:///<out>/mlflow.db)")
     p.add_argument("--render-only", action="store_true", help="write RESULTS.md from the records under <out>/runs")
-    p.add_argument("--lr-from", type=Path, help="take the learning rates from the searches of the series in this --out "
-                   "(a series trained longer than those searches ran goes with --lr-check)")
-    p.add_argument("--lr-at-budget", nargs="+", metavar="ARM", default=[],
-                   help="search these arms' learning rates at the budget each is reported at (its own windows, epochs "
-                   "and "
-                   "early stopping; every trial to the end, scored on the whole validation split; "
-                   f"{', '.join(map(str, LR_RULE_GRID))} "
-                   "and one step beyond the best on each side), recorded as runs/<corpus>/lr_at_budget_<arm>.json; the "
-                   "arms' runs then train at that rate. Runs the searches only (no arm's seeds)")
-    p.add_argument("--lr-check", action="store_true", help="also train seed 0 of static-4 and inject-4 at half and twice "
-                   "their method's rate (records under <out>/lr_check/)")
+    p.add_argument(
+        "--lr-from",
+        type=Path,
+        help="take the learning rates from the searches of the series in this --out "
+        "(a series trained longer than those searches ran goes with --lr-check)",
+    )
+    p.add_argument(
+        "--lr-at-budget",
+        nargs="+",
+        metavar="ARM",
+        default=[],
+        help="search these arms' learning rates at the budget each is reported at (its own windows, epochs "
+        "and "
+        "early stopping; every trial to the end, scored on the whole validation split; "
+        f"{', '.join(map(str, LR_RULE_GRID))} "
+        "and one step beyond the best on each side), recorded as runs/<corpus>/lr_at_budget_<arm>.json; the "
+        "arms' runs then train at that rate. Runs the searches only (no arm's seeds)",
+    )
+    p.add_argument(
+        "--lr-check",
+        action="store_true",
+        help="also train seed 0 of static-4 and inject-4 at half and twice "
+        "their method's rate (records under <out>/lr_check/)",
+    )
     args = p.parse_args(argv)
     args.data = args.data.resolve() if args.data else None
     args.out = args.out.resolve()

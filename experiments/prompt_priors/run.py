@@ -12,6 +12,7 @@ priors (Holm-corrected) test the seed study's claim; PCA and t-SNE plots place t
 vocabulary embeddings and the tasks' mean activations. Writes RESULTS.md, results.json, pca.png and
 tsne.png beside this file, and logs every run to MLflow.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,11 +38,20 @@ from experiments.prompt_priors.report import render
 HERE = Path(__file__).resolve().parent
 PRIORS = ("normal", "vocab", "gaussian", "exclusion", "interpolate")
 TASKS = {
-    "sciq_qa": {"path": "sciq_qa", "prompt_template": "Context: {context}\nQuestion: {question}\nAnswer:",
-                "target_template": " {answer}", "seq_len": 64},
+    "sciq_qa": {
+        "path": "sciq_qa",
+        "prompt_template": "Context: {context}\nQuestion: {question}\nAnswer:",
+        "target_template": " {answer}",
+        "seq_len": 64,
+    },
     # The shared validation split holds only the hardest problems; validate on every 10th training row instead.
-    "basic_arithmetic": {"path": "basic_arithmetic/train.jsonl", "prompt_template": "{question}",
-                         "target_template": " {answer}", "seq_len": 24, "val_fraction": 0.1},
+    "basic_arithmetic": {
+        "path": "basic_arithmetic/train.jsonl",
+        "prompt_template": "{question}",
+        "target_template": " {answer}",
+        "seq_len": 24,
+        "val_fraction": 0.1,
+    },
 }
 GENERAL_CORPUS = "wikipedia_en_sample"  # the "general text" cluster in the plots
 CLUSTER_TEXT_ROWS = 40  # prompts per task that define its cluster for the interpolate prior
@@ -66,13 +76,18 @@ def make_config(args, task: str, prior: str, seed: int, method: str = "prompt") 
 def task_prompts(args, task: str) -> tuple[list[str], list[str]]:
     """The filled prompt templates of a task's training and validation rows."""
     spec = TASKS[task]
-    cfg = DataConfig(path=str(Path(args.data) / spec["path"]), prompt_template=spec["prompt_template"],
-                     target_template=spec["target_template"], val_fraction=spec.get("val_fraction", 0.1))
+    cfg = DataConfig(
+        path=str(Path(args.data) / spec["path"]),
+        prompt_template=spec["prompt_template"],
+        target_template=spec["target_template"],
+        val_fraction=spec.get("val_fraction", 0.1),
+    )
     train, val = load_documents(cfg)
     return [p for p, _ in train], [p for p, _ in val]
 
 
 # ---------------------------------------------------------------- answer quality
+
 
 def normalise(text: str) -> str:
     text = text.strip().split("\n")[0].lower()
@@ -108,6 +123,7 @@ def answer_scores(method, prep, tokenizer, max_new_tokens: int) -> tuple[float, 
 
 # ---------------------------------------------------------------- geometry
 
+
 def nearest_token_distance(vectors: torch.Tensor, table: torch.Tensor) -> float:
     return float(torch.cdist(vectors.float(), table.float()).min(dim=1).values.mean())
 
@@ -130,7 +146,12 @@ def run(args) -> dict:
         prep = prepare(cfg)
         base_result, _ = train(cfg, prepared=prep)
         em, f1, examples = answer_scores(Baseline(cfg, prep.lm.model), prep, prep.lm.tokenizer, args.max_new_tokens)
-        baselines[task] = {"exact_match": em, "f1": f1, "val_perplexity": base_result["val_perplexity"], "examples": examples}
+        baselines[task] = {
+            "exact_match": em,
+            "f1": f1,
+            "val_perplexity": base_result["val_perplexity"],
+            "examples": examples,
+        }
         print(f"[{task}] frozen model: EM {em:.3f}, F1 {f1:.3f}, ppl {base_result['val_perplexity']:.2f}", flush=True)
         table = prep.lm.model.get_input_embeddings().weight.detach()
         for prior in args.priors:
@@ -141,20 +162,38 @@ def run(args) -> dict:
                 result, method = train(cfg, prepared=prep)
                 trained = method.prompt.detach().clone()
                 em, f1, examples = answer_scores(method, prep, prep.lm.tokenizer, args.max_new_tokens)
-                row = {"task": task, "prior": prior, "seed": seed, "exact_match": em, "f1": f1,
-                       "val_perplexity": result["val_perplexity"], "baseline_perplexity": result["baseline_perplexity"],
-                       "init_nearest_token": nearest_token_distance(init, table),
-                       "trained_nearest_token": nearest_token_distance(trained, table),
-                       "moved": float((trained - init).norm(dim=1).mean()), "trained_norm": float(trained.norm(dim=1).mean()),
-                       "train_seconds": result["train_seconds"], "steps": result["steps"], "examples": examples}
+                row = {
+                    "task": task,
+                    "prior": prior,
+                    "seed": seed,
+                    "exact_match": em,
+                    "f1": f1,
+                    "val_perplexity": result["val_perplexity"],
+                    "baseline_perplexity": result["baseline_perplexity"],
+                    "init_nearest_token": nearest_token_distance(init, table),
+                    "trained_nearest_token": nearest_token_distance(trained, table),
+                    "moved": float((trained - init).norm(dim=1).mean()),
+                    "trained_norm": float(trained.norm(dim=1).mean()),
+                    "train_seconds": result["train_seconds"],
+                    "steps": result["steps"],
+                    "examples": examples,
+                }
                 runs.append(row)
                 vectors[(task, prior, seed)] = (init, trained)
-                log_result(args.mlflow, "experiment-prompt-priors", f"{task} | {prior} | seed {seed}",
-                           {"task": task, "prior": prior, "seed": seed}, result,
-                           {k: row[k] for k in ("exact_match", "f1", "init_nearest_token", "trained_nearest_token", "moved")})
-                print(f"[{task}] {prior} seed {seed}: EM {em:.3f}, F1 {f1:.3f}, ppl {result['val_perplexity']:.2f}, "
-                      f"nearest token {row['init_nearest_token']:.2f} -> {row['trained_nearest_token']:.2f}, "
-                      f"moved {row['moved']:.2f}", flush=True)
+                log_result(
+                    args.mlflow,
+                    "experiment-prompt-priors",
+                    f"{task} | {prior} | seed {seed}",
+                    {"task": task, "prior": prior, "seed": seed},
+                    result,
+                    {k: row[k] for k in ("exact_match", "f1", "init_nearest_token", "trained_nearest_token", "moved")},
+                )
+                print(
+                    f"[{task}] {prior} seed {seed}: EM {em:.3f}, F1 {f1:.3f}, ppl {result['val_perplexity']:.2f}, "
+                    f"nearest token {row['init_nearest_token']:.2f} -> {row['trained_nearest_token']:.2f}, "
+                    f"moved {row['moved']:.2f}",
+                    flush=True,
+                )
     cfg = make_config(args, "sciq_qa", "vocab", 0)
     lm = shared_lm(cfg.model, "cpu")
     clusters = {task: mean_activations(lm.model, lm.tokenizer, prompts[task][1][: args.plot_texts]) for task in TASKS}
@@ -166,10 +205,20 @@ def run(args) -> dict:
     table = lm.model.get_input_embeddings().weight.detach().float()
     vocab = table[torch.randperm(table.shape[0], generator=g)[: args.plot_vocab]]
     plot_geometry(vocab, clusters, vectors, args.out)
-    return {"runs": runs, "baselines": baselines, "config": make_config(args, args.tasks[0], "vocab", 0).to_dict(),
-            "tasks": {t: TASKS[t] for t in args.tasks}, "priors": list(args.priors), "seeds": args.seeds, "seconds": time.time() - t_start,
-            "machine": machine(), "command": " ".join(sys.argv[1:]),
-            "cluster_distances": {a: {b: float((clusters[a].mean(0) - clusters[b].mean(0)).norm()) for b in clusters} for a in clusters}}
+    return {
+        "runs": runs,
+        "baselines": baselines,
+        "config": make_config(args, args.tasks[0], "vocab", 0).to_dict(),
+        "tasks": {t: TASKS[t] for t in args.tasks},
+        "priors": list(args.priors),
+        "seeds": args.seeds,
+        "seconds": time.time() - t_start,
+        "machine": machine(),
+        "command": " ".join(sys.argv[1:]),
+        "cluster_distances": {
+            a: {b: float((clusters[a].mean(0) - clusters[b].mean(0)).norm()) for b in clusters} for a in clusters
+        },
+    }
 
 
 def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path) -> None:
@@ -191,8 +240,10 @@ def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path)
     pca = PCA(n_components=2, random_state=0).fit(np.concatenate(background))
     reduced50 = PCA(n_components=min(50, points.shape[0] - 1, points.shape[1]), random_state=0).fit_transform(points)
     perplexity = float(min(30, max(2, (points.shape[0] - 1) // 3)))
-    embeddings = {"pca": pca.transform(points),
-                  "tsne": TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(reduced50)}
+    embeddings = {
+        "pca": pca.transform(points),
+        "tsne": TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(reduced50),
+    }
     colours = plt.get_cmap("tab10")
     for name, xy in embeddings.items():
         fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 5), squeeze=False)
@@ -210,8 +261,16 @@ def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path)
                 if t == task:
                     c = colours(5 + priors.index(prior) % 5)
                     ax.scatter(xy[start : start + n, 0], xy[start : start + n, 1], marker="x", s=18, color=c, alpha=0.6)
-                    ax.scatter(xy[start + n : start + 2 * n, 0], xy[start + n : start + 2 * n, 1], marker="o", s=30,
-                               color=c, edgecolors="black", linewidths=0.5, label=f"prompt: {prior}")
+                    ax.scatter(
+                        xy[start + n : start + 2 * n, 0],
+                        xy[start + n : start + 2 * n, 1],
+                        marker="o",
+                        s=30,
+                        color=c,
+                        edgecolors="black",
+                        linewidths=0.5,
+                        label=f"prompt: {prior}",
+                    )
                 start += 2 * n
             ax.set_title(f"{name.upper()}: {task} prompts (o trained, x initial), seed 0", fontsize=9)
             ax.legend(fontsize=6, markerscale=1.5, loc="best")
@@ -222,12 +281,15 @@ def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path)
 
 # ---------------------------------------------------------------- report
 
+
 def main(argv=None) -> int:
     p = experiment_parser(__doc__, HERE, "the shared data root holding sciq_qa/ and basic_arithmetic/")
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--deep-layers", type=int, default=0, help="deep prompts: learned activations entering the last N layers")
+    p.add_argument(
+        "--deep-layers", type=int, default=0, help="deep prompts: learned activations entering the last N layers"
+    )
     p.add_argument("--max-new-tokens", type=int, default=10)
     p.add_argument("--plot-texts", type=int, default=200, help="texts per cluster in the plots")
     p.add_argument("--plot-vocab", type=int, default=1500, help="vocabulary embeddings in the plots")

@@ -1,6 +1,7 @@
 """What a search's step budget lets ASHA do, read from the search file before anything runs (`--dry-run`): its
 rungs, the steps at which trials report, and the mistakes that leave a rung with nothing to judge (a smoke run's
 `--set train.max_steps=4` under a scheduler made for 40 steps: ASHA then stops nothing, and nothing says so)."""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[f
     """ASHA's rungs, smallest first, as Ray Tune's one-bracket ASHA places them (ray 2.60, `_Bracket`):
     grace_period * reduction_factor**k for k below int(log(max_t / grace_period) / log(reduction_factor) + 1)."""
     count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
-    return [grace_period * reduction_factor ** k for k in range(count)]
+    return [grace_period * reduction_factor**k for k in range(count)]
 
 
 def _steps(values) -> str:
@@ -37,29 +38,38 @@ def budget_warnings(search: SearchFile) -> list[str]:
         return []
     if max_steps <= s.grace_period:
         said = "is below" if max_steps < s.grace_period else "equals"
-        return [f"train.max_steps ({max_steps}) {said} ASHA's grace period (tune.scheduler.grace_period: "
-                f"{s.grace_period}): every trial ends before ASHA judges it, so ASHA stops none and each runs all "
-                f"{max_steps} steps; raise train.max_steps, lower tune.scheduler.grace_period and max_t to fit it, "
-                "or set tune.scheduler.type: none"]
+        return [
+            f"train.max_steps ({max_steps}) {said} ASHA's grace period (tune.scheduler.grace_period: "
+            f"{s.grace_period}): every trial ends before ASHA judges it, so ASHA stops none and each runs all "
+            f"{max_steps} steps; raise train.max_steps, lower tune.scheduler.grace_period and max_t to fit it, "
+            "or set tune.scheduler.type: none"
+        ]
     lines = []
     beyond = [r for r in cutting if r >= max_steps]
     if beyond:
-        lines.append(f"ASHA's {_rungs(beyond)} {'are' if len(beyond) > 1 else 'is'} never reached: trials end at "
-                     f"train.max_steps ({max_steps}), below tune.scheduler.max_t ({s.max_t}); raise train.max_steps "
-                     f"to {s.max_t}, or lower tune.scheduler.max_t to {max_steps}")
+        lines.append(
+            f"ASHA's {_rungs(beyond)} {'are' if len(beyond) > 1 else 'is'} never reached: trials end at "
+            f"train.max_steps ({max_steps}), below tune.scheduler.max_t ({s.max_t}); raise train.max_steps "
+            f"to {s.max_t}, or lower tune.scheduler.max_t to {max_steps}"
+        )
     every = search.config.train.eval_every
     if every is None:
         return lines  # once per epoch: how many steps that is depends on the windows the data gives
     reports = range(every, max_steps, every)  # before the last step; the last one stops nothing
     ends = [*rungs[1:], s.max_t]
-    unjudged = [r for r, end in zip(rungs, ends) if r < max_steps and r in cutting
-                and not any(r <= step < min(end, s.max_t) for step in reports)]
+    unjudged = [
+        r
+        for r, end in zip(rungs, ends)
+        if r < max_steps and r in cutting and not any(r <= step < min(end, s.max_t) for step in reports)
+    ]
     if unjudged:
         gap = max(1, math.floor(s.grace_period * (s.reduction_factor - 1)))
-        lines.append(f"ASHA's {_rungs(unjudged)} never judge{'s' * (len(unjudged) == 1)} a trial: trials report "
-                     f"every {every} steps (train.eval_every) and ASHA judges a trial at the highest rung its report "
-                     f"reached, so no report lands on {'them' if len(unjudged) > 1 else 'it'} before a trial's last "
-                     f"step; set train.eval_every to {min(gap, s.grace_period)} or less")
+        lines.append(
+            f"ASHA's {_rungs(unjudged)} never judge{'s' * (len(unjudged) == 1)} a trial: trials report "
+            f"every {every} steps (train.eval_every) and ASHA judges a trial at the highest rung its report "
+            f"reached, so no report lands on {'them' if len(unjudged) > 1 else 'it'} before a trial's last "
+            f"step; set train.eval_every to {min(gap, s.grace_period)} or less"
+        )
     return lines
 
 
@@ -69,5 +79,7 @@ def objectives_line(search: SearchFile) -> str:
     if not t.objectives:
         return f"objective: {t.metric} ({t.mode})"
     goals = ", ".join(f"{o['metric']} ({o['mode']})" for o in t.objectives)
-    return (f"objectives: multi-objective over {goals}: Optuna keeps a Pareto front (pareto_front.csv); ASHA and the "
-            f"champion follow the first, {t.objectives[0]['metric']}")
+    return (
+        f"objectives: multi-objective over {goals}: Optuna keeps a Pareto front (pareto_front.csv); ASHA and the "
+        f"champion follow the first, {t.objectives[0]['metric']}"
+    )

@@ -1,5 +1,6 @@
 """The driver-side Ray Tune callback that forwards trial events (start, result, restart, end) to the
 search's MLflow tracker, and the child runs' readable names."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def time_split(result: dict, queued_at: float | None, received_at: float) -> dic
 def mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path, searched: list[str]):
     """A Ray Tune callback (driver side) forwarding trial events to the search's `SearchTracker`. It
     holds only plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
-    from ray.tune import Callback  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray.tune import (
+        Callback,
+    )  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
     class MlflowCallback(Callback):
         def __init__(self):
@@ -67,7 +70,7 @@ def mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_
 
         def on_step_end(self, iteration, trials, **info):
             now = time.time()
-            for trial in trials[self.known:]:
+            for trial in trials[self.known :]:
                 self.queued.setdefault(trial.trial_id, now)
             self.known = len(trials)
 
@@ -88,15 +91,26 @@ def mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
             if last.get("diverged"):
-                self.tracker.trial_finished(trial.trial_id, "FAILED", {
-                    "failure_reason": "diverged", "error": last["diverged"], "steps": last.get("step", 0)})
+                self.tracker.trial_finished(
+                    trial.trial_id,
+                    "FAILED",
+                    {"failure_reason": "diverged", "error": last["diverged"], "steps": last.get("step", 0)},
+                )
                 return
             finished = bool(last.get("final"))
-            self.tracker.trial_finished(trial.trial_id, "FINISHED", {
-                "stopped_early": not finished, "stopped_by": "" if finished else "scheduler", "steps": last.get("step", 0)})
+            self.tracker.trial_finished(
+                trial.trial_id,
+                "FINISHED",
+                {
+                    "stopped_early": not finished,
+                    "stopped_by": "" if finished else "scheduler",
+                    "steps": last.get("step", 0),
+                },
+            )
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self.tracker.trial_finished(trial.trial_id, "FAILED", {
-                "failure_reason": "error", "error_file": str(trial.error_file or "")})
+            self.tracker.trial_finished(
+                trial.trial_id, "FAILED", {"failure_reason": "error", "error_file": str(trial.error_file or "")}
+            )
 
     return MlflowCallback()

@@ -1,6 +1,7 @@
 """Where a search runs: the resources a trial asks for checked against this machine or the cluster,
 starting or joining Ray (an address that does not answer is one error line, not a hang), and the shared
 caches warmed once in the driver before any trial starts."""
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,15 @@ def local_shortfalls(search: SearchFile, address: str | None) -> list[str]:
         lacking.append(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but this machine has {cpus}")
     if r.gpus > 0:
         if torch.cuda.device_count() == 0:
-            lacking.append(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
-                           "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)")
+            lacking.append(
+                f"tune.resources.gpus: a trial asks for {r.gpus:g} GPU but no GPU is visible here "
+                "(set tune.resources.gpus: 0, or pass --address of a cluster with GPUs)"
+            )
         elif r.gpus > torch.cuda.device_count():
-            lacking.append(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has "
-                           f"{torch.cuda.device_count()}")
+            lacking.append(
+                f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but this machine has "
+                f"{torch.cuda.device_count()}"
+            )
     return lacking
 
 
@@ -64,9 +69,11 @@ def cluster_needs(search: SearchFile) -> str:
     here = f"{os.cpu_count() or 1} CPUs, " + (f"{gpus} GPU{'s' * (gpus > 1)}" if gpus else "no GPU")
     ask = f"{r.cpus:g} CPUs" + (f" and {r.gpus:g} GPU" if r.gpus else "")
     at_once = f"{n * r.cpus:g} CPUs" + (f" and {n * r.gpus:g} GPUs" if r.gpus else "")
-    return (f"this machine ({here}) cannot run this search, whose trials ask for {ask} each (tune.resources): the "
-            f"plan above is a preview. Run it with --address of a Ray cluster that has that for a trial ({n} trials at "
-            f"a time take up to {at_once}); started here, the search stops with exit 2")
+    return (
+        f"this machine ({here}) cannot run this search, whose trials ask for {ask} each (tune.resources): the "
+        f"plan above is a preview. Run it with --address of a Ray cluster that has that for a trial ({n} trials at "
+        f"a time take up to {at_once}); started here, the search stops with exit 2"
+    )
 
 
 def check_cluster_resources(search: SearchFile) -> None:
@@ -75,9 +82,13 @@ def check_cluster_resources(search: SearchFile) -> None:
     total = ray.cluster_resources()
     r = search.tune.resources
     if r.cpus > total.get("CPU", 0):
-        raise ConfigError(f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but the cluster has {total.get('CPU', 0):g}")
+        raise ConfigError(
+            f"tune.resources.cpus: a trial asks for {r.cpus:g} CPUs but the cluster has {total.get('CPU', 0):g}"
+        )
     if r.gpus > total.get("GPU", 0):
-        raise ConfigError(f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but the cluster has {total.get('GPU', 0):g}")
+        raise ConfigError(
+            f"tune.resources.gpus: a trial asks for {r.gpus:g} GPUs but the cluster has {total.get('GPU', 0):g}"
+        )
 
 
 def warm_caches(search: SearchFile) -> None:
@@ -93,8 +104,10 @@ def warm_caches(search: SearchFile) -> None:
     # one warm-up per encoder, through the first searched method whose spec says it reads one
     readers = [s.name for s in METHOD_SPECS.values() if s.needs_encoder and s.name in methods]
     for encoder in sorted(encoders, key=str) if readers else ():
-        cfg = trial_config(search.base, {"method": readers[0], "train.device": "cpu",
-                                         **({"adapter.embedding_model": encoder} if encoder else {})})
+        cfg = trial_config(
+            search.base,
+            {"method": readers[0], "train.device": "cpu", **({"adapter.embedding_model": encoder} if encoder else {})},
+        )
         with stage(f"encoder {cfg.adapter.embedding_model} and its sentence embeddings"):
             baseline_perplexity(prepare(cfg), cfg)
     release_shared_lms()
@@ -139,24 +152,38 @@ def connect(address: str | None, env: dict, verbose: int) -> Path | None:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-            raise ConfigError(f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
-                              "`ray start --head` or pass the address `ray start` printed") from None
+            raise ConfigError(
+                f"--address {address}: cannot reach a Ray cluster there ({reason}); start it with "
+                "`ray start --head` or pass the address `ray start` printed"
+            ) from None
     token_logger = logging.getLogger(RAY_TOKEN_LOGGER)
     if verbose < 2 and not any(isinstance(f, _TokenAuthOnNotice) for f in token_logger.filters):
         token_logger.addFilter(_TokenAuthOnNotice())
     quiet_disk_full_tracebacks()
     starts_ray = not address and not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     ray_default_priority = "RAY_worker_niceness" in os.environ  # the user's own setting wins
-    where = "started on this machine" if starts_ray else \
-        f"joined at {address or os.environ.get('RAY_ADDRESS') or 'its running session'}"
+    where = (
+        "started on this machine"
+        if starts_ray
+        else f"joined at {address or os.environ.get('RAY_ADDRESS') or 'its running session'}"
+    )
     try:
         with stage(f"Ray {where}"):
-            ray.init(address=address, include_dashboard=False, log_to_driver=verbose >= 2, logging_level="WARNING",
-                     runtime_env={"env_vars": env}, ignore_reinit_error=True,
-                     # a copy: Ray writes this session's spilling directory into the dict, which a second search in
-                     # this process would otherwise pass on (the first session's directory, removed by then)
-                     **({RAY_SYSTEM_CONFIG_ARG: dict(LOCAL_RAY_SYSTEM_CONFIG)} if starts_ray and not ray_default_priority
-                        else {}))
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=verbose >= 2,
+                logging_level="WARNING",
+                runtime_env={"env_vars": env},
+                ignore_reinit_error=True,
+                # a copy: Ray writes this session's spilling directory into the dict, which a second search in
+                # this process would otherwise pass on (the first session's directory, removed by then)
+                **(
+                    {RAY_SYSTEM_CONFIG_ARG: dict(LOCAL_RAY_SYSTEM_CONFIG)}
+                    if starts_ray and not ray_default_priority
+                    else {}
+                ),
+            )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first_line(exc)})") from None
     if not starts_ray:
@@ -181,9 +208,17 @@ def _started_at(pid: int) -> str | None:
 
 
 def record_ray_session(exp_dir: Path, session_dir: Path) -> None:
-    atomic_write_text(exp_dir / RAY_SESSION_FILE, json.dumps({
-        "session_dir": str(session_dir), "host": socket.gethostname(), "driver": os.getpid(),
-        "driver_started_at": _started_at(os.getpid())}))
+    atomic_write_text(
+        exp_dir / RAY_SESSION_FILE,
+        json.dumps(
+            {
+                "session_dir": str(session_dir),
+                "host": socket.gethostname(),
+                "driver": os.getpid(),
+                "driver_started_at": _started_at(os.getpid()),
+            }
+        ),
+    )
 
 
 def forget_ray_session(exp_dir: Path | None) -> None:
@@ -226,8 +261,11 @@ def stop_ray_leftovers(root: Path) -> list[str]:
             continue  # a search on another machine sharing the storage: its processes are not here to stop
         if _started_at(driver) is not None and _started_at(driver) == session.get("driver_started_at"):
             continue
-        stopped = sorted(int(p.name) for p in Path("/proc").iterdir()
-                         if p.name.isdigit() and int(p.name) != os.getpid() and _of_session(int(p.name), session_dir))
+        stopped = sorted(
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and int(p.name) != os.getpid() and _of_session(int(p.name), session_dir)
+        )
         for pid in stopped:
             try:
                 os.kill(pid, signal.SIGKILL)  # orphans of a dead session with nothing to save; they ignore SIGTERM
@@ -235,7 +273,9 @@ def stop_ray_leftovers(root: Path) -> list[str]:
                 pass
         record.unlink(missing_ok=True)
         if stopped:
-            lines.append(f"stopped {len(stopped)} Ray process{'es' * (len(stopped) > 1)} (pid "
-                         f"{', '.join(map(str, stopped))}) that search {record.parent.name} left running when its "
-                         "driver was killed")
+            lines.append(
+                f"stopped {len(stopped)} Ray process{'es' * (len(stopped) > 1)} (pid "
+                f"{', '.join(map(str, stopped))}) that search {record.parent.name} left running when its "
+                "driver was killed"
+            )
     return lines

@@ -2,6 +2,7 @@
 in the same second get two folders), a lock held while a search runs in it (a second search or --resume in
 the same folder is refused, not mixed in), and the space it started with (--resume of a changed search
 file is refused instead of continuing the old space under the new name)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,11 @@ def _order(path: Path, name: str) -> tuple:
 
 def newest_search_dir(root: Path, name: str) -> Path:
     """The folder --resume continues: the newest search of that name that got as far as starting."""
-    found = [p for p in root.glob(f"{name}-*") if _order(p, name)[0]
-             and ((p / STATE_FILE).is_file() or (p / LEGACY_STATE_FILE).is_file())]
+    found = [
+        p
+        for p in root.glob(f"{name}-*")
+        if _order(p, name)[0] and ((p / STATE_FILE).is_file() or (p / LEGACY_STATE_FILE).is_file())
+    ]
     if not found:
         raise ConfigError(f"--resume: no earlier search named '{name}' under {root}")
     return max(found, key=lambda p: _order(p, name))
@@ -63,8 +67,10 @@ def search_lock(exp_dir: Path):
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            raise ConfigError(f"{exp_dir}: another embinject search (pid {holder}) is running in this folder; wait for it "
-                              "to end (or stop it) before --resume") from None
+            raise ConfigError(
+                f"{exp_dir}: another embinject search (pid {holder}) is running in this folder; wait for it "
+                "to end (or stop it) before --resume"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -87,8 +93,11 @@ def removed_unless_started(exp_dir: Path):
 def space_identity(search: SearchFile) -> dict:
     """What decides which trials a search runs and how they are judged."""
     tune = dataclasses.asdict(search.tune)
-    identity = {"search": {p.key: p.describe() for p in search.params}, "base": search.base,
-                "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS}}
+    identity = {
+        "search": {p.key: p.describe() for p in search.params},
+        "base": search.base,
+        "tune": {k: tune[k] for k in IDENTITY_TUNE_KEYS},
+    }
     if tune["warm_start"]:  # recorded only when set, so searches recorded before warm starts existed still resume
         identity["tune"]["warm_start"] = tune["warm_start"]
     return identity
@@ -114,17 +123,25 @@ def check_same_space(exp_dir: Path, search: SearchFile) -> None:
     file = exp_dir / SPACE_FILE
     if not file.is_file():
         return  # started before the space was recorded
-    before = flatten(read_space_file(file, "--resume", "restore it (it records the space the search started with, "
-                                                       "which --resume compares with this search file), or start a new "
-                                                       "search without --resume"))
+    before = flatten(
+        read_space_file(
+            file,
+            "--resume",
+            "restore it (it records the space the search started with, "
+            "which --resume compares with this search file), or start a new "
+            "search without --resume",
+        )
+    )
     now = flatten(json.loads(json.dumps(space_identity(search), default=str)))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         key = changed[0]
-        raise ConfigError(f"--resume: {search.source} is not the search {exp_dir.name} started with ({key}: "
-                          f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
-                          f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
-                          "or start a new search without --resume")
+        raise ConfigError(
+            f"--resume: {search.source} is not the search {exp_dir.name} started with ({key}: "
+            f"{before.get(key, 'absent')!r} then, {now.get(key, 'absent')!r} now; {len(changed)} keys differ); "
+            f"resume with the file it started with ({exp_dir / 'search.yaml'}) and the same --set values, "
+            "or start a new search without --resume"
+        )
 
 
 def record_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
@@ -153,17 +170,21 @@ def check_same_pack(exp_dir: Path, search: SearchFile, size: int) -> None:
     file = exp_dir / PACK_FILE
     if not file.is_file():
         return  # started before the pack was recorded
-    hint = "restore it (it says how tune.pack resolved when the search started, which --resume needs), or start a " \
-           "new search without --resume"
+    hint = (
+        "restore it (it says how tune.pack resolved when the search started, which --resume needs), or start a "
+        "new search without --resume"
+    )
     before = read_json_object(file, "--resume", hint)
     setting, then = before.get("setting"), before.get("size")
     if setting is None or not isinstance(then, int) or isinstance(then, bool) or then < 1:
         raise damaged("--resume", file, "no tune.pack setting and pack size", hint)
     if then != size:
-        raise ConfigError(f"--resume: tune.pack resolves otherwise than when search {exp_dir.name} started "
-                          f"({_pack_said(setting, then)} then, {_pack_said(search.tune.pack, size)} now) and Ray "
-                          f"restores its trials only as they started: resume with --set tune.pack="
-                          f"{'off' if then == 1 else then}, or start a new search without --resume")
+        raise ConfigError(
+            f"--resume: tune.pack resolves otherwise than when search {exp_dir.name} started "
+            f"({_pack_said(setting, then)} then, {_pack_said(search.tune.pack, size)} now) and Ray "
+            f"restores its trials only as they started: resume with --set tune.pack="
+            f"{'off' if then == 1 else then}, or start a new search without --resume"
+        )
 
 
 def _checkpoint_index(path: Path) -> int:
@@ -201,6 +222,8 @@ def restore_superseded_checkpoints(exp_dir: Path) -> list[str]:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         trial_id = trial_dir_name.removeprefix("trial_")
-        lines.append(f"resume: trial {trial_id} continues from {newest.name} (Ray's snapshot still named "
-                     f"{named.name}, which it had deleted when {newest.name} was saved)")
+        lines.append(
+            f"resume: trial {trial_id} continues from {newest.name} (Ray's snapshot still named "
+            f"{named.name}, which it had deleted when {newest.name} was saved)"
+        )
     return lines

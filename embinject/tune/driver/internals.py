@@ -17,6 +17,7 @@ Each is here because Ray or Optuna offers no public way to it (checked against R
 - The logger of Ray's private module that announces token authentication, `ray.init`'s `_system_config`, and the
   experiment snapshot's `trial_data` as Ray's own trial loader reads it.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,9 @@ def asha_rungs(scheduler) -> list[tuple[float, float | None]]:
     for bracket in scheduler._brackets:
         for milestone, recorded in reversed(bracket._rungs):  # Ray keeps them highest first
             cut = bracket.cutoff(recorded)
-            rungs.append((milestone, None if cut is None or not math.isfinite(cut)
-                          else float(scheduler._metric_op * cut)))
+            rungs.append(
+                (milestone, None if cut is None or not math.isfinite(cut) else float(scheduler._metric_op * cut))
+            )
     return rungs
 
 
@@ -98,10 +100,17 @@ def snapshot_trial_checkpoints(snapshot: Path) -> dict[str, str]:
 def reporter_settings(reporter) -> dict:
     """A CLIReporter's settings the status text is built from: metric and mode, its columns, rows, column width, when it
     started and how many trials the search runs."""
-    return {"metric": reporter._metric, "mode": reporter._mode, "metric_columns": reporter._metric_columns,
-            "parameter_columns": reporter._parameter_columns, "max_rows": reporter._max_progress_rows,
-            "max_column_length": reporter._max_column_length, "start_time": reporter._start_time,
-            "total_samples": reporter._total_samples, "max_error_rows": reporter._max_error_rows}
+    return {
+        "metric": reporter._metric,
+        "mode": reporter._mode,
+        "metric_columns": reporter._metric_columns,
+        "parameter_columns": reporter._parameter_columns,
+        "max_rows": reporter._max_progress_rows,
+        "max_column_length": reporter._max_column_length,
+        "start_time": reporter._start_time,
+        "total_samples": reporter._total_samples,
+        "max_error_rows": reporter._max_error_rows,
+    }
 
 
 def progress_table(ordered: list, settings: dict, done: bool) -> tuple[list, list, int, str]:
@@ -109,8 +118,15 @@ def progress_table(ordered: list, settings: dict, done: bool) -> tuple[list, lis
     from ray.tune.progress_reporter import _get_progress_table_data  # lazy: Ray Tune takes seconds to import
 
     rows, columns, (overflow, overflow_str) = _get_progress_table_data(
-        ordered, settings["metric_columns"], settings["parameter_columns"], None if done else settings["max_rows"],
-        settings["metric"], settings["mode"], False, settings["max_column_length"])
+        ordered,
+        settings["metric_columns"],
+        settings["parameter_columns"],
+        None if done else settings["max_rows"],
+        settings["metric"],
+        settings["mode"],
+        False,
+        settings["max_column_length"],
+    )
     return rows, columns, overflow, overflow_str
 
 

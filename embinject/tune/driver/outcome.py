@@ -1,5 +1,6 @@
 """What a search call ends with, typed: `SearchOutcome` (the driver returns it; the command prints it; `embinject.search`
 reads it), its trial counts and its registration. Nothing here imports Ray or MLflow."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class TrialCounts:
     """How a search's trials ended, as summary.csv's status and stopped_early columns count them."""
+
     trials: int = 0
     stopped_early: int = 0
     failed: int = 0
@@ -20,13 +22,19 @@ class TrialCounts:
     @classmethod
     def of(cls, rows: list[dict]) -> TrialCounts:
         status = [r["status"] for r in rows]
-        return cls(len(rows), sum(bool(r["stopped_early"]) for r in rows), status.count("error"),
-                   status.count("diverged"), status.count("cut"))
+        return cls(
+            len(rows),
+            sum(bool(r["stopped_early"]) for r in rows),
+            status.count("error"),
+            status.count("diverged"),
+            status.count("cut"),
+        )
 
 
 @dataclass(frozen=True)
 class Registration:
     """The champion in MLflow's registry: `version` of `name`, or why not (`refused`: MLflow's answer)."""
+
     name: str | None = None  # mlflow.register_as; None: the search registers nothing
     version: str | None = None
     champion_moved: bool = True  # the version took the alias `champion` (`line` says why not)
@@ -44,6 +52,7 @@ class SearchOutcome:
     """A search call's end. `interrupted`: the signal that stopped it (nothing else is filled then but the folder and
     MLflow's state); otherwise the best trial (`best`: its summary.csv row, None where no trial finished), the champion
     adapter on disk, its registration, and what the closing lines say."""
+
     experiment_dir: Path
     tracking_uri: str
     experiment: str  # MLflow's experiment

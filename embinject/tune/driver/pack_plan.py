@@ -2,6 +2,7 @@
 part in the pack hosts' lives: started before the first trial on CPUs, ended with the search. The hosts themselves
 run in Ray's workers (`embinject.tune.worker.pack_host`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,33 +53,50 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
         why = unpackable_reason(trial_config(search.base, {"method": first}))
         return PackPlan(1, f"tune.pack: {setting}, but no trial of this search can pack ({why})", key)
     if isinstance(setting, int):
-        limit = f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once" \
-            if t.max_concurrent_trials < setting else ""
+        limit = (
+            f"; tune.max_concurrent_trials ({t.max_concurrent_trials}) caps how many run at once"
+            if t.max_concurrent_trials < setting
+            else ""
+        )
         return PackPlan(setting, f"tune.pack: {setting} trials share each frozen LM{limit}", key)
     cap = auto_cap(search)
     if cap < 2:
         return PackPlan(1, "tune.pack auto: tune.max_concurrent_trials is 1, so no two trials could share a step", key)
     if probe is None:
-        return PackPlan(cap, f"tune.pack auto: at the start, a probe times a packed step of {cap} of this search's "
-                             f"largest trial against {cap} separate steps on the trials' device (and measures their "
-                             "memory on a GPU): they pack where the packed step is faster, else every trial trains "
-                             "alone", key)
+        return PackPlan(
+            cap,
+            f"tune.pack auto: at the start, a probe times a packed step of {cap} of this search's "
+            f"largest trial against {cap} separate steps on the trials' device (and measures their "
+            "memory on a GPU): they pack where the packed step is faster, else every trial trains "
+            "alone",
+            key,
+        )
     k, at_once, packs = probe["k"], probe.get("at_once", 1), probe.get("packs", 1)
     # K steps as unpacked trials would take them, `at_once` side by side, against `packs` packed steps side by side
     separate_s = probe["solo_s"] * packs / at_once
     speedup = separate_s / max(probe["packed_s"], 1e-12)
     against = f" against {packs} packs side by side" if packs > 1 else ""
     side = f", {at_once} at a time as unpacked trials run here{against}," if at_once > 1 else ""
-    speed = (f"a packed step of {k} ran x{speedup:.2f} the speed of {k} separate steps{side} on this "
-             f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
-             f"{separate_s * 1000:.0f} ms, the start's probe)")
+    speed = (
+        f"a packed step of {k} ran x{speedup:.2f} the speed of {k} separate steps{side} on this "
+        f"{probe['device'].split(':')[0].upper()} ({probe['packed_s'] * 1000:.0f} against "
+        f"{separate_s * 1000:.0f} ms, the start's probe)"
+    )
     if k < 2 or speedup < MIN_PROBE_SPEEDUP:
-        room = ("; the GPU holds one trial beside the LM" if k < 2 else
-                f"; auto packs from x{MIN_PROBE_SPEEDUP:g} (what happens outside packed steps costs the rest)")
+        room = (
+            "; the GPU holds one trial beside the LM"
+            if k < 2
+            else f"; auto packs from x{MIN_PROBE_SPEEDUP:g} (what happens outside packed steps costs the rest)"
+        )
         return PackPlan(1, f"tune.pack auto: {speed}{room}; every trial trains alone", key)
-    memory = "" if "per_trial" not in probe else (
-        f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB beside the {probe['lm'] / 2**20:.0f} MiB LM, "
-        f"{probe['free'] / 2**30:.1f} GiB free")
+    memory = (
+        ""
+        if "per_trial" not in probe
+        else (
+            f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB beside the {probe['lm'] / 2**20:.0f} MiB LM, "
+            f"{probe['free'] / 2**30:.1f} GiB free"
+        )
+    )
     return PackPlan(k, f"tune.pack auto: {k} trials share each frozen LM: {speed}{memory}", key)
 
 
@@ -100,16 +118,21 @@ def prestart_hosts(plan: PackPlan, search: SearchFile, base: dict) -> PackPlan:
     import ray.util.client
 
     searched = {p.key for p in search.params if p.kind != "fixed"}
-    if plan.size <= 1 or search.tune.resources.gpus > 0 or ray.util.client.ray.is_connected() or \
-            searched & {"model", "train.dtype", "train.gradient_checkpointing"}:
+    if (
+        plan.size <= 1
+        or search.tune.resources.gpus > 0
+        or ray.util.client.ray.is_connected()
+        or searched & {"model", "train.dtype", "train.gradient_checkpointing"}
+    ):
         return plan
     here, cpus = ray.get_runtime_context().get_node_id(), node_cpus()
     cfg = trial_config(base, {"train.device": "cpu"})
     if cpus >= search.tune.resources.cpus:  # not on a head node that holds no trial
         for lane in range(lanes_used(search, plan.size, cpus)):
             attach(plan, cfg, max(1, round(search.tune.resources.cpus)), lane, here)
-    _STARTERS[plan.key] = ray.remote(HostStarter).options(name=starter_name(plan), namespace=NAMESPACE,
-                                                          num_cpus=0).remote()
+    _STARTERS[plan.key] = (
+        ray.remote(HostStarter).options(name=starter_name(plan), namespace=NAMESPACE, num_cpus=0).remote()
+    )
     return dataclasses.replace(plan, starter=starter_name(plan))
 
 

@@ -3,6 +3,7 @@ table. The table names the search folder (Ray would name its own session folder)
 digits. In a terminal it is printed again only when something in it changed, at most every 15 s; written to a log
 (output not a terminal) it is printed only when a trial starts or ends (at most every 15 s) and otherwise every
 5 minutes, so that a long search's log stays readable."""
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,13 @@ def rounded_line(text: str) -> str:
     return _DECIMAL.sub(lambda m: f"{float(m[0]):.{DIGITS}g}", text)
 
 
-def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length: int, folder: Path | None = None,
-                interactive: bool | None = None):
+def trial_table(
+    parameter_columns: dict,
+    metric_columns: dict,
+    max_column_length: int,
+    folder: Path | None = None,
+    interactive: bool | None = None,
+):
     """Ray's reporter, printing `status` instead of Ray's text. `folder`: the search folder its header names."""
     from ray.tune import CLIReporter  # lazy: only a search that runs needs Ray
 
@@ -66,8 +72,13 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
         def __init__(self):
             # sorted here, not by Ray: its sort fails on a finished trial without a value (a time budget can end a
             # trial before its first evaluation), which ended the search with a traceback
-            super().__init__(parameter_columns=parameter_columns, metric_columns=metric_columns,
-                             max_report_frequency=REDRAW_S, sort_by_metric=False, max_column_length=max_column_length)
+            super().__init__(
+                parameter_columns=parameter_columns,
+                metric_columns=metric_columns,
+                max_report_frequency=REDRAW_S,
+                sort_by_metric=False,
+                max_column_length=max_column_length,
+            )
             self._shown: tuple = ()
             self._printed_at = 0.0
             self.sort_metric: str | None = None
@@ -86,8 +97,11 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
             if not done and since < REDRAW_S:
                 return False
             # a terminal: any value the table shows (as rounded); a log: which trials run and which ended
-            shown = shown_values(trials, list(metric_columns)) if interactive else \
-                tuple(sorted((t.trial_id, t.status) for t in trials))
+            shown = (
+                shown_values(trials, list(metric_columns))
+                if interactive
+                else tuple(sorted((t.trial_id, t.status) for t in trials))
+            )
             if done or shown != self._shown or (not interactive and since >= LOG_QUIET_S):
                 self._shown, self._printed_at = shown, time.time()
                 return True
@@ -98,8 +112,9 @@ def trial_table(parameter_columns: dict, metric_columns: dict, max_column_length
 
 def shown_values(trials: list, metrics: list[str]) -> tuple:
     """What a terminal's table shows of each trial: its status and its metrics as rounded."""
-    return tuple(sorted((t.trial_id, t.status, tuple(rounded((t.last_result or {}).get(m)) for m in metrics))
-                        for t in trials))
+    return tuple(
+        sorted((t.trial_id, t.status, tuple(rounded((t.last_result or {}).get(m)) for m in metrics)) for t in trials)
+    )
 
 
 def status(reporter, trials: list, done: bool, sys_info: tuple, folder: Path | None) -> str:
@@ -111,13 +126,21 @@ def status(reporter, trials: list, done: bool, sys_info: tuple, folder: Path | N
     counts = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
-    lines = ["== Status ==", time_passed_line(r["start_time"], time.time()),
-             *(rounded_line(line) for info in sys_info for line in str(info).splitlines())]
+    lines = [
+        "== Status ==",
+        time_passed_line(r["start_time"], time.time()),
+        *(rounded_line(line) for info in sys_info for line in str(info).splitlines()),
+    ]
     best = best_trial_line(ordered, r["metric"], r["mode"], r["parameter_columns"])
     lines += [best] if best else []
     lines += [f"Search folder: {folder}"] if folder else []
-    lines.append(f"Number of trials: {len(trials)}" + (f"/{r['total_samples']}" if r["total_samples"] else "") +
-                 " (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")")
+    lines.append(
+        f"Number of trials: {len(trials)}"
+        + (f"/{r['total_samples']}" if r["total_samples"] else "")
+        + " ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + ")"
+    )
     if rows:
         lines.append(psql_table([[rounded(cell) for cell in row] for row in rows], columns))
     if overflow:
@@ -135,8 +158,9 @@ def best_trial_line(ordered: list, metric: str | None, mode: str | None, paramet
         return None
     best = (max if mode == "max" else min)(scored, key=lambda t: _value(t, metric))
     params = {short: rounded(best.config.get(key)) for key, short in parameter_columns.items() if key in best.config}
-    return (f"Current best trial: {best.trial_id}, {metric} {rounded(_value(best, metric))}"
-            + (" (" + ", ".join(f"{k} {v}" for k, v in params.items()) + ")" if params else ""))
+    return f"Current best trial: {best.trial_id}, {metric} {rounded(_value(best, metric))}" + (
+        " (" + ", ".join(f"{k} {v}" for k, v in params.items()) + ")" if params else ""
+    )
 
 
 def _value(trial, metric: str | None):
@@ -146,6 +170,7 @@ def _value(trial, metric: str | None):
 
 def finished_last_by_metric(trials: list, metric: str | None, mode: str | None) -> list:
     """The trials in their order, the finished ones last and best first, those without a value after them."""
+
     def key(trial) -> tuple:
         value = trial.last_result.get(metric) if metric else None
         missing = not isinstance(value, (int, float)) or math.isnan(value)

@@ -1,5 +1,6 @@
 """A finished search's results: one row per trial in summary.csv, the best trial (never a failed or
 diverged one), the Pareto front of a multi-objective search, plots, the champion adapter and its MLflow model."""
+
 from __future__ import annotations
 
 import csv
@@ -24,13 +25,17 @@ def objective_value(row: dict, metric: str):
 
 def pareto_front(rows: list[dict], objectives: list[dict]) -> list[dict]:
     """The trials no other trial beats on every objective (at least as good on all, better on one)."""
+
     def key(r):  # smaller is better on every axis
         return [(1 if o["mode"] == "min" else -1) * float(objective_value(r, o["metric"])) for o in objectives]
 
     usable = [r for r in rows if all(objective_value(r, o["metric"]) is not None for o in objectives)]
     keys = [key(r) for r in usable]
-    return [r for r, k in zip(usable, keys)
-            if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)]
+    return [
+        r
+        for r, k in zip(usable, keys)
+        if not any(all(a <= b for a, b in zip(other, k)) and other != k for other in keys)
+    ]
 
 
 def result_trial_id(result) -> str:
@@ -63,18 +68,36 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
         # A finished trial reports the perplexity of the adapter it keeps, scored on every validation window;
         # a trial stopped by the scheduler has only its intermediate evaluations (perhaps on a subset).
         kept = metrics.get("best_val_perplexity") if metrics.get("final") and not metrics.get("diverged") else None
-        row.update({
-            "final_val_perplexity": ppls[-1] if ppls else None,
-            "best_val_perplexity": kept if kept is not None and math.isfinite(kept) else min(ppls) if ppls else None,
-            "baseline_perplexity": metrics.get("baseline_perplexity"),
-            "steps": int(metrics.get("step", 0) or 0),
-            "evaluations": len(history),
-            "stopped_early": bool(history) and not bool(metrics.get("final")) and result.error is None and row["trial_id"] not in cut,
-            "status": ("error" if result.error is not None else "diverged" if metrics.get("diverged")
-                       else "cut" if row["trial_id"] in cut else "not_started" if result.config is None else "ok"),
-            "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
-            "node_id": metrics.get("node_id", ""),
-        })
+        row.update(
+            {
+                "final_val_perplexity": ppls[-1] if ppls else None,
+                "best_val_perplexity": kept
+                if kept is not None and math.isfinite(kept)
+                else min(ppls)
+                if ppls
+                else None,
+                "baseline_perplexity": metrics.get("baseline_perplexity"),
+                "steps": int(metrics.get("step", 0) or 0),
+                "evaluations": len(history),
+                "stopped_early": bool(history)
+                and not bool(metrics.get("final"))
+                and result.error is None
+                and row["trial_id"] not in cut,
+                "status": (
+                    "error"
+                    if result.error is not None
+                    else "diverged"
+                    if metrics.get("diverged")
+                    else "cut"
+                    if row["trial_id"] in cut
+                    else "not_started"
+                    if result.config is None
+                    else "ok"
+                ),
+                "seconds": round(float(metrics.get("time_total_s", 0.0) or 0.0), 2),
+                "node_id": metrics.get("node_id", ""),
+            }
+        )
         row.update({k: metrics.get(k) for k in (*TIME_SPLIT, WALL)})  # where its time went: see callback.time_split
         for o in search.tune.objectives:
             if o["metric"] != "val_perplexity":
@@ -130,16 +153,24 @@ def champion_of(ranked: list[dict], exp_dir: Path) -> tuple[Path | None, dict | 
         if champion is not None:
             if trial is not ranked[0]:
                 gone = ", ".join(r["trial_id"] for r in ranked[: ranked.index(trial)])
-                warn(f"the checkpoints of better trials ({gone}) are not on disk; the champion is trial {trial['trial_id']}, "
-                     "the best one whose adapter is")
+                warn(
+                    f"the checkpoints of better trials ({gone}) are not on disk; the champion is trial {trial['trial_id']}, "
+                    "the best one whose adapter is"
+                )
             return champion, trial
     if ranked:
         warn(f"no finished trial's checkpoint is on disk under {exp_dir}; nothing is registered")
     return None, ranked[0] if ranked else None
 
 
-def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: Path | None, exp_dir: Path, k: int,
-               search_name: str) -> list[dict]:
+def top_models(
+    ranked: list[dict],
+    champion_trial: dict | None,
+    champion_model: Path | None,
+    exp_dir: Path,
+    k: int,
+    search_name: str,
+) -> list[dict]:
     """The k best trials whose adapters are on disk (the champion first), each as an MLflow pyfunc model directory
     under top_models/, for the tracker to log as a logged model on the trial's run, named after the search, its rank
     and its trial."""
@@ -150,32 +181,57 @@ def top_models(ranked: list[dict], champion_trial: dict | None, champion_model: 
         target = champion_model if trial is champion_trial else exp_dir / "top_models" / trial["trial_id"]
         if not target.is_dir():
             save_pyfunc(adapter_on_disk(trial), target)
-        out.append({"trial": trial["trial_id"], "model": str(target), "rank": rank, "steps": trial["steps"],
-                    "val_perplexity": trial["best_val_perplexity"],
-                    "name": logged_model_name(search_name, rank, trial["trial_id"])})
+        out.append(
+            {
+                "trial": trial["trial_id"],
+                "model": str(target),
+                "rank": rank,
+                "steps": trial["steps"],
+                "val_perplexity": trial["best_val_perplexity"],
+                "name": logged_model_name(search_name, rank, trial["trial_id"]),
+            }
+        )
     return out
 
 
-def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], ranked: list[dict], exp_dir: Path,
-                  warm_seconds: float, total_seconds: float, budget_note: str | None = None,
-                  promote: bool = False) -> SearchOutcome:
+def finish_search(
+    search: SearchFile,
+    tracker: SearchTracker,
+    rows: list[dict],
+    ranked: list[dict],
+    exp_dir: Path,
+    warm_seconds: float,
+    total_seconds: float,
+    budget_note: str | None = None,
+    promote: bool = False,
+) -> SearchOutcome:
     """The search's end from its summary rows: plots, the Pareto front, the champion copied and saved as an MLflow model,
     the best trials' models, everything sent to MLflow (`tracker.finish`), and the outcome the command prints."""
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
-    curves = {f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]]) for r in rows if r["_history"]}
+    curves = {
+        f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]])
+        for r in rows
+        if r["_history"]
+    }
     artifacts = [exp_dir / "summary.csv"]
     if curves:
         artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
-        scored = [ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"]) for r in rows
-                  if r["best_val_perplexity"] is not None]
+        scored = [
+            ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"])
+            for r in rows
+            if r["best_val_perplexity"] is not None
+        ]
         direction = "minimize" if search.tune.mode == "min" else "maximize"
         artifacts += search_plots(search.params, scored, exp_dir, direction, "best_val_perplexity")
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]
     if objectives and front:
         names = [o["metric"] for o in objectives[:2]]
-        points = [(objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"]) for r in rows
-                  if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"]
+        points = [
+            (objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"])
+            for r in rows
+            if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"
+        ]
         artifacts.append(pareto_plot(points, {r["trial_id"] for r in front}, names, exp_dir / "pareto_front.png"))
         table = io.StringIO()
         fields = ["trial_id", *[o["metric"] for o in objectives], *search.searched]
@@ -187,33 +243,66 @@ def finish_search(search: SearchFile, tracker: SearchTracker, rows: list[dict], 
     model = None
     if champion is not None:
         model = save_pyfunc(champion, exp_dir / "champion_model")
-    top = top_models(ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top,
-                     search.tune.name)
+    top = top_models(
+        ranked, best if champion is not None else None, model, exp_dir, search.mlflow.keep_top, search.tune.name
+    )
     counts = TrialCounts.of(rows)
-    metrics = {"trials": counts.trials, "trials_stopped_early": counts.stopped_early, "trials_failed": counts.failed,
-               "trials_diverged": counts.diverged, "trials_cut": counts.cut, "warm_cache_seconds": warm_seconds,
-               "search_seconds": total_seconds, "total_steps": sum(r["steps"] for r in rows)}
+    metrics = {
+        "trials": counts.trials,
+        "trials_stopped_early": counts.stopped_early,
+        "trials_failed": counts.failed,
+        "trials_diverged": counts.diverged,
+        "trials_cut": counts.cut,
+        "warm_cache_seconds": warm_seconds,
+        "search_seconds": total_seconds,
+        "total_steps": sum(r["steps"] for r in rows),
+    }
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
     version_tags = {}
     if best is not None:
-        version_tags = {"method": best["_config"].get("method", search.config.method), "trial_id": best["trial_id"],
-                        "val_perplexity": f"{best['best_val_perplexity']:.6g}", "search": exp_dir.name,
-                        "baseline_perplexity": f"{baseline:.6g}" if baseline else "",
-                        # what decides whether it may take the alias from the version holding it (ranked as above)
-                        **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity",
-                                            search.tune.mode)}
+        version_tags = {
+            "method": best["_config"].get("method", search.config.method),
+            "trial_id": best["trial_id"],
+            "val_perplexity": f"{best['best_val_perplexity']:.6g}",
+            "search": exp_dir.name,
+            "baseline_perplexity": f"{baseline:.6g}" if baseline else "",
+            # what decides whether it may take the alias from the version holding it (ranked as above)
+            **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity", search.tune.mode),
+        }
     register_as = search.mlflow.register_as if champion else None
-    tracker.finish(metrics, artifacts, champion, register_as, model, best["trial_id"] if best else None, version_tags,
-                   top, promote)
+    tracker.finish(
+        metrics, artifacts, champion, register_as, model, best["trial_id"] if best else None, version_tags, top, promote
+    )
     state = tracker.state
     return SearchOutcome(
-        exp_dir, tracker.tracking_uri, tracker.experiment, tracker.parent_id, tracker.pending,
+        exp_dir,
+        tracker.tracking_uri,
+        tracker.experiment,
+        tracker.parent_id,
+        tracker.pending,
         best=None if best is None else {k: v for k, v in best.items() if not k.startswith("_")},
-        champion=champion, champion_model=model, top_models=[t["trial"] for t in top],
-        registration=Registration(register_as, state["registered_version"], state.get("champion_moved", True),
-                                  state.get("champion_line"), state.get("registration_refused")),
-        pareto_front=[{"trial_id": r["trial_id"], **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
-                       **{k: r.get(k) for k in search.searched}} for r in front],
-        counts=counts, warm_cache_seconds=warm_seconds, search_seconds=total_seconds,
-        total_steps=metrics["total_steps"], budget_note=budget_note)
+        champion=champion,
+        champion_model=model,
+        top_models=[t["trial"] for t in top],
+        registration=Registration(
+            register_as,
+            state["registered_version"],
+            state.get("champion_moved", True),
+            state.get("champion_line"),
+            state.get("registration_refused"),
+        ),
+        pareto_front=[
+            {
+                "trial_id": r["trial_id"],
+                **{o["metric"]: objective_value(r, o["metric"]) for o in objectives},
+                **{k: r.get(k) for k in search.searched},
+            }
+            for r in front
+        ],
+        counts=counts,
+        warm_cache_seconds=warm_seconds,
+        search_seconds=total_seconds,
+        total_steps=metrics["total_steps"],
+        budget_note=budget_note,
+    )

@@ -1,6 +1,7 @@
 """The search driver: `run_search(search)` checks every place it will write, warms the shared caches,
 starts or joins Ray, runs the Tuner with the searcher, scheduler and MLflow callback, and finishes with
 the summary and the champion. It is the one place a search starts; `--resume` continues the newest one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,13 +19,37 @@ from ...errors import first_line, prog
 from ...fsutil import atomic_write_text, check_writable, sweep_scratch
 from ...models import cache_root
 from ...space import SearchFile, apply_params
-from ...tracking import (check_tracking_uri, dataset_record, default_tracking_uri, quiet_mlflow, runs_table_url,
-                        source_tags, tracker_for)
+from ...tracking import (
+    check_tracking_uri,
+    dataset_record,
+    default_tracking_uri,
+    quiet_mlflow,
+    runs_table_url,
+    source_tags,
+    tracker_for,
+)
 from .callback import mlflow_callback, short_key
-from .folder import (check_same_pack, check_same_space, new_search_dir, newest_search_dir, record_pack, record_space,
-                     recorded_pack_size, removed_unless_started, restore_superseded_checkpoints, search_lock)
-from .cluster import (check_cluster_resources, check_local_resources, connect, forget_ray_session, record_ray_session,
-                      stop_ray_leftovers, warm_caches)
+from .folder import (
+    check_same_pack,
+    check_same_space,
+    new_search_dir,
+    newest_search_dir,
+    record_pack,
+    record_space,
+    recorded_pack_size,
+    removed_unless_started,
+    restore_superseded_checkpoints,
+    search_lock,
+)
+from .cluster import (
+    check_cluster_resources,
+    check_local_resources,
+    connect,
+    forget_ray_session,
+    record_ray_session,
+    stop_ray_leftovers,
+    warm_caches,
+)
 from .results import finish_search, summarize, trial_ids
 from .searcher import make_scheduler, make_searcher
 from ..worker import member
@@ -60,6 +85,7 @@ def check_places(search: SearchFile, tracking_uri: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class BudgetEnd:
     """`tune.time_budget_s` ended the search: the budget, the trials planned, started, and cut mid-training."""
+
     seconds: float
     planned: int
     started: int
@@ -70,15 +96,21 @@ class BudgetEnd:
         if any_finished:
             return f"{budget}: {self.started} of {self.planned} trials started, {self.cut} of them cut mid-training"
         # not a failure of any trial: the budget was too short for one to finish, so the fix is the budget
-        ran = (f"before any trial started ({self.planned} planned)" if not self.started else
-               f"before any trial finished: {self.started} of {self.planned} trials started, {self.cut} of them cut "
-               "mid-training")
-        return (f"{budget} {ran}; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
-                "train.max_steps, so that a trial can finish within it")
+        ran = (
+            f"before any trial started ({self.planned} planned)"
+            if not self.started
+            else f"before any trial finished: {self.started} of {self.planned} trials started, {self.cut} of them cut "
+            "mid-training"
+        )
+        return (
+            f"{budget} {ran}; no result, nothing registered: raise tune.time_budget_s (or remove it), or lower "
+            "train.max_steps, so that a trial can finish within it"
+        )
 
 
-def ended_by_the_search(tracker, search: SearchFile, known: set[str],
-                        seconds: float) -> tuple[frozenset, BudgetEnd | None]:
+def ended_by_the_search(
+    tracker, search: SearchFile, known: set[str], seconds: float
+) -> tuple[frozenset, BudgetEnd | None]:
     """Trials that Ray stopped mid-training because the search itself ended (`tune.time_budget_s`): they end KILLED
     in MLflow, `cut` in summary.csv, and one line says so, rather than staying RUNNING or passing as stopped by ASHA.
     `known`: the trials in Ray's results. A trial that started just before a kill, before Ray's saved state named it,
@@ -89,10 +121,16 @@ def ended_by_the_search(tracker, search: SearchFile, known: set[str],
     for trial_id in lost:
         tracker.trial_finished(trial_id, "KILLED", {"stopped_by": "lost_at_kill"})
     if lost:
-        named, runs, place = (("them", "their MLflow runs end", "other trials in their place") if len(lost) > 1 else
-                              ("it", "its MLflow run ends", "another trial in its place"))
-        print(f"trial{'s' * (len(lost) > 1)} {', '.join(lost)} started just before the search was killed and Ray's saved "
-              f"state did not name {named}: {runs} KILLED (stopped_by lost_at_kill); the search ran {place}", flush=True)
+        named, runs, place = (
+            ("them", "their MLflow runs end", "other trials in their place")
+            if len(lost) > 1
+            else ("it", "its MLflow run ends", "another trial in its place")
+        )
+        print(
+            f"trial{'s' * (len(lost) > 1)} {', '.join(lost)} started just before the search was killed and Ray's saved "
+            f"state did not name {named}: {runs} KILLED (stopped_by lost_at_kill); the search ran {place}",
+            flush=True,
+        )
     cut = frozenset(t for t in unended if t in known)
     budget = search.tune.time_budget_s
     reason = "time_budget" if budget and seconds >= budget else "search_end"
@@ -106,8 +144,10 @@ def ended_by_the_search(tracker, search: SearchFile, known: set[str],
 
 def registration_problem(refused: str, exp_dir: Path) -> str:
     """The line for a champion MLflow would not register: what it said, and where the adapter is all the same."""
-    return (f"{refused}; nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
-            f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model")
+    return (
+        f"{refused}; nothing was registered. The champion is {exp_dir / 'champion'} (as an MLflow model: "
+        f"{exp_dir / 'champion_model'}); register it by hand with mlflow.register_model"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +155,14 @@ class SearchRun:
     """One search call and its plans, each made once before any work: the search file, where and how it runs, how
     `tune.pack` resolves (`pack`: None where `auto` on GPUs measures the largest trial's memory first, once Ray is up),
     whether --resume hands Ray its saved state (`restoring`), and the earlier searches it starts from (`warm`)."""
+
     search: SearchFile
     address: str | None = None
     resume: bool = False
     verbose: int = 1
-    promote: bool = False  # the champion takes the registered model's alias `champion` whether or not it beats its holder
+    promote: bool = (
+        False  # the champion takes the registered model's alias `champion` whether or not it beats its holder
+    )
     pack: PackPlan | None = None
     restoring: bool = False
     warm: WarmStart = dataclasses.field(default_factory=WarmStart)
@@ -150,8 +193,12 @@ def pack_plan_for(run: SearchRun, exp_dir: Path) -> PackPlan:
     if run.restoring:
         size = recorded_pack_size(exp_dir)
         if size is not None:
-            return PackPlan(size, f"tune.pack auto: {'every trial alone' if size == 1 else f'packs of {size}'}, as the "
-                                  "probe found when the search started", key)
+            return PackPlan(
+                size,
+                f"tune.pack auto: {'every trial alone' if size == 1 else f'packs of {size}'}, as the "
+                "probe found when the search started",
+                key,
+            )
     r = search.tune.resources
     device = "cuda" if r.gpus > 0 else "cpu"
     worst = {**largest_trial(search), "method": packable_methods(search)[0]}
@@ -202,7 +249,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # saving the champion model: no progress bars
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # saving the champion model: no progress bars
     import optuna  # lazy, as Ray below
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -211,8 +260,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_search(search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1,
-               promote: bool = False) -> SearchOutcome:
+def run_search(
+    search: SearchFile, address: str | None = None, resume: bool = False, verbose: int = 1, promote: bool = False
+) -> SearchOutcome:
     """The search (`resume`: the newest one of its name, continued), from its checks to its champion. Bad input, a
     finished search to resume (`AlreadyFinished`) and a place it cannot write are answered before Ray starts."""
     _quiet_libraries()
@@ -220,7 +270,9 @@ def run_search(search: SearchFile, address: str | None = None, resume: bool = Fa
     run = SearchRun(search, address, resume, verbose, promote, pack=None if needs_probe(search) else plan_pack(search))
     check_places(search, run.tracking_uri)
     if not resume:
-        run = dataclasses.replace(run, warm=read_warm_start(search))  # before any work: a missing folder is answered at once
+        run = dataclasses.replace(
+            run, warm=read_warm_start(search)
+        )  # before any work: a missing folder is answered at once
         for line in run.warm.lines():
             print(line, flush=True)
         return _search_in(None, run)
@@ -245,14 +297,23 @@ def refuse_finished(run: SearchRun, exp_dir: Path) -> None:
     if kept:
         tracker.sync(force=True)
     sent, left = kept - tracker.pending, tracker.pending
-    problems = [f"{left} MLflow records are still kept in {tracker.journal}: MLflow at {run.tracking_uri} did not take "
-                "them (see above); --resume sends them once it does"] if left else []
+    problems = (
+        [
+            f"{left} MLflow records are still kept in {tracker.journal}: MLflow at {run.tracking_uri} did not take "
+            "them (see above); --resume sends them once it does"
+        ]
+        if left
+        else []
+    )
     if tracker.state.get("registration_refused"):
         problems.append(registration_problem(tracker.state["registration_refused"], exp_dir))
     said = tracker.state.get("champion_line") if sent else None  # the end, registration included, was kept
-    raise AlreadyFinished(f"search {exp_dir.name} has already finished; nothing to resume"
-                          + (f" ({sent} kept MLflow records sent)" if sent else "")
-                          + (f"\n{said}" if said else ""), "; ".join(problems) or None)
+    raise AlreadyFinished(
+        f"search {exp_dir.name} has already finished; nothing to resume"
+        + (f" ({sent} kept MLflow records sent)" if sent else "")
+        + (f"\n{said}" if said else ""),
+        "; ".join(problems) or None,
+    )
 
 
 def _search_in(exp_dir: Path | None, run: SearchRun) -> SearchOutcome:
@@ -261,8 +322,18 @@ def _search_in(exp_dir: Path | None, run: SearchRun) -> SearchOutcome:
 
     imports_line()
     search, address = run.search, run.address
-    env = {k: os.environ[k] for k in ("EMBINJECT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-                                      "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    env = {
+        k: os.environ[k]
+        for k in (
+            "EMBINJECT_CACHE",
+            "HF_HOME",
+            "HF_HUB_OFFLINE",
+            "HF_DATASETS_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "TOKENIZERS_PARALLELISM",
+        )
+        if k in os.environ
+    }
     if "://" not in search.tune.storage_path:
         for line in stop_ray_leftovers(run.storage.expanduser().resolve()):
             print(line, flush=True)
@@ -299,12 +370,22 @@ def _start_tracker(run: SearchRun, exp_dir: Path):
     """The search's MLflow tracker, its parent run started (or found again on --resume)."""
     search = run.search
     tracker = tracker_for(run.tracking_uri, search.mlflow.experiment, exp_dir, run.artifact_root)
-    tracker.start(exp_dir.name, {"search": {p.key: p.describe() for p in search.params},
-                                 "tune": dataclasses.asdict(search.tune),
-                                 "base": search.base}, exp_dir / "search.yaml",
-                  {"search_file": search.source, "experiment_dir": str(exp_dir), **run.warm.tags(search.tune.warm_start),
-                   **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}")},
-                  dataset_record(search.config))
+    tracker.start(
+        exp_dir.name,
+        {
+            "search": {p.key: p.describe() for p in search.params},
+            "tune": dataclasses.asdict(search.tune),
+            "base": search.base,
+        },
+        exp_dir / "search.yaml",
+        {
+            "search_file": search.source,
+            "experiment_dir": str(exp_dir),
+            **run.warm.tags(search.tune.warm_start),
+            **source_tags(f"{prog('tune')} {shlex.join(sys.argv[1:])}"),
+        },
+        dataset_record(search.config),
+    )
     return tracker
 
 
@@ -318,17 +399,32 @@ def _run_config(run: SearchRun, exp_dir: Path):
     unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
     # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
     # columns are as wide as the longest searched value (hub ids included), within reason.
-    longest = max([len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args]
-                  + [20])
-    reporter = trial_table({k: short_key(k) for k in unconditional},
-                           {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl",
-                            "tokens_per_second": "tok/s"}, min(longest, 60), exp_dir)
+    longest = max(
+        [len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args] + [20]
+    )
+    reporter = trial_table(
+        {k: short_key(k) for k in unconditional},
+        {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl", "tokens_per_second": "tok/s"},
+        min(longest, 60),
+        exp_dir,
+    )
     return tune.RunConfig(
-        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=run.verbose,
-        callbacks=[mlflow_callback(run.tracking_uri, search.mlflow.experiment, exp_dir, run.artifact_root,
-                                   [p.key for p in search.params if p.kind != "fixed"])],
+        name=exp_dir.name,
+        storage_path=str(exp_dir.parent),
+        verbose=run.verbose,
+        callbacks=[
+            mlflow_callback(
+                run.tracking_uri,
+                search.mlflow.experiment,
+                exp_dir,
+                run.artifact_root,
+                [p.key for p in search.params if p.kind != "fixed"],
+            )
+        ],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures), progress_reporter=reporter)
+        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures),
+        progress_reporter=reporter,
+    )
 
 
 def _tuner(run: SearchRun, exp_dir: Path, fn):
@@ -338,8 +434,10 @@ def _tuner(run: SearchRun, exp_dir: Path, fn):
     search = run.search
     if run.restoring:
         if search.tune.warm_start:
-            print("warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",
-                  flush=True)
+            print(
+                "warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",
+                flush=True,
+            )
         for line in restore_superseded_checkpoints(exp_dir):
             print(line, flush=True)
         return tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
@@ -347,11 +445,20 @@ def _tuner(run: SearchRun, exp_dir: Path, fn):
         for line in run.warm.lines():
             print(line, flush=True)
     t = search.tune
-    return tune.Tuner(fn, run_config=_run_config(run, exp_dir), tune_config=tune.TuneConfig(
-        metric=t.metric, mode=t.mode, search_alg=make_searcher(search, exp_dir, run.warm),
-        scheduler=make_scheduler(search),
-        num_samples=t.num_samples, time_budget_s=t.time_budget_s, reuse_actors=t.reuse_actors,
-        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"))
+    return tune.Tuner(
+        fn,
+        run_config=_run_config(run, exp_dir),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            search_alg=make_searcher(search, exp_dir, run.warm),
+            scheduler=make_scheduler(search),
+            num_samples=t.num_samples,
+            time_budget_s=t.time_budget_s,
+            reuse_actors=t.reuse_actors,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+    )
 
 
 def _run_tuner(exp_dir: Path, run: SearchRun, warm_seconds: float, t0: float) -> SearchOutcome:
@@ -375,17 +482,33 @@ def _run_tuner(exp_dir: Path, run: SearchRun, warm_seconds: float, t0: float) ->
     if stop.signum is not None:
         signum = signal.Signals(stop.signum)
         tracker.interrupted(signum.name)
-        return SearchOutcome(exp_dir, tracker.tracking_uri, tracker.experiment, tracker.parent_id, tracker.pending,
-                             interrupted=signum)
+        return SearchOutcome(
+            exp_dir, tracker.tracking_uri, tracker.experiment, tracker.parent_id, tracker.pending, interrupted=signum
+        )
     tracker.proceeding()  # where Ray's saved callback predates `setup` calling it (searches started before it did)
     cut, budget_end = ended_by_the_search(tracker, search, trial_ids(grid), time.time() - t0)
     rows, ranked = summarize(grid, search, exp_dir, cut)
-    has_study = close_study(exp_dir, rows, [o["metric"] for o in search.tune.objectives] or [search.tune.metric],
-                            "time_budget" if budget_end else "search_end")
-    outcome = finish_search(search, tracker, rows, ranked, exp_dir, warm_seconds, time.time() - t0,
-                            budget_end.line(any_finished=bool(ranked)) if budget_end else None, run.promote)
+    has_study = close_study(
+        exp_dir,
+        rows,
+        [o["metric"] for o in search.tune.objectives] or [search.tune.metric],
+        "time_budget" if budget_end else "search_end",
+    )
+    outcome = finish_search(
+        search,
+        tracker,
+        rows,
+        ranked,
+        exp_dir,
+        warm_seconds,
+        time.time() - t0,
+        budget_end.line(any_finished=bool(ranked)) if budget_end else None,
+        run.promote,
+    )
     return outcome.with_(
         parent_run_id=tracker.parent_id,
         warm_note=run.warm.better_earlier(outcome.best and outcome.best["best_val_perplexity"], search.tune.mode),
         runs_url=runs_table_url(run.tracking_uri, tracker.experiment_id),
-        optuna_study=study_name(exp_dir) if has_study else None, optuna_journal=journal_path(exp_dir) if has_study else None)
+        optuna_study=study_name(exp_dir) if has_study else None,
+        optuna_journal=journal_path(exp_dir) if has_study else None,
+    )

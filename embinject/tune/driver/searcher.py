@@ -5,6 +5,7 @@ The two classes, `StudySearch` and `ASHA`, are Ray's classes with this module's 
 class without Ray (`StudySearchBehaviour`, `ASHABehaviour`) and joined with its Ray base on first use (`__getattr__`
 `ray_class`), so that importing this module does not import Ray (seconds), and bad input or --dry-run is answered first.
 Both are named in this module, so pickle (Ray's saved state) finds them by name."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,14 @@ import warnings
 from pathlib import Path
 
 from ...space import DefineByRun, SearchFile, optuna_value
-from .internals import (asha_rungs, asha_stopped, mark_searcher_trial_ended, searcher_study, searcher_trials,
-                        uncount_asha_stop)
+from .internals import (
+    asha_rungs,
+    asha_stopped,
+    mark_searcher_trial_ended,
+    searcher_study,
+    searcher_trials,
+    uncount_asha_stop,
+)
 from .study import TRIAL_ID, curve_point, end_trial, journal_path, outcome, study_name, study_storage
 from .warm import WarmStart, WarmTrial
 
@@ -26,8 +33,9 @@ def optuna_sampler(t):
         return optuna.samplers.RandomSampler(seed=t.seed)
     with warnings.catch_warnings():  # multivariate and group are marked experimental in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=t.seed, n_startup_trials=t.random_trials_first,
-                                          multivariate=t.multivariate, group=t.multivariate)
+        return optuna.samplers.TPESampler(
+            seed=t.seed, n_startup_trials=t.random_trials_first, multivariate=t.multivariate, group=t.multivariate
+        )
 
 
 class StudySearchBehaviour:
@@ -37,8 +45,15 @@ class StudySearchBehaviour:
     the two baselines. Its state (the prior and the starting points still waiting) is saved for --resume, which finds
     the study as the journal has it. OptunaSearch's study and trials are reached through .internals."""
 
-    def __init__(self, *args, distributions: dict, completed: list[WarmTrial], prior: list[WarmTrial],
-                 points: list[dict], **kwargs):
+    def __init__(
+        self,
+        *args,
+        distributions: dict,
+        completed: list[WarmTrial],
+        prior: list[WarmTrial],
+        points: list[dict],
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         # The starting points are enqueued one at a time as trials are asked for, rather than all at once as
         # Ray does: then a point waits only in this state, which Ray saves with its trials, never in the journal
@@ -52,10 +67,16 @@ class StudySearchBehaviour:
 
         state = optuna.trial.TrialState.COMPLETE if trial.ok else optuna.trial.TrialState.FAIL
         attrs = {"warm_start": True, **({"warm_start_rescaled": True} if rescaled else {})}
-        searcher_study(self).add_trial(optuna.trial.create_trial(
-            state=state, value=value if trial.ok else None, params=trial.params,
-            distributions={k: self._distributions[k] for k in trial.params},
-            intermediate_values=intermediate if trial.ok else None, user_attrs=attrs))
+        searcher_study(self).add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value if trial.ok else None,
+                params=trial.params,
+                distributions={k: self._distributions[k] for k in trial.params},
+                intermediate_values=intermediate if trial.ok else None,
+                user_attrs=attrs,
+            )
+        )
 
     def _ended(self, trial_id: str) -> bool:
         """Whether the study has this trial ended: told before a kill, after the state --resume restored."""
@@ -127,8 +148,10 @@ class ASHABehaviour:
 
     def debug_string(self) -> str:
         rungs = [f"step {milestone:g}: {'-' if cut is None else f'{cut:.4g}'}" for milestone, cut in asha_rungs(self)]
-        return (f"ASHA: {asha_stopped(self)} stopped early; {self.metric} a trial must beat to go on, "
-                f"per rung: " + ", ".join(rungs))
+        return (
+            f"ASHA: {asha_stopped(self)} stopped early; {self.metric} a trial must beat to go on, "
+            f"per rung: " + ", ".join(rungs)
+        )
 
 
 def _study_search_class():
@@ -151,7 +174,9 @@ def ray_class(name: str) -> type:
     cls = globals().get(name)
     if cls is None:
         behaviour, base = _RAY_CLASSES[name]()
-        cls = type(name, (behaviour, base), {"__module__": __name__, "__qualname__": name, "__doc__": behaviour.__doc__})
+        cls = type(
+            name, (behaviour, base), {"__module__": __name__, "__qualname__": name, "__doc__": behaviour.__doc__}
+        )
         globals()[name] = cls
     return cls
 
@@ -166,7 +191,9 @@ def __getattr__(name: str):
 def make_searcher(search: SearchFile, exp_dir: Path, warm: WarmStart | None = None):
     """Ray's OptunaSearch over the search's space, its study begun in `exp_dir`'s journal (see .study). It runs where
     Ray starts a search from nothing, so a journal already there is of a start Ray kept no state of: begun again."""
-    from ray.tune.search import ConcurrencyLimiter  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray.tune.search import (
+        ConcurrencyLimiter,
+    )  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
     t = search.tune
     warm = warm or WarmStart()
@@ -177,9 +204,17 @@ def make_searcher(search: SearchFile, exp_dir: Path, warm: WarmStart | None = No
     points = [{k: optuna_value(v) for k, v in p.items()} for p in warm.first_points(t.points_to_evaluate)]
     journal_path(exp_dir).unlink(missing_ok=True)
     alg = ray_class("StudySearch")(
-        DefineByRun(search.params, search.base), metric=metric, mode=mode, sampler=sampler,
-        storage=study_storage(exp_dir), study_name=study_name(exp_dir), points=points, completed=warm.completed,
-        prior=warm.prior, distributions={p.key: p.optuna_distribution() for p in search.params if p.kind != "fixed"})
+        DefineByRun(search.params, search.base),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        storage=study_storage(exp_dir),
+        study_name=study_name(exp_dir),
+        points=points,
+        completed=warm.completed,
+        prior=warm.prior,
+        distributions={p.key: p.optuna_distribution() for p in search.params if p.kind != "fixed"},
+    )
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent_trials)
 
 
@@ -187,5 +222,6 @@ def make_scheduler(search: SearchFile):
     s = search.tune.scheduler
     if s.type == "none":
         return None
-    return ray_class("ASHA")(time_attr="step", max_t=s.max_t, grace_period=s.grace_period,
-                            reduction_factor=s.reduction_factor)
+    return ray_class("ASHA")(
+        time_attr="step", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+    )

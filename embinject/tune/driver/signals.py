@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM during a search: the first stops it the way Ray Tune's own Ctrl-C does (state kept
 for --resume), a second stops at once."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,11 @@ class GracefulStop:
         first = self.signum is None
         self.signum = self.signum or signum
         if first and signal.getsignal(signal.SIGUSR1) is not self._ignore:
-            print("\nstopping: the running trials are saved for --resume (press Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nstopping: the running trials are saved for --resume (press Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             os.kill(os.getpid(), signal.SIGUSR1)
         else:
             raise KeyboardInterrupt

@@ -8,6 +8,7 @@ validation curve), FAIL for one that failed, diverged, never started, or was los
 evaluation is an intermediate value at its optimizer step (a multi-objective study has none: Optuna keeps them for
 one objective only).
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ out; a search named twice counts once; a source with no usable trial is said to 
 A search folder is read through one reader per file (its state, its recorded space, summary.csv; see .warm_folder),
 each of which refuses a damaged file in one line naming it: a source is read whole or not at all.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,6 @@ FIRST_BEST = 3  # an earlier search of another setup: its best configurations th
 # Keys of the training config that change where or how fast a trial runs, not what it learns.
 RUNTIME_KEYS = ("train.device", "train.threads", "train.progress", "train.gradient_checkpointing", "train.eval_audit")
 SETUP_TUNE_KEYS = ("tune.metric", "tune.mode", "tune.scheduler.max_t")
-
 
 
 @dataclass
@@ -73,9 +73,14 @@ class WarmSource:
 
     def uninformative(self) -> str:
         """Why the trials outside `informing` inform nothing, e.g. "1 diverged, 2 left out"."""
-        parts = [(self.diverged, "diverged"), (self.failed, "failed"), (self.cut, "cut by its search's end"),
-                 (self.no_value, "without a value"), (self.left_out, "left out"),
-                 (sum(t.ok for t in self.trials) - len(self.informing), "without a frozen-LM baseline")]
+        parts = [
+            (self.diverged, "diverged"),
+            (self.failed, "failed"),
+            (self.cut, "cut by its search's end"),
+            (self.no_value, "without a value"),
+            (self.left_out, "left out"),
+            (sum(t.ok for t in self.trials) - len(self.informing), "without a frozen-LM baseline"),
+        ]
         return ", ".join(f"{n} {what}" for n, what in parts if n)
 
 
@@ -100,8 +105,10 @@ class WarmStart:
         if not earlier or best is None or min(earlier)[0] >= sign * best:
             return None
         value, label = min(earlier)
-        return (f"warm start: {label} keeps a better adapter (val_perplexity {sign * value:.3f}) than this search's best "
-                f"({best:.3f}); it stays with that search, and this search's champion is its own best")
+        return (
+            f"warm start: {label} keeps a better adapter (val_perplexity {sign * value:.3f}) than this search's best "
+            f"({best:.3f}); it stays with that search, and this search's champion is its own best"
+        )
 
     def first_points(self, given: list[dict]) -> list[dict]:
         """The search's own points_to_evaluate, then each other-setup source's best configurations not already there."""
@@ -123,21 +130,29 @@ class WarmStart:
             rest = f"; the other {other} inform{'s' * (other == 1)} nothing ({s.uninformative()})" if other else ""
             start = f"warm start from {s.label}: {setup}; "
             if not used:
-                out.append(start + "it informs nothing: no trial of it has a value TPE can use "
-                           f"({s.uninformative() or 'it ran none'})")
+                out.append(
+                    start + "it informs nothing: no trial of it has a value TPE can use "
+                    f"({s.uninformative() or 'it ran none'})"
+                )
             elif s.same:
                 out.append(start + f"{trials} go to Optuna as completed trials (not trained again){rest}")
             else:
-                out.append(start + f"its best {len(s.best)} configurations go first, {trials} inform TPE once this "
-                           f"search's baseline is known{rest}")
+                out.append(
+                    start + f"its best {len(s.best)} configurations go first, {trials} inform TPE once this "
+                    f"search's baseline is known{rest}"
+                )
             if s.left_out:
                 are = "is" if s.left_out == 1 else "are"
-                out.append(f"warm start: {count_trials(s.left_out)} of {s.label} {are} left out: trained with "
-                           f"{s.left_out_why} (another setup)")
+                out.append(
+                    f"warm start: {count_trials(s.left_out)} of {s.label} {are} left out: trained with "
+                    f"{s.left_out_why} (another setup)"
+                )
         dropped = sum(s.dropped for s in self.sources)
         if dropped:
-            out.append(f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
-                       "or a value outside its new bounds) and were dropped")
+            out.append(
+                f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
+                "or a value outside its new bounds) and were dropped"
+            )
         return out
 
     def tags(self, given: list) -> dict:
@@ -145,7 +160,10 @@ class WarmStart:
         if not self.sources:
             return {}
         runs = [s.parent_run_id for s in self.sources if s.parent_run_id]
-        return {"embinject.warm_start": json.dumps(given, default=str)[:5000], "embinject.warm_start_runs": ",".join(runs)[:5000]}
+        return {
+            "embinject.warm_start": json.dumps(given, default=str)[:5000],
+            "embinject.warm_start_runs": ",".join(runs)[:5000],
+        }
 
 
 def _typed(text: str):
@@ -163,8 +181,11 @@ def _typed(text: str):
 
 def _setup(base: dict, tune: dict, ignored: set) -> dict:
     """What decides whether two searches' trials can be compared, as readable strings."""
-    flat = {f"base.{k}": readable(v) for k, v in flatten(dataclasses.asdict(config_from_dict(base))).items()
-            if k not in ignored and k not in RUNTIME_KEYS}
+    flat = {
+        f"base.{k}": readable(v)
+        for k, v in flatten(dataclasses.asdict(config_from_dict(base))).items()
+        if k not in ignored and k not in RUNTIME_KEYS
+    }
     flat.update({k: readable(tune.get(k)) for k in SETUP_TUNE_KEYS})
     return flat
 
@@ -173,7 +194,7 @@ def _unflatten(flat: dict, prefix: str) -> dict:
     out: dict = {}
     for key, text in flat.items():
         if key.startswith(prefix):
-            set_dotted(out, key[len(prefix):], _typed(text) if isinstance(text, str) else text)
+            set_dotted(out, key[len(prefix) :], _typed(text) if isinstance(text, str) else text)
     return out
 
 
@@ -181,7 +202,9 @@ def _differences(earlier: dict, search: SearchFile) -> list[str]:
     ignored = set(search.searched) | set(earlier["searched"])
     now = _setup(search.base, flatten({"tune": dataclasses.asdict(search.tune)}), ignored)
     try:
-        before = _setup(_unflatten(earlier["setup"], "base."), {k: earlier["setup"].get(k) for k in SETUP_TUNE_KEYS}, ignored)
+        before = _setup(
+            _unflatten(earlier["setup"], "base."), {k: earlier["setup"].get(k) for k in SETUP_TUNE_KEYS}, ignored
+        )
     except ConfigError as exc:  # a search of an older embinject whose config no longer loads
         return [f"its training config ({str(exc)[:120]})"]
     return sorted(k.removeprefix("base.") for k in now.keys() | before.keys() if now.get(k) != before.get(k))
@@ -208,7 +231,9 @@ def _read(key: str, item, tracking_uri: str) -> list[dict]:
     if isinstance(item, dict):
         uri = item.get("tracking_uri") or tracking_uri
         run = item.get("run")
-        return earlier_searches(key, run.removeprefix("runs:/").split("/")[0] if run else None, item.get("experiment"), uri)
+        return earlier_searches(
+            key, run.removeprefix("runs:/").split("/")[0] if run else None, item.get("experiment"), uri
+        )
     if item.startswith("runs:/"):
         return earlier_searches(key, item.removeprefix("runs:/").split("/")[0], None, tracking_uri)
     if item.startswith("experiment:"):
@@ -238,8 +263,10 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
     for k in ("tune.metric", "tune.mode"):
         then, now = earlier["setup"].get(k), readable(getattr(search.tune, k.split(".")[1]))
         if then is not None and then != now:
-            raise ConfigError(f"{key}: {earlier['label']} searched with {k}={then}, this search with {now}; warm-start "
-                              "only from searches of the same objective")
+            raise ConfigError(
+                f"{key}: {earlier['label']} searched with {k}={then}, this search with {now}; warm-start "
+                "only from searches of the same objective"
+            )
     params = {p.key: p for p in search.params if p.kind != "fixed"}
     fixed = _fixed_now(search, earlier)
     dropped, kept, considered, trials, ranked = 0, 0, 0, [], []
@@ -274,13 +301,26 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
         if t["status"] == "ok" and values:
             ranked.append((value, values))
     if considered and not kept:
-        raise ConfigError(f"{key}: no trial of {earlier['label']} has a value inside this search's space (searched then: "
-                          f"{', '.join(earlier['searched']) or 'nothing'}); nothing to start from")
+        raise ConfigError(
+            f"{key}: no trial of {earlier['label']} has a value inside this search's space (searched then: "
+            f"{', '.join(earlier['searched']) or 'nothing'}); nothing to start from"
+        )
     ranked.sort(key=lambda r: r[0], reverse=search.tune.mode == "max")
-    return WarmSource(earlier["label"], earlier.get("parent_run_id"), _differences(earlier, search), trials,
-                      [v for _, v in ranked[:FIRST_BEST]], dropped, read=len(earlier["trials"]),
-                      diverged=diverged, failed=failed, cut=cut, no_value=no_value,
-                      left_out=left_out, left_out_why=_left_out_why(then, fixed) if then else "")
+    return WarmSource(
+        earlier["label"],
+        earlier.get("parent_run_id"),
+        _differences(earlier, search),
+        trials,
+        [v for _, v in ranked[:FIRST_BEST]],
+        dropped,
+        read=len(earlier["trials"]),
+        diverged=diverged,
+        failed=failed,
+        cut=cut,
+        no_value=no_value,
+        left_out=left_out,
+        left_out_why=_left_out_why(then, fixed) if then else "",
+    )
 
 
 def read_warm_start(search: SearchFile) -> WarmStart:
@@ -289,8 +329,10 @@ def read_warm_start(search: SearchFile) -> WarmStart:
     if not search.tune.warm_start:
         return WarmStart()
     if search.tune.objectives or search.tune.metric != "val_perplexity":
-        raise ConfigError("tune.warm_start: warm starts are for searches on val_perplexity alone (no tune.objectives), "
-                          f"not tune.metric={search.tune.metric}" + (" with objectives" if search.tune.objectives else ""))
+        raise ConfigError(
+            "tune.warm_start: warm starts are for searches on val_perplexity alone (no tune.objectives), "
+            f"not tune.metric={search.tune.metric}" + (" with objectives" if search.tune.objectives else "")
+        )
     uri = search.mlflow.tracking_uri or default_tracking_uri(Path(search.tune.storage_path))
     warm, read_by = WarmStart(), {}
     for i, item in enumerate(search.tune.warm_start):
@@ -299,8 +341,9 @@ def read_warm_start(search: SearchFile) -> WarmStart:
             names = {n for n in (earlier.get("folder"), earlier.get("parent_run_id")) if n}
             first = next((read_by[n] for n in sorted(names) if n in read_by), None)
             if first:
-                warm.repeated.append(f"warm start: {key} names {earlier['label']}, the same search as {first}; its "
-                                     "trials count once")
+                warm.repeated.append(
+                    f"warm start: {key} names {earlier['label']}, the same search as {first}; its trials count once"
+                )
                 continue
             read_by.update(dict.fromkeys(names, key))
             warm.sources.append(_source(key, earlier, search))

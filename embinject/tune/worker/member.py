@@ -5,6 +5,7 @@ runs. It finds its host by name, and where the host does not exist yet asks the 
 driver started) to start it; where the driver started none (on GPUs), `pack_host.packed_trainable` runs instead,
 which starts hosts itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,12 @@ def relay(cfg: Config, plan: PackPlan, find) -> None:
         host, joined = join_lane(plan, cfg, tune.get_context().get_trial_id(), resume_dir, find)
         key = joined["member"]
         threading.Thread(target=_beat, args=(host, key, alive), daemon=True).start()
-        extra = {"node_id": ray.get_runtime_context().get_node_id(), "trainable_started_at": started_at,
-                 "pid": os.getpid(), "pack_pid": joined["pid"]}
+        extra = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "trainable_started_at": started_at,
+            "pid": os.getpid(),
+            "pack_pid": joined["pid"],
+        }
         # attaching (a new host loads the LM first) and joining: both clocks are this node's (the host runs here)
         joining = max(0.0, joined["joined_at"] - started_at)
         while True:

@@ -8,6 +8,7 @@ checkpoint when Ray restarts it. A host drops a member whose trainable stopped a
 leaves when it has had no member for a while. How a search packs (`PackPlan`) is decided by the driver
 (`embinject.tune.driver.pack_plan`).
 """
+
 from __future__ import annotations
 
 import os
@@ -203,16 +204,26 @@ def attach(plan: PackPlan, cfg: Config, threads: int | None = None, lane: int = 
     gpus = [] if node_id else [str(g) for g in ray.get_gpu_ids()]
     node_id = node_id or ray.get_runtime_context().get_node_id()
     device = "cuda" if gpus else "cpu"
-    options = dict(name=host_name(plan, cfg, node_id, gpus[0] if gpus else "cpu", lane), namespace=NAMESPACE,
-                   get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=4 * plan.size + 8,
-                   scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+    options = dict(
+        name=host_name(plan, cfg, node_id, gpus[0] if gpus else "cpu", lane),
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        num_cpus=0,
+        max_concurrency=4 * plan.size + 8,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    )
     if gpus:  # the host asks Ray for no GPU (its members hold the shares), so Ray would hide the device from it
-        options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": gpus[0],
-                                               "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+        options["runtime_env"] = {
+            "env_vars": {"CUDA_VISIBLE_DEVICES": gpus[0], "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+        }
     if threads is None:
         threads = max(1, round(pack_cpus(plan)))
-    return ray.remote(PackHost).options(**options).remote(cfg.model, device, cfg.train.dtype,
-                                                           cfg.train.gradient_checkpointing, threads)
+    return (
+        ray.remote(PackHost)
+        .options(**options)
+        .remote(cfg.model, device, cfg.train.dtype, cfg.train.gradient_checkpointing, threads)
+    )
 
 
 def packed_trainable(config: dict, base: dict | None = None, plan: PackPlan | None = None) -> None:

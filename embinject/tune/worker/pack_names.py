@@ -1,5 +1,6 @@
 """What names a pack host, what a search's packs are (`PackPlan`) and how many packs a node runs: torch-free, for the
 driver and for a packed trial's own process, which only relays (`embinject.tune.worker.member`)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,6 +3,7 @@ trains this search's largest trial (the searched values that need the most memor
 measures the frozen LM's memory and the trial's own, and on any device it times one packed step of K such trials
 against K separate steps. The search packs where the packed step was faster than the separate steps as unpacked
 trials would take them (`embinject.tune.driver.pack_plan.plan_pack`)."""
+
 from __future__ import annotations
 
 import statistics

@@ -1,5 +1,6 @@
 """The trainable: one trial in its own Ray worker process. It is `embinject.train.train` unchanged, with a
 report callback that hands each evaluation and checkpoint to Ray Tune."""
+
 from __future__ import annotations
 
 import math
