@@ -1,5 +1,6 @@
-"""Typed configuration: the training config as dataclasses, every value checked (the search file's `tune:` and
-`mlflow:` sections, built the same way, are in `embinject.search_settings`).
+"""Typed configuration: the training config as dataclasses, every value checked (how a value is checked is in
+`embinject.fields`; the search file's `tune:` and `mlflow:` sections, built the same way, are in
+`embinject.search_settings`).
 
 Every problem is raised as `ConfigError` with the dotted key and what was expected, so the
 command-line entry points can print one line and exit 2.
@@ -8,34 +9,21 @@ command-line entry points can print one line and exit 2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import ConfigError
-from .mlflow_names import MLFLOW_NAME_RULES
+from .fields import (
+    build_settings,
+    check_field_value,
+    choice,
+    choices_read_when_asked,
+    field_keys,
+    number,
+    setting,
+    walk_fields,
+)
 from .specs import MethodNames, check_method
-
-
-def choice(*options: str, default: str, help: str) -> Any:
-    return field(default=default, metadata={"choices": options, "help": help})
-
-
-def number(
-    default: Any, *, min: float | None = None, max: float | None = None, positive: bool = False, help: str
-) -> Any:
-    return field(default=default, metadata={"min": min, "max": max, "positive": positive, "help": help})
-
-
-def setting(default: Any = None, *, help: str, factory: Any = None) -> Any:
-    """A field with no bounds beyond its type; `help` is its line in docs/config-keys.md (embinject.config_reference)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
 
 METHODS = tuple(MethodNames())  # as registered when this module loads; `method:` reads them when asked (below)
 INITS = ("normal", "vocab", "gaussian", "gaussian-diag", "exclusion", "text", "interpolate")
@@ -253,171 +241,23 @@ class Config:
         return self
 
 
-def _choices_read_when_asked(cls: type, name: str, choices: Any) -> None:
-    """Give a field allowed values that are read when asked (`MethodNames`) rather than fixed when the class was made."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    f.metadata = types.MappingProxyType({**f.metadata, "choices": choices})
-
-
 # `method:` takes every registered method, also one registered after this module loaded (a plugin, a test's toy)
-_choices_read_when_asked(Config, "method", MethodNames())
-
-
-def _check_warm_start(key: str, value: Any) -> list:
-    """`tune.warm_start`: one source or a list of them, each a non-empty string or a {run|experiment, tracking_uri} mapping."""
-    items = value if isinstance(value, list) else [] if value is None else [value]
-    for i, item in enumerate(items):
-        if isinstance(item, str) and item.strip():
-            continue
-        if (
-            isinstance(item, dict)
-            and len({"run", "experiment"} & set(item)) == 1
-            and set(item) <= {"run", "experiment", "tracking_uri"}
-            and all(isinstance(v, str) and v for v in item.values())
-        ):
-            continue
-        raise ConfigError(
-            f"{key}[{i}]: expected a search folder, runs:/PARENT_RUN_ID, experiment:NAME or "
-            f"{{run: ..., tracking_uri: ...}}, got {item!r}"
-        )
-    return items
-
-
-def _check_value(key: str, value: Any, tp: Any, meta: dict) -> Any:
-    if meta.get("pack"):
-        if value is False:  # YAML reads a bare `off` as false
-            value = "off"
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        raise ConfigError(f"{key}: expected auto, off or a number of trials per pack (1 or more), got {value!r}")
-    if meta.get("warm_start"):
-        return _check_warm_start(key, value)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(tp)
-    if origin is list and args == (dict,):
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(f"{key}: expected a list of mappings, got {value!r}")
-        return list(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return list(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        value = int(value)
-    elif tp is float:
-        if isinstance(value, str):
-            try:  # YAML reads "1e-3" (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if meta.get("mlflow_name"):
-        problem = MLFLOW_NAME_RULES[meta["mlflow_name"]](value)
-        if problem:
-            raise ConfigError(f"{key}: {problem}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: expected one of {', '.join(meta['choices'])}; got {value!r}")
-    if meta.get("positive") and value <= 0:
-        raise ConfigError(f"{key}: expected a value > 0, got {value!r}")
-    if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(f"{key}: expected a value >= {meta['min']}, got {value!r}")
-    if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(f"{key}: expected a value <= {meta['max']}, got {value!r}")
-    return value
-
-
-def _unknown_key(key: str, known: list[str], name: str | None = None) -> ConfigError:
-    name = name or key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-    return ConfigError(f"{key}: unknown key{hint}")
-
-
-def _build(cls: type, raw: dict, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise _unknown_key(prefix + str(key), list(fields))
-        if dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = _build(hints[key], value or {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_value(prefix + key, value, hints[key], dict(fields[key].metadata))
-    return cls(**kwargs)
+choices_read_when_asked(Config, "method", MethodNames())
 
 
 def config_from_dict(raw: dict) -> Config:
-    return _build(Config, raw or {}, "").validate()
-
-
-def settings_from_dict(cls: type, raw: dict | None, section: str) -> Any:
-    """Build a settings section (e.g. `tune`, `mlflow`) with key-naming errors."""
-    return _build(cls, raw or {}, f"{section}.")
+    return build_settings(Config, raw or {}, "").validate()
 
 
 def walk_key(key: str, cls: type | None = None) -> tuple[Any, dict, bool]:
     """(type, metadata, is a section) of a dotted training-config key (or of a key of `cls`), or ConfigError naming it."""
-    cls, parts = cls or Config, key.split(".")
-    for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in fields:
-            raise _unknown_key(key, list(fields), name=part)
-        tp = typing.get_type_hints(cls)[part]
-        if i == len(parts) - 1:
-            return tp, dict(fields[part].metadata), dataclasses.is_dataclass(tp)
-        if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{key}: '{part}' is a value, not a section")
-        cls = tp
-    raise ConfigError(f"{key}: empty key")
+    return walk_fields(key, cls or Config)
 
 
-def is_text(tp: Any) -> bool:
-    """Whether values of this declared type are free text (`str` or `Optional[str]`)."""
-    return tp is str or (
-        typing.get_origin(tp) is typing.Union
-        and str in typing.get_args(tp)
-        and set(typing.get_args(tp)) <= {str, type(None)}
-    )
-
-
-def config_keys(cls: type = None, prefix: str = "") -> list[tuple[str, Any, tuple]]:
+def config_keys() -> list[tuple[str, Any, tuple]]:
     """Every training-config key with its default and allowed values, from the dataclasses themselves
     (what `embinject train --help` lists)."""
-    cls = cls or Config
-    out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += config_keys(hints[f.name], f"{prefix}{f.name}.")
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        out.append((f"{prefix}{f.name}", default, tuple(f.metadata.get("choices", ()))))
-    return out
+    return field_keys(Config)
 
 
 def keys_help() -> str:
@@ -446,4 +286,4 @@ def is_section(key: str) -> bool:
 def check_value(key: str, value: Any) -> Any:
     """Validate one value for a dotted training-config key."""
     tp, meta = lookup_field(key)
-    return _check_value(key, value, tp, meta)
+    return check_field_value(key, value, tp, meta)

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from .config import Config, config_from_dict, is_text
+from .config import Config, config_from_dict
+from .fields import is_text
 from .search_settings import value_type
 from .errors import ConfigError
 from .fsutil import resolve_local

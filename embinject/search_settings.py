@@ -1,6 +1,6 @@
 """The search file's own sections as typed settings: `tune:` (how the search runs: trials, sampler, scheduler,
 resources, packing, warm starts) and `mlflow:` (where its runs and models go). Built and checked as the training
-config is (`embinject.config.settings_from_dict`), so a wrong key or value is one line naming it.
+config is (`embinject.fields.settings_from_dict`), so a wrong key or value is one line naming it.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from .config import choice, number, setting, walk_key
+from .config import walk_key
+from .fields import choice, number, setting
 from .errors import ConfigError
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from .config import Config, check_value, config_from_dict, is_section, settings_from_dict
+from .config import Config, check_value, config_from_dict, is_section
+from .fields import settings_from_dict
 from .search_settings import OBJECTIVE_METRICS, MlflowSettings, TuneSettings
 from .config_files import PATH_KEYS, parse_override, read_yaml, resolve_location, resolve_paths, set_dotted
 from .errors import ConfigError

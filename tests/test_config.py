@@ -198,7 +198,7 @@ def test_the_names_config_validation_refuses_are_those_mlflow_refuses():
     ],
 )
 def test_mlflow_names_are_checked_with_the_settings(key, value, message):
-    from embinject.config import settings_from_dict
+    from embinject.fields import settings_from_dict
     from embinject.search_settings import MlflowSettings
 
     with pytest.raises(ConfigError) as err:

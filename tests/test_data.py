@@ -6,7 +6,8 @@ import torch
 
 from embinject.config import DataConfig
 from embinject.config_files import load_config
-from embinject.data import LAZY_READ_BYTES, build_windows, load_documents, select_windows, tokenize_examples
+from embinject.data import LAZY_READ_BYTES, build_windows, select_windows, tokenize_examples
+from embinject.documents import load_documents
 from embinject.encoders import FourierEncoder, Pooling, cached_embeddings, load_encoder
 from embinject.errors import ConfigError
 from embinject.models import load_frozen_lm, tokenizer_fingerprint
