@@ -48,7 +48,7 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / var if var else 1.0
 
 
-def main(argv=None) -> int:
+def _args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--steps", type=int, default=40)
@@ -60,7 +60,11 @@ def main(argv=None) -> int:
         default=str(ROOT.parent / "shared" / "data" / "wikipedia_en_sample"),
         help="a corpus with at least --val validation windows (the built-in docs give 77 at 32 tokens)",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def audited_search(args) -> tuple[Path, float]:
+    """The search with every intermediate evaluation scored on the subset and on all windows: its folder and wall time."""
     storage = Path(tempfile.mkdtemp(prefix="embinject-evalsubset-"))
     search = load_search_file(
         args.search,
@@ -81,10 +85,12 @@ def main(argv=None) -> int:
     )
     t0 = time.time()
     outcome = run_search(search, verbose=0)
-    wall = time.time() - t0
-    exp_dir = outcome.experiment_dir
+    return outcome.experiment_dir, time.time() - t0
+
+
+def rung_pairs(exp_dir: Path) -> dict[int, list[tuple[float, float]]]:
+    """Each rung's (subset, all windows) perplexity of every trial, from the trials' results."""
     by_rung: dict[int, list[tuple[float, float]]] = {}
-    eval_times = []
     for trial in sorted(exp_dir.glob("trial_*")):
         rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
         for r in rows:
@@ -92,6 +98,11 @@ def main(argv=None) -> int:
                 by_rung.setdefault(int(r["step"]), []).append(
                     (r.get("val_perplexity_subset", r["val_perplexity"]), r["val_perplexity_full"])
                 )
+    return by_rung
+
+
+def compare_rungs(by_rung: dict[int, list[tuple[float, float]]]) -> list[dict]:
+    """At each rung, how alike the two rankings are and whether ASHA (reduction factor 2) would decide alike."""
     rungs = []
     for step, pairs in sorted(by_rung.items()):
         sub, full = [a for a, _ in pairs], [b for _, b in pairs]
@@ -109,8 +120,11 @@ def main(argv=None) -> int:
                 "median_abs_rel_diff": statistics.median(abs(a - b) / b for a, b in pairs),
             }
         )
+    return rungs
 
-    # the cost of one evaluation, subset against all windows, on the bundled model
+
+def time_evaluations(args) -> tuple[list[dict], int]:
+    """The cost of one evaluation, subset against all windows, on the bundled model; and the validation windows."""
     cfg = load_config(
         args.search,
         [f"data.val_samples={args.val}", "method=prompt", f"data.path={args.data}"],
@@ -120,17 +134,26 @@ def main(argv=None) -> int:
     method = build_method(cfg, prep.lm.model, prep.encoder_dim, prep.lm.tokenizer)
     amp = autocast_dtype(cfg, prep.device)
     subset, _ = eval_subset(prep.val, args.subset)
+    eval_times = []
     for data, name in ((subset, "subset"), (prep.val, "all")):
         perplexity(method, data, cfg.train.eval_batch_size, prep.device, amp)  # warm-up
         t = time.perf_counter()
         for _ in range(2):
             perplexity(method, data, cfg.train.eval_batch_size, prep.device, amp)
         eval_times.append({"windows": len(data["input_ids"]), "which": name, "seconds": (time.perf_counter() - t) / 2})
+    return eval_times, len(prep.val["input_ids"])
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    exp_dir, wall = audited_search(args)
+    rungs = compare_rungs(rung_pairs(exp_dir))
+    eval_times, val_windows = time_evaluations(args)
     result = {
         "benchmark": "eval_subset",
         "trials": args.trials,
         "steps": args.steps,
-        "val_windows": len(prep.val["input_ids"]),
+        "val_windows": val_windows,
         "data": args.data,
         "subset": args.subset,
         "rungs": rungs,

@@ -75,9 +75,8 @@ def run_search(args, gpus: float) -> dict:
     }
     t0 = time.time()
     print(f"search with gpus {gpus:g} per trial", flush=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "embinject.tune", str(search)], cwd=ROOT, env=env
-    )  # its output goes to ours
+    # its output goes to ours
+    proc = subprocess.run([sys.executable, "-m", "embinject.tune", str(search)], cwd=ROOT, env=env)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"gpus {gpus:g}: the search failed (exit {proc.returncode})")

@@ -12,6 +12,7 @@ from pathlib import Path
 from embinject.fsutil import atomic_write_text
 from .report_compile import compile_section
 from .report_packing import pack_exactness_section, packed_search_section, packing_section, time_split_block
+from .report_peer import peer_section
 from .report_search import efficiency_section, many_trials_section, warm_start_section
 from .report_step import gpu_section, memory_section, step_section
 
@@ -68,96 +69,6 @@ def overhead_section(data: dict) -> list[str]:
         "shared cache warm-up done once in the driver (model conversion check, windows, embeddings, baseline).",
         "",
     ]
-    return lines
-
-
-def peer_section(data: dict) -> list[str]:
-    ours, hf, asha = data["embinject"], data["hf_trainer_ray_peft"], data.get("embinject_asha")
-    ours32, hf_vocab = data.get("embinject_float32"), data.get("hf_trainer_ray_peft_vocab_init")
-    speed = data["speedup"]
-    reps = data.get("repeats", 1)
-
-    def spread(run: dict, key: str, fmt: str) -> str:
-        values = run.get(key)
-        return "" if not values or len(values) < 2 else " (" + ", ".join(format(v, fmt) for v in values) + ")"
-
-    def row(name: str, stopping: str, run: dict) -> str:
-        return (
-            f"| {name} | {stopping} | {run['wall_s']:.1f}{spread(run, 'walls_s', '.1f')} | "
-            f"{run['best_val_perplexity']:.3f}{spread(run, 'best_val_perplexities', '.2f')} | {run['best_params']} |"
-        )
-
-    lines = [
-        "## peer: the same search through Trainer.hyperparameter_search",
-        "",
-        f"`python -m benchmarks.peer` on {data['time']}: prompt tuning over learning rate and prompt length, "
-        f"{data['trials']} trials of {data['steps']} steps (batch {data['batch']} x {data['seq_len']} tokens, "
-        f"{data['train_windows']} training / {data['val_windows']} validation windows), 1 CPU per trial, 2 at a time; "
-        f"every arm {reps} time(s), interleaved: median wall clock (each repeat in brackets) and the best perplexity of "
-        "the median run (each repeat's in brackets).",
-        "",
-        "| search | early stopping | wall clock (s) | best val perplexity | best params |",
-        "|---|---|---|---|---|",
-        row("`embinject tune` as users run it (`train.dtype: auto`)", "none (same work as HF)", ours),
-        row('`Trainer.hyperparameter_search(backend="ray")` + PEFT, defaults (float32, RANDOM init)', "none", hf),
-    ]
-    if ours32:
-        lines.append(row("`embinject tune` at float32 (same precision as HF)", "none", ours32))
-    if hf_vocab:
-        lines.append(
-            row("`Trainer.hyperparameter_search` + PEFT with SAMPLE_VOCAB init (embinject's kind)", "none", hf_vocab)
-        )
-    if asha:
-        lines.append(row("`embinject tune` as users run it", "ASHA, evaluations every quarter", asha))
-    met = speed >= 1.5
-    lines += [
-        "",
-        f"- Equal work, each side as users run it by default: x{speed:.2f} the speed of the HF search "
-        f"(target x1.5: {'met' if met else f'missed by {1.5 - speed:.2f}'}).",
-    ]
-    if ours32:
-        walls = lambda run: run.get("walls_s") or [run["wall_s"]]  # noqa: E731
-        apart = min(walls(hf)) > max(walls(ours32)) or max(walls(hf)) < min(walls(ours32))
-        lines.append(
-            f"- Same precision (float32 on both sides): x{data['speedup_same_precision']:.2f}; the repeats' wall "
-            f"clocks {'do not overlap' if apart else 'overlap'} ({min(walls(ours32)):.1f}-{max(walls(ours32)):.1f} s "
-            f"against {min(walls(hf)):.1f}-{max(walls(hf)):.1f} s), so "
-            + (
-                "the two trainers differ at equal precision too."
-                if apart
-                else "at equal precision neither is shown faster, and the gain at equal work comes with bf16 autocast "
-                "where the CPU has bf16 instructions, which embinject runs by default and the HF Trainer only when "
-                "asked (`bf16=True`)."
-            )
-        )
-    if hf_vocab:
-        lines.append(
-            f"- With the same kind of prompt initialisation on both sides, HF's best perplexity is "
-            f"{hf_vocab['best_val_perplexity']:.2f} against embinject's {ours['best_val_perplexity']:.2f}; with HF's "
-            f"default (RANDOM) init it is {hf['best_val_perplexity']:.2f}. Each is one search's best, repeated "
-            f"{data.get('repeats', 1)} time(s) with the same draws, not an interval over seeds: with the same "
-            "init the two searches end "
-            + (
-                "within 1% of each other"
-                if abs(hf_vocab["best_val_perplexity"] / ours["best_val_perplexity"] - 1) <= 0.01
-                else f"{100 * abs(hf_vocab['best_val_perplexity'] / ours['best_val_perplexity'] - 1):.1f}% apart"
-            )
-            + f", against {100 * abs(hf['best_val_perplexity'] / ours['best_val_perplexity'] - 1):.0f}% apart with HF's "
-            "default init."
-        )
-    if asha:
-        reached = asha.get("seconds_to_hf_best")
-        to_best = data.get("speedup_to_hf_best")
-        lines.append(
-            f"- With its default early stopping the whole embinject search is x{data['speedup_asha']:.2f} faster; it first "
-            f"reached the HF search's best perplexity after "
-            + (
-                f"{reached:.1f} s, x{to_best:.2f} sooner than the HF search finished."
-                if reached is not None
-                else "never."
-            )
-        )
-    lines.append("")
     return lines
 
 

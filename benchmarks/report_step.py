@@ -152,23 +152,25 @@ def memory_section(data: dict) -> list[str]:
     return lines
 
 
-def gpu_section(results: Path) -> list[str]:
-    """The rows `benchmarks/gpu_rows.sh` measured on a lent GPU machine (none of the tests needs one)."""
-    files = {n: results / f"{n}.json" for n in ("step_gpu", "step_gpu_large", "packing_gpu", "gpu_share")}
-    data = {n: json.loads(f.read_text()) for n, f in files.items() if f.is_file()}
-    if not data:
-        return []
-    first = next(iter(data.values()))
-    lines = [
-        "## GPU rows",
-        "",
-        f"`bash benchmarks/gpu_rows.sh` on a lent {first['device_name']} ({first['machine']}, torch "
-        f"{data.get('step_gpu', {}).get('torch', first.get('torch', '?'))}). The bundled weights (a 98 MB GGUF) do not fit "
-        "one call to that machine (64 MiB), so these rows are timed on `benchmarks.shape_model`: the bundled SmolLM2-135M's architecture and tokenizer "
-        "with random weights. Time per step depends on shapes, not values; the perplexities of such a model mean nothing "
-        "and none is reported. GPU timings synchronise the device before and after each timed step.",
-        "",
+def bf16_gain(d: dict) -> str:
+    """The range of embinject's bf16 autocast step speed over its fp32 step, across the methods of one run."""
+    rows = {(r["method"], r["side"]): r["median_s"] for r in d["rows"] if "median_s" in r}
+    g = [
+        t / rows[(m, "embinject+bf16")]
+        for (m, side), t in rows.items()
+        if side == "embinject" and (m, "embinject+bf16") in rows
     ]
+    return f"x{min(g):.2f}-x{max(g):.2f}" if g else "not measured"
+
+
+def peak_fraction(d: dict) -> float:
+    """The largest share of the matmul peak one of embinject's fp32 steps reached."""
+    return max(r["peak_fraction"] for r in d["rows"] if r.get("side") == "embinject")
+
+
+def gpu_step_lines(data: dict) -> list[str]:
+    """The step tables at both GPU shapes, and what they say about arithmetic and bf16."""
+    lines = []
     for name in ("step_gpu", "step_gpu_large"):
         d = data.get(name)
         if d:
@@ -186,86 +188,105 @@ def gpu_section(results: Path) -> list[str]:
             )
     small, large = data.get("step_gpu"), data.get("step_gpu_large")
     if small and large:
-        frac = lambda d: max(r["peak_fraction"] for r in d["rows"] if r.get("side") == "embinject")  # noqa: E731
-
-        def bf16_gain(d: dict) -> str:
-            rows = {(r["method"], r["side"]): r["median_s"] for r in d["rows"] if "median_s" in r}
-            g = [
-                t / rows[(m, "embinject+bf16")]
-                for (m, side), t in rows.items()
-                if side == "embinject" and (m, "embinject+bf16") in rows
-            ]
-            return f"x{min(g):.2f}-x{max(g):.2f}" if g else "not measured"
-
         lines += [
             f"- At the CPU benchmark's shape (batch {small['batch']} x {small['seq_len']}) an fp32 step reaches at most "
-            f"{100 * frac(small):.0f}% of the GPU's fp32 matmul rate, so arithmetic is not what limits it, and under bf16 "
+            f"{100 * peak_fraction(small):.0f}% of the GPU's fp32 matmul rate, so arithmetic is not what limits it, and under bf16 "
             f"autocast a step runs at {bf16_gain(small)} the fp32 speed. At batch {large['batch']} x {large['seq_len']} an fp32 step "
-            f"reaches {100 * frac(large):.0f}% and under bf16 autocast (what `train.dtype: auto` picks on this GPU) "
+            f"reaches {100 * peak_fraction(large):.0f}% and under bf16 autocast (what `train.dtype: auto` picks on this GPU) "
             f"it runs at {bf16_gain(large)} the fp32 speed.",
             "",
         ]
-    d = data.get("packing_gpu")
-    if d:
-        lines += [
-            f"### packing on the GPU: batch {d['batch']} x {d['seq']} per trial",
-            "",
-            f"`python -m benchmarks.packing --device cuda`, median of {d['reps']}.",
-            "",
-            "| K trials | K separate steps (s) | one packed step (s) | packed speed-up | max gradient difference |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['k']} | {r['sequential_s']:.3f} | {r['packed_s']:.3f} | x{r['speedup']:.2f} | {r['max_grad_diff']:.1e} |"
-            for r in d["rows"]
-        ]
-        best = max(d["rows"], key=lambda r: r["speedup"])
-        one = next((r for r in d["rows"] if r["k"] == 1), None)
-        share = data.get("gpu_share")
-        lines += [
-            "",
-            f"- Packing small trials into one batch is worth x{best['speedup']:.2f} at K={best['k']} here"
-            + (
-                f" (one packed step of {best['k']} trials takes x{best['packed_s'] / one['sequential_s']:.2f} the time of "
-                "one trial's step)"
-                if one
-                else ""
-            )
-            + ". The gradient differences are float32 rounding of a larger reduction. A search packs trials with "
-            "`tune.pack` (the packed search below)"
-            + (f"; two trials per GPU gave x{share['speedup']:.2f} (below)." if share else "."),
-            "",
-        ]
-    d = data.get("gpu_share")
-    if d:
-        lines += [
-            "### two trials per GPU (`tune.resources.gpus: 0.5`)",
-            "",
-            f"`python -m benchmarks.gpu_share` on a lent {d.get('device_name', 'GPU')} ({d['time']}, torch "
-            f"{d.get('torch', '?')}; not necessarily the card of the rows above): the same {d['trials']}-trial injection "
-            "search (fourier encoder, batch "
-            f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with one "
-            "trial per GPU and with two; wall time includes Ray's start and the MLflow records.",
-            "",
-            "| GPUs per trial | wall (s) | trials ok | summed trial time (s) | trials at once, on average |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['gpus_per_trial']:g} | {r['wall_s']:.1f} | {r['trials_ok']}/{r['trials']} | {r['trial_seconds_sum']:.1f} | "
-            f"{r['mean_trials_at_once']:.2f} |"
-            for r in d["runs"]
-        ]
-        same = len({round(r["best_val_perplexity"], 6) for r in d["runs"]}) == 1
-        finished = all(r["trials_ok"] == r["trials"] for r in d["runs"])
-        shared = d["runs"][-1]
-        lines += [
-            "",
-            f"- With {shared['gpus_per_trial']:g} GPU per trial, {shared['trials_ok']} of {shared['trials']} trials "
-            f"finished ({'all' if finished else 'not all'} in both runs), and the best trial's validation perplexity is "
-            f"{'identical' if same else 'not identical'} in the two runs (one run each). Wall time "
-            f"x{d['speedup']:.2f} {'in favour of' if d['speedup'] > 1 else 'against'} sharing at this size. On average "
-            f"{shared['mean_trials_at_once']:.2f} trials ran at once: Ray's start and each trial's start-up are part of "
-            "the wall time, so this is a check of the CUDA path and a lower bound, not the throughput of long trials.",
-            "",
-        ]
+    return lines
+
+
+def gpu_packing_lines(d: dict, share: dict | None) -> list[str]:
+    """benchmarks.packing on the GPU (`share`: the two-trials-per-GPU run, mentioned where there is one)."""
+    lines = [
+        f"### packing on the GPU: batch {d['batch']} x {d['seq']} per trial",
+        "",
+        f"`python -m benchmarks.packing --device cuda`, median of {d['reps']}.",
+        "",
+        "| K trials | K separate steps (s) | one packed step (s) | packed speed-up | max gradient difference |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['k']} | {r['sequential_s']:.3f} | {r['packed_s']:.3f} | x{r['speedup']:.2f} | {r['max_grad_diff']:.1e} |"
+        for r in d["rows"]
+    ]
+    best = max(d["rows"], key=lambda r: r["speedup"])
+    one = next((r for r in d["rows"] if r["k"] == 1), None)
+    lines += [
+        "",
+        f"- Packing small trials into one batch is worth x{best['speedup']:.2f} at K={best['k']} here"
+        + (
+            f" (one packed step of {best['k']} trials takes x{best['packed_s'] / one['sequential_s']:.2f} the time of "
+            "one trial's step)"
+            if one
+            else ""
+        )
+        + ". The gradient differences are float32 rounding of a larger reduction. A search packs trials with "
+        "`tune.pack` (the packed search below)"
+        + (f"; two trials per GPU gave x{share['speedup']:.2f} (below)." if share else "."),
+        "",
+    ]
+    return lines
+
+
+def gpu_share_lines(d: dict) -> list[str]:
+    """benchmarks.gpu_share: the same search with one trial per GPU and with two."""
+    lines = [
+        "### two trials per GPU (`tune.resources.gpus: 0.5`)",
+        "",
+        f"`python -m benchmarks.gpu_share` on a lent {d.get('device_name', 'GPU')} ({d['time']}, torch "
+        f"{d.get('torch', '?')}; not necessarily the card of the rows above): the same {d['trials']}-trial injection "
+        "search (fourier encoder, batch "
+        f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with one "
+        "trial per GPU and with two; wall time includes Ray's start and the MLflow records.",
+        "",
+        "| GPUs per trial | wall (s) | trials ok | summed trial time (s) | trials at once, on average |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['gpus_per_trial']:g} | {r['wall_s']:.1f} | {r['trials_ok']}/{r['trials']} | {r['trial_seconds_sum']:.1f} | "
+        f"{r['mean_trials_at_once']:.2f} |"
+        for r in d["runs"]
+    ]
+    same = len({round(r["best_val_perplexity"], 6) for r in d["runs"]}) == 1
+    finished = all(r["trials_ok"] == r["trials"] for r in d["runs"])
+    shared = d["runs"][-1]
+    lines += [
+        "",
+        f"- With {shared['gpus_per_trial']:g} GPU per trial, {shared['trials_ok']} of {shared['trials']} trials "
+        f"finished ({'all' if finished else 'not all'} in both runs), and the best trial's validation perplexity is "
+        f"{'identical' if same else 'not identical'} in the two runs (one run each). Wall time "
+        f"x{d['speedup']:.2f} {'in favour of' if d['speedup'] > 1 else 'against'} sharing at this size. On average "
+        f"{shared['mean_trials_at_once']:.2f} trials ran at once: Ray's start and each trial's start-up are part of "
+        "the wall time, so this is a check of the CUDA path and a lower bound, not the throughput of long trials.",
+        "",
+    ]
+    return lines
+
+
+def gpu_section(results: Path) -> list[str]:
+    """The rows `benchmarks/gpu_rows.sh` measured on a lent GPU machine (none of the tests needs one)."""
+    files = {n: results / f"{n}.json" for n in ("step_gpu", "step_gpu_large", "packing_gpu", "gpu_share")}
+    data = {n: json.loads(f.read_text()) for n, f in files.items() if f.is_file()}
+    if not data:
+        return []
+    first = next(iter(data.values()))
+    lines = [
+        "## GPU rows",
+        "",
+        f"`bash benchmarks/gpu_rows.sh` on a lent {first['device_name']} ({first['machine']}, torch "
+        f"{data.get('step_gpu', {}).get('torch', first.get('torch', '?'))}). The bundled weights (a 98 MB GGUF) do not fit "
+        "one call to that machine (64 MiB), so these rows are timed on `benchmarks.shape_model`: the bundled SmolLM2-135M's architecture and tokenizer "
+        "with random weights. Time per step depends on shapes, not values; the perplexities of such a model mean nothing "
+        "and none is reported. GPU timings synchronise the device before and after each timed step.",
+        "",
+    ]
+    lines += gpu_step_lines(data)
+    if data.get("packing_gpu"):
+        lines += gpu_packing_lines(data["packing_gpu"], data.get("gpu_share"))
+    if data.get("gpu_share"):
+        lines += gpu_share_lines(data["gpu_share"])
     return lines

@@ -178,9 +178,8 @@ def summarise(runs: list[dict], args) -> dict:
                 continue
             target = 1.01 * a["final_best"]
             reached = next((steps for steps, best in b["curve"] if best <= target), None)
-            random_reached = next(
-                steps for steps, best in a["curve"] if best <= target
-            )  # when random search drew its best
+            # when random search drew its best
+            random_reached = next(steps for steps, best in a["curve"] if best <= target)
             per_seed.append(
                 {
                     "seed": seed,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
 from embinject.config_files import load_config
 from embinject.data import build_windows, select_windows
@@ -125,89 +126,135 @@ def _args(argv) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = _args(argv)
-    dev = args.device
-    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
-
-    torch.manual_seed(0)
-    lm = load_frozen_lm(args.model, device=dev)
+def train_batch(args, lm) -> dict:
+    """The first --batch training windows of --data at --seq tokens, as inputs and labels."""
     cfg_data = load_config(None, [f"data.path={args.data}", f"data.seq_len={args.seq}"]).data
     train_w, _ = build_windows(cfg_data, lm.tokenizer, tokenizer_fingerprint(lm.tokenizer))
-    ids = select_windows(train_w, args.batch, "window", "train").tokens.to(dev)
-    batch = {"input_ids": ids, "labels": ids.clone()}
+    ids = select_windows(train_w, args.batch, "window", "train").tokens.to(args.device)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def build_ours(args, name: str, lm, batch: dict):
+    """embinject's trainer for one method at the benchmark's adapter size, and the batch it trains on."""
+    P = args.prefix
+    over = [
+        f"model={args.model}",
+        f"method={name}",
+        f"adapter.prefix_len={P if name != 'injection' else P - 1}",
+        "adapter.inject_tokens=1",
+        "adapter.mlp_width=0" if name == "prefix" else "adapter.mlp_width=512",
+        "adapter.embedding_model=fourier",
+        "adapter.rank=8",
+    ]
+    cfg = load_config(None, over)
+    b = dict(batch)
+    if name == "injection":
+        b["sentence_embedding"] = torch.randn(args.batch, 2 * cfg.adapter.fourier_features, device=args.device)
+    ours = build_method(cfg, lm.model, encoder_dim=2 * cfg.adapter.fourier_features, tokenizer=lm.tokenizer)
+    return ours, b
+
+
+def peft_peer(name: str, lm, ours, prefix: int):
+    """The stock PEFT model a method is timed against (None where there is none)."""
+    if name in ("prompt", "injection"):
+        # Injection's peer is PEFT prompt tuning with as many prefix vectors (P - 1 static + 1 injected), timed in
+        # the same interleaved loop so the ratio is one run's, not two blocks'.
+        return get_peft_model(lm.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prefix))
+    if name == "prefix":
+        return get_peft_model(lm.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prefix))
+    if name == "lora":
+        return ours.peft_model  # the same LoRA layers: only the loss path differs
+    return None
+
+
+def time_sides(args, name: str, fns: dict, rows: list[dict]) -> dict[str, list[float]]:
+    """Every side's step times; where a stock side fails, embinject's alone and the failure recorded in `rows`."""
+    try:
+        return interleave(fns, args.reps, args.device)
+    except Exception as exc:  # a stock path that breaks is a result worth recording, not a crash
+        times = interleave({k: f for k, f in fns.items() if k.startswith("embinject")}, args.reps, args.device)
+        rows.append({"method": name, "side": "peft", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+        return times
+
+
+def side_row(args, name: str, side: str, ts: list[float], matmul: tuple[int, int], peak: float) -> dict:
+    """One side's median step, its tokens/s, and the FLOP/s of the frozen model's matmuls it achieved."""
     B, T, P = args.batch, args.seq, args.prefix
-    body, head = matmul_params(lm.model)
-    peak = matmul_peak_gflops(dev)
-    threads = torch.get_num_threads()
+    body, head = matmul
+    med = statistics.median(ts)
+    prefix_tokens = 0 if name in ("lora", "prefix") else P
+    body_tokens = B * (T + prefix_tokens)
+    head_tokens = B * (T - 1) if side.startswith("embinject") else B * (T + prefix_tokens)
+    flops = 4 * (body * body_tokens + head * head_tokens)
+    return {
+        "method": name,
+        "side": side,
+        "median_s": med,
+        "all_s": ts,
+        "tokens_per_s": B * T / med,
+        "gflops": flops / med / 1e9,
+        "peak_fraction": flops / med / 1e9 / peak,
+    }
+
+
+def method_rows(args, name: str, lm, batch: dict, matmul: tuple[int, int], peak: float) -> list[dict]:
+    """One method's rows: embinject's step and its PEFT peer's, interleaved, each also under bf16 with --bf16."""
+    ours, b = build_ours(args, name, lm, batch)
+    fns = {"embinject": step_fn_ours(ours, b)}
+    peft_model = peft_peer(name, lm, ours, args.prefix)
+    if peft_model is not None:
+        fns["peft"] = step_fn_peft(peft_model, batch)
+    if args.bf16:
+        fns.update({f"{k}+bf16": with_bf16(f, args.device) for k, f in list(fns.items())})
     rows = []
-    for name in args.methods:
-        over = [
-            f"model={args.model}",
-            f"method={name}",
-            f"adapter.prefix_len={P if name != 'injection' else P - 1}",
-            "adapter.inject_tokens=1",
-            "adapter.mlp_width=0" if name == "prefix" else "adapter.mlp_width=512",
-            "adapter.embedding_model=fourier",
-            "adapter.rank=8",
-        ]
-        cfg = load_config(None, over)
-        b = dict(batch)
-        if name == "injection":
-            b["sentence_embedding"] = torch.randn(B, 2 * cfg.adapter.fourier_features, device=dev)
-        ours = build_method(cfg, lm.model, encoder_dim=2 * cfg.adapter.fourier_features, tokenizer=lm.tokenizer)
-        fns = {"embinject": step_fn_ours(ours, b)}
-        peft_model = None
-        if name in ("prompt", "injection"):
-            # Injection's peer is PEFT prompt tuning with as many prefix vectors (P - 1 static + 1 injected), timed in
-            # the same interleaved loop so the ratio is one run's, not two blocks'.
-            peft_model = get_peft_model(lm.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
-        elif name == "prefix":
-            peft_model = get_peft_model(lm.model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
-        elif name == "lora":
-            peft_model = ours.peft_model  # the same LoRA layers: only the loss path differs
-        if peft_model is not None:
-            fns["peft"] = step_fn_peft(peft_model, batch)
-        if args.bf16:
-            fns.update({f"{k}+bf16": with_bf16(f, dev) for k, f in list(fns.items())})
-        try:
-            times = interleave(fns, args.reps, dev)
-        except Exception as exc:  # a stock path that breaks is a result worth recording, not a crash
-            times = interleave({k: f for k, f in fns.items() if k.startswith("embinject")}, args.reps, dev)
-            rows.append({"method": name, "side": "peft", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
-        for side, ts in times.items():
-            med = statistics.median(ts)
-            prefix_tokens = 0 if name in ("lora", "prefix") else P
-            body_tokens = B * (T + prefix_tokens)
-            head_tokens = B * (T - 1) if side.startswith("embinject") else B * (T + prefix_tokens)
-            flops = 4 * (body * body_tokens + head * head_tokens)
-            rows.append(
-                {
-                    "method": name,
-                    "side": side,
-                    "median_s": med,
-                    "all_s": ts,
-                    "tokens_per_s": B * T / med,
-                    "gflops": flops / med / 1e9,
-                    "peak_fraction": flops / med / 1e9 / peak,
-                }
-            )
-        ours.release()
-    for name in args.methods:
+    times = time_sides(args, name, fns, rows)
+    rows += [side_row(args, name, side, ts, matmul, peak) for side, ts in times.items()]
+    ours.release()
+    return rows
+
+
+def add_speedups(rows: list[dict], methods: list[str]) -> None:
+    """Every side's speed against stock PEFT in fp32, where the run has that side."""
+    for name in methods:
         sides = {r["side"]: r for r in rows if r["method"] == name and "median_s" in r}
-        if "peft" in sides:  # every side against stock PEFT in fp32
+        if "peft" in sides:
             for side, r in sides.items():
                 if side != "peft":
                     r["speedup_vs_peft"] = sides["peft"]["median_s"] / r["median_s"]
+
+
+def print_rows(rows: list[dict], peak: float) -> None:
+    for r in rows:
+        if "median_s" in r:
+            extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT fp32" if "speedup_vs_peft" in r else ""
+            print(
+                f"{r['method']:10s} {r['side']:15s} {r['median_s']:.2f} s/step  {r['tokens_per_s']:.0f} tok/s  "
+                f"{r['gflops']:.0f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {peak:.0f}){extra}"
+            )
+        else:
+            print(f"{r['method']:10s} {r['side']:10s} failed: {r['error']}")
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    dev = args.device
+    torch.manual_seed(0)
+    lm = load_frozen_lm(args.model, device=dev)
+    batch = train_batch(args, lm)
+    matmul = matmul_params(lm.model)
+    peak = matmul_peak_gflops(dev)
+    threads = torch.get_num_threads()
+    rows = [r for name in args.methods for r in method_rows(args, name, lm, batch, matmul, peak)]
+    add_speedups(rows, args.methods)
     device_name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
     out = {
         "benchmark": "step",
         "model": model_label(args.model),
         "device": dev,
         "device_name": device_name,
-        "batch": B,
-        "seq_len": T,
-        "prefix": P,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "prefix": args.prefix,
         "reps": args.reps,
         "bf16": args.bf16,
         "threads": threads,
@@ -219,15 +266,7 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(out, indent=1))
-    for r in rows:
-        if "median_s" in r:
-            extra = f"  x{r['speedup_vs_peft']:.2f} vs PEFT fp32" if "speedup_vs_peft" in r else ""
-            print(
-                f"{r['method']:10s} {r['side']:15s} {r['median_s']:.2f} s/step  {r['tokens_per_s']:.0f} tok/s  "
-                f"{r['gflops']:.0f} GFLOP/s ({100 * r['peak_fraction']:.0f}% of {peak:.0f}){extra}"
-            )
-        else:
-            print(f"{r['method']:10s} {r['side']:10s} failed: {r['error']}")
+    print_rows(rows, peak)
     return 0
 
 

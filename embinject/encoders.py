@@ -280,9 +280,8 @@ class SentenceTransformerEncoder:
         self.tokenizer = tokenizer
         dim_fn = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = dim_fn()
-        self.normalizes = any(
-            type(m).__name__ == "Normalize" for m in self.model
-        )  # its sentence vectors have unit length
+        # its sentence vectors have unit length
+        self.normalizes = any(type(m).__name__ == "Normalize" for m in self.model)
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -299,9 +298,8 @@ class SentenceTransformerEncoder:
 
     @staticmethod
     def cache_key(src: "Source", pooling: Pooling) -> str:
-        return f"st:{src.value}{pooling.key()}" + (
-            ":scaled" if pooling.chunked else ""
-        )  # :scaled: as its sentence vectors (earlier: raw)
+        # :scaled: as its sentence vectors (earlier: raw)
+        return f"st:{src.value}{pooling.key()}" + (":scaled" if pooling.chunked else "")
 
     @staticmethod
     def build(src: "Source") -> "SentenceTransformerEncoder":

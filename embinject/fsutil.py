@@ -102,9 +102,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_save_tensors(tensors: dict, path: str | Path) -> Path:
-    from safetensors.torch import (
-        save_file,
-    )  # lazy: torch (seconds) only where tensors are written, not to read a config
+    # lazy: torch (seconds) only where tensors are written, not to read a config
+    from safetensors.torch import save_file
 
     return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 

@@ -60,10 +60,9 @@ def package_file(package: str, filename: str, key: str = "model") -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from filelock import FileLock
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-    )  # lazy: seconds to import; cache checks need none of it
+
+    # lazy: seconds to import; cache checks need none of it
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():

@@ -595,9 +595,8 @@ def test_tracking_server_down_mid_search_loses_nothing(tmp_path, tiny_model):
             assert child.info.status == "FINISHED"
             trial = next(storage.glob(f"t-*/trial_{child.data.tags['trial_id']}"))
             history = client.get_metric_history(child.info.run_id, "val_perplexity")
-            assert sorted(h.step for h in history) == sorted(
-                {r["step"] for r in _results(trial)}
-            )  # every evaluation logged, once
+            # every evaluation logged, once
+            assert sorted(h.step for h in history) == sorted({r["step"] for r in _results(trial)})
             for constant in ("baseline_perplexity", "startup_seconds"):
                 assert len(client.get_metric_history(child.info.run_id, constant)) == 1, (
                     child.data.tags["trial_id"],
@@ -735,7 +734,6 @@ def test_corrupt_adapter_directories_are_named_in_one_line(saved_adapters, tiny_
         assert expected in message and "\n" not in message, (method, expected, message)
         assert str(saved_adapters[method]) in message
     after = lm.model.state_dict()
-    assert after.keys() == before.keys() and all(
-        torch.equal(after[k], before[k]) for k in before
-    )  # LoRA taken out again
+    # LoRA taken out again
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert load_method(saved_adapters["lora"], lm.model, lm.tokenizer) is not None  # undamaged copies still load

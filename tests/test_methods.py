@@ -36,7 +36,7 @@ from embinject.train.distill import TEACHER_INDEX, TEACHER_LOGP, distill_kl
 from embinject.train.evaluation import perplexity, window_nll
 from embinject.train.generation import generate
 from embinject.specs import METHOD_SPECS
-from embinject.train.loop import SoloSteps
+from embinject.train.steps import SoloSteps
 import embinject.train.loop as T
 
 from .conftest import ROOT
@@ -379,9 +379,8 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_overrides, method):
     b = [h["val_perplexity"] for h in ckpt["history"]]
     assert a == pytest.approx(b, rel=1e-5) and a[0] != a[-1]
     lm = load_frozen_lm(cfg.model)
-    assert not lm.model.training and not any(
-        getattr(m, "gradient_checkpointing", False) for m in lm.model.modules()
-    )  # restored for everyone else
+    # restored for everyone else
+    assert not lm.model.training and not any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())
 
 
 def test_packed_trials_get_their_own_gradients(tiny_model):
@@ -580,9 +579,8 @@ def test_chunked_injection_reads_k_chunk_means_and_generates_from_a_context(tiny
     ids = prep.train["input_ids"][:2, :12]
     enc = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16)
     chunked = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("chunks", 3)).encode(ids)
-    assert torch.allclose(
-        chunked.mean(dim=1), enc.encode(ids), atol=1e-5
-    )  # 3 equal chunks of 4: their mean is the mean
+    # 3 equal chunks of 4: their mean is the mean
+    assert torch.allclose(chunked.mean(dim=1), enc.encode(ids), atol=1e-5)
     recent = load_encoder(encoder, lm.model, lm.tokenizer, lm.path, 16, pooling=Pooling("recent", 3)).encode(ids)
     assert torch.allclose(recent[:, -1], torch.stack(enc.token_states(ids))[:, -1], atol=1e-5)  # the last token alone
     keys = {encoder_key(encoder, lm.tokenizer, 16, lm.path, Pooling(kind, 3)) for kind in ("mean", "chunks", "recent")}
@@ -657,9 +655,8 @@ def test_resampler_injection_attends_over_token_states_and_ignores_padding(tiny_
     assert states.dim() == 3 and states.dtype == torch.float16 and prep.encoder_dim == states.shape[-1]
     result, trained = train(cfg, prepared=prep)
     batch = {"input_ids": prep.val["input_ids"][:2], "sentence_embedding": prep.val["sentence_embedding"][:2].float()}
-    padded = dict(
-        batch, sentence_embedding=F.pad(batch["sentence_embedding"], (0, 0, 0, 5))
-    )  # 5 more padding positions
+    # 5 more padding positions
+    padded = dict(batch, sentence_embedding=F.pad(batch["sentence_embedding"], (0, 0, 0, 5)))
     with torch.no_grad():
         assert torch.allclose(trained.prefix_embeds(batch), trained.prefix_embeds(padded), atol=1e-6)
     trained.save(tmp_path / "adapter")

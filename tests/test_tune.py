@@ -1356,9 +1356,8 @@ def test_a_logged_search_prints_its_trial_table_when_a_trial_starts_or_ends_not_
     now[0] += 15
     assert log.should_report([trial(1, "TERMINATED"), trial(2, "TERMINATED")])  # ... and the change is not lost
     now[0] += 301
-    assert log.should_report(
-        [trial(1, "TERMINATED"), trial(2, "TERMINATED")]
-    )  # a quiet log still shows it every 5 minutes
+    # a quiet log still shows it every 5 minutes
+    assert log.should_report([trial(1, "TERMINATED"), trial(2, "TERMINATED")])
     assert log.should_report([trial(1, "TERMINATED")], done=True)
     terminal = progress.trial_table({"train.lr": "lr"}, {"val_perplexity": "val_ppl"}, 20, interactive=True)
     assert [terminal.should_report(running) for _ in range(3)] == [True, False, False]

@@ -215,9 +215,8 @@ class MlflowApplier:
                 ],
             )
         outputs = client.get_run(run_id).outputs
-        if not any(
-            o.model_id == model_id for o in (outputs.model_outputs if outputs else [])
-        ):  # a second link is refused
+        # a second link is refused
+        if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else [])):
             client.log_outputs(run_id, [LoggedModelOutput(model_id, int(entry.get("steps") or 0))])
         client.set_tag(run_id, "top_rank", str(entry["rank"]))
 

@@ -1,9 +1,11 @@
-"""Training: the loop for one adapter (`loop`), what trials share (`shared`), checkpoints (`checkpoint`),
-evaluation, generation and precision. It knows nothing of Ray or MLflow; `python -m embinject.train` is
-its command (`__main__`)."""
+"""Training: the loop for one adapter (`loop`) and how it takes a step (`steps`), what trials share (`shared`),
+checkpoints (`checkpoint`), evaluation, generation and precision. It knows nothing of Ray or MLflow;
+`python -m embinject.train` is its command (`__main__`)."""
 
 from .checkpoint import load_checkpoint, save_checkpoint, write_outputs
-from .loop import Diverged, Report, checkpointed_lm, eval_subset, train
+from .evaluation import eval_subset
+from .loop import Diverged, Report, train
+from .steps import checkpointed_lm
 from .shared import (
     Prepared,
     ablated,

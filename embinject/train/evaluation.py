@@ -75,3 +75,37 @@ def window_nll(
 def windows_perplexity(nll: torch.Tensor, count: torch.Tensor, rows=slice(None)) -> float:
     """Perplexity of the windows `rows` from each window's summed NLL and scored tokens (`window_nll`'s numbers)."""
     return math.exp(float(nll[rows].sum()) / max(int(count[rows].sum()), 1))
+
+
+def eval_subset(val: dict[str, torch.Tensor], n: int | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The windows intermediate evaluations score: a fixed subset, the same for every trial and seed (so that
+    trials are compared on the same windows), with its row index; or all of them (index None)."""
+    total = len(val["input_ids"])
+    if not n or n >= total:
+        return val, None
+    index = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return {k: v[index] for k, v in val.items()}, index
+
+
+def subset_and_full(
+    method: AdapterMethod, val: dict, index: torch.Tensor, batch_size: int, device: str, amp, evaluate=window_nll
+) -> tuple[float, float]:
+    """(perplexity on the subset `index`, perplexity on every window) from one pass over every window: the
+    subset's windows are among them, so scoring them separately would be paid twice. `evaluate`: how the windows are
+    scored (`SoloSteps.evaluate`'s signature)."""
+    nll, count = evaluate(method, val, batch_size, device, amp)
+    return windows_perplexity(nll, count, index), windows_perplexity(nll, count)
+
+
+def score_state(
+    method: AdapterMethod, state: dict | None, val: dict, batch_size: int, device: str, amp, evaluate=window_nll
+) -> float:
+    """Perplexity of `method` with the adapter weights `state` (None: as it is), leaving it as it was."""
+    if state is None:
+        return windows_perplexity(*evaluate(method, val, batch_size, device, amp))
+    current = method.adapter_state()
+    method.load_adapter_state({k: v.to(device) for k, v in state.items()})
+    try:
+        return windows_perplexity(*evaluate(method, val, batch_size, device, amp))
+    finally:
+        method.load_adapter_state({k: v.to(device) for k, v in current.items()})

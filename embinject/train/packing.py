@@ -317,7 +317,7 @@ class StepPack:
 
 
 class PackedSteps:
-    """A training loop's steps as one member of a `StepPack` (see `embinject.train.loop.SoloSteps`)."""
+    """A training loop's steps as one member of a `StepPack` (see `embinject.train.steps.SoloSteps`)."""
 
     def __init__(self, pack: StepPack, member: str, build_lock: threading.Lock):
         self.pack, self.member, self.build_lock = pack, member, build_lock

@@ -48,9 +48,8 @@ def time_split(result: dict, queued_at: float | None, received_at: float) -> dic
 def mlflow_callback(tracking_uri: str, experiment: str, exp_dir: Path, artifact_root: Path, searched: list[str]):
     """A Ray Tune callback (driver side) forwarding trial events to the search's `SearchTracker`. It
     holds only plain settings, so Ray can pickle it with the experiment state and rebuild it on --resume."""
-    from ray.tune import (
-        Callback,
-    )  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray.tune import Callback
 
     class MlflowCallback(Callback):
         def __init__(self):

@@ -194,6 +194,63 @@ def top_models(
     return out
 
 
+def _figures(search: SearchFile, rows: list[dict], exp_dir: Path, baseline: float | None) -> list[Path]:
+    """The trials' validation curves and the search's plots (each parameter against the best perplexity)."""
+    curves = {
+        f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]])
+        for r in rows
+        if r["_history"]
+    }
+    if not curves:
+        return []
+    scored = [
+        ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"])
+        for r in rows
+        if r["best_val_perplexity"] is not None
+    ]
+    direction = "minimize" if search.tune.mode == "min" else "maximize"
+    return [
+        perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline),
+        *search_plots(search.params, scored, exp_dir, direction, "best_val_perplexity"),
+    ]
+
+
+def _pareto(search: SearchFile, rows: list[dict], exp_dir: Path) -> list[Path]:
+    """With several objectives: the Pareto front as a plot of the first two and as a table."""
+    objectives = search.tune.objectives
+    front = [r for r in rows if r.get("pareto")]
+    if not (objectives and front):
+        return []
+    names = [o["metric"] for o in objectives[:2]]
+    points = [
+        (objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"])
+        for r in rows
+        if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"
+    ]
+    plot = pareto_plot(points, {r["trial_id"] for r in front}, names, exp_dir / "pareto_front.png")
+    table = io.StringIO()
+    fields = ["trial_id", *[o["metric"] for o in objectives], *search.searched]
+    writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({**r, **{o["metric"]: objective_value(r, o["metric"]) for o in objectives}} for r in front)
+    return [plot, atomic_write_text(exp_dir / "pareto_front.csv", table.getvalue())]
+
+
+def _version_tags(search: SearchFile, best: dict | None, exp_dir: Path, baseline: float | None) -> dict:
+    """The tags of the champion's registered model version (none without a best trial)."""
+    if best is None:
+        return {}
+    return {
+        "method": best["_config"].get("method", search.config.method),
+        "trial_id": best["trial_id"],
+        "val_perplexity": f"{best['best_val_perplexity']:.6g}",
+        "search": exp_dir.name,
+        "baseline_perplexity": f"{baseline:.6g}" if baseline else "",
+        # what decides whether it may take the alias from the version holding it (ranked as the trials are)
+        **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity", search.tune.mode),
+    }
+
+
 def finish_search(
     search: SearchFile,
     tracker: SearchTracker,
@@ -208,37 +265,9 @@ def finish_search(
     """The search's end from its summary rows: plots, the Pareto front, the champion copied and saved as an MLflow model,
     the best trials' models, everything sent to MLflow (`tracker.finish`), and the outcome the command prints."""
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
-    curves = {
-        f"{r['trial_id']}": ([int(h[0]) for h in r["_history"]], [h[1] for h in r["_history"]])
-        for r in rows
-        if r["_history"]
-    }
-    artifacts = [exp_dir / "summary.csv"]
-    if curves:
-        artifacts.append(perplexity_curves(curves, exp_dir / "val_perplexity_curves.png", baseline))
-        scored = [
-            ScoredTrial(r["trial_id"], r["_config"], r["best_val_perplexity"])
-            for r in rows
-            if r["best_val_perplexity"] is not None
-        ]
-        direction = "minimize" if search.tune.mode == "min" else "maximize"
-        artifacts += search_plots(search.params, scored, exp_dir, direction, "best_val_perplexity")
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]
-    if objectives and front:
-        names = [o["metric"] for o in objectives[:2]]
-        points = [
-            (objective_value(r, names[0]), objective_value(r, names[1]), r["trial_id"])
-            for r in rows
-            if all(objective_value(r, n) is not None for n in names) and r["status"] == "ok"
-        ]
-        artifacts.append(pareto_plot(points, {r["trial_id"] for r in front}, names, exp_dir / "pareto_front.png"))
-        table = io.StringIO()
-        fields = ["trial_id", *[o["metric"] for o in objectives], *search.searched]
-        writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({**r, **{o["metric"]: objective_value(r, o["metric"]) for o in objectives}} for r in front)
-        artifacts.append(atomic_write_text(exp_dir / "pareto_front.csv", table.getvalue()))
+    artifacts = [exp_dir / "summary.csv", *_figures(search, rows, exp_dir, baseline), *_pareto(search, rows, exp_dir)]
     champion, best = champion_of(ranked, exp_dir)
     model = None
     if champion is not None:
@@ -259,20 +288,10 @@ def finish_search(
     }
     if best is not None:
         metrics.update(best_val_perplexity=best["best_val_perplexity"], baseline_perplexity=baseline or float("nan"))
-    version_tags = {}
-    if best is not None:
-        version_tags = {
-            "method": best["_config"].get("method", search.config.method),
-            "trial_id": best["trial_id"],
-            "val_perplexity": f"{best['best_val_perplexity']:.6g}",
-            "search": exp_dir.name,
-            "baseline_perplexity": f"{baseline:.6g}" if baseline else "",
-            # what decides whether it may take the alias from the version holding it (ranked as above)
-            **champion_identity(trial_config(search.base, best["_config"]), "val_perplexity", search.tune.mode),
-        }
     register_as = search.mlflow.register_as if champion else None
+    tags = _version_tags(search, best, exp_dir, baseline)
     tracker.finish(
-        metrics, artifacts, champion, register_as, model, best["trial_id"] if best else None, version_tags, top, promote
+        metrics, artifacts, champion, register_as, model, best["trial_id"] if best else None, tags, top, promote
     )
     state = tracker.state
     return SearchOutcome(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import shlex
 import signal
@@ -15,20 +14,18 @@ import time
 import warnings
 from pathlib import Path
 
-from ...errors import first_line, prog
+from ...errors import prog
 from ...fsutil import atomic_write_text, check_writable, sweep_scratch
 from ...models import cache_root
-from ...space import SearchFile, apply_params
+from ...space import SearchFile
 from ...tracking import (
     check_tracking_uri,
     dataset_record,
-    default_tracking_uri,
     quiet_mlflow,
     runs_table_url,
     source_tags,
     tracker_for,
 )
-from .callback import mlflow_callback, short_key
 from .folder import (
     check_same_pack,
     check_same_space,
@@ -36,9 +33,7 @@ from .folder import (
     newest_search_dir,
     record_pack,
     record_space,
-    recorded_pack_size,
     removed_unless_started,
-    restore_superseded_checkpoints,
     search_lock,
 )
 from .cluster import (
@@ -51,18 +46,14 @@ from .cluster import (
     warm_caches,
 )
 from .results import finish_search, summarize, trial_ids
-from .searcher import make_scheduler, make_searcher
-from ..worker import member
-from ..worker.pack_host import packed_trainable
-from ..worker.pack_names import PackPlan, lanes
-from .pack_plan import auto_cap, lanes_used, needs_probe, packable_methods, plan_pack, prestart_hosts, stop_hosts
-from ..worker.probe import largest_trial, probe_pack
-from .progress import imports_line, stage_line, trial_table
+from .pack_plan import needs_probe, plan_pack, stop_hosts
+from .progress import imports_line, stage_line
 from .signals import GracefulStop
 from .study import close_study, journal_path, study_name
-from ..worker.trainable import trainable
 from .outcome import SearchOutcome
-from .warm import WarmStart, read_warm_start
+from .search_run import SearchRun
+from .tuner import make_tuner, pack_plan_for, restores_ray_state, trial_function
+from .warm import read_warm_start
 
 
 class AlreadyFinished(Exception):
@@ -150,97 +141,6 @@ def registration_problem(refused: str, exp_dir: Path) -> str:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchRun:
-    """One search call and its plans, each made once before any work: the search file, where and how it runs, how
-    `tune.pack` resolves (`pack`: None where `auto` on GPUs measures the largest trial's memory first, once Ray is up),
-    whether --resume hands Ray its saved state (`restoring`), and the earlier searches it starts from (`warm`)."""
-
-    search: SearchFile
-    address: str | None = None
-    resume: bool = False
-    verbose: int = 1
-    promote: bool = (
-        False  # the champion takes the registered model's alias `champion` whether or not it beats its holder
-    )
-    pack: PackPlan | None = None
-    restoring: bool = False
-    warm: WarmStart = dataclasses.field(default_factory=WarmStart)
-
-    @property
-    def storage(self) -> Path:
-        return Path(self.search.tune.storage_path)
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.search.mlflow.tracking_uri or default_tracking_uri(self.storage)
-
-    @property
-    def artifact_root(self) -> Path:
-        return self.storage / "mlartifacts"
-
-
-def pack_plan_for(run: SearchRun, exp_dir: Path) -> PackPlan:
-    """`tune.pack` for this search, its hosts named after `exp_dir`: the plan made before Ray started, or, for `auto`,
-    one from the probe (a packed step's speed, and on GPUs the memory) in one process with one trial's resources,
-    except where --resume restores trials Ray created in packs of the size the probe chose then."""
-    import ray  # lazy, as in _search_in
-
-    key = hashlib.sha256(str(exp_dir).encode()).hexdigest()[:10]
-    if run.pack is not None:
-        return dataclasses.replace(run.pack, key=key)
-    search = run.search
-    if run.restoring:
-        size = recorded_pack_size(exp_dir)
-        if size is not None:
-            return PackPlan(
-                size,
-                f"tune.pack auto: {'every trial alone' if size == 1 else f'packs of {size}'}, as the "
-                "probe found when the search started",
-                key,
-            )
-    r = search.tune.resources
-    device = "cuda" if r.gpus > 0 else "cpu"
-    worst = {**largest_trial(search), "method": packable_methods(search)[0]}
-    task = ray.remote(num_cpus=r.cpus, num_gpus=1 if r.gpus > 0 else 0, max_calls=1)(probe_pack)
-    try:
-        probe = ray.get(task.remote(dict(search.base), worst, device, auto_cap(search), max(1, int(r.cpus))))
-    except Exception as exc:  # every trial then trains alone, and the search's "packing:" line says why
-        return PackPlan(1, f"tune.pack auto: the probe failed ({first_line(exc)}); every trial trains alone", key)
-    if device == "cpu":  # a pack computes on one trial's CPUs; unpacked, as many trials as the CPUs hold run at once
-        cpus = ray.cluster_resources().get("CPU", 1)
-        probe["at_once"] = min(search.tune.max_concurrent_trials, lanes(cpus, r.cpus))
-        probe["packs"] = lanes_used(search, probe["k"], cpus)
-    return plan_pack(search, probe, key)
-
-
-def trial_function(search: SearchFile, plan: PackPlan):
-    """What Ray runs for each trial, with the resources it asks for: packed or alone, as `plan` says (a packed search
-    on CPUs starts its hosts now, see `prestart_hosts`)."""
-    from ray import tune  # lazy, as in _search_in
-
-    r = search.tune.resources
-    base = dict(search.base)
-    if r.gpus == 0:
-        base = apply_params(base, {"train.device": "cpu"})  # never touch a GPU Ray did not assign
-    if plan.size > 1 or search.tune.pack == "auto":  # what the probe found, also where trials then train alone
-        print(f"packing: {plan.why}", flush=True)
-    if plan.size <= 1:
-        return tune.with_resources(tune.with_parameters(trainable, base=base), {"cpu": r.cpus, "gpu": r.gpus})
-    plan = prestart_hosts(plan, search, base)
-    # where the driver started the hosts and every trial packs, a trial's process only relays (and imports no torch)
-    every = set(packable_methods(search)) == search.choices("method", {search.config.method})
-    fn = member.packed_trainable if plan.starter and every else packed_trainable
-    return tune.with_resources(tune.with_parameters(fn, base=base, plan=plan), plan.resources(r.cpus, r.gpus))
-
-
-def restores_ray_state(exp_dir: Path) -> bool:
-    """Whether --resume hands Ray a saved state (its trials keep their trainable), or Ray saved none and starts anew."""
-    from ray import tune  # lazy, as in _search_in
-
-    return tune.Tuner.can_restore(str(exp_dir))
-
-
 def _quiet_libraries() -> None:
     """Ray, Optuna and MLflow as a search wants them: the classic live trial table, no experimental warnings, no
     progress bars, and a tracking server that goes away failing fast (the journal keeps the records)."""
@@ -249,9 +149,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-    )  # saving the champion model: no progress bars
+    # saving the champion model: no progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import optuna  # lazy, as Ray below
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -270,9 +169,8 @@ def run_search(
     run = SearchRun(search, address, resume, verbose, promote, pack=None if needs_probe(search) else plan_pack(search))
     check_places(search, run.tracking_uri)
     if not resume:
-        run = dataclasses.replace(
-            run, warm=read_warm_start(search)
-        )  # before any work: a missing folder is answered at once
+        # before any work: a missing folder is answered at once
+        run = dataclasses.replace(run, warm=read_warm_start(search))
         for line in run.warm.lines():
             print(line, flush=True)
         return _search_in(None, run)
@@ -389,78 +287,6 @@ def _start_tracker(run: SearchRun, exp_dir: Path):
     return tracker
 
 
-def _run_config(run: SearchRun, exp_dir: Path):
-    """Where Ray keeps the search, its MLflow callback, checkpoints and failures, and the live trial table."""
-    from ray import tune  # lazy, as in _search_in
-
-    search = run.search
-    # Ray's best-trial line looks every column up in the trial's config, so conditional
-    # parameters (absent from some trials) stay out of the live table; MLflow has them all.
-    unconditional = [p.key for p in search.params if p.kind != "fixed" and not p.when]
-    # Values longer than a column are cut by Ray with a memory address appended (unstable names), so
-    # columns are as wide as the longest searched value (hub ids included), within reason.
-    longest = max(
-        [len(str(v)) for p in search.params if p.key in unconditional and p.kind == "choice" for v in p.args] + [20]
-    )
-    reporter = trial_table(
-        {k: short_key(k) for k in unconditional},
-        {"step": "step", "val_perplexity": "val_ppl", "best_val_perplexity": "best_ppl", "tokens_per_second": "tok/s"},
-        min(longest, 60),
-        exp_dir,
-    )
-    return tune.RunConfig(
-        name=exp_dir.name,
-        storage_path=str(exp_dir.parent),
-        verbose=run.verbose,
-        callbacks=[
-            mlflow_callback(
-                run.tracking_uri,
-                search.mlflow.experiment,
-                exp_dir,
-                run.artifact_root,
-                [p.key for p in search.params if p.kind != "fixed"],
-            )
-        ],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=search.tune.max_failures),
-        progress_reporter=reporter,
-    )
-
-
-def _tuner(run: SearchRun, exp_dir: Path, fn):
-    """Ray's Tuner: restored from its saved state on --resume, or a new one with the searcher and the scheduler."""
-    from ray import tune  # lazy, as in _search_in
-
-    search = run.search
-    if run.restoring:
-        if search.tune.warm_start:
-            print(
-                "warm start: kept from the search's start (Optuna's study goes on in its journal, optuna.journal)",
-                flush=True,
-            )
-        for line in restore_superseded_checkpoints(exp_dir):
-            print(line, flush=True)
-        return tune.Tuner.restore(str(exp_dir), trainable=fn, resume_unfinished=True, resume_errored=True)
-    if run.resume:  # stopped before Ray saved any state: the earlier searches, read again, are said again
-        for line in run.warm.lines():
-            print(line, flush=True)
-    t = search.tune
-    return tune.Tuner(
-        fn,
-        run_config=_run_config(run, exp_dir),
-        tune_config=tune.TuneConfig(
-            metric=t.metric,
-            mode=t.mode,
-            search_alg=make_searcher(search, exp_dir, run.warm),
-            scheduler=make_scheduler(search),
-            num_samples=t.num_samples,
-            time_budget_s=t.time_budget_s,
-            reuse_actors=t.reuse_actors,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-        ),
-    )
-
-
 def _run_tuner(exp_dir: Path, run: SearchRun, warm_seconds: float, t0: float) -> SearchOutcome:
     search = run.search
     plan = pack_plan_for(run, exp_dir)
@@ -469,7 +295,7 @@ def _run_tuner(exp_dir: Path, run: SearchRun, warm_seconds: float, t0: float) ->
     elif run.pack is None:  # measured only now: checked only now
         check_same_pack(exp_dir, search, plan.size)
     tracker = _start_tracker(run, exp_dir)
-    tuner = _tuner(run, exp_dir, trial_function(search, plan))
+    tuner = make_tuner(run, exp_dir, trial_function(search, plan))
     stage_line("Ray Tune and MLflow set up", time.time() - t0 - warm_seconds)
     stop = GracefulStop()
     try:

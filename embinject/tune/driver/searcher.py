@@ -191,9 +191,8 @@ def __getattr__(name: str):
 def make_searcher(search: SearchFile, exp_dir: Path, warm: WarmStart | None = None):
     """Ray's OptunaSearch over the search's space, its study begun in `exp_dir`'s journal (see .study). It runs where
     Ray starts a search from nothing, so a journal already there is of a start Ray kept no state of: begun again."""
-    from ray.tune.search import (
-        ConcurrencyLimiter,
-    )  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
+    from ray.tune.search import ConcurrencyLimiter
 
     t = search.tune
     warm = warm or WarmStart()

@@ -14,7 +14,7 @@ import torch
 from ...methods import build_method
 from ...space import SearchFile, trial_config
 from ...train import autocast_dtype, prepare
-from ...train.loop import SoloSteps
+from ...train.steps import SoloSteps
 from ...train.packing import packed_nll
 
 MEMORY_KEYS = ("adapter.prefix_len", "adapter.inject_tokens", "adapter.mlp_width", "train.batch_size", "data.seq_len")
