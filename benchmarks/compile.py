@@ -115,7 +115,8 @@ def train_step(methods: list, batches: list, opts: list | None, packed: bool) ->
 
 
 def evaluate(methods: list, inputs: list, packed: bool) -> list[torch.Tensor]:
-    """Each member's per-window NLL over its evaluation windows (packed: as `StepPack._forward`; alone: `window_nll`)."""
+    """Each member's per-window NLL over its evaluation windows (packed: as `StepPack._forward`; alone:
+    `window_nll`)."""
     if not packed:
         return [window_nll(methods[0], inputs[0], EVAL_BATCH, str(inputs[0]["input_ids"].device))[0]]
     for m in methods:
@@ -288,7 +289,8 @@ def run_cases(args, out: dict, tiny: Path) -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out, json.dumps(out, indent=1))
             print(
-                f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, compiled {row['compiled_train_s']:.4f} s, "
+                f"{case} dynamic={dynamic}: train eager {row['eager_train_s']:.4f} s, "
+                f"compiled {row['compiled_train_s']:.4f} s, "
                 f"compile {row['compile_train_s_cold']:.1f} s cold / {row['compile_train_s_warm']:.1f} s warm, "
                 f"loss diff {row['cold']['loss_rel_diff']:.1e}",
                 flush=True,

@@ -64,7 +64,8 @@ def _args(argv) -> argparse.Namespace:
 
 
 def audited_search(args) -> tuple[Path, float]:
-    """The search with every intermediate evaluation scored on the subset and on all windows: its folder and wall time."""
+    """The search with every intermediate evaluation scored on the subset and on all windows: its folder and wall
+    time."""
     storage = Path(tempfile.mkdtemp(prefix="embinject-evalsubset-"))
     search = load_search_file(
         args.search,

@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     atomic_write_text(OUT / "memory.json", json.dumps(out, indent=1))
     for r in rows:
         print(
-            f"{r['processes']} process(es), checkpointing {r['gradient_checkpointing']}: peak PSS {r['peak_pss_mb']:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB, "
+            f"{r['processes']} process(es), checkpointing {r['gradient_checkpointing']}: "
+            f"peak PSS {r['peak_pss_mb']:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB, "
             f"shared {r['shared_at_peak_mb']:.0f} MB"
             + (f", x{r['ratio_to_one']:.2f} of one" if "ratio_to_one" in r else "")
         )

@@ -211,7 +211,8 @@ def main(argv=None) -> int:
         for name, run in arms.items():
             runs[name].append(run())
             print(
-                f"repeat {rep + 1}: {name} {runs[name][-1]['wall_s']:.1f} s, best {runs[name][-1]['best_val_perplexity']:.3f}",
+                f"repeat {rep + 1}: {name} {runs[name][-1]['wall_s']:.1f} s, "
+                f"best {runs[name][-1]['best_val_perplexity']:.3f}",
                 flush=True,
             )
     med = {name: _median_run(r) for name, r in runs.items()}

@@ -28,7 +28,8 @@ from embinject.models import cache_root, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
-BEFORE = "469fe2689443e37460dd32986f0c33a81d6a1f2d"  # the last commit before the trials-per-hour work (train.dtype auto, evaluation subsets, warm workers)
+# the last commit before the trials-per-hour work (train.dtype auto, evaluation subsets, warm workers)
+BEFORE = "469fe2689443e37460dd32986f0c33a81d6a1f2d"
 
 
 def run_quickstart(checkout: Path, label: str, shared_models: Path) -> dict:

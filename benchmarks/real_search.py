@@ -127,7 +127,8 @@ def searched(args, model: str, work: Path, name: str):
 
 
 def warm(args, model: str, work: Path, env: dict) -> None:
-    """The shared caches (windows, embeddings, baseline) before any arm, so that no arm pays for them and the others not."""
+    """The shared caches (windows, embeddings, baseline) before any arm, so that no arm pays for them and the others
+    not."""
     with arms_cache(env):
         warm_caches(searched(args, model, work, "warm"))
 

@@ -33,9 +33,9 @@ def overhead_section(data: dict) -> list[str]:
     lines = [
         "## trial_overhead: where a trial's time goes",
         "",
-        f"`python -m benchmarks.trial_overhead` on {data['time']}: {len(data['trials'])} trials of the quickstart search, "
-        f"{data['steps_per_trial']} steps each, one at a time, no early stopping. Medians over trials; wall time as the "
-        "driver saw it (MLflow child run start to end).",
+        f"`python -m benchmarks.trial_overhead` on {data['time']}: {len(data['trials'])} trials of the quickstart "
+        f"search, {data['steps_per_trial']} steps each, one at a time, no early stopping. Medians over trials; wall "
+        "time as the driver saw it (MLflow child run start to end).",
         "",
         "| part | seconds | share of trial wall |",
         "|---|---|---|",
@@ -58,11 +58,12 @@ def overhead_section(data: dict) -> list[str]:
             []
             if share < 0.10
             else [
-                f"- Why: evaluations are {100 * m['evaluation_s'] / wall:.1f}% of the trial, everything else that is not a "
-                f"step {100 * (share * wall - m['evaluation_s']) / wall:.1f}%. Under 10% needs the evaluations to cost at most "
-                f"{0.10 * wall - (share * wall - m['evaluation_s']):.1f} s per trial instead of {m['evaluation_s']:.1f} s: fewer "
-                "evaluations, or fewer windows per intermediate evaluation (`train.eval_windows`), and both change the "
-                "scores ASHA and early stopping decide on (eval_subset measures how much)."
+                f"- Why: evaluations are {100 * m['evaluation_s'] / wall:.1f}% of the trial, everything else that is "
+                f"not a step {100 * (share * wall - m['evaluation_s']) / wall:.1f}%. Under 10% needs the evaluations "
+                f"to cost at most {0.10 * wall - (share * wall - m['evaluation_s']):.1f} s per trial instead of "
+                f"{m['evaluation_s']:.1f} s: fewer evaluations, or fewer windows per intermediate evaluation "
+                "(`train.eval_windows`), and both change the scores ASHA and early stopping decide on (eval_subset "
+                "measures how much)."
             ]
         ),
         f"- The whole search took {data['search_wall_s']:.1f} s, of which {data['warm_cache_s'] or 0:.1f} s were the "
@@ -103,11 +104,12 @@ def quickstart_section(data: dict) -> list[str]:
         rows = json.loads(precision.read_text())["rows"]
         step_gain = statistics.median(r["step_speedup"] for r in rows if r["method"] == "injection")
         lines.append(
-            f"- Why the speedup is short of x2: training steps are {100 * steps['training_steps_s'] / steps['wall_s']:.0f}% "
-            f"of a quickstart trial (trial_overhead below) and bf16 autocast makes them x{step_gain:.2f} faster on this "
-            "host (precision below, injection, median over its seeds); the rest of the gain is cheaper evaluations and start-ups and "
-            f"early stopping ({b['stopped_early']} then {a['stopped_early']} of {a['trials']} trials stopped). With the "
-            "same trials and steps, x2 needs steps twice as fast, which this CPU's bf16 does not give."
+            "- Why the speedup is short of x2: training steps are "
+            f"{100 * steps['training_steps_s'] / steps['wall_s']:.0f}% of a quickstart trial (trial_overhead below) "
+            f"and bf16 autocast makes them x{step_gain:.2f} faster on this host (precision below, injection, median "
+            "over its seeds); the rest of the gain is cheaper evaluations and start-ups and early stopping "
+            f"({b['stopped_early']} then {a['stopped_early']} of {a['trials']} trials stopped). With the same trials "
+            "and steps, x2 needs steps twice as fast, which this CPU's bf16 does not give."
         )
     if not ppl:
         lines.append(
@@ -128,14 +130,16 @@ def precision_section(data: dict) -> list[str]:
         f"{data['steps']} steps, {data['threads']} thread(s), seed(s) {', '.join(map(str, seeds))}; `auto` meant "
         f"{data['auto_means']} on this machine ({data['machine']}).",
         "",
-        "| method | seed | float32 val perplexity | auto val perplexity | change | float32 training (s) | auto training (s) | step speed-up |",
+        "| method | seed | float32 val perplexity | auto val perplexity | change | float32 training (s) | "
+        "auto training (s) | step speed-up |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         f, a = r["float32"], r["auto"]
         lines.append(
             f"| {r['method']} | {r.get('seed', 0)} | {f['val_perplexity']:.3f} | {a['val_perplexity']:.3f} | "
-            f"{100 * r['ppl_change']:+.2f}% | {f['train_seconds']:.1f} | {a['train_seconds']:.1f} | x{r['step_speedup']:.2f} |"
+            f"{100 * r['ppl_change']:+.2f}% | {f['train_seconds']:.1f} | {a['train_seconds']:.1f} | "
+            f"x{r['step_speedup']:.2f} |"
         )
     methods = list(dict.fromkeys(r["method"] for r in data["rows"]))
     lines.append("")
@@ -196,11 +200,13 @@ def eval_subset_section(data: dict) -> list[str]:
     lines = [
         "## eval_subset: do cheap intermediate evaluations decide as full ones do?",
         "",
-        f"`python -m benchmarks.eval_subset` on {data['time']}: {data['trials']} quickstart trials on {Path(data.get('data', '')).name or 'the built-in docs'}, {data['steps']} steps, "
-        f"no early stopping; each evaluation (every {data['rungs'][0]['step']} steps) scored on {data['subset']} of {data['val_windows']} validation "
-        f"windows (`train.eval_windows`) and on all of them (`train.eval_audit`).",
+        f"`python -m benchmarks.eval_subset` on {data['time']}: {data['trials']} quickstart trials on "
+        f"{Path(data.get('data', '')).name or 'the built-in docs'}, {data['steps']} steps, no early stopping; each "
+        f"evaluation (every {data['rungs'][0]['step']} steps) scored on {data['subset']} of {data['val_windows']} "
+        "validation windows (`train.eval_windows`) and on all of them (`train.eval_audit`).",
         "",
-        "| step | trials | Spearman (subset vs all) | ASHA's kept half identical | same best trial | median relative difference |",
+        "| step | trials | Spearman (subset vs all) | ASHA's kept half identical | same best trial | "
+        "median relative difference |",
         "|---|---|---|---|---|---|",
     ]
     for r in data["rungs"]:
@@ -228,15 +234,17 @@ def token_cache_section(data: dict) -> list[str]:
         "",
         f"`python -m benchmarks.token_cache`: the states injection reads for {data['windows']:,} windows of "
         f"{data['tokens_per_window']} preceding tokens (Wikipedia), {data['threads']} torch threads. Computing them is "
-        "what an uncached trial pays once and an on-the-fly design every epoch; reading them back is what a cached one pays.",
+        "what an uncached trial pays once and an on-the-fly design every epoch; "
+        "reading them back is what a cached one pays.",
         "",
         "| encoder and pooling | shape | on disk | compute | write | read back | compute / read |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['setup']} | {' x '.join(map(str, r['shape']))} ({r['dtype'].replace('torch.', '')}) | {r['mb']:.1f} MB | "
-            f"{r['compute_s']:.1f} s | {r['write_s']:.3f} s | {r['read_s']:.4f} s | x{r['compute_s'] / max(r['read_s'], 1e-6):,.0f} |"
+            f"| {r['setup']} | {' x '.join(map(str, r['shape']))} ({r['dtype'].replace('torch.', '')}) | "
+            f"{r['mb']:.1f} MB | {r['compute_s']:.1f} s | {r['write_s']:.3f} s | {r['read_s']:.4f} s | "
+            f"x{r['compute_s'] / max(r['read_s'], 1e-6):,.0f} |"
         )
     return lines + [""]
 
@@ -247,16 +255,17 @@ def priority_section(data: dict) -> list[str]:
     lines = [
         "## trial_priority: a search beside other busy processes",
         "",
-        f"`python -m benchmarks.trial_priority` on {data['time']}: the same {data['trials']}-trial search on the tiny model "
-        f"(two trials at a time, ASHA), idle and beside {rows[1]['busy_processes']} spinning processes, {data['cpus']} CPUs.",
+        f"`python -m benchmarks.trial_priority` on {data['time']}: the same {data['trials']}-trial search on the tiny "
+        f"model (two trials at a time, ASHA), idle and beside {rows[1]['busy_processes']} spinning processes, "
+        f"{data['cpus']} CPUs.",
         "",
         "| arm | trials ran at nice | search wall | x idle | slowest trial start-up |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {', '.join(map(str, r['trial_nice']))} | {r['wall_s']:.1f} s | x{r['wall_s'] / idle:.2f} | "
-            f"{r['max_startup_s']:.1f} s |"
+            f"| {r['arm']} | {', '.join(map(str, r['trial_nice']))} | {r['wall_s']:.1f} s | "
+            f"x{r['wall_s'] / idle:.2f} | {r['max_startup_s']:.1f} s |"
         )
     lines += [
         "",

@@ -33,19 +33,19 @@ def _breakeven(value) -> str:
 def _fixed_table(data: dict) -> list[str]:
     lines = [
         "| case | dynamic | step eager / compiled (s) | speed | compile s (empty / filled cache) | break-even steps "
-        "(empty / filled) | x time of a trial of 96 / 300 steps, compiles included (filled cache) | eval pass eager / compiled (s) "
-        "| eval compile s (empty / filled) | max rel. diff loss / gradients / eval NLL |",
+        "(empty / filled) | x time of a trial of 96 / 300 steps, compiles included (filled cache) | eval pass eager / "
+        "compiled (s) | eval compile s (empty / filled) | max rel. diff loss / gradients / eval NLL |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         cold = r["cold"]
         lines.append(
             f"| {r['case']} ({r['model']}, K={r['k']}, {r['batch']} x {r['seq']}) | {r['dynamic']} | "
-            f"{r['eager_train_s']:.4f} / {r['compiled_train_s']:.4f} | x{r['eager_train_s'] / r['compiled_train_s']:.2f} | "
-            f"{r['compile_train_s_cold']:.1f} / {r['compile_train_s_warm']:.1f} | "
-            f"{_breakeven(r['break_even_steps_cold'])} / {_breakeven(r['break_even_steps_warm'])} | "
-            f"x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} / x{_cost(r, TRIAL_STEPS[1], 'warm'):.2f} | "
-            f"{r['eager_eval_s']:.4f} / {r['compiled_eval_s']:.4f} | "
+            f"{r['eager_train_s']:.4f} / {r['compiled_train_s']:.4f} | "
+            f"x{r['eager_train_s'] / r['compiled_train_s']:.2f} | {r['compile_train_s_cold']:.1f} / "
+            f"{r['compile_train_s_warm']:.1f} | {_breakeven(r['break_even_steps_cold'])} / "
+            f"{_breakeven(r['break_even_steps_warm'])} | x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} / "
+            f"x{_cost(r, TRIAL_STEPS[1], 'warm'):.2f} | {r['eager_eval_s']:.4f} / {r['compiled_eval_s']:.4f} | "
             f"{r['compile_eval_s_cold']:.1f} / {r['compile_eval_s_warm']:.1f} | "
             f"{cold['loss_rel_diff']:.1e} / {cold['grad_rel_diff']:.1e} / {cold['eval_nll_rel_diff']:.1e} |"
         )
@@ -65,14 +65,15 @@ def _sequence_table(data: dict) -> list[str]:
         "the fixed pack's graphs), then the same steps again, median of 3. torch.compile falls back to eager for a "
         f"frame after {data['recompile_limit']} recompiles (`recompile_limit`).",
         "",
-        "| case | dynamic | graphs compiled | first pass eager / compiled, compiles included (s) | again eager / compiled (s) |",
+        "| case | dynamic | graphs compiled | first pass eager / compiled, compiles included (s) | "
+        "again eager / compiled (s) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["sequence"]
         lines.append(
-            f"| {r['case']} | {r['dynamic']} | {s['graphs']} | {s['eager_first_s']:.2f} / {s['compiled_first_s']:.1f} | "
-            f"{s['eager_s']:.2f} / {s['compiled_s']:.2f} |"
+            f"| {r['case']} | {r['dynamic']} | {s['graphs']} | "
+            f"{s['eager_first_s']:.2f} / {s['compiled_first_s']:.1f} | {s['eager_s']:.2f} / {s['compiled_s']:.2f} |"
         )
     return lines
 
@@ -106,9 +107,10 @@ def _verdict(data: dict) -> list[str]:
         lines.append(
             f"- {r['case']} (dynamic {r['dynamic']}) pays only where inductor's cache already holds its shape: a "
             f"trial of {TRIAL_STEPS[0]} steps takes x{_cost(r, TRIAL_STEPS[0], 'warm'):.2f} the eager time then, "
-            f"but x{_cost(r, TRIAL_STEPS[0], 'cold'):.2f} with the cache empty (x{_cost(r, TRIAL_STEPS[1], 'cold'):.2f} "
-            f"over {TRIAL_STEPS[1]} steps): a machine's first trial; a trial whose prefix length or pack size no "
-            "earlier trial had meets a shape the cache does not hold either (not timed apart here)."
+            f"but x{_cost(r, TRIAL_STEPS[0], 'cold'):.2f} with the cache empty "
+            f"(x{_cost(r, TRIAL_STEPS[1], 'cold'):.2f} over {TRIAL_STEPS[1]} steps): a machine's first trial; a trial "
+            "whose prefix length or pack size no earlier trial had meets a shape the cache does not hold either (not "
+            "timed apart here)."
         )
     if not filled:
         best = min(data["rows"], key=lambda r: _cost(r, TRIAL_STEPS[1], "warm"))

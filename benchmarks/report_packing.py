@@ -16,25 +16,28 @@ def packing_section(data: dict) -> list[str]:
     lines = [
         "## packing: several trials in one batch",
         "",
-        f"`python -m benchmarks.packing` on {data['time']} ({data['device']}, {data['threads']} threads): K prompt-tuning trials, "
-        f"each with its own prompt of {data['prefix']}, optimizer and batch of {data['batch']} x {data['seq']}, trained as one "
-        f"batch of K x {data['batch']} rows over the shared frozen `{data['model']}` against K separate steps; "
-        f"interleaved, median of {data['reps']}.",
+        f"`python -m benchmarks.packing` on {data['time']} ({data['device']}, {data['threads']} threads): K "
+        f"prompt-tuning trials, each with its own prompt of {data['prefix']}, optimizer and batch of {data['batch']} x "
+        f"{data['seq']}, trained as one batch of K x {data['batch']} rows over the shared frozen `{data['model']}` "
+        f"against K separate steps; interleaved, median of {data['reps']}.",
         "",
         "| K trials | K separate steps (s) | one packed step (s) | packed speed-up | max gradient difference |",
         "|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(
-            f"| {r['k']} | {r['sequential_s']:.2f} | {r['packed_s']:.2f} | x{r['speedup']:.2f} | {r['max_grad_diff']:.1e} |"
+            f"| {r['k']} | {r['sequential_s']:.2f} | {r['packed_s']:.2f} | x{r['speedup']:.2f} | "
+            f"{r['max_grad_diff']:.1e} |"
         )
     packed = [r for r in data["rows"] if r["k"] > 1] or data["rows"]
     best = max(packed, key=lambda r: r["speedup"])
     verdict = (
         f"worth up to x{best['speedup']:.2f} (K={best['k']})"
         if best["speedup"] > 1.05
-        else f"not worth it: at best x{best['speedup']:.2f} (K={best['k']}), because a batch of {data['batch']} x {data['seq']} "
-        "tokens already keeps the cores' matmuls busy and larger batches only add memory traffic"
+        else (
+            f"not worth it: at best x{best['speedup']:.2f} (K={best['k']}), because a batch of {data['batch']} x "
+            f"{data['seq']} tokens already keeps the cores' matmuls busy and larger batches only add memory traffic"
+        )
     )
     gpu = HERE / "results" / "packing_gpu.json"
     on_gpu = (
@@ -44,9 +47,9 @@ def packing_section(data: dict) -> list[str]:
     )
     lines += [
         "",
-        f"- Packing is exact (every trial gets the gradient it would get alone; max difference in the table) and, on this "
-        f"{data['device'].upper()}, {verdict}. What it saves regardless is the per-trial process and its private memory "
-        f"(see memory above); {on_gpu}. A search packs trials with `tune.pack` (the packed search below).",
+        "- Packing is exact (every trial gets the gradient it would get alone; max difference in the table) and, on "
+        f"this {data['device'].upper()}, {verdict}. What it saves regardless is the per-trial process and its private "
+        f"memory (see memory above); {on_gpu}. A search packs trials with `tune.pack` (the packed search below).",
         "",
     ]
     return lines
@@ -64,12 +67,12 @@ def packed_search_section(results: Path) -> list[str]:
     lines = [
         "## packed trials in a search",
         "",
-        "`python -m benchmarks.packed_search`: the same trials (a seeded random sample of search_spaces/injection.yaml's "
-        "space, encoders that need no download) on the real bundled SmolLM2-135M, fixed steps, no early stopping, trained "
-        "with one trial per device (one worker process), fractional devices (several worker processes, each with its "
-        "own copy of the LM) and packed (one process, one LM, K trials per step, the next trial taking a finished one's "
-        "place). Wall time includes every worker's start; peak memory (PyTorch's allocations on a GPU, the resident set on a "
-        "CPU; - where not recorded) is summed over an arm's processes.",
+        "`python -m benchmarks.packed_search`: the same trials (a seeded random sample of "
+        "search_spaces/injection.yaml's space, encoders that need no download) on the real bundled SmolLM2-135M, fixed "
+        "steps, no early stopping, trained with one trial per device (one worker process), fractional devices (several "
+        "worker processes, each with its own copy of the LM) and packed (one process, one LM, K trials per step, the "
+        "next trial taking a finished one's place). Wall time includes every worker's start; peak memory (PyTorch's "
+        "allocations on a GPU, the resident set on a CPU; - where not recorded) is summed over an arm's processes.",
         "",
     ]
     for d in runs:
@@ -271,8 +274,8 @@ def real_search_section(results: Path) -> list[str]:
         "",
         "`python -m benchmarks.packed_search --search`: each arm is one `python -m embinject.tune` search (a local Ray "
         "the search starts, Optuna's random sampler with a fixed seed, so every arm trains the same trials, MLflow in "
-        "a local SQLite store), injection.yaml's searched keys, the trials as placed: packed (`tune.pack: K`, K at once "
-        "over one frozen LM) or not (N at once, each with 1/N of the device). Search: the search's own wall time "
+        "a local SQLite store), injection.yaml's searched keys, the trials as placed: packed (`tune.pack: K`, K at "
+        "once over one frozen LM) or not (N at once, each with 1/N of the device). Search: the search's own wall time "
         "(caches already warm, Ray's start included); the time split is summary.csv's, summed over the trials, as "
         "shares of their summed wall time (what `embinject report` prints).",
         "",

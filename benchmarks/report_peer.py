@@ -32,8 +32,8 @@ def peer_table(data: dict) -> list[str]:
         f"`python -m benchmarks.peer` on {data['time']}: prompt tuning over learning rate and prompt length, "
         f"{data['trials']} trials of {data['steps']} steps (batch {data['batch']} x {data['seq_len']} tokens, "
         f"{data['train_windows']} training / {data['val_windows']} validation windows), 1 CPU per trial, 2 at a time; "
-        f"every arm {reps} time(s), interleaved: median wall clock (each repeat in brackets) and the best perplexity of "
-        "the median run (each repeat's in brackets).",
+        f"every arm {reps} time(s), interleaved: median wall clock (each repeat in brackets) and the best perplexity "
+        "of the median run (each repeat's in brackets).",
         "",
         "| search | early stopping | wall clock (s) | best val perplexity | best params |",
         "|---|---|---|---|---|",

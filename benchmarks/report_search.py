@@ -59,7 +59,8 @@ def efficiency_section(data: dict) -> list[str]:
         )
     if data["missing"]:
         lines.append(
-            f"- Not run yet (rerun the benchmark to finish them; finished searches are kept): {', '.join(data['missing'])}."
+            "- Not run yet (rerun the benchmark to finish them; finished searches are kept): "
+            f"{', '.join(data['missing'])}."
         )
     return lines + [""]
 
@@ -73,14 +74,15 @@ def warm_start_section(data: dict) -> list[str]:
     lines = [
         "## warm_start: a search warm-started from a search on another corpus",
         "",
-        f"`python -m benchmarks.warm_start` on {data['time']}: {data['trials']} trials of up to {data['steps_per_trial']} "
-        f"steps per search (TPE + ASHA, {data['startup_trials']} random start-up trials), on "
-        f"{' and '.join(data['corpora'].values())}; the warm search of a corpus and seed starts (`tune.warm_start`) from the "
-        "cold search of the same seed on the other corpus: its 3 best configurations first, then its trials as a "
-        "baseline-rescaled TPE prior. Measured as search_efficiency measures: the share of random search's steps "
+        f"`python -m benchmarks.warm_start` on {data['time']}: {data['trials']} trials of up to "
+        f"{data['steps_per_trial']} steps per search (TPE + ASHA, {data['startup_trials']} random start-up trials), on "
+        f"{' and '.join(data['corpora'].values())}; the warm search of a corpus and seed starts (`tune.warm_start`) "
+        "from the cold search of the same seed on the other corpus: its 3 best configurations first, then its trials "
+        "as a baseline-rescaled TPE prior. Measured as search_efficiency measures: the share of random search's steps "
         "(no early stopping) a search needs to come within 1% of random search's final best.",
         "",
-        "| corpus | seed | search | random: final best | final best | steps | steps to within 1% of random's best | share of random's steps |",
+        "| corpus | seed | search | random: final best | final best | steps | steps to within 1% of random's best | "
+        "share of random's steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in data["per_search"]:
@@ -102,7 +104,8 @@ def warm_start_section(data: dict) -> list[str]:
     )
     if data["missing"]:
         lines.append(
-            f"- Not run yet (rerun the benchmark to finish them; finished searches are kept): {', '.join(data['missing'])}."
+            "- Not run yet (rerun the benchmark to finish them; finished searches are kept): "
+            f"{', '.join(data['missing'])}."
         )
     return lines + [""]
 
@@ -115,8 +118,9 @@ def many_trials_section(data: dict) -> list[str]:
         f"`python -m benchmarks.many_trials` on {data['time']} ({data['cpus']} CPUs): {data['trials']} trials of "
         f"{data['steps_per_trial']} steps on the tiny random-weight model, two at a time, output to a file.",
         "",
-        "| trials | wall | trials per minute | rows in summary.csv | MLflow trial runs (finished) | driver memory after "
-        f"{data['first']} trials | at the end | end / after {data['first']} | log lines (per trial) | longest line |",
+        "| trials | wall | trials per minute | rows in summary.csv | MLflow trial runs (finished) | "
+        f"driver memory after {data['first']} trials | at the end | end / after {data['first']} | "
+        "log lines (per trial) | longest line |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {data['trials']} | {data['wall_s']:.0f} s | {data['trials_per_minute']:.0f} | {data['summary_rows']} | "
         f"{data['mlflow_trial_runs']} ({data['mlflow_finished_runs']}) | {data['driver_rss_after_first_mb']:.0f} MB | "

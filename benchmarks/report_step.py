@@ -38,9 +38,10 @@ def step_section(data: dict) -> list[str]:
     lines = [
         "## step: training-step throughput vs PEFT",
         "",
-        f"`python -m benchmarks.step{' --bf16' if data.get('bf16') else ''}` on {data['time']}: `{data['model']}`, batch "
-        f"{data['batch']} x {data['seq_len']} tokens, prefix {data['prefix']}, {data['threads']} threads, median of "
-        f"{data['reps']} interleaved steps (after one warm-up each). Machine: {data['machine']}, torch {data['torch']}.",
+        f"`python -m benchmarks.step{' --bf16' if data.get('bf16') else ''}` on {data['time']}: `{data['model']}`, "
+        f"batch {data['batch']} x {data['seq_len']} tokens, prefix {data['prefix']}, {data['threads']} threads, median "
+        f"of {data['reps']} interleaved steps (after one warm-up each). Machine: {data['machine']}, torch "
+        f"{data['torch']}.",
         f"Large fp32 matmul in the same run: {data['matmul_peak_gflops']:.0f} GFLOP/s.",
         "",
     ] + step_table(data)
@@ -51,7 +52,8 @@ def step_section(data: dict) -> list[str]:
         if peft is None:
             if (m, "embinject") in rows:
                 lines.append(
-                    f"- {m} vs PEFT prompt tuning: not measured side by side in this run (run `python -m benchmarks.step` again)"
+                    f"- {m} vs PEFT prompt tuning: not measured side by side in this run "
+                    "(run `python -m benchmarks.step` again)"
                 )
             continue
         for side in ("embinject", "embinject+bf16"):
@@ -89,8 +91,8 @@ def step_section(data: dict) -> list[str]:
     ours, theirs = gains["embinject"], gains["peft"]
     if ours:
         lines[-1] += (
-            f" bf16 autocast (`train.dtype: auto` where the CPU has AVX512-BF16 or AMX) makes embinject's step x{min(ours):.2f}"
-            f"-x{max(ours):.2f} faster than its fp32 step in this run"
+            " bf16 autocast (`train.dtype: auto` where the CPU has AVX512-BF16 or AMX) makes embinject's step "
+            f"x{min(ours):.2f}-x{max(ours):.2f} faster than its fp32 step in this run"
         )
         if theirs:
             lines[-1] += f"; PEFT's step under the same autocast gains x{min(theirs):.2f}-x{max(theirs):.2f},"
@@ -106,10 +108,12 @@ def memory_section(data: dict) -> list[str]:
         "## memory: concurrent trials on one node",
         "",
         f"`python -m benchmarks.memory` on {data['time']} ({data['steps']} prompt-tuning steps per process, "
-        "bundled SmolLM2-135M, batch 8 x 64, one thread each). PSS splits pages shared between processes, so the summed "
-        "PSS is what the node spends; RSS - PSS is what the processes share.",
+        "bundled SmolLM2-135M, batch 8 x 64, one thread each). PSS splits pages shared between processes, so the "
+        "summed PSS is what the node spends; RSS - PSS is what the processes share.",
         "",
-        "| processes | gradient checkpointing | peak summed PSS (MB) | peak summed RSS (MB) | shared at the PSS peak (MB) | vs one process, same setting | vs one process without checkpointing | median step (s) |",
+        "| processes | gradient checkpointing | peak summed PSS (MB) | peak summed RSS (MB) | "
+        "shared at the PSS peak (MB) | vs one process, same setting | vs one process without checkpointing | "
+        "median step (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
@@ -124,11 +128,12 @@ def memory_section(data: dict) -> list[str]:
     best = min(two, key=lambda r: r["ratio_to_one"])
     lines += [
         "",
-        f"- Target: two concurrent trials at most x1.3 the memory of one: measured x{two[0]['ratio_to_one']:.2f} as trials run "
-        f"by default; best x{best['ratio_to_one']:.2f} ({'with' if best.get('gradient_checkpointing') else 'without'} "
-        f"gradient checkpointing): {'met' if best['ratio_to_one'] <= 1.3 else 'missed'}. The frozen weights are shared in "
-        "every case: transformers memory-maps the cached safetensors checkpoint, so all processes read the same page-cache "
-        "pages. What each trial holds privately is the autograd activations of a 30-layer backward pass and the runtime; "
+        f"- Target: two concurrent trials at most x1.3 the memory of one: measured x{two[0]['ratio_to_one']:.2f} as "
+        f"trials run by default; best x{best['ratio_to_one']:.2f} "
+        f"({'with' if best.get('gradient_checkpointing') else 'without'} gradient checkpointing): "
+        f"{'met' if best['ratio_to_one'] <= 1.3 else 'missed'}. The frozen weights are shared in every case: "
+        "transformers memory-maps the cached safetensors checkpoint, so all processes read the same page-cache pages. "
+        "What each trial holds privately is the autograd activations of a 30-layer backward pass and the runtime; "
         "`train.gradient_checkpointing` keeps only each layer's input and recomputes the rest during backward.",
         "",
     ]
@@ -136,17 +141,17 @@ def memory_section(data: dict) -> list[str]:
     if two_ckpt:
         r = two_ckpt[0]
         lines += [
-            f"- Two trials with `train.gradient_checkpointing: true` take x{r['ratio_to_one_plain']:.2f} the memory of one trial "
-            f"run without it ({r['peak_pss_mb']:.0f} MB against {data['rows'][0]['peak_pss_mb']:.0f} MB): on a memory-bound node "
-            "that is how to fit twice the trials, at the step-time price below.",
+            f"- Two trials with `train.gradient_checkpointing: true` take x{r['ratio_to_one_plain']:.2f} the memory of "
+            f"one trial run without it ({r['peak_pss_mb']:.0f} MB against {data['rows'][0]['peak_pss_mb']:.0f} MB): on "
+            "a memory-bound node that is how to fit twice the trials, at the step-time price below.",
             "",
         ]
     plain_step = [r for r in data["rows"] if r["processes"] == 1 and not r.get("gradient_checkpointing")]
     ckpt_step = [r for r in data["rows"] if r["processes"] == 1 and r.get("gradient_checkpointing")]
     if plain_step and ckpt_step and "median_step_s" in plain_step[0]:
         lines += [
-            f"- Price of checkpointing: a step takes x{ckpt_step[0]['median_step_s'] / plain_step[0]['median_step_s']:.2f} "
-            "the time (one process).",
+            "- Price of checkpointing: a step takes "
+            f"x{ckpt_step[0]['median_step_s'] / plain_step[0]['median_step_s']:.2f} the time (one process).",
             "",
         ]
     return lines
@@ -178,9 +183,9 @@ def gpu_step_lines(data: dict) -> list[str]:
                 [
                     f"### step on the GPU: batch {d['batch']} x {d['seq_len']}, prefix {d['prefix']}",
                     "",
-                    f"`python -m benchmarks.step --device cuda --bf16 --batch {d['batch']} --seq {d['seq_len']}`, median of "
-                    f"{d['reps']} interleaved steps; the device's fp32 matmul (8192^3, no TF32) in the same run: "
-                    f"{d['matmul_peak_gflops'] / 1000:.1f} TFLOP/s.",
+                    f"`python -m benchmarks.step --device cuda --bf16 --batch {d['batch']} --seq {d['seq_len']}`, "
+                    f"median of {d['reps']} interleaved steps; the device's fp32 matmul (8192^3, no TF32) in the same "
+                    f"run: {d['matmul_peak_gflops'] / 1000:.1f} TFLOP/s.",
                     "",
                 ]
                 + step_table(d)
@@ -189,11 +194,11 @@ def gpu_step_lines(data: dict) -> list[str]:
     small, large = data.get("step_gpu"), data.get("step_gpu_large")
     if small and large:
         lines += [
-            f"- At the CPU benchmark's shape (batch {small['batch']} x {small['seq_len']}) an fp32 step reaches at most "
-            f"{100 * peak_fraction(small):.0f}% of the GPU's fp32 matmul rate, so arithmetic is not what limits it, and under bf16 "
-            f"autocast a step runs at {bf16_gain(small)} the fp32 speed. At batch {large['batch']} x {large['seq_len']} an fp32 step "
-            f"reaches {100 * peak_fraction(large):.0f}% and under bf16 autocast (what `train.dtype: auto` picks on this GPU) "
-            f"it runs at {bf16_gain(large)} the fp32 speed.",
+            f"- At the CPU benchmark's shape (batch {small['batch']} x {small['seq_len']}) an fp32 step reaches at "
+            f"most {100 * peak_fraction(small):.0f}% of the GPU's fp32 matmul rate, so arithmetic is not what limits "
+            f"it, and under bf16 autocast a step runs at {bf16_gain(small)} the fp32 speed. At batch {large['batch']} "
+            f"x {large['seq_len']} an fp32 step reaches {100 * peak_fraction(large):.0f}% and under bf16 autocast "
+            f"(what `train.dtype: auto` picks on this GPU) it runs at {bf16_gain(large)} the fp32 speed.",
             "",
         ]
     return lines
@@ -240,15 +245,15 @@ def gpu_share_lines(d: dict) -> list[str]:
         f"`python -m benchmarks.gpu_share` on a lent {d.get('device_name', 'GPU')} ({d['time']}, torch "
         f"{d.get('torch', '?')}; not necessarily the card of the rows above): the same {d['trials']}-trial injection "
         "search (fourier encoder, batch "
-        f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with one "
-        "trial per GPU and with two; wall time includes Ray's start and the MLflow records.",
+        f"{d['batch']} x {d['seq']}, {d['steps']} steps, no early stopping, {d['cpus_per_trial']} CPUs per trial) with "
+        "one trial per GPU and with two; wall time includes Ray's start and the MLflow records.",
         "",
         "| GPUs per trial | wall (s) | trials ok | summed trial time (s) | trials at once, on average |",
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['gpus_per_trial']:g} | {r['wall_s']:.1f} | {r['trials_ok']}/{r['trials']} | {r['trial_seconds_sum']:.1f} | "
-        f"{r['mean_trials_at_once']:.2f} |"
+        f"| {r['gpus_per_trial']:g} | {r['wall_s']:.1f} | {r['trials_ok']}/{r['trials']} | "
+        f"{r['trial_seconds_sum']:.1f} | {r['mean_trials_at_once']:.2f} |"
         for r in d["runs"]
     ]
     same = len({round(r["best_val_perplexity"], 6) for r in d["runs"]}) == 1
@@ -278,10 +283,11 @@ def gpu_section(results: Path) -> list[str]:
         "## GPU rows",
         "",
         f"`bash benchmarks/gpu_rows.sh` on a lent {first['device_name']} ({first['machine']}, torch "
-        f"{data.get('step_gpu', {}).get('torch', first.get('torch', '?'))}). The bundled weights (a 98 MB GGUF) do not fit "
-        "one call to that machine (64 MiB), so these rows are timed on `benchmarks.shape_model`: the bundled SmolLM2-135M's architecture and tokenizer "
-        "with random weights. Time per step depends on shapes, not values; the perplexities of such a model mean nothing "
-        "and none is reported. GPU timings synchronise the device before and after each timed step.",
+        f"{data.get('step_gpu', {}).get('torch', first.get('torch', '?'))}). The bundled weights (a 98 MB GGUF) do not "
+        "fit one call to that machine (64 MiB), so these rows are timed on `benchmarks.shape_model`: the bundled "
+        "SmolLM2-135M's architecture and tokenizer with random weights. Time per step depends on shapes, not values; "
+        "the perplexities of such a model mean nothing and none is reported. GPU timings synchronise the device before "
+        "and after each timed step.",
         "",
     ]
     lines += gpu_step_lines(data)

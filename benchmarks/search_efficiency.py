@@ -5,10 +5,11 @@
 
 On one fixed space (learning rate, prefix length, MLP width, encoder) and a small real task (the
 bundled SmolLM2-135M on CPython's docs), runs random search without early stopping and each other
-strategy in KINDS (random search with ASHA, TPE with ASHA, multivariate TPE, a lower reduction factor), for each seed, and traces the best validation perplexity against the cumulative
-number of training steps spent (every trial's evaluations, in the order they happened). Reports how
-many steps each strategy needs to come within 1% of random search's final best. Steps, not seconds,
-are the measure, so the result does not depend on what else the machine runs.
+strategy in KINDS (random search with ASHA, TPE with ASHA, multivariate TPE, a lower reduction factor),
+for each seed, and traces the best validation perplexity against the cumulative number of training
+steps spent (every trial's evaluations, in the order they happened). Reports how many steps each
+strategy needs to come within 1% of random search's final best. Steps, not seconds, are the measure, so
+the result does not depend on what else the machine runs.
 
 Each finished search is kept in benchmarks/results/search_efficiency_runs/ with the settings it ran
 under, and a rerun with the same settings skips it: the whole benchmark takes hours on a CPU and can be
@@ -36,7 +37,8 @@ OUT = Path(__file__).resolve().parent / "results"
 RUNS = OUT / "search_efficiency_runs"
 SPACE = (
     "search={train.lr: {loguniform: [3.0e-4, 1.0e-2]}, adapter.prefix_len: {randint: [1, 8]}, "
-    "adapter.mlp_width: {choice: [64, 256, 512]}, adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}"
+    "adapter.mlp_width: {choice: [64, 256, 512]}, "
+    "adapter.embedding_model: {choice: [bundled:all-minilm-l6-v2, fourier, lm-mean]}}"
 )
 
 

@@ -89,7 +89,8 @@ def main(argv=None) -> int:
                 }
             )
             print(
-                f"{label}: {list(states.shape)} {rows[-1]['mb']:.1f} MB; compute {compute_s:.2f} s, write {write_s:.3f} s, "
+                f"{label}: {list(states.shape)} {rows[-1]['mb']:.1f} MB; "
+                f"compute {compute_s:.2f} s, write {write_s:.3f} s, "
                 f"read {rows[-1]['read_s']:.4f} s",
                 flush=True,
             )

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     atomic_write_text(OUT / "trial_overhead.json", json.dumps(result, indent=1))
     print(json.dumps(med, indent=1))
     print(
-        f"search wall {search_wall:.1f} s for {len(trials)} trials; shared cache warm-up {outcome.warm_cache_seconds:.1f} s"
+        f"search wall {search_wall:.1f} s for {len(trials)} trials; "
+        f"shared cache warm-up {outcome.warm_cache_seconds:.1f} s"
     )
     return 0
 

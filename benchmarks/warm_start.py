@@ -206,7 +206,8 @@ def main(argv=None) -> int:
                         continue  # the other corpus's cold search did not finish
                     record = run(kind, corpus, seed, args, source)
                     print(
-                        f"{corpus} {kind} seed {seed}: best {record['final_best']:.3f} after {record['total_steps']} steps",
+                        f"{corpus} {kind} seed {seed}: best {record['final_best']:.3f} "
+                        f"after {record['total_steps']} steps",
                         flush=True,
                     )
                     runs.append(record)
@@ -218,7 +219,8 @@ def main(argv=None) -> int:
     summary = summarise(runs, args)
     atomic_write_text(args.out, json.dumps(summary, indent=1))
     print(
-        f"median share of random search's steps: warm {summary['median_fraction_warm']}, cold {summary['median_fraction_cold']}"
+        f"median share of random search's steps: warm {summary['median_fraction_warm']}, "
+        f"cold {summary['median_fraction_cold']}"
     )
     return 0
 

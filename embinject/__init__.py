@@ -3,8 +3,8 @@
 The Python API (`embinject.api`, docs/python-api.md) is here: `embinject.search(spec)` runs a search,
 `embinject.load_search(folder)` reads one back, both as a `SearchResult`. `import embinject` stays light all the
 same: every command, `embinject --help` and each Ray worker import this package, and the API module brings Ray
-Tune's driver, MLflow and pandas with it. So `api` is imported here, at the top, as a module whose code runs on first use
-(`_RunOnFirstUse`): `embinject.search` is `embinject.api.search`, run once asked for.
+Tune's driver, MLflow and pandas with it. So `api` is imported here, at the top, as a module whose code runs on first
+use (`_RunOnFirstUse`): `embinject.search` is `embinject.api.search`, run once asked for.
 """
 
 import importlib.util

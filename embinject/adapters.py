@@ -70,7 +70,8 @@ def adapter_directory(ref: str, tracking_uri: str | None = None, key: str = "--a
     try:
         try:
             # models:/ is resolved through the registry, which MLflow looks up in its global URIs (MLFLOW_TRACKING_URI,
-            # else a new ./mlflow.db), not in the URIs passed to download_artifacts: both are this store for the download.
+            # else a new ./mlflow.db), not in the URIs passed to download_artifacts: both are this store for the
+            # download.
             with mlflow_global_uris(uri, registry_uri_for(uri)):
                 local = Path(
                     mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(target), tracking_uri=uri)

@@ -217,6 +217,7 @@ def search(
 def run(
     loaded: SearchFile, resume: bool = False, *, address: str | None = None, promote: bool = False, verbose: int = 1
 ) -> SearchResult:
-    """`search` of a search already loaded (`space.load_search_spec`), as the command has it once its checks are done."""
+    """`search` of a search already loaded (`space.load_search_spec`), as the command has it once its checks are
+    done."""
     outcome = run_search(loaded, address=address, resume=resume, verbose=verbose, promote=promote)
     return _open(outcome.experiment_dir, outcome)

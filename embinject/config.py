@@ -146,7 +146,8 @@ class TrainConfig:
     max_epochs: int = number(5, positive=True, help="passes over the training windows at most")
     max_steps: Optional[int] = number(None, positive=True, help="optimizer steps at most (null: no cap)")
     eval_every: Optional[int] = number(None, positive=True, help="evaluate every N steps (null: once per epoch)")
-    # 64 of 256 windows: the same ASHA decisions and best trial at every rung as all windows, x3.6 cheaper (benchmarks.eval_subset)
+    # 64 of 256 windows: the same ASHA decisions and best trial at every rung as all windows, x3.6 cheaper
+    # (benchmarks.eval_subset)
     eval_windows: Optional[int] = number(
         64,
         positive=True,
@@ -207,7 +208,8 @@ class Config:
         a, d = self.adapter, self.data
         if d.train_stride is not None and d.train_stride > d.seq_len:
             raise ConfigError(
-                f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, got {d.train_stride}"
+                f"data.train_stride: at most data.seq_len ({d.seq_len}): a larger stride would skip text, "
+                f"got {d.train_stride}"
             )
         if d.train_stride is not None and d.target_template is not None:
             raise ConfigError(
@@ -250,7 +252,8 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def walk_key(key: str, cls: type | None = None) -> tuple[Any, dict, bool]:
-    """(type, metadata, is a section) of a dotted training-config key (or of a key of `cls`), or ConfigError naming it."""
+    """(type, metadata, is a section) of a dotted training-config key (or of a key of `cls`), or ConfigError naming
+    it."""
     return walk_fields(key, cls or Config)
 
 

@@ -43,7 +43,8 @@ SECTIONS = (
 
 HEADER = (
     "# Config keys\n\n"
-    "Generated from the typed config (`embinject/config.py`, `embinject/search_settings.py`) by `python -m embinject.config_reference` "
+    "Generated from the typed config (`embinject/config.py`, `embinject/search_settings.py`) "
+    "by `python -m embinject.config_reference` "
     "(`make docs`); do not edit it by hand. A test fails when this page and the config differ.\n\n"
     "A search file's `search:` section maps these dotted keys to values or distributions: "
     "[search-file.md](search-file.md).\n"
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_help()
     if missing:
         print(
-            f"error: embinject/config.py or search_settings.py: no help line for {', '.join(missing)}; add metadata help to the field",
+            f"error: embinject/config.py or search_settings.py: no help line for {', '.join(missing)}; "
+            "add metadata help to the field",
             file=sys.stderr,
         )
         return 2

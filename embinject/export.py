@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             write_peft(adapter.method, output, result=recorded_result(adapter.meta, str(directory / ADAPTER_CONFIG)))
         print(
-            f"wrote a PEFT adapter to {output}; load it with peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})"
+            f"wrote a PEFT adapter to {output}; load it with "
+            f"peft.AutoPeftModelForCausalLM.from_pretrained({str(output)!r})"
         )
         return 0
 

@@ -30,20 +30,23 @@ def number(
 
 
 def setting(default: Any = None, *, help: str, factory: Any = None) -> Any:
-    """A field with no bounds beyond its type; `help` is its line in docs/config-keys.md (embinject.config_reference)."""
+    """A field with no bounds beyond its type; `help` is its line in docs/config-keys.md
+    (embinject.config_reference)."""
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
 def choices_read_when_asked(cls: type, name: str, choices: Any) -> None:
-    """Give a field allowed values that are read when asked (`MethodNames`) rather than fixed when the class was made."""
+    """Give a field allowed values that are read when asked (`MethodNames`) rather than fixed when the class was
+    made."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     f.metadata = types.MappingProxyType({**f.metadata, "choices": choices})
 
 
 def _check_warm_start(key: str, value: Any) -> list:
-    """`tune.warm_start`: one source or a list of them, each a non-empty string or a {run|experiment, tracking_uri} mapping."""
+    """`tune.warm_start`: one source or a list of them, each a non-empty string or a {run|experiment, tracking_uri}
+    mapping."""
     items = value if isinstance(value, list) else [] if value is None else [value]
     for i, item in enumerate(items):
         if isinstance(item, str) and item.strip():

@@ -13,7 +13,8 @@ MAX_EXPERIMENT_NAME_LENGTH = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_
 
 
 def experiment_name_problem(name: str) -> str | None:
-    """Why MLflow refuses `name` as an experiment name, or None. Mirrors mlflow.utils.validation._validate_experiment_name."""
+    """Why MLflow refuses `name` as an experiment name, or None. Mirrors
+    mlflow.utils.validation._validate_experiment_name."""
     if name.strip() == "":  # MLflow 3.18 refuses blank names too (3.17 took " ")
         return "MLflow refuses an empty experiment name"
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
@@ -31,7 +32,10 @@ def registered_model_name_problem(name: str) -> str | None:
         return f"MLflow refuses '/' and ':' in a registered model name, got {name!r} (try {fixed!r})"
     norm = posixpath.normpath(name)
     if norm != name or norm == "." or norm.startswith("..") or norm.startswith("/"):
-        return f"MLflow refuses a registered model name that reads as a path leading elsewhere ('.' or a leading '..'), got {name!r}"
+        return (
+            "MLflow refuses a registered model name that reads as a path leading elsewhere "
+            f"('.' or a leading '..'), got {name!r}"
+        )
     return None
 
 

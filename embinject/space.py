@@ -104,7 +104,8 @@ def _parse_param(key: str, spec: Any) -> Param:
         unknown = [k for k in spec if k not in DISTRIBUTIONS]
         if unknown or len(kinds) != 1:
             raise ConfigError(
-                f"{where}: expected one of {', '.join(DISTRIBUTIONS)} (plus optional 'when'), got {', '.join(map(str, spec)) or 'nothing'}"
+                f"{where}: expected one of {', '.join(DISTRIBUTIONS)} (plus optional 'when'), "
+                f"got {', '.join(map(str, spec)) or 'nothing'}"
             )
         kind = kinds[0]
         args = spec[kind]

@@ -128,8 +128,9 @@ def test_warm_start_compares_each_search_with_random_search_of_its_corpus_and_se
 
 
 def test_the_real_packed_search_runs_both_arms_and_writes_its_ratios_split_and_ceiling(tmp_path):
-    """`benchmarks.packed_search --search` at the smallest sizes: two real searches (Ray, Optuna, MLflow) on a tiny model
-    made for the run, the step ceiling, and the run's fields; RESULTS.md's section renders them. No timing is judged."""
+    """`benchmarks.packed_search --search` at the smallest sizes: two real searches (Ray, Optuna, MLflow) on a tiny
+    model made for the run, the step ceiling, and the run's fields; RESULTS.md's section renders them. No timing is
+    judged."""
     out = tmp_path / "real.json"
     argv = [
         "--search",

@@ -191,7 +191,8 @@ def test_a_data_file_of_hundreds_of_megabytes_is_read_only_as_far_as_the_windows
             fh.write(text)
     assert big.stat().st_size > LAZY_READ_BYTES
     script = (
-        "import json, resource, sys, time; from transformers import AutoTokenizer; from embinject.config import DataConfig; "
+        "import json, resource, sys, time; from transformers import AutoTokenizer; "
+        "from embinject.config import DataConfig; "
         "from embinject.data import build_windows, select_windows; tok = AutoTokenizer.from_pretrained(sys.argv[2]); "
         "t0 = time.time(); cfg = DataConfig(path=sys.argv[1], seq_len=32, train_samples=32, val_samples=16); "
         "train, val = build_windows(cfg, tok, 'k'); train = select_windows(train, 32, 'previous', 'train'); "

@@ -1,6 +1,6 @@
-"""Each use of Ray's or Optuna's internals (embinject/tune/driver/internals.py) on the installed Ray and Optuna: a version whose
-internals differ fails here, naming the versions, rather than somewhere in a search. No Ray cluster: each builds the
-Ray or Optuna object alone."""
+"""Each use of Ray's or Optuna's internals (embinject/tune/driver/internals.py) on the installed Ray and Optuna: a
+version whose internals differ fails here, naming the versions, rather than somewhere in a search. No Ray cluster: each
+builds the Ray or Optuna object alone."""
 
 from __future__ import annotations
 

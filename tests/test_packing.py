@@ -303,8 +303,9 @@ def test_a_packed_search_keeps_the_unpacked_curves_and_asha_stops_one_member(tmp
         solo = {h["step"]: h["val_perplexity"] for h in result["history"]}
         for r in rows:
             assert abs(r["val_perplexity"] - solo[r["step"]]) < 1e-4 * solo[r["step"]], (point, r["step"])
-    # the fifth trial took the place of one that ASHA had stopped, in a host that held the LM for earlier trials (whether
-    # its first step found its partner stepping or evaluating is the machine's timing: a member away is not waited for)
+    # the fifth trial took the place of one that ASHA had stopped, in a host that held the LM for earlier trials
+    # (whether its first step found its partner stepping or evaluating is the machine's timing: a member away is not
+    # waited for)
     late = max(packed.values(), key=lambda rows: rows[0]["trainable_started_at"])
     earlier = {r["pack_pid"] for rows in packed.values() if rows is not late for r in rows}
     assert late[0]["pack_pid"] in earlier

@@ -577,8 +577,8 @@ def test_a_registration_mlflow_refuses_at_the_end_ends_the_parent_and_resume_say
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     exp_dir = next(storage.glob("t-*"))
     refusal = (
-        "error: MLflow refused to register the champion as 'taken' (Tried to create a registered model with name 'taken', "
-        "but the name is already taken by a prompt."
+        "error: MLflow refused to register the champion as 'taken' (Tried to create a registered model with name "
+        "'taken', but the name is already taken by a prompt."
     )
     assert proc.returncode == 1 and lines[-1].startswith(refusal), proc.stdout[-2000:] + proc.stderr[-3000:]
     assert lines[-1].endswith(

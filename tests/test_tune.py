@@ -163,7 +163,8 @@ def test_tpe_samples_a_conditional_space_validly_once_past_its_random_start(tmp_
     search = load_search_file(
         ROOT / "search_spaces" / "quickstart.yaml",
         [
-            "search={method: {choice: [prompt, injection]}, adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
+            "search={method: {choice: [prompt, injection]}, "
+            "adapter.mlp_width: {choice: [64, 512], when: {method: injection}}, "
             "train.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
             "tune.points_to_evaluate=[]",
             "tune.startup_trials=4",
@@ -713,8 +714,10 @@ def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(s
             False,
             False,
             KEPT
-            + "this search's val_perplexity 20 does not beat its 20 (the same frozen model, validation data and metric); "
-            "--promote moves it anyway",
+            + (
+                "this search's val_perplexity 20 does not beat its 20 "
+                "(the same frozen model, validation data and metric); --promote moves it anyway"
+            ),
         ),
         (
             {"val_perplexity": "20", "mode": "max"},
@@ -747,8 +750,11 @@ def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(s
             False,
             False,
             KEPT
-            + "the two cannot be compared (the choice of scored tokens differs: all for version 1, after the first 8 for "
-            "this search); --promote moves it",
+            + (
+                "the two cannot be compared "
+                "(the choice of scored tokens differs: all for version 1, after the first 8 for this search); "
+                "--promote moves it"
+            ),
         ),
         (
             {"val_perplexity": "30", "model": None},
@@ -756,16 +762,19 @@ def test_logged_models_are_named_by_search_rank_and_trial_as_mlflow_takes_them(s
             False,
             False,
             KEPT
-            + "the two cannot be compared (version 1 does not record its frozen model: registered by hand or by an older "
-            "embinject); --promote moves it",
+            + (
+                "the two cannot be compared "
+                "(version 1 does not record its frozen model: registered by hand or by an older embinject); "
+                "--promote moves it"
+            ),
         ),
         (
             {"val_perplexity": "10"},
             {"val_perplexity": "20", "model": "n"},
             True,
             True,
-            "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10; not comparable: the "
-            "frozen model differs: m for version 1, n for this search)",
+            "the alias champion of a moved to version 2 by --promote (val_perplexity 20, version 1's 10; not "
+            "comparable: the frozen model differs: m for version 1, n for this search)",
         ),
         (
             {"val_perplexity": "10"},
@@ -797,7 +806,8 @@ def test_a_champion_is_compared_only_on_the_same_model_data_and_metric(old, new,
 
 def _check_warm_starts(tmp_path, path, exp_dir, parent, children, uri):
     """A search warm-started from the one above: of the same setup, its 6 trials enter Optuna as completed trials; of
-    another (fewer steps, a narrower space), its best configurations go first and values outside the space are dropped."""
+    another (fewer steps, a narrower space), its best configurations go first and values outside the space are
+    dropped."""
     same = load_search_file(path, [f"tune.warm_start=[{exp_dir}]"])
     warm = read_warm_start(same)
     assert len(warm.completed) == 6 and not warm.prior and warm.first_points([]) == []
@@ -1252,7 +1262,8 @@ def test_multi_objective_search_reports_its_pareto_front_and_a_warm_worker_leave
     cfg.train.threads, cfg.train.progress = 1, False
     script = (
         "import json, sys; from embinject.config import config_from_dict; from embinject.train import train; "
-        "r, m = train(config_from_dict(json.loads(sys.argv[1]))); print(json.dumps([h['val_perplexity'] for h in r['history']]))"
+        "r, m = train(config_from_dict(json.loads(sys.argv[1]))); "
+        "print(json.dumps([h['val_perplexity'] for h in r['history']]))"
     )
     fresh = subprocess.run(
         [sys.executable, "-c", script, json.dumps(cfg.to_dict())], cwd=ROOT, capture_output=True, text=True, timeout=300

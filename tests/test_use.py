@@ -645,6 +645,7 @@ def test_a_registered_adapter_whose_folder_was_moved_is_named_missing_where_it_w
     (tmp_path / "runs").rename(tmp_path / "elsewhere")
     proc = run_cli("generate", "--adapter", "models:/moved-adapter@champion", "--tracking-uri", uri, "--prompt", "x")
     assert proc.returncode == 2 and [line for line in proc.stderr.splitlines() if line.strip()] == [
-        f"error: --adapter: the artifacts of models:/moved-adapter@champion are missing at their recorded location {recorded} "
-        "(moved or deleted since they were logged); put them back there, or log and register the adapter again"
+        "error: --adapter: the artifacts of models:/moved-adapter@champion are missing at their recorded location "
+        f"{recorded} (moved or deleted since they were logged); "
+        "put them back there, or log and register the adapter again"
     ], proc.stderr

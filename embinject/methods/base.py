@@ -117,7 +117,8 @@ def scored_nll(
 
 
 def window_sums(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each window's summed NLL and scored tokens ([B] each) from the logits at its scored positions (`mask`, [B, T])."""
+    """Each window's summed NLL and scored tokens ([B] each) from the logits at its scored positions (`mask`,
+    [B, T])."""
     token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
     nll = torch.zeros(mask.shape[0], device=token_nll.device).index_add_(0, mask.nonzero()[:, 0], token_nll)
     return nll, mask.sum(1)
@@ -140,7 +141,8 @@ class AdapterMethod(nn.Module):
 
     @property
     def needs_encoder(self) -> bool:
-        """Whether its batches carry an encoder's embedding of the text (its spec says; an unregistered helper does not)."""
+        """Whether its batches carry an encoder's embedding of the text (its spec says; an unregistered helper does
+        not)."""
         spec = METHOD_SPECS.get(self.name)
         return spec is not None and spec.needs_encoder
 

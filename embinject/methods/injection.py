@@ -40,9 +40,9 @@ class Injection(AdapterMethod):
             self.resampler = Resampler(encoder_dim - 1, a.inject_tokens) if a.pooling == "resampler" else None
             width = encoder_dim - 1 if self.resampler is not None else encoder_dim  # the presence channel stays out
             # mean: one vector in, k out. chunks, resampler: vector i through the MLP's first layer and position i's own
-            # rows of the last, as the pooled vector's k outputs are made. One MLP shared by the k positions has one bias
-            # for all: its k vectors cannot learn to differ where their inputs are alike (the resampler's start as k
-            # copies of one vector), so it cannot even learn what a static prefix of k vectors learns
+            # rows of the last, as the pooled vector's k outputs are made. One MLP shared by the k positions has one
+            # bias for all: its k vectors cannot learn to differ where their inputs are alike (the resampler's start as
+            # k copies of one vector), so it cannot even learn what a static prefix of k vectors learns
             self.mlp = nn.Sequential(
                 nn.Linear(width, a.mlp_width), nn.GELU(), nn.Linear(a.mlp_width, a.inject_tokens * d)
             )
@@ -92,7 +92,8 @@ class Injection(AdapterMethod):
         return injected if static is None else torch.cat([static, injected], dim=1)
 
     def prefix_kv_rows(self, batch: dict) -> torch.Tensor | None:
-        """Each window's keys and values, [L, 2, B, H, k, hd]: the base plus what the head makes of the window's text."""
+        """Each window's keys and values, [L, 2, B, H, k, hd]: the base plus what the head makes of the window's
+        text."""
         if self.kv_head is None:
             return None
         L, H, hd = self.kv_shape

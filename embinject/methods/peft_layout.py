@@ -1,5 +1,5 @@
-"""An adapter in PEFT's layout (written as peft/ beside every saved prompt, prefix and LoRA adapter), loadable on any machine with `peft.PeftModel.from_pretrained` or
-`AutoPeftModelForCausalLM.from_pretrained`.
+"""An adapter in PEFT's layout (written as peft/ beside every saved prompt, prefix and LoRA adapter), loadable on any
+machine with `peft.PeftModel.from_pretrained` or `AutoPeftModelForCausalLM.from_pretrained`.
 
 Soft prompts become PEFT prompt tuning, deep prefixes PEFT prefix tuning, LoRA stays LoRA.
 `base_model_name_or_path` is always something anyone can resolve: the hub id of the base model (for
@@ -93,9 +93,9 @@ def _save_lora(method, base: str, directory: Path) -> None:
 
 
 def write_peft(method: nn.Module, directory: str | Path, quiet: bool = False, result: dict | None = None) -> Path:
-    """Write `method` in PEFT's layout into `directory` (made whole beside it, then moved in): PEFT's adapter_config.json
-    (written by PEFT's config classes, `peft_version` included), the weights, and a model card (README.md) carrying
-    `result` (`model_card.recorded_result`: the validation perplexity the adapter was kept for)."""
+    """Write `method` in PEFT's layout into `directory` (made whole beside it, then moved in): PEFT's
+    adapter_config.json (written by PEFT's config classes, `peft_version` included), the weights, and a model card
+    (README.md) carrying `result` (`model_card.recorded_result`: the validation perplexity the adapter was kept for)."""
     reason = peft_unsupported(method)
     if reason:
         raise ConfigError(f"--format peft: {reason}")

@@ -62,7 +62,8 @@ class Prefix(AdapterMethod):
         """Prefixes mix in key/value space."""
         if self.prefix_kv().shape != other.prefix_kv().shape:
             raise ConfigError(
-                f"--mix: the prefixes differ in shape ({list(self.prefix_kv().shape)} vs {list(other.prefix_kv().shape)})"
+                f"--mix: the prefixes differ in shape "
+                f"({list(self.prefix_kv().shape)} vs {list(other.prefix_kv().shape)})"
             )
         return mix_prefixes(self, other, alpha)
 

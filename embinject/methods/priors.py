@@ -63,7 +63,8 @@ def init_vectors(
             if len(kept) >= n:
                 return torch.stack(kept[:n])
         raise ConfigError(
-            f"adapter.init_radius: no Gaussian sample lies {radius} away from every token embedding; use a smaller radius"
+            f"adapter.init_radius: no Gaussian sample lies {radius} away from every token embedding; "
+            "use a smaller radius"
         )
     if kind == "text":
         emb = _text_embeddings(tokenizer, text, table, "adapter.init_text")

@@ -174,7 +174,8 @@ class MlflowApplier:
     def _log_model(self, client, run_id: str, entry: dict, t: int) -> None:
         """One of the best trials' adapters as an MLflow logged model on its run, named `<search>-rank<rank>-<trial id>`
         (records.logged_model_name): loadable as `runs:/RUN/model` and `models:/MODEL_ID`, listed by
-        search_logged_models and in the experiment's Models tab with its validation perplexity. Applied again after a kill, it finds the model it made instead of making a second."""
+        search_logged_models and in the experiment's Models tab with its validation perplexity. Applied again after a
+        kill, it finds the model it made instead of making a second."""
         from mlflow.entities import LoggedModelOutput, Metric  # lazy, as above
 
         models = self.state.setdefault("logged_models", {})
@@ -276,7 +277,8 @@ class MlflowApplier:
         run = winner_run or self.parent_id
         # A driver killed between creating the version and saving that it did must not register a second one
         # on --resume: the version of this run, if there is one, is the one.
-        # (Searched by run and matched by name here: a name MLflow takes may hold a quote, which a filter string cannot.)
+        # (Searched by run and matched by name here: a name MLflow takes may hold a quote, which a filter string
+        # cannot.)
         existing = [v for v in client.search_model_versions(f"run_id='{run}'") if v.run_id == run and v.name == name]
         if existing:
             mv = min(existing, key=lambda v: int(v.version))

@@ -104,7 +104,8 @@ def search_end(exp_dir: Path) -> dict:
 
 
 def search_metrics(exp_dir: Path) -> dict:
-    """The metrics a finished search recorded for its parent run (`search_end`); {} for a search that has not finished."""
+    """The metrics a finished search recorded for its parent run (`search_end`); {} for a search that has not
+    finished."""
     return search_end(exp_dir).get("metrics", {})
 
 

@@ -196,7 +196,8 @@ class _Run:
             self.method.write_meta(best_dir, {"val_perplexity": self.state.kept_ppl, "step": self.state.best_step})
 
     def spent(self) -> dict:
-        """Where this process's seconds went so far, for a search's time table (embinject.tune.driver.callback.time_split)."""
+        """Where this process's seconds went so far, for a search's time table
+        (embinject.tune.driver.callback.time_split)."""
         turn, at_steps, at_evals = self.steps.waited()  # a pack's waits, inside the steps' and the evaluations' seconds
         return {
             "spent_waiting": turn,

@@ -1,8 +1,8 @@
 """Packed steps: several trials' adapters trained in one forward/backward of the shared frozen LM.
 
 Each trial's rows sit behind its own prefix, every row attending to exactly the keys it would see alone
-(`embinject.train.packed_forward`). The loss is the sum of the trials' own mean losses: rows are independent through the frozen LM, so each
-adapter receives the gradient of its own loss, as if it had trained alone (within float rounding).
+(`embinject.train.packed_forward`). The loss is the sum of the trials' own mean losses: rows are independent through the
+frozen LM, so each adapter receives the gradient of its own loss, as if it had trained alone (within float rounding).
 
 `StepPack` is the rendezvous: each trial's training loop runs in its own thread and calls `step()`; whichever
 thread finds every present member waiting runs the packed step for all of them. A member that evaluates or

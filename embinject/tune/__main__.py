@@ -1,4 +1,5 @@
-"""Search adapters with Ray Tune: `python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
+"""Search adapters with Ray Tune:
+`python -m embinject.tune SEARCH.yaml [--set k=v] [--address A] [--resume] [--dry-run]`.
 
 The command only: arguments, the dry run, and the lines a search ends with. The search is the Python API's
 (`embinject.api.run`, as `embinject.search` runs it), which returns the driver's typed `SearchOutcome`.
@@ -52,7 +53,8 @@ def _print_dry_run(search: SearchFile, address: str | None, promote: bool = Fals
     )
     guided = f", TPE-guided after {t.random_trials_first} random trials" if t.search_alg == "optuna" else ""
     print(
-        f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; scheduler: {sched}"
+        f"search: {t.search_alg} (seed {t.seed}{guided}), {len(t.points_to_evaluate)} starting points; "
+        f"scheduler: {sched}"
     )
     print(objectives_line(search))
     budget = t.num_samples * (search.config.train.max_steps or t.scheduler.max_t or 0)  # a trial ends at max_steps
@@ -81,7 +83,8 @@ def _print_dry_run(search: SearchFile, address: str | None, promote: bool = Fals
         else "registers nothing"
     )
     print(
-        f"storage: {Path(t.storage_path).resolve()}; mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
+        f"storage: {Path(t.storage_path).resolve()}; "
+        f"mlflow: {search.mlflow.tracking_uri or 'sqlite beside the results'} "
         f"experiment '{search.mlflow.experiment}', {registers}"
     )
     lacking = local_shortfalls(search, address)

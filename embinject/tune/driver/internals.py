@@ -58,8 +58,9 @@ def asha_stopped(scheduler) -> int:
 
 
 def asha_rungs(scheduler) -> list[tuple[float, float | None]]:
-    """ASHA's rungs, each bracket's lowest first, each (milestone, the value a trial must beat there, in the metric's own units:
-    Ray keeps the negated value when minimising), None where no trial has reached it or the cut-off is not finite."""
+    """ASHA's rungs, each bracket's lowest first, each (milestone, the value a trial must beat there, in the metric's
+    own units: Ray keeps the negated value when minimising), None where no trial has reached it or the cut-off is not
+    finite."""
     rungs = []
     for bracket in scheduler._brackets:
         for milestone, recorded in reversed(bracket._rungs):  # Ray keeps them highest first

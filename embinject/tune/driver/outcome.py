@@ -1,5 +1,5 @@
-"""What a search call ends with, typed: `SearchOutcome` (the driver returns it; the command prints it; `embinject.search`
-reads it), its trial counts and its registration. Nothing here imports Ray or MLflow."""
+"""What a search call ends with, typed: `SearchOutcome` (the driver returns it; the command prints it;
+`embinject.search` reads it), its trial counts and its registration. Nothing here imports Ray or MLflow."""
 
 from __future__ import annotations
 

@@ -93,7 +93,8 @@ def plan_pack(search: SearchFile, probe: dict | None = None, key: str = "") -> P
         ""
         if "per_trial" not in probe
         else (
-            f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB beside the {probe['lm'] / 2**20:.0f} MiB LM, "
+            f"; the largest trial needs {probe['per_trial'] / 2**20:.0f} MiB "
+            f"beside the {probe['lm'] / 2**20:.0f} MiB LM, "
             f"{probe['free'] / 2**30:.1f} GiB free"
         )
     )

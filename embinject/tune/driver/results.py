@@ -154,7 +154,8 @@ def champion_of(ranked: list[dict], exp_dir: Path) -> tuple[Path | None, dict | 
             if trial is not ranked[0]:
                 gone = ", ".join(r["trial_id"] for r in ranked[: ranked.index(trial)])
                 warn(
-                    f"the checkpoints of better trials ({gone}) are not on disk; the champion is trial {trial['trial_id']}, "
+                    f"the checkpoints of better trials ({gone}) are not on disk; "
+                    f"the champion is trial {trial['trial_id']}, "
                     "the best one whose adapter is"
                 )
             return champion, trial
@@ -262,8 +263,8 @@ def finish_search(
     budget_note: str | None = None,
     promote: bool = False,
 ) -> SearchOutcome:
-    """The search's end from its summary rows: plots, the Pareto front, the champion copied and saved as an MLflow model,
-    the best trials' models, everything sent to MLflow (`tracker.finish`), and the outcome the command prints."""
+    """The search's end from its summary rows: plots, the Pareto front, the champion copied and saved as an MLflow
+    model, the best trials' models, everything sent to MLflow (`tracker.finish`), and the outcome the command prints."""
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]

@@ -187,7 +187,8 @@ def run_search(
 
 
 def refuse_finished(run: SearchRun, exp_dir: Path) -> None:
-    """--resume of a finished search: its kept MLflow records sent, then `AlreadyFinished` saying what is still wrong."""
+    """--resume of a finished search: its kept MLflow records sent, then `AlreadyFinished` saying what is still
+    wrong."""
     tracker = tracker_for(run.tracking_uri, run.search.mlflow.experiment, exp_dir, run.artifact_root)
     if not tracker.state.get("finished"):
         return
@@ -215,7 +216,8 @@ def refuse_finished(run: SearchRun, exp_dir: Path) -> None:
 
 
 def _search_in(exp_dir: Path | None, run: SearchRun) -> SearchOutcome:
-    """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray runs."""
+    """The search in `exp_dir` (--resume, its lock held), or in a folder claimed once the caches are warm and Ray
+    runs."""
     import ray  # lazy: Ray Tune takes seconds to import, and bad input or --dry-run is answered before it
 
     imports_line()
@@ -261,7 +263,8 @@ def _search_in(exp_dir: Path | None, run: SearchRun) -> SearchOutcome:
     finally:
         ray.shutdown()
         forget_ray_session(exp_dir)
-        sweep_scratch()  # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
+        # what this host's trials left when Ray stopped them (a cluster's other nodes: their next trial)
+        sweep_scratch()
 
 
 def _start_tracker(run: SearchRun, exp_dir: Path):

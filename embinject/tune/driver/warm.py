@@ -150,8 +150,8 @@ class WarmStart:
         dropped = sum(s.dropped for s in self.sources)
         if dropped:
             out.append(
-                f"warm start: {dropped} earlier values are outside this search's space (a parameter no longer searched, "
-                "or a value outside its new bounds) and were dropped"
+                f"warm start: {dropped} earlier values are outside this search's space "
+                "(a parameter no longer searched, or a value outside its new bounds) and were dropped"
             )
         return out
 
