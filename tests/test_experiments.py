@@ -6,7 +6,7 @@ from embinject.tune.driver.cluster import LOCAL_RAY_SYSTEM_CONFIG
 from experiments.adapter_injection import run as adapter_injection
 from experiments.embedding_injection import run as embedding_injection
 from experiments.fourier_embeddings import run as fourier_embeddings
-from experiments.injection_context import analysis, arms, describe, rates, records, run, tables
+from experiments.injection_context import analysis, arms, describe, intervals, rates, records, run, scaling, tables
 from experiments.injection_context.analysis import headline
 from experiments.prompt_priors import run as prompt_priors
 from experiments.prompt_priors.run import normalise, token_f1
@@ -150,9 +150,8 @@ def test_sentiment_prefix_experiment_tiny(tmp_path, tiny_model, shared_data):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert 0.6 < results["judge"]["val_accuracy"] <= 1.0  # a real classifier, even on 300 reviews
-    assert len(results["rows"]) == 10 and all(
-        0 <= r["accuracy"] <= 1 for r in results["rows"]
-    )  # 2 x (2 prefixes, frozen, 2 domain)
+    # 2 x (2 prefixes, frozen, 2 domain)
+    assert len(results["rows"]) == 10 and all(0 <= r["accuracy"] <= 1 for r in results["rows"])
     assert {r["kind"] for r in results["rows"]} == {
         "baseline",
         "simplified",
@@ -489,16 +488,16 @@ def test_more_training_text_is_measured_per_doubling_and_extrapolated_only_from_
     }
     designs = {f"{design}-w4096": {"share_of_text_gain": (0.60,), "content_share": (0.10,)}}
     gain = lambda m: m["baseline"] - m["text-64"]  # noqa: E731
-    (step,) = analysis.analyse_text_scaling(per, gain, designs, {design: 1024, f"{design}-w4096": 4096})
+    (step,) = scaling.analyse_text_scaling(per, gain, designs, {design: 1024, f"{design}-w4096": 4096})
     share, content = step["share_per_doubling"], step["content_per_doubling"]
     assert step["doublings"] == 2 and share.seeds == 5 and abs(share[0] - 0.05) < 1e-9 and share[1] > 0
     assert abs(content[0] - 0.025) < 1e-9  # (0.60 - 0.50) - (0.50 - 0.45), over 2 doublings
     assert abs(step["share_needs"]["doublings"][0] - 2) < 1e-9 and abs(step["share_needs"]["windows"][0] - 16384) < 1e-6
     low, high = step["share_needs"]["doublings"][1:]
     assert low < 2 < high  # fewest doublings at the interval's high rate, most at its low one
-    assert analysis.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
-    assert analysis.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
-    far = analysis.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
+    assert scaling.doublings_to(0.25, 0.30, share, 4096)["doublings"] == [0.0, 0.0, 0.0]  # reached
+    assert scaling.doublings_to(0.70, 0.60, (0.01, -0.01, 0.03), 4096) is None  # an interval that includes 0
+    far = scaling.doublings_to(0.70, 0.60, (0.01, 1e-300, 0.03), 4096)  # an interval ending just above 0: no overflow
     assert far["windows"][2] is None
     # a two-point extrapolation: its point only, labelled so, never with brackets that read as a confidence interval
     cell = describe.needs_cell(step["share_needs"], share)
@@ -571,9 +570,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
         (32, 8192, "none"),
         (32, 8192, "constant"),
     ]
-    assert all(
-        c.train.eval_windows is None and c.train.patience >= 5 for c in overlapping
-    )  # the whole validation split
+    # the whole validation split
+    assert all(c.train.eval_windows is None and c.train.patience >= 5 for c in overlapping)
     runs = tmp_path / "runs"
     runs.mkdir()
     legacy = cfg.to_dict()
@@ -593,9 +591,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
         match=r"kv-constant-8__seed1.json: trained in bfloat16, but this call trains in float32.*--set train.dtype=bfloat16",
     ):
         run.check_precision(fp32, runs, ["kv-constant-8"], tmp_path)
-    assert (
-        run.check_precision(fp32, runs, ["kv-8"], tmp_path) == "float32"
-    )  # other arms may differ: the report marks them
+    # other arms may differ: the report marks them
+    assert run.check_precision(fp32, runs, ["kv-8"], tmp_path) == "float32"
     bf16 = argparse.Namespace(**{**vars(args), "overrides": ["train.dtype=bfloat16"]})
     assert run.check_precision(bf16, runs, ["kv-constant-8"], tmp_path) == "bfloat16"
     bf16.seeds = [0, 1]  # the setting's own string is not compared, the precision it resolved to is
@@ -630,10 +627,8 @@ def test_injection_context_bad_input_is_one_line_and_writes_nothing(tmp_path, sh
 
     from embinject.models import cache_root
 
-    out, alone = (
-        tmp_path / "study",
-        tmp_path / "alone" / "fineweb_edu_sample",
-    )  # a corpus with no shared corpora beside it
+    # a corpus with no shared corpora beside it
+    out, alone = (tmp_path / "study", tmp_path / "alone" / "fineweb_edu_sample")
     shutil.copytree(shared_data / "fineweb_edu_sample", alone)
     for argv, expected in (
         (["--data", str(tmp_path / "nowhere"), "--out", str(out)], "--data: "),
@@ -825,27 +820,26 @@ def test_a_content_share_whose_control_rate_was_not_searched_at_its_budget_gets_
     control = "lmchunks-kv-constant-8"
     assert arms.lr_status(control, same, control, small) == arms.SEARCHED_PRUNED
     assert arms.lr_status(control, same, control, {**small, "pruning": None}) == arms.SEARCHED
-    assert (
-        arms.lr_status(f"{control}-w8192s32", larger, control, small) == arms.NOT_AT_BUDGET
-    )  # its rate, another budget
+    # its rate, another budget
+    assert arms.lr_status(f"{control}-w8192s32", larger, control, small) == arms.NOT_AT_BUDGET
     assert arms.lr_status("constant-8", same, arms.searched_arm(arms.lr_group("constant-8")), small) == arms.BORROWED
     assert arms.lr_status("kv-constant-8", same, None, None) == arms.NO_SEARCH
     helps = Interval(-0.03, -0.05, -0.01, 5)  # content nats: an interval below zero over 5 seeds
     for status in (arms.BORROWED, arms.NOT_AT_BUDGET, arms.NO_SEARCH):
-        assert analysis.content_claim(helps, status) == "no verdict (control's rate not searched at this budget)"
-        assert analysis.content_claim(helps, [arms.SEARCHED, status]).startswith("no verdict (control's rate")
-    assert analysis.content_claim(helps, arms.SEARCHED_PRUNED) == "content helps"
+        assert intervals.content_claim(helps, status) == "no verdict (control's rate not searched at this budget)"
+        assert intervals.content_claim(helps, [arms.SEARCHED, status]).startswith("no verdict (control's rate")
+    assert intervals.content_claim(helps, arms.SEARCHED_PRUNED) == "content helps"
     worse = Interval(0.03, 0.01, 0.05, 5)
     assert (
-        analysis.content_claim(worse, arms.SEARCHED, arms.BORROWED)
+        intervals.content_claim(worse, arms.SEARCHED, arms.BORROWED)
         == "no verdict (design's rate not searched at this budget)"
     )
     # resampling the test windows too can take the verdict away: "barely"
-    assert analysis.content_claim(helps, arms.SEARCHED, wide=[0.03, -0.001, 0.061]).startswith(
+    assert intervals.content_claim(helps, arms.SEARCHED, wide=[0.03, -0.001, 0.061]).startswith(
         "content helps at the seed level only (barely"
     )
-    assert analysis.two_level(Interval(0.1, 0.08, 0.12, 5), 0.0) == pytest.approx([0.1, 0.08, 0.12])
-    lo, hi = analysis.two_level(Interval(0.1, 0.08, 0.12, 5), 0.01)[1:]
+    assert intervals.two_level(Interval(0.1, 0.08, 0.12, 5), 0.0) == pytest.approx([0.1, 0.08, 0.12])
+    lo, hi = intervals.two_level(Interval(0.1, 0.08, 0.12, 5), 0.01)[1:]
     assert abs((hi - lo) / 2 - (0.02**2 + (1.959964 * 0.01) ** 2) ** 0.5) < 1e-9
 
 
@@ -912,10 +906,10 @@ def test_the_g_table_names_the_seeds_each_interval_uses_and_the_headline_its_sel
         "to": "lmchunks-kv-8-w4096",
         "windows": [1024, 4096],
         "share_per_doubling": share,
-        "share_needs": analysis.doublings_to(0.70, 0.575, share, 4096),
+        "share_needs": scaling.doublings_to(0.70, 0.575, share, 4096),
         "content_per_doubling": content,
         "content_needs": None,
-        "content_verdict": analysis.content_claim(
+        "content_verdict": intervals.content_claim(
             content, [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET], said=("less content", "more content")
         ),
         "lr_status": [arms.SEARCHED_PRUNED, arms.NOT_AT_BUDGET],

@@ -140,28 +140,42 @@ def render(results: dict, args, seconds: float) -> str:
         "",
     ]
     for source, rows in results.items():
-        base = rows[0]["baseline_perplexity"]
-        what = {
-            "window": "the encoder sees the scored window itself (the seed's setting: leaks the targets)",
-            "context": f"the encoder sees the first {cfg.adapter.context_tokens} tokens, which the LM also sees and which are not scored (leak-free)",
-            "previous": "the encoder sees the window's preceding text, which the LM does not see (leak-free)",
-        }[source]
-        lines += [
-            f"## embed_source: {source}",
-            "",
-            f"{what}.",
-            "",
-            "| Method | Val perplexity | vs baseline | Trainable params | % of total | Train time (s) | Steps | Evaluations |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows:
-            change = "-" if r["method"] == "baseline" else f"{100 * (r['val_perplexity'] / base - 1):+.1f}%"
-            lines.append(
-                f"| {r['label']} | {fmt(r['val_perplexity'])} | {change} | {r['trainable_params']:,} | "
-                f"{r['trainable_percent']:.4f}% | {r['train_seconds']:.0f} | {r.get('steps', 0)} | {len(r['history'])} |"
-            )
-        lines.append("")
-    lines += ["## How much of the gain survives without the leak", ""]
+        lines += source_table(source, rows, cfg)
+    lines += leak_lines(results)
+    lines += seed_comparison()
+    return "\n".join(lines)
+
+
+def source_table(source: str, rows: list[dict], cfg) -> list[str]:
+    """One `embed_source`'s section: what its encoder sees, and each row's perplexity, size and cost."""
+    base = rows[0]["baseline_perplexity"]
+    what = {
+        "window": "the encoder sees the scored window itself (the seed's setting: leaks the targets)",
+        "context": f"the encoder sees the first {cfg.adapter.context_tokens} tokens, which the LM also sees and which are not scored (leak-free)",
+        "previous": "the encoder sees the window's preceding text, which the LM does not see (leak-free)",
+    }[source]
+    lines = [
+        f"## embed_source: {source}",
+        "",
+        f"{what}.",
+        "",
+        "| Method | Val perplexity | vs baseline | Trainable params | % of total | Train time (s) | Steps | Evaluations |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        change = "-" if r["method"] == "baseline" else f"{100 * (r['val_perplexity'] / base - 1):+.1f}%"
+        lines.append(
+            f"| {r['label']} | {fmt(r['val_perplexity'])} | {change} | {r['trainable_params']:,} | "
+            f"{r['trainable_percent']:.4f}% | {r['train_seconds']:.0f} | {r.get('steps', 0)} | {len(r['history'])} |"
+        )
+    lines.append("")
+    return lines
+
+
+def leak_lines(results: dict) -> list[str]:
+    """Per source, injection against the static prefix and against the better control: how much of the gain survives
+    without the leak."""
+    lines = ["## How much of the gain survives without the leak", ""]
     lines.append(
         "| embed_source | static prefix | injection (MiniLM) | injection vs static prefix | shuffled control | constant-input control |"
     )
@@ -189,7 +203,12 @@ def render(results: dict, args, seconds: float) -> str:
             f"- `{source}`: injection {100 * (inj / sp - 1):+.1f}% against the static prefix and {vs_ctrl:+.1f}% against "
             "the better control (one seed, no interval)."
         )
-    lines += [
+    return lines
+
+
+def seed_comparison() -> list[str]:
+    """The seed report's own numbers, what differs here, and related work."""
+    lines = [
         "",
         "## The seed's own numbers",
         "",
@@ -210,7 +229,7 @@ def render(results: dict, args, seconds: float) -> str:
         "the same recipe applied to a text encoder over the model's own input or preceding context.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def steps_run(results: dict, cfg) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from experiments.injection_context.arms import (
     ARMS,
     CONTEXT_ARMS,
@@ -24,9 +22,11 @@ from experiments.injection_context.arms import (
     control_arm,
     design_of,
 )
-from experiments.injection_context.arms import NO_SEARCH, rate_searched
-from experiments.stats import PerWindow, claim, seed_interval
+from experiments.injection_context.arms import NO_SEARCH
+from experiments.stats import PerWindow, seed_interval
 from experiments.injection_context.records import lr_rows
+from experiments.injection_context.intervals import TWO_LEVEL_METHOD, content_claim, two_level, window_sd
+from experiments.injection_context.scaling import analyse_text_scaling
 
 
 CONTROLS = {k: [a for a in (f"shuffled-{k}", f"constant-{k}") if a in ARMS] for k in (1, 2, 4, 8, 16)}
@@ -57,63 +57,6 @@ def per_window(records: list[dict]) -> PerWindow:
         trained=records[0].get("arm") in ARMS,
         seed_ids=[r.get("seed", 0) for r in records],
     )
-
-
-WINDOW_DRAWS = 1000
-
-
-def window_sd(stat, arms: dict[str, PerWindow], n: int = WINDOW_DRAWS, seed: int = 0) -> float:
-    """The standard deviation of `stat` when the test windows are resampled (with replacement, the same windows for
-    every arm) and the seeds held at their mean: the uncertainty the seed-level intervals leave out."""
-    rng = np.random.default_rng(seed)
-    trained = [a for a in arms.values() if a.trained]
-    shared = sorted(set.intersection(*(set(a.seed_ids) for a in trained))) if trained else [0]
-    rows = {k: [a.seed_ids.index(s) for s in shared] if a.trained else [0] for k, a in arms.items()}
-    n_windows = next(iter(arms.values())).nll.shape[1]
-    draws = []
-    for _ in range(n):
-        weights = np.bincount(rng.integers(0, n_windows, n_windows), minlength=n_windows).astype(float)
-        draws.append(stat({k: a.mean(rows[k], weights) for k, a in arms.items()}))
-    return float(np.std(draws, ddof=1))
-
-
-def two_level(x, sd: float) -> list[float]:
-    """A seed-level interval widened by the test windows' resampling SD: the t half-width and 1.96 SDs added in
-    quadrature (TWO_LEVEL_METHOD)."""
-    if math.isnan(x[1]):
-        return [x[0], math.nan, math.nan]
-    half = math.hypot((x[2] - x[1]) / 2, 1.959964 * sd)
-    return [x[0], x[0] - half, x[0] + half]
-
-
-TWO_LEVEL_METHOD = (
-    "seed-level Student's t half-width and 1.96 x the standard deviation of the statistic over "
-    f"{WINDOW_DRAWS:,} resamples of the test windows (seeds averaged), added in quadrature"
-)
-
-
-def content_claim(
-    x,
-    control_status: str | list[str],
-    design_status: str | None = None,
-    wide=None,
-    said: tuple[str, str] = ("content helps", "worse than its control"),
-) -> str:
-    """The verdict on a content share (injection minus its control): the seed-level interval's, and none where the
-    control's rate was not searched at the budget it is reported at (a mistuned control credits content with what the
-    control failed to learn); "worse than its control" needs the design's rate searched too. `wide`: the two-level
-    interval, which says whether the verdict survives resampling the test windows as well."""
-    said = claim(x, *said)
-    if said.startswith("no verdict"):
-        return said
-    controls = [control_status] if isinstance(control_status, str) else control_status
-    if not all(rate_searched(c) for c in controls):
-        return "no verdict (control's rate not searched at this budget)"
-    if "worse than its control" in said and design_status is not None and not rate_searched(design_status):
-        return "no verdict (design's rate not searched at this budget)"
-    if wide is not None and not math.isnan(wide[1]) and wide[1] <= 0 <= wide[2]:
-        return f"{said} at the seed level only (barely: with the test windows resampled too the interval includes 0)"
-    return said
 
 
 def analyse(corpus: dict) -> dict:
@@ -268,92 +211,6 @@ def analyse_designs(arms: dict[str, PerWindow], gain, lrs: dict | None = None) -
             row["vs_pooled_nats"] = seed_interval(lambda m: m[arm] - m[pooled], {arm: arms[arm], pooled: arms[pooled]})
         out[arm] = row
     return out
-
-
-# the issue's targets for the best design at 8 vectors: share of the text gain, and content share (points / 100)
-TARGET_SHARE, TARGET_CONTENT = 0.70, 0.25
-
-
-MAX_WINDOWS = 1e9  # extrapolated window counts above this are reported as "over" it
-
-
-# The best design and its constant control by the training text they saw: suffix ("" for the study's own windows) ->
-# (arm, control). Each step goes from the first to the second; its change is per doubling of the training windows.
-TEXT_POINTS = {"": BEST_PAIR} | {
-    suffix: (f"{_BEST}-{suffix}", f"{BEST_PAIR[1]}-{suffix}")
-    for suffix in (f"w{MORE_WINDOWS}", f"w{OVERLAPPING}s{STRIDE}", f"w{MORE_TEXT}t")
-}
-
-
-TEXT_STEPS = [
-    ("", f"w{MORE_WINDOWS}"),
-    (f"w{MORE_WINDOWS}", f"w{OVERLAPPING}s{STRIDE}"),
-    (f"w{MORE_WINDOWS}", f"w{MORE_TEXT}t"),
-]
-
-
-def analyse_text_scaling(
-    arms: dict[str, PerWindow], gain, designs: dict, windows: dict[str, int], lrs: dict | None = None
-) -> list[dict]:
-    """Each step of training text for the best design: the change of its share of the text gain and of its content
-    share per doubling of the training windows (paired by seed and window), and where a change is positive at the
-    seed level, how many more doublings would reach the targets at that rate (an extrapolation, not a measurement)."""
-    full = f"text-{max(TEXT_TOKENS)}"
-    steps = []
-    for before, after in TEXT_STEPS:
-        (a0, c0), (a1, c1) = TEXT_POINTS[before], TEXT_POINTS[after]
-        if a0 not in arms or a1 not in arms:
-            continue
-        n0, n1 = windows[a0], windows[a1]
-        d = math.log2(n1 / n0)
-        sub = {"baseline": arms["baseline"], full: arms[full], a0: arms[a0], a1: arms[a1]}
-        step = {
-            "from": a0,
-            "to": a1,
-            "windows": [n0, n1],
-            "doublings": d,
-            "share_per_doubling": seed_interval(lambda m: (m[a0] - m[a1]) / gain(m) / d, sub),
-        }
-        step["share_needs"] = doublings_to(
-            TARGET_SHARE, designs[a1]["share_of_text_gain"][0], step["share_per_doubling"], n1
-        )
-        if c0 in arms and c1 in arms:
-            both = {**sub, c0: arms[c0], c1: arms[c1]}
-            step["content_per_doubling"] = seed_interval(
-                lambda m: ((m[c1] - m[a1]) - (m[c0] - m[a0])) / gain(m) / d, both
-            )
-            step["content_needs"] = doublings_to(
-                TARGET_CONTENT, designs[a1]["content_share"][0], step["content_per_doubling"], n1
-            )
-            step["control_lr_status"] = [(lrs or {}).get(c, {}).get("lr_status", NO_SEARCH) for c in (c0, c1)]
-            step["content_verdict"] = content_claim(
-                step["content_per_doubling"],
-                step["control_lr_status"],
-                said=("less content with more windows", "more content with more windows"),
-            )
-            if step["content_verdict"].startswith("no verdict"):
-                step["content_needs"] = None  # no rate to extrapolate from a change that has no verdict
-        step["lr_status"] = [(lrs or {}).get(a, {}).get("lr_status", NO_SEARCH) for a in (a0, a1)]
-        # overlapping windows (a stride below the window) repeat text: each token sits in seq_len / stride windows
-        b1 = (lrs or {}).get(a1, {}).get("budget", {})
-        stride, seq = b1.get("stride"), b1.get("seq_len")
-        step["overlap"] = seq / stride if stride and seq and stride < seq else 1
-        steps.append(step)
-    return steps
-
-
-def doublings_to(target: float, now: float, rate, windows: int) -> dict | None:
-    """Doublings of `windows` that would take `now` to `target` at `rate` per doubling, its range from the rate's
-    interval ends; None where the rate's interval does not lie above zero (no rate to extrapolate)."""
-    if now >= target:
-        return {"doublings": [0.0, 0.0, 0.0], "windows": [windows] * 3}
-    if math.isnan(rate[1]) or rate[1] <= 0:
-        return None
-    many = [(target - now) / r for r in (rate[0], rate[2], rate[1])]  # the point, then fewest and most doublings
-    # a rate whose interval ends just above 0 puts its far end at hundreds of doublings (2 ** m overflows past 1,024):
-    # beyond MAX_WINDOWS the count says nothing a reader can use, so it is None ("over ...")
-    most = math.log2(MAX_WINDOWS / windows)
-    return {"doublings": many, "windows": [windows * 2**m if m <= most else None for m in many]}
 
 
 def headline(designs: dict) -> dict | None:

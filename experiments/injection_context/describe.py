@@ -20,7 +20,8 @@ from experiments.injection_context.arms import (
     rate_searched,
 )
 from experiments.stats import claim
-from experiments.injection_context.analysis import MAX_WINDOWS, content_claim
+from experiments.injection_context.intervals import content_claim
+from experiments.injection_context.scaling import MAX_WINDOWS
 from experiments.injection_context.records import stopped_beaten
 
 

@@ -34,13 +34,12 @@ from experiments.injection_context.describe import (
 )
 from experiments.injection_context.analysis import (
     STATIC,
-    TARGET_CONTENT,
-    TARGET_SHARE,
     _BEST,
     headline,
     per_window,
     pooled_beside,
 )
+from experiments.injection_context.scaling import TARGET_CONTENT, TARGET_SHARE
 
 
 def designs_table(designs: dict, arms: dict) -> list[str]:
@@ -60,6 +59,31 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
         f"{SCREEN_K} and used at every k.",
         "",
     ]
+    lines += design_notes(designs, arms)
+    lines += [
+        "Every interval below is a 95% Student's t interval over the seeds it names (paired by seed and test "
+        "window); "
+        "*± windows* is the standard deviation that resampling the test windows adds to it (`window_sd`). "
+        "*Rate*: "
+        "whether the arm's rate, and its constant control's, was searched at the budget the row is reported "
+        "at.",
+        "",
+        "| Design | k | Seeds (constant, shuffled) | Rate (arm; control) | Share of text gain | ± windows | "
+        "Content share | "
+        "± windows | Verdict on content | Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict "
+        "|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [design_row(arm, r, arms) for arm, r in designs.items()]
+    head = headline(designs)
+    lines += [""] + headline_lines(head) + [""]
+    return lines
+
+
+def design_notes(designs: dict, arms: dict) -> list[str]:
+    """(f)'s notes on the rows it holds: those trained on more windows, for more epochs, on overlapping windows or
+    on other articles' text, and those trained with the chunk MLP's shared bias."""
+    lines = []
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"]):
         lines += [
             f"Rows *..., {MORE_WINDOWS:,} training windows* are a design and its constant control trained on "
@@ -103,66 +127,52 @@ def designs_table(designs: dict, arms: dict) -> list[str]:
             "and they take no more seeds.",
             "",
         ]
-    lines += [
-        "Every interval below is a 95% Student's t interval over the seeds it names (paired by seed and test "
-        "window); "
-        "*± windows* is the standard deviation that resampling the test windows adds to it (`window_sd`). "
-        "*Rate*: "
-        "whether the arm's rate, and its constant control's, was searched at the budget the row is reported "
-        "at.",
-        "",
-        "| Design | k | Seeds (constant, shuffled) | Rate (arm; control) | Share of text gain | ± windows | "
-        "Content share | "
-        "± windows | Verdict on content | Content share vs shuffled | Δ NLL vs pooled MiniLM, same k | Verdict "
-        "|",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, r in designs.items():
-        share = seeds_ci(r["share_of_text_gain"], 1, 100, unit="%")
-        if r["design"] == STATIC:
-            lines.append(
-                f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {rate_mark(r)} | {share} | "
-                f"{100 * r['share_window_sd']:.1f} | - | - | - | - | - | - |"
-            )
-            continue
-        content = r.get("content_share")
-        content_cell = "control not run" if content is None else seeds_ci(content, 1, 100, sign=True, unit=" pts")
-        content_sd = "-" if content is None else f"{100 * r['content_window_sd']:.1f}"
-        content_verdict_ = "-" if content is None else r["content_verdict"]
-        shuffled = r.get("shuffled_content_share")
-        shuffled_cell = (
-            "-"
-            if shuffled is None
-            else f"{seeds_ci(shuffled, 1, 100, sign=True, unit=' pts')}: {r['shuffled_content_verdict']}"
-        )
-        vs = r.get("vs_pooled_nats")
-        vs_cell = "-" if vs is None else seeds_ci(vs, 4, sign=True)
-        vs_verdict = (
-            "-"
-            if vs is None
-            else precision_verdict(
-                claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM"),
-                arms,
-                [arm, pooled_beside(arm, r["k"])],
-            )
-        )
-        if content is not None:
-            content_verdict_ = precision_verdict(content_verdict_, arms, [arm, r["control"]])
-        design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]
-        control_mark = (
-            "-"
-            if "control_lr_status" not in r
-            else rate_mark({"lr_status": r["control_lr_status"], "lr_settled": r.get("control_lr_settled", True)})
-        )
-        lines.append(
-            f"| {design} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
-            f"{r.get('shuffled_control_seeds', 0)}) | {rate_mark(r)}; {control_mark} | {share} | "
-            f"{100 * r['share_window_sd']:.1f} | {content_cell} | {content_sd} | "
-            f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |"
-        )
-    head = headline(designs)
-    lines += [""] + headline_lines(head) + [""]
     return lines
+
+
+def design_row(arm: str, r: dict, arms: dict) -> str:
+    """(f)'s row of one design: its share, content share against each control and difference from pooled MiniLM."""
+    share = seeds_ci(r["share_of_text_gain"], 1, 100, unit="%")
+    if r["design"] == STATIC:
+        return (
+            f"| static prefix (`{arm}`) | {r['k']} | {r['seeds']} | {rate_mark(r)} | {share} | "
+            f"{100 * r['share_window_sd']:.1f} | - | - | - | - | - | - |"
+        )
+    content = r.get("content_share")
+    content_cell = "control not run" if content is None else seeds_ci(content, 1, 100, sign=True, unit=" pts")
+    content_sd = "-" if content is None else f"{100 * r['content_window_sd']:.1f}"
+    content_verdict_ = "-" if content is None else r["content_verdict"]
+    shuffled = r.get("shuffled_content_share")
+    shuffled_cell = (
+        "-"
+        if shuffled is None
+        else f"{seeds_ci(shuffled, 1, 100, sign=True, unit=' pts')}: {r['shuffled_content_verdict']}"
+    )
+    vs = r.get("vs_pooled_nats")
+    vs_cell = "-" if vs is None else seeds_ci(vs, 4, sign=True)
+    vs_verdict = (
+        "-"
+        if vs is None
+        else precision_verdict(
+            claim(vs, "better than pooled MiniLM", "worse than pooled MiniLM"),
+            arms,
+            [arm, pooled_beside(arm, r["k"])],
+        )
+    )
+    if content is not None:
+        content_verdict_ = precision_verdict(content_verdict_, arms, [arm, r["control"]])
+    design = f"{r['design']}, {SHARED_MLP}" if shared_chunk_mlp(arms.get(arm, [])) else r["design"]
+    control_mark = (
+        "-"
+        if "control_lr_status" not in r
+        else rate_mark({"lr_status": r["control_lr_status"], "lr_settled": r.get("control_lr_settled", True)})
+    )
+    return (
+        f"| {design} (`{arm}`) | {r['k']} | {r['seeds']} ({r.get('control_seeds', 0)}, "
+        f"{r.get('shuffled_control_seeds', 0)}) | {rate_mark(r)}; {control_mark} | {share} | "
+        f"{100 * r['share_window_sd']:.1f} | {content_cell} | {content_sd} | "
+        f"{content_verdict_} | {shuffled_cell} | {vs_cell} | {vs_verdict} |"
+    )
 
 
 def headline_lines(head: dict | None) -> list[str]:

@@ -156,44 +156,9 @@ def run(args) -> dict:
         table = prep.lm.model.get_input_embeddings().weight.detach()
         for prior in args.priors:
             for seed in range(args.seeds):
-                cfg = make_config(args, task, prior, seed)
-                prep = prepare(cfg)
-                init = build_method(cfg, prep.lm.model, tokenizer=prep.lm.tokenizer).prompt.detach().clone()
-                result, method = train(cfg, prepared=prep)
-                trained = method.prompt.detach().clone()
-                em, f1, examples = answer_scores(method, prep, prep.lm.tokenizer, args.max_new_tokens)
-                row = {
-                    "task": task,
-                    "prior": prior,
-                    "seed": seed,
-                    "exact_match": em,
-                    "f1": f1,
-                    "val_perplexity": result["val_perplexity"],
-                    "baseline_perplexity": result["baseline_perplexity"],
-                    "init_nearest_token": nearest_token_distance(init, table),
-                    "trained_nearest_token": nearest_token_distance(trained, table),
-                    "moved": float((trained - init).norm(dim=1).mean()),
-                    "trained_norm": float(trained.norm(dim=1).mean()),
-                    "train_seconds": result["train_seconds"],
-                    "steps": result["steps"],
-                    "examples": examples,
-                }
+                row, init, trained = prompt_run(args, task, prior, seed, table)
                 runs.append(row)
                 vectors[(task, prior, seed)] = (init, trained)
-                log_result(
-                    args.mlflow,
-                    "experiment-prompt-priors",
-                    f"{task} | {prior} | seed {seed}",
-                    {"task": task, "prior": prior, "seed": seed},
-                    result,
-                    {k: row[k] for k in ("exact_match", "f1", "init_nearest_token", "trained_nearest_token", "moved")},
-                )
-                print(
-                    f"[{task}] {prior} seed {seed}: EM {em:.3f}, F1 {f1:.3f}, ppl {result['val_perplexity']:.2f}, "
-                    f"nearest token {row['init_nearest_token']:.2f} -> {row['trained_nearest_token']:.2f}, "
-                    f"moved {row['moved']:.2f}",
-                    flush=True,
-                )
     cfg = make_config(args, "sciq_qa", "vocab", 0)
     lm = shared_lm(cfg.model, "cpu")
     clusters = {task: mean_activations(lm.model, lm.tokenizer, prompts[task][1][: args.plot_texts]) for task in TASKS}
@@ -219,6 +184,48 @@ def run(args) -> dict:
             a: {b: float((clusters[a].mean(0) - clusters[b].mean(0)).norm()) for b in clusters} for a in clusters
         },
     }
+
+
+def prompt_run(args, task: str, prior: str, seed: int, table: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One soft prompt trained from `prior`: its answers' scores, where its vectors sit against the token embeddings
+    `table` before and after training, and those vectors; logged to MLflow and printed."""
+    cfg = make_config(args, task, prior, seed)
+    prep = prepare(cfg)
+    init = build_method(cfg, prep.lm.model, tokenizer=prep.lm.tokenizer).prompt.detach().clone()
+    result, method = train(cfg, prepared=prep)
+    trained = method.prompt.detach().clone()
+    em, f1, examples = answer_scores(method, prep, prep.lm.tokenizer, args.max_new_tokens)
+    row = {
+        "task": task,
+        "prior": prior,
+        "seed": seed,
+        "exact_match": em,
+        "f1": f1,
+        "val_perplexity": result["val_perplexity"],
+        "baseline_perplexity": result["baseline_perplexity"],
+        "init_nearest_token": nearest_token_distance(init, table),
+        "trained_nearest_token": nearest_token_distance(trained, table),
+        "moved": float((trained - init).norm(dim=1).mean()),
+        "trained_norm": float(trained.norm(dim=1).mean()),
+        "train_seconds": result["train_seconds"],
+        "steps": result["steps"],
+        "examples": examples,
+    }
+    log_result(
+        args.mlflow,
+        "experiment-prompt-priors",
+        f"{task} | {prior} | seed {seed}",
+        {"task": task, "prior": prior, "seed": seed},
+        result,
+        {k: row[k] for k in ("exact_match", "f1", "init_nearest_token", "trained_nearest_token", "moved")},
+    )
+    print(
+        f"[{task}] {prior} seed {seed}: EM {em:.3f}, F1 {f1:.3f}, ppl {result['val_perplexity']:.2f}, "
+        f"nearest token {row['init_nearest_token']:.2f} -> {row['trained_nearest_token']:.2f}, "
+        f"moved {row['moved']:.2f}",
+        flush=True,
+    )
+    return row, init, trained
 
 
 def plot_geometry(vocab: torch.Tensor, clusters: dict, vectors: dict, out: Path) -> None:

@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from embinject.config_files import load_config
 from embinject.fsutil import atomic_write_text
 from embinject.train.generation import generate
@@ -30,14 +28,9 @@ from embinject.methods.baseline import Baseline
 from embinject.models import package_file
 from embinject.train import prepare, train
 from experiments.common import experiment_parser, log_result, machine, parse_experiment_args, run_or_reload
+from experiments.sentiment_prefix.report import ALPHAS, METHODS, SENTIMENTS, plot, render
 
 HERE = Path(__file__).resolve().parent
-SENTIMENTS = ("positive", "negative")
-METHODS = {
-    "simplified": ("prompt", "Simplified (embedding-level prefix)"),
-    "full": ("prefix", "Full deep prefix (all layers, MLP)"),
-}
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -113,102 +106,9 @@ def run(args) -> dict:
         for s in SENTIMENTS
     }
     common = [f"data.path={data}", *args.overrides]
-    rows, adapters = [], {}
-
-    def judge_row(label: str, kind: str, sentiment: str, texts: list[str], result: dict | None) -> dict:
-        p = judge.p_positive(texts)
-        want = sentiment == "positive"
-        row = {
-            "label": label,
-            "kind": kind,
-            "sentiment": sentiment,
-            "accuracy": sum((x >= 0.5) == want for x in p) / len(p),
-            "mean_p_target": sum(x if want else 1 - x for x in p) / len(p),
-            "p_positive": [round(x, 5) for x in p],
-            **text_scores(texts, references[sentiment]),
-            "samples": texts[:5],
-            **(
-                {
-                    k: result[k]
-                    for k in (
-                        "val_perplexity",
-                        "baseline_perplexity",
-                        "trainable_params",
-                        "trainable_percent",
-                        "train_seconds",
-                        "steps",
-                        "peak_memory_mb",
-                    )
-                }
-                if result
-                else {}
-            ),
-        }
-        print(
-            f"{label} [{sentiment}]: accuracy {row['accuracy']:.2f}, BLEU {row['bleu']:.2f}, ROUGE-L {row['rougeL']:.1f}",
-            flush=True,
-        )
-        log_result(
-            args.mlflow,
-            "experiment-sentiment-prefix",
-            f"{label} | {sentiment}",
-            {"kind": kind, "sentiment": sentiment},
-            result,
-            {k: row[k] for k in ("accuracy", "mean_p_target", "bleu", "rouge1", "rouge2", "rougeL")},
-        )
-        return row
-
-    for sentiment in SENTIMENTS:
-        for kind, (method, label) in METHODS.items():
-            cfg = load_config(
-                args.config, common + [f"method={method}", f"data.where=label={sentiment}", f"train.lr={args.lr[kind]}"]
-            )
-            result, trained = train(cfg, prepared=prepare(cfg))
-            adapters[(kind, sentiment)] = trained
-            texts = sample(trained, trained.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
-            rows.append(judge_row(label, kind, sentiment, texts, result))
-        base_cfg = load_config(args.config, common + ["method=baseline", f"data.where=label={sentiment}"])
-        prep = prepare(base_cfg)
-        base_result, _ = train(base_cfg, prepared=prep)
-        texts = sample(
-            Baseline(base_cfg, prep.lm.model), prep.lm.tokenizer, args.samples, args.max_new_tokens, seed=args.seed
-        )
-        rows.append(judge_row("Frozen model (no prefix)", "baseline", sentiment, texts, base_result))
-    # Domain-only prefixes, trained on reviews of both labels: what a prefix gets from SST-2's style alone. A sentiment
-    # prefix's sentiment beyond this one's is what its label taught it.
-    for kind, (method, label) in METHODS.items():
-        cfg = load_config(args.config, common + [f"method={method}", f"train.lr={args.lr[kind]}"])
-        result, trained = train(cfg, prepared=prepare(cfg))
-        texts = sample(trained, trained.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
-        trained.release()
-        for sentiment in SENTIMENTS:
-            rows.append(judge_row(f"{label}, domain only (both labels)", f"{kind}-domain", sentiment, texts, result))
-
-    mixing = {}
-    for kind in METHODS:
-        mixing[kind] = []
-        pos, neg = adapters[(kind, "positive")], adapters[(kind, "negative")]
-        for alpha in ALPHAS:
-            texts = sample(mix(kind, pos, neg, alpha), pos.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
-            p = judge.p_positive(texts)
-            mixing[kind].append(
-                {
-                    "alpha": alpha,
-                    "mean_p_positive": sum(p) / len(p),
-                    "share_positive": sum(x >= 0.5 for x in p) / len(p),
-                    "samples": texts[:2],
-                    "p_positive": [round(x, 5) for x in p],
-                }
-            )
-        curve = [m["mean_p_positive"] for m in mixing[kind]]
-        log_result(
-            args.mlflow,
-            "experiment-sentiment-prefix",
-            f"mixing | {kind}",
-            {"kind": kind, "alphas": list(ALPHAS)},
-            metrics={f"p_positive_alpha_{a:g}": c for a, c in zip(ALPHAS, curve)},
-        )
-        print(f"mixing {kind}: " + ", ".join(f"{a:g}->{c:.2f}" for a, c in zip(ALPHAS, curve)), flush=True)
+    rows, adapters = sentiment_rows(args, common, judge, references)
+    rows += domain_rows(args, common, judge, references)
+    mixing = {kind: mixing_curve(args, judge, kind, adapters) for kind in METHODS}
     cfg = load_config(args.config, common + ["method=prompt"])
     return {
         "rows": rows,
@@ -225,256 +125,117 @@ def run(args) -> dict:
     }
 
 
-def interval(draw, n: int, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap of `draw(index)` over `n` generations resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    values = [draw(rng.integers(0, n, n)) for _ in range(samples)]
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+def sentiment_rows(args, common: list[str], judge: SentimentJudge, references: dict) -> tuple[list[dict], dict]:
+    """Per sentiment, a prefix of each kind trained on its reviews and the frozen model, each judged on its generations;
+    and the trained prefixes by (kind, sentiment), which the mixing blends."""
+    rows, adapters = [], {}
+    for sentiment in SENTIMENTS:
+        for kind, (method, label) in METHODS.items():
+            cfg = load_config(
+                args.config, common + [f"method={method}", f"data.where=label={sentiment}", f"train.lr={args.lr[kind]}"]
+            )
+            result, trained = train(cfg, prepared=prepare(cfg))
+            adapters[(kind, sentiment)] = trained
+            texts = sample(trained, trained.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
+            rows.append(judged_row(args, judge, references, label, kind, sentiment, texts, result))
+        base_cfg = load_config(args.config, common + ["method=baseline", f"data.where=label={sentiment}"])
+        prep = prepare(base_cfg)
+        base_result, _ = train(base_cfg, prepared=prep)
+        texts = sample(
+            Baseline(base_cfg, prep.lm.model), prep.lm.tokenizer, args.samples, args.max_new_tokens, seed=args.seed
+        )
+        rows.append(
+            judged_row(args, judge, references, "Frozen model (no prefix)", "baseline", sentiment, texts, base_result)
+        )
+    return rows, adapters
 
 
-def hit_rate(p_positive: list[float], sentiment: str) -> np.ndarray:
-    """1 where the judge assigns a generation to `sentiment`."""
-    p = np.asarray(p_positive)
-    return (p >= 0.5 if sentiment == "positive" else p < 0.5).astype(float)
+def domain_rows(args, common: list[str], judge: SentimentJudge, references: dict) -> list[dict]:
+    """Domain-only prefixes, trained on reviews of both labels: what a prefix gets from SST-2's style alone. A sentiment
+    prefix's sentiment beyond this one's is what its label taught it. One set of generations, judged against each
+    sentiment."""
+    rows = []
+    for kind, (method, label) in METHODS.items():
+        cfg = load_config(args.config, common + [f"method={method}", f"train.lr={args.lr[kind]}"])
+        result, trained = train(cfg, prepared=prepare(cfg))
+        texts = sample(trained, trained.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
+        trained.release()
+        domain = f"{label}, domain only (both labels)"
+        for sentiment in SENTIMENTS:
+            rows.append(judged_row(args, judge, references, domain, f"{kind}-domain", sentiment, texts, result))
+    return rows
 
 
-def mixing_steps(points: list[dict]) -> list[dict]:
-    """Each adjacent alpha step and the whole range: change in mean P(positive) with a 95% interval. The same
-    sampling seed serves every alpha, so generations are paired by index and resampled together."""
-    curves = np.array([p["p_positive"] for p in points])
-    pairs = [(i, i + 1) for i in range(len(points) - 1)] + [(0, len(points) - 1)]
-    out = []
-    for a, b in pairs:
-        lo, hi = interval(lambda idx: float(curves[b, idx].mean() - curves[a, idx].mean()), curves.shape[1])
-        out.append(
+RESULT_KEYS = (  # the training facts a trained row carries from its result
+    "val_perplexity",
+    "baseline_perplexity",
+    "trainable_params",
+    "trainable_percent",
+    "train_seconds",
+    "steps",
+    "peak_memory_mb",
+)
+
+
+def judged_row(
+    args, judge: SentimentJudge, references: dict, label: str, kind: str, sentiment: str, texts: list[str], result
+) -> dict:
+    """A row of the table: the judge's verdicts on `texts` for `sentiment`, their BLEU and ROUGE against that
+    sentiment's references and the training facts; printed, and logged to MLflow."""
+    p = judge.p_positive(texts)
+    want = sentiment == "positive"
+    row = {
+        "label": label,
+        "kind": kind,
+        "sentiment": sentiment,
+        "accuracy": sum((x >= 0.5) == want for x in p) / len(p),
+        "mean_p_target": sum(x if want else 1 - x for x in p) / len(p),
+        "p_positive": [round(x, 5) for x in p],
+        **text_scores(texts, references[sentiment]),
+        "samples": texts[:5],
+        **({k: result[k] for k in RESULT_KEYS} if result else {}),
+    }
+    print(
+        f"{label} [{sentiment}]: accuracy {row['accuracy']:.2f}, BLEU {row['bleu']:.2f}, ROUGE-L {row['rougeL']:.1f}",
+        flush=True,
+    )
+    log_result(
+        args.mlflow,
+        "experiment-sentiment-prefix",
+        f"{label} | {sentiment}",
+        {"kind": kind, "sentiment": sentiment},
+        result,
+        {k: row[k] for k in ("accuracy", "mean_p_target", "bleu", "rouge1", "rouge2", "rougeL")},
+    )
+    return row
+
+
+def mixing_curve(args, judge: SentimentJudge, kind: str, adapters: dict) -> list[dict]:
+    """A kind's two sentiment prefixes blended at each alpha, the blend's generations judged; logged to MLflow."""
+    points = []
+    pos, neg = adapters[(kind, "positive")], adapters[(kind, "negative")]
+    for alpha in ALPHAS:
+        texts = sample(mix(kind, pos, neg, alpha), pos.tokenizer, args.samples, args.max_new_tokens, seed=args.seed)
+        p = judge.p_positive(texts)
+        points.append(
             {
-                "from": points[a]["alpha"],
-                "to": points[b]["alpha"],
-                "change": float(curves[b].mean() - curves[a].mean()),
-                "lo": lo,
-                "hi": hi,
+                "alpha": alpha,
+                "mean_p_positive": sum(p) / len(p),
+                "share_positive": sum(x >= 0.5 for x in p) / len(p),
+                "samples": texts[:2],
+                "p_positive": [round(x, 5) for x in p],
             }
         )
-    return out
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for kind, points in results["mixing"].items():
-        ax.plot(
-            [p["alpha"] for p in points], [p["mean_p_positive"] for p in points], marker="o", label=METHODS[kind][1]
-        )
-    ax.set_xlabel("alpha (weight of the positive prefix)")
-    ax.set_ylabel("mean P(positive) of generations")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def render(results: dict) -> str:
-    c = results["config"]
-    lines = [
-        "# Sentiment-controlled generation with prefix tuning (seed 003)",
-        "",
-        f"Generated by `python -m experiments.sentiment_prefix.run {results['command']}` in {results['seconds'] / 60:.1f} min "
-        f"on {results['machine']}. Model `{c['model']}`, SST-2 reviews of one sentiment per prefix "
-        f"({c['data']['train_samples']} training, {c['data']['val_samples']} validation, at most {c['data']['seq_len']} tokens), "
-        f"prefix length {c['adapter']['prefix_len']}, at most {c['train']['max_steps']} steps of batch {c['train']['batch_size']}, "
-        f"lr {results['lr']['simplified']:g} (simplified) / {results['lr']['full']:g} (full). "
-        f"Each row: {results['samples']} generations from BOS alone (top-k 50 sampling, at most {results['max_new_tokens']} tokens).",
-        "",
-        f"Sentiment judge: logistic regression on all-MiniLM-L6-v2 embeddings of {results['judge']['train_rows']:,} SST-2 training "
-        f"reviews; **validation accuracy {100 * results['judge']['val_accuracy']:.1f}%** (SST-2 validation, 872 reviews).",
-        "",
-        "BLEU (sacreBLEU, corpus level) and ROUGE-1/2/L F1 are computed against held-out SST-2 validation reviews of the same "
-        f"sentiment ({results['references']['positive']} positive / {results['references']['negative']} negative), every "
-        "review an alternative reference (ROUGE: best-matching reference per generation). Perplexity is on that sentiment's "
-        "validation reviews; a domain-only prefix's is on the validation reviews of both labels, which it was trained "
-        "for, so its two rows repeat one value.",
-        "",
-        *accuracy_note(results),
-        "",
-        "| model | sentiment | sentiment accuracy | mean P(target) | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | val perplexity | trainable params | % of total | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(results["rows"], key=lambda r: (r["sentiment"] != "positive", r["kind"] != "baseline", r["kind"])):
-        if "p_positive" in r:
-            hits = hit_rate(r["p_positive"], r["sentiment"])
-            lo, hi = interval(lambda idx: float(hits[idx].mean()), len(hits))
-            acc = f"{100 * r['accuracy']:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
-        else:
-            acc = f"{100 * r['accuracy']:.1f}% ± {100 * (r['accuracy'] * (1 - r['accuracy']) / results['samples']) ** 0.5:.1f}"
-        lines.append(
-            f"| {r['label']} | {r['sentiment']} | {acc} | {r['mean_p_target']:.3f} | {r['bleu']:.2f} | "
-            f"{r['rouge1']:.1f} | {r['rouge2']:.1f} | {r['rougeL']:.1f} | {r['val_perplexity']:.2f} | "
-            f"{r['trainable_params']:,} | {r['trainable_percent']:.4f}% | {r['train_seconds']:.0f} |"
-        )
-    by = {(r["kind"], r["sentiment"]): r for r in results["rows"]}
-    gains = [
-        f"{s}: frozen {100 * by[('baseline', s)]['accuracy']:.0f}% -> simplified {100 * by[('simplified', s)]['accuracy']:.0f}%, "
-        f"full {100 * by[('full', s)]['accuracy']:.0f}%"
-        for s in SENTIMENTS
-        if ("baseline", s) in by
-    ]
-    lines += [
-        "",
-        "Sentiment accuracy, "
-        + "; ".join(gains)
-        + ". Validation perplexity of the sentiment's reviews, frozen -> simplified "
-        "-> full: "
-        + "; ".join(
-            f"{s} {by[('baseline', s)]['val_perplexity']:.0f} -> {by[('simplified', s)]['val_perplexity']:.0f} -> "
-            f"{by[('full', s)]['val_perplexity']:.0f}"
-            for s in SENTIMENTS
-            if ("baseline", s) in by
-        )
-        + ".",
-    ]
-    lines += sentiment_beyond_domain(results, by)
-    lines += [
-        "",
-        "## Prefix mixing",
-        "",
-        "Generations from `alpha * positive + (1 - alpha) * negative` (input vectors for the simplified "
-        "prefix, keys/values for the full prefix), same sampling seed at every alpha.",
-        "",
-        "| alpha | "
-        + " | ".join(f"{METHODS[k][1]}: mean P(positive) / share positive" for k in results["mixing"])
-        + " |",
-        "|---|" + "---|" * len(results["mixing"]),
-    ]
-    for i, alpha in enumerate(ALPHAS):
-        cells = [
-            f"{pts[i]['mean_p_positive']:.3f} / {100 * pts[i]['share_positive']:.0f}%"
-            for pts in results["mixing"].values()
-        ]
-        lines.append(f"| {alpha:g} | " + " | ".join(cells) + " |")
-    lines += mixing_verdicts(results["mixing"]) + ["", "![prefix mixing](mixing.png)", "", "## Samples", ""]
-    for r in results["rows"]:
-        lines.append(
-            f"- {r['label']}, {r['sentiment']}: " + " / ".join(f'"{" ".join(t.split())}"' for t in r["samples"][:2])
-        )
-    lines += [
-        "",
-        "## Compared with the seed",
-        "",
-        "The seed study trained GPT-2 small (124M) on 123 custom reviews with batch 2 and lr 5e-5 and reports BLEU/ROUGE only as "
-        "charts, without numbers to compare against; its claims are qualitative (sentiment-aligned generations, smooth tone "
-        "control by mixing). Here the frozen model is SmolLM2-135M-Instruct, the data SST-2 (real movie-review sentences, one "
-        "prefix per label), and sentiment alignment is measured by an independent classifier rather than by reading samples. "
-        "BLEU/ROUGE against a pool of same-sentiment references measure closeness to the review domain, not correctness; "
-        "they are low in absolute terms for open-ended generation and are best read against the frozen-model row.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def accuracy_note(results: dict) -> list[str]:
-    if all("p_positive" in r for r in results["rows"]):
-        return [
-            "Sentiment accuracy is the share of generations the judge assigns to the prefix's sentiment, with a 95% bootstrap "
-            "interval over the generations; the frozen model's and each domain-only prefix's row is one set of generations "
-            "judged against each target. A domain-only prefix is trained the same way on reviews of both labels: it learns "
-            "SST-2's style without a sentiment, so it separates what a sentiment prefix gets from its label from what it gets "
-            "from the domain."
-        ]
-    return [
-        "Sentiment accuracy is the share of generations the judge assigns to the prefix's sentiment (± its binomial standard "
-        "error); the frozen model's row is one set of generations judged against each target. These results predate the "
-        "per-generation scores and the domain-only prefixes: run the command again for intervals, the domain-only rows and "
-        "the tests of the mixing curve. No claim about the mixing curve's shape is made from them."
-    ]
-
-
-def sentiment_beyond_domain(results: dict, by: dict) -> list[str]:
-    """Each sentiment prefix's accuracy minus its domain-only prefix's on the same target, with a 95% interval
-    (independent generations, each set resampled on its own)."""
-    lines = []
-    for kind in METHODS:
-        for sentiment in SENTIMENTS:
-            own, domain = by.get((kind, sentiment)), by.get((f"{kind}-domain", sentiment))
-            if not (own and domain and "p_positive" in own and "p_positive" in domain):
-                continue
-            a, b = hit_rate(own["p_positive"], sentiment), hit_rate(domain["p_positive"], sentiment)
-            rng = np.random.default_rng(1)
-            draws = [
-                a[rng.integers(0, len(a), len(a))].mean() - b[rng.integers(0, len(b), len(b))].mean()
-                for _ in range(2000)
-            ]
-            lo, hi = np.percentile(draws, [2.5, 97.5])
-            verdict = (
-                "the label adds sentiment beyond the domain"
-                if lo > 0
-                else "worse than the domain-only prefix"
-                if hi < 0
-                else "no verdict: the interval includes 0 (at this sample size the label's effect is not separated from the domain's)"
-            )
-            lines.append(
-                f"| {METHODS[kind][1]} | {sentiment} | {100 * a.mean():.1f}% | {100 * b.mean():.1f}% | "
-                f"{100 * (a.mean() - b.mean()):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {verdict} |"
-            )
-    if not lines:
-        return []
-    return [
-        "",
-        "### Sentiment beyond the domain",
-        "",
-        "Each interval resamples the generations of one trained prefix per row (one training seed each): it covers the "
-        "sampling of generations, not what another training seed would give.",
-        "",
-        "| prefix | target | sentiment prefix accuracy | domain-only prefix, same target | difference, points [95% CI] | verdict |",
-        "|---|---|---|---|---|---|",
-        *lines,
-    ]
-
-
-def mixing_verdicts(mixing: dict) -> list[str]:
-    """What the mixing curves support: a rise over the whole range, and each step, only where an interval excludes 0."""
-    lines = [
-        "",
-        "Change in mean P(positive), paired by generation (95% bootstrap interval):",
-        "",
-        "| prefix | "
-        + " | ".join(f"{a:g} -> {b:g}" for a, b in zip(ALPHAS, ALPHAS[1:]))
-        + f" | {ALPHAS[0]:g} -> {ALPHAS[-1]:g} |",
-        "|---|" + "---|" * len(ALPHAS),
-    ]
-    verdicts = []
-    for kind, points in mixing.items():
-        if not all("p_positive" in p for p in points):
-            continue
-        steps = mixing_steps(points)
-        lines.append(
-            f"| {METHODS[kind][1]} | "
-            + " | ".join(f"{x['change']:+.3f} [{x['lo']:+.3f}, {x['hi']:+.3f}]" for x in steps)
-            + " |"
-        )
-        whole, resolved = steps[-1], [x for x in steps[:-1] if x["lo"] > 0]
-        if whole["lo"] > 0:
-            rise = f"rises from alpha {ALPHAS[0]:g} to {ALPHAS[-1]:g} (interval excludes 0)"
-        elif whole["hi"] < 0:
-            rise = f"falls from alpha {ALPHAS[0]:g} to {ALPHAS[-1]:g}"
-        else:
-            rise = "no verdict on the whole range (interval includes 0)"
-        shape = (
-            "every step rises (monotonic within the intervals)"
-            if len(resolved) == len(steps) - 1
-            else f"{len(resolved)} of {len(steps) - 1} steps rise with an interval excluding 0, so monotonicity is not shown "
-            f"at {len(points[0]['p_positive'])} generations per alpha"
-        )
-        verdicts.append(f"{METHODS[kind][1]}: {rise}; {shape}")
-    if not verdicts:
-        return []
-    return lines + ["", "Reading: " + "; ".join(verdicts) + "."]
+    curve = [m["mean_p_positive"] for m in points]
+    log_result(
+        args.mlflow,
+        "experiment-sentiment-prefix",
+        f"mixing | {kind}",
+        {"kind": kind, "alphas": list(ALPHAS)},
+        metrics={f"p_positive_alpha_{a:g}": c for a, c in zip(ALPHAS, curve)},
+    )
+    print(f"mixing {kind}: " + ", ".join(f"{a:g}->{c:.2f}" for a, c in zip(ALPHAS, curve)), flush=True)
+    return points
 
 
 def main(argv=None) -> int:
