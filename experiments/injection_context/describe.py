@@ -223,7 +223,7 @@ def regimes(trained: list[dict]) -> list[str]:
         by.setdefault(budget_text(budget_of(r["config"], extra)), []).append(r)
     return [
         f"- {b}: {len(rs)} runs ({len({r['arm'] for r in rs})} arms"
-        + (f", e.g. `{sorted({r['arm'] for r in rs}, key=len)[0]}`)" if rs else ")")
+        + (f", e.g. `{min({r['arm'] for r in rs}, key=lambda a: (len(a), a))}`)" if rs else ")")
         for b, rs in sorted(by.items(), key=lambda kv: -len(kv[1]))
     ]
 
