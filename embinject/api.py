@@ -17,10 +17,9 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ConfigError
-from .fsutil import read_json_object
-from .search_report import FIXED, read_curves, read_summary, trial_reports
+from .search_report import FIXED, read_curves, read_summary, trial_folder_row
 from .space import SearchFile, load_search_spec
-from .tracking import LEGACY_STATE_FILE, STATE_FILE, curve_value, read_state_file, search_end
+from .tracking import LEGACY_STATE_FILE, STATE_FILE, read_state_file, search_end
 from .tune.driver.run import run_search
 from .tune.driver.folder import SPACE_FILE, read_space_file
 from .tune.driver.outcome import SearchOutcome
@@ -115,38 +114,11 @@ def _python(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _finite(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
 def _unfinished_rows(folder: Path, searched: list[str]) -> list[dict]:
     """An interrupted search's trials, from their folders (its summary.csv is written at its end): each with its values,
     its curve's last and best points, and `interrupted` where it had not ended when the search stopped."""
-    rows = []
-    for trial_dir in sorted(folder.glob("trial_*")):
-        params_file = trial_dir / "params.json"
-        params = read_json_object(params_file, KEY, HINT) if params_file.is_file() else {}
-        reports = trial_reports(trial_dir)
-        if not params and not reports:
-            continue  # a folder Ray made for a trial that never started
-        last = reports[-1] if reports else {}
-        curve = [v for v in (_finite(curve_value(r)) for r in reports if "step" in r) if v is not None]
-        kept = _finite(last.get("best_val_perplexity")) if last.get("final") and not last.get("diverged") else None
-        rows.append(
-            {
-                "trial_id": trial_dir.name.removeprefix("trial_"),
-                **{k: params.get(k) for k in searched},
-                "best_val_perplexity": kept if kept is not None else min(curve, default=None),
-                "final_val_perplexity": curve[-1] if curve else None,
-                "baseline_perplexity": _finite(last.get("baseline_perplexity")),
-                "steps": int(last.get("step", 0) or 0),
-                "evaluations": len(curve),
-                "stopped_early": False,
-                "status": "diverged" if last.get("diverged") else "ok" if last.get("final") else "interrupted",
-                "seconds": round(float(last.get("time_total_s", 0.0) or 0.0), 2),
-            }
-        )
-    return rows
+    rows = (trial_folder_row(d, searched, KEY, HINT) for d in sorted(folder.glob("trial_*")))
+    return [row for row in rows if row is not None]
 
 
 def _open(folder: Path, outcome: SearchOutcome | None = None) -> SearchResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .fsutil import damaged
+from .fsutil import damaged, read_json_object
 from .plots import best_trial_figure, save_figure
 from .tracking import TIME_SPLIT, WALL, curve_value, search_metrics
 
@@ -30,7 +30,9 @@ SUMMARY_COLUMNS = (
     "stopped_early",
     "status",
 )
-SUMMARY_STATUSES = ("ok", "error", "diverged", "cut", "not_started")
+# lost_at_kill: a trial started just before its search's driver was killed, before Ray's saved state named it; on
+# --resume Ray forgot it (its searcher proposed another in its place), its folder and reports stay
+SUMMARY_STATUSES = ("ok", "error", "diverged", "cut", "not_started", "lost_at_kill")
 FIXED = (
     "trial_id",
     "final_val_perplexity",
@@ -136,6 +138,32 @@ def trial_reports(trial_dir: Path) -> list[dict]:
         if isinstance(report, dict):
             out.append(report)
     return out
+
+
+def trial_folder_row(trial_dir: Path, searched: list[str], key: str, hint: str) -> dict | None:
+    """A trial's row as far as its folder tells it (Ray's params.json and result.json): its values, its curve's last and
+    best points, and `interrupted` where it had not ended; None for a folder of a trial that never started. For the
+    trials a search's results do not name: an unfinished search's, and those Ray forgot at a kill."""
+    params_file = trial_dir / "params.json"
+    params = read_json_object(params_file, key, hint) if params_file.is_file() else {}
+    reports = trial_reports(trial_dir)
+    if not params and not reports:
+        return None
+    last = reports[-1] if reports else {}
+    curve = [v for v in (finite_number(curve_value(r)) for r in reports if "step" in r) if v is not None]
+    kept = finite_number(last.get("best_val_perplexity")) if last.get("final") and not last.get("diverged") else None
+    return {
+        "trial_id": trial_dir.name.removeprefix("trial_"),
+        **{k: params.get(k) for k in searched},
+        "best_val_perplexity": kept if kept is not None else min(curve, default=None),
+        "final_val_perplexity": curve[-1] if curve else None,
+        "baseline_perplexity": finite_number(last.get("baseline_perplexity")),
+        "steps": int(last.get("step", 0) or 0),
+        "evaluations": len(curve),
+        "stopped_early": False,
+        "status": "diverged" if last.get("diverged") else "ok" if last.get("final") else "interrupted",
+        "seconds": round(float(last.get("time_total_s", 0.0) or 0.0), 2),
+    }
 
 
 def trial_curve(trial_dir: Path) -> list[tuple[int, float]]:

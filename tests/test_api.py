@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 import embinject
-from embinject.space import load_search_spec
+from embinject.search_report import from_search_dir
+from embinject.space import load_search_file, load_search_spec
+from embinject.tune.driver.results import summarize
+from embinject.tune.driver.warm_folder import from_folder
 
 from .conftest import ROOT
 
@@ -88,6 +91,34 @@ def test_a_folder_read_while_interrupted_lists_its_trials_from_their_folders(pag
     merged = result.trials.merge(finished.trials, on="trial_id", suffixes=("", "_summary"))
     for column in ("train.lr", "best_val_perplexity", "final_val_perplexity", "steps"):
         assert merged[column].tolist() == pytest.approx(merged[f"{column}_summary"].tolist()), column
+
+
+def test_a_trial_ray_forgot_at_a_kill_has_its_row_and_its_folder_still_reads(page_search, tmp_path, monkeypatch):
+    """A trial started just before the driver was killed, before Ray's saved state named it: after --resume Ray's
+    results lack it, its folder stays. summary.csv gives it a row (lost_at_kill), so that the finished search reads
+    back (load_search, embinject report, a warm start), where its folder made it `rows were lost` before."""
+    from ray.tune import ExperimentAnalysis, ResultGrid  # Ray Tune takes seconds to import: only here
+
+    cwd, folder = page_search
+    monkeypatch.chdir(cwd)
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("champion*", "top_models"))
+    grid = ResultGrid(ExperimentAnalysis(str(copy)))  # Ray's results, read from its saved state as at the search's end
+    source = sorted(copy.glob("trial_*"))[0]
+    shutil.copytree(source, copy / "trial_f0rg0773")  # the forgotten trial: Ray's files, Ray's results lack it
+    search = load_search_file(copy / "search.yaml")
+    rows, ranked = summarize(grid, search, copy)
+    lost = {r["trial_id"]: r for r in rows}["f0rg0773"]
+    twin = {r["trial_id"]: r for r in rows}[source.name.removeprefix("trial_")]
+    assert lost["status"] == "lost_at_kill" and lost["train.lr"] == pytest.approx(twin["train.lr"])
+    assert lost["final_val_perplexity"] == pytest.approx(twin["final_val_perplexity"])
+    assert "f0rg0773" not in {r["trial_id"] for r in ranked} and len(ranked) == 3  # never the champion
+    result = embinject.load_search(copy)
+    assert result.trials.set_index("trial_id").loc["f0rg0773", "status"] == "lost_at_kill"
+    assert result.best.trial_id == embinject.load_search(folder).best.trial_id
+    assert len(from_search_dir(copy)["rows"]) == 4
+    statuses = {t["trial_id"]: t["status"] for t in from_folder("tune.warm_start", copy)["trials"]}
+    assert statuses["f0rg0773"] == "lost_at_kill" and len(statuses) == 4
 
 
 DAMAGED = [  # (file, what is done to its bytes, the line's reason)

@@ -204,6 +204,7 @@ def _print_best(search: SearchFile, outcome: SearchOutcome) -> None:
     print(
         f"trials: {c.trials} ({c.stopped_early} stopped early, {c.failed} failed, {c.diverged} diverged"
         + (f", {c.cut} cut by the time budget" if c.cut else "")
+        + (f", {c.lost} lost when the search was killed" if c.lost else "")
         + f"); summary: {outcome.experiment_dir}/summary.csv"
     )
     print(f"  where its time went: embinject report {shlex.quote(str(outcome.experiment_dir))}")

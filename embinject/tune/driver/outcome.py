@@ -18,6 +18,7 @@ class TrialCounts:
     failed: int = 0
     diverged: int = 0
     cut: int = 0  # ended mid-training by the search's time budget
+    lost: int = 0  # started just before the search was killed, forgotten by Ray on --resume (another ran instead)
 
     @classmethod
     def of(cls, rows: list[dict]) -> TrialCounts:
@@ -28,6 +29,7 @@ class TrialCounts:
             status.count("error"),
             status.count("diverged"),
             status.count("cut"),
+            status.count("lost_at_kill"),
         )
 
 

@@ -9,9 +9,10 @@ import math
 import shutil
 from pathlib import Path
 
-from ...errors import warn
+from ...errors import ConfigError, warn
 from ...fsutil import atomic_write_text
 from ...plots import ScoredTrial, pareto_plot, perplexity_curves, search_plots
+from ...search_report import trial_curve, trial_folder_row
 from ...serving import save_pyfunc
 from ...space import SearchFile, trial_config
 from ...tracking import TIME_SPLIT, WALL, SearchTracker, champion_identity, logged_model_name
@@ -106,6 +107,7 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
         row["_checkpoint"] = result.checkpoint
         row["_config"] = config
         rows.append(row)
+    rows += _lost_rows(exp_dir, search, rows)
     # A failed, diverged or cut trial never becomes the champion, whatever it reached before it ended.
     scored = [r for r in rows if r["best_val_perplexity"] is not None and r["status"] == "ok"]
     if search.tune.objectives:
@@ -120,6 +122,37 @@ def summarize(grid, search: SearchFile, exp_dir: Path, cut: frozenset = frozense
     writer.writerows(rows)
     atomic_write_text(exp_dir / "summary.csv", text.getvalue())
     return rows, ranked
+
+
+def _lost_rows(exp_dir: Path, search: SearchFile, rows: list[dict]) -> list[dict]:
+    """Trials whose folder holds reports that Ray's results do not name: started just before the driver was killed,
+    before Ray's saved state named them (on --resume Ray forgot them, `run.ended_by_the_search`). A row each, status
+    `lost_at_kill`, so that summary.csv accounts for every trial folder and the folder reads as a finished search."""
+    known = {r["trial_id"] for r in rows}
+    lost = []
+    for trial_dir in sorted(exp_dir.glob("trial_*")):
+        trial_id = trial_dir.name.removeprefix("trial_")
+        if trial_id in known or not (trial_dir / "result.json").is_file():
+            continue
+        try:
+            found = trial_folder_row(trial_dir, search.searched, "summary.csv", "Ray wrote it when the trial started")
+        except ConfigError:  # its params.json damaged: the row says what its reports say, without its values
+            found = None
+        found = found or {"trial_id": trial_id, "steps": 0, "evaluations": 0}
+        history = [[float(step), value] for step, value in trial_curve(trial_dir)]
+        base = {k: None for k in rows[0]} if rows else {}
+        lost.append(
+            {
+                **base,
+                **found,
+                "stopped_early": False,
+                "status": "lost_at_kill",
+                "_history": history,
+                "_checkpoint": None,
+                "_config": {k: found[k] for k in search.searched if found.get(k) is not None},
+            }
+        )
+    return lost
 
 
 def adapter_on_disk(trial: dict) -> Path | None:
@@ -283,6 +316,7 @@ def finish_search(
         "trials_failed": counts.failed,
         "trials_diverged": counts.diverged,
         "trials_cut": counts.cut,
+        "trials_lost": counts.lost,
         "warm_cache_seconds": warm_seconds,
         "search_seconds": total_seconds,
         "total_steps": sum(r["steps"] for r in rows),

@@ -272,9 +272,9 @@ def _source(key: str, earlier: dict, search: SearchFile) -> WarmSource:
     dropped, kept, considered, trials, ranked = 0, 0, 0, [], []
     cut, diverged, failed, no_value, left_out, then = 0, 0, 0, 0, 0, {}
     for t in earlier["trials"]:
-        if t["status"] in ("cut", "not_started"):
+        if t["status"] in ("cut", "not_started", "lost_at_kill"):
             cut += 1
-            continue  # ended by its search's end, mid-training or before it ran: no value Optuna was ever told
+            continue  # ended by its search's end (or a kill), mid-training or before it ran: no value Optuna was told
         other = {k: t["params"][k] for k in fixed if k in t["params"] and not _same_value(t["params"][k], fixed[k])}
         if other:  # trained in another setup than this search's, whatever its other values
             left_out += 1
