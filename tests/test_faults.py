@@ -737,3 +737,27 @@ def test_corrupt_adapter_directories_are_named_in_one_line(saved_adapters, tiny_
     # LoRA taken out again
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert load_method(saved_adapters["lora"], lm.model, lm.tokenizer) is not None  # undamaged copies still load
+
+
+def test_a_packed_trial_whose_host_starter_is_gone_says_so_in_one_line(tmp_path):
+    """The search's driver owns the actor that starts pack hosts; where it is gone, a packed trial that finds no host
+    says what is missing and what to do, not Ray's "failed to look up actor"."""
+    probe = (
+        "import ray; ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "from embinject.config import Config\n"
+        "from embinject.tune.worker.member import find_host\n"
+        "from embinject.tune.worker.pack_names import PackPlan\n"
+        "try:\n"
+        "    find_host(PackPlan(2, 'a test', 'k0', 'embinject-pack-k0-starter'), Config(), 0)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=PY_ENV, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [
+        "pack host starter embinject-pack-k0-starter is gone (the search's driver starts it and owns it; it ends with "
+        "the driver): this trial cannot start its pack host; resume the search with --resume"
+    ], proc.stdout + proc.stderr[-3000:]

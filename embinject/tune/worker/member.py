@@ -35,7 +35,13 @@ def find_host(plan: PackPlan, cfg: Config, lane: int):
         return ray.get_actor(host_name(plan, cfg, node_id, "cpu", lane), namespace=NAMESPACE)
     except ValueError:
         pass
-    starter = ray.get_actor(plan.starter, namespace=NAMESPACE)
+    try:
+        starter = ray.get_actor(plan.starter, namespace=NAMESPACE)
+    except ValueError:  # Ray's own "failed to look up actor" says neither what it is nor what to do
+        raise RuntimeError(
+            f"pack host starter {plan.starter} is gone (the search's driver starts it and owns it; it ends with the "
+            "driver): this trial cannot start its pack host; resume the search with --resume"
+        ) from None
     return ray.get(starter.start_host.remote(plan, cfg.to_dict(), node_id, lane, max(1, round(pack_cpus(plan)))))
 
 
