@@ -76,7 +76,10 @@ def log_result(
 
 
 def machine() -> str:
-    return f"{platform.machine()} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return (
+        f"{platform.machine()} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
 
 
 def run_or_reload(args, out, run) -> dict | None:

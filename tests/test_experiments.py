@@ -545,7 +545,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     args = argparse.Namespace(config=str(run.HERE / "config.yaml"), overrides=[], seeds=[0])
     cfg = run.arm_config(args, "kv-constant-8", tmp_path, 0.002)
     assert cfg.adapter.ablation == "constant" and cfg.adapter.inject_into == "kv"
-    # more training windows: the pooled pair and lmchunks-kv's at 8 vectors, each at its own rate on 1,024, the same validation windows
+    # more training windows: the pooled pair and lmchunks-kv's at 8 vectors, each at its own rate on 1,024, the same
+    # validation windows
     more = {a: run.arm_config(args, a, tmp_path, 0.002) for a in arms.ARM_SETS["more-windows"]}
     assert [arms.lr_group(a) for a in more] == ["injection", "injection", "lmchunks-kv", "lmchunks-kv-constant"]
     assert [c.adapter.ablation for c in more.values()] == ["none", "constant"] * 2
@@ -588,7 +589,8 @@ def test_a_design_and_its_control_each_search_their_own_learning_rate(tmp_path):
     fp32 = argparse.Namespace(**{**vars(args), "overrides": ["train.dtype=float32"]})
     with pytest.raises(
         Exception,
-        match=r"kv-constant-8__seed1.json: trained in bfloat16, but this call trains in float32.*--set train.dtype=bfloat16",
+        match=r"kv-constant-8__seed1.json: trained in bfloat16, but this call trains in float32.*"
+        r"--set train.dtype=bfloat16",
     ):
         run.check_precision(fp32, runs, ["kv-constant-8"], tmp_path)
     # other arms may differ: the report marks them

@@ -1,4 +1,5 @@
-"""The injection study's analysis: run records loaded per corpus and turned into the statistics RESULTS.md and results.json report."""
+"""The injection study's analysis: run records loaded per corpus and turned into the statistics RESULTS.md and
+results.json report."""
 
 from __future__ import annotations
 

@@ -70,9 +70,9 @@ ARMS: dict[str, tuple[str, dict, str | None, str]] = {
 PREVIOUS = [a for a, (_, extra, _, _) in ARMS.items() if extra.get("adapter.embed_source", "previous") == "previous"]
 
 # Designs beyond one pooled MiniLM vector, screened at k = 8 beside their constant-input controls (the same architecture
-# fed the training split's mean input), then their shuffled controls and the compression curve at the other k: token-level
-# states pooled by chunks or read by a resampler, the frozen LM as its own encoder, key/value injection, distillation.
-# Each design's learning rate, and each of its controls', comes from its own search at k = 8 (`lr_group`).
+# fed the training split's mean input), then their shuffled controls and the compression curve at the other k:
+# token-level states pooled by chunks or read by a resampler, the frozen LM as its own encoder, key/value injection,
+# distillation. Each design's learning rate, and each of its controls', comes from its own search at k = 8 (`lr_group`).
 LM_LAYER = 15  # the frozen LM's encoder layer: the middle of SmolLM2-135M's 30 (not searched)
 DESIGNS: dict[str, tuple[dict, str]] = {
     "kv": ({"adapter.inject_into": "kv"}, "key/value injection (pooled MiniLM)"),
@@ -158,11 +158,11 @@ CURVE_ARMS = {d: [_add_design_arm(d, k, c) for k in CURVE_K for c in (None, "con
 REFERENCE_CURVE = ["static-1", "static-2", "static-4", "static-16", "constant-2", "inject-16", "constant-16"]
 # Does the content share grow with data? The pooled vector and its constant control at 8 vectors on 4x the training
 # windows (the Wikipedia sample's training split holds 4,910 with preceding text); the same validation and test windows,
-# the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a spike).
-# Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the same way,
-# each at its own searched rate; its rows compare with the pooled vector on the same windows. Then whether it was the
-# data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once. Then more
-# windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`). Their
+# the rate of injection's search, one epoch, and patience 5 (16 evaluations instead of 4: patience 3 could stop at a
+# spike). Then the best design of the screen (the LM's own states, chunk-pooled, as keys/values) and its control the
+# same way, each at its own searched rate; its rows compare with the pooled vector on the same windows. Then whether it
+# was the data or the steps: the same pair over the 1,024 windows four times, as many steps as 4,096 windows once. Then
+# more windows than the sample holds side by side: 8,192 that overlap, one every 32 tokens (`data.train_stride`). Their
 # epoch is 1,024 steps: early stopping watches the whole validation split every 64 steps, as the 64-window subset's
 # noise would stop a run on a plateau long before the epoch's end.
 # Last, more distinct text: 8,192 windows from the sample's training articles and other Wikipedia articles (the shared

@@ -1,4 +1,5 @@
-"""The injection study's report: cells, verdicts and the smaller tables, each a few lines of Markdown from the analysis."""
+"""The injection study's report: cells, verdicts and the smaller tables, each a few lines of Markdown from the
+analysis."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def bracket_verdict(search: dict) -> str:
             f"{chosen['val_perplexity']:.2f}: the optimum is bracketed"
         )
     return (
-        f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), {100 * (1 - b['val_perplexity'] / chosen['val_perplexity']):.1f}% "
-        f"lower than the chosen {chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
+        f"{b['lr']:.2g}: {b['val_perplexity']:.2f} ({b['steps']}), "
+        f"{100 * (1 - b['val_perplexity'] / chosen['val_perplexity']):.1f}% lower than the chosen "
+        f"{chosen['val_perplexity']:.2f} (one seed): the arms were trained at {search['lr']:.3g}, "
         "not at this method's best rate"
     )
 
@@ -342,13 +344,13 @@ def context_table(c: dict, arms: dict) -> list[str]:
     lines = [
         "### (d) Secondary: `context` mode",
         "",
-        f"The quickstart's mode: the encoder reads the window's first {CONTEXT_READ} tokens, which the LM reads too and "
-        "is not scored "
-        f"on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens (on average) and compared "
-        "only with each other and with the frozen LM scored on the same tokens. The vectors can add trainable capacity, "
-        "but no text the LM does not already read. Learning rate: the injection search's.",
+        f"The quickstart's mode: the encoder reads the window's first {CONTEXT_READ} tokens, which the LM reads too "
+        f"and is not scored on, so these arms are scored on the window's other {c['tokens_per_window']:.0f} tokens "
+        "(on average) and compared only with each other and with the frozen LM scored on the same tokens. The vectors "
+        "can add trainable capacity, but no text the LM does not already read. Learning rate: the injection search's.",
         "",
-        "| Arm | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen, same tokens (nats/token) | Val perplexity | Still improving at stop |",
+        "| Arm | Seeds | Test perplexity [95% CI] | Δ NLL vs frozen, same tokens (nats/token) | Val perplexity | "
+        "Still improving at stop |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in c["rows"].items():
@@ -368,7 +370,8 @@ def context_table(c: dict, arms: dict) -> list[str]:
         x = c["content_nats"]
         verdict = claim(x, "the embedding's content helps beyond a constant input", "the constant input is better")
         lines += [
-            f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: {verdict}.",
+            f"Injection minus its constant-input control, same tokens: {ci(x, 4, sign=True)} nats/token; verdict: "
+            f"{verdict}.",
             "",
         ]
     return lines

@@ -106,8 +106,8 @@ def learning_rate(args, group: str, data_dir: Path, runs: Path, precision: str, 
         return json.loads(record.read_text())["lr"]
     if (lr := recorded_rate(runs, group, arms)) is not None:
         print(
-            f"[{runs.name}] {group}: no search of its own; its arms continue at the rate their recorded seeds trained at, "
-            f"{lr:.3g}",
+            f"[{runs.name}] {group}: no search of its own; its arms continue at the rate their recorded seeds trained "
+            f"at, {lr:.3g}",
             flush=True,
         )
         return lr

@@ -1,4 +1,5 @@
-"""The injection study's run records, loaded per corpus, and each trained arm's learning rate with the budget it was searched at."""
+"""The injection study's run records, loaded per corpus, and each trained arm's learning rate with the budget it
+was searched at."""
 
 from __future__ import annotations
 

@@ -80,7 +80,8 @@ def rule_rate(runs: Path, arm: str) -> float | None:
 
 def check_records_match(args, runs: Path, arms: list[str], data_dir: Path, lrs: dict[str, float]) -> None:
     """A record is reused only if it was run with the settings this call asks for: records of another budget (say
-    `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to another --out."""
+    `--set train.max_epochs=3`) would otherwise be mixed silently into one table. Another series goes to
+    another --out."""
     import dataclasses
 
     defaults = flatten(dataclasses.asdict(Config()))

@@ -89,10 +89,14 @@ def arms_table(rows: dict, arms: dict) -> list[str]:
         r, recs = rows[arm], arms[arm]
         if arm in ARMS:
             label = ARMS[arm][3] + (f" ({SHARED_MLP})" if shared_chunk_mlp(recs) else "")
-            reads = f"{recs[0]['config']['adapter']['inject_tokens' if ARMS[arm][0] == 'injection' else 'prefix_len']} vectors"
+            reads = (
+                f"{recs[0]['config']['adapter']['inject_tokens' if ARMS[arm][0] == 'injection' else 'prefix_len']} "
+                "vectors"
+            )
             val = f"{np.mean([x['val_perplexity'] for x in recs]):.2f}"
             steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
-            improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"  # best subset evaluation was the last
+            # best subset evaluation was the last
+            improving = f"{sum(x['best_step'] == x['steps'] for x in recs)} of {len(recs)}"
             params = f"{recs[0]['trainable_params']:,}"
             seeds = f"{len(recs)}"
         else:
@@ -129,7 +133,10 @@ def compression_section(rows: dict) -> list[str]:
             nll, lo, hi = rows[arm]["nll"]
             if math.isnan(lo):
                 return equivalent_text_tokens(nll, text)
-            return f"{equivalent_text_tokens(nll, text)} [{equivalent_text_tokens(hi, text)}, {equivalent_text_tokens(lo, text)}]"
+            return (
+                f"{equivalent_text_tokens(nll, text)} "
+                f"[{equivalent_text_tokens(hi, text)}, {equivalent_text_tokens(lo, text)}]"
+            )
 
         lines += [
             "### (a) The compression curve",
@@ -142,8 +149,9 @@ def compression_section(rows: dict) -> list[str]:
         for k in ks:
             r = rows[f"inject-{k}"]
             lines.append(
-                f"| {k} | {ci(r['share_of_text_gain'], 1, 100)}% | {ci(rows[f'text-{k}']['share_of_text_gain'], 1, 100)}% | "
-                f"{tokens(f'inject-{k}')} | {tokens(f'constant-{k}')} | {tokens(f'shuffled-{k}')} |"
+                f"| {k} | {ci(r['share_of_text_gain'], 1, 100)}% | "
+                f"{ci(rows[f'text-{k}']['share_of_text_gain'], 1, 100)}% | {tokens(f'inject-{k}')} | "
+                f"{tokens(f'constant-{k}')} | {tokens(f'shuffled-{k}')} |"
             )
         lines += [
             "",
@@ -165,7 +173,8 @@ def content_section(a: dict) -> list[str]:
             "Injection minus the better of its controls (same adapter, same parameter count, no matching information); "
             "negative nats mean injection is better.",
             "",
-            "| k | Controls | Δ NLL, injection - better control (nats/token) | Share of text gain specific to content | Verdict |",
+            "| k | Controls | Δ NLL, injection - better control (nats/token) | "
+            "Share of text gain specific to content | Verdict |",
             "|---|---|---|---|---|",
         ]
         for k, c in a["content"].items():
@@ -188,9 +197,9 @@ def content_section(a: dict) -> list[str]:
             lines += [
                 f"Only the shuffled control has been run at k = {', '.join(alone)}. "
                 + (
-                    f"Where both ran, {gap}: "
-                    "shuffled embeddings are noise the adapter must learn to ignore, so a control that is weaker than the "
-                    "constant input can credit content with a gain the constant input would also get. "
+                    f"Where both ran, {gap}: shuffled embeddings are noise the adapter must learn to ignore, "
+                    "so a control that is weaker than the constant input can credit content with a gain the constant "
+                    "input would also get. "
                     if gaps
                     else ""
                 )

@@ -87,18 +87,18 @@ def design_notes(designs: dict, arms: dict) -> list[str]:
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{MORE_WINDOWS}"]):
         lines += [
             f"Rows *..., {MORE_WINDOWS:,} training windows* are a design and its constant control trained on "
-            f"{MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test windows, "
-            "the rates of their searches on 1,024, patience 5): their content share says whether more data lets the "
-            "vectors carry more of the text. The pooled vector's Δ is against itself on 1,024 windows (what the extra "
-            f"data changed); another design's against the pooled vector on the same {MORE_WINDOWS:,}.",
+            f"{MORE_WINDOWS // 1024}x the training windows (`--arms more-windows`: the same validation and test "
+            "windows, the rates of their searches on 1,024, patience 5): their content share says whether more data "
+            "lets the vectors carry more of the text. The pooled vector's Δ is against itself on 1,024 windows (what "
+            f"the extra data changed); another design's against the pooled vector on the same {MORE_WINDOWS:,}.",
             "",
         ]
     if any(a in designs for a in MORE_TRAINING_ARMS[f"e{MORE_EPOCHS}"]):
         lines += [
             f"Rows *..., {MORE_EPOCHS} epochs over 1,024 windows* (`--arms more-epochs`) may take as many steps as one "
             f"epoch over {MORE_WINDOWS:,} windows, on none of their extra text (the same rates, patience 5, the best "
-            f"adapter kept; early stopping may end them sooner): whether the {MORE_WINDOWS:,}-window rows gained from the "
-            "data or from the steps. The paired differences below set them against both.",
+            f"adapter kept; early stopping may end them sooner): whether the {MORE_WINDOWS:,}-window rows gained from "
+            "the data or from the steps. The paired differences below set them against both.",
             "",
         ]
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{OVERLAPPING}s{STRIDE}"]):
@@ -113,10 +113,10 @@ def design_notes(designs: dict, arms: dict) -> list[str]:
     if any(a in designs for a in MORE_TRAINING_ARMS[f"w{MORE_TEXT}t"]):
         lines += [
             f"Rows *..., {MORE_TEXT:,} training windows with other articles' text* (`--arms more-text`) train on the "
-            f"study's training articles and the shared `{MORE_TEXT_CORPUS}` corpus's articles together (other Wikipedia "
-            "articles, none of which repeats a validation or test article), side by side: distinct text where the "
-            "overlapping windows repeat each token. The same validation and test windows, rates and early stopping as "
-            "the overlapping windows.",
+            f"study's training articles and the shared `{MORE_TEXT_CORPUS}` corpus's articles together (other "
+            "Wikipedia articles, none of which repeats a validation or test article), side by side: "
+            "distinct text where the overlapping windows repeat each token. The same validation and test windows, "
+            "rates and early stopping as the overlapping windows.",
             "",
         ]
     if any(shared_chunk_mlp(arms.get(a, [])) for a in designs):
@@ -217,18 +217,16 @@ def text_scaling_table(steps: list[dict]) -> list[str]:
     lines = [
         "### (g) Training windows and the targets",
         "",
-        f"The best design ({_BEST}) and its constant control, each step from fewer training windows to more (rows of (f)), "
-        "paired by seed and window: the change of the share of the text gain, and of the content share, per doubling of "
-        "the training windows (95% t intervals over the seeds each names). Where a change's interval lies above 0 "
-        "and has a verdict, the last columns extrapolate its mean: the doublings beyond the step's windows that "
-        f"would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share of "
-        f"{100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much. These are two-point "
-        "extrapolations (a straight line through "
-        "the step's two ends, no model of how the gain per doubling shrinks), so they carry no interval, and the "
-        "steps disagree with one another. "
-        "The steps change more than the text: their budgets (early stopping, its validation windows, patience) "
-        "differ (the set-up lists them), and none of their rates was searched at the larger budget. A step to "
-        "overlapping windows doubles the windows, not the distinct text.",
+        f"The best design ({_BEST}) and its constant control, each step from fewer training windows to more (rows of "
+        "(f)), paired by seed and window: the change of the share of the text gain, and of the content share, per "
+        "doubling of the training windows (95% t intervals over the seeds each names). Where a change's interval lies "
+        "above 0 and has a verdict, the last columns extrapolate its mean: the doublings beyond the step's windows "
+        f"that would take the arm to {TARGET_SHARE:.0%} of the text gain and to a content share of "
+        f"{100 * TARGET_CONTENT:.0f} points if each doubling kept adding as much. These are two-point extrapolations "
+        "(a straight line through the step's two ends, no model of how the gain per doubling shrinks), so they carry "
+        "no interval, and the steps disagree with one another. The steps change more than the text: their budgets "
+        "(early stopping, its validation windows, patience) differ (the set-up lists them), and none of their rates "
+        "was searched at the larger budget. A step to overlapping windows doubles the windows, not the distinct text.",
         "",
         "| Step (training windows) | What grew | Share of text gain, change per doubling | Verdict | "
         f"Content share, change per doubling | Verdict | {TARGET_SHARE:.0%} of the text gain at that rate | "
@@ -273,11 +271,12 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
         f"### (e) Trained longer: the series in `{path}`",
         "",
         f"The same arms, seeds and test windows, trained for at most {t_other['max_epochs']} epoch(s) with early "
-        f"stopping (patience {t_other['patience']} evaluations) instead of at most {t_main['max_epochs']} "
-        f"(its RESULTS.md has every table; learning rates as that file says). Trained on {values_of(runs_other, 'device', 'a device not recorded')} "
-        f"(`{values_of(runs_other, 'dtype', '?')}` autocast) against {values_of(runs_main, 'device', 'a device not recorded')} "
-        f"(`{values_of(runs_main, 'dtype', '?')}`) here; test scoring is float32 in both. "
-        "Δ NLL pairs the two series by test window.",
+        f"stopping (patience {t_other['patience']} evaluations) instead of at most {t_main['max_epochs']} (its "
+        "RESULTS.md has every table; learning rates as that file says). Trained on "
+        f"{values_of(runs_other, 'device', 'a device not recorded')} (`{values_of(runs_other, 'dtype', '?')}` "
+        f"autocast) against {values_of(runs_main, 'device', 'a device not recorded')} "
+        f"(`{values_of(runs_main, 'dtype', '?')}`) here; test scoring is float32 in both. Δ NLL pairs the two series "
+        "by test window.",
         "",
         "| Arm | Share of text gain, this study | Share, trained longer | Median steps (epochs), trained longer | "
         "Δ test NLL, longer - this study | Verdict |",
@@ -295,7 +294,8 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
         steps = f"{np.median([x['steps'] for x in recs]):.0f} ({np.median([x['epochs_run'] for x in recs]):.1f})"
         lines.append(
             f"| {ARMS[arm][3]} | {ci(main_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | "
-            f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {seeds_ci(diff, 4, sign=True)} | {verdict} |"
+            f"{ci(other_a['rows'][arm]['share_of_text_gain'], 1, 100)}% | {steps} | {seeds_ci(diff, 4, sign=True)} | "
+            f"{verdict} |"
         )
     lines.append("")
     ks = [k for k in main_a["content"] if k in other_a["content"]]
@@ -309,7 +309,8 @@ def series_table(name: str, path: str, main: dict, main_a: dict, other: dict, ot
             )
         for pair in pairs:
             lines.append(
-                f"| Δ NLL, {pair} | {pair_cell(pair, main_a['pairs'][pair])} | {pair_cell(pair, other_a['pairs'][pair])} |"
+                f"| Δ NLL, {pair} | {pair_cell(pair, main_a['pairs'][pair])} | "
+                f"{pair_cell(pair, other_a['pairs'][pair])} |"
             )
         lines.append("")
     return lines

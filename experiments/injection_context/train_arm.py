@@ -1,9 +1,10 @@
-"""One run of the injection study in its own process: one arm at one seed (or the evaluation-only reference
+r"""One run of the injection study in its own process: one arm at one seed (or the evaluation-only reference
 arms), trained on the study's split and scored on the held-out test windows; it writes one record. The driver
 (`experiments.injection_context.run`) starts it; it imports no part of the search layer (Ray, Optuna), so each of the
 study's many runs starts without them.
 
-    python -m experiments.injection_context.train_arm --data ../shared/data/wikipedia_en_sample --arm inject-8 --seed 0 --lr 0.002
+    python -m experiments.injection_context.train_arm --data ../shared/data/wikipedia_en_sample \
+        --arm inject-8 --seed 0 --lr 0.002
 """
 
 from __future__ import annotations
