@@ -129,6 +129,7 @@ def _lost_rows(exp_dir: Path, search: SearchFile, rows: list[dict]) -> list[dict
     before Ray's saved state named them (on --resume Ray forgot them, `run.ended_by_the_search`). A row each, status
     `lost_at_kill`, so that summary.csv accounts for every trial folder and the folder reads as a finished search."""
     known = {r["trial_id"] for r in rows}
+    base = {k: None for k in rows[0]} if rows else {}  # every column of the other rows, empty where it says nothing
     lost = []
     for trial_dir in sorted(exp_dir.glob("trial_*")):
         trial_id = trial_dir.name.removeprefix("trial_")
@@ -136,11 +137,10 @@ def _lost_rows(exp_dir: Path, search: SearchFile, rows: list[dict]) -> list[dict
             continue
         try:
             found = trial_folder_row(trial_dir, search.searched, "summary.csv", "Ray wrote it when the trial started")
-        except ConfigError:  # its params.json damaged: the row says what its reports say, without its values
+        except ConfigError:  # its params.json damaged: a row with its curve only (no values, no counts)
             found = None
         found = found or {"trial_id": trial_id, "steps": 0, "evaluations": 0}
         history = [[float(step), value] for step, value in trial_curve(trial_dir)]
-        base = {k: None for k in rows[0]} if rows else {}
         lost.append(
             {
                 **base,
@@ -249,10 +249,9 @@ def _figures(search: SearchFile, rows: list[dict], exp_dir: Path, baseline: floa
     ]
 
 
-def _pareto(search: SearchFile, rows: list[dict], exp_dir: Path) -> list[Path]:
-    """With several objectives: the Pareto front as a plot of the first two and as a table."""
+def _pareto(search: SearchFile, rows: list[dict], front: list[dict], exp_dir: Path) -> list[Path]:
+    """With several objectives: the Pareto front (`front`, its rows) as a plot of the first two and as a table."""
     objectives = search.tune.objectives
-    front = [r for r in rows if r.get("pareto")]
     if not (objectives and front):
         return []
     names = [o["metric"] for o in objectives[:2]]
@@ -301,7 +300,11 @@ def finish_search(
     baseline = next((r["baseline_perplexity"] for r in rows if r["baseline_perplexity"]), None)
     objectives = search.tune.objectives
     front = [r for r in rows if r.get("pareto")]
-    artifacts = [exp_dir / "summary.csv", *_figures(search, rows, exp_dir, baseline), *_pareto(search, rows, exp_dir)]
+    artifacts = [
+        exp_dir / "summary.csv",
+        *_figures(search, rows, exp_dir, baseline),
+        *_pareto(search, rows, front, exp_dir),
+    ]
     champion, best = champion_of(ranked, exp_dir)
     model = None
     if champion is not None:
